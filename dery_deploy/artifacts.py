@@ -1,0 +1,96 @@
+"""Atomic artifact writing, content hashing and schema-checked reading.
+
+Every artifact is written to a temporary file in the same directory and renamed into place, so a
+reader never sees half a file and an interrupted run leaves either the old artifact or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from dery_deploy.errors import DeryError
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic_write(Path(path), write)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Atomically create `path` with a writer that takes a temporary path (safetensors, ONNX, PNG)."""
+    return _atomic_write(Path(path), write)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Stable hash of a JSON-able object (key order does not matter)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def read_json_artifact(path: str | Path, kind: str, schema: int, stage: str | None = None) -> dict:
+    """Read a JSON artifact, refusing truncated files and other schema versions with a clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeryError(f"{kind} file not found: {path}", stage)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DeryError(f"{kind} {path} is not valid JSON (truncated or corrupt: {e.msg} at line {e.lineno}); "
+                        "delete it and recompute", stage) from None
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        raise DeryError(f"{path} is not a {kind} artifact (kind={data.get('kind') if isinstance(data, dict) else None!r})", stage)
+    if data.get("schema") != schema:
+        raise DeryError(f"{kind} {path} has schema {data.get('schema')!r}, this version reads schema {schema}; "
+                        "recompute it with this version", stage)
+    return data

@@ -1,0 +1,1 @@
+"""The `dery` command line: one small module per sub-command."""

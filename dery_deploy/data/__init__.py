@@ -1,0 +1,1 @@
+"""Data: Fashion-MNIST, image folders, probe sampling, and the `--data` spec strings."""

@@ -1,0 +1,170 @@
+"""Zoo specs: the input spec plus the donors (timm architecture, kwargs, weights, source).
+
+Validation collects every bad field and reports them together, so a user fixes a YAML in one pass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dery_deploy.artifacts import sha256_json
+from dery_deploy.dissect.spec import TensorSpec
+from dery_deploy.errors import DeryError
+
+WEIGHT_SCHEMES = ("embedded", "file", "timm", "none")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def tensor_spec(self) -> TensorSpec:
+        return TensorSpec("NCHW", self.channels, self.size, self.size, 0, 1.0)
+
+
+@dataclass(frozen=True)
+class DonorSpec:
+    name: str
+    arch: str
+    weights: str
+    source: str
+    num_classes: int
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def weights_scheme(self) -> str:
+        return self.weights.split(":", 1)[0]
+
+    @property
+    def weights_ref(self) -> str:
+        return self.weights.split(":", 1)[1] if ":" in self.weights else ""
+
+
+@dataclass
+class ZooSpec:
+    name: str
+    input: InputSpec
+    donors: list[DonorSpec]
+    description: str = ""
+    root: Path | None = None  # folder the spec came from; `embedded:` and relative `file:` resolve here
+    raw: dict = field(default_factory=dict)
+
+    def donor(self, name: str) -> DonorSpec:
+        for d in self.donors:
+            if d.name == name:
+                return d
+        raise DeryError(f"Unknown donor {name!r} in zoo {self.name!r}. Known: {', '.join(self.donor_names)}. "
+                        f"Run `dery zoo show {self.name}`.", "zoo")
+
+    @property
+    def donor_names(self) -> list[str]:
+        return [d.name for d in self.donors]
+
+    def hash(self) -> str:
+        """Content key of the zoo: spec plus the identity of every weights file."""
+        from dery_deploy.zoo.load import weights_identity
+
+        return sha256_json({"spec": self.raw, "weights": {d.name: weights_identity(self, d) for d in self.donors}})[:16]
+
+
+def _check_type(errors: list[str], where: str, value: Any, types, what: str) -> bool:
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        errors.append(f"{where}: expected {what}, got {type(value).__name__} {value!r}")
+        return False
+    return True
+
+
+def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:
+    """Validate a zoo mapping; raise one DeryError listing every bad field."""
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        raise DeryError(f"{origin}: a zoo spec must be a mapping, got {type(data).__name__}", "zoo")
+    name = data.get("name")
+    if not (isinstance(name, str) and _NAME.match(name)):
+        errors.append(f"name: expected a name of letters, digits, '_', '-', '.', got {name!r}")
+    inp = data.get("input")
+    input_spec = None
+    if _check_type(errors, "input", inp, dict, "a mapping with channels, size, mean, std"):
+        ch, size, mean, std = (inp.get(k) for k in ("channels", "size", "mean", "std"))
+        ok = _check_type(errors, "input.channels", ch, int, "a positive integer") and ch > 0
+        ok &= _check_type(errors, "input.size", size, int, "a positive integer") and size > 0
+        for key, v in (("mean", mean), ("std", std)):
+            if not (isinstance(v, list) and v and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)):
+                errors.append(f"input.{key}: expected a list of numbers, got {v!r}")
+                ok = False
+            elif isinstance(ch, int) and len(v) != ch:
+                errors.append(f"input.{key}: {len(v)} values for {ch} channels")
+                ok = False
+        if ok and any(s <= 0 for s in std):
+            errors.append(f"input.std: values must be > 0, got {std}")
+            ok = False
+        if ok:
+            input_spec = InputSpec(ch, size, tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    donors: list[DonorSpec] = []
+    raw_donors = data.get("donors")
+    if not (isinstance(raw_donors, list) and raw_donors):
+        errors.append(f"donors: expected a non-empty list, got {raw_donors!r}")
+        raw_donors = []
+    seen = set()
+    for i, d in enumerate(raw_donors):
+        where = f"donors[{i}]"
+        if not isinstance(d, dict):
+            errors.append(f"{where}: expected a mapping, got {type(d).__name__}")
+            continue
+        dn = d.get("name")
+        if isinstance(dn, str):
+            where = f"donors[{i}] ({dn})"
+        bad = len(errors)
+        if not (isinstance(dn, str) and _NAME.match(dn)):
+            errors.append(f"{where}.name: expected a name, got {dn!r}")
+        elif dn in seen:
+            errors.append(f"{where}.name: duplicate donor name")
+        seen.add(dn)
+        _check_type(errors, f"{where}.arch", d.get("arch"), str, "a timm architecture name")
+        w = d.get("weights", "none")
+        if _check_type(errors, f"{where}.weights", w, str, "'embedded:FILE', 'file:PATH', 'timm:TAG' or 'none'"):
+            scheme = w.split(":", 1)[0]
+            if scheme not in WEIGHT_SCHEMES or (scheme != "none" and ":" not in w) or (scheme == "none" and w != "none"):
+                errors.append(f"{where}.weights: {w!r} is not 'embedded:FILE', 'file:PATH', 'timm:TAG' or 'none'")
+        _check_type(errors, f"{where}.source", d.get("source", ""), str, "a text saying what it was trained on")
+        nc = d.get("num_classes", 1000)
+        if _check_type(errors, f"{where}.num_classes", nc, int, "a non-negative integer") and nc < 0:
+            errors.append(f"{where}.num_classes: must be >= 0, got {nc}")
+        kw = d.get("kwargs", {}) or {}
+        _check_type(errors, f"{where}.kwargs", kw, dict, "a mapping of timm.create_model keyword arguments")
+        unknown = set(d) - {"name", "arch", "kwargs", "weights", "source", "num_classes"}
+        if unknown:
+            errors.append(f"{where}: unknown field(s) {sorted(unknown)}")
+        if len(errors) == bad:
+            donors.append(DonorSpec(dn, d["arch"], w, d.get("source", ""), nc, _tuplify(kw)))
+    unknown = set(data) - {"schema", "name", "description", "input", "donors"}
+    if unknown:
+        errors.append(f"unknown top-level field(s) {sorted(unknown)}")
+    if errors:
+        raise DeryError(f"{origin}: {len(errors)} bad field(s): " + "; ".join(errors), "zoo")
+    return ZooSpec(name, input_spec, donors, data.get("description", ""), root, data)
+
+
+def _tuplify(kw: dict) -> dict:
+    """YAML lists become tuples: timm's configs expect tuples for per-stage values."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+
+
+def load_zoo_file(path: str | Path) -> ZooSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DeryError(f"zoo spec not found: {path}", "zoo") from None
+    except yaml.YAMLError as e:
+        raise DeryError(f"{path}: not valid YAML ({str(e).splitlines()[0]})", "zoo") from None
+    return parse_zoo(data, str(path), path.parent)
