@@ -8,6 +8,7 @@ manifest before use.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -137,7 +138,10 @@ def load_donor(zoo: ZooSpec, name: str) -> nn.Module:
     if scheme == "timm":
         model = create_model(donor, zoo.input.channels, pretrained=True)
         return model.eval()
-    model = create_model(donor, zoo.input.channels)
+    # `none` weights are a seeded random init, so a zoo of bare architectures is still reproducible
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(hashlib.sha256(f"{zoo.name}/{name}".encode()).hexdigest()[:8], 16))
+        model = create_model(donor, zoo.input.channels)
     if scheme == "embedded":
         entry = manifest(zoo).get("donors", {}).get(name)
         path = _weights_path(zoo, donor)

@@ -95,8 +95,11 @@ def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:
     input_spec = None
     if _check_type(errors, "input", inp, dict, "a mapping with channels, size, mean, std"):
         ch, size, mean, std = (inp.get(k) for k in ("channels", "size", "mean", "std"))
-        ok = _check_type(errors, "input.channels", ch, int, "a positive integer") and ch > 0
-        ok &= _check_type(errors, "input.size", size, int, "a positive integer") and size > 0
+        ok = True
+        for key, v in (("channels", ch), ("size", size)):
+            if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                errors.append(f"input.{key}: expected a positive integer, got {v!r}")
+                ok = False
         for key, v in (("mean", mean), ("std", std)):
             if not (isinstance(v, list) and v and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)):
                 errors.append(f"input.{key}: expected a list of numbers, got {v!r}")

@@ -19,12 +19,15 @@ def _embed(self, x):
 def vit_units(model: VisionTransformer) -> list[UnitDef]:
     grid = tuple(model.patch_embed.grid_size)
     prefix = model.num_prefix_tokens
+    # DeiT-distilled adds a distillation token and a second classifier; take them where present.
+    optional = [m for m in ("dist_token", "head_dist") if hasattr(model, m)]
     stem = Borrowed(model, _embed, ["patch_embed", "cls_token", "reg_token", "pos_embed", "pos_drop",
-                                    "patch_drop", "norm_pre"], methods=["_pos_embed"])
+                                    "patch_drop", "norm_pre"] + optional[:1], methods=["_pos_embed"])
     units = [UnitDef("embed", "stem", stem, "NLC", grid, prefix)]
     for i, blk in enumerate(model.blocks):
         units.append(UnitDef(f"blocks.{i}", "block", blk, "NLC", grid, prefix))
     head = nn.Sequential(model.norm, Borrowed(model, type(model).forward_head,
-                                              ["attn_pool", "fc_norm", "head_drop", "head"], methods=["pool"]))
+                                              ["attn_pool", "fc_norm", "head_drop", "head"] + optional[1:],
+                                              methods=["pool"]))
     units.append(UnitDef("head", "head", head, "NC"))
     return units

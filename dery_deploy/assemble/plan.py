@@ -1,0 +1,174 @@
+"""Plans (plan.json) and the AssembledNet they describe.
+
+A plan is enough to rebuild the network: the zoo (name + hash), the ordered blocks (set, donor,
+unit range), the adapters between them (kind, in/out spec) and the new head. Adapter and head
+weights live beside the plan in safetensors; blocks come from the zoo's donor weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dery_deploy.artifacts import atomic_write_json, read_json_artifact
+from dery_deploy.assemble.adapters import Adapter, Head, adapter_kind
+from dery_deploy.dissect.spec import TensorSpec
+from dery_deploy.errors import DeryError
+
+SCHEMA = 1
+KIND = "plan"
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    set: int
+    donor: str
+    start: int
+    end: int
+
+
+@dataclass
+class Plan:
+    zoo: str
+    zoo_hash: str
+    blocks: list[BlockRef]
+    num_classes: int
+    device: str = ""
+    backend: str = ""
+    precision: str = "fp32"
+    batch: int = 1
+    budget: dict = field(default_factory=dict)
+    predicted: dict = field(default_factory=dict)
+    proxy: dict = field(default_factory=dict)
+    solver: dict = field(default_factory=dict)
+    adapters: list[dict] = field(default_factory=list)  # filled from specs when built
+    head: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA, "kind": KIND, "zoo": self.zoo, "zoo_hash": self.zoo_hash, "device": self.device,
+            "backend": self.backend, "precision": self.precision, "batch": self.batch, "budget": self.budget,
+            "num_classes": self.num_classes,
+            "blocks": [{"set": b.set, "donor": b.donor, "start": b.start, "end": b.end} for b in self.blocks],
+            "adapters": self.adapters, "head": self.head, "predicted": self.predicted, "proxy": self.proxy,
+            "solver": self.solver,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(d["zoo"], d["zoo_hash"], [BlockRef(**b) for b in d["blocks"]], d["num_classes"], d.get("device", ""),
+                   d.get("backend", ""), d.get("precision", "fp32"), d.get("batch", 1), d.get("budget", {}),
+                   d.get("predicted", {}), d.get("proxy", {}), d.get("solver", {}), d.get("adapters", []),
+                   d.get("head", {}))
+
+    def signature(self) -> tuple:
+        return tuple((b.donor, b.start, b.end) for b in self.blocks)
+
+    def describe(self) -> str:
+        return " > ".join(f"{b.donor}[{b.start}:{b.end}]" for b in self.blocks)
+
+
+def save_plan(path: str | Path, plan: Plan) -> Path:
+    return atomic_write_json(path, plan.to_dict())
+
+
+def load_plan(path: str | Path) -> Plan:
+    return Plan.from_dict(read_json_artifact(path, KIND, SCHEMA, "assemble"))
+
+
+def stitch_specs(plan: Plan, dissections: dict) -> list[tuple[TensorSpec, TensorSpec] | None]:
+    """For each boundary between consecutive blocks: (out spec, in spec) if an adapter is needed,
+    None where two blocks of one donor meet at their native boundary."""
+    out = []
+    for a, b in zip(plan.blocks, plan.blocks[1:]):
+        if a.donor == b.donor and a.end == b.start:
+            out.append(None)
+        else:
+            out.append((dissections[a.donor].boundary_spec(a.end), dissections[b.donor].boundary_spec(b.start)))
+    return out
+
+
+class AssembledNet(nn.Module):
+    """Blocks of several donors, adapters between them, a new head."""
+
+    def __init__(self, blocks: list[nn.Module], adapters: list[nn.Module], head: nn.Module):
+        super().__init__()
+        if len(adapters) != len(blocks) - 1:
+            raise ValueError("need one adapter (or Identity) between each pair of blocks")
+        self.blocks = nn.ModuleList(blocks)
+        self.adapters = nn.ModuleList(adapters)
+        self.head = head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks[0](x)
+        for adapter, block in zip(self.adapters, self.blocks[1:]):
+            x = block(adapter(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    def stitch_parameters(self):
+        """Parameters of the adapters and the head (what phase 1 of fine-tuning trains)."""
+        return [p for m in (*self.adapters, self.head) for p in m.parameters()]
+
+
+def validate_plan(plan: Plan, zoo, dissections: dict) -> None:
+    if plan.zoo != zoo.name or plan.zoo_hash != zoo.hash():
+        raise DeryError(f"plan is for zoo {plan.zoo!r} ({plan.zoo_hash}), but zoo {zoo.name!r} is now {zoo.hash()}: "
+                        "its weights or spec changed; re-assemble the plan", "assemble")
+    if not plan.blocks:
+        raise DeryError("plan has no blocks", "assemble")
+    for i, b in enumerate(plan.blocks):
+        if b.donor not in dissections:
+            raise DeryError(f"plan block {i} uses donor {b.donor!r}, which zoo {zoo.name!r} lacks", "assemble")
+        n = dissections[b.donor].num_body_units
+        if not 0 <= b.start < b.end <= n:
+            raise DeryError(f"plan block {i} ({b.donor}) has unit range [{b.start}, {b.end}) outside 0..{n}", "assemble")
+    if plan.blocks[0].start != 0:
+        raise DeryError("the first block of a plan must start at unit 0 (it carries its donor's stem)", "assemble")
+
+
+def build_net(plan: Plan, zoo, dissections: dict, weights: dict[str, torch.Tensor] | None = None,
+              copy_blocks: bool = True) -> AssembledNet:
+    """The AssembledNet a plan describes. Blocks are deep copies of the donors' units (unless
+    `copy_blocks=False`, for read-only use); adapters and head take `weights` when given."""
+    validate_plan(plan, zoo, dissections)
+    blocks = []
+    for b in plan.blocks:
+        blk = dissections[b.donor].block(b.start, b.end)
+        blocks.append(copy.deepcopy(blk) if copy_blocks else blk)
+    adapters = [nn.Identity() if s is None else Adapter(*s) for s in stitch_specs(plan, dissections)]
+    last = plan.blocks[-1]
+    head = Head(dissections[last.donor].boundary_spec(last.end), plan.num_classes)
+    net = AssembledNet(blocks, adapters, head).eval()
+    plan.adapters = [{"after_block": i, **a.to_dict()} for i, a in enumerate(adapters) if isinstance(a, Adapter)]
+    plan.head = {"in": head.src.to_dict(), "num_classes": plan.num_classes}
+    if weights is not None:
+        load_stitch_weights(net, weights)
+    return net
+
+
+def stitch_state_dict(net: AssembledNet) -> dict[str, torch.Tensor]:
+    sd = {}
+    for i, a in enumerate(net.adapters):
+        for k, v in a.state_dict().items():
+            sd[f"adapters.{i}.{k}"] = v.detach().contiguous()
+    for k, v in net.head.state_dict().items():
+        sd[f"head.{k}"] = v.detach().contiguous()
+    return sd
+
+
+def load_stitch_weights(net: AssembledNet, sd: dict[str, torch.Tensor]) -> None:
+    own = stitch_state_dict(net)
+    if set(own) != set(sd) or any(own[k].shape != sd[k].shape for k in own):
+        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+        raise DeryError(f"adapter weights do not fit this plan (missing {missing[:4]}, unexpected {unexpected[:4]}); "
+                        "they belong to another plan", "assemble")
+    full = net.state_dict()
+    full.update(sd)
+    net.load_state_dict(full)

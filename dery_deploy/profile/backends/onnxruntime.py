@@ -1,0 +1,58 @@
+"""onnxruntime: the CPU deployment backend (CUDA execution provider where onnxruntime-gpu is
+installed). Each item is exported to ONNX (opset 17) and run in its own InferenceSession."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from dery_deploy.profile.backends.base import Backend, Runner
+
+
+class OnnxRuntime(Backend):
+    name = "onnxruntime"
+    devices = ("cpu", "cuda")
+    precisions = ("fp32",)
+
+    def unavailable(self, device):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "backend onnxruntime needs the onnxruntime package (pip install onnxruntime)"
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CUDA execution provider here (pip install onnxruntime-gpu)"
+        return super().unavailable(device)
+
+    def version(self) -> str:
+        import onnxruntime as ort
+
+        return ort.__version__
+
+    @staticmethod
+    def session(onnx_bytes: bytes, device: str):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        return ort.InferenceSession(onnx_bytes, opts, providers=providers)
+
+    def prepare(self, module, example, precision, device) -> Runner:
+        from dery_deploy.export.onnx_export import onnx_from_module
+
+        t0 = time.perf_counter()
+        data = onnx_from_module(module.float().cpu().eval(), example.float().cpu())
+        sess = self.session(data, device)
+        x = np.ascontiguousarray(example.float().cpu().numpy())
+
+        def call():
+            return sess.run(None, {"x": x})
+
+        def run(inp):
+            return sess.run(None, {"x": np.ascontiguousarray(inp.float().cpu().numpy())})[0]
+
+        return Runner(call, run, False, time.perf_counter() - t0, {"onnx_bytes": len(data)})

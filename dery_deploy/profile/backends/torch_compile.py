@@ -1,0 +1,49 @@
+"""torch-compile: inductor. `reduce-overhead` (CUDA graphs inside) on a GPU, `default` on a CPU.
+Compile time is reported separately from latency."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dery_deploy.profile.backends.base import Backend, Runner, torch_dtype
+
+
+class TorchCompile(Backend):
+    name = "torch-compile"
+    devices = ("cpu", "cuda")
+    precisions = ("fp32", "fp16")
+
+    def unavailable(self, device):
+        why = super().unavailable(device)
+        if why is None and device == "cpu":
+            import shutil
+
+            if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+                return "torch-compile on CPU needs a C++ compiler (apt-get install -y g++)"
+        return why
+
+    def prepare(self, module, example, precision, device) -> Runner:
+        dtype = torch_dtype(precision)
+        m = module.to(device=device, dtype=dtype).eval()
+        x = example.to(device=device, dtype=dtype).clone()
+        compiled = torch.compile(m, mode="reduce-overhead" if device == "cuda" else "default", dynamic=False)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(3):  # reduce-overhead records its CUDA graph on a later call
+                compiled(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        build = time.perf_counter() - t0
+
+        @torch.inference_mode()
+        def call():
+            return compiled(x)
+
+        @torch.inference_mode()
+        def run(inp):
+            out = compiled(inp.to(device=device, dtype=dtype))
+            return out.float().cpu().numpy()
+
+        return Runner(call, run, device == "cuda", build)

@@ -1,0 +1,27 @@
+"""torch-eager: the reference. On a GPU at small batch it measures Python launch overhead."""
+
+from __future__ import annotations
+
+import torch
+
+from dery_deploy.profile.backends.base import Backend, Runner, torch_dtype
+
+
+class TorchEager(Backend):
+    name = "torch-eager"
+    devices = ("cpu", "cuda")
+    precisions = ("fp32", "fp16")
+
+    def prepare(self, module, example, precision, device) -> Runner:
+        m = module.to(device=device, dtype=torch_dtype(precision)).eval()
+        x = example.to(device=device, dtype=torch_dtype(precision))
+
+        @torch.inference_mode()
+        def call():
+            return m(x)
+
+        @torch.inference_mode()
+        def run(inp):
+            return m(inp.to(device=device, dtype=torch_dtype(precision))).float().cpu().numpy()
+
+        return Runner(call, run, device == "cuda")
