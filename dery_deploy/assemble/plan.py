@@ -47,10 +47,11 @@ class Plan:
     solver: dict = field(default_factory=dict)
     adapters: list[dict] = field(default_factory=list)  # filled from specs when built
     head: dict = field(default_factory=dict)
+    zoo_ref: str = ""  # embedded zoo name or YAML path (see ZooSpec.ref)
 
     def to_dict(self) -> dict:
         return {
-            "schema": SCHEMA, "kind": KIND, "zoo": self.zoo, "zoo_hash": self.zoo_hash, "device": self.device,
+            "schema": SCHEMA, "kind": KIND, "zoo": self.zoo, "zoo_ref": self.zoo_ref or self.zoo, "zoo_hash": self.zoo_hash, "device": self.device,
             "backend": self.backend, "precision": self.precision, "batch": self.batch, "budget": self.budget,
             "num_classes": self.num_classes,
             "blocks": [{"set": b.set, "donor": b.donor, "start": b.start, "end": b.end} for b in self.blocks],
@@ -63,7 +64,7 @@ class Plan:
         return cls(d["zoo"], d["zoo_hash"], [BlockRef(**b) for b in d["blocks"]], d["num_classes"], d.get("device", ""),
                    d.get("backend", ""), d.get("precision", "fp32"), d.get("batch", 1), d.get("budget", {}),
                    d.get("predicted", {}), d.get("proxy", {}), d.get("solver", {}), d.get("adapters", []),
-                   d.get("head", {}))
+                   d.get("head", {}), d.get("zoo_ref", d["zoo"]))
 
     def signature(self) -> tuple:
         return tuple((b.donor, b.start, b.end) for b in self.blocks)

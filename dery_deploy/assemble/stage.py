@@ -76,7 +76,7 @@ def plan_from_choice(zoo, partition: dict, choice: tuple[int, ...], num_classes:
     for k, o in enumerate(choice):
         b = partition["sets"][k]["blocks"][o]
         blocks.append(BlockRef(k, b["donor"], b["start"], b["end"]))
-    return Plan(zoo.name, zoo.hash(), blocks, num_classes)
+    return Plan(zoo.name, zoo.hash(), blocks, num_classes, zoo_ref=zoo.ref)
 
 
 class AdapterFitter:
@@ -200,7 +200,10 @@ def assemble(zoo, partition: dict, dissections: dict, sim, profile: dict, profil
     plan = best.plan
     # cross-check the program's arithmetic against the latency model on the plan itself
     plan.predicted = {"latency_ms": round(predict(plan_items(plan, zoo, dissections), profile, path=profile_path), 5),
-                      "memory_mb": round(best.memory_mb, 3), "params_m": round(best.params / 1e6, 4)}
+                      "memory_mb": round(best.memory_mb, 3), "params_m": round(best.params / 1e6, 4),
+                      # the latency model's measured error on this profile (`dery profile --verify`), if any
+                      "model_max_rel_error": profile.get("verify", {}).get("max_abs_rel_error"),
+                      "model_median_rel_error": profile.get("verify", {}).get("median_abs_rel_error")}
     assert abs(plan.predicted["latency_ms"] - best.predicted_ms) < 1e-3 + 1e-3 * best.predicted_ms
     plan.device, plan.backend, plan.precision, plan.batch = (profile["device"], profile["backend"], profile["precision"],
                                                               profile["batch"])

@@ -97,7 +97,7 @@ def random_plans(zoo, partition: dict, n: int, seed: int, num_classes: int = DOW
             continue
         seen.add(sig)
         plans.append(Plan(zoo.name, zoo.hash(), [BlockRef(k, b["donor"], b["start"], b["end"]) for k, b in enumerate(choice)],
-                          num_classes))
+                          num_classes, zoo_ref=zoo.ref))
         if len(plans) == n:
             break
     return plans

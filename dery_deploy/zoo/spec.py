@@ -57,6 +57,16 @@ class ZooSpec:
     description: str = ""
     root: Path | None = None  # folder the spec came from; `embedded:` and relative `file:` resolve here
     raw: dict = field(default_factory=dict)
+    path: Path | None = None  # the YAML file, when loaded from one
+
+    @property
+    def ref(self) -> str:
+        """How later artifacts find this zoo again: the embedded name, else the YAML's absolute path."""
+        from dery_deploy.zoo.load import EMBEDDED_DIR
+
+        if self.path is None or self.path.resolve().parent.parent == EMBEDDED_DIR.resolve():
+            return self.name
+        return str(self.path.resolve())
 
     def donor(self, name: str) -> DonorSpec:
         for d in self.donors:
@@ -170,4 +180,6 @@ def load_zoo_file(path: str | Path) -> ZooSpec:
         raise DeryError(f"zoo spec not found: {path}", "zoo") from None
     except yaml.YAMLError as e:
         raise DeryError(f"{path}: not valid YAML ({str(e).splitlines()[0]})", "zoo") from None
-    return parse_zoo(data, str(path), path.parent)
+    zoo = parse_zoo(data, str(path), path.parent)
+    zoo.path = path
+    return zoo

@@ -1,0 +1,62 @@
+"""Evaluation of a run: top-1, per-class accuracy, confusion matrix (PNG), parameters, and the
+latency measured on this machine (torch eager, batch 1, same harness as profiling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dery_deploy.artifacts import atomic_write_json, atomic_write_with
+from dery_deploy.data.task import TaskData
+from dery_deploy.train.finetune import accuracy
+
+
+def confusion(preds: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
+
+
+def confusion_png(cm: torch.Tensor, classes: list[str], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.55 * n), dpi=120)
+    norm = cm.float() / cm.sum(1, keepdim=True).clamp_min(1)
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+def evaluate_model(model, data: TaskData, out_dir: Path, title: str, latency: bool = True) -> dict:
+    from dery_deploy.profile.harness import measure
+
+    acc, preds = accuracy(model, data.test_x, data.test_y)
+    cm = confusion(preds, data.test_y, data.num_classes)
+    per_class = {c: round(100.0 * float(cm[i, i]) / max(1, int(cm[i].sum())), 2) for i, c in enumerate(data.classes)}
+    png = confusion_png(cm, data.classes, Path(out_dir) / "confusion.png", f"{title}: top-1 {acc:.2f}%")
+    res = {"data": data.name, "test_images": len(data.test_y), "top1": round(acc, 3), "per_class": per_class,
+           "confusion": cm.tolist(), "confusion_png": png.name,
+           "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 4)}
+    if latency:
+        x = data.test_x[:1]
+        with torch.inference_mode():
+            m = measure(lambda: model(x))
+        res["latency_ms_torch_eager_cpu_b1"] = round(m.median_ms, 4)
+        res["latency_stable"] = m.stable
+    atomic_write_json(Path(out_dir) / "evaluation.json", res)
+    return res
