@@ -46,3 +46,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none on this machine"))
         if "tensorrt" in item.keywords and not trt:
             item.add_marker(pytest.mark.skip(reason="needs the tensorrt Python package (TensorRT builder) and an NVIDIA GPU"))
+
+
+TINY_ZOO = ROOT / "tests" / "tiny_zoo.yaml"
+
+
+class TinyWorkspace:
+    """Similarity, partition (K=3) and a CPU onnxruntime profile of the tiny zoo, built once."""
+
+    def __init__(self, root):
+        from dery_deploy.partition.cover_set import optimise
+        from dery_deploy.partition.stage import dissect_zoo, partition_record, problem_from, write_partition
+        from dery_deploy.profile.devices import get_device
+        from dery_deploy.profile.run import run_profile
+        from dery_deploy.profile.store import read_profile
+        from dery_deploy.similarity.compute import compute_similarity
+        from dery_deploy.zoo import get_zoo
+
+        self.root = root
+        self.zoo = get_zoo(TINY_ZOO)
+        self.sim, _ = compute_similarity(self.zoo, 128, cache=root)
+        self.dis = dissect_zoo(self.zoo)
+        problem, _ = problem_from(self.zoo, self.sim, 3, 0.2, self.dis)
+        self.partition = partition_record(self.zoo, self.sim, problem, optimise(problem, 10, 0), self.dis, 0)
+        self.partition_path = write_partition(root / "tiny" / "partition.json", self.partition)
+        self.device = get_device("cpu")
+        [self.profile_path] = run_profile(self.zoo, self.device, "onnxruntime", "fp32", [1], self.partition, self.dis, root)
+        self.profile = read_profile(self.profile_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_ws(tmp_path_factory):
+    return TinyWorkspace(tmp_path_factory.mktemp("tiny_ws"))

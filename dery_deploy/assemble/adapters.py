@@ -60,11 +60,13 @@ class Adapter(nn.Module):
         return adapter_kind(self.src, self.dst)
 
     def resample(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.dst.height, self.dst.width
-        if x.shape[-2:] == (h, w):
+        # Sizes come from the specs (static), so integer-factor pooling is chosen here, not from the
+        # tensor: it exports to ONNX / TensorRT as a plain AveragePool.
+        (sh, sw), (h, w) = (self.src.height, self.src.width), (self.dst.height, self.dst.width)
+        if (sh, sw) == (h, w):
             return x
-        if x.shape[-2] >= h and x.shape[-1] >= w:
-            return F.adaptive_avg_pool2d(x, (h, w))
+        if sh % h == 0 and sw % w == 0:
+            return F.avg_pool2d(x, kernel_size=(sh // h, sw // w))
         return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,12 @@ def _register() -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this; `main` exits with it)."""
+    import logging
+
     import click
+
+    # torch warns at import that a CPU-only machine has no CUDA runtime; that is not news to a user
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
     if not app.registered_groups:
         _register()

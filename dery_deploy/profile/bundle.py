@@ -11,7 +11,7 @@ from pathlib import Path
 from dery_deploy.artifacts import atomic_write_json, sha256_file
 from dery_deploy.errors import DeryError
 from dery_deploy.profile.devices import get_device
-from dery_deploy.profile.items import example_input, partition_items, structure_hash
+from dery_deploy.profile.items import donor_items, example_input, partition_items, structure_hash
 from dery_deploy.profile.run import DOWNSTREAM_CLASSES
 from dery_deploy.profile.store import new_profile, profile_path, write_profile
 
@@ -26,7 +26,7 @@ def write_bundle(zoo, spec, partition: dict, dissections: dict, out: Path, batch
         raise DeryError(f"bundle folder {out} is not empty; pick a new folder or empty it", "profile")
     (out / "items").mkdir(parents=True, exist_ok=True)
     items = []
-    for i, it in enumerate(partition_items(zoo, partition, dissections, DOWNSTREAM_CLASSES)):
+    for i, it in enumerate(partition_items(zoo, partition, dissections, DOWNSTREAM_CLASSES) + donor_items(zoo, DOWNSTREAM_CLASSES)):
         f = f"items/{i:04d}-{it.kind}.onnx"
         save_onnx(onnx_from_module(it.build(), example_input(it.in_spec, 1)), out / f)
         items.append({"key": it.key, "kind": it.kind, "file": f, "sha256": sha256_file(out / f),

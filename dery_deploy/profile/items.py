@@ -91,5 +91,27 @@ def partition_items(zoo, partition: dict, dissections: dict, num_classes: int) -
     return list(items.values())
 
 
+def donor_key(zoo, donor: str, num_classes: int) -> str:
+    return f"donor|{arch_id(zoo, donor)}|{zoo.input.tensor_spec().short()}|{num_classes}"
+
+
+def donor_items(zoo, num_classes: int) -> list[Item]:
+    """Every whole donor with a new `num_classes` head: the baselines a plan is compared with, and
+    the latencies `dery run` picks its budgets from."""
+    from dery_deploy.zoo.load import load_donor
+
+    def build(name):
+        m = load_donor(zoo, name)
+        m.reset_classifier(num_classes)
+        return m
+
+    items = {}
+    for name in zoo.donor_names:
+        key = donor_key(zoo, name, num_classes)
+        items.setdefault(key, Item(key, "donor", zoo.input.tensor_spec(), (lambda n=name: build(n)),
+                                   {"donor": name, "arch": zoo.donor(name).arch}))
+    return list(items.values())
+
+
 def example_input(spec: TensorSpec, batch: int) -> torch.Tensor:
     return torch.randn(batch, *spec.shape, generator=torch.Generator().manual_seed(0))

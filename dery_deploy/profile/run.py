@@ -13,7 +13,7 @@ from dery_deploy.errors import DeryError
 from dery_deploy.profile.backends import get_backend
 from dery_deploy.profile.devices import machine_fingerprint
 from dery_deploy.profile.harness import measure, peak_memory_mb
-from dery_deploy.profile.items import example_input, partition_items, structure_hash
+from dery_deploy.profile.items import donor_items, example_input, partition_items, structure_hash
 from dery_deploy.profile.store import check_profile, new_profile, profile_path, read_profile, write_profile
 
 DOWNSTREAM_CLASSES = 10
@@ -56,7 +56,7 @@ def run_profile(zoo, spec, backend: str | None, precision: str | None, batches: 
         raise DeryError(f"this machine ({fp.get('gpu_name') or fp.get('cpu_model')}) does not match device {spec.id!r}; "
                         "run `dery devices` to see which spec it matches", "profile")
     structure = structure_hash(zoo)
-    items = partition_items(zoo, partition, dissections, DOWNSTREAM_CLASSES)
+    items = partition_items(zoo, partition, dissections, DOWNSTREAM_CLASSES) + donor_items(zoo, DOWNSTREAM_CLASSES)
     paths = []
     for batch in batches:
         path = profile_path(root, spec.id, zoo.name, be.name, prec, batch)

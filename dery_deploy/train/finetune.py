@@ -155,7 +155,7 @@ def run_config(source: dict, zoo, data: TaskData, recipe: Recipe, world: int) ->
 
 
 def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force: bool = False, resume: bool = True,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, test: bool = True) -> dict:
     """Train and write run/: config.json, checkpoint.safetensors, history.json, metrics.json."""
     recipe.check()
     rank, world = dist_info()
@@ -256,8 +256,8 @@ def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force
     base = model.module if hasattr(model, "module") else model
     metrics = {}
     if rank == 0:
-        test_acc, _ = accuracy(base, data.test_x, data.test_y)
-        metrics = {"test_accuracy": round(test_acc, 3), "epochs": total_epochs, "history": history,
+        test_acc = round(accuracy(base, data.test_x, data.test_y)[0], 3) if test else None
+        metrics = {"test_accuracy": test_acc, "epochs": total_epochs, "history": history,
                    "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 4), "world_size": world,
                    "train_seconds": round(time.time() - t0, 2)}
         atomic_write_json(run / "metrics.json", metrics)

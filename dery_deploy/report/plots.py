@@ -1,0 +1,52 @@
+"""Plots of the run report (matplotlib, Agg): the accuracy-vs-latency Pareto plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dery_deploy.artifacts import atomic_write_with
+
+
+def pareto_png(path: Path, donors: dict, plans: list[dict], backend: str, device: str) -> Path:
+    """Donors (measured latency from the profile) and reassembled networks (measured end to end)
+    on accuracy vs latency, with the Pareto front over all points and the budgets as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
+    pts = []
+    for name, d in donors.items():
+        ax.scatter(d["latency_ms"], d["top1"], marker="o", s=46, color="#4c72b0", zorder=3)
+        ax.annotate(name, (d["latency_ms"], d["top1"]), textcoords="offset points", xytext=(5, -10), fontsize=7.5)
+        pts.append((d["latency_ms"], d["top1"]))
+    for p in plans:
+        ax.axvline(p["budget_ms"], color="#999999", lw=0.8, ls="--", zorder=1)
+        if "top1" not in p:
+            continue
+        x = p.get("measured_ms", p["plan"]["predicted"]["latency_ms"])
+        ax.scatter(x, p["top1"], marker="*", s=160, color="#dd5533", zorder=4)
+        ax.annotate(f"reassembled ({p['budget_ms']:g} ms budget)", (x, p["top1"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=7.5, color="#aa3311")
+        pts.append((x, p["top1"]))
+    front, best = [], -1.0
+    for x, y in sorted(pts):
+        if y > best:
+            front.append((x, y))
+            best = y
+    if len(front) > 1:
+        ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="#55aa55", lw=1.2, zorder=2,
+                label="Pareto front")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.scatter([], [], marker="o", color="#4c72b0", label="donor, fine-tuned")
+    ax.scatter([], [], marker="*", color="#dd5533", label="reassembled, fine-tuned")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel(f"latency per image (ms, {backend}, batch 1, {device})")
+    ax.set_ylabel("top-1 accuracy on the 10k test images (%)")
+    ax.set_title("Accuracy vs latency: donors and reassembled networks (same recipe)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
