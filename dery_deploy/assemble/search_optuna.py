@@ -30,7 +30,10 @@ def optuna_search(data: ProgramData, zoo, partition, dissections, fitter, proxy:
     def objective(trial):
         choice = tuple(trial.suggest_categorical(f"set{k}", list(range(len(data.options[k])))) for k in range(data.K))
         ev = data.evaluate(choice)
-        trial.set_user_attr("violation", max(0.0, ev["latency_ms"] - latency_ms))
+        violation = max(0.0, ev["latency_ms"] - latency_ms)
+        if hasattr(trial, "set_constraint"):  # optuna >= 5
+            trial.set_constraint("latency", violation)
+        trial.set_user_attr("violation", violation)
         if not feasible(ev):
             seen.setdefault(choice, None)
             return -1e9
@@ -45,8 +48,9 @@ def optuna_search(data: ProgramData, zoo, partition, dissections, fitter, proxy:
             seen[choice] = c
         return seen[choice].proxy
 
-    sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: (t.user_attrs["violation"],),
-                                         n_startup_trials=min(5, evaluations))
+    kwargs = {} if hasattr(optuna.trial.Trial, "set_constraint") else \
+        {"constraints_func": lambda t: (t.user_attrs["violation"],)}
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, evaluations), **kwargs)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     t0 = time.perf_counter()
     trials = 0

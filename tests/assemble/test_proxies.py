@@ -1,0 +1,43 @@
+import math
+
+import pytest
+import timm
+import torch
+
+from dery_deploy.assemble.proxies import get_proxy, list_proxies
+from dery_deploy.errors import DeryError
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(32, 1, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model("test_resnet", in_chans=1, num_classes=10)
+
+
+@pytest.mark.parametrize("name", ["naswot", "zico"])
+def test_finite_and_deterministic(name, batch):
+    fn = get_proxy(name)
+    a, b = fn(_net(), *batch), fn(_net(), *batch)
+    assert math.isfinite(a) and a == pytest.approx(b, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["naswot", "zico"])
+def test_dead_relus_rank_below_healthy(name, batch):
+    fn = get_proxy(name)
+    healthy, dead = _net(), _net()
+    with torch.no_grad():
+        for m in dead.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.fill_(-50.0)  # every ReLU after a BN is off
+    assert fn(dead, *batch) < fn(healthy, *batch)
+
+
+def test_registry():
+    assert {"naswot", "zico"} <= set(list_proxies())
+    with pytest.raises(DeryError, match="Unknown proxy 'synflux'"):
+        get_proxy("synflux")
