@@ -118,7 +118,7 @@ def best_cut(p: PartitionProblem, d: str, in_s: np.ndarray, out_s: np.ndarray) -
                 arg[k + 1, q] = lo + j
     cuts = [n]
     for k in range(K, 0, -1):
-        cuts.append(arg[k, cuts[-1]])
+        cuts.append(int(arg[k, cuts[-1]]))
     return tuple(reversed(cuts))
 
 
@@ -143,7 +143,7 @@ def local_cut(p: PartitionProblem, d: str, cut: tuple[int, ...], in_s, out_s) ->
                 v = _cut_value(c, in_s, out_s)
                 if v > val + 1e-12:
                     cut, val, improved = c, v, True
-    return tuple(cut)
+    return tuple(int(c) for c in cut)
 
 
 def random_cut(n: int, K: int, L: int, rng: np.random.Generator) -> tuple[int, ...]:
