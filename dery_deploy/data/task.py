@@ -2,6 +2,7 @@
 
     fashion-mnist                          all 60k training images, the official 10k test set
     fashion-mnist:labels_per_class=100     a seeded 100-per-class training subset (the default task)
+    fashion-mnist:test_per_class=100       a seeded subset of the test set too (quick experiments)
     fashion-mnist:path=/data/fmnist        IDX files elsewhere
     path/to/folder                         class sub-folders; train/ and test/ (or val/) inside are
                                            used as given, else a seeded 80/20 split
@@ -49,20 +50,26 @@ def load_task(spec: str, zoo, seed: int = 0) -> TaskData:
     if head == "fashion-mnist":
         from dery_deploy.data.fashion_mnist import CLASSES, load_split, per_class_subset, preprocess
 
-        unknown = set(opts) - {"labels_per_class", "path"}
+        unknown = set(opts) - {"labels_per_class", "test_per_class", "path"}
         if unknown:
-            raise DeryError(f"unknown fashion-mnist option(s) {sorted(unknown)}; use labels_per_class=N, path=DIR", "data")
+            raise DeryError(f"unknown fashion-mnist option(s) {sorted(unknown)}; use labels_per_class=N, "
+                            "test_per_class=N, path=DIR", "data")
         if zoo.input.channels != 1:
             raise DeryError(f"zoo {zoo.name!r} takes {zoo.input.channels}-channel images; Fashion-MNIST is grey: "
                             "use an image folder", "data")
         train, test = load_split("train", opts.get("path")), load_split("test", opts.get("path"))
-        if "labels_per_class" in opts:
+        for key in ("labels_per_class", "test_per_class"):
+            if key not in opts:
+                continue
             try:
-                n = int(opts["labels_per_class"])
+                n = int(opts[key])
                 assert n > 0
             except (ValueError, AssertionError):
-                raise DeryError(f"labels_per_class must be a positive integer, got {opts['labels_per_class']!r}", "data") from None
-            train = per_class_subset(train, n, seed=0)
+                raise DeryError(f"{key} must be a positive integer, got {opts[key]!r}", "data") from None
+            if key == "labels_per_class":
+                train = per_class_subset(train, n, seed=0)
+            else:
+                test = per_class_subset(test, n, seed=0)
         pp = dict(size=zoo.input.size, mean=zoo.input.mean[0], std=zoo.input.std[0])
         return TaskData(spec, preprocess(train.images, **pp), train.labels, preprocess(test.images, **pp), test.labels,
                         list(CLASSES), "fashion-mnist", [])
