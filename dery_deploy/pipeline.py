@@ -11,12 +11,10 @@ directory reuses every stage, and an interrupted run resumes.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 
 from dery_deploy.artifacts import atomic_write_json, read_json_artifact
 from dery_deploy.errors import DeryError
@@ -101,11 +99,10 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> dict:
     from dery_deploy.partition.stage import dissect_zoo, load_partition, partition_record, problem_from, write_partition
     from dery_deploy.profile.devices import get_device, this_machine
     from dery_deploy.profile.items import donor_key
-    from dery_deploy.profile.run import DOWNSTREAM_CLASSES, measure_module, resolve_backend, run_profile, verify
+    from dery_deploy.profile.run import DOWNSTREAM_CLASSES, resolve_backend, run_profile, verify
     from dery_deploy.profile.store import read_profile
     from dery_deploy.similarity.compute import compute_similarity
-    from dery_deploy.train.evaluate import evaluate_model
-    from dery_deploy.train.finetune import Recipe, finetune, load_run_model
+    from dery_deploy.train.finetune import Recipe, finetune
     from dery_deploy.zoo.load import get_zoo
     from dery_deploy.zoo.summary import zoo_rows
 
@@ -244,8 +241,9 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> dict:
         train_dir = bdir / "train"
         reused = (train_dir / "metrics.json").is_file()
         source = {"plan": plan.to_dict(), "adapter_weights": str(plan_path.with_suffix(".safetensors").resolve())}
-        finetune(source, zoo, task, recipe, train_dir, log=None, test=False)
+        finetune(source, zoo, task, recipe, train_dir, log=None, test=False, eval_phase1=True)
         log.record(f"finetune {b:g} ms", "reused" if reused else "computed", time.time() - t)
+        entry["phase1_top1"] = json.loads((train_dir / "metrics.json").read_text()).get("phase1_test_accuracy")
         entry.update(_evaluate_and_measure(train_dir, task, backend, precision, spec, log, stage, say, f"plan {b:g} ms"))
         if opts.aoti and b == budgets[len(budgets) // 2]:
             entry["aoti"] = _export(train_dir, "aoti", log, stage, say, f"plan {b:g} ms")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dery_deploy.artifacts import atomic_write_json, read_json_artifact
-from dery_deploy.assemble.adapters import Adapter, Head, adapter_kind
+from dery_deploy.assemble.adapters import Adapter, Head
 from dery_deploy.dissect.spec import TensorSpec
 from dery_deploy.errors import DeryError
 

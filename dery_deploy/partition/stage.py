@@ -9,7 +9,7 @@ import numpy as np
 from dery_deploy.artifacts import atomic_write_json, read_json_artifact
 from dery_deploy.dissect import dissect
 from dery_deploy.errors import DeryError
-from dery_deploy.partition.cover_set import PartitionProblem, PartitionResult, optimise
+from dery_deploy.partition.cover_set import PartitionProblem, PartitionResult
 from dery_deploy.zoo.load import load_donor
 from dery_deploy.zoo.spec import ZooSpec
 

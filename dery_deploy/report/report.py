@@ -74,7 +74,6 @@ def write_report(out: Path, run: dict, zoo, sim, part: dict, prof: dict, rows: l
         if p["adapters"]:
             lines += [md_table(["after block", "adapter", "in", "out", "params"],
                                [[a["after_block"], a["kind"], _spec(a["in"]), _spec(a["out"]), a["params"]] for a in p["adapters"]]), ""]
-        onnx = r.get("onnx", {})
         meas = r.get("measured_ms")
         rows_b = [["reassembled (this plan)", f"{p['predicted']['latency_ms']:.4f}", f"{meas:.4f}" if meas else "-",
                    f"{r['params_m']:.3f}", f"{p['predicted']['memory_mb']:.2f}", f"{r['top1']:.2f}"]]
@@ -82,6 +81,9 @@ def write_report(out: Path, run: dict, zoo, sim, part: dict, prof: dict, rows: l
             d = run["donors"][n]
             rows_b.append([f"donor {n}", "-", f"{d['latency_ms']:.4f}", f"{d['params_m']:.3f}", "-", f"{d['top1']:.2f}"])
         lines += [md_table(["network", "predicted ms", "measured ms", "params (M)", "peak mem (MB)", "top-1 (%)"], rows_b), ""]
+        if r.get("phase1_top1") is not None:
+            lines += [f"Adapters and head only (phase 1, blocks frozen): top-1 {r['phase1_top1']:.2f}%; after end-to-end "
+                      f"fine-tuning: {r['top1']:.2f}%.", ""]
         if "candidates" in r:
             lines += ["Candidates (CP-SAT top-N, reranked by the proxy):", "",
                       md_table(["plan", "predicted ms", "params (M)", "quality", "proxy"],

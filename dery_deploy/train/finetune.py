@@ -155,7 +155,7 @@ def run_config(source: dict, zoo, data: TaskData, recipe: Recipe, world: int) ->
 
 
 def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force: bool = False, resume: bool = True,
-             progress: bool = True, log=print, test: bool = True) -> dict:
+             progress: bool = True, log=print, test: bool = True, eval_phase1: bool = False) -> dict:
     """Train and write run/: config.json, checkpoint.safetensors, history.json, metrics.json."""
     recipe.check()
     rank, world = dist_info()
@@ -249,6 +249,11 @@ def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force
                            stats=f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}%")
             history.append({"epoch": epoch, "phase": phase, "loss": round(loss_sum / seen, 5),
                             "train_acc": round(100 * correct / seen, 3), "seconds": round(time.time() - t0, 2)})
+            if eval_phase1 and rank == 0 and epoch == recipe.epochs_adapter - 1:
+                # adapters + head only: DeRy's "stitching layers trained" setting, before end-to-end tuning
+                history[-1]["test_acc"] = round(accuracy(model.module if hasattr(model, "module") else model,
+                                                         data.test_x, data.test_y)[0], 3)
+                _set_phase(model.module if hasattr(model, "module") else model, phase)
             if rank == 0:
                 save_checkpoint(run, model, opt, {"epoch": epoch, "phase": phase, "history": history, "config": cfg})
             if log and rank == 0:
@@ -257,7 +262,8 @@ def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force
     metrics = {}
     if rank == 0:
         test_acc = round(accuracy(base, data.test_x, data.test_y)[0], 3) if test else None
-        metrics = {"test_accuracy": test_acc, "epochs": total_epochs, "history": history,
+        phase1 = [h["test_acc"] for h in history if "test_acc" in h]
+        metrics = {"test_accuracy": test_acc, "phase1_test_accuracy": phase1[-1] if phase1 else None, "epochs": total_epochs, "history": history,
                    "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 4), "world_size": world,
                    "train_seconds": round(time.time() - t0, 2)}
         atomic_write_json(run / "metrics.json", metrics)

@@ -11,7 +11,7 @@ import pytest
 from dery_deploy.errors import DeryError
 from dery_deploy.profile.devices import get_device, machine_fingerprint
 from dery_deploy.profile.store import check_profile, read_profile
-from tests.conftest import ROOT, TINY_ZOO, assert_one_line_error, run_dery
+from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
 
 
 def test_profile_records_are_complete(tiny_ws):

@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmark scripts: machine description, a fresh workspace of the
+similarity + partition of a zoo, Kendall's tau."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict:
+    import torch
+
+    from dery_deploy.profile.devices import cpu_model, gpu_fingerprint
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": (gpu_fingerprint() or {}).get("gpu_name"), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def workspace(zoo_name: str, cache: Path, K: int = 4, probe: int = 512, restarts: int = 50, seed: int = 0):
+    """(zoo, similarity, partition record, dissections) computed into `cache`."""
+    from dery_deploy.partition.cover_set import optimise
+    from dery_deploy.partition.stage import dissect_zoo, partition_record, problem_from, write_partition
+    from dery_deploy.similarity.compute import compute_similarity
+    from dery_deploy.zoo import get_zoo
+
+    zoo = get_zoo(zoo_name)
+    sim, _ = compute_similarity(zoo, probe, cache=cache)
+    dis = dissect_zoo(zoo)
+    problem, _ = problem_from(zoo, sim, K, 0.2, dis)
+    part = partition_record(zoo, sim, problem, optimise(problem, restarts, seed), dis, seed)
+    write_partition(cache / zoo.name / "partition.json", part)
+    return zoo, sim, part, dis
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties counted in neither pair class, denominators corrected)."""
+    n = len(x)
+    conc = disc = tx = ty = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = x[i] - x[j], y[i] - y[j]
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                tx += 1
+            elif b == 0:
+                ty += 1
+            elif (a > 0) == (b > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
+    return (conc - disc) / denom if denom else 0.0
