@@ -27,7 +27,7 @@ def pareto_png(path: Path, donors: dict, plans: list[dict], backend: str, device
             continue
         x = p.get("measured_ms", p["plan"]["predicted"]["latency_ms"])
         ax.scatter(x, p["top1"], marker="*", s=160, color="#dd5533", zorder=4)
-        ax.annotate(f"reassembled ({p['budget_ms']:g} ms budget)", (x, p["top1"]), textcoords="offset points",
+        ax.annotate(f"plan, {p['budget_ms']:g} ms budget", (x, p["top1"]), textcoords="offset points",
                     xytext=(6, 4), fontsize=7.5, color="#aa3311")
         pts.append((x, p["top1"]))
     front, best = [], -1.0
@@ -38,12 +38,13 @@ def pareto_png(path: Path, donors: dict, plans: list[dict], backend: str, device
     if len(front) > 1:
         ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="#55aa55", lw=1.2, zorder=2,
                 label="Pareto front")
-        ax.legend(loc="lower right", fontsize=8)
     ax.scatter([], [], marker="o", color="#4c72b0", label="donor, fine-tuned")
     ax.scatter([], [], marker="*", color="#dd5533", label="reassembled, fine-tuned")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.plot([], [], color="#999999", lw=0.8, ls="--", label="latency budget")
+    ax.legend(loc="best", fontsize=8)
+    ax.margins(x=0.12, y=0.12)
     ax.set_xlabel(f"latency per image (ms, {backend}, batch 1, {device})")
-    ax.set_ylabel("top-1 accuracy on the 10k test images (%)")
+    ax.set_ylabel("top-1 accuracy on the test set (%)")
     ax.set_title("Accuracy vs latency: donors and reassembled networks (same recipe)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
