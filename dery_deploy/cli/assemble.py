@@ -54,11 +54,11 @@ def assemble(zoo: str = typer.Option("fashion", "--zoo"),
              cache: Optional[Path] = typer.Option(None, "--cache")) -> None:
     """Pick one block per equivalence set under the budget, rank candidates by a proxy, write the plan."""
     from dery_deploy.assemble.stage import assemble as run_assemble
-    from dery_deploy.cli.partition import default_partition_path
+    from dery_deploy.cli.partition import current_partition
     from dery_deploy.cli.profile import default_device
     from dery_deploy.cli.similarity import progress_bar
     from dery_deploy.errors import DeryError
-    from dery_deploy.partition.stage import dissect_zoo, load_partition
+    from dery_deploy.partition.stage import dissect_zoo
     from dery_deploy.profile.devices import get_device
     from dery_deploy.profile.store import check_profile, read_profile
     from dery_deploy.profile.items import structure_hash
@@ -71,10 +71,7 @@ def assemble(zoo: str = typer.Option("fashion", "--zoo"),
     root = cache or cache_root()
     z = get_zoo(zoo)
     spec = get_device(device or default_device())
-    ppath = partition or default_partition_path(z.name, cache)
-    if not Path(ppath).is_file():
-        raise DeryError(f"no partition at {ppath}; run `dery partition --zoo {z.name}` first", "assemble")
-    part = load_partition(ppath, z)
+    part = current_partition(z, partition, cache, "assemble")
     prof_path = profile or find_profile(root, z.name, spec.id, backend or spec.default_backend,
                                         precision or spec.default_precision, batch)
     prof = read_profile(prof_path)

@@ -21,6 +21,17 @@ def default_partition_path(zoo_name: str, cache: Path | None = None) -> Path:
     return (cache or cache_root()) / zoo_name / "partition.json"
 
 
+def current_partition(zoo, path: Path | None, cache: Path | None, stage: str) -> dict:
+    """The partition a later stage works on: `path`, or the zoo's current one in the cache."""
+    from dery_deploy.errors import DeryError
+    from dery_deploy.partition.stage import load_partition
+
+    ppath = path or default_partition_path(zoo.name, cache)
+    if not Path(ppath).is_file():
+        raise DeryError(f"no partition at {ppath}; run `dery partition --zoo {zoo.name}` first", stage)
+    return load_partition(ppath, zoo)
+
+
 def partition(zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML path"),
               K: int = typer.Option(4, "-K", "--sets", help="number of blocks per donor = equivalence sets"),
               eps: float = typer.Option(0.2, "--eps", help="block-size slack: max units <= ceil(N/K)*(1+eps)"),

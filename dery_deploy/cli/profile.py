@@ -37,13 +37,14 @@ def profile(zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML p
             import_result: Optional[Path] = typer.Option(None, "--import", help="import a bundle runner's result JSON"),
             cache: Optional[Path] = typer.Option(None, "--cache")) -> None:
     """Profile blocks, adapters and heads of the current partition; resumes an interrupted run."""
-    from dery_deploy.cli.partition import default_partition_path
+    from dery_deploy.cli.partition import current_partition
     from dery_deploy.cli.similarity import progress_bar
     from dery_deploy.errors import DeryError
-    from dery_deploy.partition.stage import dissect_zoo, load_partition
+    from dery_deploy.partition.stage import dissect_zoo
     from dery_deploy.profile.devices import get_device
     from dery_deploy.profile.run import run_profile, verify as run_verify
     from dery_deploy.similarity.compute import cache_root
+    from dery_deploy.zoo.load import get_zoo
 
     root = cache or cache_root()
     if import_result is not None:
@@ -55,15 +56,9 @@ def profile(zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML p
     batches = parse_int_list(batch, "--batch")
     if verify < 0:
         raise DeryError(f"--verify must be >= 0, got {verify}", "profile")
-    z_name = zoo
-    from dery_deploy.zoo.load import get_zoo
-
-    z = get_zoo(z_name)
+    z = get_zoo(zoo)
     spec = get_device(device or default_device())
-    ppath = partition or default_partition_path(z.name, cache)
-    if not Path(ppath).is_file():
-        raise DeryError(f"no partition at {ppath}; run `dery partition --zoo {z.name}` first", "profile")
-    part = load_partition(ppath, z)
+    part = current_partition(z, partition, cache, "profile")
     dis = dissect_zoo(z)
     if bundle is not None:
         from dery_deploy.profile.bundle import write_bundle

@@ -113,6 +113,18 @@ class Borrowed(nn.Module):
         return self._method(self, x)
 
 
+def staged_units(stages, prefix: str, layout: str) -> list[UnitDef]:
+    """Units of stages that each hold an optional `downsample` module and a `blocks` sequence
+    (ConvNeXt, Swin): the downsample unit where it is not an Identity, then one unit per block."""
+    units = []
+    for s, stage in enumerate(stages):
+        if not isinstance(stage.downsample, nn.Identity):
+            units.append(UnitDef(f"{prefix}.{s}.downsample", "downsample", stage.downsample, layout))
+        for i, blk in enumerate(stage.blocks):
+            units.append(UnitDef(f"{prefix}.{s}.blocks.{i}", "block", blk, layout))
+    return units
+
+
 def seq(model: nn.Module, *names: str) -> nn.Sequential:
     """The named children of `model`, in order, as one Sequential (e.g. conv1, bn1, act1, maxpool)."""
     return nn.Sequential(*[getattr(model, n) for n in names])
