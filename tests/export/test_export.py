@@ -81,3 +81,14 @@ def test_changed_zoo_refused(trained_run, tmp_path):
     cfg["zoo_hash"] = "f" * 16
     (run / "config.json").write_text(json.dumps(cfg))
     assert_one_line_error(run_dery("export", str(run), "--format", "onnx"), "weights or spec changed")
+
+
+def test_plan_that_fails_to_rebuild_refused(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["source"]["plan"]["blocks"][1]["end"] = 99
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(run_dery("export", str(run), "--format", "onnx"), "fails to rebuild", "unit range")

@@ -82,3 +82,29 @@ def test_bad_input():
         PartitionProblem(p.donors, p.units, p.sim, K=8)
     with pytest.raises(DeryError, match="--eps must be >= 0"):
         PartitionProblem(p.donors, p.units, p.sim, K=3, eps=-0.1)
+
+
+def test_cli_partition_writes_sets(tmp_path):
+    import json
+
+    from tests.conftest import TINY_ZOO, run_dery
+
+    out = tmp_path / "partition.json"
+    p = run_dery("partition", "--zoo", str(TINY_ZOO), "-K", "3", "--probe", "32", "--restarts", "5", "--cache",
+                 str(tmp_path), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    rec = json.loads(out.read_text())
+    assert rec["K"] == 3 and len(rec["sets"]) == 3
+    for s in rec["sets"]:
+        assert sorted(b["donor"] for b in s["blocks"]) == ["cnx", "res", "vit"]
+    for d, cut in rec["cuts"].items():
+        assert cut[0] == 0 and len(cut) == 4
+
+
+def test_cli_partition_bad_k(tmp_path):
+    from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
+
+    p = run_dery("partition", "--zoo", str(TINY_ZOO), "-K", "9", "--probe", "32", "--cache", str(tmp_path))
+    assert_one_line_error(p, "K=9 is larger than donor 'res'", "5 units")
+    p = run_dery("partition", "--zoo", str(TINY_ZOO), "-K", "2", "--eps", "-1", "--probe", "32", "--cache", str(tmp_path))
+    assert_one_line_error(p, "--eps must be >= 0")

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dery_deploy.errors import DeryError
+from dery_deploy.similarity.compute import compute_similarity, pair_path
+from dery_deploy.zoo import get_zoo
+from tests.conftest import TINY_ZOO, run_dery
+
+
+def test_cache_reused_and_keyed(tmp_path):
+    zoo = get_zoo(TINY_ZOO)
+    sim, st = compute_similarity(zoo, 64, cache=tmp_path)
+    assert st == {"pairs": 6, "reused": 0, "computed": 6, "seconds": st["seconds"]}
+    m = sim.matrix("res", "vit")
+    n_res, n_vit = 5, 7  # body units of test_resnet / test_vit
+    assert m.shape == (n_res + 1, n_vit + 1)
+    assert m[0, 0] == pytest.approx(1.0)  # both see the same input images
+    assert torch.allclose(sim.matrix("vit", "res"), m.T)
+    assert torch.allclose(torch.diagonal(sim.matrix("cnx", "cnx")), torch.ones(14, dtype=torch.float64))
+
+    again, st2 = compute_similarity(zoo, 64, cache=tmp_path)
+    assert st2["computed"] == 0 and torch.equal(again.matrix("res", "vit"), m)
+    # another probe set is another key: recomputed, not reused
+    _, st3 = compute_similarity(zoo, 64, seed=1, cache=tmp_path)
+    assert st3["computed"] == 6
+    # a file whose keys do not match (copied from another zoo version) is recomputed
+    path = pair_path(tmp_path, zoo, sim.key, "res", "vit")
+    data = json.loads(path.read_text())
+    data["zoo_hash"] = "another-zoo"
+    path.write_text(json.dumps(data))
+    _, st4 = compute_similarity(zoo, 64, cache=tmp_path)
+    assert st4["computed"] == 1
+
+
+def _zoo_with_weights(tmp_path, fill):
+    import timm
+
+    m = timm.create_model("test_resnet", in_chans=1, num_classes=5)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    fill(sd)
+    save_file(sd, str(tmp_path / "bad.safetensors"))
+    (tmp_path / "zoo.yaml").write_text(
+        "name: bad\ninput: {channels: 1, size: 32, mean: [0.2190], std: [0.3318]}\ndonors:\n"
+        "  - {name: good, arch: test_convnext, num_classes: 5, weights: none}\n"
+        "  - {name: broken, arch: test_resnet, num_classes: 5, weights: 'file:bad.safetensors'}\n")
+    return get_zoo(tmp_path / "zoo.yaml")
+
+
+def test_nan_features_name_the_donor(tmp_path):
+    zoo = _zoo_with_weights(tmp_path, lambda sd: sd["layer2.0.conv1.weight"].fill_(float("nan")))
+    with pytest.raises(DeryError, match=r"donor 'broken' produces NaN/inf features at boundary \d+ \(after unit 'layer2.0'\)"):
+        compute_similarity(zoo, 32, cache=tmp_path / "c")
+
+
+def test_constant_features_name_the_donor(tmp_path):
+    def zero(sd):
+        for k in sd:
+            if k.startswith("layer3.0.") and k.endswith("weight"):
+                sd[k].zero_()
+            if k.startswith("layer3.0.") and k.endswith("bias"):
+                sd[k].zero_()
+
+    zoo = _zoo_with_weights(tmp_path, zero)
+    with pytest.raises(DeryError, match="donor 'broken' produces constant features at boundary"):
+        compute_similarity(zoo, 32, cache=tmp_path / "c")
+
+
+def test_cli_show_writes_heatmap(tmp_path):
+    png = tmp_path / "h.png"
+    p = run_dery("similarity", "--zoo", str(TINY_ZOO), "--probe", "32", "--cache", str(tmp_path), "--show", "res", "vit",
+                 "--png", str(png))
+    assert p.returncode == 0, p.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "CKA by boundary" in p.stdout
