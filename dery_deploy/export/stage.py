@@ -36,8 +36,9 @@ def parity(ref: np.ndarray, out: np.ndarray) -> dict:
             "top1_identical": bool((ref.argmax(1) == out.argmax(1)).all())}
 
 
-def budget_check(cfg: dict, measured_ms: float, fmt: str) -> dict:
-    """Measured latency against the plan's budget, when this machine is the plan's device."""
+def budget_check(cfg: dict, measured_ms: float, artifact_device: str) -> dict:
+    """Measured latency against the plan's budget, when this machine is the plan's device and the
+    artifact ran on that kind of processor (an ONNX Runtime CPU timing says nothing of a GPU budget)."""
     from dery_deploy.profile.devices import get_device, this_machine
 
     plan = cfg["source"].get("plan")
@@ -51,9 +52,11 @@ def budget_check(cfg: dict, measured_ms: float, fmt: str) -> dict:
            "plan_device": plan.get("device"), "plan_backend": plan.get("backend"), "plan_batch": plan.get("batch"),
            "model_error": stated, "model_error_source": "profile --verify" if err is not None else "default (profile not verified)"}
     try:
-        get_device(plan.get("device") or "")
+        spec = get_device(plan.get("device") or "")
     except DeryError:
         return {**out, "checked": False, "reason": f"unknown plan device {plan.get('device')!r}"}
+    if spec.kind != artifact_device:
+        return {**out, "checked": False, "reason": f"the artifact ran on {artifact_device}, the plan's device is {spec.kind}"}
     if plan.get("device") not in here:
         return {**out, "checked": False, "reason": f"this machine is not the plan's device {plan.get('device')!r}"}
     limit = budget * (1 + stated)
@@ -229,7 +232,7 @@ def export_run(run: Path, fmt: str, precision: str | None, device: str | None, o
     else:
         rep = export_tensorrt(model, x, out, prec)
     if "latency_ms" in rep:
-        rep["budget"] = budget_check(cfg, rep["latency_ms"], fmt)
+        rep["budget"] = budget_check(cfg, rep["latency_ms"], rep.get("device", "cuda" if fmt == "tensorrt" else "cpu"))
     rep.update({"run": str(run), "precision": prec, "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
     atomic_write_json(out / f"report-{fmt}.json", rep)
     if rep.get("parity") and not rep["parity"]["ok"]:

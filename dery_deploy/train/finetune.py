@@ -145,7 +145,8 @@ def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> tuple[float, torch.Tensor]:
     """Top-1 (%) and the predictions, eval mode."""
     model.eval()
-    preds = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    dev = next(model.parameters()).device
+    preds = torch.cat([model(x[i:i + batch].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch)])
     return 100.0 * float((preds == y).float().mean()), preds
 
 
@@ -182,6 +183,8 @@ def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     torch.manual_seed(recipe.seed)
     model = build_model(source, zoo, num_classes=data.num_classes)
+    # one GPU per process under torchrun (LOCAL_RANK), else the CPU
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if "plan" in source and source.get("adapter_weights"):
         from safetensors.torch import load_file
 
@@ -193,6 +196,7 @@ def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force
         msd, osd, meta = load_checkpoint(run)
         model.load_state_dict(msd)
         start_epoch, history, ckpt = meta["epoch"] + 1, meta["history"], (osd, meta)
+    model.to(device)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run / "config.json", cfg)
@@ -224,7 +228,7 @@ def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force
                 ckpt = None
                 if world > 1:
                     base = model.module if hasattr(model, "module") else model
-                    model = torch.nn.parallel.DistributedDataParallel(base)
+                    model = torch.nn.parallel.DistributedDataParallel(base, device_ids=[device] if device.type == "cuda" else None)
                 phase_now = phase
             else:
                 _set_phase(model.module if hasattr(model, "module") else model, phase)
@@ -235,7 +239,7 @@ def finetune(source: dict, zoo, data: TaskData, recipe: Recipe, run: Path, force
                 idx = perm[s * recipe.batch:(s + 1) * recipe.batch]
                 xb = augment(data.train_x[idx], g, flip=flip)
                 yb = data.train_y[idx]
-                xb, yb = xb[rank::world], yb[rank::world]
+                xb, yb = xb[rank::world].to(device), yb[rank::world].to(device)
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
                 opt.zero_grad(set_to_none=True)

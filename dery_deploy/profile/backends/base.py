@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,7 +25,7 @@ class Runner:
     info: dict = field(default_factory=dict)
 
 
-class Backend:
+class Backend(abc.ABC):
     name: str = ""
     devices: tuple[str, ...] = ("cpu",)
     precisions: tuple[str, ...] = ("fp32",)
@@ -48,8 +50,9 @@ class Backend:
                             f"{', '.join(p for p in self.precisions if not (p == 'fp16' and device == 'cpu'))}, not {precision}",
                             "profile")
 
+    @abc.abstractmethod
     def prepare(self, module: nn.Module, example: torch.Tensor, precision: str, device: str) -> Runner:
-        raise NotImplementedError  # each backend module overrides this
+        """Build the item for this backend (export / compile / capture) and return its runner."""
 
 
 def torch_dtype(precision: str) -> torch.dtype:
