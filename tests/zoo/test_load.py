@@ -63,7 +63,14 @@ def test_missing_weights_refused(zoo_copy):
 
 
 def test_state_dict_mismatch_lists_keys(tmp_path):
-    sd = {"conv1.weight": torch.zeros(3, 3), "bogus.weight": torch.zeros(1)}
+    import timm
+
+    sd = timm.create_model("test_resnet", in_chans=1, num_classes=3).state_dict()
+    missing = sorted(sd)[0]
+    del sd[missing]
+    reshaped = next(k for k, v in sd.items() if v.ndim == 4)
+    sd[reshaped] = torch.zeros(3, 3)
+    sd["bogus.weight"] = torch.zeros(1)
     save_file(sd, str(tmp_path / "w.safetensors"))
     (tmp_path / "zoo.yaml").write_text(
         "name: t\ninput: {channels: 1, size: 32, mean: [0.2], std: [0.3]}\n"
@@ -71,7 +78,7 @@ def test_state_dict_mismatch_lists_keys(tmp_path):
     with pytest.raises(DeryError) as e:
         load_donor(get_zoo(tmp_path / "zoo.yaml"), "r")
     msg = str(e.value)
-    assert "missing:" in msg and "unexpected: bogus.weight" in msg and "wrong shape: conv1.weight" in msg
+    assert f"missing: {missing}" in msg and "unexpected: bogus.weight" in msg and f"wrong shape: {reshaped}" in msg
 
 
 def test_file_weights_roundtrip_and_pickles_refused(tmp_path):
