@@ -41,3 +41,8 @@ def test_registry():
     assert {"naswot", "zico"} <= set(list_proxies())
     with pytest.raises(DeryError, match="Unknown proxy 'synflux'"):
         get_proxy("synflux")
+
+
+def test_naswot_on_mobilevit_which_folds_patches_into_the_batch(batch):
+    net = timm.create_model("mobilevit_xxs", in_chans=1, num_classes=10)
+    assert math.isfinite(get_proxy("naswot")(net, batch[0]))

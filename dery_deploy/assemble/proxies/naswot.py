@@ -21,9 +21,13 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, 
 def naswot(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None) -> float:
     """log-determinant of the activation-code kernel over one batch (eval-mode BN statistics)."""
     codes: list[torch.Tensor] = []
+    n = images.shape[0]
 
     def hook(_m, inputs, _out):
-        codes.append((inputs[0].reshape(inputs[0].shape[0], -1) > 0).float())
+        # Activations inside blocks that fold patches into the batch (MobileViT's transformer) do not
+        # have one row per image; their codes cannot be attributed to images, so they are skipped.
+        if inputs[0].shape[0] == n:
+            codes.append((inputs[0].reshape(n, -1) > 0).float())
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, ACTIVATIONS)]
     was = net.training
