@@ -104,11 +104,17 @@ def export_aoti(model, x: torch.Tensor, out: Path, device: str = "cpu") -> dict:
     xd = x.to(device)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.inference_mode():
-        ep = torch.export.export(m, (xd[:2],), dynamic_shapes=({0: batch},))
         ref = m(xd).float().cpu().numpy()
     pkg = out / "model.pt2"
     tmp_pkg = out / ".model.pt2.tmp.pt2"
-    torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_pkg))
+    try:
+        ep = torch.export.export(m, (xd[:2],), dynamic_shapes=({0: batch},))
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_pkg))
+    except Exception as e:  # noqa: BLE001 - a tracing/compile failure of this network, reported as such
+        tmp_pkg.unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise DeryError(f"AOTInductor could not compile this network on torch {torch.__version__} "
+                        f"({type(e).__name__}: {first}); ship the ONNX export instead", "export") from None
     os.replace(tmp_pkg, pkg)
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
