@@ -129,11 +129,6 @@ def solve(data: ProgramData, latency_ms: float, memory_mb: float | None = None, 
     # Exactly one block per equivalence set.
     for k in range(K):
         model.add_exactly_one(x[k, o] for o in range(len(data.options[k])))
-    # Linearised stitch: y is on exactly when both its ends are chosen.
-    for (k, a, b), v in y.items():
-        model.add_implication(v, x[k, a])
-        model.add_implication(v, x[k + 1, b])
-        model.add_bool_or([x[k, a].Not(), x[k + 1, b].Not(), v])
 
     # Predicted latency (integer us) within the budget.
     lat_terms = [(to_us(data.block_ms[k][o]) - o_us) * x[k, o] for (k, o) in x]
@@ -158,16 +153,24 @@ def solve(data: ProgramData, latency_ms: float, memory_mb: float | None = None, 
     # Objective: stitch compatibility + capacity (module docstring says why).
     obj = [_quality_int(data.capacity_weight * cap[k][o]) * x[k, o] for (k, o) in x]
     obj += [_quality_int(data.stitch_cka[k][(a, b)]) * v for (k, a, b), v in y.items()]
-    # native stitches (same donor, consecutive sets) have CKA 1 and no y variable
+    # native stitches (same donor, consecutive sets) have CKA 1 and no adapter
+    nat = {}
     for k in range(K - 1):
         for a in range(len(data.options[k])):
             for b in range(len(data.options[k + 1])):
                 if (a, b) not in data.stitch_cka[k]:
-                    nat = model.new_bool_var(f"n_{k}_{a}_{b}")
-                    model.add_implication(nat, x[k, a])
-                    model.add_implication(nat, x[k + 1, b])
-                    model.add_bool_or([x[k, a].Not(), x[k + 1, b].Not(), nat])
-                    obj.append(SCALE * nat)
+                    v = nat[k, a, b] = model.new_bool_var(f"n_{k}_{a}_{b}")
+                    obj.append(SCALE * v)
+    # Linearised stitch, as flow conservation: each chosen block has exactly one outgoing and one
+    # incoming stitch, so with one block per set a stitch variable is on exactly when both its ends
+    # are chosen. This form (rather than y <= x_a, y <= x_b, y >= x_a + x_b - 1) makes the LP
+    # relaxation a path through the sets, which is what lets CP-SAT prove optimality fast.
+    edges = {**y, **nat}
+    for k in range(K - 1):
+        for a in range(len(data.options[k])):
+            model.add(sum(v for (kk, aa, _), v in edges.items() if kk == k and aa == a) == x[k, a])
+        for b in range(len(data.options[k + 1])):
+            model.add(sum(v for (kk, _, bb), v in edges.items() if kk == k and bb == b) == x[k + 1, b])
     model.maximize(sum(obj))
 
     # Hint: the greedy fastest block of every set.
