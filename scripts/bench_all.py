@@ -96,8 +96,10 @@ def summary(r: dict) -> str:
                   + ", ".join(f"{k} {v}" for k, v in pv["kendall_tau"].items())
                   + f"; LSQ-initialised accuracy before training (median) {pv['lsq_init_accuracy_median']:.2f}%."]
         for row in a["cpsat_vs_optuna"]["budgets"]:
-            lines.append(f"- {row['budget_ms']} ms: best NASWOT CP-SAT+rerank {row['cpsat']['best_proxy']} vs Optuna "
-                         f"{row['optuna']['best_proxy']} (10 evaluations each)")
+            lines.append(f"- {row.get('proxy', 'naswot')} at {row['budget_ms']} ms: CP-SAT+rerank best proxy "
+                         f"{row['cpsat']['best_proxy']} (accuracy {row['cpsat'].get('adapter_only_accuracy', '-')}%) vs "
+                         f"Optuna {row['optuna']['best_proxy']} (accuracy {row['optuna'].get('adapter_only_accuracy', '-')}%), "
+                         "10 proxy evaluations each")
         lines.append("")
     if "finetune" in s:
         lines += ["## Accuracy: reassembled vs donors within the same budget (same data, same recipe)", "",

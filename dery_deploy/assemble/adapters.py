@@ -136,11 +136,15 @@ class Head(nn.Module):
         self.norm = nn.LayerNorm(src.channels)
         self.fc = nn.Linear(src.channels, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average over the spatial grid (or over all tokens)."""
         if self.src.layout == "NCHW":
-            x = x.mean((2, 3))
-        elif self.src.layout == "NHWC":
-            x = x.mean((1, 2))
-        elif self.src.layout == "NLC":
-            x = x.mean(1)
-        return self.fc(self.norm(x))
+            return x.mean((2, 3))
+        if self.src.layout == "NHWC":
+            return x.mean((1, 2))
+        if self.src.layout == "NLC":
+            return x.mean(1)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.pool(x)))

@@ -143,6 +143,11 @@ def score_candidates(cands: list[Candidate], zoo, dissections: dict, fitter: Ada
             progress.advance(task)
 
 
+# Labelled images each proxy scores on: NASWOT / ZiCo use one small batch as in their papers; the
+# linear probe needs enough samples per class for its leave-one-out estimate.
+PROXY_IMAGES = {"naswot": 64, "zico": 64, "probe": 500}
+
+
 def proxy_batch(zoo, n: int = 64, seed: int = 0, labels_per_class: int = 100):
     """Seeded batch of the target task's training data (Fashion-MNIST, 10 classes)."""
     from dery_deploy.data.fashion_mnist import load_split, per_class_subset, preprocess
@@ -170,7 +175,7 @@ def assemble(zoo, partition: dict, dissections: dict, sim, profile: dict, profil
         raise DeryError(f"--params-m must be > 0, got {params_m}", "assemble")
     data = program_data(zoo, partition, dissections, sim, profile, profile_path)
     fitter = fitter or AdapterFitter(dissections, probe_for_adapters(zoo))
-    images, labels = proxy_batch(zoo, seed=seed)
+    images, labels = proxy_batch(zoo, PROXY_IMAGES.get(proxy, 64), seed=seed)
     t0 = time.perf_counter()
     if search == "cpsat":
         res = solve(data, latency_ms, memory_mb, None if params_m is None else int(params_m * 1e6), top)

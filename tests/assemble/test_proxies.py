@@ -46,3 +46,19 @@ def test_registry():
 def test_naswot_on_mobilevit_which_folds_patches_into_the_batch(batch):
     net = timm.create_model("mobilevit_xxs", in_chans=1, num_classes=10)
     assert math.isfinite(get_proxy("naswot")(net, batch[0]))
+
+
+def test_probe_proxy_separates_informative_from_random_features(tiny_ws):
+    from dery_deploy.assemble.plan import BlockRef, Plan, build_net
+    from dery_deploy.assemble.stage import AdapterFitter, probe_for_adapters, proxy_batch
+
+    sets = tiny_ws.partition["sets"]
+    blocks = [BlockRef(k, "res", s["blocks"][0]["start"], s["blocks"][0]["end"]) for k, s in enumerate(sets)]
+    net = build_net(Plan(tiny_ws.zoo.name, tiny_ws.zoo.hash(), blocks, 10), tiny_ws.zoo, tiny_ws.dis)
+    AdapterFitter(tiny_ws.dis, probe_for_adapters(tiny_ws.zoo, 64)).init(net, Plan(tiny_ws.zoo.name, tiny_ws.zoo.hash(), blocks, 10))
+    x, y = proxy_batch(tiny_ws.zoo, 300)
+    probe = get_proxy("probe")
+    real = probe(net, x, y)
+    shuffled = probe(net, x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))])
+    assert real == probe(net, x, y)  # deterministic
+    assert real > 35 and shuffled < 20  # chance is 10%; labels carry the signal, shuffled ones do not

@@ -30,4 +30,4 @@ def list_proxies() -> list[str]:
 
 
 def _load() -> None:
-    from dery_deploy.assemble.proxies import naswot, zico  # noqa: F401
+    from dery_deploy.assemble.proxies import naswot, probe, zico  # noqa: F401
