@@ -39,7 +39,10 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "scripts" / f"bench_{name}.py")], check=True)
         results["scripts"][name] = json.loads((bench / f"{name}.json").read_text())
         results["scripts"][name]["bench_wall_s"] = round(time.time() - t0, 1)
-    if "quick" not in args.skip:
+    previous = json.loads((bench / "results.json").read_text()) if (bench / "results.json").is_file() else {}
+    if "quick" in args.skip:
+        results.update({k: previous[k] for k in ("quick_run_s", "quick_rerun_s", "quick_when") if k in previous})
+    else:
         quick = ROOT / "runs" / "bench-quick"
         shutil.rmtree(quick, ignore_errors=True)
         t0 = time.time()
@@ -50,6 +53,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "dery_deploy.cli.main", "run", "--quick", "-o", str(quick)], check=True,
                        capture_output=True)
         results["quick_rerun_s"] = round(time.time() - t0, 1)
+        results["quick_when"] = results["when"]
     atomic_write_json(bench / "results.json", results)
     atomic_write_text(bench / "results.md", summary(results))
     print(summary(results))

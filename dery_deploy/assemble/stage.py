@@ -166,7 +166,7 @@ def probe_for_adapters(zoo, n: int = 256, seed: int = 1):
 
 
 def assemble(zoo, partition: dict, dissections: dict, sim, profile: dict, profile_path: str, latency_ms: float,
-             memory_mb: float | None = None, params_m: float | None = None, top: int = 10, proxy: str = "naswot",
+             memory_mb: float | None = None, params_m: float | None = None, top: int = 10, proxy: str = "probe",
              search: str = "cpsat", seed: int = 0, progress=None, fitter: AdapterFitter | None = None) -> dict:
     """Candidates for one budget, ranked; returns {'plan', 'candidates', 'solver', ...}."""
     if memory_mb is not None and not memory_mb > 0:

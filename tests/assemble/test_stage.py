@@ -15,7 +15,7 @@ def test_assemble_cli_writes_plans_per_budget(tiny_ws, tmp_path):
     assert [pl["budget"]["latency_ms"] for pl in plans] == [0.3, 5.0]
     for pl in plans:
         assert pl["predicted"]["latency_ms"] <= pl["budget"]["latency_ms"]
-        assert pl["solver"]["status"] in ("OPTIMAL", "FEASIBLE") and pl["proxy"]["name"] == "naswot"
+        assert pl["solver"]["status"] in ("OPTIMAL", "FEASIBLE") and pl["proxy"]["name"] == "probe"
         assert (tmp_path / f"plan-{pl['budget']['latency_ms']:g}ms.safetensors").is_file()
 
 
