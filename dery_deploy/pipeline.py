@@ -98,7 +98,9 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> dict:
     from dery_deploy.partition.cover_set import optimise
     from dery_deploy.partition.stage import dissect_zoo, load_partition, partition_record, problem_from, write_partition
     from dery_deploy.profile.devices import get_device, this_machine
+    from dery_deploy.profile.calibration import reference_ms
     from dery_deploy.profile.items import donor_key
+    from dery_deploy.profile.latency_model import item_ms
     from dery_deploy.profile.run import DOWNSTREAM_CLASSES, resolve_backend, run_profile, verify
     from dery_deploy.profile.store import read_profile
     from dery_deploy.similarity.compute import compute_similarity
@@ -190,7 +192,7 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> dict:
     v = prof["verify"]
     say(f"  latency model: median |error| {100 * v['median_abs_rel_error']:.2f}%, max {100 * v['max_abs_rel_error']:.2f}%")
 
-    donor_ms = {n: prof["records"][donor_key(zoo, n, DOWNSTREAM_CLASSES)]["median_ms"] for n in zoo.donor_names}
+    donor_ms = {n: round(item_ms(prof, donor_key(zoo, n, DOWNSTREAM_CLASSES)), 5) for n in zoo.donor_names}
     budgets = opts.budgets or choose_budgets(donor_ms, opts.quick)
     say(f"  budgets: {', '.join(f'{b:g} ms' for b in budgets)} (donors: "
         + ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(donor_ms.items(), key=lambda kv: kv[1])) + ")")
@@ -244,7 +246,8 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> dict:
         finetune(source, zoo, task, recipe, train_dir, log=None, test=False, eval_phase1=True)
         log.record(f"finetune {b:g} ms", "reused" if reused else "computed", time.time() - t)
         entry["phase1_top1"] = json.loads((train_dir / "metrics.json").read_text()).get("phase1_test_accuracy")
-        entry.update(_evaluate_and_measure(train_dir, task, backend, precision, spec, log, stage, say, f"plan {b:g} ms"))
+        entry.update(_evaluate_and_measure(train_dir, task, backend, precision, spec, log, stage, say, f"plan {b:g} ms",
+                                           ref=reference_ms(prof)))
         if opts.aoti and b == budgets[len(budgets) // 2]:
             entry["aoti"] = _export(train_dir, "aoti", log, stage, say, f"plan {b:g} ms")
         results.append(entry)
@@ -288,7 +291,8 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> dict:
     return manifest
 
 
-def _evaluate_and_measure(run_dir: Path, task, backend, precision, spec, log, stage, say, label, measure=True) -> dict:
+def _evaluate_and_measure(run_dir: Path, task, backend, precision, spec, log, stage, say, label, measure=True,
+                          ref: float | None = None) -> dict:
     from dery_deploy.profile.items import example_input
     from dery_deploy.profile.run import device_for, measure_module
     from dery_deploy.train.evaluate import evaluate_model
@@ -304,8 +308,13 @@ def _evaluate_and_measure(run_dir: Path, task, backend, precision, spec, log, st
         ev = evaluate_model(model, task, run_dir, label, latency=False)
         if measure:
             # the fine-tuned network, measured end to end with the profile's backend, as --verify does
+            from dery_deploy.profile.calibration import Calibrator
+
+            now = Calibrator(backend, precision, device_for(spec), 1).measure()
             m = measure_module(backend, model, example_input(spec_input(model, task), 1), precision, device_for(spec))
-            ev["measured_ms"] = m["median_ms"]
+            ev["measured_raw_ms"] = m["median_ms"]
+            ev["calibration_ms"] = round(now, 5)
+            ev["measured_ms"] = round(m["median_ms"] * (ref / now if ref else 1.0), 5)  # at the profile's speed
             ev["measured_stable"] = m["stable"]
             atomic_write_json(ev_path, ev)
         log.record(f"evaluate {label}", "computed", time.time() - t)

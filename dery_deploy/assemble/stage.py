@@ -17,6 +17,7 @@ from dery_deploy.assemble.plan import BlockRef, Plan, build_net, stitch_specs
 from dery_deploy.assemble.program import ProgramData, solve
 from dery_deploy.errors import DeryError
 from dery_deploy.profile.items import adapter_key, block_key, head_key
+from dery_deploy.profile.calibration import reference_ms, speed_factor
 from dery_deploy.profile.latency_model import overhead_ms, plan_items, predict
 
 NUM_CLASSES = 10
@@ -26,6 +27,10 @@ def program_data(zoo, partition: dict, dissections: dict, sim, profile: dict, pr
                  num_classes: int = NUM_CLASSES, capacity_weight: float = 0.5) -> ProgramData:
     """Index the partition's blocks and adapters with their profiled cost and stitch CKA."""
     recs = profile["records"]
+    ref = reference_ms(profile)
+
+    def ms(r: dict) -> float:  # at the profile's reference machine speed
+        return r["median_ms"] * speed_factor(r, ref)
 
     def rec(key: str) -> dict:
         if key not in recs:
@@ -42,13 +47,13 @@ def program_data(zoo, partition: dict, dissections: dict, sim, profile: dict, pr
         for b in s["blocks"]:
             d = dissections[b["donor"]]
             r = rec(block_key(zoo, b["donor"], b["start"], b["end"], d.boundary_spec(b["start"])))
-            row_ms.append(r["median_ms"])
+            row_ms.append(ms(r))
             row_m.append(r.get("peak_memory_mb") or 0.0)
             row_p.append(sum(p.numel() for p in d.block(b["start"], b["end"]).parameters()))
         block_ms.append(row_ms), block_params.append(row_p), block_mem.append(row_m)
     adapter_ms, adapter_params, adapter_mem, stitch = [], [], [], []
     for k in range(len(sets) - 1):
-        ms, ps, mm, ck = {}, {}, {}, {}
+        lat, ps, mm, ck = {}, {}, {}, {}
         for ia, a in enumerate(sets[k]["blocks"]):
             for ib, b in enumerate(sets[k + 1]["blocks"]):
                 if a["donor"] == b["donor"]:
@@ -56,15 +61,15 @@ def program_data(zoo, partition: dict, dissections: dict, sim, profile: dict, pr
                 src = dissections[a["donor"]].boundary_spec(a["end"])
                 dst = dissections[b["donor"]].boundary_spec(b["start"])
                 r = rec(adapter_key(src, dst))
-                ms[(ia, ib)] = r["median_ms"]
+                lat[(ia, ib)] = ms(r)
                 mm[(ia, ib)] = r.get("peak_memory_mb") or 0.0
                 ps[(ia, ib)] = sum(p.numel() for p in Adapter(src, dst).parameters())
                 ck[(ia, ib)] = float(sim.matrix(a["donor"], b["donor"])[a["end"], b["start"]])
-        adapter_ms.append(ms), adapter_params.append(ps), adapter_mem.append(mm), stitch.append(ck)
+        adapter_ms.append(lat), adapter_params.append(ps), adapter_mem.append(mm), stitch.append(ck)
     head_ms, head_params = [], []
     for b in sets[-1]["blocks"]:
         src = dissections[b["donor"]].boundary_spec(b["end"])
-        head_ms.append(rec(head_key(src, num_classes))["median_ms"])
+        head_ms.append(ms(rec(head_key(src, num_classes))))
         head_params.append(src.channels * (num_classes + 2) + num_classes)
     return ProgramData(options, block_ms, block_params, block_mem, adapter_ms, adapter_params, adapter_mem, stitch,
                        head_ms, head_params, overhead_ms(profile), capacity_weight)
@@ -207,7 +212,9 @@ def assemble(zoo, partition: dict, dissections: dict, sim, profile: dict, profil
                       "memory_mb": round(best.memory_mb, 3), "params_m": round(best.params / 1e6, 4),
                       # the latency model's measured error on this profile (`dery profile --verify`), if any
                       "model_max_rel_error": profile.get("verify", {}).get("max_abs_rel_error"),
-                      "model_median_rel_error": profile.get("verify", {}).get("median_abs_rel_error")}
+                      "model_median_rel_error": profile.get("verify", {}).get("median_abs_rel_error"),
+                      # the machine speed the prediction is expressed at (reference workload, same backend)
+                      "reference_ms": reference_ms(profile)}
     assert abs(plan.predicted["latency_ms"] - best.predicted_ms) < 1e-3 + 1e-3 * best.predicted_ms
     plan.device, plan.backend, plan.precision, plan.batch = (profile["device"], profile["backend"], profile["precision"],
                                                               profile["batch"])

@@ -60,8 +60,24 @@ def budget_check(cfg: dict, measured_ms: float, artifact_device: str) -> dict:
     if plan.get("device") not in here:
         return {**out, "checked": False, "reason": f"this machine is not the plan's device {plan.get('device')!r}"}
     limit = budget * (1 + stated)
-    return {**out, "checked": True, "limit_ms": round(limit, 5), "within_budget": measured_ms <= limit,
-            "measured_over_predicted": round(measured_ms / plan["predicted"]["latency_ms"], 4)}
+    ref = plan["predicted"].get("reference_ms")
+    judged = measured_ms
+    if ref:
+        # express the measurement at the profile's machine speed (see profile/calibration.py)
+        from dery_deploy.profile.backends import get_backend
+        from dery_deploy.profile.calibration import Calibrator
+
+        try:
+            now = Calibrator(get_backend(plan["backend"]), plan.get("precision", "fp32"), artifact_device,
+                             plan.get("batch", 1)).measure()
+        except DeryError:
+            now = None
+        if now:
+            judged = measured_ms * ref / now
+            out.update({"calibration_now_ms": round(now, 5), "reference_ms": ref,
+                        "measured_at_reference_speed_ms": round(judged, 5)})
+    return {**out, "checked": True, "limit_ms": round(limit, 5), "within_budget": judged <= limit,
+            "measured_over_predicted": round(judged / plan["predicted"]["latency_ms"], 4)}
 
 
 def _inputs(cfg: dict, zoo) -> torch.Tensor:

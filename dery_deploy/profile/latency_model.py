@@ -4,12 +4,14 @@ predicted = sum(blocks) + sum(adapters) + head - (items - 1) * overhead
 
 Each item was timed as its own call, so every record carries one per-call overhead (Python and
 framework dispatch, a session run, a graph launch); the whole network pays it once. `overhead` is
-the profile's measured near-empty item. `dery profile --verify` measures how far this is off.
+the profile's measured near-empty item. Every record is first scaled to the profile's reference
+machine speed (`calibration.py`). `dery profile --verify` measures how far this is off.
 """
 
 from __future__ import annotations
 
 from dery_deploy.errors import DeryError
+from dery_deploy.profile.calibration import reference_ms, speed_factor
 from dery_deploy.profile.items import adapter_key, block_key, head_key
 
 
@@ -28,8 +30,15 @@ def plan_items(plan, zoo, dissections) -> list[str]:
 
 
 def overhead_ms(profile: dict) -> float:
+    ref = reference_ms(profile)
     recs = [r for k, r in profile["records"].items() if k.startswith("overhead|")]
-    return min((r["median_ms"] for r in recs), default=0.0)
+    return min((r["median_ms"] * speed_factor(r, ref) for r in recs), default=0.0)
+
+
+def item_ms(profile: dict, key: str, field: str = "median_ms", ref: float | None = None) -> float:
+    """A record's latency at the profile's reference machine speed."""
+    r = profile["records"][key]
+    return r[field] * speed_factor(r, reference_ms(profile) if ref is None else ref)
 
 
 def predict(keys: list[str], profile: dict, field: str = "median_ms", path: str = "the profile") -> float:
@@ -38,7 +47,8 @@ def predict(keys: list[str], profile: dict, field: str = "median_ms", path: str 
         raise DeryError(f"{path} lacks {len(missing)} item(s) the plan needs, e.g. {missing[0]!r}; run `dery profile "
                         f"--zoo {profile['zoo']} --device {profile['device']} --backend {profile['backend']} "
                         f"--precision {profile['precision']} --batch {profile['batch']}` on the current partition", "profile")
-    total = sum(profile["records"][k][field] for k in keys)
+    ref = reference_ms(profile)
+    total = sum(item_ms(profile, k, field, ref) for k in keys)
     return max(total - (len(keys) - 1) * overhead_ms(profile), 1e-6)
 
 

@@ -11,6 +11,7 @@ import torch
 
 from dery_deploy.errors import DeryError
 from dery_deploy.profile.backends import get_backend
+from dery_deploy.profile.calibration import REFERENCE, Calibrator, reference_ms
 from dery_deploy.profile.devices import machine_fingerprint
 from dery_deploy.profile.harness import measure, peak_memory_mb
 from dery_deploy.profile.items import donor_items, example_input, partition_items, structure_hash
@@ -66,14 +67,17 @@ def run_profile(zoo, spec, backend: str | None, precision: str | None, batches: 
         else:
             data = new_profile(spec, fp, zoo.name, structure, be.name, be.version(), prec, batch)
         todo = [it for it in items if it.key not in data["records"]]
+        cal = Calibrator(be, prec, dev, batch) if todo else None
+        data["calibration"] = {"reference": REFERENCE, "why": "records are scaled to the median reference speed"}
         task = progress.add_task(f"profile b{batch}", total=len(items), completed=len(items) - len(todo)) if progress else None
         for n, it in enumerate(todo):
             if limit is not None and n >= limit:
                 break
             if progress:
                 progress.update(task, description=f"b{batch} {it.kind} {it.info.get('donor', '')} {it.key.split('|', 2)[-1][:40]}")
+            calibration = cal.measure()
             rec = measure_module(be, it.build(), example_input(it.in_spec, batch), prec, dev)
-            rec.update({"kind": it.kind, **it.info})
+            rec.update({"kind": it.kind, "calibration_ms": round(calibration, 5), **it.info})
             data["records"][it.key] = rec
             data["fingerprint"]["end"] = machine_fingerprint(spec.kind) if spec.kind == "cuda" else fp
             write_profile(path, data)
@@ -115,20 +119,29 @@ def verify(zoo, spec, profile_file: Path, partition: dict, dissections: dict, n:
     dev = device_for(spec)
     rows = []
     plans = random_plans(zoo, partition, n, seed)
+    cal = Calibrator(be, prec, dev, data["batch"])
+    ref = reference_ms(data)
     task = progress.add_task("verify", total=len(plans)) if progress else None
     for plan in plans:
         net = build_net(plan, zoo, dissections, copy_blocks=False)
         predicted = predict(plan_items(plan, zoo, dissections), data, path=str(profile_file))
         x = example_input(zoo.input.tensor_spec(), data["batch"])
+        calibration = cal.measure()
         measured = measure_module(be, net, x, prec, dev)
-        err = (predicted - measured["median_ms"]) / measured["median_ms"]
+        normalized = measured["median_ms"] * (ref / calibration if ref else 1.0)
+        err = (predicted - normalized) / normalized
         rows.append({"plan": plan.describe(), "adapters": sum(1 for a in net.adapters if not isinstance(a, torch.nn.Identity)),
                      "predicted_ms": round(predicted, 5), "measured_ms": measured["median_ms"],
-                     "measured_stable": measured["stable"], "rel_error": round(err, 5)})
+                     "calibration_ms": round(calibration, 5), "measured_at_reference_speed_ms": round(normalized, 5),
+                     "measured_stable": measured["stable"], "rel_error": round(err, 5),
+                     "raw_rel_error": round((predicted - measured["median_ms"]) / measured["median_ms"], 5)})
         if progress:
             progress.advance(task)
     abs_err = [abs(r["rel_error"]) for r in rows]
+    raw = [abs(r["raw_rel_error"]) for r in rows]
     result = {"n": len(rows), "median_abs_rel_error": round(statistics.median(abs_err), 5),
+              "raw_median_abs_rel_error": round(statistics.median(raw), 5), "raw_max_abs_rel_error": round(max(raw), 5),
+              "reference_ms": ref,
               "max_abs_rel_error": round(max(abs_err), 5), "mean_signed_rel_error": round(statistics.mean(r["rel_error"] for r in rows), 5),
               "seed": seed, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "assemblies": rows}
     data = read_profile(profile_file)
