@@ -79,6 +79,7 @@ def run_onnxruntime(path, shape, threads):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     t_end = time.perf_counter() + 0.1
