@@ -38,6 +38,7 @@ def partition(zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML
               restarts: int = typer.Option(50, "--restarts", help="seeded random starts"),
               seed: int = typer.Option(0, "--seed"),
               probe: int = typer.Option(512, "--probe", help="probe images of the similarity to use"),
+              probe_data: Optional[str] = typer.Option(None, "--probe-data", help="image folder for zoos that are not 1-channel"),
               method: str = typer.Option("dp", "--method", help="dp (exact re-partition) or local (paper's one-unit moves)"),
               out: Optional[Path] = typer.Option(None, "-o", "--out", help="partition.json path (default in the cache)"),
               cache: Optional[Path] = typer.Option(None, "--cache")) -> None:
@@ -51,7 +52,7 @@ def partition(zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML
     if method not in ("dp", "local"):
         raise DeryError(f"--method must be dp or local, got {method!r}", "partition")
     z = get_zoo(zoo)
-    sim, _ = compute_similarity(z, probe, cache=cache)
+    sim, _ = compute_similarity(z, probe, cache=cache, probe_data=probe_data)
     problem, dis = problem_from(z, sim, K, eps)
     result = optimise(problem, restarts, seed, method)
     rec = partition_record(z, sim, problem, result, dis, seed)
