@@ -182,7 +182,8 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> dict:
     measured_now = len(prof["records"]) - before
     log.record("profile", "computed" if measured_now else "reused", time.time() - t, f"{measured_now} items measured")
     t = stage(f"latency-model check ({opts.verify} mixed assemblies)")
-    if prof.get("verify", {}).get("n") != opts.verify or prof["verify"].get("seed") != opts.seed:
+    old_v = prof.get("verify", {})
+    if (old_v.get("n"), old_v.get("seed"), old_v.get("partition_objective")) != (opts.verify, opts.seed, part["objective"]):
         with progress() as prog:
             verify(zoo, spec, prof_file, part, dis, opts.verify, opts.seed, prog)
         prof = read_profile(prof_file)

@@ -143,7 +143,8 @@ def verify(zoo, spec, profile_file: Path, partition: dict, dissections: dict, n:
               "raw_median_abs_rel_error": round(statistics.median(raw), 5), "raw_max_abs_rel_error": round(max(raw), 5),
               "reference_ms": ref,
               "max_abs_rel_error": round(max(abs_err), 5), "mean_signed_rel_error": round(statistics.mean(r["rel_error"] for r in rows), 5),
-              "seed": seed, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "assemblies": rows}
+              "seed": seed, "partition_objective": partition.get("objective"), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "assemblies": rows}
     data = read_profile(profile_file)
     data["verify"] = result
     write_profile(profile_file, data)
