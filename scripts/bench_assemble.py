@@ -68,25 +68,15 @@ def cpsat_numbers(data, budget: float, enumerable: bool) -> dict:
 
 def ridge_head(net, x: torch.Tensor, y: torch.Tensor, classes: int, lam: float = 1e-2) -> None:
     """Set the head's linear layer to the ridge solution on pooled, normalised training features."""
+    net.eval()
     with torch.no_grad():
-        feats = net.head.norm(_pooled(net, x)).double()
+        pooled = torch.cat([net.head.pool(net.forward_features(x[i:i + 500])) for i in range(0, len(x), 500)])
+        feats = net.head.norm(pooled).double()
         f1 = torch.cat([feats, torch.ones(len(feats), 1, dtype=torch.double)], 1)
         t = torch.nn.functional.one_hot(y, classes).double()
         w = torch.linalg.solve(f1.T @ f1 + lam * torch.eye(f1.shape[1], dtype=torch.double), f1.T @ t)
         net.head.fc.weight.copy_(w[:-1].T.float())
         net.head.fc.bias.copy_(w[-1].float())
-
-
-def _pooled(net, x):
-    captured = {}
-    h = net.head.norm.register_forward_hook(lambda m, i, o: captured.__setitem__("x", i[0]))
-    net.eval()
-    with torch.no_grad():
-        for i in range(0, len(x), 500):
-            net(x[i:i + 500])
-            captured.setdefault("all", []).append(captured["x"])
-    h.remove()
-    return torch.cat(captured["all"])
 
 
 def adapter_only_accuracy(net, task, epochs: int = 3, seed: int = 0) -> float:
