@@ -6,23 +6,43 @@ reader never sees half a file and an interrupted run leaves either the old artif
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar, TypeVar
 
 from dery_deploy.errors import DeryError
 
+A = TypeVar("A", bound="JsonArtifact")
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+
+def cache_root() -> Path:
+    """Where computed artifacts are cached: $DERY_CACHE, else .dery_cache in the working directory."""
+    return Path(os.environ.get("DERY_CACHE", ".dery_cache"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o666) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise DeryError(f"cannot write {path} ({e.strerror}); choose a writable location") from None
     os.close(fd)
     try:
         write(Path(tmp))
+        # mkstemp makes the file 0600; an artifact gets the mode a plain new file would have (umask)
+        os.chmod(tmp, mode & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,9 +68,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Atomically create `path` with a writer that takes a temporary path (safetensors, ONNX, PNG)."""
-    return _atomic_write(Path(path), write)
+def atomic_write_with(path: str | Path, write: Callable[[Path], None], mode: int = 0o666) -> Path:
+    """Atomically create `path` with a writer that takes a temporary path (safetensors, ONNX, PNG).
+    `mode` 0o777 makes an executable (scripts), before the umask."""
+    return _atomic_write(Path(path), write, mode)
 
 
 def _json_default(o: Any) -> Any:
@@ -79,18 +100,68 @@ def sha256_json(obj: Any) -> str:
 
 
 def read_json_artifact(path: str | Path, kind: str, schema: int, stage: str | None = None) -> dict:
-    """Read a JSON artifact, refusing truncated files and other schema versions with a clear line."""
+    """Read a JSON artifact, refusing truncated files and other schema versions with a clear line.
+
+    This is the one validating reader: every typed artifact (`JsonArtifact.read`) goes through it.
+    """
     path = Path(path)
     if not path.is_file():
         raise DeryError(f"{kind} file not found: {path}", stage)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise DeryError(f"{kind} {path} is not valid JSON (truncated or corrupt: {e.msg} at line {e.lineno}); "
-                        "delete it and recompute", stage) from None
+        raise DeryError(
+            f"{kind} {path} is truncated or corrupt ({e.msg} at line {e.lineno}); delete it and recompute", stage
+        ) from None
     if not isinstance(data, dict) or data.get("kind") != kind:
-        raise DeryError(f"{path} is not a {kind} artifact (kind={data.get('kind') if isinstance(data, dict) else None!r})", stage)
+        raise DeryError(
+            f"{path} is not a {kind} artifact (kind={data.get('kind') if isinstance(data, dict) else None!r})", stage
+        )
     if data.get("schema") != schema:
-        raise DeryError(f"{kind} {path} has schema {data.get('schema')!r}, this version reads schema {schema}; "
-                        "recompute it with this version", stage)
+        raise DeryError(
+            f"{kind} {path} has schema {data.get('schema')!r}, this version reads schema {schema}; "
+            "recompute it with this version",
+            stage,
+        )
     return data
+
+
+class JsonArtifact(abc.ABC):
+    """The thin base of typed artifacts (Partition, Profile, Plan, RunManifest): a dataclass that
+    writes itself atomically with its kind and schema, and reads itself through `read_json_artifact`."""
+
+    KIND: ClassVar[str] = ""
+    SCHEMA: ClassVar[int] = 1
+    STAGE: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def to_dict(self) -> dict:
+        """The artifact's content (kind and schema are added by `write`)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_dict(cls: type[A], data: dict) -> A:
+        """The artifact from what `to_dict` wrote."""
+
+    def write(self, path: str | Path) -> Path:
+        return atomic_write_json(path, {"schema": self.SCHEMA, "kind": self.KIND, **self.to_dict()})
+
+    @classmethod
+    def read(cls: type[A], path: str | Path) -> A:
+        data = read_json_artifact(path, cls.KIND, cls.SCHEMA, cls.STAGE)
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DeryError(
+                f"{cls.KIND} {path} lacks or misstates a field ({type(e).__name__}: {e}); delete it and recompute",
+                cls.STAGE,
+            ) from None
+
+    @classmethod
+    def is_current(cls, path: str | Path) -> bool:
+        """True when `path` holds a readable artifact of this kind and schema (for reuse-or-compute)."""
+        try:
+            cls.read(path)
+        except DeryError:
+            return False
+        return True

@@ -1,26 +1,47 @@
-"""`dery run`: the main job, every stage in order, each skipped when its artifact is still valid.
+"""`dery run`: the main job, one function per stage, each reused when its artifact still matches.
 
-zoo -> similarity -> partition -> profile (+ latency-model verify) -> budgets from the donors'
-measured latencies -> per budget: assemble, fine-tune, evaluate, measure, export + parity ->
-donor baselines with the same recipe -> report.md / report.html.
+zoo -> similarity -> partition -> profile (+ latency-model check) -> budgets from the donors'
+latencies -> per budget: assemble, fine-tune, evaluate, export + parity + budget check -> donor
+baselines with the same recipe -> report.md / report.html.
 
-Everything lives in one run directory (its own cache included), so a second run in the same
-directory reuses every stage, and an interrupted run resumes.
+Everything lives in one run folder (its own cache included). A rerun with the same options reuses
+every stage; a rerun with other options reuses what still matches (the same similarity, partition,
+profile) and recomputes the rest; an interrupted run resumes. A failed run's manifest says which
+stage failed and why.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from math import ceil, floor, log10
 from pathlib import Path
+from typing import TypeVar
 
-
-from dery_deploy.artifacts import atomic_write_json, read_json_artifact
+from dery_deploy.artifacts import JsonArtifact, atomic_write_json
+from dery_deploy.assemble.program import fastest
+from dery_deploy.assemble.stage import AdapterFitter, assemble, program_data
+from dery_deploy.data.task import DEFAULT_DATA, Task, load_task
 from dery_deploy.errors import DeryError
+from dery_deploy.export.stage import export_run
+from dery_deploy.network.items import donor_key
+from dery_deploy.network.plan import Plan, load_plan, save_plan_with_weights
+from dery_deploy.partition.cover_set import optimise
+from dery_deploy.partition.stage import Partition, make_partition, problem_from
+from dery_deploy.profile.latency_model import LatencyModel
+from dery_deploy.profile.run import resolve_backend, run_profile, verify
+from dery_deploy.profile.store import Profile, profile_path, read_profile
+from dery_deploy.report.report import write_report
+from dery_deploy.runtime.devices import DeviceSpec, get_device, this_machine
+from dery_deploy.similarity.compute import Similarity, compute_similarity
+from dery_deploy.train.evaluate import evaluate_model
+from dery_deploy.train.finetune import Recipe, finetune, load_run_model
+from dery_deploy.zoo.load import dissect_zoo, get_zoo
+from dery_deploy.zoo.summary import zoo_rows
 
-SCHEMA = 1
-KIND = "run"
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,7 +51,8 @@ class RunOptions:
     backend: str | None = None
     precision: str | None = None
     budgets: list[float] | None = None
-    data: str = "fashion-mnist:labels_per_class=100"
+    data: str = DEFAULT_DATA
+    probe_data: str | None = None  # unlabelled images for similarity (default: the task's own)
     K: int = 4
     epochs_adapter: int = 4
     epochs_full: int = 6
@@ -43,19 +65,79 @@ class RunOptions:
     seed: int = 0
     out: str = "runs/default"
 
+    def check(self) -> None:
+        """Every bad option at once, before any work starts."""
+        bad = []
+        if self.K < 1:
+            bad.append(f"-K must be >= 1, got {self.K}")
+        if self.epochs_adapter < 0 or self.epochs_full < 0 or self.epochs_adapter + self.epochs_full == 0:
+            bad.append(f"epochs must be >= 0 and not both 0, got {self.epochs_adapter} and {self.epochs_full}")
+        if self.top < 1:
+            bad.append(f"--top must be >= 1, got {self.top}")
+        if self.verify < 3:
+            bad.append(f"--verify must be >= 3 (mixed assemblies to judge the latency model), got {self.verify}")
+        if self.probe < 8:
+            bad.append(f"--probe must be >= 8, got {self.probe}")
+        if self.budgets is not None and any(not b > 0 for b in self.budgets):
+            bad.append(f"--budgets must be positive, got {self.budgets}")
+        if bad:
+            raise DeryError("; ".join(bad), "run")
+
     def apply_quick(self) -> None:
         """--quick: one budget, short training, fewer candidates; same stages."""
         self.epochs_adapter, self.epochs_full = min(self.epochs_adapter, 1), min(self.epochs_full, 2)
-        self.top, self.verify, self.probe, self.restarts = min(self.top, 4), min(self.verify, 4), min(self.probe, 256), 20
+        self.top, self.verify, self.probe, self.restarts = (
+            min(self.top, 4),
+            min(self.verify, 5),
+            min(self.probe, 256),
+            20,
+        )
         self.aoti = False
 
 
 @dataclass
-class StageLog:
-    stages: list[dict] = field(default_factory=list)
+class StageRecord:
+    stage: str
+    status: str  # computed | reused | loaded | infeasible
+    seconds: float
+    note: str = ""
 
-    def record(self, name: str, status: str, seconds: float, note: str = "") -> None:
-        self.stages.append({"stage": name, "status": status, "seconds": round(seconds, 2), "note": note})
+
+@dataclass
+class RunManifest(JsonArtifact):
+    KIND = "run"
+    SCHEMA = 2
+    STAGE = "run"
+
+    zoo: str
+    zoo_hash: str
+    device: str
+    backend: str
+    precision: str
+    options: dict
+    status: str = "running"  # running | done | no-feasible-budget | failed
+    failed_stage: str | None = None
+    error: str | None = None
+    stages: list[StageRecord] = field(default_factory=list)
+    task: dict = field(default_factory=dict)
+    budgets: list[float] = field(default_factory=list)
+    donor_latency_ms: dict[str, float] = field(default_factory=dict)
+    verify: dict = field(default_factory=dict)
+    profile: str = ""
+    results: list[dict] = field(default_factory=list)
+    donors: dict[str, dict] = field(default_factory=dict)
+    started: str = ""
+    finished: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunManifest:
+        d = {k: v for k, v in d.items() if k not in ("schema", "kind")}
+        d["stages"] = [StageRecord(**s) for s in d.get("stages", [])]
+        return cls(**d)
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -67,8 +149,6 @@ def _percentile(xs: list[float], q: float) -> float:
 
 def _round_sig_up(x: float, sig: int = 3) -> float:
     """Round up to `sig` significant digits (so the donor at a percentile fits its own budget)."""
-    from math import ceil, floor, log10
-
     if not x:
         return x
     scale = 10 ** (-int(floor(log10(abs(x)))) + sig - 1)
@@ -82,278 +162,413 @@ def choose_budgets(donor_ms: dict[str, float], quick: bool) -> list[float]:
     return sorted({_round_sig_up(_percentile(xs, q)) for q in qs})
 
 
+class Run:
+    """One `dery run`: its options, folder, manifest and the reuse-or-compute helper every stage uses."""
+
+    def __init__(self, opts: RunOptions, console=None, progress_factory=None):
+        self.opts = opts
+        self.out = Path(opts.out)
+        self.cache = self.out / "cache"
+        self.console = console
+        self.progress_factory = progress_factory
+        self.t0 = time.time()
+
+    def say(self, text: str) -> None:
+        if self.console:
+            self.console.print(text)
+        else:
+            print(text)
+
+    def progress(self):
+        from contextlib import nullcontext
+
+        return self.progress_factory() if self.progress_factory else nullcontext(None)
+
+    def stage(
+        self, name: str, reuse: Callable[[], T | None], compute: Callable[[], T], note: Callable[[T], str] = None
+    ) -> T:
+        """Reuse-or-compute: `reuse()` returns the stage's still-valid result (or None), else `compute()`."""
+        self.say(f"[bold cyan]> {name}[/]" if self.console else f"> {name}")
+        self.current = name
+        t = time.time()
+        result = reuse()
+        status = "reused"
+        if result is None:
+            result = compute()
+            status = "computed"
+        self.manifest.stages.append(StageRecord(name, status, round(time.time() - t, 2), note(result) if note else ""))
+        self.save()
+        return result
+
+    def record(self, name: str, status: str, seconds: float, note: str = "") -> None:
+        self.manifest.stages.append(StageRecord(name, status, round(seconds, 2), note))
+        self.save()
+
+    def save(self) -> None:
+        self.manifest.seconds = round(time.time() - self.t0, 1)
+        self.manifest.write(self.out / "run.json")
+
+
 def check_run_dir(out: Path, zoo, device: str) -> None:
     path = out / "run.json"
     if path.is_file():
-        old = read_json_artifact(path, KIND, SCHEMA, "run")
-        if old["zoo"] != zoo.name or old["zoo_hash"] != zoo.hash() or old["device"] != device:
-            raise DeryError(f"run directory {out} belongs to zoo {old['zoo']!r} ({old['zoo_hash']}) on device "
-                            f"{old['device']!r}, not {zoo.name!r} ({zoo.hash()}) on {device!r}; choose another -o", "run")
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return  # a torn manifest from a killed run: rewritten below
+        if old.get("zoo") != zoo.name or old.get("device") != device:
+            raise DeryError(
+                f"run directory {out} belongs to zoo {old.get('zoo')!r} on device {old.get('device')!r}, "
+                f"not {zoo.name!r} on {device!r}; choose another -o",
+                "run",
+            )
 
 
-def run(opts: RunOptions, console=None, progress_factory=None) -> dict:
-    from dery_deploy.assemble.plan import load_plan
-    from dery_deploy.assemble.stage import AdapterFitter, assemble, probe_for_adapters
-    from dery_deploy.data.task import load_task
-    from dery_deploy.partition.cover_set import optimise
-    from dery_deploy.partition.stage import dissect_zoo, load_partition, partition_record, problem_from, write_partition
-    from dery_deploy.profile.devices import get_device, this_machine
-    from dery_deploy.profile.calibration import reference_ms
-    from dery_deploy.profile.items import donor_key
-    from dery_deploy.profile.latency_model import item_ms
-    from dery_deploy.profile.run import DOWNSTREAM_CLASSES, resolve_backend, run_profile, verify
-    from dery_deploy.profile.store import read_profile
-    from dery_deploy.similarity.compute import compute_similarity
-    from dery_deploy.train.finetune import Recipe, finetune
-    from dery_deploy.zoo.load import get_zoo
-    from dery_deploy.zoo.summary import zoo_rows
-
-    say = console.print if console else print
-    t_run = time.time()
+def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
+    opts.check()
     if opts.quick:
         opts.apply_quick()
-    log = StageLog()
-    out = Path(opts.out)
-    cache = out / "cache"
-
-    def stage(name):
-        say(f"[bold cyan]> {name}[/]" if console else f"> {name}")
-        return time.time()
-
-    def progress():
-        from contextlib import nullcontext
-
-        return progress_factory() if progress_factory else nullcontext(None)
-
-    # zoo
-    t = stage("zoo")
+    r = Run(opts, console, progress_factory)
     zoo = get_zoo(opts.zoo)
     spec = get_device(opts.device) if opts.device else (this_machine() or [get_device("cpu")])[0]
-    check_run_dir(out, zoo, spec.id)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_dir(r.out, zoo, spec.id)
     backend, precision = resolve_backend(spec, opts.backend, opts.precision)
-    manifest = {"schema": SCHEMA, "kind": KIND, "zoo": zoo.name, "zoo_hash": zoo.hash(), "device": spec.id,
-                "backend": backend.name, "precision": precision, "options": asdict(opts), "stages": log.stages,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_json(out / "run.json", {**manifest, "status": "running"})
-    zoo_table_path = out / "zoo.json"
-    if zoo_table_path.is_file() and json.loads(zoo_table_path.read_text()).get("zoo_hash") == zoo.hash():
-        rows = json.loads(zoo_table_path.read_text())["donors"]
-        log.record("zoo", "reused", time.time() - t)
-    else:
-        rows = zoo_rows(zoo, latency=True)
-        atomic_write_json(zoo_table_path, {"zoo": zoo.name, "zoo_hash": zoo.hash(), "donors": rows})
-        log.record("zoo", "computed", time.time() - t)
+    try:
+        r.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeryError(f"cannot create the run folder {r.out} ({e.strerror}); choose a writable -o", "run") from None
+    r.manifest = RunManifest(
+        zoo.name, zoo.hash(), spec.id, backend.name, precision, asdict(opts), started=time.strftime("%Y-%m-%dT%H:%M:%S")
+    )
+    r.current = "setup"
+    try:
+        _run_stages(r, zoo, spec, backend, precision)
+    except BaseException as e:
+        r.manifest.status = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
+        r.manifest.failed_stage = r.current
+        r.manifest.error = str(e) if isinstance(e, DeryError) else f"{type(e).__name__}: {e}"
+        r.manifest.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+        r.save()
+        raise
+    return r.manifest
+
+
+def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str) -> None:
+    opts = r.opts
+    r.say("[bold cyan]> task[/]" if r.console else "> task")
+    r.current, t0 = "task", time.time()
+    task = load_task(opts.data, zoo.input, opts.seed)
+    r.record("task", "loaded", time.time() - t0, task.summary() + "".join(f"; {n}" for n in task.notes))
+    for n in task.notes:
+        r.say(f"  [yellow]note:[/] {n}" if r.console else f"  note: {n}")
+    r.manifest.task = {"spec": task.spec, "hash": task.hash(), "classes": task.classes, "summary": task.summary()}
+    rows = stage_zoo(r, zoo)
     dis = dissect_zoo(zoo)
-
-    # similarity
-    t = stage("similarity")
-    with progress() as prog:
-        sim, st = compute_similarity(zoo, opts.probe, opts.seed, cache=cache, progress=prog)
-    log.record("similarity", "reused" if st["computed"] == 0 else "computed", time.time() - t,
-               f"{st['computed']} of {st['pairs']} donor pairs computed")
-
-    # partition
-    t = stage("partition")
-    ppath = out / "partition.json"
-    part = None
-    if ppath.is_file():
-        old = load_partition(ppath, zoo)
-        if (old["K"], old["similarity_key"], old["restarts"], old["seed"]) == (opts.K, sim.key, opts.restarts, opts.seed):
-            part = old
-    if part is None:
-        problem, _ = problem_from(zoo, sim, opts.K, 0.2, dis)
-        res = optimise(problem, opts.restarts, opts.seed)
-        part = partition_record(zoo, sim, problem, res, dis, opts.seed)
-        write_partition(ppath, part)
-        log.record("partition", "computed", time.time() - t, f"objective {part['objective']:.3f}")
-    else:
-        log.record("partition", "reused", time.time() - t)
-
-    # profile (+ verify)
-    t = stage(f"profile ({spec.id}, {backend.name} {precision}, batch 1)")
-    from dery_deploy.profile.store import profile_path
-
-    prof_file = profile_path(cache, spec.id, zoo.name, backend.name, precision, 1)
-    before = len(read_profile(prof_file)["records"]) if prof_file.is_file() else 0
-    with progress() as prog:
-        run_profile(zoo, spec, backend.name, precision, [1], part, dis, cache, prog)
-    prof = read_profile(prof_file)
-    measured_now = len(prof["records"]) - before
-    log.record("profile", "computed" if measured_now else "reused", time.time() - t, f"{measured_now} items measured")
-    t = stage(f"latency-model check ({opts.verify} mixed assemblies)")
-    old_v = prof.get("verify", {})
-    if (old_v.get("n"), old_v.get("seed"), old_v.get("partition_objective")) != (opts.verify, opts.seed, part["objective"]):
-        with progress() as prog:
-            verify(zoo, spec, prof_file, part, dis, opts.verify, opts.seed, prog)
-        prof = read_profile(prof_file)
-        log.record("verify", "computed", time.time() - t)
-    else:
-        log.record("verify", "reused", time.time() - t)
-    v = prof["verify"]
-    say(f"  latency model: median |error| {100 * v['median_abs_rel_error']:.2f}%, max {100 * v['max_abs_rel_error']:.2f}%")
-
-    donor_ms = {n: round(item_ms(prof, donor_key(zoo, n, DOWNSTREAM_CLASSES)), 5) for n in zoo.donor_names}
+    sim = stage_similarity(r, zoo, task)
+    part = stage_partition(r, zoo, sim, dis)
+    prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task)
+    prof = stage_verify(r, zoo, spec, prof_file, part, dis)
+    model = LatencyModel.of(prof, str(prof_file))
+    donor_ms = {n: round(model.predict_ms([donor_key(zoo, n, task.num_classes)]), 5) for n in zoo.donor_names}
     budgets = opts.budgets or choose_budgets(donor_ms, opts.quick)
-    say(f"  budgets: {', '.join(f'{b:g} ms' for b in budgets)} (donors: "
-        + ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(donor_ms.items(), key=lambda kv: kv[1])) + ")")
-
-    task = load_task(opts.data, zoo, opts.seed)
+    r.manifest.budgets, r.manifest.donor_latency_ms = budgets, donor_ms
+    r.say(
+        f"  budgets: {', '.join(f'{b:g} ms' for b in budgets)} (donors: "
+        + ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(donor_ms.items(), key=lambda kv: kv[1]))
+        + ")"
+    )
     recipe = Recipe(opts.epochs_adapter, opts.epochs_full, seed=opts.seed)
-    fitter = AdapterFitter(dis, probe_for_adapters(zoo))
-    results = []
+    fitter = AdapterFitter.for_task(dis, task)
     for b in budgets:
-        bdir = out / f"budget-{b:g}ms"
-        entry = {"budget_ms": b}
-        t = stage(f"assemble under {b:g} ms")
-        plan_path = bdir / "plan.json"
-        valid = False
-        if plan_path.is_file():
-            p = load_plan(plan_path)
-            valid = (p.zoo_hash == zoo.hash() and p.budget.get("latency_ms") == b and p.backend == backend.name
-                     and p.solver.get("partition_objective") == part["objective"])
-        if not valid:
-            try:
-                with progress() as prog:
-                    res = assemble(zoo, part, dis, sim, prof, str(prof_file), b, top=opts.top, seed=opts.seed,
-                                   progress=prog, fitter=fitter)
-            except DeryError as e:
-                entry["infeasible"] = str(e)
-                results.append(entry)
-                log.record(f"assemble {b:g} ms", "infeasible", time.time() - t, str(e))
-                say(f"  [yellow]{e}[/]" if console else f"  {e}")
-                continue
-            from dery_deploy.cli.assemble import write_plan_with_weights
+        r.manifest.results.append(
+            stage_budget(
+                r,
+                zoo,
+                spec,
+                backend,
+                precision,
+                part,
+                dis,
+                sim,
+                model,
+                task,
+                recipe,
+                fitter,
+                b,
+                aoti=opts.aoti and b == budgets[len(budgets) // 2],
+            )
+        )
+    feasible = [res for res in r.manifest.results if "plan" in res]
+    r.manifest.donors = stage_donors(r, zoo, task, recipe, donor_ms, max(budgets))
+    for res in r.manifest.results:
+        res["donors_within_budget"] = sorted(
+            (n for n, d in r.manifest.donors.items() if d["latency_ms"] <= res["budget_ms"]),
+            key=lambda n: -r.manifest.donors[n]["top1"],
+        )
+    r.manifest.status = "done" if feasible else "no-feasible-budget"
+    r.manifest.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+    r.stage("report", lambda: None, lambda: write_report(r.out, r.manifest, zoo, sim, part, prof, rows))
+    r.save()
+    if not feasible:
+        f = fastest(program_data(zoo, part, dis, sim, model, task.num_classes))
+        raise DeryError(
+            f"no budget was feasible on {spec.id}; the fastest assembly is predicted at {f.latency_ms:.4f} ms "
+            f"(report: {r.out / 'report.md'})",
+            "run",
+        )
 
-            res["plan"].solver["partition_objective"] = part["objective"]
-            entry["candidates"] = [{"plan": c.plan.describe(), "predicted_ms": round(c.predicted_ms, 5), "params_m":
-                                    round(c.params / 1e6, 4), "quality": round(c.quality, 4), "proxy": round(c.proxy, 3)}
-                                   for c in res["candidates"]]
-            atomic_write_json(bdir / "candidates.json", entry["candidates"])
-            write_plan_with_weights(res["plan"], res["net"], plan_path)
-            log.record(f"assemble {b:g} ms", "computed", time.time() - t)
-        else:
-            log.record(f"assemble {b:g} ms", "reused", time.time() - t)
-        plan = load_plan(plan_path)
-        entry["plan"] = plan.to_dict()
-        if (bdir / "candidates.json").is_file():
-            entry["candidates"] = json.loads((bdir / "candidates.json").read_text())
-        say(f"  plan: {plan.describe()} predicted {plan.predicted['latency_ms']:.4f} ms")
 
-        t = stage(f"fine-tune plan ({b:g} ms)")
-        train_dir = bdir / "train"
-        reused = (train_dir / "metrics.json").is_file()
-        source = {"plan": plan.to_dict(), "adapter_weights": str(plan_path.with_suffix(".safetensors").resolve())}
-        finetune(source, zoo, task, recipe, train_dir, log=None, test=False, eval_phase1=True)
-        log.record(f"finetune {b:g} ms", "reused" if reused else "computed", time.time() - t)
-        entry["phase1_top1"] = json.loads((train_dir / "metrics.json").read_text()).get("phase1_test_accuracy")
-        entry.update(_evaluate_and_measure(train_dir, task, backend, precision, spec, log, stage, say, f"plan {b:g} ms",
-                                           ref=reference_ms(prof)))
-        if opts.aoti and b == budgets[len(budgets) // 2]:
-            entry["aoti"] = _export(train_dir, "aoti", log, stage, say, f"plan {b:g} ms")
-        results.append(entry)
+def stage_zoo(r: Run, zoo) -> list[dict]:
+    path = r.out / "zoo.json"
 
-    # donor baselines: every donor that fits the largest budget, same recipe
-    feasible = [r for r in results if "plan" in r]
-    max_budget = max(budgets)
+    def reuse():
+        if path.is_file():
+            d = json.loads(path.read_text())
+            return d["donors"] if d.get("zoo_hash") == zoo.hash() else None
+        return None
+
+    def compute():
+        rows = zoo_rows(zoo)
+        atomic_write_json(path, {"zoo": zoo.name, "zoo_hash": zoo.hash(), "donors": rows})
+        return rows
+
+    return r.stage("zoo", reuse, compute)
+
+
+def stage_similarity(r: Run, zoo, task: Task) -> Similarity:
+    probe_source = r.opts.probe_data or task.spec
+    r.say("[bold cyan]> similarity[/]" if r.console else "> similarity")
+    r.current = "similarity"
+    with r.progress() as prog:
+        sim, st = compute_similarity(
+            zoo, r.opts.probe, r.opts.seed, cache=r.cache, probe_data=probe_source, progress=prog
+        )
+    r.record(
+        "similarity",
+        "reused" if st.computed == 0 else "computed",
+        st.seconds,
+        f"{st.computed} of {st.pairs} donor pairs computed, {st.probe_images} probe images",
+    )
+    return sim
+
+
+def stage_partition(r: Run, zoo, sim: Similarity, dis) -> Partition:
+    path = r.out / "partition.json"
+
+    def reuse():
+        if not Partition.is_current(path):
+            return None
+        old = Partition.read(path)
+        same = (old.zoo_hash, old.K, old.similarity_key, old.restarts, old.seed) == (
+            zoo.hash(),
+            r.opts.K,
+            sim.key,
+            r.opts.restarts,
+            r.opts.seed,
+        )
+        return old if same else None
+
+    def compute():
+        problem = problem_from(zoo, sim, r.opts.K, 0.2, dis)
+        part = make_partition(zoo, sim, problem, optimise(problem, r.opts.restarts, r.opts.seed), dis, r.opts.seed)
+        part.write(path)
+        return part
+
+    return r.stage("partition", reuse, compute, lambda p: f"K={p.K}, objective {p.objective:.3f}")
+
+
+def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Path:
+    path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, 1)
+    before = len(read_profile(path).records) if Profile.is_current(path) else 0
+    t = time.time()
+    name = f"profile ({spec.id}, {backend.name} {precision}, batch 1)"
+    r.say(f"[bold cyan]> {name}[/]" if r.console else f"> {name}")
+    r.current = "profile"
+    with r.progress() as prog:
+        run_profile(zoo, spec, backend.name, precision, [1], part, dis, r.cache, task.num_classes, prog)
+    measured = len(read_profile(path).records) - before
+    r.record("profile", "computed" if measured else "reused", time.time() - t, f"{measured} items measured")
+    return path
+
+
+def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis) -> Profile:
+    def reuse():
+        prof = read_profile(prof_file)
+        v = prof.verify
+        return prof if v and (v.n, v.seed, v.partition_key) == (r.opts.verify, r.opts.seed, part.key) else None
+
+    def compute():
+        with r.progress() as prog:
+            verify(zoo, spec, prof_file, part, dis, r.opts.verify, r.opts.seed, prog)
+        return read_profile(prof_file)
+
+    prof = r.stage(f"latency-model check ({r.opts.verify} mixed assemblies)", reuse, compute)
+    v = prof.verify
+    r.manifest.verify = {k: val for k, val in v.to_dict().items() if k != "assemblies"}
+    r.manifest.profile = str(prof_file.relative_to(r.out))
+    r.say(
+        f"  latency model: median |error| {100 * v.median_abs_rel_error:.2f}%, max {100 * v.max_abs_rel_error:.2f}% "
+        f"({v.speed} item latencies x {v.scale:.3f})"
+    )
+    return prof
+
+
+def stage_budget(
+    r: Run, zoo, spec, backend, precision, part, dis, sim, model, task, recipe, fitter, b: float, aoti: bool
+) -> dict:
+    bdir = r.out / f"budget-{b:g}ms"
+    entry: dict = {"budget_ms": b}
+    plan_path = bdir / "plan.json"
+
+    def reuse():
+        if not Plan.is_current(plan_path):
+            return None
+        p = load_plan(plan_path)
+        ok = (
+            p.zoo_hash == zoo.hash()
+            and p.budget.get("latency_ms") == b
+            and p.backend == backend.name
+            and p.solver.get("partition_key") == part.key
+            and p.task.get("hash") == task.hash()
+            and p.solver.get("top") is not None
+            and p.solver.get("requested_top") == r.opts.top
+        )
+        return p if ok else None
+
+    def compute():
+        with r.progress() as prog:
+            res = assemble(
+                zoo, part, dis, sim, model, task, b, top=r.opts.top, seed=r.opts.seed, progress=prog, fitter=fitter
+            )
+        res.plan.solver["requested_top"] = r.opts.top
+        atomic_write_json(
+            bdir / "candidates.json",
+            [
+                {
+                    "plan": c.plan.describe(),
+                    "predicted_ms": round(c.predicted_ms, 5),
+                    "params_m": round(c.evaluation.params / 1e6, 4),
+                    "quality": c.evaluation.quality / 1000,
+                    "proxy": round(c.proxy, 3),
+                }
+                for c in res.candidates
+            ],
+        )
+        save_plan_with_weights(res.plan, res.net, plan_path)
+        return res.plan
+
+    try:
+        plan = r.stage(f"assemble under {b:g} ms", reuse, compute, lambda p: p.describe())
+    except DeryError as e:
+        entry["infeasible"] = str(e)
+        r.manifest.stages[-1:] = []
+        r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
+        r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
+        return entry
+    entry["plan"] = plan.to_dict()
+    if (bdir / "candidates.json").is_file():
+        entry["candidates"] = json.loads((bdir / "candidates.json").read_text())
+    r.say(f"  plan: {plan.describe()} predicted {plan.predicted['latency_ms']:.4f} ms")
+    train_dir = bdir / "train"
+    source = {"plan": plan.to_dict(), "adapter_weights": str(plan_path.with_suffix(".safetensors").resolve())}
+    metrics = stage_finetune(r, f"fine-tune plan ({b:g} ms)", source, zoo, task, recipe, train_dir, eval_phase1=True)
+    entry["phase1_top1"] = metrics.get("phase1_test_accuracy")
+    entry["val_accuracy"] = metrics.get("val_accuracy")
+    entry.update(
+        stage_evaluate(
+            r, train_dir, task, f"plan {b:g} ms", (backend, precision, "cuda" if spec.kind == "cuda" else "cpu")
+        )
+    )
+    entry["onnx"] = stage_export(r, train_dir, "onnx", f"plan {b:g} ms")
+    if aoti:
+        entry["aoti"] = stage_export(r, train_dir, "aoti", f"plan {b:g} ms")
+    return entry
+
+
+def stage_finetune(
+    r: Run, name: str, source: dict, zoo, task, recipe, run_dir: Path, eval_phase1: bool = False
+) -> dict:
+    def reuse():
+        if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
+            return None
+        cfg = json.loads((run_dir / "config.json").read_text())
+        same = (
+            cfg.get("source") == source and cfg.get("task_hash") == task.hash() and cfg.get("recipe") == asdict(recipe)
+        )
+        return json.loads((run_dir / "metrics.json").read_text()) if same else None
+
+    def compute():
+        # another configuration in this folder (an earlier run with other options) is replaced, not refused
+        return finetune(source, zoo, task, recipe, run_dir, force=True, log=None, test=False, eval_phase1=eval_phase1)
+
+    return r.stage(name, reuse, compute, lambda m: f"validation {m.get('val_accuracy')}%")
+
+
+def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | None = None) -> dict:
+    path = run_dir / "evaluation.json"
+    ckpt = run_dir / "checkpoint.safetensors"
+
+    def reuse():
+        if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
+            ev = json.loads(path.read_text())
+            return ev if (latency is None or "latency" in ev) else None
+        return None
+
+    def compute():
+        model, _ = load_run_model(run_dir)
+        return evaluate_model(model, task, run_dir, label, latency=latency)
+
+    ev = r.stage(f"evaluate {label}", reuse, compute)
+    lat = ev.get("latency")
+    flag = "" if not lat or lat["stable"] else " [yellow](unstable measurement)[/]"
+    r.say(
+        f"  {label}: top-1 {ev['top1']:.2f}%"
+        + (f", measured {lat['median_ms']:.4f} ms ({lat['backend']}){flag}" if lat else "")
+    )
+    out = {
+        "top1": ev["top1"],
+        "per_class": ev["per_class"],
+        "params_m": ev["params_m"],
+        "confusion_png": str(run_dir / ev["confusion_png"]),
+    }
+    if lat:
+        out["measured_ms"], out["measured_stable"] = lat["median_ms"], lat["stable"]
+    return out
+
+
+def stage_export(r: Run, run_dir: Path, fmt: str, label: str) -> dict:
+    path = run_dir / "export" / f"report-{fmt}.json"
+    ckpt = run_dir / "checkpoint.safetensors"
+
+    def reuse():
+        return json.loads(path.read_text()) if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime else None
+
+    def compute():
+        try:
+            return export_run(run_dir, fmt, None, None, None, None, allow_over_budget=True, force=True)
+        except DeryError as e:
+            return {"format": fmt, "error": str(e)}
+
+    rep = r.stage(f"export {fmt} ({label})", reuse, compute)
+    if "parity" in rep and rep["parity"]:
+        b = rep.get("budget") or {}
+        verdict = "" if not b.get("checked") else (" within budget" if b["within_budget"] else " OVER BUDGET")
+        r.say(f"  {fmt}: parity {rep['parity']['max_abs_diff']:.1e}, {rep['latency_ms']:.4f} ms{verdict}")
+    else:
+        r.say(f"  {fmt}: {rep.get('error')}")
+    return rep
+
+
+def stage_donors(r: Run, zoo, task, recipe, donor_ms: dict[str, float], max_budget: float) -> dict[str, dict]:
+    """Every donor that fits the largest budget, fine-tuned with the same recipe: the baselines."""
     donors = {}
     for name, ms in sorted(donor_ms.items(), key=lambda kv: kv[1]):
         if ms > max_budget:
             continue
-        t = stage(f"fine-tune donor {name} ({ms:.3f} ms)")
-        ddir = out / "donors" / name
-        reused = (ddir / "metrics.json").is_file()
-        finetune({"donor": name, "zoo_ref": zoo.ref}, zoo, task, recipe, ddir, log=None, test=False)
-        log.record(f"finetune donor {name}", "reused" if reused else "computed", time.time() - t)
-        ev = _evaluate_and_measure(ddir, task, backend, precision, spec, log, stage, say, f"donor {name}", measure=False)
+        ddir = r.out / "donors" / name
+        stage_finetune(
+            r, f"fine-tune donor {name} ({ms:.3f} ms)", {"donor": name, "zoo_ref": zoo.ref}, zoo, task, recipe, ddir
+        )
+        ev = stage_evaluate(r, ddir, task, f"donor {name}")
         donors[name] = {**ev, "latency_ms": ms}
-    for r in results:
-        r["donors_within_budget"] = sorted((n for n, d in donors.items() if d["latency_ms"] <= r["budget_ms"]),
-                                           key=lambda n: -donors[n]["top1"])
-
-    t = stage("report")
-    from dery_deploy.report.report import write_report
-
-    manifest.update({"status": "done" if feasible else "no-feasible-budget", "budgets": budgets, "results": results,
-                     "donors": donors, "donor_latency_ms": donor_ms, "verify": {k: v[k] for k in v if k != "assemblies"},
-                     "profile": str(prof_file.relative_to(out)), "seconds": round(time.time() - t_run, 1),
-                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    write_report(out, manifest, zoo, sim, part, prof, rows)
-    log.record("report", "computed", time.time() - t)
-    manifest["seconds"] = round(time.time() - t_run, 1)
-    atomic_write_json(out / "run.json", manifest)
-    if not feasible:
-        from dery_deploy.assemble.stage import program_data
-        from dery_deploy.assemble.program import fastest_latency
-
-        fastest = fastest_latency(program_data(zoo, part, dis, sim, prof, str(prof_file)))
-        raise DeryError(f"no budget was feasible on {spec.id}; the fastest assembly is predicted at {fastest:.4f} ms "
-                        f"(report: {out / 'report.md'})", "run")
-    return manifest
-
-
-def _evaluate_and_measure(run_dir: Path, task, backend, precision, spec, log, stage, say, label, measure=True,
-                          ref: float | None = None) -> dict:
-    from dery_deploy.profile.items import example_input
-    from dery_deploy.profile.run import device_for, measure_module
-    from dery_deploy.train.evaluate import evaluate_model
-    from dery_deploy.train.finetune import load_run_model
-
-    t = stage(f"evaluate {label}")
-    ev_path = run_dir / "evaluation.json"
-    if ev_path.is_file():
-        ev = json.loads(ev_path.read_text())
-        log.record(f"evaluate {label}", "reused", time.time() - t)
-    else:
-        model, cfg = load_run_model(run_dir)
-        ev = evaluate_model(model, task, run_dir, label, latency=False)
-        if measure:
-            # the fine-tuned network, measured end to end with the profile's backend, as --verify does
-            from dery_deploy.profile.calibration import Calibrator
-
-            now = Calibrator(backend, precision, device_for(spec), 1).measure()
-            m = measure_module(backend, model, example_input(spec_input(model, task), 1), precision, device_for(spec))
-            ev["measured_raw_ms"] = m["median_ms"]
-            ev["calibration_ms"] = round(now, 5)
-            ev["measured_ms"] = round(m["median_ms"] * (ref / now if ref else 1.0), 5)  # at the profile's speed
-            ev["measured_stable"] = m["stable"]
-            atomic_write_json(ev_path, ev)
-        log.record(f"evaluate {label}", "computed", time.time() - t)
-    say(f"  {label}: top-1 {ev['top1']:.2f}%" + (f", measured {ev['measured_ms']:.4f} ms" if "measured_ms" in ev else ""))
-    out = {"top1": ev["top1"], "per_class": ev["per_class"], "params_m": ev["params_m"], "confusion_png":
-           str((run_dir / ev["confusion_png"]))}
-    if "measured_ms" in ev:
-        out["measured_ms"] = ev["measured_ms"]
-    if measure:
-        out["onnx"] = _export(run_dir, "onnx", log, stage, say, label)
-    return out
-
-
-def spec_input(model, task):
-    from dery_deploy.dissect.spec import TensorSpec
-
-    c, h, w = task.test_x.shape[1:]
-    return TensorSpec("NCHW", c, h, w, 0, 1.0)
-
-
-def _export(run_dir: Path, fmt: str, log, stage, say, label) -> dict:
-    from dery_deploy.export.stage import export_run
-
-    t = stage(f"export {fmt} ({label})")
-    rep_path = run_dir / "export" / f"report-{fmt}.json"
-    if rep_path.is_file():
-        rep = json.loads(rep_path.read_text())
-        log.record(f"export {fmt} {label}", "reused", time.time() - t)
-    else:
-        try:
-            rep = export_run(run_dir, fmt, None, None, None, None, allow_over_budget=True, force=True)
-        except DeryError as e:
-            rep = {"format": fmt, "error": str(e)}
-        log.record(f"export {fmt} {label}", "computed", time.time() - t)
-    if "parity" in rep:
-        b = rep.get("budget", {})
-        verdict = "" if not b.get("checked") else (" within budget" if b["within_budget"] else " OVER BUDGET")
-        say(f"  {fmt}: parity {rep['parity']['max_abs_diff']:.1e}, {rep['latency_ms']:.4f} ms{verdict}")
-    else:
-        say(f"  {fmt}: {rep.get('error')}")
-    return rep
+    return donors

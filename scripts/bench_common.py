@@ -15,10 +15,16 @@ sys.path.insert(0, str(ROOT))
 def machine() -> dict:
     import torch
 
-    from dery_deploy.profile.devices import cpu_model, gpu_fingerprint
+    from dery_deploy.runtime.devices import cpu_model, gpu_fingerprint
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": (gpu_fingerprint() or {}).get("gpu_name"), "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": (gpu_fingerprint() or {}).get("gpu_name"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def workspace(zoo_name: str, cache: Path, K: int = 4, probe: int = 512, restarts: int = 50, seed: int = 0):

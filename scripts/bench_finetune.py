@@ -35,8 +35,21 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         out = Path(args.work) / f"seed{seed}"
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "dery_deploy.cli.main", "run", "--seed", str(seed), "-o", str(out),
-                               *args.extra.split()], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dery_deploy.cli.main",
+                "run",
+                "--seed",
+                str(seed),
+                "-o",
+                str(out),
+                *args.extra.split(),
+            ],
+            capture_output=True,
+            text=True,
+        )
         wall = time.time() - t0
         if proc.returncode:
             raise SystemExit(proc.stderr[-3000:])
@@ -52,21 +65,38 @@ def main() -> None:
             for fmt in ("onnx", "aoti"):
                 e = r.get(fmt)
                 if e and "parity" in e:
-                    exports[fmt] = {"max_abs_diff": e["parity"]["max_abs_diff"], "top1_identical": e["parity"]["top1_identical"],
-                                    "latency_ms": e["latency_ms"], "predicted_ms": r["plan"]["predicted"]["latency_ms"],
-                                    "budget": e.get("budget", {}).get("within_budget")}
+                    exports[fmt] = {
+                        "max_abs_diff": e["parity"]["max_abs_diff"],
+                        "top1_identical": e["parity"]["top1_identical"],
+                        "latency_ms": e["latency_ms"],
+                        "predicted_ms": r["plan"]["predicted"]["latency_ms"],
+                        "budget": e.get("budget", {}).get("within_budget"),
+                    }
                 elif e:
                     exports[fmt] = {"error": e.get("error")}
-            budgets.append({"budget_ms": r["budget_ms"], "plan": " > ".join(f"{b['donor']}[{b['start']}:{b['end']}]"
-                                                                           for b in r["plan"]["blocks"]),
-                            "predicted_ms": r["plan"]["predicted"]["latency_ms"], "measured_ms": r.get("measured_ms"),
-                            "reassembled_top1": r["top1"], "reassembled_phase1_top1": r.get("phase1_top1"),
-                            "donors_within_budget_top1": donors, "best_donor_top1": best,
-                            "reassembly_minus_best_donor": None if best is None else round(r["top1"] - best, 2),
-                            "params_m": r["params_m"], "exports": exports})
-        result["seeds"][str(seed)] = {"wall_s": round(wall, 1), "run_seconds": run["seconds"], "budgets": budgets,
-                                      "donor_latency_ms": run["donor_latency_ms"], "verify": run["verify"],
-                                      "stages": run["stages"]}
+            budgets.append(
+                {
+                    "budget_ms": r["budget_ms"],
+                    "plan": " > ".join(f"{b['donor']}[{b['start']}:{b['end']}]" for b in r["plan"]["blocks"]),
+                    "predicted_ms": r["plan"]["predicted"]["latency_ms"],
+                    "measured_ms": r.get("measured_ms"),
+                    "reassembled_top1": r["top1"],
+                    "reassembled_phase1_top1": r.get("phase1_top1"),
+                    "donors_within_budget_top1": donors,
+                    "best_donor_top1": best,
+                    "reassembly_minus_best_donor": None if best is None else round(r["top1"] - best, 2),
+                    "params_m": r["params_m"],
+                    "exports": exports,
+                }
+            )
+        result["seeds"][str(seed)] = {
+            "wall_s": round(wall, 1),
+            "run_seconds": run["seconds"],
+            "budgets": budgets,
+            "donor_latency_ms": run["donor_latency_ms"],
+            "verify": run["verify"],
+            "stages": run["stages"],
+        }
         print(json.dumps(result["seeds"][str(seed)]["budgets"], indent=1), flush=True)
     atomic_write_json(args.out, result)
 

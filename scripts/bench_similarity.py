@@ -40,8 +40,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "dery_deploy.cli.main", "similarity", "--zoo", args.zoo,
-                               "--probe", str(args.probe), "--cache", cache], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dery_deploy.cli.main",
+                "similarity",
+                "--zoo",
+                args.zoo,
+                "--probe",
+                str(args.probe),
+                "--cache",
+                cache,
+            ],
+            capture_output=True,
+            text=True,
+        )
         wall = time.time() - t0
         if proc.returncode:
             raise SystemExit(proc.stderr)
@@ -62,19 +76,32 @@ def main() -> None:
 
     result = {
         "machine": machine(),
-        "zoo": args.zoo, "probe_images": args.probe, "K": args.K, "restarts": args.restarts,
-        "similarity": {"wall_s": round(wall, 2), "peak_rss_mb": round(rss_mb, 1), "donor_pairs": stats["pairs"],
-                       "cached_rerun_s": round(reuse_s, 2), "target": "< 60 s, < 2048 MB"},
+        "zoo": args.zoo,
+        "probe_images": args.probe,
+        "K": args.K,
+        "restarts": args.restarts,
+        "similarity": {
+            "wall_s": round(wall, 2),
+            "peak_rss_mb": round(rss_mb, 1),
+            "donor_pairs": stats["pairs"],
+            "cached_rerun_s": round(reuse_s, 2),
+            "target": "< 60 s, < 2048 MB",
+        },
         "partition": {
             "dp": {"objective": round(ours.objective, 4), "seconds": round(ours.seconds, 3)},
             "paper_local_moves": {"objective": round(theirs.objective, 4), "seconds": round(theirs.seconds, 3)},
             "dp_minus_paper": round(ours.objective - theirs.objective, 4),
-            "per_restart_mean": {"dp": round(sum(ours.history) / len(ours.history), 4),
-                                 "paper_local_moves": round(sum(theirs.history) / len(theirs.history), 4)},
+            "per_restart_mean": {
+                "dp": round(sum(ours.history) / len(ours.history), 4),
+                "paper_local_moves": round(sum(theirs.history) / len(theirs.history), 4),
+            },
             "five_restarts_mean_over_10_seeds": {m: round(sum(v) / len(v), 4) for m, v in few.items()},
             "target": "dp >= paper; < 10 s at K=4",
-            "stability": {"seeds": 5, "same_as_most_common": count,
-                          "objectives": [round(r.objective, 4) for r in seeds]},
+            "stability": {
+                "seeds": 5,
+                "same_as_most_common": count,
+                "objectives": [round(r.objective, 4) for r in seeds],
+            },
         },
     }
     atomic_write_json(args.out, result)

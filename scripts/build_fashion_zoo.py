@@ -51,7 +51,7 @@ def augment(images: torch.Tensor, rotation: bool, g: torch.Generator) -> torch.T
     n = images.shape[0]
     x = preprocess(images, size=36)  # 4 px margin each side, then a random 32x32 crop
     ox, oy = torch.randint(0, 5, (2,), generator=g).tolist()
-    x = x[:, :, oy:oy + 32, ox:ox + 32]
+    x = x[:, :, oy : oy + 32, ox : ox + 32]
     if not rotation:
         flip = torch.rand(n, generator=g) < 0.5
         x[flip] = x[flip].flip(-1)
@@ -75,7 +75,7 @@ def train_donor(zoo, name: str, epochs: int, per_epoch: int, batch: int, lr: flo
         model.train()
         running = 0.0
         for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             x = augment(images[idx], task["type"] == "rotation", g)
             loss = F.cross_entropy(model(x), targets[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
@@ -140,8 +140,11 @@ def main() -> None:
         entry["command"] = command
         man["donors"][name] = entry
         atomic_write_json(EMBEDDED_DIR / "fashion" / "manifest.json", man)
-        print(f"  -> {entry['source_test_accuracy']:.2f}% on {entry['source_test_images']} source test images, "
-              f"{entry['params'] / 1e6:.2f} M params", flush=True)
+        print(
+            f"  -> {entry['source_test_accuracy']:.2f}% on {entry['source_test_images']} source test images, "
+            f"{entry['params'] / 1e6:.2f} M params",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def run_dery(*args: str, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
     """Run the real `dery` CLI in a subprocess (exit code, stdout, stderr as a user sees them)."""
     e = dict(os.environ, COLUMNS="200", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "dery_deploy.cli.main", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=e)
+    return subprocess.run(
+        [sys.executable, "-m", "dery_deploy.cli.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=e,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -38,6 +44,7 @@ def pytest_collection_modifyitems(config, items):
     cuda = torch.cuda.is_available()
     try:
         import tensorrt  # noqa: F401
+
         trt = cuda
     except Exception:  # noqa: BLE001
         trt = False
@@ -45,36 +52,51 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none on this machine"))
         if "tensorrt" in item.keywords and not trt:
-            item.add_marker(pytest.mark.skip(reason="needs the tensorrt Python package (TensorRT builder) and an NVIDIA GPU"))
+            item.add_marker(
+                pytest.mark.skip(reason="needs the tensorrt Python package (TensorRT builder) and an NVIDIA GPU")
+            )
 
 
 TINY_ZOO = ROOT / "tests" / "tiny_zoo.yaml"
 
 
 class TinyWorkspace:
-    """Similarity, partition (K=3) and a CPU onnxruntime profile of the tiny zoo, built once."""
+    """Similarity, partition (K=3) and a CPU onnxruntime profile (10-class heads) of the tiny zoo, built once."""
 
     def __init__(self, root):
         from dery_deploy.partition.cover_set import optimise
-        from dery_deploy.partition.stage import dissect_zoo, partition_record, problem_from, write_partition
-        from dery_deploy.profile.devices import get_device
+        from dery_deploy.partition.stage import make_partition, problem_from
+        from dery_deploy.profile.latency_model import LatencyModel
         from dery_deploy.profile.run import run_profile
         from dery_deploy.profile.store import read_profile
+        from dery_deploy.runtime.devices import get_device
         from dery_deploy.similarity.compute import compute_similarity
         from dery_deploy.zoo import get_zoo
+        from dery_deploy.zoo.load import dissect_zoo
 
         self.root = root
         self.zoo = get_zoo(TINY_ZOO)
         self.sim, _ = compute_similarity(self.zoo, 128, cache=root)
         self.dis = dissect_zoo(self.zoo)
-        problem, _ = problem_from(self.zoo, self.sim, 3, 0.2, self.dis)
-        self.partition = partition_record(self.zoo, self.sim, problem, optimise(problem, 10, 0), self.dis, 0)
-        self.partition_path = write_partition(root / "tiny" / "partition.json", self.partition)
+        problem = problem_from(self.zoo, self.sim, 3, 0.2, self.dis)
+        self.partition = make_partition(self.zoo, self.sim, problem, optimise(problem, 10, 0), self.dis, 0)
+        self.partition_path = self.partition.write(root / "tiny" / "partition.json")
         self.device = get_device("cpu")
-        [self.profile_path] = run_profile(self.zoo, self.device, "onnxruntime", "fp32", [1], self.partition, self.dis, root)
+        [self.profile_path] = run_profile(
+            self.zoo, self.device, "onnxruntime", "fp32", [1], self.partition, self.dis, root, num_classes=10
+        )
         self.profile = read_profile(self.profile_path)
+        self.model = LatencyModel.of(self.profile, str(self.profile_path))
 
 
 @pytest.fixture(scope="session")
 def tiny_ws(tmp_path_factory):
     return TinyWorkspace(tmp_path_factory.mktemp("tiny_ws"))
+
+
+@pytest.fixture(scope="session")
+def fashion_task(fashion_zoo):
+    """The default task shape with few images: 20 labels per class, 30 test images per class."""
+    from dery_deploy.data.task import load_task
+
+    return load_task("fashion-mnist:labels_per_class=20,test_per_class=30", fashion_zoo.input)

@@ -1,8 +1,9 @@
-"""The assemble stage: partition + similarity + profile + budget -> ranked candidates -> plan.
+"""The assemble stage: partition + similarity + profile + task + budget -> ranked candidates -> plan.
 
-CP-SAT enumerates the top-N assemblies by the quality estimate under the budget; each candidate is
-built with least-squares-initialised adapters and scored by a training-free proxy on seeded
-batches of the target task; the best proxy score becomes the plan.
+The program enumerates the top-N assemblies by its quality estimate under the budget; each
+candidate is built with least-squares-initialised adapters (fitted on the task's unlabelled
+images) and scored by a training-free proxy on the task's labelled training images; the best
+proxy score becomes the plan.
 """
 
 from __future__ import annotations
@@ -12,213 +13,199 @@ from dataclasses import dataclass
 
 import torch
 
-from dery_deploy.assemble.adapters import Adapter, fit_least_squares
-from dery_deploy.assemble.plan import BlockRef, Plan, build_net, stitch_specs
-from dery_deploy.assemble.program import ProgramData, solve
+from dery_deploy.assemble.candidates import AdapterFitter, Candidate, plan_from_choice, score_candidates
+from dery_deploy.assemble.program import Budget, ProgramData, fastest, quality_int, solve
+from dery_deploy.assemble.search_optuna import optuna_search
+from dery_deploy.data.task import Task
+from dery_deploy.dissect import Dissection
 from dery_deploy.errors import DeryError
-from dery_deploy.profile.items import adapter_key, block_key, head_key
-from dery_deploy.profile.calibration import reference_ms, speed_factor
-from dery_deploy.profile.latency_model import overhead_ms, plan_items, predict
-
-NUM_CLASSES = 10
-
-
-def program_data(zoo, partition: dict, dissections: dict, sim, profile: dict, profile_path: str,
-                 num_classes: int = NUM_CLASSES, capacity_weight: float = 0.5) -> ProgramData:
-    """Index the partition's blocks and adapters with their profiled cost and stitch CKA."""
-    recs = profile["records"]
-    ref = reference_ms(profile)
-
-    def ms(r: dict) -> float:  # at the profile's reference machine speed
-        return r["median_ms"] * speed_factor(r, ref)
-
-    def rec(key: str) -> dict:
-        if key not in recs:
-            raise DeryError(f"profile {profile_path} lacks item {key!r}; run `dery profile --zoo {zoo.name} --device "
-                            f"{profile['device']} --backend {profile['backend']} --precision {profile['precision']} "
-                            f"--batch {profile['batch']}` on the current partition", "assemble")
-        return recs[key]
-
-    sets = partition["sets"]
-    options = [[b["donor"] for b in s["blocks"]] for s in sets]
-    block_ms, block_params, block_mem = [], [], []
-    for s in sets:
-        row_ms, row_p, row_m = [], [], []
-        for b in s["blocks"]:
-            d = dissections[b["donor"]]
-            r = rec(block_key(zoo, b["donor"], b["start"], b["end"], d.boundary_spec(b["start"])))
-            row_ms.append(ms(r))
-            row_m.append(r.get("peak_memory_mb") or 0.0)
-            row_p.append(sum(p.numel() for p in d.block(b["start"], b["end"]).parameters()))
-        block_ms.append(row_ms), block_params.append(row_p), block_mem.append(row_m)
-    adapter_ms, adapter_params, adapter_mem, stitch = [], [], [], []
-    for k in range(len(sets) - 1):
-        lat, ps, mm, ck = {}, {}, {}, {}
-        for ia, a in enumerate(sets[k]["blocks"]):
-            for ib, b in enumerate(sets[k + 1]["blocks"]):
-                if a["donor"] == b["donor"]:
-                    continue
-                src = dissections[a["donor"]].boundary_spec(a["end"])
-                dst = dissections[b["donor"]].boundary_spec(b["start"])
-                r = rec(adapter_key(src, dst))
-                lat[(ia, ib)] = ms(r)
-                mm[(ia, ib)] = r.get("peak_memory_mb") or 0.0
-                ps[(ia, ib)] = sum(p.numel() for p in Adapter(src, dst).parameters())
-                ck[(ia, ib)] = float(sim.matrix(a["donor"], b["donor"])[a["end"], b["start"]])
-        adapter_ms.append(lat), adapter_params.append(ps), adapter_mem.append(mm), stitch.append(ck)
-    head_ms, head_params = [], []
-    for b in sets[-1]["blocks"]:
-        src = dissections[b["donor"]].boundary_spec(b["end"])
-        head_ms.append(ms(rec(head_key(src, num_classes))))
-        head_params.append(src.channels * (num_classes + 2) + num_classes)
-    return ProgramData(options, block_ms, block_params, block_mem, adapter_ms, adapter_params, adapter_mem, stitch,
-                       head_ms, head_params, overhead_ms(profile), capacity_weight)
-
-
-def plan_from_choice(zoo, partition: dict, choice: tuple[int, ...], num_classes: int = NUM_CLASSES) -> Plan:
-    blocks = []
-    for k, o in enumerate(choice):
-        b = partition["sets"][k]["blocks"][o]
-        blocks.append(BlockRef(k, b["donor"], b["start"], b["end"]))
-    return Plan(zoo.name, zoo.hash(), blocks, num_classes, zoo_ref=zoo.ref)
-
-
-class AdapterFitter:
-    """Least-squares adapter init from probe features, cached per (donor, boundary) pair."""
-
-    def __init__(self, dissections: dict, probe: torch.Tensor):
-        self.dis = dissections
-        self.probe = probe
-        self._feats: dict[tuple[str, int], torch.Tensor] = {}
-        self._fits: dict[tuple[str, int, str, int], dict] = {}
-
-    @torch.no_grad()
-    def features(self, donor: str, boundary: int) -> torch.Tensor:
-        """The donor's own representation at a boundary on the probe images."""
-        key = (donor, boundary)
-        if key not in self._feats:
-            x = self.probe
-            if boundary:
-                x = self.dis[donor].block(0, boundary).eval()(x)
-            self._feats[key] = x
-        return self._feats[key]
-
-    def init(self, net, plan: Plan) -> list[float]:
-        """Fit every adapter of `net` in place; returns the stitch errors after fitting."""
-        errors = []
-        specs = stitch_specs(plan, self.dis)
-        for i, (a, b) in enumerate(zip(plan.blocks, plan.blocks[1:])):
-            if specs[i] is None:
-                continue
-            key = (a.donor, a.end, b.donor, b.start)
-            adapter = net.adapters[i]
-            if key not in self._fits:
-                err = fit_least_squares(adapter, self.features(a.donor, a.end), self.features(b.donor, b.start))
-                self._fits[key] = ({k: v.clone() for k, v in adapter.state_dict().items()}, err)
-            adapter.load_state_dict(self._fits[key][0])
-            errors.append(self._fits[key][1])
-        return errors
-
-
-@dataclass
-class Candidate:
-    plan: Plan
-    choice: tuple[int, ...]
-    predicted_ms: float
-    params: int
-    memory_mb: float
-    quality: float
-    proxy: float = float("nan")
-    stitch_errors: list[float] | None = None
-
-
-def score_candidates(cands: list[Candidate], zoo, dissections: dict, fitter: AdapterFitter, proxy: str,
-                     images: torch.Tensor, labels: torch.Tensor, progress=None) -> None:
-    from dery_deploy.assemble.proxies import get_proxy
-
-    fn = get_proxy(proxy)
-    task = progress.add_task(f"proxy {proxy}", total=len(cands)) if progress else None
-    for c in cands:
-        torch.manual_seed(0)  # the head's init is part of the scored network
-        net = build_net(c.plan, zoo, dissections)
-        c.stitch_errors = fitter.init(net, c.plan)
-        c.proxy = fn(net, images, labels)
-        c.net = net
-        if progress:
-            progress.advance(task)
-
+from dery_deploy.network.adapters import Adapter
+from dery_deploy.network.items import adapter_key, block_key, head_key, plan_items
+from dery_deploy.network.plan import AssembledNet, Plan
+from dery_deploy.partition.stage import Partition
+from dery_deploy.profile.latency_model import LatencyModel, budget_us
+from dery_deploy.runtime.backends import get_backend
+from dery_deploy.runtime.devices import get_device
+from dery_deploy.similarity.compute import Similarity
 
 # Labelled images each proxy scores on: NASWOT / ZiCo use one small batch as in their papers; the
 # linear probe needs enough samples per class for its leave-one-out estimate.
 PROXY_IMAGES = {"naswot": 64, "zico": 64, "probe": 500}
 
 
-def proxy_batch(zoo, n: int = 64, seed: int = 0, labels_per_class: int = 100):
-    """Seeded batch of the target task's training data (Fashion-MNIST, 10 classes)."""
-    from dery_deploy.data.fashion_mnist import load_split, per_class_subset, preprocess
+def program_data(
+    zoo,
+    partition: Partition,
+    dissections: dict[str, Dissection],
+    sim: Similarity,
+    model: LatencyModel,
+    num_classes: int,
+    capacity_weight: float = 0.5,
+) -> ProgramData:
+    """Index the partition's blocks and adapters with their profiled cost and their quality."""
+    sets = partition.sets
 
-    sub = per_class_subset(load_split("train"), labels_per_class, seed=0)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(sub), generator=g)[:n]
-    return preprocess(sub.images[idx], zoo.input.size, zoo.input.mean[0], zoo.input.std[0]), sub.labels[idx]
+    def rec(key: str):
+        model.require([key])
+        return model.profile.records[key]
+
+    options = [[b.donor for b in s.blocks] for s in sets]
+    block_us, block_params, block_mem = [], [], []
+    for s in sets:
+        keys = [block_key(zoo, b.donor, b.start, b.end, dissections[b.donor].boundary_spec(b.start)) for b in s.blocks]
+        block_us.append([model.cost_us(k) for k in keys])
+        block_mem.append([rec(k).peak_memory_mb for k in keys])
+        block_params.append(
+            [sum(p.numel() for p in dissections[b.donor].block(b.start, b.end).parameters()) for b in s.blocks]
+        )
+    adapter_us, adapter_params, adapter_mem, stitch_q = [], [], [], []
+    for k in range(len(sets) - 1):
+        lat, ps, mm, q = {}, {}, {}, {}
+        for ia, a in enumerate(sets[k].blocks):
+            for ib, b in enumerate(sets[k + 1].blocks):
+                if a.donor == b.donor:
+                    continue
+                src = dissections[a.donor].boundary_spec(a.end)
+                dst = dissections[b.donor].boundary_spec(b.start)
+                key = adapter_key(src, dst)
+                lat[(ia, ib)] = model.cost_us(key)
+                mm[(ia, ib)] = rec(key).peak_memory_mb
+                ps[(ia, ib)] = sum(p.numel() for p in Adapter(src, dst).parameters())
+                q[(ia, ib)] = quality_int(float(sim.matrix(a.donor, b.donor)[a.end, b.start]))
+        adapter_us.append(lat), adapter_params.append(ps), adapter_mem.append(mm), stitch_q.append(q)
+    head_us, head_params = [], []
+    for b in sets[-1].blocks:
+        src = dissections[b.donor].boundary_spec(b.end)
+        head_us.append(model.cost_us(head_key(src, num_classes)))
+        head_params.append(src.channels * (num_classes + 2) + num_classes)
+    block_q = []
+    for ps in block_params:  # capacity: log parameter count, scaled to [0, 1] within the set
+        logs = [torch.tensor(float(p)).log1p().item() for p in ps]
+        lo, hi = min(logs), max(logs)
+        block_q.append([quality_int(capacity_weight * ((v - lo) / (hi - lo) if hi > lo else 1.0)) for v in logs])
+    return ProgramData(
+        options,
+        block_us,
+        block_params,
+        block_mem,
+        adapter_us,
+        adapter_params,
+        adapter_mem,
+        head_us,
+        head_params,
+        model.base_us(),
+        block_q,
+        stitch_q,
+    )
 
 
-def probe_for_adapters(zoo, n: int = 256, seed: int = 1):
-    from dery_deploy.data.fashion_mnist import preprocess, probe_set
+@dataclass
+class AssembleResult:
+    plan: Plan
+    net: AssembledNet
+    candidates: list[Candidate]
+    solver: dict
 
-    images, _ = probe_set(n, seed)
-    return preprocess(images, zoo.input.size, zoo.input.mean[0], zoo.input.std[0])
 
-
-def assemble(zoo, partition: dict, dissections: dict, sim, profile: dict, profile_path: str, latency_ms: float,
-             memory_mb: float | None = None, params_m: float | None = None, top: int = 10, proxy: str = "probe",
-             search: str = "cpsat", seed: int = 0, progress=None, fitter: AdapterFitter | None = None) -> dict:
-    """Candidates for one budget, ranked; returns {'plan', 'candidates', 'solver', ...}."""
-    if memory_mb is not None and not memory_mb > 0:
+def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
+    """Refuse a memory budget where the profile's backend cannot measure memory."""
+    if memory_mb is None:
+        return
+    if not memory_mb > 0:
         raise DeryError(f"--memory-mb must be > 0, got {memory_mb}", "assemble")
+    device = "cuda" if get_device(model.profile.device).kind == "cuda" else "cpu"
+    why = get_backend(model.profile.backend).memory_unmeasurable(device)
+    unmeasured = [k for k, r in model.profile.records.items() if r.peak_memory_mb is None]
+    if why or unmeasured:
+        raise DeryError(
+            "--memory-mb cannot be promised with this profile: "
+            + (why or f"{len(unmeasured)} items have no memory measurement"),
+            "assemble",
+        )
+
+
+def assemble(
+    zoo,
+    partition: Partition,
+    dissections: dict[str, Dissection],
+    sim: Similarity,
+    model: LatencyModel,
+    task: Task,
+    latency_ms: float,
+    memory_mb: float | None = None,
+    params_m: float | None = None,
+    top: int = 10,
+    proxy: str = "probe",
+    search: str = "cpsat",
+    seed: int = 0,
+    progress=None,
+    fitter: AdapterFitter | None = None,
+) -> AssembleResult:
+    """Candidates for one budget, ranked by the proxy; the best one becomes the plan."""
+    if not latency_ms > 0:
+        raise DeryError(f"latency budget must be > 0 ms, got {latency_ms:g}", "assemble")
+    memory_check(model, memory_mb)
     if params_m is not None and not params_m > 0:
         raise DeryError(f"--params-m must be > 0, got {params_m}", "assemble")
-    data = program_data(zoo, partition, dissections, sim, profile, profile_path)
-    fitter = fitter or AdapterFitter(dissections, probe_for_adapters(zoo))
-    images, labels = proxy_batch(zoo, PROXY_IMAGES.get(proxy, 64), seed=seed)
+    data = program_data(zoo, partition, dissections, sim, model, task.num_classes)
+    budget = Budget(budget_us(latency_ms), memory_mb, None if params_m is None else int(params_m * 1e6))
+    fitter = fitter or AdapterFitter.for_task(dissections, task)
+    images, labels = task.labelled_sample(PROXY_IMAGES.get(proxy, 64), seed=seed)
     t0 = time.perf_counter()
     if search == "cpsat":
-        res = solve(data, latency_ms, memory_mb, None if params_m is None else int(params_m * 1e6), top)
+        res = solve(data, budget, top)
         if not res.solutions:
             raise DeryError(res.infeasible_reason + "; raise the budget", "assemble")
-        solver = {"name": "cp-sat", "status": res.status, "seconds_first": round(res.seconds_first, 4),
-                  "seconds_top": round(res.seconds, 4), "top": len(res.solutions)}
-        cands = [Candidate(plan_from_choice(zoo, partition, s.choice), s.choice, s.latency_ms, s.params, s.memory_mb,
-                           s.quality) for s in res.solutions]
+        solver = {
+            "name": res.method,
+            "status": res.status,
+            "seconds_first": round(res.seconds_first, 4),
+            "seconds_top": round(res.seconds, 4),
+            "top": len(res.solutions),
+            **res.extra,
+        }
+        cands = [Candidate(plan_from_choice(zoo, partition, s.choice, task.num_classes), s) for s in res.solutions]
         score_candidates(cands, zoo, dissections, fitter, proxy, images, labels, progress)
     elif search == "optuna":
-        from dery_deploy.assemble.search_optuna import optuna_search
-
-        cands, solver = optuna_search(data, zoo, partition, dissections, fitter, proxy, images, labels, latency_ms,
-                                      memory_mb, None if params_m is None else int(params_m * 1e6), top, seed)
+        cands, solver = optuna_search(
+            data, zoo, partition, dissections, fitter, proxy, images, labels, budget, top, seed, task.num_classes
+        )
         if not cands:
-            from dery_deploy.assemble.program import fastest_latency
-
-            raise DeryError(f"no assembly meets {latency_ms:g} ms; the fastest assembly is predicted at "
-                            f"{fastest_latency(data):.4f} ms; raise the budget", "assemble")
+            f = fastest(data, budget)
+            raise DeryError(
+                f"no assembly meets {budget.describe()}"
+                + (f"; the fastest assembly is predicted at {f.latency_ms:.4f} ms" if f else "")
+                + "; raise the budget",
+                "assemble",
+            )
     else:
         raise DeryError(f"--search must be cpsat or optuna, got {search!r}", "assemble")
     seconds = time.perf_counter() - t0
     cands.sort(key=lambda c: c.proxy, reverse=True)
     best = cands[0]
     plan = best.plan
-    # cross-check the program's arithmetic against the latency model on the plan itself
-    plan.predicted = {"latency_ms": round(predict(plan_items(plan, zoo, dissections), profile, path=profile_path), 5),
-                      "memory_mb": round(best.memory_mb, 3), "params_m": round(best.params / 1e6, 4),
-                      # the latency model's measured error on this profile (`dery profile --verify`), if any
-                      "model_max_rel_error": profile.get("verify", {}).get("max_abs_rel_error"),
-                      "model_median_rel_error": profile.get("verify", {}).get("median_abs_rel_error"),
-                      # the machine speed the prediction is expressed at (reference workload, same backend)
-                      "reference_ms": reference_ms(profile)}
-    assert abs(plan.predicted["latency_ms"] - best.predicted_ms) < 1e-3 + 1e-3 * best.predicted_ms
-    plan.device, plan.backend, plan.precision, plan.batch = (profile["device"], profile["backend"], profile["precision"],
-                                                              profile["batch"])
+    check = model.profile.verify
+    plan.predicted = {
+        "latency_ms": model.predict_ms(plan_items(plan, zoo, dissections)),
+        "memory_mb": best.evaluation.memory_mb,
+        "params_m": round(best.evaluation.params / 1e6, 4),
+        "latency_model": {
+            "speed": model.speed,
+            "scale": model.scale,
+            "median_rel_error": check.median_abs_rel_error if check else None,
+            "max_rel_error": check.max_abs_rel_error if check else None,
+        },
+        "reference_ms": model.reference_ms(),
+    }
+    prof = model.profile
+    plan.device, plan.backend, plan.precision, plan.batch = prof.device, prof.backend, prof.precision, prof.batch
     plan.budget = {"latency_ms": latency_ms, "memory_mb": memory_mb, "params_m": params_m}
-    plan.proxy = {"name": proxy, "score": best.proxy, "stitch_errors": [round(e, 4) for e in best.stitch_errors or []]}
-    plan.solver = {**solver, "quality": round(best.quality, 4), "search_seconds": round(seconds, 3)}
-    return {"plan": plan, "net": best.net, "candidates": cands, "solver": solver, "data": data}
+    plan.task = {"spec": task.spec, "hash": task.hash(), "classes": task.classes}
+    plan.proxy = {"name": proxy, "score": best.proxy, "stitch_errors": [round(e, 4) for e in best.stitch_errors]}
+    plan.solver = {
+        **solver,
+        "quality": best.evaluation.quality / 1000,
+        "search_seconds": round(seconds, 3),
+        "partition_key": partition.key,
+    }
+    return AssembleResult(plan, best.net, cands, solver)

@@ -1,27 +1,45 @@
 """`dery devices`: the device specs, and which one this machine is.
 
-Example:
+Examples:
     dery devices
+    dery devices --json
 """
 
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from dery_deploy.cli.common import console
+from dery_deploy.cli.common import Listing
+from dery_deploy.runtime.devices import list_devices, this_machine
 
 
-def devices() -> None:
+def devices(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """List device specs and mark the ones this machine matches (NVML for GPUs, CPU model for CPUs)."""
-    from dery_deploy.profile.devices import list_devices, this_machine
-
     here = {s.id for s in this_machine()}
-    table = Table("id", "name", "kind", "backends", "default", "memory (MB)", "this machine")
+    listing = Listing(
+        "device specs (devices/*.yaml)",
+        "id",
+        "here",
+        "default",
+        "backends",
+        "MB",
+        "name",
+        ids=("id",),
+        numbers=("MB",),
+        optional=("name",),
+    )
     for s in list_devices():
-        table.add_row(s.id, s.name, s.kind, ", ".join(s.backends), f"{s.default_backend} {s.default_precision}",
-                      str(s.memory_mb or "-"), "[green]yes[/]" if s.id in here else "")
-    console.print(table)
+        listing.add(
+            **{
+                "id": s.id,
+                "name": s.name,
+                "backends": ", ".join(s.backends),
+                "default": f"{s.default_backend} {s.default_precision}",
+                "MB": s.memory_mb,
+                "here": "yes" if s.id in here else "",
+            }
+        )
+    listing.show(as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,36 +9,55 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.table import Table
 
-from dery_deploy.cli.common import console
+from dery_deploy.cli.common import Listing, console, show_notes
+from dery_deploy.data.task import load_task
+from dery_deploy.profile.run import device_for, resolve_backend
+from dery_deploy.runtime.devices import get_device, this_machine
+from dery_deploy.train.evaluate import evaluate_model
+from dery_deploy.train.finetune import load_run_model
+from dery_deploy.zoo.load import get_zoo
 
 
-def evaluate(run: Path = typer.Argument(..., help="run directory of `dery finetune`"),
-             data: Optional[str] = typer.Option(None, "--data", help="task data (default: the run's)"),
-             as_json: bool = typer.Option(False, "--json")) -> None:
-    """Evaluate a fine-tuned plan or donor on the task's test set."""
-    from dery_deploy.data.task import load_task
-    from dery_deploy.train.evaluate import evaluate_model
-    from dery_deploy.train.finetune import load_run_model
-    from dery_deploy.zoo.load import get_zoo
-
+def evaluate(
+    run: Path = typer.Argument(..., help="run directory of `dery finetune`"),
+    data: str | None = typer.Option(None, "--data", help="task data (default: the run's)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Evaluate a fine-tuned plan or donor on the task's test set and measure it here."""
     model, cfg = load_run_model(run)
     zoo = get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
-    task = load_task(data or cfg["data"], zoo)
+    task = load_task(data or cfg["data"], zoo.input, cfg["recipe"].get("seed", 0))
+    show_notes(task.notes)
+    plan = cfg["source"].get("plan") or {}
+    here = {s.id: s for s in this_machine()}
+    # the plan's backend where this machine is its device, else this machine's default backend
+    spec = here.get(plan.get("device")) or (this_machine() or [get_device("cpu")])[0]
+    backend, precision = resolve_backend(
+        spec,
+        plan.get("backend") if spec.id == plan.get("device") else None,
+        plan.get("precision") if spec.id == plan.get("device") else None,
+    )
     name = cfg["source"].get("donor") or "reassembled"
-    res = evaluate_model(model, task, Path(run), name)
+    res = evaluate_model(model, task, Path(run), name, latency=(backend, precision, device_for(spec)))
     if as_json:
         print(json.dumps(res, indent=2))
         return
-    table = Table("class", "accuracy (%)", title=f"{run}: top-1 {res['top1']:.2f}% on {res['test_images']} images, "
-                  f"{res['params_m']:.3f} M params, {res['latency_ms_torch_eager_cpu_b1']:.3f} ms (eager, b1, here)")
+    lat = res["latency"]
+    console.print(
+        f"{run}: top-1 [bold]{res['top1']:.2f}%[/] on {res['test_images']} test images, {res['params_m']:.3f} M params"
+    )
+    warn = "" if lat["stable"] else "  [yellow]UNSTABLE measurement: the machine was busy; rerun to trust it[/]"
+    console.print(
+        f"latency {lat['median_ms']:.4f} ms (±{100 * lat['noise']:.1f}%), {lat['backend']} {lat['precision']}, "
+        f"batch 1, on {spec.id}{warn}"
+    )
+    listing = Listing(None, "class", "accuracy (%)", numbers=("accuracy (%)",))
     for c, a in res["per_class"].items():
-        table.add_row(c, f"{a:.1f}")
-    console.print(table)
+        listing.add(**{"class": c, "accuracy (%)": f"{a:.1f}"})
+    listing.show()
     console.print(f"confusion matrix: {Path(run) / res['confusion_png']}")
 
 

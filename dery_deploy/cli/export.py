@@ -1,4 +1,4 @@
-"""`dery export`: compile a fine-tuned run and verify parity and the latency budget.
+"""`dery export`: compile a fine-tuned run, check parity, and hold it to the plan's budget.
 
 Examples:
     dery export run/ --format onnx
@@ -9,41 +9,51 @@ Examples:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from dery_deploy.cli.common import console
+from dery_deploy.export.stage import BudgetVerdict, export_run
 
 
-def export(run: Path = typer.Argument(..., help="run directory of `dery finetune`"),
-           fmt: str = typer.Option("onnx", "--format", help="onnx, tensorrt or aoti"),
-           precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16"),
-           device: Optional[str] = typer.Option(None, "--device", help="target device id (jetson ids need --bundle)"),
-           bundle: Optional[Path] = typer.Option(None, "--bundle", help="write ONNX + build script for an edge device"),
-           out: Optional[Path] = typer.Option(None, "-o", "--out", help="output folder (default RUN/export)"),
-           allow_over_budget: bool = typer.Option(False, "--allow-over-budget"),
-           force: bool = typer.Option(False, "--force", help="overwrite existing artifacts")) -> None:
+def export(
+    run: Path = typer.Argument(..., help="run directory of `dery finetune`"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, tensorrt or aoti"),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 or fp16 (default: the plan's)"),
+    device: str | None = typer.Option(None, "--device", help="target device id (jetson ids need --bundle)"),
+    bundle: Path | None = typer.Option(
+        None, "--bundle", help="write ONNX + build and check scripts for an edge device"
+    ),
+    out: Path | None = typer.Option(None, "-o", "--out", help="output folder (default RUN/export)"),
+    allow_over_budget: bool = typer.Option(
+        False, "--allow-over-budget", help="accept an artifact slower than the budget"
+    ),
+    force: bool = typer.Option(False, "--force", help="overwrite existing artifacts"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
     """Export, check parity against PyTorch, measure, and compare with the plan's budget."""
-    from dery_deploy.export.stage import export_run
-
     rep = export_run(run, fmt, precision, device, out, bundle, allow_over_budget, force)
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+        return
     if rep["format"] == "tensorrt-bundle":
-        console.print(f"bundle for {rep['device']} -> {rep['bundle']}: copy it to the device and run build_engine.sh")
+        console.print(f"bundle for {rep['device']} -> {rep['bundle']}: {rep['next']}")
         return
     if rep.get("load_ok") is False:
         console.print(f"[red]{rep['error']}[/]")
         raise typer.Exit(3)
     par = rep["parity"]
-    console.print(f"{rep['format']}: {rep['artifact']} parity max |diff| {par['max_abs_diff']:.2e} on {par['images']} images, "
-                  f"top-1 identical: {par['top1_identical']}; latency {rep['latency_ms']:.4f} ms ({rep['latency_backend']})")
-    b = rep.get("budget", {})
-    if b.get("checked"):
-        console.print(f"budget {b['budget_ms']:g} ms: predicted {b['predicted_ms']:.4f} ms, measured {b['measured_ms']:.4f} ms "
-                      f"-> {'[green]within budget[/]' if b['within_budget'] else '[red]OVER BUDGET (allowed)[/]'}")
-    elif b:
-        console.print(f"budget not checked: {b.get('reason')}")
+    flag = "" if rep["latency_stable"] else " [yellow](unstable measurement)[/]"
+    console.print(
+        f"{rep['format']}: {rep['artifact']} parity max |diff| {par['max_abs_diff']:.2e} on {par['images']} images, "
+        f"top-1 identical: {par['top1_identical']}; latency {rep['latency_ms']:.4f} ms ({rep['latency_backend']}){flag}"
+    )
+    b = BudgetVerdict(**rep["budget"]) if rep.get("budget") else None
+    if b is not None:
+        style = "green" if (b.checked and b.within_budget) else ("red" if b.checked else "dim")
+        console.print(f"[{style}]{b.line()}[/]" + (" (allowed)" if b.checked and not b.within_budget else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -3,64 +3,81 @@ same recipe. Runs under `torchrun --nproc_per_node N` unchanged (DDP).
 
 Examples:
     dery finetune plan.json --data fashion-mnist:labels_per_class=100 -o run/
-    dery finetune --donor vit_tops --zoo fashion --data fashion-mnist:labels_per_class=100 -o run_vit/
-    torchrun --nproc_per_node 2 -m dery_deploy.cli.main finetune plan.json -o run_ddp/
+    dery finetune plan.json --data ~/images/task -o run/ --epochs-full 10
+    dery finetune --donor vit_tops --zoo fashion -o run_vit/
+    torchrun --nproc_per_node 2 -m dery_deploy.cli.main finetune plan.json -o run_ddp/ --device cpu
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from dery_deploy.cli.common import console
+from dery_deploy.cli.common import console, show_notes
+from dery_deploy.data.task import DEFAULT_DATA, load_task
+from dery_deploy.errors import DeryError
+from dery_deploy.network.plan import load_plan
+from dery_deploy.train.finetune import Recipe, dist_info
+from dery_deploy.train.finetune import finetune as run_finetune
+from dery_deploy.zoo.load import get_zoo
 
 
-def finetune(plan: Optional[Path] = typer.Argument(None, help="plan.json (adapter weights beside it are used)"),
-             data: str = typer.Option("fashion-mnist:labels_per_class=100", "--data", help="task data spec or image folder"),
-             out: Path = typer.Option(..., "-o", "--out", help="run directory"),
-             donor: Optional[str] = typer.Option(None, "--donor", help="fine-tune this zoo donor instead of a plan"),
-             zoo: str = typer.Option("fashion", "--zoo", help="zoo of --donor"),
-             epochs_adapter: int = typer.Option(4, "--epochs-adapter", help="phase 1: adapters + head"),
-             epochs_full: int = typer.Option(6, "--epochs-full", help="phase 2: end to end"),
-             lr: float = typer.Option(3e-3, "--lr"),
-             lr_full: float = typer.Option(5e-4, "--lr-full"),
-             batch: int = typer.Option(64, "--batch", help="global batch (split across DDP processes)"),
-             seed: int = typer.Option(0, "--seed"),
-             force: bool = typer.Option(False, "--force", help="overwrite an existing run directory"),
-             no_resume: bool = typer.Option(False, "--no-resume", help="do not resume from the last checkpoint")) -> None:
-    """Fine-tune in two phases and report the test accuracy."""
-    from dery_deploy.assemble.plan import load_plan
-    from dery_deploy.data.task import load_task
-    from dery_deploy.errors import DeryError
-    from dery_deploy.train.finetune import Recipe, dist_info
-    from dery_deploy.train.finetune import finetune as run_finetune
-    from dery_deploy.zoo.load import get_zoo
-
+def finetune(
+    plan: Path | None = typer.Argument(None, help="plan.json (adapter weights beside it are used)"),
+    data: str = typer.Option(
+        DEFAULT_DATA, "--data", help="your task: a folder with train/ and test/, or fashion-mnist[:options]"
+    ),
+    out: Path = typer.Option(..., "-o", "--out", help="run directory"),
+    donor: str | None = typer.Option(None, "--donor", help="fine-tune this zoo donor instead of a plan"),
+    zoo: str = typer.Option("fashion", "--zoo", help="zoo of --donor"),
+    epochs_adapter: int = typer.Option(4, "--epochs-adapter", help="phase 1: adapters + head"),
+    epochs_full: int = typer.Option(6, "--epochs-full", help="phase 2: end to end"),
+    lr: float = typer.Option(3e-3, "--lr"),
+    lr_full: float = typer.Option(5e-4, "--lr-full"),
+    batch: int = typer.Option(64, "--batch", help="global batch (split across DDP processes)"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: a GPU where there is one)"),
+    force: bool = typer.Option(False, "--force", help="overwrite a run directory that holds another run"),
+    no_resume: bool = typer.Option(False, "--no-resume", help="do not resume from the last checkpoint"),
+) -> None:
+    """Fine-tune in two phases and report validation and test accuracy."""
     if (plan is None) == (donor is None):
         raise DeryError("give either a plan.json or --donor NAME", "finetune")
     if plan is not None:
         p = load_plan(plan)
         z = get_zoo(p.zoo_ref)
         if z.hash() != p.zoo_hash:
-            raise DeryError(f"plan {plan} was made for zoo {p.zoo!r} {p.zoo_hash}; its weights or spec changed "
-                            f"(now {z.hash()}): re-assemble", "finetune")
+            raise DeryError(
+                f"plan {plan} was made for zoo {p.zoo!r} {p.zoo_hash}; its weights or spec changed "
+                f"(now {z.hash()}): re-assemble",
+                "finetune",
+            )
         weights = Path(plan).with_suffix(".safetensors")
         source = {"plan": p.to_dict(), "adapter_weights": str(weights.resolve()) if weights.is_file() else None}
     else:
         z = get_zoo(zoo)
         z.donor(donor)
         source = {"donor": donor, "zoo_ref": z.ref}
-    task = load_task(data, z, seed)
+    task = load_task(data, z.input, seed)
+    if plan is not None and p.num_classes != task.num_classes:
+        raise DeryError(
+            f"plan {plan} has a {p.num_classes}-class head, but --data {data!r} has {task.num_classes} "
+            "classes; assemble the plan with this --data",
+            "finetune",
+        )
     rank, _ = dist_info()
-    for w in task.warnings:
-        if rank == 0:
-            console.print(f"[yellow]warning:[/] {w}")
-    recipe = Recipe(epochs_adapter, epochs_full, lr, lr_full, batch, seed=seed)
-    metrics = run_finetune(source, z, task, recipe, out, force=force, resume=not no_resume, log=console.print)
     if rank == 0:
-        console.print(f"test accuracy {metrics['test_accuracy']:.2f}% ({metrics['params_m']:.3f} M params) -> {out}")
+        show_notes(task.notes)
+    recipe = Recipe(epochs_adapter, epochs_full, lr, lr_full, batch, seed=seed)
+    metrics = run_finetune(
+        source, z, task, recipe, out, force=force, resume=not no_resume, log=console.print, device=device
+    )
+    if rank == 0:
+        console.print(
+            f"validation accuracy {metrics['val_accuracy']:.2f}%, test accuracy {metrics['test_accuracy']:.2f}% "
+            f"({metrics['params_m']:.3f} M params) -> {out}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,48 +1,70 @@
 """The `dery` command. One module per sub-command; this file wires them and turns user errors
-(`DeryError`) into one line on stderr and exit code 2, with no traceback."""
+into one line on stderr and exit code 2, with no traceback: a `DeryError` (a bad value, a missing
+file) and a usage error (a missing or unknown option, a bad value, an unknown sub-command). Any
+other exception is a bug and keeps its full traceback."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
 
+from dery_deploy.cli import assemble, devices, evaluate, export, finetune, partition, profile, run, similarity, zoo
 from dery_deploy.errors import DeryError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-                  help="Deep Model Reassembly for one device under a latency budget: profile, assemble, fine-tune, ship.",
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    help="Deep Model Reassembly for one device under a latency budget: profile, assemble, fine-tune, ship.",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(zoo.app, name="zoo")
+for _mod in (devices, similarity, partition, profile, assemble, finetune, evaluate, export, run):
+    _mod.register(app)
 
 
-def _register() -> None:
-    from dery_deploy.cli import (assemble, devices, evaluate, export, finetune, partition, profile, run,
-                                 similarity, zoo)
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage/other click errors, aborts, exits) of the click typer runs on: its own vendored copy
+    (typer >= 0.2x) and the `click` package (older typer) alike."""
+    errors, aborts, exits = [], [], []
+    for modname in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            m = __import__(modname, fromlist=["_"])
+        except ImportError:
+            continue
+        for name, bucket in (("ClickException", errors), ("Abort", aborts), ("Exit", exits)):
+            if hasattr(m, name):
+                bucket.append(getattr(m, name))
+    return tuple(errors), tuple(aborts), tuple(exits)
 
-    app.add_typer(zoo.app, name="zoo")
-    for mod in (devices, similarity, partition, profile, assemble, finetune, evaluate, export, run):
-        mod.register(app)
+
+def _one_line(e) -> str:
+    """A click error as one line naming the bad value and where to look for the fix."""
+    msg = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None and getattr(e, "exit_code", 1) == 2:  # a usage error
+        msg = (msg if msg.endswith(("?", "!")) else msg.rstrip(".") + ".") + f" See `{ctx.command_path} --help`."
+    return msg
 
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this; `main` exits with it)."""
-    import logging
-
-    import click
-
     # torch warns at import that a CPU-only machine has no CUDA runtime; that is not news to a user
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-    if not app.registered_groups:
-        _register()
+    errors, aborts, exits = _click_errors()
     try:
         code = app(args=argv, prog_name="dery", standalone_mode=False)
     except DeryError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         return 2
-    except click.exceptions.ClickException as e:
-        e.show()
+    except exits as e:
         return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except errors as e:
+        typer.secho(f"error: {_one_line(e)}", fg="red", err=True)
+        return 2 if getattr(e, "exit_code", 1) in (1, 2) else e.exit_code
+    except (*aborts, KeyboardInterrupt):
         typer.secho("interrupted; finished work is kept, rerun to resume", fg="yellow", err=True)
         return 130
     return code if isinstance(code, int) else 0

@@ -1,99 +1,166 @@
-"""`dery profile`: measured latency and memory of every block and adapter on one device.
+"""`dery profile`: measured latency and memory of every donor, block and adapter on one device.
+
+Needs no images and no weights: before a partition exists it measures whole donors and every unit
+(what a user picks a budget from); once one exists, its blocks, adapters and heads are added.
 
 Examples:
     dery profile --zoo fashion --device cpu --backend onnxruntime --batch 1,32
-    dery profile --zoo fashion --device cpu --backend onnxruntime --batch 1 --verify 20
+    dery profile --zoo imagenet --device h100 --backend torch-cudagraph --precision fp16 --batch 1,32
+    dery profile --zoo fashion --device cpu --verify 20
     dery profile --zoo fashion --device jetson-orin-nano --bundle jetson_bundle/
     dery profile --import jetson_bundle/result.json
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional
 
 import typer
-from rich.table import Table
 
-from dery_deploy.cli.common import console, parse_int_list
+from dery_deploy.artifacts import cache_root
+from dery_deploy.cli.common import Listing, console, parse_int_list, progress_bar
+from dery_deploy.data.task import load_task
+from dery_deploy.errors import DeryError
+from dery_deploy.network.items import donor_key
+from dery_deploy.partition.stage import current_partition
+from dery_deploy.profile.bundle import import_result as do_import
+from dery_deploy.profile.bundle import write_bundle
+from dery_deploy.profile.latency_model import LatencyModel
+from dery_deploy.profile.run import latency_summary, run_profile
+from dery_deploy.profile.run import verify as run_verify
+from dery_deploy.profile.store import read_profile
+from dery_deploy.runtime.devices import default_device, get_device
+from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
 
-def default_device() -> str:
-    from dery_deploy.profile.devices import this_machine
-
-    found = this_machine()
-    return found[0].id if found else "cpu"
-
-
-def profile(zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML path"),
-            device: Optional[str] = typer.Option(None, "--device", help="device id (default: the spec this machine matches)"),
-            backend: Optional[str] = typer.Option(None, "--backend", help="torch-eager, torch-cudagraph, torch-compile, onnxruntime, tensorrt"),
-            precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or fp16 (default: the device's)"),
-            batch: str = typer.Option("1", "--batch", help="batch sizes, comma-separated"),
-            partition: Optional[Path] = typer.Option(None, "--partition", help="partition.json (default: the zoo's current one)"),
-            verify: int = typer.Option(0, "--verify", help="also measure N random mixed assemblies end to end"),
-            seed: int = typer.Option(0, "--seed", help="seed of the --verify assemblies"),
-            bundle: Optional[Path] = typer.Option(None, "--bundle", help="write a remote-profiling bundle (Jetson) here"),
-            import_result: Optional[Path] = typer.Option(None, "--import", help="import a bundle runner's result JSON"),
-            cache: Optional[Path] = typer.Option(None, "--cache")) -> None:
-    """Profile blocks, adapters and heads of the current partition; resumes an interrupted run."""
-    from dery_deploy.cli.partition import current_partition
-    from dery_deploy.cli.similarity import progress_bar
-    from dery_deploy.errors import DeryError
-    from dery_deploy.partition.stage import dissect_zoo
-    from dery_deploy.profile.devices import get_device
-    from dery_deploy.profile.run import run_profile, verify as run_verify
-    from dery_deploy.similarity.compute import cache_root
-    from dery_deploy.zoo.load import get_zoo
-
+def profile(
+    zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML path"),
+    device: str | None = typer.Option(None, "--device", help="device id (default: the spec this machine matches)"),
+    backend: str | None = typer.Option(
+        None, "--backend", help="torch-eager, torch-cudagraph, torch-compile, onnxruntime, tensorrt"
+    ),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 or fp16 (default: the device's)"),
+    batch: str = typer.Option("1", "--batch", help="batch sizes, comma-separated"),
+    classes: int | None = typer.Option(
+        None, "--classes", help="class count of the new head (default: that of --data, else 10)"
+    ),
+    data: str | None = typer.Option(
+        None, "--data", help="task whose class count the heads get (no images are read for timing)"
+    ),
+    partition: Path | None = typer.Option(
+        None, "--partition", help="partition.json (default: the zoo's current one, if any)"
+    ),
+    verify: int = typer.Option(
+        0, "--verify", help="also measure N random mixed assemblies end to end (needs a partition)"
+    ),
+    seed: int = typer.Option(0, "--seed", help="seed of the --verify assemblies"),
+    bundle: Path | None = typer.Option(None, "--bundle", help="write a remote-profiling bundle (Jetson) here"),
+    import_result: Path | None = typer.Option(None, "--import", help="import a bundle runner's result JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the profile summary as JSON"),
+    cache: Path | None = typer.Option(None, "--cache"),
+) -> None:
+    """Profile donors, units or the partition's blocks, adapters and heads; resumes an interrupted run."""
     root = cache or cache_root()
     if import_result is not None:
-        from dery_deploy.profile.bundle import import_result as do_import
-
-        path = do_import(import_result, root)
-        console.print(f"imported {import_result} -> {path}")
+        for path in do_import(import_result, root):
+            console.print(f"imported {import_result} -> {path}")
         return
     batches = parse_int_list(batch, "--batch")
     if verify < 0:
         raise DeryError(f"--verify must be >= 0, got {verify}", "profile")
     z = get_zoo(zoo)
     spec = get_device(device or default_device())
-    part = current_partition(z, partition, cache, "profile")
+    if classes is not None and classes < 2:
+        raise DeryError(f"--classes must be at least 2, got {classes}", "profile")
+    num_classes = classes or (load_task(data, z.input).num_classes if data else 10)
+    part = current_partition(z, partition, cache, "profile", required=False)
+    if verify and part is None:
+        raise DeryError(
+            f"--verify measures assemblies of a partition; run `dery partition --zoo {z.ref}` first", "profile"
+        )
     dis = dissect_zoo(z)
     if bundle is not None:
-        from dery_deploy.profile.bundle import write_bundle
-
-        manifest = write_bundle(z, spec, part, dis, bundle, batches, precision or spec.default_precision)
-        console.print(f"bundle with {len(manifest['items'])} items written to {bundle}; on the device run:\n"
-                      f"  python3 {bundle}/runner.py --bundle {bundle} --out result.json\n"
-                      f"then here: dery profile --import result.json")
+        manifest = write_bundle(z, spec, part, dis, bundle, batches, precision or spec.default_precision, num_classes)
+        console.print(
+            f"bundle with {len(manifest['items'])} items written to {bundle}; on the device run:\n"
+            f"  python3 {bundle}/runner.py --bundle {bundle} --out result.json\n"
+            f"then here: dery profile --import result.json"
+        )
         return
+    if part is None:
+        console.print(f"no partition of zoo {z.name} yet: measuring whole donors and every unit")
     with progress_bar() as prog:
-        paths = run_profile(z, spec, backend, precision, batches, part, dis, root, prog)
+        paths = run_profile(z, spec, backend, precision, batches, part, dis, root, num_classes, prog)
+    summaries = []
     for p in paths:
-        show_profile(p)
-    if verify:
-        for p in paths:
+        check = None
+        if verify:
             with progress_bar() as prog:
-                res = run_verify(z, spec, p, part, dis, verify, seed, prog)
-            console.print(f"latency model on {p.name}: median |error| {100 * res['median_abs_rel_error']:.2f}%, max "
-                          f"{100 * res['max_abs_rel_error']:.2f}% over {res['n']} mixed assemblies")
+                check = run_verify(z, spec, p, part, dis, verify, seed, prog)
+        summaries.append(summarise(p, z, num_classes))
+        if not as_json:
+            show_profile(summaries[-1])
+            if check:
+                console.print(f"latency model on {p.name}: {latency_summary(check)}")
+    if as_json:
+        print(json.dumps(summaries, indent=2))
 
 
-def show_profile(path: Path) -> None:
-    from dery_deploy.profile.store import read_profile
+def summarise(path: Path, zoo, num_classes: int) -> dict:
+    prof = read_profile(path)
+    model = LatencyModel.of(prof, str(path))
+    kinds: dict[str, list] = {}
+    for r in prof.records.values():
+        kinds.setdefault(r.kind, []).append(r)
+    donors = {}
+    for n in zoo.donor_names:
+        key = donor_key(zoo, n, num_classes)
+        if key in prof.records:
+            r = prof.records[key]
+            donors[n] = {
+                "latency_ms": round(model.predict_ms([key]), 5),
+                "stable": r.stable,
+                "peak_memory_mb": r.peak_memory_mb,
+            }
+    return {
+        "path": str(path),
+        "device": prof.device,
+        "backend": prof.backend,
+        "precision": prof.precision,
+        "batch": prof.batch,
+        "items": {k: len(v) for k, v in kinds.items()},
+        "unstable": sum(1 for r in prof.records.values() if not r.stable),
+        "donors": donors,
+        "verify": {k: v for k, v in prof.verify.to_dict().items() if k != "assemblies"} if prof.verify else None,
+    }
 
-    data = read_profile(path)
-    recs = data["records"]
-    by_kind = {}
-    for r in recs.values():
-        by_kind.setdefault(r["kind"], []).append(r)
-    table = Table("kind", "items", "median ms (min..max)", "unstable", title=f"{path} ({data['backend']} {data['precision']} b{data['batch']})")
-    for kind, rs in sorted(by_kind.items()):
-        ms = [r["median_ms"] for r in rs]
-        table.add_row(kind, str(len(rs)), f"{sum(ms) / len(ms):.4f} ({min(ms):.4f}..{max(ms):.4f})",
-                      str(sum(1 for r in rs if not r["stable"])))
-    console.print(table)
+
+def show_profile(s: dict) -> None:
+    console.print(
+        f"{s['path']}: {sum(s['items'].values())} items ({', '.join(f'{n} {k}' for k, n in s['items'].items())}), "
+        f"{s['unstable']} unstable"
+    )
+    listing = Listing(
+        f"donors, whole, on {s['device']} ({s['backend']} {s['precision']}, batch {s['batch']}): pick a "
+        "budget from these",
+        "donor",
+        "latency (ms)",
+        "peak memory (MB)",
+        "stable",
+        ids=("donor",),
+        numbers=("latency (ms)", "peak memory (MB)"),
+    )
+    for n, d in sorted(s["donors"].items(), key=lambda kv: kv[1]["latency_ms"]):
+        listing.add(
+            **{
+                "donor": n,
+                "latency (ms)": f"{d['latency_ms']:.4f}",
+                "peak memory (MB)": d["peak_memory_mb"],
+                "stable": "yes" if d["stable"] else "NO",
+            }
+        )
+    listing.show()
 
 
 def register(app: typer.Typer) -> None:

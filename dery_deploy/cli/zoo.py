@@ -11,70 +11,109 @@ from __future__ import annotations
 
 import json
 
+import torch
 import typer
-from rich.table import Table
 
-from dery_deploy.cli.common import console
+from dery_deploy.cli.common import Listing, console
+from dery_deploy.dissect import TensorSpec, dissect, equivalence_error, list_families
 from dery_deploy.errors import DeryError
+from dery_deploy.runtime.devices import get_device, this_machine
+from dery_deploy.runtime.measure import measure_module
+from dery_deploy.zoo.load import create_model, get_zoo, list_zoos, load_donor
+from dery_deploy.zoo.spec import DonorSpec
+from dery_deploy.zoo.summary import zoo_rows
 
 app = typer.Typer(no_args_is_help=True, help="Zoos: list them, show one, dissect a model into units.")
 
 
 @app.command("list")
-def list_cmd() -> None:
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """List the known zoos (embedded ones and zoos/*.yaml here). Example: `dery zoo list`."""
-    from dery_deploy.zoo.load import get_zoo, list_zoos
-
-    table = Table("zoo", "donors", "input", "description")
+    listing = Listing("zoos", "zoo", "donors", "input", "description", ids=("zoo",), numbers=("donors",))
     for name in list_zoos():
         z = get_zoo(name)
-        table.add_row(name, str(len(z.donors)), f"{z.input.channels}x{z.input.size}x{z.input.size}",
-                      " ".join(z.description.split())[:90])
-    console.print(table)
+        listing.add(
+            zoo=name,
+            donors=len(z.donors),
+            input=f"{z.input.channels}x{z.input.size}x{z.input.size}",
+            description=" ".join(z.description.split()),
+        )
+    listing.show(as_json)
 
 
 @app.command("show")
-def show_cmd(name: str = typer.Argument(..., help="zoo name or path to a zoo YAML"),
-             latency: bool = typer.Option(False, "--latency", help="also measure batch-1 CPU latency (eager)"),
-             as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+def show_cmd(
+    name: str = typer.Argument(..., help="zoo name or path to a zoo YAML"),
+    latency: bool = typer.Option(
+        False,
+        "--latency",
+        help="also measure batch-1 latency on this machine, with its device's default backend (what the planner uses)",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
     """A table of the donors of one zoo. Example: `dery zoo show fashion --latency`."""
-    from dery_deploy.zoo.load import get_zoo
-    from dery_deploy.zoo.summary import zoo_rows
-
     zoo = get_zoo(name)
-    rows = zoo_rows(zoo, latency=latency)
+    rows = zoo_rows(zoo)
+    lat_col = None
+    if latency:
+        from dery_deploy.profile.run import device_for, resolve_backend
+
+        spec = (this_machine() or [get_device("cpu")])[0]
+        backend, precision = resolve_backend(spec, None, None)
+        lat_col = f"{backend.name} {precision} b1 (ms)"
+        x = torch.randn(1, *zoo.input_tensor_spec.shape, generator=torch.Generator().manual_seed(0))
+        for r in rows:
+            m = load_donor(zoo, r["donor"])
+            t = measure_module(backend, m, x, precision, device_for(spec)).timing
+            r["latency_ms"] = round(t.median_ms, 4)
+            r["latency_stable"] = t.stable
+            r["latency_backend"] = f"{backend.name} {precision}, batch 1, {spec.id}"
+    cols = ["donor", "arch", "M params", "units", "src acc %"] + ([lat_col] if lat_col else []) + ["family", "source"]
+    listing = Listing(
+        f"zoo {zoo.name} ({zoo.hash()})",
+        *cols,
+        ids=("donor", "arch"),
+        numbers=("M params", "units", "src acc %", lat_col),
+        optional=("family", "source"),
+    )
+    for r in rows:
+        lat = None
+        if lat_col:
+            lat = f"{r['latency_ms']:.3f}" + ("" if r["latency_stable"] else " (unstable)")
+        listing.add(
+            **{
+                "donor": r["donor"],
+                "arch": r["arch"],
+                "family": r["family"],
+                "M params": f"{r['params_m']:.2f}",
+                "units": r["units"],
+                "source": r["source"],
+                "src acc %": None if r["source_accuracy"] is None else f"{r['source_accuracy']:.2f}",
+                **({lat_col: lat} if lat_col else {}),
+            }
+        )
     if as_json:
         print(json.dumps({"zoo": zoo.name, "hash": zoo.hash(), "donors": rows}, indent=2))
         return
-    table = Table("donor", "arch", "family", "params (M)", "units", "source", "source acc (%)",
-                  *(["CPU b1 (ms)"] if latency else []), title=f"zoo {zoo.name} ({zoo.hash()})")
-    for r in rows:
-        acc = "-" if r["source_accuracy"] is None else f"{r['source_accuracy']:.2f}"
-        extra = [f"{r['cpu_latency_ms_b1']:.2f}"] if latency else []
-        table.add_row(r["donor"], r["arch"], r["family"], f"{r['params_m']:.2f}", str(r["units"]), r["source"], acc, *extra)
-    console.print(table)
+    listing.show()
 
 
 @app.command("dissect")
-def dissect_cmd(arch: str = typer.Argument(..., help="timm architecture, or a donor name with --zoo"),
-                zoo: str = typer.Option(None, "--zoo", help="take ARCH as a donor of this zoo (with its weights)"),
-                size: int = typer.Option(224, "--size", help="input size for a bare timm architecture"),
-                in_chans: int = typer.Option(3, "--in-chans", help="input channels for a bare timm architecture"),
-                kwargs: str = typer.Option("{}", "--kwargs", help="JSON timm.create_model kwargs for a bare architecture"),
-                as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
-                tol: float = typer.Option(1e-5, "--tol", help="max allowed |model(x) - units(x)| in fp32")) -> None:
+def dissect_cmd(
+    arch: str = typer.Argument(..., help="timm architecture, or a donor name with --zoo"),
+    zoo: str = typer.Option(None, "--zoo", help="take ARCH as a donor of this zoo (with its weights)"),
+    size: int = typer.Option(224, "--size", help="input size for a bare timm architecture"),
+    in_chans: int = typer.Option(3, "--in-chans", help="input channels for a bare timm architecture"),
+    kwargs: str = typer.Option("{}", "--kwargs", help="JSON timm.create_model kwargs for a bare architecture"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    tol: float = typer.Option(1e-5, "--tol", help="max allowed |model(x) - units(x)| in fp32"),
+) -> None:
     """Cut a model into units, print the tensor spec at every boundary, and check that running
     the units in order reproduces model(x). Example: `dery zoo dissect convnext_tiny`."""
-    import torch
-
-    from dery_deploy.dissect import TensorSpec, dissect, equivalence_error, list_families
-    from dery_deploy.zoo.load import create_model, get_zoo, load_donor
-    from dery_deploy.zoo.spec import DonorSpec
-
     if zoo:
         z = get_zoo(zoo)
         donor = z.donor(arch)
-        model, name, spec = load_donor(z, arch), donor.arch, z.input.tensor_spec()
+        model, name, spec = load_donor(z, arch), donor.arch, z.input_tensor_spec
     else:
         try:
             kw = json.loads(kwargs)
@@ -93,11 +132,29 @@ def dissect_cmd(arch: str = typer.Argument(..., help="timm architecture, or a do
     if as_json:
         print(json.dumps({**d.to_dict(), "equivalence_max_abs_diff": err, "tolerance": tol, "ok": ok}, indent=2))
     else:
-        table = Table("#", "unit", "kind", "in", "out", "params", title=f"{name}: family {d.family}, {len(d.units)} units")
+        listing = Listing(
+            f"{name}: family {d.family}, {len(d.units)} units",
+            "#",
+            "unit",
+            "kind",
+            "in",
+            "out",
+            "params",
+            ids=("unit",),
+            numbers=("#", "params"),
+        )
         for u in d.units:
-            table.add_row(str(u.index), u.name, u.kind, u.in_spec.short(), u.out_spec.short(),
-                          f"{sum(p.numel() for p in u.module.parameters()):,}")
-        console.print(table)
+            listing.add(
+                **{
+                    "#": u.index,
+                    "unit": u.name,
+                    "kind": u.kind,
+                    "in": u.in_spec.short(),
+                    "out": u.out_spec.short(),
+                    "params": f"{sum(p.numel() for p in u.module.parameters()):,}",
+                }
+            )
+        listing.show()
         verdict = "[green]OK[/]" if ok else "[red]FAILED[/]"
         console.print(f"equivalence: max |model(x) - units(x)| = {err:.3e} (tolerance {tol:g}) {verdict}")
         console.print(f"supported families: {', '.join(list_families())}", style="dim")

@@ -1,1 +1,6 @@
-"""Data: Fashion-MNIST, image folders, probe sampling, and the `--data` spec strings."""
+"""Data: the Task every stage takes (labelled train / validation / test, unlabelled images, classes,
+input spec), Fashion-MNIST (the embedded default) and image folders."""
+
+from dery_deploy.data.task import DEFAULT_DATA, ImageSet, InputSpec, Task, load_task, probe_images
+
+__all__ = ["DEFAULT_DATA", "ImageSet", "InputSpec", "Task", "load_task", "probe_images"]

@@ -7,7 +7,6 @@ and train/test split. `preprocess` pads to 32x32 and normalises, which is the em
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -21,21 +20,37 @@ from dery_deploy.errors import DeryError
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MEAN, STD = 0.2190, 0.3318  # train-set statistics of the zero-padded 32x32 images
-_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-INSTALL_HINT = ("install them with `apt-get install -y dataset-fashion-mnist`, or point DERY_DATA "
-                "(or --data fashion-mnist:path=DIR) at a folder holding the four IDX files")
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+INSTALL_HINT = (
+    "install them with `apt-get install -y dataset-fashion-mnist`, or point DERY_DATA "
+    "(or --data fashion-mnist:path=DIR) at a folder holding the four IDX files"
+)
 
 
 def find_root(path: str | Path | None = None) -> Path:
-    """The folder holding the IDX files: explicit path, then $DERY_DATA, then the Debian location."""
-    candidates = [Path(p) for p in (path, os.environ.get("DERY_DATA")) if p] + [DEBIAN_DIR]
-    for c in candidates:
-        for sub in (c, c / "fashion-mnist"):
-            if _idx_path(sub, _FILES["test"][0]) is not None:
+    """The folder holding the IDX files: an explicit path, else $DERY_DATA, else the Debian location.
+
+    An explicit setting that is wrong is an error, never a silent fall-back to another copy.
+    """
+    env = os.environ.get("DERY_DATA")
+    explicit = path or env
+    if explicit:
+        where = Path(explicit).expanduser()
+        what = f"path={where}" if path else f"DERY_DATA={env}"
+        for sub in (where, where / "fashion-mnist"):
+            if all(_idx_path(sub, stem) is not None for pair in _FILES.values() for stem in pair):
                 return sub
-    tried = ", ".join(str(c) for c in candidates)
-    raise DeryError(f"Fashion-MNIST files not found (looked in {tried}); {INSTALL_HINT}", "data")
+        raise DeryError(
+            f"{what} does not hold the four Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "
+            f"point it at the folder that does{'' if path else ', or unset DERY_DATA'}",
+            "data",
+        )
+    if _idx_path(DEBIAN_DIR, _FILES["test"][0]) is not None:
+        return DEBIAN_DIR
+    raise DeryError(f"Fashion-MNIST files not found in {DEBIAN_DIR}; {INSTALL_HINT}", "data")
 
 
 def _idx_path(root: Path, stem: str) -> Path | None:
@@ -54,7 +69,7 @@ def _read_idx(path: Path) -> np.ndarray:
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype != 0x08:
         raise DeryError(f"{path} is not an IDX uint8 file", "data")
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
         raise DeryError(f"{path} is truncated ({arr.size} of {int(np.prod(dims))} values)", "data")
@@ -69,7 +84,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx) -> "Split":
+    def subset(self, idx) -> Split:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Split(self.images[idx], self.labels[idx])
 
@@ -85,28 +100,44 @@ def load_split(split: str, root: str | Path | None = None) -> Split:
     key = (str(r), split)
     if key not in _CACHE:
         img_stem, lbl_stem = _FILES[split]
-        paths = [_idx_path(r, img_stem), _idx_path(r, lbl_stem)]
-        if None in paths:
+        img_path, lbl_path = _idx_path(r, img_stem), _idx_path(r, lbl_stem)
+        if img_path is None or lbl_path is None:
             raise DeryError(f"{r} lacks the {split} files; {INSTALL_HINT}", "data")
-        images = torch.from_numpy(_read_idx(paths[0]).copy())
-        labels = torch.from_numpy(_read_idx(paths[1]).astype(np.int64))
+        images = torch.from_numpy(_read_idx(img_path).copy())
+        labels = torch.from_numpy(_read_idx(lbl_path).astype(np.int64))
         if images.shape[0] != labels.shape[0]:
             raise DeryError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels", "data")
         _CACHE[key] = Split(images, labels)
     return _CACHE[key]
 
 
-def per_class_subset(split: Split, per_class: int, seed: int = 0, classes=None) -> Split:
-    """Deterministic sub-sample: `per_class` examples of each class (in `classes`, default all)."""
+def per_class_indices(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Deterministic, sorted indices of `per_class` examples of every class."""
     g = torch.Generator().manual_seed(seed)
-    classes = sorted(set(split.labels.tolist())) if classes is None else list(classes)
     picks = []
-    for c in classes:
-        idx = (split.labels == c).nonzero().flatten()
+    for c in sorted(set(labels.tolist())):
+        idx = (labels == c).nonzero().flatten()
         if per_class > len(idx):
             raise DeryError(f"class {c} has only {len(idx)} examples, asked for {per_class} per class", "data")
         picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-    return split.subset(torch.cat(picks).sort().values)
+    return torch.cat(picks).sort().values
+
+
+def per_class_subset(split: Split, per_class: int, seed: int = 0) -> Split:
+    """Deterministic sub-sample: `per_class` examples of each class."""
+    return split.subset(per_class_indices(split.labels, per_class, seed))
+
+
+def to_input(images: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> uint8 (N, 1, size, size): zero-padded to 32 px (the embedded zoo's input),
+    then resized bilinearly where a zoo takes another size."""
+    x = torch.nn.functional.pad(images.unsqueeze(1), (2, 2, 2, 2))
+    if size == 32:
+        return x
+    y = torch.nn.functional.interpolate(
+        x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return y.round().clamp(0, 255).to(torch.uint8)
 
 
 def preprocess(images: torch.Tensor, size: int = 32, mean: float = MEAN, std: float = STD) -> torch.Tensor:
@@ -118,14 +149,3 @@ def preprocess(images: torch.Tensor, size: int = 32, mean: float = MEAN, std: fl
     if pad:
         x = torch.nn.functional.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
     return (x - mean) / std
-
-
-def probe_set(n: int = 512, seed: int = 0, root: str | Path | None = None) -> tuple[torch.Tensor, str]:
-    """A seeded probe sample of `n` training images (uint8) and its content hash."""
-    train = load_split("train", root)
-    if not 0 < n <= len(train):
-        raise DeryError(f"probe size {n} must be in 1..{len(train)}", "data")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(train), generator=g)[:n].sort().values
-    images = train.images[idx]
-    return images, hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]

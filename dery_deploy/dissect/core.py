@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import fnmatch
 import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -42,9 +42,14 @@ class Unit:
     out_spec: TensorSpec
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "kind": self.kind,
-                "in": self.in_spec.to_dict(), "out": self.out_spec.to_dict(),
-                "params": sum(p.numel() for p in self.module.parameters())}
+        return {
+            "index": self.index,
+            "name": self.name,
+            "kind": self.kind,
+            "in": self.in_spec.to_dict(),
+            "out": self.out_spec.to_dict(),
+            "params": sum(p.numel() for p in self.module.parameters()),
+        }
 
 
 @dataclass
@@ -78,8 +83,10 @@ def family_of(model: nn.Module) -> Family:
     for fam in _FAMILIES.values():
         if fam.matches(model):
             return fam
-    raise DeryError(f"Unsupported model family {type(model).__name__!r}. Supported families: "
-                    f"{', '.join(list_families())}.", "dissect")
+    raise DeryError(
+        f"Unsupported model family {type(model).__name__!r}. Supported families: {', '.join(list_families())}.",
+        "dissect",
+    )
 
 
 def _load_families() -> None:
@@ -157,8 +164,12 @@ class Dissection:
         return nn.Sequential(*[u.module for u in self.units[start:end]])
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, "family": self.family, "input": self.input_spec.to_dict(),
-                "units": [u.to_dict() for u in self.units]}
+        return {
+            "arch": self.arch,
+            "family": self.family,
+            "input": self.input_spec.to_dict(),
+            "units": [u.to_dict() for u in self.units],
+        }
 
 
 def spec_of(t: torch.Tensor, layout: str, input_size: int, grid=None, prefix: int = 0) -> TensorSpec:

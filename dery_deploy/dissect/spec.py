@@ -52,7 +52,7 @@ class TensorSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
+    def from_dict(cls, d: dict) -> TensorSpec:
         return cls(**d)
 
     def short(self) -> str:

@@ -1,9 +1,10 @@
-"""Compile and verify: ONNX (ONNX Runtime), TensorRT engines, AOTInductor packages.
+"""Compile and verify: ONNX (ONNX Runtime), TensorRT engines, AOTInductor packages, edge bundles.
 
-Every export writes `report-<format>.json`: parity against PyTorch on 64 test images, the
-artifact's latency measured on this machine, and the plan's predicted latency and budget. When
-this machine is the plan's device and the measured latency exceeds the budget by more than the
-latency model's stated error, the export fails loudly (unless allowed).
+Every export writes `report-<format>.json`: parity against PyTorch on the task's test images, the
+artifact's latency measured here, and the budget check. The budget is a promise about what ships:
+where this machine is the plan's device, the artifact is measured at the plan's batch and precision
+and compared with the budget itself; the only allowance is the measurement's own noise (the spread
+of its stability windows), printed beside the verdict. Over budget fails unless allowed.
 """
 
 from __future__ import annotations
@@ -14,82 +15,155 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dery_deploy.artifacts import atomic_write_json, atomic_write_text, sha256_file
+from dery_deploy.artifacts import atomic_write_json, sha256_file
+from dery_deploy.data.task import load_task
 from dery_deploy.errors import DeryError
-from dery_deploy.export.onnx_export import OPSET, onnx_from_module, save_onnx
-from dery_deploy.profile.harness import measure
+from dery_deploy.export.bundle import jetson_bundle
+from dery_deploy.runtime.backends.onnxruntime import OnnxRuntime
+from dery_deploy.runtime.devices import get_device, this_machine
+from dery_deploy.runtime.harness import Measurement, measure, window_noise
+from dery_deploy.runtime.onnx import OPSET, onnx_from_module, save_onnx
+from dery_deploy.train.finetune import load_run_model
+from dery_deploy.zoo.load import get_zoo
 
 PARITY_IMAGES = 64
 FP32_TOL = 1e-4
-FP16_TOL = 5e-2  # max abs logit difference accepted for fp16 engines (logits are O(1-10))
-DEFAULT_MODEL_ERROR = 0.10  # assumed latency-model error when the profile was never verified
+FP16_TOL = 5e-2  # max abs logit difference accepted for fp16 artifacts (logits are O(1-10))
+FORMATS = ("onnx", "tensorrt", "aoti")
 
 
-def parity(ref: np.ndarray, out: np.ndarray) -> dict:
-    return {"images": int(ref.shape[0]), "max_abs_diff": float(np.abs(ref - out).max()),
-            "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()),
-            "top1_identical": bool((ref.argmax(1) == out.argmax(1)).all())}
+@dataclass
+class BudgetVerdict:
+    checked: bool
+    reason: str = ""
+    budget_ms: float | None = None
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    noise: float | None = None  # relative; the only allowance
+    limit_ms: float | None = None
+    within_budget: bool | None = None
+    plan_device: str | None = None
+    plan_backend: str | None = None
+    plan_precision: str | None = None
+    plan_batch: int | None = None
+
+    def line(self) -> str:
+        if not self.checked:
+            return f"budget not checked: {self.reason}"
+        verdict = (
+            "within budget"
+            if self.within_budget
+            else f"OVER BUDGET by {100 * (self.measured_ms / self.budget_ms - 1):.1f}%"
+        )
+        return (
+            f"budget {self.budget_ms:g} ms: predicted {self.predicted_ms:.4f} ms, measured {self.measured_ms:.4f} ms "
+            f"(noise ±{100 * self.noise:.1f}% from its stability windows, the only allowance: limit "
+            f"{self.limit_ms:.4f} ms) -> {verdict}"
+        )
 
 
-def budget_check(cfg: dict, measured_ms: float, artifact_device: str) -> dict:
-    """Measured latency against the plan's budget, when this machine is the plan's device and the
-    artifact ran on that kind of processor (an ONNX Runtime CPU timing says nothing of a GPU budget)."""
-    from dery_deploy.profile.devices import get_device, this_machine
-
-    plan = cfg["source"].get("plan")
-    if not plan or not plan.get("budget", {}).get("latency_ms"):
-        return {"checked": False, "reason": "no latency budget (a donor run, or a plan without budget)"}
-    budget = plan["budget"]["latency_ms"]
-    err = plan.get("predicted", {}).get("model_max_rel_error")
-    stated = err if err is not None else DEFAULT_MODEL_ERROR
-    here = {s.id for s in this_machine()}
-    out = {"budget_ms": budget, "predicted_ms": plan["predicted"]["latency_ms"], "measured_ms": round(measured_ms, 5),
-           "plan_device": plan.get("device"), "plan_backend": plan.get("backend"), "plan_batch": plan.get("batch"),
-           "model_error": stated, "model_error_source": "profile --verify" if err is not None else "default (profile not verified)"}
+def budget_check(
+    plan: dict | None, measured: Measurement, artifact_device: str, precision: str, batch: int
+) -> BudgetVerdict:
+    """The shipped artifact's measured latency against the plan's budget (see module docstring)."""
+    if not plan or not (plan.get("budget") or {}).get("latency_ms"):
+        return BudgetVerdict(False, "no latency budget (a donor run, or a plan without a budget)")
+    b = plan["budget"]["latency_ms"]
+    base = dict(
+        budget_ms=b,
+        predicted_ms=plan.get("predicted", {}).get("latency_ms"),
+        plan_device=plan.get("device"),
+        plan_backend=plan.get("backend"),
+        plan_precision=plan.get("precision"),
+        plan_batch=plan.get("batch"),
+    )
     try:
         spec = get_device(plan.get("device") or "")
     except DeryError:
-        return {**out, "checked": False, "reason": f"unknown plan device {plan.get('device')!r}"}
+        return BudgetVerdict(False, f"unknown plan device {plan.get('device')!r}", **base)
     if spec.kind != artifact_device:
-        return {**out, "checked": False, "reason": f"the artifact ran on {artifact_device}, the plan's device is {spec.kind}"}
-    if plan.get("device") not in here:
-        return {**out, "checked": False, "reason": f"this machine is not the plan's device {plan.get('device')!r}"}
-    limit = budget * (1 + stated)
-    ref = plan["predicted"].get("reference_ms")
-    judged = measured_ms
-    if ref:
-        # express the measurement at the profile's machine speed (see profile/calibration.py)
-        from dery_deploy.profile.backends import get_backend
-        from dery_deploy.profile.calibration import Calibrator
-
-        try:
-            now = Calibrator(get_backend(plan["backend"]), plan.get("precision", "fp32"), artifact_device,
-                             plan.get("batch", 1)).measure()
-        except DeryError:
-            now = None
-        if now:
-            judged = measured_ms * ref / now
-            out.update({"calibration_now_ms": round(now, 5), "reference_ms": ref,
-                        "measured_at_reference_speed_ms": round(judged, 5)})
-    return {**out, "checked": True, "limit_ms": round(limit, 5), "within_budget": judged <= limit,
-            "measured_over_predicted": round(judged / plan["predicted"]["latency_ms"], 4)}
-
-
-def _inputs(cfg: dict, zoo) -> torch.Tensor:
-    from dery_deploy.data.task import load_task
-
-    return load_task(cfg["data"], zoo).test_x[:PARITY_IMAGES].contiguous()
+        return BudgetVerdict(
+            False, f"the artifact ran on {artifact_device}, the plan's device {spec.id} is {spec.kind}", **base
+        )
+    if spec.id not in {s.id for s in this_machine()}:
+        return BudgetVerdict(False, f"this machine is not the plan's device {spec.id!r}", **base)
+    if (precision, batch) != (plan.get("precision", "fp32"), plan.get("batch", 1)):
+        return BudgetVerdict(
+            False,
+            f"the artifact is {precision} batch {batch}, the budget is for "
+            f"{plan.get('precision')} batch {plan.get('batch')}",
+            **base,
+        )
+    noise = window_noise(measured.window_medians_ms)
+    limit = b * (1 + noise)
+    return BudgetVerdict(
+        True,
+        "",
+        measured_ms=round(measured.median_ms, 5),
+        noise=round(noise, 4),
+        limit_ms=limit,
+        within_budget=measured.median_ms <= limit,
+        **base,
+    )
 
 
-def export_onnx(model, x: torch.Tensor, out: Path) -> dict:
+@dataclass
+class ExportReport:
+    format: str
+    artifact: str
+    precision: str
+    device: str  # cpu | cuda: where the artifact ran here
+    batch: int  # the batch its latency was measured at
+    parity: dict = field(default_factory=dict)
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_stable: bool | None = None
+    latency_noise: float | None = None
+    latency_backend: str = ""
+    budget: BudgetVerdict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def parity(ref: np.ndarray, out: np.ndarray, tol: float, min_agreement: float = 1.0) -> dict:
+    agree = float((ref.argmax(1) == out.argmax(1)).mean())
+    diff = float(np.abs(ref - out).max())
+    return {
+        "images": int(ref.shape[0]),
+        "max_abs_diff": diff,
+        "top1_agreement": agree,
+        "top1_identical": agree == 1.0,
+        "tolerance": tol,
+        "ok": diff <= tol and agree >= min_agreement,
+    }
+
+
+def _timing(m: Measurement) -> dict:
+    return {
+        "latency_ms": round(m.median_ms, 5),
+        "latency_p90_ms": round(m.p90_ms, 5),
+        "latency_stable": m.stable,
+        "latency_noise": round(m.noise, 4),
+    }
+
+
+def _batch_of(x: torch.Tensor, batch: int) -> torch.Tensor:
+    return x[:batch].contiguous() if x.shape[0] >= batch else x[:1].expand(batch, *x.shape[1:]).contiguous()
+
+
+def export_onnx(model, x: torch.Tensor, out: Path, batch: int) -> ExportReport:
     import onnx
-
-    from dery_deploy.profile.backends.onnxruntime import OnnxRuntime
+    import onnxruntime
 
     t0 = time.perf_counter()
     data = onnx_from_module(model, x[:1])
@@ -98,172 +172,230 @@ def export_onnx(model, x: torch.Tensor, out: Path) -> dict:
     sess = OnnxRuntime.session(data, "cpu")
     with torch.inference_mode():
         ref = model(x).numpy()
-    got = sess.run(None, {"x": x.numpy()})[0]
-    par = parity(ref, got)
-    par["ok"] = par["max_abs_diff"] <= FP32_TOL and par["top1_identical"]
-    par["tolerance"] = FP32_TOL
-    x1 = np.ascontiguousarray(x[:1].numpy())
-    m = measure(lambda: sess.run(None, {"x": x1}))
-    import onnxruntime
+    par = parity(ref, sess.run(None, {"x": x.numpy()})[0], FP32_TOL)
+    xb = np.ascontiguousarray(_batch_of(x, batch).numpy())
+    m = measure(lambda: sess.run(None, {"x": xb}))
+    return ExportReport(
+        "onnx",
+        path.name,
+        "fp32",
+        "cpu",
+        batch,
+        par,
+        **_timing(m),
+        latency_backend=f"onnxruntime {onnxruntime.__version__} CPU EP, batch {batch}",
+        extra={
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "opset": OPSET,
+            "dynamic_batch": True,
+            "export_s": round(time.perf_counter() - t0, 2),
+            "_measurement": m,
+        },
+    )
 
-    return {"format": "onnx", "artifact": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-            "opset": OPSET, "dynamic_batch": True, "onnxruntime": onnxruntime.__version__, "parity": par,
-            "latency_ms": round(m.median_ms, 5), "latency_p90_ms": round(m.p90_ms, 5), "latency_stable": m.stable,
-            "latency_backend": "onnxruntime CPU EP, batch 1", "export_s": round(time.perf_counter() - t0, 2)}
 
-
-def export_aoti(model, x: torch.Tensor, out: Path, device: str = "cpu") -> dict:
+def export_aoti(model, x: torch.Tensor, out: Path, device: str, precision: str, batch: int) -> ExportReport:
     from safetensors.torch import load_file, save_file
 
-    t0 = time.perf_counter()
-    m = model.to(device).eval()
-    xd = x.to(device)
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
+    if device == "cpu" and precision != "fp32":
+        raise DeryError("an AOTInductor CPU package is fp32; use --precision fp32", "export")
     with torch.inference_mode():
-        ref = m(xd).float().cpu().numpy()
-    pkg = out / "model.pt2"
-    tmp_pkg = out / ".model.pt2.tmp.pt2"
+        ref = model(x).numpy()  # the fp32 CPU network the task was evaluated with
+    t0 = time.perf_counter()
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    # TF32 would round fp32 matmuls and convolutions to 10-bit mantissas: parity at 1e-4 needs it off
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    pkg, tmp_pkg = out / "model.pt2", out / ".model.pt2.tmp.pt2"
     try:
-        ep = torch.export.export(m, (xd[:2],), dynamic_shapes=({0: batch},))
+        m = model.to(device=device, dtype=dtype).eval()
+        xd = x.to(device=device, dtype=dtype)
+        ep = torch.export.export(m, (xd[:2],), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
         torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_pkg))
     except Exception as e:  # noqa: BLE001 - a tracing/compile failure of this network, reported as such
         tmp_pkg.unlink(missing_ok=True)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise DeryError(f"AOTInductor could not compile this network on torch {torch.__version__} "
-                        f"({type(e).__name__}: {first}); ship the ONNX export instead", "export") from None
+        raise DeryError(
+            f"AOTInductor could not compile this network on torch {torch.__version__} "
+            f"({type(e).__name__}: {first}); ship the ONNX export instead",
+            "export",
+        ) from None
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        model.float().cpu()
     os.replace(tmp_pkg, pkg)
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         inp, res = Path(tmp) / "x.safetensors", Path(tmp) / "y.safetensors"
-        tensors = {"x": x.contiguous()}
+        tensors = {"x": x.to(dtype).contiguous()}
         if device == "cuda":
             tensors["device_cuda"] = torch.ones(1)
         save_file(tensors, str(inp))
-        proc = subprocess.run([sys.executable, "-m", "dery_deploy.export.aoti_check", str(pkg), str(inp), str(res)],
-                              capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(
+            [sys.executable, "-m", "dery_deploy.runtime.aoti_check", str(pkg), str(inp), str(res), str(batch)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         if proc.returncode != 0:
             sig = -proc.returncode if proc.returncode < 0 else None
-            what = f"crashed with signal {sig}" if sig else f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:] }"
-            return {"format": "aoti", "artifact": pkg.name, "device": device, "build_s": round(build_s, 2),
-                    "load_ok": False, "error": f"aoti_load_package {what} in a child process; the package was built but "
-                    f"does not load on this machine's torch {torch.__version__}"}
+            what = (
+                f"crashed with signal {sig}"
+                if sig
+                else f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+            )
+            return ExportReport(
+                "aoti",
+                pkg.name,
+                precision,
+                device,
+                batch,
+                extra={
+                    "build_s": round(build_s, 2),
+                    "load_ok": False,
+                    "error": f"aoti_load_package {what} in a child process; the package was built but does not load "
+                    f"on this machine's torch {torch.__version__}",
+                },
+            )
         info = json.loads(proc.stdout.strip().splitlines()[-1])
         got = load_file(str(res))["y"].numpy()
-    par = parity(ref, got)
-    par["ok"] = par["max_abs_diff"] <= FP32_TOL and par["top1_identical"]
-    par["tolerance"] = FP32_TOL
-    return {"format": "aoti", "artifact": pkg.name, "sha256": sha256_file(pkg), "bytes": pkg.stat().st_size,
-            "device": device, "torch": torch.__version__, "build_s": round(build_s, 2), "load_ok": True,
-            "load_s": round(info["load_s"], 3), "parity": par, "latency_ms": round(info["latency_ms"], 5),
-            "latency_p90_ms": round(info["p90_ms"], 5), "latency_stable": info["stable"],
-            "latency_backend": f"AOTInductor {device}, batch 1"}
+    m = Measurement(
+        info["latency_ms"], info["p90_ms"], 0, info["stable"], len(info["window_medians_ms"]), info["window_medians_ms"]
+    )
+    par = parity(ref, got, FP32_TOL if precision == "fp32" else FP16_TOL, 1.0 if precision == "fp32" else 0.98)
+    return ExportReport(
+        "aoti",
+        pkg.name,
+        precision,
+        device,
+        batch,
+        par,
+        **_timing(m),
+        latency_backend=f"AOTInductor {device} {precision}, batch {batch}",
+        extra={
+            "sha256": sha256_file(pkg),
+            "bytes": pkg.stat().st_size,
+            "torch": torch.__version__,
+            "build_s": round(build_s, 2),
+            "load_ok": True,
+            "load_s": round(info["load_s"], 3),
+            "_measurement": m,
+        },
+    )
 
 
-def export_tensorrt(model, x: torch.Tensor, out: Path, precision: str, max_batch: int = 32) -> dict:
-    from dery_deploy.export.tensorrt_engine import EngineRunner, engine_from_onnx, import_tensorrt
+def export_tensorrt(model, x: torch.Tensor, out: Path, precision: str, batch: int, max_batch: int = 32) -> ExportReport:
+    from dery_deploy.runtime.tensorrt import EngineRunner, engine_from_module, import_tensorrt
 
     trt = import_tensorrt()
-    data = onnx_from_module(model, x[:1])
-    save_onnx(data, out / "model.onnx")
-    engine, build_s = engine_from_onnx(data, (1, *x.shape[1:]), precision == "fp16", max_batch=max(max_batch, x.shape[0]))
+    engine, build_s, onnx_bytes = engine_from_module(model, x[:1], precision, max(max_batch, x.shape[0], batch))
+    save_onnx(onnx_bytes, out / "model.onnx")
     from dery_deploy.artifacts import atomic_write_bytes
 
     path = atomic_write_bytes(out / "model.engine", engine)
     runner = EngineRunner(engine)
     with torch.inference_mode():
         ref = model(x).numpy()
-    got = runner(x.cuda()).cpu().numpy()
-    par = parity(ref, got)
-    tol = FP16_TOL if precision == "fp16" else 1e-3
-    par.update({"tolerance": tol, "ok": par["max_abs_diff"] <= tol and par["top1_agreement"] >= 0.98})
-    x1 = x[:1].cuda().contiguous()
-    runner.bind(x1)
-    m = measure(runner.execute, cuda=True)
-    sidecar = {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(), "precision": precision,
-               "input": "x", "output": "y", "min_shape": [1, *x.shape[1:]], "opt_shape": [1, *x.shape[1:]],
-               "max_shape": [max(max_batch, x.shape[0]), *x.shape[1:]], "sha256": sha256_file(path)}
+    par = parity(ref, runner(x.cuda()).cpu().numpy(), FP16_TOL if precision == "fp16" else 1e-3, 0.98)
+    runner.bind(_batch_of(x, batch).cuda())
+    m = measure(runner.execute, cuda=True, stream=runner.stream)
+    sidecar = {
+        "tensorrt": trt.__version__,
+        "gpu": torch.cuda.get_device_name(),
+        "precision": precision,
+        "input": "x",
+        "output": "y",
+        "min_shape": [1, *x.shape[1:]],
+        "opt_shape": [batch, *x.shape[1:]],
+        "max_shape": [max(max_batch, x.shape[0], batch), *x.shape[1:]],
+        "sha256": sha256_file(path),
+    }
     atomic_write_json(out / "model.engine.json", sidecar)
-    return {"format": "tensorrt", "artifact": path.name, "sidecar": "model.engine.json", **sidecar, "build_s": round(build_s, 2),
-            "parity": par, "latency_ms": round(m.median_ms, 5), "latency_p90_ms": round(m.p90_ms, 5),
-            "latency_stable": m.stable, "latency_backend": f"TensorRT {precision}, batch 1"}
+    return ExportReport(
+        "tensorrt",
+        path.name,
+        precision,
+        "cuda",
+        batch,
+        par,
+        **_timing(m),
+        latency_backend=f"TensorRT {trt.__version__} {precision}, batch {batch}",
+        extra={"sidecar": "model.engine.json", **sidecar, "build_s": round(build_s, 2), "_measurement": m},
+    )
 
 
-def jetson_bundle(model, x: torch.Tensor, spec, out: Path, precision: str, max_batch: int = 32) -> dict:
-    """ONNX + a build script for the device: a TensorRT engine must be built on the GPU it runs on."""
-    out.mkdir(parents=True, exist_ok=True)
-    data = onnx_from_module(model, x[:1])
-    save_onnx(data, out / "model.onnx")
-    shape = "x".join(str(s) for s in x.shape[1:])
-    flags = (f"--onnx=model.onnx --saveEngine=model.engine --minShapes=x:1x{shape} --optShapes=x:1x{shape} "
-             f"--maxShapes=x:{max_batch}x{shape}" + (" --fp16" if precision == "fp16" else "") + " --skipInference")
-    script = f"""#!/usr/bin/env bash
-# Build the TensorRT engine for {spec.name} on the device itself (engines are GPU- and version-specific),
-# then time it. Needs JetPack's trtexec.
-set -euo pipefail
-cd "$(dirname "$0")"
-TRTEXEC=${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}
-"$TRTEXEC" {flags}
-"$TRTEXEC" --loadEngine=model.engine --shapes=x:1x{shape} --useCudaGraph --warmUp=500 --duration=5 | tail -n 20
-"""
-    atomic_write_text(out / "build_engine.sh", script)
-    os.chmod(out / "build_engine.sh", 0o755)
-    np.save(out / "parity_inputs.npy", x.numpy())
-    with torch.inference_mode():
-        np.save(out / "parity_logits.npy", model(x).numpy())
-    manifest = {"device": spec.id, "precision": precision, "onnx": "model.onnx", "sha256": sha256_file(out / "model.onnx"),
-                "trtexec_flags": flags, "parity_inputs": "parity_inputs.npy", "parity_logits": "parity_logits.npy"}
-    atomic_write_json(out / "bundle.json", manifest)
-    return {"format": "tensorrt-bundle", "bundle": str(out), **manifest}
-
-
-def export_run(run: Path, fmt: str, precision: str | None, device: str | None, out: Path | None, bundle: Path | None,
-               allow_over_budget: bool, force: bool) -> dict:
-    from dery_deploy.profile.devices import get_device
-    from dery_deploy.train.finetune import load_run_model
-    from dery_deploy.zoo.load import get_zoo
-
-    if fmt not in ("onnx", "tensorrt", "aoti"):
-        raise DeryError(f"--format must be onnx, tensorrt or aoti, got {fmt!r}", "export")
+def export_run(
+    run: Path,
+    fmt: str,
+    precision: str | None,
+    device: str | None,
+    out: Path | None,
+    bundle: Path | None,
+    allow_over_budget: bool,
+    force: bool,
+) -> dict:
+    """Export a fine-tuned run, check parity, measure, and hold the artifact to the plan's budget."""
+    if fmt not in FORMATS:
+        raise DeryError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}", "export")
     model, cfg = load_run_model(run)
     zoo = get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
-    spec = get_device(device) if device else None
-    prec = precision or (spec.default_precision if spec else "fp32")
+    plan = cfg["source"].get("plan")
+    spec = get_device(device) if device else (get_device(plan["device"]) if plan and plan.get("device") else None)
+    prec = precision or (plan.get("precision") if plan else None) or (spec.default_precision if spec else "fp32")
     if prec not in ("fp32", "fp16"):
         raise DeryError(f"--precision must be fp32 or fp16, got {prec!r}", "export")
+    batch = int(plan.get("batch", 1)) if plan else 1
     out = Path(out or Path(run) / "export")
-    x = _inputs(cfg, zoo)
+    x = load_task(cfg["data"], zoo.input, seed=cfg["recipe"].get("seed", 0)).x("test")[:PARITY_IMAGES].contiguous()
     if bundle is not None:
         if fmt != "tensorrt" or spec is None or spec.kind != "jetson":
             raise DeryError("--bundle is for `--format tensorrt --device <jetson id>`", "export")
         if bundle.exists() and any(bundle.iterdir()) and not force:
             raise DeryError(f"bundle folder {bundle} exists; pass --force or choose another", "export")
-        return jetson_bundle(model, x, spec, bundle, prec)
+        rep = jetson_bundle(model, x, spec, bundle, prec, batch, plan)
+        atomic_write_json(bundle / "report-tensorrt.json", rep)
+        return rep
     artifact = {"onnx": "model.onnx", "tensorrt": "model.engine", "aoti": "model.pt2"}[fmt]
     if (out / artifact).exists() and not force:
         raise DeryError(f"{out / artifact} exists; pass --force to overwrite it", "export")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeryError(
+            f"cannot create the output folder {out} ({e.strerror}); choose a writable -o", "export"
+        ) from None
     if fmt == "onnx":
         if prec != "fp32":
-            raise DeryError("ONNX export is fp32 (ONNX Runtime CPU); use --format tensorrt for fp16", "export")
-        rep = export_onnx(model, x, out)
+            if precision:  # asked for explicitly
+                raise DeryError(
+                    "ONNX export is fp32 (ONNX Runtime CPU); use --format tensorrt or aoti for fp16", "export"
+                )
+            prec = "fp32"
+        rep = export_onnx(model, x, out, batch)
     elif fmt == "aoti":
         dev = "cuda" if (spec and spec.kind == "cuda") else "cpu"
         if dev == "cuda" and not torch.cuda.is_available():
             raise DeryError(f"--device {spec.id} needs a CUDA GPU for a CUDA AOTInductor package; none here", "export")
-        rep = export_aoti(model, x, out, dev)
+        rep = export_aoti(model, x, out, dev, prec if dev == "cuda" else "fp32", batch)
     else:
-        rep = export_tensorrt(model, x, out, prec)
-    if "latency_ms" in rep:
-        rep["budget"] = budget_check(cfg, rep["latency_ms"], rep.get("device", "cuda" if fmt == "tensorrt" else "cpu"))
-    rep.update({"run": str(run), "precision": prec, "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    atomic_write_json(out / f"report-{fmt}.json", rep)
-    if rep.get("parity") and not rep["parity"]["ok"]:
-        raise DeryError(f"{fmt} parity failed: max |diff| {rep['parity']['max_abs_diff']:.3g} (tolerance "
-                        f"{rep['parity']['tolerance']:g}), top-1 agreement {100 * rep['parity']['top1_agreement']:.1f}%; "
-                        f"see {out / f'report-{fmt}.json'}", "export")
-    b = rep.get("budget", {})
-    if b.get("checked") and not b["within_budget"] and not allow_over_budget:
-        raise DeryError(f"OVER BUDGET: {fmt} artifact runs in {b['measured_ms']:.4f} ms, budget {b['budget_ms']:g} ms "
-                        f"(+{100 * b['model_error']:.1f}% model error = {b['limit_ms']:.4f} ms); pass --allow-over-budget "
-                        "to accept it", "export")
-    return rep
+        rep = export_tensorrt(model, x, out, prec, batch)
+    measured = rep.extra.pop("_measurement", None)
+    if measured is not None:
+        rep.budget = budget_check(plan, measured, rep.device, rep.precision, rep.batch)
+    d = {**rep.to_dict(), "run": str(Path(run).resolve()), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(out / f"report-{fmt}.json", d)
+    if rep.parity and not rep.parity["ok"]:
+        raise DeryError(
+            f"{fmt} parity failed: max |diff| {rep.parity['max_abs_diff']:.3g} (tolerance "
+            f"{rep.parity['tolerance']:g}), top-1 agreement {100 * rep.parity['top1_agreement']:.1f}%; "
+            f"see {out / f'report-{fmt}.json'}",
+            "export",
+        )
+    if rep.budget and rep.budget.checked and not rep.budget.within_budget and not allow_over_budget:
+        raise DeryError(
+            f"{rep.budget.line()}; the {fmt} artifact does not keep the budget: re-assemble under a lower "
+            "budget, or pass --allow-over-budget to accept it",
+            "export",
+        )
+    return d

@@ -45,14 +45,19 @@ class PartitionProblem:
             raise DeryError(f"--eps must be >= 0 (it loosens the block-size bound), got {self.eps}", "partition")
         short = min(self.donors, key=lambda d: self.units[d])
         if self.K > self.units[short]:
-            raise DeryError(f"K={self.K} is larger than donor {short!r}'s {self.units[short]} units; use "
-                            f"-K {self.units[short]} or fewer, or drop that donor", "partition")
+            raise DeryError(
+                f"K={self.K} is larger than donor {short!r}'s {self.units[short]} units; use "
+                f"-K {self.units[short]} or fewer, or drop that donor",
+                "partition",
+            )
         for a in self.donors:
             for b in self.donors:
                 m = self.sim.get((a, b))
                 if m is None or m.shape != (self.units[a] + 1, self.units[b] + 1):
-                    raise DeryError(f"similarity for {a}/{b} is missing or has the wrong shape; rerun "
-                                    "`dery similarity`", "partition")
+                    raise DeryError(
+                        f"similarity for {a}/{b} is missing or has the wrong shape; rerun `dery similarity`",
+                        "partition",
+                    )
 
     def max_len(self, d: str) -> int:
         return max(1, math.floor(math.ceil(self.units[d] / self.K) * (1 + self.eps) + 1e-9))
@@ -75,6 +80,7 @@ def medoids(p: PartitionProblem, cuts: Cuts) -> tuple[list[str], float]:
             v = sum(block_sim(p, d, cuts[d][k], cuts[d][k + 1], c, cuts[c][k], cuts[c][k + 1]) for d in p.donors)
             if v > best_v + 1e-12:
                 best, best_v = c, v
+        assert best is not None  # every set has at least one donor
         centres.append(best)
         total += best_v
     return centres, total
@@ -101,7 +107,9 @@ def best_cut(p: PartitionProblem, d: str, in_s: np.ndarray, out_s: np.ndarray) -
     in_s[k, start_k] + out_s[k, end_k]."""
     n, K, L = p.units[d], p.K, p.max_len(d)
     if K * L < n:
-        raise DeryError(f"donor {d!r} ({n} units) cannot be cut into {K} blocks of at most {L} units; raise --eps", "partition")
+        raise DeryError(
+            f"donor {d!r} ({n} units) cannot be cut into {K} blocks of at most {L} units; raise --eps", "partition"
+        )
     f = np.full((K + 1, n + 1), -np.inf)
     arg = np.zeros((K + 1, n + 1), dtype=int)
     f[0, 0] = 0.0
@@ -129,21 +137,21 @@ def _cut_value(cut, in_s, out_s) -> float:
 def local_cut(p: PartitionProblem, d: str, cut: tuple[int, ...], in_s, out_s) -> tuple[int, ...]:
     """The paper's step: move one cut point by one unit while that improves, within size bounds."""
     L = p.max_len(d)
-    cut = list(cut)
-    val = _cut_value(cut, in_s, out_s)
+    points = list(cut)
+    val = _cut_value(points, in_s, out_s)
     improved = True
     while improved:
         improved = False
-        for i in range(1, len(cut) - 1):
+        for i in range(1, len(points) - 1):
             for step in (-1, 1):
-                c = cut.copy()
+                c = points.copy()
                 c[i] += step
                 if not (1 <= c[i] - c[i - 1] <= L and 1 <= c[i + 1] - c[i] <= L):
                     continue
                 v = _cut_value(c, in_s, out_s)
                 if v > val + 1e-12:
-                    cut, val, improved = c, v, True
-    return tuple(int(c) for c in cut)
+                    points, val, improved = c, v, True
+    return tuple(int(c) for c in points)
 
 
 def random_cut(n: int, K: int, L: int, rng: np.random.Generator) -> tuple[int, ...]:
@@ -167,7 +175,9 @@ class PartitionResult:
     history: list[float] = field(default_factory=list)  # best objective of each restart
 
 
-def optimise(p: PartitionProblem, restarts: int = 50, seed: int = 0, method: str = "dp", max_iter: int = 100) -> PartitionResult:
+def optimise(
+    p: PartitionProblem, restarts: int = 50, seed: int = 0, method: str = "dp", max_iter: int = 100
+) -> PartitionResult:
     """Alternating optimisation from `restarts` seeded random starts; the best partition wins."""
     if restarts < 1:
         raise DeryError(f"--restarts must be >= 1, got {restarts}", "partition")
@@ -193,4 +203,5 @@ def optimise(p: PartitionProblem, restarts: int = 50, seed: int = 0, method: str
         history.append(val)
         if best is None or val > best[0] + 1e-12:
             best = (val, cuts, centres)
+    assert best is not None  # restarts >= 1
     return PartitionResult(best[1], best[2], best[0], method, restarts, time.time() - t0, history)

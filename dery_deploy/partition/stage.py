@@ -1,76 +1,233 @@
-"""The partition stage: similarity -> partition.json (blocks per equivalence set)."""
+"""The partition stage: similarity -> partition.json (K equivalence sets, one block of every donor
+in each), as a typed artifact."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dery_deploy.artifacts import atomic_write_json, read_json_artifact
-from dery_deploy.dissect import dissect
+from dery_deploy.artifacts import JsonArtifact, cache_root, sha256_json
+from dery_deploy.dissect import Dissection
+from dery_deploy.dissect.spec import TensorSpec
 from dery_deploy.errors import DeryError
 from dery_deploy.partition.cover_set import PartitionProblem, PartitionResult
-from dery_deploy.zoo.load import load_donor
+from dery_deploy.similarity.compute import Similarity
 from dery_deploy.zoo.spec import ZooSpec
 
-SCHEMA = 1
-KIND = "partition"
+
+@dataclass
+class PartitionBlock:
+    donor: str
+    start: int
+    end: int
+    units: list[str]
+    in_spec: TensorSpec
+    out_spec: TensorSpec
+    similarity_to_centre: float
+
+    def to_dict(self) -> dict:
+        return {
+            "donor": self.donor,
+            "start": self.start,
+            "end": self.end,
+            "units": self.units,
+            "in": self.in_spec.to_dict(),
+            "out": self.out_spec.to_dict(),
+            "similarity_to_centre": self.similarity_to_centre,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PartitionBlock:
+        return cls(
+            d["donor"],
+            d["start"],
+            d["end"],
+            d["units"],
+            TensorSpec.from_dict(d["in"]),
+            TensorSpec.from_dict(d["out"]),
+            d["similarity_to_centre"],
+        )
 
 
-def dissect_zoo(zoo: ZooSpec) -> dict:
-    """Dissection of every donor (weights loaded; blocks built from it share the donor's modules)."""
-    out = {}
-    for d in zoo.donors:
-        out[d.name] = dissect(load_donor(zoo, d.name), d.arch, zoo.input.tensor_spec())
-    return out
+@dataclass
+class EquivalenceSet:
+    index: int
+    centre: str
+    blocks: list[PartitionBlock]
+
+    def block_of(self, donor: str) -> PartitionBlock:
+        return next(b for b in self.blocks if b.donor == donor)
 
 
-def problem_from(zoo: ZooSpec, sim, K: int, eps: float, dissections: dict | None = None) -> tuple[PartitionProblem, dict]:
+@dataclass
+class Partition(JsonArtifact):
+    KIND = "partition"
+    SCHEMA = 2
+    STAGE = "partition"
+
+    zoo: str
+    zoo_hash: str
+    similarity_key: str
+    probe_hash: str
+    K: int
+    eps: float
+    restarts: int
+    seed: int
+    method: str
+    objective: float
+    seconds: float
+    max_block_units: dict[str, int]
+    cuts: dict[str, list[int]]
+    sets: list[EquivalenceSet]
+    baseline: dict | None = None  # the paper's optimiser on the same problem, for comparison
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """Identity of the cut (what later caches depend on): the zoo and every donor's cut points."""
+        return sha256_json([self.zoo_hash, self.cuts])[:16]
+
+    def to_dict(self) -> dict:
+        return {
+            "zoo": self.zoo,
+            "zoo_hash": self.zoo_hash,
+            "similarity_key": self.similarity_key,
+            "probe_hash": self.probe_hash,
+            "K": self.K,
+            "eps": self.eps,
+            "restarts": self.restarts,
+            "seed": self.seed,
+            "method": self.method,
+            "objective": self.objective,
+            "seconds": self.seconds,
+            "key": self.key,
+            "max_block_units": self.max_block_units,
+            "cuts": self.cuts,
+            "baseline": self.baseline,
+            "notes": self.notes,
+            "sets": [
+                {"index": s.index, "centre": s.centre, "blocks": [b.to_dict() for b in s.blocks]} for s in self.sets
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Partition:
+        sets = [
+            EquivalenceSet(s["index"], s["centre"], [PartitionBlock.from_dict(b) for b in s["blocks"]])
+            for s in d["sets"]
+        ]
+        return cls(
+            d["zoo"],
+            d["zoo_hash"],
+            d["similarity_key"],
+            d["probe_hash"],
+            d["K"],
+            d["eps"],
+            d["restarts"],
+            d["seed"],
+            d["method"],
+            d["objective"],
+            d["seconds"],
+            d["max_block_units"],
+            d["cuts"],
+            sets,
+            d.get("baseline"),
+            d.get("notes", []),
+        )
+
+    def check_zoo(self, zoo: ZooSpec, path) -> Partition:
+        if self.zoo != zoo.name or self.zoo_hash != zoo.hash():
+            raise DeryError(
+                f"{path} is a partition of zoo {self.zoo!r} ({self.zoo_hash}), not of {zoo.name!r} "
+                f"({zoo.hash()}); rerun `dery partition --zoo {zoo.ref}`",
+                "partition",
+            )
+        return self
+
+
+def problem_from(zoo: ZooSpec, sim: Similarity, K: int, eps: float, dis: dict[str, Dissection]) -> PartitionProblem:
     if sim.zoo_hash != zoo.hash():
-        raise DeryError(f"the similarity was computed for another version of zoo {zoo.name!r}; rerun `dery similarity "
-                        f"--zoo {zoo.name}`", "partition")
-    dis = dissections or dissect_zoo(zoo)
+        raise DeryError(
+            f"the similarity was computed for another version of zoo {zoo.name!r}; rerun `dery similarity "
+            f"--zoo {zoo.ref}`",
+            "partition",
+        )
     units = {n: dis[n].num_body_units for n in zoo.donor_names}
-    mats = {}
-    for a in zoo.donor_names:
-        for b in zoo.donor_names:
-            mats[(a, b)] = sim.matrix(a, b).numpy().astype(np.float64)
-    return PartitionProblem(zoo.donor_names, units, mats, K, eps), dis
+    mats = {(a, b): sim.matrix(a, b).numpy().astype(np.float64) for a in zoo.donor_names for b in zoo.donor_names}
+    return PartitionProblem(zoo.donor_names, units, mats, K, eps)
 
 
-def partition_record(zoo: ZooSpec, sim, problem: PartitionProblem, result: PartitionResult, dis: dict,
-                     seed: int, baseline: PartitionResult | None = None) -> dict:
+def make_partition(
+    zoo: ZooSpec,
+    sim: Similarity,
+    problem: PartitionProblem,
+    result: PartitionResult,
+    dis: dict[str, Dissection],
+    seed: int,
+    baseline: PartitionResult | None = None,
+) -> Partition:
     sets = []
     for k in range(problem.K):
+        c = result.centres[k]
         blocks = []
         for d in problem.donors:
             s, e = result.cuts[d][k], result.cuts[d][k + 1]
-            dd = dis[d]
-            blocks.append({"donor": d, "start": s, "end": e, "units": [u.name for u in dd.body[s:e]],
-                           "in": dd.boundary_spec(s).to_dict(), "out": dd.boundary_spec(e).to_dict(),
-                           "similarity_to_centre": round(problem.sim[(d, result.centres[k])][s, result.cuts[result.centres[k]][k]]
-                                                         + problem.sim[(d, result.centres[k])][e, result.cuts[result.centres[k]][k + 1]], 4)})
-        sets.append({"index": k, "centre": result.centres[k], "blocks": blocks})
-    rec = {
-        "schema": SCHEMA, "kind": KIND, "zoo": zoo.name, "zoo_hash": zoo.hash(), "similarity_key": sim.key,
-        "probe_hash": sim.probe_hash, "K": problem.K, "eps": problem.eps, "restarts": result.restarts, "seed": seed,
-        "method": result.method, "objective": round(result.objective, 6), "seconds": round(result.seconds, 3),
-        "max_block_units": {d: problem.max_len(d) for d in problem.donors},
-        "cuts": {d: list(c) for d, c in result.cuts.items()}, "sets": sets,
-    }
-    if baseline is not None:
-        rec["baseline"] = {"method": baseline.method, "objective": round(baseline.objective, 6),
-                           "seconds": round(baseline.seconds, 3)}
-    return rec
+            m = problem.sim[(d, c)]
+            blocks.append(
+                PartitionBlock(
+                    d,
+                    s,
+                    e,
+                    [u.name for u in dis[d].body[s:e]],
+                    dis[d].boundary_spec(s),
+                    dis[d].boundary_spec(e),
+                    round(float(m[s, result.cuts[c][k]] + m[e, result.cuts[c][k + 1]]), 4),
+                )
+            )
+        sets.append(EquivalenceSet(k, c, blocks))
+    return Partition(
+        zoo.name,
+        zoo.hash(),
+        sim.key,
+        sim.probe_hash,
+        problem.K,
+        problem.eps,
+        result.restarts,
+        seed,
+        result.method,
+        round(result.objective, 6),
+        round(result.seconds, 3),
+        {d: problem.max_len(d) for d in problem.donors},
+        {d: list(c) for d, c in result.cuts.items()},
+        sets,
+        None
+        if baseline is None
+        else {
+            "method": baseline.method,
+            "objective": round(baseline.objective, 6),
+            "seconds": round(baseline.seconds, 3),
+        },
+        list(sim.notes),
+    )
 
 
-def load_partition(path: str | Path, zoo: ZooSpec) -> dict:
-    data = read_json_artifact(path, KIND, SCHEMA, "partition")
-    if data["zoo"] != zoo.name or data["zoo_hash"] != zoo.hash():
-        raise DeryError(f"{path} is a partition of zoo {data['zoo']!r} ({data['zoo_hash']}), not of {zoo.name!r} "
-                        f"({zoo.hash()}); rerun `dery partition --zoo {zoo.name}`", "partition")
-    return data
+def default_partition_path(zoo: ZooSpec, cache: Path | None = None) -> Path:
+    return Path(cache or cache_root()) / zoo.name / "partition.json"
 
 
-def write_partition(path: str | Path, record: dict) -> Path:
-    return atomic_write_json(path, record)
+def load_partition(path: str | Path, zoo: ZooSpec) -> Partition:
+    return Partition.read(path).check_zoo(zoo, path)
+
+
+def current_partition(
+    zoo: ZooSpec, path: Path | None, cache: Path | None, stage: str, required: bool = True
+) -> Partition | None:
+    """The partition a later stage works on: `path`, or the zoo's current one in the cache."""
+    ppath = Path(path or default_partition_path(zoo, cache))
+    if not ppath.is_file():
+        if path is not None or required:
+            raise DeryError(f"no partition at {ppath}; run `dery partition --zoo {zoo.ref}` first", stage)
+        return None
+    return load_partition(ppath, zoo)

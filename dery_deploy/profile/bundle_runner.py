@@ -63,13 +63,19 @@ def fingerprint():
 def windows(samples, tol=0.03):
     """Split per-call samples into 3+ windows; stable when the last three medians agree."""
     n = max(5, len(samples) // 10)
-    meds = [statistics.median(samples[i:i + n]) for i in range(0, len(samples) - n + 1, n)]
+    meds = [statistics.median(samples[i : i + n]) for i in range(0, len(samples) - n + 1, n)]
     last = meds[-3:]
     stable = len(last) == 3 and max(last) <= min(last) * (1 + tol)
-    tail = samples[-3 * n:]
+    tail = samples[-3 * n :]
     s = sorted(tail)
-    return {"median_ms": round(statistics.median(tail), 5), "p90_ms": round(s[int(round(0.9 * (len(s) - 1)))], 5),
-            "runs": len(samples), "stable": stable, "windows": len(meds), "window_medians_ms": [round(m, 5) for m in meds]}
+    return {
+        "median_ms": round(statistics.median(tail), 5),
+        "p90_ms": round(s[int(round(0.9 * (len(s) - 1)))], 5),
+        "runs": len(samples),
+        "stable": stable,
+        "windows": len(meds),
+        "window_medians_ms": [round(m, 5) for m in meds],
+    }
 
 
 def run_onnxruntime(path, shape, threads):
@@ -100,14 +106,23 @@ def run_onnxruntime(path, shape, threads):
 def run_trtexec(trtexec, path, shape, fp16):
     with tempfile.TemporaryDirectory() as tmp:
         times = os.path.join(tmp, "times.json")
-        cmd = [trtexec, f"--onnx={path}", "--shapes=x:" + "x".join(map(str, shape)), "--warmUp=200", "--duration=2",
-               "--useCudaGraph", f"--exportTimes={times}"] + (["--fp16"] if fp16 else [])
+        cmd = [
+            trtexec,
+            f"--onnx={path}",
+            "--shapes=x:" + "x".join(map(str, shape)),
+            "--warmUp=200",
+            "--duration=2",
+            "--useCudaGraph",
+            f"--exportTimes={times}",
+        ] + (["--fp16"] if fp16 else [])
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"trtexec failed on {path}: {p.stdout[-2000:]}{p.stderr[-2000:]}")
         with open(times) as f:
             samples = [t["computeMs"] for t in json.load(f)]
-        version = next((l.split("TensorRT version:")[-1].strip() for l in p.stdout.splitlines() if "TensorRT version" in l), "")
+        version = next(
+            (ln.split("TensorRT version:")[-1].strip() for ln in p.stdout.splitlines() if "TensorRT version" in ln), ""
+        )
     rec = windows(samples)
     rec["peak_memory_mb"] = None
     return rec, version
@@ -126,7 +141,9 @@ def main():
         raw = f.read()
     man = json.loads(raw)
     if args.backend == "tensorrt" and not os.path.exists(args.trtexec):
-        sys.exit(f"error: trtexec not found at {args.trtexec}; pass --trtexec PATH (JetPack: /usr/src/tensorrt/bin/trtexec)")
+        sys.exit(
+            f"error: trtexec not found at {args.trtexec}; pass --trtexec PATH (JetPack: /usr/src/tensorrt/bin/trtexec)"
+        )
     fp_start = fingerprint()
     results, version = {}, ""
     total = len(man["items"]) * len(man["batches"])
@@ -145,10 +162,20 @@ def main():
             done += 1
             print(f"[{done}/{total}] b{batch} {item['kind']} {rec['median_ms']:.4f} ms", flush=True)
         results[str(batch)] = recs
-    out = {"schema": SCHEMA, "kind": "profile-bundle-result", "manifest_sha256": hashlib.sha256(raw).hexdigest(),
-           "device": man["device"], "zoo": man["zoo"], "structure_hash": man["structure_hash"], "backend": args.backend,
-           "backend_version": version, "precision": man["precision"] if args.backend == "tensorrt" else "fp32",
-           "fingerprint": {"start": fp_start, "end": fingerprint()}, "manifest": man, "results": results}
+    out = {
+        "schema": SCHEMA,
+        "kind": "profile-bundle-result",
+        "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "device": man["device"],
+        "zoo": man["zoo"],
+        "structure_hash": man["structure_hash"],
+        "backend": args.backend,
+        "backend_version": version,
+        "precision": man["precision"] if args.backend == "tensorrt" else "fp32",
+        "fingerprint": {"start": fp_start, "end": fingerprint()},
+        "manifest": man,
+        "results": results,
+    }
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f, indent=2)

@@ -1,49 +1,33 @@
-"""What gets profiled: the blocks of the current partition, every adapter the assembler may insert
-between consecutive sets, the new head after every last-set block, and one near-empty item that
-measures the backend's per-call overhead (the latency model subtracts it once per extra item).
-
-Records are keyed by structure, not weights (latency does not depend on weights): a block by its
-donor's architecture + kwargs + unit range + input shape, an adapter by its in/out specs.
+"""What gets profiled, as buildable items: every whole donor with the task's head, every unit of
+every donor (before a partition exists), the blocks of the current partition, every adapter the
+assembler may insert between consecutive sets, the new head after every last-set block, and one
+near-empty item that measures the backend's per-call overhead (the latency model subtracts it once
+per extra item). Keys come from `network.items` and name structure, not weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from dery_deploy.artifacts import sha256_json
-from dery_deploy.assemble.adapters import Adapter, Head, adapter_kind
+from dery_deploy.dissect import Dissection
 from dery_deploy.dissect.spec import TensorSpec
+from dery_deploy.network.adapters import Adapter, Head, adapter_kind
+from dery_deploy.network.items import adapter_key, block_key, donor_key, head_key, overhead_key
+from dery_deploy.partition.stage import Partition
+from dery_deploy.zoo.load import load_donor
 
 
 @dataclass
 class Item:
     key: str
-    kind: str  # block | adapter | head | overhead
+    kind: str  # block | unit | adapter | head | donor | overhead
     in_spec: TensorSpec
     build: Callable[[], nn.Module]
     info: dict
-
-
-def arch_id(zoo, donor: str) -> str:
-    d = zoo.donor(donor)
-    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(d.kwargs.items())}
-    return f"{d.arch}:{sha256_json([kw, zoo.input.channels, d.num_classes])[:8]}"
-
-
-def block_key(zoo, donor: str, start: int, end: int, in_spec: TensorSpec) -> str:
-    return f"block|{arch_id(zoo, donor)}|{start}-{end}|{in_spec.short()}"
-
-
-def adapter_key(src: TensorSpec, dst: TensorSpec) -> str:
-    return f"adapter|{src.short()}|{dst.short()}"
-
-
-def head_key(src: TensorSpec, num_classes: int) -> str:
-    return f"head|{src.short()}|{num_classes}"
 
 
 class _Overhead(nn.Module):
@@ -52,65 +36,109 @@ class _Overhead(nn.Module):
 
 
 def overhead_item(spec: TensorSpec) -> Item:
-    return Item(f"overhead|{spec.short()}", "overhead", spec, _Overhead, {})
-
-
-def structure_hash(zoo) -> str:
-    """What a profile depends on: architectures, kwargs and input, not weights."""
-    return sha256_json([zoo.raw.get("input"), [arch_id(zoo, d) for d in zoo.donor_names]])[:16]
-
-
-def partition_items(zoo, partition: dict, dissections: dict, num_classes: int) -> list[Item]:
-    items: dict[str, Item] = {}
-    sets = partition["sets"]
-    inp = zoo.input.tensor_spec()
-    items[overhead_item(inp).key] = overhead_item(inp)
-    for s in sets:
-        for b in s["blocks"]:
-            d = dissections[b["donor"]]
-            spec = d.boundary_spec(b["start"])
-            key = block_key(zoo, b["donor"], b["start"], b["end"], spec)
-            items.setdefault(key, Item(key, "block", spec, (lambda d=d, b=b: d.block(b["start"], b["end"])),
-                                       {"donor": b["donor"], "arch": zoo.donor(b["donor"]).arch, "start": b["start"],
-                                        "end": b["end"], "set": s["index"]}))
-    for k in range(len(sets) - 1):
-        for a in sets[k]["blocks"]:
-            for b in sets[k + 1]["blocks"]:
-                if a["donor"] == b["donor"]:
-                    continue
-                src = dissections[a["donor"]].boundary_spec(a["end"])
-                dst = dissections[b["donor"]].boundary_spec(b["start"])
-                key = adapter_key(src, dst)
-                items.setdefault(key, Item(key, "adapter", src, (lambda s=src, t=dst: Adapter(s, t)),
-                                           {"adapter_kind": adapter_kind(src, dst), "in": src.to_dict(), "out": dst.to_dict()}))
-    for b in sets[-1]["blocks"]:
-        src = dissections[b["donor"]].boundary_spec(b["end"])
-        key = head_key(src, num_classes)
-        items.setdefault(key, Item(key, "head", src, (lambda s=src: Head(s, num_classes)),
-                                   {"in": src.to_dict(), "num_classes": num_classes}))
-    return list(items.values())
-
-
-def donor_key(zoo, donor: str, num_classes: int) -> str:
-    return f"donor|{arch_id(zoo, donor)}|{zoo.input.tensor_spec().short()}|{num_classes}"
+    return Item(overhead_key(spec), "overhead", spec, _Overhead, {})
 
 
 def donor_items(zoo, num_classes: int) -> list[Item]:
     """Every whole donor with a new `num_classes` head: the baselines a plan is compared with, and
-    the latencies `dery run` picks its budgets from."""
-    from dery_deploy.zoo.load import load_donor
+    the latencies a user picks a budget from."""
 
-    def build(name):
+    def build(name: str) -> nn.Module:
         m = load_donor(zoo, name)
         m.reset_classifier(num_classes)
         return m
 
+    return [
+        Item(
+            donor_key(zoo, n, num_classes),
+            "donor",
+            zoo.input_tensor_spec,
+            (lambda n=n: build(n)),
+            {"donor": n, "arch": zoo.donor(n).arch, "num_classes": num_classes},
+        )
+        for n in zoo.donor_names
+    ]
+
+
+def unit_items(zoo, dissections: dict[str, Dissection]) -> list[Item]:
+    """Every body unit of every donor as a one-unit block (what a later partition's blocks are cut from)."""
     items = {}
     for name in zoo.donor_names:
-        key = donor_key(zoo, name, num_classes)
-        items.setdefault(key, Item(key, "donor", zoo.input.tensor_spec(), (lambda n=name: build(n)),
-                                   {"donor": name, "arch": zoo.donor(name).arch}))
+        d = dissections[name]
+        for i in range(d.num_body_units):
+            spec = d.boundary_spec(i)
+            key = block_key(zoo, name, i, i + 1, spec)
+            items.setdefault(
+                key,
+                Item(
+                    key,
+                    "unit",
+                    spec,
+                    (lambda d=d, i=i: d.block(i, i + 1)),
+                    {"donor": name, "arch": zoo.donor(name).arch, "start": i, "end": i + 1, "unit": d.units[i].name},
+                ),
+            )
     return list(items.values())
+
+
+def partition_items(zoo, partition: Partition, dissections: dict[str, Dissection], num_classes: int) -> list[Item]:
+    """Blocks of the partition, adapters between consecutive sets, heads after the last set."""
+    items: dict[str, Item] = {}
+    for s in partition.sets:
+        for b in s.blocks:
+            d = dissections[b.donor]
+            spec = d.boundary_spec(b.start)
+            key = block_key(zoo, b.donor, b.start, b.end, spec)
+            items.setdefault(
+                key,
+                Item(
+                    key,
+                    "block",
+                    spec,
+                    (lambda d=d, b=b: d.block(b.start, b.end)),
+                    {"donor": b.donor, "arch": zoo.donor(b.donor).arch, "start": b.start, "end": b.end, "set": s.index},
+                ),
+            )
+    for k in range(len(partition.sets) - 1):
+        for a in partition.sets[k].blocks:
+            for b in partition.sets[k + 1].blocks:
+                if a.donor == b.donor:
+                    continue
+                src = dissections[a.donor].boundary_spec(a.end)
+                dst = dissections[b.donor].boundary_spec(b.start)
+                key = adapter_key(src, dst)
+                items.setdefault(
+                    key,
+                    Item(
+                        key,
+                        "adapter",
+                        src,
+                        (lambda s=src, t=dst: Adapter(s, t)),
+                        {"adapter_kind": adapter_kind(src, dst), "in": src.to_dict(), "out": dst.to_dict()},
+                    ),
+                )
+    for b in partition.sets[-1].blocks:
+        src = dissections[b.donor].boundary_spec(b.end)
+        key = head_key(src, num_classes)
+        items.setdefault(
+            key,
+            Item(
+                key,
+                "head",
+                src,
+                (lambda s=src: Head(s, num_classes)),
+                {"in": src.to_dict(), "num_classes": num_classes},
+            ),
+        )
+    return list(items.values())
+
+
+def profile_items(zoo, partition: Partition | None, dissections: dict[str, Dissection], num_classes: int) -> list[Item]:
+    """Everything a profile holds: the overhead item and whole donors, then the partition's items,
+    or every unit while there is no partition yet."""
+    items = [overhead_item(zoo.input_tensor_spec)] + donor_items(zoo, num_classes)
+    items += partition_items(zoo, partition, dissections, num_classes) if partition else unit_items(zoo, dissections)
+    return items
 
 
 def example_input(spec: TensorSpec, batch: int) -> torch.Tensor:

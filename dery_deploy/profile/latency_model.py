@@ -1,57 +1,156 @@
-"""Predicting an assembled network's latency from a profile.
+"""The one latency arithmetic: an assembled network's latency from a profile.
 
-predicted = sum(blocks) + sum(adapters) + head - (items - 1) * overhead
+    predicted = scale * (overhead + sum over items of (item - overhead))
 
 Each item was timed as its own call, so every record carries one per-call overhead (Python and
-framework dispatch, a session run, a graph launch); the whole network pays it once. `overhead` is
-the profile's measured near-empty item. Every record is first scaled to the profile's reference
-machine speed (`calibration.py`). `dery profile --verify` measures how far this is off.
+framework dispatch, a session run, a graph launch) that the whole network pays once; `overhead` is
+the profile's measured near-empty item. `speed` says whether item latencies are taken raw or
+scaled to the profile's reference machine speed (`runtime/calibration.py`), and `scale` corrects
+the sum-of-parts bias (e.g. eager whole networks run slower than their blocks added up); both are
+chosen by `dery profile --verify` from measured assemblies, whichever predicts them better.
+
+Everything is in integer microseconds, scaled once here (`to_us`): the integer program, the exact
+DP, the brute-force check and the plan's predicted latency all add up the same integers.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+import time
+from dataclasses import dataclass, replace
+
 from dery_deploy.errors import DeryError
-from dery_deploy.profile.calibration import reference_ms, speed_factor
-from dery_deploy.profile.items import adapter_key, block_key, head_key
+from dery_deploy.profile.store import LatencyCheck, Profile, VerifyRow
 
 
-def plan_items(plan, zoo, dissections) -> list[str]:
-    from dery_deploy.assemble.plan import stitch_specs
-
-    keys = []
-    for b in plan.blocks:
-        keys.append(block_key(zoo, b.donor, b.start, b.end, dissections[b.donor].boundary_spec(b.start)))
-    for s in stitch_specs(plan, dissections):
-        if s is not None:
-            keys.append(adapter_key(*s))
-    last = plan.blocks[-1]
-    keys.append(head_key(dissections[last.donor].boundary_spec(last.end), plan.num_classes))
-    return keys
+def to_us(ms: float) -> int:
+    """Milliseconds -> integer microseconds (the program's unit)."""
+    return int(round(ms * 1000))
 
 
-def overhead_ms(profile: dict) -> float:
-    ref = reference_ms(profile)
-    recs = [r for k, r in profile["records"].items() if k.startswith("overhead|")]
-    return min((r["median_ms"] * speed_factor(r, ref) for r in recs), default=0.0)
+def budget_us(ms: float) -> int:
+    """A budget in integer microseconds, rounded down: a plan within it is within the budget."""
+    return int(math.floor(ms * 1000 + 1e-9))
 
 
-def item_ms(profile: dict, key: str, field: str = "median_ms", ref: float | None = None) -> float:
-    """A record's latency at the profile's reference machine speed."""
-    r = profile["records"][key]
-    return r[field] * speed_factor(r, reference_ms(profile) if ref is None else ref)
+@dataclass
+class LatencyModel:
+    profile: Profile
+    speed: str = "raw"  # raw | calibrated
+    scale: float = 1.0
+    path: str = "the profile"
+
+    def __post_init__(self) -> None:
+        cals = [r.calibration_ms for r in self.profile.records.values() if r.calibration_ms]
+        self._reference = statistics.median(cals) if cals else None
+        keys = [k for k in self.profile.records if k.startswith("overhead|")]
+        self._overhead = min((self.item_ms(k) for k in keys), default=0.0)
+
+    @classmethod
+    def of(cls, profile: Profile, path: str = "the profile") -> LatencyModel:
+        """The model as the profile's latency check chose it (raw and unscaled if never verified)."""
+        v = profile.verify
+        return cls(profile, v.speed if v else "raw", v.scale if v else 1.0, str(path))
+
+    def reference_ms(self) -> float | None:
+        """The profile's typical machine speed: the median reference latency over its records."""
+        return self._reference
+
+    def item_ms(self, key: str, field: str = "median_ms") -> float:
+        """A record's latency on the model's speed basis (no bias correction)."""
+        self.require([key])
+        r = self.profile.records[key]
+        ms = getattr(r, field)
+        if self.speed == "calibrated":
+            ref = self.reference_ms()
+            if ref and r.calibration_ms:
+                ms *= ref / r.calibration_ms
+        return ms
+
+    def overhead_ms(self) -> float:
+        return self._overhead
+
+    def base_us(self) -> int:
+        """What a network pays once: the per-call overhead."""
+        return to_us(self.scale * self.overhead_ms())
+
+    def cost_us(self, key: str) -> int:
+        """What one item adds to a network: its latency less the per-call overhead."""
+        return to_us(self.scale * (self.item_ms(key) - self.overhead_ms()))
+
+    def predict_us(self, keys: list[str]) -> int:
+        self.require(keys)
+        return self.base_us() + sum(self.cost_us(k) for k in keys)
+
+    def predict_ms(self, keys: list[str]) -> float:
+        return self.predict_us(keys) / 1000.0
+
+    def memory_mb(self, keys: list[str]) -> float | None:
+        """Peak memory of the chain: the largest item peak (activations are freed between items);
+        None where the backend could not measure memory."""
+        peaks = [self.profile.records[k].peak_memory_mb for k in keys]
+        known = [p for p in peaks if p is not None]
+        return max(known, default=0.0) if len(known) == len(peaks) else None
+
+    def require(self, keys: list[str]) -> None:
+        missing = [k for k in keys if k not in self.profile.records]
+        if missing:
+            raise DeryError(
+                f"{self.path} lacks {len(missing)} item(s) that are needed, e.g. {missing[0]!r}; run "
+                f"{self.profile.how_to_profile()} on the current partition",
+                "profile",
+            )
 
 
-def predict(keys: list[str], profile: dict, field: str = "median_ms", path: str = "the profile") -> float:
-    missing = [k for k in keys if k not in profile["records"]]
-    if missing:
-        raise DeryError(f"{path} lacks {len(missing)} item(s) the plan needs, e.g. {missing[0]!r}; run `dery profile "
-                        f"--zoo {profile['zoo']} --device {profile['device']} --backend {profile['backend']} "
-                        f"--precision {profile['precision']} --batch {profile['batch']}` on the current partition", "profile")
-    ref = reference_ms(profile)
-    total = sum(item_ms(profile, k, field, ref) for k in keys)
-    return max(total - (len(keys) - 1) * overhead_ms(profile), 1e-6)
+def _loo_errors(pred: list[float], meas: list[float], correct: bool) -> list[float]:
+    """Relative errors (predicted - measured) / measured; with `correct`, each prediction is scaled by
+    the median measured/predicted ratio of the *other* rows (leave-one-out, so the fit cannot flatter)."""
+    ratios = [m / p for p, m in zip(pred, meas)]
+    out = []
+    for i, (p, m) in enumerate(zip(pred, meas)):
+        s = statistics.median(ratios[:i] + ratios[i + 1 :]) if correct and len(ratios) > 1 else 1.0
+        out.append((s * p - m) / m)
+    return out
 
 
-def predict_memory_mb(keys: list[str], profile: dict) -> float:
-    """Peak memory of the chain: the largest item peak (activations are freed between items)."""
-    return max((profile["records"][k].get("peak_memory_mb") or 0.0) for k in keys)
+def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> LatencyCheck:
+    """Choose the speed basis (raw or calibrated) and whether to correct the sum-of-parts bias, by
+    which predicts the measured assemblies best (median |error|, then max), never worse than raw."""
+    variants = {}
+    for speed in ("raw", "calibrated"):
+        pred = [r.raw_predicted_ms if speed == "raw" else r.calibrated_predicted_ms for r in rows]
+        meas = [r.measured_ms if speed == "raw" else r.measured_at_reference_ms for r in rows]
+        for correct in (False, True):
+            errs = _loo_errors(pred, meas, correct)
+            scale = statistics.median(m / p for p, m in zip(pred, meas)) if correct else 1.0
+            variants[(speed, correct)] = (
+                statistics.median(abs(e) for e in errs),
+                max(abs(e) for e in errs),
+                scale,
+                errs,
+            )
+    # ties go to the simpler model: raw before calibrated, uncorrected before corrected
+    order = [("raw", False), ("raw", True), ("calibrated", False), ("calibrated", True)]
+    best = min(order, key=lambda v: (round(variants[v][0], 4), round(variants[v][1], 4), order.index(v)))
+    med, mx, scale, errs = variants[best]
+    chosen_pred = [(r.raw_predicted_ms if best[0] == "raw" else r.calibrated_predicted_ms) * scale for r in rows]
+    out_rows = [replace(r, predicted_ms=round(p, 5), rel_error=round(e, 5)) for r, p, e in zip(rows, chosen_pred, errs)]
+    under = sorted(max(0.0, -e / (1 + e)) for e in errs)  # measured/predicted - 1 where a network ran slower
+    p90 = under[min(len(under) - 1, int(round(0.9 * (len(under) - 1))))]
+    return LatencyCheck(
+        len(rows),
+        seed,
+        best[0],
+        round(scale, 5),
+        round(med, 5),
+        round(mx, 5),
+        round(p90, 5),
+        round(variants[("raw", False)][0], 5),
+        round(variants[("raw", False)][1], 5),
+        round(variants[("calibrated", False)][0], 5),
+        round(variants[("calibrated", False)][1], 5),
+        partition_key,
+        time.strftime("%Y-%m-%dT%H:%M:%S"),
+        out_rows,
+    )

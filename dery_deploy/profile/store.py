@@ -1,66 +1,214 @@
-"""Profile JSON files: created, resumed, validated, written atomically after every record.
+"""Profiles: one (device, backend, precision, batch) for one zoo's architectures, as a typed
+artifact written atomically after every record.
 
-A profile is one (device, backend, precision, batch) for one zoo's structure. Because the whole
-file is rewritten atomically after each record, an interrupted run (Ctrl-C, kill -9) leaves the
-records finished so far, and the next run resumes after them.
+Because the whole file is rewritten atomically after each record, an interrupted run (Ctrl-C,
+kill -9) leaves the records finished so far, and the next run resumes after them.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dery_deploy.artifacts import atomic_write_json
+from dery_deploy.artifacts import JsonArtifact
 from dery_deploy.errors import DeryError
+from dery_deploy.runtime.harness import window_noise
 
-SCHEMA = 1
-KIND = "profile"
+_RECORD_FIELDS = (
+    "kind",
+    "median_ms",
+    "p90_ms",
+    "runs",
+    "stable",
+    "windows",
+    "window_medians_ms",
+    "peak_memory_mb",
+    "build_s",
+    "calibration_ms",
+)
+
+
+@dataclass
+class Record:
+    """One measured item: latency in ms (median and p90 of the stable windows), peak memory in MB
+    (None where the backend cannot measure it), and what the item is (`info`)."""
+
+    kind: str  # block | adapter | head | donor | unit | overhead
+    median_ms: float
+    p90_ms: float
+    runs: int
+    stable: bool
+    windows: int = 0
+    window_medians_ms: list[float] = field(default_factory=list)
+    peak_memory_mb: float | None = None
+    build_s: float = 0.0
+    calibration_ms: float | None = None  # the reference workload measured just before (calibration.py)
+    info: dict = field(default_factory=dict)  # donor, arch, unit range, adapter kind, specs, ...
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in _RECORD_FIELDS}
+        d.update(self.info)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Record:
+        known = {k: d[k] for k in _RECORD_FIELDS if k in d}
+        return cls(**known, info={k: v for k, v in d.items() if k not in _RECORD_FIELDS})
+
+    @property
+    def noise(self) -> float:
+        """The measurement's own noise (relative half-spread of its last stability windows)."""
+        return window_noise(self.window_medians_ms)
+
+
+@dataclass
+class VerifyRow:
+    plan: str
+    adapters: int
+    predicted_ms: float  # the latency model as the program uses it
+    measured_ms: float  # raw end-to-end median
+    measured_stable: bool
+    raw_predicted_ms: float  # sum of raw item latencies (no speed calibration, no bias correction)
+    calibrated_predicted_ms: float  # items at the profile's reference speed, no bias correction
+    measured_at_reference_ms: float  # the measurement scaled to the reference speed
+    calibration_ms: float | None
+    rel_error: float  # (predicted - measured) / measured, bias fitted without this row
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VerifyRow:
+        return cls(**d)
+
+
+@dataclass
+class LatencyCheck:
+    """How well the latency model predicts whole networks: `n` random mixed assemblies measured end
+    to end. `speed` is the item latencies' basis (raw, or scaled to the reference speed) chosen
+    because it verified better; `scale` corrects the sum-of-parts bias (fitted on these rows; the
+    errors are leave-one-out, so they are not flattered by the fit)."""
+
+    n: int
+    seed: int
+    speed: str  # raw | calibrated
+    scale: float
+    median_abs_rel_error: float
+    max_abs_rel_error: float
+    p90_under_prediction: float  # how much slower than predicted a network runs, 90th percentile (>= 0)
+    raw_median_abs_rel_error: float
+    raw_max_abs_rel_error: float
+    calibrated_median_abs_rel_error: float
+    calibrated_max_abs_rel_error: float
+    partition_key: str
+    when: str
+    assemblies: list[VerifyRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LatencyCheck:
+        return cls(**{**d, "assemblies": [VerifyRow.from_dict(r) for r in d.get("assemblies", [])]})
+
+
+@dataclass
+class Profile(JsonArtifact):
+    KIND = "profile"
+    SCHEMA = 2
+    STAGE = "profile"
+
+    device: str
+    device_name: str
+    fingerprint: dict  # {"start": fingerprint, "end": fingerprint or None}
+    backend: str
+    backend_version: str
+    precision: str
+    batch: int
+    zoo: str
+    structure_hash: str
+    records: dict[str, Record] = field(default_factory=dict)
+    verify: LatencyCheck | None = None
+    calibration: dict = field(default_factory=dict)
+    imported_from: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "device_name": self.device_name,
+            "fingerprint": self.fingerprint,
+            "backend": self.backend,
+            "backend_version": self.backend_version,
+            "precision": self.precision,
+            "batch": self.batch,
+            "zoo": self.zoo,
+            "structure_hash": self.structure_hash,
+            "calibration": self.calibration,
+            "imported_from": self.imported_from,
+            "verify": self.verify.to_dict() if self.verify else None,
+            "records": {k: r.to_dict() for k, r in self.records.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Profile:
+        return cls(
+            d["device"],
+            d["device_name"],
+            d["fingerprint"],
+            d["backend"],
+            d["backend_version"],
+            d["precision"],
+            d["batch"],
+            d["zoo"],
+            d["structure_hash"],
+            {k: Record.from_dict(r) for k, r in d["records"].items()},
+            LatencyCheck.from_dict(d["verify"]) if d.get("verify") else None,
+            d.get("calibration", {}),
+            d.get("imported_from"),
+        )
+
+    def how_to_profile(self) -> str:
+        return (
+            f"`dery profile --zoo {self.zoo} --device {self.device} --backend {self.backend} "
+            f"--precision {self.precision} --batch {self.batch}`"
+        )
+
+    def check(self, path, spec, zoo=None, structure: str | None = None) -> None:
+        """Refuse a profile of another device or machine, or of another zoo's architectures."""
+        if self.device != spec.id:
+            raise DeryError(f"profile {path} is for device {self.device!r}, not {spec.id!r}", "profile")
+        for when in ("start", "end"):
+            fp = self.fingerprint.get(when)
+            if fp is not None and not spec.matches(fp):
+                what = fp.get("gpu_name") or fp.get("cpu_model")
+                raise DeryError(
+                    f"profile {path} was measured on {what!r}, which does not match device spec {spec.id!r} "
+                    f"({spec.fingerprint}); profile on the right machine or pick the matching --device",
+                    "profile",
+                )
+        if zoo is not None and self.zoo != zoo.name:
+            raise DeryError(f"profile {path} is of zoo {self.zoo!r}, not {zoo.name!r}", "profile")
+        if structure is not None and self.structure_hash != structure:
+            raise DeryError(
+                f"profile {path} was measured for other architectures of zoo {self.zoo!r} "
+                f"(structure {self.structure_hash} vs {structure}); re-profile",
+                "profile",
+            )
 
 
 def profile_path(root: Path, device: str, zoo: str, backend: str, precision: str, batch: int) -> Path:
-    return root / "profiles" / device / f"{zoo}-{backend}-{precision}-b{batch}.json"
+    return Path(root) / "profiles" / device / f"{zoo}-{backend}-{precision}-b{batch}.json"
 
 
-def read_profile(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DeryError(f"profile not found: {path}", "profile")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DeryError(f"profile {path} is truncated or corrupt ({e.msg} at line {e.lineno}); delete it and "
-                        "rerun `dery profile` (finished records are lost only for this file)", "profile") from None
-    if not isinstance(data, dict) or data.get("kind") != KIND:
-        raise DeryError(f"{path} is not a profile", "profile")
-    if data.get("schema") != SCHEMA:
-        raise DeryError(f"profile {path} has schema {data.get('schema')!r}; this version reads schema {SCHEMA}: "
-                        "re-profile with this version", "profile")
-    return data
+def read_profile(path: str | Path) -> Profile:
+    return Profile.read(path)
 
 
-def check_profile(data: dict, path, spec, zoo=None, structure: str | None = None) -> None:
-    """Refuse a profile of another device, or of another zoo's architectures."""
-    if data.get("device") != spec.id:
-        raise DeryError(f"profile {path} is for device {data.get('device')!r}, not {spec.id!r}", "profile")
-    for when in ("start", "end"):
-        fp = data.get("fingerprint", {}).get(when)
-        if fp is not None and not spec.matches(fp):
-            what = fp.get("gpu_name") or fp.get("cpu_model")
-            raise DeryError(f"profile {path} was measured on {what!r}, which does not match device spec {spec.id!r} "
-                            f"({spec.fingerprint}); profile on the right machine or pick the matching --device", "profile")
-    if zoo is not None and data.get("zoo") != zoo.name:
-        raise DeryError(f"profile {path} is of zoo {data.get('zoo')!r}, not {zoo.name!r}", "profile")
-    if structure is not None and data.get("structure_hash") != structure:
-        raise DeryError(f"profile {path} was measured for other architectures of zoo {data.get('zoo')!r} "
-                        f"(structure {data.get('structure_hash')} vs {structure}); re-profile", "profile")
-
-
-def new_profile(spec, fingerprint: dict, zoo_name: str, structure: str, backend: str, backend_version: str, precision: str,
-                batch: int) -> dict:
-    return {"schema": SCHEMA, "kind": KIND, "device": spec.id, "device_name": spec.name,
-            "fingerprint": {"start": fingerprint, "end": None}, "backend": backend, "backend_version": backend_version,
-            "precision": precision, "batch": batch, "zoo": zoo_name, "structure_hash": structure, "records": {}}
-
-
-def write_profile(path: str | Path, data: dict) -> Path:
-    return atomic_write_json(path, data)
+def find_profile(roots: list[Path], zoo: str, device: str, backend: str, precision: str, batch: int) -> Path:
+    """The first existing profile of these keys under `roots` (the cache, then the shipped profiles/)."""
+    for base in roots:
+        p = profile_path(base, device, zoo, backend, precision, batch)
+        if p.is_file():
+            return p
+    raise DeryError(
+        f"no {backend} {precision} batch-{batch} profile of zoo {zoo!r} for device {device!r}; run `dery "
+        f"profile --zoo {zoo} --device {device} --backend {backend} --precision {precision} --batch {batch}`",
+        "profile",
+    )

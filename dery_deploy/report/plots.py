@@ -27,8 +27,14 @@ def pareto_png(path: Path, donors: dict, plans: list[dict], backend: str, device
             continue
         x = p.get("measured_ms", p["plan"]["predicted"]["latency_ms"])
         ax.scatter(x, p["top1"], marker="*", s=160, color="#dd5533", zorder=4)
-        ax.annotate(f"plan, {p['budget_ms']:g} ms budget", (x, p["top1"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=7.5, color="#aa3311")
+        ax.annotate(
+            f"plan, {p['budget_ms']:g} ms budget",
+            (x, p["top1"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=7.5,
+            color="#aa3311",
+        )
         pts.append((x, p["top1"]))
     front, best = [], -1.0
     for x, y in sorted(pts):
@@ -36,8 +42,15 @@ def pareto_png(path: Path, donors: dict, plans: list[dict], backend: str, device
             front.append((x, y))
             best = y
     if len(front) > 1:
-        ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="#55aa55", lw=1.2, zorder=2,
-                label="Pareto front")
+        ax.step(
+            [f[0] for f in front],
+            [f[1] for f in front],
+            where="post",
+            color="#55aa55",
+            lw=1.2,
+            zorder=2,
+            label="Pareto front",
+        )
     ax.scatter([], [], marker="o", color="#4c72b0", label="donor, fine-tuned")
     ax.scatter([], [], marker="*", color="#dd5533", label="reassembled, fine-tuned")
     ax.plot([], [], color="#999999", lw=0.8, ls="--", label="latency budget")

@@ -20,7 +20,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     matrices otherwise; both give the same number.
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"need (n, d1) and (n, d2) matrices with the same n, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"need (n, d1) and (n, d2) matrices with the same n, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     x = x.double() - x.double().mean(0, keepdim=True)
     y = y.double() - y.double().mean(0, keepdim=True)
     n = x.shape[0]
@@ -29,8 +31,8 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
         xx = (x.T @ x).square().sum().sqrt()
         yy = (y.T @ y).square().sum().sqrt()
     else:
-        k, l = x @ x.T, y @ y.T
-        xy, xx, yy = (k * l).sum(), k.square().sum().sqrt(), l.square().sum().sqrt()
+        kx, ky = x @ x.T, y @ y.T
+        xy, xx, yy = (kx * ky).sum(), kx.square().sum().sqrt(), ky.square().sum().sqrt()
     return float(xy / (xx * yy))
 
 
@@ -70,19 +72,26 @@ class MinibatchCKA:
 
     def __init__(self) -> None:
         self.xy = self.xx = self.yy = None
+        self.xscale = self.yscale = None  # sum_b (mean squared feature norm)^2: self-HSIC's scale, for degeneracy tests
         self.batches = 0
 
     def update(self, ka: torch.Tensor, kb: torch.Tensor) -> None:
         xy, xx, yy = hsic1_matrix(ka, kb), self_hsic(ka), self_hsic(kb)
+        xs, ys = _diag_mean(ka).square(), _diag_mean(kb).square()
         if self.xy is None:
-            self.xy, self.xx, self.yy = xy, xx, yy
+            self.xy, self.xx, self.yy, self.xscale, self.yscale = xy, xx, yy, xs, ys
         else:
             self.xy, self.xx, self.yy = self.xy + xy, self.xx + xx, self.yy + yy
+            self.xscale, self.yscale = self.xscale + xs, self.yscale + ys
         self.batches += 1
 
     def value(self) -> torch.Tensor:
         denom = torch.sqrt(self.xx.clamp_min(0)[:, None] * self.yy.clamp_min(0)[None, :])
         return self.xy / denom
+
+
+def _diag_mean(k: torch.Tensor) -> torch.Tensor:
+    return torch.diagonal(k, dim1=-2, dim2=-1).mean(-1)
 
 
 def self_hsic(k: torch.Tensor) -> torch.Tensor:
@@ -98,7 +107,7 @@ def minibatch_cka(x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
     """Mini-batch linear CKA of two (n, d) matrices: the estimator of `MinibatchCKA` for one pair."""
     acc_xy = acc_xx = acc_yy = 0.0
     for i in range(0, x.shape[0] - 3, batch):
-        kx, ky = gram(x[i:i + batch])[None], gram(y[i:i + batch])[None]
+        kx, ky = gram(x[i : i + batch])[None], gram(y[i : i + batch])[None]
         if kx.shape[-1] < 4:
             break
         acc_xy += float(hsic1_matrix(kx, ky))

@@ -9,14 +9,14 @@ probe size x feature size.
 from __future__ import annotations
 
 import itertools
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from dery_deploy.artifacts import atomic_write_json, read_json_artifact, sha256_json
+from dery_deploy.artifacts import atomic_write_json, atomic_write_with, cache_root, read_json_artifact, sha256_json
+from dery_deploy.data.task import probe_images
 from dery_deploy.dissect import dissect
 from dery_deploy.errors import DeryError
 from dery_deploy.similarity.cka import MinibatchCKA, gram
@@ -27,10 +27,18 @@ from dery_deploy.zoo.spec import ZooSpec
 SCHEMA = 1
 METHOD = "linear-cka-minibatch-unbiased"
 KIND = "similarity"
+# A boundary is degenerate when its features hardly vary across images compared with their size.
+# Both terms scale with the features' scale to the fourth power, so the test is scale-free.
+DEGENERATE = 1e-10
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("DERY_CACHE", ".dery_cache"))
+@dataclass
+class SimilarityStats:
+    pairs: int
+    reused: int
+    computed: int
+    seconds: float
+    probe_images: int
 
 
 @dataclass
@@ -42,6 +50,7 @@ class Similarity:
     probe_hash: str
     method: str
     matrices: dict[tuple[str, str], torch.Tensor]
+    notes: list[str] = field(default_factory=list)
 
     def matrix(self, a: str, b: str) -> torch.Tensor:
         if (a, b) in self.matrices:
@@ -53,21 +62,6 @@ class Similarity:
     @property
     def key(self) -> str:
         return sha256_json([self.zoo_hash, self.probe_hash, self.method])[:16]
-
-
-def probe_images(zoo: ZooSpec, n: int, seed: int, data: str | None = None) -> tuple[torch.Tensor, str]:
-    """Preprocessed probe images for a zoo and their content hash."""
-    from dery_deploy.data.fashion_mnist import preprocess, probe_set
-
-    if zoo.input.channels != 1 and data is None:
-        raise DeryError(f"zoo {zoo.name!r} takes {zoo.input.channels}-channel {zoo.input.size} px images; "
-                        "the built-in probe set is Fashion-MNIST (1 channel): pass --probe-data FOLDER", "similarity")
-    if data is not None:
-        from dery_deploy.data.folder import probe_from_folder
-
-        return probe_from_folder(data, zoo, n, seed)
-    images, h = probe_set(n, seed)
-    return preprocess(images, zoo.input.size, zoo.input.mean[0], zoo.input.std[0]), h
 
 
 def pair_path(root: Path, zoo: ZooSpec, key: str, a: str, b: str) -> Path:
@@ -87,15 +81,53 @@ def _load_pair(path: Path, zoo_hash: str, probe_hash: str) -> torch.Tensor | Non
     return torch.tensor(data["matrix"], dtype=torch.float64)
 
 
-def compute_similarity(zoo: ZooSpec, probe: int = 512, seed: int = 0, device: str = "cpu", batch: int = 128,
-                       cache: Path | None = None, probe_data: str | None = None, progress=None) -> tuple[Similarity, dict]:
-    """CKA matrices for all donor pairs, reusing valid cached pairs. Returns (similarity, stats)."""
-    if probe < 4 * 2:
+def load_similarity(zoo: ZooSpec, key: str, cache: Path | None = None) -> Similarity:
+    """The cached similarity a partition was made from (by its key), without recomputing anything."""
+    root = cache or cache_root()
+    matrices, probe_hash = {}, None
+    for a, b in itertools.combinations_with_replacement(zoo.donor_names, 2):
+        path = pair_path(root, zoo, key, a, b)
+        if not path.is_file():
+            raise DeryError(
+                f"the similarity {key} the partition was made from is not in {root}; rerun `dery similarity "
+                f"--zoo {zoo.ref}` with the same probe data, or `dery partition` again",
+                "similarity",
+            )
+        data = read_json_artifact(path, KIND, SCHEMA, "similarity")
+        if data.get("zoo_hash") != zoo.hash():
+            raise DeryError(
+                f"{path} belongs to another version of zoo {zoo.name!r}; rerun `dery partition`", "similarity"
+            )
+        probe_hash = data["probe_hash"]
+        matrices[(a, b)] = torch.tensor(data["matrix"], dtype=torch.float64)
+    return Similarity(zoo.name, zoo.hash(), probe_hash, METHOD, matrices)
+
+
+def compute_similarity(
+    zoo: ZooSpec,
+    probe: int = 512,
+    seed: int = 0,
+    device: str = "cpu",
+    batch: int = 128,
+    cache: Path | None = None,
+    probe_data: str | None = None,
+    progress=None,
+) -> tuple[Similarity, SimilarityStats]:
+    """CKA matrices for all donor pairs, reusing valid cached pairs.
+
+    Args:
+        probe_data: where the probe images come from: a `--data` spec (its unlabelled images) or a folder
+            of images; None is the embedded default (Fashion-MNIST) for 1-channel zoos.
+    """
+    if probe < 8:
         raise DeryError(f"--probe must be at least 8 images, got {probe}", "similarity")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeryError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu", "similarity")
     root = cache or cache_root()
-    images, probe_hash = probe_images(zoo, probe, seed, probe_data)
+    images, probe_hash, notes = probe_images(probe_data, zoo.input, probe, seed)
+    probe = len(images)
+    if probe < 8:
+        raise DeryError(f"the probe data holds only {probe} images; CKA needs at least 8", "similarity")
     zoo_hash = zoo.hash()
     key = sha256_json([zoo_hash, probe_hash, METHOD])[:16]
     names = zoo.donor_names
@@ -108,43 +140,59 @@ def compute_similarity(zoo: ZooSpec, probe: int = 512, seed: int = 0, device: st
             missing.append((a, b))
         else:
             matrices[(a, b)] = m
-    stats = {"pairs": len(pairs), "reused": len(pairs) - len(missing), "computed": len(missing), "seconds": 0.0}
     t0 = time.time()
     if missing:
         need = [n for n in names if any(n in p for p in missing)]
         donors = {}
         for n in need:
-            model = load_donor(zoo, n).to(device)
-            donors[n] = (dissect(model, zoo.donor(n).arch, zoo.input.tensor_spec()), model)
+            model = load_donor(zoo, n)
+            d = dissect(model, zoo.donor(n).arch, zoo.input_tensor_spec)  # on the CPU, where its probe input is made
+            donors[n] = (d, model.to(device))  # the units share the model's modules, so they move with it
         acc = {p: MinibatchCKA() for p in missing}
         m_batch = min(batch, probe)
         n_batches = probe // m_batch  # equal-sized mini-batches keep the estimator's weights equal
         task = progress.add_task("similarity", total=n_batches * len(need)) if progress else None
         for bi in range(n_batches):
-            x = images[bi * m_batch:(bi + 1) * m_batch].to(device)
+            x = images[bi * m_batch : (bi + 1) * m_batch].to(device)
             grams = {}
-            for n, (d, model) in donors.items():
+            for n, (d, _model) in donors.items():
                 grams[n] = torch.stack([gram(f) for f in boundary_features(d, x, n)])
                 if progress:
                     progress.update(task, advance=1, description=f"similarity: {n} batch {bi + 1}/{n_batches}")
             for a, b in missing:
                 acc[(a, b)].update(grams[a], grams[b])
         for (a, b), cka in acc.items():
-            for name, self_terms in ((a, cka.xx), (b, cka.yy)):
-                dead = (self_terms <= 1e-12 * self_terms.abs().max().clamp_min(1e-30)).nonzero().flatten().tolist()
+            for name, self_terms, scale in ((a, cka.xx, cka.xscale), (b, cka.yy, cka.yscale)):
+                dead = (self_terms <= DEGENERATE * scale).nonzero().flatten().tolist()
                 if dead:
                     d = donors[name][0]
                     where = ", ".join(f"{i} ({'input' if i == 0 else d.units[i - 1].name})" for i in dead)
-                    raise DeryError(f"donor {name!r} produces constant features at boundary {where}; CKA is "
-                                    "undefined there: check its weights or remove it from the zoo", "similarity")
+                    raise DeryError(
+                        f"donor {name!r} produces constant features at boundary {where} (they do not vary "
+                        "across images); CKA is undefined there: check its weights or remove it from the zoo",
+                        "similarity",
+                    )
             m = cka.value().cpu()
             matrices[(a, b)] = m
-            atomic_write_json(pair_path(root, zoo, key, a, b), {
-                "schema": SCHEMA, "kind": KIND, "zoo": zoo.name, "zoo_hash": zoo_hash, "probe_hash": probe_hash,
-                "probe_images": probe, "probe_seed": seed, "method": METHOD, "minibatch": m_batch,
-                "donors": [a, b], "shape": list(m.shape), "matrix": m.tolist()})
-    stats["seconds"] = round(time.time() - t0, 2)
-    return Similarity(zoo.name, zoo_hash, probe_hash, METHOD, matrices), stats
+            atomic_write_json(
+                pair_path(root, zoo, key, a, b),
+                {
+                    "schema": SCHEMA,
+                    "kind": KIND,
+                    "zoo": zoo.name,
+                    "zoo_hash": zoo_hash,
+                    "probe_hash": probe_hash,
+                    "probe_images": probe,
+                    "probe_seed": seed,
+                    "method": METHOD,
+                    "minibatch": m_batch,
+                    "donors": [a, b],
+                    "shape": list(m.shape),
+                    "matrix": m.tolist(),
+                },
+            )
+    stats = SimilarityStats(len(pairs), len(pairs) - len(missing), len(missing), round(time.time() - t0, 2), probe)
+    return Similarity(zoo.name, zoo_hash, probe_hash, METHOD, matrices, notes), stats
 
 
 def heatmap_png(sim: Similarity, zoo: ZooSpec, a: str, b: str, path: Path) -> Path:
@@ -154,11 +202,9 @@ def heatmap_png(sim: Similarity, zoo: ZooSpec, a: str, b: str, path: Path) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dery_deploy.artifacts import atomic_write_with
-
     m = sim.matrix(a, b).numpy()
-    da = dissect(load_donor(zoo, a), zoo.donor(a).arch, zoo.input.tensor_spec())
-    db = dissect(load_donor(zoo, b), zoo.donor(b).arch, zoo.input.tensor_spec())
+    da = dissect(load_donor(zoo, a), zoo.donor(a).arch, zoo.input_tensor_spec)
+    db = dissect(load_donor(zoo, b), zoo.donor(b).arch, zoo.input_tensor_spec)
     la = ["input"] + [u.name for u in da.body]
     lb = ["input"] + [u.name for u in db.body]
     fig, ax = plt.subplots(figsize=(1.6 + 0.32 * len(lb), 1.4 + 0.3 * len(la)), dpi=120)

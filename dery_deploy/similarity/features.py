@@ -7,7 +7,7 @@ named instead of poisoning the similarity.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -22,6 +22,9 @@ def boundary_features(d: Dissection, x: torch.Tensor, donor: str) -> Iterator[to
     for i, unit in enumerate(d.body):
         x = unit.module(x)
         if not torch.isfinite(x).all():
-            raise DeryError(f"donor {donor!r} produces NaN/inf features at boundary {i + 1} (after unit "
-                            f"{unit.name!r}); check its weights", "similarity")
+            raise DeryError(
+                f"donor {donor!r} produces NaN/inf features at boundary {i + 1} (after unit "
+                f"{unit.name!r}); check its weights",
+                "similarity",
+            )
         yield x.reshape(x.shape[0], -1)

@@ -1,5 +1,5 @@
 """Evaluation of a run: top-1, per-class accuracy, confusion matrix (PNG), parameters, and the
-latency measured on this machine (torch eager, batch 1, same harness as profiling)."""
+latency measured on this machine with a named backend (batch 1, same harness as profiling)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from dery_deploy.artifacts import atomic_write_json, atomic_write_with
-from dery_deploy.data.task import TaskData
+from dery_deploy.data.task import Task
+from dery_deploy.runtime.measure import measure_module
 from dery_deploy.train.finetune import accuracy
 
 
@@ -28,8 +29,15 @@ def confusion_png(cm: torch.Tensor, classes: list[str], path: Path, title: str) 
     im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(cm[i, j])),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
     ax.set_xlabel("predicted class")
@@ -42,21 +50,34 @@ def confusion_png(cm: torch.Tensor, classes: list[str], path: Path, title: str) 
     return path
 
 
-def evaluate_model(model, data: TaskData, out_dir: Path, title: str, latency: bool = True) -> dict:
-    from dery_deploy.profile.harness import measure
-
-    acc, preds = accuracy(model, data.test_x, data.test_y)
-    cm = confusion(preds, data.test_y, data.num_classes)
-    per_class = {c: round(100.0 * float(cm[i, i]) / max(1, int(cm[i].sum())), 2) for i, c in enumerate(data.classes)}
-    png = confusion_png(cm, data.classes, Path(out_dir) / "confusion.png", f"{title}: top-1 {acc:.2f}%")
-    res = {"data": data.name, "test_images": len(data.test_y), "top1": round(acc, 3), "per_class": per_class,
-           "confusion": cm.tolist(), "confusion_png": png.name,
-           "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 4)}
-    if latency:
-        x = data.test_x[:1]
-        with torch.inference_mode():
-            m = measure(lambda: model(x))
-        res["latency_ms_torch_eager_cpu_b1"] = round(m.median_ms, 4)
-        res["latency_stable"] = m.stable
+def evaluate_model(model, task: Task, out_dir: Path, title: str, latency: tuple | None = None) -> dict:
+    """Top-1, per-class accuracy and the confusion matrix on the task's test split (evaluation.json,
+    confusion.png); with `latency` = (backend, precision, device), the batch-1 latency measured here."""
+    acc, preds = accuracy(model, task.x("test"), task.y("test"))
+    cm = confusion(preds, task.y("test"), task.num_classes)
+    per_class = {c: round(100.0 * float(cm[i, i]) / max(1, int(cm[i].sum())), 2) for i, c in enumerate(task.classes)}
+    png = confusion_png(cm, task.classes, Path(out_dir) / "confusion.png", f"{title}: top-1 {acc:.2f}%")
+    res = {
+        "data": task.spec,
+        "test_images": len(task.test),
+        "top1": round(acc, 3),
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+        "confusion_png": png.name,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 4),
+    }
+    if latency is not None:
+        backend, precision, device = latency
+        m = measure_module(backend, model, task.x("test")[:1], precision, device)
+        res["latency"] = {
+            "median_ms": round(m.timing.median_ms, 5),
+            "p90_ms": round(m.timing.p90_ms, 5),
+            "stable": m.timing.stable,
+            "noise": round(m.timing.noise, 4),
+            "backend": backend.name,
+            "precision": precision,
+            "device": device,
+            "batch": 1,
+        }
     atomic_write_json(Path(out_dir) / "evaluation.json", res)
     return res

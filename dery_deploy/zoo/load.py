@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dery_deploy.artifacts import sha256_file
+from dery_deploy.dissect import Dissection, dissect
 from dery_deploy.errors import DeryError
-from dery_deploy.zoo.spec import DonorSpec, ZooSpec, load_zoo_file
-
-EMBEDDED_DIR = Path(__file__).parent / "embedded"
+from dery_deploy.zoo.spec import EMBEDDED_DIR, DonorSpec, ZooSpec, file_hash, load_zoo_file, manifest, weights_path
 
 
 def embedded_zoos() -> list[str]:
@@ -44,35 +40,11 @@ def get_zoo(name_or_path: str | Path) -> ZooSpec:
     emb = EMBEDDED_DIR / s / "zoo.yaml"
     if emb.is_file():
         return load_zoo_file(emb)
-    raise DeryError(f"Unknown zoo {s!r}. Known zoos: {', '.join(list_zoos()) or 'none'}. Run `dery zoo list`, "
-                    "or pass a path to a zoo YAML.", "zoo")
-
-
-def manifest(zoo: ZooSpec) -> dict:
-    path = (zoo.root or Path(".")) / "manifest.json"
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text())
-
-
-def _weights_path(zoo: ZooSpec, donor: DonorSpec) -> Path:
-    ref = Path(donor.weights_ref).expanduser()
-    return ref if ref.is_absolute() else (zoo.root or Path(".")) / ref
-
-
-def weights_identity(zoo: ZooSpec, donor: DonorSpec) -> str:
-    """What identifies a donor's weights for cache keys, without reading large files twice."""
-    if donor.weights_scheme == "embedded":
-        return manifest(zoo).get("donors", {}).get(donor.name, {}).get("sha256", "missing")
-    if donor.weights_scheme == "file":
-        p = _weights_path(zoo, donor)
-        return _file_hash(str(p), p.stat().st_mtime_ns) if p.is_file() else "missing"
-    return donor.weights
-
-
-@lru_cache(maxsize=64)
-def _file_hash(path: str, mtime_ns: int) -> str:
-    return sha256_file(path)
+    raise DeryError(
+        f"Unknown zoo {s!r}. Known zoos: {', '.join(list_zoos()) or 'none'}. Run `dery zoo list`, "
+        "or pass a path to a zoo YAML.",
+        "zoo",
+    )
 
 
 def create_model(donor: DonorSpec, in_chans: int, pretrained: bool = False) -> nn.Module:
@@ -80,8 +52,11 @@ def create_model(donor: DonorSpec, in_chans: int, pretrained: bool = False) -> n
 
     if not timm.is_model(donor.arch) and not pretrained:
         close = timm.list_models(f"*{donor.arch.split('_')[0]}*")[:8]
-        raise DeryError(f"Unknown timm architecture {donor.arch!r} (donor {donor.name!r}). "
-                        f"Similar names: {', '.join(close) or 'none'}; see `timm.list_models()`.", "zoo")
+        raise DeryError(
+            f"Unknown timm architecture {donor.arch!r} (donor {donor.name!r}). "
+            f"Similar names: {', '.join(close) or 'none'}; see `timm.list_models()`.",
+            "zoo",
+        )
     kwargs = dict(donor.kwargs)
     kwargs.setdefault("in_chans", in_chans)
     kwargs.setdefault("num_classes", donor.num_classes)
@@ -90,7 +65,9 @@ def create_model(donor: DonorSpec, in_chans: int, pretrained: bool = False) -> n
             return timm.create_model(donor.weights_ref, pretrained=True, **kwargs)
         return timm.create_model(donor.arch, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError) as e:
-        raise DeryError(f"timm cannot build {donor.arch!r} with kwargs {kwargs} (donor {donor.name!r}): {e}", "zoo") from None
+        raise DeryError(
+            f"timm cannot build {donor.arch!r} with kwargs {kwargs} (donor {donor.name!r}): {e}", "zoo"
+        ) from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -104,8 +81,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal is the user's file, not our bug
-        raise DeryError(f"cannot read {path} as a weights-only checkpoint ({type(e).__name__}); "
-                        "save a state dict with safetensors or torch.save(model.state_dict())", "zoo") from None
+        raise DeryError(
+            f"cannot read {path} as a weights-only checkpoint ({type(e).__name__}); "
+            "save a state dict with safetensors or torch.save(model.state_dict())",
+            "zoo",
+        ) from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -118,16 +98,23 @@ def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], what: 
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(sd)
-                    if tuple(sd[k].shape) != tuple(own[k].shape))
+    shapes = sorted(
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(sd)
+        if tuple(sd[k].shape) != tuple(own[k].shape)
+    )
     if missing or unexpected or shapes:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
             if keys:
                 more = f" (+{len(keys) - 6} more)" if len(keys) > 6 else ""
                 parts.append(f"{label}: {', '.join(keys[:6])}{more}")
-        raise DeryError(f"state dict of {what} does not match the architecture: " + "; ".join(parts) +
-                        ". Check the donor's arch, kwargs and num_classes.", "zoo")
+        raise DeryError(
+            f"state dict of {what} does not match the architecture: "
+            + "; ".join(parts)
+            + ". Check the donor's arch, kwargs and num_classes.",
+            "zoo",
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
 
 
@@ -144,19 +131,32 @@ def load_donor(zoo: ZooSpec, name: str) -> nn.Module:
         model = create_model(donor, zoo.input.channels)
     if scheme == "embedded":
         entry = manifest(zoo).get("donors", {}).get(name)
-        path = _weights_path(zoo, donor)
+        path = weights_path(zoo, donor)
         if entry is None:
-            raise DeryError(f"donor {name!r} has no entry in {zoo.root}/manifest.json; rebuild the zoo "
-                            "with its builder script", "zoo")
+            raise DeryError(
+                f"donor {name!r} has no entry in {zoo.root}/manifest.json; rebuild the zoo with its builder script",
+                "zoo",
+            )
         if not path.is_file():
-            raise DeryError(f"weights file missing for donor {name!r}: {path}; rebuild the zoo with "
-                            f"`{entry.get('command', 'its builder script')}`", "zoo")
-        digest = _file_hash(str(path), path.stat().st_mtime_ns)
+            raise DeryError(
+                f"weights file missing for donor {name!r}: {path}; rebuild the zoo with "
+                f"`{entry.get('command', 'its builder script')}`",
+                "zoo",
+            )
+        digest = file_hash(str(path), path.stat().st_mtime_ns)
         if digest != entry["sha256"]:
-            raise DeryError(f"weights of donor {name!r} ({path.name}) have sha256 {digest[:12]}..., the manifest "
-                            f"says {entry['sha256'][:12]}...; the file was changed or corrupted, restore it "
-                            "(git checkout) or rebuild the zoo", "zoo")
+            raise DeryError(
+                f"weights of donor {name!r} ({path.name}) have sha256 {digest[:12]}..., the manifest "
+                f"says {entry['sha256'][:12]}...; the file was changed or corrupted, restore it "
+                "(git checkout) or rebuild the zoo",
+                "zoo",
+            )
         load_state_dict_strict(model, read_state_dict(path), f"donor {name!r}")
     elif scheme == "file":
-        load_state_dict_strict(model, read_state_dict(_weights_path(zoo, donor)), f"donor {name!r}")
+        load_state_dict_strict(model, read_state_dict(weights_path(zoo, donor)), f"donor {name!r}")
     return model.eval()
+
+
+def dissect_zoo(zoo: ZooSpec) -> dict[str, Dissection]:
+    """Dissection of every donor (weights loaded; blocks built from it share the donor's modules)."""
+    return {d.name: dissect(load_donor(zoo, d.name), d.arch, zoo.input_tensor_spec) for d in zoo.donors}

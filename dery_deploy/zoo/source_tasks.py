@@ -55,6 +55,6 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor
     model.eval()
     correct = 0
     for i in range(0, len(images), batch):
-        logits = model(preprocess(images[i:i + batch]))
-        correct += int((logits.argmax(1) == targets[i:i + batch]).sum())
+        logits = model(preprocess(images[i : i + batch]))
+        correct += int((logits.argmax(1) == targets[i : i + batch]).sum())
     return 100.0 * correct / max(len(images), 1)

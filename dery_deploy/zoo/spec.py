@@ -5,30 +5,23 @@ Validation collects every bad field and reports them together, so a user fixes a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dery_deploy.artifacts import sha256_json
+from dery_deploy.artifacts import sha256_file, sha256_json
+from dery_deploy.data.task import InputSpec
 from dery_deploy.dissect.spec import TensorSpec
 from dery_deploy.errors import DeryError
 
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
 WEIGHT_SCHEMES = ("embedded", "file", "timm", "none")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    channels: int
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def tensor_spec(self) -> TensorSpec:
-        return TensorSpec("NCHW", self.channels, self.size, self.size, 0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -60,10 +53,13 @@ class ZooSpec:
     path: Path | None = None  # the YAML file, when loaded from one
 
     @property
+    def input_tensor_spec(self) -> TensorSpec:
+        """The spec of boundary 0: the normalised input image."""
+        return TensorSpec("NCHW", self.input.channels, self.input.size, self.input.size, 0, 1.0)
+
+    @property
     def ref(self) -> str:
         """How later artifacts find this zoo again: the embedded name, else the YAML's absolute path."""
-        from dery_deploy.zoo.load import EMBEDDED_DIR
-
         if self.path is None or self.path.resolve().parent.parent == EMBEDDED_DIR.resolve():
             return self.name
         return str(self.path.resolve())
@@ -72,8 +68,11 @@ class ZooSpec:
         for d in self.donors:
             if d.name == name:
                 return d
-        raise DeryError(f"Unknown donor {name!r} in zoo {self.name!r}. Known: {', '.join(self.donor_names)}. "
-                        f"Run `dery zoo show {self.name}`.", "zoo")
+        raise DeryError(
+            f"Unknown donor {name!r} in zoo {self.name!r}. Known: {', '.join(self.donor_names)}. "
+            f"Run `dery zoo show {self.name}`.",
+            "zoo",
+        )
 
     @property
     def donor_names(self) -> list[str]:
@@ -81,13 +80,42 @@ class ZooSpec:
 
     def hash(self) -> str:
         """Content key of the zoo: spec plus the identity of every weights file."""
-        from dery_deploy.zoo.load import weights_identity
-
         return sha256_json({"spec": self.raw, "weights": {d.name: weights_identity(self, d) for d in self.donors}})[:16]
 
 
+def manifest(zoo: ZooSpec) -> dict:
+    path = (zoo.root or Path(".")) / "manifest.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def weights_path(zoo: ZooSpec, donor: DonorSpec) -> Path:
+    ref = Path(donor.weights_ref).expanduser()
+    return ref if ref.is_absolute() else (zoo.root or Path(".")) / ref
+
+
+def weights_identity(zoo: ZooSpec, donor: DonorSpec) -> str:
+    """What identifies a donor's weights for cache keys, without reading large files twice."""
+    if donor.weights_scheme == "embedded":
+        return manifest(zoo).get("donors", {}).get(donor.name, {}).get("sha256", "missing")
+    if donor.weights_scheme == "file":
+        p = weights_path(zoo, donor)
+        return file_hash(str(p), p.stat().st_mtime_ns) if p.is_file() else "missing"
+    return donor.weights
+
+
+@lru_cache(maxsize=64)
+def file_hash(path: str, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
 def _check_type(errors: list[str], where: str, value: Any, types, what: str) -> bool:
-    if not isinstance(value, types) or isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+    if (
+        not isinstance(value, types)
+        or isinstance(value, bool)
+        and bool not in (types if isinstance(types, tuple) else (types,))
+    ):
         errors.append(f"{where}: expected {what}, got {type(value).__name__} {value!r}")
         return False
     return True
@@ -111,7 +139,9 @@ def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:
                 errors.append(f"input.{key}: expected a positive integer, got {v!r}")
                 ok = False
         for key, v in (("mean", mean), ("std", std)):
-            if not (isinstance(v, list) and v and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)):
+            if not (
+                isinstance(v, list) and v and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)
+            ):
                 errors.append(f"input.{key}: expected a list of numbers, got {v!r}")
                 ok = False
             elif isinstance(ch, int) and len(v) != ch:
@@ -146,7 +176,11 @@ def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:
         w = d.get("weights", "none")
         if _check_type(errors, f"{where}.weights", w, str, "'embedded:FILE', 'file:PATH', 'timm:TAG' or 'none'"):
             scheme = w.split(":", 1)[0]
-            if scheme not in WEIGHT_SCHEMES or (scheme != "none" and ":" not in w) or (scheme == "none" and w != "none"):
+            if (
+                scheme not in WEIGHT_SCHEMES
+                or (scheme != "none" and ":" not in w)
+                or (scheme == "none" and w != "none")
+            ):
                 errors.append(f"{where}.weights: {w!r} is not 'embedded:FILE', 'file:PATH', 'timm:TAG' or 'none'")
         _check_type(errors, f"{where}.source", d.get("source", ""), str, "a text saying what it was trained on")
         nc = d.get("num_classes", 1000)

@@ -3,15 +3,15 @@ import itertools
 import pytest
 import torch
 
-from dery_deploy.assemble.adapters import Adapter, Head, fit_least_squares, stitch_error
 from dery_deploy.dissect.spec import TensorSpec
+from dery_deploy.network.adapters import Adapter, Head, fit_least_squares, stitch_error
 
 SPECS = [
     TensorSpec("NCHW", 16, 8, 8, 0, 4.0),
     TensorSpec("NCHW", 24, 16, 16, 0, 2.0),
     TensorSpec("NHWC", 12, 4, 4, 0, 8.0),
-    TensorSpec("NLC", 32, 8, 8, 1, 4.0),   # ViT tokens with a class token
-    TensorSpec("NLC", 20, 4, 4, 0, 8.0),   # tokens without prefix
+    TensorSpec("NLC", 32, 8, 8, 1, 4.0),  # ViT tokens with a class token
+    TensorSpec("NLC", 20, 4, 4, 0, 8.0),  # tokens without prefix
     TensorSpec("NLC", 20, 6, 6, 2, 5.33),  # non-integer resampling, two prefix tokens
 ]
 
@@ -28,10 +28,10 @@ def test_head_pools_every_layout():
         assert Head(s, 10)(torch.randn(2, *s.shape)).shape == (2, 10)
 
 
-def test_least_squares_beats_random_init_on_real_features(tiny_ws):
-    from dery_deploy.assemble.stage import AdapterFitter, probe_for_adapters
+def test_least_squares_beats_random_init_on_real_features(tiny_ws, fashion_task):
+    from dery_deploy.assemble.stage import AdapterFitter
 
-    fitter = AdapterFitter(tiny_ws.dis, probe_for_adapters(tiny_ws.zoo, n=96))
+    fitter = AdapterFitter.for_task(tiny_ws.dis, fashion_task, n=96)
     pairs = [("res", 2, "vit", 2), ("vit", 3, "cnx", 4), ("cnx", 3, "res", 2)]
     for a, ea, b, sb in pairs:
         x, t = fitter.features(a, ea), fitter.features(b, sb)

@@ -48,15 +48,17 @@ def test_naswot_on_mobilevit_which_folds_patches_into_the_batch(batch):
     assert math.isfinite(get_proxy("naswot")(net, batch[0]))
 
 
-def test_probe_proxy_separates_informative_from_random_features(tiny_ws):
-    from dery_deploy.assemble.plan import BlockRef, Plan, build_net
-    from dery_deploy.assemble.stage import AdapterFitter, probe_for_adapters, proxy_batch
+def test_probe_proxy_separates_informative_from_random_features(tiny_ws, fashion_task):
+    from dery_deploy.assemble.stage import AdapterFitter
+    from dery_deploy.network.plan import BlockRef, Plan, build_net
 
-    sets = tiny_ws.partition["sets"]
-    blocks = [BlockRef(k, "res", s["blocks"][0]["start"], s["blocks"][0]["end"]) for k, s in enumerate(sets)]
-    net = build_net(Plan(tiny_ws.zoo.name, tiny_ws.zoo.hash(), blocks, 10), tiny_ws.zoo, tiny_ws.dis)
-    AdapterFitter(tiny_ws.dis, probe_for_adapters(tiny_ws.zoo, 64)).init(net, Plan(tiny_ws.zoo.name, tiny_ws.zoo.hash(), blocks, 10))
-    x, y = proxy_batch(tiny_ws.zoo, 300)
+    blocks = [
+        BlockRef(k, "res", s.block_of("res").start, s.block_of("res").end) for k, s in enumerate(tiny_ws.partition.sets)
+    ]
+    plan = Plan(tiny_ws.zoo.name, tiny_ws.zoo.hash(), blocks, 10)
+    net = build_net(plan, tiny_ws.zoo, tiny_ws.dis)
+    AdapterFitter.for_task(tiny_ws.dis, fashion_task, 64).init(net, plan)
+    x, y = fashion_task.labelled_sample(300)
     probe = get_proxy("probe")
     real = probe(net, x, y)
     shuffled = probe(net, x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))])

@@ -5,45 +5,130 @@ import pytest
 from dery_deploy.errors import DeryError
 from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
 
+DATA = "fashion-mnist:labels_per_class=20,test_per_class=30"
+
 
 def test_assemble_cli_writes_plans_per_budget(tiny_ws, tmp_path):
-    p = run_dery("assemble", "--zoo", str(TINY_ZOO), "--device", "cpu", "--latency-ms", "0.3,5", "--top", "3",
-                 "--partition", str(tiny_ws.partition_path), "--profile", str(tiny_ws.profile_path),
-                 "--cache", str(tiny_ws.root), "-o", str(tmp_path / "plan.json"), "--json")
+    p = run_dery(
+        "assemble",
+        "--zoo",
+        str(TINY_ZOO),
+        "--data",
+        DATA,
+        "--device",
+        "cpu",
+        "--latency-ms",
+        "0.3,5",
+        "--top",
+        "3",
+        "--partition",
+        str(tiny_ws.partition_path),
+        "--profile",
+        str(tiny_ws.profile_path),
+        "--cache",
+        str(tiny_ws.root),
+        "-o",
+        str(tmp_path / "plan.json"),
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     plans = json.loads(p.stdout)
     assert [pl["budget"]["latency_ms"] for pl in plans] == [0.3, 5.0]
     for pl in plans:
         assert pl["predicted"]["latency_ms"] <= pl["budget"]["latency_ms"]
-        assert pl["solver"]["status"] in ("OPTIMAL", "FEASIBLE") and pl["proxy"]["name"] == "probe"
+        assert pl["solver"]["status"] == "OPTIMAL" and pl["proxy"]["name"] == "probe"
+        assert pl["num_classes"] == 10 and pl["task"]["classes"][0] == "T-shirt/top"
         assert (tmp_path / f"plan-{pl['budget']['latency_ms']:g}ms.safetensors").is_file()
 
 
-def test_optuna_search_respects_budget(tiny_ws):
+def test_predicted_latency_is_the_programs_arithmetic(tiny_ws, fashion_task):
+    from dery_deploy.assemble.stage import assemble
+    from dery_deploy.network.items import plan_items
+
+    res = assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.sim, tiny_ws.model, fashion_task, 2.0, top=3)
+    for c in res.candidates:  # one arithmetic: the program's integer microseconds are the plan's prediction
+        assert tiny_ws.model.predict_us(plan_items(c.plan, tiny_ws.zoo, tiny_ws.dis)) == c.evaluation.latency_us
+    assert res.plan.predicted["latency_ms"] == pytest.approx(res.candidates[0].predicted_ms)
+
+
+def test_optuna_search_respects_budget(tiny_ws, fashion_task):
     from dery_deploy.assemble.stage import assemble
 
-    res = assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.sim, tiny_ws.profile, "p", 1.0, top=3,
-                   search="optuna")
-    assert len(res["candidates"]) == 3 and all(c.predicted_ms <= 1.0 for c in res["candidates"])
+    res = assemble(
+        tiny_ws.zoo,
+        tiny_ws.partition,
+        tiny_ws.dis,
+        tiny_ws.sim,
+        tiny_ws.model,
+        fashion_task,
+        1.0,
+        top=3,
+        search="optuna",
+    )
+    assert len(res.candidates) == 3 and all(c.predicted_ms <= 1.0 for c in res.candidates)
 
 
-@pytest.mark.parametrize("budget,needle", [("0.00001", "fastest assembly is predicted at"),
-                                           ("0", "must be positive"), ("-2", "must be positive")])
+@pytest.mark.parametrize(
+    "budget,needle",
+    [("0.00001", "fastest assembly is predicted at"), ("0", "must be positive"), ("-2", "must be positive")],
+)
 def test_bad_budgets(tiny_ws, budget, needle):
-    p = run_dery("assemble", "--zoo", str(TINY_ZOO), "--device", "cpu", f"--latency-ms={budget}", "--partition",
-                 str(tiny_ws.partition_path), "--profile", str(tiny_ws.profile_path), "--cache", str(tiny_ws.root),
-                 "-o", "/tmp/never.json")
+    p = run_dery(
+        "assemble",
+        "--zoo",
+        str(TINY_ZOO),
+        "--data",
+        DATA,
+        "--device",
+        "cpu",
+        f"--latency-ms={budget}",
+        "--partition",
+        str(tiny_ws.partition_path),
+        "--profile",
+        str(tiny_ws.profile_path),
+        "--cache",
+        str(tiny_ws.root),
+        "-o",
+        "/tmp/never.json",
+    )
     assert_one_line_error(p, needle)
+
+
+def test_memory_budget_on_a_backend_that_cannot_measure_memory_is_refused(tiny_ws, fashion_task, tmp_path):
+    from dery_deploy.assemble.stage import assemble
+    from dery_deploy.profile.latency_model import LatencyModel
+    from dery_deploy.profile.store import read_profile
+
+    prof = read_profile(tiny_ws.profile_path)
+    prof.backend = "torch-eager"
+    with pytest.raises(DeryError, match="--memory-mb cannot be promised.*torch-eager on a CPU"):
+        assemble(
+            tiny_ws.zoo,
+            tiny_ws.partition,
+            tiny_ws.dis,
+            tiny_ws.sim,
+            LatencyModel.of(prof),
+            fashion_task,
+            1.0,
+            memory_mb=100,
+        )
+    # onnxruntime on a CPU measures a fresh session's memory: a budget below every item is infeasible
+    with pytest.raises(DeryError, match="no assembly meets 1 ms / 0.001 MB"):
+        assemble(
+            tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.sim, tiny_ws.model, fashion_task, 1.0, memory_mb=0.001
+        )
 
 
 def test_profile_missing_an_item_names_it(tiny_ws):
     from dery_deploy.assemble.stage import program_data
+    from dery_deploy.profile.latency_model import LatencyModel
+    from dery_deploy.profile.store import read_profile
 
-    prof = json.loads(tiny_ws.profile_path.read_text())
-    key = next(k for k in prof["records"] if k.startswith("adapter|"))
-    del prof["records"][key]
+    prof = read_profile(tiny_ws.profile_path)
+    key = next(k for k in prof.records if k.startswith("adapter|"))
+    del prof.records[key]
     with pytest.raises(DeryError) as e:
-        program_data(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.sim, prof, "p.json")
+        program_data(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.sim, LatencyModel.of(prof, "p.json"), 10)
     assert key in str(e.value) and "dery profile" in str(e.value)
 
 

@@ -8,15 +8,28 @@ import pytest
 
 from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
 
-ARGS = ["run", "--zoo", str(TINY_ZOO), "--quick", "--budgets", "0.5", "--data",
-        "fashion-mnist:labels_per_class=20,test_per_class=30", "--verify", "2"]
+ARGS = [
+    "run",
+    "--zoo",
+    str(TINY_ZOO),
+    "--quick",
+    "--budgets",
+    "0.5",
+    "--data",
+    "fashion-mnist:labels_per_class=20,test_per_class=30",
+    "--verify",
+    "3",
+]
 
 
 @pytest.mark.slow
 def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "dery_deploy.cli.main", *ARGS, "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dery_deploy.cli.main", *ARGS, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     prof = out / "cache" / "profiles" / "cpu" / "tiny-onnxruntime-fp32-b1.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -35,30 +48,49 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
     for f in ("report.md", "report.html", "pareto.png", "partition.json"):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
-    for section in ("## Zoo", "## Similarity", "## Partition", "## Profile and latency model", "### Budget 0.5 ms",
-                    "## Accuracy vs latency"):
+    for section in (
+        "## Zoo",
+        "## Similarity",
+        "## Partition",
+        "## Profile and latency model",
+        "### Budget 0.5 ms",
+        "## Accuracy vs latency",
+    ):
         assert section in report
     for s in run["stages"]:
         assert s["stage"] in report or s["stage"] == "report"  # the report stage is logged after it is written
     [res] = run["results"]
-    assert res["top1"] > 10 and res["onnx"]["parity"]["top1_identical"]
+    # random-init tiny donors and a 1+2-epoch recipe: the stitched head learns something (chance is 10%)
+    assert res["phase1_top1"] > 12 and res["onnx"]["parity"]["top1_identical"]
+    assert res["plan"]["num_classes"] == 10 and run["status"] == "done"
 
     again = run_dery(*ARGS, "-o", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
     stages = json.loads((out / "run.json").read_text())["stages"]
-    recomputed = [s["stage"] for s in stages if s["status"] != "reused" and s["stage"] != "report"]
+    recomputed = [s["stage"] for s in stages if s["status"] not in ("reused", "loaded") and s["stage"] != "report"]
     assert recomputed == []
 
 
 def test_run_dir_of_another_zoo_refused(tmp_path):
     out = tmp_path / "r"
     out.mkdir()
-    (out / "run.json").write_text(json.dumps({"schema": 1, "kind": "run", "zoo": "other", "zoo_hash": "x", "device": "cpu"}))
+    (out / "run.json").write_text(
+        json.dumps({"schema": 1, "kind": "run", "zoo": "other", "zoo_hash": "x", "device": "cpu"})
+    )
     assert_one_line_error(run_dery(*ARGS, "-o", str(out)), "[run]", "belongs to zoo 'other'")
 
 
 def test_no_feasible_budget_reports_fastest(tmp_path):
-    p = run_dery(*ARGS[:-4], "--budgets", "0.00001", "--data", "fashion-mnist:labels_per_class=20,test_per_class=30",
-                 "--verify", "2", "-o", str(tmp_path / "r"))
+    p = run_dery(
+        *ARGS[:-4],
+        "--budgets",
+        "0.00001",
+        "--data",
+        "fashion-mnist:labels_per_class=20,test_per_class=30",
+        "--verify",
+        "3",
+        "-o",
+        str(tmp_path / "r"),
+    )
     assert_one_line_error(p, "no budget was feasible", "fastest assembly is predicted at")
     assert "Infeasible" in (tmp_path / "r" / "report.md").read_text()

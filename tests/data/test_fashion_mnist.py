@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from dery_deploy.data.fashion_mnist import DEBIAN_DIR, find_root, load_split, per_class_subset, preprocess, probe_set
+from dery_deploy.data.fashion_mnist import DEBIAN_DIR, find_root, load_split, per_class_subset, preprocess, to_input
 from dery_deploy.errors import DeryError
 
 
@@ -30,15 +30,16 @@ def test_preprocess_pads_and_normalises():
     assert abs(x.mean().item()) < 0.1 and abs(x.std().item() - 1) < 0.1
 
 
-def test_probe_set_seeded():
-    p1, h1 = probe_set(64, seed=0)
-    p2, h2 = probe_set(64, seed=0)
-    _, h3 = probe_set(64, seed=1)
-    assert torch.equal(p1, p2) and h1 == h2 and h1 != h3
+def test_to_input_pads_like_preprocess_and_resizes():
+    imgs = load_split("test").images[:8]
+    u8 = to_input(imgs)
+    assert u8.shape == (8, 1, 32, 32) and u8.dtype == torch.uint8
+    assert torch.allclose(((u8.float() / 255) - 0.2190) / 0.3318, preprocess(imgs), atol=1e-6)
+    assert to_input(imgs, 64).shape == (8, 1, 64, 64)
 
 
 def test_reads_uncompressed_files_from_explicit_path(tmp_path):
-    for f in DEBIAN_DIR.glob("t10k-*.gz"):
+    for f in DEBIAN_DIR.glob("*.gz"):
         with gzip.open(f) as src, open(tmp_path / f.stem, "wb") as dst:
             shutil.copyfileobj(src, dst)
     assert find_root(tmp_path) == tmp_path
@@ -48,4 +49,13 @@ def test_missing_files_say_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("dery_deploy.data.fashion_mnist.DEBIAN_DIR", tmp_path / "none")
     monkeypatch.delenv("DERY_DATA", raising=False)
     with pytest.raises(DeryError, match="apt-get install -y dataset-fashion-mnist"):
-        find_root(tmp_path)
+        find_root()
+
+
+def test_wrong_dery_data_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("DERY_DATA", str(tmp_path / "empty"))
+    with pytest.raises(
+        DeryError, match=r"DERY_DATA=.*empty does not hold the four Fashion-MNIST IDX files.*unset DERY_DATA"
+    ):
+        find_root()

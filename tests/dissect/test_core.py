@@ -15,9 +15,21 @@ TINY = {
     "mobilenetv3": ("mobilenetv3_small_050", {}),
     "convnext": ("test_convnext", {}),
     "vit": ("test_vit", {"img_size": 32, "patch_size": 4}),
-    "deit (distilled, 2 prefix tokens)": ("deit_tiny_distilled_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2}),
-    "swin": ("swin_tiny_patch4_window7_224", {"img_size": 32, "patch_size": 2, "window_size": 4, "embed_dim": 24,
-                                              "depths": (1, 1, 2), "num_heads": (1, 2, 4)}),
+    "deit (distilled, 2 prefix tokens)": (
+        "deit_tiny_distilled_patch16_224",
+        {"img_size": 32, "patch_size": 8, "depth": 2},
+    ),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        {
+            "img_size": 32,
+            "patch_size": 2,
+            "window_size": 4,
+            "embed_dim": 24,
+            "depths": (1, 1, 2),
+            "num_heads": (1, 2, 4),
+        },
+    ),
     "byobnet (mobilevit)": ("mobilevit_xxs", {}),
 }
 
@@ -31,7 +43,16 @@ def tiny(request):
 
 
 def test_every_family_registered():
-    assert set(list_families()) == {"resnet", "regnet", "efficientnet", "mobilenetv3", "convnext", "vit", "swin", "byobnet"}
+    assert set(list_families()) == {
+        "resnet",
+        "regnet",
+        "efficientnet",
+        "mobilenetv3",
+        "convnext",
+        "vit",
+        "swin",
+        "byobnet",
+    }
 
 
 def test_units_reproduce_model(tiny):
@@ -68,7 +89,9 @@ def test_block_runs_alone_from_its_boundary(tiny):
 
 
 def test_vit_prefix_tokens_and_layouts():
-    m = timm.create_model("deit_tiny_distilled_patch16_224", in_chans=1, num_classes=3, img_size=32, patch_size=8, depth=2)
+    m = timm.create_model(
+        "deit_tiny_distilled_patch16_224", in_chans=1, num_classes=3, img_size=32, patch_size=8, depth=2
+    )
     d = dissect(m.eval(), "deit", IN)
     spec = d.units[0].out_spec
     assert (spec.layout, spec.prefix, spec.height, spec.width, spec.reduction) == ("NLC", 2, 4, 4, 8.0)

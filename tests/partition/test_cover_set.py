@@ -20,8 +20,8 @@ def planted(seed=0, K=4, sizes=(9, 12, 7, 14, 10)):
         t = np.zeros(n + 1)
         for k in range(K):
             a, b = cut[k], cut[k + 1]
-            t[a:b + 1] = k + np.linspace(0, 1, b - a + 1)
-            t[a + 1:b] += rng.uniform(-0.2, 0.2, b - a - 1) / (b - a)
+            t[a : b + 1] = k + np.linspace(0, 1, b - a + 1)
+            t[a + 1 : b] += rng.uniform(-0.2, 0.2, b - a - 1) / (b - a)
         depth[d] = t
     sim = {(a, b): np.exp(-2.0 * np.abs(depth[a][:, None] - depth[b][None, :])) for a in donors for b in donors}
     return PartitionProblem(donors, dict(zip(donors, sizes)), sim, K, eps=1.0), truth
@@ -36,7 +36,7 @@ def test_recovers_planted_partition():
 
 def test_dp_step_is_exact_against_brute_force():
     rng = np.random.default_rng(3)
-    for trial in range(25):
+    for _trial in range(25):
         n, K = int(rng.integers(4, 10)), int(rng.integers(2, 4))
         p = PartitionProblem(["a"], {"a": n}, {("a", "a"): np.eye(n + 1)}, K, eps=float(rng.choice([0.0, 0.5])))
         in_s, out_s = rng.normal(size=(K, n + 1)), rng.normal(size=(K, n + 1))
@@ -90,14 +90,27 @@ def test_cli_partition_writes_sets(tmp_path):
     from tests.conftest import TINY_ZOO, run_dery
 
     out = tmp_path / "partition.json"
-    p = run_dery("partition", "--zoo", str(TINY_ZOO), "-K", "3", "--probe", "32", "--restarts", "5", "--cache",
-                 str(tmp_path), "-o", str(out))
+    p = run_dery(
+        "partition",
+        "--zoo",
+        str(TINY_ZOO),
+        "-K",
+        "3",
+        "--probe",
+        "32",
+        "--restarts",
+        "5",
+        "--cache",
+        str(tmp_path),
+        "-o",
+        str(out),
+    )
     assert p.returncode == 0, p.stderr
     rec = json.loads(out.read_text())
     assert rec["K"] == 3 and len(rec["sets"]) == 3
     for s in rec["sets"]:
         assert sorted(b["donor"] for b in s["blocks"]) == ["cnx", "res", "vit"]
-    for d, cut in rec["cuts"].items():
+    for _d, cut in rec["cuts"].items():
         assert cut[0] == 0 and len(cut) == 4
 
 
@@ -106,5 +119,7 @@ def test_cli_partition_bad_k(tmp_path):
 
     p = run_dery("partition", "--zoo", str(TINY_ZOO), "-K", "9", "--probe", "32", "--cache", str(tmp_path))
     assert_one_line_error(p, "K=9 is larger than donor 'res'", "5 units")
-    p = run_dery("partition", "--zoo", str(TINY_ZOO), "-K", "2", "--eps", "-1", "--probe", "32", "--cache", str(tmp_path))
+    p = run_dery(
+        "partition", "--zoo", str(TINY_ZOO), "-K", "2", "--eps", "-1", "--probe", "32", "--cache", str(tmp_path)
+    )
     assert_one_line_error(p, "--eps must be >= 0")

@@ -8,15 +8,17 @@ from dery_deploy.similarity.cka import MinibatchCKA, gram, hsic1_matrix, linear_
 def xy():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 40, generator=g, dtype=torch.float64)
-    y = torch.tanh(x @ torch.randn(40, 25, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(300, 25, generator=g, dtype=torch.float64)
+    y = torch.tanh(x @ torch.randn(40, 25, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(
+        300, 25, generator=g, dtype=torch.float64
+    )
     return x, y
 
 
 def _gram_cka(x, y):
     n = x.shape[0]
     h = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    k, l = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
-    return float((k * l).sum() / (k.norm() * l.norm()))
+    kx, ky = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
+    return float((kx * ky).sum() / (kx.norm() * ky.norm()))
 
 
 def test_identical_is_one(xy):
@@ -44,7 +46,9 @@ def test_invariances(xy):
 def test_minibatch_estimator_converges_to_full():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6000, 30, generator=g, dtype=torch.float64)
-    y = x @ torch.randn(30, 30, generator=g, dtype=torch.float64) + 2 * torch.randn(6000, 30, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(30, 30, generator=g, dtype=torch.float64) + 2 * torch.randn(
+        6000, 30, generator=g, dtype=torch.float64
+    )
     full = linear_cka(x, y)
     errs = [abs(minibatch_cka(x, y, b) - full) for b in (32, 512)]
     assert errs[1] < 0.01 and errs[1] < errs[0]
@@ -57,7 +61,7 @@ def test_stacked_hsic_matches_pairwise(xy):
     m = hsic1_matrix(ka, kb)
     for i in range(2):
         for j in range(3):
-            assert m[i, j] == pytest.approx(float(hsic1_matrix(ka[i:i + 1], kb[j:j + 1])), rel=1e-12)
+            assert m[i, j] == pytest.approx(float(hsic1_matrix(ka[i : i + 1], kb[j : j + 1])), rel=1e-12)
     assert torch.allclose(self_hsic(ka), torch.diagonal(hsic1_matrix(ka, ka)))
     acc = MinibatchCKA()
     acc.update(ka, kb)

@@ -6,27 +6,23 @@ import sys
 import pytest
 import torch
 
-from dery_deploy.assemble.plan import BlockRef, Plan
-from dery_deploy.data.task import load_task
 from dery_deploy.errors import DeryError
+from dery_deploy.network.plan import BlockRef, Plan
 from dery_deploy.train.finetune import Recipe, finetune, load_checkpoint, load_run_model
 from tests.conftest import ROOT, assert_one_line_error, run_dery
 
 
 def tiny_plan(ws) -> Plan:
-    sets = ws.partition["sets"]
     blocks = []
     for k, name in enumerate(["res", "cnx", "res"]):
-        b = next(b for b in sets[k]["blocks"] if b["donor"] == name)
-        blocks.append(BlockRef(k, name, b["start"], b["end"]))
+        b = ws.partition.sets[k].block_of(name)
+        blocks.append(BlockRef(k, name, b.start, b.end))
     return Plan(ws.zoo.name, ws.zoo.hash(), blocks, 10, zoo_ref=ws.zoo.ref)
 
 
 @pytest.fixture(scope="module")
-def small_task(tiny_ws):
-    t = load_task("fashion-mnist:labels_per_class=20", tiny_ws.zoo)
-    t.test_x, t.test_y = t.test_x[:300], t.test_y[:300]
-    return t
+def small_task(fashion_task):
+    return fashion_task
 
 
 def test_finetune_lowers_loss_and_resumes(tiny_ws, small_task, tmp_path):
@@ -40,7 +36,6 @@ def test_finetune_lowers_loss_and_resumes(tiny_ws, small_task, tmp_path):
     assert meta["epoch"] == 3 and meta["config"]["source"]["plan"]["blocks"] and optim
 
 
-
 def _epoch_of(run):
     try:
         return load_checkpoint(run)[2]["epoch"]
@@ -52,16 +47,29 @@ def test_killed_run_resumes_to_the_same_weights(tiny_ws, tmp_path):
     import signal
     import time
 
-    from dery_deploy.assemble.plan import save_plan
+    from dery_deploy.network.plan import save_plan
 
     save_plan(tmp_path / "plan.json", tiny_plan(tiny_ws))
-    args = ["finetune", str(tmp_path / "plan.json"), "--data", "fashion-mnist:labels_per_class=20", "--epochs-adapter",
-            "2", "--epochs-full", "4", "--batch", "50"]
+    args = [
+        "finetune",
+        str(tmp_path / "plan.json"),
+        "--data",
+        "fashion-mnist:labels_per_class=20,test_per_class=30",
+        "--epochs-adapter",
+        "2",
+        "--epochs-full",
+        "4",
+        "--batch",
+        "50",
+    ]
     full = run_dery(*args, "-o", str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "dery_deploy.cli.main", *args, "-o", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dery_deploy.cli.main", *args, "-o", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while _epoch_of(run) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -82,8 +90,15 @@ def test_killed_run_resumes_to_the_same_weights(tiny_ws, tmp_path):
 def test_phase_one_freezes_blocks(tiny_ws, small_task, tmp_path):
     src = {"plan": tiny_plan(tiny_ws).to_dict()}
     before = {k: v.clone() for k, v in load_run_model_or_build(src, tiny_ws).state_dict().items()}
-    finetune(src, tiny_ws.zoo, small_task, Recipe(epochs_adapter=1, epochs_full=0, batch=50), tmp_path / "r",
-             log=None, progress=False)
+    finetune(
+        src,
+        tiny_ws.zoo,
+        small_task,
+        Recipe(epochs_adapter=1, epochs_full=0, batch=50),
+        tmp_path / "r",
+        log=None,
+        progress=False,
+    )
     after, _ = load_run_model(tmp_path / "r", tiny_ws.zoo)
     for k, v in after.state_dict().items():
         if k.startswith("blocks."):
@@ -102,24 +117,61 @@ def test_existing_output_refused_without_force(tiny_ws, small_task, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "junk.txt").write_text("x")
     with pytest.raises(DeryError, match="--force"):
-        finetune({"plan": tiny_plan(tiny_ws).to_dict()}, tiny_ws.zoo, small_task, Recipe(1, 0, batch=50), tmp_path / "r",
-                 log=None, progress=False)
+        finetune(
+            {"plan": tiny_plan(tiny_ws).to_dict()},
+            tiny_ws.zoo,
+            small_task,
+            Recipe(1, 0, batch=50),
+            tmp_path / "r",
+            log=None,
+            progress=False,
+        )
 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_single_process(tiny_ws, tmp_path):
-    from dery_deploy.assemble.plan import save_plan
+    from dery_deploy.network.plan import save_plan
 
     plan = tiny_plan(tiny_ws)
     save_plan(tmp_path / "plan.json", plan)
-    common = ["finetune", str(tmp_path / "plan.json"), "--data", "fashion-mnist:labels_per_class=20",
-              "--epochs-adapter", "1", "--epochs-full", "1", "--batch", "40"]
+    common = [
+        "finetune",
+        str(tmp_path / "plan.json"),
+        "--data",
+        "fashion-mnist:labels_per_class=20,test_per_class=30",
+        "--epochs-adapter",
+        "1",
+        "--epochs-full",
+        "1",
+        "--batch",
+        "40",
+        "--device",
+        "cpu",
+    ]
     single = run_dery(*common, "-o", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                          "-m", "dery_deploy.cli.main", *common, "-o", str(tmp_path / "ddp")],
-                         capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "dery_deploy.cli.main",
+            *common,
+            "-o",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     s = json.loads((tmp_path / "single" / "metrics.json").read_text())
     d = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
@@ -134,21 +186,37 @@ def test_cli_refusals(tiny_ws, tmp_path):
     assert_one_line_error(run_dery("finetune", "--donor", "nope", "-o", str(tmp_path / "x")), "Unknown donor 'nope'")
     empty = tmp_path / "imgs"
     (empty / "a").mkdir(parents=True)
-    assert_one_line_error(run_dery("finetune", "--donor", "mnv3_rot", "--data", str(empty), "-o", str(tmp_path / "y")),
-                          "holds no images")
+    assert_one_line_error(
+        run_dery("finetune", "--donor", "mnv3_rot", "--data", str(empty), "-o", str(tmp_path / "y")),
+        "class folder",
+        "holds no images",
+    )
+    assert not (tmp_path / "y").exists()  # nothing half-written
 
 
 def test_image_folder_task_and_imbalance_warning(tmp_path, fashion_zoo):
     from PIL import Image
 
     from dery_deploy.data.fashion_mnist import load_split
+    from dery_deploy.data.task import load_task
 
     test = load_split("test")
     for cls, n in (("shirt", 30), ("bag", 4)):
         (tmp_path / cls).mkdir()
         for i, img in enumerate(test.images[test.labels == (6 if cls == "shirt" else 8)][:n]):
             Image.fromarray(img.numpy()).save(tmp_path / cls / f"{i}.png")
-    task = load_task(str(tmp_path), fashion_zoo)
-    assert task.classes == ["bag", "shirt"] and task.train_x.shape[1:] == (1, 32, 32)
-    assert len(task.train_y) + len(task.test_y) == 34
-    assert task.warnings and "class imbalance" in task.warnings[0]
+    task = load_task(str(tmp_path), fashion_zoo.input)
+    assert task.classes == ["bag", "shirt"] and task.train.images.shape[1:] == (1, 32, 32)
+    assert len(task.train) + len(task.val) + len(task.test) == 34
+    assert any("class imbalance" in n for n in task.notes)
+
+
+def test_training_device_choice():
+    from dery_deploy.train.finetune import train_device
+
+    assert train_device("cpu").type == "cpu"
+    with pytest.raises(DeryError, match="--device must be cpu or cuda"):
+        train_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeryError, match="no CUDA GPU"):
+            train_device("cuda")

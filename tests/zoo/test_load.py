@@ -19,12 +19,14 @@ def test_embedded_zoo_requirements(fashion_zoo):
     families = set()
     for d in fashion_zoo.donors:
         m = load_donor(fashion_zoo, d.name)
-        families.add(dissect(m, d.arch, fashion_zoo.input.tensor_spec()).family)
+        families.add(dissect(m, d.arch, fashion_zoo.input_tensor_spec).family)
     assert len(families) >= 5
     tasks = {json.dumps(e["source_task"], sort_keys=True) for e in man.values()}
     assert len(tasks) >= 3
     # the downstream task (all 10 classes, supervised) is no donor's source task
-    assert all(not (e["source_task"]["type"] == "supervised" and len(e["source_task"]["classes"]) == 10) for e in man.values())
+    assert all(
+        not (e["source_task"]["type"] == "supervised" and len(e["source_task"]["classes"]) == 10) for e in man.values()
+    )
     total = sum((fashion_zoo.root / e["file"]).stat().st_size for e in man.values())
     assert total <= 25 * 2**20
 
@@ -74,7 +76,8 @@ def test_state_dict_mismatch_lists_keys(tmp_path):
     save_file(sd, str(tmp_path / "w.safetensors"))
     (tmp_path / "zoo.yaml").write_text(
         "name: t\ninput: {channels: 1, size: 32, mean: [0.2], std: [0.3]}\n"
-        "donors:\n  - {name: r, arch: test_resnet, weights: 'file:w.safetensors', num_classes: 3}\n")
+        "donors:\n  - {name: r, arch: test_resnet, weights: 'file:w.safetensors', num_classes: 3}\n"
+    )
     with pytest.raises(DeryError) as e:
         load_donor(get_zoo(tmp_path / "zoo.yaml"), "r")
     msg = str(e.value)
@@ -89,7 +92,8 @@ def test_file_weights_roundtrip_and_pickles_refused(tmp_path):
     (tmp_path / "zoo.yaml").write_text(
         "name: t\ninput: {channels: 1, size: 32, mean: [0.2], std: [0.3]}\n"
         "donors:\n  - {name: r, arch: test_resnet, weights: 'file:w.pth', num_classes: 3}\n"
-        "  - {name: evil, arch: test_resnet, weights: 'file:evil.pth', num_classes: 3}\n")
+        "  - {name: evil, arch: test_resnet, weights: 'file:evil.pth', num_classes: 3}\n"
+    )
     z = get_zoo(tmp_path / "zoo.yaml")
     loaded = load_donor(z, "r")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), m.state_dict().values()))
@@ -103,12 +107,15 @@ def test_file_weights_roundtrip_and_pickles_refused(tmp_path):
         load_donor(z, "evil")
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["zoo", "show", "nosuchzoo"], ["Unknown zoo 'nosuchzoo'", "dery zoo list"]),
-    (["zoo", "dissect", "nosuchdonor", "--zoo", "fashion"], ["Unknown donor 'nosuchdonor'"]),
-    (["zoo", "dissect", "resnet_nonexistent_x"], ["Unknown timm architecture"]),
-    (["zoo", "dissect", "test_nfnet", "--size", "32"], ["Unsupported model family", "convnext"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["zoo", "show", "nosuchzoo"], ["Unknown zoo 'nosuchzoo'", "dery zoo list"]),
+        (["zoo", "dissect", "nosuchdonor", "--zoo", "fashion"], ["Unknown donor 'nosuchdonor'"]),
+        (["zoo", "dissect", "resnet_nonexistent_x"], ["Unknown timm architecture"]),
+        (["zoo", "dissect", "test_nfnet", "--size", "32"], ["Unsupported model family", "convnext"]),
+    ],
+)
 def test_cli_bad_names(args, needles):
     assert_one_line_error(run_dery(*args), *needles)
 
@@ -120,7 +127,9 @@ def test_cli_bad_yaml_types(tmp_path):
 
 
 def test_cli_dissect_prints_equivalence():
-    p = run_dery("zoo", "dissect", "test_vit", "--size", "32", "--kwargs", '{"img_size": 32, "patch_size": 4}', "--json")
+    p = run_dery(
+        "zoo", "dissect", "test_vit", "--size", "32", "--kwargs", '{"img_size": 32, "patch_size": 4}', "--json"
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["family"] == "vit" and out["ok"] and out["equivalence_max_abs_diff"] <= 1e-5

@@ -5,7 +5,8 @@ from dery_deploy.errors import DeryError
 from dery_deploy.zoo.spec import parse_zoo
 
 GOOD = {
-    "name": "z", "input": {"channels": 1, "size": 32, "mean": [0.2], "std": [0.3]},
+    "name": "z",
+    "input": {"channels": 1, "size": 32, "mean": [0.2], "std": [0.3]},
     "donors": [{"name": "a", "arch": "test_resnet", "weights": "none", "source": "x", "num_classes": 3}],
 }
 
@@ -28,9 +29,19 @@ def test_every_bad_field_reported_at_once():
     with pytest.raises(DeryError) as e:
         parse_zoo(bad, "bad.yaml")
     msg = str(e.value)
-    for needle in ("name:", "input.channels", "input.size", "input.std", "donors[0] (a).arch",
-                   "donors[0] (a).weights", "donors[0] (a).num_classes", "duplicate donor name",
-                   "donors[1] (a).kwargs", "unknown field(s) ['colour']", "unknown top-level field(s) ['extra']"):
+    for needle in (
+        "name:",
+        "input.channels",
+        "input.size",
+        "input.std",
+        "donors[0] (a).arch",
+        "donors[0] (a).weights",
+        "donors[0] (a).num_classes",
+        "duplicate donor name",
+        "donors[1] (a).kwargs",
+        "unknown field(s) ['colour']",
+        "unknown top-level field(s) ['extra']",
+    ):
         assert needle in msg, f"{needle!r} missing from: {msg}"
     assert msg.count(";") >= 10
 

@@ -1,7 +1,7 @@
 """ConvNeXt: stem, then per stage its downsample layer (when it has one) and its blocks, head."""
 
-from torch import nn
 from timm.models.convnext import ConvNeXt
+from torch import nn
 
 from dery_deploy.dissect.core import Borrowed, UnitDef, register_family, staged_units
 

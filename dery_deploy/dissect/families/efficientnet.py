@@ -5,9 +5,9 @@ The 1x1 `conv_head` widens to 1024-1280 channels only to feed the classifier, so
 the head, not to a block a reassembled network would reuse.
 """
 
-from torch import nn
 from timm.models.efficientnet import EfficientNet
 from timm.models.mobilenetv3 import MobileNetV3
+from torch import nn
 
 from dery_deploy.dissect.core import Borrowed, UnitDef, register_family, seq
 
@@ -20,15 +20,21 @@ def _blocks(model) -> list[UnitDef]:
     return units
 
 
-@register_family("efficientnet", lambda m: isinstance(m, EfficientNet), archs=("efficientnet*", "tinynet*", "mnasnet*", "mobilenetv2*"))
+@register_family(
+    "efficientnet",
+    lambda m: isinstance(m, EfficientNet),
+    archs=("efficientnet*", "tinynet*", "mnasnet*", "mobilenetv2*"),
+)
 def efficientnet_units(model: EfficientNet) -> list[UnitDef]:
-    head = nn.Sequential(seq(model, "conv_head", "bn2"),
-                         Borrowed(model, type(model).forward_head, ["global_pool", "classifier"]))
+    head = nn.Sequential(
+        seq(model, "conv_head", "bn2"), Borrowed(model, type(model).forward_head, ["global_pool", "classifier"])
+    )
     return _blocks(model) + [UnitDef("head", "head", head, "NC")]
 
 
 @register_family("mobilenetv3", lambda m: isinstance(m, MobileNetV3), archs=("mobilenetv3*", "lcnet*"))
 def mobilenetv3_units(model: MobileNetV3) -> list[UnitDef]:
-    head = Borrowed(model, type(model).forward_head,
-                    ["global_pool", "conv_head", "norm_head", "act2", "flatten", "classifier"])
+    head = Borrowed(
+        model, type(model).forward_head, ["global_pool", "conv_head", "norm_head", "act2", "flatten", "classifier"]
+    )
     return _blocks(model) + [UnitDef("head", "head", head, "NC")]

@@ -1,7 +1,7 @@
 """RegNet X / Y: stem, one unit per block of stages s1..s4, head (final_conv + classifier)."""
 
-from torch import nn
 from timm.models.regnet import RegNet
+from torch import nn
 
 from dery_deploy.dissect.core import Borrowed, UnitDef, register_family
 

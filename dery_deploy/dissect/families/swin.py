@@ -1,8 +1,8 @@
 """Swin Transformer (timm keeps it channels-last): patch embedding, then per stage its patch
 merging (downsample) and its blocks, head. Boundaries are NHWC."""
 
-from torch import nn
 from timm.models.swin_transformer import SwinTransformer
+from torch import nn
 
 from dery_deploy.dissect.core import Borrowed, UnitDef, register_family, staged_units
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
-from dery_deploy.profile.backends.base import Backend, Runner
+import torch
+
+from dery_deploy.runtime.backends.base import Backend, Runner, own_copy
+from dery_deploy.runtime.tensorrt import INSTALL, EngineRunner, engine_from_module
 
 
 class TensorRT(Backend):
@@ -16,8 +19,6 @@ class TensorRT(Backend):
         try:
             import tensorrt  # noqa: F401
         except ImportError:
-            from dery_deploy.export.tensorrt_engine import INSTALL
-
             return INSTALL
         return super().unavailable(device)
 
@@ -27,21 +28,17 @@ class TensorRT(Backend):
         return tensorrt.__version__
 
     def prepare(self, module, example, precision, device) -> Runner:
-        from dery_deploy.export.onnx_export import onnx_from_module
-        from dery_deploy.export.tensorrt_engine import EngineRunner, engine_from_onnx
-
         t0 = time.perf_counter()
-        data = onnx_from_module(module.float().cpu().eval(), example.float().cpu())
-        engine, _ = engine_from_onnx(data, tuple(example.shape), precision == "fp16")
+        engine, _, _ = engine_from_module(own_copy(module, "cpu", torch.float32), example, precision, example.shape[0])
         runner = EngineRunner(engine)
         x = example.to("cuda").float().contiguous()
         runner.bind(x)
 
         def run(inp):
-            return runner(inp).cpu().numpy()
+            out = runner(inp).cpu().numpy()
+            runner.bind(x)  # `run` bound new input; profiling calls keep timing the example
+            return out
 
-        def call():
-            runner.execute()
-
-        # `run` rebinds to new input; rebind the profiling input after parity checks
-        return Runner(call, run, True, time.perf_counter() - t0, {"engine_bytes": len(engine)})
+        return Runner(
+            runner.execute, run, True, time.perf_counter() - t0, {"engine_bytes": len(engine)}, stream=runner.stream
+        )

@@ -27,7 +27,7 @@ def to_nchw(x: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     if spec.layout == "NHWC":
         return x.permute(0, 3, 1, 2)
     if spec.layout == "NLC":
-        t = x[:, spec.prefix:, :]
+        t = x[:, spec.prefix :, :]
         return t.transpose(1, 2).reshape(x.shape[0], spec.channels, spec.height, spec.width)
     raise ValueError(f"cannot stitch from a {spec.layout} tensor")
 
@@ -49,11 +49,12 @@ class Adapter(nn.Module):
             raise ValueError(f"adapters connect spatial boundaries, got {src.short()} -> {dst.short()}")
         self.src, self.dst = src, dst
         self.proj = nn.Conv2d(src.channels, dst.channels, 1)
+        self.pos_embed: nn.Parameter | None = None
+        self.prefix_tokens: nn.Parameter | None = None
         if dst.layout == "NLC":
             self.pos_embed = nn.Parameter(torch.zeros(1, dst.height * dst.width, dst.channels))
-            self.prefix_tokens = nn.Parameter(torch.zeros(1, dst.prefix, dst.channels)) if dst.prefix else None
-        else:
-            self.pos_embed = self.prefix_tokens = None
+            if dst.prefix:
+                self.prefix_tokens = nn.Parameter(torch.zeros(1, dst.prefix, dst.channels))
 
     @property
     def kind(self) -> str:
@@ -85,8 +86,12 @@ class Adapter(nn.Module):
         return t
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "in": self.src.to_dict(), "out": self.dst.to_dict(),
-                "params": sum(p.numel() for p in self.parameters())}
+        return {
+            "kind": self.kind,
+            "in": self.src.to_dict(),
+            "out": self.dst.to_dict(),
+            "params": sum(p.numel() for p in self.parameters()),
+        }
 
 
 @torch.no_grad()
@@ -109,6 +114,7 @@ def fit_least_squares(adapter: Adapter, upstream: torch.Tensor, target: torch.Te
     w = torch.linalg.solve(gram, xc.T @ yc)  # (Cin, Cout)
     b = ym - xm @ w
     adapter.proj.weight.copy_(w.T.reshape(adapter.proj.weight.shape).float())
+    assert adapter.proj.bias is not None
     adapter.proj.bias.copy_(b.float())
     if adapter.pos_embed is not None:
         # what the projection leaves out at each grid position is the donor's position signal

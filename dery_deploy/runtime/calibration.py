@@ -10,12 +10,10 @@ export's budget check scale their end-to-end measurements the same way (and repo
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 from torch import nn
 
-from dery_deploy.profile.harness import measure
+from dery_deploy.runtime.harness import measure
 
 REFERENCE = "4x (conv3x3 16->16 + ReLU) on batch x 16 x 32 x 32, seed 0"
 
@@ -33,24 +31,26 @@ def reference_module() -> nn.Module:
 
 
 class Calibrator:
-    """The reference workload prepared once for a backend; `measure()` takes about 0.1 s."""
+    """The reference workload prepared for a backend; `measure()` takes about 0.1 s.
+
+    Backends that reset their compiler state per item (torch-compile) are re-prepared before each
+    measurement, so the reference always runs compiled like the item it calibrates.
+    """
 
     def __init__(self, backend, precision: str, device: str, batch: int):
-        x = torch.randn(batch, 16, 32, 32, generator=torch.Generator().manual_seed(0))
-        self.runner = backend.prepare(reference_module(), x, precision, device)
+        self.backend, self.precision, self.device = backend, precision, device
+        self.x = torch.randn(batch, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+        self.runner = backend.prepare(reference_module(), self.x, precision, device)
 
     def measure(self) -> float:
-        return measure(self.runner.call, cuda=self.runner.cuda, warmup_s=0.02, window_s=0.02, max_windows=8,
-                       max_s=1.0).median_ms
-
-
-def reference_ms(profile: dict) -> float | None:
-    """The profile's typical machine speed: the median reference latency over its records."""
-    cals = [r["calibration_ms"] for r in profile["records"].values() if r.get("calibration_ms")]
-    return statistics.median(cals) if cals else None
-
-
-def speed_factor(record: dict, ref: float | None) -> float:
-    """Multiply a record's latency by this to express it at the profile's reference speed."""
-    cal = record.get("calibration_ms")
-    return ref / cal if (ref and cal) else 1.0
+        if getattr(self.backend, "resets_per_item", False):
+            self.runner = self.backend.prepare(reference_module(), self.x, self.precision, self.device)
+        return measure(
+            self.runner.call,
+            cuda=self.runner.cuda,
+            warmup_s=0.02,
+            window_s=0.02,
+            max_windows=8,
+            max_s=1.0,
+            stream=self.runner.stream,
+        ).median_ms

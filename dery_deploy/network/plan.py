@@ -8,19 +8,17 @@ weights live beside the plan in safetensors; blocks come from the zoo's donor we
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dery_deploy.artifacts import atomic_write_json, read_json_artifact
-from dery_deploy.assemble.adapters import Adapter, Head
+from dery_deploy.artifacts import JsonArtifact, atomic_write_with
 from dery_deploy.dissect.spec import TensorSpec
 from dery_deploy.errors import DeryError
-
-SCHEMA = 1
-KIND = "plan"
+from dery_deploy.network.adapters import Adapter, Head
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,13 @@ class BlockRef:
 
 
 @dataclass
-class Plan:
+class Plan(JsonArtifact):
+    """One reassembled network: enough, with the zoo, to rebuild it (adapter weights beside it)."""
+
+    KIND = "plan"
+    SCHEMA = 2
+    STAGE = "assemble"
+
     zoo: str
     zoo_hash: str
     blocks: list[BlockRef]
@@ -48,23 +52,61 @@ class Plan:
     adapters: list[dict] = field(default_factory=list)  # filled from specs when built
     head: dict = field(default_factory=dict)
     zoo_ref: str = ""  # embedded zoo name or YAML path (see ZooSpec.ref)
+    measured: dict = field(default_factory=dict)  # end-to-end measurement on the plan's device
+    task: dict = field(default_factory=dict)  # the task it was selected for (spec, hash, classes)
 
     def to_dict(self) -> dict:
         return {
-            "schema": SCHEMA, "kind": KIND, "zoo": self.zoo, "zoo_ref": self.zoo_ref or self.zoo, "zoo_hash": self.zoo_hash, "device": self.device,
-            "backend": self.backend, "precision": self.precision, "batch": self.batch, "budget": self.budget,
+            "zoo": self.zoo,
+            "zoo_ref": self.zoo_ref or self.zoo,
+            "zoo_hash": self.zoo_hash,
+            "device": self.device,
+            "backend": self.backend,
+            "precision": self.precision,
+            "batch": self.batch,
+            "budget": self.budget,
             "num_classes": self.num_classes,
+            "task": self.task,
             "blocks": [{"set": b.set, "donor": b.donor, "start": b.start, "end": b.end} for b in self.blocks],
-            "adapters": self.adapters, "head": self.head, "predicted": self.predicted, "proxy": self.proxy,
+            "adapters": self.adapters,
+            "head": self.head,
+            "predicted": self.predicted,
+            "measured": self.measured,
+            "proxy": self.proxy,
             "solver": self.solver,
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Plan":
-        return cls(d["zoo"], d["zoo_hash"], [BlockRef(**b) for b in d["blocks"]], d["num_classes"], d.get("device", ""),
-                   d.get("backend", ""), d.get("precision", "fp32"), d.get("batch", 1), d.get("budget", {}),
-                   d.get("predicted", {}), d.get("proxy", {}), d.get("solver", {}), d.get("adapters", []),
-                   d.get("head", {}), d.get("zoo_ref", d["zoo"]))
+    def from_dict(cls, d: dict) -> Plan:
+        return cls(
+            d["zoo"],
+            d["zoo_hash"],
+            [BlockRef(**b) for b in d["blocks"]],
+            d["num_classes"],
+            d.get("device", ""),
+            d.get("backend", ""),
+            d.get("precision", "fp32"),
+            d.get("batch", 1),
+            d.get("budget", {}),
+            d.get("predicted", {}),
+            d.get("proxy", {}),
+            d.get("solver", {}),
+            d.get("adapters", []),
+            d.get("head", {}),
+            d.get("zoo_ref", d["zoo"]),
+            d.get("measured", {}),
+            d.get("task", {}),
+        )
+
+    @property
+    def donors(self) -> list[str]:
+        """The distinct donors the plan borrows from, in order."""
+        return list(dict.fromkeys(b.donor for b in self.blocks))
+
+    @property
+    def seams(self) -> int:
+        """How many places two different donors meet (0 for a single donor's own blocks)."""
+        return sum(1 for a, b in zip(self.blocks, self.blocks[1:]) if not (a.donor == b.donor and a.end == b.start))
 
     def signature(self) -> tuple:
         return tuple((b.donor, b.start, b.end) for b in self.blocks)
@@ -74,17 +116,28 @@ class Plan:
 
 
 def save_plan(path: str | Path, plan: Plan) -> Path:
-    return atomic_write_json(path, plan.to_dict())
+    return plan.write(path)
 
 
 def load_plan(path: str | Path) -> Plan:
-    return Plan.from_dict(read_json_artifact(path, KIND, SCHEMA, "assemble"))
+    return Plan.read(path)
+
+
+def save_plan_with_weights(plan: Plan, net: AssembledNet, path: str | Path) -> Path:
+    """plan.json plus its adapter and head weights in plan.safetensors beside it."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    weights = path.with_suffix(".safetensors")
+    atomic_write_with(weights, lambda tmp: save_file(stitch_state_dict(net), str(tmp)))
+    plan.solver["adapter_weights"] = weights.name
+    return plan.write(path)
 
 
 def stitch_specs(plan: Plan, dissections: dict) -> list[tuple[TensorSpec, TensorSpec] | None]:
     """For each boundary between consecutive blocks: (out spec, in spec) if an adapter is needed,
     None where two blocks of one donor meet at their native boundary."""
-    out = []
+    out: list[tuple[TensorSpec, TensorSpec] | None] = []
     for a, b in zip(plan.blocks, plan.blocks[1:]):
         if a.donor == b.donor and a.end == b.start:
             out.append(None)
@@ -96,7 +149,7 @@ def stitch_specs(plan: Plan, dissections: dict) -> list[tuple[TensorSpec, Tensor
 class AssembledNet(nn.Module):
     """Blocks of several donors, adapters between them, a new head."""
 
-    def __init__(self, blocks: list[nn.Module], adapters: list[nn.Module], head: nn.Module):
+    def __init__(self, blocks: Sequence[nn.Module], adapters: Sequence[nn.Module], head: nn.Module):
         super().__init__()
         if len(adapters) != len(blocks) - 1:
             raise ValueError("need one adapter (or Identity) between each pair of blocks")
@@ -120,8 +173,11 @@ class AssembledNet(nn.Module):
 
 def validate_plan(plan: Plan, zoo, dissections: dict) -> None:
     if plan.zoo != zoo.name or plan.zoo_hash != zoo.hash():
-        raise DeryError(f"plan is for zoo {plan.zoo!r} ({plan.zoo_hash}), but zoo {zoo.name!r} is now {zoo.hash()}: "
-                        "its weights or spec changed; re-assemble the plan", "assemble")
+        raise DeryError(
+            f"plan is for zoo {plan.zoo!r} ({plan.zoo_hash}), but zoo {zoo.name!r} is now {zoo.hash()}: "
+            "its weights or spec changed; re-assemble the plan",
+            "assemble",
+        )
     if not plan.blocks:
         raise DeryError("plan has no blocks", "assemble")
     for i, b in enumerate(plan.blocks):
@@ -129,13 +185,16 @@ def validate_plan(plan: Plan, zoo, dissections: dict) -> None:
             raise DeryError(f"plan block {i} uses donor {b.donor!r}, which zoo {zoo.name!r} lacks", "assemble")
         n = dissections[b.donor].num_body_units
         if not 0 <= b.start < b.end <= n:
-            raise DeryError(f"plan block {i} ({b.donor}) has unit range [{b.start}, {b.end}) outside 0..{n}", "assemble")
+            raise DeryError(
+                f"plan block {i} ({b.donor}) has unit range [{b.start}, {b.end}) outside 0..{n}", "assemble"
+            )
     if plan.blocks[0].start != 0:
         raise DeryError("the first block of a plan must start at unit 0 (it carries its donor's stem)", "assemble")
 
 
-def build_net(plan: Plan, zoo, dissections: dict, weights: dict[str, torch.Tensor] | None = None,
-              copy_blocks: bool = True) -> AssembledNet:
+def build_net(
+    plan: Plan, zoo, dissections: dict, weights: dict[str, torch.Tensor] | None = None, copy_blocks: bool = True
+) -> AssembledNet:
     """The AssembledNet a plan describes. Blocks are deep copies of the donors' units (unless
     `copy_blocks=False`, for read-only use); adapters and head take `weights` when given."""
     validate_plan(plan, zoo, dissections)
@@ -168,8 +227,11 @@ def load_stitch_weights(net: AssembledNet, sd: dict[str, torch.Tensor]) -> None:
     own = stitch_state_dict(net)
     if set(own) != set(sd) or any(own[k].shape != sd[k].shape for k in own):
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        raise DeryError(f"adapter weights do not fit this plan (missing {missing[:4]}, unexpected {unexpected[:4]}); "
-                        "they belong to another plan", "assemble")
+        raise DeryError(
+            f"adapter weights do not fit this plan (missing {missing[:4]}, unexpected {unexpected[:4]}); "
+            "they belong to another plan",
+            "assemble",
+        )
     full = net.state_dict()
     full.update(sd)
     net.load_state_dict(full)

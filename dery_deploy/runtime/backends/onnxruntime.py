@@ -8,7 +8,9 @@ import time
 import numpy as np
 import torch
 
-from dery_deploy.profile.backends.base import Backend, Runner
+from dery_deploy.runtime.backends.base import Backend, Runner, own_copy
+from dery_deploy.runtime.harness import rss_rise_mb
+from dery_deploy.runtime.onnx import onnx_from_module
 
 
 class OnnxRuntime(Backend):
@@ -45,11 +47,12 @@ class OnnxRuntime(Backend):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         return ort.InferenceSession(onnx_bytes, opts, providers=providers)
 
-    def prepare(self, module, example, precision, device) -> Runner:
-        from dery_deploy.export.onnx_export import onnx_from_module
+    def memory_unmeasurable(self, device: str) -> str | None:
+        return None  # a fresh session's resident memory (CPU) or the device's memory (CUDA EP) is measured
 
+    def prepare(self, module, example, precision, device) -> Runner:
         t0 = time.perf_counter()
-        data = onnx_from_module(module.float().cpu().eval(), example.float().cpu())
+        data = onnx_from_module(own_copy(module, "cpu", torch.float32), example.float().cpu())
         sess = self.session(data, device)
         x = np.ascontiguousarray(example.float().cpu().numpy())
 
@@ -59,4 +62,15 @@ class OnnxRuntime(Backend):
         def run(inp):
             return sess.run(None, {"x": np.ascontiguousarray(inp.float().cpu().numpy())})[0]
 
-        return Runner(call, run, False, time.perf_counter() - t0, {"onnx_bytes": len(data)})
+        def fresh_memory_mb() -> float:
+            # what a deployment pays: a new session's weights, arena and first run, as a rise of peak RSS
+            return rss_rise_mb(lambda: self.session(data, "cpu").run(None, {"x": x}))
+
+        return Runner(
+            call,
+            run,
+            False,
+            time.perf_counter() - t0,
+            {"onnx_bytes": len(data)},
+            fresh_memory_mb if device == "cpu" else None,
+        )

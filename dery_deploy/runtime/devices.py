@@ -63,16 +63,32 @@ def load_device(path: Path) -> DeviceSpec:
     except yaml.YAMLError as e:
         raise DeryError(f"{path}: not valid YAML ({str(e).splitlines()[0]})", "profile") from None
     errors = []
-    for key, typ in (("id", str), ("name", str), ("kind", str), ("fingerprint", dict), ("backends", list),
-                     ("default_backend", str), ("default_precision", str)):
+    for key, typ in (
+        ("id", str),
+        ("name", str),
+        ("kind", str),
+        ("fingerprint", dict),
+        ("backends", list),
+        ("default_backend", str),
+        ("default_precision", str),
+    ):
         if not isinstance(d.get(key), typ):
             errors.append(f"{key}: expected {typ.__name__}, got {d.get(key)!r}")
     if isinstance(d.get("kind"), str) and d["kind"] not in KINDS:
         errors.append(f"kind: {d['kind']!r} not in {KINDS}")
     if errors:
         raise DeryError(f"{path}: " + "; ".join(errors), "profile")
-    return DeviceSpec(d["id"], d["name"], d["kind"], d["fingerprint"], tuple(d["backends"]), d["default_backend"],
-                      d["default_precision"], d.get("memory_mb"), " ".join(str(d.get("notes", "")).split()))
+    return DeviceSpec(
+        d["id"],
+        d["name"],
+        d["kind"],
+        d["fingerprint"],
+        tuple(d["backends"]),
+        d["default_backend"],
+        d["default_precision"],
+        d.get("memory_mb"),
+        " ".join(str(d.get("notes", "")).split()),
+    )
 
 
 def list_devices() -> list[DeviceSpec]:
@@ -84,8 +100,9 @@ def get_device(device_id: str) -> DeviceSpec:
     for s in specs:
         if s.id == device_id:
             return s
-    raise DeryError(f"Unknown device {device_id!r}. Known devices: {', '.join(s.id for s in specs)}. "
-                    "Run `dery devices`.", "profile")
+    raise DeryError(
+        f"Unknown device {device_id!r}. Known devices: {', '.join(s.id for s in specs)}. Run `dery devices`.", "profile"
+    )
 
 
 def cpu_model() -> str:
@@ -112,7 +129,8 @@ def gpu_fingerprint(index: int = 0) -> dict | None:
         h = pynvml.nvmlDeviceGetHandleByIndex(index)
         name = pynvml.nvmlDeviceGetName(h)
         fp = {
-            "kind": "cuda", "gpu_name": name.decode() if isinstance(name, bytes) else name,
+            "kind": "cuda",
+            "gpu_name": name.decode() if isinstance(name, bytes) else name,
             "driver": _s(pynvml.nvmlSystemGetDriverVersion()),
             "memory_mb": pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20,
             "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
@@ -137,17 +155,29 @@ def machine_fingerprint(kind: str) -> dict:
     if kind == "cuda":
         fp = gpu_fingerprint()
         if fp is None:
-            raise DeryError("this machine has no NVIDIA GPU visible through NVML (nvidia-ml-py); profile a cuda "
-                            "device on the machine that has it", "profile")
+            raise DeryError(
+                "this machine has no NVIDIA GPU visible through NVML (nvidia-ml-py); profile a cuda "
+                "device on the machine that has it",
+                "profile",
+            )
         return fp
     if kind == "jetson":
-        raise DeryError("Jetson devices are profiled remotely: use `dery profile --device ID --bundle DIR`, run "
-                        "the bundle's runner on the Jetson, then `dery profile --import RESULT.json`", "profile")
+        raise DeryError(
+            "Jetson devices are profiled remotely: use `dery profile --device ID --bundle DIR`, run "
+            "the bundle's runner on the Jetson, then `dery profile --import RESULT.json`",
+            "profile",
+        )
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     except (ValueError, OSError):
         mem = None
-    return {"kind": "cpu", "cpu_model": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(), "memory_mb": mem}
+    return {
+        "kind": "cpu",
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "memory_mb": mem,
+    }
 
 
 def this_machine() -> list[DeviceSpec]:
@@ -159,3 +189,9 @@ def this_machine() -> list[DeviceSpec]:
         if (gpu and s.matches(gpu)) or s.matches(cpu):
             found.append(s)
     return sorted(found, key=lambda s: s.kind != "cuda")
+
+
+def default_device() -> str:
+    """The id of the spec this machine matches (a GPU's first), else `cpu`."""
+    found = this_machine()
+    return found[0].id if found else "cpu"

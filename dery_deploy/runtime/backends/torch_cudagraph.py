@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from dery_deploy.profile.backends.base import Backend, Runner, torch_dtype
+from dery_deploy.runtime.backends.base import Backend, Runner, own_copy, torch_dtype
 
 
 class TorchCudaGraph(Backend):
@@ -18,7 +18,7 @@ class TorchCudaGraph(Backend):
     def prepare(self, module, example, precision, device) -> Runner:
         t0 = time.perf_counter()
         dtype = torch_dtype(precision)
-        m = module.to(device=device, dtype=dtype).eval()
+        m = own_copy(module, device, dtype)
         static_x = example.to(device=device, dtype=dtype).clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

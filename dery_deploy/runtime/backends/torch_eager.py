@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dery_deploy.profile.backends.base import Backend, Runner, torch_dtype
+from dery_deploy.runtime.backends.base import Backend, Runner, own_copy, torch_dtype
 
 
 class TorchEager(Backend):
@@ -13,7 +13,7 @@ class TorchEager(Backend):
     precisions = ("fp32", "fp16")
 
     def prepare(self, module, example, precision, device) -> Runner:
-        m = module.to(device=device, dtype=torch_dtype(precision)).eval()
+        m = own_copy(module, device, torch_dtype(precision))
         x = example.to(device=device, dtype=torch_dtype(precision))
 
         @torch.inference_mode()

@@ -1,0 +1,107 @@
+"""Edge bundles: what ships to a Jetson, where the TensorRT engine must be built (engines are GPU-
+and TensorRT-version specific).
+
+A bundle holds the ONNX (fp32, plus an fp16 one for TensorRT 11, which builds only strongly typed
+networks), `build_engine.sh` (the exact trtexec flags, chosen by the device's TensorRT version),
+the parity inputs and the PyTorch logits, and `check_engine.py`, which on the device runs the
+built engine on the parity inputs, compares the logits, times it and judges the plan's budget,
+writing `check-result.json`. Every file is readable by others (a bundle is copied to another
+machine and user).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dery_deploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from dery_deploy.runtime.onnx import onnx_from_module, save_onnx
+
+FP16_TOL = 5e-2
+
+
+def build_script(spec, shape: str, batch: int, max_batch: int, precision: str) -> str:
+    base = (
+        f"--saveEngine=model.engine --minShapes=x:1x{shape} --optShapes=x:{batch}x{shape} "
+        f"--maxShapes=x:{max_batch}x{shape} --skipInference"
+    )
+    fp16 = precision == "fp16"
+    return f"""#!/usr/bin/env bash
+# Build the TensorRT engine for {spec.name} on the device itself, then check it: python3 check_engine.py
+# TensorRT 10 (JetPack 6) builds fp16 from the fp32 ONNX with --fp16; TensorRT 11 dropped --fp16 (weak
+# typing) and builds the fp16 ONNX as a strongly typed network.
+set -euo pipefail
+cd "$(dirname "$0")"
+TRTEXEC=${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}
+if {"true" if fp16 else "false"}; then
+  if "$TRTEXEC" --help 2>&1 | grep -q -- "--fp16"; then
+    "$TRTEXEC" --onnx=model.onnx --fp16 {base}
+  else
+    "$TRTEXEC" --onnx=model-fp16.onnx {base}
+  fi
+else
+  "$TRTEXEC" --onnx=model.onnx {base}
+fi
+echo "engine built: model.engine; now run: python3 check_engine.py"
+"""
+
+
+def jetson_bundle(
+    model, x: torch.Tensor, spec, out: Path, precision: str, batch: int, plan: dict | None, max_batch: int = 32
+) -> dict:
+    """Write the bundle (module docstring) and return its report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    save_onnx(onnx_from_module(model, x[:1]), out / "model.onnx")
+    files = ["model.onnx"]
+    if precision == "fp16":
+        save_onnx(onnx_from_module(model, x[:1], precision="fp16"), out / "model-fp16.onnx")
+        files.append("model-fp16.onnx")
+    shape = "x".join(str(s) for s in x.shape[1:])
+    max_batch = max(max_batch, batch, x.shape[0])
+    atomic_write_text(out / "build_engine.sh", build_script(spec, shape, batch, max_batch, precision))
+    (out / "build_engine.sh").chmod((out / "build_engine.sh").stat().st_mode | 0o111)
+    atomic_write_bytes(out / "parity_inputs.bin", np.ascontiguousarray(x.numpy(), dtype=np.float32).tobytes())
+    with torch.inference_mode():
+        atomic_write_bytes(
+            out / "parity_logits.bin", np.ascontiguousarray(model(x).numpy(), dtype=np.float32).tobytes()
+        )
+    shutil.copyfile(Path(__file__).with_name("engine_check.py"), out / "check_engine.py")
+    (out / "check_engine.py").chmod(0o755)
+    budget = (plan or {}).get("budget", {}).get("latency_ms")
+    manifest = {
+        "device": spec.id,
+        "device_name": spec.name,
+        "precision": precision,
+        "batch": batch,
+        "input": {"name": "x", "shape": list(x.shape[1:])},
+        "output": "y",
+        "parity": {
+            "images": int(x.shape[0]),
+            "inputs": "parity_inputs.bin",
+            "logits": "parity_logits.bin",
+            "classes": int(model(x[:1]).shape[1]),
+            "tolerance": FP16_TOL if precision == "fp16" else 1e-3,
+        },
+        "budget_ms": budget,
+        "predicted_ms": (plan or {}).get("predicted", {}).get("latency_ms"),
+        "files": {f: sha256_file(out / f) for f in files + ["parity_inputs.bin", "parity_logits.bin"]},
+    }
+    atomic_write_json(out / "bundle.json", manifest)
+    return {
+        "format": "tensorrt-bundle",
+        "bundle": str(out),
+        "precision": precision,
+        "device": spec.id,
+        "batch": batch,
+        "budget": {
+            "checked": False,
+            "reason": f"measured on the device by check_engine.py (writes {out.name}/check-result.json)",
+        },
+        "manifest": "bundle.json",
+        "next": f"copy {out} to the {spec.name}, run build_engine.sh, then python3 check_engine.py",
+    }

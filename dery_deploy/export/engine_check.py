@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Check a TensorRT engine built from a dery_deploy bundle, on the device it was built on.
+
+Needs only NumPy and TensorRT's `trtexec` (JetPack: /usr/src/tensorrt/bin/trtexec); it does not
+import dery_deploy. It runs the engine on the bundle's parity images, compares the logits with the
+PyTorch ones shipped beside them, times batch inference with CUDA graphs, judges the plan's
+latency budget (the only allowance is the timing's own spread), and writes check-result.json.
+
+    python3 check_engine.py                     # in the bundle folder, after build_engine.sh
+    python3 check_engine.py --bundle DIR --trtexec /usr/src/tensorrt/bin/trtexec
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd[:2])} failed (exit {p.returncode}): {(p.stdout + p.stderr)[-1500:]}")
+    return p.stdout
+
+
+def exported_output(path, name, count):
+    """trtexec --exportOutput JSON: a list of {name, dimensions, values}."""
+    with open(path) as f:
+        data = json.load(f)
+    for t in data if isinstance(data, list) else [data]:
+        if t.get("name") == name:
+            values = np.asarray(t["values"], dtype=np.float32)
+            return values.reshape(count, -1)
+    sys.exit(f"error: {path} has no output named {name!r}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--engine", default="model.engine")
+    ap.add_argument("--trtexec", default=shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec")
+    args = ap.parse_args()
+    b = args.bundle
+    with open(os.path.join(b, "bundle.json")) as f:
+        man = json.load(f)
+    engine = os.path.join(b, args.engine)
+    if not os.path.exists(engine):
+        sys.exit(f"error: {engine} not found: run build_engine.sh first")
+    if not os.path.exists(args.trtexec):
+        sys.exit(f"error: trtexec not found at {args.trtexec}; pass --trtexec PATH")
+    par = man["parity"]
+    shape = "x".join(str(s) for s in man["input"]["shape"])
+    n = par["images"]
+    ref = np.fromfile(os.path.join(b, par["logits"]), dtype=np.float32).reshape(n, -1)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.json")
+        run(
+            [
+                args.trtexec,
+                f"--loadEngine={engine}",
+                f"--shapes=x:{n}x{shape}",
+                f"--loadInputs=x:{os.path.join(b, par['inputs'])}",
+                f"--exportOutput={out}",
+                "--iterations=1",
+                "--warmUp=0",
+                "--duration=0",
+            ]
+        )
+        got = exported_output(out, man["output"], n)
+        times = os.path.join(tmp, "times.json")
+        log = run(
+            [
+                args.trtexec,
+                f"--loadEngine={engine}",
+                f"--shapes=x:{man['batch']}x{shape}",
+                "--useCudaGraph",
+                "--warmUp=500",
+                "--duration=5",
+                f"--exportTimes={times}",
+            ]
+        )
+        with open(times) as f:
+            samples = [t["computeMs"] for t in json.load(f)]
+    samples = samples[len(samples) // 10 :]  # the first tenth still warms up
+    k = max(1, len(samples) // 3)
+    windows = [statistics.median(samples[i * k : (i + 1) * k]) for i in range(3) if samples[i * k : (i + 1) * k]]
+    median = statistics.median(samples)
+    noise = (max(windows) - min(windows)) / (2 * min(windows)) if len(windows) > 1 else 0.0
+    diff = float(np.abs(ref - got).max())
+    agree = float((ref.argmax(1) == got.argmax(1)).mean())
+    parity_ok = diff <= par["tolerance"] and agree >= 0.98
+    version = next(
+        (line.split("TensorRT version:")[-1].strip() for line in log.splitlines() if "TensorRT version" in line), ""
+    )
+    budget = man.get("budget_ms")
+    result = {
+        "kind": "engine-check",
+        "device": man["device"],
+        "tensorrt": version,
+        "precision": man["precision"],
+        "parity": {
+            "images": n,
+            "max_abs_diff": diff,
+            "top1_agreement": agree,
+            "tolerance": par["tolerance"],
+            "ok": parity_ok,
+        },
+        "latency_ms": round(median, 5),
+        "batch": man["batch"],
+        "noise": round(noise, 4),
+        "runs": len(samples),
+        "budget_ms": budget,
+        "predicted_ms": man.get("predicted_ms"),
+        "within_budget": None if budget is None else median <= budget * (1 + noise),
+    }
+    tmp_out = os.path.join(b, ".check-result.json.tmp")
+    with open(tmp_out, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp_out, os.path.join(b, "check-result.json"))
+    print(
+        f"parity: max |diff| {diff:.3g} (tolerance {par['tolerance']:g}), top-1 agreement {100 * agree:.1f}% -> "
+        f"{'OK' if parity_ok else 'FAILED'}"
+    )
+    if budget is not None:
+        verdict = "within budget" if result["within_budget"] else "OVER BUDGET"
+        print(
+            f"latency {median:.4f} ms at batch {man['batch']} (noise ±{100 * noise:.1f}%), "
+            f"budget {budget:g} ms -> {verdict}"
+        )
+    else:
+        print(f"latency {median:.4f} ms at batch {man['batch']} (noise ±{100 * noise:.1f}%)")
+    print(f"wrote {os.path.join(b, 'check-result.json')}")
+    sys.exit(0 if parity_ok and result["within_budget"] is not False else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Load an AOTInductor package and run it, in a child process.
+
+`aoti_load_package` can crash the process (seen: segfault on a CUDA package with torch 2.11), so
+the exporter runs this module as a subprocess and reads one JSON line from it:
+    python -m dery_deploy.runtime.aoti_check PACKAGE INPUTS.safetensors OUT.safetensors BATCH
+INPUTS holds `x` (the parity images, in the package's dtype) and, for CUDA packages, `device_cuda`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dery_deploy.runtime.harness import measure
+
+
+def main() -> None:
+    pkg, inputs, out, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    t0 = time.perf_counter()
+    runner = torch._inductor.aoti_load_package(pkg)
+    load_s = time.perf_counter() - t0
+    tensors = load_file(inputs)
+    x = tensors["x"]
+    cuda = "device_cuda" in tensors and torch.cuda.is_available()
+    if cuda:
+        x = x.cuda()
+    with torch.inference_mode():
+        y = runner(x)
+        xb = x[:batch].contiguous() if x.shape[0] >= batch else x[:1].expand(batch, *x.shape[1:]).contiguous()
+        m = measure(lambda: runner(xb), cuda=cuda)
+    save_file({"y": y.float().cpu().contiguous()}, out)
+    print(
+        json.dumps(
+            {
+                "load_s": load_s,
+                "latency_ms": m.median_ms,
+                "p90_ms": m.p90_ms,
+                "stable": m.stable,
+                "window_medians_ms": m.window_medians_ms,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""TensorRT engines from ONNX with the real `tensorrt` Python API, for TensorRT 10 and 11.
+
+- TensorRT 10 (JetPack 6): weakly typed networks; fp16 is the builder flag `BuilderFlag.FP16` on
+  the fp32 ONNX.
+- TensorRT 11: weak typing (and with it `BuilderFlag.FP16`, `trtexec --fp16`) is gone; every
+  network is strongly typed, so an fp16 engine is built from an ONNX whose tensors are fp16
+  (`runtime.onnx.onnx_from_module(..., precision="fp16")`, fp32 input and output kept).
+
+EngineFromOnnx builds a serialised engine with an optimisation profile over the batch dimension
+(and a process-wide timing cache, so repeated builds of similar items reuse tactic timings);
+EngineRunner deserialises it and runs it on torch CUDA tensors on its own CUDA stream (the legacy
+default stream forces extra synchronisation). Only where `tensorrt` imports.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from dery_deploy.errors import DeryError
+from dery_deploy.runtime.onnx import onnx_from_module
+
+INSTALL = (
+    "TensorRT is not installed: install NVIDIA TensorRT with its Python bindings (`pip install tensorrt` "
+    "from NVIDIA's index, or JetPack on a Jetson) on a machine with an NVIDIA GPU"
+)
+_TIMING_CACHE: dict[str, object] = {}
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise DeryError(INSTALL, "export") from None
+    if not torch.cuda.is_available():
+        raise DeryError("TensorRT needs an NVIDIA GPU and torch sees none on this machine", "export")
+    return trt
+
+
+def major_version(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def strongly_typed_only(trt) -> bool:
+    """TensorRT 11 builds only strongly typed networks (no precision flags)."""
+    return major_version(trt) >= 11
+
+
+def engine_from_onnx(
+    onnx_bytes: bytes,
+    input_shape: tuple[int, ...],
+    precision: str,
+    max_batch: int | None = None,
+    workspace_mb: int = 2048,
+) -> tuple[bytes, float]:
+    """Build a serialised engine; the batch dimension ranges over 1..max_batch (opt = input_shape[0]).
+
+    On TensorRT 11 `precision` must already be the ONNX's (see the module docstring); on TensorRT 10
+    fp16 sets the builder flag on an fp32 ONNX.
+    """
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise DeryError(f"TensorRT could not parse the ONNX model: {errors}", "export")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision == "fp16" and not strongly_typed_only(trt):
+        config.set_flag(trt.BuilderFlag.FP16)
+    cache = _TIMING_CACHE.get(trt.__version__)
+    if cache is None:
+        cache = _TIMING_CACHE[trt.__version__] = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    opt = tuple(input_shape)
+    max_b = max(max_batch or opt[0], opt[0])
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, *opt[1:]), opt, (max_b, *opt[1:]))
+    config.add_optimization_profile(profile)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise DeryError("TensorRT failed to build the engine (see its log above)", "export")
+    return bytes(serialized), time.perf_counter() - t0
+
+
+def engine_from_module(
+    module: nn.Module, example: torch.Tensor, precision: str, max_batch: int | None = None
+) -> tuple[bytes, float, bytes]:
+    """ONNX of `module` in the form this TensorRT builds at `precision`, then the engine.
+    Returns (engine, build seconds, the ONNX it was built from)."""
+    trt = import_tensorrt()
+    onnx_precision = precision if strongly_typed_only(trt) else "fp32"
+    onnx_bytes = onnx_from_module(module, example.float().cpu(), precision=onnx_precision)
+    engine, build_s = engine_from_onnx(onnx_bytes, tuple(example.shape), precision, max_batch)
+    return engine, build_s, onnx_bytes
+
+
+class EngineRunner:
+    """Runs a serialised engine on CUDA torch tensors (input `x`, output `y`) on its own stream."""
+
+    def __init__(self, engine_bytes: bytes):
+        trt = import_tensorrt()
+        self.trt = trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise DeryError(
+                "TensorRT could not deserialise the engine (built by another TensorRT version or GPU?)", "export"
+            )
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        self._bound = None
+
+    def bind(self, x: torch.Tensor) -> torch.Tensor:
+        """Bind a (CUDA, fp32, contiguous) input and allocate the output; returns the output tensor."""
+        self.context.set_input_shape("x", tuple(x.shape))
+        y = torch.empty(tuple(self.context.get_tensor_shape("y")), device="cuda", dtype=torch.float32)
+        self.context.set_tensor_address("x", x.data_ptr())
+        self.context.set_tensor_address("y", y.data_ptr())
+        self.stream.wait_stream(torch.cuda.current_stream())  # the input was written on torch's stream
+        self._bound = (x, y)
+        return y
+
+    def execute(self) -> None:
+        """Enqueue one inference of the bound input on the runner's stream."""
+        self.context.execute_async_v3(self.stream.cuda_stream)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to("cuda", torch.float32).contiguous()
+        y = self.bind(x)
+        self.execute()
+        self.stream.synchronize()
+        return y

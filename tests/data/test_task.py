@@ -1,0 +1,112 @@
+import pytest
+import torch
+from PIL import Image
+
+from dery_deploy.data.task import InputSpec, load_task, probe_images
+from dery_deploy.errors import DeryError
+
+RGB32 = InputSpec(3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+GREY32 = InputSpec(1, 32, (0.2190,), (0.3318,))
+
+
+def write_folder(root, classes=("ant", "bee", "cat", "dog", "eel"), n_train=6, n_test=3, size=40, mode="RGB", seed=0):
+    """A generated image folder: train/ and test/ with one sub-folder per class; each class has its own colour."""
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = torch.tensor([(c * 50) % 255, (c * 90) % 255, (c * 130) % 255], dtype=torch.float)
+                px = (base + 30 * torch.rand(size, size, 3, generator=g)).clamp(0, 255).byte().numpy()
+                Image.fromarray(px).convert(mode).save(d / f"{i}.png")
+    return root
+
+
+def test_folder_task_shapes_classes_and_splits(tmp_path):
+    root = write_folder(tmp_path / "task")
+    t = load_task(str(root), RGB32, seed=0)
+    assert t.classes == ["ant", "bee", "cat", "dog", "eel"] and t.num_classes == 5
+    assert t.train.images.shape[1:] == (3, 32, 32) and t.train.images.dtype == torch.uint8
+    assert len(t.train) + len(t.val) == 30 and len(t.test) == 15
+    assert sorted(t.val.labels.tolist()) == [0, 1, 2, 3, 4]  # stratified: one per class (20% of 6, rounded)
+    assert t.spec == str(root.resolve())  # absolute: the run can be evaluated from anywhere
+    assert any("resized and centre-cropped to 32x32" in n for n in t.notes)
+    assert load_task(str(root), RGB32, seed=0).hash() == t.hash() != load_task(str(root), RGB32, seed=1).hash()
+    x = t.x("train")
+    assert x.dtype == torch.float32 and abs(float(x.mean())) < 3
+
+
+def test_mixed_modes_are_converted_with_a_note(tmp_path):
+    root = write_folder(tmp_path / "task")
+    Image.open(next((root / "train" / "ant").glob("*.png"))).convert("L").save(root / "train" / "ant" / "grey.png")
+    Image.new("RGBA", (20, 30), (1, 2, 3, 4)).save(root / "train" / "bee" / "alpha.png")
+    t = load_task(str(root), RGB32)
+    assert any("converted 2 images of mode(s) ['L', 'RGBA'] to RGB" in n for n in t.notes)
+    assert len(t.train) + len(t.val) == 32
+
+
+def test_unlabelled_folder_option(tmp_path):
+    root = write_folder(tmp_path / "task")
+    unl = tmp_path / "unl" / "deep" / "er"
+    unl.mkdir(parents=True)
+    for i in range(7):
+        Image.new("RGB", (50, 50), (i * 30, 0, 0)).save(unl / f"{i}.jpg")
+    t = load_task(f"{root}:unlabelled={tmp_path / 'unl'}", RGB32)
+    assert len(t.unlabelled) == 7 and "unlabelled=" in t.spec
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (
+            lambda r: (
+                (r / "a.png").parent.mkdir(parents=True, exist_ok=True) or Image.new("RGB", (8, 8)).save(r / "a.png")
+            ),
+            "1 images but no class sub-folders",
+        ),
+        (
+            lambda r: write_folder(r) and __import__("shutil").rmtree(r / "test" / "eel"),
+            "only in train/: ['eel'], only in test/: []",
+        ),
+        (lambda r: write_folder(r) and (r / "train" / "fox").mkdir(), "class folder"),
+        (lambda r: write_folder(r) and __import__("shutil").rmtree(r / "test"), "has train/ but no test/"),
+        (lambda r: write_folder(r, mode="L"), "are grey (1-channel)"),
+        (
+            lambda r: write_folder(r) and (r / "train" / "ant" / "broken.png").write_bytes(b"not a png"),
+            "cannot read image",
+        ),
+    ],
+)
+def test_bad_folders_are_one_clear_error(tmp_path, make, needle):
+    root = tmp_path / "bad"
+    make(root)
+    with pytest.raises(DeryError, match=None) as e:
+        load_task(str(root), RGB32)
+    assert needle in str(e.value)
+
+
+def test_data_that_is_neither_a_spec_nor_a_folder(tmp_path):
+    with pytest.raises(DeryError, match="neither 'fashion-mnist"):
+        load_task(str(tmp_path / "nope"), RGB32)
+    with pytest.raises(DeryError, match="Fashion-MNIST is 1-channel"):
+        load_task("fashion-mnist", RGB32)
+    with pytest.raises(DeryError, match="unknown fashion-mnist option"):
+        load_task("fashion-mnist:labels=3", GREY32)
+
+
+def test_fashion_task_splits():
+    t = load_task("fashion-mnist:labels_per_class=20,test_per_class=30", GREY32)
+    assert (len(t.train), len(t.val), len(t.test), len(t.unlabelled)) == (160, 40, 300, 59800)
+    assert t.train.labels.bincount().tolist() == [16] * 10 and t.val.labels.bincount().tolist() == [4] * 10
+
+
+def test_probe_images_from_a_folder_use_its_train_split_and_are_capped(tmp_path):
+    root = write_folder(tmp_path / "task")
+    x, h, notes = probe_images(str(root), RGB32, 500)
+    assert x.shape == (30, 3, 32, 32)  # the train images only: test images never enter the probe
+    assert any("capped at the 30 images" in n for n in notes)
+    x2, h2, _ = probe_images(str(root), RGB32, 500)
+    assert h == h2 and torch.equal(x, x2)
+    with pytest.raises(DeryError, match="pass --probe-data FOLDER"):
+        probe_images(None, RGB32, 10)
