@@ -1,0 +1,103 @@
+"""A new user's journey with their own zoo and images: a 3-channel zoo of four families (random
+init, 32x32) and an RGB image folder of 7 classes, through every command, as they would type them."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import assert_one_line_error, run_dery
+from tests.data.test_task import write_folder
+
+CLASSES = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu")
+ZOO = """name: rgbzoo
+input: {channels: 3, size: 32, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+donors:
+  - {name: res, arch: test_resnet, num_classes: 5, weights: none}
+  - {name: cnx, arch: test_convnext, num_classes: 5, weights: none}
+  - {name: vit, arch: test_vit, kwargs: {img_size: 32, patch_size: 4}, num_classes: 5, weights: none}
+  - {name: eff, arch: test_efficientnet, num_classes: 5, weights: none}
+"""
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    (root / "zoo.yaml").write_text(ZOO)
+    write_folder(root / "imgs", classes=CLASSES, n_train=12, n_test=4, size=48)
+    return root
+
+
+def dery(user, *args, **kw):
+    p = run_dery(*args, cwd=kw.pop("cwd", user), **kw)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.slow
+def test_whole_journey_on_their_zoo_and_images(user, tmp_path):
+    dery(user, "similarity", "--zoo", "zoo.yaml", "--data", "imgs")
+    dery(user, "partition", "--zoo", "zoo.yaml", "--data", "imgs", "-K", "3", "--restarts", "5")
+    p = dery(user, "profile", "--zoo", "zoo.yaml", "--device", "cpu", "--data", "imgs", "--json")
+    [summary] = json.loads(p.stdout)
+    prof = json.loads((user / summary["path"]).read_text())
+    heads = {r["num_classes"] for r in prof["records"].values() if r["kind"] in ("head", "donor")}
+    assert heads == {7}  # heads and whole donors profiled with the task's class count
+    budget = 1.5 * min(d["latency_ms"] for d in summary["donors"].values())
+    p = dery(
+        user,
+        "assemble",
+        "--zoo",
+        "zoo.yaml",
+        "--data",
+        "imgs",
+        "--latency-ms",
+        f"{budget:.4f}",
+        "-o",
+        "plan.json",
+        "--top",
+        "3",
+        "--json",
+    )
+    [plan] = json.loads(p.stdout)
+    assert plan["num_classes"] == 7 and plan["task"]["classes"] == list(CLASSES)
+    dery(user, "finetune", "plan.json", "--data", "imgs", "-o", "run1", "--epochs-adapter", "1", "--epochs-full", "1")
+    cfg = json.loads((user / "run1" / "config.json").read_text())
+    assert cfg["data"] == str((user / "imgs").resolve())  # stored absolute
+    # evaluate from another directory: the run finds its zoo and data again
+    p = dery(user, "evaluate", str(user / "run1"), "--json", cwd=tmp_path)
+    ev = json.loads(p.stdout)
+    assert ev["test_images"] == 28 and list(ev["per_class"]) == list(CLASSES)
+    assert ev["latency"]["backend"] == "onnxruntime"
+    dery(user, "export", "run1", "--format", "onnx", "--allow-over-budget")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(user / "run1" / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.zeros((2, 3, 32, 32), np.float32)})[0].shape == (2, 7)
+
+
+@pytest.mark.slow
+def test_run_quick_on_their_zoo_and_images(user):
+    dery(user, "run", "--zoo", "zoo.yaml", "--data", "imgs", "--quick", "-o", "runq", "--verify", "3")
+    m = json.loads((user / "runq" / "run.json").read_text())
+    assert m["status"] == "done" and m["task"]["classes"] == list(CLASSES)
+    [res] = m["results"]
+    assert res["plan"]["num_classes"] == 7 and res["onnx"]["parity"]["ok"]
+    assert (user / "runq" / "report.md").is_file()
+
+
+def test_bad_task_input_is_one_line_and_writes_nothing(user, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(user / "imgs", bad)
+    shutil.rmtree(bad / "test" / "gnu")
+    p = run_dery(
+        "finetune", "--donor", "res", "--zoo", str(user / "zoo.yaml"), "--data", str(bad), "-o", str(tmp_path / "out")
+    )
+    assert_one_line_error(p, "class folders differ between train/ and test/", "only in train/: ['gnu']")
+    assert not (tmp_path / "out").exists()
+    # Fashion-MNIST is grey; this zoo takes colour
+    p = run_dery("finetune", "--donor", "res", "--zoo", str(user / "zoo.yaml"), "-o", str(tmp_path / "out2"))
+    assert_one_line_error(p, "Fashion-MNIST is 1-channel", "pass --data")
+    p = run_dery("similarity", "--zoo", str(user / "zoo.yaml"), "--cache", str(tmp_path / "c"))
+    assert_one_line_error(p, "pass --probe-data FOLDER or --data FOLDER")
