@@ -40,9 +40,24 @@ def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...
     return tuple(errors), tuple(aborts), tuple(exits)
 
 
-def _one_line(e) -> str:
+def _given_value(e, argv: list[str]) -> str | None:
+    """What the user typed for the option a bad-parameter error is about (click does not always say)."""
+    opts = getattr(getattr(e, "param", None), "opts", None) or []
+    for i, tok in enumerate(argv):
+        for o in opts:
+            if tok == o and i + 1 < len(argv):
+                return argv[i + 1]
+            if tok.startswith(o + "="):
+                return tok[len(o) + 1 :]
+    return None
+
+
+def _one_line(e, argv: list[str]) -> str:
     """A click error as one line naming the bad value and where to look for the fix."""
     msg = " ".join(e.format_message().split())
+    given = _given_value(e, argv)
+    if given is not None and repr(given) not in msg:
+        msg = msg.rstrip(".") + f" (got {given!r})"
     ctx = getattr(e, "ctx", None)
     if ctx is not None and getattr(e, "exit_code", 1) == 2:  # a usage error
         msg = (msg if msg.endswith(("?", "!")) else msg.rstrip(".") + ".") + f" See `{ctx.command_path} --help`."
@@ -62,7 +77,7 @@ def cli(argv: list[str] | None = None) -> int:
     except exits as e:
         return e.exit_code
     except errors as e:
-        typer.secho(f"error: {_one_line(e)}", fg="red", err=True)
+        typer.secho(f"error: {_one_line(e, sys.argv[1:] if argv is None else argv)}", fg="red", err=True)
         return 2 if getattr(e, "exit_code", 1) in (1, 2) else e.exit_code
     except (*aborts, KeyboardInterrupt):
         typer.secho("interrupted; finished work is kept, rerun to resume", fg="yellow", err=True)

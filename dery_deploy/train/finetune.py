@@ -278,7 +278,12 @@ def finetune(
         start_epoch, history, ckpt = meta["epoch"] + 1, meta["history"], (osd, meta)
     model.to(dev)
     if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DeryError(
+                f"cannot create the run folder {run} ({e.strerror}); choose a writable -o", "finetune"
+            ) from None
         atomic_write_json(run / "config.json", cfg)
     n = len(task.train)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch))

@@ -94,3 +94,20 @@ def test_no_feasible_budget_reports_fastest(tmp_path):
     )
     assert_one_line_error(p, "no budget was feasible", "fastest assembly is predicted at")
     assert "Infeasible" in (tmp_path / "r" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_then_default_in_the_same_folder_reuses_and_recomputes(tmp_path):
+    """The README's order (`main.sh --quick`, then `main.sh`) in one folder: the second run reuses what
+    still matches (the profile's items) and recomputes the rest (other probe size, restarts, recipe)."""
+    out = tmp_path / "run"
+    quick = run_dery(*ARGS, "-o", str(out))
+    assert quick.returncode == 0, quick.stderr[-2000:]
+    full_args = [a for a in ARGS if a != "--quick"] + ["--epochs-adapter", "1", "--epochs-full", "1", "--top", "2"]
+    default = run_dery(*full_args, "-o", str(out))
+    assert default.returncode == 0, default.stderr[-2000:]
+    m = json.loads((out / "run.json").read_text())
+    status = {s["stage"]: s["status"] for s in m["stages"]}
+    assert m["status"] == "done" and m["options"]["quick"] is False
+    assert status["partition"] == "computed"  # 50 restarts instead of --quick's 20
+    assert status["fine-tune plan (0.5 ms)"] == "computed"  # another recipe: recomputed, not refused
