@@ -37,17 +37,23 @@ def write_bundle(
     items = []
     for i, it in enumerate(profile_items(zoo, partition, dissections, num_classes)):
         f = f"items/{i:04d}-{it.kind}.onnx"
-        save_onnx(onnx_from_module(it.build(), example_input(it.in_spec, 1)), out / f)
-        items.append(
-            {
-                "key": it.key,
-                "kind": it.kind,
-                "file": f,
-                "sha256": sha256_file(out / f),
-                "input_shape": list(it.in_spec.shape),
-                "info": it.info,
-            }
-        )
+        module, x = it.build(), example_input(it.in_spec, 1)
+        save_onnx(onnx_from_module(module, x), out / f)
+        item = {
+            "key": it.key,
+            "kind": it.kind,
+            "file": f,
+            "sha256": sha256_file(out / f),
+            "input_shape": list(it.in_spec.shape),
+            "info": it.info,
+        }
+        if precision == "fp16":
+            # TensorRT 11 builds only strongly typed networks (trtexec has no --fp16): an fp16 engine needs
+            # the precision in the ONNX itself; fp32 input and output, so the runner feeds it as the fp32 file
+            f16 = f"items/{i:04d}-{it.kind}.fp16.onnx"
+            save_onnx(onnx_from_module(module, x, precision="fp16"), out / f16)
+            item.update(file_fp16=f16, sha256_fp16=sha256_file(out / f16))
+        items.append(item)
     manifest = {
         "schema": BUNDLE_SCHEMA,
         "kind": "profile-bundle",
@@ -74,6 +80,22 @@ def import_result(path: Path, root: Path) -> list[Path]:
     if res.get("kind") != "profile-bundle-result" or res.get("schema") != BUNDLE_SCHEMA:
         raise DeryError(f"{path} is not a bundle result of schema {BUNDLE_SCHEMA}", "profile")
     man = res["manifest"]
+    if res.get("complete") is False:
+        raise DeryError(
+            f"{path} is the result of an interrupted run; run the runner again with the same --out to finish it",
+            "profile",
+        )
+    files = {i["key"]: i["file"] for i in man["items"]}
+    failed = sorted({k for recs in res["results"].values() for k, r in recs.items() if "error" in r})
+    if failed:
+        raise DeryError(
+            f"{path}: {len(failed)} of {len(files)} items failed on the device ("
+            + ", ".join(files.get(k, k) for k in failed[:10])
+            + (", ..." if len(failed) > 10 else "")
+            + "); rerun the runner with the same --out to retry them (it keeps what was measured), "
+            "see each item's 'error' in the result",
+            "profile",
+        )
     spec = get_device(res["device"])
     for when in ("start", "end"):
         fp = res["fingerprint"][when]

@@ -7,6 +7,13 @@ with --backend onnxruntime, the onnxruntime package. It does not import dery_dep
     python3 runner.py --bundle DIR --out result.json                 # TensorRT (trtexec)
     python3 runner.py --bundle DIR --out result.json --backend onnxruntime
 
+The result is rewritten after every item, so an interrupted run picks up where it stopped when it is
+started again with the same --out. A failed item is recorded with its error and the run goes on; the
+runner exits non-zero at the end naming the failed items (rerun to retry just those).
+
+With TensorRT each item's engine is built once for the range of the manifest's batch sizes, with one
+timing cache for the whole bundle (<bundle>/timing.cache), and each batch size is timed from it.
+
 Then, on the host: dery profile --import result.json
 """
 
@@ -15,6 +22,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -23,6 +31,8 @@ import tempfile
 import time
 
 SCHEMA = 1
+BUILD_TIMEOUT_S = 3600  # one engine build on an Orin Nano takes minutes; an hour means trtexec hangs
+TIME_TIMEOUT_S = 600
 
 
 def fingerprint():
@@ -78,7 +88,40 @@ def windows(samples, tol=0.03):
     }
 
 
-def run_onnxruntime(path, shape, threads):
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_file(bundle, item, name):
+    """Refuse an item file that is not the one the manifest lists (a bundle damaged on its way to the device)."""
+    want = item.get("sha256_fp16" if name == item.get("file_fp16") else "sha256")
+    if want and sha256_file(os.path.join(bundle, name)) != want:
+        raise RuntimeError(f"{name} does not match the manifest's sha256: copy the bundle again")
+
+
+def write_json_atomic(path, obj):
+    """Write JSON through a temporary file and a rename, so a kill leaves the old file or the new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def error_text(e):
+    return f"{type(e).__name__}: {e}"[:4000]
+
+
+# ---------------------------------------------------------------- onnxruntime
+
+
+def run_onnxruntime(path, input_shape, batches, threads):
+    """Records per batch size ({"error": ...} for a batch that failed) and onnxruntime's version."""
     import numpy as np
     import onnxruntime as ort
 
@@ -87,45 +130,211 @@ def run_onnxruntime(path, shape, threads):
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    t_end = time.perf_counter() + 0.1
-    while time.perf_counter() < t_end:
-        sess.run(None, {"x": x})
-    samples, t_stop = [], time.perf_counter() + 5.0
-    while time.perf_counter() < t_stop:
-        t0 = time.perf_counter_ns()
-        sess.run(None, {"x": x})
-        samples.append((time.perf_counter_ns() - t0) / 1e6)
-        if len(samples) >= 60 and len(samples) % 30 == 0 and windows(samples)["stable"]:
-            break
-    rec = windows(samples)
-    rec["peak_memory_mb"] = None
-    return rec, ort.__version__
+    recs = {}
+    for batch in batches:
+        try:
+            x = np.random.default_rng(0).standard_normal([batch] + input_shape).astype(np.float32)
+            t_end = time.perf_counter() + 0.1
+            while time.perf_counter() < t_end:
+                sess.run(None, {"x": x})
+            samples, t_stop = [], time.perf_counter() + 5.0
+            while time.perf_counter() < t_stop:
+                t0 = time.perf_counter_ns()
+                sess.run(None, {"x": x})
+                samples.append((time.perf_counter_ns() - t0) / 1e6)
+                if len(samples) >= 60 and len(samples) % 30 == 0 and windows(samples)["stable"]:
+                    break
+            rec = windows(samples)
+            rec["peak_memory_mb"] = None
+            recs[batch] = rec
+        except Exception as e:  # noqa: BLE001 - recorded for this batch; the run goes on
+            recs[batch] = {"error": error_text(e)}
+    return recs, ort.__version__
 
 
-def run_trtexec(trtexec, path, shape, fp16):
-    with tempfile.TemporaryDirectory() as tmp:
-        times = os.path.join(tmp, "times.json")
-        cmd = [
-            trtexec,
-            f"--onnx={path}",
-            "--shapes=x:" + "x".join(map(str, shape)),
-            "--warmUp=200",
-            "--duration=2",
-            "--useCudaGraph",
-            f"--exportTimes={times}",
-        ] + (["--fp16"] if fp16 else [])
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode != 0:
-            raise RuntimeError(f"trtexec failed on {path}: {p.stdout[-2000:]}{p.stderr[-2000:]}")
-        with open(times) as f:
-            samples = [t["computeMs"] for t in json.load(f)]
-        version = next(
-            (ln.split("TensorRT version:")[-1].strip() for ln in p.stdout.splitlines() if "TensorRT version" in ln), ""
+# ---------------------------------------------------------------- TensorRT (trtexec)
+
+
+def trtexec_features(help_text):
+    """What this trtexec accepts, read from its --help: TensorRT 11 dropped --fp16 (networks are strongly
+    typed, precision comes from the ONNX), TensorRT 8.6 renamed --buildOnly to --skipInference."""
+    version = ""
+    m = re.search(r"TensorRT v(\d+)", help_text)
+    if m:  # the banner spells 10.3.0 as v100300 (major * 10000 + ...), 8.5.2 as v8502 (major * 1000 + ...)
+        v = int(m.group(1))
+        major, rest = divmod(v, 10000 if v >= 10000 else 1000)
+        version = f"{major}.{rest // 100}.{rest % 100}"
+    return {
+        "fp16": "--fp16" in help_text,
+        "build_only": "--skipInference"
+        if "--skipInference" in help_text
+        else ("--buildOnly" if "--buildOnly" in help_text else None),
+        "version": version,
+    }
+
+
+def shape_arg(batch, input_shape):
+    return "x:" + "x".join(str(d) for d in [batch] + list(input_shape))
+
+
+def engine_plan(item, precision, features, batches, opt_batch):
+    """How to build one item's engine: the ONNX to read, the precision it will run at, and a note when that
+    is not the precision the manifest asks for."""
+    lo, hi = min(batches), max(batches)
+    plan = {
+        "onnx": item["file"],
+        "precision": "fp32",
+        "shapes": {"min": lo, "opt": min(max(opt_batch or lo, lo), hi), "max": hi},
+        "flags": [],
+        "note": None,
+    }
+    if precision != "fp16":
+        return plan
+    if features["fp16"]:  # TensorRT <= 10: weakly typed build, the builder may pick fp16 kernels
+        plan.update(precision="fp16", flags=["--fp16"])
+    elif item.get("file_fp16"):  # TensorRT 11: strongly typed, the fp16 ONNX carries the precision
+        plan.update(precision="fp16", onnx=item["file_fp16"])
+    else:
+        plan["note"] = (
+            "trtexec has no --fp16 (TensorRT 11 builds only strongly typed networks) and the bundle has no fp16 "
+            "ONNX of this item: built from the fp32 ONNX as fp32"
         )
-    rec = windows(samples)
-    rec["peak_memory_mb"] = None
-    return rec, version
+    return plan
+
+
+def build_command(trtexec, bundle, plan, input_shape, engine_path, cache_path, features):
+    s = plan["shapes"]
+    cmd = [
+        trtexec,
+        f"--onnx={os.path.join(bundle, plan['onnx'])}",
+        f"--saveEngine={engine_path}",
+        f"--timingCacheFile={cache_path}",
+        f"--minShapes={shape_arg(s['min'], input_shape)}",
+        f"--optShapes={shape_arg(s['opt'], input_shape)}",
+        f"--maxShapes={shape_arg(s['max'], input_shape)}",
+    ] + plan["flags"]
+    if features["build_only"]:
+        cmd.append(features["build_only"])
+    return cmd
+
+
+def time_command(trtexec, engine_path, batch, input_shape, times_path):
+    return [
+        trtexec,
+        f"--loadEngine={engine_path}",
+        f"--shapes={shape_arg(batch, input_shape)}",
+        "--warmUp=200",
+        "--duration=2",
+        "--useCudaGraph",
+        f"--exportTimes={times_path}",
+    ]
+
+
+def trtexec_version(text):
+    return next((ln.split("TensorRT version:")[-1].strip() for ln in text.splitlines() if "TensorRT version" in ln), "")
+
+
+def run_checked(cmd, timeout, what):
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"trtexec {what} did not finish within {timeout} s: {' '.join(cmd)}") from None
+    if p.returncode != 0:
+        raise RuntimeError(f"trtexec {what} failed (exit {p.returncode}): {p.stdout[-1500:]}{p.stderr[-1500:]}")
+    return p
+
+
+def run_tensorrt(trtexec, bundle, item, batches, plan, features):
+    """Build the item's engine once for all batch sizes (shared timing cache), then time each batch size from it.
+    Returns records per batch ({"error": ...} for a batch that failed) and TensorRT's version."""
+    os.makedirs(os.path.join(bundle, "engines"), exist_ok=True)
+    name = hashlib.sha256(item["key"].encode()).hexdigest()[:16]
+    engine = os.path.join(bundle, "engines", f"{name}-{plan['precision']}.plan")
+    cache = os.path.join(bundle, "timing.cache")
+    # trtexec rewrites the cache at the end of each build: work on a copy, so a kill mid-write cannot
+    # corrupt the cache every later build reads
+    work_cache = cache + ".work"
+    if os.path.exists(cache):
+        shutil.copyfile(cache, work_cache)
+    t0 = time.perf_counter()
+    try:
+        p = run_checked(
+            build_command(trtexec, bundle, plan, item["input_shape"], engine + ".tmp", work_cache, features),
+            BUILD_TIMEOUT_S,
+            f"build of {item['file']}",
+        )
+        os.replace(engine + ".tmp", engine)
+        if os.path.exists(work_cache):
+            os.replace(work_cache, cache)
+    finally:
+        for leftover in (engine + ".tmp", work_cache):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    build_s = round(time.perf_counter() - t0, 3)
+    version = trtexec_version(p.stdout) or features["version"]
+    recs = {}
+    try:
+        for batch in batches:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    times = os.path.join(tmp, "times.json")
+                    run_checked(
+                        time_command(trtexec, engine, batch, item["input_shape"], times),
+                        TIME_TIMEOUT_S,
+                        f"timing of {item['file']} at batch {batch}",
+                    )
+                    with open(times) as f:
+                        trace = json.load(f)
+                # older trtexec exports its warm-up runs too; they start computing before --warmUp ms
+                timed = [t for t in trace if t.get("startComputeMs", 1e9) >= 200] or trace
+                rec = windows([t["computeMs"] for t in timed])
+                rec["peak_memory_mb"] = None
+                rec["build_s"] = build_s
+                recs[batch] = rec
+            except Exception as e:  # noqa: BLE001 - recorded for this batch; the run goes on
+                recs[batch] = {"error": error_text(e)}
+    finally:
+        os.remove(engine)  # engines are large and an Orin Nano's disk is small; the timing cache is what is kept
+    return recs, version
+
+
+# ---------------------------------------------------------------- the run
+
+
+def load_previous(path, manifest_sha, backend):
+    """The result of an earlier, interrupted run of this manifest and backend at `path`, or None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            prev = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"error: {path} exists but is not a result file ({e}); move it away or pass another --out")
+    if prev.get("kind") != "profile-bundle-result" or prev.get("schema") != SCHEMA:
+        sys.exit(f"error: {path} exists but is not a bundle result of schema {SCHEMA}; pass another --out")
+    if prev.get("manifest_sha256") != manifest_sha:
+        sys.exit(
+            f"error: {path} was measured from another manifest than {manifest_sha[:12]}...; "
+            "pass another --out (or delete it to start over)"
+        )
+    if prev.get("backend") != backend:
+        sys.exit(f"error: {path} was measured with --backend {prev.get('backend')}, not {backend}; pass another --out")
+    return prev
+
+
+def measured(results, key, batches):
+    """Has `key` a record without an error at every batch size?"""
+    return all("error" not in results.get(str(b), {}).get(key, {"error": "missing"}) for b in batches)
+
+
+def result_precision(man, results, backend):
+    """The precision the records were measured at: the manifest's, unless TensorRT had to build fp32."""
+    if backend == "onnxruntime":
+        return "fp32"
+    built = {r["precision_built"] for recs in results.values() for r in recs.values() if "precision_built" in r}
+    if not built:
+        return man["precision"]
+    return built.pop() if len(built) == 1 else "mixed"
 
 
 def main():
@@ -135,52 +344,93 @@ def main():
     ap.add_argument("--backend", choices=["tensorrt", "onnxruntime"], default="tensorrt")
     ap.add_argument("--trtexec", default=shutil.which("trtexec") or "/usr/src/tensorrt/bin/trtexec")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--opt-batch",
+        type=int,
+        default=None,
+        help="batch size TensorRT tunes each engine for (default: the smallest of the manifest's)",
+    )
     args = ap.parse_args()
     man_path = os.path.join(args.bundle, "manifest.json")
     with open(man_path, "rb") as f:
         raw = f.read()
     man = json.loads(raw)
-    if args.backend == "tensorrt" and not os.path.exists(args.trtexec):
-        sys.exit(
-            f"error: trtexec not found at {args.trtexec}; pass --trtexec PATH (JetPack: /usr/src/tensorrt/bin/trtexec)"
-        )
-    fp_start = fingerprint()
-    results, version = {}, ""
-    total = len(man["items"]) * len(man["batches"])
-    done = 0
-    for batch in man["batches"]:
-        recs = {}
-        for item in man["items"]:
-            path = os.path.join(args.bundle, item["file"])
-            shape = [batch] + item["input_shape"]
-            if args.backend == "onnxruntime":
-                rec, version = run_onnxruntime(path, shape, args.threads)
-            else:
-                rec, version = run_trtexec(args.trtexec, path, shape, man["precision"] == "fp16")
-            rec.update({"kind": item["kind"], **item.get("info", {})})
-            recs[item["key"]] = rec
-            done += 1
-            print(f"[{done}/{total}] b{batch} {item['kind']} {rec['median_ms']:.4f} ms", flush=True)
-        results[str(batch)] = recs
-    out = {
+    manifest_sha = hashlib.sha256(raw).hexdigest()
+    batches = [int(b) for b in man["batches"]]
+    features = None
+    if args.backend == "tensorrt":
+        if not os.path.exists(args.trtexec):
+            sys.exit(
+                f"error: trtexec not found at {args.trtexec}; pass --trtexec PATH "
+                "(JetPack: /usr/src/tensorrt/bin/trtexec)"
+            )
+        h = subprocess.run([args.trtexec, "--help"], capture_output=True, text=True)
+        features = trtexec_features(h.stdout + h.stderr)
+
+    prev = load_previous(args.out, manifest_sha, args.backend)
+    out = prev or {
         "schema": SCHEMA,
         "kind": "profile-bundle-result",
-        "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "manifest_sha256": manifest_sha,
         "device": man["device"],
         "zoo": man["zoo"],
         "structure_hash": man["structure_hash"],
         "backend": args.backend,
-        "backend_version": version,
+        "backend_version": "",
         "precision": man["precision"] if args.backend == "tensorrt" else "fp32",
-        "fingerprint": {"start": fp_start, "end": fingerprint()},
+        "fingerprint": {"start": fingerprint(), "end": None},
         "manifest": man,
-        "results": results,
+        "results": {},
     }
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(tmp, args.out)
+    results = out["results"]
+    for b in batches:
+        results.setdefault(str(b), {})
+    todo = [it for it in man["items"] if not measured(results, it["key"], batches)]
+    if prev is not None:
+        print(f"resuming {args.out}: {len(man['items']) - len(todo)} of {len(man['items'])} items already measured")
+    out["complete"] = False
+
+    for n, item in enumerate(todo, 1):
+        label = f"[{n}/{len(todo)}] {item['kind']} {item['file']}"
+        info = {"kind": item["kind"], **item.get("info", {})}
+        extra = {}
+        try:
+            plan = engine_plan(item, man["precision"], features, batches, args.opt_batch) if features else None
+            check_file(args.bundle, item, plan["onnx"] if plan else item["file"])
+            if args.backend == "onnxruntime":
+                path = os.path.join(args.bundle, item["file"])
+                recs, version = run_onnxruntime(path, item["input_shape"], batches, args.threads)
+            else:
+                recs, version = run_tensorrt(args.trtexec, args.bundle, item, batches, plan, features)
+                extra = {"precision_built": plan["precision"], "engine_batches": plan["shapes"]}
+                if plan["note"]:
+                    extra["precision_note"] = plan["note"]
+            out["backend_version"] = version or out["backend_version"]
+        except Exception as e:  # noqa: BLE001 - one item's failure is recorded; the others are still measured
+            recs = {b: {"error": error_text(e)} for b in batches}
+        for b in batches:
+            rec = recs[b] if "error" in recs[b] else {**recs[b], **extra, **info}
+            results[str(b)][item["key"]] = rec
+            shown = f"error: {rec['error'][:200]}" if "error" in rec else f"{rec['median_ms']:.4f} ms"
+            print(f"{label} b{b}: {shown}", flush=True)
+        out["fingerprint"]["end"] = fingerprint()
+        out["precision"] = result_precision(man, results, args.backend)
+        write_json_atomic(args.out, out)
+
+    errors = {k: r["error"] for recs in results.values() for k, r in recs.items() if "error" in r}
+    notes = sorted({r["precision_note"] for recs in results.values() for r in recs.values() if "precision_note" in r})
+    out["complete"] = True
+    out["failed"] = sorted(errors)
+    out["fingerprint"]["end"] = fingerprint()
+    out["precision"] = result_precision(man, results, args.backend)
+    write_json_atomic(args.out, out)
+    for note in notes:
+        print(f"note: {note}")
     print(f"wrote {args.out}")
+    if errors:
+        files = {it["key"]: it["file"] for it in man["items"]}
+        lines = "\n".join(f"  {files.get(k, '?')} ({k}): {errors[k][:300]}" for k in sorted(errors))
+        sys.exit(f"error: {len(errors)} of {len(man['items'])} items failed (rerun to retry them):\n{lines}")
 
 
 if __name__ == "__main__":

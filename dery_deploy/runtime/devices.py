@@ -115,8 +115,86 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def gpu_fingerprint(index: int = 0) -> dict | None:
-    """NVML reading of one GPU (name, driver, clocks, temperature, power, memory); None without NVML."""
+def _uuid_hex(u) -> str:
+    """A GPU UUID without its "GPU-" / "MIG-" prefix, lower case: torch writes none, NVML writes one."""
+    s = _s(u).strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        if s.startswith(prefix):
+            return s[len(prefix) :]
+    return s
+
+
+def torch_gpu_identity(index: int | None = None) -> dict | None:
+    """UUID and PCI bus id of torch's CUDA device `index` (its current one when None); None when torch has no CUDA.
+
+    torch numbers devices after CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER, NVML by its own order, so the
+    same GPU has different indices in the two; UUID and PCI bus id are what both agree on.
+    """
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        i = torch.cuda.current_device() if index is None else index
+        props = torch.cuda.get_device_properties(i)
+    except Exception:  # noqa: BLE001 - a broken CUDA install reads as "no CUDA", as torch.cuda.is_available() does
+        return None
+    uuid = getattr(props, "uuid", None)
+    # recent torch exposes the PCI location as three integers; NVML wants "domain:bus:device.function" in hex
+    domain, bus, dev = (getattr(props, a, None) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id"))
+    pci = None if None in (domain, bus, dev) else f"{domain:08x}:{bus:02x}:{dev:02x}.0"
+    return {
+        "index": i,
+        "uuid": _uuid_hex(uuid) if uuid is not None else None,
+        "pci_bus_id": pci,
+        "name": props.name,
+        "memory_mb": props.total_memory // 2**20,
+    }
+
+
+def _nvml_handle(pynvml, index: int | None, ident: dict | None):
+    """The NVML handle of the GPU torch calls `index` and how it was found (uuid, pci, nvml-index), or None."""
+    if ident is None:  # torch has no CUDA here: NVML's own numbering is all there is
+        return pynvml.nvmlDeviceGetHandleByIndex(index or 0), "nvml-index"
+    if ident["uuid"]:
+        for prefix in ("GPU-", "MIG-"):  # a MIG instance's UUID carries MIG-, a whole GPU's GPU-
+            try:
+                return pynvml.nvmlDeviceGetHandleByUUID(prefix + ident["uuid"]), "uuid"
+            except pynvml.NVMLError:
+                pass
+    if ident["pci_bus_id"]:
+        try:
+            return pynvml.nvmlDeviceGetHandleByPciBusId(ident["pci_bus_id"]), "pci"
+        except pynvml.NVMLError:
+            pass
+    # older NVML builds spell UUIDs differently: compare every device's UUID without its prefix
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        try:
+            if ident["uuid"] and _uuid_hex(pynvml.nvmlDeviceGetUUID(h)) == ident["uuid"]:
+                return h, "uuid"
+        except pynvml.NVMLError:
+            continue
+    return None, "unmatched"
+
+
+def _optional(read, *args):
+    """One NVML reading, None where the board does not report it (Jetson-like boards, MIG, some cloud GPUs)."""
+    import pynvml
+
+    try:
+        return read(*args)
+    except pynvml.NVMLError:
+        return None
+
+
+def gpu_fingerprint(index: int | None = None) -> dict | None:
+    """NVML reading of one GPU (name, driver, clocks, temperature, power, memory); None without NVML.
+
+    `index` is torch's CUDA device number (default: its current device), matched to NVML by UUID or PCI bus id;
+    without CUDA in torch it is NVML's own index (default 0). Name and memory are required; every other reading
+    is None where the board does not report it.
+    """
     try:
         import pynvml
     except ImportError:
@@ -126,24 +204,48 @@ def gpu_fingerprint(index: int = 0) -> dict | None:
     except Exception:  # noqa: BLE001 - no driver / no GPU
         return None
     try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        name = pynvml.nvmlDeviceGetName(h)
-        fp = {
-            "kind": "cuda",
-            "gpu_name": name.decode() if isinstance(name, bytes) else name,
-            "driver": _s(pynvml.nvmlSystemGetDriverVersion()),
-            "memory_mb": pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20,
-            "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
-            "max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
-            "temperature_c": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
-        }
+        ident = torch_gpu_identity(index)
         try:
-            fp["power_w"] = round(pynvml.nvmlDeviceGetPowerUsage(h) / 1000, 1)
-        except Exception:  # noqa: BLE001 - some boards do not report power
-            fp["power_w"] = None
-        return fp
+            h, matched_by = _nvml_handle(pynvml, index, ident)
+        except pynvml.NVMLError:  # nvmlDeviceGetHandleByIndex on a missing index: no such GPU here
+            return None
+        if h is None:
+            # torch sees a GPU that NVML cannot place (e.g. a vGPU without UUID lookups): say so rather than
+            # describe whatever NVML lists first; the name and memory come from CUDA itself
+            assert ident is not None
+            return {
+                "kind": "cuda",
+                "gpu_name": ident["name"],
+                "driver": _optional(lambda: _s(pynvml.nvmlSystemGetDriverVersion())),
+                "memory_mb": ident["memory_mb"],
+                "sm_clock_mhz": None,
+                "max_sm_clock_mhz": None,
+                "temperature_c": None,
+                "power_w": None,
+                "nvml_match": matched_by,
+            }
+        try:
+            name = _s(pynvml.nvmlDeviceGetName(h))
+            memory_mb = pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20
+        except pynvml.NVMLError as e:
+            raise DeryError(f"NVML found the GPU but could not read its name and memory ({e})", "profile") from None
+        power = _optional(pynvml.nvmlDeviceGetPowerUsage, h)
+        return {
+            "kind": "cuda",
+            "gpu_name": name,
+            "driver": _optional(lambda: _s(pynvml.nvmlSystemGetDriverVersion())),
+            "memory_mb": memory_mb,
+            "sm_clock_mhz": _optional(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
+            "max_sm_clock_mhz": _optional(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
+            "temperature_c": _optional(pynvml.nvmlDeviceGetTemperature, h, pynvml.NVML_TEMPERATURE_GPU),
+            "power_w": None if power is None else round(power / 1000, 1),
+            "nvml_match": matched_by,
+        }
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
 
 
 def _s(v) -> str:

@@ -1,0 +1,111 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dery_deploy.runtime.backends import get_backend
+from dery_deploy.runtime.measure import measure_module
+
+
+def tiny_item(i: int) -> nn.Sequential:
+    """The i-th of a run of structurally distinct items, as profiling sees them: nn.Sequentials sharing one forward."""
+    c = 2 + i
+    pool = (nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(nn.Conv2d(4, c, 3, padding=1), nn.ReLU(), *pool, nn.Linear(c, 3))
+
+
+class DynamoWatch(logging.Handler):
+    """Counts the graphs Dynamo compiles and catches its recompile-limit warning, after which it runs frames eager."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.limit_hits: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        # torch >= 2.7 says recompile_limit, older releases cache_size_limit
+        if "recompile_limit" in msg or "cache_size_limit" in msg:
+            self.limit_hits.append(msg.splitlines()[0])
+
+    def __enter__(self):
+        from torch._dynamo.utils import counters
+
+        self.counters = counters
+        self.graphs0 = counters["stats"]["unique_graphs"]
+        logging.getLogger("torch._dynamo").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("torch._dynamo").removeHandler(self)
+
+    @property
+    def graphs(self) -> int:
+        return self.counters["stats"]["unique_graphs"] - self.graphs0
+
+
+def test_dynamo_watch_sees_the_eager_fallback():
+    # the control: without a reset between items Dynamo gives up after its limit (2 here, to keep it cheap)
+    import torch._dynamo
+
+    x = torch.randn(1, 4, 8, 8)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=2), DynamoWatch() as watch, torch.inference_mode():
+        for i in range(3):
+            torch.compile(tiny_item(i).eval(), dynamic=False)(x)
+    torch._dynamo.reset()
+    assert watch.graphs == 2 and len(watch.limit_hits) == 1, (watch.graphs, watch.limit_hits)
+
+
+def test_torch_compile_backend_compiles_every_item_of_a_long_run():
+    import torch._dynamo
+
+    be = get_backend("torch-compile")
+    if be.unavailable("cpu"):
+        pytest.skip(be.unavailable("cpu"))
+    n = torch._dynamo.config.recompile_limit + 2
+    x = torch.randn(1, 4, 8, 8)
+    with DynamoWatch() as watch:
+        for i in range(n):
+            before = watch.graphs
+            item = tiny_item(i).eval()
+            runner = be.prepare(item, x, "fp32", "cpu")
+            assert watch.graphs > before, f"item {i} was not compiled (Dynamo fell back to eager)"
+            with torch.no_grad():
+                np.testing.assert_allclose(runner.run(x), item(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert watch.limit_hits == [] and watch.graphs >= n
+
+
+def test_onnxruntime_without_cuda_ep_says_what_to_install():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA execution provider")
+    why = get_backend("onnxruntime").unavailable("cuda")
+    assert why is not None and "onnxruntime-gpu" in why
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_binds_input_and_output_on_the_gpu():
+    be = get_backend("onnxruntime")
+    why = be.unavailable("cuda")
+    if why:
+        pytest.skip(why)
+    item = nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 16, 3, padding=1)).eval()
+    x = torch.randn(8, 4, 32, 32)
+    with torch.no_grad():
+        ref = item(x).numpy()
+    runner = be.prepare(item, x, "fp32", "cuda")
+    assert runner.cuda and runner.info["io_binding"] == "cuda"
+    out = runner.call()  # the bound output: a CUDA tensor ORT wrote in place, no copy back to the host
+    torch.cuda.synchronize()
+    assert out.is_cuda and tuple(out.shape) == ref.shape
+    # the CUDA EP may run convolutions in TF32: compare at its precision
+    np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=1e-2, atol=1e-2)
+    x2 = torch.randn(3, 4, 32, 32)  # another batch runs through a binding of its own
+    with torch.no_grad():
+        np.testing.assert_allclose(runner.run(x2), item(x2).numpy(), rtol=1e-2, atol=1e-2)
+    m = measure_module(be, item, x, "fp32", "cuda", max_s=2.0)
+    assert m.timing.median_ms > 0 and m.peak_memory_mb is not None and m.peak_memory_mb >= 0
+    assert list(item.parameters())[0].device.type == "cpu"  # the caller's module is untouched
