@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from dery_deploy.artifacts import JsonArtifact, atomic_write_json
+from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.program import fastest
-from dery_deploy.assemble.stage import AdapterFitter, assemble, program_data
+from dery_deploy.assemble.stage import Scores, assemble, program_data
 from dery_deploy.data.task import DEFAULT_DATA, Task, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.export.stage import export_run
 from dery_deploy.network.items import donor_key
-from dery_deploy.network.plan import Plan, load_plan, save_plan_with_weights
+from dery_deploy.network.plan import load_plan, save_plan_with_weights
 from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
 from dery_deploy.profile.latency_model import LatencyModel
@@ -38,6 +39,8 @@ from dery_deploy.runtime.devices import DeviceSpec, get_device, this_machine
 from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import evaluate_model
 from dery_deploy.train.finetune import Recipe, finetune, load_run_model
+from dery_deploy.train.select import Finalist, select
+from dery_deploy.train.teacher import make_teacher
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 from dery_deploy.zoo.summary import zoo_rows
 
@@ -126,6 +129,7 @@ class RunManifest(JsonArtifact):
     profile: str = ""
     results: list[dict] = field(default_factory=list)
     donors: dict[str, dict] = field(default_factory=dict)
+    teacher: dict = field(default_factory=dict)
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
@@ -277,8 +281,32 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str) -> None:
         + ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(donor_ms.items(), key=lambda kv: kv[1]))
         + ")"
     )
-    recipe = Recipe(opts.epochs_adapter, opts.epochs_full, seed=opts.seed)
+    recipes = Recipes.of(opts)
     fitter = AdapterFitter.for_task(dis, task)
+    computed: list[Scores] = []
+
+    def scores() -> Scores:
+        """The task-aware quality terms, computed the first time a budget needs assembling."""
+        if not computed:
+            computed.append(
+                r.stage(
+                    "task-aware scores (transferability, seams)",
+                    lambda: None,
+                    lambda: Scores.compute(dis, task, part, fitter),
+                    lambda sc: f"{len(sc.transfer)} boundaries, {len(sc.seams)} seams",
+                )
+            )
+        return computed[0]
+
+    ce = stage_donors(r, zoo, task, recipes.ce, donor_ms, teacher_pool(donor_ms, budgets), "ce")
+    teacher_name = max(ce, key=lambda n: (ce[n]["val_accuracy"], n))
+    teacher = make_teacher(
+        [r.out / "donors" / "ce" / teacher_name], task, recipes.teacher_pool, opts.seed, r.cache, load_run_model
+    )
+    r.manifest.teacher = {"donor": teacher_name, "val_accuracy": ce[teacher_name]["val_accuracy"], **teacher.describe()}
+    r.say(f"  teacher: {teacher_name} (validation {ce[teacher_name]['val_accuracy']:.2f}%)")
+    within = [n for n, ms in donor_ms.items() if ms <= max(budgets)]
+    r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
     for b in budgets:
         r.manifest.results.append(
             stage_budget(
@@ -289,17 +317,17 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str) -> None:
                 precision,
                 part,
                 dis,
-                sim,
                 model,
                 task,
-                recipe,
+                recipes,
                 fitter,
+                scores,
+                teacher,
                 b,
                 aoti=opts.aoti and b == budgets[len(budgets) // 2],
             )
         )
     feasible = [res for res in r.manifest.results if "plan" in res]
-    r.manifest.donors = stage_donors(r, zoo, task, recipe, donor_ms, max(budgets))
     for res in r.manifest.results:
         res["donors_within_budget"] = sorted(
             (n for n, d in r.manifest.donors.items() if d["latency_ms"] <= res["budget_ms"]),
@@ -310,7 +338,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str) -> None:
     r.stage("report", lambda: None, lambda: write_report(r.out, r.manifest, zoo, sim, part, prof, rows))
     r.save()
     if not feasible:
-        f = fastest(program_data(zoo, part, dis, sim, model, task.num_classes))
+        f = fastest(program_data(zoo, part, dis, model, task.num_classes, scores()))
         raise DeryError(
             f"no budget was feasible on {spec.id}; the fastest assembly is predicted at {f.latency_ms:.4f} ms "
             f"(report: {r.out / 'report.md'})",
@@ -413,93 +441,234 @@ def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis) -> Profile:
     return prof
 
 
+def teacher_pool(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:
+    """Donors trained as teacher candidates: those within twice the largest budget (at least the fastest
+    two): the teacher may be slower than the budget, it never ships."""
+    ranked = sorted(donor_ms, key=lambda n: (donor_ms[n], n))
+    return [n for n in ranked if donor_ms[n] <= 2 * max(budgets)] or ranked[:2]
+
+
+@dataclass
+class Recipes:
+    """The recipes of one run: `ce` trains teacher candidates and is the base of the selection's short
+    rungs; `final` is the one recipe every compared network gets (donors and the picks alike)."""
+
+    ce: Recipe
+    final: Recipe
+    rungs: tuple[int, ...]
+    teacher_pool: int
+
+    @classmethod
+    def of(cls, opts: RunOptions) -> Recipes:
+        ce = Recipe(epochs_adapter=opts.epochs_adapter, epochs_full=opts.epochs_full, plateau=0.02, seed=opts.seed)
+        final = Recipe(
+            match_epochs=1 if opts.quick else 3,
+            match_images=4096 if opts.quick else 8192,
+            epochs_adapter=opts.epochs_adapter,
+            epochs_full=opts.epochs_full,
+            plateau=0.02,
+            distill=0.5,
+            distill_images=1024 if opts.quick else 2048,
+            seed=opts.seed,
+        )
+        return cls(ce, final, (1,) if opts.quick else (1, 2), 4096 if opts.quick else 8192)
+
+
 def stage_budget(
-    r: Run, zoo, spec, backend, precision, part, dis, sim, model, task, recipe, fitter, b: float, aoti: bool
+    r: Run,
+    zoo,
+    spec,
+    backend,
+    precision,
+    part,
+    dis,
+    model,
+    task,
+    recipes: Recipes,
+    fitter,
+    scores,
+    teacher,
+    b: float,
+    aoti: bool,
 ) -> dict:
+    """One budget: candidates and measured finalists, selection by evidence on validation, healing of
+    the best mixed plan with the final recipe, then the pick's evaluation and exports."""
     bdir = r.out / f"budget-{b:g}ms"
     entry: dict = {"budget_ms": b}
-    plan_path = bdir / "plan.json"
+    sel_path = bdir / "selection.json"
+    key = {
+        "partition": part.key,
+        "task": task.hash(),
+        "top": r.opts.top,
+        "rungs": list(recipes.rungs),
+        "recipe": asdict(recipes.ce),
+        "profile_records": len(model.profile.records),
+    }
 
     def reuse():
-        if not Plan.is_current(plan_path):
+        if not sel_path.is_file():
             return None
-        p = load_plan(plan_path)
-        ok = (
-            p.zoo_hash == zoo.hash()
-            and p.budget.get("latency_ms") == b
-            and p.backend == backend.name
-            and p.solver.get("partition_key") == part.key
-            and p.task.get("hash") == task.hash()
-            and p.solver.get("top") is not None
-            and p.solver.get("requested_top") == r.opts.top
-        )
-        return p if ok else None
+        old = json.loads(sel_path.read_text())
+        return old if old.get("key") == key else None
 
     def compute():
         with r.progress() as prog:
             res = assemble(
-                zoo, part, dis, sim, model, task, b, top=r.opts.top, seed=r.opts.seed, progress=prog, fitter=fitter
+                zoo,
+                part,
+                dis,
+                model,
+                task,
+                b,
+                top=r.opts.top,
+                seed=r.opts.seed,
+                progress=prog,
+                fitter=fitter,
+                scores=scores(),
+                finalists=2 if r.opts.quick else 4,
             )
-        res.plan.solver["requested_top"] = r.opts.top
-        atomic_write_json(
-            bdir / "candidates.json",
-            [
-                {
-                    "plan": c.plan.describe(),
-                    "predicted_ms": round(c.predicted_ms, 5),
-                    "params_m": round(c.evaluation.params / 1e6, 4),
-                    "quality": c.evaluation.quality / 1000,
-                    "proxy": round(c.proxy, 3),
-                }
-                for c in res.candidates
-            ],
-        )
-        save_plan_with_weights(res.plan, res.net, plan_path)
-        return res.plan
+        finalists = []
+        for i, c in enumerate(res.finalists):
+            path = save_plan_with_weights(c.plan, c.net, bdir / "finalists" / f"{i:02d}.json")
+            finalists.append(
+                Finalist(
+                    c.name,
+                    {"plan": c.plan.to_dict(), "adapter_weights": str(path.with_suffix(".safetensors").resolve())},
+                    c.is_donor,
+                    c.measured.get("median_ms"),
+                )
+            )
+        sel = select(finalists, zoo, task, bdir / "select", recipes.ce, rungs=recipes.rungs, log=lambda m: r.say(m))
+        out = {
+            "key": key,
+            "candidates": [c.to_dict() for c in res.candidates],
+            "finalists": [{**c.to_dict(), "path": f"finalists/{i:02d}.json"} for i, c in enumerate(res.finalists)],
+            "rejected_over_budget": [c.to_dict() for c in res.rejected],
+            "solver": res.solver,
+            "margin": res.margin,
+            "selection": sel.to_dict(),
+        }
+        atomic_write_json(sel_path, out)
+        return out
 
     try:
-        plan = r.stage(f"assemble under {b:g} ms", reuse, compute, lambda p: p.describe())
+        sel = r.stage(f"assemble and select under {b:g} ms", reuse, compute, lambda o: o["selection"]["pick"])
     except DeryError as e:
         entry["infeasible"] = str(e)
         r.manifest.stages[-1:] = []
         r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
         r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
         return entry
-    entry["plan"] = plan.to_dict()
-    if (bdir / "candidates.json").is_file():
-        entry["candidates"] = json.loads((bdir / "candidates.json").read_text())
-    r.say(f"  plan: {plan.describe()} predicted {plan.predicted['latency_ms']:.4f} ms")
-    train_dir = bdir / "train"
-    source = {"plan": plan.to_dict(), "adapter_weights": str(plan_path.with_suffix(".safetensors").resolve())}
-    metrics = stage_finetune(r, f"fine-tune plan ({b:g} ms)", source, zoo, task, recipe, train_dir, eval_phase1=True)
-    entry["phase1_top1"] = metrics.get("phase1_test_accuracy")
-    entry["val_accuracy"] = metrics.get("val_accuracy")
-    entry.update(
-        stage_evaluate(
-            r, train_dir, task, f"plan {b:g} ms", (backend, precision, "cuda" if spec.kind == "cuda" else "cpu")
+    s = sel["selection"]
+    entry.update({k: sel[k] for k in ("candidates", "finalists", "rejected_over_budget", "solver", "margin")})
+    entry["selection"] = s
+    r.say(f"  pick: {s['pick']} ({s['rule']})")
+    paths = {f["plan"]: bdir / f["path"] for f in sel["finalists"]}
+    if s["best_mix"]:
+        # the best mixed plan is healed with the final recipe even when a donor is picked: the report
+        # compares it with the donors trained the same way
+        mix_dir = bdir / "mix"
+        plan = load_plan(paths[s["best_mix"]])
+        source = {
+            "plan": plan.to_dict(),
+            "adapter_weights": str(paths[s["best_mix"]].with_suffix(".safetensors").resolve()),
+        }
+        metrics = stage_finetune(
+            r,
+            f"heal {s['best_mix']} ({b:g} ms)",
+            source,
+            zoo,
+            task,
+            recipes.final,
+            mix_dir,
+            eval_phase1=True,
+            teacher=teacher,
         )
-    )
-    entry["onnx"] = stage_export(r, train_dir, "onnx", f"plan {b:g} ms")
+        ev = stage_evaluate(
+            r, mix_dir, task, f"best mix {b:g} ms", (backend, precision, "cuda" if spec.kind == "cuda" else "cpu")
+        )
+        entry["mix"] = {
+            "plan": plan.to_dict(),
+            "val_accuracy": metrics.get("val_accuracy"),
+            "phase1_top1": metrics.get("phase1_test_accuracy"),
+            "seam_matching": metrics.get("seam_matching"),
+            **ev,
+        }
+        entry["mix"]["onnx"] = stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms")
+    pick = s["pick"]
+    if pick == s["best_mix"]:
+        entry.update({"pick_kind": "mix", "plan": entry["mix"]["plan"], "run": str(bdir / "mix")})
+        entry.update(
+            {
+                k: entry["mix"][k]
+                for k in (
+                    "top1",
+                    "per_class",
+                    "params_m",
+                    "confusion_png",
+                    "measured_ms",
+                    "measured_stable",
+                    "val_accuracy",
+                    "phase1_top1",
+                    "onnx",
+                )
+                if k in entry["mix"]
+            }
+        )
+        run_dir = bdir / "mix"
+    else:
+        donor = load_plan(paths[pick]).blocks[0].donor
+        d = r.manifest.donors[donor]
+        entry.update(
+            {
+                "pick_kind": "donor",
+                "plan": load_plan(paths[pick]).to_dict(),
+                "run": d["run"],
+                "top1": d["top1"],
+                "val_accuracy": d["val_accuracy"],
+                "params_m": d["params_m"],
+                "per_class": d["per_class"],
+                "confusion_png": d["confusion_png"],
+            }
+        )
+        run_dir = Path(d["run"])
+        entry["onnx"] = stage_export(r, run_dir, "onnx", f"donor {donor}", plan=entry["plan"], out=bdir / "export")
+        entry["measured_ms"] = entry["onnx"].get("latency_ms")
     if aoti:
-        entry["aoti"] = stage_export(r, train_dir, "aoti", f"plan {b:g} ms")
+        entry["aoti"] = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=entry["plan"], out=bdir / "export")
     return entry
 
 
 def stage_finetune(
-    r: Run, name: str, source: dict, zoo, task, recipe, run_dir: Path, eval_phase1: bool = False
+    r: Run, name: str, source: dict, zoo, task, recipe, run_dir: Path, eval_phase1: bool = False, teacher=None
 ) -> dict:
     def reuse():
         if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
             return None
         cfg = json.loads((run_dir / "config.json").read_text())
+        want = teacher.describe() if (teacher and recipe.distill) else None
         same = (
-            cfg.get("source") == source and cfg.get("task_hash") == task.hash() and cfg.get("recipe") == asdict(recipe)
+            cfg.get("source") == source
+            and cfg.get("task_hash") == task.hash()
+            and cfg.get("recipe") == asdict(recipe)
+            and cfg.get("teacher") == want
         )
         return json.loads((run_dir / "metrics.json").read_text()) if same else None
 
     def compute():
         # another configuration in this folder (an earlier run with other options) is replaced, not refused
-        return finetune(source, zoo, task, recipe, run_dir, force=True, log=None, test=False, eval_phase1=eval_phase1)
+        return finetune(
+            source,
+            zoo,
+            task,
+            recipe,
+            run_dir,
+            force=True,
+            log=None,
+            test=False,
+            eval_phase1=eval_phase1,
+            teacher=teacher,
+        )
 
     return r.stage(name, reuse, compute, lambda m: f"validation {m.get('val_accuracy')}%")
 
@@ -536,16 +705,28 @@ def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | Non
     return out
 
 
-def stage_export(r: Run, run_dir: Path, fmt: str, label: str) -> dict:
-    path = run_dir / "export" / f"report-{fmt}.json"
+def stage_export(
+    r: Run, run_dir: Path, fmt: str, label: str, plan: dict | None = None, out: Path | None = None
+) -> dict:
+    """Export a run (into `out`, default RUN/export), held to `plan`'s budget (default the run's own plan)."""
+    out = out or run_dir / "export"
+    path = out / f"report-{fmt}.json"
     ckpt = run_dir / "checkpoint.safetensors"
 
     def reuse():
-        return json.loads(path.read_text()) if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime else None
+        if not (path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime):
+            return None
+        rep = json.loads(path.read_text())
+        return (
+            rep
+            if (rep.get("budget") or {}).get("budget_ms") == (plan or {}).get("budget", {}).get("latency_ms")
+            or plan is None
+            else None
+        )
 
     def compute():
         try:
-            return export_run(run_dir, fmt, None, None, None, None, allow_over_budget=True, force=True)
+            return export_run(run_dir, fmt, None, None, out, None, allow_over_budget=True, force=True, plan=plan)
         except DeryError as e:
             return {"format": fmt, "error": str(e)}
 
@@ -559,16 +740,33 @@ def stage_export(r: Run, run_dir: Path, fmt: str, label: str) -> dict:
     return rep
 
 
-def stage_donors(r: Run, zoo, task, recipe, donor_ms: dict[str, float], max_budget: float) -> dict[str, dict]:
-    """Every donor that fits the largest budget, fine-tuned with the same recipe: the baselines."""
+def stage_donors(
+    r: Run,
+    zoo,
+    task,
+    recipe,
+    donor_ms: dict[str, float],
+    names: list[str],
+    tag: str,
+    teacher=None,
+    evaluate: bool = False,
+) -> dict[str, dict]:
+    """Donors trained with `recipe` (whole, with a new classifier): teacher candidates (`ce`) or the
+    baselines every pick is compared with (`final`, the same recipe as the picks)."""
     donors = {}
-    for name, ms in sorted(donor_ms.items(), key=lambda kv: kv[1]):
-        if ms > max_budget:
-            continue
-        ddir = r.out / "donors" / name
-        stage_finetune(
-            r, f"fine-tune donor {name} ({ms:.3f} ms)", {"donor": name, "zoo_ref": zoo.ref}, zoo, task, recipe, ddir
+    for name in sorted(names, key=lambda n: (donor_ms[n], n)):
+        ddir = r.out / "donors" / tag / name
+        m = stage_finetune(
+            r,
+            f"fine-tune donor {name} ({tag}, {donor_ms[name]:.3f} ms)",
+            {"donor": name, "zoo_ref": zoo.ref},
+            zoo,
+            task,
+            recipe,
+            ddir,
+            teacher=teacher,
         )
-        ev = stage_evaluate(r, ddir, task, f"donor {name}")
-        donors[name] = {**ev, "latency_ms": ms}
+        donors[name] = {"val_accuracy": m.get("val_accuracy"), "latency_ms": donor_ms[name], "run": str(ddir)}
+        if evaluate:
+            donors[name].update(stage_evaluate(r, ddir, task, f"donor {name}"))
     return donors

@@ -1,13 +1,16 @@
-"""Candidates: a choice of one block per set, built with least-squares-initialised adapters (fitted
-on the task's unlabelled images) and scored by a training-free proxy on the task's labelled images."""
+"""Candidates: a choice of one block per set (or a whole donor), built with least-squares-initialised
+adapters (fitted on the task's unlabelled images) and scored by a training-free proxy on the task's
+labelled images; finalists are then measured end to end on the device."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
-from dery_deploy.assemble.program import Evaluation
+from dery_deploy.assemble.program import Budget, Evaluation, ProgramData
 from dery_deploy.assemble.proxies import get_proxy
 from dery_deploy.data.task import Task
 from dery_deploy.dissect import Dissection
@@ -26,6 +29,28 @@ def plan_from_choice(zoo, partition: Partition, choice: tuple[int, ...], num_cla
         for k, o in enumerate(choice)
     ]
     return Plan(zoo.name, zoo.hash(), blocks, num_classes, zoo_ref=zoo.ref)
+
+
+def donor_plan(zoo, partition: Partition, donor: str, num_classes: int) -> Plan:
+    """The whole donor as a plan: its own blocks end to end and its own head (a new classifier)."""
+    blocks = [BlockRef(s.index, donor, s.block_of(donor).start, s.block_of(donor).end) for s in partition.sets]
+    return Plan(zoo.name, zoo.hash(), blocks, num_classes, zoo_ref=zoo.ref, head_kind="donor")
+
+
+def few_seam_choices(partition: Partition, max_seams: int = 2) -> list[tuple[int, ...]]:
+    """Every chain with 1..max_seams seams: a prefix of one donor, then the rest of another (or two)."""
+    K = len(partition.sets)
+    donors = [b.donor for b in partition.sets[0].blocks]
+    index = [{b.donor: o for o, b in enumerate(s.blocks)} for s in partition.sets]
+    out = []
+    for n in range(1, max_seams + 1):
+        for cuts in itertools.combinations(range(1, K), n):
+            bounds = (0, *cuts, K)
+            for seq in itertools.product(donors, repeat=n + 1):
+                if any(a == b for a, b in zip(seq, seq[1:])):
+                    continue
+                out.append(tuple(index[k][seq[j]] for j in range(n + 1) for k in range(bounds[j], bounds[j + 1])))
+    return out
 
 
 class AdapterFitter:
@@ -54,8 +79,10 @@ class AdapterFitter:
             self._feats[key] = x
         return self._feats[key]
 
-    def init(self, net: AssembledNet, plan: Plan) -> list[float]:
+    def init(self, net: nn.Module, plan: Plan) -> list[float]:
         """Fit every adapter of `net` in place; returns the stitch errors after fitting."""
+        if not isinstance(net, AssembledNet):
+            return []
         errors = []
         specs = stitch_specs(plan, self.dis)
         for i, (a, b) in enumerate(zip(plan.blocks, plan.blocks[1:])):
@@ -74,14 +101,41 @@ class AdapterFitter:
 @dataclass
 class Candidate:
     plan: Plan
-    evaluation: Evaluation
+    predicted_ms: float
+    params: int
+    memory_mb: float | None
+    quality: float | None  # the program's estimate (None for whole donors, which the program does not model)
+    origin: str  # program | donor | few-seam
     proxy: float = float("nan")
     stitch_errors: list[float] = field(default_factory=list)
-    net: AssembledNet | None = None
+    net: nn.Module | None = None
+    measured: dict = field(default_factory=dict)  # end-to-end on the device: median_ms, p90_ms, stable, noise
+
+    @classmethod
+    def of(cls, plan: Plan, ev: Evaluation, origin: str) -> Candidate:
+        return cls(plan, ev.latency_ms, ev.params, ev.memory_mb, ev.quality / 1000, origin)
 
     @property
-    def predicted_ms(self) -> float:
-        return self.evaluation.latency_ms
+    def is_donor(self) -> bool:
+        return self.plan.head_kind == "donor"
+
+    @property
+    def name(self) -> str:
+        return self.plan.describe()
+
+    def to_dict(self) -> dict:
+        return {
+            "plan": self.name,
+            "origin": self.origin,
+            "seams": self.plan.seams,
+            "predicted_ms": round(self.predicted_ms, 5),
+            "params_m": round(self.params / 1e6, 4),
+            "memory_mb": self.memory_mb,
+            "quality": self.quality,
+            "proxy": round(self.proxy, 3),
+            "stitch_errors": [round(e, 4) for e in self.stitch_errors],
+            "measured": self.measured,
+        }
 
 
 def score_candidates(
@@ -94,6 +148,7 @@ def score_candidates(
     labels: torch.Tensor,
     progress=None,
 ) -> None:
+    """Build each candidate (LSQ adapters) and score it with the proxy on labelled images."""
     fn = get_proxy(proxy)
     task = progress.add_task(f"proxy {proxy}", total=len(cands)) if progress else None
     for c in cands:
@@ -101,6 +156,48 @@ def score_candidates(
         net = build_net(c.plan, zoo, dissections)
         c.stitch_errors = fitter.init(net, c.plan)
         c.proxy = fn(net, images, labels)
+        c.params = c.params or sum(p.numel() for p in net.parameters())
         c.net = net
         if progress:
             progress.advance(task)
+
+
+def pool_of(
+    data: ProgramData,
+    partition: Partition,
+    zoo,
+    program_top: list[Evaluation],
+    planned: Budget,
+    budget: Budget,
+    donors: dict[str, tuple[float, float | None, int]],
+    num_classes: int,
+    few_seam: int = 4,
+) -> list[Candidate]:
+    """The candidate pool: the program's top N, every donor that fits (zero seams) and the best
+    one- and two-seam chains (a prefix of one donor, the rest of another) by the program's quality.
+    Chains are held to the `planned` budget (less the latency model's error); whole donors, measured
+    whole, to the `budget` itself."""
+    pool: dict[str, Candidate] = {}
+    for ev in program_top:
+        c = Candidate.of(plan_from_choice(zoo, partition, ev.choice, num_classes), ev, "program")
+        pool.setdefault(c.name, c)
+    for donor, (ms, mem, params) in donors.items():  # measured whole: (latency, peak memory, parameters)
+        fits = (
+            ms * 1000 <= budget.latency_us
+            and (budget.params is None or params <= budget.params)
+            and (budget.memory_mb is None or (mem is not None and mem <= budget.memory_mb))
+        )
+        if fits:
+            p = donor_plan(zoo, partition, donor, num_classes)
+            pool.setdefault(p.describe(), Candidate(p, ms, params, mem, None, "donor"))
+    seamed = [data.evaluate(c) for c in few_seam_choices(partition)]
+    seamed = sorted((e for e in seamed if planned.admits(e)), key=lambda e: (-e.quality, e.latency_us))
+    added = 0
+    for ev in seamed:
+        if added >= few_seam:
+            break
+        c = Candidate.of(plan_from_choice(zoo, partition, ev.choice, num_classes), ev, "few-seam")
+        if c.name not in pool:
+            pool[c.name] = c
+            added += 1
+    return list(pool.values())

@@ -46,7 +46,7 @@ def optuna_search(
             seen.setdefault(choice, None)
             return -1e9
         if seen.get(choice) is None:
-            c = Candidate(plan_from_choice(zoo, partition, choice, num_classes), ev)
+            c = Candidate.of(plan_from_choice(zoo, partition, choice, num_classes), ev, "optuna")
             torch.manual_seed(0)
             net = build_net(c.plan, zoo, dissections)
             c.stitch_errors = fitter.init(net, c.plan)

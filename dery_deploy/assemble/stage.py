@@ -1,46 +1,62 @@
-"""The assemble stage: partition + similarity + profile + task + budget -> ranked candidates -> plan.
+"""The assemble stage: partition + profile + task + budget -> candidates -> measured finalists.
 
-The program enumerates the top-N assemblies by its quality estimate under the budget; each
-candidate is built with least-squares-initialised adapters (fitted on the task's unlabelled
-images) and scored by a training-free proxy on the task's labelled training images; the best
-proxy score becomes the plan.
+1. The program (exact DP certified by CP-SAT) finds the top-N chains by the task-aware quality
+   estimate (`quality.py`) under the budget less the latency model's measured error (a margin, so
+   finalists rarely fail their measurement).
+2. The pool adds every donor that fits (zero seams) and the best one- and two-seam chains.
+3. Every candidate is built with least-squares adapters and scored by the proxy on labelled images.
+4. The best by proxy (and every donor that fits) are the finalists: each is built and measured end to
+   end on the plan's device with the profile's backend, precision and batch; those whose measured
+   median is over the budget are dropped.
+The finalists go to selection by evidence (`train/select.py`); without it, the best by proxy is the plan.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from dery_deploy.assemble.candidates import AdapterFitter, Candidate, plan_from_choice, score_candidates
+from dery_deploy.assemble.candidates import AdapterFitter, Candidate, pool_of, score_candidates
 from dery_deploy.assemble.program import Budget, ProgramData, fastest, quality_int, solve
+from dery_deploy.assemble.quality import SEAM_POINTS, seam_errors, transferability
 from dery_deploy.assemble.search_optuna import optuna_search
 from dery_deploy.data.task import Task
 from dery_deploy.dissect import Dissection
 from dery_deploy.errors import DeryError
 from dery_deploy.network.adapters import Adapter
-from dery_deploy.network.items import adapter_key, block_key, head_key, plan_items
-from dery_deploy.network.plan import AssembledNet, Plan
+from dery_deploy.network.items import adapter_key, block_key, donor_key, head_key, plan_items
+from dery_deploy.network.plan import Plan
 from dery_deploy.partition.stage import Partition
 from dery_deploy.profile.latency_model import LatencyModel, budget_us
 from dery_deploy.runtime.backends import get_backend
-from dery_deploy.runtime.devices import get_device
-from dery_deploy.similarity.compute import Similarity
+from dery_deploy.runtime.devices import get_device, this_machine
+from dery_deploy.runtime.measure import measure_module
 
 # Labelled images each proxy scores on: NASWOT / ZiCo use one small batch as in their papers; the
 # linear probe needs enough samples per class for its leave-one-out estimate.
 PROXY_IMAGES = {"naswot": 64, "zico": 64, "probe": 500}
+FINALISTS = 4  # mixed finalists measured (every donor that fits is a finalist too)
+
+
+@dataclass
+class Scores:
+    """Task-aware quality terms, computed once per (task, partition): transferability of every
+    (donor, boundary) and the stitch error of every seam the partition allows."""
+
+    transfer: dict[tuple[str, int], float]
+    seams: dict[tuple[str, int, str, int], float]
+
+    @classmethod
+    def compute(
+        cls, dissections: dict[str, Dissection], task: Task, partition: Partition, fitter: AdapterFitter
+    ) -> Scores:
+        return cls(transferability(dissections, task), seam_errors(dissections, partition, fitter.features))
 
 
 def program_data(
-    zoo,
-    partition: Partition,
-    dissections: dict[str, Dissection],
-    sim: Similarity,
-    model: LatencyModel,
-    num_classes: int,
-    capacity_weight: float = 0.5,
+    zoo, partition: Partition, dissections: dict[str, Dissection], model: LatencyModel, num_classes: int, scores: Scores
 ) -> ProgramData:
     """Index the partition's blocks and adapters with their profiled cost and their quality."""
     sets = partition.sets
@@ -71,18 +87,15 @@ def program_data(
                 lat[(ia, ib)] = model.cost_us(key)
                 mm[(ia, ib)] = rec(key).peak_memory_mb
                 ps[(ia, ib)] = sum(p.numel() for p in Adapter(src, dst).parameters())
-                q[(ia, ib)] = quality_int(float(sim.matrix(a.donor, b.donor)[a.end, b.start]))
+                q[(ia, ib)] = quality_int(-SEAM_POINTS * scores.seams[(a.donor, a.end, b.donor, b.start)])
         adapter_us.append(lat), adapter_params.append(ps), adapter_mem.append(mm), stitch_q.append(q)
-    head_us, head_params = [], []
+    head_us, head_params, end_q = [], [], []
     for b in sets[-1].blocks:
         src = dissections[b.donor].boundary_spec(b.end)
         head_us.append(model.cost_us(head_key(src, num_classes)))
         head_params.append(src.channels * (num_classes + 2) + num_classes)
-    block_q = []
-    for ps in block_params:  # capacity: log parameter count, scaled to [0, 1] within the set
-        logs = [torch.tensor(float(p)).log1p().item() for p in ps]
-        lo, hi = min(logs), max(logs)
-        block_q.append([quality_int(capacity_weight * ((v - lo) / (hi - lo) if hi > lo else 1.0)) for v in logs])
+        end_q.append(quality_int(scores.transfer[(b.donor, b.end)]))
+    block_q = [[0] * len(o) for o in options]
     return ProgramData(
         options,
         block_us,
@@ -96,15 +109,23 @@ def program_data(
         model.base_us(),
         block_q,
         stitch_q,
+        0,
+        end_q,
     )
 
 
 @dataclass
 class AssembleResult:
-    plan: Plan
-    net: AssembledNet
+    plan: Plan  # the best finalist by proxy (selection by evidence may pick another)
     candidates: list[Candidate]
+    finalists: list[Candidate]
     solver: dict
+    margin: float
+    rejected: list[Candidate] = field(default_factory=list)  # finalists whose measurement was over budget
+
+    @property
+    def net(self):
+        return next(c.net for c in self.finalists if c.plan is self.plan)
 
 
 def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
@@ -124,11 +145,38 @@ def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
         )
 
 
+def measure_finalists(finalists: list[Candidate], model: LatencyModel, zoo, progress=None) -> str | None:
+    """Measure each finalist end to end with the profile's backend, precision and batch on this
+    machine; returns why it could not (another device), else None."""
+    prof = model.profile
+    spec = get_device(prof.device)
+    if spec.id not in {s.id for s in this_machine()}:
+        return f"this machine is not {spec.id}: finalists are not measured, only predicted"
+    backend = get_backend(prof.backend)
+    device = "cuda" if spec.kind == "cuda" else "cpu"
+    x = torch.randn(prof.batch, *zoo.input_tensor_spec.shape, generator=torch.Generator().manual_seed(0))
+    task = progress.add_task("measure finalists", total=len(finalists)) if progress else None
+    for c in finalists:
+        m = measure_module(backend, c.net, x, prof.precision, device)
+        c.measured = {
+            "median_ms": round(m.timing.median_ms, 5),
+            "p90_ms": round(m.timing.p90_ms, 5),
+            "stable": m.timing.stable,
+            "noise": round(m.timing.noise, 4),
+            "backend": prof.backend,
+            "precision": prof.precision,
+            "batch": prof.batch,
+            "device": spec.id,
+        }
+        if progress:
+            progress.advance(task)
+    return None
+
+
 def assemble(
     zoo,
     partition: Partition,
     dissections: dict[str, Dissection],
-    sim: Similarity,
     model: LatencyModel,
     task: Task,
     latency_ms: float,
@@ -140,22 +188,33 @@ def assemble(
     seed: int = 0,
     progress=None,
     fitter: AdapterFitter | None = None,
+    scores: Scores | None = None,
+    finalists: int = FINALISTS,
+    measure: bool = True,
 ) -> AssembleResult:
-    """Candidates for one budget, ranked by the proxy; the best one becomes the plan."""
+    """Candidates for one budget, scored and measured (see the module docstring)."""
     if not latency_ms > 0:
         raise DeryError(f"latency budget must be > 0 ms, got {latency_ms:g}", "assemble")
     memory_check(model, memory_mb)
     if params_m is not None and not params_m > 0:
         raise DeryError(f"--params-m must be > 0, got {params_m}", "assemble")
-    data = program_data(zoo, partition, dissections, sim, model, task.num_classes)
-    budget = Budget(budget_us(latency_ms), memory_mb, None if params_m is None else int(params_m * 1e6))
     fitter = fitter or AdapterFitter.for_task(dissections, task)
+    scores = scores or Scores.compute(dissections, task, partition, fitter)
+    data = program_data(zoo, partition, dissections, model, task.num_classes, scores)
+    check = model.profile.verify
+    margin = check.p90_under_prediction if check else 0.0
+    params = None if params_m is None else int(params_m * 1e6)
+    budget = Budget(budget_us(latency_ms), memory_mb, params)
+    planned = Budget(budget_us(latency_ms / (1 + margin)), memory_mb, params)
     images, labels = task.labelled_sample(PROXY_IMAGES.get(proxy, 64), seed=seed)
     t0 = time.perf_counter()
+    donors = {}
+    for n in zoo.donor_names:
+        key = donor_key(zoo, n, task.num_classes)
+        params = sum(p.numel() for u in dissections[n].units for p in u.module.parameters())
+        donors[n] = (model.predict_ms([key]), model.memory_mb([key]), params)
     if search == "cpsat":
-        res = solve(data, budget, top)
-        if not res.solutions:
-            raise DeryError(res.infeasible_reason + "; raise the budget", "assemble")
+        res = solve(data, planned, top)
         solver = {
             "name": res.method,
             "status": res.status,
@@ -164,16 +223,24 @@ def assemble(
             "top": len(res.solutions),
             **res.extra,
         }
-        cands = [Candidate(plan_from_choice(zoo, partition, s.choice, task.num_classes), s) for s in res.solutions]
+        cands = pool_of(data, partition, zoo, res.solutions, planned, budget, donors, task.num_classes)
+        if not cands:
+            why = res.infeasible_reason
+            if margin:
+                why += (
+                    f" (planned at {planned.latency_us / 1000:g} ms: the budget less the latency model's "
+                    f"{100 * margin:.1f}% p90 error)"
+                )
+            raise DeryError(why + "; raise the budget", "assemble")
         score_candidates(cands, zoo, dissections, fitter, proxy, images, labels, progress)
     elif search == "optuna":
         cands, solver = optuna_search(
-            data, zoo, partition, dissections, fitter, proxy, images, labels, budget, top, seed, task.num_classes
+            data, zoo, partition, dissections, fitter, proxy, images, labels, planned, top, seed, task.num_classes
         )
         if not cands:
-            f = fastest(data, budget)
+            f = fastest(data, planned)
             raise DeryError(
-                f"no assembly meets {budget.describe()}"
+                f"no assembly meets {planned.describe()}"
                 + (f"; the fastest assembly is predicted at {f.latency_ms:.4f} ms" if f else "")
                 + "; raise the budget",
                 "assemble",
@@ -182,30 +249,95 @@ def assemble(
         raise DeryError(f"--search must be cpsat or optuna, got {search!r}", "assemble")
     seconds = time.perf_counter() - t0
     cands.sort(key=lambda c: c.proxy, reverse=True)
-    best = cands[0]
-    plan = best.plan
+    final = [c for c in cands if not c.is_donor][:finalists] + [c for c in cands if c.is_donor]
+    why_not = measure_finalists(final, model, zoo, progress) if measure else "measurement switched off"
+    kept, rejected = final, []
+    if why_not is None:
+        kept = [c for c in final if c.measured["median_ms"] <= latency_ms]
+        rejected = [c for c in final if c.measured["median_ms"] > latency_ms]
+        if not kept:
+            best = min(final, key=lambda c: c.measured["median_ms"])
+            raise DeryError(
+                f"no finalist keeps {latency_ms:g} ms when measured on {model.profile.device}: the "
+                f"fastest, {best.name}, runs in {best.measured['median_ms']:.4f} ms (predicted "
+                f"{best.predicted_ms:.4f} ms); raise the budget",
+                "assemble",
+            )
+    kept.sort(key=lambda c: c.proxy, reverse=True)
+    best = kept[0]
+    for c in cands:
+        finish_plan(
+            c.plan,
+            c,
+            model,
+            zoo,
+            dissections,
+            task,
+            latency_ms,
+            memory_mb,
+            params_m,
+            proxy,
+            solver,
+            seconds,
+            partition,
+            margin,
+        )
+    return AssembleResult(
+        best.plan,
+        cands,
+        kept,
+        {
+            **solver,
+            "measured": why_not or "end to end on the device",
+            "finalists": len(final),
+            "rejected_over_budget": len(rejected),
+        },
+        margin,
+        rejected,
+    )
+
+
+def finish_plan(
+    plan: Plan,
+    c: Candidate,
+    model: LatencyModel,
+    zoo,
+    dissections,
+    task: Task,
+    latency_ms: float,
+    memory_mb,
+    params_m,
+    proxy: str,
+    solver: dict,
+    seconds: float,
+    partition: Partition,
+    margin: float,
+) -> None:
+    """Fill a candidate's plan with what it was made under: device, budget, predictions, measurement."""
     check = model.profile.verify
+    prof = model.profile
     plan.predicted = {
         "latency_ms": model.predict_ms(plan_items(plan, zoo, dissections)),
-        "memory_mb": best.evaluation.memory_mb,
-        "params_m": round(best.evaluation.params / 1e6, 4),
+        "memory_mb": c.memory_mb,
+        "params_m": round(c.params / 1e6, 4),
         "latency_model": {
             "speed": model.speed,
             "scale": model.scale,
             "median_rel_error": check.median_abs_rel_error if check else None,
             "max_rel_error": check.max_abs_rel_error if check else None,
+            "planning_margin": round(margin, 4),
         },
         "reference_ms": model.reference_ms(),
     }
-    prof = model.profile
+    plan.measured = dict(c.measured)
     plan.device, plan.backend, plan.precision, plan.batch = prof.device, prof.backend, prof.precision, prof.batch
     plan.budget = {"latency_ms": latency_ms, "memory_mb": memory_mb, "params_m": params_m}
     plan.task = {"spec": task.spec, "hash": task.hash(), "classes": task.classes}
-    plan.proxy = {"name": proxy, "score": best.proxy, "stitch_errors": [round(e, 4) for e in best.stitch_errors]}
+    plan.proxy = {"name": proxy, "score": c.proxy, "stitch_errors": [round(e, 4) for e in c.stitch_errors]}
     plan.solver = {
         **solver,
-        "quality": best.evaluation.quality / 1000,
+        "quality": c.quality,
+        "origin": c.origin,
         "search_seconds": round(seconds, 3),
         "partition_key": partition.key,
     }
-    return AssembleResult(plan, best.net, cands, solver)

@@ -1,9 +1,16 @@
 """`dery assemble`: the best network for a device under a latency budget, for your task.
 
+Candidates (the program's top N, every donor that fits, the best one- and two-seam chains) are
+scored on your labelled images; the finalists are measured on the device; then, unless
+--no-select, they are trained briefly with successive halving and compared on the validation split,
+and the pick (the best donor unless a mixed plan wins beyond the validation noise) is the plan.
+Several processes or machines share one selection with --storage (an SQLite file or a database URL).
+
 Examples:
     dery assemble --zoo fashion --device cpu --latency-ms 0.3 -o plan.json
-    dery assemble --zoo fashion --device cpu --latency-ms 0.2,0.3,0.5 --top 10 -o plans/plan.json
+    dery assemble --zoo fashion --device cpu --latency-ms 0.14,0.3 --top 10 -o plans/plan.json
     dery assemble --zoo my_zoo.yaml --data ~/images/task --latency-ms 0.4 --json
+    dery assemble --latency-ms 0.3 --storage sqlite:///select.db -o plan.json   # run on two machines at once
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from pathlib import Path
 import typer
 
 from dery_deploy.artifacts import cache_root
-from dery_deploy.assemble.stage import AdapterFitter
+from dery_deploy.assemble.candidates import AdapterFitter
+from dery_deploy.assemble.stage import Scores
 from dery_deploy.assemble.stage import assemble as run_assemble
 from dery_deploy.cli.common import Listing, console, parse_float_list, progress_bar, show_notes
 from dery_deploy.data.task import DEFAULT_DATA, load_task
@@ -25,7 +33,9 @@ from dery_deploy.partition.stage import current_partition
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.store import find_profile, read_profile
 from dery_deploy.runtime.devices import default_device, get_device
-from dery_deploy.similarity.compute import load_similarity
+from dery_deploy.train.recipe import Recipe
+from dery_deploy.train.select import Finalist
+from dery_deploy.train.select import select as run_select
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
 SHIPPED_PROFILES = Path(__file__).resolve().parents[2]  # profiles/ beside the package, in a source checkout
@@ -56,6 +66,12 @@ def assemble(
     partition: Path | None = typer.Option(None, "--partition"),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="plan path; adapter weights go beside it"),
+    select: bool = typer.Option(
+        True, "--select/--no-select", help="pick by short training on the validation split, or by the proxy alone"
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", help="Optuna storage shared by processes running the same selection (sqlite:///f.db, a URL)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the plans as JSON"),
     cache: Path | None = typer.Option(None, "--cache"),
 ) -> None:
@@ -80,23 +96,49 @@ def assemble(
     prof = read_profile(prof_path)
     prof.check(prof_path, spec, z, structure_hash(z))
     model = LatencyModel.of(prof, str(prof_path))
-    sim = load_similarity(z, part.similarity_key, cache)
     dis = dissect_zoo(z)
     fitter = AdapterFitter.for_task(dis, task)
+    scores = Scores.compute(dis, task, part, fitter)
     results = []
     for b in budgets:
         with progress_bar() as prog:
             res = run_assemble(
-                z, part, dis, sim, model, task, b, memory_mb, params_m, top, proxy, search, seed, prog, fitter
+                z, part, dis, model, task, b, memory_mb, params_m, top, proxy, search, seed, prog, fitter, scores
             )
         path = budget_path(out, b, len(budgets) > 1)
-        save_plan_with_weights(res.plan, res.net, path)
-        results.append((b, res, path))
+        plan, net = res.plan, res.net
+        if select:
+            finalists = []
+            for i, c in enumerate(res.finalists):
+                fp = save_plan_with_weights(c.plan, c.net, path.with_name(f"{path.stem}.finalists") / f"{i:02d}.json")
+                finalists.append(
+                    Finalist(
+                        c.name,
+                        {"plan": c.plan.to_dict(), "adapter_weights": str(fp.with_suffix(".safetensors").resolve())},
+                        c.is_donor,
+                    )
+                )
+            sel = run_select(
+                finalists,
+                z,
+                task,
+                path.with_name(f"{path.stem}.select"),
+                Recipe(plateau=0.02, seed=seed),
+                storage,
+                log=None if as_json else console.print,
+            )
+            chosen = next(c for c in res.finalists if c.name == sel.pick)
+            plan, net = chosen.plan, chosen.net
+            plan.selection = sel.to_dict()
+        save_plan_with_weights(plan, net, path)
+        results.append((b, res, path, plan))
         if not as_json:
             print_candidates(res, b)
+            if select:
+                console.print(f"pick: {plan.describe()}: {plan.selection['rule']}")
             console.print(f"plan for {b:g} ms -> {path}")
     if as_json:
-        print(json.dumps([r[1].plan.to_dict() for r in results], indent=2))
+        print(json.dumps([r[3].to_dict() for r in results], indent=2))
     elif len(results) > 1:
         listing = Listing(
             "one plan per budget",
@@ -107,8 +149,7 @@ def assemble(
             "proxy",
             numbers=("budget (ms)", "predicted (ms)", "M params", "proxy"),
         )
-        for b, res, _ in results:
-            p = res.plan
+        for b, _, _, p in results:
             listing.add(
                 **{
                     "budget (ms)": f"{b:g}",
@@ -123,28 +164,33 @@ def assemble(
 
 def print_candidates(res, budget: float) -> None:
     s = res.solver
+    proxy = res.plan.proxy["name"]
     listing = Listing(
-        f"top candidates under {budget:g} ms ({s['name']} {s['status']}, {s.get('seconds_top', 0):.3f} s)",
-        "#",
+        f"candidates under {budget:g} ms ({s['name']} {s['status']}, {s.get('seconds_top', 0):.3f} s; "
+        f"measured: {s['measured']})",
         "blocks",
+        "origin",
         "pred. ms",
-        "M params",
+        "measured",
         "quality",
-        res.plan.proxy["name"],
-        numbers=("#", "pred. ms", "M params", "quality", res.plan.proxy["name"]),
+        proxy,
+        numbers=("pred. ms", "measured", "quality", proxy),
     )
-    for i, c in enumerate(res.candidates):
+    finalists = {c.name for c in res.finalists}
+    for c in res.candidates:
+        measured = c.measured.get("median_ms")
         listing.add(
             **{
-                "#": "*" if i == 0 else str(i),
-                "blocks": c.plan.describe(),
+                "blocks": c.name + (" *" if c.name in finalists else ""),
+                "origin": c.origin,
                 "pred. ms": f"{c.predicted_ms:.4f}",
-                "M params": f"{c.evaluation.params / 1e6:.3f}",
-                "quality": f"{c.evaluation.quality / 1000:.3f}",
-                res.plan.proxy["name"]: f"{c.proxy:.2f}",
+                "measured": None if measured is None else f"{measured:.4f}",
+                "quality": None if c.quality is None else f"{c.quality:.1f}",
+                proxy: f"{c.proxy:.2f}",
             }
         )
     listing.show()
+    console.print("* finalist (measured within the budget)", style="dim")
 
 
 def register(app: typer.Typer) -> None:

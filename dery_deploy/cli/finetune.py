@@ -36,6 +36,7 @@ def finetune(
     lr: float = typer.Option(3e-3, "--lr"),
     lr_full: float = typer.Option(5e-4, "--lr-full"),
     batch: int = typer.Option(64, "--batch", help="global batch (split across DDP processes)"),
+    head_init: str = typer.Option("probe", "--head-init", help="probe (a linear probe fitted first, LP-FT) or random"),
     seed: int = typer.Option(0, "--seed"),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: a GPU where there is one)"),
     force: bool = typer.Option(False, "--force", help="overwrite a run directory that holds another run"),
@@ -69,7 +70,15 @@ def finetune(
     rank, _ = dist_info()
     if rank == 0:
         show_notes(task.notes)
-    recipe = Recipe(epochs_adapter, epochs_full, lr, lr_full, batch, seed=seed)
+    recipe = Recipe(
+        epochs_adapter=epochs_adapter,
+        epochs_full=epochs_full,
+        lr=lr,
+        lr_full=lr_full,
+        batch=batch,
+        head_init=head_init,
+        seed=seed,
+    )
     metrics = run_finetune(
         source, z, task, recipe, out, force=force, resume=not no_resume, log=console.print, device=device
     )

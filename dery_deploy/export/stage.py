@@ -334,13 +334,19 @@ def export_run(
     bundle: Path | None,
     allow_over_budget: bool,
     force: bool,
+    plan: dict | None = None,
 ) -> dict:
-    """Export a fine-tuned run, check parity, measure, and hold the artifact to the plan's budget."""
+    """Export a fine-tuned run, check parity, measure, and hold the artifact to the plan's budget.
+
+    Args:
+        plan: the plan the artifact must keep (default: the run's own); a donor run picked as a
+            budget's plan is held to that plan's budget.
+    """
     if fmt not in FORMATS:
         raise DeryError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}", "export")
     model, cfg = load_run_model(run)
     zoo = get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
-    plan = cfg["source"].get("plan")
+    plan = plan or cfg["source"].get("plan")
     spec = get_device(device) if device else (get_device(plan["device"]) if plan and plan.get("device") else None)
     prec = precision or (plan.get("precision") if plan else None) or (spec.default_precision if spec else "fp32")
     if prec not in ("fp32", "fp16"):

@@ -45,7 +45,10 @@ def structure_hash(zoo) -> str:
 
 
 def plan_items(plan: Plan, zoo, dissections: dict[str, Dissection]) -> list[str]:
-    """The keys of every item the plan's network runs, in order: blocks, adapters, head."""
+    """The keys of every item the plan's network runs, in order: blocks, adapters, head; a whole
+    donor is one item, measured whole."""
+    if plan.head_kind == "donor":
+        return [donor_key(zoo, plan.blocks[0].donor, plan.num_classes)]
     keys = [block_key(zoo, b.donor, b.start, b.end, dissections[b.donor].boundary_spec(b.start)) for b in plan.blocks]
     keys += [adapter_key(*s) for s in stitch_specs(plan, dissections) if s is not None]
     last = plan.blocks[-1]

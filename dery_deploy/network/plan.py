@@ -11,6 +11,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -54,6 +55,8 @@ class Plan(JsonArtifact):
     zoo_ref: str = ""  # embedded zoo name or YAML path (see ZooSpec.ref)
     measured: dict = field(default_factory=dict)  # end-to-end measurement on the plan's device
     task: dict = field(default_factory=dict)  # the task it was selected for (spec, hash, classes)
+    head_kind: str = "new"  # new: pool + LayerNorm + linear; donor: the donor's own head (whole-donor plans)
+    selection: dict = field(default_factory=dict)  # how it was picked: finalists, validation, the rule
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +77,8 @@ class Plan(JsonArtifact):
             "measured": self.measured,
             "proxy": self.proxy,
             "solver": self.solver,
+            "head_kind": self.head_kind,
+            "selection": self.selection,
         }
 
     @classmethod
@@ -96,6 +101,8 @@ class Plan(JsonArtifact):
             d.get("zoo_ref", d["zoo"]),
             d.get("measured", {}),
             d.get("task", {}),
+            d.get("head_kind", "new"),
+            d.get("selection", {}),
         )
 
     @property
@@ -112,7 +119,19 @@ class Plan(JsonArtifact):
         return tuple((b.donor, b.start, b.end) for b in self.blocks)
 
     def describe(self) -> str:
+        if self.head_kind == "donor" and len(self.donors) == 1:
+            return f"{self.blocks[0].donor} (whole donor)"
         return " > ".join(f"{b.donor}[{b.start}:{b.end}]" for b in self.blocks)
+
+    def is_whole_donor(self, dissections: dict) -> bool:
+        """One donor's blocks end to end, with its own head: the donor itself."""
+        d = self.blocks[0].donor
+        return (
+            self.head_kind == "donor"
+            and self.seams == 0
+            and all(b.donor == d for b in self.blocks)
+            and self.blocks[-1].end == dissections[d].num_body_units
+        )
 
 
 def save_plan(path: str | Path, plan: Plan) -> Path:
@@ -190,14 +209,43 @@ def validate_plan(plan: Plan, zoo, dissections: dict) -> None:
             )
     if plan.blocks[0].start != 0:
         raise DeryError("the first block of a plan must start at unit 0 (it carries its donor's stem)", "assemble")
+    if plan.head_kind not in ("new", "donor"):
+        raise DeryError(f"plan head_kind must be new or donor, got {plan.head_kind!r}", "assemble")
+    if plan.head_kind == "donor" and not plan.is_whole_donor(dissections):
+        raise DeryError("a plan keeps its donor's own head only when it is that whole donor", "assemble")
+
+
+def pre_logits(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """What the final classifier of a plan's network sees, and that classifier: pool + LayerNorm of an
+    AssembledNet, or a timm donor's pre-logit features."""
+    if isinstance(net, AssembledNet):
+        head: Any = net.head
+        return head.norm(head.pool(net.forward_features(x))), head.fc
+    donor: Any = net  # a timm model: forward_head / get_classifier are its API
+    return donor.forward_head(donor.forward_features(x), pre_logits=True).flatten(1), donor.get_classifier()
+
+
+def whole_donor(plan: Plan, zoo) -> nn.Module:
+    """A whole-donor plan's network: the donor itself with its classifier reset to the task's classes."""
+    from dery_deploy.zoo.load import load_donor
+
+    model: Any = load_donor(zoo, plan.blocks[0].donor)
+    model.reset_classifier(plan.num_classes)
+    return model.eval()
 
 
 def build_net(
     plan: Plan, zoo, dissections: dict, weights: dict[str, torch.Tensor] | None = None, copy_blocks: bool = True
-) -> AssembledNet:
-    """The AssembledNet a plan describes. Blocks are deep copies of the donors' units (unless
-    `copy_blocks=False`, for read-only use); adapters and head take `weights` when given."""
+) -> nn.Module:
+    """The network a plan describes: an AssembledNet whose blocks are deep copies of the donors' units
+    (unless `copy_blocks=False`, for read-only use), adapters and head taking `weights` when given;
+    or, for a whole-donor plan, the donor with a new classifier."""
     validate_plan(plan, zoo, dissections)
+    if plan.head_kind == "donor":
+        model = whole_donor(plan, zoo)
+        if weights is not None:
+            load_stitch_weights(model, weights)
+        return model
     blocks = []
     for b in plan.blocks:
         blk = dissections[b.donor].block(b.start, b.end)
@@ -213,7 +261,11 @@ def build_net(
     return net
 
 
-def stitch_state_dict(net: AssembledNet) -> dict[str, torch.Tensor]:
+def stitch_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """What a plan adds to its donors' weights: adapters and head (a whole donor: its new classifier)."""
+    if not isinstance(net, AssembledNet):
+        clf = cast(Any, net).get_classifier()
+        return {f"classifier.{k}": v.detach().contiguous() for k, v in clf.state_dict().items()}
     sd = {}
     for i, a in enumerate(net.adapters):
         for k, v in a.state_dict().items():
@@ -223,7 +275,7 @@ def stitch_state_dict(net: AssembledNet) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_stitch_weights(net: AssembledNet, sd: dict[str, torch.Tensor]) -> None:
+def load_stitch_weights(net: nn.Module, sd: dict[str, torch.Tensor]) -> None:
     own = stitch_state_dict(net)
     if set(own) != set(sd) or any(own[k].shape != sd[k].shape for k in own):
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
@@ -232,6 +284,9 @@ def load_stitch_weights(net: AssembledNet, sd: dict[str, torch.Tensor]) -> None:
             "they belong to another plan",
             "assemble",
         )
+    if not isinstance(net, AssembledNet):
+        cast(Any, net).get_classifier().load_state_dict({k.split(".", 1)[1]: v for k, v in sd.items()})
+        return
     full = net.state_dict()
     full.update(sd)
     net.load_state_dict(full)

@@ -23,19 +23,20 @@ def pareto_png(path: Path, donors: dict, plans: list[dict], backend: str, device
         pts.append((d["latency_ms"], d["top1"]))
     for p in plans:
         ax.axvline(p["budget_ms"], color="#999999", lw=0.8, ls="--", zorder=1)
-        if "top1" not in p:
+        mix = p.get("mix")
+        if not mix:
             continue
-        x = p.get("measured_ms", p["plan"]["predicted"]["latency_ms"])
-        ax.scatter(x, p["top1"], marker="*", s=160, color="#dd5533", zorder=4)
+        x = mix.get("measured_ms") or mix["plan"]["predicted"]["latency_ms"]
+        ax.scatter(x, mix["top1"], marker="*", s=160, color="#dd5533", zorder=4)
         ax.annotate(
-            f"plan, {p['budget_ms']:g} ms budget",
-            (x, p["top1"]),
+            f"mixed, {p['budget_ms']:g} ms budget",
+            (x, mix["top1"]),
             textcoords="offset points",
             xytext=(6, 4),
             fontsize=7.5,
             color="#aa3311",
         )
-        pts.append((x, p["top1"]))
+        pts.append((x, mix["top1"]))
     front, best = [], -1.0
     for x, y in sorted(pts):
         if y > best:

@@ -114,69 +114,102 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
     ]
     lines += ["## Plans per budget", ""]
     plans = run["results"]
+    teacher = run.get("teacher") or {}
+    if teacher:
+        lines += [
+            f"Every network below is trained with the same recipe, distillation from the teacher included: "
+            f"{teacher.get('donor')} (validation {teacher.get('val_accuracy')}%), on "
+            f"{teacher.get('images')} unlabelled images.",
+            "",
+        ]
     for r in plans:
         lines += [f"### Budget {r['budget_ms']:g} ms", ""]
         if "infeasible" in r:
             lines += [f"Infeasible: {r['infeasible']}", ""]
             continue
-        p = r["plan"]
-        chain = " > ".join(f"{b['donor']}[{b['start']}:{b['end']}]" for b in p["blocks"])
+        lines += [verdict_line(r, run), ""]
+        sel = r.get("selection") or {}
+        lines += [f"Pick: **{sel.get('pick')}**, because {sel.get('rule')}.", ""]
+        rows_b = []
+        if r.get("mix"):
+            m = r["mix"]
+            rows_b.append(
+                [
+                    f"best mixed plan `{describe(m['plan'])}`",
+                    f"{m['plan']['predicted']['latency_ms']:.4f}",
+                    _ms(m.get("measured_ms")),
+                    f"{m['params_m']:.3f}",
+                    _pct(m.get("val_accuracy")),
+                    f"{m['top1']:.2f}",
+                ]
+            )
+        for n in r["donors_within_budget"]:
+            d = run["donors"][n]
+            rows_b.append(
+                [
+                    f"donor {n}",
+                    "-",
+                    f"{d['latency_ms']:.4f}",
+                    f"{d['params_m']:.3f}",
+                    _pct(d.get("val_accuracy")),
+                    f"{d['top1']:.2f}",
+                ]
+            )
         lines += [
-            f"Plan: `{chain}`; "
-            f"solver {p['solver'].get('name')} {p['solver'].get('status')} in "
-            f"{p['solver'].get('seconds_first', 0):.3f} s "
-            f"(top {p['solver'].get('top')}: {p['solver'].get('seconds_top', 0):.3f} s); proxy {p['proxy']['name']} "
-            f"{p['proxy']['score']:.2f}.",
+            md_table(
+                ["network", "predicted ms", "measured ms", "params (M)", "validation (%)", "test top-1 (%)"], rows_b
+            ),
             "",
         ]
-        if p["adapters"]:
+        if r.get("mix") and r["mix"].get("phase1_top1") is not None:
+            sm = r["mix"].get("seam_matching") or []
+            healed = f" after seam matching (relative error {sm[-1]['seam_rel_mse']:.3f})" if sm else ""
             lines += [
+                f"Best mixed plan, adapters and head only (blocks frozen){healed}: test top-1 "
+                f"{r['mix']['phase1_top1']:.2f}%; end to end: {r['mix']['top1']:.2f}%.",
+                "",
+            ]
+        if sel.get("trials"):
+            lines += [
+                "Selection by successive halving on the validation split:",
+                "",
                 md_table(
-                    ["after block", "adapter", "in", "out", "params"],
+                    ["rung", "finalist", "validation (%)", "seconds"],
+                    [[t["rung"], t["finalist"], f"{t['val_accuracy']:.2f}", t["seconds"]] for t in sel["trials"]],
+                ),
+                "",
+            ]
+        if r.get("candidates"):
+            finalists = {c["plan"] for c in r.get("finalists", [])}
+            lines += [
+                f"Candidates (the program's top N, donors that fit, the best one- and two-seam chains); planned "
+                f"at the budget less the latency model's p90 error ({100 * r.get('margin', 0):.1f}%); finalists "
+                "measured end to end on the device:",
+                "",
+                md_table(
+                    ["plan", "origin", "predicted ms", "measured ms", "quality", "proxy", "finalist"],
                     [
-                        [a["after_block"], a["kind"], _spec(a["in"]), _spec(a["out"]), a["params"]]
-                        for a in p["adapters"]
+                        [
+                            c["plan"],
+                            c["origin"],
+                            c["predicted_ms"],
+                            _ms((c.get("measured") or {}).get("median_ms")),
+                            "-" if c["quality"] is None else f"{c['quality']:.1f}",
+                            c["proxy"],
+                            "yes" if c["plan"] in finalists else "",
+                        ]
+                        for c in r["candidates"]
                     ],
                 ),
                 "",
             ]
-        meas = r.get("measured_ms")
-        mem = p["predicted"].get("memory_mb")
-        rows_b = [
-            [
-                "reassembled (this plan)",
-                f"{p['predicted']['latency_ms']:.4f}",
-                f"{meas:.4f}" if meas else "-",
-                f"{r['params_m']:.3f}",
-                "-" if mem is None else f"{mem:.2f}",
-                f"{r['top1']:.2f}",
-            ]
-        ]
-        for n in r["donors_within_budget"]:
-            d = run["donors"][n]
-            rows_b.append(
-                [f"donor {n}", "-", f"{d['latency_ms']:.4f}", f"{d['params_m']:.3f}", "-", f"{d['top1']:.2f}"]
-            )
-        lines += [
-            md_table(["network", "predicted ms", "measured ms", "params (M)", "peak mem (MB)", "top-1 (%)"], rows_b),
-            "",
-        ]
-        if r.get("phase1_top1") is not None:
-            lines += [
-                f"Adapters and head only (phase 1, blocks frozen): top-1 {r['phase1_top1']:.2f}%; after end-to-end "
-                f"fine-tuning: {r['top1']:.2f}%.",
-                "",
-            ]
-        if "candidates" in r:
-            lines += [
-                "Candidates (CP-SAT top-N, reranked by the proxy):",
-                "",
-                md_table(
-                    ["plan", "predicted ms", "params (M)", "quality", "proxy"],
-                    [[c["plan"], c["predicted_ms"], c["params_m"], c["quality"], c["proxy"]] for c in r["candidates"]],
-                ),
-                "",
-            ]
+            rejected = r.get("rejected_over_budget") or []
+            if rejected:
+                lines += [
+                    "Dropped after measurement (over the budget): "
+                    + ", ".join(f"`{c['plan']}` {c['measured']['median_ms']:.4f} ms" for c in rejected),
+                    "",
+                ]
         lines += ["Exports:", ""]
         for fmt in ("onnx", "aoti"):
             e = r.get(fmt)
@@ -221,6 +254,43 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
     )
     atomic_write_text(out / "report.html", html)
     return out / "report.md"
+
+
+def describe(plan: dict) -> str:
+    if plan.get("head_kind") == "donor":
+        return f"{plan['blocks'][0]['donor']} (whole donor)"
+    return " > ".join(f"{b['donor']}[{b['start']}:{b['end']}]" for b in plan["blocks"])
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def verdict_line(r: dict, run: dict) -> str:
+    """Whether reassembly won, tied or lost at this budget, in words, on the test split."""
+    donors = [n for n in r["donors_within_budget"]]
+    best = donors[0] if donors else None
+    mix = r.get("mix")
+    if best is None:
+        if mix:
+            return (
+                f"No donor fits {r['budget_ms']:g} ms; the reassembled network reaches **{mix['top1']:.2f}%** "
+                "(test): reassembly **won** by default."
+            )
+        return "No donor and no mixed plan fits."
+    d = run["donors"][best]["top1"]
+    if not mix:
+        return f"The best donor that fits, {best}, reaches {d:.2f}%; no mixed plan was a finalist."
+    diff = mix["top1"] - d
+    word = "won" if diff >= 1 else ("tied" if diff > -1 else "lost")
+    return (
+        f"Best mixed plan {mix['top1']:.2f}% vs best fitting donor {best} {d:.2f}% (test): reassembly "
+        f"**{word}** ({diff:+.2f} points); shipped: the pick below ({r.get('pick_kind')}), {r['top1']:.2f}%."
+    )
 
 
 def _spec(d: dict) -> str:

@@ -1,6 +1,8 @@
-"""Fine-tuning in two phases: adapters and head only (blocks frozen), then end to end with a
-lower learning rate. AdamW, cosine schedule with warm-up, label smoothing, light augmentation.
-Checkpoints (safetensors, plan embedded) after every epoch; a run resumes from its last one.
+"""Fine-tuning in two phases: adapters and head only (blocks frozen) until their loss plateaus, then
+end to end, the adapters and head learning faster than the borrowed blocks. The head starts as a
+linear probe on the labels (LP-FT); with a teacher, each step also distils it on unlabelled images.
+AdamW, label smoothing, light augmentation. Checkpoints (safetensors, plan embedded) after every
+epoch; a run resumes from its last one.
 
 The same entry point runs single-process or under `torchrun --nproc_per_node N` (DDP, gloo on CPU,
 nccl on CUDA): every rank walks the same seeded permutation and takes its slice of each global
@@ -13,45 +15,28 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dery_deploy.artifacts import atomic_write_json, atomic_write_with, read_json_artifact
+from dery_deploy.artifacts import atomic_write_json, read_json_artifact
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan, build_net, load_stitch_weights
+from dery_deploy.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from dery_deploy.train.head_init import fit_head
+from dery_deploy.train.heal import match_seams
+from dery_deploy.train.recipe import Recipe
+from dery_deploy.train.teacher import Teacher
 from dery_deploy.zoo.load import dissect_zoo, get_zoo, load_donor
 
-SCHEMA = 2
+SCHEMA = 3
 KIND = "finetune-run"
 
-
-@dataclass
-class Recipe:
-    epochs_adapter: int = 4
-    epochs_full: int = 6
-    lr: float = 3e-3
-    lr_full: float = 5e-4
-    batch: int = 64
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    warmup_frac: float = 0.1
-    seed: int = 0
-
-    def check(self) -> None:
-        bad = []
-        if self.epochs_adapter < 0 or self.epochs_full < 0 or self.epochs_adapter + self.epochs_full == 0:
-            bad.append(f"epochs must be >= 0 and not both 0 (got {self.epochs_adapter}, {self.epochs_full})")
-        if self.batch <= 0:
-            bad.append(f"batch must be > 0, got {self.batch}")
-        if not (self.lr > 0 and self.lr_full > 0):
-            bad.append(f"learning rates must be > 0, got {self.lr}, {self.lr_full}")
-        if bad:
-            raise DeryError("; ".join(bad), "finetune")
+__all__ = ["Recipe", "finetune", "load_run_model", "load_checkpoint", "accuracy", "build_model", "train_device"]
 
 
 def dist_info() -> tuple[int, int]:
@@ -106,6 +91,7 @@ def stitch_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def _set_phase(model: nn.Module, phase: int) -> list[nn.Parameter]:
+    """Phase 1 trains the stitch (adapters + head) only; phase 2 everything. Returns what trains."""
     train = set(map(id, stitch_params(model))) if phase == 1 else None
     params = []
     for p in model.parameters():
@@ -120,55 +106,27 @@ def _set_phase(model: nn.Module, phase: int) -> list[nn.Parameter]:
     return params
 
 
-def _optimizer(params, lr: float, wd: float, steps: int, warmup: float):
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    w = max(1, int(warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / w if s < w else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - w) / max(1, steps - w))))
-    )
-    return opt, sched
+def _optimizer(model: nn.Module, phase: int, recipe: Recipe, steps: int):
+    """AdamW for the phase. Phase 1: linear warm-up, then constant (it ends at a plateau, not at a
+    step count). Phase 2: warm-up, then cosine; the stitch learns `stitch_lr_scale` times faster."""
+    params = _set_phase(model, phase)
+    if phase == 1:
+        groups = [{"params": params, "lr": recipe.lr}]
+    else:
+        stitch = set(map(id, stitch_params(model)))
+        groups = [
+            {"params": [p for p in params if id(p) not in stitch], "lr": recipe.lr_full},
+            {"params": [p for p in params if id(p) in stitch], "lr": recipe.lr_full * recipe.stitch_lr_scale},
+        ]
+    opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+    w = max(1, int(recipe.warmup_frac * steps))
 
+    def factor(s: int) -> float:
+        if s < w:
+            return (s + 1) / w
+        return 1.0 if phase == 1 else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - w) / max(1, steps - w))))
 
-def _flat_optimizer(opt) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"optim.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _unflat_optimizer(opt, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_checkpoint(run: Path, model: nn.Module, opt, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    base = model.module if hasattr(model, "module") else model
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in base.state_dict().items()}
-    otensors, ometa = _flat_optimizer(opt)
-    tensors.update(otensors)
-    metadata = {"meta": json.dumps({**meta, "optimizer": ometa})}
-    atomic_write_with(run / "checkpoint.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
-    path = run / "checkpoint.safetensors"
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["meta"])
-        model, optim = {}, {}
-        for k in f.keys():
-            (model if k.startswith("model.") else optim)[k.split(".", 1)[1] if k.startswith("model.") else k] = (
-                f.get_tensor(k)
-            )
-    return model, optim, meta
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 @torch.no_grad()
@@ -193,7 +151,7 @@ def augment(images: torch.Tensor, g: torch.Generator, flip: bool = True, shift: 
     return out
 
 
-def run_config(source: dict, zoo, task: Task, recipe: Recipe, world: int) -> dict:
+def run_config(source: dict, zoo, task: Task, recipe: Recipe, world: int, teacher: Teacher | None = None) -> dict:
     return {
         "schema": SCHEMA,
         "kind": KIND,
@@ -206,6 +164,7 @@ def run_config(source: dict, zoo, task: Task, recipe: Recipe, world: int) -> dic
         "num_classes": task.num_classes,
         "classes": task.classes,
         "recipe": asdict(recipe),
+        "teacher": teacher.describe() if teacher else None,
         "world_size": world,
     }
 
@@ -230,6 +189,7 @@ def finetune(
     test: bool = True,
     eval_phase1: bool = False,
     device: str | None = None,
+    teacher: Teacher | None = None,
 ) -> dict:
     """Train and write run/: config.json, checkpoint.safetensors, history.json, metrics.json.
 
@@ -237,12 +197,15 @@ def finetune(
     when finished); one holding another configuration is refused unless `force`.
     """
     recipe.check()
+    if recipe.distill and teacher is None:
+        raise DeryError("the recipe distils (distill > 0) but no teacher was given", "finetune")
     rank, world = dist_info()
     if recipe.batch % world:
         raise DeryError(f"batch {recipe.batch} is not divisible by the {world} processes", "finetune")
-    cfg = run_config(source, zoo, task, recipe, world)
+    cfg = run_config(source, zoo, task, recipe, world, teacher if recipe.distill else None)
     run = Path(run)
-    start_epoch, history = 0, []
+    history: list[dict] = []
+    resume_from = None
     if run.exists() and any(run.iterdir()):
         cfg_path = run / "config.json"
         try:
@@ -256,7 +219,7 @@ def finetune(
         elif same and (run / "metrics.json").is_file():
             return json.loads((run / "metrics.json").read_text())
         elif same and resume and (run / "checkpoint.safetensors").is_file():
-            start_epoch = -1  # resume below
+            resume_from = load_checkpoint(run)
         elif not same:
             raise DeryError(
                 f"output directory {run} exists and holds another run; pass --force to overwrite it or choose a new -o",
@@ -266,16 +229,32 @@ def finetune(
     if world > 1:
         init_distributed(dev)
     torch.manual_seed(recipe.seed)
-    model = build_model(source, zoo, num_classes=task.num_classes)
+    dissections = dissect_zoo(zoo) if "plan" in source else None
+    model = build_model(source, zoo, dissections, num_classes=task.num_classes)
     if "plan" in source and source.get("adapter_weights"):
         from safetensors.torch import load_file
 
         load_stitch_weights(model, load_file(source["adapter_weights"]))
-    ckpt = None
-    if start_epoch == -1:
-        msd, osd, meta = load_checkpoint(run)
+    probe_acc, seam_matching = None, []
+    phase1_done = recipe.epochs_adapter == 0
+    if resume_from is not None:
+        msd, osd, meta = resume_from
         model.load_state_dict(msd)
-        start_epoch, history, ckpt = meta["epoch"] + 1, meta["history"], (osd, meta)
+        history, phase1_done, probe_acc = meta["history"], meta["phase1_done"], meta.get("probe_acc")
+        seam_matching = meta.get("seam_matching", [])
+    else:
+        if recipe.match_epochs and "plan" in source:
+            seam_matching = match_seams(
+                model,
+                Plan.from_dict(source["plan"]),
+                dissections,
+                task,
+                recipe.match_epochs,
+                recipe.match_images,
+                seed=recipe.seed,
+            )
+        if recipe.head_init == "probe":
+            probe_acc = fit_head(model, task.x("train"), task.y("train"), task.num_classes)
     model.to(dev)
     if rank == 0:
         try:
@@ -286,9 +265,10 @@ def finetune(
             ) from None
         atomic_write_json(run / "config.json", cfg)
     n = len(task.train)
-    steps_per_epoch = max(1, math.ceil(n / recipe.batch))
-    total_epochs = recipe.epochs_adapter + recipe.epochs_full
+    steps = max(1, math.ceil(n / recipe.batch))
+    per_step_u = math.ceil(recipe.distill_images / steps) if recipe.distill else 0
     t0 = time.time()
+    unwrap = lambda m: m.module if hasattr(m, "module") else m  # noqa: E731
     opt = sched = None
     phase_now = None
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -301,45 +281,52 @@ def finetune(
         disable=not (progress and rank == 0),
         transient=True,
     )
-    unwrap = lambda m: m.module if hasattr(m, "module") else m  # noqa: E731
+    total_epochs = recipe.epochs_adapter + recipe.epochs_full
     with bar:
-        bar_task = bar.add_task(
-            "finetune", total=total_epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch, stats=""
-        )
-        for epoch in range(start_epoch, total_epochs):
-            phase = 1 if epoch < recipe.epochs_adapter else 2
+        bar_task = bar.add_task("finetune", total=total_epochs * steps, completed=len(history) * steps, stats="")
+        while True:
+            p1 = sum(1 for h in history if h["phase"] == 1)
+            p2 = len(history) - p1
+            if not phase1_done and p1 >= recipe.epochs_adapter:
+                phase1_done = True
+            if phase1_done and p2 >= recipe.epochs_full:
+                break
+            phase = 2 if phase1_done else 1
+            epoch = len(history)
             if phase != phase_now:
-                params = _set_phase(unwrap(model), phase)
-                e0, e1 = (0, recipe.epochs_adapter) if phase == 1 else (recipe.epochs_adapter, total_epochs)
-                opt, sched = _optimizer(
-                    params,
-                    recipe.lr if phase == 1 else recipe.lr_full,
-                    recipe.weight_decay,
-                    (e1 - e0) * steps_per_epoch,
-                    recipe.warmup_frac,
-                )
-                if ckpt is not None and ckpt[1]["phase"] == phase:
-                    _unflat_optimizer(opt, ckpt[0], ckpt[1]["optimizer"])
-                for _ in range((epoch - e0) * steps_per_epoch):
-                    sched.step()
-                ckpt = None
+                if world > 1 and hasattr(model, "module"):
+                    model = unwrap(model)
+                opt, sched = _optimizer(model, phase, recipe, (recipe.epochs_full if phase == 2 else 1) * steps)
+                if resume_from is not None and resume_from[2]["phase"] == phase:
+                    restore_optimizer(opt, resume_from[1], resume_from[2]["optimizer"])
+                    for _ in range((p2 if phase == 2 else p1) * steps):
+                        sched.step()
+                resume_from = None
                 if world > 1:
                     model = torch.nn.parallel.DistributedDataParallel(
-                        unwrap(model), device_ids=[dev] if dev.type == "cuda" else None
+                        model, device_ids=[dev] if dev.type == "cuda" else None
                     )
                 phase_now = phase
             else:
                 _set_phase(unwrap(model), phase)
             g = torch.Generator().manual_seed(recipe.seed * 100003 + epoch)
             perm = torch.randperm(n, generator=g)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for s in range(steps_per_epoch):
+            u_perm = torch.randperm(len(teacher.images), generator=g) if per_step_u else None
+            loss_sum, kd_sum, correct, seen = 0.0, 0.0, 0, 0
+            for s in range(steps):
                 idx = perm[s * recipe.batch : (s + 1) * recipe.batch]
-                xb = task.normalize(augment(task.train.images[idx], g))
-                yb = task.train.labels[idx]
-                xb, yb = xb[rank::world].to(dev), yb[rank::world].to(dev)
+                xb = task.normalize(augment(task.train.images[idx], g))[rank::world].to(dev)
+                yb = task.train.targets[idx][rank::world].to(dev)
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+                if per_step_u:
+                    u = u_perm[(s * per_step_u) % len(u_perm) :][:per_step_u]
+                    xu = task.normalize(teacher.images[u])[rank::world].to(dev)
+                    tu = teacher.logits[u][rank::world].to(dev)
+                    T = recipe.temperature
+                    kd = F.kl_div(F.log_softmax(model(xu) / T, 1), F.softmax(tu / T, 1), reduction="batchmean") * T * T
+                    loss = (1 - recipe.distill) * loss + recipe.distill * kd
+                    kd_sum += kd.item() * len(yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -353,37 +340,59 @@ def finetune(
                     description=f"phase {phase} epoch {epoch + 1}/{total_epochs}",
                     stats=f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}%",
                 )
-            history.append(
-                {
-                    "epoch": epoch,
-                    "phase": phase,
-                    "loss": round(loss_sum / seen, 5),
-                    "train_acc": round(100 * correct / seen, 3),
-                    "seconds": round(time.time() - t0, 2),
-                }
-            )
-            if eval_phase1 and rank == 0 and epoch == recipe.epochs_adapter - 1:
-                # adapters + head only: DeRy's "stitching layers trained" setting, before end-to-end tuning
-                history[-1]["val_acc"] = round(accuracy(unwrap(model), task.x("val"), task.y("val"))[0], 3)
-                history[-1]["test_acc"] = round(accuracy(unwrap(model), task.x("test"), task.y("test"))[0], 3)
-                _set_phase(unwrap(model), phase)
+            rec = {
+                "epoch": epoch,
+                "phase": phase,
+                "loss": round(loss_sum / seen, 5),
+                "train_acc": round(100 * correct / seen, 3),
+                "seconds": round(time.time() - t0, 2),
+            }
+            if per_step_u:
+                rec["distill_loss"] = round(kd_sum / seen, 5)
+            history.append(rec)
+            if phase == 1:
+                prev = [h["loss"] for h in history if h["phase"] == 1]
+                if recipe.plateau and len(prev) >= 2 and (prev[-2] - prev[-1]) < recipe.plateau * prev[-2]:
+                    phase1_done, rec["plateau"] = True, True
+                ends = phase1_done or len(prev) >= recipe.epochs_adapter
+                if eval_phase1 and rank == 0 and ends:
+                    # adapters + head only: DeRy's "stitching layers trained" setting, before end-to-end tuning
+                    rec["val_acc"] = round(accuracy(unwrap(model), task.x("val"), task.y("val"))[0], 3)
+                    rec["test_acc"] = round(accuracy(unwrap(model), task.x("test"), task.y("test"))[0], 3)
             if rank == 0:
-                save_checkpoint(run, model, opt, {"epoch": epoch, "phase": phase, "history": history, "config": cfg})
+                save_checkpoint(
+                    run,
+                    model,
+                    opt,
+                    {
+                        "epoch": epoch,
+                        "phase": phase,
+                        "history": history,
+                        "config": cfg,
+                        "phase1_done": phase1_done,
+                        "probe_acc": probe_acc,
+                        "seam_matching": seam_matching,
+                    },
+                )
             if log and rank == 0:
                 log(
-                    f"epoch {epoch + 1}/{total_epochs} phase {phase}: loss {loss_sum / seen:.4f}, "
-                    f"train acc {100 * correct / seen:.1f}%"
+                    f"epoch {epoch + 1} phase {phase}: loss {loss_sum / seen:.4f}, "
+                    f"train acc {100 * correct / seen:.1f}%" + (" (phase 1 plateaued)" if rec.get("plateau") else "")
                 )
     base = unwrap(model)
-    metrics = {}
+    metrics: dict = {}
     if rank == 0:
         phase1 = [h for h in history if "val_acc" in h]
+        val = task.x("val")
         metrics = {
-            "val_accuracy": round(accuracy(base, task.x("val"), task.y("val"))[0], 3) if len(task.val) else None,
+            "val_accuracy": round(accuracy(base, val, task.y("val"))[0], 3) if len(val) else None,
             "test_accuracy": round(accuracy(base, task.x("test"), task.y("test"))[0], 3) if test else None,
             "phase1_val_accuracy": phase1[-1]["val_acc"] if phase1 else None,
             "phase1_test_accuracy": phase1[-1]["test_acc"] if phase1 else None,
-            "epochs": total_epochs,
+            "phase1_epochs": sum(1 for h in history if h["phase"] == 1),
+            "probe_train_accuracy": probe_acc,
+            "seam_matching": seam_matching,
+            "epochs": len(history),
             "history": history,
             "device": str(dev),
             "params_m": round(sum(p.numel() for p in base.parameters()) / 1e6, 4),

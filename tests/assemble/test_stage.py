@@ -36,6 +36,7 @@ def test_assemble_cli_writes_plans_per_budget(tiny_ws, tmp_path):
     assert [pl["budget"]["latency_ms"] for pl in plans] == [0.3, 5.0]
     for pl in plans:
         assert pl["predicted"]["latency_ms"] <= pl["budget"]["latency_ms"]
+        assert pl["measured"]["median_ms"] <= pl["budget"]["latency_ms"]  # finalists are measured end to end
         assert pl["solver"]["status"] == "OPTIMAL" and pl["proxy"]["name"] == "probe"
         assert pl["num_classes"] == 10 and pl["task"]["classes"][0] == "T-shirt/top"
         assert (tmp_path / f"plan-{pl['budget']['latency_ms']:g}ms.safetensors").is_file()
@@ -45,10 +46,13 @@ def test_predicted_latency_is_the_programs_arithmetic(tiny_ws, fashion_task):
     from dery_deploy.assemble.stage import assemble
     from dery_deploy.network.items import plan_items
 
-    res = assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.sim, tiny_ws.model, fashion_task, 2.0, top=3)
+    res = assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, 2.0, top=3)
     for c in res.candidates:  # one arithmetic: the program's integer microseconds are the plan's prediction
-        assert tiny_ws.model.predict_us(plan_items(c.plan, tiny_ws.zoo, tiny_ws.dis)) == c.evaluation.latency_us
-    assert res.plan.predicted["latency_ms"] == pytest.approx(res.candidates[0].predicted_ms)
+        assert tiny_ws.model.predict_us(plan_items(c.plan, tiny_ws.zoo, tiny_ws.dis)) == round(c.predicted_ms * 1000)
+        assert c.plan.predicted["latency_ms"] == pytest.approx(c.predicted_ms)
+    origins = {c.origin for c in res.candidates}
+    assert {"program", "donor"} <= origins  # the program's top N and every donor that fits
+    assert all(c.measured["median_ms"] <= 2.0 for c in res.finalists)
 
 
 def test_optuna_search_respects_budget(tiny_ws, fashion_task):
@@ -58,7 +62,6 @@ def test_optuna_search_respects_budget(tiny_ws, fashion_task):
         tiny_ws.zoo,
         tiny_ws.partition,
         tiny_ws.dis,
-        tiny_ws.sim,
         tiny_ws.model,
         fashion_task,
         1.0,
@@ -106,7 +109,6 @@ def test_memory_budget_on_a_backend_that_cannot_measure_memory_is_refused(tiny_w
             tiny_ws.zoo,
             tiny_ws.partition,
             tiny_ws.dis,
-            tiny_ws.sim,
             LatencyModel.of(prof),
             fashion_task,
             1.0,
@@ -114,13 +116,12 @@ def test_memory_budget_on_a_backend_that_cannot_measure_memory_is_refused(tiny_w
         )
     # onnxruntime on a CPU measures a fresh session's memory: a budget below every item is infeasible
     with pytest.raises(DeryError, match="no assembly meets 1 ms / 0.001 MB"):
-        assemble(
-            tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.sim, tiny_ws.model, fashion_task, 1.0, memory_mb=0.001
-        )
+        assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, 1.0, memory_mb=0.001)
 
 
-def test_profile_missing_an_item_names_it(tiny_ws):
-    from dery_deploy.assemble.stage import program_data
+def test_profile_missing_an_item_names_it(tiny_ws, fashion_task):
+    from dery_deploy.assemble.candidates import AdapterFitter
+    from dery_deploy.assemble.stage import Scores, program_data
     from dery_deploy.profile.latency_model import LatencyModel
     from dery_deploy.profile.store import read_profile
 
@@ -128,7 +129,10 @@ def test_profile_missing_an_item_names_it(tiny_ws):
     key = next(k for k in prof.records if k.startswith("adapter|"))
     del prof.records[key]
     with pytest.raises(DeryError) as e:
-        program_data(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.sim, LatencyModel.of(prof, "p.json"), 10)
+        scores = Scores.compute(
+            tiny_ws.dis, fashion_task, tiny_ws.partition, AdapterFitter.for_task(tiny_ws.dis, fashion_task)
+        )
+        program_data(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, LatencyModel.of(prof, "p.json"), 10, scores)
     assert key in str(e.value) and "dery profile" in str(e.value)
 
 

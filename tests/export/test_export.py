@@ -27,7 +27,7 @@ def trained_run(tiny_ws, fashion_task, tmp_path_factory):
         {"plan": plan.to_dict()},
         tiny_ws.zoo,
         fashion_task,
-        Recipe(1, 0, batch=50),
+        Recipe(epochs_adapter=1, epochs_full=0, batch=50),
         run,
         log=None,
         progress=False,

@@ -27,7 +27,7 @@ def small_task(fashion_task):
 
 def test_finetune_lowers_loss_and_resumes(tiny_ws, small_task, tmp_path):
     src = {"plan": tiny_plan(tiny_ws).to_dict()}
-    recipe = Recipe(epochs_adapter=2, epochs_full=2, batch=50, lr=3e-3, lr_full=1e-3)
+    recipe = Recipe(epochs_adapter=2, epochs_full=2, batch=50, lr=3e-3, lr_full=1e-3, head_init="random")
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
     h = m["history"]
     assert [e["phase"] for e in h] == [1, 1, 2, 2]
@@ -54,11 +54,11 @@ def test_killed_run_resumes_to_the_same_weights(tiny_ws, tmp_path):
         "finetune",
         str(tmp_path / "plan.json"),
         "--data",
-        "fashion-mnist:labels_per_class=20,test_per_class=30",
+        "fashion-mnist:labels_per_class=100,test_per_class=30",
         "--epochs-adapter",
         "2",
         "--epochs-full",
-        "4",
+        "8",
         "--batch",
         "50",
     ]
@@ -76,11 +76,11 @@ def test_killed_run_resumes_to_the_same_weights(tiny_ws, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = _epoch_of(run)
-    assert 0 <= killed_at < 5 and not (run / "metrics.json").exists()
+    assert 0 <= killed_at < 9 and not (run / "metrics.json").exists()
     again = run_dery(*args, "-o", str(run))
     assert again.returncode == 0, again.stderr
     hist = json.loads((run / "metrics.json").read_text())["history"]
-    assert [e["epoch"] for e in hist] == list(range(6))
+    assert [e["epoch"] for e in hist] == list(range(10))
     a, _ = load_run_model(run, tiny_ws.zoo)
     b, _ = load_run_model(tmp_path / "full", tiny_ws.zoo)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -121,7 +121,7 @@ def test_existing_output_refused_without_force(tiny_ws, small_task, tmp_path):
             {"plan": tiny_plan(tiny_ws).to_dict()},
             tiny_ws.zoo,
             small_task,
-            Recipe(1, 0, batch=50),
+            Recipe(epochs_adapter=1, epochs_full=0, batch=50),
             tmp_path / "r",
             log=None,
             progress=False,
@@ -145,6 +145,8 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_ws, tmp_path):
         "1",
         "--batch",
         "40",
+        "--head-init",
+        "random",
         "--device",
         "cpu",
     ]

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from dery_deploy.assemble.proxies import register_proxy
+from dery_deploy.assemble.quality import ridge_loo_accuracy
+from dery_deploy.network.plan import pre_logits
 
 
 @register_proxy("probe")
@@ -25,16 +27,7 @@ def linear_probe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, rid
     was = net.training
     net.eval()
     try:
-        feats = net.head.pool(net.forward_features(images)).double()
+        feats, _ = pre_logits(net, images)
     finally:
         net.train(was)
-    feats = (feats - feats.mean(0)) / feats.std(0).clamp_min(1e-6)
-    f = torch.cat([feats, torch.ones(len(feats), 1, dtype=torch.double)], 1)
-    classes = int(labels.max()) + 1
-    t = torch.nn.functional.one_hot(labels, classes).double()
-    gram = f.T @ f + ridge * torch.eye(f.shape[1], dtype=torch.double)
-    solved = torch.linalg.solve(gram, f.T)  # (d+1, n)
-    h = (f * solved.T).sum(1)  # diag of the hat matrix
-    pred = f @ (solved @ t)
-    loo = (pred - h[:, None] * t) / (1 - h[:, None]).clamp_min(1e-9)
-    return 100.0 * float((loo.argmax(1) == labels).double().mean())
+    return ridge_loo_accuracy(feats, labels, ridge)

@@ -1,0 +1,55 @@
+"""Training checkpoints: model and optimizer state in one safetensors file, the run's meta (epoch,
+phase, history, config) in its metadata; written atomically after every epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dery_deploy.artifacts import atomic_write_with
+
+
+def _flat_optimizer(opt) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def restore_optimizer(opt, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run: Path, model: nn.Module, opt, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    base = model.module if hasattr(model, "module") else model
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in base.state_dict().items()}
+    otensors, ometa = _flat_optimizer(opt)
+    tensors.update(otensors)
+    metadata = {"meta": json.dumps({**meta, "optimizer": ometa})}
+    atomic_write_with(run / "checkpoint.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(model state, optimizer tensors, meta) of a run's last checkpoint."""
+    from safetensors import safe_open
+
+    model, optim = {}, {}
+    with safe_open(str(Path(run) / "checkpoint.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        for k in f.keys():
+            if k.startswith("model."):
+                model[k.split(".", 1)[1]] = f.get_tensor(k)
+            else:
+                optim[k] = f.get_tensor(k)
+    return model, optim, meta
