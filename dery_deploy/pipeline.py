@@ -16,7 +16,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from math import ceil, floor, log10
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,13 +34,15 @@ from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend, run_profile, verify
 from dery_deploy.profile.store import Profile, profile_path, read_profile
 from dery_deploy.report.report import write_report
+from dery_deploy.runtime.backends import Backend
 from dery_deploy.runtime.devices import DeviceSpec, get_device, this_machine
 from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import evaluate_model
 from dery_deploy.train.finetune import Recipe, finetune, load_run_model
 from dery_deploy.train.select import Finalist, select
-from dery_deploy.train.teacher import make_teacher
+from dery_deploy.train.teacher import Teacher, make_teacher
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
+from dery_deploy.zoo.spec import ZooSpec
 from dery_deploy.zoo.summary import zoo_rows
 
 T = TypeVar("T")
@@ -144,26 +145,23 @@ class RunManifest(JsonArtifact):
         return cls(**d)
 
 
-def _percentile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo, hi = int(pos), min(len(s) - 1, int(pos) + 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def _round_sig_up(x: float, sig: int = 3) -> float:
-    """Round up to `sig` significant digits (so the donor at a percentile fits its own budget)."""
-    if not x:
-        return x
-    scale = 10 ** (-int(floor(log10(abs(x)))) + sig - 1)
-    return ceil(x * scale - 1e-9) / scale
+def _round_sig(x: float, sig: int = 3) -> float:
+    return float(f"{x:.{sig}g}")
 
 
 def choose_budgets(donor_ms: dict[str, float], quick: bool) -> list[float]:
-    """Budgets from the donors' measured latencies: 25th/50th/75th percentile (median only with --quick)."""
-    xs = list(donor_ms.values())
-    qs = (0.5,) if quick else (0.25, 0.5, 0.75)
-    return sorted({_round_sig_up(_percentile(xs, q)) for q in qs})
+    """Budgets in the gaps between the donors' measured latencies, where a user has a real choice:
+    below every donor (only reassembled networks fit), between the two fastest donors, and in the
+    widest remaining gap. With --quick, only the one between the two fastest."""
+    lat = sorted(donor_ms.values())
+    if len(lat) < 2:
+        return [_round_sig(0.85 * lat[0]), _round_sig(1.5 * lat[0])]
+    first = _round_sig((lat[0] + lat[1]) / 2)
+    if quick:
+        return [first]
+    rest = [(lat[i + 1] / lat[i], (lat[i] + lat[i + 1]) / 2) for i in range(1, len(lat) - 1)]
+    wide = _round_sig(max(rest)[1]) if rest else _round_sig(1.5 * lat[-1])
+    return sorted({_round_sig(0.85 * lat[0]), first, wide})
 
 
 class Run:
@@ -307,26 +305,9 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str) -> None:
     r.say(f"  teacher: {teacher_name} (validation {ce[teacher_name]['val_accuracy']:.2f}%)")
     within = [n for n, ms in donor_ms.items() if ms <= max(budgets)]
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
+    ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher)
     for b in budgets:
-        r.manifest.results.append(
-            stage_budget(
-                r,
-                zoo,
-                spec,
-                backend,
-                precision,
-                part,
-                dis,
-                model,
-                task,
-                recipes,
-                fitter,
-                scores,
-                teacher,
-                b,
-                aoti=opts.aoti and b == budgets[len(budgets) // 2],
-            )
-        )
+        r.manifest.results.append(stage_budget(r, ctx, b, aoti=opts.aoti and b == budgets[len(budgets) // 2]))
     feasible = [res for res in r.manifest.results if "plan" in res]
     for res in r.manifest.results:
         res["donors_within_budget"] = sorted(
@@ -462,37 +443,54 @@ class Recipes:
     def of(cls, opts: RunOptions) -> Recipes:
         ce = Recipe(epochs_adapter=opts.epochs_adapter, epochs_full=opts.epochs_full, plateau=0.02, seed=opts.seed)
         final = Recipe(
-            match_epochs=1 if opts.quick else 3,
+            match_epochs=1 if opts.quick else 4,
             match_images=4096 if opts.quick else 8192,
             epochs_adapter=opts.epochs_adapter,
             epochs_full=opts.epochs_full,
             plateau=0.02,
             distill=0.5,
-            distill_images=1024 if opts.quick else 2048,
+            distill_images=1024 if opts.quick else 4096,
             seed=opts.seed,
         )
         return cls(ce, final, (1,) if opts.quick else (1, 2), 4096 if opts.quick else 8192)
 
 
-def stage_budget(
-    r: Run,
-    zoo,
-    spec,
-    backend,
-    precision,
-    part,
-    dis,
-    model,
-    task,
-    recipes: Recipes,
-    fitter,
-    scores,
-    teacher,
-    b: float,
-    aoti: bool,
-) -> dict:
+@dataclass
+class Context:
+    """What every budget of a run shares: the zoo and device, the partition and latency model, the
+    task, the recipes, the adapter fitter, the task-aware scores (computed on first use), the teacher."""
+
+    zoo: ZooSpec
+    spec: DeviceSpec
+    backend: Backend
+    precision: str
+    part: Partition
+    dis: dict
+    model: LatencyModel
+    task: Task
+    recipes: Recipes
+    fitter: AdapterFitter
+    scores: Callable[[], Scores]
+    teacher: Teacher
+
+    @property
+    def latency(self) -> tuple:
+        """(backend, precision, device) of evaluations measured here."""
+        return self.backend, self.precision, "cuda" if self.spec.kind == "cuda" else "cpu"
+
+
+def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
     """One budget: candidates and measured finalists, selection by evidence on validation, healing of
     the best mixed plan with the final recipe, then the pick's evaluation and exports."""
+    zoo, part, dis, model, task, recipes, teacher = (
+        ctx.zoo,
+        ctx.part,
+        ctx.dis,
+        ctx.model,
+        ctx.task,
+        ctx.recipes,
+        ctx.teacher,
+    )
     bdir = r.out / f"budget-{b:g}ms"
     entry: dict = {"budget_ms": b}
     sel_path = bdir / "selection.json"
@@ -523,8 +521,8 @@ def stage_budget(
                 top=r.opts.top,
                 seed=r.opts.seed,
                 progress=prog,
-                fitter=fitter,
-                scores=scores(),
+                fitter=ctx.fitter,
+                scores=ctx.scores(),
                 finalists=2 if r.opts.quick else 4,
             )
         finalists = []
@@ -584,9 +582,7 @@ def stage_budget(
             eval_phase1=True,
             teacher=teacher,
         )
-        ev = stage_evaluate(
-            r, mix_dir, task, f"best mix {b:g} ms", (backend, precision, "cuda" if spec.kind == "cuda" else "cpu")
-        )
+        ev = stage_evaluate(r, mix_dir, task, f"best mix {b:g} ms", ctx.latency)
         entry["mix"] = {
             "plan": plan.to_dict(),
             "val_accuracy": metrics.get("val_accuracy"),

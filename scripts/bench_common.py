@@ -28,18 +28,19 @@ def machine() -> dict:
 
 
 def workspace(zoo_name: str, cache: Path, K: int = 4, probe: int = 512, restarts: int = 50, seed: int = 0):
-    """(zoo, similarity, partition record, dissections) computed into `cache`."""
+    """(zoo, similarity, partition, dissections) computed into `cache`."""
     from dery_deploy.partition.cover_set import optimise
-    from dery_deploy.partition.stage import dissect_zoo, partition_record, problem_from, write_partition
+    from dery_deploy.partition.stage import make_partition, problem_from
     from dery_deploy.similarity.compute import compute_similarity
     from dery_deploy.zoo import get_zoo
+    from dery_deploy.zoo.load import dissect_zoo
 
     zoo = get_zoo(zoo_name)
     sim, _ = compute_similarity(zoo, probe, cache=cache)
     dis = dissect_zoo(zoo)
-    problem, _ = problem_from(zoo, sim, K, 0.2, dis)
-    part = partition_record(zoo, sim, problem, optimise(problem, restarts, seed), dis, seed)
-    write_partition(cache / zoo.name / "partition.json", part)
+    problem = problem_from(zoo, sim, K, 0.2, dis)
+    part = make_partition(zoo, sim, problem, optimise(problem, restarts, seed), dis, seed)
+    part.write(cache / zoo.name / "partition.json")
     return zoo, sim, part, dis
 
 

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/setup.sh || exit 1
 echo "test.sh: ruff check, ruff format --check, mypy"
-"$PY" -m ruff check dery_deploy tests || exit 1
-"$PY" -m ruff format --check dery_deploy tests || exit 1
+"$PY" -m ruff check dery_deploy tests scripts || exit 1
+"$PY" -m ruff format --check dery_deploy tests scripts || exit 1
 "$PY" -m mypy || exit 1
 "$PY" -m pytest -q -p no:cacheprovider "$@"
 rc=$?

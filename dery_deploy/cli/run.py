@@ -73,16 +73,17 @@ def run(
         return
     console.print(f"[bold green]done[/] in {m.seconds:.0f} s: report {out / 'report.md'} (and report.html)")
     for r in m.results:
-        if "top1" in r:
-            best = r["donors_within_budget"][0] if r["donors_within_budget"] else None
-            vs = (
-                f"; best donor within budget: {best} {m.donors[best]['top1']:.2f}%"
-                if best
-                else "; no donor fits this budget"
-            )
-            console.print(
-                f"  {r['budget_ms']:g} ms: reassembled {r['top1']:.2f}% at {r.get('measured_ms', 0):.4f} ms{vs}"
-            )
+        if "top1" not in r:
+            console.print(f"  {r['budget_ms']:g} ms: {r.get('infeasible')}")
+            continue
+        best = r["donors_within_budget"][0] if r["donors_within_budget"] else None
+        vs = f"best fitting donor {best} {m.donors[best]['top1']:.2f}%" if best else "no donor fits"
+        mix = r.get("mix")
+        reas = f"best reassembled {mix['top1']:.2f}%" if mix else "no reassembled finalist"
+        console.print(
+            f"  {r['budget_ms']:g} ms: shipped {r['selection']['pick']} ({r['pick_kind']}), test "
+            f"{r['top1']:.2f}% at {r.get('measured_ms') or 0:.4f} ms; {reas}; {vs}"
+        )
 
 
 def register(app: typer.Typer) -> None:
