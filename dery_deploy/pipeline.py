@@ -25,7 +25,7 @@ from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.stage import Scores, assemble, program_data
 from dery_deploy.data.task import DEFAULT_DATA, Task, load_task
 from dery_deploy.errors import DeryError
-from dery_deploy.export.stage import export_run
+from dery_deploy.export.stage import BudgetVerdict, export_run
 from dery_deploy.network.items import donor_key
 from dery_deploy.network.plan import load_plan, save_plan_with_weights
 from dery_deploy.partition.cover_set import optimise
@@ -68,6 +68,7 @@ class RunOptions:
     quick: bool = False
     seed: int = 0
     out: str = "runs/default"
+    allow_over_budget: bool = False  # else a shipped artifact measured over its budget fails the run
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""
@@ -323,6 +324,14 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str) -> None:
         raise DeryError(
             f"no budget was feasible on {spec.id}; the fastest assembly is predicted at {f.latency_ms:.4f} ms "
             f"(report: {r.out / 'report.md'})",
+            "run",
+        )
+    over = [res for res in feasible if ((res.get("onnx") or {}).get("budget") or {}).get("within_budget") is False]
+    if over and not opts.allow_over_budget:
+        worst = max(over, key=lambda res: res["onnx"]["budget"]["measured_ms"] / res["budget_ms"])
+        raise DeryError(
+            f"{len(over)} shipped artifact(s) over budget, e.g. {BudgetVerdict(**worst['onnx']['budget']).line()}; "
+            f"see {r.out / 'report.md'}, or pass --allow-over-budget to accept them",
             "run",
         )
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +101,17 @@ def fashion_task(fashion_zoo):
     from dery_deploy.data.task import load_task
 
     return load_task("fashion-mnist:labels_per_class=20,test_per_class=30", fashion_zoo.input)
+
+
+def write_folder(root, classes=("ant", "bee", "cat", "dog", "eel"), n_train=6, n_test=3, size=40, mode="RGB", seed=0):
+    """A generated image folder: train/ and test/ with one sub-folder per class; each class has its own colour."""
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = torch.tensor([(c * 50) % 255, (c * 90) % 255, (c * 130) % 255], dtype=torch.float)
+                px = (base + 30 * torch.rand(size, size, 3, generator=g)).clamp(0, 255).byte().numpy()
+                Image.fromarray(px).convert(mode).save(d / f"{i}.png")
+    return root

@@ -5,6 +5,7 @@ Examples:
     dery finetune plan.json --data fashion-mnist:labels_per_class=100 -o run/
     dery finetune plan.json --data ~/images/task -o run/ --epochs-full 10
     dery finetune --donor vit_tops --zoo fashion -o run_vit/
+    dery finetune plan.json -o run2/ --match-epochs 4 --plateau 0.02 --teacher run_vit/   # dery run's recipe
     torchrun --nproc_per_node 2 -m dery_deploy.cli.main finetune plan.json -o run_ddp/ --device cpu
 """
 
@@ -18,8 +19,9 @@ from dery_deploy.cli.common import console, show_notes
 from dery_deploy.data.task import DEFAULT_DATA, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import load_plan
-from dery_deploy.train.finetune import Recipe, dist_info
+from dery_deploy.train.finetune import Recipe, dist_info, load_run_model
 from dery_deploy.train.finetune import finetune as run_finetune
+from dery_deploy.train.teacher import make_teacher
 from dery_deploy.zoo.load import get_zoo
 
 
@@ -37,6 +39,23 @@ def finetune(
     lr_full: float = typer.Option(5e-4, "--lr-full"),
     batch: int = typer.Option(64, "--batch", help="global batch (split across DDP processes)"),
     head_init: str = typer.Option("probe", "--head-init", help="probe (a linear probe fitted first, LP-FT) or random"),
+    match_epochs: int = typer.Option(
+        0,
+        "--match-epochs",
+        help="heal seams first: epochs of block-wise distillation on unlabelled images (dery run uses 4)",
+    ),
+    teacher: list[Path] = typer.Option(
+        [],
+        "--teacher",
+        help="run folder of a fine-tuned network to distil from "
+        "(repeat for an ensemble); the teacher may be slower than the budget",
+    ),
+    distill: float = typer.Option(0.5, "--distill", help="weight of distillation when a --teacher is given"),
+    plateau: float = typer.Option(
+        0.0,
+        "--plateau",
+        help="end phase 1 early once an epoch lowers its loss by less than this fraction (dery run uses 0.02)",
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: a GPU where there is one)"),
     force: bool = typer.Option(False, "--force", help="overwrite a run directory that holds another run"),
@@ -77,10 +96,23 @@ def finetune(
         lr_full=lr_full,
         batch=batch,
         head_init=head_init,
+        match_epochs=match_epochs,
+        plateau=0.02,
+        distill=distill if teacher else 0.0,
         seed=seed,
     )
+    from_teacher = make_teacher(list(teacher), task, load=load_run_model) if teacher else None
     metrics = run_finetune(
-        source, z, task, recipe, out, force=force, resume=not no_resume, log=console.print, device=device
+        source,
+        z,
+        task,
+        recipe,
+        out,
+        force=force,
+        resume=not no_resume,
+        log=console.print,
+        device=device,
+        teacher=from_teacher,
     )
     if rank == 0:
         console.print(

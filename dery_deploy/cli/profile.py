@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 
 from dery_deploy.artifacts import cache_root
-from dery_deploy.cli.common import Listing, console, parse_int_list, progress_bar
+from dery_deploy.cli.common import Listing, console, err_console, parse_int_list, progress_bar
 from dery_deploy.data.task import load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.items import donor_key
@@ -89,7 +89,7 @@ def profile(
         )
         return
     if part is None:
-        console.print(f"no partition of zoo {z.name} yet: measuring whole donors and every unit")
+        err_console.print(f"no partition of zoo {z.name} yet: measuring whole donors and every unit")
     with progress_bar() as prog:
         paths = run_profile(z, spec, backend, precision, batches, part, dis, root, num_classes, prog)
     summaries = []

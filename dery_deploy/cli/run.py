@@ -39,6 +39,9 @@ def run(
     verify: int = typer.Option(10, "--verify", help="mixed assemblies measured to check the latency model"),
     quick: bool = typer.Option(False, "--quick", help="one budget, 1+2 epochs, fewer candidates (about 2 minutes)"),
     no_aoti: bool = typer.Option(False, "--no-aoti", help="skip the AOTInductor export"),
+    allow_over_budget: bool = typer.Option(
+        False, "--allow-over-budget", help="finish without an error when a shipped artifact measures over its budget"
+    ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's results as JSON at the end"),
@@ -57,6 +60,7 @@ def run(
         top=top,
         verify=verify,
         aoti=not no_aoti,
+        allow_over_budget=allow_over_budget,
         quick=quick,
         seed=seed,
         out=str(out),

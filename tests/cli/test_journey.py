@@ -7,8 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import assert_one_line_error, run_dery
-from tests.data.test_task import write_folder
+from tests.conftest import assert_one_line_error, run_dery, write_folder
 
 CLASSES = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu")
 ZOO = """name: rgbzoo

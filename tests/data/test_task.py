@@ -4,23 +4,10 @@ from PIL import Image
 
 from dery_deploy.data.task import InputSpec, load_task, probe_images
 from dery_deploy.errors import DeryError
+from tests.conftest import write_folder
 
 RGB32 = InputSpec(3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 GREY32 = InputSpec(1, 32, (0.2190,), (0.3318,))
-
-
-def write_folder(root, classes=("ant", "bee", "cat", "dog", "eel"), n_train=6, n_test=3, size=40, mode="RGB", seed=0):
-    """A generated image folder: train/ and test/ with one sub-folder per class; each class has its own colour."""
-    g = torch.Generator().manual_seed(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for c, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                base = torch.tensor([(c * 50) % 255, (c * 90) % 255, (c * 130) % 255], dtype=torch.float)
-                px = (base + 30 * torch.rand(size, size, 3, generator=g)).clamp(0, 255).byte().numpy()
-                Image.fromarray(px).convert(mode).save(d / f"{i}.png")
-    return root
 
 
 def test_folder_task_shapes_classes_and_splits(tmp_path):
