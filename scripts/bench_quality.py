@@ -156,7 +156,7 @@ def main() -> None:
                     "n": len(vals),
                 }
         agg["picks"] = [r["pick"] for r in rows]
-        agg["verdict"] = verdict(agg)
+        agg["verdict"] = verdict(rows)
         per_budget[f"{b:g}"] = agg
     result["per_budget"] = per_budget
     shipped = [r for s in result["seeds"].values() for r in s["budgets"] if r.get("shipped_budget_checked")]
@@ -180,13 +180,23 @@ def main() -> None:
     atomic_write_json(args.out, result)
 
 
-def verdict(agg: dict) -> str:
-    d = agg.get("reassembled_minus_donor")
-    if "best_donor_top1" not in agg:
+def verdict(rows: list[dict]) -> str:
+    """Per seed, not on the mean: which donors fit a budget drifts with the measured latencies,
+    so a mean over seeds can hide a loss behind one large win."""
+    diffs = [r["reassembled_minus_donor"] for r in rows if r.get("reassembled_minus_donor") is not None]
+    if not any(r.get("best_donor_top1") is not None for r in rows):
         return "no donor fits: reassembly is the only answer"
-    if d is None:
-        return "no reassembled plan"
-    return "won" if d["mean"] >= 1 else ("tied" if d["mean"] > -1 else "lost")
+    parts = []
+    won = sum(d >= 1 for d in diffs)
+    lost = sum(d <= -1 for d in diffs)
+    tied = len(diffs) - won - lost
+    no_donor = len(rows) - len(diffs)
+    for n, word in ((won, "won"), (tied, "tied"), (lost, "lost")):
+        if n:
+            parts.append(f"{word} {n}")
+    if no_donor:
+        parts.append(f"no donor fit {no_donor}")
+    return f"{', '.join(parts)} of {len(rows)} seeds (±1 point = tied)"
 
 
 if __name__ == "__main__":
