@@ -31,6 +31,16 @@ def _umask() -> int:
     return mask
 
 
+def make_output_dir(path: Path, what: str, stage: str | None = None) -> Path:
+    """Create an output folder (`what` names it in the error: "run folder", "output folder");
+    one clear line naming the folder when the file system refuses."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeryError(f"cannot create the {what} {path} ({e.strerror}); choose a writable -o", stage) from None
+    return path
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o666) -> Path:
     path = Path(path)
     try:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from dery_deploy.artifacts import JsonArtifact, atomic_write_json
+from dery_deploy.artifacts import JsonArtifact, atomic_write_json, make_output_dir
 from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.stage import Scores, assemble, program_data
@@ -236,10 +236,7 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     spec = get_device(opts.device) if opts.device else (this_machine() or [get_device("cpu")])[0]
     check_run_dir(r.out, zoo, spec.id)
     backend, precision = resolve_backend(spec, opts.backend, opts.precision)
-    try:
-        r.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DeryError(f"cannot create the run folder {r.out} ({e.strerror}); choose a writable -o", "run") from None
+    make_output_dir(r.out, "run folder", "run")
     r.manifest = RunManifest(
         zoo.name, zoo.hash(), spec.id, backend.name, precision, asdict(opts), started=time.strftime("%Y-%m-%dT%H:%M:%S")
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dery_deploy.artifacts import atomic_write_json, sha256_file
+from dery_deploy.artifacts import atomic_write_json, make_output_dir, sha256_file
 from dery_deploy.data.task import load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.export.bundle import jetson_bundle
@@ -365,12 +365,7 @@ def export_run(
     artifact = {"onnx": "model.onnx", "tensorrt": "model.engine", "aoti": "model.pt2"}[fmt]
     if (out / artifact).exists() and not force:
         raise DeryError(f"{out / artifact} exists; pass --force to overwrite it", "export")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DeryError(
-            f"cannot create the output folder {out} ({e.strerror}); choose a writable -o", "export"
-        ) from None
+    make_output_dir(out, "output folder", "export")
     if fmt == "onnx":
         if prec != "fp32":
             if precision:  # asked for explicitly

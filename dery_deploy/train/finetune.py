@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dery_deploy.artifacts import atomic_write_json, read_json_artifact
+from dery_deploy.artifacts import atomic_write_json, make_output_dir, read_json_artifact
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan, build_net, load_stitch_weights
@@ -257,12 +257,7 @@ def finetune(
             probe_acc = fit_head(model, task.x("train"), task.y("train"), task.num_classes)
     model.to(dev)
     if rank == 0:
-        try:
-            run.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DeryError(
-                f"cannot create the run folder {run} ({e.strerror}); choose a writable -o", "finetune"
-            ) from None
+        make_output_dir(run, "run folder", "finetune")
         atomic_write_json(run / "config.json", cfg)
     n = len(task.train)
     steps = max(1, math.ceil(n / recipe.batch))
