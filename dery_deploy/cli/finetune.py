@@ -51,6 +51,14 @@ def finetune(
         "(repeat for an ensemble); the teacher may be slower than the budget",
     ),
     distill: float = typer.Option(0.5, "--distill", help="weight of distillation when a --teacher is given"),
+    distill_images: int = typer.Option(
+        4096, "--distill-images", help="unlabelled images distilled per epoch (dery run: 4096, --quick 1024)"
+    ),
+    stitch_lr_scale: float = typer.Option(
+        Recipe().stitch_lr_scale,
+        "--stitch-lr-scale",
+        help="phase 2: adapters and head learn this many times faster than the borrowed blocks",
+    ),
     plateau: float = typer.Option(
         0.0,
         "--plateau",
@@ -97,8 +105,10 @@ def finetune(
         batch=batch,
         head_init=head_init,
         match_epochs=match_epochs,
-        plateau=0.02,
+        plateau=plateau,
         distill=distill if teacher else 0.0,
+        distill_images=distill_images,
+        stitch_lr_scale=stitch_lr_scale,
         seed=seed,
     )
     from_teacher = make_teacher(list(teacher), task, load=load_run_model) if teacher else None

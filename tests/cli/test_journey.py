@@ -61,8 +61,25 @@ def test_whole_journey_on_their_zoo_and_images(user, tmp_path):
     )
     [plan] = json.loads(p.stdout)
     assert plan["num_classes"] == 7 and plan["task"]["classes"] == list(CLASSES)
-    dery(user, "finetune", "plan.json", "--data", "imgs", "-o", "run1", "--epochs-adapter", "1", "--epochs-full", "1")
+    dery(
+        user,
+        "finetune",
+        "plan.json",
+        "--data",
+        "imgs",
+        "-o",
+        "run1",
+        "--epochs-adapter",
+        "1",
+        "--epochs-full",
+        "1",
+        "--plateau",
+        "0.05",
+        "--stitch-lr-scale",
+        "3",
+    )
     cfg = json.loads((user / "run1" / "config.json").read_text())
+    assert cfg["recipe"]["plateau"] == 0.05 and cfg["recipe"]["stitch_lr_scale"] == 3.0  # the options reach the recipe
     assert cfg["data"] == str((user / "imgs").resolve())  # stored absolute
     # evaluate from another directory: the run finds its zoo and data again
     p = dery(user, "evaluate", str(user / "run1"), "--json", cwd=tmp_path)
