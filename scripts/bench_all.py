@@ -52,6 +52,8 @@ def main() -> None:
                 print(f"bench_{name}: {time.time() - t0:.0f} s", flush=True)
             if (bench / f"{name}.json").is_file():
                 results["scripts"][name] = json.loads((bench / f"{name}.json").read_text())
+        if (bench / "stitch_lr.json").is_file():  # needs a run's finalists: run by hand, read here
+            results["scripts"]["stitch_lr"] = json.loads((bench / "stitch_lr.json").read_text())
         if "quick" not in args.skip:
             quick = ROOT / "runs" / "bench-quick"
             shutil.rmtree(quick, ignore_errors=True)
@@ -123,6 +125,22 @@ def summary(r: dict) -> str:
             f"{bp['finalists_dropped_over_budget']} of {bp['finalists']} finalists were dropped after "
             f"their end-to-end measurement exceeded the budget. One `dery run` with "
             f"{len(q['budgets'])} budgets took {', '.join(f'{x:.0f}' for x in q['run_seconds'])} s.",
+            "",
+        ]
+    if "stitch_lr" in s:
+        sl = s["stitch_lr"]
+        scales = list(sl["val_mean_sum_by_scale"])
+        base, seeds = scales[0], sorted({row["seed"] for row in sl["rows"]})
+        delta = ", ".join(
+            f"{net} " + "/".join(f"{v[k]['test_mean'] - v[base]['test_mean']:+.2f}" for k in scales[1:])
+            for net, v in sl["summary"].items()
+        )
+        out += [
+            f"Stitch learning rate in phase 2 (`scripts/bench_stitch_lr.py`, seeds {seeds}): "
+            f"summed validation means x{' / x'.join(scales)} = "
+            + " / ".join(f"{v:.1f}" for v in sl["val_mean_sum_by_scale"].values())
+            + f", best x{sl['best_scale_on_val']} (the default); test mean vs x{base} for "
+            f"x{' / x'.join(scales[1:])}: {delta} (within the seeds' noise).",
             "",
         ]
     if "profile" in s:
