@@ -196,7 +196,13 @@ def verdict(rows: list[dict]) -> str:
             parts.append(f"{word} {n}")
     if no_donor:
         parts.append(f"no donor fit {no_donor}")
-    return f"{', '.join(parts)} of {len(rows)} seeds (±1 point = tied)"
+    out = f"{', '.join(parts)} of {len(rows)} seeds (±1 point = tied)"
+    if lost:  # what the user got where the best reassembled network lost: selection may have shipped the donor
+        kept = sum(
+            1 for r in rows if (r.get("reassembled_minus_donor") or 0) <= -1 and r.get("shipped_minus_donor") == 0
+        )
+        out += f"; where it lost, selection shipped the donor {kept} of {lost} times"
+    return out
 
 
 if __name__ == "__main__":
