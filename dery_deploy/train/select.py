@@ -142,6 +142,25 @@ def _open_study(storage: str | None, name: str):
             time.sleep(0.2 + 0.1 * attempt)
 
 
+# what differs between two processes planning the same finalists: measurements, solver timings, the
+# local path of the adapter weights and of the zoo file; not part of what is trained
+_VOLATILE = {"predicted", "measured", "proxy", "solver", "selection", "zoo_ref", "task", "adapter_weights"}
+
+
+def _identity(source: dict) -> dict:
+    out = {k: v for k, v in source.items() if k not in _VOLATILE}
+    if isinstance(out.get("plan"), dict):
+        out["plan"] = _identity(out["plan"])
+    return out
+
+
+def study_name(task: Task, finalists: list[Finalist], rungs, eta: int, base: Recipe) -> str:
+    """The Optuna study of one selection: the same on every process that selects among the same
+    finalists for the same task and recipe, so they share its trials through `--storage`."""
+    key = [task.hash(), [(f.name, _identity(f.source)) for f in finalists], list(rungs), eta, base.__dict__]
+    return f"dery-select-{sha256_json(key)[:12]}"
+
+
 def select(
     finalists: list[Finalist],
     zoo,
@@ -162,10 +181,8 @@ def select(
         raise DeryError("selection needs a validation split; the task has none (add labelled images)", "select")
     if not finalists:
         raise DeryError("no finalist to select from", "select")
-    key = sha256_json(
-        [task.hash(), [f.name for f in finalists], [f.source for f in finalists], list(rungs), eta, base.__dict__]
-    )[:12]
-    name = f"dery-select-{key}"
+    name = study_name(task, finalists, rungs, eta, base)
+    key = name.removeprefix("dery-select-")
     study, where = _open_study(storage, name)
     by_name = {f.name: f for f in finalists}
     worker = f"{socket.gethostname()}:{os.getpid()}"

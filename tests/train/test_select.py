@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from dery_deploy.train.select import Finalist, Trial, decide, paired_noise, schedule
+from dery_deploy.train.select import Finalist, Trial, decide, paired_noise, schedule, study_name
 
 
 def _t(name, rung, acc, correct="1" * 10):
@@ -39,6 +39,26 @@ def test_pick_is_the_donor_unless_the_mix_wins_beyond_the_noise():
     assert sel.pick == "mix" and sel.difference == 15.0 and sel.noise < 15
     only = decide(fs[:1], {("mix", 0): _t("mix", 0, 50.0, "1" * (n // 2) + "0" * (n // 2))}, (1,), "s", "m")
     assert only.pick == "mix" and "no donor fits" in only.rule
+
+
+def test_processes_planning_the_same_finalists_share_one_study(tiny_ws):
+    """Two `dery assemble --storage` processes measure their finalists differently, time the solver
+    differently and keep the adapter weights at their own paths: the study is still the same one."""
+    from dery_deploy.assemble.candidates import donor_plan
+    from dery_deploy.data.task import load_task
+    from dery_deploy.train.recipe import Recipe
+
+    task = load_task("fashion-mnist:labels_per_class=10,test_per_class=10", tiny_ws.zoo.input)
+
+    def finalists(measured_ms, solver_s, where, donor="res"):
+        p = donor_plan(tiny_ws.zoo, tiny_ws.partition, donor, task.num_classes).to_dict()
+        p |= {"measured": {"median_ms": measured_ms}, "solver": {"seconds_top": solver_s}}
+        return [Finalist(donor, {"plan": p, "adapter_weights": f"{where}/00.safetensors"}, True, measured_ms)]
+
+    here = study_name(task, finalists(0.101, 0.2, "/a"), (1, 2), 2, Recipe())
+    assert here == study_name(task, finalists(0.107, 0.9, "/b"), (1, 2), 2, Recipe())
+    assert here != study_name(task, finalists(0.101, 0.2, "/a", donor="cnx"), (1, 2), 2, Recipe())
+    assert here != study_name(task, finalists(0.101, 0.2, "/a"), (1, 2), 2, Recipe(seed=1))
 
 
 SCRIPT = r"""
