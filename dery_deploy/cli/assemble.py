@@ -190,7 +190,13 @@ def print_candidates(res, budget: float) -> None:
             }
         )
     listing.show()
-    console.print("* finalist (measured within the budget)", style="dim")
+    dropped = s.get("rejected_over_budget", 0)
+    console.print(
+        f"* finalist (measured within the budget); {dropped} of {s.get('finalists', len(res.finalists))} "
+        "finalists measured over the budget and dropped"
+        + (": " + ", ".join(f"{c.name} {c.measured['median_ms']:.4f} ms" for c in res.rejected) if dropped else ""),
+        style="dim",
+    )
 
 
 def register(app: typer.Typer) -> None:
