@@ -5,7 +5,8 @@ Examples:
     dery finetune plan.json --data fashion-mnist:labels_per_class=100 -o run/
     dery finetune plan.json --data ~/images/task -o run/ --epochs-full 10
     dery finetune --donor vit_tops --zoo fashion -o run_vit/
-    dery finetune plan.json -o run2/ --match-epochs 4 --plateau 0.02 --teacher run_vit/   # dery run's recipe
+    dery finetune plan.json -o run2/ --teacher run_vit/   # dery run's final recipe (distilled from run_vit)
+    dery finetune plan.json -o run3/ --match-epochs 0 --plateau 0   # no seam healing, fixed phase 1
     torchrun --nproc_per_node 2 -m dery_deploy.cli.main finetune plan.json -o run_ddp/ --device cpu
 """
 
@@ -40,9 +41,9 @@ def finetune(
     batch: int = typer.Option(64, "--batch", help="global batch (split across DDP processes)"),
     head_init: str = typer.Option("probe", "--head-init", help="probe (a linear probe fitted first, LP-FT) or random"),
     match_epochs: int = typer.Option(
-        0,
+        4,
         "--match-epochs",
-        help="heal seams first: epochs of block-wise distillation on unlabelled images (dery run uses 4)",
+        help="heal seams first: epochs of block-wise distillation on unlabelled images (0: off; a donor has none)",
     ),
     teacher: list[Path] = typer.Option(
         [],
@@ -60,9 +61,9 @@ def finetune(
         help="phase 2: adapters and head learn this many times faster than the borrowed blocks",
     ),
     plateau: float = typer.Option(
-        0.0,
+        0.02,
         "--plateau",
-        help="end phase 1 early once an epoch lowers its loss by less than this fraction (dery run uses 0.02)",
+        help="end phase 1 early once an epoch lowers its loss by less than this fraction (0: never)",
     ),
     seed: int = typer.Option(0, "--seed"),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: a GPU where there is one)"),
