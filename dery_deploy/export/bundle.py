@@ -72,7 +72,17 @@ def jetson_bundle(
         )
     shutil.copyfile(Path(__file__).with_name("engine_check.py"), out / "check_engine.py")
     (out / "check_engine.py").chmod(0o755)
-    budget = (plan or {}).get("budget", {}).get("latency_ms")
+    # the plan's budget is a promise for the plan's device only; another device's engine is timed, not judged
+    plan_device = (plan or {}).get("device")
+    budget = (plan or {}).get("budget", {}).get("latency_ms") if plan_device == spec.id else None
+    why = (
+        f"measured on the device by check_engine.py (writes {out.name}/check-result.json)"
+        if budget is not None
+        else f"the plan's budget is for {plan_device!r}, not {spec.id!r}: check_engine.py times the engine but "
+        f"judges no budget (plan for it with --device {spec.id})"
+        if plan
+        else "no plan budget (a donor run)"
+    )
     manifest = {
         "device": spec.id,
         "device_name": spec.name,
@@ -98,10 +108,7 @@ def jetson_bundle(
         "precision": precision,
         "device": spec.id,
         "batch": batch,
-        "budget": {
-            "checked": False,
-            "reason": f"measured on the device by check_engine.py (writes {out.name}/check-result.json)",
-        },
+        "budget": {"checked": False, "reason": why},
         "manifest": "bundle.json",
         "next": f"copy {out} to the {spec.name}, run build_engine.sh, then python3 check_engine.py",
     }
