@@ -3,5 +3,6 @@
 # Extra arguments go to `dery run`, e.g. `bash scripts/main.sh --quick`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/python.sh
 bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m dery_deploy.cli.main run "$@"
+exec "$PYTHON" -m dery_deploy.cli.main run "$@"

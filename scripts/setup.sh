@@ -5,7 +5,8 @@
 #  - the package itself, editable, with the test extra
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+source scripts/python.sh
+PY=$PYTHON
 SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO=sudo
 
 if [ -z "${DERY_DATA:-}" ] && ! ls /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte* >/dev/null 2>&1; then
@@ -22,7 +23,10 @@ fi
 # reinstall when pyproject.toml changed since the last install here, or the package does not import
 stamp=".setup-stamp"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $($PY -c 'import sys; print(sys.executable)')"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! $PY -c "import dery_deploy, pytest" >/dev/null 2>&1; then
+here=$PWD
+# imported from outside the tree, so that an editable install of another checkout does not pass for this one
+installed() { (cd / && "$PY" -c "import sys, dery_deploy, pytest; sys.exit(dery_deploy.__file__ != '$here/dery_deploy/__init__.py')") >/dev/null 2>&1; }
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! installed; then
   echo "setup: installing dery_deploy (pip install -e .[dev])"
   $PY -m pip install -q -e ".[dev]"
   echo "$want" > "$stamp"

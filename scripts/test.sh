@@ -4,7 +4,8 @@
 # is a failure here, not a pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+source scripts/python.sh
+PY=$PYTHON
 bash scripts/setup.sh || exit 1
 echo "test.sh: ruff check, ruff format --check, mypy"
 "$PY" -m ruff check dery_deploy tests scripts || exit 1
