@@ -132,6 +132,7 @@ class RunManifest(JsonArtifact):
     results: list[dict] = field(default_factory=list)
     donors: dict[str, dict] = field(default_factory=dict)
     teacher: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # what every compared network was trained with (Recipes.describe)
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
@@ -278,6 +279,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str) -> None:
         + ")"
     )
     recipes = Recipes.of(opts)
+    r.manifest.recipe = recipes.describe()
     fitter = AdapterFitter.for_task(dis, task)
     computed: list[Scores] = []
 
@@ -444,6 +446,7 @@ class Recipes:
     final: Recipe
     rungs: tuple[int, ...]
     teacher_pool: int
+    finalists: int  # mixed (non-donor) finalists per budget
 
     @classmethod
     def of(cls, opts: RunOptions) -> Recipes:
@@ -458,7 +461,28 @@ class Recipes:
             distill_images=1024 if opts.quick else 4096,
             seed=opts.seed,
         )
-        return cls(ce, final, (1,) if opts.quick else (1, 2), 4096 if opts.quick else 8192)
+        return cls(ce, final, (1,) if opts.quick else (1, 2), 4096 if opts.quick else 8192, 2 if opts.quick else 4)
+
+    def describe(self) -> dict:
+        f = self.final
+
+        def ep(n: int) -> str:
+            return f"{n} epoch" + ("" if n == 1 else "s")
+
+        return {
+            "final": asdict(f),
+            "selection_rungs_epochs": list(self.rungs),
+            "mixed_finalists": self.finalists,
+            "teacher_images": self.teacher_pool,
+            "cut_to_fit": (
+                f"scaled to fit this run's time on a small CPU (DeRy and SN-Net train 50-300 epochs): seam "
+                f"matching {ep(f.match_epochs)} x {f.match_images} unlabelled images, phase 1 at most "
+                f"{ep(f.epochs_adapter)} (until its loss plateaus), phase 2 {ep(f.epochs_full)}, distillation "
+                f"on {f.distill_images} unlabelled images per epoch, selection rungs of "
+                f"{'/'.join(str(x) for x in self.rungs)} epochs over {self.finalists} mixed finalists and every "
+                f"fitting donor"
+            ),
+        }
 
 
 @dataclass
@@ -529,7 +553,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
                 progress=prog,
                 fitter=ctx.fitter,
                 scores=ctx.scores(),
-                finalists=2 if r.opts.quick else 4,
+                finalists=recipes.finalists,
             )
         finalists = []
         for i, c in enumerate(res.finalists):

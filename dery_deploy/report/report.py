@@ -122,6 +122,8 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
             f"{teacher.get('images')} unlabelled images.",
             "",
         ]
+    if (run.get("recipe") or {}).get("cut_to_fit"):
+        lines += [f"The recipe is {run['recipe']['cut_to_fit']}.", ""]
     for r in plans:
         lines += [f"### Budget {r['budget_ms']:g} ms", ""]
         if "infeasible" in r:

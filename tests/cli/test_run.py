@@ -57,6 +57,8 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
         "## Accuracy vs latency",
     ):
         assert section in report
+    # the report says what the recipe cut to fit the time (the quick recipe: 1 epoch of seam matching)
+    assert run["recipe"]["final"]["match_epochs"] == 1 and "seam matching 1 epoch x" in report
     for s in run["stages"]:
         assert s["stage"] in report or s["stage"] == "report"  # the report stage is logged after it is written
     [res] = run["results"]
