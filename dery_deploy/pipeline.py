@@ -476,9 +476,9 @@ class Recipes:
             "teacher_images": self.teacher_pool,
             "cut_to_fit": (
                 f"scaled to fit this run's time on a small CPU (DeRy and SN-Net train 50-300 epochs): seam "
-                f"matching {ep(f.match_epochs)} x {f.match_images} unlabelled images, phase 1 at most "
+                f"matching {ep(f.match_epochs)} x up to {f.match_images} unlabelled images, phase 1 at most "
                 f"{ep(f.epochs_adapter)} (until its loss plateaus), phase 2 {ep(f.epochs_full)}, distillation "
-                f"on {f.distill_images} unlabelled images per epoch, selection rungs of "
+                f"on up to {f.distill_images} unlabelled images per epoch, selection rungs of "
                 f"{'/'.join(str(x) for x in self.rungs)} epochs over {self.finalists} mixed finalists and every "
                 f"fitting donor"
             ),

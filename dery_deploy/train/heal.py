@@ -59,7 +59,13 @@ def match_seams(
     for m in targets:
         m[1].to(device)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    steps = max(1, images_per_epoch // batch)
+    # a user's folder may hold fewer unlabelled images than the recipe asks for: an epoch is then one
+    # pass over them (never an empty batch; the variance of a one-image batch is undefined)
+    n = min(images_per_epoch, len(task.unlabelled))
+    if n < 2:
+        return []
+    batch = min(batch, n)
+    steps = max(1, n // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
     g = torch.Generator().manual_seed(31337 + seed)
     history = []
@@ -86,6 +92,6 @@ def match_seams(
             opt.step()
             sched.step()
             total += loss.item() / len(targets)
-        history.append({"epoch": epoch, "phase": 0, "seam_rel_mse": round(total / steps, 5)})
+        history.append({"epoch": epoch, "phase": 0, "seam_rel_mse": round(total / steps, 5), "images": steps * batch})
     net.eval()
     return history

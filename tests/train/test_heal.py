@@ -29,6 +29,26 @@ def test_seam_matching_lowers_the_stitch_error(fashion_zoo, fashion_task):
     assert not any(p.grad is not None for p in dis["convnext_lower"].units[0].module.parameters())
 
 
+def test_seam_matching_on_a_folder_with_few_unlabelled_images(fashion_zoo, fashion_task):
+    """A user's folder holds 160 unlabelled images, the recipe asks for 4096 per epoch: each epoch is
+    one pass over the 160 (no empty batches, no NaN), and the history says how many it used."""
+    import dataclasses
+
+    from dery_deploy.train.heal import match_seams
+    from dery_deploy.zoo.load import dissect_zoo
+
+    dis = dissect_zoo(fashion_zoo)
+    plan = _cheap_stem_plan(fashion_zoo, dis)
+    few = dataclasses.replace(fashion_task, unlabelled=fashion_task.unlabelled.subset(range(160)))
+    torch.manual_seed(0)
+    net = build_net(plan, fashion_zoo, dis)
+    hist = match_seams(net, plan, dis, few, epochs=2, images_per_epoch=4096, batch=128)
+    assert [h["images"] for h in hist] == [128, 128]
+    assert all(torch.isfinite(torch.tensor(h["seam_rel_mse"])) for h in hist)
+    one = dataclasses.replace(fashion_task, unlabelled=fashion_task.unlabelled.subset([0]))
+    assert match_seams(net, plan, dis, one, epochs=1, images_per_epoch=4096) == []  # nothing to learn from
+
+
 def test_whole_donor_plan_is_the_donor(fashion_zoo, tiny_ws):
     from dery_deploy.assemble.candidates import donor_plan
     from dery_deploy.network.items import donor_key, plan_items
