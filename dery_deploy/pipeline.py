@@ -617,6 +617,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
             "plan": plan.to_dict(),
             "val_accuracy": metrics.get("val_accuracy"),
             "phase1_top1": metrics.get("phase1_test_accuracy"),
+            "kept": metrics.get("kept"),
             "seam_matching": metrics.get("seam_matching"),
             **ev,
         }

@@ -168,7 +168,9 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
             healed = f" after seam matching (relative error {sm[-1]['seam_rel_mse']:.3f})" if sm else ""
             lines += [
                 f"Best mixed plan, adapters and head only (blocks frozen){healed}: test top-1 "
-                f"{r['mix']['phase1_top1']:.2f}%; end to end: {r['mix']['top1']:.2f}%.",
+                f"{r['mix']['phase1_top1']:.2f}%; end to end: {r['mix']['top1']:.2f}%"
+                + (f"; shipped as {r['mix']['kept']}" if str(r["mix"].get("kept", "")).startswith("phase 1") else "")
+                + ".",
                 "",
             ]
         if sel.get("trials"):

@@ -13,6 +13,8 @@ from dery_deploy.artifacts import atomic_write_with
 
 
 def _flat_optimizer(opt) -> tuple[dict[str, torch.Tensor], dict]:
+    if opt is None:  # a finished run re-saved without training (no optimizer to resume)
+        return {}, {"param_groups": []}
     sd = opt.state_dict()
     tensors = {}
     for idx, st in sd["state"].items():
@@ -38,6 +40,21 @@ def save_checkpoint(run: Path, model: nn.Module, opt, meta: dict) -> None:
     tensors.update(otensors)
     metadata = {"meta": json.dumps({**meta, "optimizer": ometa})}
     atomic_write_with(run / "checkpoint.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def save_weights(path: Path, model: nn.Module) -> None:
+    """The model's weights alone (e.g. the end of phase 1, kept in case end-to-end tuning does worse)."""
+    from safetensors.torch import save_file
+
+    base = model.module if hasattr(model, "module") else model
+    tensors = {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()}
+    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:

@@ -26,7 +26,7 @@ from dery_deploy.artifacts import atomic_write_json, make_output_dir, read_json_
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan, build_net, load_stitch_weights
-from dery_deploy.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from dery_deploy.train.checkpoint import load_checkpoint, load_weights, restore_optimizer, save_checkpoint, save_weights
 from dery_deploy.train.head_init import fit_head
 from dery_deploy.train.heal import match_seams
 from dery_deploy.train.recipe import Recipe
@@ -214,7 +214,7 @@ def finetune(
             old = None
         same = _same_run(old, cfg)
         if force and not same:
-            for f in ("checkpoint.safetensors", "metrics.json", "history.json", "evaluation.json"):
+            for f in ("checkpoint.safetensors", PHASE1_WEIGHTS, "metrics.json", "history.json", "evaluation.json"):
                 (run / f).unlink(missing_ok=True)
         elif same and (run / "metrics.json").is_file():
             return json.loads((run / "metrics.json").read_text())
@@ -350,10 +350,13 @@ def finetune(
                 if recipe.plateau and len(prev) >= 2 and (prev[-2] - prev[-1]) < recipe.plateau * prev[-2]:
                     phase1_done, rec["plateau"] = True, True
                 ends = phase1_done or len(prev) >= recipe.epochs_adapter
-                if eval_phase1 and rank == 0 and ends:
-                    # adapters + head only: DeRy's "stitching layers trained" setting, before end-to-end tuning
+                if rank == 0 and ends and len(task.val):
+                    # adapters + head only: DeRy's "stitching layers trained" setting, before end-to-end tuning;
+                    # kept on disk in case end-to-end tuning ends worse on validation
                     rec["val_acc"] = round(accuracy(unwrap(model), task.x("val"), task.y("val"))[0], 3)
-                    rec["test_acc"] = round(accuracy(unwrap(model), task.x("test"), task.y("test"))[0], 3)
+                    save_weights(run / PHASE1_WEIGHTS, model)
+                    if eval_phase1:
+                        rec["test_acc"] = round(accuracy(unwrap(model), task.x("test"), task.y("test"))[0], 3)
             if rank == 0:
                 save_checkpoint(
                     run,
@@ -379,11 +382,25 @@ def finetune(
     if rank == 0:
         phase1 = [h for h in history if "val_acc" in h]
         val = task.x("val")
+        val_acc = round(accuracy(base, val, task.y("val"))[0], 3) if len(val) else None
+        kept = "end to end"
+        if val_acc is not None and phase1 and val_acc < phase1[-1]["val_acc"] and (run / PHASE1_WEIGHTS).is_file():
+            # end-to-end tuning lowered validation accuracy: ship the network as phase 1 left it
+            kept = f"phase 1 (end to end lowered validation {phase1[-1]['val_acc']:.2f}% -> {val_acc:.2f}%)"
+            base.load_state_dict(load_weights(run / PHASE1_WEIGHTS))
+            meta = {"epoch": len(history) - 1, "phase": history[-1]["phase"], "history": history, "config": cfg}
+            save_checkpoint(
+                run, base, opt, {**meta, "phase1_done": True, "probe_acc": probe_acc, "seam_matching": seam_matching}
+            )
+            val_acc = round(accuracy(base, val, task.y("val"))[0], 3)
+            if log:
+                log(f"kept the {kept}")
         metrics = {
-            "val_accuracy": round(accuracy(base, val, task.y("val"))[0], 3) if len(val) else None,
+            "val_accuracy": val_acc,
+            "kept": kept,
             "test_accuracy": round(accuracy(base, task.x("test"), task.y("test"))[0], 3) if test else None,
             "phase1_val_accuracy": phase1[-1]["val_acc"] if phase1 else None,
-            "phase1_test_accuracy": phase1[-1]["test_acc"] if phase1 else None,
+            "phase1_test_accuracy": phase1[-1].get("test_acc") if phase1 else None,
             "phase1_epochs": sum(1 for h in history if h["phase"] == 1),
             "probe_train_accuracy": probe_acc,
             "seam_matching": seam_matching,
@@ -399,6 +416,9 @@ def finetune(
     if world > 1:
         torch.distributed.barrier()
     return metrics
+
+
+PHASE1_WEIGHTS = "phase1.safetensors"
 
 
 def load_run_model(run: Path, zoo=None) -> tuple[nn.Module, dict]:

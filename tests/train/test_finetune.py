@@ -36,6 +36,22 @@ def test_finetune_lowers_loss_and_resumes(tiny_ws, small_task, tmp_path):
     assert meta["epoch"] == 3 and meta["config"]["source"]["plan"]["blocks"] and optim
 
 
+def test_end_to_end_that_lowers_validation_ships_the_phase_one_network(tiny_ws, small_task, tmp_path):
+    """An end-to-end phase that destroys the network (a learning rate of 5) must not be what ships:
+    the network as phase 1 left it is kept, in the checkpoint too, and the metrics say why."""
+    src = {"plan": tiny_plan(tiny_ws).to_dict()}
+    recipe = Recipe(epochs_adapter=2, epochs_full=1, batch=50, lr_full=5.0, head_init="probe")
+    m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
+    assert m["kept"].startswith("phase 1 (end to end lowered validation"), m["kept"]
+    assert m["val_accuracy"] == m["phase1_val_accuracy"] > 20
+    model, _ = load_run_model(tmp_path / "run", tiny_ws.zoo)
+    from dery_deploy.train.finetune import accuracy
+
+    assert round(accuracy(model, small_task.x("val"), small_task.y("val"))[0], 3) == m["val_accuracy"]
+    again = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
+    assert again["val_accuracy"] == m["val_accuracy"]  # the finished run is returned as it was kept
+
+
 def _epoch_of(run):
     try:
         return load_checkpoint(run)[2]["epoch"]
