@@ -173,13 +173,17 @@ def pool_of(
     num_classes: int,
     few_seam: int = 4,
 ) -> list[Candidate]:
-    """The candidate pool: the program's top N, every donor that fits (zero seams) and the best
+    """The candidate pool: the program's top N with at least one seam, every donor that fits (zero
+    seams: a chain of one donor's own blocks is that donor, so it enters whole, never as a mix) and the best
     one- and two-seam chains (a prefix of one donor, the rest of another) by the program's quality.
     Chains are held to the `planned` budget (less the latency model's error); whole donors, measured
     whole, to the `budget` itself."""
     pool: dict[str, Candidate] = {}
     for ev in program_top:
-        c = Candidate.of(plan_from_choice(zoo, partition, ev.choice, num_classes), ev, "program")
+        plan = plan_from_choice(zoo, partition, ev.choice, num_classes)
+        if plan.seams == 0:  # one donor's own blocks: that donor with a new head, compared as the donor below
+            continue
+        c = Candidate.of(plan, ev, "program")
         pool.setdefault(c.name, c)
     for donor, (ms, mem, params) in donors.items():  # measured whole: (latency, peak memory, parameters)
         fits = (

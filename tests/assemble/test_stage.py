@@ -52,6 +52,8 @@ def test_predicted_latency_is_the_programs_arithmetic(tiny_ws, fashion_task):
         assert c.plan.predicted["latency_ms"] == pytest.approx(c.predicted_ms)
     origins = {c.origin for c in res.candidates}
     assert {"program", "donor"} <= origins  # the program's top N and every donor that fits
+    # a mix has a seam: one donor's own blocks are that donor, which enters whole (no duplicate "mix")
+    assert all(c.plan.seams >= 1 for c in res.candidates if not c.is_donor)
     assert all(c.measured["median_ms"] <= 2.0 for c in res.finalists)
 
 
