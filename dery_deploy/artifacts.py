@@ -154,7 +154,27 @@ class JsonArtifact(abc.ABC):
         """The artifact from what `to_dict` wrote."""
 
     def write(self, path: str | Path) -> Path:
+        self.check_replaceable(path)
         return atomic_write_json(path, {"schema": self.SCHEMA, "kind": self.KIND, **self.to_dict()})
+
+    @classmethod
+    def check_replaceable(cls, path: str | Path) -> None:
+        """Refuse an output path that holds something other than an artifact of this kind (a folder,
+        a user's own file): one line, before any work is done."""
+        path = Path(path)
+        if path.is_dir():
+            raise DeryError(f"{path} is a folder: give -o a file path for the {cls.KIND} (e.g. {path}/{cls.KIND}.json)")
+        if not path.exists():
+            return
+        try:
+            kind = json.loads(path.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind != cls.KIND:
+            raise DeryError(
+                f"{path} exists and is not a {cls.KIND} file: choose another -o or remove it (nothing was overwritten)",
+                cls.STAGE,
+            )
 
     @classmethod
     def read(cls: type[A], path: str | Path) -> A:

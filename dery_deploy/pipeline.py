@@ -237,13 +237,16 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     spec = get_device(opts.device) if opts.device else (this_machine() or [get_device("cpu")])[0]
     check_run_dir(r.out, zoo, spec.id)
     backend, precision = resolve_backend(spec, opts.backend, opts.precision)
+    t0 = time.time()
+    task = load_task(opts.data, zoo.input, opts.seed)  # a bad --data is one line and leaves no folder behind
+    task_seconds = time.time() - t0
     make_output_dir(r.out, "run folder", "run")
     r.manifest = RunManifest(
         zoo.name, zoo.hash(), spec.id, backend.name, precision, asdict(opts), started=time.strftime("%Y-%m-%dT%H:%M:%S")
     )
     r.current = "setup"
     try:
-        _run_stages(r, zoo, spec, backend, precision)
+        _run_stages(r, zoo, spec, backend, precision, task, task_seconds)
     except BaseException as e:
         r.manifest.status = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
         r.manifest.failed_stage = r.current
@@ -254,12 +257,11 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     return r.manifest
 
 
-def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str) -> None:
+def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Task, task_seconds: float) -> None:
     opts = r.opts
     r.say("[bold cyan]> task[/]" if r.console else "> task")
-    r.current, t0 = "task", time.time()
-    task = load_task(opts.data, zoo.input, opts.seed)
-    r.record("task", "loaded", time.time() - t0, task.summary() + "".join(f"; {n}" for n in task.notes))
+    r.current = "task"
+    r.record("task", "loaded", task_seconds, task.summary() + "".join(f"; {n}" for n in task.notes))
     for n in task.notes:
         r.say(f"  [yellow]note:[/] {n}" if r.console else f"  note: {n}")
     r.manifest.task = {"spec": task.spec, "hash": task.hash(), "classes": task.classes, "summary": task.summary()}

@@ -28,7 +28,7 @@ from dery_deploy.cli.common import Listing, console, parse_float_list, progress_
 from dery_deploy.data.task import DEFAULT_DATA, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.items import structure_hash
-from dery_deploy.network.plan import save_plan_with_weights
+from dery_deploy.network.plan import Plan, save_plan_with_weights
 from dery_deploy.partition.stage import current_partition
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.store import find_profile, read_profile
@@ -79,6 +79,8 @@ def assemble(
     budgets = parse_float_list(latency_ms, "--latency-ms")
     if batch <= 0:
         raise DeryError(f"--batch must be positive, got {batch}", "assemble")
+    for b in budgets:
+        Plan.check_replaceable(budget_path(out, b, len(budgets) > 1))
     root = cache or cache_root()
     z = get_zoo(zoo)
     spec = get_device(device or default_device())
@@ -96,6 +98,16 @@ def assemble(
     prof = read_profile(prof_path)
     prof.check(prof_path, spec, z, structure_hash(z))
     model = LatencyModel.of(prof, str(prof_path))
+    if prof.verify is None and not as_json:
+        console.print(
+            f"note: {prof_path} has no latency check, so plans get no safety margin; "
+            f"`dery profile ... --verify 20` measures the model's error and the margin",
+            style="yellow",
+        )
+    model.how_to = (
+        f"`dery profile --zoo {z.ref} --device {spec.id} --backend {prof.backend} --precision {prof.precision} "
+        f"--batch {prof.batch}" + ("" if data == DEFAULT_DATA else f" --data {data}") + "`"
+    )
     dis = dissect_zoo(z)
     fitter = AdapterFitter.for_task(dis, task)
     scores = Scores.compute(dis, task, part, fitter)

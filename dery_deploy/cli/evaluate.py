@@ -30,6 +30,7 @@ def evaluate(
     model, cfg = load_run_model(run)
     zoo = get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
     task = load_task(data or cfg["data"], zoo.input, cfg["recipe"].get("seed", 0))
+    task.require_classes(cfg.get("classes"), f"run {run}", "evaluate it on data with the same classes", "evaluate")
     show_notes(task.notes)
     plan = cfg["source"].get("plan") or {}
     here = {s.id: s for s in this_machine()}

@@ -28,12 +28,15 @@ from dery_deploy.zoo.load import get_zoo
 
 def finetune(
     plan: Path | None = typer.Argument(None, help="plan.json (adapter weights beside it are used)"),
-    data: str = typer.Option(
-        DEFAULT_DATA, "--data", help="your task: a folder with train/ and test/, or fashion-mnist[:options]"
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="your task: a folder with train/ and test/, or fashion-mnist[:options] (default: the plan's, "
+        f"else {DEFAULT_DATA})",
     ),
     out: Path = typer.Option(..., "-o", "--out", help="run directory"),
     donor: str | None = typer.Option(None, "--donor", help="fine-tune this zoo donor instead of a plan"),
-    zoo: str = typer.Option("fashion", "--zoo", help="zoo of --donor"),
+    zoo: str | None = typer.Option(None, "--zoo", help="zoo of --donor (default: fashion); a plan names its own"),
     epochs_adapter: int = typer.Option(4, "--epochs-adapter", help="phase 1: adapters + head"),
     epochs_full: int = typer.Option(6, "--epochs-full", help="phase 2: end to end"),
     lr: float = typer.Option(3e-3, "--lr"),
@@ -73,8 +76,12 @@ def finetune(
     """Fine-tune in two phases and report validation and test accuracy."""
     if (plan is None) == (donor is None):
         raise DeryError("give either a plan.json or --donor NAME", "finetune")
+    if out.exists() and not out.is_dir():
+        raise DeryError(f"{out} is a file, not a run folder: choose another -o", "finetune")
     if plan is not None:
         p = load_plan(plan)
+        if zoo is not None:
+            raise DeryError(f"--zoo {zoo!r} is for --donor; plan {plan} names its own zoo ({p.zoo_ref})", "finetune")
         z = get_zoo(p.zoo_ref)
         if z.hash() != p.zoo_hash:
             raise DeryError(
@@ -85,10 +92,16 @@ def finetune(
         weights = Path(plan).with_suffix(".safetensors")
         source = {"plan": p.to_dict(), "adapter_weights": str(weights.resolve()) if weights.is_file() else None}
     else:
-        z = get_zoo(zoo)
+        z = get_zoo(zoo or "fashion")
         z.donor(donor)
         source = {"donor": donor, "zoo_ref": z.ref}
+    planned_on = (p.task or {}).get("spec") if plan is not None else None
+    data = data or planned_on or DEFAULT_DATA
     task = load_task(data, z.input, seed)
+    if plan is not None:
+        task.require_classes(
+            (p.task or {}).get("classes"), f"plan {plan}", "assemble the plan with this --data", "finetune"
+        )
     if plan is not None and p.num_classes != task.num_classes:
         raise DeryError(
             f"plan {plan} has a {p.num_classes}-class head, but --data {data!r} has {task.num_classes} "

@@ -16,7 +16,7 @@ from dery_deploy.cli.common import Listing, console, show_notes
 from dery_deploy.cli.similarity import PROBE_DATA_HELP
 from dery_deploy.errors import DeryError
 from dery_deploy.partition.cover_set import optimise
-from dery_deploy.partition.stage import default_partition_path, make_partition, problem_from
+from dery_deploy.partition.stage import Partition, default_partition_path, make_partition, problem_from
 from dery_deploy.similarity.compute import compute_similarity
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
@@ -38,6 +38,8 @@ def partition(
     if method not in ("dp", "local"):
         raise DeryError(f"--method must be dp or local, got {method!r}", "partition")
     z = get_zoo(zoo)
+    if out is not None:
+        Partition.check_replaceable(out)
     sim, _ = compute_similarity(z, probe, cache=cache, probe_data=probe_data)
     show_notes(sim.notes)
     dis = dissect_zoo(z)
@@ -71,6 +73,7 @@ def print_partition(part) -> None:
             )
         listing.add(**row)
     listing.show()
+    console.print("(centre): the donor whose block defines the set; the others' blocks are the most similar to it")
 
 
 def register(app: typer.Typer) -> None:

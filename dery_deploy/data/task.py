@@ -88,6 +88,16 @@ class Task:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def require_classes(self, classes: list[str] | None, what: str, fix: str, stage: str) -> None:
+        """Refuse a task whose classes are not the ones `what` (a plan, a run) was made for: a head's
+        outputs are class indices, so other names (or another order) would be silently mislabelled."""
+        if classes and list(classes) != list(self.classes):
+            raise DeryError(
+                f"{what} was made for classes {_brief(classes)}, but --data {self.spec!r} has {_brief(self.classes)}; "
+                + fix,
+                stage,
+            )
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float, normalised by the input spec's mean and std."""
         mean = torch.tensor(self.input.mean).view(1, -1, 1, 1)
@@ -345,3 +355,8 @@ def probe_images(source: str | None, input: InputSpec, n: int, seed: int = 0) ->
     mean = torch.tensor(input.mean).view(1, -1, 1, 1)
     std = torch.tensor(input.std).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std, hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16], notes
+
+
+def _brief(names: list[str], n: int = 5) -> str:
+    shown = ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+    return f"[{shown}]"

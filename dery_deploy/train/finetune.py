@@ -206,6 +206,8 @@ def finetune(
     run = Path(run)
     history: list[dict] = []
     resume_from = None
+    if run.exists() and not run.is_dir():
+        raise DeryError(f"{run} is a file, not a run folder: choose another -o", "finetune")
     if run.exists() and any(run.iterdir()):
         cfg_path = run / "config.json"
         try:
@@ -424,6 +426,12 @@ PHASE1_WEIGHTS = "phase1.safetensors"
 def load_run_model(run: Path, zoo=None) -> tuple[nn.Module, dict]:
     """The trained network of a run directory (on the CPU, eval mode), with its config."""
     run = Path(run)
+    if run.is_file():
+        raise DeryError(
+            f"{run} is a file, not a run folder"
+            + (f": fine-tune it first (dery finetune {run} -o RUN/)" if run.suffix == ".json" else ""),
+            "finetune",
+        )
     cfg = read_json_artifact(run / "config.json", KIND, SCHEMA, "finetune")
     if not (run / "checkpoint.safetensors").is_file():
         raise DeryError(f"{run} has no checkpoint.safetensors; run `dery finetune` into it first", "finetune")
@@ -431,7 +439,7 @@ def load_run_model(run: Path, zoo=None) -> tuple[nn.Module, dict]:
     if zoo.hash() != cfg["zoo_hash"]:
         raise DeryError(
             f"run {run} was trained on zoo {cfg['zoo']!r} {cfg['zoo_hash']}, but the zoo is now {zoo.hash()} "
-            "(weights or spec changed)",
+            f"(weights or spec changed): restore {cfg.get('zoo_ref', cfg['zoo'])} as it was, or fine-tune again",
             "finetune",
         )
     try:

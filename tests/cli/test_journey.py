@@ -65,8 +65,6 @@ def test_whole_journey_on_their_zoo_and_images(user, tmp_path):
         user,
         "finetune",
         "plan.json",
-        "--data",
-        "imgs",
         "-o",
         "run1",
         "--epochs-adapter",
@@ -80,7 +78,7 @@ def test_whole_journey_on_their_zoo_and_images(user, tmp_path):
     )
     cfg = json.loads((user / "run1" / "config.json").read_text())
     assert cfg["recipe"]["plateau"] == 0.05 and cfg["recipe"]["stitch_lr_scale"] == 3.0  # the options reach the recipe
-    assert cfg["data"] == str((user / "imgs").resolve())  # stored absolute
+    assert cfg["data"] == str((user / "imgs").resolve())  # the plan's own data by default, stored absolute
     # evaluate from another directory: the run finds its zoo and data again
     p = dery(user, "evaluate", str(user / "run1"), "--json", cwd=tmp_path)
     ev = json.loads(p.stdout)
@@ -91,6 +89,24 @@ def test_whole_journey_on_their_zoo_and_images(user, tmp_path):
 
     sess = ort.InferenceSession(str(user / "run1" / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": np.zeros((2, 3, 32, 32), np.float32)})[0].shape == (2, 7)
+
+    # a task with other class names is refused, not silently mislabelled
+    write_folder(user / "renamed", classes=tuple(c.upper() for c in CLASSES), n_train=12, n_test=4, size=48)
+    p = run_dery("finetune", "plan.json", "--data", "renamed", "-o", "run2", cwd=user)
+    assert_one_line_error(p, "plan plan.json was made for classes [ant, bee", "assemble the plan with this --data")
+    p = run_dery("evaluate", "run1", "--data", "renamed", cwd=user)
+    assert_one_line_error(p, "run run1 was made for classes", "evaluate it on data with the same classes")
+    # --zoo belongs to --donor; outputs that would overwrite a user's own file are refused before any work
+    p = run_dery("finetune", "plan.json", "--zoo", "fashion", "-o", "run2", cwd=user)
+    assert_one_line_error(p, "--zoo 'fashion' is for --donor")
+    (user / "notes.txt").write_text("mine")
+    p = run_dery("finetune", "plan.json", "-o", "notes.txt", cwd=user)
+    assert_one_line_error(p, "notes.txt is a file, not a run folder")
+    p = run_dery("assemble", "--zoo", "zoo.yaml", "--data", "imgs", "--latency-ms", "1", "-o", "notes.txt", cwd=user)
+    assert_one_line_error(p, "notes.txt exists and is not a plan file")
+    assert (user / "notes.txt").read_text() == "mine" and not (user / "notes.safetensors").exists()
+    p = run_dery("evaluate", "plan.json", cwd=user)
+    assert_one_line_error(p, "plan.json is a file, not a run folder: fine-tune it first")
 
 
 @pytest.mark.slow
@@ -112,6 +128,9 @@ def test_bad_task_input_is_one_line_and_writes_nothing(user, tmp_path):
     )
     assert_one_line_error(p, "class folders differ between train/ and test/", "only in train/: ['gnu']")
     assert not (tmp_path / "out").exists()
+    p = run_dery("run", "--zoo", str(user / "zoo.yaml"), "--data", str(bad), "--quick", "-o", str(tmp_path / "run"))
+    assert_one_line_error(p, "class folders differ between train/ and test/")
+    assert not (tmp_path / "run").exists()  # a bad --data leaves no run folder behind
     # Fashion-MNIST is grey; this zoo takes colour
     p = run_dery("finetune", "--donor", "res", "--zoo", str(user / "zoo.yaml"), "-o", str(tmp_path / "out2"))
     assert_one_line_error(p, "Fashion-MNIST is 1-channel", "pass --data")
