@@ -229,7 +229,7 @@ def assemble(
             if margin:
                 why += (
                     f" (planned at {planned.latency_us / 1000:g} ms: the budget less the latency model's "
-                    f"{100 * margin:.1f}% p90 error)"
+                    f"{100 * margin:.1f}% p90 under-prediction)"
                 )
             raise DeryError(why + "; raise the budget", "assemble")
         score_candidates(cands, zoo, dissections, fitter, proxy, images, labels, progress)

@@ -394,9 +394,17 @@ def export_run(
             "export",
         )
     if rep.budget and rep.budget.checked and not rep.budget.within_budget and not allow_over_budget:
+        planned = (plan or {}).get("backend")
+        if {"onnx": "onnxruntime", "tensorrt": "tensorrt"}.get(fmt) == planned:
+            fix = "re-assemble under a lower budget"
+        else:  # another runtime than the one the plan was measured with: a lower budget would not help
+            fix = (
+                f"the plan was measured with {planned}, and the {fmt} runtime is slower here: ship the plan's "
+                f"format, or profile with the {fmt} runtime's backend and re-assemble"
+            )
         raise DeryError(
-            f"{rep.budget.line()}; the {fmt} artifact does not keep the budget: re-assemble under a lower "
-            "budget, or pass --allow-over-budget to accept it",
+            f"{rep.budget.line()}; the {fmt} artifact does not keep the budget: {fix}, or pass --allow-over-budget "
+            "to accept it",
             "export",
         )
     return d

@@ -46,7 +46,7 @@ class PartitionProblem:
         short = min(self.donors, key=lambda d: self.units[d])
         if self.K > self.units[short]:
             raise DeryError(
-                f"K={self.K} is larger than donor {short!r}'s {self.units[short]} units; use "
+                f"K={self.K} is larger than donor {short!r} ({self.units[short]} units); use "
                 f"-K {self.units[short]} or fewer, or drop that donor",
                 "partition",
             )

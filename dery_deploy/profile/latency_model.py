@@ -40,6 +40,7 @@ class LatencyModel:
     speed: str = "raw"  # raw | calibrated
     scale: float = 1.0
     path: str = "the profile"
+    how_to: str | None = None  # the command that measures missing items, as the caller knows it (zoo path, --data)
 
     def __post_init__(self) -> None:
         cals = [r.calibration_ms for r in self.profile.records.values() if r.calibration_ms]
@@ -98,7 +99,7 @@ class LatencyModel:
         if missing:
             raise DeryError(
                 f"{self.path} lacks {len(missing)} item(s) that are needed, e.g. {missing[0]!r}; run "
-                f"{self.profile.how_to_profile()} on the current partition",
+                f"{self.how_to or self.profile.how_to_profile()} on the current partition",
                 "profile",
             )
 

@@ -32,7 +32,9 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
         f"Backend `{run['backend']}` {run['precision']}, batch 1. Zoo hash `{zoo.hash()}`. "
         f"Total time {run.get('seconds', 0):.0f} s. "
         f"Task: {run['task'].get('summary', '')} (`{run['task'].get('spec')}`). "
-        f"Options: `{ {k: v for k, v in run['options'].items() if k != 'out'} }`.",
+        "Options: "
+        + ", ".join(f"`{k}={v}`" for k, v in run["options"].items() if k != "out" and v not in (None, [], ""))
+        + ".",
         "",
     ]
     lines += [
@@ -67,7 +69,15 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
         "",
     ]
     lines += ["## Similarity (linear CKA, unbiased mini-batch estimator)", ""]
-    for a, b in _heatmap_pairs(zoo, rows):
+    shown = _heatmap_pairs(zoo, rows)
+    n_pairs = len(zoo.donor_names) * (len(zoo.donor_names) - 1) // 2
+    if n_pairs > len(shown):
+        lines += [
+            f"{len(shown)} of the {n_pairs} donor pairs, the most different families first; "
+            "`dery similarity --show A B --png FILE` draws any other.",
+            "",
+        ]
+    for a, b in shown:
         png = heatmap_png(sim, zoo, a, b, out / f"cka-{a}-{b}.png")
         lines += [f"![CKA {a} vs {b}]({png.name})", ""]
     lines += [
@@ -187,8 +197,8 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
             finalists = {c["plan"] for c in r.get("finalists", [])}
             lines += [
                 f"Candidates (the program's top N, donors that fit, the best one- and two-seam chains); planned "
-                f"at the budget less the latency model's p90 error ({100 * r.get('margin', 0):.1f}%); finalists "
-                "measured end to end on the device:",
+                f"at the budget less the latency model's p90 under-prediction ({100 * r.get('margin', 0):.1f}%); "
+                "finalists measured end to end on the device:",
                 "",
                 md_table(
                     ["plan", "origin", "predicted ms", "measured ms", "quality", "proxy", "finalist"],

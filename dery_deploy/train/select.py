@@ -290,9 +290,13 @@ def decide(finalists: list[Finalist], done: dict[tuple[str, int], Trial], rungs,
         return Selection(
             m.finalist, rule, d.finalist, m.finalist, round(diff, 3), round(noise, 3), trials, study, where
         )
-    rule = (
-        f"the best donor: the best mixed plan differs by {diff:+.2f} points on validation, within the noise {noise:.2f}"
-        if diff > -noise
-        else f"the best donor: the best mixed plan is {-diff:.2f} points worse"
-    )
+    if abs(diff) < 0.005:
+        rule = "the best donor: the best mixed plan ties it on validation"
+    elif diff >= -noise:
+        rule = (
+            f"the best donor: the best mixed plan differs by {diff:+.2f} points on validation, "
+            f"within the noise {noise:.2f}"
+        )
+    else:
+        rule = f"the best donor: the best mixed plan is {-diff:.2f} points worse on validation"
     return Selection(d.finalist, rule, d.finalist, m.finalist, round(diff, 3), round(noise, 3), trials, study, where)

@@ -51,7 +51,9 @@ def create_model(donor: DonorSpec, in_chans: int, pretrained: bool = False) -> n
     import timm
 
     if not timm.is_model(donor.arch) and not pretrained:
-        close = timm.list_models(f"*{donor.arch.split('_')[0]}*")[:8]
+        import difflib
+
+        close = difflib.get_close_matches(donor.arch, timm.list_models(), n=8, cutoff=0.75)
         raise DeryError(
             f"Unknown timm architecture {donor.arch!r} (donor {donor.name!r}). "
             f"Similar names: {', '.join(close) or 'none'}; see `timm.list_models()`.",

@@ -78,7 +78,7 @@ def test_dp_not_worse_than_paper_heuristic():
 
 def test_bad_input():
     p, _ = planted()
-    with pytest.raises(DeryError, match=r"donor 'd2'.s 7 units"):
+    with pytest.raises(DeryError, match=r"donor 'd2' \(7 units\)"):
         PartitionProblem(p.donors, p.units, p.sim, K=8)
     with pytest.raises(DeryError, match="--eps must be >= 0"):
         PartitionProblem(p.donors, p.units, p.sim, K=3, eps=-0.1)

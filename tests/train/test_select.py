@@ -35,6 +35,8 @@ def test_pick_is_the_donor_unless_the_mix_wins_beyond_the_noise():
     far = "1" * 190 + "0" * 10  # +15 points
     sel = decide(fs, {("mix", 0): _t("mix", 0, 81.0, close), ("donor", 0): _t("donor", 0, 80.0, donor)}, (1,), "s", "m")
     assert sel.pick == "donor" and "within the noise" in sel.rule
+    tie = decide(fs, {("mix", 0): _t("mix", 0, 80.0, donor), ("donor", 0): _t("donor", 0, 80.0, donor)}, (1,), "s", "m")
+    assert tie.pick == "donor" and tie.rule == "the best donor: the best mixed plan ties it on validation"
     sel = decide(fs, {("mix", 0): _t("mix", 0, 95.0, far), ("donor", 0): _t("donor", 0, 80.0, donor)}, (1,), "s", "m")
     assert sel.pick == "mix" and sel.difference == 15.0 and sel.noise < 15
     only = decide(fs[:1], {("mix", 0): _t("mix", 0, 50.0, "1" * (n // 2) + "0" * (n // 2))}, (1,), "s", "m")
