@@ -99,9 +99,9 @@ def summary(r: dict) -> str:
             "",
             f"Fashion-MNIST, 100 labels per class (20% of them the validation split that selection decides on), "
             f"the 10k test set reported; seeds {', '.join(q['seeds'])}; budgets in the gaps between the donors' "
-            f"latencies (onnxruntime, this CPU). Mean ± std over seeds; 'reassembled' is the best non-donor "
-            "finalist after healing, 'shipped' the pick (the best donor unless a reassembled plan wins on "
-            "validation beyond its noise).",
+            f"latencies (onnxruntime, this CPU). Mean ± std over seeds; 'reassembled' is the best finalist "
+            "with at least one seam (one donor's own blocks are that donor), after healing; 'shipped' the pick "
+            "(the best donor unless a reassembled plan wins on validation beyond its noise).",
             "",
             "| budget (ms) | best fitting donor | best reassembled | reassembled − donor | stitch-only | shipped "
             "| verdict |",
