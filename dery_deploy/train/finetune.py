@@ -279,6 +279,18 @@ def finetune(
         transient=True,
     )
     total_epochs = recipe.epochs_adapter + recipe.epochs_full
+
+    def checkpoint_meta(epoch: int, phase: int, p1_done: bool) -> dict:
+        return {
+            "epoch": epoch,
+            "phase": phase,
+            "history": history,
+            "config": cfg,
+            "phase1_done": p1_done,
+            "probe_acc": probe_acc,
+            "seam_matching": seam_matching,
+        }
+
     with bar:
         bar_task = bar.add_task("finetune", total=total_epochs * steps, completed=len(history) * steps, stats="")
         while True:
@@ -360,20 +372,7 @@ def finetune(
                     if eval_phase1:
                         rec["test_acc"] = round(accuracy(unwrap(model), task.x("test"), task.y("test"))[0], 3)
             if rank == 0:
-                save_checkpoint(
-                    run,
-                    model,
-                    opt,
-                    {
-                        "epoch": epoch,
-                        "phase": phase,
-                        "history": history,
-                        "config": cfg,
-                        "phase1_done": phase1_done,
-                        "probe_acc": probe_acc,
-                        "seam_matching": seam_matching,
-                    },
-                )
+                save_checkpoint(run, model, opt, checkpoint_meta(epoch, phase, phase1_done))
             if log and rank == 0:
                 log(
                     f"epoch {epoch + 1} phase {phase}: loss {loss_sum / seen:.4f}, "
@@ -390,11 +389,8 @@ def finetune(
             # end-to-end tuning lowered validation accuracy: ship the network as phase 1 left it
             kept = f"phase 1 (end to end lowered validation {phase1[-1]['val_acc']:.2f}% -> {val_acc:.2f}%)"
             base.load_state_dict(load_weights(run / PHASE1_WEIGHTS))
-            meta = {"epoch": len(history) - 1, "phase": history[-1]["phase"], "history": history, "config": cfg}
-            save_checkpoint(
-                run, base, opt, {**meta, "phase1_done": True, "probe_acc": probe_acc, "seam_matching": seam_matching}
-            )
-            val_acc = round(accuracy(base, val, task.y("val"))[0], 3)
+            save_checkpoint(run, base, opt, checkpoint_meta(len(history) - 1, history[-1]["phase"], True))
+            val_acc = phase1[-1]["val_acc"]
             if log:
                 log(f"kept the {kept}")
         metrics = {
