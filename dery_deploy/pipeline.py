@@ -397,7 +397,7 @@ def stage_partition(r: Run, zoo, sim: Similarity, dis) -> Partition:
 
 
 def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Path:
-    path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, 1)
+    path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, 1, backend.threads)
     before = len(read_profile(path).records) if Profile.is_current(path) else 0
     t = time.time()
     name = f"profile ({spec.id}, {backend.name} {precision}, batch 1)"

@@ -14,6 +14,7 @@ The finalists go to selection by evidence (`train/select.py`); without it, the b
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +33,8 @@ from dery_deploy.partition.stage import Partition
 from dery_deploy.profile.latency_model import LatencyModel, budget_us
 from dery_deploy.runtime.backends import get_backend
 from dery_deploy.runtime.devices import get_device, this_machine
-from dery_deploy.runtime.measure import measure_module
+from dery_deploy.runtime.harness import TimingOptions
+from dery_deploy.runtime.measure import measure_modules
 
 # Labelled images each proxy scores on: NASWOT / ZiCo use one small batch as in their papers; the
 # linear probe needs enough samples per class for its leave-one-out estimate.
@@ -145,35 +147,70 @@ def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
         )
 
 
-def measure_finalists(finalists: list[Candidate], model: LatencyModel, zoo, progress=None) -> str | None:
-    """Measure each finalist end to end with the profile's backend, precision and batch on this
-    machine; returns why it could not (another device), else None."""
+def measure_finalists(finalists: list[Candidate], model: LatencyModel, zoo, progress=None) -> dict[str, dict] | str:
+    """Measure every finalist end to end in one interleaved pass with the profile's backend,
+    precision, batch and threads on this machine, at the model's per-call percentile.
+
+    Returns:
+        finalist name -> its measurement, or why it could not be measured here (another device).
+    """
     prof = model.profile
     spec = get_device(prof.device)
     if spec.id not in {s.id for s in this_machine()}:
         return f"this machine is not {spec.id}: finalists are not measured, only predicted"
-    backend = get_backend(prof.backend)
+    backend = get_backend(prof.backend, prof.threads)
     device = "cuda" if spec.kind == "cuda" else "cpu"
     x = torch.randn(prof.batch, *zoo.input_tensor_spec.shape, generator=torch.Generator().manual_seed(0))
-    task = progress.add_task("measure finalists", total=len(finalists)) if progress else None
+    builds = {c.name: (lambda c=c: (c.net, x)) for c in finalists}
+    measured, passes = measure_modules(
+        backend,
+        builds,
+        prof.precision,
+        device,
+        TimingOptions.for_budget(model.percentile),
+        reference_batch=prof.batch,
+        progress=progress,
+        label="measure finalists",
+    )
+    noise_index = passes[0].noise_index if passes else None
+    out = {}
     for c in finalists:
-        m = measure_module(backend, c.net, x, prof.precision, device)
-        c.measured = {
-            "median_ms": round(m.timing.median_ms, 5),
-            "p90_ms": round(m.timing.p90_ms, 5),
-            "stable": m.timing.stable,
-            "noise": round(m.timing.noise, 4),
+        t = measured[c.name].timing
+        out[c.name] = {
+            "latency_ms": round(t.at(model.percentile), 5),
+            "percentile": model.percentile,
+            "uncertainty": round(t.uncertainty_at(model.percentile), 5),
+            "median_ms": round(t.median_ms, 5),
+            "p90_ms": round(t.p90_ms, 5),
+            "p99_ms": round(t.p99_ms, 5),
+            "stable": t.stable,
+            "noise": round(t.noise, 4),
+            "pass_noise_index": noise_index,
             "backend": prof.backend,
             "precision": prof.precision,
             "batch": prof.batch,
+            "threads": prof.threads,
             "device": spec.id,
         }
-        if progress:
-            progress.advance(task)
-    return None
+    return out
+
+
+def keeps_budget(measured: dict, latency_ms: float) -> bool:
+    """The tie rule at the budget: a finalist is kept when its estimate is within the budget, even
+    where the estimate is within its own uncertainty of it (`near_budget` says so)."""
+    return measured["latency_ms"] <= latency_ms
+
+
+def near_budget(measured: dict, latency_ms: float) -> bool:
+    """Within two standard errors of the budget: a remeasurement could decide the other way."""
+    return abs(measured["latency_ms"] - latency_ms) <= 2 * measured.get("uncertainty", 0.0) * latency_ms
 
 
 MAX_MARGIN = 0.15  # the most a plan is tightened for the latency model's error
+
+
+def _at(percentile: int) -> str:
+    return "" if percentile == 50 else f" at p{percentile}"
 
 
 def assemble(
@@ -194,8 +231,14 @@ def assemble(
     scores: Scores | None = None,
     finalists: int = FINALISTS,
     measure: bool = True,
+    measurements: Callable[[list[Candidate]], dict[str, dict] | str] | None = None,
 ) -> AssembleResult:
-    """Candidates for one budget, scored and measured (see the module docstring)."""
+    """Candidates for one budget, scored and measured (see the module docstring).
+
+    Args:
+        measurements: how the finalists are measured (default: `measure_finalists` here); a shared
+            selection passes one that measures once for every process (`train.select.shared_once`).
+    """
     if not latency_ms > 0:
         raise DeryError(f"latency budget must be > 0 ms, got {latency_ms:g}", "assemble")
     memory_check(model, memory_mb)
@@ -207,7 +250,7 @@ def assemble(
     check = model.profile.verify
     # capped: on a noisy machine one outlier of a 10-assembly check (seen: 45%) would make feasible budgets
     # infeasible; the finalists' end-to-end measurement, not the margin, is what keeps the budget
-    margin = min(check.p90_under_prediction, MAX_MARGIN) if check else 0.0
+    margin = min(check.at(model.percentile)[3], MAX_MARGIN) if check else 0.0
     params = None if params_m is None else int(params_m * 1e6)
     budget = Budget(budget_us(latency_ms), memory_mb, params)
     planned = Budget(budget_us(latency_ms / (1 + margin)), memory_mb, params)
@@ -253,22 +296,29 @@ def assemble(
     else:
         raise DeryError(f"--search must be cpsat or optuna, got {search!r}", "assemble")
     seconds = time.perf_counter() - t0
-    cands.sort(key=lambda c: c.proxy, reverse=True)
+    cands.sort(key=lambda c: (-c.proxy, c.name))
     final = [c for c in cands if not c.is_donor][:finalists] + [c for c in cands if c.is_donor]
-    why_not = measure_finalists(final, model, zoo, progress) if measure else "measurement switched off"
+    if not measure:
+        measured: dict[str, dict] | str = "measurement switched off"
+    else:
+        measured = (measurements or (lambda f: measure_finalists(f, model, zoo, progress)))(final)
+    why_not = measured if isinstance(measured, str) else None
     kept, rejected = final, []
-    if why_not is None:
-        kept = [c for c in final if c.measured["median_ms"] <= latency_ms]
-        rejected = [c for c in final if c.measured["median_ms"] > latency_ms]
+    if not isinstance(measured, str):
+        for c in final:
+            c.measured = dict(measured[c.name])
+            c.measured["near_budget"] = near_budget(c.measured, latency_ms)
+        kept = [c for c in final if keeps_budget(c.measured, latency_ms)]
+        rejected = [c for c in final if not keeps_budget(c.measured, latency_ms)]
         if not kept:
-            best = min(final, key=lambda c: c.measured["median_ms"])
+            best = min(final, key=lambda c: c.measured["latency_ms"])
             raise DeryError(
-                f"no finalist keeps {latency_ms:g} ms when measured on {model.profile.device}: the "
-                f"fastest, {best.name}, runs in {best.measured['median_ms']:.4f} ms (predicted "
+                f"no finalist keeps {latency_ms:g} ms{_at(model.percentile)} when measured on {model.profile.device}: "
+                f"the fastest, {best.name}, runs in {best.measured['latency_ms']:.4f} ms (predicted "
                 f"{best.predicted_ms:.4f} ms); raise the budget",
                 "assemble",
             )
-    kept.sort(key=lambda c: c.proxy, reverse=True)
+    kept.sort(key=lambda c: (-c.proxy, c.name))
     best = kept[0]
     for c in cands:
         finish_plan(
@@ -293,9 +343,10 @@ def assemble(
         kept,
         {
             **solver,
-            "measured": why_not or "end to end on the device",
+            "measured": why_not or "end to end on the device, in one interleaved pass",
             "finalists": len(final),
             "rejected_over_budget": len(rejected),
+            "near_budget": sorted(c.name for c in final if c.measured.get("near_budget")),
         },
         margin,
         rejected,
@@ -328,15 +379,22 @@ def finish_plan(
         "latency_model": {
             "speed": model.speed,
             "scale": model.scale,
-            "median_rel_error": check.median_abs_rel_error if check else None,
-            "max_rel_error": check.max_abs_rel_error if check else None,
+            "percentile": model.percentile,
+            "median_rel_error": check.at(model.percentile)[1] if check else None,
+            "max_rel_error": check.at(model.percentile)[2] if check else None,
             "planning_margin": round(margin, 4),
         },
         "reference_ms": model.reference_ms(),
     }
     plan.measured = dict(c.measured)
     plan.device, plan.backend, plan.precision, plan.batch = prof.device, prof.backend, prof.precision, prof.batch
-    plan.budget = {"latency_ms": latency_ms, "memory_mb": memory_mb, "params_m": params_m}
+    plan.threads = prof.threads
+    plan.budget = {
+        "latency_ms": latency_ms,
+        "percentile": model.percentile,
+        "memory_mb": memory_mb,
+        "params_m": params_m,
+    }
     plan.task = {"spec": task.spec, "hash": task.hash(), "classes": task.classes}
     plan.proxy = {"name": proxy, "score": c.proxy, "stitch_errors": [round(e, 4) for e in c.stitch_errors]}
     plan.solver = {

@@ -20,11 +20,18 @@ from pathlib import Path
 
 import typer
 
-from dery_deploy.artifacts import cache_root
+from dery_deploy.artifacts import cache_root, sha256_json
 from dery_deploy.assemble.candidates import AdapterFitter
-from dery_deploy.assemble.stage import Scores
+from dery_deploy.assemble.stage import Scores, measure_finalists
 from dery_deploy.assemble.stage import assemble as run_assemble
-from dery_deploy.cli.common import Listing, console, parse_float_list, progress_bar, show_notes
+from dery_deploy.cli.common import (
+    Listing,
+    check_percentile,
+    console,
+    parse_float_list,
+    progress_bar,
+    show_notes,
+)
 from dery_deploy.data.task import DEFAULT_DATA, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.items import structure_hash
@@ -34,7 +41,7 @@ from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.store import find_profile, read_profile
 from dery_deploy.runtime.devices import default_device, get_device
 from dery_deploy.train.recipe import Recipe
-from dery_deploy.train.select import Finalist
+from dery_deploy.train.select import Finalist, identity, shared_once
 from dery_deploy.train.select import select as run_select
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
@@ -62,6 +69,12 @@ def assemble(
     backend: str | None = typer.Option(None, "--backend", help="default: the device's"),
     precision: str | None = typer.Option(None, "--precision", help="default: the device's"),
     batch: int = typer.Option(1, "--batch"),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads the runtime computes with (default: the device spec's)"
+    ),
+    percentile: int = typer.Option(
+        50, "--percentile", help="the budget holds for this percentile of single calls: 50 (median), 90 or 99"
+    ),
     profile: Path | None = typer.Option(None, "--profile", help="profile JSON (default: found by device/backend)"),
     partition: Path | None = typer.Option(None, "--partition"),
     seed: int = typer.Option(0, "--seed"),
@@ -79,6 +92,9 @@ def assemble(
     budgets = parse_float_list(latency_ms, "--latency-ms")
     if batch <= 0:
         raise DeryError(f"--batch must be positive, got {batch}", "assemble")
+    check_percentile(percentile, "assemble")
+    if threads is not None and threads < 1:
+        raise DeryError(f"--threads must be >= 1, got {threads}", "assemble")
     for b in budgets:
         Plan.check_replaceable(budget_path(out, b, len(budgets) > 1))
     root = cache or cache_root()
@@ -94,10 +110,11 @@ def assemble(
         backend or spec.default_backend,
         precision or spec.default_precision,
         batch,
+        threads or spec.threads,
     )
     prof = read_profile(prof_path)
     prof.check(prof_path, spec, z, structure_hash(z))
-    model = LatencyModel.of(prof, str(prof_path))
+    model = LatencyModel.of(prof, str(prof_path), percentile)
     if prof.verify is None and not as_json:
         console.print(
             f"note: {prof_path} has no latency check, so plans get no safety margin; "
@@ -106,7 +123,10 @@ def assemble(
         )
     model.how_to = (
         f"`dery profile --zoo {z.ref} --device {spec.id} --backend {prof.backend} --precision {prof.precision} "
-        f"--batch {prof.batch}" + ("" if data == DEFAULT_DATA else f" --data {data}") + "`"
+        f"--batch {prof.batch}"
+        + (f" --threads {prof.threads}" if prof.threads else "")
+        + ("" if data == DEFAULT_DATA else f" --data {data}")
+        + "`"
     )
     dis = dissect_zoo(z)
     fitter = AdapterFitter.for_task(dis, task)
@@ -115,7 +135,22 @@ def assemble(
     for b in budgets:
         with progress_bar() as prog:
             res = run_assemble(
-                z, part, dis, model, task, b, memory_mb, params_m, top, proxy, search, seed, prog, fitter, scores
+                z,
+                part,
+                dis,
+                model,
+                task,
+                b,
+                memory_mb,
+                params_m,
+                top,
+                proxy,
+                search,
+                seed,
+                prog,
+                fitter,
+                scores,
+                measurements=shared_measurement(storage, task, b, model, z, prog),
             )
         path = budget_path(out, b, len(budgets) > 1)
         plan, net = res.plan, res.net
@@ -174,6 +209,31 @@ def assemble(
         listing.show()
 
 
+def shared_measurement(storage: str | None, task, budget: float, model: LatencyModel, zoo, progress):
+    """How the finalists are measured: here, or, for a selection shared through `storage`, once by
+    whichever process gets there first, stored in the study, and read by every other process, so
+    that all of them keep the same finalists and reach the same pick."""
+    if storage is None:
+        return None
+
+    def measure(final: list) -> dict | str:
+        prof = model.profile
+        key = [
+            task.hash(),
+            budget,
+            model.percentile,
+            [prof.device, prof.backend, prof.precision, prof.batch, prof.threads],
+            sorted((c.name, sha256_json(identity(c.plan.to_dict()))) for c in final),
+        ]
+        return shared_once(
+            storage,
+            f"dery-measure-{sha256_json(key)[:12]}",
+            lambda: measure_finalists(final, model, zoo, progress),
+        )
+
+    return measure
+
+
 def print_candidates(res, budget: float) -> None:
     s = res.solver
     proxy = res.plan.proxy["name"]
@@ -190,7 +250,7 @@ def print_candidates(res, budget: float) -> None:
     )
     finalists = {c.name for c in res.finalists}
     for c in res.candidates:
-        measured = c.measured.get("median_ms")
+        measured = c.measured.get("latency_ms")
         listing.add(
             **{
                 "blocks": c.name + (" *" if c.name in finalists else ""),
@@ -206,9 +266,16 @@ def print_candidates(res, budget: float) -> None:
     console.print(
         f"* finalist (measured within the budget); {dropped} of {s.get('finalists', len(res.finalists))} "
         "finalists measured over the budget and dropped"
-        + (": " + ", ".join(f"{c.name} {c.measured['median_ms']:.4f} ms" for c in res.rejected) if dropped else ""),
+        + (": " + ", ".join(f"{c.name} {c.measured['latency_ms']:.4f} ms" for c in res.rejected) if dropped else ""),
         style="dim",
     )
+    near = s.get("near_budget") or []
+    if near:
+        console.print(
+            f"within measurement noise of the budget (a remeasurement could decide otherwise): {', '.join(near)}; "
+            "rule: kept when the estimate is within the budget",
+            style="yellow",
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from dery_deploy.errors import DeryError
+from dery_deploy.runtime.harness import PERCENTILES
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -121,6 +122,13 @@ def parse_float_list(text: str, what: str) -> list[float]:
     if not values or any(not v > 0 for v in values):
         raise DeryError(f"{what} must be positive, got {text!r} (e.g. 1.5 or 1,2,4)")
     return values
+
+
+def check_percentile(percentile: int, stage: str) -> None:
+    if percentile not in PERCENTILES:
+        raise DeryError(
+            f"--percentile must be one of {', '.join(map(str, PERCENTILES))} (of single calls), got {percentile}", stage
+        )
 
 
 def show_notes(notes: list[str]) -> None:

@@ -40,6 +40,7 @@ def evaluate(
         spec,
         plan.get("backend") if spec.id == plan.get("device") else None,
         plan.get("precision") if spec.id == plan.get("device") else None,
+        plan.get("threads") if spec.id == plan.get("device") else None,
     )
     name = cfg["source"].get("donor") or "reassembled"
     res = evaluate_model(model, task, Path(run), name, latency=(backend, precision, device_for(spec)))
@@ -52,8 +53,10 @@ def evaluate(
     )
     warn = "" if lat["stable"] else "  [yellow]UNSTABLE measurement: the machine was busy; rerun to trust it[/]"
     console.print(
-        f"latency {lat['median_ms']:.4f} ms (±{100 * lat['noise']:.1f}%), {lat['backend']} {lat['precision']}, "
-        f"batch 1, on {spec.id}{warn}"
+        f"latency {lat['median_ms']:.4f} ms (±{100 * lat['uncertainty']:.1f}%; p90 {lat['p90_ms']:.4f} ms), "
+        f"{lat['backend']} {lat['precision']}, batch 1"
+        + (f", {lat['threads']} thread(s)" if lat.get("threads") else "")
+        + f", on {spec.id}{warn}"
     )
     listing = Listing(None, "class", "accuracy (%)", numbers=("accuracy (%)",))
     for c, a in res["per_class"].items():

@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import typer
@@ -27,7 +28,7 @@ from dery_deploy.partition.stage import current_partition
 from dery_deploy.profile.bundle import import_result as do_import
 from dery_deploy.profile.bundle import write_bundle
 from dery_deploy.profile.latency_model import LatencyModel
-from dery_deploy.profile.run import latency_summary, run_profile
+from dery_deploy.profile.run import PASS_ITEMS, latency_summary, run_profile
 from dery_deploy.profile.run import verify as run_verify
 from dery_deploy.profile.store import read_profile
 from dery_deploy.runtime.devices import default_device, get_device
@@ -42,6 +43,12 @@ def profile(
     ),
     precision: str | None = typer.Option(None, "--precision", help="fp32 or fp16 (default: the device's)"),
     batch: str = typer.Option("1", "--batch", help="batch sizes, comma-separated"),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads the runtime computes with (default: the device spec's)"
+    ),
+    pass_items: int = typer.Option(
+        PASS_ITEMS, "--pass-items", help="items per interleaved measurement pass; the profile is written after each"
+    ),
     classes: int | None = typer.Option(
         None, "--classes", help="class count of the new head (default: that of --data, else 10)"
     ),
@@ -69,6 +76,8 @@ def profile(
     batches = parse_int_list(batch, "--batch")
     if verify < 0:
         raise DeryError(f"--verify must be >= 0, got {verify}", "profile")
+    if pass_items < 1:
+        raise DeryError(f"--pass-items must be >= 1, got {pass_items}", "profile")
     z = get_zoo(zoo)
     spec = get_device(device or default_device())
     if classes is not None and classes < 2:
@@ -91,7 +100,20 @@ def profile(
     if part is None:
         err_console.print(f"no partition of zoo {z.name} yet: measuring whole donors and every unit")
     with progress_bar() as prog:
-        paths = run_profile(z, spec, backend, precision, batches, part, dis, root, num_classes, prog)
+        paths = run_profile(
+            z,
+            spec,
+            backend,
+            precision,
+            batches,
+            part,
+            dis,
+            root,
+            num_classes,
+            prog,
+            threads=threads,
+            pass_items=pass_items,
+        )
     summaries = []
     for p in paths:
         check = None
@@ -120,6 +142,7 @@ def summarise(path: Path, zoo, num_classes: int) -> dict:
             r = prof.records[key]
             donors[n] = {
                 "latency_ms": round(model.predict_ms([key]), 5),
+                "uncertainty": r.uncertainty,
                 "stable": r.stable,
                 "peak_memory_mb": r.peak_memory_mb,
             }
@@ -129,33 +152,48 @@ def summarise(path: Path, zoo, num_classes: int) -> dict:
         "backend": prof.backend,
         "precision": prof.precision,
         "batch": prof.batch,
+        "threads": prof.threads,
         "items": {k: len(v) for k, v in kinds.items()},
         "unstable": sum(1 for r in prof.records.values() if not r.stable),
+        "median_uncertainty": round(statistics.median(r.uncertainty for r in prof.records.values()), 5)
+        if prof.records
+        else None,
+        "passes": prof.passes,
         "donors": donors,
         "verify": {k: v for k, v in prof.verify.to_dict().items() if k != "assemblies"} if prof.verify else None,
     }
 
 
 def show_profile(s: dict) -> None:
+    unc = s.get("median_uncertainty")
     console.print(
         f"{s['path']}: {sum(s['items'].values())} items ({', '.join(f'{n} {k}' for k, n in s['items'].items())}), "
-        f"{s['unstable']} unstable"
+        f"{s['unstable']} not stable" + ("" if unc is None else f", median uncertainty ±{100 * unc:.1f}%")
     )
+    for p in s.get("passes", [])[-2:]:
+        console.print(
+            f"  pass ({p['what']}): {p['items']} items with the reference, {p['seconds']:.1f} s, noise index "
+            f"{100 * p['noise_index']:.1f}%, {p['unstable']} not stable",
+            style="dim",
+        )
+    threads = f", {s['threads']} thread" + ("" if s["threads"] == 1 else "s") if s.get("threads") else ""
     listing = Listing(
-        f"donors, whole, on {s['device']} ({s['backend']} {s['precision']}, batch {s['batch']}): pick a "
+        f"donors, whole, on {s['device']} ({s['backend']} {s['precision']}, batch {s['batch']}{threads}): pick a "
         "budget from these",
         "donor",
         "latency (ms)",
+        "±",
         "peak memory (MB)",
         "stable",
         ids=("donor",),
-        numbers=("latency (ms)", "peak memory (MB)"),
+        numbers=("latency (ms)", "±", "peak memory (MB)"),
     )
     for n, d in sorted(s["donors"].items(), key=lambda kv: kv[1]["latency_ms"]):
         listing.add(
             **{
                 "donor": n,
                 "latency (ms)": f"{d['latency_ms']:.4f}",
+                "±": f"{100 * d['uncertainty']:.1f}%",
                 "peak memory (MB)": d["peak_memory_mb"],
                 "stable": "yes" if d["stable"] else "NO",
             }

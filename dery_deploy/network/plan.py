@@ -57,6 +57,7 @@ class Plan(JsonArtifact):
     task: dict = field(default_factory=dict)  # the task it was selected for (spec, hash, classes)
     head_kind: str = "new"  # new: pool + LayerNorm + linear; donor: the donor's own head (whole-donor plans)
     selection: dict = field(default_factory=dict)  # how it was picked: finalists, validation, the rule
+    threads: int | None = None  # CPU threads the runtime computes with (measured with, shipped with)
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +68,7 @@ class Plan(JsonArtifact):
             "backend": self.backend,
             "precision": self.precision,
             "batch": self.batch,
+            "threads": self.threads,
             "budget": self.budget,
             "num_classes": self.num_classes,
             "task": self.task,
@@ -103,6 +105,7 @@ class Plan(JsonArtifact):
             d.get("task", {}),
             d.get("head_kind", "new"),
             d.get("selection", {}),
+            d.get("threads"),
         )
 
     @property

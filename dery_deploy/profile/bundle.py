@@ -129,7 +129,7 @@ def import_result(path: Path, root: Path) -> list[Path]:
             int(batch),
             res["zoo"],
             res["structure_hash"],
-            {k: Record.from_dict(r) for k, r in recs.items()},
+            {k: Record.from_dict(runner_record(r)) for k, r in recs.items()},
             imported_from={
                 "file": str(path),
                 "manifest_sha256": res["manifest_sha256"],
@@ -140,3 +140,13 @@ def import_result(path: Path, root: Path) -> list[Path]:
             prof.write(profile_path(root, spec.id, res["zoo"], res["backend"], res["precision"], int(batch)))
         )
     return written
+
+
+def runner_record(r: dict) -> dict:
+    """A record of the bundle runner (one item timed on its own, on the device, by trtexec or ONNX
+    Runtime) in the profile's terms: its p90 stands in for a p99 it does not measure, and the
+    uncertainty is the relative half-spread of its last three window medians."""
+    w = r.get("window_medians_ms") or []
+    last = w[-3:]
+    spread = (max(last) - min(last)) / (2 * min(last)) if len(last) >= 2 and min(last) > 0 else 0.0
+    return {"p99_ms": r.get("p90_ms"), "uncertainty": round(spread, 5), **r}

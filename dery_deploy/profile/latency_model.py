@@ -2,6 +2,9 @@
 
     predicted = scale * (overhead + sum over items of (item - overhead))
 
+Items are summed at their medians; a network's p90 or p99 of single calls (`--percentile`) is
+predicted by a scale of its own, fitted on the measured assemblies' p90 / p99 like the median's.
+
 Each item was timed as its own call, so every record carries one per-call overhead (Python and
 framework dispatch, a session run, a graph launch) that the whole network pays once; `overhead` is
 the profile's measured near-empty item. `speed` says whether item latencies are taken raw or
@@ -41,6 +44,7 @@ class LatencyModel:
     scale: float = 1.0
     path: str = "the profile"
     how_to: str | None = None  # the command that measures missing items, as the caller knows it (zoo path, --data)
+    percentile: int = 50  # of single calls: what the prediction is of
 
     def __post_init__(self) -> None:
         cals = [r.calibration_ms for r in self.profile.records.values() if r.calibration_ms]
@@ -49,10 +53,18 @@ class LatencyModel:
         self._overhead = min((self.item_ms(k) for k in keys), default=0.0)
 
     @classmethod
-    def of(cls, profile: Profile, path: str = "the profile") -> LatencyModel:
-        """The model as the profile's latency check chose it (raw and unscaled if never verified)."""
+    def of(cls, profile: Profile, path: str = "the profile", percentile: int = 50) -> LatencyModel:
+        """The model as the profile's latency check chose it (raw and unscaled if never verified), for
+        a per-call percentile."""
         v = profile.verify
-        return cls(profile, v.speed if v else "raw", v.scale if v else 1.0, str(path))
+        if percentile != 50 and not (v and f"p{percentile}" in v.percentiles):
+            raise DeryError(
+                f"{path} has no latency check at the {percentile}th percentile; run `dery profile ... --verify N` "
+                "with this version to measure it",
+                "profile",
+            )
+        scale = v.at(percentile)[0] if v else 1.0
+        return cls(profile, v.speed if v else "raw", scale, str(path), percentile=percentile)
 
     def reference_ms(self) -> float | None:
         """The profile's typical machine speed: the median reference latency over its records."""
@@ -115,6 +127,28 @@ def _loo_errors(pred: list[float], meas: list[float], correct: bool) -> list[flo
     return out
 
 
+def _percentile_check(rows: list[VerifyRow], speed: str, percentile: int) -> dict:
+    """Scale, leave-one-out errors and p90 under-prediction of predicting a network's p90 / p99 from its
+    items' medians (on the speed basis the median's check chose)."""
+    pred = [r.raw_predicted_ms if speed == "raw" else r.calibrated_predicted_ms for r in rows]
+    ratio = [
+        (r.measured_at_reference_ms / r.measured_ms) if speed == "calibrated" and r.measured_ms else 1.0 for r in rows
+    ]
+    meas = [r.measured_at(percentile) * f for r, f in zip(rows, ratio)]
+    errs = _loo_errors(pred, meas, True)
+    return {
+        "scale": round(statistics.median(m / p for p, m in zip(pred, meas)), 5),
+        "median_abs_rel_error": round(statistics.median(abs(e) for e in errs), 5),
+        "max_abs_rel_error": round(max(abs(e) for e in errs), 5),
+        "p90_under_prediction": round(_p90_under(errs), 5),
+    }
+
+
+def _p90_under(errs: list[float]) -> float:
+    under = sorted(max(0.0, -e / (1 + e)) for e in errs)  # measured/predicted - 1 where a network ran slower
+    return under[min(len(under) - 1, int(round(0.9 * (len(under) - 1))))]
+
+
 def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> LatencyCheck:
     """Choose the speed basis (raw or calibrated) and whether to correct the sum-of-parts bias, by
     which predicts the measured assemblies best (median |error|, then max), never worse than raw."""
@@ -137,8 +171,7 @@ def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> L
     med, mx, scale, errs = variants[best]
     chosen_pred = [(r.raw_predicted_ms if best[0] == "raw" else r.calibrated_predicted_ms) * scale for r in rows]
     out_rows = [replace(r, predicted_ms=round(p, 5), rel_error=round(e, 5)) for r, p, e in zip(rows, chosen_pred, errs)]
-    under = sorted(max(0.0, -e / (1 + e)) for e in errs)  # measured/predicted - 1 where a network ran slower
-    p90 = under[min(len(under) - 1, int(round(0.9 * (len(under) - 1))))]
+    tails = all(r.measured_p90_ms and r.measured_p99_ms for r in rows)
     return LatencyCheck(
         len(rows),
         seed,
@@ -146,7 +179,7 @@ def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> L
         round(scale, 5),
         round(med, 5),
         round(mx, 5),
-        round(p90, 5),
+        round(_p90_under(errs), 5),
         round(variants[("raw", False)][0], 5),
         round(variants[("raw", False)][1], 5),
         round(variants[("calibrated", False)][0], 5),
@@ -154,4 +187,5 @@ def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> L
         partition_key,
         time.strftime("%Y-%m-%dT%H:%M:%S"),
         out_rows,
+        {f"p{q}": _percentile_check(rows, best[0], q) for q in (90, 99)} if tails else {},
     )

@@ -1,5 +1,5 @@
-"""The profile stage: measure every item on one device and backend (resumable), and check the
-latency model against random mixed assemblies measured end to end (`verify`)."""
+"""The profile stage: measure every item on one device and backend in one interleaved pass, and
+check the latency model against random mixed assemblies measured end to end (`verify`)."""
 
 from __future__ import annotations
 
@@ -15,22 +15,32 @@ from dery_deploy.profile.items import example_input, profile_items
 from dery_deploy.profile.latency_model import LatencyModel, fit_latency_check
 from dery_deploy.profile.store import Profile, Record, VerifyRow, profile_path, read_profile
 from dery_deploy.runtime.backends import Backend, get_backend
-from dery_deploy.runtime.calibration import REFERENCE, Calibrator
+from dery_deploy.runtime.calibration import REFERENCE
 from dery_deploy.runtime.devices import DeviceSpec, machine_fingerprint
-from dery_deploy.runtime.measure import measure_module
+from dery_deploy.runtime.harness import TimingOptions
+from dery_deploy.runtime.measure import measure_modules
+
+# items per interleaved pass: the profile is written after each, so this is what an interruption can
+# lose; the fashion zoo's 114 items are two passes
+PASS_ITEMS = 64
 
 
 def device_for(spec: DeviceSpec) -> str:
     return "cuda" if spec.kind == "cuda" else "cpu"
 
 
-def resolve_backend(spec: DeviceSpec, backend: str | None, precision: str | None) -> tuple[Backend, str]:
+def resolve_backend(
+    spec: DeviceSpec, backend: str | None, precision: str | None, threads: int | None = None
+) -> tuple[Backend, str]:
+    """The backend (computing with `threads`, default the device's) and precision to measure with."""
     name = backend or spec.default_backend
     if name not in spec.backends:
         raise DeryError(
             f"device {spec.id} does not list backend {name!r}; it supports {', '.join(spec.backends)}", "profile"
         )
-    b = get_backend(name)
+    if threads is not None and threads < 1:
+        raise DeryError(f"--threads must be >= 1, got {threads}", "profile")
+    b = get_backend(name, threads or spec.threads)
     prec = precision or spec.default_precision
     b.check(device_for(spec), prec)
     return b, prec
@@ -64,6 +74,7 @@ def open_profile(path: Path, spec: DeviceSpec, zoo, backend: Backend, precision:
         batch,
         zoo.name,
         structure_hash(zoo),
+        threads=backend.threads,
     )
 
 
@@ -79,8 +90,13 @@ def run_profile(
     num_classes: int,
     progress=None,
     limit: int | None = None,
+    threads: int | None = None,
+    timing: TimingOptions | None = None,
+    pass_items: int = PASS_ITEMS,
 ) -> list[Path]:
-    """Measure every item (see `profile_items`) for each batch size; resume files that hold records.
+    """Measure every item not yet in the profile (see `profile_items`) for each batch size, in
+    interleaved passes of up to `pass_items` items with the reference workload; the profile is
+    written after every pass, so an interrupted run keeps the passes it finished and measures the rest.
 
     Without a partition, whole donors and every unit are measured: a device can be profiled from a
     zoo spec alone. A later partition's blocks, adapters and heads are added to the same file.
@@ -89,37 +105,29 @@ def run_profile(
         raise DeryError(f"--batch values must be positive, got {batches}", "profile")
     if num_classes < 2:
         raise DeryError(f"a classification head needs at least 2 classes, got {num_classes}", "profile")
-    be, prec = resolve_backend(spec, backend, precision)
+    be, prec = resolve_backend(spec, backend, precision, threads)
     dev = device_for(spec)
     fp = check_machine(spec)
     items = profile_items(zoo, partition, dissections, num_classes)
     paths = []
     for batch in batches:
-        path = profile_path(root, spec.id, zoo.name, be.name, prec, batch)
+        path = profile_path(root, spec.id, zoo.name, be.name, prec, batch, be.threads)
         prof = open_profile(path, spec, zoo, be, prec, batch, fp)
-        todo = [it for it in items if it.key not in prof.records]
-        cal = Calibrator(be, prec, dev, batch) if todo else None
+        todo = [it for it in items if it.key not in prof.records][:limit]
         prof.calibration = {"reference": REFERENCE, "why": "records can be scaled to the median reference speed"}
-        task = (
-            progress.add_task(f"profile b{batch}", total=len(items), completed=len(items) - len(todo))
-            if progress
-            else None
-        )
-        for n, it in enumerate(todo):
-            if limit is not None and n >= limit:
-                break
-            if progress:
-                progress.update(task, description=f"b{batch} {it.kind} {it.info.get('donor', '')}")
-            calibration = cal.measure()
-            m = measure_module(be, it.build(), example_input(it.in_spec, batch), prec, dev)
-            prof.records[it.key] = Record.from_dict(
-                {**m.record_fields(), "kind": it.kind, "calibration_ms": round(calibration, 5), **it.info}
+        for start in range(0, len(todo), pass_items):
+            chunk = todo[start : start + pass_items]
+            builds = {it.key: (lambda it=it, b=batch: (it.build(), example_input(it.in_spec, b))) for it in chunk}
+            measured, passes = measure_modules(
+                be, builds, prec, dev, timing, reference_batch=batch, progress=progress, label=f"profile b{batch}"
             )
+            for it in chunk:
+                m = measured[it.key]
+                prof.records[it.key] = Record.from_dict({**m.record_fields(), "kind": it.kind, **it.info})
+            prof.passes += [{**p.to_dict(), "what": f"{len(chunk)} items"} for p in passes]
             prof.fingerprint["end"] = machine_fingerprint(spec.kind) if spec.kind == "cuda" else fp
-            prof.write(path)
-            if progress:
-                progress.advance(task)
-        if not todo and not path.exists():
+            prof.write(path)  # after every pass: an interrupted profile resumes after it
+        if not path.exists():
             prof.write(path)
         paths.append(path)
     return paths
@@ -167,48 +175,57 @@ def verify(
     n: int,
     seed: int = 0,
     progress=None,
+    timing: TimingOptions | None = None,
 ):
-    """Build n random mixed assemblies, measure each end to end with the profile's backend, and fit
-    and check the latency model on them (see `fit_latency_check`); the result is stored in the profile."""
+    """Build n random mixed assemblies, measure them end to end in one interleaved pass with the
+    profile's backend, and fit and check the latency model on them (see `fit_latency_check`); the
+    result is stored in the profile."""
     if n < 3:
         raise DeryError(f"--verify needs at least 3 assemblies to judge the latency model, got {n}", "profile")
     prof = read_profile(profile_file)
     prof.check(profile_file, spec, zoo, structure_hash(zoo))
-    be, prec = resolve_backend(spec, prof.backend, prof.precision)
+    be, prec = resolve_backend(spec, prof.backend, prof.precision, prof.threads)
     check_machine(spec)
     dev = device_for(spec)
     raw_model = LatencyModel(prof, "raw", 1.0, str(profile_file))
     cal_model = LatencyModel(prof, "calibrated", 1.0, str(profile_file))
     ref = cal_model.reference_ms()
     plans = random_plans(zoo, partition, n, seed, head_classes(prof))
-    cal = Calibrator(be, prec, dev, prof.batch)
+    x = example_input(zoo.input_tensor_spec, prof.batch)
+    builds = {
+        f"{i:03d}": (lambda plan=plan: (build_net(plan, zoo, dissections, copy_blocks=False), x))
+        for i, plan in enumerate(plans)
+    }
+    measured, passes = measure_modules(
+        be, builds, prec, dev, timing, reference_batch=prof.batch, progress=progress, label="verify"
+    )
     rows = []
-    task = progress.add_task("verify", total=len(plans)) if progress else None
-    for plan in plans:
-        net = build_net(plan, zoo, dissections, copy_blocks=False)
+    for i, plan in enumerate(plans):
+        m = measured[f"{i:03d}"]
         keys = plan_items(plan, zoo, dissections)
-        calibration = cal.measure()
-        m = measure_module(be, net, example_input(zoo.input_tensor_spec, prof.batch), prec, dev)
-        measured = m.timing.median_ms
+        t, calibration = m.timing, m.calibration_ms
         rows.append(
             VerifyRow(
                 plan.describe(),
                 plan.seams,
                 0.0,
-                round(measured, 5),
-                m.timing.stable,
+                round(t.median_ms, 5),
+                t.stable,
                 round(raw_model.predict_ms(keys), 5),
                 round(cal_model.predict_ms(keys), 5),
-                round(measured * (ref / calibration if ref else 1.0), 5),
-                round(calibration, 5),
+                round(t.median_ms * (ref / calibration if ref and calibration else 1.0), 5),
+                None if calibration is None else round(calibration, 5),
                 0.0,
+                round(t.p90_ms, 5),
+                round(t.p99_ms, 5),
+                round(t.uncertainty, 5),
             )
         )
-        if progress:
-            progress.advance(task)
     check = fit_latency_check(rows, seed, partition.key)
+    check.noise_index = passes[0].noise_index if passes else None
     prof = read_profile(profile_file)
     prof.verify = check
+    prof.passes += [{**p.to_dict(), "what": f"verify: {n} assemblies"} for p in passes]
     prof.write(profile_file)
     return check
 

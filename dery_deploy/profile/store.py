@@ -12,12 +12,15 @@ from pathlib import Path
 
 from dery_deploy.artifacts import JsonArtifact
 from dery_deploy.errors import DeryError
-from dery_deploy.runtime.harness import window_noise
 
 _RECORD_FIELDS = (
     "kind",
     "median_ms",
     "p90_ms",
+    "p99_ms",
+    "uncertainty",
+    "uncertainties",
+    "noise",
     "runs",
     "stable",
     "windows",
@@ -30,19 +33,24 @@ _RECORD_FIELDS = (
 
 @dataclass
 class Record:
-    """One measured item: latency in ms (median and p90 of the stable windows), peak memory in MB
-    (None where the backend cannot measure it), and what the item is (`info`)."""
+    """One measured item: latency in ms at the per-call median, p90 and p99 (each over the pass's quiet
+    windows, `runtime/harness.py`), its relative uncertainty, peak memory in MB (None where the
+    backend cannot measure it), and what the item is (`info`)."""
 
     kind: str  # block | adapter | head | donor | unit | overhead
     median_ms: float
     p90_ms: float
+    p99_ms: float
+    uncertainty: float  # relative standard error of median_ms
     runs: int
-    stable: bool
+    stable: bool  # uncertainty within the target; an unstable record is reported, never trusted silently
     windows: int = 0
     window_medians_ms: list[float] = field(default_factory=list)
     peak_memory_mb: float | None = None
     build_s: float = 0.0
-    calibration_ms: float | None = None  # the reference workload measured just before (calibration.py)
+    calibration_ms: float | None = None  # the reference workload in the same pass (calibration.py)
+    noise: float = 0.0  # how much slower the item's typical window ran than its quiet one
+    uncertainties: dict = field(default_factory=dict)  # "p90" / "p99" -> relative standard error
     info: dict = field(default_factory=dict)  # donor, arch, unit range, adapter kind, specs, ...
 
     def to_dict(self) -> dict:
@@ -55,10 +63,9 @@ class Record:
         known = {k: d[k] for k in _RECORD_FIELDS if k in d}
         return cls(**known, info={k: v for k, v in d.items() if k not in _RECORD_FIELDS})
 
-    @property
-    def noise(self) -> float:
-        """The measurement's own noise (relative half-spread of its last stability windows)."""
-        return window_noise(self.window_medians_ms)
+    def at(self, percentile: int) -> float:
+        """The latency at a per-call percentile (50, 90 or 99)."""
+        return {50: self.median_ms, 90: self.p90_ms, 99: self.p99_ms}[percentile]
 
 
 @dataclass
@@ -66,17 +73,23 @@ class VerifyRow:
     plan: str
     adapters: int
     predicted_ms: float  # the latency model as the program uses it
-    measured_ms: float  # raw end-to-end median
+    measured_ms: float  # end-to-end median (quiet-window estimate)
     measured_stable: bool
     raw_predicted_ms: float  # sum of raw item latencies (no speed calibration, no bias correction)
     calibrated_predicted_ms: float  # items at the profile's reference speed, no bias correction
     measured_at_reference_ms: float  # the measurement scaled to the reference speed
     calibration_ms: float | None
     rel_error: float  # (predicted - measured) / measured, bias fitted without this row
+    measured_p90_ms: float | None = None
+    measured_p99_ms: float | None = None
+    uncertainty: float | None = None  # the end-to-end measurement's relative standard error
 
     @classmethod
     def from_dict(cls, d: dict) -> VerifyRow:
         return cls(**d)
+
+    def measured_at(self, percentile: int) -> float:
+        return {50: self.measured_ms, 90: self.measured_p90_ms, 99: self.measured_p99_ms}[percentile] or 0.0
 
 
 @dataclass
@@ -84,7 +97,9 @@ class LatencyCheck:
     """How well the latency model predicts whole networks: `n` random mixed assemblies measured end
     to end. `speed` is the item latencies' basis (raw, or scaled to the reference speed) chosen
     because it verified better; `scale` corrects the sum-of-parts bias (fitted on these rows; the
-    errors are leave-one-out, so they are not flattered by the fit)."""
+    errors are leave-one-out, so they are not flattered by the fit). `percentiles` holds the same
+    for a network's p90 and p99 of single calls, predicted from the items' medians by a scale of
+    their own (what `--percentile 90|99` plans with)."""
 
     n: int
     seed: int
@@ -100,6 +115,15 @@ class LatencyCheck:
     partition_key: str
     when: str
     assemblies: list[VerifyRow] = field(default_factory=list)
+    percentiles: dict = field(default_factory=dict)  # "p90" / "p99" -> scale, errors, p90_under_prediction
+    noise_index: float | None = None  # of the pass that measured the assemblies
+
+    def at(self, percentile: int) -> tuple[float, float, float, float]:
+        """(scale, median |error|, max |error|, p90 under-prediction) for a per-call percentile."""
+        if percentile == 50 or f"p{percentile}" not in self.percentiles:
+            return self.scale, self.median_abs_rel_error, self.max_abs_rel_error, self.p90_under_prediction
+        d = self.percentiles[f"p{percentile}"]
+        return d["scale"], d["median_abs_rel_error"], d["max_abs_rel_error"], d["p90_under_prediction"]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,7 +136,7 @@ class LatencyCheck:
 @dataclass
 class Profile(JsonArtifact):
     KIND = "profile"
-    SCHEMA = 2
+    SCHEMA = 3
     STAGE = "profile"
 
     device: str
@@ -128,6 +152,8 @@ class Profile(JsonArtifact):
     verify: LatencyCheck | None = None
     calibration: dict = field(default_factory=dict)
     imported_from: dict | None = None
+    threads: int | None = None  # CPU threads the runtime computed with (None: its default, e.g. on a GPU)
+    passes: list[dict] = field(default_factory=list)  # every measurement pass: items, seconds, noise index
 
     def to_dict(self) -> dict:
         return {
@@ -142,6 +168,8 @@ class Profile(JsonArtifact):
             "structure_hash": self.structure_hash,
             "calibration": self.calibration,
             "imported_from": self.imported_from,
+            "threads": self.threads,
+            "passes": self.passes,
             "verify": self.verify.to_dict() if self.verify else None,
             "records": {k: r.to_dict() for k, r in self.records.items()},
         }
@@ -162,12 +190,15 @@ class Profile(JsonArtifact):
             LatencyCheck.from_dict(d["verify"]) if d.get("verify") else None,
             d.get("calibration", {}),
             d.get("imported_from"),
+            d.get("threads"),
+            d.get("passes", []),
         )
 
     def how_to_profile(self) -> str:
+        t = f" --threads {self.threads}" if self.threads else ""
         return (
             f"`dery profile --zoo {self.zoo} --device {self.device} --backend {self.backend} "
-            f"--precision {self.precision} --batch {self.batch}`"
+            f"--precision {self.precision} --batch {self.batch}{t}`"
         )
 
     def check(self, path, spec, zoo=None, structure: str | None = None) -> None:
@@ -193,22 +224,28 @@ class Profile(JsonArtifact):
             )
 
 
-def profile_path(root: Path, device: str, zoo: str, backend: str, precision: str, batch: int) -> Path:
-    return Path(root) / "profiles" / device / f"{zoo}-{backend}-{precision}-b{batch}.json"
+def profile_path(
+    root: Path, device: str, zoo: str, backend: str, precision: str, batch: int, threads: int | None = None
+) -> Path:
+    t = f"-t{threads}" if threads else ""
+    return Path(root) / "profiles" / device / f"{zoo}-{backend}-{precision}-b{batch}{t}.json"
 
 
 def read_profile(path: str | Path) -> Profile:
     return Profile.read(path)
 
 
-def find_profile(roots: list[Path], zoo: str, device: str, backend: str, precision: str, batch: int) -> Path:
+def find_profile(
+    roots: list[Path], zoo: str, device: str, backend: str, precision: str, batch: int, threads: int | None = None
+) -> Path:
     """The first existing profile of these keys under `roots` (the cache, then the shipped profiles/)."""
     for base in roots:
-        p = profile_path(base, device, zoo, backend, precision, batch)
+        p = profile_path(base, device, zoo, backend, precision, batch, threads)
         if p.is_file():
             return p
+    t = f" --threads {threads}" if threads else ""
     raise DeryError(
         f"no {backend} {precision} batch-{batch} profile of zoo {zoo!r} for device {device!r}; run `dery "
-        f"profile --zoo {zoo} --device {device} --backend {backend} --precision {precision} --batch {batch}`",
+        f"profile --zoo {zoo} --device {device} --backend {backend} --precision {precision} --batch {batch}{t}`",
         "profile",
     )

@@ -15,11 +15,15 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
-from dery_deploy.runtime.harness import measure
+from dery_deploy.runtime.harness import TimingOptions, measure
 
 
 def main() -> None:
     pkg, inputs, out, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    threads = int(sys.argv[5]) if len(sys.argv) > 5 and int(sys.argv[5]) > 0 else None
+    percentile = int(sys.argv[6]) if len(sys.argv) > 6 else 50
+    if threads:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     runner = torch._inductor.aoti_load_package(pkg)
     load_s = time.perf_counter() - t0
@@ -31,16 +35,13 @@ def main() -> None:
     with torch.inference_mode():
         y = runner(x)
         xb = x[:batch].contiguous() if x.shape[0] >= batch else x[:1].expand(batch, *x.shape[1:]).contiguous()
-        m = measure(lambda: runner(xb), cuda=cuda)
+        m = measure(lambda: runner(xb), cuda=cuda, opts=TimingOptions.for_budget(percentile), threads=threads)
     save_file({"y": y.float().cpu().contiguous()}, out)
     print(
         json.dumps(
             {
                 "load_s": load_s,
-                "latency_ms": m.median_ms,
-                "p90_ms": m.p90_ms,
-                "stable": m.stable,
-                "window_medians_ms": m.window_medians_ms,
+                "measurement": m.to_dict(),
             }
         )
     )

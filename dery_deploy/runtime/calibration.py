@@ -1,11 +1,12 @@
-"""Following the machine's speed while profiling.
+"""A fixed reference workload measured in every pass, so that records of different passes can be
+related.
 
-On shared or frequency-scaled machines the same item can run up to 2x slower a few minutes later
-(seen on this project's 2-core CI VM: a donor measured 0.38 ms, then 0.19 ms five minutes after).
-Stable windows catch noise within a measurement, not drift between measurements. So every record
-carries the latency of a fixed reference workload measured with the same backend right before it,
-and the latency model scales each record to the profile's median machine speed; `--verify` and the
-export's budget check scale their end-to-end measurements the same way (and report the raw numbers).
+Within one pass every item is interleaved with every other (`harness.measure_interleaved`), so
+drift hits all alike. A profile still gathers records from several passes (donors and units first,
+the partition's blocks and adapters later, `--verify` assemblies after), minutes apart. Each pass
+measures this reference workload with the same backend, and every record carries the reference's
+latency in its pass (`calibration_ms`); the latency model can scale records to the profile's
+median reference speed where that predicts measured assemblies better (chosen by `--verify`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dery_deploy.runtime.harness import measure
-
 REFERENCE = "4x (conv3x3 16->16 + ReLU) on batch x 16 x 32 x 32, seed 0"
+REFERENCE_KEY = "reference|" + REFERENCE
 
 
 def reference_module() -> nn.Module:
@@ -30,27 +30,5 @@ def reference_module() -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
-class Calibrator:
-    """The reference workload prepared for a backend; `measure()` takes about 0.1 s.
-
-    Backends that reset their compiler state per item (torch-compile) are re-prepared before each
-    measurement, so the reference always runs compiled like the item it calibrates.
-    """
-
-    def __init__(self, backend, precision: str, device: str, batch: int):
-        self.backend, self.precision, self.device = backend, precision, device
-        self.x = torch.randn(batch, 16, 32, 32, generator=torch.Generator().manual_seed(0))
-        self.runner = backend.prepare(reference_module(), self.x, precision, device)
-
-    def measure(self) -> float:
-        if getattr(self.backend, "resets_per_item", False):
-            self.runner = self.backend.prepare(reference_module(), self.x, self.precision, self.device)
-        return measure(
-            self.runner.call,
-            cuda=self.runner.cuda,
-            warmup_s=0.02,
-            window_s=0.02,
-            max_windows=8,
-            max_s=1.0,
-            stream=self.runner.stream,
-        ).median_ms
+def reference_input(batch: int) -> torch.Tensor:
+    return torch.randn(batch, 16, 32, 32, generator=torch.Generator().manual_seed(0))

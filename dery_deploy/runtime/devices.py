@@ -40,6 +40,9 @@ class DeviceSpec:
     memory_mb: int | None = None
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # CPU threads every runtime computes with on this device: measured with, and shipped with (None:
+    # the runtime's default, where the CPU does not do the work)
+    threads: int | None = None
 
     def matches(self, fp: dict) -> bool:
         """Does a measured fingerprint belong to this spec?"""
@@ -74,6 +77,8 @@ def load_device(path: Path) -> DeviceSpec:
     ):
         if not isinstance(d.get(key), typ):
             errors.append(f"{key}: expected {typ.__name__}, got {d.get(key)!r}")
+    if d.get("threads") is not None and not (isinstance(d["threads"], int) and d["threads"] >= 1):
+        errors.append(f"threads: expected a positive integer or null, got {d['threads']!r}")
     if isinstance(d.get("kind"), str) and d["kind"] not in KINDS:
         errors.append(f"kind: {d['kind']!r} not in {KINDS}")
     if errors:
@@ -88,6 +93,7 @@ def load_device(path: Path) -> DeviceSpec:
         d["default_precision"],
         d.get("memory_mb"),
         " ".join(str(d.get("notes", "")).split()),
+        threads=d.get("threads"),
     )
 
 

@@ -1,24 +1,27 @@
-"""Measure one module with one backend: build it (export / compile / capture), time it until
-stable, and measure its peak memory the way that backend's memory can be measured.
+"""Measure modules with one backend: build each (export / compile / capture), measure its peak
+memory the way that backend's memory can be measured, then time them all in one interleaved pass
+(`harness.measure_interleaved`), with the reference workload beside them.
 
 Memory, per backend and device:
 - CUDA, torch backends: the caching allocator's peak over its baseline, reset *before* the build,
   so what CUDA-graph capture and `reduce-overhead` allocate at capture time is counted.
 - CUDA, other backends (TensorRT, ONNX Runtime CUDA EP): the device's free-memory drop while
   building and running (their allocators are not torch's).
-- CPU, ONNX Runtime: the peak-RSS rise of creating a fresh session and running it once.
+- CPU, ONNX Runtime and OpenVINO: the peak-RSS rise of creating a fresh session and running it once.
 - CPU, torch backends: not measurable apart from the rest of the process (None).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dery_deploy.runtime.backends.base import Backend
-from dery_deploy.runtime.harness import Measurement, measure
+from dery_deploy.runtime.backends.base import Backend, Runner
+from dery_deploy.runtime.calibration import REFERENCE_KEY, reference_input, reference_module
+from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions, measure_interleaved, torch_threads
 
 
 @dataclass
@@ -26,24 +29,25 @@ class ItemMeasurement:
     timing: Measurement
     peak_memory_mb: float | None
     build_s: float
+    calibration_ms: float | None = None  # the reference workload's latency in the same pass
 
     def record_fields(self) -> dict:
+        t = self.timing.to_dict()
         return {
-            "median_ms": round(self.timing.median_ms, 5),
-            "p90_ms": round(self.timing.p90_ms, 5),
-            "runs": self.timing.runs,
-            "stable": self.timing.stable,
-            "windows": self.timing.windows,
-            "window_medians_ms": [round(v, 5) for v in self.timing.window_medians_ms],
+            **{k: t[k] for k in ("median_ms", "p90_ms", "p99_ms", "uncertainty", "runs", "stable", "windows")},
+            "noise": t["noise"],
+            "uncertainties": t["uncertainties"],
+            "window_medians_ms": t["window_medians_ms"],
             "peak_memory_mb": None if self.peak_memory_mb is None else round(self.peak_memory_mb, 3),
             "build_s": round(self.build_s, 3),
+            "calibration_ms": None if self.calibration_ms is None else round(self.calibration_ms, 5),
         }
 
 
-def measure_module(
-    backend: Backend, module: nn.Module, example: torch.Tensor, precision: str, device: str, **timing
-) -> ItemMeasurement:
-    """Build `module` with `backend`, time it on `example` and measure its peak memory."""
+def prepare_module(
+    backend: Backend, module: nn.Module, example: torch.Tensor, precision: str, device: str
+) -> tuple[Runner, float | None]:
+    """Build `module` with `backend` and measure its peak memory; returns the runner and the peak in MB."""
     cuda = device == "cuda"
     torch_alloc = cuda and backend.name.startswith("torch")
     if cuda:
@@ -63,5 +67,86 @@ def measure_module(
         peak = runner.fresh_memory_mb()
     else:
         peak = None
-    timing_result = measure(runner.call, cuda=runner.cuda, stream=runner.stream, **timing)
-    return ItemMeasurement(timing_result, peak, runner.build_s)
+    return runner, peak
+
+
+# what one pass builds: key -> a function returning (module, example input)
+Builds = dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]
+
+
+def _prepare_group(
+    backend: Backend, builds: Builds, group: list[str], precision: str, device: str, reference_batch, tick
+) -> dict[str, tuple[Runner, float | None]]:
+    prepared: dict[str, tuple[Runner, float | None]] = {}
+    # compilers (inductor) fix their thread count when they build: build with the measured one
+    with torch_threads(backend.threads):
+        for k in group:
+            module, example = builds[k]()
+            prepared[k] = prepare_module(backend, module, example, precision, device)
+            tick()
+        if reference_batch is not None:
+            ref = backend.prepare(reference_module(), reference_input(reference_batch), precision, device)
+            prepared[REFERENCE_KEY] = (ref, None)
+    return prepared
+
+
+def measure_modules(
+    backend: Backend,
+    builds: Builds,
+    precision: str,
+    device: str,
+    opts: TimingOptions | None = None,
+    reference_batch: int | None = None,
+    progress=None,
+    label: str = "measure",
+) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
+    """Build every module, then time them in interleaved passes (one, or one per group of
+    `backend.max_live` items where the backend cannot keep more alive), each with the reference
+    workload at `reference_batch` (None: no reference).
+
+    Returns:
+        key -> ItemMeasurement (with the pass's reference latency), and the passes' summaries.
+    """
+    keys = list(builds)
+    size = backend.max_live or len(keys) or 1
+    groups = [keys[i : i + size] for i in range(0, len(keys), size)]
+    out: dict[str, ItemMeasurement] = {}
+    summaries = []
+    task = progress.add_task(f"{label}: build", total=len(keys)) if progress else None
+
+    def built() -> None:
+        if progress:
+            progress.update(task, advance=1, description=f"{label}: build")
+
+    def timed(done: int, planned: int) -> None:
+        if progress:
+            progress.update(task, description=f"{label}: timing window {done}/{planned}")
+
+    for group in groups:
+        backend.reset()
+        prepared = _prepare_group(backend, builds, group, precision, device, reference_batch, built)
+        timings, summary = measure_interleaved(
+            {k: (r.call, r.cuda, r.stream) for k, (r, _) in prepared.items()},
+            opts,
+            backend.threads,
+            timed if progress else None,
+        )
+        ref = timings.pop(REFERENCE_KEY, None)
+        for k in group:
+            runner, peak = prepared[k]
+            out[k] = ItemMeasurement(timings[k], peak, runner.build_s, ref.median_ms if ref else None)
+        summaries.append(summary)
+        del prepared  # free the group's sessions / graphs before the next is built
+    return out, summaries
+
+
+def measure_module(
+    backend: Backend,
+    module: nn.Module,
+    example: torch.Tensor,
+    precision: str,
+    device: str,
+    opts: TimingOptions | None = None,
+) -> ItemMeasurement:
+    """One module on its own. Numbers that are compared with each other belong in one `measure_modules` pass."""
+    return measure_modules(backend, {"item": lambda: (module, example)}, precision, device, opts)[0]["item"]

@@ -72,9 +72,12 @@ def evaluate_model(model, task: Task, out_dir: Path, title: str, latency: tuple 
         res["latency"] = {
             "median_ms": round(m.timing.median_ms, 5),
             "p90_ms": round(m.timing.p90_ms, 5),
+            "p99_ms": round(m.timing.p99_ms, 5),
+            "uncertainty": round(m.timing.uncertainty, 5),
             "stable": m.timing.stable,
             "noise": round(m.timing.noise, 4),
             "backend": backend.name,
+            "threads": backend.threads,
             "precision": precision,
             "device": device,
             "batch": 1,

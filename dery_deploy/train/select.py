@@ -20,8 +20,12 @@ import math
 import os
 import socket
 import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dery_deploy.artifacts import sha256_json
 from dery_deploy.data.task import Task
@@ -123,10 +127,23 @@ def schedule(
     return work
 
 
-def _open_study(storage: str | None, name: str):
+@contextmanager
+def _quiet_optuna():
+    """Optuna's notices are for its developers, not our users: the heartbeat is "experimental" and a
+    stale trial "failed by heartbeat" is our recovery working as designed."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*heartbeat.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*[Hh]eartbeat.*")
+        yield
+
+
+def _open_study(storage: str | None, name: str):
+    import optuna
+
     if storage is None:
         return optuna.create_study(study_name=name, direction="maximize"), "memory"
     engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
@@ -142,22 +159,85 @@ def _open_study(storage: str | None, name: str):
             time.sleep(0.2 + 0.1 * attempt)
 
 
+def _claim(study, trial, attrs: dict) -> bool:
+    """True when `trial` is the earliest live or finished trial with these attributes: the lowest
+    trial number wins a tie between processes that asked at the same time."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.WAITING)
+    return not any(
+        t.number < trial.number and t.state in live and all(t.user_attrs.get(k) == v for k, v in attrs.items())
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def shared_once(storage: str | None, name: str, compute: Callable[[], Any], poll_s: float = 1.0) -> Any:
+    """`compute()` (a JSON-serialisable result) done once for every process that shares `storage`
+    under `name`: the first to claim it computes and stores it in the study, the others wait and
+    read it; if the claiming process dies, Optuna's heartbeat fails its trial and another claims it.
+    Without storage, simply `compute()`."""
+    if storage is None:
+        return compute()
+    from optuna.trial import TrialState
+
+    with _quiet_optuna():
+        study, _ = _open_study(storage, name)
+        while True:
+            optuna_fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            done = sorted(
+                (t for t in trials if t.state == TrialState.COMPLETE and "result" in t.user_attrs),
+                key=lambda t: t.number,
+            )
+            if done:
+                return done[0].user_attrs["result"]
+            if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+                time.sleep(poll_s)  # another process is computing it
+                continue
+            trial = study.ask()
+            trial.set_user_attr("role", "once")
+            if not _claim(study, trial, {"role": "once"}):
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            result = compute()
+            trial.set_user_attr("result", result)
+            study.tell(trial, 0.0)
+            return result
+
+
+def optuna_fail_stale(study) -> None:
+    import optuna
+
+    if not isinstance(study._storage, optuna.storages.InMemoryStorage):
+        optuna.storages.fail_stale_trials(study)
+
+
 # what differs between two processes planning the same finalists: measurements, solver timings, the
 # local path of the adapter weights and of the zoo file; not part of what is trained
-_VOLATILE = {"predicted", "measured", "proxy", "solver", "selection", "zoo_ref", "task", "adapter_weights"}
+_VOLATILE = {
+    "predicted",
+    "measured",
+    "proxy",
+    "solver",
+    "selection",
+    "zoo_ref",
+    "task",
+    "adapter_weights",
+    "budget",
+}
 
 
-def _identity(source: dict) -> dict:
+def identity(source: dict) -> dict:
     out = {k: v for k, v in source.items() if k not in _VOLATILE}
     if isinstance(out.get("plan"), dict):
-        out["plan"] = _identity(out["plan"])
+        out["plan"] = identity(out["plan"])
     return out
 
 
 def study_name(task: Task, finalists: list[Finalist], rungs, eta: int, base: Recipe) -> str:
     """The Optuna study of one selection: the same on every process that selects among the same
     finalists for the same task and recipe, so they share its trials through `--storage`."""
-    key = [task.hash(), [(f.name, _identity(f.source)) for f in finalists], list(rungs), eta, base.__dict__]
+    key = [task.hash(), [(f.name, identity(f.source)) for f in finalists], list(rungs), eta, base.__dict__]
     return f"dery-select-{sha256_json(key)[:12]}"
 
 
@@ -174,7 +254,11 @@ def select(
     poll_s: float = 1.0,
 ) -> Selection:
     """Successive halving over the finalists on the validation split, then the pick (module docstring)."""
-    import optuna
+    with _quiet_optuna():
+        return _select(finalists, zoo, task, out, base, storage, rungs, eta, log, poll_s)
+
+
+def _select(finalists, zoo, task, out, base, storage, rungs, eta, log, poll_s) -> Selection:
     from optuna.trial import TrialState
 
     if len(task.val) == 0:
@@ -188,8 +272,7 @@ def select(
     worker = f"{socket.gethostname()}:{os.getpid()}"
     xv, yv = task.x("val"), task.y("val")
     while True:
-        if storage is not None:
-            optuna.storages.fail_stale_trials(study)
+        optuna_fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         done = {
             (t.user_attrs["finalist"], t.user_attrs["rung"]): Trial(**t.user_attrs["result"])
@@ -212,15 +295,7 @@ def select(
         trial = study.ask()
         trial.set_user_attr("finalist", fname)
         trial.set_user_attr("rung", rung)
-        live = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.WAITING)
-        rivals = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.number < trial.number
-            and t.state in live
-            and (t.user_attrs.get("finalist"), t.user_attrs.get("rung")) == (fname, rung)
-        ]
-        if rivals:  # another process claimed it first
+        if not _claim(study, trial, {"finalist": fname, "rung": rung}):  # another process claimed it first
             study.tell(trial, state=TrialState.FAIL)
             continue
         t0 = time.time()

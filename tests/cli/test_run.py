@@ -30,7 +30,7 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    prof = out / "cache" / "profiles" / "cpu" / "tiny-onnxruntime-fp32-b1.json"
+    prof = out / "cache" / "profiles" / "cpu" / "tiny-onnxruntime-fp32-b1-t1.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if prof.is_file() and len(json.loads(prof.read_text())["records"]) >= 5:

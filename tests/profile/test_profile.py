@@ -69,7 +69,7 @@ def test_fingerprint_mismatch_refused(tiny_ws, tmp_path):
     "mutate,needle",
     [
         (lambda t: t[: len(t) // 2], "truncated or corrupt"),
-        (lambda t: t.replace('"schema": 2', '"schema": 99', 1), "schema 99"),
+        (lambda t: t.replace('"schema": 3', '"schema": 99', 1), "schema 99"),
     ],
 )
 def test_bad_profile_files_refused(tiny_ws, tmp_path, mutate, needle):
@@ -101,11 +101,13 @@ def test_resume_after_kill(tiny_ws, tmp_path):
         "torch-eager",
         "--batch",
         "2",
+        "--pass-items",
+        "4",
         "--cache",
         str(cache),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    path = cache / "profiles" / "cpu" / "tiny-torch-eager-fp32-b2.json"
+    path = cache / "profiles" / "cpu" / "tiny-torch-eager-fp32-b2-t1.json"
     deadline = time.time() + 120
     while time.time() < deadline:
         if path.is_file() and len(json.loads(path.read_text())["records"]) >= 3:
@@ -115,7 +117,7 @@ def test_resume_after_kill(tiny_ws, tmp_path):
     proc.wait()
     partial = json.loads(path.read_text())  # still valid JSON: written atomically
     n_partial = len(partial["records"])
-    assert n_partial >= 3
+    assert n_partial >= 3 and len(partial["passes"]) == n_partial // 4
     done = run_dery(
         "profile",
         "--zoo",

@@ -3,32 +3,93 @@ import time
 import pytest
 import torch
 
-from dery_deploy.runtime.harness import measure, rss_rise_mb, window_noise
+from dery_deploy.runtime.harness import TimingOptions, measure, measure_interleaved, rss_rise_mb
 
 
-def test_known_duration_is_measured():
-    m = measure(lambda: time.sleep(0.002), tol=0.2)
-    assert 1.9 <= m.median_ms <= 3.5
-    assert m.p90_ms >= m.median_ms and m.runs >= 15 and m.windows >= 3
+def spin(ms: float) -> None:
+    """Busy-wait `ms` milliseconds (sleep's wake-up latency would blur sub-millisecond differences)."""
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        pass
+
+
+def test_known_duration_is_measured_at_three_percentiles():
+    m = measure(lambda: spin(0.5), opts=TimingOptions(min_windows=6))
+    assert 0.49 <= m.median_ms <= 0.6
+    assert m.median_ms <= m.p90_ms <= m.p99_ms
+    assert m.windows >= 6 and m.runs >= 30 and m.uncertainty < 0.05
 
 
 def test_matmul_faster_than_bigger_matmul():
     a, b = torch.randn(64, 64), torch.randn(256, 256)
-    small = measure(lambda: a @ a)
-    big = measure(lambda: b @ b)
+    small = measure(lambda: a @ a, threads=1)
+    big = measure(lambda: b @ b, threads=1)
     assert big.median_ms > 4 * small.median_ms
 
 
-def test_unstable_item_is_marked():
-    state = {"i": 0}
+def test_drift_during_a_pass_hits_every_item_alike():
+    # the "machine" runs 2x slower from the 9th round of 20 on; item B costs twice item A
+    speed = {"factor": 1.0}
+
+    def after_round(done: int, planned: int) -> None:
+        speed["factor"] = 2.0 if done >= 16 else 1.0
+
+    res, summary = measure_interleaved(
+        {
+            "a": (lambda: spin(0.1 * speed["factor"]), False, None),
+            "b": (lambda: spin(0.2 * speed["factor"]), False, None),
+        },
+        TimingOptions(min_windows=20, window_s=0.005, target=0.5),
+        progress=after_round,
+    )
+    assert res["b"].median_ms / res["a"].median_ms == pytest.approx(2.0, rel=0.06)
+    assert res["a"].median_ms < 0.12  # the quiet windows, not the slow majority
+    assert summary.items == 2 and summary.noise_index > 0.5  # the slow windows show as noise
+
+
+def test_disturbed_windows_are_ignored_and_counted_as_noise():
+    calls = {"n": 0}
+
+    def sometimes_disturbed():
+        calls["n"] += 1
+        spin(0.3 if (calls["n"] // 10) % 3 == 0 else 0.1)  # every third window of 10 calls runs 3x slower
+
+    m = measure(sometimes_disturbed, opts=TimingOptions(min_windows=12, window_s=0.001, max_s=0.5))
+    assert m.median_ms == pytest.approx(0.1, rel=0.15)
+    assert m.noise > 0.1 or m.median_ms < 0.12
+
+
+def test_an_item_that_never_settles_is_marked_unstable_after_bounded_extra_windows():
+    import random
+
+    rng = random.Random(0)
+    level = {"v": 1.0, "n": 0}
 
     def erratic():
-        state["i"] += 1
-        # window medians keep growing: never three within 3% of each other
-        time.sleep(0.0002 * (1 + state["i"] // 5))
+        level["n"] += 1
+        if level["n"] % 5 == 0:
+            level["v"] = rng.uniform(1.0, 3.0)  # a new speed every 5 calls: windows disagree widely
+        spin(0.05 * level["v"])
 
-    m = measure(erratic, window_s=0.002, min_window_runs=5, max_windows=8)
-    assert not m.stable and m.windows == 8
+    t = time.perf_counter()
+    m = measure(erratic, opts=TimingOptions(min_windows=5, window_s=0.0002, target=0.001, max_s=0.3))
+    assert not m.stable and m.uncertainty > 0.001
+    assert m.windows > 5  # it was given more windows first
+    assert time.perf_counter() - t < 3.0
+
+
+def test_uncertain_items_get_more_windows_than_settled_ones():
+    import random
+
+    rng = random.Random(1)
+    res, _ = measure_interleaved(
+        {
+            "steady": (lambda: spin(0.05), False, None),
+            "jumpy": (lambda: spin(0.05 * rng.choice((1.0, 1.0, 4.0))), False, None),
+        },
+        TimingOptions(min_windows=6, window_s=0.0003, target=0.02, max_s=0.5),
+    )
+    assert res["jumpy"].windows > res["steady"].windows
 
 
 def test_cpu_peak_memory_sees_a_large_allocation():
@@ -39,20 +100,32 @@ def test_cpu_peak_memory_sees_a_large_allocation():
     assert rss_rise_mb(alloc) > 150
 
 
-def test_window_noise_is_the_half_spread_of_the_last_three_windows():
-    assert window_noise([5.0, 1.0, 1.1, 1.0]) == pytest.approx(0.05)
-    assert window_noise([1.0]) == 0.0
-
-
 def test_onnxruntime_items_measure_a_fresh_sessions_memory():
     from dery_deploy.runtime.backends import get_backend
     from dery_deploy.runtime.measure import measure_module
 
     big = torch.nn.Linear(4096, 4096)  # 64 MB of fp32 weights
-    m = measure_module(get_backend("onnxruntime"), big, torch.randn(1, 4096), "fp32", "cpu")
+    m = measure_module(get_backend("onnxruntime", threads=1), big, torch.randn(1, 4096), "fp32", "cpu")
     assert 40 < m.peak_memory_mb < 400 and m.timing.median_ms > 0
     eager = measure_module(get_backend("torch-eager"), big, torch.randn(1, 4096), "fp32", "cpu")
     assert eager.peak_memory_mb is None  # not measurable apart from the process: None, not a fake 0
+
+
+def test_measure_modules_carries_the_reference_of_the_same_pass():
+    from dery_deploy.runtime.backends import get_backend
+    from dery_deploy.runtime.measure import measure_modules
+
+    lin = torch.nn.Linear(64, 64)
+    out, passes = measure_modules(
+        get_backend("onnxruntime", threads=1),
+        {"a": lambda: (lin, torch.randn(1, 64)), "b": lambda: (torch.nn.Sequential(lin, lin), torch.randn(1, 64))},
+        "fp32",
+        "cpu",
+        TimingOptions(min_windows=5),
+        reference_batch=1,
+    )
+    assert set(out) == {"a", "b"} and len(passes) == 1 and passes[0].items == 3 and passes[0].threads == 1
+    assert out["a"].calibration_ms == out["b"].calibration_ms > 0
 
 
 @pytest.mark.gpu

@@ -15,10 +15,11 @@ BACKENDS: dict[str, type[Backend]] = {
 }
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, threads: int | None = None) -> Backend:
+    """The backend `name`, computing with `threads` CPU threads (None: the library's default)."""
     if name not in BACKENDS:
         raise DeryError(f"Unknown backend {name!r}. Backends: {', '.join(BACKENDS)}.", "profile")
-    return BACKENDS[name]()
+    return BACKENDS[name](threads)
 
 
 __all__ = ["BACKENDS", "Backend", "Runner", "get_backend"]

@@ -36,7 +36,17 @@ class Backend(abc.ABC):
     name: str = ""
     devices: tuple[str, ...] = ("cpu",)
     precisions: tuple[str, ...] = ("fp32",)
-    resets_per_item: bool = False  # True where prepare() clears shared compiler state (torch-compile)
+    # how many prepared items can be alive and timed together (None: any number); torch-compile's
+    # compiler state holds only a few before it silently falls back to eager
+    max_live: int | None = None
+
+    def __init__(self, threads: int | None = None):
+        # CPU threads the runtime computes with: part of what is measured and of what ships (None:
+        # the library's default, on GPUs where it does not matter)
+        self.threads = threads
+
+    def reset(self) -> None:  # noqa: B027 - a hook most backends do not need
+        """Clear shared compiler state before a new group of items (a no-op for most backends)."""
 
     def unavailable(self, device: str) -> str | None:
         """Why this backend cannot run here (with the package that would enable it), or None."""

@@ -38,11 +38,12 @@ class OnnxRuntime(Backend):
         return ort.__version__
 
     @staticmethod
-    def session(onnx_bytes: bytes, device: str):
+    def session(onnx_bytes: bytes | str, device: str, threads: int | None = None):
+        """An InferenceSession computing with `threads` intra-op threads (None: torch's thread count)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         # ORT's intra-op threads spin-wait after each run by default; with several sessions alive in
@@ -61,7 +62,7 @@ class OnnxRuntime(Backend):
     def prepare(self, module, example, precision, device) -> Runner:
         t0 = time.perf_counter()
         data = onnx_from_module(own_copy(module, "cpu", torch.float32), example.float().cpu())
-        sess = self.session(data, device)
+        sess = self.session(data, device, self.threads)
         x = np.ascontiguousarray(example.float().cpu().numpy())
         if device == "cuda":
             return self._cuda_runner(sess, x, t0, {"onnx_bytes": len(data)})
@@ -74,7 +75,7 @@ class OnnxRuntime(Backend):
 
         def fresh_memory_mb() -> float:
             # what a deployment pays: a new session's weights, arena and first run, as a rise of peak RSS
-            return rss_rise_mb(lambda: self.session(data, "cpu").run(None, {"x": x}))
+            return rss_rise_mb(lambda: self.session(data, "cpu", self.threads).run(None, {"x": x}))
 
         return Runner(
             call,
