@@ -19,6 +19,7 @@ from dery_deploy.cli.common import console, parse_float_list, progress_bar
 from dery_deploy.data.task import DEFAULT_DATA
 from dery_deploy.pipeline import RunOptions
 from dery_deploy.pipeline import run as run_pipeline
+from dery_deploy.report.report import answers, measured_text
 
 
 def run(
@@ -42,6 +43,13 @@ def run(
     allow_over_budget: bool = typer.Option(
         False, "--allow-over-budget", help="finish without an error when a shipped artifact measures over its budget"
     ),
+    batch: int = typer.Option(1, "--batch", help="images per call the budgets are for (e.g. 32 for throughput)"),
+    percentile: int = typer.Option(
+        50, "--percentile", help="every budget holds for this percentile of single calls: 50, 90 or 99"
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads the runtime computes with (default: the device spec's)"
+    ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's results as JSON at the end"),
@@ -64,6 +72,9 @@ def run(
         quick=quick,
         seed=seed,
         out=str(out),
+        batch=batch,
+        percentile=percentile,
+        threads=threads,
     )
     m = run_pipeline(opts, None if as_json else console, progress_bar)
     if as_json:
@@ -76,17 +87,30 @@ def run(
         )
         return
     console.print(f"[bold green]done[/] in {m.seconds:.0f} s: report {out / 'report.md'} (and report.html)")
-    for r in m.results:
-        if "top1" not in r:
-            console.print(f"  {r['budget_ms']:g} ms: {r.get('infeasible')}")
+    show_answer(m.to_dict())
+
+
+def show_answer(run: dict) -> None:
+    """The answer per budget, in lines that read at 80 columns (report.md has the same as a table)."""
+    console.print("[bold]the answer[/]")
+    for a in answers(run, Path.cwd()):
+        if "infeasible" in a:
+            console.print(f"  [bold]{a['budget_ms']:g} ms[/]: nothing ships: {a['infeasible']}")
             continue
-        best = r["donors_within_budget"][0] if r["donors_within_budget"] else None
-        vs = f"best fitting donor {best} {m.donors[best]['top1']:.2f}%" if best else "no donor fits"
-        mix = r.get("mix")
-        reas = f"best reassembled {mix['top1']:.2f}%" if mix else "no reassembled finalist"
+        console.print(f"  [bold]{a['budget_ms']:g} ms[/]: ship {a['ships']}")
+        console.print(f"    {a['runtime']}: {a['artifact'] or 'no artifact'}")
+        vs = (
+            f"best fitting donor {a['donor']} {a['donor_top1']:.2f}% ({a['top1'] - a['donor_top1']:+.2f} points)"
+            if a["donor"]
+            else "no donor fits"
+        )
+        console.print(f"    measured {measured_text(a)}; test top-1 {a['top1']:.2f}%; {vs}")
+    fp = run.get("final_pass")
+    if fp:
         console.print(
-            f"  {r['budget_ms']:g} ms: shipped {r['selection']['pick']} ({r['pick_kind']}), test "
-            f"{r['top1']:.2f}% at {r.get('measured_ms') or 0:.4f} ms; {reas}; {vs}"
+            f"  latency: one interleaved pass over every compared network, noise index {100 * fp['noise_index']:.1f}%; "
+            "± is each measurement's standard error",
+            style="dim",
         )
 
 

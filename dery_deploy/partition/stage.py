@@ -227,7 +227,13 @@ def current_partition(
     """The partition a later stage works on: `path`, or the zoo's current one in the cache."""
     ppath = Path(path or default_partition_path(zoo, cache))
     if not ppath.is_file():
-        if path is not None or required:
-            raise DeryError(f"no partition at {ppath}; run `dery partition --zoo {zoo.ref}` first", stage)
+        if path is not None:
+            raise DeryError(f"no partition at {ppath}; check the path, or run `dery partition --zoo {zoo.ref}`", stage)
+        if required:
+            raise DeryError(
+                f"no partition of zoo {zoo.name} at {ppath}; run `dery partition --zoo {zoo.ref}` first, or pass "
+                "--partition FILE for one written elsewhere with -o",
+                stage,
+            )
         return None
     return load_partition(ppath, zoo)

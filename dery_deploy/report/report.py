@@ -24,10 +24,102 @@ def _heatmap_pairs(zoo, rows: list[dict], n: int = 2) -> list[tuple[str, str]]:
     return pairs[:n]
 
 
+ANSWER_HEADER = [
+    "budget (ms)",
+    "ships",
+    "runtime",
+    "artifact",
+    "measured (ms)",
+    "test top-1 (%)",
+    "best fitting donor (%)",
+    "difference (points)",
+]
+
+
+def answers(run: dict, root: Path | None = None) -> list[dict]:
+    """One answer per budget: what ships, on which runtime, where, its latency against the budget as
+    the run's final pass measured it, its test accuracy, and the best donor that fits beside it."""
+    q = (run.get("final_pass") or {}).get("percentile", 50)
+    out = []
+    for r in run["results"]:
+        a: dict = {"budget_ms": r["budget_ms"], "percentile": q}
+        if "plan" not in r:
+            out.append({**a, "infeasible": str(r.get("infeasible", ""))})
+            continue
+        plan = r["plan"]
+        n = plan.get("threads")
+        threads = f", {n} thread" + ("" if n == 1 else "s") if n else ""
+        onnx = r.get("onnx") or {}
+        art = Path(r["export_dir"]) / onnx["artifact"] if r.get("export_dir") and onnx.get("artifact") else None
+        if art is not None and root is not None:
+            try:
+                art = art.resolve().relative_to(Path(root).resolve())
+            except ValueError:
+                pass
+        budget = onnx.get("budget") or {}
+        best = (r.get("donors_within_budget") or [None])[0]
+        out.append(
+            {
+                **a,
+                "ships": f"{describe(plan)} ({r.get('pick_kind')})",
+                "runtime": f"{plan.get('backend')} {plan.get('precision')}, batch {plan.get('batch', 1)}{threads}",
+                "artifact": str(art) if art else None,
+                "measured_ms": r.get("measured_ms"),
+                "uncertainty": r.get("measured_uncertainty") or 0.0,
+                "within_budget": budget.get("within_budget") if budget.get("checked") else None,
+                "top1": r["top1"],
+                "donor": best,
+                "donor_top1": run["donors"][best]["top1"] if best else None,
+            }
+        )
+    return out
+
+
+def measured_text(a: dict) -> str:
+    if a.get("measured_ms") is None:
+        return "-"
+    at = "" if a["percentile"] == 50 else f" (p{a['percentile']})"
+    verdict = {True: ", within budget", False: ", OVER BUDGET", None: ""}[a["within_budget"]]
+    return f"{a['measured_ms']:.4f} ms{at} ±{100 * a['uncertainty']:.1f}%{verdict}"
+
+
+def answer_rows(run: dict, root: Path | None = None) -> list[list[str]]:
+    rows = []
+    for a in answers(run, root):
+        if "infeasible" in a:
+            rows.append([f"{a['budget_ms']:g}", "nothing: " + a["infeasible"], "", "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                f"{a['budget_ms']:g}",
+                a["ships"],
+                a["runtime"],
+                f"`{a['artifact']}`" if a["artifact"] else "-",
+                measured_text(a),
+                f"{a['top1']:.2f}",
+                f"{a['donor']} {a['donor_top1']:.2f}" if a["donor"] else "none fits",
+                f"{a['top1'] - a['donor_top1']:+.2f}" if a["donor"] else "-",
+            ]
+        )
+    return rows
+
+
 def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) -> Path:
     out = Path(out)
     run = manifest.to_dict()
     lines = [f"# dery run: zoo `{zoo.name}` on `{run['device']}`", ""]
+    fp = run.get("final_pass") or {}
+    lines += [
+        "## The answer",
+        "",
+        md_table(ANSWER_HEADER, answer_rows(run, out)),
+        "",
+        "Latency: the shipped artifact and every donor measured together in one interleaved pass at the end of "
+        f"the run (noise index {100 * fp.get('noise_index', 0):.1f}%: how much slower a typical window ran than a "
+        "quiet one); ± is the measurement's standard error, the only allowance the budget check grants. Test "
+        "top-1 on the held-out test split, which decided nothing. Donors are trained with the same recipe.",
+        "",
+    ]
     lines += [
         f"Backend `{run['backend']}` {run['precision']}, batch 1. Zoo hash `{zoo.hash()}`. "
         f"Total time {run.get('seconds', 0):.0f} s. "
@@ -35,15 +127,6 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
         "Options: "
         + ", ".join(f"`{k}={v}`" for k, v in run["options"].items() if k != "out" and v not in (None, [], ""))
         + ".",
-        "",
-    ]
-    lines += [
-        "## Stages",
-        "",
-        md_table(
-            ["stage", "status", "seconds", "note"],
-            [[s["stage"], s["status"], s["seconds"], s["note"]] for s in run["stages"]],
-        ),
         "",
     ]
     lat = run.get("donor_latency_ms", {})
@@ -247,10 +330,18 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
     png = pareto_png(out / "pareto.png", run["donors"], [r for r in plans], run["backend"], run["device"])
     lines += ["## Accuracy vs latency", "", f"![Pareto plot]({png.name})", ""]
     lines += [
-        f"Donor latencies come from the profile (each donor with a {len(run['task'].get('classes', []))}-class head, "
-        "measured whole); reassembled "
-        "networks are measured end to end with the same backend after fine-tuning. All networks use the same "
-        "data and recipe.",
+        "Every point is from the run's final pass: the fine-tuned donors (each with a "
+        f"{len(run['task'].get('classes', []))}-class head) and the reassembled networks as exported, measured "
+        "together, interleaved, with the plan's backend. All networks use the same data and recipe.",
+        "",
+    ]
+    lines += [
+        "## Stages",
+        "",
+        md_table(
+            ["stage", "status", "seconds", "note"],
+            [[s["stage"], s["status"], s["seconds"], s["note"]] for s in run["stages"]],
+        ),
         "",
     ]
     md = "\n".join(lines)

@@ -62,6 +62,11 @@ class OnnxRuntime(Backend):
     def prepare(self, module, example, precision, device) -> Runner:
         t0 = time.perf_counter()
         data = onnx_from_module(own_copy(module, "cpu", torch.float32), example.float().cpu())
+        return self.prepare_onnx(data, example, device, t0)
+
+    def prepare_onnx(self, data: bytes, example: torch.Tensor, device: str, t0: float | None = None) -> Runner:
+        """A runner of an ONNX model as it ships (e.g. an exported model.onnx's bytes)."""
+        t0 = time.perf_counter() if t0 is None else t0
         sess = self.session(data, device, self.threads)
         x = np.ascontiguousarray(example.float().cpu().numpy())
         if device == "cuda":

@@ -13,6 +13,7 @@ stage failed and why.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,20 +23,22 @@ from typing import TypeVar
 from dery_deploy.artifacts import JsonArtifact, atomic_write_json, make_output_dir
 from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.program import fastest
-from dery_deploy.assemble.stage import Scores, assemble, program_data
+from dery_deploy.assemble.stage import MAX_MARGIN, Scores, assemble, program_data
 from dery_deploy.data.task import DEFAULT_DATA, Task, load_task
 from dery_deploy.errors import DeryError
-from dery_deploy.export.stage import BudgetVerdict, export_run
+from dery_deploy.export.stage import BudgetVerdict, budget_check, export_run
 from dery_deploy.network.items import donor_key
 from dery_deploy.network.plan import load_plan, save_plan_with_weights
 from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
+from dery_deploy.pipeline.final_pass import Compared, measure_compared
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend, run_profile, verify
 from dery_deploy.profile.store import Profile, profile_path, read_profile
 from dery_deploy.report.report import write_report
 from dery_deploy.runtime.backends import Backend
 from dery_deploy.runtime.devices import DeviceSpec, get_device, this_machine
+from dery_deploy.runtime.harness import PERCENTILES, Measurement
 from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import evaluate_model
 from dery_deploy.train.finetune import Recipe, finetune, load_run_model
@@ -69,6 +72,9 @@ class RunOptions:
     seed: int = 0
     out: str = "runs/default"
     allow_over_budget: bool = False  # else a shipped artifact measured over its budget fails the run
+    batch: int = 1  # images per call the budgets are for (32: a throughput budget)
+    percentile: int = 50  # of single calls, what every budget promises
+    threads: int | None = None  # CPU threads the runtime computes with (None: the device spec's)
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""
@@ -85,6 +91,12 @@ class RunOptions:
             bad.append(f"--probe must be >= 8, got {self.probe}")
         if self.budgets is not None and any(not b > 0 for b in self.budgets):
             bad.append(f"--budgets must be positive, got {self.budgets}")
+        if self.batch < 1:
+            bad.append(f"--batch must be >= 1, got {self.batch}")
+        if self.percentile not in PERCENTILES:
+            bad.append(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile}")
+        if self.threads is not None and self.threads < 1:
+            bad.append(f"--threads must be >= 1, got {self.threads}")
         if bad:
             raise DeryError("; ".join(bad), "run")
 
@@ -132,6 +144,7 @@ class RunManifest(JsonArtifact):
     results: list[dict] = field(default_factory=list)
     donors: dict[str, dict] = field(default_factory=dict)
     teacher: dict = field(default_factory=dict)
+    final_pass: dict = field(default_factory=dict)  # the one interleaved measurement every comparison reads
     recipe: dict = field(default_factory=dict)  # what every compared network was trained with (Recipes.describe)
     started: str = ""
     finished: str = ""
@@ -151,19 +164,45 @@ def _round_sig(x: float, sig: int = 3) -> float:
     return float(f"{x:.{sig}g}")
 
 
-def choose_budgets(donor_ms: dict[str, float], quick: bool) -> list[float]:
-    """Budgets in the gaps between the donors' measured latencies, where a user has a real choice:
-    below every donor (only reassembled networks fit), between the two fastest donors, and in the
-    widest remaining gap. With --quick, only the one between the two fastest."""
+def choose_budgets(donor_ms: dict[str, float], quick: bool, floor_ms: float = 0.0) -> tuple[list[float], list[str]]:
+    """Budgets in the gaps between the donors' latencies, where a user has a real choice: below every
+    donor (only reassembled networks fit), between the two fastest donors, and in the widest
+    remaining gap; with --quick, only the one between the two fastest. None is below `floor_ms` (the
+    fastest assembly plus the planning margin): a default budget is feasible by construction.
+
+    Returns:
+        the budgets, and notes on what was moved or left out and why.
+    """
     lat = sorted(donor_ms.values())
+    notes = []
     if len(lat) < 2:
-        return [_round_sig(0.85 * lat[0]), _round_sig(1.5 * lat[0])]
-    first = _round_sig((lat[0] + lat[1]) / 2)
-    if quick:
-        return [first]
-    rest = [(lat[i + 1] / lat[i], (lat[i] + lat[i + 1]) / 2) for i in range(1, len(lat) - 1)]
-    wide = _round_sig(max(rest)[1]) if rest else _round_sig(1.5 * lat[-1])
-    return sorted({_round_sig(0.85 * lat[0]), first, wide})
+        wanted = [_round_sig(0.85 * lat[0]), _round_sig(1.5 * lat[0])]
+    else:
+        first = _round_sig((lat[0] + lat[1]) / 2)
+        rest = [(lat[i + 1] / lat[i], (lat[i] + lat[i + 1]) / 2) for i in range(1, len(lat) - 1)]
+        wide = _round_sig(max(rest)[1]) if rest else _round_sig(1.5 * lat[-1])
+        wanted = [first] if quick else [_round_sig(0.85 * lat[0]), first, wide]
+    floor = _round_up(floor_ms)
+    out = []
+    for b in wanted:
+        if b < floor:
+            notes.append(
+                f"budget {b:g} ms is below the fastest assembly plus the planning margin ({floor:g} ms): "
+                + ("dropped" if any(w >= floor for w in wanted) else f"raised to {floor:g} ms")
+            )
+            b = floor if not any(w >= floor for w in wanted) else None
+        if b is not None:
+            out.append(b)
+    return sorted(set(out)), notes
+
+
+def _round_up(x: float, sig: int = 3) -> float:
+    """x rounded up to `sig` significant digits (a budget floor must not round below what it bounds)."""
+    if x <= 0:
+        return 0.0
+    r = _round_sig(x, sig)
+    step = 10 ** (math.floor(math.log10(abs(x))) - sig + 1)
+    return r if r >= x else float(f"{r + step:.{sig}g}")
 
 
 class Run:
@@ -236,7 +275,7 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     zoo = get_zoo(opts.zoo)
     spec = get_device(opts.device) if opts.device else (this_machine() or [get_device("cpu")])[0]
     check_run_dir(r.out, zoo, spec.id)
-    backend, precision = resolve_backend(spec, opts.backend, opts.precision)
+    backend, precision = resolve_backend(spec, opts.backend, opts.precision, opts.threads)
     t0 = time.time()
     task = load_task(opts.data, zoo.input, opts.seed)  # a bad --data is one line and leaves no folder behind
     task_seconds = time.time() - t0
@@ -271,22 +310,13 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Ta
     part = stage_partition(r, zoo, sim, dis)
     prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task)
     prof = stage_verify(r, zoo, spec, prof_file, part, dis)
-    model = LatencyModel.of(prof, str(prof_file))
+    model = LatencyModel.of(prof, str(prof_file), opts.percentile)
     donor_ms = {n: round(model.predict_ms([donor_key(zoo, n, task.num_classes)]), 5) for n in zoo.donor_names}
-    budgets = opts.budgets or choose_budgets(donor_ms, opts.quick)
-    r.manifest.budgets, r.manifest.donor_latency_ms = budgets, donor_ms
-    r.say(
-        f"  budgets: {', '.join(f'{b:g} ms' for b in budgets)} (donors: "
-        + ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(donor_ms.items(), key=lambda kv: kv[1]))
-        + ")"
-    )
-    recipes = Recipes.of(opts)
-    r.manifest.recipe = recipes.describe()
     fitter = AdapterFitter.for_task(dis, task)
     computed: list[Scores] = []
 
     def scores() -> Scores:
-        """The task-aware quality terms, computed the first time a budget needs assembling."""
+        """The task-aware quality terms, computed the first time they are needed."""
         if not computed:
             computed.append(
                 r.stage(
@@ -298,6 +328,21 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Ta
             )
         return computed[0]
 
+    budgets = opts.budgets
+    if not budgets:
+        floor = feasible_floor(zoo, part, dis, model, task, scores())
+        budgets, notes = choose_budgets(donor_ms, opts.quick, floor)
+        for n in notes:
+            r.say(f"  note: {n}")
+    r.manifest.budgets, r.manifest.donor_latency_ms = budgets, donor_ms
+    at = "" if opts.percentile == 50 else f" at p{opts.percentile}"
+    r.say(
+        f"  budgets{at}: {', '.join(f'{b:g} ms' for b in budgets)} (donors, predicted: "
+        + ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(donor_ms.items(), key=lambda kv: kv[1]))
+        + ")"
+    )
+    recipes = Recipes.of(opts)
+    r.manifest.recipe = recipes.describe()
     ce = stage_donors(r, zoo, task, recipes.ce, donor_ms, teacher_pool(donor_ms, budgets), "ce")
     teacher_name = max(ce, key=lambda n: (ce[n]["val_accuracy"], n))
     teacher = make_teacher(
@@ -311,11 +356,8 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Ta
     for b in budgets:
         r.manifest.results.append(stage_budget(r, ctx, b, aoti=opts.aoti and b == budgets[len(budgets) // 2]))
     feasible = [res for res in r.manifest.results if "plan" in res]
-    for res in r.manifest.results:
-        res["donors_within_budget"] = sorted(
-            (n for n, d in r.manifest.donors.items() if d["latency_ms"] <= res["budget_ms"]),
-            key=lambda n: -r.manifest.donors[n]["top1"],
-        )
+    if feasible:
+        stage_final_pass(r, ctx)
     r.manifest.status = "done" if feasible else "no-feasible-budget"
     r.manifest.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     r.stage("report", lambda: None, lambda: write_report(r.out, r.manifest, zoo, sim, part, prof, rows))
@@ -334,6 +376,100 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Ta
             f"{len(over)} shipped artifact(s) over budget, e.g. {BudgetVerdict(**worst['onnx']['budget']).line()}; "
             f"see {r.out / 'report.md'}, or pass --allow-over-budget to accept them",
             "run",
+        )
+
+
+def feasible_floor(zoo, part, dis, model: LatencyModel, task: Task, scores: Scores) -> float:
+    """The smallest budget the program can meet: the fastest assembly's predicted latency plus the
+    planning margin the assembler will apply."""
+    f = fastest(program_data(zoo, part, dis, model, task.num_classes, scores))
+    check = model.profile.verify
+    margin = min(check.at(model.percentile)[3], MAX_MARGIN) if check else 0.0
+    return f.latency_ms * (1 + margin) if f else 0.0
+
+
+def stage_final_pass(r: Run, ctx: Context) -> None:
+    """Measure every compared network in one interleaved pass and judge and compare with it alone
+    (`final_pass.py`): donors' latency, which donors fit each budget, the best reassembled networks,
+    and each shipped artifact against its budget (its export report is rewritten with that verdict)."""
+    m = r.manifest
+    compared = [
+        Compared(f"donor:{n}", Path(d["run"]), _artifact(Path(d["run"]) / "export"))
+        for n, d in sorted(m.donors.items())
+    ]
+    for res in m.results:
+        if res.get("mix"):
+            mix_dir = Path(res["run_mix"])
+            compared.append(Compared(f"mix:{res['budget_ms']:g}", mix_dir, _artifact(mix_dir / "export")))
+        if res.get("pick_kind") == "donor" and res.get("onnx", {}).get("artifact"):
+            # the donor's export for this budget is the donor network itself: time the shipped file
+            key = f"donor:{res['plan']['blocks'][0]['donor']}"
+            for c in compared:
+                if c.key == key and c.artifact is None:
+                    c.artifact = Path(res["export_dir"]) / res["onnx"]["artifact"]
+    x = task_example(ctx)
+    device = "cuda" if ctx.spec.kind == "cuda" else "cpu"
+
+    def compute():
+        with r.progress() as prog:
+            meas, summary = measure_compared(compared, ctx.backend, ctx.precision, device, x, r.opts.percentile, prog)
+        return {"summary": summary.to_dict(), "measurements": {k: v.to_dict() for k, v in meas.items()}}
+
+    fp = r.stage(
+        f"final measurement ({len(compared)} networks, one interleaved pass)",
+        lambda: None,
+        compute,
+        lambda fp: f"noise index {100 * fp['summary']['noise_index']:.1f}%",
+    )
+    apply_final_pass(r, fp, ctx.backend.threads)
+
+
+def task_example(ctx: Context):
+    import torch
+
+    return torch.randn(
+        ctx.model.profile.batch, *ctx.zoo.input_tensor_spec.shape, generator=torch.Generator().manual_seed(0)
+    )
+
+
+def _artifact(folder: Path) -> Path | None:
+    p = folder / "model.onnx"
+    return p if p.is_file() else None
+
+
+def apply_final_pass(r: Run, fp: dict, threads: int | None) -> None:
+    """Every latency the report compares, from the final pass; each shipped ONNX judged against its budget."""
+    m = r.manifest
+    q = r.opts.percentile
+    meas = {k: Measurement(**v) for k, v in fp["measurements"].items()}
+    m.final_pass = {**fp["summary"], "percentile": q, "measurements": fp["measurements"]}
+    for n, d in m.donors.items():
+        t = meas[f"donor:{n}"]
+        d["profile_latency_ms"] = d["latency_ms"]
+        d["latency_ms"], d["latency_uncertainty"] = round(t.at(q), 5), round(t.uncertainty_at(q), 5)
+    for res in m.results:
+        if "plan" not in res:
+            continue
+        b = res["budget_ms"]
+        if res.get("mix"):
+            t = meas[f"mix:{b:g}"]
+            res["mix"]["measured_ms"], res["mix"]["measured_uncertainty"] = (
+                round(t.at(q), 5),
+                round(t.uncertainty_at(q), 5),
+            )
+        shipped = f"mix:{b:g}" if res["pick_kind"] == "mix" else f"donor:{res['plan']['blocks'][0]['donor']}"
+        t = meas[shipped]
+        res["measured_ms"], res["measured_uncertainty"] = round(t.at(q), 5), round(t.uncertainty_at(q), 5)
+        onnx = res.get("onnx") or {}
+        if onnx.get("artifact"):
+            verdict = budget_check(res["plan"], t, onnx["device"], onnx["precision"], onnx["batch"], threads)
+            onnx["budget"] = {**asdict(verdict), "measured_in": "the run's final pass, beside every compared network"}
+            report = Path(res["export_dir"]) / "report-onnx.json"
+            if report.is_file():
+                atomic_write_json(report, {**json.loads(report.read_text()), "budget": onnx["budget"]})
+        res["donors_within_budget"] = sorted(
+            (n for n, d in m.donors.items() if d["latency_ms"] <= b),
+            key=lambda n: -m.donors[n]["top1"],
         )
 
 
@@ -397,14 +533,28 @@ def stage_partition(r: Run, zoo, sim: Similarity, dis) -> Partition:
 
 
 def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Path:
-    path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, 1, backend.threads)
+    batch = r.opts.batch
+    path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, batch, backend.threads)
     before = len(read_profile(path).records) if Profile.is_current(path) else 0
     t = time.time()
-    name = f"profile ({spec.id}, {backend.name} {precision}, batch 1)"
+    threads = f", {backend.threads} thread(s)" if backend.threads else ""
+    name = f"profile ({spec.id}, {backend.name} {precision}, batch {batch}{threads})"
     r.say(f"[bold cyan]> {name}[/]" if r.console else f"> {name}")
     r.current = "profile"
     with r.progress() as prog:
-        run_profile(zoo, spec, backend.name, precision, [1], part, dis, r.cache, task.num_classes, prog)
+        run_profile(
+            zoo,
+            spec,
+            backend.name,
+            precision,
+            [batch],
+            part,
+            dis,
+            r.cache,
+            task.num_classes,
+            prog,
+            threads=backend.threads,
+        )
     measured = len(read_profile(path).records) - before
     r.record("profile", "computed" if measured else "reused", time.time() - t, f"{measured} items measured")
     return path
@@ -533,6 +683,9 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
         "rungs": list(recipes.rungs),
         "recipe": asdict(recipes.ce),
         "profile_records": len(model.profile.records),
+        "percentile": model.percentile,
+        "batch": model.profile.batch,
+        "threads": model.profile.threads,
     }
 
     def reuse():
@@ -598,6 +751,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
         # the best mixed plan is healed with the final recipe even when a donor is picked: the report
         # compares it with the donors trained the same way
         mix_dir = bdir / "mix"
+        entry["run_mix"] = str(mix_dir)
         plan = load_plan(paths[s["best_mix"]])
         source = {
             "plan": plan.to_dict(),
@@ -645,6 +799,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
             }
         )
         run_dir = bdir / "mix"
+        entry["export_dir"] = str(run_dir / "export")
     else:
         donor = load_plan(paths[pick]).blocks[0].donor
         d = r.manifest.donors[donor]
@@ -662,6 +817,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
         )
         run_dir = Path(d["run"])
         entry["onnx"] = stage_export(r, run_dir, "onnx", f"donor {donor}", plan=entry["plan"], out=bdir / "export")
+        entry["export_dir"] = str(bdir / "export")
         entry["measured_ms"] = entry["onnx"].get("latency_ms")
     if aoti:
         entry["aoti"] = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=entry["plan"], out=bdir / "export")
