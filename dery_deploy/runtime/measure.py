@@ -3,7 +3,8 @@ stable, and measure its peak memory the way that backend's memory can be measure
 
 Memory, per backend and device:
 - CUDA, torch backends: the caching allocator's peak over its baseline, reset *before* the build,
-  so what CUDA-graph capture and `reduce-overhead` allocate at capture time is counted.
+  so what CUDA-graph capture and `reduce-overhead` allocate at capture time is counted; a backend's
+  shared compiler state is cleared before the baseline is read (`Backend.reset_state`).
 - CUDA, other backends (TensorRT, ONNX Runtime CUDA EP): the device's free-memory drop while
   building and running (their allocators are not torch's).
 - CPU, ONNX Runtime: the peak-RSS rise of creating a fresh session and running it once.
@@ -46,6 +47,9 @@ def measure_module(
     """Build `module` with `backend`, time it on `example` and measure its peak memory."""
     cuda = device == "cuda"
     torch_alloc = cuda and backend.name.startswith("torch")
+    # before the baseline: torch-compile's reset frees what earlier graphs (the reference workload's) held,
+    # and memory freed after the baseline was read would be subtracted from this item's peak
+    backend.reset_state()
     if cuda:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()

@@ -30,6 +30,9 @@ class Runner:
     # memory of a fresh instance in MB, for backends whose memory the caller cannot observe itself
     fresh_memory_mb: Callable[[], float] | None = None
     stream: object | None = None  # the CUDA stream `call` enqueues on (None: torch's current stream)
+    # what `call` reads but holds no reference to: a CUDA graph replays raw addresses of the weights it was
+    # captured with, so the module they belong to must live as long as the runner (else freed memory is read)
+    keeps: tuple = ()
 
 
 class Backend(abc.ABC):
@@ -48,6 +51,11 @@ class Backend(abc.ABC):
 
     def version(self) -> str:
         return torch.__version__
+
+    def reset_state(self) -> None:
+        """Clear compiler state shared between items (see `resets_per_item`); a no-op for most backends.
+        Called before an item's memory baseline is read, so what the reset frees is not counted against it."""
+        return None
 
     def memory_unmeasurable(self, device: str) -> str | None:
         """Why this backend's peak memory cannot be measured on `device`, or None when it can."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from dery_deploy.runtime.backends.base import Backend, Runner, own_copy, torch_dtype
 
 
@@ -27,10 +29,13 @@ class TorchCompile(Backend):
                 return "torch-compile on CPU needs a C++ compiler (apt-get install -y g++)"
         return why
 
-    def prepare(self, module, example, precision, device) -> Runner:
+    def reset_state(self) -> None:
         import torch._dynamo
 
         torch._dynamo.reset()
+
+    def prepare(self, module, example, precision, device) -> Runner:
+        self.reset_state()
         dtype = torch_dtype(precision)
         m = own_copy(module, device, dtype)
         x = example.to(device=device, dtype=dtype).clone()
