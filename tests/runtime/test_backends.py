@@ -168,3 +168,17 @@ def test_cudagraph_replay_outlives_the_module_it_was_captured_from():
     del junk
     assert any(isinstance(k, nn.Module) for k in runner.keeps)
     np.testing.assert_allclose(out, ref, rtol=1e-2, atol=1e-2)  # cuDNN may run the convolutions in TF32
+
+
+def test_aoti_check_turns_tf32_off_for_fp32_packages(monkeypatch):
+    """The AOTInductor check runs in a process of its own; for an fp32 package cuBLAS and cuDNN must not
+    use TF32 (cuDNN does by default), else parity at 1e-4 fails on Ampere and later. The flags are torch's
+    own and readable on a CPU; their effect on a GPU's kernels is not."""
+    from dery_deploy.runtime.aoti_check import strict_fp32
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after the test
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    strict_fp32(torch.float16)
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    strict_fp32(torch.float32)
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
