@@ -129,9 +129,11 @@ def load_runner_module():
 TRT10_HELP = """&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help
   --minShapes=spec  --optShapes=spec  --maxShapes=spec  --timingCacheFile=<file>  --skipInference
   --fp16  Enable fp16 precision, in addition to fp32 (default = disabled)
+  --noTF32  Disable tf32 precision (default is to enable tf32, in addition to fp32)
   --stronglyTyped  Create a strongly typed network. (default = disabled)"""
 TRT11_HELP = """&&&& RUNNING TensorRT.trtexec [TensorRT v110000] # trtexec --help
-  --minShapes=spec  --optShapes=spec  --maxShapes=spec  --timingCacheFile=<file>  --skipInference"""
+  --minShapes=spec  --optShapes=spec  --maxShapes=spec  --timingCacheFile=<file>  --skipInference
+  --stronglyTyped  Accepted; every network is strongly typed"""
 TRT8_HELP = """&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec --help
   --buildOnly  Exit after the engine has been built and skip inference perf measurement (default = disabled)
   --fp16  Enable fp16 precision, in addition to fp32 (default = disabled)"""
@@ -141,9 +143,18 @@ def test_engine_plan_follows_what_trtexec_accepts():
     r = load_runner_module()
     item = {"file": "items/0001-block.onnx", "input_shape": [8, 16, 16], "sha256": "ab" * 32}
     t10, t11 = r.trtexec_features(TRT10_HELP), r.trtexec_features(TRT11_HELP)
-    assert t10 == {"fp16": True, "build_only": "--skipInference", "version": "10.3.0"}
-    assert t11["fp16"] is False and t11["version"] == "11.0.0"
-    assert r.trtexec_features(TRT8_HELP) == {"fp16": True, "build_only": "--buildOnly", "version": "8.5.2"}
+    assert t10 == {
+        "fp16": True,
+        "build_only": "--skipInference",
+        "no_tf32": True,
+        "strongly_typed": True,
+        "version": "10.3.0",
+    }
+    assert t11["fp16"] is False and t11["version"] == "11.0.0" and t11["strongly_typed"]
+    t8 = r.trtexec_features(TRT8_HELP)
+    assert (t8["fp16"], t8["build_only"], t8["version"]) == (True, "--buildOnly", "8.5.2")
+    # the banner's version decides: a TensorRT 11 help text that still names --fp16 is not weakly typed
+    assert r.trtexec_features(TRT11_HELP + "\n  (--fp16 was removed in 11.0)")["fp16"] is False
 
     plan = r.engine_plan(item, "fp16", t10, [1, 8, 32], None)
     assert plan["precision"] == "fp16" and plan["flags"] == ["--fp16"] and plan["note"] is None
@@ -158,8 +169,20 @@ def test_engine_plan_follows_what_trtexec_accepts():
     assert plan["shapes"]["opt"] == 32
     plan = r.engine_plan({**item, "file_fp16": "items/0001-block.fp16.onnx"}, "fp16", t11, [1, 32], None)
     assert (plan["precision"], plan["onnx"], plan["note"]) == ("fp16", "items/0001-block.fp16.onnx", None)
+    assert plan["flags"] == ["--stronglyTyped"]
+    # fp32 means fp32: TF32 off where trtexec has the switch (it would round fp32 layers to 10-bit mantissas)
+    assert r.engine_plan(item, "fp32", t10, [1], None)["flags"] == ["--noTF32"]
+    assert r.engine_plan(item, "fp32", t8, [1], None)["flags"] == []
     timed = r.time_command("trtexec", "/b/e.plan", 8, item["input_shape"], "/t/times.json")
     assert "--loadEngine=/b/e.plan" in timed and "--shapes=x:8x8x16x16" in timed
+
+
+def test_without_trtexec_the_runner_names_its_onnxruntime_backend(tiny_ws, tmp_path):
+    bundle = tmp_path / "bundle"
+    make_bundle(tiny_ws, bundle, [1], n_items=1)
+    p = run_runner(bundle, tmp_path / "result.json", "--trtexec", str(tmp_path / "no" / "trtexec"))
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "trtexec not found" in p.stderr and "--backend onnxruntime" in p.stderr
 
 
 @pytest.mark.tensorrt
