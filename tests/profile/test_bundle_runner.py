@@ -238,3 +238,88 @@ def test_fp16_bundle_carries_fp16_onnx_items(tiny_ws, tmp_path):
         y32, y16 = s32.run(None, {"x": x})[0], s16.run(None, {"x": x})[0]
         assert y16.dtype == np.float32  # fp32 in and out: the runner feeds both files alike
         np.testing.assert_allclose(y16, y32, rtol=0.05, atol=0.05)
+
+
+# what the runner records on an 8 GB Orin Nano (JetPack 6): the result files below are measured here, with
+# the runner's onnxruntime backend on this CPU, and carry this fingerprint instead of this CPU's
+JETSON_FP = {"kind": "jetson", "gpu_name": "NVIDIA Jetson Orin Nano Developer Kit", "memory_mb": 7620}
+
+
+def as_if_measured_on_the_jetson(result):
+    res = json.loads(result.read_text())
+    res["fingerprint"] = {"start": JETSON_FP, "end": JETSON_FP}
+    result.write_text(json.dumps(res))
+
+
+def dery_ok(*args):
+    from tests.conftest import run_dery
+
+    p = run_dery(*args)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p
+
+
+def test_jetson_journey_bundle_verify_import_assemble(tiny_ws, tmp_path):
+    """A Jetson user's route, as typed: the bundle carries the --verify assemblies, the runner measures them
+    with the items, the import fits the latency check on them (plans get a margin), and `dery assemble`
+    says its finalists were predicted, not measured, and where the first measurement happens."""
+    from dery_deploy.profile.latency_model import LatencyModel
+    from dery_deploy.profile.run import random_plans
+    from tests.conftest import TINY_ZOO
+
+    cache, bundle, result = tmp_path / "cache", tmp_path / "jb", tmp_path / "result.json"
+    tiny = ("--zoo", str(TINY_ZOO), "--partition", str(tiny_ws.partition_path), "--cache", str(cache))
+    p = dery_ok("profile", *tiny, "--device", "jetson-orin-nano", "--precision", "fp32", "--bundle", str(bundle),
+                "--verify", "4", "--seed", "3")  # fmt: skip
+    assert "and 4 assemblies for the latency check" in p.stdout and "--backend onnxruntime" in p.stdout
+    man = json.loads((bundle / "manifest.json").read_text())
+    asm = [i for i in man["items"] if i["kind"] == "assembly"]
+    # the assemblies `dery profile --verify 4 --seed 3` measures on a machine that profiles itself
+    plans = random_plans(tiny_ws.zoo, tiny_ws.partition, 4, 3, 10)
+    assert [a["info"]["plan"] for a in asm] == [q.describe() for q in plans]
+    assert man["verify"] == {"n": 4, "seed": 3, "partition_key": tiny_ws.partition.key}
+
+    assert run_runner(bundle, result, *ort()).returncode == 0
+    as_if_measured_on_the_jetson(result)
+    p = dery_ok("profile", "--import", str(result), "--cache", str(cache))
+    assert "latency model on" in p.stdout and "median |error|" in p.stdout
+    [path] = (cache / "profiles" / "jetson-orin-nano").glob("*.json")
+    prof = read_profile(path)
+    assert prof.device == "jetson-orin-nano" and {r.kind for r in prof.records.values()} == {
+        "overhead", "donor", "block", "adapter", "head"
+    }  # fmt: skip
+    measured = json.loads(result.read_text())["results"]["1"]
+    raw = LatencyModel(prof, "raw")
+    assert prof.verify.n == 4 and prof.verify.partition_key == tiny_ws.partition.key
+    for row, a in zip(prof.verify.assemblies, asm):
+        assert row.measured_ms == round(measured[a["key"]]["median_ms"], 5) > 0
+        assert row.raw_predicted_ms == round(raw.predict_ms(a["info"]["items"]), 5)
+
+    budget = 3 * max(r.median_ms for r in prof.records.values() if r.kind == "donor")
+    p = dery_ok("assemble", *tiny, "--device", "jetson-orin-nano", "--backend", "onnxruntime", "--precision", "fp32",
+                "--latency-ms", f"{budget:.4f}", "--no-select", "--top", "3", "-o", str(tmp_path / "plan.json"),
+                "--data", "fashion-mnist:labels_per_class=20,test_per_class=30")  # fmt: skip
+    out = " ".join(p.stdout.split())  # rich wraps long lines
+    assert "finalist (predicted within the budget; this machine is not jetson-orin-nano" in out
+    assert "check_engine.py on the device" in out and "--bundle DIR" in out
+    assert "measured within the budget" not in out and "measured over the budget" not in out
+    assert "no latency check" not in out  # the bundle's assemblies gave the plans their margin
+
+
+def test_jetson_hints_name_the_bundle_route(tiny_ws, tmp_path):
+    """A missing Jetson profile, and a bundle written before any partition, say what to do next."""
+    from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
+
+    empty = tmp_path / "empty"
+    p = run_dery("assemble", "--zoo", str(TINY_ZOO), "--partition", str(tiny_ws.partition_path), "--cache",
+                 str(empty), "--device", "jetson-orin-nano", "--latency-ms", "1", "-o", str(tmp_path / "p.json"),
+                 "--data", "fashion-mnist:labels_per_class=20,test_per_class=30")  # fmt: skip
+    assert_one_line_error(p, "--bundle DIR", "python3 DIR/runner.py", "on the jetson-orin-nano", "--import")
+
+    p = dery_ok("profile", "--zoo", str(TINY_ZOO), "--cache", str(empty), "--device", "jetson-orin-nano",
+                "--bundle", str(tmp_path / "first"))  # fmt: skip
+    note = " ".join(p.stderr.split())
+    assert "has no partition yet" in note and "whole donors and units only" in note
+    assert "dery partition" in note and "--bundle NEW_DIR --verify 20" in note
+    man = json.loads((tmp_path / "first" / "manifest.json").read_text())
+    assert man["partition"] is None and {i["kind"] for i in man["items"]} == {"overhead", "donor", "unit"}
