@@ -1,8 +1,11 @@
 """The GPU machine's two scripts, on what a CPU can show: gpu_check.sh's gate on what the solver imports
 (in a subprocess where pandas cannot be imported, as on the GPU image), and gpu_prep.sh's size guard and
 data self-check in a throw-away copy of the tree (`--check`, which downloads nothing). Whether the carried
-wheels install and import on the GPU image itself is what gpu_check.sh's `environment` step reports there;
-here they were installed into a Python 3.12 venv without pandas by hand (see the closing note of issue 18)."""
+wheels install and import on the GPU image itself is what gpu_check.sh's `environment` step and its
+summary's `solver_imports` report there (no GPU machine was lent for issue 18; by hand, the carried wheels
+installed with --target into a Python 3.12 venv holding only what the image has of their needs (numpy,
+python-dateutil, six, tqdm, pyyaml, packaging, typing_extensions) imported cp_model and solved a model;
+without pandas, `import ortools, optuna` passed while cp_model failed)."""
 
 import gzip
 import os
