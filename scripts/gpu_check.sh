@@ -15,8 +15,11 @@
 #
 # Knobs (environment): DEADLINE (s, 455) bounds all steps, so the summary is written within 8 minutes;
 # K (2 equivalence sets: 55 items per backend and batch), BATCHES (1,32), VERIFY (10); W (work folder,
-# wiped unless RESUME=1); GPU_CHECK_CPU=1 runs the same steps with CPU stand-ins (device cpu, fp32,
-# onnxruntime for torch-cudagraph): it checks the command lines and the summary on a machine without a GPU.
+# wiped unless RESUME=1); SELECT=1 lets assemble select by short training (off: it took 6.6 minutes on the
+# 2-core CPU, its time on the GPU is unknown, and the finetune step trains on CUDA anyway; the program, the
+# proxy and the finalists' measurement on the device run either way); GPU_CHECK_CPU=1 runs the same steps
+# with CPU stand-ins (device cpu, fp32, onnxruntime for torch-cudagraph): it checks the command lines and
+# the summary on a machine without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gpu_check}
@@ -33,16 +36,25 @@ mkdir -p "$W"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 echo "gpu_check: $(date -u +%FT%TZ) in $PWD, work folder $W, deadline ${DEADLINE}s"
 
-if ! python3 -c "import ortools, optuna" 2>/dev/null; then
+# What the program and the selection import: ortools' cp_model imports pandas at import time (`import ortools`
+# alone loads neither), optuna the selection's study. The summary's "solver_imports" says where they came from.
+NEEDS='from ortools.sat.python import cp_model; import optuna'
+SOLVER_IMPORTS="from the image"
+if ! python3 -c "$NEEDS" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
     # --target keeps the image's packages untouched; PYTHONPATH puts these first (protobuf 6.33 for ortools)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/dery_site \
       .whl/*.whl || echo "gpu_check: installing .whl/ failed"
     export PYTHONPATH=/tmp/dery_site${PYTHONPATH:+:$PYTHONPATH}
+    SOLVER_IMPORTS="from the carried .whl/ ($(cd .whl && ls -- *.whl | cut -d- -f1-2 | tr '\n' ' '))"
+    why=$(python3 -c "$NEEDS" 2>&1 | tail -1) && why=""
+    [ -z "$why" ] || SOLVER_IMPORTS="FAILED after installing .whl/: $why"
   else
-    echo "gpu_check: ortools/optuna missing and no .whl/ carried (run scripts/gpu_prep.sh, carry [\".whl\"])"
+    SOLVER_IMPORTS="FAILED: cp_model or optuna missing and no .whl/ carried (run scripts/gpu_prep.sh, carry [\".whl\"])"
   fi
+  echo "gpu_check: solver imports $SOLVER_IMPORTS"
 fi
+export SOLVER_IMPORTS
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 [ -d .whl/fmnist ] && export DERY_DATA=$PWD/.whl/fmnist
 export DERY_CACHE=$W/cache PYTHONUNBUFFERED=1 COLUMNS=160
@@ -90,7 +102,8 @@ step() {
 step environment 60 "$W/environment.json" python3 -c '
 import importlib, json, os
 env = {"modules": {}}
-for m in ("torch", "timm", "onnx", "onnxruntime", "ortools", "google.protobuf", "optuna", "pandas", "pynvml", "typer"):
+for m in ("torch", "timm", "onnx", "onnxruntime", "ortools", "ortools.sat.python.cp_model", "google.protobuf", "optuna",
+          "pandas", "pynvml", "typer"):
     try:
         env["modules"][m] = getattr(importlib.import_module(m), "__version__", "present")
     except Exception as e:  # noqa: BLE001 - a missing module is what this step reports
@@ -128,8 +141,10 @@ EOF
 )
 echo "budget $B ms = 1.2 x the median donor latency ($SHIP $PREC batch 1)"
 echo "$B" >"$W/budget.txt"
+SEL=--no-select
+[ "${SELECT:-0}" = 1 ] && SEL=--select
 step assemble 60 "$W/assemble.json" "${D[@]}" assemble --zoo fashion --device "$DEV" --backend "$SHIP" --precision "$PREC" \
-  --batch 1 --latency-ms "$B" --top 5 -o "$W/plan.json" --json
+  --batch 1 --latency-ms "$B" --top 5 "$SEL" -o "$W/plan.json" --json
 step finetune 90 - "${D[@]}" finetune "$W/plan.json" -o "$W/ft" --epochs-adapter 1 --epochs-full 1 --device "$TD" --force
 step export-onnx 45 "$W/export-onnx.json" "${D[@]}" export "$W/ft" --format onnx --device "$DEV" --allow-over-budget --force --json
 step export-aoti 120 "$W/export-aoti.json" "${D[@]}" export "$W/ft" --format aoti --device "$DEV" --allow-over-budget --force --json
@@ -165,6 +180,7 @@ s = {
     "backend_shipped": os.environ["SHIP"],
     "precision": os.environ["PREC"],
     "budget_ms": float(budget),
+    "solver_imports": os.environ.get("SOLVER_IMPORTS"),
     "steps": [
         {k: int(v) if v.isdigit() else v for k, v in zip(("name", "rc", "seconds", "limit"), ln.rstrip("\n").split("\t"))}
         for ln in open(f"{W}/steps.tsv")

@@ -38,7 +38,7 @@ from dery_deploy.network.items import structure_hash
 from dery_deploy.network.plan import Plan, save_plan_with_weights
 from dery_deploy.partition.stage import current_partition
 from dery_deploy.profile.latency_model import LatencyModel
-from dery_deploy.profile.store import find_profile, read_profile
+from dery_deploy.profile.store import find_profile, profile_command, read_profile
 from dery_deploy.runtime.devices import default_device, get_device
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select import Finalist, identity, shared_once
@@ -46,6 +46,7 @@ from dery_deploy.train.select import select as run_select
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
 SHIPPED_PROFILES = Path(__file__).resolve().parents[2]  # profiles/ beside the package, in a source checkout
+MEASURED = "end to end on the device"  # the assemble stage's word for finalists it measured
 
 
 def budget_path(out: Path, budget: float, many: bool) -> Path:
@@ -115,19 +116,19 @@ def assemble(
     prof = read_profile(prof_path)
     prof.check(prof_path, spec, z, structure_hash(z))
     model = LatencyModel.of(prof, str(prof_path), percentile)
+    extra = ("" if data == DEFAULT_DATA else f" --data {data}") + (f" --threads {prof.threads}" if prof.threads else "")
+    model.how_to = profile_command(z.ref, spec.id, prof.backend, prof.precision, prof.batch, extra)
     if prof.verify is None and not as_json:
+        how = (
+            model.how_to
+            if spec.kind == "jetson"
+            else profile_command(z.ref, spec.id, prof.backend, prof.precision, prof.batch, extra + " --verify 20")
+        )
         console.print(
-            f"note: {prof_path} has no latency check, so plans get no safety margin; "
-            f"`dery profile ... --verify 20` measures the model's error and the margin",
+            f"note: {prof_path} has no latency check, so plans get no safety margin; {how} measures the "
+            "model's error and the margin",
             style="yellow",
         )
-    model.how_to = (
-        f"`dery profile --zoo {z.ref} --device {spec.id} --backend {prof.backend} --precision {prof.precision} "
-        f"--batch {prof.batch}"
-        + (f" --threads {prof.threads}" if prof.threads else "")
-        + ("" if data == DEFAULT_DATA else f" --data {data}")
-        + "`"
-    )
     dis = dissect_zoo(z)
     fitter = AdapterFitter.for_task(dis, task)
     scores = Scores.compute(dis, task, part, fitter)
@@ -180,7 +181,7 @@ def assemble(
         save_plan_with_weights(plan, net, path)
         results.append((b, res, path, plan))
         if not as_json:
-            print_candidates(res, b)
+            print_candidates(res, b, spec)
             if select:
                 console.print(f"pick: {plan.describe()}: {plan.selection['rule']}")
             console.print(f"plan for {b:g} ms -> {path}")
@@ -234,7 +235,7 @@ def shared_measurement(storage: str | None, task, budget: float, model: LatencyM
     return measure
 
 
-def print_candidates(res, budget: float) -> None:
+def print_candidates(res, budget: float, spec) -> None:
     s = res.solver
     proxy = res.plan.proxy["name"]
     listing = Listing(
@@ -262,6 +263,15 @@ def print_candidates(res, budget: float) -> None:
             }
         )
     listing.show()
+    if s.get("measured") != MEASURED:  # e.g. a Jetson's plan made on the host: nothing was measured
+        after = (
+            f"; the first measurement of the plan is check_engine.py on the device (`dery export RUN --format "
+            f"tensorrt --device {spec.id} --bundle DIR`)"
+            if spec.kind == "jetson"
+            else f"; run dery assemble on the {spec.id} to measure them"
+        )
+        console.print(f"* finalist (predicted within the budget; {s.get('measured')}){after}", style="dim")
+        return
     dropped = s.get("rejected_over_budget", 0)
     console.print(
         f"* finalist (measured within the budget); {dropped} of {s.get('finalists', len(res.finalists))} "

@@ -7,8 +7,9 @@ Examples:
     dery profile --zoo fashion --device cpu --backend onnxruntime --batch 1,32
     dery profile --zoo imagenet --device h100 --backend torch-cudagraph --precision fp16 --batch 1,32
     dery profile --zoo fashion --device cpu --verify 20
-    dery profile --zoo fashion --device jetson-orin-nano --bundle jetson_bundle/
-    dery profile --import jetson_bundle/result.json
+    dery profile --zoo fashion --device jetson-orin-nano --bundle jetson_bundle/ --verify 20
+    python3 jetson_bundle/runner.py --bundle jetson_bundle --out result.json     # on the Jetson
+    dery profile --import result.json
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def profile(
         None, "--partition", help="partition.json (default: the zoo's current one, if any)"
     ),
     verify: int = typer.Option(
-        0, "--verify", help="also measure N random mixed assemblies end to end (needs a partition)"
+        0,
+        "--verify",
+        help="also measure N random mixed assemblies end to end (needs a partition; with --bundle, on the device)",
     ),
     seed: int = typer.Option(0, "--seed", help="seed of the --verify assemblies"),
     bundle: Path | None = typer.Option(None, "--bundle", help="write a remote-profiling bundle (Jetson) here"),
@@ -71,7 +74,7 @@ def profile(
     root = cache or cache_root()
     if import_result is not None:
         for path in do_import(import_result, root):
-            console.print(f"imported {import_result} -> {path}")
+            show_import(import_result, path)
         return
     batches = parse_int_list(batch, "--batch")
     if verify < 0:
@@ -90,12 +93,29 @@ def profile(
         )
     dis = dissect_zoo(z)
     if bundle is not None:
-        manifest = write_bundle(z, spec, part, dis, bundle, batches, precision or spec.default_precision, num_classes)
+        prec = precision or spec.default_precision
+        manifest = write_bundle(z, spec, part, dis, bundle, batches, prec, num_classes, verify, seed)
+        assemblies = sum(i["kind"] == "assembly" for i in manifest["items"])
         console.print(
-            f"bundle with {len(manifest['items'])} items written to {bundle}; on the device run:\n"
-            f"  python3 {bundle}/runner.py --bundle {bundle} --out result.json\n"
+            f"bundle with {len(manifest['items']) - assemblies} items"
+            + (f" and {assemblies} assemblies for the latency check" if assemblies else "")
+            + f" written to {bundle}; copy it to the device and run there:\n"
+            f"  python3 {bundle}/runner.py --bundle {bundle} --out result.json   (no TensorRT: --backend onnxruntime)\n"
             f"then here: dery profile --import result.json"
         )
+        if part is None:
+            err_console.print(
+                f"[yellow]note:[/] zoo {z.name} has no partition yet, so this bundle holds whole donors and units "
+                "only: pick a budget from them. Plans also need the partition's blocks, adapters and heads: after "
+                f"`dery similarity --zoo {z.ref}` and `dery partition --zoo {z.ref}`, write a second bundle with "
+                f"`dery profile --zoo {z.ref} --device {spec.id} --bundle NEW_DIR --verify 20` and run it on the "
+                "device as well"
+            )
+        elif not verify:
+            err_console.print(
+                "[yellow]note:[/] without --verify the imported profile has no latency check, so plans for "
+                f"{spec.id} get no safety margin; --verify 20 adds 20 assemblies measured end to end on the device"
+            )
         return
     if part is None:
         err_console.print(f"no partition of zoo {z.name} yet: measuring whole donors and every unit")
@@ -127,6 +147,26 @@ def profile(
                 console.print(f"latency model on {p.name}: {latency_summary(check)}")
     if as_json:
         print(json.dumps(summaries, indent=2))
+
+
+def show_import(result: Path, path: Path) -> None:
+    """What an import brought: items, and the latency check fitted on the device's assemblies, or why none."""
+    prof = read_profile(path)
+    console.print(f"imported {result} -> {path} ({len(prof.records)} items measured on {prof.device})")
+    if prof.verify:
+        console.print(f"latency model on {path.name}: {latency_summary(prof.verify)}")
+    else:
+        console.print(
+            "no latency check (the bundle had no --verify assemblies): plans made with this profile get no "
+            "safety margin",
+            style="yellow",
+        )
+    if not any(r.kind in ("block", "adapter", "head") for r in prof.records.values()):
+        console.print(
+            "this profile holds whole donors and units only: bundle again after `dery partition` for the "
+            "blocks, adapters and heads a plan needs",
+            style="yellow",
+        )
 
 
 def summarise(path: Path, zoo, num_classes: int) -> dict:

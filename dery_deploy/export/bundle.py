@@ -24,27 +24,48 @@ FP16_TOL = 5e-2
 
 
 def build_script(spec, shape: str, batch: int, max_batch: int, precision: str) -> str:
-    base = (
-        f"--saveEngine=model.engine --minShapes=x:1x{shape} --optShapes=x:{batch}x{shape} "
-        f"--maxShapes=x:{max_batch}x{shape} --skipInference"
-    )
-    fp16 = precision == "fp16"
+    """build_engine.sh: trtexec flags chosen on the device from its trtexec's help text (module docstring)."""
+    shapes = f"--minShapes=x:1x{shape} --optShapes=x:{batch}x{shape} --maxShapes=x:{max_batch}x{shape}"
+    if precision == "fp16":
+        build = """# TensorRT 10 builds fp16 from the fp32 ONNX with --fp16 (weak typing); TensorRT 11 has no --fp16 and
+# builds only strongly typed networks: the fp16 ONNX carries the precision. The version decides, where the
+# banner gives one; a help text without --fp16 is the fallback.
+if [ "$MAJOR" -ge 11 ] || { [ "$MAJOR" -eq 0 ] && ! has --fp16; }; then
+  if has --stronglyTyped; then FLAGS+=(--stronglyTyped); fi
+  run "$TRTEXEC" --onnx=model-fp16.onnx "${FLAGS[@]}"
+else
+  run "$TRTEXEC" --onnx=model.onnx --fp16 "${FLAGS[@]}"
+fi"""
+    else:
+        build = """# fp32 means fp32: TensorRT runs fp32 layers in TF32 (10-bit mantissas) unless told not to
+if has --noTF32; then FLAGS+=(--noTF32); fi
+run "$TRTEXEC" --onnx=model.onnx "${FLAGS[@]}"
+"""
     return f"""#!/usr/bin/env bash
-# Build the TensorRT engine for {spec.name} on the device itself, then check it: python3 check_engine.py
-# TensorRT 10 (JetPack 6) builds fp16 from the fp32 ONNX with --fp16; TensorRT 11 dropped --fp16 (weak
-# typing) and builds the fp16 ONNX as a strongly typed network.
+# Build the {precision} TensorRT engine for {spec.name} on the device itself, then check it:
+#   bash build_engine.sh && python3 check_engine.py        (TRTEXEC=PATH to use another trtexec)
 set -euo pipefail
 cd "$(dirname "$0")"
 TRTEXEC=${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}
-if {"true" if fp16 else "false"}; then
-  if "$TRTEXEC" --help 2>&1 | grep -q -- "--fp16"; then
-    "$TRTEXEC" --onnx=model.onnx --fp16 {base}
-  else
-    "$TRTEXEC" --onnx=model-fp16.onnx {base}
-  fi
-else
-  "$TRTEXEC" --onnx=model.onnx {base}
+if ! command -v "$TRTEXEC" >/dev/null; then
+  echo "build_engine.sh: trtexec not found at $TRTEXEC; set TRTEXEC=PATH (JetPack: /usr/src/tensorrt/bin/trtexec)" >&2
+  exit 1
 fi
+# The help text is read once and whole: `trtexec --help | grep -q` under pipefail fails whenever grep stops
+# reading at its match and trtexec dies of SIGPIPE, which read as "flag absent" and took the wrong branch.
+HELP=$("$TRTEXEC" --help 2>&1) || true
+has() {{ [[ $HELP == *"$1"* ]]; }}
+MAJOR=0  # the banner spells 10.3.0 as v100300 and 8.6.2 as v8602
+banner='TensorRT v([0-9]+)'
+if [[ $HELP =~ $banner ]]; then
+  v=${{BASH_REMATCH[1]}}
+  if [ "$v" -ge 10000 ]; then MAJOR=$((v / 10000)); else MAJOR=$((v / 1000)); fi
+fi
+run() {{ echo "+ $*"; "$@"; }}
+FLAGS=(--saveEngine=model.engine {shapes})
+# TensorRT 8.6 renamed --buildOnly to --skipInference; older trtexecs know only --buildOnly
+if has --skipInference; then FLAGS+=(--skipInference); elif has --buildOnly; then FLAGS+=(--buildOnly); fi
+{build.strip()}
 echo "engine built: model.engine; now run: python3 check_engine.py"
 """
 
@@ -76,7 +97,8 @@ def jetson_bundle(
     plan_device = (plan or {}).get("device")
     budget = (plan or {}).get("budget", {}).get("latency_ms") if plan_device == spec.id else None
     why = (
-        f"measured on the device by check_engine.py (writes {out.name}/check-result.json)"
+        f"not measured yet: check_engine.py measures the engine on the device and judges the budget there "
+        f"(writes {out.name}/check-result.json)"
         if budget is not None
         else f"the plan's budget is for {plan_device!r}, not {spec.id!r}: check_engine.py times the engine but "
         f"judges no budget (plan for it with --device {spec.id})"

@@ -13,6 +13,7 @@ latency budget (the only allowance is the timing's own spread), and writes check
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -20,6 +21,40 @@ import sys
 import tempfile
 
 import numpy as np
+
+
+def power_state(sysfs="/sys", nvpmodel=None):
+    """The Jetson's power mode (nvpmodel) and GPU clocks, pinned or not (jetson_clocks pins the minimum to the
+    maximum): a Jetson's latency depends on both, so every measurement records them. None where unreadable.
+    The same function is in the profile runner and check_engine.py (each runs alone on the device)."""
+    state = {"nvpmodel": None, "gpu_freq_mhz": None, "jetson_clocks": None}
+    tool = nvpmodel or shutil.which("nvpmodel")
+    if tool:
+        try:
+            out = subprocess.run([tool, "-q"], capture_output=True, text=True, timeout=10).stdout
+            lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+            for i, ln in enumerate(lines):
+                if ln.startswith("NV Power Mode"):
+                    mode_id = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].isdigit() else None
+                    state["nvpmodel"] = {"mode": ln.split(":", 1)[1].strip(), "id": mode_id and int(mode_id)}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    root = os.path.join(sysfs, "class", "devfreq")
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    for name in names:  # the GPU's devfreq node: 17000000.gpu (JetPack 6), 17000000.ga10b (JetPack 5)
+        if not re.search(r"gpu|ga10b|gv11b|gp10b", name):
+            continue
+        try:
+            freq = {}
+            for key in ("cur", "min", "max"):
+                with open(os.path.join(root, name, f"{key}_freq")) as f:
+                    freq[key] = round(int(f.read().strip()) / 1e6, 1)
+        except (OSError, ValueError):
+            continue
+        state["gpu_freq_mhz"] = freq
+        state["jetson_clocks"] = freq["min"] == freq["max"]
+        break
+    return state
 
 
 def run(cmd):
@@ -118,6 +153,7 @@ def main():
         "budget_ms": budget,
         "predicted_ms": man.get("predicted_ms"),
         "within_budget": None if budget is None else median <= budget * (1 + noise),
+        "power": power_state(),  # nvpmodel mode and GPU clocks: the latency holds for these settings
     }
     tmp_out = os.path.join(b, ".check-result.json.tmp")
     with open(tmp_out, "w") as f:

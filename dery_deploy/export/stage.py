@@ -312,13 +312,26 @@ def export_aoti(
     )
 
 
+def tensorrt_engine(
+    model, x: torch.Tensor, precision: str, batch: int, max_batch: int = 32
+) -> tuple[bytes, float, bytes, dict]:
+    """The plan's engine: tuned for the plan's `batch` (what it is timed and judged at), accepting 1 up to
+    the parity images and `max_batch`. Returns (engine, build seconds, its ONNX, the shapes it was built for)."""
+    from dery_deploy.runtime.tensorrt import engine_from_module
+
+    top = max(max_batch, x.shape[0], batch)
+    engine, build_s, onnx_bytes = engine_from_module(model, x[:1], precision, max_batch=top, opt_batch=batch)
+    shapes = {"min_shape": [1, *x.shape[1:]], "opt_shape": [batch, *x.shape[1:]], "max_shape": [top, *x.shape[1:]]}
+    return engine, build_s, onnx_bytes, shapes
+
+
 def export_tensorrt(
     model, x: torch.Tensor, out: Path, precision: str, batch: int, percentile: int = 50, max_batch: int = 32
 ) -> ExportReport:
-    from dery_deploy.runtime.tensorrt import EngineRunner, engine_from_module, import_tensorrt
+    from dery_deploy.runtime.tensorrt import EngineRunner, import_tensorrt
 
     trt = import_tensorrt()
-    engine, build_s, onnx_bytes = engine_from_module(model, x[:1], precision, max(max_batch, x.shape[0], batch))
+    engine, build_s, onnx_bytes, shapes = tensorrt_engine(model, x, precision, batch, max_batch)
     save_onnx(onnx_bytes, out / "model.onnx")
     from dery_deploy.artifacts import atomic_write_bytes
 
@@ -335,9 +348,7 @@ def export_tensorrt(
         "precision": precision,
         "input": "x",
         "output": "y",
-        "min_shape": [1, *x.shape[1:]],
-        "opt_shape": [batch, *x.shape[1:]],
-        "max_shape": [max(max_batch, x.shape[0], batch), *x.shape[1:]],
+        **shapes,
         "sha256": sha256_file(path),
     }
     atomic_write_json(out / "model.engine.json", sidecar)
@@ -393,6 +404,14 @@ def export_run(
         rep = jetson_bundle(model, x, spec, bundle, prec, batch, plan)
         atomic_write_json(bundle / "report-tensorrt.json", rep)
         return rep
+    if fmt == "tensorrt" and spec is not None and spec.kind == "jetson":
+        # checked before TensorRT is looked for: an engine built here would not run there anyway
+        raise DeryError(
+            f"a TensorRT engine for the {spec.name} is built on the device itself (engines are specific to "
+            f"their GPU and TensorRT version): add --bundle DIR, copy DIR to the device and run "
+            f"DIR/build_engine.sh there, then python3 DIR/check_engine.py",
+            "export",
+        )
     artifact = {"onnx": "model.onnx", "tensorrt": "model.engine", "aoti": "model.pt2"}[fmt]
     if (out / artifact).exists() and not force:
         raise DeryError(f"{out / artifact} exists; pass --force to overwrite it", "export")

@@ -1,5 +1,11 @@
 """Remote profiling bundles (Jetson): ONNX items + manifest + a standalone runner; and the import
-of the runner's result as a profile of that device."""
+of the runner's result as a profile of that device.
+
+With `verify` the bundle also carries random mixed assemblies of the partition, exported whole like
+items: the runner measures them end to end on the device, and the import fits the profile's latency
+check on them (as `dery profile --verify` does on a machine that profiles itself), so plans for a
+Jetson get the same measured margin as any other.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,43 @@ import json
 import shutil
 from pathlib import Path
 
+from torch import nn
+
 from dery_deploy.artifacts import atomic_write_json, sha256_file
 from dery_deploy.errors import DeryError
-from dery_deploy.network.items import structure_hash
+from dery_deploy.network.items import plan_items, structure_hash
+from dery_deploy.network.plan import build_net
 from dery_deploy.partition.stage import Partition
 from dery_deploy.profile.items import example_input, profile_items
-from dery_deploy.profile.store import Profile, Record, profile_path
+from dery_deploy.profile.latency_model import LatencyModel, fit_latency_check
+from dery_deploy.profile.run import random_plans
+from dery_deploy.profile.store import LatencyCheck, Profile, Record, VerifyRow, profile_path
 from dery_deploy.runtime.devices import get_device
 from dery_deploy.runtime.onnx import onnx_from_module, save_onnx
 
 BUNDLE_SCHEMA = 1
+ASSEMBLY = "assembly"  # the kind of a --verify assembly in a manifest; never a profile record
+
+
+def _export_item(out: Path, i: int, key: str, kind: str, module: nn.Module, in_spec, precision: str, info) -> dict:
+    """One manifest entry: the fp32 ONNX (and, for fp16, an fp16 one for TensorRT 11, which builds only strongly
+    typed networks and has no --fp16; fp32 input and output, so the runner feeds both files alike)."""
+    f = f"items/{i:04d}-{kind}.onnx"
+    x = example_input(in_spec, 1)
+    save_onnx(onnx_from_module(module, x), out / f)
+    item = {
+        "key": key,
+        "kind": kind,
+        "file": f,
+        "sha256": sha256_file(out / f),
+        "input_shape": list(in_spec.shape),
+        "info": info,
+    }
+    if precision == "fp16":
+        f16 = f"items/{i:04d}-{kind}.fp16.onnx"
+        save_onnx(onnx_from_module(module, x, precision="fp16"), out / f16)
+        item.update(file_fp16=f16, sha256_fp16=sha256_file(out / f16))
+    return item
 
 
 def write_bundle(
@@ -29,31 +62,28 @@ def write_bundle(
     batches: list[int],
     precision: str,
     num_classes: int,
+    verify: int = 0,
+    seed: int = 0,
 ) -> dict:
+    """Write the bundle (module docstring): every profile item and, with `verify`, that many random mixed
+    assemblies of the partition for the latency check. Returns the manifest."""
+    if verify and partition is None:
+        raise DeryError("--verify measures assemblies of a partition; run `dery partition` first", "profile")
+    if verify and verify < 3:
+        raise DeryError(f"--verify needs at least 3 assemblies to judge the latency model, got {verify}", "profile")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DeryError(f"bundle folder {out} is not empty; pick a new folder or empty it", "profile")
     (out / "items").mkdir(parents=True, exist_ok=True)
     items = []
-    for i, it in enumerate(profile_items(zoo, partition, dissections, num_classes)):
-        f = f"items/{i:04d}-{it.kind}.onnx"
-        module, x = it.build(), example_input(it.in_spec, 1)
-        save_onnx(onnx_from_module(module, x), out / f)
-        item = {
-            "key": it.key,
-            "kind": it.kind,
-            "file": f,
-            "sha256": sha256_file(out / f),
-            "input_shape": list(it.in_spec.shape),
-            "info": it.info,
-        }
-        if precision == "fp16":
-            # TensorRT 11 builds only strongly typed networks (trtexec has no --fp16): an fp16 engine needs
-            # the precision in the ONNX itself; fp32 input and output, so the runner feeds it as the fp32 file
-            f16 = f"items/{i:04d}-{it.kind}.fp16.onnx"
-            save_onnx(onnx_from_module(module, x, precision="fp16"), out / f16)
-            item.update(file_fp16=f16, sha256_fp16=sha256_file(out / f16))
-        items.append(item)
+    for it in profile_items(zoo, partition, dissections, num_classes):
+        items.append(_export_item(out, len(items), it.key, it.kind, it.build(), it.in_spec, precision, it.info))
+    if verify and partition is not None:
+        for plan in random_plans(zoo, partition, verify, seed, num_classes):
+            net = build_net(plan, zoo, dissections, copy_blocks=False)  # latency does not depend on weights
+            info = {"plan": plan.describe(), "seams": plan.seams, "items": plan_items(plan, zoo, dissections)}
+            key = f"{ASSEMBLY}|{plan.describe()}"
+            items.append(_export_item(out, len(items), key, ASSEMBLY, net, zoo.input_tensor_spec, precision, info))
     manifest = {
         "schema": BUNDLE_SCHEMA,
         "kind": "profile-bundle",
@@ -62,11 +92,39 @@ def write_bundle(
         "structure_hash": structure_hash(zoo),
         "precision": precision,
         "batches": batches,
+        "partition": partition.key if partition else None,
+        "verify": {"n": verify, "seed": seed, "partition_key": partition.key} if verify and partition else None,
         "items": items,
     }
     atomic_write_json(out / "manifest.json", manifest)
     shutil.copyfile(Path(__file__).with_name("bundle_runner.py"), out / "runner.py")
     return manifest
+
+
+def latency_check_of(prof: Profile, assemblies: list[dict], recs: dict, verify: dict, path) -> LatencyCheck:
+    """The profile's latency check from the assemblies the runner measured end to end on the device.
+    The runner measures no reference workload, so item latencies stay raw (nothing to calibrate by)."""
+    raw = LatencyModel(prof, "raw", 1.0, str(path))
+    rows = []
+    for a in assemblies:
+        r, keys = recs[a["key"]], a["info"]["items"]
+        predicted = round(raw.predict_ms(keys), 5)
+        measured = round(r["median_ms"], 5)
+        rows.append(
+            VerifyRow(
+                a["info"]["plan"],
+                a["info"]["seams"],
+                0.0,
+                measured,
+                r["stable"],
+                predicted,
+                predicted,
+                measured,
+                None,
+                0.0,
+            )
+        )
+    return fit_latency_check(rows, verify["seed"], verify["partition_key"])
 
 
 def import_result(path: Path, root: Path) -> list[Path]:
@@ -106,6 +164,7 @@ def import_result(path: Path, root: Path) -> list[Path]:
                 "profile",
             )
     keys = {i["key"] for i in man["items"]}
+    assemblies = [i for i in man["items"] if i["kind"] == ASSEMBLY]
     written = []
     for batch in man["batches"]:
         recs = res["results"].get(str(batch))
@@ -129,13 +188,15 @@ def import_result(path: Path, root: Path) -> list[Path]:
             int(batch),
             res["zoo"],
             res["structure_hash"],
-            {k: Record.from_dict(runner_record(r)) for k, r in recs.items()},
+            {k: Record.from_dict(runner_record(r)) for k, r in recs.items() if r.get("kind") != ASSEMBLY},
             imported_from={
                 "file": str(path),
                 "manifest_sha256": res["manifest_sha256"],
                 "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
             },
         )
+        if man.get("verify"):
+            prof.verify = latency_check_of(prof, assemblies, recs, man["verify"], path)
         written.append(
             prof.write(profile_path(root, spec.id, res["zoo"], res["backend"], res["precision"], int(batch)))
         )

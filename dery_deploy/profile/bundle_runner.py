@@ -49,7 +49,7 @@ def fingerprint():
     except OSError:
         pass
     if "Jetson" in model or "Orin" in model:
-        fp = {"kind": "jetson", "gpu_name": model, "memory_mb": mem}
+        fp = {"kind": "jetson", "gpu_name": model, "memory_mb": mem, "power": power_state()}
         tegra = shutil.which("tegrastats")
         if tegra:
             try:
@@ -68,6 +68,40 @@ def fingerprint():
     except OSError:
         pass
     return {"kind": "cpu", "cpu_model": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "memory_mb": mem}
+
+
+def power_state(sysfs="/sys", nvpmodel=None):
+    """The Jetson's power mode (nvpmodel) and GPU clocks, pinned or not (jetson_clocks pins the minimum to the
+    maximum): a Jetson's latency depends on both, so every measurement records them. None where unreadable.
+    The same function is in the profile runner and check_engine.py (each runs alone on the device)."""
+    state = {"nvpmodel": None, "gpu_freq_mhz": None, "jetson_clocks": None}
+    tool = nvpmodel or shutil.which("nvpmodel")
+    if tool:
+        try:
+            out = subprocess.run([tool, "-q"], capture_output=True, text=True, timeout=10).stdout
+            lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+            for i, ln in enumerate(lines):
+                if ln.startswith("NV Power Mode"):
+                    mode_id = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].isdigit() else None
+                    state["nvpmodel"] = {"mode": ln.split(":", 1)[1].strip(), "id": mode_id and int(mode_id)}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    root = os.path.join(sysfs, "class", "devfreq")
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    for name in names:  # the GPU's devfreq node: 17000000.gpu (JetPack 6), 17000000.ga10b (JetPack 5)
+        if not re.search(r"gpu|ga10b|gv11b|gp10b", name):
+            continue
+        try:
+            freq = {}
+            for key in ("cur", "min", "max"):
+                with open(os.path.join(root, name, f"{key}_freq")) as f:
+                    freq[key] = round(int(f.read().strip()) / 1e6, 1)
+        except (OSError, ValueError):
+            continue
+        state["gpu_freq_mhz"] = freq
+        state["jetson_clocks"] = freq["min"] == freq["max"]
+        break
+    return state
 
 
 def windows(samples, tol=0.03):
@@ -157,18 +191,21 @@ def run_onnxruntime(path, input_shape, batches, threads):
 
 def trtexec_features(help_text):
     """What this trtexec accepts, read from its --help: TensorRT 11 dropped --fp16 (networks are strongly
-    typed, precision comes from the ONNX), TensorRT 8.6 renamed --buildOnly to --skipInference."""
-    version = ""
+    typed, precision comes from the ONNX), TensorRT 8.6 renamed --buildOnly to --skipInference. Where the
+    banner gives a version it decides weak typing; the help text naming --fp16 is the fallback."""
+    version, major = "", None
     m = re.search(r"TensorRT v(\d+)", help_text)
     if m:  # the banner spells 10.3.0 as v100300 (major * 10000 + ...), 8.5.2 as v8502 (major * 1000 + ...)
         v = int(m.group(1))
         major, rest = divmod(v, 10000 if v >= 10000 else 1000)
         version = f"{major}.{rest // 100}.{rest % 100}"
     return {
-        "fp16": "--fp16" in help_text,
+        "fp16": "--fp16" in help_text and (major is None or major < 11),
         "build_only": "--skipInference"
         if "--skipInference" in help_text
         else ("--buildOnly" if "--buildOnly" in help_text else None),
+        "no_tf32": "--noTF32" in help_text,
+        "strongly_typed": "--stronglyTyped" in help_text,
         "version": version,
     }
 
@@ -188,17 +225,18 @@ def engine_plan(item, precision, features, batches, opt_batch):
         "flags": [],
         "note": None,
     }
-    if precision != "fp16":
-        return plan
-    if features["fp16"]:  # TensorRT <= 10: weakly typed build, the builder may pick fp16 kernels
+    if precision == "fp16" and features["fp16"]:  # TensorRT <= 10: weakly typed, the builder may pick fp16
         plan.update(precision="fp16", flags=["--fp16"])
-    elif item.get("file_fp16"):  # TensorRT 11: strongly typed, the fp16 ONNX carries the precision
-        plan.update(precision="fp16", onnx=item["file_fp16"])
+    elif precision == "fp16" and item.get("file_fp16"):  # TensorRT 11: strongly typed, the ONNX is fp16
+        plan.update(precision="fp16", onnx=item["file_fp16"], flags=["--stronglyTyped"] * features["strongly_typed"])
     else:
-        plan["note"] = (
-            "trtexec has no --fp16 (TensorRT 11 builds only strongly typed networks) and the bundle has no fp16 "
-            "ONNX of this item: built from the fp32 ONNX as fp32"
-        )
+        if precision == "fp16":
+            plan["note"] = (
+                "trtexec has no --fp16 (TensorRT 11 builds only strongly typed networks) and the bundle has no "
+                "fp16 ONNX of this item: built from the fp32 ONNX as fp32"
+            )
+        # fp32 means fp32: TensorRT runs fp32 layers in TF32 (10-bit mantissas) unless told not to
+        plan["flags"] = ["--noTF32"] * features["no_tf32"]
     return plan
 
 
@@ -362,7 +400,7 @@ def main():
         if not os.path.exists(args.trtexec):
             sys.exit(
                 f"error: trtexec not found at {args.trtexec}; pass --trtexec PATH "
-                "(JetPack: /usr/src/tensorrt/bin/trtexec)"
+                "(JetPack: /usr/src/tensorrt/bin/trtexec), or measure with ONNX Runtime instead: --backend onnxruntime"
             )
         h = subprocess.run([args.trtexec, "--help"], capture_output=True, text=True)
         features = trtexec_features(h.stdout + h.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dery_deploy.artifacts import JsonArtifact
 from dery_deploy.errors import DeryError
+from dery_deploy.runtime.devices import get_device
 
 _RECORD_FIELDS = (
     "kind",
@@ -29,6 +30,27 @@ _RECORD_FIELDS = (
     "build_s",
     "calibration_ms",
 )
+
+
+def profile_command(zoo: str, device: str, backend: str, precision: str, batch: int, extra: str = "") -> str:
+    """What measures a profile of these keys, as a user types it: one command on the machine itself, or for a
+    Jetson, which cannot profile itself from here, the bundle route (bundle here, runner there, import here).
+    `extra` adds options of the host command (e.g. --data)."""
+    try:
+        jetson = get_device(device).kind == "jetson"
+    except DeryError:
+        jetson = False
+    if not jetson:
+        return (
+            f"`dery profile --zoo {zoo} --device {device} --backend {backend} --precision {precision} "
+            f"--batch {batch}{extra}`"
+        )
+    runner_backend = "" if backend == "tensorrt" else f" --backend {backend}"
+    return (
+        f"`dery profile --zoo {zoo} --device {device} --precision {precision} --batch {batch}{extra} --bundle DIR "
+        f"--verify 20` here, `python3 DIR/runner.py --bundle DIR --out result.json{runner_backend}` on the "
+        f"{device} (DIR copied there) and `dery profile --import result.json` here"
+    )
 
 
 @dataclass
@@ -196,10 +218,7 @@ class Profile(JsonArtifact):
 
     def how_to_profile(self) -> str:
         t = f" --threads {self.threads}" if self.threads else ""
-        return (
-            f"`dery profile --zoo {self.zoo} --device {self.device} --backend {self.backend} "
-            f"--precision {self.precision} --batch {self.batch}{t}`"
-        )
+        return profile_command(self.zoo, self.device, self.backend, self.precision, self.batch, t)
 
     def check(self, path, spec, zoo=None, structure: str | None = None) -> None:
         """Refuse a profile of another device or machine, or of another zoo's architectures."""
@@ -245,7 +264,7 @@ def find_profile(
             return p
     t = f" --threads {threads}" if threads else ""
     raise DeryError(
-        f"no {backend} {precision} batch-{batch} profile of zoo {zoo!r} for device {device!r}; run `dery "
-        f"profile --zoo {zoo} --device {device} --backend {backend} --precision {precision} --batch {batch}{t}`",
+        f"no {backend} {precision} batch-{batch} profile of zoo {zoo!r} for device {device!r}; run "
+        + profile_command(zoo, device, backend, precision, batch, t),
         "profile",
     )

@@ -18,6 +18,15 @@ from safetensors.torch import load_file, save_file
 from dery_deploy.runtime.harness import TimingOptions, measure
 
 
+def strict_fp32(dtype: torch.dtype) -> None:
+    """An fp32 package is held to PyTorch's fp32 logits within 1e-4: its matmuls (cuBLAS) and convolutions
+    (cuDNN, which torch lets use TF32 by default) must not round to TF32's 10-bit mantissas. This process
+    is the package's own, so the setting is not restored."""
+    if dtype == torch.float32:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def main() -> None:
     pkg, inputs, out, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     threads = int(sys.argv[5]) if len(sys.argv) > 5 and int(sys.argv[5]) > 0 else None
@@ -29,6 +38,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     tensors = load_file(inputs)
     x = tensors["x"]
+    strict_fp32(x.dtype)
     cuda = "device_cuda" in tensors and torch.cuda.is_available()
     if cuda:
         x = x.cuda()

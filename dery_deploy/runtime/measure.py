@@ -4,7 +4,8 @@ memory the way that backend's memory can be measured, then time them all in one 
 
 Memory, per backend and device:
 - CUDA, torch backends: the caching allocator's peak over its baseline, reset *before* the build,
-  so what CUDA-graph capture and `reduce-overhead` allocate at capture time is counted.
+  so what CUDA-graph capture and `reduce-overhead` allocate at capture time is counted; a backend's
+  shared compiler state is cleared before a group's first baseline is read (`Backend.reset`).
 - CUDA, other backends (TensorRT, ONNX Runtime CUDA EP): the device's free-memory drop while
   building and running (their allocators are not torch's).
 - CPU, ONNX Runtime and OpenVINO: the peak-RSS rise of creating a fresh session and running it once.

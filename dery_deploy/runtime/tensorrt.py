@@ -6,10 +6,16 @@
   network is strongly typed, so an fp16 engine is built from an ONNX whose tensors are fp16
   (`runtime.onnx.onnx_from_module(..., precision="fp16")`, fp32 input and output kept).
 
-EngineFromOnnx builds a serialised engine with an optimisation profile over the batch dimension
-(and a process-wide timing cache, so repeated builds of similar items reuse tactic timings);
-EngineRunner deserialises it and runs it on torch CUDA tensors on its own CUDA stream (the legacy
-default stream forces extra synchronisation). Only where `tensorrt` imports.
+EngineFromOnnx builds a serialised engine with an optimisation profile over the batch dimension,
+tuned for the batch the engine will run at (and a process-wide timing cache, so repeated builds of
+similar items reuse tactic timings); EngineRunner deserialises it and runs it on torch CUDA tensors
+on its own CUDA stream (the legacy default stream forces extra synchronisation). Only where
+`tensorrt` imports.
+
+fp32 means fp32: TensorRT enables TF32 for fp32 layers by default (10-bit mantissas on Ampere and
+later, Hopper and Orin included), which breaks parity with PyTorch at fp32 tolerance, so fp32 builds
+clear `BuilderFlag.TF32`. One logger serves the process: TensorRT keeps the first logger it is given
+and warns when later builders or runtimes bring another.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ INSTALL = (
     "from NVIDIA's index, or JetPack on a Jetson) on a machine with an NVIDIA GPU"
 )
 _TIMING_CACHE: dict[str, object] = {}
+_LOGGER: dict[str, object] = {}
 
 
 def import_tensorrt():
@@ -37,6 +44,13 @@ def import_tensorrt():
     if not torch.cuda.is_available():
         raise DeryError("TensorRT needs an NVIDIA GPU and torch sees none on this machine", "export")
     return trt
+
+
+def shared_logger(trt):
+    """The process's one TensorRT logger (warnings and errors)."""
+    if trt.__version__ not in _LOGGER:
+        _LOGGER[trt.__version__] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER[trt.__version__]
 
 
 def major_version(trt) -> int:
@@ -55,13 +69,14 @@ def engine_from_onnx(
     max_batch: int | None = None,
     workspace_mb: int = 2048,
 ) -> tuple[bytes, float]:
-    """Build a serialised engine; the batch dimension ranges over 1..max_batch (opt = input_shape[0]).
+    """Build a serialised engine; the batch dimension ranges over 1..max_batch and TensorRT tunes its
+    kernels for input_shape[0], the batch the engine will be timed and run at.
 
     On TensorRT 11 `precision` must already be the ONNX's (see the module docstring); on TensorRT 10
-    fp16 sets the builder flag on an fp32 ONNX.
+    fp16 sets the builder flag on an fp32 ONNX. fp32 clears TF32.
     """
     trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = shared_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
@@ -72,6 +87,8 @@ def engine_from_onnx(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if precision == "fp16" and not strongly_typed_only(trt):
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default; fp32 parity needs full mantissas
     cache = _TIMING_CACHE.get(trt.__version__)
     if cache is None:
         cache = _TIMING_CACHE[trt.__version__] = config.create_timing_cache(b"")
@@ -89,15 +106,28 @@ def engine_from_onnx(
 
 
 def engine_from_module(
-    module: nn.Module, example: torch.Tensor, precision: str, max_batch: int | None = None
+    module: nn.Module,
+    example: torch.Tensor,
+    precision: str,
+    max_batch: int | None = None,
+    opt_batch: int | None = None,
 ) -> tuple[bytes, float, bytes]:
-    """ONNX of `module` in the form this TensorRT builds at `precision`, then the engine.
-    Returns (engine, build seconds, the ONNX it was built from)."""
+    """ONNX of `module` in the form this TensorRT builds at `precision`, then the engine, tuned for
+    `opt_batch` (default: the example's batch). Returns (engine, build seconds, the ONNX it was built from)."""
     trt = import_tensorrt()
     onnx_precision = precision if strongly_typed_only(trt) else "fp32"
     onnx_bytes = onnx_from_module(module, example.float().cpu(), precision=onnx_precision)
-    engine, build_s = engine_from_onnx(onnx_bytes, tuple(example.shape), precision, max_batch)
+    shape = (opt_batch or example.shape[0], *example.shape[1:])
+    engine, build_s = engine_from_onnx(onnx_bytes, shape, precision, max_batch)
     return engine, build_s, onnx_bytes
+
+
+def enqueue(context, stream_handle: int) -> None:
+    """One inference on `stream_handle`; TensorRT reports a failed enqueue by its return value only."""
+    if not context.execute_async_v3(stream_handle):
+        raise DeryError(
+            "TensorRT could not enqueue the engine (execute_async_v3 returned False; see its log above)", "export"
+        )
 
 
 class EngineRunner:
@@ -106,7 +136,7 @@ class EngineRunner:
     def __init__(self, engine_bytes: bytes):
         trt = import_tensorrt()
         self.trt = trt
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.runtime = trt.Runtime(shared_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
         if self.engine is None:
             raise DeryError(
@@ -128,7 +158,7 @@ class EngineRunner:
 
     def execute(self) -> None:
         """Enqueue one inference of the bound input on the runner's stream."""
-        self.context.execute_async_v3(self.stream.cuda_stream)
+        enqueue(self.context, self.stream.cuda_stream)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to("cuda", torch.float32).contiguous()

@@ -32,6 +32,25 @@ KIND = "similarity"
 DEGENERATE = 1e-10
 
 
+def cuda_numerics(gpu: str, tf32_matmul: bool, tf32_cudnn: bool) -> str:
+    """How a CUDA run computes: the GPU, and whether matmuls and convolutions may round to TF32."""
+    return f"cuda {gpu} tf32 matmul={tf32_matmul} cudnn={tf32_cudnn}"
+
+
+def numerics(device: str) -> str | None:
+    """What besides zoo, probe and method decides the numbers: None on a CPU (the key CPU results always had,
+    so their caches stay valid); on CUDA the GPU and its TF32 settings (cuDNN uses TF32 by default), whose
+    results must not be served as CPU ones or the other way round."""
+    if not device.startswith("cuda"):
+        return None
+    gpu = torch.cuda.get_device_name(torch.device(device))
+    return cuda_numerics(gpu, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+
+def similarity_key(zoo_hash: str, probe_hash: str, numerics: str | None = None) -> str:
+    return sha256_json([zoo_hash, probe_hash, METHOD] + ([numerics] if numerics else []))[:16]
+
+
 @dataclass
 class SimilarityStats:
     pairs: int
@@ -51,6 +70,7 @@ class Similarity:
     method: str
     matrices: dict[tuple[str, str], torch.Tensor]
     notes: list[str] = field(default_factory=list)
+    numerics: str | None = None  # see `numerics()`; None: computed on a CPU
 
     def matrix(self, a: str, b: str) -> torch.Tensor:
         if (a, b) in self.matrices:
@@ -61,14 +81,14 @@ class Similarity:
 
     @property
     def key(self) -> str:
-        return sha256_json([self.zoo_hash, self.probe_hash, self.method])[:16]
+        return similarity_key(self.zoo_hash, self.probe_hash, self.numerics)
 
 
 def pair_path(root: Path, zoo: ZooSpec, key: str, a: str, b: str) -> Path:
     return root / zoo.name / "similarity" / key / f"{a}__{b}.json"
 
 
-def _load_pair(path: Path, zoo_hash: str, probe_hash: str) -> torch.Tensor | None:
+def _load_pair(path: Path, zoo_hash: str, probe_hash: str, numerics: str | None) -> torch.Tensor | None:
     """A cached pair if it is valid for these keys; None (recompute) otherwise."""
     if not path.is_file():
         return None
@@ -76,7 +96,8 @@ def _load_pair(path: Path, zoo_hash: str, probe_hash: str) -> torch.Tensor | Non
         data = read_json_artifact(path, KIND, SCHEMA, "similarity")
     except DeryError:
         return None
-    if (data.get("zoo_hash"), data.get("probe_hash"), data.get("method")) != (zoo_hash, probe_hash, METHOD):
+    want = (zoo_hash, probe_hash, METHOD, numerics)
+    if (data.get("zoo_hash"), data.get("probe_hash"), data.get("method"), data.get("numerics")) != want:
         return None
     return torch.tensor(data["matrix"], dtype=torch.float64)
 
@@ -84,7 +105,7 @@ def _load_pair(path: Path, zoo_hash: str, probe_hash: str) -> torch.Tensor | Non
 def load_similarity(zoo: ZooSpec, key: str, cache: Path | None = None) -> Similarity:
     """The cached similarity a partition was made from (by its key), without recomputing anything."""
     root = cache or cache_root()
-    matrices, probe_hash = {}, None
+    matrices, probe_hash, how = {}, None, None
     for a, b in itertools.combinations_with_replacement(zoo.donor_names, 2):
         path = pair_path(root, zoo, key, a, b)
         if not path.is_file():
@@ -98,9 +119,9 @@ def load_similarity(zoo: ZooSpec, key: str, cache: Path | None = None) -> Simila
             raise DeryError(
                 f"{path} belongs to another version of zoo {zoo.name!r}; rerun `dery partition`", "similarity"
             )
-        probe_hash = data["probe_hash"]
+        probe_hash, how = data["probe_hash"], data.get("numerics")
         matrices[(a, b)] = torch.tensor(data["matrix"], dtype=torch.float64)
-    return Similarity(zoo.name, zoo.hash(), probe_hash, METHOD, matrices)
+    return Similarity(zoo.name, zoo.hash(), probe_hash, METHOD, matrices, numerics=how)
 
 
 def compute_similarity(
@@ -129,13 +150,14 @@ def compute_similarity(
     if probe < 8:
         raise DeryError(f"the probe data holds only {probe} images; CKA needs at least 8", "similarity")
     zoo_hash = zoo.hash()
-    key = sha256_json([zoo_hash, probe_hash, METHOD])[:16]
+    how = numerics(device)
+    key = similarity_key(zoo_hash, probe_hash, how)
     names = zoo.donor_names
     # Self pairs too: the partition compares a donor's blocks with set centres cut from the same donor.
     pairs = list(itertools.combinations_with_replacement(names, 2))
     matrices, missing = {}, []
     for a, b in pairs:
-        m = _load_pair(pair_path(root, zoo, key, a, b), zoo_hash, probe_hash)
+        m = _load_pair(pair_path(root, zoo, key, a, b), zoo_hash, probe_hash, how)
         if m is None:
             missing.append((a, b))
         else:
@@ -185,6 +207,7 @@ def compute_similarity(
                     "probe_images": probe,
                     "probe_seed": seed,
                     "method": METHOD,
+                    "numerics": how,
                     "minibatch": m_batch,
                     "donors": [a, b],
                     "shape": list(m.shape),
@@ -192,7 +215,7 @@ def compute_similarity(
                 },
             )
     stats = SimilarityStats(len(pairs), len(pairs) - len(missing), len(missing), round(time.time() - t0, 2), probe)
-    return Similarity(zoo.name, zoo_hash, probe_hash, METHOD, matrices, notes), stats
+    return Similarity(zoo.name, zoo_hash, probe_hash, METHOD, matrices, notes, how), stats
 
 
 def heatmap_png(sim: Similarity, zoo: ZooSpec, a: str, b: str, path: Path) -> Path:

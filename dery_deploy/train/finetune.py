@@ -63,15 +63,28 @@ def train_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda", local)
 
 
-def init_distributed(device: torch.device) -> None:
-    """One process group for torchrun: NCCL with one GPU per process, else gloo (CPU processes)."""
+def init_distributed(device: torch.device) -> bool:
+    """One process group for torchrun: NCCL with one GPU per process, else gloo (CPU processes).
+    Returns whether this call created it (and so must destroy it); a caller's own group is left alone."""
     if torch.distributed.is_initialized():
-        return
+        return False
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before the NCCL init, so every collective uses this rank's GPU
         torch.distributed.init_process_group("nccl", device_id=device)
     else:
         torch.distributed.init_process_group("gloo")
+    return True
+
+
+def global_sums(values: list[float], world: int, device: torch.device) -> list[float]:
+    """Sums over all processes of per-process sums (loss, correct, seen, ...). Every rank must take a
+    decision on the same numbers: a plateau judged on each rank's own shard made ranks disagree, and one
+    rebuilt its DDP wrapper while the others were still all-reducing gradients (a hang)."""
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.cpu().tolist()
 
 
 def build_model(source: dict, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
@@ -228,8 +241,7 @@ def finetune(
                 "finetune",
             )
     dev = train_device(device)
-    if world > 1:
-        init_distributed(dev)
+    owns_group = init_distributed(dev) if world > 1 else False
     torch.manual_seed(recipe.seed)
     dissections = dissect_zoo(zoo) if "plan" in source else None
     model = build_model(source, zoo, dissections, num_classes=task.num_classes)
@@ -244,7 +256,8 @@ def finetune(
         model.load_state_dict(msd)
         history, phase1_done, probe_acc = meta["history"], meta["phase1_done"], meta.get("probe_acc")
         seam_matching = meta.get("seam_matching", [])
-    else:
+    model.to(dev)  # before healing and the probe, so that both run where training does
+    if resume_from is None:
         if recipe.match_epochs and "plan" in source:
             seam_matching = match_seams(
                 model,
@@ -254,10 +267,10 @@ def finetune(
                 recipe.match_epochs,
                 recipe.match_images,
                 seed=recipe.seed,
+                device=dev,
             )
         if recipe.head_init == "probe":
             probe_acc = fit_head(model, task.x("train"), task.y("train"), task.num_classes)
-    model.to(dev)
     if rank == 0:
         make_output_dir(run, "run folder", "finetune")
         atomic_write_json(run / "config.json", cfg)
@@ -349,6 +362,7 @@ def finetune(
                     description=f"phase {phase} epoch {epoch + 1}/{total_epochs}",
                     stats=f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}%",
                 )
+            loss_sum, kd_sum, correct, seen = global_sums([loss_sum, kd_sum, correct, seen], world, dev)
             rec = {
                 "epoch": epoch,
                 "phase": phase,
@@ -413,6 +427,8 @@ def finetune(
         atomic_write_json(run / "history.json", history)
     if world > 1:
         torch.distributed.barrier()
+        if owns_group:
+            torch.distributed.destroy_process_group()
     return metrics
 
 

@@ -23,10 +23,11 @@ def _features_and_classifier(model: nn.Module, x: torch.Tensor) -> tuple[torch.T
 def _embed(model: nn.Module, x: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, nn.Linear | None]:
     was = model.training
     model.eval()
+    dev = next(model.parameters()).device  # the features are made (and the probe fitted) where the model is
     try:
         parts, clf = [], None
         for i in range(0, len(x), batch):
-            f, clf = _features_and_classifier(model, x[i : i + batch])
+            f, clf = _features_and_classifier(model, x[i : i + batch].to(dev))
             parts.append(f.float())
         return torch.cat(parts), clf
     finally:
@@ -41,8 +42,9 @@ def fit_head(
     feats, clf = _embed(model, x)
     if clf is None or clf.out_features != num_classes:
         return None
-    w = torch.zeros(num_classes, feats.shape[1], requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
+    y = y.to(feats.device)
+    w = torch.zeros(num_classes, feats.shape[1], device=feats.device, requires_grad=True)
+    b = torch.zeros(num_classes, device=feats.device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import BlockRef, Plan
@@ -66,6 +67,18 @@ def test_tensorrt_without_tensorrt_says_what_to_install(trained_run):
     assert_one_line_error(run_dery("export", str(trained_run), "--format", "tensorrt"), "TensorRT is not installed")
 
 
+def test_tensorrt_for_a_jetson_points_to_the_bundle(trained_run):
+    """An engine for a Jetson is built on the Jetson: without --bundle the user is told how, whether or not
+    TensorRT is installed here."""
+    assert_one_line_error(
+        run_dery("export", str(trained_run), "--format", "tensorrt", "--device", "jetson-orin-nano"),
+        "built on the device itself",
+        "--bundle DIR",
+        "build_engine.sh",
+        "check_engine.py",
+    )
+
+
 def test_jetson_bundle(trained_run, tmp_path):
     import os
     import stat
@@ -108,6 +121,24 @@ def test_jetson_bundle(trained_run, tmp_path):
     ref = np.fromfile(ship / "parity_logits.bin", dtype=np.float32).reshape(x.shape[0], -1)
     got = ort.InferenceSession(str(ship / "model-fp16.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(got - ref).max() < man["parity"]["tolerance"]
+
+
+def test_tensorrt_engine_is_tuned_for_the_plans_batch(monkeypatch):
+    """The engine is timed and judged at the plan's batch, so it must be tuned for it (it was tuned for
+    batch 1), and the sidecar must say what the builder was asked. Checked with a recording fake of
+    `tensorrt` (no engine is built; `test_tensorrt_engine_parity` builds a real one where TensorRT exists)."""
+    from torch import nn
+
+    from dery_deploy.export.stage import tensorrt_engine
+    from tests.runtime.recording_tensorrt import install
+
+    record = install(monkeypatch, 10)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    parity_images = torch.randn(64, 1, 32, 32)
+    _, _, _, shapes = tensorrt_engine(model, parity_images, "fp16", batch=8)
+    [(_, lo, opt, hi)] = record.of("set_shape")
+    assert opt == (8, 1, 32, 32) and lo == (1, 1, 32, 32) and hi == (64, 1, 32, 32)
+    assert (shapes["min_shape"], shapes["opt_shape"], shapes["max_shape"]) == (list(lo), list(opt), list(hi))
 
 
 @pytest.mark.slow

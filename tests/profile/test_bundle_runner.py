@@ -129,9 +129,11 @@ def load_runner_module():
 TRT10_HELP = """&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help
   --minShapes=spec  --optShapes=spec  --maxShapes=spec  --timingCacheFile=<file>  --skipInference
   --fp16  Enable fp16 precision, in addition to fp32 (default = disabled)
+  --noTF32  Disable tf32 precision (default is to enable tf32, in addition to fp32)
   --stronglyTyped  Create a strongly typed network. (default = disabled)"""
 TRT11_HELP = """&&&& RUNNING TensorRT.trtexec [TensorRT v110000] # trtexec --help
-  --minShapes=spec  --optShapes=spec  --maxShapes=spec  --timingCacheFile=<file>  --skipInference"""
+  --minShapes=spec  --optShapes=spec  --maxShapes=spec  --timingCacheFile=<file>  --skipInference
+  --stronglyTyped  Accepted; every network is strongly typed"""
 TRT8_HELP = """&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec --help
   --buildOnly  Exit after the engine has been built and skip inference perf measurement (default = disabled)
   --fp16  Enable fp16 precision, in addition to fp32 (default = disabled)"""
@@ -141,9 +143,18 @@ def test_engine_plan_follows_what_trtexec_accepts():
     r = load_runner_module()
     item = {"file": "items/0001-block.onnx", "input_shape": [8, 16, 16], "sha256": "ab" * 32}
     t10, t11 = r.trtexec_features(TRT10_HELP), r.trtexec_features(TRT11_HELP)
-    assert t10 == {"fp16": True, "build_only": "--skipInference", "version": "10.3.0"}
-    assert t11["fp16"] is False and t11["version"] == "11.0.0"
-    assert r.trtexec_features(TRT8_HELP) == {"fp16": True, "build_only": "--buildOnly", "version": "8.5.2"}
+    assert t10 == {
+        "fp16": True,
+        "build_only": "--skipInference",
+        "no_tf32": True,
+        "strongly_typed": True,
+        "version": "10.3.0",
+    }
+    assert t11["fp16"] is False and t11["version"] == "11.0.0" and t11["strongly_typed"]
+    t8 = r.trtexec_features(TRT8_HELP)
+    assert (t8["fp16"], t8["build_only"], t8["version"]) == (True, "--buildOnly", "8.5.2")
+    # the banner's version decides: a TensorRT 11 help text that still names --fp16 is not weakly typed
+    assert r.trtexec_features(TRT11_HELP + "\n  (--fp16 was removed in 11.0)")["fp16"] is False
 
     plan = r.engine_plan(item, "fp16", t10, [1, 8, 32], None)
     assert plan["precision"] == "fp16" and plan["flags"] == ["--fp16"] and plan["note"] is None
@@ -158,8 +169,20 @@ def test_engine_plan_follows_what_trtexec_accepts():
     assert plan["shapes"]["opt"] == 32
     plan = r.engine_plan({**item, "file_fp16": "items/0001-block.fp16.onnx"}, "fp16", t11, [1, 32], None)
     assert (plan["precision"], plan["onnx"], plan["note"]) == ("fp16", "items/0001-block.fp16.onnx", None)
+    assert plan["flags"] == ["--stronglyTyped"]
+    # fp32 means fp32: TF32 off where trtexec has the switch (it would round fp32 layers to 10-bit mantissas)
+    assert r.engine_plan(item, "fp32", t10, [1], None)["flags"] == ["--noTF32"]
+    assert r.engine_plan(item, "fp32", t8, [1], None)["flags"] == []
     timed = r.time_command("trtexec", "/b/e.plan", 8, item["input_shape"], "/t/times.json")
     assert "--loadEngine=/b/e.plan" in timed and "--shapes=x:8x8x16x16" in timed
+
+
+def test_without_trtexec_the_runner_names_its_onnxruntime_backend(tiny_ws, tmp_path):
+    bundle = tmp_path / "bundle"
+    make_bundle(tiny_ws, bundle, [1], n_items=1)
+    p = run_runner(bundle, tmp_path / "result.json", "--trtexec", str(tmp_path / "no" / "trtexec"))
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "trtexec not found" in p.stderr and "--backend onnxruntime" in p.stderr
 
 
 @pytest.mark.tensorrt
@@ -215,3 +238,88 @@ def test_fp16_bundle_carries_fp16_onnx_items(tiny_ws, tmp_path):
         y32, y16 = s32.run(None, {"x": x})[0], s16.run(None, {"x": x})[0]
         assert y16.dtype == np.float32  # fp32 in and out: the runner feeds both files alike
         np.testing.assert_allclose(y16, y32, rtol=0.05, atol=0.05)
+
+
+# what the runner records on an 8 GB Orin Nano (JetPack 6): the result files below are measured here, with
+# the runner's onnxruntime backend on this CPU, and carry this fingerprint instead of this CPU's
+JETSON_FP = {"kind": "jetson", "gpu_name": "NVIDIA Jetson Orin Nano Developer Kit", "memory_mb": 7620}
+
+
+def as_if_measured_on_the_jetson(result):
+    res = json.loads(result.read_text())
+    res["fingerprint"] = {"start": JETSON_FP, "end": JETSON_FP}
+    result.write_text(json.dumps(res))
+
+
+def dery_ok(*args):
+    from tests.conftest import run_dery
+
+    p = run_dery(*args)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p
+
+
+def test_jetson_journey_bundle_verify_import_assemble(tiny_ws, tmp_path):
+    """A Jetson user's route, as typed: the bundle carries the --verify assemblies, the runner measures them
+    with the items, the import fits the latency check on them (plans get a margin), and `dery assemble`
+    says its finalists were predicted, not measured, and where the first measurement happens."""
+    from dery_deploy.profile.latency_model import LatencyModel
+    from dery_deploy.profile.run import random_plans
+    from tests.conftest import TINY_ZOO
+
+    cache, bundle, result = tmp_path / "cache", tmp_path / "jb", tmp_path / "result.json"
+    tiny = ("--zoo", str(TINY_ZOO), "--partition", str(tiny_ws.partition_path), "--cache", str(cache))
+    p = dery_ok("profile", *tiny, "--device", "jetson-orin-nano", "--precision", "fp32", "--bundle", str(bundle),
+                "--verify", "4", "--seed", "3")  # fmt: skip
+    assert "and 4 assemblies for the latency check" in p.stdout and "--backend onnxruntime" in p.stdout
+    man = json.loads((bundle / "manifest.json").read_text())
+    asm = [i for i in man["items"] if i["kind"] == "assembly"]
+    # the assemblies `dery profile --verify 4 --seed 3` measures on a machine that profiles itself
+    plans = random_plans(tiny_ws.zoo, tiny_ws.partition, 4, 3, 10)
+    assert [a["info"]["plan"] for a in asm] == [q.describe() for q in plans]
+    assert man["verify"] == {"n": 4, "seed": 3, "partition_key": tiny_ws.partition.key}
+
+    assert run_runner(bundle, result, *ort()).returncode == 0
+    as_if_measured_on_the_jetson(result)
+    p = dery_ok("profile", "--import", str(result), "--cache", str(cache))
+    assert "latency model on" in p.stdout and "median |error|" in p.stdout
+    [path] = (cache / "profiles" / "jetson-orin-nano").glob("*.json")
+    prof = read_profile(path)
+    assert prof.device == "jetson-orin-nano" and {r.kind for r in prof.records.values()} == {
+        "overhead", "donor", "block", "adapter", "head"
+    }  # fmt: skip
+    measured = json.loads(result.read_text())["results"]["1"]
+    raw = LatencyModel(prof, "raw")
+    assert prof.verify.n == 4 and prof.verify.partition_key == tiny_ws.partition.key
+    for row, a in zip(prof.verify.assemblies, asm):
+        assert row.measured_ms == round(measured[a["key"]]["median_ms"], 5) > 0
+        assert row.raw_predicted_ms == round(raw.predict_ms(a["info"]["items"]), 5)
+
+    budget = 3 * max(r.median_ms for r in prof.records.values() if r.kind == "donor")
+    p = dery_ok("assemble", *tiny, "--device", "jetson-orin-nano", "--backend", "onnxruntime", "--precision", "fp32",
+                "--latency-ms", f"{budget:.4f}", "--no-select", "--top", "3", "-o", str(tmp_path / "plan.json"),
+                "--data", "fashion-mnist:labels_per_class=20,test_per_class=30")  # fmt: skip
+    out = " ".join(p.stdout.split())  # rich wraps long lines
+    assert "finalist (predicted within the budget; this machine is not jetson-orin-nano" in out
+    assert "check_engine.py on the device" in out and "--bundle DIR" in out
+    assert "measured within the budget" not in out and "measured over the budget" not in out
+    assert "no latency check" not in out  # the bundle's assemblies gave the plans their margin
+
+
+def test_jetson_hints_name_the_bundle_route(tiny_ws, tmp_path):
+    """A missing Jetson profile, and a bundle written before any partition, say what to do next."""
+    from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
+
+    empty = tmp_path / "empty"
+    p = run_dery("assemble", "--zoo", str(TINY_ZOO), "--partition", str(tiny_ws.partition_path), "--cache",
+                 str(empty), "--device", "jetson-orin-nano", "--latency-ms", "1", "-o", str(tmp_path / "p.json"),
+                 "--data", "fashion-mnist:labels_per_class=20,test_per_class=30")  # fmt: skip
+    assert_one_line_error(p, "--bundle DIR", "python3 DIR/runner.py", "on the jetson-orin-nano", "--import")
+
+    p = dery_ok("profile", "--zoo", str(TINY_ZOO), "--cache", str(empty), "--device", "jetson-orin-nano",
+                "--bundle", str(tmp_path / "first"))  # fmt: skip
+    note = " ".join(p.stderr.split())
+    assert "has no partition yet" in note and "whole donors and units only" in note
+    assert "dery partition" in note and "--bundle NEW_DIR --verify 20" in note
+    man = json.loads((tmp_path / "first" / "manifest.json").read_text())
+    assert man["partition"] is None and {i["kind"] for i in man["items"]} == {"overhead", "donor", "unit"}

@@ -278,3 +278,20 @@ def test_profile_without_a_partition_measures_donors_and_units(tmp_path):
     kinds = [r.kind for r in prof.records.values()]
     assert kinds.count("donor") == 3 and kinds.count("unit") == sum(d.num_body_units for d in dis.values())
     assert {r.info["num_classes"] for r in prof.records.values() if r.kind == "donor"} == {5}
+
+
+def test_missing_items_of_a_jetson_profile_name_the_bundle_route(tiny_ws):
+    """A Jetson profiles through a bundle: the fix-it hint must not be a command that measures this host."""
+    from dery_deploy.profile.latency_model import LatencyModel
+
+    prof = read_profile(tiny_ws.profile_path)
+    with pytest.raises(DeryError) as host:
+        LatencyModel.of(prof).require(["block|missing"])
+    assert "--backend onnxruntime" in str(host.value) and "--bundle" not in str(host.value)
+    prof.device = "jetson-orin-nano"
+    with pytest.raises(DeryError) as jetson:
+        LatencyModel.of(prof).require(["block|missing"])
+    msg = str(jetson.value)
+    assert "--device jetson-orin-nano" in msg and "--bundle DIR --verify 20" in msg
+    assert "python3 DIR/runner.py --bundle DIR --out result.json --backend onnxruntime" in msg
+    assert "dery profile --import result.json" in msg

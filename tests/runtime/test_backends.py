@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from dery_deploy.runtime.backends import get_backend
+from dery_deploy.runtime.backends.torch_eager import TorchEager
+from dery_deploy.runtime.harness import TimingOptions
 from dery_deploy.runtime.measure import measure_module
 
 
@@ -123,6 +125,89 @@ def test_onnxruntime_cuda_binds_input_and_output_on_the_gpu():
     x2 = torch.randn(3, 4, 32, 32)  # another batch runs through a binding of its own
     with torch.no_grad():
         np.testing.assert_allclose(runner.run(x2), item(x2).numpy(), rtol=1e-2, atol=1e-2)
-    m = measure_module(be, item, x, "fp32", "cuda", max_s=2.0)
+    m = measure_module(be, item, x, "fp32", "cuda", TimingOptions(max_s=2.0))
     assert m.timing.median_ms > 0 and m.peak_memory_mb is not None and m.peak_memory_mb >= 0
     assert list(item.parameters())[0].device.type == "cpu"  # the caller's module is untouched
+
+
+class RecordingEager(TorchEager):
+    """torch-eager that records when measure_modules resets its state and when it prepares an item
+    (a recording wrapper around a real backend: the items are still built and timed for real)."""
+
+    def __init__(self):
+        super().__init__(threads=1)
+        self.events: list[str] = []
+
+    def reset(self):
+        self.events.append("reset")
+
+    def prepare(self, module, example, precision, device):
+        self.events.append("prepare")
+        return super().prepare(module, example, precision, device)
+
+
+def test_compiler_state_is_reset_before_the_memory_baseline():
+    """torch-compile's reset frees what earlier graphs held (the reference workload's); read after the
+    baseline, that freed memory was subtracted from the item's peak. The peak itself is a CUDA reading
+    (see the gpu test below); on a CPU what can be checked is that the reset comes first."""
+    from dery_deploy.runtime.measure import measure_modules
+
+    be = RecordingEager()
+    x = torch.randn(1, 4, 8, 8)
+    out, _ = measure_modules(
+        be,
+        {"a": lambda: (tiny_item(0).eval(), x), "b": lambda: (tiny_item(1).eval(), x)},
+        "fp32",
+        "cpu",
+        TimingOptions(min_windows=3, max_s=0.2),
+    )
+    assert be.events == ["reset", "prepare", "prepare"] and out["a"].timing.median_ms > 0
+
+
+@pytest.mark.gpu
+def test_torch_compile_peak_memory_is_not_lowered_by_an_earlier_graph():
+    """An item whose CUDA graph pool holds large activations first, then one with 16 MB of weights: with the
+    reset after the baseline, the first pool (freed by the reset) was subtracted from the second item's peak."""
+    be = get_backend("torch-compile")
+    wide = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(4)])
+    quick = TimingOptions(min_windows=3, max_s=0.5)
+    measure_module(be, wide, torch.randn(8192, 1024), "fp32", "cuda", quick)  # ~32 MB per activation
+    m = measure_module(
+        be, nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(4)]), torch.randn(1, 1024), "fp32", "cuda", quick
+    )
+    assert m.peak_memory_mb is not None and m.peak_memory_mb >= 0.9 * 16, m.peak_memory_mb
+
+
+@pytest.mark.gpu
+def test_cudagraph_replay_outlives_the_module_it_was_captured_from():
+    """The graph reads its weights by address: after prepare() returns, its module must still be owned by
+    the runner. Not reproducible on a CPU (no CUDA graphs); the freed memory is refilled here before replay."""
+    import gc
+
+    be = get_backend("torch-cudagraph")
+    item = nn.Sequential(nn.Conv2d(4, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 8, 3, padding=1)).eval()
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        ref = item(x).numpy()
+    runner = be.prepare(item, x, "fp32", "cuda")
+    gc.collect()
+    torch.cuda.empty_cache()
+    junk = [torch.full((1 << 20,), float("nan"), device="cuda") for _ in range(64)]  # reuse what was freed
+    out = runner.run(x)
+    del junk
+    assert any(isinstance(k, nn.Module) for k in runner.keeps)
+    np.testing.assert_allclose(out, ref, rtol=1e-2, atol=1e-2)  # cuDNN may run the convolutions in TF32
+
+
+def test_aoti_check_turns_tf32_off_for_fp32_packages(monkeypatch):
+    """The AOTInductor check runs in a process of its own; for an fp32 package cuBLAS and cuDNN must not
+    use TF32 (cuDNN does by default), else parity at 1e-4 fails on Ampere and later. The flags are torch's
+    own and readable on a CPU; their effect on a GPU's kernels is not."""
+    from dery_deploy.runtime.aoti_check import strict_fp32
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after the test
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    strict_fp32(torch.float16)
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    strict_fp32(torch.float32)
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32

@@ -54,6 +54,25 @@ def test_specs_match_the_fingerprints_they_claim():
     assert not h200.matches({"kind": "cpu", "cpu_model": "NVIDIA H200"})
 
 
+@pytest.mark.parametrize(
+    "model,memory_mb,spec",
+    [
+        ("NVIDIA Jetson Orin Nano Developer Kit", 7620, "jetson-orin-nano"),
+        ("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super", 7620, "jetson-orin-nano"),
+        ("NVIDIA Jetson AGX Orin Developer Kit", 62800, "jetson-agx-orin"),
+        # other GPUs (core counts) than the specs describe: no spec, rather than a wrong one
+        ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", 15656, None),  # Orin NX 16 GB
+        ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", 7620, None),  # Orin NX 8 GB
+        ("NVIDIA Jetson Orin Nano Developer Kit", 3434, None),  # Orin Nano 4 GB
+        ("NVIDIA Jetson AGX Orin Developer Kit", 30536, None),  # AGX Orin 32 GB
+    ],
+)
+def test_jetson_modules_match_only_their_own_spec(model, memory_mb, spec):
+    """/proc/device-tree/model and MemTotal, as the bundle runner reads them on each module."""
+    fp = {"kind": "jetson", "gpu_name": model, "memory_mb": memory_mb}
+    assert [s.id for s in list_devices() if s.matches(fp)] == ([spec] if spec else [])
+
+
 def test_bad_device_yaml_reports_every_field(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("id: x\nkind: tpu\nfingerprint: []\n")

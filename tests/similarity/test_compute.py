@@ -131,3 +131,39 @@ def test_imagenet_zoo_with_random_init_passes_similarity_and_partition(tmp_path)
         zoo, sim, problem_from(zoo, sim, 4, 0.2, dis), optimise(problem_from(zoo, sim, 4, 0.2, dis), 3, 0), dis, 0
     )
     assert part.K == 4 and all(len(s.blocks) == len(zoo.donors) for s in part.sets)
+
+
+def test_cuda_results_have_keys_of_their_own(tmp_path):
+    """CKA on CUDA may run in TF32 (cuDNN's default): its results must not be served as CPU ones, nor the other
+    way round. CPU keys are what they always were, so existing caches and partitions stay valid."""
+    from dery_deploy.artifacts import sha256_json
+    from dery_deploy.similarity.compute import METHOD, cuda_numerics, numerics, similarity_key
+
+    zoo = get_zoo(TINY_ZOO)
+    sim, _ = compute_similarity(zoo, 32, cache=tmp_path)
+    assert numerics("cpu") is None and sim.numerics is None
+    assert sim.key == sha256_json([zoo.hash(), sim.probe_hash, METHOD])[:16]
+    keys = {
+        sim.key,
+        similarity_key(zoo.hash(), sim.probe_hash, cuda_numerics("NVIDIA H200", False, True)),
+        similarity_key(zoo.hash(), sim.probe_hash, cuda_numerics("NVIDIA H200", False, False)),
+        similarity_key(zoo.hash(), sim.probe_hash, cuda_numerics("NVIDIA H100 80GB HBM3", False, True)),
+    }
+    assert len(keys) == 4
+    # a pair file computed another way, found under this key (copied caches), is recomputed, not reused
+    path = pair_path(tmp_path, zoo, sim.key, "res", "vit")
+    data = json.loads(path.read_text())
+    assert data["numerics"] is None
+    data["numerics"] = cuda_numerics("NVIDIA H200", False, True)
+    path.write_text(json.dumps(data))
+    _, st = compute_similarity(zoo, 32, cache=tmp_path)
+    assert st.computed == 1
+
+
+@pytest.mark.gpu
+def test_similarity_on_cuda_does_not_reuse_cpu_results(tmp_path):
+    zoo = get_zoo(TINY_ZOO)
+    cpu, _ = compute_similarity(zoo, 32, cache=tmp_path)
+    gpu, st = compute_similarity(zoo, 32, device="cuda", cache=tmp_path)
+    assert st.computed == st.pairs and gpu.key != cpu.key and "tf32" in gpu.numerics
+    assert torch.allclose(gpu.matrix("res", "vit"), cpu.matrix("res", "vit"), atol=2e-2)

@@ -2,6 +2,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import BlockRef, Plan
 from dery_deploy.train.finetune import Recipe, finetune, load_checkpoint, load_run_model
-from tests.conftest import ROOT, assert_one_line_error, run_dery
+from tests.conftest import ROOT, TINY_ZOO, assert_one_line_error, run_dery
 
 
 def tiny_plan(ws) -> Plan:
@@ -199,6 +201,72 @@ def test_ddp_two_cpu_processes_match_single_process(tiny_ws, tmp_path):
     assert abs(d["test_accuracy"] - s["test_accuracy"]) < 8.0
 
 
+PLATEAU_DATA = "fashion-mnist:labels_per_class=20,test_per_class=30"
+PLATEAU_RECIPE = dict(epochs_adapter=4, epochs_full=1, batch=40, plateau=0.5, head_init="random", match_epochs=0)
+
+
+def _ddp_worker(rank: int, world: int, port: int, plan: dict, out: str) -> None:
+    """One of two gloo processes of `test_ddp_ranks_decide_the_plateau_together` (module level: spawned)."""
+    import torch.distributed
+
+    from dery_deploy.data.task import load_task
+    from dery_deploy.zoo import get_zoo
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    zoo = get_zoo(TINY_ZOO)
+    task = load_task(PLATEAU_DATA, zoo.input)
+    finetune({"plan": plan}, zoo, task, Recipe(**PLATEAU_RECIPE), Path(out), log=None, progress=False, device="cpu")
+    # the group finetune() created is gone again: a later call (or the caller's own group) starts clean
+    Path(f"{out}.rank{rank}").write_text(json.dumps({"group_left": torch.distributed.is_initialized()}))
+
+
+def test_ddp_ranks_decide_the_plateau_together(tiny_ws, tmp_path):
+    """Two gloo processes, up to 4 adapter epochs with a 50% plateau test: every rank must judge the
+    plateau on the global loss. Judged on each rank's own shard, ranks could disagree and one rebuilt its
+    DDP wrapper while the other still all-reduced (a hang, caught here by the join timeout); the recorded
+    loss was rank 0's shard. Phase 1 trains adapters and head on frozen blocks whose BatchNorms are in eval
+    mode, so two processes with half the global batch each compute the single process's loss."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from dery_deploy.data.task import load_task
+
+    plan = tiny_plan(tiny_ws).to_dict()
+    single = finetune(
+        {"plan": plan},
+        tiny_ws.zoo,
+        load_task(PLATEAU_DATA, tiny_ws.zoo.input),
+        Recipe(**PLATEAU_RECIPE),
+        tmp_path / "single",
+        log=None,
+        progress=False,
+        device="cpu",
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.start_processes(
+        _ddp_worker, args=(2, port, plan, str(tmp_path / "ddp")), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.time() + 600
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two ranks did not finish within 10 minutes: a rank is stuck in a collective")
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    p1_single = [h for h in single["history"] if h["phase"] == 1]
+    p1_ddp = [h for h in ddp["history"] if h["phase"] == 1]
+    assert ddp["world_size"] == 2 and len(p1_ddp) == len(p1_single) < 4 and p1_ddp[-1].get("plateau")
+    for a, b in zip(p1_ddp, p1_single):
+        assert abs(a["loss"] - b["loss"]) < 2e-3, (a, b)
+        assert abs(a["train_acc"] - b["train_acc"]) < 1e-6, (a, b)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"ddp.rank{rank}").read_text()) == {"group_left": False}
+
+
 def test_cli_refusals(tiny_ws, tmp_path):
     assert_one_line_error(run_dery("finetune", "-o", str(tmp_path / "x")), "either a plan.json or --donor")
     assert_one_line_error(run_dery("finetune", "--donor", "nope", "-o", str(tmp_path / "x")), "Unknown donor 'nope'")
@@ -238,3 +306,19 @@ def test_training_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(DeryError, match="no CUDA GPU"):
             train_device("cuda")
+
+
+@pytest.mark.gpu
+def test_healing_and_the_probe_run_on_the_training_gpu(tiny_ws, small_task, tmp_path):
+    """Under --device cuda the seams are healed and the head is probed on the GPU; both ran on the CPU
+    before the model moved. Not reproducible on a CPU: there the two are the same device."""
+    from dery_deploy.train.finetune import build_model
+    from dery_deploy.train.head_init import fit_head
+
+    src = {"plan": tiny_plan(tiny_ws).to_dict()}
+    model = build_model(src, tiny_ws.zoo, num_classes=10).cuda()
+    acc = fit_head(model, small_task.x("train"), small_task.y("train"), 10)  # CPU images, GPU model
+    assert acc is not None and acc > 20 and model.head.fc.weight.is_cuda
+    recipe = Recipe(epochs_adapter=1, epochs_full=0, batch=50, match_epochs=1, match_images=256)
+    m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False, device="cuda")
+    assert m["device"].startswith("cuda") and m["seam_matching"] and m["probe_train_accuracy"] is not None

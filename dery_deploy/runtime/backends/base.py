@@ -30,6 +30,9 @@ class Runner:
     # memory of a fresh instance in MB, for backends whose memory the caller cannot observe itself
     fresh_memory_mb: Callable[[], float] | None = None
     stream: object | None = None  # the CUDA stream `call` enqueues on (None: torch's current stream)
+    # what `call` reads but holds no reference to: a CUDA graph replays raw addresses of the weights it was
+    # captured with, so the module they belong to must live as long as the runner (else freed memory is read)
+    keeps: tuple = ()
 
 
 class Backend(abc.ABC):

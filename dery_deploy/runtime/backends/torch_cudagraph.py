@@ -1,5 +1,10 @@
 """torch-cudagraph: capture the item once into a CUDA graph and replay it, as a latency-critical
-PyTorch server does; launch overhead disappears, so per-block sums add up to whole models."""
+PyTorch server does; launch overhead disappears, so per-block sums add up to whole models.
+
+A graph owns only what it allocated during capture; the weights of the module it was captured from
+are read by address. The runner therefore keeps that module (`Runner.keeps`): once it was collected,
+its memory would return to the caching allocator and a replay would read whatever lives there.
+"""
 
 from __future__ import annotations
 
@@ -37,4 +42,4 @@ class TorchCudaGraph(Backend):
             torch.cuda.synchronize()
             return static_y.float().cpu().numpy()
 
-        return Runner(graph.replay, run, True, time.perf_counter() - t0)
+        return Runner(graph.replay, run, True, time.perf_counter() - t0, keeps=(m, static_x, static_y))
