@@ -1,5 +1,9 @@
-"""The QDQ INT8 ONNX: its form, and that ONNX Runtime and OpenVINO both run it with the accuracy of
-the fp32 network it was calibrated from."""
+"""The QDQ INT8 ONNX: its form, that ONNX Runtime and OpenVINO both run it with the accuracy of the
+fp32 network they were calibrated from, and what our code asks of TensorRT to build it (a
+recording fake: it never counts as an engine having run)."""
+
+import sys
+import types
 
 import numpy as np
 import onnx
@@ -132,3 +136,100 @@ def test_artifact_runner_refuses_what_it_cannot_run(tmp_path):
     xml.write_text("<net/>")
     with pytest.raises(DeryError, match="use runtime openvino"):
         artifact_runner(xml, "onnxruntime")
+
+
+class RecordingFakeTensorRT(types.ModuleType):
+    """Stands in for the `tensorrt` module and records what our code asks of it. It builds nothing:
+    passing a test with it says which flags and calls we make, never that an engine works."""
+
+    class Logger:
+        WARNING = "WARNING"
+
+        def __init__(self, level):
+            pass
+
+    class BuilderFlag:
+        FP16 = "FP16"
+        INT8 = "INT8"
+
+    class MemoryPoolType:
+        WORKSPACE = "WORKSPACE"
+
+    def __init__(self, version: str):
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.calls: list[tuple] = []
+        fake = self
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("set_memory_pool_limit", pool, size))
+
+            def set_flag(self, flag):
+                fake.calls.append(("set_flag", flag))
+
+            def create_timing_cache(self, data):
+                return "cache"
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                pass
+
+            def add_optimization_profile(self, profile):
+                fake.calls.append(("add_optimization_profile", profile.shapes))
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                self.shapes = (name, tuple(lo), tuple(opt), tuple(hi))
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("create_network", flags))
+                return "network"
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build_serialized_network",))
+                return b"recorded, not built"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse(self, data):
+                fake.calls.append(("parse", data))
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+    def flags(self) -> list[str]:
+        return [c[1] for c in self.calls if c[0] == "set_flag"]
+
+
+@pytest.mark.parametrize(("version", "flags"), [("10.3.0", ["INT8"]), ("11.0.0", [])])
+def test_int8_engine_asks_tensorrt_for_explicit_quantization(monkeypatch, version, flags):
+    from dery_deploy.runtime import tensorrt as rt
+
+    fake = RecordingFakeTensorRT(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(rt, "_TIMING_CACHE", {})
+    x = torch.randn(8, 1, 32, 32)
+    engine, _, qdq = rt.int8_engine_from_module(small_cnn().eval(), x, (1, 1, 32, 32), max_batch=32)
+    assert engine == b"recorded, not built"
+    # TensorRT 10: INT8 lets the Q/DQ layers run in INT8, and no FP16 (the other layers stay fp32 as
+    # measured on the CPU); TensorRT 11 is strongly typed: the Q/DQ types decide, no flag
+    assert fake.flags() == flags
+    [parsed] = [c[1] for c in fake.calls if c[0] == "parse"]
+    assert parsed == qdq and quantized_ops(parsed)["quantized"] == 4  # the QDQ ONNX itself is what TensorRT parses
+    assert ("add_optimization_profile", ("x", (1, 1, 32, 32), (1, 1, 32, 32), (32, 1, 32, 32))) in fake.calls
+    assert [c[0] for c in fake.calls][-1] == "build_serialized_network"
