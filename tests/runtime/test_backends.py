@@ -167,6 +167,12 @@ def test_int8_items_are_measured_on_both_cpu_backends():
         )
         assert summary.items == 3 and all(o.timing.median_ms > 0 for o in out.values())
         assert all(o.peak_memory_mb is not None and o.peak_memory_mb >= 0 for o in out.values())
+    # a given QDQ file (a finalist's, calibrated on task images) runs as it is on either backend
+    from dery_deploy.runtime.quantize import qdq_from_module
+
+    qdq = qdq_from_module(items[1], torch.randn(16, 4, 8, 8))
+    a, b = (get_backend(n, threads=1).runner_from_onnx(qdq, x).run(x) for n in ("openvino", "onnxruntime"))
+    assert a.shape == (2, 3) and np.abs(a - b).max() < 0.05
 
 
 def test_int8_precision_is_refused_where_it_does_not_run():

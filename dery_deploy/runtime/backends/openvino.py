@@ -43,9 +43,11 @@ class OpenVino(Backend):
         data = onnx_from_module(own_copy(module, "cpu", torch.float32), x)
         if precision == "int8":
             data = qdq_from_onnx(data, x)
-        return self.runner_from_onnx(data, x, t0)
+        return self.runner_from_onnx(data, x, device, t0)
 
-    def runner_from_onnx(self, onnx_bytes: bytes, example: torch.Tensor, t0: float | None = None) -> Runner:
+    def runner_from_onnx(
+        self, onnx_bytes: bytes, example: torch.Tensor, device: str = "cpu", t0: float | None = None
+    ) -> Runner:
         """A runner of this ONNX (fp32 or QDQ INT8) compiled for `example`'s shape; `run` takes any batch."""
         t0 = time.perf_counter() if t0 is None else t0
         x = np.ascontiguousarray(example.float().cpu().numpy())
