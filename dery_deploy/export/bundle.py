@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dery_deploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from dery_deploy.runtime.evaluate import artifact_runner
 from dery_deploy.runtime.onnx import onnx_from_module, save_onnx
 from dery_deploy.runtime.quantize import qdq_from_module
 
@@ -62,10 +63,9 @@ echo "engine built: model.engine; now run: python3 check_engine.py"
 
 def int8_engine_parity(model, qdq: bytes, x: torch.Tensor) -> dict:
     """What check_engine.py holds an INT8 engine to on the device: top-1 agreement with the fp32
-    PyTorch logits at least that of the same QDQ ONNX run here by ONNX Runtime, less INT8_AGREEMENT_SLACK
-    (the engine's INT8 kernels round differently); max |diff| means nothing for INT8."""
-    from dery_deploy.runtime.evaluate import artifact_runner
-
+    PyTorch logits at least that of the same QDQ ONNX run here by ONNX Runtime, less
+    INT8_AGREEMENT_SLACK (the engine's INT8 kernels round differently); max |diff| means nothing
+    for INT8."""
     with torch.inference_mode():
         ref = model(x).numpy().argmax(1)
     here = float((artifact_runner(qdq, "onnxruntime")(x).argmax(1) == ref).mean())
