@@ -196,6 +196,10 @@ def test_bundle_round_trip_with_onnxruntime_runner(tiny_ws, tmp_path):
         (["profile", "--device", "tpu9"], ["Unknown device 'tpu9'", "cpu", "h100", "jetson-orin-nano"]),
         (["profile", "--device", "cpu", "--batch", "0"], ["--batch must be positive"]),
         (["profile", "--device", "cpu", "--backend", "torch-cudagraph"], ["does not list backend 'torch-cudagraph'"]),
+        (
+            ["profile", "--device", "jetson-orin-nano", "--precision", "int8", "--bundle", "never-written"],
+            ["int8 items are not bundled yet", "--backend tensorrt --precision int8"],
+        ),
     ],
 )
 def test_cli_bad_input(tiny_ws, args, needles):
@@ -278,3 +282,19 @@ def test_profile_without_a_partition_measures_donors_and_units(tmp_path):
     kinds = [r.kind for r in prof.records.values()]
     assert kinds.count("donor") == 3 and kinds.count("unit") == sum(d.num_body_units for d in dis.values())
     assert {r.info["num_classes"] for r in prof.records.values() if r.kind == "donor"} == {5}
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_int8_profile_on_a_cpu_backend(tiny_ws, tmp_path, backend):
+    from dery_deploy.profile.run import run_profile
+    from dery_deploy.runtime.harness import TimingOptions
+
+    [path] = run_profile(
+        tiny_ws.zoo, tiny_ws.device, backend, "int8", [1], tiny_ws.partition, tiny_ws.dis, tmp_path, 10,
+        limit=4, timing=TimingOptions(min_windows=3, max_s=0.0),
+    )  # fmt: skip
+    prof = read_profile(path)
+    assert (prof.backend, prof.precision, prof.threads) == (backend, "int8", 1) and "int8" in path.name
+    assert len(prof.records) == 4 and all(r.median_ms > 0 and r.runs >= 3 for r in prof.records.values())
+    # both CPU runtimes' memory is measured (a fresh session / compiled model's peak RSS rise)
+    assert all(r.peak_memory_mb is not None and r.peak_memory_mb >= 0 for r in prof.records.values())
