@@ -2,6 +2,7 @@
 
 Examples:
     dery export run/ --format onnx
+    dery export run/ --format openvino --precision int8     # QDQ INT8, top-1 measured against fp32
     dery export run/ --format aoti
     dery export run/ --format tensorrt --precision fp16          # where TensorRT is installed
     dery export run/ --format tensorrt --device jetson-orin-nano --bundle ship/
@@ -20,8 +21,10 @@ from dery_deploy.export.stage import BudgetVerdict, export_run
 
 def export(
     run: Path = typer.Argument(..., help="run directory of `dery finetune`"),
-    fmt: str = typer.Option("onnx", "--format", help="onnx, tensorrt or aoti"),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 or fp16 (default: the plan's)"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, openvino, tensorrt or aoti"),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32, fp16 (tensorrt, aoti) or int8 (onnx, openvino, tensorrt) (default: the plan's)"
+    ),
     device: str | None = typer.Option(None, "--device", help="target device id (jetson ids need --bundle)"),
     bundle: Path | None = typer.Option(
         None, "--bundle", help="write ONNX + build and check scripts for an edge device"
@@ -46,9 +49,19 @@ def export(
         raise typer.Exit(3)
     par = rep["parity"]
     flag = "" if rep["latency_stable"] else " [yellow](unstable measurement)[/]"
+    if rep["precision"] == "int8":
+        check = (
+            f"int8 top-1 {rep['int8_top1']:.2f}% vs fp32 {rep['fp32_top1']:.2f}% on {par['images']} test images "
+            f"({rep['int8_top1_change']:+.2f} ± {rep['int8_top1_change_se']:.2f} points)"
+        )
+    else:
+        check = (
+            f"parity max |diff| {par['max_abs_diff']:.2e} on {par['images']} images, "
+            f"top-1 identical: {par['top1_identical']}"
+        )
     console.print(
-        f"{rep['format']}: {rep['artifact']} parity max |diff| {par['max_abs_diff']:.2e} on {par['images']} images, "
-        f"top-1 identical: {par['top1_identical']}; latency {rep['latency_ms']:.4f} ms ({rep['latency_backend']}){flag}"
+        f"{rep['format']}: {rep['artifact']} {check}; latency {rep['latency_ms']:.4f} ms "
+        f"({rep['latency_backend']}){flag}"
     )
     b = BudgetVerdict(**rep["budget"]) if rep.get("budget") else None
     if b is not None:

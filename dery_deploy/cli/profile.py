@@ -5,6 +5,7 @@ Needs no images and no weights: before a partition exists it measures whole dono
 
 Examples:
     dery profile --zoo fashion --device cpu --backend onnxruntime --batch 1,32
+    dery profile --zoo fashion --device cpu --backend openvino --precision int8 --batch 1,32
     dery profile --zoo imagenet --device h100 --backend torch-cudagraph --precision fp16 --batch 1,32
     dery profile --zoo fashion --device cpu --verify 20
     dery profile --zoo fashion --device jetson-orin-nano --bundle jetson_bundle/ --verify 20
@@ -40,9 +41,11 @@ def profile(
     zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML path"),
     device: str | None = typer.Option(None, "--device", help="device id (default: the spec this machine matches)"),
     backend: str | None = typer.Option(
-        None, "--backend", help="torch-eager, torch-cudagraph, torch-compile, onnxruntime, tensorrt"
+        None, "--backend", help="torch-eager, torch-cudagraph, torch-compile, onnxruntime, openvino, tensorrt"
     ),
-    precision: str | None = typer.Option(None, "--precision", help="fp32 or fp16 (default: the device's)"),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32, fp16 or int8 (onnxruntime, openvino on CPU; tensorrt) (default: the device's)"
+    ),
     batch: str = typer.Option("1", "--batch", help="batch sizes, comma-separated"),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads the runtime computes with (default: the device spec's)"
@@ -92,6 +95,12 @@ def profile(
             f"--verify measures assemblies of a partition; run `dery partition --zoo {z.ref}` first", "profile"
         )
     dis = dissect_zoo(z)
+    if bundle is not None and (precision or spec.default_precision) == "int8":
+        raise DeryError(
+            "a profiling bundle measures fp32 or fp16 engines; int8 items are not bundled yet: profile int8 on a "
+            "machine with TensorRT (--backend tensorrt --precision int8), or drop --precision int8",
+            "profile",
+        )
     if bundle is not None:
         prec = precision or spec.default_precision
         manifest = write_bundle(z, spec, part, dis, bundle, batches, prec, num_classes, verify, seed)

@@ -2,11 +2,12 @@
 and TensorRT-version specific).
 
 A bundle holds the ONNX (fp32, plus an fp16 one for TensorRT 11, which builds only strongly typed
-networks), `build_engine.sh` (the exact trtexec flags, chosen by the device's TensorRT version),
-the parity inputs and the PyTorch logits, and `check_engine.py`, which on the device runs the
-built engine on the parity inputs, compares the logits, times it and judges the plan's budget,
-writing `check-result.json`. Every file is readable by others (a bundle is copied to another
-machine and user).
+networks, or for int8 the QDQ INT8 ONNX of `runtime.quantize`), `build_engine.sh` (the exact
+trtexec flags, chosen by the device's TensorRT version), the parity inputs and the PyTorch logits,
+and `check_engine.py`, which on the device runs the built engine on the parity inputs, compares the
+logits (an INT8 engine: its top-1 agreement), times it and judges the plan's budget, writing
+`check-result.json`. Every file is readable by others (a bundle is copied to another machine and
+user).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import numpy as np
 import torch
 
 from dery_deploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from dery_deploy.runtime.evaluate import artifact_runner
 from dery_deploy.runtime.onnx import onnx_from_module, save_onnx
+from dery_deploy.runtime.quantize import qdq_from_module
 
 FP16_TOL = 5e-2
+INT8_AGREEMENT_SLACK = 0.05  # 3 of the 64 parity images may flip between INT8 kernels
 
 
 def build_script(spec, shape: str, batch: int, max_batch: int, precision: str) -> str:
@@ -35,6 +39,17 @@ if [ "$MAJOR" -ge 11 ] || { [ "$MAJOR" -eq 0 ] && ! has --fp16; }; then
   run "$TRTEXEC" --onnx=model-fp16.onnx "${FLAGS[@]}"
 else
   run "$TRTEXEC" --onnx=model.onnx --fp16 "${FLAGS[@]}"
+fi"""
+    elif precision == "int8":
+        build = """# INT8 is the QDQ ONNX on both: TensorRT 10 runs its Q/DQ layers in INT8 with --int8 (no --fp16:
+# the other layers stay fp32, as measured on the host); TensorRT 11 reads the precision from the Q/DQ
+# types of a strongly typed network and has no --int8.
+if [ "$MAJOR" -ge 11 ] || { [ "$MAJOR" -eq 0 ] && ! has --int8; }; then
+  if has --stronglyTyped; then FLAGS+=(--stronglyTyped); fi
+  run "$TRTEXEC" --onnx=model-int8.onnx "${FLAGS[@]}"
+else
+  if has --noTF32; then FLAGS+=(--noTF32); fi
+  run "$TRTEXEC" --onnx=model-int8.onnx --int8 "${FLAGS[@]}"
 fi"""
     else:
         build = """# fp32 means fp32: TensorRT runs fp32 layers in TF32 (10-bit mantissas) unless told not to
@@ -70,10 +85,34 @@ echo "engine built: model.engine; now run: python3 check_engine.py"
 """
 
 
+def int8_engine_parity(model, qdq: bytes, x: torch.Tensor) -> dict:
+    """What check_engine.py holds an INT8 engine to on the device: top-1 agreement with the fp32
+    PyTorch logits at least that of the same QDQ ONNX run here by ONNX Runtime, less
+    INT8_AGREEMENT_SLACK (the engine's INT8 kernels round differently); max |diff| means nothing
+    for INT8."""
+    with torch.inference_mode():
+        ref = model(x).numpy().argmax(1)
+    here = float((artifact_runner(qdq, "onnxruntime")(x).argmax(1) == ref).mean())
+    return {
+        "tolerance": None,
+        "int8_top1_agreement_here": round(here, 5),
+        "min_top1_agreement": round(max(0.0, here - INT8_AGREEMENT_SLACK), 5),
+    }
+
+
 def jetson_bundle(
-    model, x: torch.Tensor, spec, out: Path, precision: str, batch: int, plan: dict | None, max_batch: int = 32
+    model,
+    x: torch.Tensor,
+    spec,
+    out: Path,
+    precision: str,
+    batch: int,
+    plan: dict | None,
+    max_batch: int = 32,
+    calibration: torch.Tensor | None = None,
 ) -> dict:
-    """Write the bundle (module docstring) and return its report."""
+    """Write the bundle (module docstring) and return its report; `calibration`: the images an int8
+    bundle's QDQ ONNX is calibrated on (the task's unlabelled images)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
@@ -82,6 +121,14 @@ def jetson_bundle(
     if precision == "fp16":
         save_onnx(onnx_from_module(model, x[:1], precision="fp16"), out / "model-fp16.onnx")
         files.append("model-fp16.onnx")
+    int8_parity: dict = {}
+    if precision == "int8":
+        if calibration is None:
+            raise ValueError("an int8 bundle needs calibration images")
+        qdq = qdq_from_module(model, calibration)
+        save_onnx(qdq, out / "model-int8.onnx")
+        files.append("model-int8.onnx")
+        int8_parity = int8_engine_parity(model, qdq, x)
     shape = "x".join(str(s) for s in x.shape[1:])
     max_batch = max(max_batch, batch, x.shape[0])
     atomic_write_text(out / "build_engine.sh", build_script(spec, shape, batch, max_batch, precision))
@@ -118,6 +165,7 @@ def jetson_bundle(
             "logits": "parity_logits.bin",
             "classes": int(model(x[:1]).shape[1]),
             "tolerance": FP16_TOL if precision == "fp16" else 1e-3,
+            **int8_parity,
         },
         "budget_ms": budget,
         "predicted_ms": (plan or {}).get("predicted", {}).get("latency_ms"),

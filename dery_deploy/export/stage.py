@@ -1,12 +1,18 @@
-"""Compile and verify: ONNX (ONNX Runtime), TensorRT engines, AOTInductor packages, edge bundles.
+"""Compile and verify: ONNX (ONNX Runtime), OpenVINO IR, TensorRT engines, AOTInductor packages,
+edge bundles.
 
 Every export writes `report-<format>.json`: parity against PyTorch on the task's test images, the
-artifact's latency measured here, and the budget check. The budget is a promise about what ships:
-where this machine is the plan's device, the artifact is measured at the plan's batch, precision
-and thread count, at the per-call percentile the budget promises (at least 1024 calls for p90 and
-p99, as MLPerf's single-stream scenario asks), and compared with the budget itself; the only
-allowance is the measurement's own uncertainty (one standard error over its windows), printed
-beside the verdict. Over budget fails unless allowed.
+artifact's latency measured here, and the budget check. An INT8 artifact (`--precision int8`: the
+QDQ ONNX of `runtime.quantize`, calibrated on the task's unlabelled images, for onnx, openvino and
+tensorrt) has no max-abs parity to speak of: its top-1 on the whole test split is measured against
+the fp32 PyTorch network's on the same images, and the export fails when it drops by more than
+`INT8_MAX_DROP` points (or twice the change's own standard error, on a small test split).
+
+The budget is a promise about what ships: where this machine is the plan's device, the artifact is
+measured at the plan's batch, precision and thread count, at the per-call percentile the budget
+promises (at least 1024 calls for p90 and p99, as MLPerf's single-stream scenario asks), and
+compared with the budget itself; the only allowance is the measurement's own uncertainty (one
+standard error over its windows), printed beside the verdict. Over budget fails unless allowed.
 """
 
 from __future__ import annotations
@@ -24,20 +30,32 @@ import numpy as np
 import torch
 
 from dery_deploy.artifacts import atomic_write_json, make_output_dir, sha256_file
-from dery_deploy.data.task import load_task
+from dery_deploy.data.task import Task, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.export.bundle import jetson_bundle
 from dery_deploy.runtime.backends.onnxruntime import OnnxRuntime
 from dery_deploy.runtime.devices import get_device, this_machine
+from dery_deploy.runtime.evaluate import Logits, accuracy_change, artifact_runner
 from dery_deploy.runtime.harness import Measurement, TimingOptions, measure
 from dery_deploy.runtime.onnx import OPSET, onnx_from_module, save_onnx
+from dery_deploy.runtime.quantize import CALIBRATION_IMAGES, qdq_from_module, quantized_ops
 from dery_deploy.train.finetune import load_run_model
 from dery_deploy.zoo.load import get_zoo
 
 PARITY_IMAGES = 64
 FP32_TOL = 1e-4
 FP16_TOL = 5e-2  # max abs logit difference accepted for fp16 artifacts (logits are O(1-10))
-FORMATS = ("onnx", "tensorrt", "aoti")
+# top-1 points an INT8 artifact may lose against fp32 on the test split; the issue's goal for what
+# ships is 0.5, this is the export's safety net (selection compares measured validation accuracy)
+INT8_MAX_DROP = 1.0
+FORMATS = ("onnx", "openvino", "tensorrt", "aoti")
+PRECISIONS = {
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+    "aoti": ("fp32", "fp16"),
+}
+ARTIFACTS = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.engine", "aoti": "model.pt2"}
 
 
 @dataclass
@@ -177,34 +195,170 @@ def _batch_of(x: torch.Tensor, batch: int) -> torch.Tensor:
     return x[:batch].contiguous() if x.shape[0] >= batch else x[:1].expand(batch, *x.shape[1:]).contiguous()
 
 
-def export_onnx(model, x: torch.Tensor, out: Path, batch: int, threads: int | None, percentile: int) -> ExportReport:
+def _int8_task(task: Task | None) -> Task:
+    if task is None:
+        raise ValueError("an INT8 export is calibrated and evaluated on the task's images: pass the task")
+    return task
+
+
+def int8_onnx(model, task: Task | None, seed: int) -> tuple[bytes, dict]:
+    """The network's QDQ INT8 ONNX, calibrated on the task's unlabelled images, and how it was made."""
+    task = _int8_task(task)
+    t0 = time.perf_counter()
+    calibration = task.unlabelled_images(CALIBRATION_IMAGES, seed)
+    qdq = qdq_from_module(model, calibration)
+    return qdq, {
+        "calibration": {"images": len(calibration), "of": "the task's unlabelled images", "seed": seed},
+        "quantized_ops": quantized_ops(qdq),
+        "quantize_s": round(time.perf_counter() - t0, 2),
+    }
+
+
+def int8_accuracy(model, logits: Logits, x: torch.Tensor, task: Task | None) -> tuple[dict, dict]:
+    """An INT8 artifact's top-1 on the test split against the fp32 PyTorch network's (module docstring).
+
+    Returns:
+        the report's parity block (top-1 change with its tolerance, the max |diff| on the parity
+        images only as information) and its INT8 fields (int8_top1, fp32_top1, int8_top1_change).
+    """
+    task = _int8_task(task)
+    acc = accuracy_change(model, logits, task.x("test"), task.y("test"), "test")
+    tol = max(INT8_MAX_DROP, 2 * acc["change_se"])
+    with torch.inference_mode():
+        diff = float(np.abs(model(x).numpy() - logits(x)).max())
+    parity_block = {
+        "images": acc["images"],
+        "split": "test",
+        "check": "top-1 change against fp32 PyTorch on the same images (max |diff| means nothing for INT8)",
+        "top1_agreement": acc["top1_agreement"],
+        "top1_identical": acc["top1_agreement"] == 1.0,
+        "max_abs_diff": diff,
+        "tolerance": round(tol, 3),
+        "tolerance_unit": f"top-1 points lost: {INT8_MAX_DROP:g}, or twice the change's standard error if larger",
+        "ok": acc["top1_change"] >= -tol,
+    }
+    fields = {
+        "int8_top1": acc["top1"],
+        "fp32_top1": acc["fp32_top1"],
+        "int8_top1_change": acc["top1_change"],
+        "int8_top1_change_se": acc["change_se"],
+    }
+    return parity_block, fields
+
+
+def export_onnx(
+    model,
+    x: torch.Tensor,
+    out: Path,
+    batch: int,
+    threads: int | None,
+    percentile: int,
+    precision: str = "fp32",
+    task: Task | None = None,
+    seed: int = 0,
+) -> ExportReport:
+    """model.onnx (fp32) or model-int8.onnx (QDQ INT8, needs `task`), run by ONNX Runtime on the CPU."""
     import onnx
     import onnxruntime
 
     t0 = time.perf_counter()
-    data = onnx_from_module(model, x[:1])
-    path = save_onnx(data, out / "model.onnx")
+    int8: dict = {}
+    if precision == "int8":
+        data, int8 = int8_onnx(model, task, seed)
+    else:
+        data = onnx_from_module(model, x[:1])
+    path = save_onnx(data, out / ("model-int8.onnx" if precision == "int8" else "model.onnx"))
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     sess = OnnxRuntime.session(data, "cpu", threads)
-    with torch.inference_mode():
-        ref = model(x).numpy()
-    par = parity(ref, sess.run(None, {"x": x.numpy()})[0], FP32_TOL)
+    if precision == "int8":
+        par, fields = int8_accuracy(model, artifact_runner(data, "onnxruntime", threads), x, task)
+        int8.update(fields)
+    else:
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        par = parity(ref, sess.run(None, {"x": x.numpy()})[0], FP32_TOL)
     xb = np.ascontiguousarray(_batch_of(x, batch).numpy())
     m = measure(lambda: sess.run(None, {"x": xb}), opts=TimingOptions.for_budget(percentile), threads=threads)
     return ExportReport(
         "onnx",
         path.name,
-        "fp32",
+        precision,
         "cpu",
         batch,
         par,
         **_timing(m),
         latency_backend=f"onnxruntime {onnxruntime.__version__} CPU EP, batch {batch}, {threads or 'default'} threads",
         extra={
+            **int8,
             "threads": threads,
             "sha256": sha256_file(path),
             "bytes": path.stat().st_size,
             "opset": OPSET,
+            "dynamic_batch": True,
+            "export_s": round(time.perf_counter() - t0, 2),
+            "_measurement": m,
+        },
+    )
+
+
+def export_openvino(
+    model,
+    x: torch.Tensor,
+    out: Path,
+    batch: int,
+    threads: int | None,
+    percentile: int,
+    precision: str = "fp32",
+    task: Task | None = None,
+    seed: int = 0,
+) -> ExportReport:
+    """OpenVINO IR: model.xml + model.bin (fp32) or model-int8.xml + .bin (from the QDQ INT8 ONNX,
+    needs `task`), dynamic batch; timed compiled for the plan's batch (`runtime.openvino`)."""
+    from dery_deploy.runtime.openvino import compile_model, import_openvino, save_ir
+
+    ov = import_openvino()
+    t0 = time.perf_counter()
+    int8: dict = {}
+    if precision == "int8":
+        data, int8 = int8_onnx(model, task, seed)
+    else:
+        data = onnx_from_module(model, x[:1])
+    xml = save_ir(data, out / ("model-int8.xml" if precision == "int8" else "model.xml"))
+    logits = artifact_runner(xml, "openvino", threads)  # the IR as shipped, for any batch
+    if precision == "int8":
+        par, fields = int8_accuracy(model, logits, x, task)
+        int8.update(fields)
+    else:
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        par = parity(ref, logits(x), FP32_TOL)
+    xb = np.ascontiguousarray(_batch_of(x, batch).numpy())
+    request = compile_model(xml, threads, tuple(xb.shape)).create_infer_request()
+    m = measure(
+        lambda: request.infer({0: xb}, share_inputs=True, share_outputs=True),
+        opts=TimingOptions.for_budget(percentile),
+        threads=threads,
+    )
+    weights = xml.with_suffix(".bin")
+    return ExportReport(
+        "openvino",
+        xml.name,
+        precision,
+        "cpu",
+        batch,
+        par,
+        **_timing(m),
+        latency_backend=(
+            f"OpenVINO {ov.__version__.split('-')[0]} CPU, compiled for batch {batch}, {threads or 'default'} "
+            "threads, f32 inference precision"
+        ),
+        extra={
+            **int8,
+            "threads": threads,
+            "weights": weights.name,
+            "sha256": sha256_file(xml),
+            "weights_sha256": sha256_file(weights),
+            "bytes": xml.stat().st_size + weights.stat().st_size,
             "dynamic_batch": True,
             "export_s": round(time.perf_counter() - t0, 2),
             "_measurement": m,
@@ -326,20 +480,48 @@ def tensorrt_engine(
 
 
 def export_tensorrt(
-    model, x: torch.Tensor, out: Path, precision: str, batch: int, percentile: int = 50, max_batch: int = 32
+    model,
+    x: torch.Tensor,
+    out: Path,
+    precision: str,
+    batch: int,
+    percentile: int = 50,
+    max_batch: int = 32,
+    task: Task | None = None,
+    seed: int = 0,
 ) -> ExportReport:
-    from dery_deploy.runtime.tensorrt import EngineRunner, import_tensorrt
+    from dery_deploy.runtime.tensorrt import EngineRunner, engine_from_qdq, import_tensorrt
 
     trt = import_tensorrt()
-    engine, build_s, onnx_bytes, shapes = tensorrt_engine(model, x, precision, batch, max_batch)
-    save_onnx(onnx_bytes, out / "model.onnx")
+    max_b = max(max_batch, x.shape[0], batch)
+    int8: dict = {}
+    if precision == "int8":
+        onnx_bytes, int8 = int8_onnx(model, task, seed)
+        # tuned for the plan's batch, as `tensorrt_engine` tunes fp32 / fp16 engines
+        engine, build_s = engine_from_qdq(onnx_bytes, (batch, *x.shape[1:]), max_b)
+        shapes = {
+            "min_shape": [1, *x.shape[1:]],
+            "opt_shape": [batch, *x.shape[1:]],
+            "max_shape": [max_b, *x.shape[1:]],
+        }
+    else:
+        engine, build_s, onnx_bytes, shapes = tensorrt_engine(model, x, precision, batch, max_batch)
+    save_onnx(onnx_bytes, out / ("model-int8.onnx" if precision == "int8" else "model.onnx"))
     from dery_deploy.artifacts import atomic_write_bytes
 
     path = atomic_write_bytes(out / "model.engine", engine)
     runner = EngineRunner(engine)
-    with torch.inference_mode():
-        ref = model(x).numpy()
-    par = parity(ref, runner(x.cuda()).cpu().numpy(), FP16_TOL if precision == "fp16" else 1e-3, 0.98)
+    if precision == "int8":
+
+        def logits(t: torch.Tensor) -> np.ndarray:  # the engine takes at most max_b images at a time
+            return np.concatenate([runner(t[i : i + max_b].cuda()).cpu().numpy() for i in range(0, len(t), max_b)])
+
+        par, fields = int8_accuracy(model, logits, x, task)
+        int8.update(fields)
+    else:
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        par = parity(ref, runner(x.cuda()).cpu().numpy(), FP16_TOL if precision == "fp16" else 1e-3, 0.98)
     runner.bind(_batch_of(x, batch).cuda())
     m = measure(runner.execute, cuda=True, stream=runner.stream, opts=TimingOptions.for_budget(percentile))
     sidecar = {
@@ -361,8 +543,28 @@ def export_tensorrt(
         par,
         **_timing(m),
         latency_backend=f"TensorRT {trt.__version__} {precision}, batch {batch}",
-        extra={"sidecar": "model.engine.json", **sidecar, "build_s": round(build_s, 2), "_measurement": m},
+        extra={"sidecar": "model.engine.json", **sidecar, **int8, "build_s": round(build_s, 2), "_measurement": m},
     )
+
+
+def export_precision(fmt: str, precision: str | None, plan: dict | None, spec) -> str:
+    """The precision to export: the one asked for, else the plan's, else the device's default; a
+    plan's precision the format does not have (fp16 planned, ONNX for the CPU) falls back to fp32."""
+    allowed = PRECISIONS[fmt]
+    if precision is not None:
+        if precision not in allowed:
+            known = sorted({p for ps in PRECISIONS.values() for p in ps})
+            if precision not in known:
+                raise DeryError(f"--precision must be one of {', '.join(known)}, got {precision!r}", "export")
+            others = [f for f, ps in PRECISIONS.items() if precision in ps]
+            raise DeryError(
+                f"--format {fmt} exports {' or '.join(allowed)}, not {precision}; for {precision} use --format "
+                f"{' or '.join(others)}",
+                "export",
+            )
+        return precision
+    prec = (plan.get("precision") if plan else None) or (spec.default_precision if spec else "fp32")
+    return prec if prec in allowed else "fp32"
 
 
 def export_run(
@@ -384,26 +586,29 @@ def export_run(
     """
     if fmt not in FORMATS:
         raise DeryError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}", "export")
+    if precision is not None:
+        export_precision(fmt, precision, None, None)  # a precision the format lacks: said before any work
     model, cfg = load_run_model(run)
     zoo = get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
     plan = plan or cfg["source"].get("plan")
     spec = get_device(device) if device else (get_device(plan["device"]) if plan and plan.get("device") else None)
-    prec = precision or (plan.get("precision") if plan else None) or (spec.default_precision if spec else "fp32")
-    if prec not in ("fp32", "fp16"):
-        raise DeryError(f"--precision must be fp32 or fp16, got {prec!r}", "export")
+    prec = export_precision(fmt, precision, plan, spec)
     batch = int(plan.get("batch", 1)) if plan else 1
     threads = plan.get("threads") if plan else (spec.threads if spec else None)
     percentile = int(((plan or {}).get("budget") or {}).get("percentile") or 50)
     out = Path(out or Path(run) / "export")
-    x = load_task(cfg["data"], zoo.input, seed=cfg["recipe"].get("seed", 0)).x("test")[:PARITY_IMAGES].contiguous()
+    seed = cfg["recipe"].get("seed", 0)
+    task = load_task(cfg["data"], zoo.input, seed=seed)
+    x = task.x("test")[:PARITY_IMAGES].contiguous()
     if bundle is not None:
         if fmt != "tensorrt" or spec is None or spec.kind != "jetson":
             raise DeryError("--bundle is for `--format tensorrt --device <jetson id>`", "export")
         if bundle.exists() and any(bundle.iterdir()) and not force:
             raise DeryError(f"bundle folder {bundle} exists; pass --force or choose another", "export")
-        rep = jetson_bundle(model, x, spec, bundle, prec, batch, plan)
-        atomic_write_json(bundle / "report-tensorrt.json", rep)
-        return rep
+        calibration = task.unlabelled_images(CALIBRATION_IMAGES, seed) if prec == "int8" else None
+        shipped = jetson_bundle(model, x, spec, bundle, prec, batch, plan, calibration=calibration)
+        atomic_write_json(bundle / "report-tensorrt.json", shipped)
+        return shipped
     if fmt == "tensorrt" and spec is not None and spec.kind == "jetson":
         # checked before TensorRT is looked for: an engine built here would not run there anyway
         raise DeryError(
@@ -412,31 +617,34 @@ def export_run(
             f"DIR/build_engine.sh there, then python3 DIR/check_engine.py",
             "export",
         )
-    artifact = {"onnx": "model.onnx", "tensorrt": "model.engine", "aoti": "model.pt2"}[fmt]
+    artifact = ARTIFACTS[fmt] if prec != "int8" or fmt == "tensorrt" else ARTIFACTS[fmt].replace(".", "-int8.")
     if (out / artifact).exists() and not force:
         raise DeryError(f"{out / artifact} exists; pass --force to overwrite it", "export")
     make_output_dir(out, "output folder", "export")
     if fmt == "onnx":
-        if prec != "fp32":
-            if precision:  # asked for explicitly
-                raise DeryError(
-                    "ONNX export is fp32 (ONNX Runtime CPU); use --format tensorrt or aoti for fp16", "export"
-                )
-            prec = "fp32"
-        rep = export_onnx(model, x, out, batch, threads, percentile)
+        rep = export_onnx(model, x, out, batch, threads, percentile, prec, task, seed)
+    elif fmt == "openvino":
+        rep = export_openvino(model, x, out, batch, threads, percentile, prec, task, seed)
     elif fmt == "aoti":
         dev = "cuda" if (spec and spec.kind == "cuda") else "cpu"
         if dev == "cuda" and not torch.cuda.is_available():
             raise DeryError(f"--device {spec.id} needs a CUDA GPU for a CUDA AOTInductor package; none here", "export")
         rep = export_aoti(model, x, out, dev, prec if dev == "cuda" else "fp32", batch, threads, percentile)
     else:
-        rep = export_tensorrt(model, x, out, prec, batch, percentile)
+        rep = export_tensorrt(model, x, out, prec, batch, percentile, task=task, seed=seed)
     measured = rep.extra.pop("_measurement", None)
     if measured is not None:
         ran_with = threads if rep.device == "cpu" else (plan or {}).get("threads")
         rep.budget = budget_check(plan, measured, rep.device, rep.precision, rep.batch, ran_with)
     d = {**rep.to_dict(), "run": str(Path(run).resolve()), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(out / f"report-{fmt}.json", d)
+    if rep.parity and not rep.parity["ok"] and rep.precision == "int8":
+        raise DeryError(
+            f"{fmt} int8 accuracy: top-1 {rep.extra['int8_top1']:.2f}% against fp32 {rep.extra['fp32_top1']:.2f}% on "
+            f"{rep.parity['images']} test images, {rep.extra['int8_top1_change']:+.2f} points (tolerance "
+            f"-{rep.parity['tolerance']:g}); ship --precision fp32, see {out / f'report-{fmt}.json'}",
+            "export",
+        )
     if rep.parity and not rep.parity["ok"]:
         raise DeryError(
             f"{fmt} parity failed: max |diff| {rep.parity['max_abs_diff']:.3g} (tolerance "
@@ -446,7 +654,7 @@ def export_run(
         )
     if rep.budget and rep.budget.checked and not rep.budget.within_budget and not allow_over_budget:
         planned = (plan or {}).get("backend")
-        if {"onnx": "onnxruntime", "tensorrt": "tensorrt"}.get(fmt) == planned:
+        if {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}.get(fmt) == planned:
             fix = "re-assemble under a lower budget"
         else:  # another runtime than the one the plan was measured with: a lower budget would not help
             fix = (

@@ -26,8 +26,8 @@ class Compared:
 
 
 def _runner(backend: Backend, c: Compared, example, precision: str, device: str) -> Runner:
-    if c.artifact is not None and c.artifact.is_file() and hasattr(backend, "prepare_onnx"):
-        return backend.prepare_onnx(c.artifact.read_bytes(), example, device)
+    if c.artifact is not None and c.artifact.is_file() and hasattr(backend, "runner_from_onnx"):
+        return backend.runner_from_onnx(c.artifact.read_bytes(), example, device)
     model, _ = load_run_model(c.run_dir)
     return backend.prepare(model, example, precision, device)
 

@@ -5,6 +5,8 @@
 - TensorRT 11: weak typing (and with it `BuilderFlag.FP16`, `trtexec --fp16`) is gone; every
   network is strongly typed, so an fp16 engine is built from an ONNX whose tensors are fp16
   (`runtime.onnx.onnx_from_module(..., precision="fp16")`, fp32 input and output kept).
+- INT8 on both: explicit quantization from the QDQ ONNX of `runtime.quantize` (`engine_from_qdq`),
+  the same file ONNX Runtime and OpenVINO run on CPUs.
 
 EngineFromOnnx builds a serialised engine with an optimisation profile over the batch dimension,
 tuned for the batch the engine will run at (and a process-wide timing cache, so repeated builds of
@@ -27,6 +29,7 @@ from torch import nn
 
 from dery_deploy.errors import DeryError
 from dery_deploy.runtime.onnx import onnx_from_module
+from dery_deploy.runtime.quantize import qdq_from_module
 
 INSTALL = (
     "TensorRT is not installed: install NVIDIA TensorRT with its Python bindings (`pip install tensorrt` "
@@ -87,8 +90,12 @@ def engine_from_onnx(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if precision == "fp16" and not strongly_typed_only(trt):
         config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)  # on by default; fp32 parity needs full mantissas
+    if precision in ("fp32", "int8"):
+        # on by default; fp32 parity needs full mantissas, and an INT8 engine's unquantized layers are the
+        # fp32 of the QDQ model whose accuracy was measured
+        config.clear_flag(trt.BuilderFlag.TF32)
+    for flag in int8_builder_flags(trt, precision):
+        config.set_flag(flag)
     cache = _TIMING_CACHE.get(trt.__version__)
     if cache is None:
         cache = _TIMING_CACHE[trt.__version__] = config.create_timing_cache(b"")
@@ -103,6 +110,34 @@ def engine_from_onnx(
     if serialized is None:
         raise DeryError("TensorRT failed to build the engine (see its log above)", "export")
     return bytes(serialized), time.perf_counter() - t0
+
+
+def int8_builder_flags(trt, precision: str) -> list:
+    """The builder flags an INT8 engine from a QDQ ONNX needs.
+
+    TensorRT 10 builds weakly typed networks: the INT8 flag lets the Q/DQ-marked layers run in INT8.
+    No FP16 flag: the layers without Q/DQ stay fp32, as in the QDQ model whose accuracy was measured
+    on the CPU (fp16 there would be another precision, to be measured on its own). TensorRT 11
+    builds only strongly typed networks, where the Q/DQ layers' types decide: no flag at all.
+    """
+    if precision != "int8" or strongly_typed_only(trt):
+        return []
+    return [trt.BuilderFlag.INT8]
+
+
+def engine_from_qdq(qdq_onnx: bytes, input_shape: tuple[int, ...], max_batch: int | None = None) -> tuple[bytes, float]:
+    """An INT8 engine by explicit quantization from the QDQ ONNX (`runtime.quantize`); (engine, build seconds)."""
+    return engine_from_onnx(qdq_onnx, input_shape, "int8", max_batch)
+
+
+def int8_engine_from_module(
+    module: nn.Module, calibration: torch.Tensor, input_shape: tuple[int, ...], max_batch: int | None = None
+) -> tuple[bytes, float, bytes]:
+    """Quantize `module` (calibrated on `calibration`), then its INT8 engine; (engine, build seconds, QDQ ONNX)."""
+    import_tensorrt()  # before the quantization: say what to install first
+    qdq = qdq_from_module(module, calibration)
+    engine, build_s = engine_from_qdq(qdq, input_shape, max_batch)
+    return engine, build_s, qdq
 
 
 def engine_from_module(

@@ -20,6 +20,7 @@ TRT10 = [
     BANNER.format(v=100300),
     "=== Build Options ===",
     "  --fp16                      Enable fp16 precision, in addition to fp32 (default = disabled)",
+    "  --int8                      Enable int8 precision, in addition to fp32 (default = disabled)",
     "  --noTF32                    Disable tf32 precision (default is to enable tf32, in addition to fp32)",
     "  --stronglyTyped             Create a strongly typed network. (default = disabled)",
     "  --skipInference             Exit after the engine has been built and skip inference perf measurement",
@@ -97,6 +98,16 @@ def test_fp16_on_tensorrt_11_builds_the_fp16_onnx_strongly_typed(tmp_path):
 def test_fp32_turns_tf32_off_where_trtexec_can(tmp_path):
     args = build(tmp_path, TRT10, "fp32")
     assert "--onnx=model.onnx" in args and "--noTF32" in args and "--fp16" not in args
+
+
+def test_int8_on_tensorrt_10_runs_the_qdq_layers_in_int8_and_the_rest_in_fp32(tmp_path):
+    args = build(tmp_path, TRT10, "int8")
+    assert "--onnx=model-int8.onnx" in args and "--int8" in args and "--noTF32" in args and "--fp16" not in args
+
+
+def test_int8_on_tensorrt_11_builds_the_qdq_onnx_strongly_typed(tmp_path):
+    args = build(tmp_path, TRT11, "int8")
+    assert "--onnx=model-int8.onnx" in args and "--stronglyTyped" in args and "--int8" not in args
 
 
 def test_old_trtexec_builds_only_with_build_only(tmp_path):

@@ -177,3 +177,87 @@ def test_plan_that_fails_to_rebuild_refused(trained_run, tmp_path):
     cfg["source"]["plan"]["blocks"][1]["end"] = 99
     (run / "config.json").write_text(json.dumps(cfg))
     assert_one_line_error(run_dery("export", str(run), "--format", "onnx"), "fails to rebuild", "unit range")
+
+
+def test_openvino_export_ir_parity_and_latency(trained_run):
+    from dery_deploy.export.stage import export_run
+
+    rep = export_run(trained_run, "openvino", None, None, None, None, allow_over_budget=True, force=True)
+    out = trained_run / "export"
+    assert rep["artifact"] == "model.xml" and (out / "model.xml").is_file() and (out / "model.bin").is_file()
+    assert rep["weights"] == "model.bin" and not list(out.glob(".model*"))  # no temporary left behind
+    assert rep["parity"]["images"] == 64 and rep["parity"]["max_abs_diff"] <= 1e-4 and rep["parity"]["ok"]
+    assert rep["latency_ms"] > 0 and rep["latency_backend"].startswith("OpenVINO 2")
+    assert "compiled for batch 1" in rep["latency_backend"]
+    # the plan's budget (0.0001 ms, fp32, batch 1, cpu) is held against the IR too: loudly over
+    assert rep["budget"]["checked"] and not rep["budget"]["within_budget"]
+    with pytest.raises(DeryError, match="plan was measured with onnxruntime, and the openvino runtime"):
+        export_run(trained_run, "openvino", None, None, None, None, allow_over_budget=False, force=True)
+    assert json.loads((out / "report-openvino.json").read_text())["format"] == "openvino"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_export_reports_measured_test_accuracy(trained_run, fashion_task, fmt):
+    from dery_deploy.export.stage import export_run
+    from dery_deploy.runtime.evaluate import artifact_accuracy
+
+    rep = export_run(trained_run, fmt, "int8", None, None, None, allow_over_budget=True, force=True)
+    out = trained_run / "export"
+    assert (
+        rep["precision"] == "int8" and rep["artifact"] == {"onnx": "model-int8.onnx", "openvino": "model-int8.xml"}[fmt]
+    )
+    # measured on the whole test split against fp32 PyTorch on the same images, never assumed
+    assert rep["parity"]["images"] == len(fashion_task.test) == 300 and rep["parity"]["split"] == "test"
+    assert rep["int8_top1_change"] == pytest.approx(rep["int8_top1"] - rep["fp32_top1"], abs=0.01)
+    assert rep["parity"]["ok"] == (rep["int8_top1_change"] >= -rep["parity"]["tolerance"])
+    assert rep["parity"]["tolerance"] >= 1.0 and 0.5 <= rep["parity"]["top1_agreement"] <= 1.0
+    assert rep["calibration"] == {"images": 512, "of": "the task's unlabelled images", "seed": 0}
+    assert rep["quantized_ops"]["quantized"] == rep["quantized_ops"]["weighted"] > 0
+    # the reusable helper finds the same top-1 on the shipped file
+    top1, _ = artifact_accuracy(
+        out / rep["artifact"], fashion_task, "test", "openvino" if fmt == "openvino" else "onnxruntime"
+    )
+    assert top1 == pytest.approx(rep["int8_top1"], abs=1e-3)
+    # the plan's budget is for fp32: an int8 artifact is timed, not judged against it
+    assert not rep["budget"]["checked"] and "int8" in rep["budget"]["reason"]
+
+
+def test_int8_export_refused_where_the_format_has_none(trained_run):
+    assert_one_line_error(
+        run_dery("export", str(trained_run), "--format", "aoti", "--precision", "int8"),
+        "--format aoti exports fp32 or fp16, not int8; for int8 use --format onnx or openvino or tensorrt",
+    )
+    assert_one_line_error(
+        run_dery("export", str(trained_run), "--format", "onnx", "--precision", "int4"), "--precision must be one of"
+    )
+
+
+def test_jetson_bundle_int8_carries_the_qdq_onnx(trained_run, tmp_path):
+    import numpy as np
+    import onnx
+
+    from dery_deploy.runtime.evaluate import artifact_runner
+    from dery_deploy.runtime.quantize import quantized_ops
+
+    ship = tmp_path / "ship"
+    p = run_dery(
+        "export", str(trained_run), "--format", "tensorrt", "--device", "jetson-orin-nano", "--precision", "int8",
+        "--bundle", str(ship),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    script = (ship / "build_engine.sh").read_text()
+    # TensorRT 10 needs --int8 for the Q/DQ layers, TensorRT 11 reads the types: both from the QDQ ONNX
+    # (tests/export/test_bundle.py runs both branches against stand-in trtexecs)
+    assert '--onnx=model-int8.onnx --int8 "${FLAGS[@]}"' in script and '--onnx=model-int8.onnx "${FLAGS[@]}"' in script
+    qdq = (ship / "model-int8.onnx").read_bytes()
+    onnx.checker.check_model(onnx.load_from_string(qdq))
+    assert quantized_ops(qdq)["quantized"] == quantized_ops(qdq)["weighted"] > 0
+    man = json.loads((ship / "bundle.json").read_text())
+    assert man["precision"] == "int8" and "model-int8.onnx" in man["files"]
+    # the device holds the engine to top-1 agreement (no logit tolerance for INT8), from what the same file did here
+    par = man["parity"]
+    x = np.fromfile(ship / "parity_inputs.bin", dtype=np.float32).reshape(-1, *man["input"]["shape"])
+    ref = np.fromfile(ship / "parity_logits.bin", dtype=np.float32).reshape(x.shape[0], -1)
+    here = float((artifact_runner(qdq, "onnxruntime")(torch.from_numpy(x)).argmax(1) == ref.argmax(1)).mean())
+    assert par["tolerance"] is None and par["int8_top1_agreement_here"] == pytest.approx(here, abs=1e-5)
+    assert par["min_top1_agreement"] == pytest.approx(max(0.0, here - 0.05), abs=1e-5)

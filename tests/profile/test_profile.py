@@ -196,6 +196,10 @@ def test_bundle_round_trip_with_onnxruntime_runner(tiny_ws, tmp_path):
         (["profile", "--device", "tpu9"], ["Unknown device 'tpu9'", "cpu", "h100", "jetson-orin-nano"]),
         (["profile", "--device", "cpu", "--batch", "0"], ["--batch must be positive"]),
         (["profile", "--device", "cpu", "--backend", "torch-cudagraph"], ["does not list backend 'torch-cudagraph'"]),
+        (
+            ["profile", "--device", "jetson-orin-nano", "--precision", "int8", "--bundle", "never-written"],
+            ["int8 items are not bundled yet", "--backend tensorrt --precision int8"],
+        ),
     ],
 )
 def test_cli_bad_input(tiny_ws, args, needles):
@@ -295,3 +299,19 @@ def test_missing_items_of_a_jetson_profile_name_the_bundle_route(tiny_ws):
     assert "--device jetson-orin-nano" in msg and "--bundle DIR --verify 20" in msg
     assert "python3 DIR/runner.py --bundle DIR --out result.json --backend onnxruntime" in msg
     assert "dery profile --import result.json" in msg
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_int8_profile_on_a_cpu_backend(tiny_ws, tmp_path, backend):
+    from dery_deploy.profile.run import run_profile
+    from dery_deploy.runtime.harness import TimingOptions
+
+    [path] = run_profile(
+        tiny_ws.zoo, tiny_ws.device, backend, "int8", [1], tiny_ws.partition, tiny_ws.dis, tmp_path, 10,
+        limit=4, timing=TimingOptions(min_windows=3, max_s=0.0),
+    )  # fmt: skip
+    prof = read_profile(path)
+    assert (prof.backend, prof.precision, prof.threads) == (backend, "int8", 1) and "int8" in path.name
+    assert len(prof.records) == 4 and all(r.median_ms > 0 and r.runs >= 3 for r in prof.records.values())
+    # both CPU runtimes' memory is measured (a fresh session / compiled model's peak RSS rise)
+    assert all(r.peak_memory_mb is not None and r.peak_memory_mb >= 0 for r in prof.records.values())

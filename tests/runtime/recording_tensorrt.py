@@ -4,7 +4,7 @@ without TensorRT. It builds nothing: `build_serialized_network` returns a marker
 no test may count it as an engine having run (tests marked `tensorrt` do that where TensorRT exists).
 
 Modelled on TensorRT 10.3 and 11.1 as far as our code uses them: TF32 is on by default in a new
-builder config, and TensorRT 11 has no `BuilderFlag.FP16` (weak typing is gone).
+builder config, and TensorRT 11 has no `BuilderFlag.FP16` or `INT8` (weak typing is gone).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class Record:
 
     calls: list[tuple[str, tuple]] = field(default_factory=list)
     enqueue_result: bool = True  # what execute_async_v3 answers
+    parsed: list[bytes] = field(default_factory=list)  # every ONNX handed to the parser
 
     def of(self, what: str) -> list[tuple]:
         return [args for name, args in self.calls if name == what]
@@ -39,7 +40,7 @@ def make_module(major: int, record: Record) -> types.ModuleType:
         def __init__(self, severity):
             record.calls.append(("Logger", (severity,)))
 
-    flags = {"TF32": "TF32"} if major >= 11 else {"FP16": "FP16", "TF32": "TF32"}
+    flags = {"TF32": "TF32"} if major >= 11 else {"FP16": "FP16", "INT8": "INT8", "TF32": "TF32"}
     trt.BuilderFlag = types.SimpleNamespace(**flags)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
 
@@ -99,6 +100,7 @@ def make_module(major: int, record: Record) -> types.ModuleType:
 
         def parse(self, data):
             record.calls.append(("parse", (len(data),)))
+            record.parsed.append(bytes(data))
             return True
 
     class Context:

@@ -211,3 +211,81 @@ def test_aoti_check_turns_tf32_off_for_fp32_packages(monkeypatch):
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     strict_fp32(torch.float32)
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_openvino_fp32_matches_torch_and_computes_with_the_threads_asked():
+    be = get_backend("openvino", threads=1)
+    if be.unavailable("cpu"):
+        pytest.skip(be.unavailable("cpu"))
+    item = tiny_item(3).eval()
+    x = torch.randn(4, 4, 8, 8)
+    runner = be.prepare(item, x, "fp32", "cpu")
+    with torch.no_grad():
+        np.testing.assert_allclose(runner.run(x), item(x).numpy(), rtol=1e-4, atol=1e-4)
+        x2 = torch.randn(7, 4, 8, 8)  # another batch than the one it was compiled for
+        np.testing.assert_allclose(runner.run(x2), item(x2).numpy(), rtol=1e-4, atol=1e-4)
+    # read back from the compiled model: one thread, one stream, fp32 (not the bf16 default of AVX512-BF16 CPUs)
+    assert runner.info["threads"] == 1 and runner.info["streams"] == 1 and runner.info["inference_precision"] == "f32"
+    assert get_backend("openvino", threads=2).prepare(item, x, "fp32", "cpu").info["threads"] == 2
+    assert get_backend("onnxruntime", threads=2).prepare(item, x, "fp32", "cpu").info["threads"] == 2
+
+
+def test_int8_items_are_measured_on_both_cpu_backends():
+    items = [tiny_item(i).eval() for i in range(2)]
+    x = torch.randn(2, 4, 8, 8)
+    for name in ("openvino", "onnxruntime"):
+        be = get_backend(name, threads=1)
+        be.check("cpu", "int8")
+        runner = be.prepare(items[0], x, "int8", "cpu")
+        with torch.no_grad():  # calibrated on the example: int8 logits close to fp32 on it
+            assert np.abs(runner.run(x) - items[0](x).numpy()).max() < 0.05
+        from dery_deploy.runtime.harness import TimingOptions
+        from dery_deploy.runtime.measure import measure_modules
+
+        out, [summary] = measure_modules(
+            be,
+            {str(i): (lambda i=i: (items[i], x)) for i in range(2)},
+            "int8",
+            "cpu",
+            TimingOptions(min_windows=3, max_s=0.0),
+            reference_batch=1,
+        )
+        assert summary.items == 3 and all(o.timing.median_ms > 0 for o in out.values())
+        assert all(o.peak_memory_mb is not None and o.peak_memory_mb >= 0 for o in out.values())
+    # a given QDQ file (a finalist's, calibrated on task images) runs as it is on either backend
+    from dery_deploy.runtime.quantize import qdq_from_module
+
+    qdq = qdq_from_module(items[1], torch.randn(16, 4, 8, 8))
+    a, b = (get_backend(n, threads=1).runner_from_onnx(qdq, x).run(x) for n in ("openvino", "onnxruntime"))
+    assert a.shape == (2, 3) and np.abs(a - b).max() < 0.05
+
+
+def test_int8_precision_is_refused_where_it_does_not_run():
+    from dery_deploy.errors import DeryError
+
+    with pytest.raises(DeryError, match="int8 on the CPU only.*--backend tensorrt --precision int8"):
+        get_backend("onnxruntime").check("cuda", "int8")
+    with pytest.raises(DeryError, match="supports precision fp32, int8, not fp16"):
+        get_backend("openvino").check("cpu", "fp16")
+
+
+def test_openvino_missing_says_what_to_install():
+    # a Python whose `import openvino` fails, as on a machine without the package
+    code = (
+        "import sys; sys.modules['openvino'] = None\n"
+        "from dery_deploy.runtime.backends import get_backend\n"
+        "print(get_backend('openvino').unavailable('cpu'))\n"
+        "from dery_deploy.cli.main import main\n"
+        "sys.argv = ['dery', 'profile', '--zoo', 'tests/tiny_zoo.yaml', '--backend', 'openvino']\n"
+        "main()\n"
+    )
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.stdout.strip() == "backend openvino needs the openvino package (pip install openvino)"
+    # after the note that no partition exists yet: one error line, no traceback
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == "error: [profile] " + p.stdout.strip()

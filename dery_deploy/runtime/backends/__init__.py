@@ -5,13 +5,14 @@ from __future__ import annotations
 from dery_deploy.errors import DeryError
 from dery_deploy.runtime.backends.base import Backend, Runner
 from dery_deploy.runtime.backends.onnxruntime import OnnxRuntime
+from dery_deploy.runtime.backends.openvino import OpenVino
 from dery_deploy.runtime.backends.tensorrt import TensorRT
 from dery_deploy.runtime.backends.torch_compile import TorchCompile
 from dery_deploy.runtime.backends.torch_cudagraph import TorchCudaGraph
 from dery_deploy.runtime.backends.torch_eager import TorchEager
 
 BACKENDS: dict[str, type[Backend]] = {
-    b.name: b for b in (TorchEager, TorchCudaGraph, TorchCompile, OnnxRuntime, TensorRT)
+    b.name: b for b in (TorchEager, TorchCudaGraph, TorchCompile, OnnxRuntime, OpenVino, TensorRT)
 }
 
 

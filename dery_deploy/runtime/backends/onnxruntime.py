@@ -1,5 +1,6 @@
 """onnxruntime: the CPU deployment backend (CUDA execution provider where onnxruntime-gpu is
-installed). Each item is exported to ONNX (opset 17) and run in its own InferenceSession.
+installed). Each item is exported to ONNX (opset 17) and run in its own InferenceSession; int8 (on
+the CPU) runs the QDQ INT8 ONNX of `runtime.quantize`, the same file OpenVINO and TensorRT take.
 
 On the CUDA execution provider input and output live on the GPU (IOBinding), so a timing is the
 session's run, as a server that keeps its tensors on the device sees it, not host-device copies.
@@ -16,12 +17,13 @@ from dery_deploy.errors import DeryError
 from dery_deploy.runtime.backends.base import Backend, Runner, own_copy
 from dery_deploy.runtime.harness import rss_rise_mb
 from dery_deploy.runtime.onnx import onnx_from_module
+from dery_deploy.runtime.quantize import qdq_from_onnx
 
 
 class OnnxRuntime(Backend):
     name = "onnxruntime"
     devices = ("cpu", "cuda")
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8")
 
     def unavailable(self, device):
         try:
@@ -59,13 +61,30 @@ class OnnxRuntime(Backend):
     def memory_unmeasurable(self, device: str) -> str | None:
         return None  # a fresh session's resident memory (CPU) or the device's memory (CUDA EP) is measured
 
-    def prepare(self, module, example, precision, device) -> Runner:
-        t0 = time.perf_counter()
-        data = onnx_from_module(own_copy(module, "cpu", torch.float32), example.float().cpu())
-        return self.prepare_onnx(data, example, device, t0)
+    def check(self, device: str, precision: str) -> None:
+        if precision == "int8" and device != "cpu":
+            # the CUDA EP would run the QDQ model as dequantised fp32: no INT8 kernels to measure
+            raise DeryError(
+                f"backend onnxruntime runs int8 on the CPU only, not on {device}; on an NVIDIA GPU use "
+                "--backend tensorrt --precision int8",
+                "profile",
+            )
+        super().check(device, precision)
 
-    def prepare_onnx(self, data: bytes, example: torch.Tensor, device: str, t0: float | None = None) -> Runner:
-        """A runner of an ONNX model as it ships (e.g. an exported model.onnx's bytes)."""
+    def prepare(self, module, example, precision, device) -> Runner:
+        """Export (and for int8 quantize, calibrated on `example`: latency does not depend on the
+        ranges), then a session."""
+        t0 = time.perf_counter()
+        x = example.float().cpu()
+        data = onnx_from_module(own_copy(module, "cpu", torch.float32), x)
+        if precision == "int8":
+            data = qdq_from_onnx(data, x)
+        return self.runner_from_onnx(data, x, device, t0)
+
+    def runner_from_onnx(
+        self, data: bytes, example: torch.Tensor, device: str = "cpu", t0: float | None = None
+    ) -> Runner:
+        """A runner of this ONNX (fp32, or QDQ INT8 on the CPU) bound to `example`; `run` takes any batch."""
         t0 = time.perf_counter() if t0 is None else t0
         sess = self.session(data, device, self.threads)
         x = np.ascontiguousarray(example.float().cpu().numpy())
@@ -87,7 +106,7 @@ class OnnxRuntime(Backend):
             run,
             False,
             time.perf_counter() - t0,
-            {"onnx_bytes": len(data)},
+            {"onnx_bytes": len(data), "threads": sess.get_session_options().intra_op_num_threads},
             fresh_memory_mb if device == "cpu" else None,
         )
 
