@@ -110,6 +110,7 @@ class Candidate:
     stitch_errors: list[float] = field(default_factory=list)
     net: nn.Module | None = None
     measured: dict = field(default_factory=dict)  # end-to-end on the device: median_ms, p90_ms, stable, noise
+    target: str = ""  # backend/precision the prediction and measurement are for (one network, several targets)
 
     @classmethod
     def of(cls, plan: Plan, ev: Evaluation, origin: str) -> Candidate:
@@ -123,9 +124,15 @@ class Candidate:
     def name(self) -> str:
         return self.plan.describe()
 
+    @property
+    def key(self) -> str:
+        """The (network, target) pair: one network may be a candidate on several runtimes / precisions."""
+        return f"{self.name} @ {self.target}" if self.target else self.name
+
     def to_dict(self) -> dict:
         return {
             "plan": self.name,
+            "target": self.target,
             "origin": self.origin,
             "seams": self.plan.seams,
             "predicted_ms": round(self.predicted_ms, 5),
@@ -160,6 +167,45 @@ def score_candidates(
         c.net = net
         if progress:
             progress.advance(task)
+
+
+def score_networks(
+    cands: list[Candidate],
+    zoo,
+    dissections: dict[str, Dissection],
+    fitter: AdapterFitter,
+    proxy: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    progress=None,
+) -> None:
+    """`score_candidates` once per network: a network that is a candidate on several targets is
+    built and scored once, and every (network, target) pair shares its net, proxy and stitch errors."""
+    first: dict[str, Candidate] = {}
+    for c in cands:
+        first.setdefault(c.name, c)
+    score_candidates(list(first.values()), zoo, dissections, fitter, proxy, images, labels, progress)
+    for c in cands:
+        f = first[c.name]
+        c.net, c.proxy, c.stitch_errors, c.params = f.net, f.proxy, f.stitch_errors, f.params
+
+
+def plan_from_description(text: str, zoo, partition: Partition, num_classes: int) -> Plan | None:
+    """The plan a description (`Plan.describe`) names, on this partition; None if the partition has no such blocks."""
+    if text.endswith(" (whole donor)"):
+        donor = text.removesuffix(" (whole donor)")
+        return donor_plan(zoo, partition, donor, num_classes) if donor in zoo.donor_names else None
+    blocks = []
+    for k, part in enumerate(text.split(" > ")):
+        donor, _, rng = part.partition("[")
+        start, end = (int(v) for v in rng.rstrip("]").split(":"))
+        if k >= len(partition.sets) or donor not in {b.donor for b in partition.sets[k].blocks}:
+            return None
+        b = partition.sets[k].block_of(donor)
+        if (b.start, b.end) != (start, end):
+            return None
+        blocks.append(BlockRef(k, donor, start, end))
+    return Plan(zoo.name, zoo.hash(), blocks, num_classes, zoo_ref=zoo.ref)
 
 
 def pool_of(

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dery_deploy.assemble.candidates import AdapterFitter, Candidate, pool_of, score_candidates
+from dery_deploy.assemble.candidates import (
+    AdapterFitter,
+    Candidate,
+    plan_from_description,
+    pool_of,
+    score_networks,
+)
 from dery_deploy.assemble.program import Budget, ProgramData, fastest, quality_int, solve
 from dery_deploy.assemble.quality import SEAM_POINTS, seam_errors, transferability
 from dery_deploy.assemble.search_optuna import optuna_search
@@ -34,7 +40,7 @@ from dery_deploy.profile.latency_model import LatencyModel, budget_us
 from dery_deploy.runtime.backends import get_backend
 from dery_deploy.runtime.devices import get_device, this_machine
 from dery_deploy.runtime.harness import TimingOptions
-from dery_deploy.runtime.measure import measure_modules
+from dery_deploy.runtime.measure import measure_across
 
 # Labelled images each proxy scores on: NASWOT / ZiCo use one small batch as in their papers; the
 # linear probe needs enough samples per class for its leave-one-out estimate.
@@ -147,49 +153,56 @@ def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
         )
 
 
-def measure_finalists(finalists: list[Candidate], model: LatencyModel, zoo, progress=None) -> dict[str, dict] | str:
-    """Measure every finalist end to end in one interleaved pass with the profile's backend,
-    precision, batch and threads on this machine, at the model's per-call percentile.
+def target_of(model: LatencyModel) -> str:
+    """backend/precision: what a profile, and so a latency model, measures."""
+    return f"{model.profile.backend}/{model.profile.precision}"
+
+
+def measure_finalists(
+    finalists: list[Candidate], models: LatencyModel | list[LatencyModel], zoo, progress=None
+) -> dict[str, dict] | str:
+    """Measure every finalist (network, target) pair end to end in one interleaved pass on this machine,
+    each with its target's backend, precision, batch and threads, at the models' per-call percentile.
 
     Returns:
-        finalist name -> its measurement, or why it could not be measured here (another device).
+        pair key (`Candidate.key`) -> its measurement, or why it could not be measured here (another device).
     """
-    prof = model.profile
-    spec = get_device(prof.device)
+    models = models if isinstance(models, list) else [models]
+    by_target = {target_of(m): m for m in models}
+    first = models[0]
+    spec = get_device(first.profile.device)
     if spec.id not in {s.id for s in this_machine()}:
         return f"this machine is not {spec.id}: finalists are not measured, only predicted"
-    backend = get_backend(prof.backend, prof.threads)
     device = "cuda" if spec.kind == "cuda" else "cpu"
-    x = torch.randn(prof.batch, *zoo.input_tensor_spec.shape, generator=torch.Generator().manual_seed(0))
-    builds = {c.name: (lambda c=c: (c.net, x)) for c in finalists}
-    measured, passes = measure_modules(
-        backend,
-        builds,
-        prof.precision,
-        device,
-        TimingOptions.for_budget(model.percentile),
-        reference_batch=prof.batch,
-        progress=progress,
-        label="measure finalists",
+    backends = {t: get_backend(m.profile.backend, m.profile.threads) for t, m in by_target.items()}
+    x = torch.randn(first.profile.batch, *zoo.input_tensor_spec.shape, generator=torch.Generator().manual_seed(0))
+    builds = {
+        c.key: (backends[c.target or target_of(first)], (by_target.get(c.target) or first).profile.precision,
+                (lambda c=c: (c.net, x)))
+        for c in finalists
+    }  # fmt: skip
+    measured, passes = measure_across(
+        builds, device, TimingOptions.for_budget(first.percentile), progress=progress, label="measure finalists"
     )
     noise_index = passes[0].noise_index if passes else None
     out = {}
     for c in finalists:
-        t = measured[c.name].timing
-        out[c.name] = {
-            "latency_ms": round(t.at(model.percentile), 5),
-            "percentile": model.percentile,
-            "uncertainty": round(t.uncertainty_at(model.percentile), 5),
+        m = by_target.get(c.target) or first
+        t = measured[c.key].timing
+        out[c.key] = {
+            "latency_ms": round(t.at(m.percentile), 5),
+            "percentile": m.percentile,
+            "uncertainty": round(t.uncertainty_at(m.percentile), 5),
             "median_ms": round(t.median_ms, 5),
             "p90_ms": round(t.p90_ms, 5),
             "p99_ms": round(t.p99_ms, 5),
             "stable": t.stable,
             "noise": round(t.noise, 4),
             "pass_noise_index": noise_index,
-            "backend": prof.backend,
-            "precision": prof.precision,
-            "batch": prof.batch,
-            "threads": prof.threads,
+            "backend": m.profile.backend,
+            "precision": m.profile.precision,
+            "batch": m.profile.batch,
+            "threads": m.profile.threads,
             "device": spec.id,
         }
     return out
@@ -213,6 +226,55 @@ def _at(percentile: int) -> str:
     return "" if percentile == 50 else f" at p{percentile}"
 
 
+@dataclass
+class TargetPool:
+    """What the program proposes for one target (backend/precision): its candidates and how it planned."""
+
+    model: LatencyModel
+    candidates: list[Candidate]
+    solver: dict
+    margin: float
+    why_empty: str = ""
+
+
+def target_pool(
+    zoo, partition, dissections, model: LatencyModel, task: Task, data: ProgramData, budget: Budget, top: int
+) -> TargetPool:
+    """The program's top N under the budget less this target's planning margin, plus the donors that
+    fit and the best one- and two-seam chains, all predicted with this target's latency model."""
+    check = model.profile.verify
+    # capped: on a noisy machine one outlier of a 10-assembly check (seen: 45%) would make feasible budgets
+    # infeasible; the finalists' end-to-end measurement, not the margin, is what keeps the budget
+    margin = min(check.at(model.percentile)[3], MAX_MARGIN) if check else 0.0
+    planned = Budget(budget_us(budget.latency_us / 1000 / (1 + margin)), budget.memory_mb, budget.params)
+    donors = {}
+    for n in zoo.donor_names:
+        key = donor_key(zoo, n, task.num_classes)
+        params = sum(p.numel() for u in dissections[n].units for p in u.module.parameters())
+        donors[n] = (model.predict_ms([key]), model.memory_mb([key]), params)
+    res = solve(data, planned, top)
+    solver = {
+        "name": res.method,
+        "status": res.status,
+        "seconds_first": round(res.seconds_first, 4),
+        "seconds_top": round(res.seconds, 4),
+        "top": len(res.solutions),
+        **res.extra,
+    }
+    cands = pool_of(data, partition, zoo, res.solutions, planned, budget, donors, task.num_classes)
+    why = ""
+    if not cands:
+        why = res.infeasible_reason
+        if margin:
+            why += (
+                f" (planned at {planned.latency_us / 1000:g} ms: the budget less the latency model's "
+                f"{100 * margin:.1f}% p90 under-prediction)"
+            )
+    for c in cands:
+        c.target = target_of(model)
+    return TargetPool(model, cands, solver, margin, why)
+
+
 def assemble(
     zoo,
     partition: Partition,
@@ -232,81 +294,76 @@ def assemble(
     finalists: int = FINALISTS,
     measure: bool = True,
     measurements: Callable[[list[Candidate]], dict[str, dict] | str] | None = None,
+    more_models: tuple[LatencyModel, ...] = (),
+    carried: tuple[str, ...] = (),
 ) -> AssembleResult:
     """Candidates for one budget, scored and measured (see the module docstring).
 
     Args:
         measurements: how the finalists are measured (default: `measure_finalists` here); a shared
             selection passes one that measures once for every process (`train.select.shared_once`).
+        more_models: latency models of further targets (backend/precision) on the same device: the
+            program proposes candidates for each, and a finalist is a (network, target) pair.
+        carried: networks (plan descriptions) that were finalists at a smaller budget of the same run;
+            they stay candidates and finalists wherever they fit, so more room never loses them.
     """
     if not latency_ms > 0:
         raise DeryError(f"latency budget must be > 0 ms, got {latency_ms:g}", "assemble")
-    memory_check(model, memory_mb)
+    models = [model, *more_models]
+    for m in models:
+        memory_check(m, memory_mb)
     if params_m is not None and not params_m > 0:
         raise DeryError(f"--params-m must be > 0, got {params_m}", "assemble")
+    if search not in ("cpsat", "optuna"):
+        raise DeryError(f"--search must be cpsat or optuna, got {search!r}", "assemble")
     fitter = fitter or AdapterFitter.for_task(dissections, task)
     scores = scores or Scores.compute(dissections, task, partition, fitter)
-    data = program_data(zoo, partition, dissections, model, task.num_classes, scores)
-    check = model.profile.verify
-    # capped: on a noisy machine one outlier of a 10-assembly check (seen: 45%) would make feasible budgets
-    # infeasible; the finalists' end-to-end measurement, not the margin, is what keeps the budget
-    margin = min(check.at(model.percentile)[3], MAX_MARGIN) if check else 0.0
     params = None if params_m is None else int(params_m * 1e6)
     budget = Budget(budget_us(latency_ms), memory_mb, params)
-    planned = Budget(budget_us(latency_ms / (1 + margin)), memory_mb, params)
     images, labels = task.labelled_sample(PROXY_IMAGES.get(proxy, 64), seed=seed)
     t0 = time.perf_counter()
-    donors = {}
-    for n in zoo.donor_names:
-        key = donor_key(zoo, n, task.num_classes)
-        params = sum(p.numel() for u in dissections[n].units for p in u.module.parameters())
-        donors[n] = (model.predict_ms([key]), model.memory_mb([key]), params)
-    if search == "cpsat":
-        res = solve(data, planned, top)
-        solver = {
-            "name": res.method,
-            "status": res.status,
-            "seconds_first": round(res.seconds_first, 4),
-            "seconds_top": round(res.seconds, 4),
-            "top": len(res.solutions),
-            **res.extra,
-        }
-        cands = pool_of(data, partition, zoo, res.solutions, planned, budget, donors, task.num_classes)
-        if not cands:
-            why = res.infeasible_reason
-            if margin:
-                why += (
-                    f" (planned at {planned.latency_us / 1000:g} ms: the budget less the latency model's "
-                    f"{100 * margin:.1f}% p90 under-prediction)"
-                )
-            raise DeryError(why + "; raise the budget", "assemble")
-        score_candidates(cands, zoo, dissections, fitter, proxy, images, labels, progress)
-    elif search == "optuna":
-        cands, solver = optuna_search(
-            data, zoo, partition, dissections, fitter, proxy, images, labels, planned, top, seed, task.num_classes
-        )
-        if not cands:
+    pools = []
+    for m in models:
+        data = program_data(zoo, partition, dissections, m, task.num_classes, scores)
+        if search == "optuna" and m is model and not more_models:
+            check = m.profile.verify
+            margin = min(check.at(m.percentile)[3], MAX_MARGIN) if check else 0.0
+            planned = Budget(budget_us(latency_ms / (1 + margin)), memory_mb, params)
+            cands, solver = optuna_search(
+                data, zoo, partition, dissections, fitter, proxy, images, labels, planned, top, seed, task.num_classes
+            )
             f = fastest(data, planned)
-            raise DeryError(
+            why = (
                 f"no assembly meets {planned.describe()}"
                 + (f"; the fastest assembly is predicted at {f.latency_ms:.4f} ms" if f else "")
-                + "; raise the budget",
-                "assemble",
+                if not cands
+                else ""
             )
-    else:
-        raise DeryError(f"--search must be cpsat or optuna, got {search!r}", "assemble")
+            for c in cands:
+                c.target = target_of(m)
+            pools.append(TargetPool(m, cands, solver, margin, why))
+        else:
+            pools.append(target_pool(zoo, partition, dissections, m, task, data, budget, top))
+        pools[-1].candidates += carried_candidates(pools[-1], carried, zoo, partition, dissections, task, budget)
+    cands = [c for p in pools for c in p.candidates]
+    if not cands:
+        raise DeryError("; ".join(dict.fromkeys(p.why_empty for p in pools)) + "; raise the budget", "assemble")
+    if search == "cpsat" or more_models:
+        score_networks(cands, zoo, dissections, fitter, proxy, images, labels, progress)
     seconds = time.perf_counter() - t0
-    cands.sort(key=lambda c: (-c.proxy, c.name))
-    final = [c for c in cands if not c.is_donor][:finalists] + [c for c in cands if c.is_donor]
+    cands.sort(key=lambda c: (-c.proxy, c.name, c.target))
+    ranked = list(dict.fromkeys(c.name for c in cands if not c.is_donor))
+    chosen = set(ranked[:finalists]) | {n for n in carried if n in ranked}
+    final = [c for c in cands if c.is_donor or c.name in chosen]
     if not measure:
         measured: dict[str, dict] | str = "measurement switched off"
     else:
-        measured = (measurements or (lambda f: measure_finalists(f, model, zoo, progress)))(final)
+        measured = (measurements or (lambda f: measure_finalists(f, models, zoo, progress)))(final)
     why_not = measured if isinstance(measured, str) else None
     kept, rejected = final, []
     if not isinstance(measured, str):
         for c in final:
-            c.measured = dict(measured[c.name])
+            c.measured = dict(measured[c.key])
             c.measured["near_budget"] = near_budget(c.measured, latency_ms)
         kept = [c for c in final if keeps_budget(c.measured, latency_ms)]
         rejected = [c for c in final if not keeps_budget(c.measured, latency_ms)]
@@ -314,17 +371,19 @@ def assemble(
             best = min(final, key=lambda c: c.measured["latency_ms"])
             raise DeryError(
                 f"no finalist keeps {latency_ms:g} ms{_at(model.percentile)} when measured on {model.profile.device}: "
-                f"the fastest, {best.name}, runs in {best.measured['latency_ms']:.4f} ms (predicted "
+                f"the fastest, {best.key}, runs in {best.measured['latency_ms']:.4f} ms (predicted "
                 f"{best.predicted_ms:.4f} ms); raise the budget",
                 "assemble",
             )
-    kept.sort(key=lambda c: (-c.proxy, c.name))
+    kept.sort(key=lambda c: (-c.proxy, c.name, c.target))
     best = kept[0]
+    by_target = {target_of(p.model): p for p in pools}
     for c in cands:
+        pool = by_target[c.target]
         finish_plan(
             c.plan,
             c,
-            model,
+            pool.model,
             zoo,
             dissections,
             task,
@@ -332,25 +391,50 @@ def assemble(
             memory_mb,
             params_m,
             proxy,
-            solver,
+            pool.solver,
             seconds,
             partition,
-            margin,
+            pool.margin,
         )
+    first = pools[0]
     return AssembleResult(
         best.plan,
         cands,
         kept,
         {
-            **solver,
+            **first.solver,
+            "targets": {target_of(p.model): {**p.solver, "margin": p.margin} for p in pools},
             "measured": why_not or "end to end on the device, in one interleaved pass",
             "finalists": len(final),
             "rejected_over_budget": len(rejected),
-            "near_budget": sorted(c.name for c in final if c.measured.get("near_budget")),
+            "near_budget": sorted(c.key for c in final if c.measured.get("near_budget")),
         },
-        margin,
+        first.margin,
         rejected,
     )
+
+
+def carried_candidates(
+    pool: TargetPool, carried: tuple[str, ...], zoo, partition, dissections, task: Task, budget: Budget
+) -> list[Candidate]:
+    """The carried networks this target's pool lacks, where they fit its planned budget."""
+    have = {c.name for c in pool.candidates}
+    out = []
+    for name in carried:
+        if name in have:
+            continue
+        plan = plan_from_description(name, zoo, partition, task.num_classes)
+        if plan is None:
+            continue
+        keys = plan_items(plan, zoo, dissections)
+        ms = pool.model.predict_ms(keys)
+        if ms * 1000 > budget.latency_us:
+            continue
+        params = sum(p.numel() for b in plan.blocks for p in dissections[b.donor].block(b.start, b.end).parameters())
+        c = Candidate(plan, ms, params, pool.model.memory_mb(keys), None, "carried")
+        c.target = target_of(pool.model)
+        out.append(c)
+    return out
 
 
 def finish_plan(

@@ -31,7 +31,10 @@ def run(
         None, "--probe-data", help="unlabelled images for similarity (default: the task's)"
     ),
     device: str | None = typer.Option(None, "--device", help="device id (default: this machine's)"),
-    backend: str | None = typer.Option(None, "--backend", help="default: the device's"),
+    backend: str | None = typer.Option(None, "--backend", help="one backend only (default: the device's search list)"),
+    targets: str | None = typer.Option(
+        None, "--targets", help="backend/precision pairs to search, e.g. onnxruntime/fp32,openvino/int8"
+    ),
     budgets: str | None = typer.Option(None, "--budgets", help="latency budgets in ms (default: from donor latencies)"),
     K: int = typer.Option(4, "-K", "--sets", help="equivalence sets (blocks per donor)"),
     epochs_adapter: int = typer.Option(4, "--epochs-adapter"),
@@ -75,6 +78,7 @@ def run(
         batch=batch,
         percentile=percentile,
         threads=threads,
+        targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
     )
     m = run_pipeline(opts, None if as_json else console, progress_bar)
     if as_json:

@@ -1,11 +1,11 @@
 """The run's final measurement: every network the report compares, in one interleaved pass.
 
 The shipped artifact of every budget, every fine-tuned donor and every budget's best reassembled
-network are measured together (`runtime.harness.measure_interleaved`), with the plan's backend,
-precision, batch, threads and per-call percentile, so that drift on a shared machine cannot decide
-a comparison: which donors fit a budget, whether reassembly won, the Pareto plot, speed-ups, and
-each shipped artifact against its budget all read these numbers. Where the backend runs ONNX, the
-exported file itself is what is timed.
+network, each on every target (backend/precision) the run searched, are measured together
+(`runtime.harness.measure_interleaved`) with the run's batch, threads and per-call percentile, so
+that drift on a shared machine cannot decide a comparison: which donors fit a budget, whether
+reassembly won, which runtime is faster, the Pareto plot, and each shipped artifact against its
+budget all read these numbers. A shipped artifact is timed as the file itself.
 """
 
 from __future__ import annotations
@@ -20,27 +20,31 @@ from dery_deploy.train.finetune import load_run_model
 
 @dataclass
 class Compared:
-    key: str  # "donor:<name>" or "mix:<budget>"
+    key: str  # "<what>|<backend>/<precision>", what = donor:<name>, mix:<budget>, ship:<budget>
     run_dir: Path  # the fine-tuned run (checkpoint)
-    artifact: Path | None = None  # the exported ONNX as it ships, where there is one
+    backend: Backend
+    precision: str
+    artifact: Path | None = None  # the exported file as it ships (.onnx or OpenVINO .xml), where there is one
 
 
-def _runner(backend: Backend, c: Compared, example, precision: str, device: str) -> Runner:
-    if c.artifact is not None and c.artifact.is_file() and hasattr(backend, "runner_from_onnx"):
-        return backend.runner_from_onnx(c.artifact.read_bytes(), example, device)
+def _runner(c: Compared, example, device: str) -> Runner:
+    if c.artifact is not None and c.artifact.is_file() and hasattr(c.backend, "runner_from_onnx"):
+        # OpenVINO reads its IR (.xml) by path; ONNX Runtime and OpenVINO read ONNX bytes
+        source = str(c.artifact) if c.artifact.suffix == ".xml" else c.artifact.read_bytes()
+        return c.backend.runner_from_onnx(source, example, device)
     model, _ = load_run_model(c.run_dir)
-    return backend.prepare(model, example, precision, device)
+    return c.backend.prepare(model, example, c.precision, device)
 
 
 def measure_compared(
-    compared: list[Compared], backend: Backend, precision: str, device: str, example, percentile: int, progress=None
+    compared: list[Compared], device: str, example, percentile: int, threads: int | None, progress=None
 ) -> tuple[dict[str, Measurement], PassSummary]:
-    """One interleaved pass over every compared network (see the module docstring)."""
+    """One interleaved pass over every compared network on its target (see the module docstring)."""
     task = progress.add_task("final measurement: build", total=len(compared)) if progress else None
     runners = {}
-    with torch_threads(backend.threads):
+    with torch_threads(threads):
         for c in compared:
-            runners[c.key] = _runner(backend, c, example, precision, device)
+            runners[c.key] = _runner(c, example, device)
             if progress:
                 progress.advance(task)
 
@@ -51,6 +55,6 @@ def measure_compared(
     return measure_interleaved(
         {k: (r.call, r.cuda, r.stream) for k, r in runners.items()},
         TimingOptions.for_budget(percentile),
-        backend.threads,
+        threads,
         tick if progress else None,
     )

@@ -36,7 +36,7 @@ from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend, run_profile, verify
 from dery_deploy.profile.store import Profile, profile_path, read_profile
 from dery_deploy.report.report import write_report
-from dery_deploy.runtime.backends import Backend
+from dery_deploy.runtime.backends import Backend, get_backend
 from dery_deploy.runtime.devices import DeviceSpec, get_device, this_machine
 from dery_deploy.runtime.harness import PERCENTILES, Measurement
 from dery_deploy.similarity.compute import Similarity, compute_similarity
@@ -75,6 +75,7 @@ class RunOptions:
     batch: int = 1  # images per call the budgets are for (32: a throughput budget)
     percentile: int = 50  # of single calls, what every budget promises
     threads: int | None = None  # CPU threads the runtime computes with (None: the device spec's)
+    targets: list[str] | None = None  # backend/precision pairs to search (None: the device spec's `search`)
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""
@@ -145,6 +146,8 @@ class RunManifest(JsonArtifact):
     donors: dict[str, dict] = field(default_factory=dict)
     teacher: dict = field(default_factory=dict)
     final_pass: dict = field(default_factory=dict)  # the one interleaved measurement every comparison reads
+    targets: list[str] = field(default_factory=list)  # backend/precision pairs searched
+    verify_by_target: dict = field(default_factory=dict)  # each target's latency check (verify: the first's)
     recipe: dict = field(default_factory=dict)  # what every compared network was trained with (Recipes.describe)
     started: str = ""
     finished: str = ""
@@ -252,6 +255,28 @@ class Run:
         self.manifest.write(self.out / "run.json")
 
 
+def target_name(backend: Backend, precision: str) -> str:
+    return f"{backend.name}/{precision}"
+
+
+def resolve_targets(spec: DeviceSpec, opts: RunOptions) -> list[tuple[Backend, str]]:
+    """The backend/precision pairs this run searches: --targets, else --backend/--precision alone,
+    else the device spec's `search` list; each checked to run here."""
+    if opts.targets:
+        names = opts.targets
+    elif opts.backend or opts.precision:
+        names = [f"{opts.backend or spec.default_backend}/{opts.precision or spec.default_precision}"]
+    else:
+        names = spec.targets()
+    out = []
+    for n in dict.fromkeys(names):
+        if n.count("/") != 1:
+            raise DeryError(f"--targets takes backend/precision pairs (e.g. openvino/int8), got {n!r}", "run")
+        b, p = n.split("/")
+        out.append(resolve_backend(spec, b, p, opts.threads))
+    return out
+
+
 def check_run_dir(out: Path, zoo, device: str) -> None:
     path = out / "run.json"
     if path.is_file():
@@ -275,7 +300,8 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     zoo = get_zoo(opts.zoo)
     spec = get_device(opts.device) if opts.device else (this_machine() or [get_device("cpu")])[0]
     check_run_dir(r.out, zoo, spec.id)
-    backend, precision = resolve_backend(spec, opts.backend, opts.precision, opts.threads)
+    targets = resolve_targets(spec, opts)
+    backend, precision = targets[0]
     t0 = time.time()
     task = load_task(opts.data, zoo.input, opts.seed)  # a bad --data is one line and leaves no folder behind
     task_seconds = time.time() - t0
@@ -283,9 +309,10 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     r.manifest = RunManifest(
         zoo.name, zoo.hash(), spec.id, backend.name, precision, asdict(opts), started=time.strftime("%Y-%m-%dT%H:%M:%S")
     )
+    r.manifest.targets = [target_name(b, p) for b, p in targets]
     r.current = "setup"
     try:
-        _run_stages(r, zoo, spec, backend, precision, task, task_seconds)
+        _run_stages(r, zoo, spec, targets, task, task_seconds)
     except BaseException as e:
         r.manifest.status = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
         r.manifest.failed_stage = r.current
@@ -296,7 +323,7 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     return r.manifest
 
 
-def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Task, task_seconds: float) -> None:
+def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]], task: Task, task_seconds: float):
     opts = r.opts
     r.say("[bold cyan]> task[/]" if r.console else "> task")
     r.current = "task"
@@ -308,10 +335,17 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Ta
     dis = dissect_zoo(zoo)
     sim = stage_similarity(r, zoo, task)
     part = stage_partition(r, zoo, sim, dis)
-    prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task)
-    prof = stage_verify(r, zoo, spec, prof_file, part, dis)
-    model = LatencyModel.of(prof, str(prof_file), opts.percentile)
-    donor_ms = {n: round(model.predict_ms([donor_key(zoo, n, task.num_classes)]), 5) for n in zoo.donor_names}
+    models: list[LatencyModel] = []
+    for backend, precision in targets:
+        prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task)
+        prof = stage_verify(r, zoo, spec, prof_file, part, dis, target_name(backend, precision))
+        models.append(LatencyModel.of(prof, str(prof_file), opts.percentile))
+    backend, precision = targets[0]
+    model, prof = models[0], models[0].profile
+    # a donor's latency is that of its fastest target: what a budget must beat to be worth reassembling for
+    donor_ms = {
+        n: round(min(m.predict_ms([donor_key(zoo, n, task.num_classes)]) for m in models), 5) for n in zoo.donor_names
+    }
     fitter = AdapterFitter.for_task(dis, task)
     computed: list[Scores] = []
 
@@ -330,7 +364,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Ta
 
     budgets = opts.budgets
     if not budgets:
-        floor = feasible_floor(zoo, part, dis, model, task, scores())
+        floor = min(feasible_floor(zoo, part, dis, m, task, scores()) for m in models)
         budgets, notes = choose_budgets(donor_ms, opts.quick, floor)
         for n in notes:
             r.say(f"  note: {n}")
@@ -352,9 +386,10 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, backend, precision: str, task: Ta
     r.say(f"  teacher: {teacher_name} (validation {ce[teacher_name]['val_accuracy']:.2f}%)")
     within = [n for n, ms in donor_ms.items() if ms <= max(budgets)]
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
-    ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher)
+    ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher, models)
     for b in budgets:
         r.manifest.results.append(stage_budget(r, ctx, b, aoti=opts.aoti and b == budgets[len(budgets) // 2]))
+        ctx.carried += [f["plan"] for f in r.manifest.results[-1].get("finalists", []) if f["seams"]]
     feasible = [res for res in r.manifest.results if "plan" in res]
     if feasible:
         stage_final_pass(r, ctx)
@@ -389,31 +424,35 @@ def feasible_floor(zoo, part, dis, model: LatencyModel, task: Task, scores: Scor
 
 
 def stage_final_pass(r: Run, ctx: Context) -> None:
-    """Measure every compared network in one interleaved pass and judge and compare with it alone
-    (`final_pass.py`): donors' latency, which donors fit each budget, the best reassembled networks,
-    and each shipped artifact against its budget (its export report is rewritten with that verdict)."""
+    """Measure every compared network on every target in one interleaved pass and judge and compare
+    with it alone (`final_pass.py`): donors' latency, which donors fit each budget, the best
+    reassembled networks, and each shipped artifact against its budget (its export report is
+    rewritten with that verdict)."""
     m = r.manifest
-    compared = [
-        Compared(f"donor:{n}", Path(d["run"]), _artifact(Path(d["run"]) / "export"))
-        for n, d in sorted(m.donors.items())
-    ]
+    backends = {f"{mm.profile.backend}/{mm.profile.precision}": mm for mm in ctx.models}
+    compared = []
+    for name, mm in backends.items():
+        be = get_backend(mm.profile.backend, mm.profile.threads)
+        compared += [
+            Compared(f"donor:{n}|{name}", Path(d["run"]), be, mm.profile.precision) for n, d in sorted(m.donors.items())
+        ]
+        compared += [
+            Compared(f"mix:{res['budget_ms']:g}|{name}", Path(res["run_mix"]), be, mm.profile.precision)
+            for res in m.results
+            if res.get("mix")
+        ]
     for res in m.results:
-        if res.get("mix"):
-            mix_dir = Path(res["run_mix"])
-            compared.append(Compared(f"mix:{res['budget_ms']:g}", mix_dir, _artifact(mix_dir / "export")))
-        if res.get("pick_kind") == "donor" and res.get("onnx", {}).get("artifact"):
-            # the donor's export for this budget is the donor network itself: time the shipped file
-            key = f"donor:{res['plan']['blocks'][0]['donor']}"
-            for c in compared:
-                if c.key == key and c.artifact is None:
-                    c.artifact = Path(res["export_dir"]) / res["onnx"]["artifact"]
+        if "plan" in res and (res.get("onnx") or {}).get("artifact"):
+            plan, name = res["plan"], f"{res['plan']['backend']}/{res['plan']['precision']}"
+            be = get_backend(plan["backend"], plan.get("threads"))
+            art = Path(res["export_dir"]) / res["onnx"]["artifact"]
+            compared.append(Compared(f"ship:{res['budget_ms']:g}|{name}", Path(res["run"]), be, plan["precision"], art))
     x = task_example(ctx)
     device = "cuda" if ctx.spec.kind == "cuda" else "cpu"
-
     path = r.out / "final_pass.json"
     key = {
         "compared": [[c.key, _stamp(c.artifact or c.run_dir / "checkpoint.safetensors")] for c in compared],
-        "target": [ctx.backend.name, ctx.backend.threads, ctx.precision, ctx.model.profile.batch, r.opts.percentile],
+        "run": [ctx.model.profile.batch, ctx.model.profile.threads, r.opts.percentile],
     }
 
     def reuse():
@@ -424,18 +463,18 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
 
     def compute():
         with r.progress() as prog:
-            meas, summary = measure_compared(compared, ctx.backend, ctx.precision, device, x, r.opts.percentile, prog)
+            meas, summary = measure_compared(compared, device, x, r.opts.percentile, ctx.model.profile.threads, prog)
         out = {"key": key, "summary": summary.to_dict(), "measurements": {k: v.to_dict() for k, v in meas.items()}}
         atomic_write_json(path, out)
         return out
 
     fp = r.stage(
-        f"final measurement ({len(compared)} networks, one interleaved pass)",
+        f"final measurement ({len(compared)} network-target pairs, one interleaved pass)",
         reuse,
         compute,
         lambda fp: f"noise index {100 * fp['summary']['noise_index']:.1f}%",
     )
-    apply_final_pass(r, fp, ctx.backend.threads)
+    apply_final_pass(r, ctx, fp)
 
 
 def task_example(ctx: Context):
@@ -457,40 +496,72 @@ def _artifact(folder: Path) -> Path | None:
     return p if p.is_file() else None
 
 
-def apply_final_pass(r: Run, fp: dict, threads: int | None) -> None:
-    """Every latency the report compares, from the final pass; each shipped ONNX judged against its budget."""
+def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
+    """Every latency the report compares, from the final pass; each shipped artifact judged against its budget.
+
+    A donor's latency is that of its fastest target; it fits a budget when any target does, with the
+    accuracy of the most accurate target that fits (its int8 test accuracy measured where only int8 fits)."""
     m = r.manifest
     q = r.opts.percentile
     meas = {k: Measurement(**v) for k, v in fp["measurements"].items()}
     m.final_pass = {**fp["summary"], "percentile": q, "measurements": fp["measurements"]}
+
+    def by_target(what: str) -> dict[str, Measurement]:
+        return {k.split("|", 1)[1]: v for k, v in meas.items() if k.split("|", 1)[0] == what}
+
     for n, d in m.donors.items():
-        t = meas[f"donor:{n}"]
-        d["profile_latency_ms"] = d["latency_ms"]
-        d["latency_ms"], d["latency_uncertainty"] = round(t.at(q), 5), round(t.uncertainty_at(q), 5)
+        ts = by_target(f"donor:{n}")
+        fastest_t = min(ts, key=lambda t: ts[t].at(q))
+        d["profile_latency_ms"] = d.get("profile_latency_ms", d["latency_ms"])
+        d["latency_by_target"] = {
+            t: {"ms": round(v.at(q), 5), "uncertainty": round(v.uncertainty_at(q), 5)} for t, v in ts.items()
+        }
+        d["latency_ms"], d["latency_uncertainty"] = d["latency_by_target"][fastest_t].values()
+        d["fastest_target"] = fastest_t
     for res in m.results:
         if "plan" not in res:
             continue
         b = res["budget_ms"]
         if res.get("mix"):
-            t = meas[f"mix:{b:g}"]
-            res["mix"]["measured_ms"], res["mix"]["measured_uncertainty"] = (
-                round(t.at(q), 5),
-                round(t.uncertainty_at(q), 5),
-            )
-        shipped = f"mix:{b:g}" if res["pick_kind"] == "mix" else f"donor:{res['plan']['blocks'][0]['donor']}"
-        t = meas[shipped]
-        res["measured_ms"], res["measured_uncertainty"] = round(t.at(q), 5), round(t.uncertainty_at(q), 5)
+            ts = by_target(f"mix:{b:g}")
+            t = min(ts, key=lambda k: ts[k].at(q))
+            res["mix"]["measured_ms"] = round(ts[t].at(q), 5)
+            res["mix"]["measured_uncertainty"] = round(ts[t].uncertainty_at(q), 5)
+            res["mix"]["measured_target"] = t
+        [(target, shipped)] = by_target(f"ship:{b:g}").items() or [(None, None)]
         onnx = res.get("onnx") or {}
-        if onnx.get("artifact"):
-            verdict = budget_check(res["plan"], t, onnx["device"], onnx["precision"], onnx["batch"], threads)
+        if shipped is not None:
+            res["measured_ms"], res["measured_uncertainty"] = (
+                round(shipped.at(q), 5),
+                round(shipped.uncertainty_at(q), 5),
+            )
+            verdict = budget_check(
+                res["plan"], shipped, onnx["device"], onnx["precision"], onnx["batch"], onnx.get("threads")
+            )
             onnx["budget"] = {**asdict(verdict), "measured_in": "the run's final pass, beside every compared network"}
-            report = Path(res["export_dir"]) / "report-onnx.json"
+            report = Path(res["export_dir"]) / f"report-{res.get('export_format', 'onnx')}.json"
             if report.is_file():
                 atomic_write_json(report, {**json.loads(report.read_text()), "budget": onnx["budget"]})
-        res["donors_within_budget"] = sorted(
-            (n for n, d in m.donors.items() if d["latency_ms"] <= b),
-            key=lambda n: -m.donors[n]["top1"],
-        )
+        fitting = {}
+        for n, d in m.donors.items():
+            fits = [t for t, v in d["latency_by_target"].items() if v["ms"] <= b]
+            if fits:
+                fitting[n] = donor_accuracy(r, ctx, n, d, fits)
+        res["donors_within_budget"] = sorted(fitting, key=lambda n: -fitting[n]["top1"])
+        res["donor_fit"] = fitting
+
+
+def donor_accuracy(r: Run, ctx: Context, name: str, d: dict, fits: list[str]) -> dict:
+    """A donor's test accuracy on the best target of `fits`: fp32 as evaluated, else the int8 network's, measured."""
+    fp32 = [t for t in fits if not t.endswith("/int8")]
+    if fp32:
+        return {"target": min(fp32, key=lambda t: d["latency_by_target"][t]["ms"]), "top1": d["top1"]}
+    best = None
+    for t in fits:
+        acc = int8_on(Path(d["run"]), ctx.task, t, ctx.model.profile.threads, "test")["top1"]
+        if best is None or acc > best["top1"]:
+            best = {"target": t, "top1": acc}
+    return best
 
 
 def stage_zoo(r: Run, zoo) -> list[dict]:
@@ -580,7 +651,7 @@ def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Pat
     return path
 
 
-def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis) -> Profile:
+def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = "") -> Profile:
     def reuse():
         prof = read_profile(prof_file)
         v = prof.verify
@@ -591,13 +662,20 @@ def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis) -> Profile:
             verify(zoo, spec, prof_file, part, dis, r.opts.verify, r.opts.seed, prog)
         return read_profile(prof_file)
 
-    prof = r.stage(f"latency-model check ({r.opts.verify} mixed assemblies)", reuse, compute)
+    on = f", {target}" if target else ""
+    prof = r.stage(f"latency-model check ({r.opts.verify} mixed assemblies{on})", reuse, compute)
     v = prof.verify
-    r.manifest.verify = {k: val for k, val in v.to_dict().items() if k != "assemblies"}
-    r.manifest.profile = str(prof_file.relative_to(r.out))
+    summary = {k: val for k, val in v.to_dict().items() if k != "assemblies"}
+    if not r.manifest.verify:  # the first target's, which the report's latency-model paragraph describes
+        r.manifest.verify = summary
+        r.manifest.profile = str(prof_file.relative_to(r.out))
+    r.manifest.verify_by_target[target or prof.backend + "/" + prof.precision] = {
+        **summary,
+        "profile": str(prof_file.relative_to(r.out)),
+    }
     r.say(
-        f"  latency model: median |error| {100 * v.median_abs_rel_error:.2f}%, max {100 * v.max_abs_rel_error:.2f}% "
-        f"({v.speed} item latencies x {v.scale:.3f})"
+        f"  latency model{on}: median |error| {100 * v.median_abs_rel_error:.2f}%, max "
+        f"{100 * v.max_abs_rel_error:.2f}% ({v.speed} item latencies x {v.scale:.3f})"
     )
     return prof
 
@@ -674,6 +752,8 @@ class Context:
     fitter: AdapterFitter
     scores: Callable[[], Scores]
     teacher: Teacher
+    models: list[LatencyModel] = field(default_factory=list)  # one per target searched, the first is `model`'s
+    carried: list[str] = field(default_factory=list)  # mixed finalists of the smaller budgets so far
 
     @property
     def latency(self) -> tuple:
@@ -682,80 +762,18 @@ class Context:
 
 
 def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
-    """One budget: candidates and measured finalists, selection by evidence on validation, healing of
-    the best mixed plan with the final recipe, then the pick's evaluation and exports."""
-    zoo, part, dis, model, task, recipes, teacher = (
-        ctx.zoo,
-        ctx.part,
-        ctx.dis,
-        ctx.model,
-        ctx.task,
-        ctx.recipes,
-        ctx.teacher,
-    )
+    """One budget: candidates on every target and measured (network, target) finalists, selection by
+    evidence on validation, healing of the best mixed plan with the final recipe, the pick among the
+    measured (network, runtime, precision) triples, then its evaluation and exports."""
     bdir = r.out / f"budget-{b:g}ms"
     entry: dict = {"budget_ms": b}
-    sel_path = bdir / "selection.json"
-    key = {
-        "partition": part.key,
-        "task": task.hash(),
-        "top": r.opts.top,
-        "rungs": list(recipes.rungs),
-        "recipe": asdict(recipes.ce),
-        "profile_records": len(model.profile.records),
-        "percentile": model.percentile,
-        "batch": model.profile.batch,
-        "threads": model.profile.threads,
-    }
-
-    def reuse():
-        if not sel_path.is_file():
-            return None
-        old = json.loads(sel_path.read_text())
-        return old if old.get("key") == key else None
-
-    def compute():
-        with r.progress() as prog:
-            res = assemble(
-                zoo,
-                part,
-                dis,
-                model,
-                task,
-                b,
-                top=r.opts.top,
-                seed=r.opts.seed,
-                progress=prog,
-                fitter=ctx.fitter,
-                scores=ctx.scores(),
-                finalists=recipes.finalists,
-            )
-        finalists = []
-        for i, c in enumerate(res.finalists):
-            path = save_plan_with_weights(c.plan, c.net, bdir / "finalists" / f"{i:02d}.json")
-            finalists.append(
-                Finalist(
-                    c.name,
-                    {"plan": c.plan.to_dict(), "adapter_weights": str(path.with_suffix(".safetensors").resolve())},
-                    c.is_donor,
-                    c.measured.get("median_ms"),
-                )
-            )
-        sel = select(finalists, zoo, task, bdir / "select", recipes.ce, rungs=recipes.rungs, log=lambda m: r.say(m))
-        out = {
-            "key": key,
-            "candidates": [c.to_dict() for c in res.candidates],
-            "finalists": [{**c.to_dict(), "path": f"finalists/{i:02d}.json"} for i, c in enumerate(res.finalists)],
-            "rejected_over_budget": [c.to_dict() for c in res.rejected],
-            "solver": res.solver,
-            "margin": res.margin,
-            "selection": sel.to_dict(),
-        }
-        atomic_write_json(sel_path, out)
-        return out
-
     try:
-        sel = r.stage(f"assemble and select under {b:g} ms", reuse, compute, lambda o: o["selection"]["pick"])
+        sel = r.stage(
+            f"assemble and select under {b:g} ms",
+            lambda: _reuse_selection(bdir, selection_key(r, ctx)),
+            lambda: assemble_and_select(r, ctx, b, bdir),
+            lambda o: o["selection"]["pick"],
+        )
     except DeryError as e:
         entry["infeasible"] = str(e)
         r.manifest.stages[-1:] = []
@@ -765,83 +783,225 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
     s = sel["selection"]
     entry.update({k: sel[k] for k in ("candidates", "finalists", "rejected_over_budget", "solver", "margin")})
     entry["selection"] = s
-    r.say(f"  pick: {s['pick']} ({s['rule']})")
-    paths = {f["plan"]: bdir / f["path"] for f in sel["finalists"]}
+    paths = {(f["plan"], f.get("target", "")): bdir / f["path"] for f in sel["finalists"]}
     if s["best_mix"]:
-        # the best mixed plan is healed with the final recipe even when a donor is picked: the report
-        # compares it with the donors trained the same way
-        mix_dir = bdir / "mix"
-        entry["run_mix"] = str(mix_dir)
-        plan = load_plan(paths[s["best_mix"]])
-        source = {
-            "plan": plan.to_dict(),
-            "adapter_weights": str(paths[s["best_mix"]].with_suffix(".safetensors").resolve()),
-        }
-        metrics = stage_finetune(
-            r,
-            f"heal {s['best_mix']} ({b:g} ms)",
-            source,
-            zoo,
-            task,
-            recipes.final,
-            mix_dir,
-            eval_phase1=True,
-            teacher=teacher,
-        )
-        ev = stage_evaluate(r, mix_dir, task, f"best mix {b:g} ms", ctx.latency)
-        entry["mix"] = {
-            "plan": plan.to_dict(),
-            "val_accuracy": metrics.get("val_accuracy"),
-            "phase1_top1": metrics.get("phase1_test_accuracy"),
-            "kept": metrics.get("kept"),
-            "seam_matching": metrics.get("seam_matching"),
-            **ev,
-        }
-        entry["mix"]["onnx"] = stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms")
-    pick = s["pick"]
-    if pick == s["best_mix"]:
-        entry.update({"pick_kind": "mix", "plan": entry["mix"]["plan"], "run": str(bdir / "mix")})
-        entry.update(
-            {
-                k: entry["mix"][k]
-                for k in (
-                    "top1",
-                    "per_class",
-                    "params_m",
-                    "confusion_png",
-                    "measured_ms",
-                    "measured_stable",
-                    "val_accuracy",
-                    "phase1_top1",
-                    "onnx",
-                )
-                if k in entry["mix"]
-            }
-        )
+        entry["mix"] = heal_best_mix(r, ctx, b, bdir, s["best_mix"], paths)
+        entry["run_mix"] = str(bdir / "mix")
+    triples = score_triples(r, ctx, sel, bdir / "mix" if s["best_mix"] else None)
+    pick = pick_triple(triples, s)
+    entry["triples"] = triples
+    entry["pick_triple"] = pick
+    r.say(f"  pick: {pick['network']} on {pick['target']} ({pick['rule']})")
+    plan = load_plan(paths[(pick["network"], pick["target"])]).to_dict()
+    fmt = EXPORT_FORMAT.get(plan["backend"], "onnx")
+    if pick["kind"] == "mix":
         run_dir = bdir / "mix"
-        entry["export_dir"] = str(run_dir / "export")
+        entry.update({"pick_kind": "mix", "run": str(run_dir)})
+        entry.update({k: v for k, v in entry["mix"].items() if k in ("top1", "per_class", "params_m", "confusion_png")})
+        entry["val_accuracy"] = entry["mix"].get("val_accuracy")
     else:
-        donor = load_plan(paths[pick]).blocks[0].donor
-        d = r.manifest.donors[donor]
-        entry.update(
+        d = r.manifest.donors[plan["blocks"][0]["donor"]]
+        run_dir = Path(d["run"])
+        entry.update({"pick_kind": "donor", "run": d["run"]})
+        entry.update({k: d[k] for k in ("top1", "val_accuracy", "params_m", "per_class", "confusion_png")})
+    entry["plan"] = plan
+    entry["export_format"] = fmt
+    entry["export_dir"] = str(bdir / "export")
+    label = f"{pick['kind']} {pick['network']}"[:60]
+    entry["onnx"] = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan["precision"])
+    if plan["precision"] == "int8" and entry["onnx"].get("int8_top1") is not None:
+        entry["fp32_top1"], entry["top1"] = entry["top1"], entry["onnx"]["int8_top1"]
+    entry["measured_ms"] = entry["onnx"].get("latency_ms")
+    if aoti:
+        entry["aoti"] = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=plan, out=bdir / "export")
+    return entry
+
+
+# what ships for a plan made with each backend: the artifact that backend runs
+EXPORT_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
+
+
+def selection_key(r: Run, ctx: Context) -> dict:
+    """What a budget's assembly and selection depend on, beyond the budget itself."""
+    return {
+        "partition": ctx.part.key,
+        "task": ctx.task.hash(),
+        "top": r.opts.top,
+        "rungs": list(ctx.recipes.rungs),
+        "recipe": asdict(ctx.recipes.ce),
+        "targets": [
+            [m.profile.backend, m.profile.precision, m.profile.batch, m.profile.threads, len(m.profile.records)]
+            for m in ctx.models
+        ],
+        "percentile": ctx.model.percentile,
+        "carried": ctx.carried,
+    }
+
+
+def _reuse_selection(bdir: Path, key: dict) -> dict | None:
+    path = bdir / "selection.json"
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    return old if old.get("key") == key else None
+
+
+def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> dict:
+    """Candidates on every target, (network, target) finalists measured in one pass, then selection
+    by evidence among the networks (training does not depend on the runtime)."""
+    with r.progress() as prog:
+        res = assemble(
+            ctx.zoo,
+            ctx.part,
+            ctx.dis,
+            ctx.model,
+            ctx.task,
+            b,
+            top=r.opts.top,
+            seed=r.opts.seed,
+            progress=prog,
+            fitter=ctx.fitter,
+            scores=ctx.scores(),
+            finalists=ctx.recipes.finalists,
+            more_models=tuple(ctx.models[1:]),
+            carried=tuple(ctx.carried),
+        )
+    saved, networks = [], {}
+    for i, c in enumerate(res.finalists):
+        path = save_plan_with_weights(c.plan, c.net, bdir / "finalists" / f"{i:02d}.json")
+        saved.append({**c.to_dict(), "path": f"finalists/{i:02d}.json"})
+        if c.name not in networks:
+            networks[c.name] = Finalist(
+                c.name,
+                {"plan": c.plan.to_dict(), "adapter_weights": str(path.with_suffix(".safetensors").resolve())},
+                c.is_donor,
+                c.measured.get("latency_ms"),
+            )
+    sel = select(
+        list(networks.values()), ctx.zoo, ctx.task, bdir / "select", ctx.recipes.ce, rungs=ctx.recipes.rungs,
+        log=lambda m: r.say(m),
+    )  # fmt: skip
+    out = {
+        "key": selection_key(r, ctx),
+        "candidates": [c.to_dict() for c in res.candidates],
+        "finalists": saved,
+        "rejected_over_budget": [c.to_dict() for c in res.rejected],
+        "solver": res.solver,
+        "margin": res.margin,
+        "selection": sel.to_dict(),
+    }
+    atomic_write_json(bdir / "selection.json", out)
+    return out
+
+
+def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: dict) -> dict:
+    """The best mixed plan healed with the final recipe (even when a donor ships: the report compares
+    it with the donors trained the same way), evaluated, and exported as ONNX."""
+    mix_dir = bdir / "mix"
+    path = next(p for (n, _), p in paths.items() if n == name)
+    plan = load_plan(path)
+    source = {"plan": plan.to_dict(), "adapter_weights": str(path.with_suffix(".safetensors").resolve())}
+    metrics = stage_finetune(
+        r, f"heal {name} ({b:g} ms)", source, ctx.zoo, ctx.task, ctx.recipes.final, mix_dir, eval_phase1=True,
+        teacher=ctx.teacher,
+    )  # fmt: skip
+    ev = stage_evaluate(r, mix_dir, ctx.task, f"best mix {b:g} ms")
+    mix = {
+        "plan": plan.to_dict(),
+        "val_accuracy": metrics.get("val_accuracy"),
+        "phase1_top1": metrics.get("phase1_test_accuracy"),
+        "kept": metrics.get("kept"),
+        "seam_matching": metrics.get("seam_matching"),
+        **ev,
+    }
+    mix["onnx"] = stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms")
+    return mix
+
+
+def score_triples(r: Run, ctx: Context, sel: dict, mix_dir: Path | None) -> list[dict]:
+    """Every measured (network, target) finalist of the networks selection compared at its last rung,
+    with its validation accuracy on that target: the selection's for fp32, and for int8 the selection's
+    plus the int8 change measured on the validation split by running the final network, quantized, on
+    that runtime (a network's accuracy on another runtime or precision is measured, never assumed)."""
+    s = sel["selection"]
+    last = max((t["rung"] for t in s["trials"]), default=0)
+    acc = {t["finalist"]: t["val_accuracy"] for t in s["trials"] if t["rung"] == last}
+    donor_runs = {f"{n} (whole donor)": Path(d["run"]) for n, d in r.manifest.donors.items()}
+    out = []
+    for f in sel["finalists"]:
+        name, target = f["plan"], f.get("target") or ""
+        if name not in acc:
+            continue
+        donor = f["origin"] == "donor"
+        final_run = donor_runs.get(name) if donor else (mix_dir if name == s["best_mix"] else None)
+        change = 0.0
+        if target.endswith("/int8"):
+            if final_run is None:
+                continue  # only networks trained with the final recipe are quantized and measured
+            change = int8_on(final_run, ctx.task, target, ctx.model.profile.threads, "val")["top1_change"]
+        out.append(
             {
-                "pick_kind": "donor",
-                "plan": load_plan(paths[pick]).to_dict(),
-                "run": d["run"],
-                "top1": d["top1"],
-                "val_accuracy": d["val_accuracy"],
-                "params_m": d["params_m"],
-                "per_class": d["per_class"],
-                "confusion_png": d["confusion_png"],
+                "network": name,
+                "target": target,
+                "kind": "donor" if donor else "mix",
+                "selection_accuracy": acc[name],
+                "int8_change": round(change, 3),
+                "val_accuracy": round(acc[name] + change, 3),
+                "measured_ms": f["measured"]["latency_ms"],
+                "uncertainty": f["measured"].get("uncertainty"),
             }
         )
-        run_dir = Path(d["run"])
-        entry["onnx"] = stage_export(r, run_dir, "onnx", f"donor {donor}", plan=entry["plan"], out=bdir / "export")
-        entry["export_dir"] = str(bdir / "export")
-        entry["measured_ms"] = entry["onnx"].get("latency_ms")
-    if aoti:
-        entry["aoti"] = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=entry["plan"], out=bdir / "export")
-    return entry
+    return out
+
+
+def pick_triple(triples: list[dict], s: dict) -> dict:
+    """The pick among triples: the best donor triple unless the best mixed triple beats it on validation by
+    more than the selection's noise; between a network's targets, the more accurate, then the faster."""
+
+    def best(kind: str) -> dict | None:
+        ts = [t for t in triples if t["kind"] == kind]
+        return max(ts, key=lambda t: (t["val_accuracy"], -t["measured_ms"], t["target"]), default=None)
+
+    d, m = best("donor"), best("mix")
+    noise = s.get("noise") or 0.0
+    if d is None and m is None:
+        raise DeryError("no measured finalist has a validation accuracy", "run")
+    if d is None:
+        return {**m, "rule": "no donor fits the budget: the best mixed plan on validation"}
+    if m is None:
+        return {**d, "rule": "no mixed plan is a finalist: the best donor on validation"}
+    diff = m["val_accuracy"] - d["val_accuracy"]
+    if diff > noise:
+        return {**m, "rule": f"the mixed plan beats the best donor on validation by {diff:.2f} points, more than "
+                f"the noise {noise:.2f}"}  # fmt: skip
+    if abs(diff) < 0.005:
+        why = "the best donor: the best mixed plan ties it on validation"
+    elif diff >= -noise:
+        why = (
+            f"the best donor: the best mixed plan differs by {diff:+.2f} points on validation, within the noise "
+            f"{noise:.2f}"
+        )
+    else:
+        why = f"the best donor: the best mixed plan is {-diff:.2f} points worse on validation"
+    return {**d, "rule": why}
+
+
+def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: str) -> dict:
+    """The run's network as QDQ INT8 on the target's runtime against itself in fp32 on a split
+    (`runtime.evaluate.accuracy_change`: top1, fp32_top1, top1_change, ...); cached beside the run."""
+    from dery_deploy.runtime.evaluate import accuracy_change, artifact_runner
+    from dery_deploy.runtime.quantize import CALIBRATION_IMAGES, qdq_from_module
+
+    cache = run_dir / f"int8-{split}-{target.replace('/', '-')}.json"
+    ckpt = run_dir / "checkpoint.safetensors"
+    if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
+        return json.loads(cache.read_text())
+    model, cfg = load_run_model(run_dir)
+    qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg["recipe"].get("seed", 0)))
+    runtime = artifact_runner(qdq, target.split("/")[0], threads)
+    acc = {**accuracy_change(model, runtime, task.x(split), task.y(split), split), "target": target}
+    atomic_write_json(cache, acc)
+    return acc
 
 
 def stage_finetune(
@@ -911,7 +1071,13 @@ def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | Non
 
 
 def stage_export(
-    r: Run, run_dir: Path, fmt: str, label: str, plan: dict | None = None, out: Path | None = None
+    r: Run,
+    run_dir: Path,
+    fmt: str,
+    label: str,
+    plan: dict | None = None,
+    out: Path | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Export a run (into `out`, default RUN/export), held to `plan`'s budget (default the run's own plan)."""
     out = out or run_dir / "export"
@@ -922,24 +1088,29 @@ def stage_export(
         if not (path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime):
             return None
         rep = json.loads(path.read_text())
-        return (
-            rep
-            if (rep.get("budget") or {}).get("budget_ms") == (plan or {}).get("budget", {}).get("latency_ms")
-            or plan is None
-            else None
-        )
+        same_budget = (rep.get("budget") or {}).get("budget_ms") == (plan or {}).get("budget", {}).get("latency_ms")
+        same_precision = precision is None or rep.get("precision") == precision
+        return rep if (same_budget or plan is None) and same_precision else None
 
     def compute():
         try:
-            return export_run(run_dir, fmt, None, None, out, None, allow_over_budget=True, force=True, plan=plan)
+            return export_run(
+                run_dir, fmt, precision, None, out, None, allow_over_budget=True, force=True, plan=plan,
+                accept_int8_loss=True,
+            )  # fmt: skip
         except DeryError as e:
             return {"format": fmt, "error": str(e)}
 
     rep = r.stage(f"export {fmt} ({label})", reuse, compute)
-    if "parity" in rep and rep["parity"]:
+    if rep.get("parity"):
         b = rep.get("budget") or {}
         verdict = "" if not b.get("checked") else (" within budget" if b["within_budget"] else " OVER BUDGET")
-        r.say(f"  {fmt}: parity {rep['parity']['max_abs_diff']:.1e}, {rep['latency_ms']:.4f} ms{verdict}")
+        check = (
+            f"int8 test top-1 {rep['int8_top1']:.2f}% ({rep['int8_top1_change']:+.2f} points vs fp32)"
+            if rep.get("precision") == "int8"
+            else f"parity {rep['parity']['max_abs_diff']:.1e}"
+        )
+        r.say(f"  {fmt} {rep.get('precision', '')}: {check}, {rep['latency_ms']:.4f} ms{verdict}")
     else:
         r.say(f"  {fmt}: {rep.get('error')}")
     return rep

@@ -69,10 +69,19 @@ def answers(run: dict, root: Path | None = None) -> list[dict]:
                 "within_budget": budget.get("within_budget") if budget.get("checked") else None,
                 "top1": r["top1"],
                 "donor": best,
-                "donor_top1": run["donors"][best]["top1"] if best else None,
+                "donor_top1": _donor_top1(r, run, best),
+                "donor_target": ((r.get("donor_fit") or {}).get(best) or {}).get("target"),
             }
         )
     return out
+
+
+def _donor_top1(r: dict, run: dict, donor: str | None) -> float | None:
+    """A fitting donor's test top-1 on the target it fits (its int8 accuracy where only int8 fits)."""
+    if donor is None:
+        return None
+    fit = (r.get("donor_fit") or {}).get(donor)
+    return fit["top1"] if fit else run["donors"][donor]["top1"]
 
 
 def measured_text(a: dict) -> str:
@@ -97,7 +106,9 @@ def answer_rows(run: dict, root: Path | None = None) -> list[list[str]]:
                 f"`{a['artifact']}`" if a["artifact"] else "-",
                 measured_text(a),
                 f"{a['top1']:.2f}",
-                f"{a['donor']} {a['donor_top1']:.2f}" if a["donor"] else "none fits",
+                (f"{a['donor']} {a['donor_top1']:.2f}" + (f" ({a['donor_target']})" if a.get("donor_target") else ""))
+                if a["donor"]
+                else "none fits",
                 f"{a['top1'] - a['donor_top1']:+.2f}" if a["donor"] else "-",
             ]
         )
@@ -224,7 +235,34 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
             continue
         lines += [verdict_line(r, run), ""]
         sel = r.get("selection") or {}
-        lines += [f"Pick: **{sel.get('pick')}**, because {sel.get('rule')}.", ""]
+        pick = r.get("pick_triple") or {}
+        lines += [
+            f"Pick: **{pick.get('network', sel.get('pick'))}** on **{pick.get('target', run['backend'])}**, because "
+            f"{pick.get('rule', sel.get('rule'))}.",
+            "",
+        ]
+        if r.get("triples"):
+            lines += [
+                "Runtimes and precisions tried (every finalist measured on every target it was a candidate for, in "
+                "one interleaved pass; validation accuracy: the selection's, plus the int8 change measured on the "
+                "validation split by running the final network quantized on that runtime):",
+                "",
+                md_table(
+                    ["network", "runtime/precision", "measured ms", "validation (%)", "int8 change", "shipped"],
+                    [
+                        [
+                            t["network"],
+                            t["target"],
+                            _ms(t["measured_ms"]),
+                            f"{t['val_accuracy']:.2f}",
+                            f"{t['int8_change']:+.2f}" if t["target"].endswith("/int8") else "-",
+                            "yes" if (t["network"], t["target"]) == (pick.get("network"), pick.get("target")) else "",
+                        ]
+                        for t in sorted(r["triples"], key=lambda t: (-t["val_accuracy"], t["measured_ms"]))
+                    ],
+                ),
+                "",
+            ]
         rows_b = []
         if r.get("mix"):
             m = r["mix"]
@@ -387,7 +425,7 @@ def verdict_line(r: dict, run: dict) -> str:
                 "(test): reassembly **won** by default."
             )
         return "No donor and no mixed plan fits."
-    d = run["donors"][best]["top1"]
+    d = _donor_top1(r, run, best)
     if not mix:
         return f"The best donor that fits, {best}, reaches {d:.2f}%; no mixed plan was a finalist."
     diff = mix["top1"] - d

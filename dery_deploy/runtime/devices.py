@@ -43,6 +43,13 @@ class DeviceSpec:
     # CPU threads every runtime computes with on this device: measured with, and shipped with (None:
     # the runtime's default, where the CPU does not do the work)
     threads: int | None = None
+    # backend/precision combinations `dery run` searches by default (empty: the default backend and
+    # precision only); runtime and precision are part of the answer
+    search: tuple[str, ...] = ()
+
+    def targets(self) -> list[str]:
+        """The backend/precision combinations searched by default."""
+        return list(self.search) or [f"{self.default_backend}/{self.default_precision}"]
 
     def matches(self, fp: dict) -> bool:
         """Does a measured fingerprint belong to this spec?"""
@@ -77,6 +84,9 @@ def load_device(path: Path) -> DeviceSpec:
     ):
         if not isinstance(d.get(key), typ):
             errors.append(f"{key}: expected {typ.__name__}, got {d.get(key)!r}")
+    for t in d.get("search") or []:
+        if not (isinstance(t, str) and t.count("/") == 1 and t.split("/")[0] in (d.get("backends") or [])):
+            errors.append(f"search: {t!r} is not backend/precision of a listed backend")
     if d.get("threads") is not None and not (isinstance(d["threads"], int) and d["threads"] >= 1):
         errors.append(f"threads: expected a positive integer or null, got {d['threads']!r}")
     if isinstance(d.get("kind"), str) and d["kind"] not in KINDS:
@@ -94,6 +104,7 @@ def load_device(path: Path) -> DeviceSpec:
         d.get("memory_mb"),
         " ".join(str(d.get("notes", "")).split()),
         threads=d.get("threads"),
+        search=tuple(d.get("search") or ()),
     )
 
 

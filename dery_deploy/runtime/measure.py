@@ -151,3 +151,61 @@ def measure_module(
 ) -> ItemMeasurement:
     """One module on its own. Numbers that are compared with each other belong in one `measure_modules` pass."""
     return measure_modules(backend, {"item": lambda: (module, example)}, precision, device, opts)[0]["item"]
+
+
+def measure_across(
+    builds: dict[str, tuple[Backend, str, Callable[[], tuple[nn.Module, torch.Tensor]]]],
+    device: str,
+    opts: TimingOptions | None = None,
+    progress=None,
+    label: str = "measure",
+) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
+    """Like `measure_modules`, for items that run on different backends or precisions (the same network
+    on ONNX Runtime fp32 and OpenVINO int8, say): one interleaved pass over all of them, so that which
+    runtime is faster is not decided by drift. Backends that cannot keep many items alive (`max_live`)
+    are measured in passes of their own.
+
+    Args:
+        builds: key -> (backend, precision, a function returning (module, example input)).
+    """
+    pooled = {k: v for k, v in builds.items() if v[0].max_live is None}
+    apart = {k: v for k, v in builds.items() if v[0].max_live is not None}
+    threads = {v[0].threads for v in pooled.values()}
+    out: dict[str, ItemMeasurement] = {}
+    summaries: list[PassSummary] = []
+    if len(threads) > 1:  # one pass runs under one torch thread count: different counts are measured apart
+        apart, pooled = builds, {}
+    if pooled:
+        task = progress.add_task(f"{label}: build", total=len(pooled)) if progress else None
+        prepared: dict[str, tuple[Runner, float | None]] = {}
+        for k, (backend, precision, build) in pooled.items():
+            with torch_threads(backend.threads):
+                module, example = build()
+                prepared[k] = prepare_module(backend, module, example, precision, device)
+            if progress:
+                progress.update(task, advance=1)
+
+        def timed(done: int, planned: int) -> None:
+            if progress:
+                progress.update(task, description=f"{label}: timing window {done}/{planned}")
+
+        timings, summary = measure_interleaved(
+            {k: (r.call, r.cuda, r.stream) for k, (r, _) in prepared.items()},
+            opts,
+            threads.pop(),
+            timed if progress else None,
+        )
+        for k, (runner, peak) in prepared.items():
+            out[k] = ItemMeasurement(timings[k], peak, runner.build_s)
+        summaries.append(summary)
+    by_backend: dict[tuple, dict] = {}
+    for k, (backend, precision, build) in apart.items():
+        by_backend.setdefault((id(backend), precision), {"backend": backend, "precision": precision, "builds": {}})
+        by_backend[(id(backend), precision)]["builds"][k] = build
+    for group in by_backend.values():
+        got, passes = measure_modules(
+            group["backend"], group["builds"], group["precision"], device, opts, progress=progress, label=label
+        )
+        out.update(got)
+        summaries += passes
+    return out, summaries
