@@ -28,7 +28,7 @@ from dery_deploy.data.task import DEFAULT_DATA, Task, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.export.stage import BudgetVerdict, budget_check, export_run
 from dery_deploy.network.items import donor_key
-from dery_deploy.network.plan import load_plan, save_plan_with_weights
+from dery_deploy.network.plan import Plan, load_plan, save_plan_with_weights
 from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
 from dery_deploy.pipeline.final_pass import Compared, measure_compared
@@ -647,7 +647,10 @@ def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Pat
             threads=backend.threads,
         )
     measured = len(read_profile(path).records) - before
-    r.record("profile", "computed" if measured else "reused", time.time() - t, f"{measured} items measured")
+    r.record(
+        f"profile {backend.name}/{precision}", "computed" if measured else "reused", time.time() - t,
+        f"{measured} items measured",
+    )  # fmt: skip
     return path
 
 
@@ -786,8 +789,10 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
     paths = {(f["plan"], f.get("target", "")): bdir / f["path"] for f in sel["finalists"]}
     if s["best_mix"]:
         entry["mix"] = heal_best_mix(r, ctx, b, bdir, s["best_mix"], paths)
+        entry["mix"]["selection_accuracy"] = last_rung_accuracy(s).get(s["best_mix"])
         entry["run_mix"] = str(bdir / "mix")
-    triples = score_triples(r, ctx, sel, bdir / "mix" if s["best_mix"] else None)
+        carry_better_mix(r, entry, sel)
+    triples = score_triples(r, ctx, sel, entry.get("mix"), Path(entry["run_mix"]) if entry.get("mix") else None)
     pick = pick_triple(triples, s)
     entry["triples"] = triples
     entry["pick_triple"] = pick
@@ -795,7 +800,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
     plan = load_plan(paths[(pick["network"], pick["target"])]).to_dict()
     fmt = EXPORT_FORMAT.get(plan["backend"], "onnx")
     if pick["kind"] == "mix":
-        run_dir = bdir / "mix"
+        run_dir = Path(entry["run_mix"])
         entry.update({"pick_kind": "mix", "run": str(run_dir)})
         entry.update({k: v for k, v in entry["mix"].items() if k in ("top1", "per_class", "params_m", "confusion_png")})
         entry["val_accuracy"] = entry["mix"].get("val_accuracy")
@@ -918,14 +923,43 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
     return mix
 
 
-def score_triples(r: Run, ctx: Context, sel: dict, mix_dir: Path | None) -> list[dict]:
-    """Every measured (network, target) finalist of the networks selection compared at its last rung,
-    with its validation accuracy on that target: the selection's for fp32, and for int8 the selection's
-    plus the int8 change measured on the validation split by running the final network, quantized, on
-    that runtime (a network's accuracy on another runtime or precision is measured, never assumed)."""
-    s = sel["selection"]
+def last_rung_accuracy(s: dict) -> dict[str, float]:
+    """Each finalist's validation accuracy at the last rung the selection trained."""
     last = max((t["rung"] for t in s["trials"]), default=0)
-    acc = {t["finalist"]: t["val_accuracy"] for t in s["trials"] if t["rung"] == last}
+    return {t["finalist"]: t["val_accuracy"] for t in s["trials"] if t["rung"] == last}
+
+
+def carry_better_mix(r: Run, entry: dict, sel: dict) -> None:
+    """More room never buys a worse reassembled network: where a smaller budget's healed best mix has the
+    higher validation accuracy and is a finalist that measured within this budget too, it is this
+    budget's best mix as well (the same network, trained the same way: reused, not retrained)."""
+    kept = {f["plan"] for f in sel["finalists"]}
+    here = entry["mix"]
+    for prev in r.manifest.results:
+        m = prev.get("mix")
+        if not m or prev["budget_ms"] >= entry["budget_ms"] or m.get("val_accuracy") is None:
+            continue
+        name = describe_plan(m["plan"])
+        if name in kept and m["val_accuracy"] > (here.get("val_accuracy") or -1):
+            here = {**m, "carried_from": prev["budget_ms"], "replaced": describe_plan(entry["mix"]["plan"])}
+            entry["run_mix"] = prev["run_mix"]
+    entry["mix"] = here
+
+
+def describe_plan(plan: dict) -> str:
+    return Plan.from_dict(plan).describe()
+
+
+def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Path | None) -> list[dict]:
+    """Every measured (network, target) finalist among the donors selection compared at its last rung and
+    this budget's best mix (the one healed and shipped), with its validation accuracy on that target: the
+    selection's for fp32, and for int8 the selection's plus the int8 change measured on the
+    validation split by running the final network, quantized, on that runtime (a network's accuracy
+    on another runtime or precision is measured, never assumed)."""
+    acc = last_rung_accuracy(sel["selection"])
+    best_mix = describe_plan(mix["plan"]) if mix else None
+    if best_mix and best_mix not in acc and mix.get("selection_accuracy") is not None:
+        acc[best_mix] = mix["selection_accuracy"]  # carried from a smaller budget, where it was selected
     donor_runs = {f"{n} (whole donor)": Path(d["run"]) for n, d in r.manifest.donors.items()}
     out = []
     for f in sel["finalists"]:
@@ -933,7 +967,9 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix_dir: Path | None) -> list
         if name not in acc:
             continue
         donor = f["origin"] == "donor"
-        final_run = donor_runs.get(name) if donor else (mix_dir if name == s["best_mix"] else None)
+        if not donor and name != best_mix:
+            continue  # of the mixed plans, only the best (healed with the final recipe) ships
+        final_run = donor_runs.get(name) if donor else mix_dir
         change = 0.0
         if target.endswith("/int8"):
             if final_run is None:

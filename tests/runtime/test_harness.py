@@ -139,3 +139,18 @@ def test_cuda_events_and_allocator_peak_including_capture():
     lin = torch.nn.Linear(4096, 4096)
     g = measure_module(get_backend("torch-cudagraph"), lin, torch.randn(256, 4096), "fp16", "cuda")
     assert g.peak_memory_mb >= 30  # weights (32 MB in fp16) and the captured graph's pool
+
+
+def test_one_pass_compares_runtimes_and_precisions_of_the_same_network():
+    from dery_deploy.runtime.backends import get_backend
+    from dery_deploy.runtime.measure import measure_across
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    builds = {
+        f"{b}/{p}": (get_backend(b, threads=1), p, lambda: (net, x))
+        for b, p in (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "int8"))
+    }
+    out, passes = measure_across(builds, "cpu", TimingOptions(min_windows=5, max_s=0.5))
+    assert len(passes) == 1 and passes[0].items == 3  # one interleaved pass over all three
+    assert all(out[k].timing.median_ms > 0 and out[k].peak_memory_mb is not None for k in builds)

@@ -1,0 +1,61 @@
+"""The run's decisions that need no training: default budgets, and the pick among measured triples."""
+
+import pytest
+
+from dery_deploy.pipeline.run import choose_budgets, pick_triple
+
+DONORS = {"a": 0.10, "b": 0.14, "c": 0.20, "d": 0.60}
+
+
+def test_default_budgets_sit_in_the_gaps_between_donors():
+    budgets, notes = choose_budgets(DONORS, quick=False)
+    assert budgets == [0.085, 0.12, 0.4] and notes == []
+    assert choose_budgets(DONORS, quick=True) == ([0.12], [])
+
+
+def test_a_default_budget_is_never_below_the_fastest_assembly_plus_the_margin():
+    budgets, notes = choose_budgets(DONORS, quick=False, floor_ms=0.0923)
+    assert budgets == [0.12, 0.4] and "0.085 ms is below" in notes[0] and "dropped" in notes[0]
+    # with one budget only (--quick) it is raised to the floor, rounded up, never dropped
+    budgets, notes = choose_budgets(DONORS, quick=True, floor_ms=0.1234)
+    assert budgets == [0.124] and "raised to 0.124 ms" in notes[0]
+
+
+def triple(network, target, kind, val, ms, change=0.0):
+    return {
+        "network": network,
+        "target": target,
+        "kind": kind,
+        "val_accuracy": val + change,
+        "int8_change": change,
+        "measured_ms": ms,
+    }
+
+
+def test_the_donor_ships_unless_the_mix_wins_beyond_the_noise():
+    ts = [triple("r10", "onnxruntime/fp32", "donor", 80.0, 0.10), triple("mix", "onnxruntime/fp32", "mix", 83.0, 0.09)]
+    assert pick_triple(ts, {"noise": 4.0})["network"] == "r10"
+    won = pick_triple(ts, {"noise": 2.0})
+    assert won["network"] == "mix" and "beats the best donor" in won["rule"]
+
+
+def test_int8_accuracy_is_measured_not_assumed_and_can_decide_the_pick():
+    ts = [
+        triple("r10", "onnxruntime/fp32", "donor", 80.0, 0.12),
+        triple("r10", "openvino/int8", "donor", 80.0, 0.08, change=-0.5),
+        triple("mix", "openvino/int8", "mix", 84.0, 0.07, change=-6.0),  # int8 costs this network 6 points
+    ]
+    pick = pick_triple(ts, {"noise": 2.0})
+    assert (pick["network"], pick["target"]) == ("r10", "onnxruntime/fp32")  # the more accurate of its targets
+
+
+def test_between_equally_accurate_targets_the_faster_ships():
+    ts = [triple("r10", "onnxruntime/fp32", "donor", 80.0, 0.12), triple("r10", "openvino/fp32", "donor", 80.0, 0.09)]
+    assert pick_triple(ts, {"noise": 2.0})["target"] == "openvino/fp32"
+
+
+def test_no_triple_is_an_error_not_a_guess():
+    from dery_deploy.errors import DeryError
+
+    with pytest.raises(DeryError, match="no measured finalist"):
+        pick_triple([], {"noise": 1.0})
