@@ -143,3 +143,36 @@ def test_partition_of_another_zoo_refused(tiny_ws, fashion_zoo):
 
     with pytest.raises(DeryError, match="not of 'fashion'"):
         load_partition(tiny_ws.partition_path, fashion_zoo)
+
+
+@pytest.mark.slow
+def test_two_processes_sharing_a_selection_keep_the_same_finalists_and_pick(tiny_ws, tmp_path):
+    """Processes that share a selection through --storage measure its finalists once (the first to
+    claim the study's measurement) and so keep the same finalists and reach the same pick."""
+    import subprocess
+    import sys
+
+    db = f"sqlite:///{tmp_path / 'select.db'}"
+    args = [
+        sys.executable, "-m", "dery_deploy.cli.main", "assemble", "--zoo", str(TINY_ZOO), "--data", DATA,
+        "--device", "cpu", "--latency-ms", "0.5", "--top", "3", "--partition", str(tiny_ws.partition_path),
+        "--profile", str(tiny_ws.profile_path), "--cache", str(tiny_ws.root), "--storage", db, "--json",
+    ]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [*args, "-o", str(tmp_path / f"p{i}" / "plan.json")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    plans = [json.loads(o[0])[0] for o in outs]
+    assert plans[0]["selection"]["pick"] == plans[1]["selection"]["pick"]
+    assert plans[0]["measured"] == plans[1]["measured"]  # one measurement, stored with the study, read by both
+    finalists = [sorted({t["finalist"] for t in p["selection"]["trials"]}) for p in plans]
+    assert finalists[0] == finalists[1] and plans[0]["selection"]["study"] == plans[1]["selection"]["study"]
+    for o in outs:  # no library notice reaches the user's terminal
+        assert "ExperimentalWarning" not in o[1] and "heartbeat" not in o[1].lower()
