@@ -71,7 +71,12 @@ def qdq_from_onnx(onnx_bytes: bytes, calibration: torch.Tensor | np.ndarray) -> 
             model's input. Latency does not depend on them, so profiling may pass its example input;
             what ships is calibrated on the task's unlabelled images.
     """
+    import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    # the calibration sessions the quantizer opens log graph clean-ups as warnings on the user's terminal;
+    # nothing in them is for the user to act on (3: errors only)
+    onnxruntime.set_default_logger_severity(3)
 
     images = calibration.detach().float().cpu().numpy() if isinstance(calibration, torch.Tensor) else calibration
     if len(images) == 0:
