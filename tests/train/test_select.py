@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,7 @@ from dery_deploy.train.select import (
     Finalist,
     Trial,
     decide,
+    default_folds,
     gather,
     paired_noise,
     rung_folds,
@@ -99,6 +101,21 @@ def test_k_fold_evidence_pools_every_held_out_image_and_decides_on_all_of_them()
         fs, {("mix", 0): _t("mix", 0, 80.0, mix_fold), ("donor", 0): _t("donor", 0, 75.0, donor_fold)}, (1,), "s", "m"
     )
     assert one.pick == "donor" and one.images == 40 and one.noise == 6.892  # the same win on one fold: within the noise
+
+
+def test_cross_validation_is_the_default_only_while_the_validation_split_is_small():
+    from dery_deploy.data.task import InputSpec, load_task
+    from dery_deploy.errors import DeryError
+    from dery_deploy.train.recipe import Recipe
+    from dery_deploy.train.select import select
+
+    grey = InputSpec(1, 32, (0.2190,), (0.3318,))
+    small = load_task("fashion-mnist:labels_per_class=100,test_per_class=1", grey)
+    large = load_task("fashion-mnist:labels_per_class=150,val_per_class=100,test_per_class=1", grey)
+    assert (len(small.val), default_folds(small)) == (200, 5)
+    assert (len(large.val), default_folds(large)) == (1000, 1)  # its noise is already a point or two
+    with pytest.raises(DeryError, match="folds >= 1"):
+        select([Finalist("d", {}, True)], None, small, Path("unused"), Recipe(), folds=0)
 
 
 def test_folds_are_part_of_the_study_name(tiny_ws):
