@@ -356,6 +356,12 @@ def select(
         raise DeryError(f"selection needs folds >= 1 and screen_folds >= 1, got {folds} and {screen_folds}", "select")
     if folds == 1 and len(task.val) == 0:
         raise DeryError("selection needs a validation split; the task has none (add labelled images)", "select")
+    if folds > len(task.train) + len(task.val):
+        raise DeryError(
+            f"{folds}-fold selection needs at least {folds} labelled images; the task has "
+            f"{len(task.train) + len(task.val)}: add labelled images or pass fewer folds",
+            "select",
+        )
     if not finalists:
         raise DeryError("no finalist to select from", "select")
     with _quiet_optuna():

@@ -116,6 +116,8 @@ def test_cross_validation_is_the_default_only_while_the_validation_split_is_smal
     assert (len(large.val), default_folds(large)) == (1000, 1)  # its noise is already a point or two
     with pytest.raises(DeryError, match="folds >= 1"):
         select([Finalist("d", {}, True)], None, small, Path("unused"), Recipe(), folds=0)
+    with pytest.raises(DeryError, match="2000-fold selection needs at least 2000 labelled images; the task has 1000"):
+        select([Finalist("d", {}, True)], None, small, Path("unused"), Recipe(), folds=2000)
 
 
 def test_folds_are_part_of_the_study_name(tiny_ws):
