@@ -265,16 +265,16 @@ def same_pick(rk: dict) -> list[str]:
 def scaling_section(sc: dict) -> list[str]:
     """When does reassembly pay: best reassembled vs best fitting donor per label count and budget."""
     counts = " / ".join(sc["per_labels"])
+    every = " (6000: every training image)" if "6000" in sc["per_labels"] else ""
     out = [
         f"### When does reassembly pay? Labels per class {counts}",
         "",
-        f"Fashion-MNIST with {counts} labels per class (6000: every training image; 20% of them the validation "
-        "split), "
-        f"the 10k test set; budgets in the gaps between the donors' latencies; seeds per cell: "
+        f"Fashion-MNIST with {counts} labels per class{every}, 20% of them the validation split, the 10k test "
+        f"set; budgets in the gaps between the donors' latencies; seeds "
         f"{', '.join(sorted({str(c['seed']) for c in sc['cells'].values()}))}. Recipe cut to fit this 2-core CPU "
         "(`scripts/bench_quality.py`, `CUTS`): "
-        + "; ".join(f"{n} labels: {why}" for n, why in sc["cuts"].items())
-        + ". Mean ± std over seeds.",
+        + "; ".join(f"{n} labels: {why}" for n, why in sc["cuts"].items() if n in sc["per_labels"])
+        + ". Mean ± std over seeds; 'shipped kinds': how often the pick was a donor or a reassembled network.",
         "",
         "| labels / class | budget (ms) | best fitting donor | best reassembled | reassembled − donor | shipped "
         "| shipped kinds | verdict |",
