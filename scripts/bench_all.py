@@ -195,7 +195,7 @@ def summary(r: dict) -> str:
             "",
         ]
         if "selection_evidence" in rk:
-            out += evidence_table(rk)
+            out += evidence_table(rk, a.get("ranking_by_seed", {}))
     if "similarity" in s:
         sim, part = s["similarity"]["similarity"], s["similarity"]["partition"]
         out += [
@@ -216,7 +216,7 @@ def summary(r: dict) -> str:
     return "\n".join(out)
 
 
-def evidence_table(rk: dict) -> list[str]:
+def evidence_table(rk: dict, by_seed_of: dict) -> list[str]:
     """Selection's evidence on the same candidates: the single validation split against k-fold."""
     ev, k = rk["selection_evidence"], rk["folds"]
     names = {
@@ -241,6 +241,31 @@ def evidence_table(rk: dict) -> list[str]:
         *rows,
         "",
         *same_pick(rk),
+        *by_seed(by_seed_of),
+    ]
+
+
+def by_seed(runs: dict) -> list[str]:
+    """Kendall tau and regret of each kind of evidence on every seed the ranking ran (other seeds: other
+    splits, other candidates)."""
+    if len(runs) < 2:
+        return []
+    keys = ("val", "fold0", "kfold")
+    regrets = [r["selection_evidence"][k] for r in runs.values() for k in keys if r["top1_regret"][k] > 0]
+    ties = all(e["top2_difference"] < e["top2_paired_noise"] for e in regrets)
+    return [
+        f"Seeds {', '.join(runs)}: Kendall tau "
+        + ", ".join(f"{k} " + " / ".join(str(r["kendall_tau"][k]) for r in runs.values()) for k in keys)
+        + "; top-1 regret "
+        + ", ".join(f"{k} " + " / ".join(str(r["top1_regret"][k]) for r in runs.values()) for k in keys)
+        + "."
+        + (
+            " Every non-zero regret is the order of two candidates the evidence itself calls a tie (their "
+            "difference below its paired noise), which the pick rule then settles for the donor."
+            if regrets and ties
+            else ""
+        ),
+        "",
     ]
 
 
