@@ -6,6 +6,9 @@
     python scripts/bench_all.py --skip quality     # reuse bench/quality.json
     python scripts/bench_all.py --readme-only      # only regenerate results.md and the README section
 
+bench/stitch_lr.json and bench/scaling.json (the data-scaling table, about 3 hours: `python
+scripts/bench_quality.py --labels-per-class 100,1000,6000 --seeds 0,1`) are run by hand and read here.
+
 Run it with nothing else on the machine: the timings are the machine's.
 """
 
@@ -52,8 +55,9 @@ def main() -> None:
                 print(f"bench_{name}: {time.time() - t0:.0f} s", flush=True)
             if (bench / f"{name}.json").is_file():
                 results["scripts"][name] = json.loads((bench / f"{name}.json").read_text())
-        if (bench / "stitch_lr.json").is_file():  # needs a run's finalists: run by hand, read here
-            results["scripts"]["stitch_lr"] = json.loads((bench / "stitch_lr.json").read_text())
+        for by_hand in ("stitch_lr", "scaling"):  # a run's finalists / about 3 hours: run by hand, read here
+            if (bench / f"{by_hand}.json").is_file():
+                results["scripts"][by_hand] = json.loads((bench / f"{by_hand}.json").read_text())
         if "quick" not in args.skip:
             quick = ROOT / "runs" / "bench-quick"
             shutil.rmtree(quick, ignore_errors=True)
@@ -127,6 +131,8 @@ def summary(r: dict) -> str:
             f"{len(q['budgets'])} budgets took {', '.join(f'{x:.0f}' for x in q['run_seconds'])} s.",
             "",
         ]
+    if "scaling" in s:
+        out += scaling_section(s["scaling"])
     if "stitch_lr" in s:
         sl = s["stitch_lr"]
         scales = list(sl["val_mean_sum_by_scale"])
@@ -179,7 +185,8 @@ def summary(r: dict) -> str:
             f"{p['max_seconds_to_optimal']:.2f} s, certified top 10 in at most {p['max_seconds_top10']:.2f} s "
             f"(target 1 s / 5 s); on enumerable 8 x 5 zoos the top 10 equal brute force: "
             f"{all(x.get('same_top10_as_brute_force') for x in p['8x5'])}.",
-            f"- {len(rk['candidates'])} fashion candidates trained with the selection's short recipe: Kendall tau "
+            f"- {len(rk['candidates'])} fashion candidates trained with the selection's short recipe "
+            f"(`scripts/bench_assemble.py`, {a['when']}): Kendall tau "
             "with test accuracy "
             + ", ".join(f"{k} {v}" for k, v in rk["kendall_tau"].items())
             + "; top-1 regret (points) "
@@ -187,6 +194,8 @@ def summary(r: dict) -> str:
             + ".",
             "",
         ]
+        if "selection_evidence" in rk:
+            out += evidence_table(rk, a.get("ranking_by_seed", {}))
     if "similarity" in s:
         sim, part = s["similarity"]["similarity"], s["similarity"]["partition"]
         out += [
@@ -205,6 +214,133 @@ def summary(r: dict) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+def evidence_table(rk: dict, by_seed_of: dict) -> list[str]:
+    """Selection's evidence on the same candidates: the single validation split against k-fold."""
+    ev, k = rk["selection_evidence"], rk["folds"]
+    names = {
+        "val": "validation split (the rule before issue 21)",
+        "fold0": "one fold alone (what a screening rung sees)",
+    }
+    names["kfold"] = f"{k}-fold cross-validation (what selection decides on)"
+    rows = [
+        f"| {names[key]} | {e['images']} | {rk['kendall_tau'][key]} | {rk['top1_regret'][key]} "
+        f"| {e['top2_difference']:.2f} / {e['top2_paired_noise']:.2f} "
+        f"| {e['top2_test'][0]:.2f} / {e['top2_test'][1]:.2f} |"
+        for key, e in ev.items()
+    ]
+    return [
+        f"Selection's evidence for the same {len(rk['candidates'])} candidates (short recipe; test accuracy of each "
+        "trained on the train split): Kendall tau and top-1 regret against test accuracy, and for the two it "
+        "ranks first their difference against the paired noise the pick rule compares it with.",
+        "",
+        "| evidence | images scored | Kendall tau | top-1 regret (points) | top two: difference / noise (points) "
+        "| top two: test (%) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *same_pick(rk),
+        *by_seed(by_seed_of),
+    ]
+
+
+def by_seed(runs: dict) -> list[str]:
+    """Kendall tau and regret of each kind of evidence on every seed the ranking ran (other seeds: other
+    splits, other candidates)."""
+    if len(runs) < 2:
+        return []
+    keys = ("val", "fold0", "kfold")
+    regrets = [r["selection_evidence"][k] for r in runs.values() for k in keys if r["top1_regret"][k] > 0]
+    ties = all(e["top2_difference"] < e["top2_paired_noise"] for e in regrets)
+    return [
+        f"Seeds {', '.join(runs)}: Kendall tau "
+        + ", ".join(f"{k} " + " / ".join(str(r["kendall_tau"][k]) for r in runs.values()) for k in keys)
+        + "; top-1 regret "
+        + ", ".join(f"{k} " + " / ".join(str(r["top1_regret"][k]) for r in runs.values()) for k in keys)
+        + "."
+        + (
+            " Every non-zero regret is the order of two candidates the evidence itself calls a tie (their "
+            "difference below its paired noise), which the pick rule then settles for the donor."
+            if regrets and ties
+            else ""
+        ),
+        "",
+    ]
+
+
+def same_pick(rk: dict) -> list[str]:
+    """Where every kind of evidence ranks the same candidate first, the regret is that candidate's,
+    not the evidence's: say so, with how far it is from the best on test."""
+    firsts = {e["top2"][0] for e in rk["selection_evidence"].values()}
+    if len(firsts) != 1:
+        return []
+    best = max(rk["candidates"], key=lambda r: r["test"])
+    first = next(r for r in rk["candidates"] if r["plan"] in firsts)
+    if best is first:
+        return []
+    return [
+        f"Every kind of evidence ranks {first['plan']} first (test {first['test']:.2f}%); the best on test is "
+        f"{best['plan']} ({best['test']:.2f}%), so the regret of {best['test'] - first['test']:.2f} points is "
+        "the same under all three.",
+        "",
+    ]
+
+
+def scaling_section(sc: dict) -> list[str]:
+    """When does reassembly pay: best reassembled vs best fitting donor per label count and budget."""
+    counts = " / ".join(sc["per_labels"])
+    every = " (6000: every training image)" if "6000" in sc["per_labels"] else ""
+    out = [
+        f"### When does reassembly pay? Labels per class {counts}",
+        "",
+        f"Fashion-MNIST with {counts} labels per class{every}, 20% of them the validation split, the 10k test "
+        f"set; budgets in the gaps between the donors' latencies; seeds "
+        f"{', '.join(sorted({str(c['seed']) for c in sc['cells'].values()}))}. Recipe cut to fit this 2-core CPU "
+        "(`scripts/bench_quality.py`, `CUTS`): "
+        + "; ".join(f"{n} labels: {why}" for n, why in sc["cuts"].items() if n in sc["per_labels"])
+        + ". Mean ± std over seeds; 'shipped kinds': how often the pick was a donor or a reassembled network.",
+        "",
+        "| labels / class | budget (ms) | best fitting donor | best reassembled | reassembled − donor | shipped "
+        "| shipped kinds | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, by_budget in sc["per_labels"].items():
+        for b, a in by_budget.items():
+
+            def f(k, a=a):
+                v = a.get(k)
+                return "-" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
+
+            kinds = ", ".join(f"{k} {a['pick_kinds'].count(k)}" for k in sorted(set(a["pick_kinds"])))
+            out.append(
+                f"| {n} | {b} | {f('best_donor_top1')} | {f('best_reassembled_top1')} | "
+                f"{f('reassembled_minus_donor')} | {f('shipped_top1')} | {kinds} | {a['verdict']} |"
+            )
+    summary = []
+    for n in sc["per_labels"]:
+        diffs = [
+            r["reassembled_minus_donor"]
+            for c in sc["cells"].values()
+            if str(c["labels_per_class"]) == n
+            for r in c["budgets"]
+            if r.get("reassembled_minus_donor") is not None
+        ]
+        summary.append(
+            f"{n} labels per class: reassembly beat the best fitting donor by a point or more in "
+            f"{sum(x >= 1 for x in diffs)} and lost by a point or more in {sum(x <= -1 for x in diffs)} of "
+            f"{len(diffs)} (budget, seed) cells where a donor fits"
+        )
+    wall = {n: [c["wall_s"] for c in sc["cells"].values() if str(c["labels_per_class"]) == n] for n in sc["per_labels"]}
+    out += [
+        "",
+        "; ".join(summary)
+        + ". One cell (a `dery run` over every budget) took "
+        + "; ".join(f"{n} labels: {', '.join(f'{x:.0f}' for x in w)} s" for n, w in wall.items())
+        + ".",
+        "",
+    ]
+    return out
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the reassembly stage; writes JSON.
 
-    python scripts/bench_assemble.py [--zoo fashion] [--candidates 16] [-o bench/assemble.json]
+    python scripts/bench_assemble.py [--zoo fashion] [--candidates 16] [--seeds 0,1] [-o bench/assemble.json]
 
 Measures:
 - The program at zoo scale: seeded random zoos of 24 donors x 6 sets, three budgets each; the time
@@ -12,6 +12,11 @@ Measures:
   scored on the validation and test splits; Kendall tau of the task-aware program quality, the
   probe proxy, NASWOT and the old CKA objective against test accuracy, and each one's top-1 regret
   (test accuracy of the best candidate minus that of the one it ranks first).
+- Selection's evidence, on the same candidates and against the same test accuracy: today's single
+  validation split (`val`, 20% of the labels), the k-fold cross-validation selection now decides on
+  (`kfold`: the same short recipe trained k times, every labelled image scored once out of fold), and
+  one of those folds alone (`fold0`, a single split of the same size as `val`: what a screening rung
+  sees), with the paired noise of the best two candidates under each.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def zoo_scale(seeds: int = 3) -> dict:
     }
 
 
-def ranking(zoo_name: str, n: int, seed: int = 0) -> dict:
+def ranking(zoo_name: str, n: int, seed: int = 0, folds: int = 5) -> dict:
     """Train n candidates briefly and see how well each score ranks them."""
     from dery_deploy.assemble.candidates import AdapterFitter, Candidate, donor_plan, few_seam_choices, plan_from_choice
     from dery_deploy.assemble.program import Budget, solve
@@ -121,7 +126,7 @@ def ranking(zoo_name: str, n: int, seed: int = 0) -> dict:
     from dery_deploy.runtime.devices import get_device
     from dery_deploy.train.finetune import accuracy, finetune, load_run_model
     from dery_deploy.train.recipe import Recipe
-    from dery_deploy.train.select import rung_recipe
+    from dery_deploy.train.select import Finalist, rung_recipe, train_trial
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
@@ -146,7 +151,9 @@ def ranking(zoo_name: str, n: int, seed: int = 0) -> dict:
             cands.append(Candidate(donor_plan(zoo, part, name, task.num_classes), 0.0, 0, None, None, "donor"))
         x, y = task.labelled_sample(500, seed)
         probe, naswot = get_proxy("probe"), get_proxy("naswot")
-        recipe = rung_recipe(Recipe(plateau=0.02, seed=seed), 1, (1, 2))
+        base = Recipe(plateau=0.02, seed=seed)
+        recipe = rung_recipe(base, 1, (1, 2))
+        fold_tasks = [task.fold(folds, f) for f in range(folds)]
         rows = []
         for i, c in enumerate(cands):
             torch.manual_seed(0)
@@ -166,27 +173,64 @@ def ranking(zoo_name: str, n: int, seed: int = 0) -> dict:
             src = {"plan": c.plan.to_dict(), "adapter_weights": str(p.with_suffix(".safetensors"))}
             finetune(src, zoo, task, recipe, cache / "runs" / str(i), log=None, progress=False, test=False, force=True)
             m, _ = load_run_model(cache / "runs" / str(i), zoo)
+            val, val_pred = accuracy(m, task.x("val"), task.y("val"))
             row.update(
                 {
-                    "val": accuracy(m, task.x("val"), task.y("val"))[0],
+                    "val": val,
+                    "val_correct": "".join("1" if c else "0" for c in (val_pred == task.y("val")).tolist()),
                     "test": accuracy(m, task.x("test"), task.y("test"))[0],
                     "train_s": round(time.time() - t0, 1),
                 }
             )
+            t0 = time.time()
+            fin = Finalist(c.name, src, c.is_donor)
+            held = [
+                train_trial(fin, 1, f, zoo, fold_tasks[f], base, (1, 2), cache / "folds" / f"{i}-{f}", True)
+                for f in range(folds)
+            ]
+            correct = "".join(t.correct for t in held)
+            row.update(
+                {
+                    "kfold": 100 * correct.count("1") / len(correct),
+                    "kfold_correct": correct,
+                    "fold0": held[0].val_accuracy,
+                    "fold0_correct": held[0].correct,
+                    "kfold_train_s": round(time.time() - t0, 1),
+                }
+            )
             rows.append(row)
             print(
-                f"{row['plan']}: test {row['test']:.2f} probe {row['probe']:.1f} quality {row['quality']}", flush=True
+                f"{row['plan']}: test {row['test']:.2f} val {row['val']:.2f} {folds}-fold {row['kfold']:.2f} "
+                f"probe {row['probe']:.1f} quality {row['quality']}",
+                flush=True,
             )
     test = [r["test"] for r in rows]
-    out = {"candidates": rows, "recipe": recipe.__dict__, "kendall_tau": {}, "top1_regret": {}}
-    for key in ("probe", "naswot", "val", "quality", "cka_quality"):
+    out = {"candidates": rows, "recipe": recipe.__dict__, "folds": folds, "kendall_tau": {}, "top1_regret": {}}
+    for key in ("probe", "naswot", "val", "fold0", "kfold", "quality", "cka_quality"):
         sub = [r for r in rows if r[key] is not None]
         out["kendall_tau"][key] = round(kendall_tau([r[key] for r in sub], [r["test"] for r in sub]), 3)
         pick = max(sub, key=lambda r: r[key])
         out["top1_regret"][key] = round(max(r["test"] for r in sub) - pick["test"], 2)
+    out["selection_evidence"] = {key: evidence(rows, key) for key in ("val", "fold0", "kfold")}
     out["best_test"] = max(test)
     out["median_train_s"] = statistics.median(r["train_s"] for r in rows)
+    out["median_kfold_train_s"] = statistics.median(r["kfold_train_s"] for r in rows)
     return out
+
+
+def evidence(rows: list[dict], key: str) -> dict:
+    """What selection would see under one kind of evidence: how many images it rests on, the paired
+    noise between the two candidates it ranks first, and their test accuracies."""
+    from dery_deploy.train.select import paired_noise
+
+    first, second = sorted(rows, key=lambda r: -r[key])[:2]
+    return {
+        "images": len(first[f"{key}_correct"]),
+        "top2": [first["plan"], second["plan"]],
+        "top2_difference": round(first[key] - second[key], 2),
+        "top2_paired_noise": round(paired_noise(first[f"{key}_correct"], second[f"{key}_correct"]), 2),
+        "top2_test": [round(first["test"], 2), round(second["test"], 2)],
+    }
 
 
 def cka_quality(c, sim, part) -> float:
@@ -201,6 +245,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zoo", default="fashion")
     ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument("--folds", type=int, default=5, help="k of the cross-validation scored beside the validation split")
+    ap.add_argument(
+        "--seeds", default="0", help="of the task's splits, the candidates and training; the first is the full record"
+    )
     ap.add_argument("-o", "--out", default=str(ROOT / "bench" / "assemble.json"))
     args = ap.parse_args()
     from dery_deploy.artifacts import atomic_write_json
@@ -213,8 +261,14 @@ def main() -> None:
         result["program"]["max_seconds_top10"],
         flush=True,
     )
-    result["ranking"] = ranking(args.zoo, args.candidates)
-    print("kendall tau", result["ranking"]["kendall_tau"], "regret", result["ranking"]["top1_regret"], flush=True)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    for seed in seeds:
+        rk = ranking(args.zoo, args.candidates, seed, args.folds)
+        print(f"seed {seed}: kendall tau", rk["kendall_tau"], "regret", rk["top1_regret"], flush=True)
+        result.setdefault("ranking", rk)
+        result.setdefault("ranking_by_seed", {})[str(seed)] = {
+            k: rk[k] for k in ("kendall_tau", "top1_regret", "selection_evidence", "best_test")
+        }
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(args.out, result)
 

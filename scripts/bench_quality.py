@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Reassembly quality and the budget promise, over seeds and budgets in the gaps between donor
-latencies; writes JSON.
+latencies; and when reassembly pays as the labels grow. Writes JSON.
 
     python scripts/bench_quality.py [--seeds 0,1,2] [--work runs/bench] [-o bench/quality.json]
+    python scripts/bench_quality.py --labels-per-class 100,1000,6000   # seeds 0,1 -> bench/scaling.json
 
 Budgets come from the donors' latencies measured here (one `dery profile` without a partition):
 below every donor, between the two fastest, between the fastest good donor (the best by source
@@ -11,6 +12,16 @@ above. Each seed is one full `dery run --budgets ...` (every network trained wit
 distillation included), timed end to end. Per budget it records the shipped pick and its test
 accuracy, the best reassembled plan and the best fitting donor (same recipe), stitch-only vs end to
 end, and what shipped measured against the budget; per run the finalists dropped after measurement.
+
+With --labels-per-class (the data-scaling table, "when does reassembly pay"), a cell is one label
+count and one seed: one `dery run` over the gap budgets on Fashion-MNIST with that many labels per
+class (6000 = every training image labelled, 20% of them the validation split), with the recipe cut
+where this 2-core machine needs it (`CUTS`, recorded in the JSON). The JSON is written after every
+cell and a rerun skips the cells it holds (same budgets, same cut) and keeps its budgets; an
+interrupted cell's `dery run` resumes from its own finished stages. Estimated on this CPU when quiet
+(one epoch measured at each label count, every other training of a 100-label run scaled by the
+images it would process): a cell over 4 budgets takes about 10 min at 100 labels, 16 min at 1000 and
+an hour at 6000, about 3 hours for the table with 2 seeds.
 """
 
 from __future__ import annotations
@@ -28,7 +39,10 @@ from bench_common import ROOT, machine
 
 
 def dery(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dery_deploy.cli.main", *args], capture_output=True, text=True)
+    """The `dery` of this checkout (run from its root, so `-m` imports this package, not an installed one)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dery_deploy.cli.main", *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def gap_budgets() -> tuple[list[float], dict]:
@@ -60,6 +74,9 @@ def summarise(run: dict) -> list[dict]:
                 "pick": r["selection"]["pick"],
                 "pick_kind": r["pick_kind"],
                 "rule": r["selection"]["rule"],
+                "selection_noise": r["selection"].get("noise"),
+                "selection_images": r["selection"].get("images"),
+                "selection_folds": r["selection"].get("folds", 1),
                 "shipped_top1": r["top1"],
                 "best_donor": best,
                 "best_donor_top1": donors.get(best),
@@ -93,17 +110,166 @@ def seams(plan: dict) -> int:
     return sum(1 for a, b in zip(bl, bl[1:]) if not (a["donor"] == b["donor"] and a["end"] == b["start"]))
 
 
+# Per label count: the `dery run` options that cut its recipe to fit this 2-core CPU, and why. One
+# epoch costs the same per image at every label count (measured: 0.48-0.58 ms resnet10t_tops,
+# 0.72-0.78 mnv3_rot, 0.76-0.85 mobilevit_lower), so it is 10x longer at 1000 labels and 60x at 6000;
+# the cut keeps every cut recipe at more optimisation steps than the default gets at 100 labels
+# (13 steps x 10 epochs), so no label count is under-trained relative to the baseline. The selection
+# rungs (1 and 2 epochs end to end) are the pipeline's and stay; at 1000+ labels the validation split
+# (2000+ images) decides alone, without cross-validation (`train/select.py`, `default_folds`).
+CUTS: dict[int, tuple[list[str], str]] = {
+    100: ([], "the default recipe (phase 1 at most 4 epochs, phase 2 6 epochs)"),
+    1000: (
+        ["--epochs-adapter", "1", "--epochs-full", "2"],
+        "phase 1 one epoch, phase 2 two epochs (375 steps; the default's 4 / 6 would be 10x longer per epoch)",
+    ),
+    6000: (
+        ["--epochs-adapter", "1", "--epochs-full", "1"],
+        "phase 1 and phase 2 one epoch each (1500 steps; the default's 4 / 6 would be 60x longer per epoch)",
+    ),
+}
+
+
+def data_spec(labels: int) -> str:
+    """The --data of a label count: 6000 per class is every Fashion-MNIST training image."""
+    return "fashion-mnist" if labels >= 6000 else f"fashion-mnist:labels_per_class={labels}"
+
+
+def scaling(args, budgets: list[float], donor_ms: dict) -> None:
+    """The data-scaling table: one `dery run` per (label count, seed), resumable cell by cell."""
+    from dery_deploy.artifacts import atomic_write_json
+
+    out = Path(args.out).resolve()
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result.update(
+        {
+            "machine": machine(),
+            "budgets": budgets,
+            "donor_latency_ms_profiled": donor_ms,
+            "cuts": {str(n): why for n, (_, why) in CUTS.items()},
+        }
+    )
+    cells = result.setdefault("cells", {})
+    for labels in [int(x) for x in args.labels_per_class.split(",")]:
+        if labels not in CUTS:
+            raise SystemExit(f"--labels-per-class {labels}: no recipe cut for it; choose from {sorted(CUTS)}")
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            name = f"{labels}/{seed}"
+            done = cells.get(name)
+            if done and done["budgets_asked"] == budgets and done["cut"] == CUTS[labels][0]:
+                print(f"cell {name}: done, skipped", flush=True)
+                continue
+            t0 = time.time()
+            run = one_run(
+                Path(args.work) / f"labels{labels}-seed{seed}",
+                seed,
+                budgets,
+                ["--data", data_spec(labels), *CUTS[labels][0]],
+            )
+            cells[name] = {
+                "labels_per_class": labels,
+                "seed": seed,
+                "data": data_spec(labels),
+                "cut": CUTS[labels][0],
+                "budgets_asked": budgets,
+                "wall_s": round(time.time() - t0, 1),
+                "budgets": summarise(run),
+                "recipe": run.get("recipe"),
+                "teacher": run.get("teacher"),
+            }
+            result["per_labels"] = per_labels(cells)
+            result["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            atomic_write_json(out, result)
+            print(f"cell {name}: {cells[name]['wall_s']} s", json.dumps(cells[name]["budgets"], indent=1), flush=True)
+
+
+def per_labels(cells: dict) -> dict:
+    """Per label count and budget: means over seeds and the per-seed verdict."""
+    out: dict = {}
+    for c in cells.values():
+        for r in c["budgets"]:
+            out.setdefault(str(c["labels_per_class"]), {}).setdefault(f"{r['budget_ms']:g}", []).append(r)
+    return {
+        n: {
+            b: aggregate([r for r in rows if "pick" in r])
+            for b, rows in sorted(by.items(), key=lambda kv: float(kv[0]))
+        }
+        for n, by in sorted(out.items(), key=lambda kv: int(kv[0]))
+    }
+
+
+def one_run(out: Path, seed: int, budgets: list[float], extra: list[str]) -> dict:
+    """One `dery run` over `budgets` into `out` (resumed where it stopped); its run.json."""
+    p = dery(
+        "run",
+        "--seed",
+        str(seed),
+        "--budgets",
+        ",".join(f"{b:g}" for b in budgets),
+        "-o",
+        str(out.resolve()),
+        "--no-aoti",
+        "--allow-over-budget",  # the verdicts are what this measures: recorded, not fatal
+        *extra,
+    )
+    if p.returncode:
+        raise SystemExit(p.stderr[-3000:])
+    return json.loads((out / "run.json").read_text())
+
+
+def aggregate(rows: list[dict]) -> dict:
+    agg: dict = {}
+    for key in (
+        "shipped_top1",
+        "best_reassembled_top1",
+        "best_donor_top1",
+        "reassembled_minus_donor",
+        "shipped_minus_donor",
+        "best_reassembled_stitch_only_top1",
+    ):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        if vals:
+            agg[key] = {
+                "mean": round(statistics.mean(vals), 2),
+                "std": round(statistics.stdev(vals), 2) if len(vals) > 1 else 0.0,
+                "n": len(vals),
+            }
+    agg["picks"] = [r["pick"] for r in rows]
+    agg["pick_kinds"] = [r["pick_kind"] for r in rows]
+    agg["selection_noise"] = [r.get("selection_noise") for r in rows]
+    agg["verdict"] = verdict(rows)
+    return agg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=None, help="default: 0,1,2; with --labels-per-class 0,1")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench"))
-    ap.add_argument("-o", "--out", default=str(ROOT / "bench" / "quality.json"))
+    ap.add_argument(
+        "-o", "--out", default=None, help="default: bench/quality.json, with --labels-per-class bench/scaling.json"
+    )
+    ap.add_argument(
+        "--labels-per-class", default=None, help=f"the data-scaling table over these label counts, of {sorted(CUTS)}"
+    )
+    ap.add_argument("--budgets", default=None, help="budgets in ms (default: the gaps between the donors' latencies)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from dery_deploy.artifacts import atomic_write_json
 
-    budgets, donor_ms = gap_budgets()
+    scaled = bool(args.labels_per_class)
+    args.out = args.out or str(ROOT / "bench" / ("scaling.json" if scaled else "quality.json"))
+    args.seeds = args.seeds or ("0,1" if scaled else "0,1,2")
+    before = json.loads(Path(args.out).read_text()) if scaled and Path(args.out).is_file() else {}
+    if args.budgets:
+        budgets, donor_ms = [float(b) for b in args.budgets.split(",")], {}
+    elif before.get("budgets"):  # a resumed table keeps its budgets: a new profile would move them a little
+        budgets, donor_ms = before["budgets"], before["donor_latency_ms_profiled"]
+    else:
+        budgets, donor_ms = gap_budgets()
     print("budgets", budgets, "donors", donor_ms, flush=True)
+    if scaled:
+        scaling(args, budgets, donor_ms)
+        return
     result = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -112,22 +278,8 @@ def main() -> None:
         "seeds": {},
     }
     for seed in [int(s) for s in args.seeds.split(",")]:
-        out = Path(args.work) / f"seed{seed}"
         t0 = time.time()
-        p = dery(
-            "run",
-            "--seed",
-            str(seed),
-            "--budgets",
-            ",".join(f"{b:g}" for b in budgets),
-            "-o",
-            str(out),
-            "--no-aoti",
-            "--allow-over-budget",  # the verdicts are what this measures: recorded, not fatal
-        )
-        if p.returncode:
-            raise SystemExit(p.stderr[-3000:])
-        run = json.loads((out / "run.json").read_text())
+        run = one_run(Path(args.work) / f"seed{seed}", seed, budgets, [])
         result["seeds"][str(seed)] = {
             "wall_s": round(time.time() - t0, 1),
             "budgets": summarise(run),
@@ -136,29 +288,12 @@ def main() -> None:
             "donor_latency_ms": run["donor_latency_ms"],
         }
         print(json.dumps(result["seeds"][str(seed)]["budgets"], indent=1), flush=True)
-    per_budget = {}
-    for b in budgets:
-        rows = [r for s in result["seeds"].values() for r in s["budgets"] if r["budget_ms"] == b and "pick" in r]
-        agg = {}
-        for key in (
-            "shipped_top1",
-            "best_reassembled_top1",
-            "best_donor_top1",
-            "reassembled_minus_donor",
-            "shipped_minus_donor",
-            "best_reassembled_stitch_only_top1",
-        ):
-            vals = [r[key] for r in rows if r.get(key) is not None]
-            if vals:
-                agg[key] = {
-                    "mean": round(statistics.mean(vals), 2),
-                    "std": round(statistics.stdev(vals), 2) if len(vals) > 1 else 0.0,
-                    "n": len(vals),
-                }
-        agg["picks"] = [r["pick"] for r in rows]
-        agg["verdict"] = verdict(rows)
-        per_budget[f"{b:g}"] = agg
-    result["per_budget"] = per_budget
+    result["per_budget"] = {
+        f"{b:g}": aggregate(
+            [r for s in result["seeds"].values() for r in s["budgets"] if r["budget_ms"] == b and "pick" in r]
+        )
+        for b in budgets
+    }
     shipped = [r for s in result["seeds"].values() for r in s["budgets"] if r.get("shipped_budget_checked")]
     result["budget_promise"] = {
         "shipped_checked": len(shipped),

@@ -2,8 +2,9 @@
 
 Candidates (the program's top N, every donor that fits, the best one- and two-seam chains) are
 scored on your labelled images; the finalists are measured on the device; then, unless
---no-select, they are trained briefly with successive halving and compared on the validation split,
-and the pick (the best donor unless a mixed plan wins beyond the validation noise) is the plan.
+--no-select, they are trained briefly with successive halving and compared by k-fold
+cross-validation on your labelled images (--folds; the validation split alone where it holds 1000
+images or more), and the pick (the best donor unless a mixed plan wins beyond the noise) is the plan.
 Several processes or machines share one selection with --storage (an SQLite file or a database URL).
 
 Examples:
@@ -11,6 +12,7 @@ Examples:
     dery assemble --zoo fashion --device cpu --latency-ms 0.14,0.3 --top 10 -o plans/plan.json
     dery assemble --zoo my_zoo.yaml --data ~/images/task --latency-ms 0.4 --json
     dery assemble --latency-ms 0.3 --storage sqlite:///select.db -o plan.json   # run on two machines at once
+    dery assemble --latency-ms 0.3 --folds 1 -o plan.json   # decide on the validation split alone (faster)
 """
 
 from __future__ import annotations
@@ -81,7 +83,15 @@ def assemble(
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="plan path; adapter weights go beside it"),
     select: bool = typer.Option(
-        True, "--select/--no-select", help="pick by short training on the validation split, or by the proxy alone"
+        True,
+        "--select/--no-select",
+        help="pick by short training scored on held-out labelled images, or by the proxy alone",
+    ),
+    folds: int | None = typer.Option(
+        None,
+        "--folds",
+        help="k of the selection's cross-validation (1: the validation split alone; default: 5 under 1000 "
+        "validation images, else 1)",
     ),
     storage: str | None = typer.Option(
         None, "--storage", help="Optuna storage shared by processes running the same selection (sqlite:///f.db, a URL)"
@@ -94,6 +104,8 @@ def assemble(
     if batch <= 0:
         raise DeryError(f"--batch must be positive, got {batch}", "assemble")
     check_percentile(percentile, "assemble")
+    if folds is not None and folds < 1:
+        raise DeryError(f"--folds must be >= 1 (1: the validation split alone), got {folds}", "assemble")
     if threads is not None and threads < 1:
         raise DeryError(f"--threads must be >= 1, got {threads}", "assemble")
     for b in budgets:
@@ -174,6 +186,7 @@ def assemble(
                 Recipe(plateau=0.02, seed=seed),
                 storage,
                 log=None if as_json else console.print,
+                folds=folds,
             )
             chosen = next(c for c in res.finalists if c.name == sel.pick)
             plan, net = chosen.plan, chosen.net

@@ -4,8 +4,10 @@ A `Task` holds labelled train / validation / test images, unlabelled images, the
 the input spec (channels, size, mean, std) the zoo's donors take. Images are kept as uint8 at the
 input size and normalised per batch (`Task.normalize`), so a task of many images stays small.
 
-The validation split is carved, seeded and stratified, out of the labelled training images: it is
-what selection decides on. The test split is for reporting only and never decides anything.
+The validation split is carved, seeded and stratified, out of the labelled training images. Selection
+decides by k-fold cross-validation over train + validation (`Task.fold`): every labelled image is
+scored once by a network that did not train on it. The test split is for reporting only and never
+decides anything.
 
 `--data` specs (one meaning on every command):
 
@@ -122,6 +124,35 @@ class Task:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self.train), generator=g)[:n]
         return self.normalize(self.train.images[idx]), self.train.targets[idx]
+
+    def fold(self, k: int, i: int) -> Task:
+        """The `i`-th of `k` cross-validation tasks: train and validation pooled and cut, stratified and
+        seeded, into k folds; fold `i` is the validation split, the other k - 1 the train split. Test,
+        unlabelled images, classes and input are this task's own (the same objects, not copies)."""
+        pool = self.labelled_pool()
+        held = fold_indices(pool.targets, k, self.seed)
+        if not 0 <= i < k:
+            raise DeryError(f"fold {i} does not exist: folds are numbered 0 to {k - 1}", "data")
+        keep = torch.ones(len(pool), dtype=torch.bool)
+        keep[held[i]] = False
+        return Task(
+            self.spec,
+            self.kind,
+            self.classes,
+            self.input,
+            pool.subset(keep.nonzero().flatten()),
+            pool.subset(held[i]),
+            self.test,
+            self.unlabelled,
+            self.seed,
+            [*self.notes, f"cross-validation fold {i + 1} of {k}"],
+        )
+
+    def labelled_pool(self) -> ImageSet:
+        """Every labelled image selection may use: the train split, then the validation split."""
+        return ImageSet(
+            torch.cat([self.train.images, self.val.images]), torch.cat([self.train.targets, self.val.targets])
+        )
 
     def hash(self) -> str:
         """Content key of the task: every image and label, the classes and the input spec."""
@@ -260,6 +291,28 @@ def split_validation(labelled: ImageSet, per_class: int | None, seed: int) -> tu
     keep = torch.ones(len(labelled), dtype=torch.bool)
     keep[val] = False
     return labelled.subset(keep.nonzero().flatten()), labelled.subset(val)
+
+
+def fold_indices(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """Stratified seeded k-fold: the held-out indices (sorted) of each fold. Every index is held out by
+    exactly one fold; every class is spread over the folds as evenly as its count allows, and so are
+    the fold sizes (each class, in turn, continues the round-robin where the one before it stopped).
+
+    Raises:
+        DeryError: k < 2, or more folds than labelled images.
+    """
+    if k < 2 or k > len(labels):
+        raise DeryError(
+            f"cross-validation needs 2 to {len(labels)} folds (one per labelled image at most), got {k}", "data"
+        )
+    g = torch.Generator().manual_seed(20_011 + seed)
+    order = torch.cat(
+        [
+            (labels == c).nonzero().flatten()[torch.randperm(int((labels == c).sum()), generator=g)]
+            for c in labels.unique()
+        ]
+    )
+    return [order[i::k].sort().values for i in range(k)]
 
 
 def _folder_task(path: Path, opts: dict, input: InputSpec, seed: int) -> Task:

@@ -249,6 +249,10 @@ def finetune(
         from safetensors.torch import load_file
 
         load_stitch_weights(model, load_file(source["adapter_weights"]))
+    if source.get("start_weights"):  # a whole network to start from (selection's seam-matched start, shared by folds)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(source["start_weights"]))
     probe_acc, seam_matching = None, []
     phase1_done = recipe.epochs_adapter == 0
     if resume_from is not None:

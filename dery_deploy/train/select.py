@@ -1,17 +1,31 @@
 """Selection by evidence: the measured finalists are trained briefly with successive halving and
-compared on the task's validation split; the test split never decides anything.
+compared out of fold; the test split never decides anything.
 
 Rungs train every surviving finalist from its start for more epochs each time (`RUNGS`); after each
 rung the best 1/ETA go on, and the best whole donor and the best mixed plan always do, so the last
-rung compares them directly. The pick is the best donor unless the best mixed plan beats it on
-validation by more than the validation noise: twice the standard error of the paired accuracy
-difference on the same validation images, sqrt(b + c - (b - c)^2 / n) / n with b, c the images only
-one of the two gets right (a McNemar-style paired test at about 95%).
+rung compares them directly. The pick is the best donor unless the best mixed plan beats it by more
+than the noise: twice the standard error of the paired accuracy difference on the same images,
+sqrt(b + c - (b - c)^2 / n) / n with b, c the images only one of the two gets right (a McNemar-style
+paired test at about 95%).
 
-The trials live in an Optuna study. In one process it is kept in memory; with `storage` (an SQLite
-file or a database URL) several processes or machines running the same selection share it: each
-claims the next unclaimed (finalist, rung), the lowest trial number wins a tie, and a trial whose
-process died is failed by Optuna's heartbeat and claimed again. No scheduler of our own.
+The evidence is k-fold cross-validation of the short recipe (`Task.fold`): train and validation are
+pooled and cut into k stratified folds, and a finalist's score at the last rung is its accuracy over
+all k held-out folds, so every labelled image is scored once by a network that did not train on it.
+With 100 labels per class that is 1000 images instead of a 200-image validation split: the noise
+above shrinks by about sqrt(5). k-fold rather than repeated random splits because each image counts
+exactly once, so the paired test's images are distinct and every finalist is scored on the same ones.
+The rungs below the last only screen (the best half and the best of each kind go on), so they train
+`screen_folds` of the folds: the default run stays within its time (bench numbers in the README).
+`folds=1` is the old rule: the task's own validation split; it is the default where that split holds
+`CV_BELOW` images or more, whose paired noise is already a point or two, while k folds cost k times
+the training on a train split that is large by then.
+
+The trials live in an Optuna study; a trial is one (finalist, rung, fold). In one process the study is
+kept in memory; with `storage` (an SQLite file or a database URL) several processes or machines
+running the same selection share it: each claims the next unclaimed trial, the lowest trial number
+wins a tie, and a trial whose process died is failed by Optuna's heartbeat and claimed again. No
+scheduler of our own. Seam matching (unlabelled images only) is the same for every fold: it is done
+once per finalist and rung, and the folds start from its result.
 """
 
 from __future__ import annotations
@@ -35,6 +49,9 @@ from dery_deploy.train.recipe import Recipe
 
 RUNGS = (1, 2, 4)  # epochs of end-to-end training at each rung
 ETA = 2
+FOLDS = 5  # k of the k-fold cross-validation the last rung decides on
+SCREEN_FOLDS = 1  # folds each rung below the last trains
+CV_BELOW = 1000  # validation images under which selection cross-validates by default
 
 
 @dataclass
@@ -47,12 +64,41 @@ class Finalist:
 
 @dataclass
 class Trial:
+    """One unit of work: a finalist trained at a rung on one fold's train split, scored on its held-out images."""
+
     finalist: str
     rung: int
     val_accuracy: float
-    correct: str  # "0"/"1" per validation image, for the paired test
+    correct: str  # "0"/"1" per held-out image, for the paired test
     seconds: float
     worker: str
+    fold: int = 0
+
+
+@dataclass
+class Evidence:
+    """A finalist at a rung over every fold that rung trains: its accuracy on all their held-out images."""
+
+    finalist: str
+    rung: int
+    val_accuracy: float  # out of fold, %
+    correct: str  # "0"/"1" per held-out image, fold after fold: the same images in the same order for every finalist
+    seconds: float
+    folds: list[int] = field(default_factory=lambda: [0])
+    workers: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, trials: list[Trial]) -> Evidence:
+        correct = "".join(t.correct for t in trials)
+        return cls(
+            trials[0].finalist,
+            trials[0].rung,
+            round(100 * correct.count("1") / max(1, len(correct)), 3),
+            correct,
+            round(sum(t.seconds for t in trials), 2),
+            [t.fold for t in trials],
+            sorted({t.worker for t in trials}),
+        )
 
 
 @dataclass
@@ -61,11 +107,14 @@ class Selection:
     rule: str  # why it was picked, in words
     best_donor: str | None
     best_mix: str | None
-    difference: float | None  # best mix - best donor on validation, points
+    difference: float | None  # best mix - best donor out of fold, points
     noise: float | None  # the threshold the difference had to beat, points
-    trials: list[Trial] = field(default_factory=list)
+    trials: list[Evidence] = field(default_factory=list)  # per (finalist, rung), pooled over its folds
     study: str = ""
     storage: str = "memory"
+    folds: int = 1  # k of the cross-validation the last rung decides on (1: the task's validation split)
+    images: int | None = None  # held-out images the pick's comparison rests on
+    fold_trials: list[Trial] = field(default_factory=list)  # every (finalist, rung, fold) trained
 
     def to_dict(self) -> dict:
         return {
@@ -75,9 +124,12 @@ class Selection:
             "best_mix": self.best_mix,
             "difference": self.difference,
             "noise": self.noise,
+            "folds": self.folds,
+            "images": self.images,
             "study": self.study,
             "storage": self.storage,
             "trials": [t.__dict__ for t in self.trials],
+            "fold_trials": [{k: v for k, v in t.__dict__.items() if k != "correct"} for t in self.fold_trials],
         }
 
 
@@ -105,8 +157,31 @@ def paired_noise(a: str, b: str) -> float:
     return 2 * 100 * math.sqrt(max(var, 0.0)) / n
 
 
+def default_folds(task: Task) -> int:
+    """k-fold (`FOLDS`) where the validation split is small, else the validation split alone."""
+    return FOLDS if len(task.val) < CV_BELOW else 1
+
+
+def rung_folds(rung: int, rungs=RUNGS, folds: int = FOLDS, screen_folds: int = SCREEN_FOLDS) -> list[int]:
+    """The folds a rung trains: all of them at the last rung (the pick rests on every labelled image),
+    the first `screen_folds` below it (screening)."""
+    return list(range(folds if rung == len(rungs) - 1 else min(screen_folds, folds)))
+
+
+def gather(
+    done: dict[tuple[str, int, int], Trial], rungs=RUNGS, folds: int = FOLDS, screen_folds: int = SCREEN_FOLDS
+) -> dict[tuple[str, int], Evidence]:
+    """Evidence per (finalist, rung) whose every fold is trained."""
+    out = {}
+    for name, rung in {(n, r) for n, r, _ in done}:
+        want = [(name, rung, f) for f in rung_folds(rung, rungs, folds, screen_folds)]
+        if all(w in done for w in want):
+            out[(name, rung)] = Evidence.of([done[w] for w in want])
+    return out
+
+
 def schedule(
-    finalists: list[Finalist], done: dict[tuple[str, int], Trial], rungs=RUNGS, eta: int = ETA
+    finalists: list[Finalist], done: dict[tuple[str, int], Evidence], rungs=RUNGS, eta: int = ETA
 ) -> list[tuple[str, int]]:
     """The (finalist, rung) work items the evidence so far calls for."""
     names = [f.name for f in finalists]
@@ -234,10 +309,20 @@ def identity(source: dict) -> dict:
     return out
 
 
-def study_name(task: Task, finalists: list[Finalist], rungs, eta: int, base: Recipe) -> str:
+def study_name(
+    task: Task,
+    finalists: list[Finalist],
+    rungs,
+    eta: int,
+    base: Recipe,
+    folds: int = FOLDS,
+    screen_folds: int = SCREEN_FOLDS,
+) -> str:
     """The Optuna study of one selection: the same on every process that selects among the same
-    finalists for the same task and recipe, so they share its trials through `--storage`."""
+    finalists for the same task, recipe and folds, so they share its trials through `--storage`."""
     key = [task.hash(), [(f.name, identity(f.source)) for f in finalists], list(rungs), eta, base.__dict__]
+    if folds != 1:  # a single split keeps the study name it had before cross-validation
+        key += [folds, min(screen_folds, folds)]
     return f"dery-select-{sha256_json(key)[:12]}"
 
 
@@ -252,126 +337,181 @@ def select(
     eta: int = ETA,
     log=None,
     poll_s: float = 1.0,
+    folds: int | None = None,
+    screen_folds: int = SCREEN_FOLDS,
 ) -> Selection:
-    """Successive halving over the finalists on the validation split, then the pick (module docstring)."""
-    with _quiet_optuna():
-        return _select(finalists, zoo, task, out, base, storage, rungs, eta, log, poll_s)
+    """Successive halving over the finalists, decided by k-fold cross-validation, then the pick
+    (module docstring).
 
+    Args:
+        folds: k of the cross-validation over train + validation at the last rung; 1 decides on the
+            task's own validation split; None: `default_folds(task)`.
+        screen_folds: folds each rung below the last trains (at most `folds`).
 
-def _select(finalists, zoo, task, out, base, storage, rungs, eta, log, poll_s) -> Selection:
-    from optuna.trial import TrialState
-
-    if len(task.val) == 0:
+    Raises:
+        DeryError: no finalist, fewer than one fold, or no labelled images to hold out.
+    """
+    folds = default_folds(task) if folds is None else folds
+    if folds < 1 or screen_folds < 1:
+        raise DeryError(f"selection needs folds >= 1 and screen_folds >= 1, got {folds} and {screen_folds}", "select")
+    if folds == 1 and len(task.val) == 0:
         raise DeryError("selection needs a validation split; the task has none (add labelled images)", "select")
+    if folds > len(task.train) + len(task.val):
+        raise DeryError(
+            f"{folds}-fold selection needs at least {folds} labelled images; the task has "
+            f"{len(task.train) + len(task.val)}: add labelled images or pass fewer folds",
+            "select",
+        )
     if not finalists:
         raise DeryError("no finalist to select from", "select")
-    name = study_name(task, finalists, rungs, eta, base)
+    with _quiet_optuna():
+        return _select(finalists, zoo, task, Path(out), base, storage, rungs, eta, log, poll_s, folds, screen_folds)
+
+
+def _select(finalists, zoo, task, out, base, storage, rungs, eta, log, poll_s, folds, screen_folds) -> Selection:
+    from optuna.trial import TrialState
+
+    name = study_name(task, finalists, rungs, eta, base, folds, screen_folds)
     key = name.removeprefix("dery-select-")
     study, where = _open_study(storage, name)
     by_name = {f.name: f for f in finalists}
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    xv, yv = task.x("val"), task.y("val")
+    fold_tasks: dict[int, Task] = {}
     while True:
         optuna_fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         done = {
-            (t.user_attrs["finalist"], t.user_attrs["rung"]): Trial(**t.user_attrs["result"])
+            (t.user_attrs["finalist"], t.user_attrs["rung"], t.user_attrs.get("fold", 0)): Trial(
+                **t.user_attrs["result"]
+            )
             for t in trials
             if t.state == TrialState.COMPLETE and "result" in t.user_attrs
         }
         claimed = {
-            (t.user_attrs.get("finalist"), t.user_attrs.get("rung"))
+            (t.user_attrs.get("finalist"), t.user_attrs.get("rung"), t.user_attrs.get("fold", 0))
             for t in trials
             if t.state in (TrialState.RUNNING, TrialState.WAITING)
         }
-        work = schedule(finalists, done, rungs, eta)
+        evidence = gather(done, rungs, folds, screen_folds)
+        work = [
+            (n, r, f)
+            for n, r in schedule(finalists, evidence, rungs, eta)
+            for f in rung_folds(r, rungs, folds, screen_folds)
+        ]
         todo = [w for w in work if w not in done and w not in claimed]
         if not todo:
             if not claimed:
-                break  # every rung the evidence called for is done
+                break  # every trial the evidence called for is done
             time.sleep(poll_s)  # others are training what is left
             continue
-        fname, rung = todo[0]
+        fname, rung, fold = todo[0]
         trial = study.ask()
-        trial.set_user_attr("finalist", fname)
-        trial.set_user_attr("rung", rung)
-        if not _claim(study, trial, {"finalist": fname, "rung": rung}):  # another process claimed it first
+        for k, v in (("finalist", fname), ("rung", rung), ("fold", fold)):
+            trial.set_user_attr(k, v)
+        if not _claim(study, trial, {"finalist": fname, "rung": rung, "fold": fold}):  # another process was first
             study.tell(trial, state=TrialState.FAIL)
             continue
-        t0 = time.time()
-        run = Path(out) / f"{key}-{sorted(by_name).index(fname):02d}-rung{rung}"
-        recipe = rung_recipe(base, rung, rungs)
-        finetune(by_name[fname].source, zoo, task, recipe, run, force=True, log=None, progress=False, test=False)
-        model, _ = load_run_model(run, zoo)
-        acc, preds = accuracy(model, xv, yv)
-        result = Trial(
-            fname,
-            rung,
-            round(acc, 3),
-            "".join("1" if c else "0" for c in (preds == yv).tolist()),
-            round(time.time() - t0, 2),
-            worker,
-        )
+        if fold not in fold_tasks:
+            fold_tasks[fold] = task if folds == 1 else task.fold(folds, fold)
+        run = out / (f"{key}-{sorted(by_name).index(fname):02d}-rung{rung}" + (f"-fold{fold}" if folds > 1 else ""))
+        result = train_trial(by_name[fname], rung, fold, zoo, fold_tasks[fold], base, rungs, run, folds > 1)
+        result.worker = worker
         trial.set_user_attr("result", result.__dict__)
-        study.tell(trial, acc)
+        study.tell(trial, result.val_accuracy)
         if log:
-            log(f"  rung {rung} ({rungs[rung]} epochs): {fname}: validation {acc:.2f}%")
-    return decide(finalists, done, rungs, name, where)
+            on = f" fold {fold + 1}/{folds}" if folds > 1 else ""
+            log(f"  rung {rung} ({rungs[rung]} epochs){on}: {fname}: held out {result.val_accuracy:.2f}%")
+    sel = decide(finalists, evidence, rungs, name, where)
+    sel.folds = folds
+    sel.fold_trials = sorted(done.values(), key=lambda t: (t.rung, t.finalist, t.fold))
+    return sel
 
 
-def decide(finalists: list[Finalist], done: dict[tuple[str, int], Trial], rungs, study: str, where: str) -> Selection:
-    """The pick from the evidence: the best donor unless the best mixed plan beats it beyond the noise."""
+def train_trial(
+    finalist: Finalist, rung: int, fold: int, zoo, task: Task, base: Recipe, rungs, run: Path, shared_matching: bool
+) -> Trial:
+    """Train `finalist` with the rung's short recipe on `task` (a fold) and score it on the task's
+    validation split. With `shared_matching`, seam matching (unlabelled images only) is done once for
+    every fold into a start beside the run folder, and the fold trains from it."""
+    t0 = time.time()
+    recipe = rung_recipe(base, rung, rungs)
+    source = finalist.source
+    if shared_matching and recipe.match_epochs and not finalist.is_donor and "plan" in source:
+        start = run.with_name(run.name.rsplit("-fold", 1)[0] + f"-matched{recipe.match_epochs}.safetensors")
+        source = {**source, "start_weights": str(seam_matched_start(source, zoo, task, recipe, start))}
+        recipe = Recipe(**{**recipe.__dict__, "match_epochs": 0})
+    finetune(source, zoo, task, recipe, run, force=True, log=None, progress=False, test=False)
+    model, _ = load_run_model(run, zoo)
+    xv, yv = task.x("val"), task.y("val")
+    acc, preds = accuracy(model, xv, yv)
+    correct = "".join("1" if c else "0" for c in (preds == yv).tolist())
+    return Trial(finalist.name, rung, round(acc, 3), correct, round(time.time() - t0, 2), "", fold)
+
+
+def seam_matched_start(source: dict, zoo, task: Task, recipe: Recipe, path: Path) -> Path:
+    """The network of `source` after `recipe`'s seam matching on `task`'s unlabelled images, saved to
+    `path` (whole state, safetensors) unless it is there already; what every fold starts from."""
+    if path.is_file():
+        return path
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from dery_deploy.artifacts import atomic_write_with
+    from dery_deploy.network.plan import Plan, load_stitch_weights
+    from dery_deploy.train.finetune import build_model, train_device
+    from dery_deploy.train.heal import match_seams
+    from dery_deploy.zoo.load import dissect_zoo
+
+    dev = train_device()
+    torch.manual_seed(recipe.seed)
+    dis = dissect_zoo(zoo)
+    model = build_model(source, zoo, dis, task.num_classes)
+    if source.get("adapter_weights"):
+        load_stitch_weights(model, load_file(source["adapter_weights"]))
+    model.to(dev)
+    plan = Plan.from_dict(source["plan"])
+    match_seams(model, plan, dis, task, recipe.match_epochs, recipe.match_images, seed=recipe.seed, device=dev)
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_with(path, lambda tmp: save_file(state, str(tmp)))
+    return path
+
+
+def decide(
+    finalists: list[Finalist], done: dict[tuple[str, int], Evidence], rungs, study: str, where: str
+) -> Selection:
+    """The pick from the evidence at the last rung: the best donor unless the best mixed plan beats it
+    beyond the noise of their paired difference on the same held-out images."""
     last = len(rungs) - 1
-
     kinds = {f.name: f.is_donor for f in finalists}
 
-    def best(donor: bool) -> Trial | None:
-        at = [t for (n, r), t in done.items() if r == last and kinds[n] == donor]
-        return max(at, key=lambda t: (t.val_accuracy, t.finalist), default=None)
+    def best(donor: bool) -> Evidence | None:
+        at = [e for (n, r), e in done.items() if r == last and kinds[n] == donor]
+        return max(at, key=lambda e: (e.val_accuracy, e.finalist), default=None)
 
     d, m = best(True), best(False)
-    trials = sorted(done.values(), key=lambda t: (t.rung, -t.val_accuracy))
-    if d is None and m is None:
+    trials = sorted(done.values(), key=lambda e: (e.rung, -e.val_accuracy, e.finalist))
+    some = d or m
+    if some is None:
         raise DeryError("selection finished without a result at its last rung", "select")
+    on = "on validation" if len(some.folds) == 1 else f"out of fold ({len(some.folds)}-fold cross-validation)"
+    images = len(some.correct)
+
+    def chosen(pick: str, rule: str, diff: float | None = None, noise: float | None = None) -> Selection:
+        names = (d.finalist if d else None, m.finalist if m else None)
+        return Selection(pick, rule, *names, diff, noise, trials, study, where, images=images)
+
     if d is None:
-        return Selection(
-            m.finalist,
-            "no donor fits the budget: the best mixed plan on validation",
-            None,
-            m.finalist,
-            None,
-            None,
-            trials,
-            study,
-            where,
-        )
+        return chosen(some.finalist, f"no donor fits the budget: the best mixed plan {on}")
     if m is None:
-        return Selection(
-            d.finalist,
-            "no mixed plan is a finalist: the best donor on validation",
-            d.finalist,
-            None,
-            None,
-            None,
-            trials,
-            study,
-            where,
-        )
+        return chosen(some.finalist, f"no mixed plan is a finalist: the best donor {on}")
     diff, noise = m.val_accuracy - d.val_accuracy, paired_noise(m.correct, d.correct)
     if diff > noise:
-        rule = (
-            f"the mixed plan beats the best donor on validation by {diff:.2f} points, more than the noise {noise:.2f}"
-        )
-        return Selection(
-            m.finalist, rule, d.finalist, m.finalist, round(diff, 3), round(noise, 3), trials, study, where
-        )
+        rule = f"the mixed plan beats the best donor {on} by {diff:.2f} points, more than the noise {noise:.2f}"
+        return chosen(m.finalist, rule, round(diff, 3), round(noise, 3))
     if abs(diff) < 0.005:
-        rule = "the best donor: the best mixed plan ties it on validation"
+        rule = f"the best donor: the best mixed plan ties it {on}"
     elif diff >= -noise:
-        rule = (
-            f"the best donor: the best mixed plan differs by {diff:+.2f} points on validation, "
-            f"within the noise {noise:.2f}"
-        )
+        rule = f"the best donor: the best mixed plan differs by {diff:+.2f} points {on}, within the noise {noise:.2f}"
     else:
-        rule = f"the best donor: the best mixed plan is {-diff:.2f} points worse on validation"
-    return Selection(d.finalist, rule, d.finalist, m.finalist, round(diff, 3), round(noise, 3), trials, study, where)
+        rule = f"the best donor: the best mixed plan is {-diff:.2f} points worse {on}"
+    return chosen(d.finalist, rule, round(diff, 3), round(noise, 3))

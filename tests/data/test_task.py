@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dery_deploy.data.task import InputSpec, load_task, probe_images
+from dery_deploy.data.task import InputSpec, fold_indices, load_task, probe_images
 from dery_deploy.errors import DeryError
 from tests.conftest import write_folder
 
@@ -97,3 +97,52 @@ def test_probe_images_from_a_folder_use_its_train_split_and_are_capped(tmp_path)
     assert h == h2 and torch.equal(x, x2)
     with pytest.raises(DeryError, match="pass --probe-data FOLDER"):
         probe_images(None, RGB32, 10)
+
+
+def _rows(images: torch.Tensor) -> list[bytes]:
+    return sorted(bytes(im.numpy().tobytes()) for im in images)
+
+
+def test_folds_hold_out_every_labelled_image_once_stratified_and_seeded():
+    t = load_task("fashion-mnist:labels_per_class=20,test_per_class=5", GREY32)
+    pool = t.labelled_pool()
+    folds = [t.fold(5, i) for i in range(5)]
+    held = torch.cat(fold_indices(pool.targets, 5, t.seed))
+    assert sorted(held.tolist()) == list(range(200))  # every labelled image held out by exactly one fold
+    for f in folds:
+        assert (len(f.train), len(f.val)) == (160, 40)
+        assert f.val.labels.bincount().tolist() == [4] * 10  # stratified: 20 per class over 5 folds
+        assert _rows(torch.cat([f.train.images, f.val.images])) == _rows(pool.images)  # train = the other folds
+        assert f.test is t.test and f.unlabelled is t.unlabelled and f.input == t.input and f.classes == t.classes
+    assert _rows(torch.cat([f.val.images for f in folds])) == _rows(pool.images)
+    assert t.fold(5, 2).hash() == t.fold(5, 2).hash() != t.fold(5, 3).hash()
+    assert not torch.equal(fold_indices(pool.targets, 5, 0)[0], fold_indices(pool.targets, 5, 1)[0])  # seeded
+
+
+def test_folds_never_take_a_test_image(tmp_path):
+    t = load_task(str(write_folder(tmp_path / "task")), RGB32)
+    test = set(_rows(t.test.images))
+    for i in range(3):
+        f = t.fold(3, i)
+        assert not test & set(_rows(torch.cat([f.train.images, f.val.images])))
+        assert len(f.val) == 10 and f.val.labels.bincount().tolist() == [2] * 5  # 6 per class over 3 folds
+
+
+def test_uneven_classes_spread_over_folds_as_evenly_as_they_allow():
+    labels = torch.tensor([0] * 7 + [1] * 3 + [2] * 1)
+    folds = fold_indices(labels, 4, seed=0)
+    assert sorted(torch.cat(folds).tolist()) == list(range(11))
+    assert sorted(len(f) for f in folds) == [2, 3, 3, 3]
+    for c, n in ((0, 7), (1, 3)):
+        per = [int((labels[f] == c).sum()) for f in folds]
+        assert sum(per) == n and max(per) - min(per) <= 1
+
+
+def test_bad_fold_counts_are_one_clear_error():
+    t = load_task("fashion-mnist:labels_per_class=2,test_per_class=1", GREY32)
+    with pytest.raises(DeryError, match="cross-validation needs 2 to 20 folds"):
+        t.fold(1, 0)
+    with pytest.raises(DeryError, match="cross-validation needs 2 to 20 folds"):
+        t.fold(21, 0)
+    with pytest.raises(DeryError, match="fold 5 does not exist"):
+        t.fold(5, 5)

@@ -1,14 +1,26 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from dery_deploy.train.select import Finalist, Trial, decide, paired_noise, schedule, study_name
+from dery_deploy.train.select import (
+    Evidence,
+    Finalist,
+    Trial,
+    decide,
+    default_folds,
+    gather,
+    paired_noise,
+    rung_folds,
+    schedule,
+    study_name,
+)
 
 
 def _t(name, rung, acc, correct="1" * 10):
-    return Trial(name, rung, acc, correct, 1.0, "here")
+    return Evidence(name, rung, acc, correct, 1.0)
 
 
 def test_successive_halving_keeps_the_best_of_each_kind():
@@ -63,6 +75,100 @@ def test_processes_planning_the_same_finalists_share_one_study(tiny_ws):
     assert here != study_name(task, finalists(0.101, 0.2, "/a"), (1, 2), 2, Recipe(seed=1))
 
 
+def test_k_fold_evidence_pools_every_held_out_image_and_decides_on_all_of_them():
+    """Two finalists, 5 folds of 40 held-out images each: the mix wins 2 images per fold. On one fold
+    that is +5 points within a noise of 6.9; on the 200 pooled images the same +5 points beats 3.1."""
+    fs = [Finalist("mix", {}, False), Finalist("donor", {}, True)]
+    rungs = (1, 2)
+    donor_fold = "1" * 30 + "0" * 10
+    mix_fold = "1" * 32 + "0" * 8
+    done = {("donor", 0, 0): Trial("donor", 0, 75.0, donor_fold, 1.0, "w", 0)}
+    for f in range(5):
+        done[("mix", 1, f)] = Trial("mix", 1, 80.0, mix_fold, 1.0, "w", f)
+        if f < 4:  # the donor's last fold is not trained yet: no evidence for it at the last rung
+            done[("donor", 1, f)] = Trial("donor", 1, 75.0, donor_fold, 1.0, "w", f)
+    assert rung_folds(0, rungs, 5, 1) == [0] and rung_folds(1, rungs, 5, 1) == [0, 1, 2, 3, 4]
+    ev = gather(done, rungs, 5, 1)
+    assert set(ev) == {("donor", 0), ("mix", 1)}
+    done[("donor", 1, 4)] = Trial("donor", 1, 75.0, donor_fold, 1.0, "w", 4)
+    ev = gather(done, rungs, 5, 1)
+    assert ev[("mix", 1)].correct == mix_fold * 5 and ev[("mix", 1)].folds == [0, 1, 2, 3, 4]
+    sel = decide(fs, ev, rungs, "s", "m")
+    assert sel.pick == "mix" and sel.images == 200 and sel.difference == 5.0
+    assert sel.noise == pytest.approx(paired_noise(mix_fold * 5, donor_fold * 5), abs=1e-3) == 3.082
+    assert "out of fold (5-fold cross-validation)" in sel.rule
+    one = decide(
+        fs, {("mix", 0): _t("mix", 0, 80.0, mix_fold), ("donor", 0): _t("donor", 0, 75.0, donor_fold)}, (1,), "s", "m"
+    )
+    assert one.pick == "donor" and one.images == 40 and one.noise == 6.892  # the same win on one fold: within the noise
+
+
+def test_cross_validation_is_the_default_only_while_the_validation_split_is_small():
+    from dery_deploy.data.task import InputSpec, load_task
+    from dery_deploy.errors import DeryError
+    from dery_deploy.train.recipe import Recipe
+    from dery_deploy.train.select import select
+
+    grey = InputSpec(1, 32, (0.2190,), (0.3318,))
+    small = load_task("fashion-mnist:labels_per_class=100,test_per_class=1", grey)
+    large = load_task("fashion-mnist:labels_per_class=150,val_per_class=100,test_per_class=1", grey)
+    assert (len(small.val), default_folds(small)) == (200, 5)
+    assert (len(large.val), default_folds(large)) == (1000, 1)  # its noise is already a point or two
+    with pytest.raises(DeryError, match="folds >= 1"):
+        select([Finalist("d", {}, True)], None, small, Path("unused"), Recipe(), folds=0)
+    with pytest.raises(DeryError, match="2000-fold selection needs at least 2000 labelled images; the task has 1000"):
+        select([Finalist("d", {}, True)], None, small, Path("unused"), Recipe(), folds=2000)
+
+
+def test_folds_are_part_of_the_study_name(tiny_ws):
+    from dery_deploy.data.task import load_task
+    from dery_deploy.train.recipe import Recipe
+
+    task = load_task("fashion-mnist:labels_per_class=10,test_per_class=10", tiny_ws.zoo.input)
+    fs = [Finalist("res", {"plan": {"blocks": []}}, True)]
+    names = {study_name(task, fs, (1, 2), 2, Recipe(), k, 1) for k in (1, 3, 5)}
+    assert len(names) == 3 and study_name(task, fs, (1, 2), 2, Recipe(), 5, 2) not in names
+
+
+@pytest.mark.slow
+def test_k_fold_selection_trains_every_fold_at_the_last_rung_and_shares_seam_matching(tiny_ws, tmp_path):
+    """A real selection on the tiny zoo: a whole donor and a two-donor plan, 3 folds, one screening fold.
+    Every labelled image is held out once at the last rung, and the plan's seam matching (unlabelled
+    images only) is done once for the three folds, which start from it."""
+    import json
+
+    import torch
+
+    from dery_deploy.assemble.candidates import donor_plan, few_seam_choices, plan_from_choice
+    from dery_deploy.data.task import load_task
+    from dery_deploy.train.recipe import Recipe
+    from dery_deploy.train.select import select
+
+    task = load_task("fashion-mnist:labels_per_class=6,test_per_class=2", tiny_ws.zoo.input)
+    donor = donor_plan(tiny_ws.zoo, tiny_ws.partition, "res", task.num_classes)
+    mixed = plan_from_choice(
+        tiny_ws.zoo, tiny_ws.partition, few_seam_choices(tiny_ws.partition, 1)[0], task.num_classes
+    )
+    assert mixed.seams == 1
+    fs = [
+        Finalist(donor.describe(), {"plan": donor.to_dict()}, True),
+        Finalist("mix", {"plan": mixed.to_dict()}, False),
+    ]
+    torch.manual_seed(0)
+    base = Recipe(match_epochs=1, epochs_adapter=1, epochs_full=1, head_init="random")
+    sel = select(fs, tiny_ws.zoo, task, tmp_path, base, rungs=(1,), folds=3)
+    assert sel.folds == 3 and sel.images == 60 == len(task.train) + len(task.val)
+    assert sorted((t.finalist, t.fold) for t in sel.fold_trials) == sorted((f.name, i) for f in fs for i in range(3))
+    assert all(len(e.correct) == 60 and e.folds == [0, 1, 2] for e in sel.trials)
+    assert sel.noise is not None and sel.noise > 0
+    mix = sorted(f.name for f in fs).index("mix")
+    matched = sorted(p.name for p in tmp_path.glob("*matched*"))
+    assert len(matched) == 1 and f"-{mix:02d}-rung0-matched1" in matched[0]  # the plan's, once; the donor has no seam
+    for fold in range(3):
+        cfg = json.loads(next(tmp_path.glob(f"*-{mix:02d}-rung0-fold{fold}")).joinpath("config.json").read_text())
+        assert cfg["source"]["start_weights"].endswith(matched[0]) and cfg["recipe"]["match_epochs"] == 0
+
+
 SCRIPT = r"""
 import json, sys
 from pathlib import Path
@@ -82,7 +188,7 @@ for name in ("res", "cnx", "vit"):
     p = donor_plan(zoo, part, name, task.num_classes)
     fs.append(Finalist(p.describe(), {{"plan": p.to_dict()}}, True))
 sel = select(fs, zoo, task, Path({out!r}), Recipe(epochs_adapter=1, epochs_full=1, head_init="random"),
-             storage={storage!r}, rungs=(1, 1), poll_s=0.2)
+             storage={storage!r}, rungs=(1, 1), poll_s=0.2, folds=3)
 print(json.dumps(sel.to_dict()))
 """
 
@@ -90,7 +196,7 @@ print(json.dumps(sel.to_dict()))
 @pytest.mark.slow
 def test_two_processes_share_one_sqlite_study(tiny_ws, tmp_path):
     """Two processes running the same selection against one SQLite file split the trials: every
-    (finalist, rung) is trained once in all, and both end with the same pick."""
+    (finalist, rung, fold) is trained once in all, and both end with the same pick on the same evidence."""
     from tests.conftest import ROOT, TINY_ZOO
 
     storage = f"sqlite:///{tmp_path / 'select.db'}"
@@ -107,10 +213,13 @@ def test_two_processes_share_one_sqlite_study(tiny_ws, tmp_path):
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     a, b = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
-    assert a["pick"] == b["pick"] and a["storage"] == storage
-    trials = {(t["finalist"], t["rung"]): t["worker"] for t in a["trials"]}
-    assert len(trials) == len(a["trials"])  # no (finalist, rung) trained twice
-    assert {r for _, r in trials} == {0, 1} and len([k for k in trials if k[1] == 0]) == 3
+    assert a["pick"] == b["pick"] and a["storage"] == storage and a["trials"] == b["trials"]
+    trials = {(t["finalist"], t["rung"], t["fold"]): t["worker"] for t in a["fold_trials"]}
+    assert len(trials) == len(a["fold_trials"])  # no (finalist, rung, fold) trained twice
+    assert {r for _, r, _ in trials} == {0, 1} and len([k for k in trials if k[1] == 0]) == 3  # rung 0: one fold
+    last = {n for n, r, _ in trials if r == 1}
+    assert {(n, f) for n, r, f in trials if r == 1} == {(n, f) for n in last for f in range(3)}
+    assert a["folds"] == 3 and a["images"] == 100  # every labelled image held out once
     import optuna
 
     study = optuna.load_study(study_name=a["study"], storage=storage)
