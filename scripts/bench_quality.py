@@ -63,15 +63,18 @@ def summarise(run: dict) -> list[dict]:
         if "infeasible" in r:
             rows.append({"budget_ms": r["budget_ms"], "infeasible": r["infeasible"]})
             continue
-        donors = {n: run["donors"][n]["top1"] for n in r["donors_within_budget"]}
+        fit = r.get("donor_fit") or {}  # each donor on the target it fits fastest (int8 top-1 where that is int8)
+        donors = {n: (fit.get(n) or run["donors"][n])["top1"] for n in r["donors_within_budget"]}
         best = max(donors, key=donors.get) if donors else None
         mix = r.get("mix") or {}
-        shipped = r.get("onnx") or {}
+        shipped = r.get(r.get("export_format") or "onnx") or r.get("onnx") or {}
+        triple = r.get("pick_triple") or {}
         b = shipped.get("budget") or {}
         rows.append(
             {
                 "budget_ms": r["budget_ms"],
-                "pick": r["selection"]["pick"],
+                "pick": triple.get("network") or r["selection"]["pick"],
+                "pick_target": triple.get("target"),
                 "pick_kind": r["pick_kind"],
                 "rule": r["selection"]["rule"],
                 "selection_noise": r["selection"].get("noise"),
