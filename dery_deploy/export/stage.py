@@ -246,6 +246,25 @@ def int8_accuracy(model, logits: Logits, x: torch.Tensor, task: Task | None) -> 
     return parity_block, fields
 
 
+def exported_onnx(model, x: torch.Tensor, precision: str, task: Task | None, seed: int) -> tuple[bytes, dict]:
+    """The ONNX an export ships from: fp32, or QDQ INT8 calibrated on the task (with its record)."""
+    if precision == "int8":
+        return int8_onnx(model, task, seed)
+    return onnx_from_module(model, x[:1]), {}
+
+
+def checked_outputs(model, logits, x: torch.Tensor, precision: str, task: Task | None, int8: dict) -> dict:
+    """The artifact's outputs against the network's: fp32 parity on `x`, or for INT8 the top-1 change
+    on the test split (written into `int8`); the parity block of the report."""
+    if precision == "int8":
+        par, fields = int8_accuracy(model, logits, x, task)
+        int8.update(fields)
+        return par
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    return parity(ref, logits(x), FP32_TOL)
+
+
 def export_onnx(
     model,
     x: torch.Tensor,
@@ -262,21 +281,11 @@ def export_onnx(
     import onnxruntime
 
     t0 = time.perf_counter()
-    int8: dict = {}
-    if precision == "int8":
-        data, int8 = int8_onnx(model, task, seed)
-    else:
-        data = onnx_from_module(model, x[:1])
+    data, int8 = exported_onnx(model, x, precision, task, seed)
     path = save_onnx(data, out / ("model-int8.onnx" if precision == "int8" else "model.onnx"))
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     sess = OnnxRuntime.session(data, "cpu", threads)
-    if precision == "int8":
-        par, fields = int8_accuracy(model, artifact_runner(data, "onnxruntime", threads), x, task)
-        int8.update(fields)
-    else:
-        with torch.inference_mode():
-            ref = model(x).numpy()
-        par = parity(ref, sess.run(None, {"x": x.numpy()})[0], FP32_TOL)
+    par = checked_outputs(model, artifact_runner(data, "onnxruntime", threads), x, precision, task, int8)
     xb = np.ascontiguousarray(_batch_of(x, batch).numpy())
     m = measure(lambda: sess.run(None, {"x": xb}), opts=TimingOptions.for_budget(percentile), threads=threads)
     return ExportReport(
@@ -318,20 +327,10 @@ def export_openvino(
 
     ov = import_openvino()
     t0 = time.perf_counter()
-    int8: dict = {}
-    if precision == "int8":
-        data, int8 = int8_onnx(model, task, seed)
-    else:
-        data = onnx_from_module(model, x[:1])
+    data, int8 = exported_onnx(model, x, precision, task, seed)
     xml = save_ir(data, out / ("model-int8.xml" if precision == "int8" else "model.xml"))
     logits = artifact_runner(xml, "openvino", threads)  # the IR as shipped, for any batch
-    if precision == "int8":
-        par, fields = int8_accuracy(model, logits, x, task)
-        int8.update(fields)
-    else:
-        with torch.inference_mode():
-            ref = model(x).numpy()
-        par = parity(ref, logits(x), FP32_TOL)
+    par = checked_outputs(model, logits, x, precision, task, int8)
     xb = np.ascontiguousarray(_batch_of(x, batch).numpy())
     request = compile_model(xml, threads, tuple(xb.shape)).create_infer_request()
     m = measure(

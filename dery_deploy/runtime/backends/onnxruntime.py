@@ -14,13 +14,12 @@ import numpy as np
 import torch
 
 from dery_deploy.errors import DeryError
-from dery_deploy.runtime.backends.base import Backend, Runner, own_copy
+from dery_deploy.runtime.backends.base import Runner
+from dery_deploy.runtime.backends.onnx_based import OnnxBackend
 from dery_deploy.runtime.harness import rss_rise_mb
-from dery_deploy.runtime.onnx import onnx_from_module
-from dery_deploy.runtime.quantize import qdq_from_onnx
 
 
-class OnnxRuntime(Backend):
+class OnnxRuntime(OnnxBackend):
     name = "onnxruntime"
     devices = ("cpu", "cuda")
     precisions = ("fp32", "int8")
@@ -70,16 +69,6 @@ class OnnxRuntime(Backend):
                 "profile",
             )
         super().check(device, precision)
-
-    def prepare(self, module, example, precision, device) -> Runner:
-        """Export (and for int8 quantize, calibrated on `example`: latency does not depend on the
-        ranges), then a session."""
-        t0 = time.perf_counter()
-        x = example.float().cpu()
-        data = onnx_from_module(own_copy(module, "cpu", torch.float32), x)
-        if precision == "int8":
-            data = qdq_from_onnx(data, x)
-        return self.runner_from_onnx(data, x, device, t0)
 
     def runner_from_onnx(
         self, data: bytes, example: torch.Tensor, device: str = "cpu", t0: float | None = None

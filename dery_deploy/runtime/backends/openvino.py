@@ -8,14 +8,13 @@ import time
 import numpy as np
 import torch
 
-from dery_deploy.runtime.backends.base import Backend, Runner, own_copy
+from dery_deploy.runtime.backends.base import Runner
+from dery_deploy.runtime.backends.onnx_based import OnnxBackend
 from dery_deploy.runtime.harness import rss_rise_mb
-from dery_deploy.runtime.onnx import onnx_from_module
 from dery_deploy.runtime.openvino import INSTALL, compile_model
-from dery_deploy.runtime.quantize import qdq_from_onnx
 
 
-class OpenVino(Backend):
+class OpenVino(OnnxBackend):
     name = "openvino"
     devices = ("cpu",)
     precisions = ("fp32", "int8")
@@ -34,16 +33,6 @@ class OpenVino(Backend):
 
     def memory_unmeasurable(self, device: str) -> str | None:
         return None  # a fresh compiled model's resident memory is measured
-
-    def prepare(self, module, example, precision, device) -> Runner:
-        """Export (and for int8 quantize, calibrated on `example`: latency does not depend on the
-        ranges) and compile for the example's shape."""
-        t0 = time.perf_counter()
-        x = example.float().cpu()
-        data = onnx_from_module(own_copy(module, "cpu", torch.float32), x)
-        if precision == "int8":
-            data = qdq_from_onnx(data, x)
-        return self.runner_from_onnx(data, x, device, t0)
 
     def runner_from_onnx(
         self, onnx_bytes: bytes, example: torch.Tensor, device: str = "cpu", t0: float | None = None

@@ -1,0 +1,33 @@
+"""What the backends that run an exported ONNX share: the export (and for int8 the QDQ quantization)
+of an item, before each compiles or loads it its own way (`runner_from_onnx`)."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+
+import torch
+
+from dery_deploy.runtime.backends.base import Backend, Runner, own_copy
+from dery_deploy.runtime.onnx import onnx_from_module
+from dery_deploy.runtime.quantize import qdq_from_onnx
+
+
+class OnnxBackend(Backend, ABC):
+    """A backend that runs the item's ONNX export: fp32, or the QDQ INT8 file calibrated on the example."""
+
+    def prepare(self, module, example, precision, device) -> Runner:
+        """Export (and for int8 quantize, calibrated on `example`: latency does not depend on the
+        ranges), then the backend's runner for it."""
+        t0 = time.perf_counter()
+        x = example.float().cpu()
+        data = onnx_from_module(own_copy(module, "cpu", torch.float32), x)
+        if precision == "int8":
+            data = qdq_from_onnx(data, x)
+        return self.runner_from_onnx(data, x, device, t0)
+
+    @abstractmethod
+    def runner_from_onnx(
+        self, data: bytes, example: torch.Tensor, device: str = "cpu", t0: float | None = None
+    ) -> Runner:
+        """A runner of the ONNX `data` bound to `example`."""
