@@ -49,6 +49,7 @@ from dery_deploy.train.recipe import Recipe
 
 RUNGS = (1, 2, 4)  # epochs of end-to-end training at each rung
 ETA = 2
+HEARTBEAT_S, GRACE_S = 10, 60  # a shared trial's liveness: recorded every 10 s, failed after 60 s without
 FOLDS = 5  # k of the k-fold cross-validation the last rung decides on
 SCREEN_FOLDS = 1  # folds each rung below the last trains
 CV_BELOW = 1000  # validation images under which selection cross-validates by default
@@ -224,7 +225,9 @@ def _open_study(storage: str | None, name: str):
     engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
     for attempt in range(20):  # two processes creating one SQLite schema or study at once can collide: retry
         try:
-            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=10, grace_period=60, engine_kwargs=engine)
+            rdb = optuna.storages.RDBStorage(
+                storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, engine_kwargs=engine
+            )
             return optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True), storage
         except Exception as e:  # noqa: BLE001 - sqlalchemy's integrity / operational errors of a concurrent create
             if attempt == 19:
@@ -270,14 +273,46 @@ def shared_once(storage: str | None, name: str, compute: Callable[[], Any], poll
                 time.sleep(poll_s)  # another process is computing it
                 continue
             trial = study.ask()
-            trial.set_user_attr("role", "once")
-            if not _claim(study, trial, {"role": "once"}):
-                study.tell(trial, state=TrialState.FAIL)
-                continue
-            result = compute()
-            trial.set_user_attr("result", result)
+            with alive(study, trial):
+                trial.set_user_attr("role", "once")
+                if not _claim(study, trial, {"role": "once"}):
+                    study.tell(trial, state=TrialState.FAIL)
+                    continue
+                result = compute()
+                trial.set_user_attr("result", result)
             study.tell(trial, 0.0)
             return result
+
+
+@contextmanager
+def alive(study, trial):
+    """While a process holds a trial of a shared study, it records the trial's heartbeat every
+    `HEARTBEAT_S` (Optuna records one only inside `study.optimize`, and never fails a trial that has
+    none): if the process dies, the others fail the trial after `GRACE_S` and claim its work again."""
+    import threading
+
+    import optuna
+
+    storage = study._storage
+    if isinstance(storage, optuna.storages.InMemoryStorage) or storage.get_heartbeat_interval() is None:
+        yield  # one process: nobody to hand the trial to
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial._trial_id)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    storage.record_heartbeat(trial._trial_id)  # at once: a process killed before its first beat is stale too
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def optuna_fail_stale(study) -> None:
@@ -406,17 +441,19 @@ def _select(finalists, zoo, task, out, base, storage, rungs, eta, log, poll_s, f
             continue
         fname, rung, fold = todo[0]
         trial = study.ask()
-        for k, v in (("finalist", fname), ("rung", rung), ("fold", fold)):
-            trial.set_user_attr(k, v)
-        if not _claim(study, trial, {"finalist": fname, "rung": rung, "fold": fold}):  # another process was first
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        if fold not in fold_tasks:
-            fold_tasks[fold] = task if folds == 1 else task.fold(folds, fold)
-        run = out / (f"{key}-{sorted(by_name).index(fname):02d}-rung{rung}" + (f"-fold{fold}" if folds > 1 else ""))
-        result = train_trial(by_name[fname], rung, fold, zoo, fold_tasks[fold], base, rungs, run, folds > 1)
-        result.worker = worker
-        trial.set_user_attr("result", result.__dict__)
+        with alive(study, trial):
+            for k, v in (("finalist", fname), ("rung", rung), ("fold", fold)):
+                trial.set_user_attr(k, v)
+            if not _claim(study, trial, {"finalist": fname, "rung": rung, "fold": fold}):  # another was first
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            if fold not in fold_tasks:
+                fold_tasks[fold] = task if folds == 1 else task.fold(folds, fold)
+            tag = "" if folds == 1 else f"-fold{fold}"
+            run = out / f"{key}-{sorted(by_name).index(fname):02d}-rung{rung}{tag}"
+            result = train_trial(by_name[fname], rung, fold, zoo, fold_tasks[fold], base, rungs, run, folds > 1)
+            result.worker = worker
+            trial.set_user_attr("result", result.__dict__)
         study.tell(trial, result.val_accuracy)
         if log:
             on = f" fold {fold + 1}/{folds}" if folds > 1 else ""

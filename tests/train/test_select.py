@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,26 @@ def test_two_processes_share_one_sqlite_study(tiny_ws, tmp_path):
     study = optuna.load_study(study_name=a["study"], storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == len(trials)
+
+
+def test_a_dead_holders_trial_is_failed_by_its_heartbeat_and_done_by_another(tmp_path, monkeypatch):
+    """A process killed while it holds a shared trial leaves it RUNNING; Optuna fails only trials with a
+    heartbeat, so the holder records one: another process fails the trial after the grace period and does
+    the work itself, instead of waiting for it forever."""
+    import optuna
+
+    import dery_deploy.train.select as sel
+
+    monkeypatch.setattr(sel, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sel, "GRACE_S", 2)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    with sel._quiet_optuna():
+        study, _ = sel._open_study(storage, "once-test")
+        dead = study.ask()
+        with sel.alive(study, dead):  # the first process claims the work, beats, then dies without telling
+            dead.set_user_attr("role", "once")
+    t0 = time.time()
+    assert sel.shared_once(storage, "once-test", lambda: {"answer": 42}, poll_s=0.2) == {"answer": 42}
+    assert time.time() - t0 < 30
+    states = [t.state for t in optuna.load_study(study_name="once-test", storage=storage).get_trials()]
+    assert optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.COMPLETE in states
