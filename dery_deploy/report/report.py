@@ -10,6 +10,13 @@ from dery_deploy.report.plots import pareto_png
 from dery_deploy.similarity.compute import heatmap_png
 
 
+def evidence(sel: dict) -> str:
+    """What a selection decided on, in words."""
+    k, n = sel.get("folds") or 1, sel.get("images")
+    images = f", {n} images" if n else ""
+    return f"out of fold by {k}-fold cross-validation{images}" if k > 1 else f"on the validation split{images}"
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -244,8 +251,9 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
         if r.get("triples"):
             lines += [
                 "Runtimes and precisions tried (every finalist measured on every target it was a candidate for, in "
-                "one interleaved pass; validation accuracy: the selection's, plus the int8 change measured on the "
-                "validation split by running the final network quantized on that runtime):",
+                f"one interleaved pass; validation accuracy: the selection's ({evidence(sel)}), plus the int8 "
+                "change measured on the validation split by running the final network quantized on that runtime, "
+                "a gain counted as none):",
                 "",
                 md_table(
                     ["network", "runtime/precision", "measured ms", "validation (%)", "int8 change", "shipped"],
@@ -306,11 +314,21 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
             ]
         if sel.get("trials"):
             lines += [
-                "Selection by successive halving on the validation split:",
+                f"Selection by successive halving, decided {evidence(sel)}; held-out accuracy per rung (rungs below "
+                "the last screen on the folds named):",
                 "",
                 md_table(
-                    ["rung", "finalist", "validation (%)", "seconds"],
-                    [[t["rung"], t["finalist"], f"{t['val_accuracy']:.2f}", t["seconds"]] for t in sel["trials"]],
+                    ["rung", "finalist", "held-out (%)", "folds", "seconds"],
+                    [
+                        [
+                            t["rung"],
+                            t["finalist"],
+                            f"{t['val_accuracy']:.2f}",
+                            ", ".join(str(f + 1) for f in t.get("folds", [0])),
+                            t["seconds"],
+                        ]
+                        for t in sel["trials"]
+                    ],
                 ),
                 "",
             ]

@@ -59,3 +59,22 @@ def test_no_triple_is_an_error_not_a_guess():
 
     with pytest.raises(DeryError, match="no measured finalist"):
         pick_triple([], {"noise": 1.0})
+
+
+def test_int8_never_ships_a_network_that_fits_in_fp32():
+    """A measured int8 gain is validation noise: between one network's targets fp32 ships when it fits,
+    even where int8 is faster; int8 ships a network only fp32 cannot fit."""
+    ts = [
+        triple("mix", "onnxruntime/fp32", "mix", 80.0, 0.066),
+        triple("mix", "openvino/int8", "mix", 80.0, 0.060),  # score_triples counts a measured gain as none
+        triple("r10", "openvino/int8", "donor", 70.0, 0.09, change=-0.2),
+    ]
+    assert pick_triple(ts, {"noise": 2.0})["target"] == "onnxruntime/fp32"
+    ts = [
+        triple("mix", "openvino/int8", "mix", 80.0, 0.060, change=-0.3),
+        triple("r10", "onnxruntime/fp32", "donor", 70.0, 0.09),
+    ]
+    assert (pick_triple(ts, {"noise": 2.0})["network"], pick_triple(ts, {"noise": 2.0})["target"]) == (
+        "mix",
+        "openvino/int8",
+    )
