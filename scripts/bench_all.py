@@ -4,7 +4,8 @@
 
     python scripts/bench_all.py                    # about two hours on a 2-core CPU
     python scripts/bench_all.py --skip quality     # reuse bench/quality.json
-    python scripts/bench_all.py --readme-only      # only regenerate results.md and the README section
+    python scripts/bench_all.py --readme-only      # only regenerate results.md and the README section from
+                                                   # the bench/<script>.json files as they are
 
 bench/stitch_lr.json and bench/scaling.json (the data-scaling table, about 3 hours: `python
 scripts/bench_quality.py --labels-per-class 100,1000,6000 --seeds 0,1`) are run by hand and read here.
@@ -44,8 +45,11 @@ def main() -> None:
     from dery_deploy.artifacts import atomic_write_json, atomic_write_text
 
     bench = ROOT / "bench"
-    if args.readme_only:
+    if args.readme_only:  # every script's committed JSON as it is now, without running anything
         results = json.loads((bench / "results.json").read_text())
+        for name in (*SCRIPTS, "stitch_lr", "scaling"):
+            if (bench / f"{name}.json").is_file():
+                results["scripts"][name] = json.loads((bench / f"{name}.json").read_text())
     else:
         results = {"machine": machine(), "commit": commit(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "scripts": {}}
         for name in SCRIPTS:
@@ -378,6 +382,11 @@ def same_pick(rk: dict) -> list[str]:
     ]
 
 
+def targets_of(sc: dict) -> str:
+    ts = {c.get("targets") or "every searchable runtime and precision" for c in sc["cells"].values()}
+    return ", ".join(sorted(ts))
+
+
 def scaling_section(sc: dict) -> list[str]:
     """When does reassembly pay: best reassembled vs best fitting donor per label count and budget."""
     counts = " / ".join(sc["per_labels"])
@@ -386,7 +395,8 @@ def scaling_section(sc: dict) -> list[str]:
         f"### When does reassembly pay? Labels per class {counts}",
         "",
         f"Fashion-MNIST with {counts} labels per class{every}, 20% of them the validation split, the 10k test "
-        f"set; budgets in the gaps between the donors' latencies; seeds "
+        f"set; budgets {', '.join(f'{b:g}' for b in sc['budgets'])} ms (only weak donors fit the first, the best "
+        f"donor fits the second) on {targets_of(sc)}; seeds "
         f"{', '.join(sorted({str(c['seed']) for c in sc['cells'].values()}))}. Recipe cut to fit this 2-core CPU "
         "(`scripts/bench_quality.py`, `CUTS`): "
         + "; ".join(f"{n} labels: {why}" for n, why in sc["cuts"].items() if n in sc["per_labels"])
@@ -421,6 +431,12 @@ def scaling_section(sc: dict) -> list[str]:
             f"{n} labels per class: reassembly beat the best fitting donor by a point or more in "
             f"{sum(x >= 1 for x in diffs)} and lost by a point or more in {sum(x <= -1 for x in diffs)} of "
             f"{len(diffs)} (budget, seed) cells where a donor fits"
+        )
+    mono = [v for v in sc.get("best_mix_val_non_decreasing", {}).values() if v is not None]
+    if mono:
+        summary.append(
+            f"the best reassembled network's validation accuracy was non-decreasing in the budget in {sum(mono)} "
+            f"of {len(mono)} runs"
         )
     wall = {n: [c["wall_s"] for c in sc["cells"].values() if str(c["labels_per_class"]) == n] for n in sc["per_labels"]}
     out += [

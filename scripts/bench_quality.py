@@ -86,6 +86,8 @@ def summarise(run: dict) -> list[dict]:
                 "best_reassembled": mix.get("plan") and describe(mix["plan"]),
                 "best_reassembled_seams": seams(mix["plan"]) if mix else None,
                 "best_reassembled_top1": mix.get("top1"),
+                "best_reassembled_val": mix.get("val_accuracy"),
+                "best_reassembled_carried_from_ms": mix.get("carried_from"),
                 "best_reassembled_stitch_only_top1": mix.get("phase1_top1"),
                 "best_reassembled_measured_ms": mix.get("measured_ms"),
                 "reassembled_minus_donor": None if (not mix or best is None) else round(mix["top1"] - donors[best], 2),
@@ -133,6 +135,11 @@ CUTS: dict[int, tuple[list[str], str]] = {
 }
 
 
+def targets(args) -> list[str]:
+    """dery run's --targets where the benchmark restricts them (recorded with each cell)."""
+    return ["--targets", args.targets] if args.targets else []
+
+
 def data_spec(labels: int) -> str:
     """The --data of a label count: 6000 per class is every Fashion-MNIST training image."""
     return "fashion-mnist" if labels >= 6000 else f"fashion-mnist:labels_per_class={labels}"
@@ -159,7 +166,11 @@ def scaling(args, budgets: list[float], donor_ms: dict) -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             name = f"{labels}/{seed}"
             done = cells.get(name)
-            if done and done["budgets_asked"] == budgets and done["cut"] == CUTS[labels][0]:
+            same = done and done["budgets_asked"] == budgets and done["cut"] == CUTS[labels][0]
+            if same and done.get("targets") == args.targets:
+                run_json = Path(args.work) / f"labels{labels}-seed{seed}" / "run.json"
+                if run_json.is_file():  # re-read: what is summarised may have grown since the cell ran
+                    done["budgets"] = summarise(json.loads(run_json.read_text()))
                 print(f"cell {name}: done, skipped", flush=True)
                 continue
             t0 = time.time()
@@ -167,7 +178,7 @@ def scaling(args, budgets: list[float], donor_ms: dict) -> None:
                 Path(args.work) / f"labels{labels}-seed{seed}",
                 seed,
                 budgets,
-                ["--data", data_spec(labels), *CUTS[labels][0]],
+                ["--data", data_spec(labels), *CUTS[labels][0], *targets(args)],
             )
             cells[name] = {
                 "labels_per_class": labels,
@@ -175,6 +186,7 @@ def scaling(args, budgets: list[float], donor_ms: dict) -> None:
                 "data": data_spec(labels),
                 "cut": CUTS[labels][0],
                 "budgets_asked": budgets,
+                "targets": args.targets,
                 "wall_s": round(time.time() - t0, 1),
                 "budgets": summarise(run),
                 "recipe": run.get("recipe"),
@@ -184,6 +196,17 @@ def scaling(args, budgets: list[float], donor_ms: dict) -> None:
             result["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             atomic_write_json(out, result)
             print(f"cell {name}: {cells[name]['wall_s']} s", json.dumps(cells[name]["budgets"], indent=1), flush=True)
+    result["per_labels"] = per_labels(cells)
+    result["best_mix_val_non_decreasing"] = {name: non_decreasing(c["budgets"]) for name, c in cells.items()}
+    atomic_write_json(out, result)
+
+
+def non_decreasing(rows: list[dict]) -> bool | None:
+    """Issue 21's promise within one run: the best reassembled network's validation accuracy never falls
+    as the budget grows (None where fewer than two budgets have one)."""
+    by_budget = sorted(rows, key=lambda r: r["budget_ms"])
+    vals = [r["best_reassembled_val"] for r in by_budget if r.get("best_reassembled_val") is not None]
+    return None if len(vals) < 2 else all(b >= a for a, b in zip(vals, vals[1:]))
 
 
 def per_labels(cells: dict) -> dict:
@@ -255,6 +278,11 @@ def main() -> None:
         "--labels-per-class", default=None, help=f"the data-scaling table over these label counts, of {sorted(CUTS)}"
     )
     ap.add_argument("--budgets", default=None, help="budgets in ms (default: the gaps between the donors' latencies)")
+    ap.add_argument(
+        "--targets",
+        default=None,
+        help="dery run's --targets (e.g. onnxruntime/fp32: compare networks on one runtime; default: the device's)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from dery_deploy.artifacts import atomic_write_json
@@ -282,7 +310,7 @@ def main() -> None:
     }
     for seed in [int(s) for s in args.seeds.split(",")]:
         t0 = time.time()
-        run = one_run(Path(args.work) / f"seed{seed}", seed, budgets, [])
+        run = one_run(Path(args.work) / f"seed{seed}", seed, budgets, targets(args))
         result["seeds"][str(seed)] = {
             "wall_s": round(time.time() - t0, 1),
             "budgets": summarise(run),

@@ -2,7 +2,8 @@
 """Runtime and precision as part of the answer: what ships per budget when `dery run` searches only
 ONNX Runtime fp32 and when it searches every combination the device lists; writes JSON.
 
-    python scripts/bench_runtimes.py [--batches 1,32] [--work runs/bench-runtimes] [-o bench/runtimes.json]
+    python scripts/bench_runtimes.py [--batches 1,32] [--budgets 32=1.13,2.5] [--work runs/bench-runtimes]
+                                     [-o bench/runtimes.json]
 
 Per batch size, one `dery run` over the device's searchable combinations (its default budgets, in the
 gaps between the donors' latencies on their fastest combination), then one with `--targets
@@ -90,6 +91,13 @@ def donor_int8(run: dict, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="1,32")
+    ap.add_argument(
+        "--budgets",
+        action="append",
+        default=[],
+        metavar="BATCH=MS,MS",
+        help="a batch size's budgets (default: the run's own, in the gaps between the donors' fastest latencies)",
+    )
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-runtimes"))
     ap.add_argument("-o", "--out", default=str(ROOT / "bench" / "runtimes.json"))
     args = ap.parse_args()
@@ -101,7 +109,9 @@ def main() -> None:
     result["batches"] = {}
     for batch in [int(b) for b in args.batches.split(",")]:
         out = Path(args.work) / f"b{batch}"
-        every = dery_run(out, batch)
+        reused = (out / "run.json").is_file()  # a rerun in the same folder reuses the training: its time is not a run's
+        asked = [b.split("=", 1)[1] for b in args.budgets if b.split("=", 1)[0] == str(batch)]
+        every = dery_run(out, batch, *(["--budgets", asked[0]] if asked else []))
         budgets = ",".join(f"{b:g}" for b in every["budgets"])
         every_rows = shipped(every)
         fp32 = dery_run(out, batch, "--targets", "onnxruntime/fp32", "--budgets", budgets)
@@ -119,6 +129,7 @@ def main() -> None:
             "budgets": every["budgets"],
             "rows": rows,
             "run_seconds": {"all_targets": every["_seconds"], "onnxruntime_fp32_only": fp32["_seconds"]},
+            "all_targets_run_reused_a_folder": reused,
             "errors": {"all_targets": every["_error"], "onnxruntime_fp32_only": fp32["_error"]},
             "profile_seconds": profile_seconds(every),
             "final_pass_noise_index": {
