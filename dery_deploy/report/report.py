@@ -125,6 +125,9 @@ def answer_rows(run: dict, root: Path | None = None) -> list[list[str]]:
 def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) -> Path:
     out = Path(out)
     run = manifest.to_dict()
+    batch = run["options"].get("batch") or 1
+    searched = run.get("targets") or [f"{run['backend']}/{run['precision']}"]
+    latency_col = f"{run['backend']} b{batch} (ms)"
     lines = [f"# dery run: zoo `{zoo.name}` on `{run['device']}`", ""]
     fp = run.get("final_pass") or {}
     lines += [
@@ -139,7 +142,7 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
         "",
     ]
     lines += [
-        f"Backend `{run['backend']}` {run['precision']}, batch 1. Zoo hash `{zoo.hash()}`. "
+        f"Runtimes and precisions searched: {', '.join(searched)}; batch {batch}. Zoo hash `{zoo.hash()}`. "
         f"Total time {run.get('seconds', 0):.0f} s. "
         f"Task: {run['task'].get('summary', '')} (`{run['task'].get('spec')}`). "
         "Options: "
@@ -152,7 +155,7 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
         "## Zoo",
         "",
         md_table(
-            ["donor", "arch", "family", "params (M)", "units", "source", "source acc (%)", f"{run['backend']} b1 (ms)"],
+            ["donor", "arch", "family", "params (M)", "units", "source", "source acc (%)", latency_col],
             [
                 [
                     r["donor"],
