@@ -87,6 +87,20 @@ def global_sums(values: list[float], world: int, device: torch.device) -> list[f
     return t.cpu().tolist()
 
 
+def start_model(source: dict, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
+    """The network training starts from: built from `source`, with its fitted adapters and head
+    (`adapter_weights`) and, where given, a whole start state (`start_weights`: selection's seam-matched
+    start, shared by its folds)."""
+    from safetensors.torch import load_file
+
+    model = build_model(source, zoo, dissections, num_classes=num_classes)
+    if "plan" in source and source.get("adapter_weights"):
+        load_stitch_weights(model, load_file(source["adapter_weights"]))
+    if source.get("start_weights"):
+        model.load_state_dict(load_file(source["start_weights"]))
+    return model
+
+
 def build_model(source: dict, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
     """The network a run trains: an AssembledNet from a plan, or a donor with a new head."""
     if "plan" in source:
@@ -244,15 +258,7 @@ def finetune(
     owns_group = init_distributed(dev) if world > 1 else False
     torch.manual_seed(recipe.seed)
     dissections = dissect_zoo(zoo) if "plan" in source else None
-    model = build_model(source, zoo, dissections, num_classes=task.num_classes)
-    if "plan" in source and source.get("adapter_weights"):
-        from safetensors.torch import load_file
-
-        load_stitch_weights(model, load_file(source["adapter_weights"]))
-    if source.get("start_weights"):  # a whole network to start from (selection's seam-matched start, shared by folds)
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(source["start_weights"]))
+    model = start_model(source, zoo, dissections, task.num_classes)
     probe_acc, seam_matching = None, []
     phase1_done = recipe.epochs_adapter == 0
     if resume_from is not None:

@@ -491,21 +491,18 @@ def seam_matched_start(source: dict, zoo, task: Task, recipe: Recipe, path: Path
     if path.is_file():
         return path
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from dery_deploy.artifacts import atomic_write_with
-    from dery_deploy.network.plan import Plan, load_stitch_weights
-    from dery_deploy.train.finetune import build_model, train_device
+    from dery_deploy.network.plan import Plan
+    from dery_deploy.train.finetune import start_model, train_device
     from dery_deploy.train.heal import match_seams
     from dery_deploy.zoo.load import dissect_zoo
 
     dev = train_device()
     torch.manual_seed(recipe.seed)
     dis = dissect_zoo(zoo)
-    model = build_model(source, zoo, dis, task.num_classes)
-    if source.get("adapter_weights"):
-        load_stitch_weights(model, load_file(source["adapter_weights"]))
-    model.to(dev)
+    model = start_model(source, zoo, dis, task.num_classes).to(dev)
     plan = Plan.from_dict(source["plan"])
     match_seams(model, plan, dis, task, recipe.match_epochs, recipe.match_images, seed=recipe.seed, device=dev)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
