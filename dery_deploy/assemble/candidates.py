@@ -214,6 +214,12 @@ def plan_from_description(text: str, zoo, partition: Partition, num_classes: int
 DONOR_NEAR = 0.10
 
 
+def donor_near(ms: float, budget_ms: float) -> bool:
+    """Whether a donor profiled at `ms` may enter the candidates of a `budget_ms` budget (the one rule the
+    pool and the run's trained donors share: a candidate donor must have been trained to ship)."""
+    return ms <= budget_ms * (1 + DONOR_NEAR) + 1e-5
+
+
 def pool_of(
     data: ProgramData,
     partition: Partition,
@@ -240,7 +246,7 @@ def pool_of(
         pool.setdefault(c.name, c)
     for donor, (ms, mem, params) in donors.items():  # measured whole: (latency, peak memory, parameters)
         fits = (
-            ms * 1000 <= budget.latency_us * (1 + DONOR_NEAR)
+            donor_near(ms, budget.latency_us / 1000)
             and (budget.params is None or params <= budget.params)
             and (budget.memory_mb is None or (mem is not None and mem <= budget.memory_mb))
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dery_deploy.artifacts import JsonArtifact, atomic_write_json, make_output_dir
-from dery_deploy.assemble.candidates import AdapterFitter
+from dery_deploy.assemble.candidates import DONOR_NEAR, AdapterFitter, donor_near
 from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.stage import MAX_MARGIN, Scores, assemble, program_data
 from dery_deploy.data.task import DEFAULT_DATA, Task, load_task
@@ -384,7 +384,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     )
     r.manifest.teacher = {"donor": teacher_name, "val_accuracy": ce[teacher_name]["val_accuracy"], **teacher.describe()}
     r.say(f"  teacher: {teacher_name} (validation {ce[teacher_name]['val_accuracy']:.2f}%)")
-    within = [n for n, ms in donor_ms.items() if ms <= max(budgets)]
+    within = final_donors(donor_ms, budgets)
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
     ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher, models)
     for b in budgets:
@@ -683,6 +683,12 @@ def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = ""
     return prof
 
 
+def final_donors(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:
+    """Donors trained with the final recipe: every one that may be a candidate at some budget (profiled
+    up to `DONOR_NEAR` over it), since any candidate donor can be the pick that ships."""
+    return [n for n, ms in donor_ms.items() if any(donor_near(ms, b) for b in budgets)]
+
+
 def teacher_pool(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:
     """Donors trained as teacher candidates: those within twice the largest budget (at least the fastest
     two): the teacher may be slower than the budget, it never ships."""
@@ -841,6 +847,7 @@ def selection_key(r: Run, ctx: Context) -> dict:
         "percentile": ctx.model.percentile,
         "carried": ctx.carried,
         "folds": [default_folds(ctx.task), SCREEN_FOLDS],
+        "donor_near": DONOR_NEAR,
     }
 
 

@@ -57,6 +57,25 @@ def test_predicted_latency_is_the_programs_arithmetic(tiny_ws, fashion_task):
     assert all(c.measured["median_ms"] <= 2.0 for c in res.finalists)
 
 
+def test_a_donor_just_over_the_budget_is_a_candidate_and_trained_to_ship(tiny_ws, fashion_task):
+    """A donor profiled a little over a budget is a candidate (its end-to-end measurement decides), and
+    the run trains every such donor with the final recipe: a clean-clone CI run picked one it had not
+    trained and stopped with KeyError."""
+    from dery_deploy.assemble.stage import assemble
+    from dery_deploy.network.items import donor_key
+    from dery_deploy.pipeline.run import final_donors
+
+    zoo, model = tiny_ws.zoo, tiny_ws.model
+    donor_ms = {n: model.predict_ms([donor_key(zoo, n, fashion_task.num_classes)]) for n in zoo.donor_names}
+    slowest = max(donor_ms, key=donor_ms.__getitem__)
+    budget = round(donor_ms[slowest] / 1.05, 4)  # the slowest donor profiles 5% over
+    res = assemble(zoo, tiny_ws.partition, tiny_ws.dis, model, fashion_task, budget, top=3)
+    donors = {c.plan.donors[0] for c in res.candidates if c.is_donor}
+    assert slowest in donors
+    assert donors <= set(final_donors(donor_ms, [budget]))
+    assert slowest not in final_donors(donor_ms, [round(donor_ms[slowest] / 1.2, 4)])  # 20% over: not near
+
+
 def test_optuna_search_respects_budget(tiny_ws, fashion_task):
     from dery_deploy.assemble.stage import assemble
 
