@@ -279,7 +279,12 @@ def runtimes_section(rt: dict) -> list[str]:
     out = [
         "### Runtime and precision in the search (`scripts/bench_runtimes.py`)",
         "",
-        f"{rt['when']}, commit `{rt.get('commit')}`. Per batch size, one `dery run` searching every "
+        "Measured at "
+        + "; ".join(
+            f"batch {b}: {res.get('when') or rt['when']}, commit `{res.get('commit') or rt.get('commit')}`"
+            for b, res in rt["batches"].items()
+        )
+        + ". Per batch size, one `dery run` searching every "
         "combination `devices/cpu.yaml` lists, then one restricted to `--targets onnxruntime/fp32` at the same "
         "budgets in the same folder (same donors, teacher and profiles). Test top-1 of what ships; latency "
         "from each run's final interleaved pass (± its standard error): the two columns come from two runs' "

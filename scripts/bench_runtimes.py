@@ -8,7 +8,9 @@ ONNX Runtime fp32 and when it searches every combination the device lists; write
 Per batch size, one `dery run` over the device's searchable combinations (its default budgets, in the
 gaps between the donors' latencies on their fastest combination), then one with `--targets
 onnxruntime/fp32` at the same budgets in the same run folder (so donors, teacher, similarity,
-partition and profiles are shared, and only the search differs). Per budget: what ships under each
+partition and profiles are shared, and only the search differs). Batches not asked for keep their
+rows in the output file, each with its own commit; a rerun in a used folder keeps the batch's
+from-scratch times (`first_run`). Per budget: what ships under each
 (network, runtime, precision, measured latency, test top-1), and the difference. Also: the INT8
 test-accuracy change of every fine-tuned donor on each INT8 runtime, and each profile's time.
 """
@@ -106,7 +108,11 @@ def main() -> None:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     result = {"machine": machine(), "commit": commit.stdout.strip(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    result["batches"] = {}
+    prev = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    # batches not rerun keep their rows, each with the commit and time it was measured at
+    result["batches"] = {
+        b: {"commit": prev.get("commit"), "when": prev.get("when"), **res} for b, res in prev.get("batches", {}).items()
+    }
     for batch in [int(b) for b in args.batches.split(",")]:
         out = Path(args.work) / f"b{batch}"
         reused = (out / "run.json").is_file()  # a rerun in the same folder reuses the training: its time is not a run's
@@ -124,7 +130,21 @@ def main() -> None:
                 else None
             )
             rows.append({"budget_ms": a["budget_ms"], "all_targets": a, "onnxruntime_fp32_only": f, "top1_gain": gain})
+        before = result["batches"].get(str(batch), {})
+        first = (
+            before.get("first_run")
+            if reused
+            else {
+                "note": f"this run, from an empty folder ({result['when']}, commit {result['commit']})",
+                "run_seconds": {"all_targets": every["_seconds"], "onnxruntime_fp32_only": fp32["_seconds"]},
+                "profile_seconds": profile_seconds(every),
+                "budgets": every["budgets"],
+            }
+        )
         result["batches"][str(batch)] = {
+            "commit": result["commit"],
+            "when": result["when"],
+            **({"first_run": first} if first else {}),
             "targets": every["targets"],
             "budgets": every["budgets"],
             "rows": rows,
