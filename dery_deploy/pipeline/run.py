@@ -686,7 +686,7 @@ def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = ""
 def final_donors(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:
     """Donors trained with the final recipe: every one that may be a candidate at some budget (profiled
     up to `DONOR_NEAR` over it), since any candidate donor can be the pick that ships."""
-    return [n for n, ms in donor_ms.items() if any(donor_near(ms, b) for b in budgets)]
+    return [n for n, ms in donor_ms.items() if donor_near(ms, max(budgets))]
 
 
 def teacher_pool(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:
