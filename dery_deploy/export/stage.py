@@ -74,6 +74,7 @@ class BudgetVerdict:
     plan_batch: int | None = None
     percentile: int = 50  # of single calls, the budget's promise
     plan_threads: int | None = None
+    measured_in: str = ""  # where the measurement was taken, when not by the export itself
 
     def line(self) -> str:
         if not self.checked:

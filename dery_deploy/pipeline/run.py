@@ -538,7 +538,8 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
             verdict = budget_check(
                 res["plan"], shipped, onnx["device"], onnx["precision"], onnx["batch"], onnx.get("threads")
             )
-            onnx["budget"] = {**asdict(verdict), "measured_in": "the run's final pass, beside every compared network"}
+            verdict.measured_in = "the run's final pass, beside every compared network"
+            onnx["budget"] = asdict(verdict)
             report = Path(res["export_dir"]) / f"report-{res.get('export_format', 'onnx')}.json"
             if report.is_file():
                 atomic_write_json(report, {**json.loads(report.read_text()), "budget": onnx["budget"]})

@@ -78,6 +78,21 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
     recomputed = [s["stage"] for s in stages if s["status"] not in ("reused", "loaded") and s["stage"] != "report"]
     assert recomputed == []
 
+    # the shipped artifact measured over its budget: the report is still written, then one line and exit 2
+    # (the final pass is reused on a rerun, so its record of the shipped file is what the verdict reads)
+    fp_path = out / "final_pass.json"
+    fp = json.loads(fp_path.read_text())
+    [ship] = [k for k in fp["measurements"] if k.startswith("ship:")]
+    for q in ("median_ms", "p90_ms", "p99_ms"):
+        fp["measurements"][ship][q] = 0.5 * 1.5
+    fp_path.write_text(json.dumps(fp))
+    (out / "report.md").unlink()
+    over = run_dery(*ARGS, "-o", str(out))
+    assert_one_line_error(over, "[run]", "over budget", "OVER BUDGET by 50.0%", "--allow-over-budget")
+    assert over.returncode == 2 and (out / "report.md").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["results"][0]["onnx"]["budget"]["measured_in"].startswith("the run's final pass")
+
 
 def test_run_dir_of_another_zoo_refused(tmp_path):
     out = tmp_path / "r"
