@@ -14,7 +14,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 def run_dery(*args: str, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
     """Run the real `dery` CLI in a subprocess (exit code, stdout, stderr as a user sees them)."""
-    e = dict(os.environ, COLUMNS="200", **(env or {}))
+    e = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "dery_deploy.cli.main", *args],
         cwd=cwd,

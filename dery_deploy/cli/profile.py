@@ -110,7 +110,8 @@ def profile(
             + (f" and {assemblies} assemblies for the latency check" if assemblies else "")
             + f" written to {bundle}; copy it to the device and run there:\n"
             f"  python3 {bundle}/runner.py --bundle {bundle} --out result.json   (no TensorRT: --backend onnxruntime)\n"
-            f"then here: dery profile --import result.json"
+            f"then here: dery profile --import result.json",
+            soft_wrap=True,  # a command the user copies is never broken across lines, whatever the path's length
         )
         if part is None:
             err_console.print(
@@ -118,7 +119,8 @@ def profile(
                 "only: pick a budget from them. Plans also need the partition's blocks, adapters and heads: after "
                 f"`dery similarity --zoo {z.ref}` and `dery partition --zoo {z.ref}`, write a second bundle with "
                 f"`dery profile --zoo {z.ref} --device {spec.id} --bundle NEW_DIR --verify 20` and run it on the "
-                "device as well"
+                "device as well",
+                soft_wrap=True,
             )
         elif not verify:
             err_console.print(

@@ -251,10 +251,10 @@ def as_if_measured_on_the_jetson(result):
     result.write_text(json.dumps(res))
 
 
-def dery_ok(*args):
+def dery_ok(*args, env=None):
     from tests.conftest import run_dery
 
-    p = run_dery(*args)
+    p = run_dery(*args, env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     return p
 
@@ -270,8 +270,10 @@ def test_jetson_journey_bundle_verify_import_assemble(tiny_ws, tmp_path):
     cache, bundle, result = tmp_path / "cache", tmp_path / "jb", tmp_path / "result.json"
     tiny = ("--zoo", str(TINY_ZOO), "--partition", str(tiny_ws.partition_path), "--cache", str(cache))
     p = dery_ok("profile", *tiny, "--device", "jetson-orin-nano", "--precision", "fp32", "--bundle", str(bundle),
-                "--verify", "4", "--seed", "3")  # fmt: skip
+                "--verify", "4", "--seed", "3", env={"COLUMNS": "60"})  # fmt: skip
     assert "and 4 assemblies for the latency check" in p.stdout and "--backend onnxruntime" in p.stdout
+    # the command to copy stays on one line in a narrow terminal, whatever the temporary path's length
+    assert f"python3 {bundle}/runner.py --bundle {bundle} --out result.json" in p.stdout
     man = json.loads((bundle / "manifest.json").read_text())
     asm = [i for i in man["items"] if i["kind"] == "assembly"]
     # the assemblies `dery profile --verify 4 --seed 3` measures on a machine that profiles itself
