@@ -65,8 +65,8 @@ def export(
     )
     b = BudgetVerdict(**rep["budget"]) if rep.get("budget") else None
     if b is not None:
-        style = "green" if (b.checked and b.within_budget) else ("red" if b.checked else "dim")
-        console.print(f"[{style}]{b.line()}[/]" + (" (allowed)" if b.checked and not b.within_budget else ""))
+        style = {"within": "green", "over": "red", "undecided": "yellow"}.get(b.status, "dim")
+        console.print(f"[{style}]{b.line()}[/]" + (" (allowed)" if b.over else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -34,6 +34,7 @@ from dery_deploy.profile.run import PASS_ITEMS, latency_summary, run_profile
 from dery_deploy.profile.run import verify as run_verify
 from dery_deploy.profile.store import read_profile
 from dery_deploy.runtime.devices import default_device, get_device
+from dery_deploy.runtime.harness import busy_note
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
 
@@ -227,6 +228,8 @@ def show_profile(s: dict) -> None:
             f"{100 * p['noise_index']:.1f}%, {p['unstable']} not stable",
             style="dim",
         )
+    if busy := busy_note(s.get("passes", [])):
+        err_console.print(f"[yellow]note:[/] {busy}", soft_wrap=True)
     threads = f", {s['threads']} thread" + ("" if s["threads"] == 1 else "s") if s.get("threads") else ""
     listing = Listing(
         f"donors, whole, on {s['device']} ({s['backend']} {s['precision']}, batch {s['batch']}{threads}): pick a "

@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_text
+from dery_deploy.export.stage import BudgetVerdict
 from dery_deploy.report.plots import pareto_png
 from dery_deploy.similarity.compute import heatmap_png
 
@@ -74,6 +75,7 @@ def answers(run: dict, root: Path | None = None) -> list[dict]:
                 "measured_ms": r.get("measured_ms"),
                 "uncertainty": r.get("measured_uncertainty") or 0.0,
                 "within_budget": budget.get("within_budget") if budget.get("checked") else None,
+                "undecided": bool(budget.get("checked")) and budget.get("within_budget") is None,
                 "top1": r["top1"],
                 "donor": best,
                 "donor_top1": _donor_top1(r, run, best),
@@ -96,6 +98,8 @@ def measured_text(a: dict) -> str:
         return "-"
     at = "" if a["percentile"] == 50 else f" (p{a['percentile']})"
     verdict = {True: ", within budget", False: ", OVER BUDGET", None: ""}[a["within_budget"]]
+    if a.get("undecided"):
+        verdict = ", UNDECIDED (too noisy to judge)"
     return f"{a['measured_ms']:.4f} ms{at} ±{100 * a['uncertainty']:.1f}%{verdict}"
 
 
@@ -373,11 +377,7 @@ def write_report(out: Path, manifest, zoo, sim, part, prof, rows: list[dict]) ->
                 continue
             if "parity" in e:
                 b = e.get("budget") or {}
-                verdict = (
-                    "not checked"
-                    if not b.get("checked")
-                    else ("within budget" if b["within_budget"] else "OVER BUDGET")
-                )
+                verdict = BudgetVerdict(**b).word() if b.get("checked") else "not checked"
                 lines += [
                     f"- {fmt}: `{e['artifact']}`, parity max |diff| {e['parity']['max_abs_diff']:.2e} on "
                     f"{e['parity']['images']} images, top-1 identical {e['parity']['top1_identical']}; latency "

@@ -11,8 +11,13 @@ median reference speed where that predicts measured assemblies better (chosen by
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from dery_deploy.runtime.onnx import onnx_from_module
+from dery_deploy.runtime.worker import FileItem
 
 REFERENCE = "4x (conv3x3 16->16 + ReLU) on batch x 16 x 32 x 32, seed 0"
 REFERENCE_KEY = "reference|" + REFERENCE
@@ -32,3 +37,11 @@ def reference_module() -> nn.Module:
 
 def reference_input(batch: int) -> torch.Tensor:
     return torch.randn(batch, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def reference_item(folder: Path, runtime: str, threads: int) -> FileItem:
+    """The reference workload at batch 1 as an ONNX file in `folder`, for a measurement worker's pass."""
+    path = folder / "reference.onnx"
+    if not path.is_file():
+        path.write_bytes(onnx_from_module(reference_module(), reference_input(1)))
+    return FileItem(REFERENCE_KEY, str(path), runtime, threads, list(reference_input(1).shape))

@@ -16,12 +16,21 @@ Why this shape (measured on this project's 2-core VM, `scripts/bench_repeatabili
 - The pass's noise index says how disturbed the machine was: the median over items of how much
   slower their typical window ran than their quiet one (0.02 = 2%, a quiet machine here).
 
+- What a budget promises is judged by the statistic a user measures with trtexec, benchmark_app or
+  MLPerf: the per-call percentile over all calls of the steady-state run (`Measurement.promise_at`),
+  with its bootstrap standard error over windows. The quiet-window estimate ranks items inside a
+  pass; the all-calls figure is what a user reproduces with the file alone.
+- Load from other processes is not the device's latency: every pass reads how much CPU time the
+  rest of the machine took while it timed (`/proc/stat` less this process's own), and a pass during
+  which others used more than `BUSY_CORES` of a core is flagged (`PassSummary.busy`).
+
 Per-call samples are taken with CUDA events on a GPU (device time, no host sync inside a window)
 and `time.perf_counter_ns` on a CPU, where the call itself is synchronous.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -31,11 +40,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 PERCENTILES = (50, 90, 99)  # of single calls: what a budget can promise (`--percentile`)
 QUIET = 25  # the windows' percentile an estimate is taken at (robust to disturbed windows)
 BOOTSTRAP = 200  # resamples of windows for an estimate's uncertainty
+BOOTSTRAP_CALLS = 64  # calls per window the all-calls bootstrap resamples
+BUSY_CORES = 0.15  # other processes' average CPU use during a pass (cores) above which it was a busy machine
 
 
 @dataclass
@@ -56,6 +66,7 @@ class TimingOptions:
     max_s: float = 20.0
     percentile: int = 50
     seed: int = 0
+    statistic: str = "quiet"  # whose uncertainty must reach `target`: "quiet" windows, or "all" calls (a promise)
 
     def min_calls(self) -> int:
         return {50: 5, 90: 20, 99: 100}[self.percentile]
@@ -63,7 +74,7 @@ class TimingOptions:
     @classmethod
     def for_budget(cls, percentile: int = 50) -> TimingOptions:
         """A budget check on what ships: p90 and p99 over at least 1024 calls (MLPerf single-stream)."""
-        opts = cls(percentile=percentile)
+        opts = cls(percentile=percentile, statistic="all")
         if percentile != 50:
             opts.min_windows = max(opts.min_windows, -(-1024 // opts.min_calls()))
         return opts
@@ -83,13 +94,24 @@ class Measurement:
     noise: float  # how much slower the item's typical window ran than its quiet one (relative)
     window_medians_ms: list[float] = field(default_factory=list)
     uncertainties: dict[str, float] = field(default_factory=dict)  # per percentile: "p90" -> relative
+    # the per-call percentiles over all calls of the run (what trtexec / benchmark_app print) and their
+    # relative standard errors ("p50", "p90", "p99"); absent in measurements recorded before they were kept
+    all_calls_ms: dict[str, float] = field(default_factory=dict)
+    all_calls_uncertainties: dict[str, float] = field(default_factory=dict)
 
     def at(self, percentile: int) -> float:
-        """The estimate at a per-call percentile (50, 90 or 99)."""
+        """The quiet-window estimate at a per-call percentile (50, 90 or 99): what ranks items in a pass."""
         return {50: self.median_ms, 90: self.p90_ms, 99: self.p99_ms}[percentile]
 
     def uncertainty_at(self, percentile: int) -> float:
         return self.uncertainty if percentile == 50 else self.uncertainties.get(f"p{percentile}", self.uncertainty)
+
+    def promise_at(self, percentile: int) -> float:
+        """The per-call percentile over all calls: the figure a budget is judged by and a user reproduces."""
+        return self.all_calls_ms.get(f"p{percentile}", self.at(percentile))
+
+    def promise_uncertainty_at(self, percentile: int) -> float:
+        return self.all_calls_uncertainties.get(f"p{percentile}", self.uncertainty_at(percentile))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,6 +121,8 @@ class Measurement:
         d["uncertainty"] = round(d["uncertainty"], 5)
         d["noise"] = round(d["noise"], 5)
         d["uncertainties"] = {k: round(v, 5) for k, v in d["uncertainties"].items()}
+        d["all_calls_ms"] = {k: round(v, 5) for k, v in d["all_calls_ms"].items()}
+        d["all_calls_uncertainties"] = {k: round(v, 5) for k, v in d["all_calls_uncertainties"].items()}
         return d
 
 
@@ -113,21 +137,88 @@ class PassSummary:
     unstable: int
     threads: int | None
     when: str
+    # cores' worth of CPU time other processes took while the pass timed (None: not readable here)
+    other_load_cores: float | None = None
+    cores: int | None = None
+    # the reference workload's per-call median over all calls in this pass, where the pass timed it:
+    # the machine's speed at the time, which figures of different passes and processes are related by
+    reference_ms: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether other processes loaded the machine during the pass (its figures include their load)."""
+        return self.other_load_cores is not None and self.other_load_cores > BUSY_CORES
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def load_line(self) -> str:
+        """A warning when the machine was busy, else empty."""
+        if not self.busy:
+            return ""
+        return (
+            f"other processes used {self.other_load_cores:.2f} of {self.cores} cores while this pass timed: its "
+            "figures are a busy machine's, not the device's; measure again with nothing else running"
+        )
+
     def line(self) -> str:
+        load = f"; {self.load_line()}" if self.busy else ""
         return (
             f"{self.items} items in {self.seconds:.1f} s, noise index {100 * self.noise_index:.1f}% "
-            f"(typical window vs quiet window), {self.unstable} not stable"
+            f"(typical window vs quiet window), {self.unstable} not stable{load}"
         )
+
+
+def busy_note(passes: list[dict]) -> str:
+    """One line on the passes (as recorded, `PassSummary.to_dict`) that other processes loaded, or empty."""
+    busy = [p for p in passes if (p.get("other_load_cores") or 0) > BUSY_CORES]
+    if not busy:
+        return ""
+    worst = max(p["other_load_cores"] for p in busy)
+    return (
+        f"{len(busy)} of {len(passes)} measurement passes ran while other processes used up to {worst:.2f} of "
+        f"{busy[0].get('cores')} cores: those figures are a busy machine's, not the device's; profile again "
+        "with nothing else running (a rerun measures only what is missing: delete the profile to redo it)"
+    )
+
+
+class MachineLoad:
+    """CPU time the rest of the machine takes between `start()` and `stop()`, in cores (Linux /proc/stat
+    less this process's own user and system time, all its threads included)."""
+
+    def __init__(self) -> None:
+        self._t0: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        tick = os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        busy = (user + nice + system + irq + softirq + steal) / tick
+        return time.perf_counter(), busy, own.user + own.system
+
+    def start(self) -> None:
+        self._t0 = self._read()
+
+    def stop(self) -> float | None:
+        t1 = self._read()
+        if self._t0 is None or t1 is None or t1[0] <= self._t0[0]:
+            return None
+        wall = t1[0] - self._t0[0]
+        others = (t1[1] - self._t0[1]) - (t1[2] - self._t0[2])
+        return round(max(0.0, others) / wall, 3)
 
 
 def time_calls(fn: Callable[[], object], n: int, cuda: bool, stream=None) -> list[float]:
     """n per-call latencies in ms. On CUDA the events are recorded on `stream` (the one `fn` enqueues
     its work on; torch's current stream when None)."""
     if cuda:
+        import torch  # only where CUDA is timed: a measurement worker runs without torch
+
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         for s, e in zip(starts, ends):
@@ -150,6 +241,8 @@ def torch_threads(threads: int | None):
     if threads is None:
         yield
         return
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -171,6 +264,8 @@ def _warm_up(it: _Item, opts: TimingOptions) -> None:
     """A few calls, then the window size that lasts about `window_s`."""
     it.fn()
     if it.cuda:
+        import torch
+
         torch.cuda.synchronize()
     per_call = statistics.median(time_calls(it.fn, 3, it.cuda, it.stream))
     warm_calls = max(1, min(200, int(0.02 / max(per_call * 1e-3, 1e-6))))  # ~20 ms of calls (per_call is in ms)
@@ -191,10 +286,37 @@ def _estimates(windows: list[np.ndarray], rng: np.random.Generator) -> tuple[dic
     return dict(zip(PERCENTILES, est.tolist())), dict(zip(PERCENTILES, rel.tolist()))
 
 
+def _all_calls(windows: list[np.ndarray], rng: np.random.Generator) -> tuple[dict[int, float], dict[int, float]]:
+    """Per percentile: the per-call percentile over every call, and its relative bootstrap standard
+    error (windows resampled whole, so that slow stretches of the machine count as the unit of noise)."""
+    calls = np.concatenate(windows)
+    est = np.percentile(calls, PERCENTILES)
+    if len(windows) < 3:
+        return dict(zip(PERCENTILES, est.tolist())), dict.fromkeys(PERCENTILES, float("inf"))
+    idx = rng.integers(0, len(windows), size=(BOOTSTRAP, len(windows)))
+    # a window's spread is known from a strided sample of its calls (a fast item's window holds a
+    # thousand): the error is dominated by how windows differ, and the resampling stays small
+    thin = [w[:: max(1, len(w) // BOOTSTRAP_CALLS)][:BOOTSTRAP_CALLS] for w in windows]
+    if len({len(w) for w in thin}) == 1:  # one item's windows have one size: resample rows of a matrix
+        boot = np.percentile(np.stack(thin)[idx].reshape(BOOTSTRAP, -1), PERCENTILES, axis=1).T
+    else:
+        boot = np.array([np.percentile(np.concatenate([thin[i] for i in row]), PERCENTILES) for row in idx])
+    rel = boot.std(axis=0) / np.maximum(est, 1e-12)
+    return dict(zip(PERCENTILES, est.tolist())), dict(zip(PERCENTILES, rel.tolist()))
+
+
+def _uncertainty(it: _Item, rng: np.random.Generator, opts: TimingOptions) -> float:
+    """The relative standard error of the statistic the pass must pin down, at its percentile."""
+    rel = (_all_calls if opts.statistic == "all" else _estimates)(it.windows, rng)[1]
+    return rel[opts.percentile]
+
+
 def _result(it: _Item, rng: np.random.Generator, opts: TimingOptions) -> Measurement:
     est, rel = _estimates(it.windows, rng)
+    every, every_rel = _all_calls(it.windows, rng)
     medians = [float(np.median(w)) for w in it.windows]
     typical = float(np.median(medians))
+    target_rel = every_rel if opts.statistic == "all" else rel
     return Measurement(
         est[50],
         est[90],
@@ -202,10 +324,12 @@ def _result(it: _Item, rng: np.random.Generator, opts: TimingOptions) -> Measure
         rel[50],
         sum(len(w) for w in it.windows),
         len(it.windows),
-        rel[opts.percentile] <= opts.target,
+        target_rel[opts.percentile] <= opts.target,
         max(0.0, typical / est[50] - 1) if est[50] > 0 else 0.0,
         medians,
         {f"p{q}": rel[q] for q in PERCENTILES if q != 50},
+        {f"p{q}": every[q] for q in PERCENTILES},
+        {f"p{q}": every_rel[q] for q in PERCENTILES},
     )
 
 
@@ -229,9 +353,11 @@ def measure_interleaved(
     order_rng = random.Random(opts.seed)
     items = {k: _Item(fn, cuda, stream) for k, (fn, cuda, stream) in runners.items()}
     t0 = time.perf_counter()
+    load = MachineLoad()
     with torch_threads(threads):
         for it in items.values():
             _warm_up(it, opts)
+        load.start()
         keys = list(items)
         planned = opts.min_windows * len(keys)
 
@@ -251,10 +377,11 @@ def measure_interleaved(
         over = list(keys)
         while over and time.perf_counter() - t_extra < opts.max_s:
             over = [k for k in over if len(items[k].windows) < cap]
-            over = [k for k in over if _estimates(items[k].windows, rng)[1][opts.percentile] > opts.target]
+            over = [k for k in over if _uncertainty(items[k], rng, opts) > opts.target]
             if over:
                 planned = max(planned, sum(len(i.windows) for i in items.values()) + len(over))
                 window_round(over)
+    other_load = load.stop()
     out = {k: _result(it, rng, opts) for k, it in items.items()}
     summary = PassSummary(
         len(out),
@@ -264,6 +391,8 @@ def measure_interleaved(
         sum(not m.stable for m in out.values()),
         threads,
         time.strftime("%Y-%m-%dT%H:%M:%S"),
+        other_load,
+        os.cpu_count(),
     )
     return out, summary
 

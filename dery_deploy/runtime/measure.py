@@ -14,15 +14,31 @@ Memory, per backend and device:
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from dery_deploy.runtime.backends.base import Backend, Runner
+from dery_deploy.runtime.backends.onnx_based import OnnxBackend
 from dery_deploy.runtime.calibration import REFERENCE_KEY, reference_input, reference_module
 from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions, measure_interleaved, torch_threads
+from dery_deploy.runtime.worker import FileItem, measure_files
+
+# set to 1 to time ONNX-file runtimes inside the calling process, as before the measurement worker
+# existed: kept so that what isolation changes can be measured (scripts/bench_reproduce.py)
+IN_PROCESS_ENV = "DERY_MEASURE_IN_PROCESS"
+
+
+def isolated(backend: Backend, device: str) -> bool:
+    """Whether `backend`'s items are timed in a measurement worker (`runtime.worker`): the runtimes that
+    run an exported file on the CPU. torch backends and GPUs are timed in the process that built them."""
+    return device == "cpu" and isinstance(backend, OnnxBackend) and os.environ.get(IN_PROCESS_ENV) != "1"
 
 
 @dataclass
@@ -123,6 +139,19 @@ def measure_modules(
         if progress:
             progress.update(task, description=f"{label}: timing window {done}/{planned}")
 
+    if isolated(backend, device):
+        worker_builds = {k: (backend, precision, builds[k]) for k in keys}
+        if reference_batch is not None:
+            worker_builds[REFERENCE_KEY] = (
+                backend,
+                precision,
+                lambda: (reference_module(), reference_input(reference_batch)),
+            )
+        got, summary = _measure_in_worker(worker_builds, opts, built, timed if progress else None)
+        ref = got.pop(REFERENCE_KEY, None)
+        for m in got.values():
+            m.calibration_ms = ref.timing.median_ms if ref else None
+        return got, [summary]
     for group in groups:
         backend.reset()
         prepared = _prepare_group(backend, builds, group, precision, device, reference_batch, built)
@@ -139,6 +168,47 @@ def measure_modules(
         summaries.append(summary)
         del prepared  # free the group's sessions / graphs before the next is built
     return out, summaries
+
+
+def _measure_in_worker(
+    builds: dict[str, tuple[Backend, str, Callable[[], tuple[nn.Module, torch.Tensor]]]],
+    opts: TimingOptions | None,
+    built: Callable[[], None],
+    timed: Callable[[int, int], None] | None,
+) -> tuple[dict[str, ItemMeasurement], PassSummary]:
+    """Export every item to the file its runtime runs, then time the files in one interleaved pass in a
+    measurement worker, which also measures each one's fresh-instance memory."""
+    with tempfile.TemporaryDirectory(prefix="dery-items-") as tmp:
+        items, build_s = [], {}
+        for i, (k, (backend, precision, build)) in enumerate(builds.items()):
+            assert isinstance(backend, OnnxBackend)
+            t0 = time.perf_counter()
+            module, example = build()
+            path = Path(tmp) / f"item{i}.onnx"
+            path.write_bytes(backend.onnx_bytes(module, example, precision))
+            build_s[k] = time.perf_counter() - t0
+            threads = backend.threads or torch.get_num_threads()
+            items.append(FileItem(k, str(path), backend.name, threads, list(example.shape)))
+            built()
+        res = measure_files(items, opts, memory=[k for k in builds if k != REFERENCE_KEY], progress=timed)
+    out = {k: ItemMeasurement(m, res.memory_mb.get(k), build_s[k]) for k, m in res.measurements.items()}
+    return out, res.summary
+
+
+def _worker_pass(builds, opts, progress, label: str) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
+    """`measure_across` in a measurement worker, with the same progress bar."""
+    task = progress.add_task(f"{label}: build", total=len(builds)) if progress else None
+
+    def advance() -> None:
+        if progress:
+            progress.update(task, advance=1)
+
+    def tick(done: int, planned: int) -> None:
+        if progress:
+            progress.update(task, description=f"{label}: timing window {done}/{planned} (measurement worker)")
+
+    got, summary = _measure_in_worker(builds, opts, advance, tick if progress else None)
+    return got, [summary]
 
 
 def measure_module(
@@ -168,6 +238,9 @@ def measure_across(
     Args:
         builds: key -> (backend, precision, a function returning (module, example input)).
     """
+    if builds and all(isolated(v[0], device) for v in builds.values()):
+        # a worker sets each file's runtime and threads in its own session: all of them share one pass
+        return _worker_pass(builds, opts, progress, label)
     pooled = {k: v for k, v in builds.items() if v[0].max_live is None}
     apart = {k: v for k, v in builds.items() if v[0].max_live is not None}
     threads = {v[0].threads for v in pooled.values()}

@@ -22,8 +22,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from dery_deploy.errors import DeryError
 
 INSTALL = "backend openvino needs the openvino package (pip install openvino)"
@@ -46,12 +44,18 @@ def core():
     return _CORE
 
 
+def _default_threads() -> int:
+    import torch  # the process's compute threads, where the caller named none (a measurement worker always does)
+
+    return torch.get_num_threads()
+
+
 def compile_config(threads: int | None) -> dict:
     """The CPU plugin's properties for a single-stream latency measurement (module docstring)."""
     return {
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
-        "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+        "INFERENCE_NUM_THREADS": threads or _default_threads(),
         "ENABLE_HYPER_THREADING": False,
         "ENABLE_CPU_PINNING": False,
         "INFERENCE_PRECISION_HINT": "f32",

@@ -85,6 +85,8 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
     [ship] = [k for k in fp["measurements"] if k.startswith("ship:")]
     for q in ("median_ms", "p90_ms", "p99_ms"):
         fp["measurements"][ship][q] = 0.5 * 1.5
+    fp["measurements"][ship]["all_calls_ms"] = {"p50": 0.75, "p90": 0.8, "p99": 0.9}
+    fp["measurements"][ship]["all_calls_uncertainties"] = {"p50": 0.005, "p90": 0.005, "p99": 0.01}
     fp_path.write_text(json.dumps(fp))
     (out / "report.md").unlink()
     over = run_dery(*ARGS, "-o", str(out))

@@ -154,3 +154,51 @@ def test_one_pass_compares_runtimes_and_precisions_of_the_same_network():
     out, passes = measure_across(builds, "cpu", TimingOptions(min_windows=5, max_s=0.5))
     assert len(passes) == 1 and passes[0].items == 3  # one interleaved pass over all three
     assert all(out[k].timing.median_ms > 0 and out[k].peak_memory_mb is not None for k in builds)
+
+
+def test_the_promise_is_the_percentile_over_all_calls_not_the_quiet_windows():
+    """What a budget is judged by is what a user measures with the file alone: every call counts, the
+    disturbed windows too (one window in three runs 3x slower: its calls raise the p90 over all calls)."""
+    calls = {"n": 0}
+
+    def sometimes_disturbed():
+        calls["n"] += 1
+        spin(0.3 if (calls["n"] // 10) % 3 == 0 else 0.1)
+
+    m = measure(sometimes_disturbed, opts=TimingOptions(min_windows=12, window_s=0.001, max_s=0.5, statistic="all"))
+    assert m.p90_ms == pytest.approx(0.1, rel=0.2)  # the quiet windows hide the slow third
+    assert m.promise_at(90) == pytest.approx(0.3, rel=0.2)  # over all calls it is the slow calls' figure
+    assert m.promise_at(50) == pytest.approx(0.1, rel=0.2)
+    assert 0 < m.promise_uncertainty_at(50) < 0.5 and m.all_calls_ms.keys() == {"p50", "p90", "p99"}
+
+
+def test_all_calls_percentile_and_its_bootstrap_error_are_those_of_the_pooled_calls():
+    import numpy as np
+
+    from dery_deploy.runtime.harness import _all_calls
+
+    rng = np.random.default_rng(0)
+    steady = [rng.normal(1.0, 0.01, 200) for _ in range(20)]
+    est, rel = _all_calls(steady, np.random.default_rng(1))
+    assert est[50] == pytest.approx(float(np.percentile(np.concatenate(steady), 50)))
+    assert rel[50] < 0.005  # windows alike: the pooled median is pinned down
+    drifting = [rng.normal(1.0 + 0.2 * (i % 2), 0.01, 200) for i in range(20)]  # every other window 20% slower
+    assert _all_calls(drifting, np.random.default_rng(1))[1][50] > 5 * rel[50]
+
+
+def test_a_pass_during_which_another_process_computes_is_flagged_busy():
+    import subprocess
+    import sys
+
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 3\nwhile time.time() < t: pass"])
+    try:
+        time.sleep(0.2)
+        _, summary = measure_interleaved(
+            {"a": (lambda: spin(0.2), False, None)}, TimingOptions(min_windows=200, window_s=0.005, max_s=0)
+        )
+    finally:
+        hog.kill()
+        hog.wait()
+    # the other process took most of a core while the pass timed (the pass's own core is not counted)
+    assert summary.other_load_cores is not None and summary.other_load_cores > 0.3, summary
+    assert summary.busy and "busy machine" in summary.line()

@@ -17,14 +17,17 @@ class OnnxBackend(Backend, ABC):
     """A backend that runs the item's ONNX export: fp32, or the QDQ INT8 file calibrated on the example."""
 
     def prepare(self, module, example, precision, device) -> Runner:
-        """Export (and for int8 quantize, calibrated on `example`: latency does not depend on the
-        ranges), then the backend's runner for it."""
+        """Export (and for int8 quantize), then the backend's runner for it."""
         t0 = time.perf_counter()
+        data = self.onnx_bytes(module, example, precision)
+        return self.runner_from_onnx(data, example.float().cpu(), device, t0)
+
+    def onnx_bytes(self, module, example, precision) -> bytes:
+        """The ONNX this backend runs for `module`: fp32, or QDQ INT8 calibrated on `example` (latency
+        does not depend on the ranges)."""
         x = example.float().cpu()
         data = onnx_from_module(own_copy(module, "cpu", torch.float32), x)
-        if precision == "int8":
-            data = qdq_from_onnx(data, x)
-        return self.runner_from_onnx(data, x, device, t0)
+        return qdq_from_onnx(data, x) if precision == "int8" else data
 
     @abstractmethod
     def runner_from_onnx(

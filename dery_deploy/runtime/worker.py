@@ -1,0 +1,160 @@
+"""A measurement worker: model files timed in a process of their own, which loads only the runtimes
+of its items (no torch, no training state, no other stage's sessions or thread pools).
+
+Why: a latency the tool decides or promises with must be the latency the file has where it runs.
+Timed inside `dery run`'s own process, after training and beside every other runtime's sessions,
+the same file measured 0.548 ms where a fresh process measured 0.32 ms minutes later (issue 26's
+evidence, an Intel Xeon VM). The worker is that fresh process: `measure_files` writes a request,
+runs `python -m dery_deploy.runtime.worker REQUEST RESULT`, and reads the interleaved pass back
+(`harness.measure_interleaved`, the same windows, statistics and load check as every pass).
+
+Usage (what `measure_files` runs; a person can run it too):
+    python -m dery_deploy.runtime.worker request.json result.json
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dery_deploy.artifacts import atomic_write_json
+from dery_deploy.errors import DeryError
+from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions, measure_interleaved, rss_rise_mb
+from dery_deploy.runtime.sessions import ort_session
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+@dataclass
+class FileItem:
+    """One model file to time: its runtime, the threads it computes with and its input shape."""
+
+    key: str
+    path: str  # .onnx (either runtime) or OpenVINO .xml
+    runtime: str
+    threads: int
+    shape: list[int]
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise DeryError(f"a measurement worker runs {', '.join(RUNTIMES)}, not {self.runtime!r}")
+
+
+def file_runner(item: FileItem) -> Callable[[], object]:
+    """A call of `item`'s file on a fixed random input of its shape, built as it ships."""
+    x = np.random.default_rng(0).standard_normal(item.shape, dtype=np.float32)
+    if item.runtime == "onnxruntime":
+        sess = ort_session(Path(item.path), item.threads)
+        name = sess.get_inputs()[0].name
+        return lambda: sess.run(None, {name: x})
+    from dery_deploy.runtime.openvino import compile_model
+
+    request = compile_model(Path(item.path), item.threads, tuple(item.shape)).create_infer_request()
+    return lambda: request.infer({0: x}, share_inputs=True, share_outputs=True)
+
+
+@dataclass
+class WorkerResult:
+    """What a worker measured: per item its timing and (where asked) a fresh instance's peak memory."""
+
+    measurements: dict[str, Measurement]
+    memory_mb: dict[str, float]
+    summary: PassSummary
+    modules: list[str]  # the heavy libraries the measuring process had loaded (never torch)
+
+
+def _fresh_memory_mb(item: FileItem) -> float:
+    """What a deployment pays: a new session's weights, arena and first run, as a rise of peak RSS."""
+    return rss_rise_mb(lambda: file_runner(item)())
+
+
+def _progress_line(done: int, planned: int) -> None:
+    print(f"progress {done} {planned}", flush=True)  # read by `measure_files` to move its bar
+
+
+def serve(request: Path, result: Path) -> None:
+    """Build every item of the request, time them in one interleaved pass, write the result."""
+    req = json.loads(request.read_text())
+    items = [FileItem(**d) for d in req["items"]]
+    memory = {it.key: round(_fresh_memory_mb(it), 3) for it in items if it.key in req.get("memory", [])}
+    runners = {it.key: (file_runner(it), False, None) for it in items}
+    meas, summary = measure_interleaved(runners, TimingOptions(**req["options"]), progress=_progress_line)
+    heavy = sorted(m for m in ("torch", "timm", "onnxruntime", "openvino") if m in sys.modules)
+    out = WorkerResult(meas, memory, summary, heavy)
+    atomic_write_json(
+        result,
+        {
+            "measurements": {k: m.to_dict() for k, m in out.measurements.items()},
+            "memory_mb": out.memory_mb,
+            "summary": out.summary.to_dict(),
+            "modules": out.modules,
+        },
+    )
+
+
+def measure_files(
+    items: list[FileItem],
+    opts: TimingOptions | None = None,
+    memory: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    timeout_s: float = 1800,
+) -> WorkerResult:
+    """Time `items` in one interleaved pass in a fresh worker process (module docstring).
+
+    Args:
+        memory: keys of the items whose fresh instance's peak memory the worker measures too.
+        progress: called with (windows done, windows planned) as the worker reports them.
+    Raises:
+        DeryError: the worker failed (its last line of error output is named) or ran past `timeout_s`.
+    """
+    opts = opts or TimingOptions()
+    missing = [i.path for i in items if not Path(i.path).is_file()]
+    if missing:
+        raise DeryError(f"no model file {missing[0]} to measure: export it again")
+    with tempfile.TemporaryDirectory(prefix="dery-worker-") as tmp:
+        req, res, err = (Path(tmp) / n for n in ("request.json", "result.json", "stderr.txt"))
+        body = {"items": [asdict(i) for i in items], "options": asdict(opts), "memory": memory or []}
+        req.write_text(json.dumps(body))
+        cmd = [sys.executable, "-m", "dery_deploy.runtime.worker", str(req), str(res)]
+        with err.open("w") as errf, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True) as proc:
+            deadline = time.monotonic() + timeout_s
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                parts = line.split()
+                if progress and len(parts) == 3 and parts[0] == "progress":
+                    progress(int(parts[1]), int(parts[2]))
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise DeryError(f"the measurement worker ran past {timeout_s:g} s timing {len(items)} files")
+            code = proc.wait()
+        if code != 0 or not res.is_file():
+            last = (err.read_text().strip().splitlines() or [f"exit code {code}"])[-1]
+            raise DeryError(f"the measurement worker failed timing {len(items)} files: {last}")
+        out = json.loads(res.read_text())
+    return WorkerResult(
+        {k: Measurement(**v) for k, v in out["measurements"].items()},
+        out["memory_mb"],
+        PassSummary(**out["summary"]),
+        out["modules"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m dery_deploy.runtime.worker REQUEST.json RESULT.json", file=sys.stderr)
+        return 2
+    serve(Path(args[0]), Path(args[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

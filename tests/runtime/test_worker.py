@@ -1,0 +1,62 @@
+"""The measurement worker: model files timed in a process that loads only their runtimes."""
+
+import pytest
+import torch
+from torch import nn
+
+from dery_deploy.errors import DeryError
+from dery_deploy.runtime.harness import TimingOptions
+from dery_deploy.runtime.onnx import onnx_from_module
+from dery_deploy.runtime.worker import FileItem, measure_files
+
+
+def conv_net(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)).eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("worker")
+    x = torch.randn(1, 3, 32, 32)
+    out = {}
+    for w in (8, 64):
+        p = d / f"w{w}.onnx"
+        p.write_bytes(onnx_from_module(conv_net(w), x))
+        out[w] = p
+    return out
+
+
+def test_worker_times_files_on_both_runtimes_without_torch(files):
+    items = [
+        FileItem("small@ort", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32]),
+        FileItem("big@ort", str(files[64]), "onnxruntime", 1, [1, 3, 32, 32]),
+        FileItem("big@ov", str(files[64]), "openvino", 1, [1, 3, 32, 32]),
+    ]
+    res = measure_files(items, TimingOptions(min_windows=6, max_s=1), memory=["big@ort"])
+    m = res.measurements
+    assert set(m) == {"small@ort", "big@ort", "big@ov"}
+    # 64x the multiply-adds in the second conv: far slower, whatever else runs on the machine
+    assert m["big@ort"].promise_at(50) > 4 * m["small@ort"].promise_at(50)
+    assert m["big@ov"].runs > 0 and m["big@ov"].all_calls_ms.keys() == {"p50", "p90", "p99"}
+    # the measuring process loaded the runtimes of its items and nothing of torch's
+    assert "torch" not in res.modules and {"onnxruntime", "openvino"} <= set(res.modules)
+    assert res.memory_mb["big@ort"] > 0 and "small@ort" not in res.memory_mb
+    assert res.summary.items == 3 and res.summary.cores is not None
+
+
+def test_a_missing_file_is_one_clear_error_before_any_process_starts(tmp_path):
+    with pytest.raises(DeryError, match="no model file .*nothing.onnx to measure"):
+        measure_files([FileItem("x", str(tmp_path / "nothing.onnx"), "onnxruntime", 1, [1, 3, 8, 8])])
+
+
+def test_a_worker_that_fails_names_its_last_error_line(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(DeryError, match="the measurement worker failed timing 1 files: .*"):
+        measure_files([FileItem("x", str(bad), "onnxruntime", 1, [1, 3, 8, 8])])
+
+
+def test_an_unknown_runtime_is_refused():
+    with pytest.raises(DeryError, match="not 'tensorrt'"):
+        FileItem("x", "m.onnx", "tensorrt", 1, [1])
