@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Is the latency a run records the latency its shipped file has alone? Writes bench/reproduce.json.
+
+    python scripts/bench_reproduce.py [--quick] [--targets T,...] [--batches 1,32] [--calls 3000]
+                                      [--runs-dir bench-runs/reproduce] [-o bench/reproduce.json]
+
+1. Per target (one `dery run --targets T --batch B` each, at every batch; `--quick` for the quick
+   recipe): the run's recorded latency of every shipped artifact (its final pass, per-call p50 and
+   p90 over all calls, with the pass's reference workload), then, right after the run, the same
+   files measured in a fresh measurement worker with the recorded settings (at least `--calls`
+   calls each, interleaved with the reference workload). Both raw and related to the machine's
+   speed (latency / reference latency in the same pass): targets 3% at p50, 5% at p90.
+2. The context effects, each as the shipped file's p50 in that context against the file alone in a
+   worker: timed inside this process right after torch trained on every core; inside this process
+   with nothing trained; in a worker pass that also holds OpenVINO items; in a worker pass of 30
+   items. Each effect is what the run's own measurement would carry had it been taken that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import ROOT, machine
+
+
+def run_once(target: str, batch: int, out: Path, quick: bool) -> dict:
+    """`dery run` for one target and batch (reused when its folder finished before)."""
+    args = ["run", "--targets", target, "--batch", str(batch), "-o", str(out), "--allow-over-budget"]
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "dery_deploy.cli.main", *args, *(["--quick"] if quick else [])],
+                       capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    return {"rc": p.returncode, "seconds": round(time.time() - t0, 1), "error": p.stderr.strip().splitlines()[-1:]}
+
+
+def shipped(out: Path) -> list[dict]:
+    """Every shipped artifact of a run with its recorded final-pass measurement and settings."""
+    run = json.loads((out / "run.json").read_text())
+    fp = json.loads((out / "final_pass.json").read_text())
+    ref = fp["summary"].get("reference_ms")
+    rows = []
+    for res in run["results"]:
+        if "plan" not in res or not (res.get("onnx") or {}).get("artifact"):
+            continue
+        plan = res["plan"]
+        target = f"{plan['backend']}/{plan['precision']}"
+        m = fp["measurements"][f"ship:{res['budget_ms']:g}|{target}"]
+        rows.append(
+            {
+                "budget_ms": res["budget_ms"],
+                "target": target,
+                "network": res["pick_triple"]["network"],
+                "file": str(Path(res["export_dir"]) / res["onnx"]["artifact"]),
+                "runtime": plan["backend"],
+                "threads": plan.get("threads") or 1,
+                "shape": [plan.get("batch", 1), *run_input_shape(run)],
+                "recorded": {"p50": m["all_calls_ms"]["p50"], "p90": m["all_calls_ms"]["p90"], "reference": ref},
+                "recorded_se": m["all_calls_uncertainties"],
+                "pass_load_cores": fp["summary"].get("other_load_cores"),
+            }
+        )
+    return rows
+
+
+def run_input_shape(run: dict) -> list[int]:
+    from dery_deploy.zoo import get_zoo
+
+    return list(get_zoo(run["zoo"]).input_tensor_spec.shape)
+
+
+def fresh(rows: list[dict], calls: int, tmp: Path) -> dict:
+    """The shipped files of one run in a fresh measurement worker, with the reference workload."""
+    from dery_deploy.runtime.calibration import REFERENCE_KEY, reference_item
+    from dery_deploy.runtime.harness import TimingOptions
+    from dery_deploy.runtime.worker import FileItem, measure_files
+
+    items = [FileItem(str(i), r["file"], r["runtime"], r["threads"], r["shape"]) for i, r in enumerate(rows)]
+    items.append(reference_item(tmp, rows[0]["runtime"], rows[0]["threads"]))
+    # windows of 50 ms, enough of them that the slowest file gets `calls` calls
+    windows = max(60, -(-calls // 10))
+    res = measure_files(items, TimingOptions(window_s=0.05, min_windows=windows, max_s=0, statistic="all"))
+    ref = res.measurements.pop(REFERENCE_KEY).promise_at(50)
+    for i, r in enumerate(rows):
+        m = res.measurements[str(i)]
+        r["fresh"] = {"p50": m.promise_at(50), "p90": m.promise_at(90), "reference": ref, "calls": m.runs}
+        r["fresh_se"] = m.all_calls_uncertainties
+        rec, new = r["recorded"], r["fresh"]
+        r["raw_ratio"] = {q: round(new[q] / rec[q], 4) for q in ("p50", "p90")}
+        if rec["reference"]:
+            speed = new["reference"] / rec["reference"]  # how much slower the machine ran for the fresh pass
+            r["machine_speed_ratio"] = round(speed, 4)
+            r["relative_ratio"] = {q: round(new[q] / rec[q] / speed, 4) for q in ("p50", "p90")}
+    return {"load_cores": res.summary.other_load_cores, "seconds": res.summary.seconds}
+
+
+def train_burst(seconds: float) -> None:
+    """What a run's own process did before its measurements: torch training on every core."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x = torch.randn(32, 3, 32, 32)
+    end = time.time() + seconds
+    while time.time() < end:
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+
+
+def in_process(row: dict, opts) -> float:
+    """The file timed inside this process (the way passes were timed before the worker)."""
+    from dery_deploy.runtime.harness import measure_interleaved
+    from dery_deploy.runtime.worker import FileItem, file_runner
+
+    fn = file_runner(FileItem("x", row["file"], row["runtime"], row["threads"], row["shape"]))
+    return measure_interleaved({"x": (fn, False, None)}, opts)[0]["x"].promise_at(50)
+
+
+def context_effects(row: dict, tmp: Path) -> dict:
+    """The shipped file's p50 in each context, against the file alone in a worker (in one sitting)."""
+    from dery_deploy.runtime.harness import TimingOptions
+    from dery_deploy.runtime.onnx import onnx_from_module
+    from dery_deploy.runtime.worker import FileItem, measure_files
+    from dery_deploy.zoo import get_zoo
+    from dery_deploy.zoo.load import load_donor
+
+    opts = TimingOptions(min_windows=60, max_s=0, statistic="all")
+    me = FileItem("me", row["file"], row["runtime"], row["threads"], row["shape"])
+    zoo = get_zoo("fashion")
+    import torch
+
+    x = torch.randn(*row["shape"])
+    others = []
+    for i, name in enumerate(zoo.donor_names):
+        p = tmp / f"donor{i}.onnx"
+        p.write_bytes(onnx_from_module(load_donor(zoo, name), x))
+        others.append(p)
+
+    def alone() -> float:
+        return measure_files([me], opts).measurements["me"].promise_at(50)
+
+    out: dict = {"alone_worker_ms": []}
+    out["alone_worker_ms"].append(alone())
+    out["in_process_ms"] = in_process(row, opts)
+    train_burst(10)
+    out["in_process_after_training_ms"] = in_process(row, opts)
+    out["alone_worker_ms"].append(alone())
+    mixed = [me] + [FileItem(f"ov{i}", str(p), "openvino", row["threads"], row["shape"]) for i, p in enumerate(others)]
+    out["with_openvino_items_ms"] = measure_files(mixed, opts).measurements["me"].promise_at(50)
+    thirty = [me] + [
+        FileItem(f"o{i}", str(others[i % len(others)]), row["runtime"], row["threads"], row["shape"]) for i in range(29)
+    ]
+    out["thirty_items_ms"] = (
+        measure_files(thirty, TimingOptions(min_windows=30, max_s=0, statistic="all")).measurements["me"].promise_at(50)
+    )
+    out["alone_worker_ms"].append(alone())
+    base = sorted(out["alone_worker_ms"])[1]
+    out["effect"] = {
+        k.removesuffix("_ms"): round(v / base - 1, 4)
+        for k, v in out.items()
+        if k.endswith("_ms") and k != "alone_worker_ms"
+    }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="the quick recipe (one budget per run)")
+    ap.add_argument("--targets", default="onnxruntime/fp32,openvino/fp32,openvino/int8")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--runs-dir", default=str(ROOT / "bench-runs" / "reproduce"))
+    ap.add_argument("-o", "--out", default=str(ROOT / "bench" / "reproduce.json"))
+    args = ap.parse_args()
+    from dery_deploy.artifacts import atomic_write_json
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    result: dict = {"machine": machine(), "commit": commit.stdout.strip(), "quick": args.quick, "runs": []}
+    result["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in [int(b) for b in args.batches.split(",")]:
+            for target in args.targets.split(","):
+                out = Path(args.runs_dir) / f"{target.replace('/', '-')}-b{batch}"
+                entry = {"target": target, "batch": batch, "run": run_once(target, batch, out, args.quick)}
+                if (out / "final_pass.json").is_file():
+                    entry["shipped"] = shipped(out)
+                    if entry["shipped"]:
+                        entry["fresh_pass"] = fresh(entry["shipped"], args.calls, Path(tmp))
+                result["runs"].append(entry)
+                atomic_write_json(args.out, result)
+                print(json.dumps({k: entry[k] for k in ("target", "batch", "run")}), flush=True)
+        first = next((e["shipped"][0] for e in result["runs"] if e.get("shipped")), None)
+        if first is not None:
+            result["context"] = context_effects(first, Path(tmp))
+    result["summary"] = summarise(result)
+    atomic_write_json(args.out, result)
+    print(json.dumps(result["summary"], indent=2))
+
+
+def summarise(result: dict) -> dict:
+    rows = [r for e in result["runs"] for r in e.get("shipped", []) if "fresh" in r]
+    if not rows:
+        return {}
+
+    def worst(key: str, q: str) -> float:
+        return max(abs(r[key][q] - 1) for r in rows if key in r)
+
+    return {
+        "artifacts": len(rows),
+        "relative_max_dev_p50": round(worst("relative_ratio", "p50"), 4),
+        "relative_max_dev_p90": round(worst("relative_ratio", "p90"), 4),
+        "raw_max_dev_p50": round(worst("raw_ratio", "p50"), 4),
+        "raw_max_dev_p90": round(worst("raw_ratio", "p90"), 4),
+        "machine_speed_ratio_range": [
+            min(r.get("machine_speed_ratio", 1) for r in rows),
+            max(r.get("machine_speed_ratio", 1) for r in rows),
+        ],
+        "context_effect": (result.get("context") or {}).get("effect"),
+    }
+
+
+if __name__ == "__main__":
+    main()
