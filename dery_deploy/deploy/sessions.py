@@ -97,9 +97,12 @@ def open_session(info: DeployInfo, folder: Path) -> Session:
             return OnnxRuntimeSession(info, folder)
         if name == "openvino":
             return OpenVinoSession(info, folder)
-        from dery_deploy.deploy.tensorrt import TensorRTSession
-
-        return TensorRTSession(info, folder)
+        # not written yet (issue 27): a runtime-only TensorRT session needs CUDA memory without torch
+        raise DeryError(
+            f"{folder} is a TensorRT package; dery_deploy.load and dery bench do not run engines yet: time it "
+            f"with `trtexec --loadEngine={info.model}` on the GPU it was built on",
+            "deploy",
+        )
     except ImportError as e:
         raise DeryError(
             f"this package runs on {name}, which does not import here ({e}); install {INSTALL[name]}", "deploy"
