@@ -109,10 +109,13 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
 
 
-def read_json_artifact(path: str | Path, kind: str, schema: int, stage: str | None = None) -> dict:
+def read_json_artifact(
+    path: str | Path, kind: str, schema: int, stage: str | None = None, fix: str = "delete it and recompute"
+) -> dict:
     """Read a JSON artifact, refusing truncated files and other schema versions with a clear line.
 
     This is the one validating reader: every typed artifact (`JsonArtifact.read`) goes through it.
+    `fix` ends the line where the file is corrupt (a cache is recomputed, a shipped package is copied again).
     """
     path = Path(path)
     if not path.is_file():
@@ -120,12 +123,11 @@ def read_json_artifact(path: str | Path, kind: str, schema: int, stage: str | No
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise DeryError(
-            f"{kind} {path} is truncated or corrupt ({e.msg} at line {e.lineno}); delete it and recompute", stage
-        ) from None
+        raise DeryError(f"{kind} {path} is truncated or corrupt ({e.msg} at line {e.lineno}); {fix}", stage) from None
     if not isinstance(data, dict) or data.get("kind") != kind:
         raise DeryError(
-            f"{path} is not a {kind} artifact (kind={data.get('kind') if isinstance(data, dict) else None!r})", stage
+            f"{path} is not a {kind} artifact (kind={data.get('kind') if isinstance(data, dict) else None!r}); {fix}",
+            stage,
         )
     if data.get("schema") != schema:
         raise DeryError(
@@ -143,6 +145,7 @@ class JsonArtifact(abc.ABC):
     KIND: ClassVar[str] = ""
     SCHEMA: ClassVar[int] = 1
     STAGE: ClassVar[str] = ""
+    FIX: ClassVar[str] = "delete it and recompute"  # what a user does about a corrupt file of this kind
 
     @abc.abstractmethod
     def to_dict(self) -> dict:
@@ -178,12 +181,12 @@ class JsonArtifact(abc.ABC):
 
     @classmethod
     def read(cls: type[A], path: str | Path) -> A:
-        data = read_json_artifact(path, cls.KIND, cls.SCHEMA, cls.STAGE)
+        data = read_json_artifact(path, cls.KIND, cls.SCHEMA, cls.STAGE, cls.FIX)
         try:
             return cls.from_dict(data)
         except (KeyError, TypeError, ValueError) as e:
             raise DeryError(
-                f"{cls.KIND} {path} lacks or misstates a field ({type(e).__name__}: {e}); delete it and recompute",
+                f"{cls.KIND} {path} lacks or misstates a field ({type(e).__name__}: {e}); {cls.FIX}",
                 cls.STAGE,
             ) from None
 

@@ -2,7 +2,8 @@
 # Install what dery_deploy needs into the current Python environment; quick when already done.
 #  - Fashion-MNIST from Debian (dataset-fashion-mnist) unless the IDX files are already there
 #  - torch + torchvision (a matching pair: PyPI's torchvision does not import beside a CPU-only torch)
-#  - the package itself, editable, with the test extra
+#  - the package itself, editable, with the test extra (`[dev]`, which pulls `[train]`: torch, timm, ...;
+#    a machine that only runs shipped packages needs the base install: `pip install dery-deploy`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python.sh

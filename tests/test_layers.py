@@ -12,6 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "dery_deploy"
 # lowest first; a module may import only from its own layer or below (README: Architecture)
 LAYERS = [
     {"errors", "artifacts"},
+    {"deploy"},  # shipped packages: runs with numpy and the package's runtime alone
     {"data"},
     {"dissect", "zoo"},
     {"network"},
@@ -112,3 +113,40 @@ def test_standalone_scripts_import_nothing_of_the_package(module):
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n.startswith("dery_deploy")], names
+
+
+# what a deployment machine has: the runtime-only install (pyproject's base dependencies, no [train])
+RUNTIME_ONLY_IMPORTS = {"numpy", "onnxruntime", "openvino", "tensorrt", "PIL", "pynvml", "rich", "typer"}
+
+
+def test_the_deploy_layer_imports_only_numpy_and_runtimes():
+    """The loader and bench must run without the training stack: not even a function-level torch import."""
+    found = {}
+    for name, path in modules().items():
+        if not (name.startswith("dery_deploy.deploy") or name in ("dery_deploy.cli.predict", "dery_deploy.cli.bench")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for n in names:
+                top = n.split(".")[0]
+                if top not in RUNTIME_ONLY_IMPORTS and top != "dery_deploy" and top not in STDLIB:
+                    found.setdefault(name, []).append(n)
+    assert not found, found
+
+
+STDLIB = {
+    "__future__",
+    "collections",
+    "dataclasses",
+    "json",
+    "os",
+    "pathlib",
+    "platform",
+    "shutil",
+    "subprocess",
+    "sys",
+    "time",
+    "typing",
+}

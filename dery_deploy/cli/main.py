@@ -10,19 +10,43 @@ import sys
 
 import typer
 
-from dery_deploy.cli import assemble, devices, evaluate, export, finetune, partition, profile, run, similarity, zoo
+from dery_deploy.cli import bench, predict
 from dery_deploy.errors import DeryError
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="rich",
-    help="Deep Model Reassembly for one device under a latency budget: profile, assemble, fine-tune, ship.",
-    pretty_exceptions_enable=False,
-)
-app.add_typer(zoo.app, name="zoo")
-for _mod in (devices, similarity, partition, profile, assemble, finetune, evaluate, export, run):
-    _mod.register(app)
+# commands that run a shipped package with its runtime alone: `dery predict` and `dery bench` build an app
+# of these only, so they start without importing torch (and work where only the base install is)
+RUNTIME_ONLY = {"predict": predict, "bench": bench}
+
+
+def make_app(full: bool = True) -> typer.Typer:
+    """The `dery` app: every command, or (full=False) the runtime-only ones."""
+    app = typer.Typer(
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode="rich",
+        help="Deep Model Reassembly for one device under a latency budget: profile, assemble, fine-tune, ship.",
+        pretty_exceptions_enable=False,
+    )
+    if full:
+        from dery_deploy.cli import (
+            assemble,
+            devices,
+            evaluate,
+            export,
+            finetune,
+            partition,
+            profile,
+            run,
+            similarity,
+            zoo,
+        )
+
+        app.add_typer(zoo.app, name="zoo")
+        for mod in (devices, similarity, partition, profile, assemble, finetune, evaluate, export, run):
+            mod.register(app)
+    for mod in RUNTIME_ONLY.values():
+        mod.register(app)
+    return app
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
@@ -69,8 +93,10 @@ def cli(argv: list[str] | None = None) -> int:
     # torch warns at import that a CPU-only machine has no CUDA runtime; that is not news to a user
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     errors, aborts, exits = _click_errors()
+    args = sys.argv[1:] if argv is None else argv
+    light = bool(args) and args[0] in RUNTIME_ONLY
     try:
-        code = app(args=argv, prog_name="dery", standalone_mode=False)
+        code = make_app(full=not light)(args=argv, prog_name="dery", standalone_mode=False)
     except DeryError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         return 2

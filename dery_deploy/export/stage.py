@@ -33,9 +33,10 @@ from dery_deploy.artifacts import atomic_write_json, make_output_dir, sha256_fil
 from dery_deploy.data.task import Task, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.export.bundle import jetson_bundle
+from dery_deploy.export.package import write_package
 from dery_deploy.runtime.calibration import REFERENCE_KEY, reference_item
 from dery_deploy.runtime.devices import get_device, this_machine
-from dery_deploy.runtime.evaluate import Logits, accuracy_change, artifact_runner
+from dery_deploy.runtime.evaluate import Logits, accuracy_change, artifact_accuracy, artifact_runner
 from dery_deploy.runtime.harness import Measurement, TimingOptions, measure
 from dery_deploy.runtime.onnx import OPSET, onnx_from_module, save_onnx
 from dery_deploy.runtime.quantize import CALIBRATION_IMAGES, qdq_from_module, quantized_ops
@@ -299,10 +300,12 @@ def _measure_artifact(
     """The shipped file timed as it runs where it ships, in a measurement worker (`runtime.worker`) that
     times nothing else but the machine's reference workload: returns it and the reference's median."""
     n = threads or torch.get_num_threads()
-    with tempfile.TemporaryDirectory(prefix="dery-export-") as tmp:
-        items = [FileItem("artifact", str(path), runtime, n, [int(v) for v in shape])]
-        items.append(reference_item(Path(tmp), runtime, n))
-        res = measure_files(items, TimingOptions.for_budget(percentile)).measurements
+    # the reference lands beside the artifact: the package ships it, for `dery bench` to time too
+    items = [
+        FileItem("artifact", str(path), runtime, n, [int(v) for v in shape]),
+        reference_item(path.parent, runtime, n),
+    ]
+    res = measure_files(items, TimingOptions.for_budget(percentile)).measurements
     return res["artifact"], round(res[REFERENCE_KEY].promise_at(50), 5)
 
 
@@ -362,13 +365,14 @@ def export_openvino(
     seed: int = 0,
 ) -> ExportReport:
     """OpenVINO IR: model.xml + model.bin (fp32) or model-int8.xml + .bin (from the QDQ INT8 ONNX,
-    needs `task`), dynamic batch; timed compiled for the plan's batch (`runtime.openvino`)."""
+    needs `task`), saved and timed at the plan's batch (`runtime.openvino`)."""
     from dery_deploy.runtime.openvino import import_openvino, save_ir
 
     ov = import_openvino()
     t0 = time.perf_counter()
     data, int8 = exported_onnx(model, x, precision, task, seed)
-    xml = save_ir(data, out / ("model-int8.xml" if precision == "int8" else "model.xml"))
+    # the plan's batch saved static: a plain compile_model of the shipped file runs the measured shape
+    xml = save_ir(data, out / ("model-int8.xml" if precision == "int8" else "model.xml"), batch=batch)
     logits = artifact_runner(xml, "openvino", threads)  # the IR as shipped, for any batch
     par = checked_outputs(model, logits, x, precision, task, int8)
     m, reference_ms = _measure_artifact(xml, "openvino", threads, (batch, *x.shape[1:]), percentile)
@@ -392,7 +396,7 @@ def export_openvino(
             "sha256": sha256_file(xml),
             "weights_sha256": sha256_file(weights),
             "bytes": xml.stat().st_size + weights.stat().st_size,
-            "dynamic_batch": True,
+            "dynamic_batch": False,
             "export_s": round(time.perf_counter() - t0, 2),
             "reference_ms": reference_ms,  # the machine's speed while the artifact was timed
             "_measurement": m,
@@ -581,6 +585,17 @@ def export_tensorrt(
     )
 
 
+def shipped_top1(rep: ExportReport, out: Path, task: Task, threads: int | None) -> float | None:
+    """The artifact's own test top-1 (%): measured by the INT8 check, else run here on the test split
+    (ONNX Runtime and OpenVINO files); None for an fp32 / fp16 engine (its parity is what is checked)."""
+    if rep.precision == "int8":
+        return rep.extra.get("int8_top1")
+    if rep.format not in ("onnx", "openvino"):
+        return None
+    runtime = "onnxruntime" if rep.format == "onnx" else "openvino"
+    return round(artifact_accuracy(out / rep.artifact, task, "test", runtime, threads)[0], 3)
+
+
 def export_precision(fmt: str, precision: str | None, plan: dict | None, spec) -> str:
     """The precision to export: the one asked for, else the plan's, else the device's default; a
     plan's precision the format does not have (fp16 planned, ONNX for the CPU) falls back to fp32."""
@@ -673,7 +688,11 @@ def export_run(
     if measured is not None:
         ran_with = threads if rep.device == "cpu" else (plan or {}).get("threads")
         rep.budget = budget_check(plan, measured, rep.device, rep.precision, rep.batch, ran_with)
-    d = {**rep.to_dict(), "run": str(Path(run).resolve()), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if measured is not None and fmt != "aoti":  # a package: deploy.json beside the artifact
+        write_package(out, rep, task, plan, measured, threads, shipped_top1(rep, out, task, threads))
+    # relative: the export folder is a package a user copies elsewhere, with no absolute path inside
+    rel = os.path.relpath(Path(run).resolve(), out.resolve())
+    d = {**rep.to_dict(), "run": rel, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(out / f"report-{fmt}.json", d)
     if rep.parity and not rep.parity["ok"] and rep.precision == "int8" and not accept_int8_loss:
         raise DeryError(

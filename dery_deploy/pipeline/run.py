@@ -26,6 +26,7 @@ from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.stage import MAX_MARGIN, NoFinalistKeeps, Scores, assemble, program_data
 from dery_deploy.data.task import DEFAULT_DATA, Task, load_task
 from dery_deploy.errors import DeryError
+from dery_deploy.export.package import refresh_latency
 from dery_deploy.export.stage import BudgetVerdict, budget_check, export_run
 from dery_deploy.network.items import donor_key
 from dery_deploy.network.plan import Plan, load_plan, save_plan_with_weights
@@ -578,6 +579,10 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
             report = Path(res["export_dir"]) / f"report-{res.get('export_format', 'onnx')}.json"
             if report.is_file():
                 atomic_write_json(report, {**json.loads(report.read_text()), "budget": onnx["budget"]})
+            # the package states what the report states: the final pass's figure of the shipped file
+            refresh_latency(
+                Path(res["export_dir"]), shipped, verdict.line(), verdict.measured_in, fp["summary"].get("reference_ms")
+            )
         fitting = {}
         for n, d in m.donors.items():
             fits = [t for t, v in d["latency_by_target"].items() if v["ms"] <= b]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dery_deploy.runtime.onnx import onnx_from_module
+from dery_deploy.runtime.onnx import onnx_from_module, save_onnx
 from dery_deploy.runtime.worker import FileItem
 
 REFERENCE = "4x (conv3x3 16->16 + ReLU) on batch x 16 x 32 x 32, seed 0"
@@ -43,5 +43,5 @@ def reference_item(folder: Path, runtime: str, threads: int) -> FileItem:
     """The reference workload at batch 1 as an ONNX file in `folder`, for a measurement worker's pass."""
     path = folder / "reference.onnx"
     if not path.is_file():
-        path.write_bytes(onnx_from_module(reference_module(), reference_input(1)))
+        save_onnx(onnx_from_module(reference_module(), reference_input(1)), path)
     return FileItem(REFERENCE_KEY, str(path), runtime, threads, list(reference_input(1).shape))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from dery_deploy.deploy.machine import cpu_model
 from dery_deploy.errors import DeryError
 
 KINDS = ("cpu", "cuda", "jetson")
@@ -120,16 +121,6 @@ def get_device(device_id: str) -> DeviceSpec:
     raise DeryError(
         f"Unknown device {device_id!r}. Known devices: {', '.join(s.id for s in specs)}. Run `dery devices`.", "profile"
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() in ("model name", "Model", "Hardware"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _uuid_hex(u) -> str:

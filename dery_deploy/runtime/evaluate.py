@@ -47,7 +47,7 @@ def artifact_runner(artifact: bytes | str | Path, runtime: str = "onnxruntime", 
         return lambda x: sess.run(None, {"x": np.ascontiguousarray(x.float().numpy())})[0]
     from dery_deploy.runtime.openvino import compile_model
 
-    compiled = compile_model(artifact, threads)  # the model's dynamic batch: any chunk size
+    compiled = compile_model(artifact, threads, any_batch=True)  # any chunk size (a shipped IR's batch is static)
     return lambda x: compiled(np.ascontiguousarray(x.float().numpy()))[0]
 
 

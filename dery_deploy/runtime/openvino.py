@@ -11,8 +11,11 @@ What a fair single-stream latency needs, set on every compile (OpenVINO's defaul
 - no hyper-threading siblings and no pinning: the thread count asked for is the count used, and
   threads are not pinned to a core another process may be busy on (ONNX Runtime pins nothing).
 - a static input shape where the batch is known (`reshape`): OpenVINO's CPU plugin picks kernels
-  per shape, and its dynamic-shape path ran mnv3 at batch 1 37% slower here. The IR keeps the
-  dynamic batch; a server compiles it for the batch it serves, as `compile_model` does.
+  per shape, and its dynamic-shape path ran mnv3 at batch 1 37% slower here. The shipped IR is saved
+  with the plan's batch static, so a plain `compile_model` of it runs that shape.
+- the inference precision cannot travel in the IR: OpenVINO 2026.4's CPU plugin ignores
+  `INFERENCE_PRECISION_HINT` in the model's rt_info (`runtime_options`; it honours KV_CACHE_PRECISION
+  there), so the package's loader sets it and a plain `compile_model` of an fp32 IR may run bfloat16.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from dery_deploy.deploy.settings import openvino_settings
 from dery_deploy.errors import DeryError
 
 INSTALL = "backend openvino needs the openvino package (pip install openvino)"
@@ -52,14 +56,7 @@ def _default_threads() -> int:
 
 def compile_config(threads: int | None) -> dict:
     """The CPU plugin's properties for a single-stream latency measurement (module docstring)."""
-    return {
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": 1,
-        "INFERENCE_NUM_THREADS": threads or _default_threads(),
-        "ENABLE_HYPER_THREADING": False,
-        "ENABLE_CPU_PINNING": False,
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
+    return openvino_settings(threads or _default_threads())
 
 
 def read_model(model: bytes | str | Path):
@@ -67,24 +64,31 @@ def read_model(model: bytes | str | Path):
     return core().read_model(str(model) if isinstance(model, Path) else model)
 
 
-def compile_model(model, threads: int | None, shape: tuple[int, ...] | None = None):
+def compile_model(model, threads: int | None, shape: tuple[int, ...] | None = None, any_batch: bool = False):
     """Compile ONNX bytes, a file or an `ov.Model` for the CPU (module docstring); with `shape`, for
-    that static input shape (the model's own dynamic batch otherwise)."""
+    that static input shape; with `any_batch`, for any batch (a shipped IR's batch is static)."""
     m = read_model(model) if isinstance(model, (bytes, str, Path)) else model.clone()
+    if any_batch:
+        shape = (-1, *(d.get_length() for d in list(m.input(0).get_partial_shape())[1:]))
     if shape is not None:
         m.reshape({0: list(shape)})
     return core().compile_model(m, "CPU", compile_config(threads))
 
 
-def save_ir(model: bytes | str | Path, xml: Path) -> Path:
+def save_ir(model: bytes | str | Path, xml: Path, batch: int | None = None) -> Path:
     """Write the OpenVINO IR of ONNX `model` as `xml` and its `.bin` beside it, weights uncompressed
-    (OpenVINO would store fp32 weights as fp16 by default). Atomic: both are written in a temporary
-    folder, the .bin renamed into place first, so a reader that sees the new .xml sees its .bin."""
+    (OpenVINO would store fp32 weights as fp16 by default); with `batch`, the input's batch is saved
+    static, so that a plain `compile_model` of the file runs the shape that was measured. Atomic: both
+    are written in a temporary folder, the .bin renamed into place first, so a reader that sees the new
+    .xml sees its .bin."""
     ov = import_openvino()
     xml = Path(xml)
     tmp = Path(tempfile.mkdtemp(prefix=f".{xml.stem}.", suffix=".tmp", dir=xml.parent))
     try:
-        ov.save_model(read_model(model), str(tmp / xml.name), compress_to_fp16=False)
+        m = read_model(model)
+        if batch is not None:
+            m.reshape({0: [batch, *(d.get_length() for d in list(m.input(0).get_partial_shape())[1:])]})
+        ov.save_model(m, str(tmp / xml.name), compress_to_fp16=False)
         os.replace(tmp / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
         os.replace(tmp / xml.name, xml)
     finally:

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from dery_deploy.artifacts import atomic_write_json
+from dery_deploy.deploy.settings import onnxruntime_session, onnxruntime_settings
 from dery_deploy.errors import DeryError
 from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions, measure_interleaved, rss_rise_mb
-from dery_deploy.runtime.sessions import ort_session
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -52,7 +52,7 @@ def file_runner(item: FileItem) -> Callable[[], object]:
     """A call of `item`'s file on a fixed random input of its shape, built as it ships."""
     x = np.random.default_rng(0).standard_normal(item.shape, dtype=np.float32)
     if item.runtime == "onnxruntime":
-        sess = ort_session(Path(item.path), item.threads)
+        sess = onnxruntime_session(Path(item.path), onnxruntime_settings(item.threads))
         name = sess.get_inputs()[0].name
         return lambda: sess.run(None, {name: x})
     from dery_deploy.runtime.openvino import compile_model

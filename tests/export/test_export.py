@@ -42,8 +42,8 @@ def test_onnx_export_parity_and_over_budget(trained_run):
 
     with pytest.raises(
         DeryError,
-        match=r"budget 0.0001 ms: predicted 0.0001 ms, measured .* ms over all calls \(±.*%, its standard error, the only "
-        r"allowance: limit .*\) -> OVER BUDGET by .*%",
+        match=r"budget 0.0001 ms: predicted 0.0001 ms, measured .* ms over all calls \(±.*%, its standard error, "
+        r"the only allowance: limit .*\) -> OVER BUDGET by .*%",
     ):
         export_run(trained_run, "onnx", None, None, None, None, allow_over_budget=False, force=True)
     rep = json.loads((trained_run / "export" / "report-onnx.json").read_text())

@@ -13,11 +13,11 @@ import time
 import numpy as np
 import torch
 
+from dery_deploy.deploy.settings import onnxruntime_session, onnxruntime_settings
 from dery_deploy.errors import DeryError
 from dery_deploy.runtime.backends.base import Runner
 from dery_deploy.runtime.backends.onnx_based import OnnxBackend
 from dery_deploy.runtime.harness import rss_rise_mb
-from dery_deploy.runtime.sessions import ort_session
 
 
 class OnnxRuntime(OnnxBackend):
@@ -42,11 +42,16 @@ class OnnxRuntime(OnnxBackend):
     @staticmethod
     def session(onnx_bytes: bytes | str, device: str, threads: int | None = None):
         """An InferenceSession computing with `threads` intra-op threads (None: torch's thread count)."""
-        providers: list = ["CPUExecutionProvider"]
+        # the settings a package records and its loader rebuilds (`deploy.settings`); among them: ORT's
+        # intra-op threads spin-wait after each run by default, and with several sessions alive in one
+        # process (the reference workload's and the item's) the spinning threads of one steal the cores
+        # of the other and inflate its timing. Measured here: 24-79% slower items.
+        settings = onnxruntime_settings(threads or torch.get_num_threads())
+        providers: list | None = None
         if device == "cuda":
             # the CUDA EP numbers devices like torch (CUDA ordinals): run where torch's tensors are
             providers = [("CUDAExecutionProvider", {"device_id": torch.cuda.current_device()}), "CPUExecutionProvider"]
-        return ort_session(onnx_bytes, threads or torch.get_num_threads(), providers)
+        return onnxruntime_session(onnx_bytes, settings, providers)
 
     def memory_unmeasurable(self, device: str) -> str | None:
         return None  # a fresh session's resident memory (CPU) or the device's memory (CUDA EP) is measured

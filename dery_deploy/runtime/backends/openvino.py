@@ -49,7 +49,7 @@ class OpenVino(OnnxBackend):
 
         def run(inp):
             if not dynamic:
-                dynamic.append(compile_model(onnx_bytes, self.threads))
+                dynamic.append(compile_model(onnx_bytes, self.threads, any_batch=True))
             return dynamic[0](np.ascontiguousarray(inp.float().cpu().numpy()))[0]
 
         def fresh_memory_mb() -> float:

@@ -1,0 +1,230 @@
+"""`dery bench`: a shipped package measured on the machine at hand, as trtexec and OpenVINO's
+benchmark_app measure a file, and its budget judged where that machine is the one it was measured on.
+
+The measurement (`measure_package`): the package's session built with its recorded settings, one
+seeded input batch of the package's shape bound, WARMUP_S of calls to warm up, then back-to-back calls
+until both the call count and the duration are reached; at p90 and p99 at least 1024 calls (MLPerf's
+single-stream query count) over at least TAIL_MIN_S seconds. Every call is kept: the latency at a
+percentile is that per-call percentile over all calls (what a user measures), its standard error comes
+from a moving-block bootstrap over BLOCKS consecutive stretches of calls (neighbouring calls are not
+independent on a drifting machine), and the noise index says how much slower the typical stretch ran
+than the quiet ones.
+
+The verdict (`judge`): only where this machine's fingerprint (CPU model and core count, or GPU name)
+equals the package's; the allowance is the standard error capped at MAX_ALLOWANCE. A measurement whose
+standard error stays above the cap after MAX_ROUNDS rounds is undecided, never passed on a wider one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from dery_deploy.deploy.info import REFERENCE_MODEL, DeployInfo, read_package
+from dery_deploy.deploy.machine import fingerprint, same_machine
+from dery_deploy.deploy.sessions import open_session
+from dery_deploy.errors import DeryError
+
+WARMUP_S = 1.0
+DEFAULT_CALLS = 3000
+DEFAULT_SECONDS = 5.0
+TAIL_MIN_CALLS = 1024
+TAIL_MIN_S = 2.0
+BLOCKS = 20
+BOOTSTRAP = 300
+MAX_ALLOWANCE = 0.02
+MAX_ROUNDS = 3
+REFERENCE_S = 0.5  # the reference workload's calls before and after each round
+
+
+@dataclass
+class BenchResult:
+    """Per-call latencies (ms) of one steady-state run of a package on this machine."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    calls: int
+    seconds: float
+    standard_error: dict[str, float]  # relative, per percentile
+    noise: float
+    fingerprint: dict
+    runtime: str
+    batch: int
+    settings: dict  # what the runtime reports it uses, read back after building
+    # the shipped reference workload's per-call median around the calls: the machine's speed now
+    reference_ms: float | None = None
+
+    def relative_to(self, info: DeployInfo) -> tuple[float, float] | None:
+        """(how much slower the machine runs than when the package was measured, how much slower the
+        package's p50 is once that is divided out), relative; None where either reference is missing."""
+        rec = info.latency
+        if self.reference_ms is None or rec is None or not rec.reference_ms:
+            return None
+        speed = self.reference_ms / rec.reference_ms
+        return speed - 1, self.p50_ms / rec.p50_ms / speed - 1
+
+    def at(self, percentile: int) -> tuple[float, float]:
+        return getattr(self, f"p{percentile}_ms"), self.standard_error[f"p{percentile}"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarise(samples: np.ndarray, rng: np.random.Generator) -> tuple[dict[int, float], dict[int, float], float]:
+    """Percentiles over all calls, their relative block-bootstrap standard errors, and the noise index."""
+    qs = (50, 90, 99)
+    est = {q: float(np.percentile(samples, q)) for q in qs}
+    blocks = np.array_split(samples, min(BLOCKS, len(samples)))
+    idx = rng.integers(0, len(blocks), size=(BOOTSTRAP, len(blocks)))
+    boot = np.array([np.percentile(np.concatenate([blocks[i] for i in row]), qs) for row in idx])
+    se = {q: float(boot[:, k].std() / max(est[q], 1e-12)) for k, q in enumerate(qs)}
+    medians = np.array([np.median(b) for b in blocks])
+    noise = max(0.0, float(np.median(medians) / max(np.percentile(medians, 25), 1e-12) - 1))
+    return est, se, noise
+
+
+def _calls(call: Callable[[], object], min_calls: int, min_s: float, tick) -> list[float]:
+    """Back-to-back calls until both `min_calls` and `min_s` are reached; each call's ms."""
+    out: list[float] = []
+    t_start = time.perf_counter()
+    while len(out) < min_calls or time.perf_counter() - t_start < min_s:
+        t0 = time.perf_counter_ns()
+        call()
+        out.append((time.perf_counter_ns() - t0) / 1e6)
+        if tick is not None and len(out) % 64 == 0:
+            tick(len(out), time.perf_counter() - t_start)
+    return out
+
+
+def requirements(percentile: int, calls: int | None, seconds: float | None) -> tuple[int, float]:
+    """(calls, seconds) of one round, refusing fewer than a tail percentile needs."""
+    if percentile not in (50, 90, 99):
+        raise DeryError(f"--percentile must be 50, 90 or 99 (of single calls), got {percentile}", "bench")
+    n, s = calls or DEFAULT_CALLS, DEFAULT_SECONDS if seconds is None else seconds
+    if percentile != 50 and (n < TAIL_MIN_CALLS or s < TAIL_MIN_S):
+        raise DeryError(
+            f"p{percentile} needs at least {TAIL_MIN_CALLS} calls over at least {TAIL_MIN_S:g} s (MLPerf "
+            f"single-stream); got --calls {n} --seconds {s:g}",
+            "bench",
+        )
+    if n < BLOCKS or s < 0:
+        raise DeryError(f"--calls must be at least {BLOCKS} and --seconds at least 0, got {n} and {s:g}", "bench")
+    return n, s
+
+
+def measure_package(
+    package: str | Path,
+    percentile: int | None = None,
+    calls: int | None = None,
+    seconds: float | None = None,
+    progress: Callable[[int, float], None] | None = None,
+    rounds: int = 1,
+) -> BenchResult:
+    """Measure a package in this process (module docstring): `rounds` rounds of `calls` calls over
+    `seconds`, pooled. `percentile` (default: the package's budget's) sets the minimum calls."""
+    info = read_package(package)
+    q = percentile or (info.budget.percentile if info.budget else 50)
+    n, s = requirements(max(q, info.budget.percentile if info.budget else 50), calls, seconds)
+    folder = Path(package) if Path(package).is_dir() else Path(package).parent
+    session = open_session(info, folder)
+    i = info.input
+    x = np.random.default_rng(0).standard_normal((info.runtime.batch, i.channels, i.height, i.width), np.float32)
+    call = session.bind(np.ascontiguousarray(x))
+    reference = reference_call(info, folder)
+    _calls(call, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
+    t0 = time.perf_counter()
+    samples: list[float] = []
+    ref: list[float] = []
+    for _ in range(rounds):
+        ref += _calls(reference, 100, REFERENCE_S, None) if reference else []
+        samples += _calls(call, n, s, progress)
+    ref += _calls(reference, 100, REFERENCE_S, None) if reference else []
+    res = result_of(np.asarray(samples), time.perf_counter() - t0, info, session.effective())
+    res.reference_ms = round(float(np.median(ref)), 5) if ref else None
+    return res
+
+
+def reference_call(info: DeployInfo, folder: Path) -> Callable[[], object] | None:
+    """A call of the shipped reference workload (`REFERENCE_MODEL`) with the package's runtime and
+    settings, or None for a package without one."""
+    if REFERENCE_MODEL not in info.files:
+        return None
+    probe = replace(info, model=REFERENCE_MODEL, input=replace(info.input, channels=16, height=32, width=32))
+    probe.runtime = replace(info.runtime, batch=1)
+    x = np.random.default_rng(0).standard_normal((1, 16, 32, 32), np.float32)
+    return open_session(probe, folder).bind(x)
+
+
+def result_of(samples: np.ndarray, seconds: float, info: DeployInfo, settings: dict) -> BenchResult:
+    est, se, noise = summarise(samples, np.random.default_rng(0))
+    return BenchResult(
+        round(est[50], 5),
+        round(est[90], 5),
+        round(est[99], 5),
+        round(float(samples.mean()), 5),
+        round(float(samples.max()), 5),
+        len(samples),
+        round(seconds, 2),
+        {f"p{q}": round(v, 5) for q, v in se.items()},
+        round(noise, 5),
+        fingerprint(info.runtime.device),
+        info.runtime.name,
+        info.runtime.batch,
+        settings,
+    )
+
+
+@dataclass
+class Verdict:
+    judged: bool
+    line: str
+    over: bool = False
+    undecided: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.over else (3 if self.undecided else 0)
+
+
+def judge(info: DeployInfo, res: BenchResult) -> Verdict:
+    """The package's budget at its percentile against this measurement (module docstring)."""
+    if info.budget is None:
+        return Verdict(False, "the package has no latency budget: measured only, nothing judged")
+    if not same_machine(info.fingerprint, res.fingerprint):
+        return Verdict(
+            False,
+            f"nothing judged: this machine ({_machine(res.fingerprint)}) is not the one the package was measured "
+            f"on ({_machine(info.fingerprint)}); its budget holds there",
+        )
+    q, b = info.budget.percentile, info.budget.latency_ms
+    value, se = res.at(q)
+    at = f"p{q} {value:.4f} ms"
+    if se > MAX_ALLOWANCE:
+        return Verdict(
+            True,
+            f"undecided: {at} has a standard error of {100 * se:.1f}%, above the {100 * MAX_ALLOWANCE:.0f}% the "
+            "verdict allows; rerun on a quieter machine or with more --calls / --seconds",
+            undecided=True,
+        )
+    limit = b * (1 + se)
+    if value <= limit:
+        return Verdict(True, f"within budget: {at} against {b:g} ms (allowance ±{100 * se:.1f}%, its standard error)")
+    return Verdict(
+        True,
+        f"OVER BUDGET by {100 * (value / b - 1):.1f}%: {at} against {b:g} ms (limit {limit:.4f} ms with its "
+        f"standard error ±{100 * se:.1f}%)",
+        over=True,
+    )
+
+
+def _machine(fp: dict) -> str:
+    if fp.get("kind") == "cuda":
+        return str(fp.get("gpu_name"))
+    return f"{fp.get('cpu_model')}, {fp.get('cores')} cores"

@@ -1,0 +1,142 @@
+"""The package an export ships: the artifact's folder gets its `deploy.json` (`deploy.info`), written
+from what the export knows — the task's preprocessing and classes, the session settings the file was
+measured with, the measurement, the budget and the artifact's own test accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from dery_deploy import __version__
+from dery_deploy.artifacts import sha256_file
+from dery_deploy.data.task import Task
+from dery_deploy.deploy.info import FILE, REFERENCE_MODEL, Budget, DeployInfo, Latency, ModelInput, Preprocess, Runtime
+from dery_deploy.deploy.machine import fingerprint
+from dery_deploy.deploy.settings import onnxruntime_settings
+from dery_deploy.runtime.harness import Measurement
+
+RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+STATISTIC = (
+    "per-call percentiles over all calls of a steady-state run (windows of back-to-back calls, interleaved "
+    "with the reference workload, in a measurement worker process); standard error: bootstrap over windows"
+)
+
+
+def preprocess_of(task: Task) -> Preprocess:
+    """The task's data pipeline as the package's preprocessing (`data/fashion_mnist.py`, `data/folder.py`)."""
+    inp = task.input
+    color = "L" if inp.channels == 1 else "RGB"
+    if task.kind == "fashion-mnist":  # 28 px grey images zero-padded to 32, resized where the zoo takes another size
+        return Preprocess(color, "pad", inp.size, pad_to=32, mean=list(inp.mean), std=list(inp.std))
+    return Preprocess(color, "resize-crop", inp.size, mean=list(inp.mean), std=list(inp.std))
+
+
+def session_settings(fmt: str, threads: int | None, extra: dict) -> dict:
+    """Every setting the export's measurement gave the runtime (built from the same functions)."""
+    if fmt == "onnx":
+        return onnxruntime_settings(threads or torch.get_num_threads())
+    if fmt == "openvino":
+        from dery_deploy.runtime.openvino import compile_config
+
+        return compile_config(threads)
+    return {k: extra[k] for k in ("min_shape", "opt_shape", "max_shape") if k in extra}
+
+
+def latency_of(m: Measurement, measured_in: str, reference_ms: float | None) -> Latency:
+    """The figures a user reproduces with `dery bench`: percentiles over all calls (`promise_at`)."""
+    return Latency(
+        p50_ms=round(m.promise_at(50), 5),
+        p90_ms=round(m.promise_at(90), 5),
+        p99_ms=round(m.promise_at(99), 5),
+        calls=int(m.runs),
+        standard_error={f"p{q}": round(m.promise_uncertainty_at(q), 5) for q in (50, 90, 99)},
+        noise=round(m.noise, 5),
+        statistic=STATISTIC,
+        measured_in=measured_in,
+        when=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        reference_ms=reference_ms,
+    )
+
+
+def write_reference(out: Path) -> None:
+    """The machine-speed probe the measurements timed beside the file, shipped so `dery bench` times it too."""
+    from dery_deploy.runtime.calibration import reference_input, reference_module
+    from dery_deploy.runtime.onnx import onnx_from_module, save_onnx
+
+    if not (out / REFERENCE_MODEL).is_file():  # the export's measurement wrote it where it timed it
+        save_onnx(onnx_from_module(reference_module(), reference_input(1)), out / REFERENCE_MODEL)
+
+
+def package_files(fmt: str, out: Path, artifact: str) -> dict[str, str]:
+    names = [artifact]
+    if fmt == "openvino":
+        names.append(Path(artifact).with_suffix(".bin").name)
+    if fmt == "tensorrt" and (out / "model.engine.json").is_file():
+        names.append("model.engine.json")
+    if (out / REFERENCE_MODEL).is_file():
+        names.append(REFERENCE_MODEL)
+    return {n: sha256_file(out / n) for n in names}
+
+
+def write_package(
+    out: Path, rep, task: Task, plan: dict | None, measured: Measurement, threads: int | None, top1: float | None
+) -> Path:
+    """Write `out/deploy.json` for the export `rep` (an `ExportReport`) that was measured as `measured`.
+
+    Args:
+        top1: the artifact's own test top-1 (%), None where it was not measured.
+    """
+    fmt = rep.format
+    if fmt in ("onnx", "openvino"):
+        write_reference(out)
+    version = str(__import__(RUNTIME_OF[fmt]).__version__).split("-")[0]
+    budget = (plan or {}).get("budget") or {}
+    info = DeployInfo(
+        model=rep.artifact,
+        files=package_files(fmt, out, rep.artifact),
+        input=ModelInput("x", task.input.channels, task.input.size, task.input.size),
+        preprocess=preprocess_of(task),
+        output="y",
+        classes=list(task.classes),
+        runtime=Runtime(
+            RUNTIME_OF[fmt],
+            version,
+            rep.precision,
+            rep.batch,
+            threads if rep.device == "cpu" else None,
+            session_settings(fmt, threads, rep.extra),
+            rep.device,
+        ),
+        latency=latency_of(
+            measured, "the export's own measurement of the file, alone in its pass", rep.extra.get("reference_ms")
+        ),
+        budget=Budget(float(budget["latency_ms"]), int(budget.get("percentile") or 50), _verdict(rep))
+        if budget.get("latency_ms")
+        else None,
+        fingerprint=fingerprint(rep.device),
+        accuracy={"top1": top1, "split": "test", "images": len(task.test), "task": task.kind},
+        made_by=f"dery_deploy {__version__}",
+    )
+    return info.write(out / FILE)
+
+
+def _verdict(rep) -> str:
+    return rep.budget.line() if rep.budget is not None and rep.budget.checked else ""
+
+
+def refresh_latency(
+    out: Path, measured: Measurement, verdict_line: str, measured_in: str, reference_ms: float | None
+) -> None:
+    """Replace a package's recorded latency (and budget verdict) by a later measurement of the same file
+    (`dery run`'s final pass), so deploy.json states what the report states."""
+    path = Path(out) / FILE
+    if not path.is_file():
+        return
+    info = DeployInfo.read(path)
+    info.latency = latency_of(measured, measured_in, reference_ms)
+    if info.budget is not None:
+        info.budget.verdict = verdict_line
+    info.write(path)
