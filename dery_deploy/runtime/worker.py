@@ -87,6 +87,8 @@ def serve(request: Path, result: Path) -> None:
     memory = {it.key: round(_fresh_memory_mb(it), 3) for it in items if it.key in req.get("memory", [])}
     runners = {it.key: (file_runner(it), False, None) for it in items}
     meas, summary = measure_interleaved(runners, TimingOptions(**req["options"]), progress=_progress_line)
+    counts = {it.threads for it in items}  # each session computes with its own count
+    summary.threads = counts.pop() if len(counts) == 1 else None
     heavy = sorted(m for m in ("torch", "timm", "onnxruntime", "openvino") if m in sys.modules)
     out = WorkerResult(meas, memory, summary, heavy)
     atomic_write_json(

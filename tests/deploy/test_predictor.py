@@ -76,7 +76,8 @@ def test_deploy_json_records_the_measurement(shipped):
     lat = info.latency
     assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p99_ms and lat.calls >= 1024 and set(lat.standard_error) >= {"p90"}
     assert info.fingerprint["kind"] == "cpu" and info.fingerprint["cores"] == os.cpu_count()
-    assert sorted(info.files) == ["model.bin", "model.xml"]
+    # the machine-speed probe timed beside the file ships with it, its speed then recorded
+    assert sorted(info.files) == ["model.bin", "model.xml", "reference.onnx"] and lat.reference_ms > 0
     ort = DeployInfo.read(shipped["onnx"] / FILE).runtime.session
     assert ort["intra_op_num_threads"] == 1 and ort["config_entries"] == {"session.intra_op.allow_spinning": "0"}
 
