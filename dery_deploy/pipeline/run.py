@@ -68,7 +68,7 @@ class RunOptions:
     verify: int = 10
     probe: int = 512
     restarts: int = 50
-    aoti: bool = True
+    aoti: bool = False  # an AOTInductor package for the middle budget: opt-in (--aoti), it never ships on a CPU
     quick: bool = False
     seed: int = 0
     out: str = "runs/default"
