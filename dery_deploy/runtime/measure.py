@@ -75,15 +75,35 @@ def prepare_module(
 Builds = dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]
 
 
+def failure_text(e: BaseException) -> str:
+    """One line saying why an item could not be measured."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}"
+
+
 def _prepare_group(
-    backend: Backend, builds: Builds, group: list[str], precision: str, device: str, reference_batch, tick
+    backend: Backend,
+    builds: Builds,
+    group: list[str],
+    precision: str,
+    device: str,
+    reference_batch,
+    tick,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, tuple[Runner, float | None]]:
     prepared: dict[str, tuple[Runner, float | None]] = {}
     # compilers (inductor) fix their thread count when they build: build with the measured one
     with torch_threads(backend.threads):
         for k in group:
-            module, example = builds[k]()
-            prepared[k] = prepare_module(backend, module, example, precision, device)
+            try:
+                module, example = builds[k]()
+                prepared[k] = prepare_module(backend, module, example, precision, device)
+            except Exception as e:  # noqa: BLE001 - one item a backend rejects (a capture, an export) is recorded
+                if failed is None:
+                    raise
+                failed[k] = failure_text(e)
+                if device == "cuda":
+                    torch.cuda.synchronize()  # an error that poisons the CUDA context surfaces here, not later
             tick()
         if reference_batch is not None:
             ref = backend.prepare(reference_module(), reference_input(reference_batch), precision, device)
@@ -100,11 +120,15 @@ def measure_modules(
     reference_batch: int | None = None,
     progress=None,
     label: str = "measure",
+    failed: dict[str, str] | None = None,
 ) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
     """Build every module, then time them in interleaved passes (one, or one per group of
     `backend.max_live` items where the backend cannot keep more alive), each with the reference
     workload at `reference_batch` (None: no reference).
 
+    Args:
+        failed: where given, an item whose build or first call raises is recorded here (key -> why) and
+            left out, instead of ending the pass (and every item after it) with the error.
     Returns:
         key -> ItemMeasurement (with the pass's reference latency), and the passes' summaries.
     """
@@ -125,7 +149,7 @@ def measure_modules(
 
     for group in groups:
         backend.reset()
-        prepared = _prepare_group(backend, builds, group, precision, device, reference_batch, built)
+        prepared = _prepare_group(backend, builds, group, precision, device, reference_batch, built, failed)
         timings, summary = measure_interleaved(
             {k: (r.call, r.cuda, r.stream) for k, (r, _) in prepared.items()},
             opts,
@@ -133,7 +157,7 @@ def measure_modules(
             timed if progress else None,
         )
         ref = timings.pop(REFERENCE_KEY, None)
-        for k in group:
+        for k in (k for k in group if k in prepared):
             runner, peak = prepared[k]
             out[k] = ItemMeasurement(timings[k], peak, runner.build_s, ref.median_ms if ref else None)
         summaries.append(summary)
