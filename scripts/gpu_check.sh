@@ -208,8 +208,11 @@ step similarity "$W/similarity.json" "${D[@]}" similarity --zoo fashion --device
 step partition "$W/partition.json" "${D[@]}" partition --zoo fashion -K "$K" --json
 profile profile-ship-b1 "$SHIP" 1 "$VERIFY"
 
+# the shipping backend's batch-1 profile (a CPU profile's name carries its thread count: -t1)
+B1=$(ls "$DERY_CACHE/profiles/$DEV/fashion-$SHIP-$PREC-b1.json" "$DERY_CACHE/profiles/$DEV/fashion-$SHIP-$PREC-b1-t"*.json \
+  2>/dev/null | head -1)
 # the budget: 1.2 x the median whole-donor latency at batch 1, so some donors fit and some do not
-B=$(python3 - "$DERY_CACHE/profiles/$DEV/fashion-$SHIP-$PREC-b1.json" <<'EOF' || echo 1
+B=$(python3 - "$B1" <<'EOF' || echo 1
 import json, statistics, sys
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.store import read_profile
@@ -256,7 +259,7 @@ profile profile-ship-b32 "$SHIP" 32 "$VERIFY"
 step devices "$W/devices.json" "${D[@]}" devices --json
 # torch-compile compiles every item cold (Dynamo is reset per group of 6): three donors' items (19 of 55),
 # written after every group, and a latency check on 3 of their assemblies
-TC_DONORS=$(python3 - "$DERY_CACHE/profiles/$DEV/fashion-$SHIP-$PREC-b1.json" <<'EOF' || echo ""
+TC_DONORS=$(python3 - "$B1" <<'EOF' || echo ""
 import json, sys
 recs = json.load(open(sys.argv[1]))["records"].values()
 print(",".join(sorted((r for r in recs if r["kind"] == "donor"), key=lambda r: r["median_ms"])[i]["donor"] for i in (0, 1, 2)))
