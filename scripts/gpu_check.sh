@@ -1,33 +1,92 @@
 #!/usr/bin/env bash
-# Every CUDA path of dery_deploy once, on one H100/H200, in one command of under 8 minutes, on the
-# embedded zoo `fashion`: similarity on CUDA; profiles with torch-cudagraph, torch-eager and
-# torch-compile (fp16, batch 1 and 32, each checked against --verify mixed assemblies); assemble under a
-# budget read off the CUDA-graph donor latencies; a short CUDA fine-tune; ONNX and CUDA AOTInductor
-# exports with parity; the GPU-marked tests. Writes under $OUT (default /tmp/gpu_check):
-#   summary.json   every step's rc and seconds, and what each step measured (see the end of this file)
+# The CUDA paths of dery_deploy on one H100/H200 in one command, on the embedded zoo `fashion`, ordered by
+# what the answer needs. First the core chain, whose answer is written (summary.json) before anything else
+# runs: similarity and partition, a torch-cudagraph fp16 batch-1 profile with its latency check (--verify),
+# a plan under a budget read off that profile, a short CUDA fine-tune, the fine-tuned network's latency with
+# the plan's backend, and a shipped ONNX with parity. Then, each isolated (its own time limit, its failure
+# recorded, the summary rewritten after it): the batch-32 profile and its check, torch-compile (batch 1, three
+# donors, passes written per compiled group, a 3-assembly check), torch-eager at batch 1, the GPU-marked
+# tests, and with AOTI=1 a CUDA AOTInductor export. Writes under $OUT (default /tmp/gpu_check):
+#   summary.json   every step's rc, seconds, limit and expected time; what each step measured; failed_steps,
+#                  not_run_by_design, not_exercised, and the H200 time estimate (see scripts/gpu_check_summary.py)
 #   log.txt        everything the steps printed
 #   profiles.tgz   the profile JSONs, the plan, the fine-tune metrics and the export reports
 #   pytest-gpu.xml the GPU-marked tests (JUnit)
 #
+# Not exercised by this script at all (the summary's not_exercised): the ONNX Runtime CUDA EP with IOBinding
+# (the GPU image's onnxruntime is the CPU build; onnxruntime-gpu is far over the 64 MiB that may travel),
+# TensorRT (not obtainable there) and DDP with NCCL (one GPU per process).
+#
 # The GPU machine has no network and lacks ortools, optuna and Fashion-MNIST: fill .whl/ here first
 # (bash scripts/gpu_prep.sh), then from the project root, carrying it:
 #   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
+# `bash scripts/gpu_check.sh --estimate` prints the time estimate for an H200 lease and exits.
 #
-# Knobs (environment): DEADLINE (s, 455) bounds all steps, so the summary is written within 8 minutes;
-# K (2 equivalence sets: 55 items per backend and batch), BATCHES (1,32), VERIFY (10); W (work folder,
-# wiped unless RESUME=1); SELECT=1 lets assemble select by short training (off: it took 6.6 minutes on the
-# 2-core CPU, its time on the GPU is unknown, and the finetune step trains on CUDA anyway; the program, the
-# proxy and the finalists' measurement on the device run either way); GPU_CHECK_CPU=1 runs the same steps
-# with CPU stand-ins (device cpu, fp32, onnxruntime for torch-cudagraph): it checks the command lines and
-# the summary on a machine without a GPU.
+# Knobs (environment): DEADLINE (s, 500 on a GPU) bounds all steps; K (2 equivalence sets: 55 items per
+# backend and batch), VERIFY (10); W (work folder, wiped unless RESUME=1); SELECT=1 lets assemble select by
+# short training; AOTI=1 adds the CUDA AOTInductor export (last); GPU_CHECK_CPU=1 runs the same steps with CPU
+# stand-ins (device cpu, fp32, onnxruntime for torch-cudagraph) and limits CPU_SCALE (4) times longer: it
+# checks the command lines and the summary on a machine without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
+
+# The steps, in the order they run: name, limit (s), expected seconds on an H200. The expectations are
+# estimates (no GPU has run this script yet), from the earlier H200 probe (torch import and CUDA init ~10 s a
+# process, resnet50 capture < 1 s, compile ~5-10 s an item cold) and this script's CPU run; the first GPU
+# run's summary records the real seconds beside them.
+STEPS="
+environment 60 15
+similarity 90 30
+partition 45 10
+profile-ship-b1 150 60
+assemble 90 40
+finetune 120 60
+latency-ft 60 20
+export-onnx 75 30
+profile-ship-b32 120 50
+devices 30 5
+profile-torch-compile-b1 120 75
+profile-torch-eager-b1 90 35
+pytest-gpu 120 60
+"
+[ "${AOTI:-0}" = 1 ] && STEPS="$STEPS
+export-aoti 120 70"
+START_S=120      # a machine's start: "a minute or more" (the device notes); two minutes assumed
+TRANSFER_MIB_S=2 # carried tree and .whl/ to the machine, assumed MiB per second (the notes give no rate)
+LEASE_S=900
+RERUN_S=240
+
+estimate() {  # prints the H200 estimate; its numbers also go to $W/estimate.json for the summary
+  local steps mib transfer total left
+  steps=$(awk 'NF == 3 {s += $3} END {print s}' <<<"$STEPS")
+  mib=$({ git ls-files -z --cached --others --exclude-standard | du -cb --apparent-size --files0-from=- 2>/dev/null \
+    || true; } | tail -1 | cut -f1)
+  [ -d .whl ] && mib=$((mib + $(du -sb --apparent-size .whl | cut -f1)))
+  mib=$(((mib + 1048575) / 1048576))
+  transfer=$(((mib + TRANSFER_MIB_S - 1) / TRANSFER_MIB_S))
+  total=$((steps + START_S + transfer))
+  left=$((LEASE_S - total))
+  echo "gpu_check: H200 estimate: steps ${steps}s expected + machine start ${START_S}s + transfer of ${mib} MiB" \
+    "${transfer}s = ${total}s ($((total / 60)) min $((total % 60)) s) of a ${LEASE_S}s lease, leaving ${left}s for a" \
+    "rerun of a failed step ($([ "$left" -ge "$RERUN_S" ] && echo "enough: ${RERUN_S}s needed" || echo "NOT ENOUGH: ${RERUN_S}s needed"))"
+  [ -n "${W:-}" ] && printf '{"steps_s": %s, "start_s": %s, "carried_mib": %s, "transfer_s": %s, "total_s": %s, "lease_s": %s, "left_for_rerun_s": %s}\n' \
+    "$steps" "$START_S" "$mib" "$transfer" "$total" "$LEASE_S" "$left" >"$W/estimate.json"
+  return 0
+}
+if [ "${1:-}" = --estimate ]; then
+  W='' estimate
+  exit 0
+fi
+
 OUT=${OUT:-/tmp/gpu_check}
 W=${W:-/tmp/dery_gpu_check}
-DEADLINE=${DEADLINE:-455}
 K=${K:-2}
-BATCHES=${BATCHES:-1,32}
 VERIFY=${VERIFY:-10}
+CPU_SCALE=1
+if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then
+  CPU_SCALE=${CPU_SCALE_CPU:-4}
+fi
+DEADLINE=${DEADLINE:-$((500 * CPU_SCALE))}
 mkdir -p "$OUT"
 [ "${RESUME:-0}" = 1 ] || rm -rf "$W"
 mkdir -p "$W"
@@ -35,6 +94,7 @@ mkdir -p "$W"
 : >"$OUT/log.txt"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 echo "gpu_check: $(date -u +%FT%TZ) in $PWD, work folder $W, deadline ${DEADLINE}s"
+estimate
 
 # What the program and the selection import: ortools' cp_model imports pandas at import time (`import ortools`
 # alone loads neither), optuna the selection's study. The summary's "solver_imports" says where they came from.
@@ -42,13 +102,21 @@ NEEDS='from ortools.sat.python import cp_model; import optuna'
 SOLVER_IMPORTS="from the image"
 if ! python3 -c "$NEEDS" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
-    # --target keeps the image's packages untouched; PYTHONPATH puts these first (protobuf 6.33 for ortools)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/dery_site \
-      .whl/*.whl || echo "gpu_check: installing .whl/ failed"
+    # --target keeps the image's packages untouched; PYTHONPATH puts these first (protobuf 6.33 for ortools).
+    # Without pip on the image, a wheel is a zip: unpacked into the same folder it imports the same.
+    if python3 -m pip --version >/dev/null 2>&1; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/dery_site \
+        .whl/*.whl || echo "gpu_check: installing .whl/ failed"
+      how="pip install --target"
+    else
+      mkdir -p /tmp/dery_site
+      for f in .whl/*.whl; do python3 -m zipfile -e "$f" /tmp/dery_site/ || echo "gpu_check: unpacking $f failed"; done
+      how="unpacked without pip (none on the image)"
+    fi
     export PYTHONPATH=/tmp/dery_site${PYTHONPATH:+:$PYTHONPATH}
-    SOLVER_IMPORTS="from the carried .whl/ ($(cd .whl && ls -- *.whl | cut -d- -f1-2 | tr '\n' ' '))"
+    SOLVER_IMPORTS="from the carried .whl/, $how ($(cd .whl && ls -- *.whl | cut -d- -f1-2 | tr '\n' ' '))"
     why=$(python3 -c "$NEEDS" 2>&1 | tail -1) && why=""
-    [ -z "$why" ] || SOLVER_IMPORTS="FAILED after installing .whl/: $why"
+    [ -z "$why" ] || SOLVER_IMPORTS="FAILED after installing .whl/ ($how): $why"
   else
     SOLVER_IMPORTS="FAILED: cp_model or optuna missing and no .whl/ carried (run scripts/gpu_prep.sh, carry [\".whl\"])"
   fi
@@ -72,22 +140,31 @@ else
   esac
   TD=cuda PREC=fp16 SHIP=torch-cudagraph
 fi
-export DEV TD PREC SHIP
+export DEV TD PREC SHIP W OUT
 
-# step NAME LIMIT STDOUT_FILE CMD...: run CMD under `timeout`, clipped to what is left of DEADLINE; its
-# stdout goes to STDOUT_FILE ("-": the log) and "name rc seconds limit" to steps.tsv ("skipped" past the deadline)
+summarise() {  # rewrites $OUT/summary.json from what the steps left so far: the answer survives a later failure
+  SECONDS_SO_FAR=$SECONDS timeout 60 python3 scripts/gpu_check_summary.py "$W" "$OUT" >"$W/summary.out" 2>&1 \
+    || { echo "gpu_check: the summary failed:"; tail -5 "$W/summary.out"; }
+}
+
+# step NAME STDOUT_FILE CMD...: run CMD under `timeout` with the step's limit from STEPS (times CPU_SCALE),
+# clipped to what is left of DEADLINE; stdout to STDOUT_FILE ("-": the log); "name rc seconds limit expected"
+# to steps.tsv ("skipped" past the deadline); then the summary is rewritten
 step() {
-  local name=$1 limit=$2 dest=$3 left rc s
-  shift 3
+  local name=$1 dest=$2 limit expected left rc s
+  shift 2
+  read -r limit expected < <(awk -v n="$name" '$1 == n {print $2, $3}' <<<"$STEPS")
+  limit=$((limit * CPU_SCALE))
   left=$((DEADLINE - SECONDS))
   if [ "$left" -lt 20 ]; then
-    printf '%s\tskipped\t0\t0\n' "$name" >>"$W/steps.tsv"
+    printf '%s\tskipped\t0\t0\t%s\n' "$name" "$expected" >>"$W/steps.tsv"
     echo "=== $name: skipped (deadline)"
+    summarise
     return 0
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   s=$SECONDS
-  echo "=== $name (limit ${limit}s): $*"
+  echo "=== $name (limit ${limit}s, expected ${expected}s on an H200): $*"
   if [ "$dest" = - ]; then
     timeout -k 10 "$limit" "$@"
   else
@@ -95,19 +172,30 @@ step() {
   fi
   rc=$?
   [ "$dest" = - ] || tail -c 1500 "$dest"
-  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - s))" "$limit" >>"$W/steps.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - s))" "$limit" "$expected" >>"$W/steps.tsv"
   echo "=== $name: rc=$rc in $((SECONDS - s))s"
+  summarise
 }
 
-step environment 60 "$W/environment.json" python3 -c '
-import importlib, json, os
-env = {"modules": {}}
-for m in ("torch", "timm", "onnx", "onnxruntime", "ortools", "ortools.sat.python.cp_model", "google.protobuf", "optuna",
-          "pandas", "pynvml", "typer"):
+profile() {  # profile STEP BACKEND BATCH VERIFY [ARGS...]: one batch, profiled and then checked
+  local name=$1 backend=$2 batch=$3 verify=$4
+  shift 4
+  step "$name" "$W/$name.json" "${D[@]}" profile --zoo fashion --device "$DEV" --backend "$backend" \
+    --precision "$PREC" --batch "$batch" --verify "$verify" --json "$@"
+}
+
+# --- the core chain: its answer is in summary.json before anything below runs
+step environment "$W/environment.json" python3 -c '
+import importlib, json, os, subprocess, sys
+env = {"modules": {}, "python": sys.version.split()[0]}
+for m in ("torch", "timm", "numpy", "onnx", "onnxruntime", "ortools", "ortools.sat.python.cp_model", "google.protobuf",
+          "optuna", "pandas", "pynvml", "typer"):
     try:
         env["modules"][m] = getattr(importlib.import_module(m), "__version__", "present")
     except Exception as e:  # noqa: BLE001 - a missing module is what this step reports
         env["modules"][m] = f"MISSING: {type(e).__name__}: {e}"
+pip = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True)
+env["pip"] = pip.stdout.split(" from ")[0] if pip.returncode == 0 else "MISSING"
 import onnxruntime, torch
 from dery_deploy.runtime.devices import gpu_fingerprint, torch_gpu_identity
 env["cuda"] = torch.cuda.is_available() and torch.cuda.get_device_name()
@@ -116,142 +204,78 @@ env["gpu_fingerprint"] = gpu_fingerprint()
 env["torch_gpu_identity"] = torch_gpu_identity()
 env["data"] = os.environ.get("DERY_DATA")
 print(json.dumps(env, indent=1))'
-step devices 45 "$W/devices.json" "${D[@]}" devices --json
-step similarity 90 "$W/similarity.json" "${D[@]}" similarity --zoo fashion --device "$TD" --data fashion-mnist --json
-step partition 45 "$W/partition.json" "${D[@]}" partition --zoo fashion -K "$K" --json
-profile() {  # profile BACKEND LIMIT
-  step "profile-$1" "$2" "$W/profile-$1.json" "${D[@]}" profile --zoo fashion --device "$DEV" --backend "$1" \
-    --precision "$PREC" --batch "$BATCHES" --verify "$VERIFY" --json
-}
-profile "$SHIP" 150
+step similarity "$W/similarity.json" "${D[@]}" similarity --zoo fashion --device "$TD" --data fashion-mnist --json
+step partition "$W/partition.json" "${D[@]}" partition --zoo fashion -K "$K" --json
+profile profile-ship-b1 "$SHIP" 1 "$VERIFY"
 
+# the shipping backend's batch-1 profile (a CPU profile's name carries its thread count: -t1)
+B1=$(ls "$DERY_CACHE/profiles/$DEV/fashion-$SHIP-$PREC-b1.json" "$DERY_CACHE/profiles/$DEV/fashion-$SHIP-$PREC-b1-t"*.json \
+  2>/dev/null | head -1)
 # the budget: 1.2 x the median whole-donor latency at batch 1, so some donors fit and some do not
-B=$(python3 - "$W/profile-$SHIP.json" <<'EOF' || echo 1
-import json, os, statistics, sys
-try:
-    text = open(sys.argv[1]).read()
-    summaries = json.loads(text[min(i for i in (text.find("["), text.find("{")) if i >= 0) :])
-    ms = [d["latency_ms"] for s in summaries if s["batch"] == 1 for d in s["donors"].values()]
-except Exception:  # noqa: BLE001 - the step did not finish: read the donors from the (partial) profile file
-    dev, ship, prec = os.environ["DEV"], os.environ["SHIP"], os.environ["PREC"]
-    path = f"{os.environ['DERY_CACHE']}/profiles/{dev}/fashion-{ship}-{prec}-b1.json"
-    ms = [r["median_ms"] for r in json.load(open(path))["records"].values() if r["kind"] == "donor"]
-print(round(1.2 * statistics.median(ms), 4))
+B=$(python3 - "$B1" <<'EOF' || echo 1
+import json, statistics, sys
+from dery_deploy.profile.latency_model import LatencyModel
+from dery_deploy.profile.store import read_profile
+prof = read_profile(sys.argv[1])
+model = LatencyModel.of(prof)
+print(round(1.2 * statistics.median(model.predict_ms([k]) for k, r in prof.records.items() if r.kind == "donor"), 4))
 EOF
 )
 echo "budget $B ms = 1.2 x the median donor latency ($SHIP $PREC batch 1)"
 echo "$B" >"$W/budget.txt"
 SEL=--no-select
 [ "${SELECT:-0}" = 1 ] && SEL=--select
-step assemble 60 "$W/assemble.json" "${D[@]}" assemble --zoo fashion --device "$DEV" --backend "$SHIP" --precision "$PREC" \
+step assemble "$W/assemble.json" "${D[@]}" assemble --zoo fashion --device "$DEV" --backend "$SHIP" --precision "$PREC" \
   --batch 1 --latency-ms "$B" --top 5 "$SEL" -o "$W/plan.json" --json
-step finetune 90 - "${D[@]}" finetune "$W/plan.json" -o "$W/ft" --epochs-adapter 1 --epochs-full 1 --device "$TD" --force
-step export-onnx 45 "$W/export-onnx.json" "${D[@]}" export "$W/ft" --format onnx --device "$DEV" --allow-over-budget --force --json
-step export-aoti 120 "$W/export-aoti.json" "${D[@]}" export "$W/ft" --format aoti --device "$DEV" --allow-over-budget --force --json
-step pytest-gpu 90 - python3 -m pytest -q -p no:cacheprovider -m "gpu or tensorrt" -rs --junitxml="$OUT/pytest-gpu.xml" tests
-profile torch-eager 100
-profile torch-compile 600 # last: whatever is left of the deadline; an interrupted profile still counts its items
-echo "dynamo recompile-limit warnings (items silently run eager): $(grep -c 'recompile_limit\|cache_size_limit' "$OUT/log.txt")"
+step finetune - "${D[@]}" finetune "$W/plan.json" -o "$W/ft" --epochs-adapter 1 --epochs-full 1 --device "$TD" --force
+# the fine-tuned network measured as the plan will run it (its backend, precision, batch, on the plan's device)
+step latency-ft "$W/latency-ft.json" python3 - "$W/ft" <<'EOF'
+import json, sys
+import torch
+from dery_deploy.profile.items import example_input
+from dery_deploy.profile.run import device_for, resolve_backend
+from dery_deploy.runtime.devices import get_device
+from dery_deploy.runtime.harness import TimingOptions
+from dery_deploy.runtime.measure import measure_module
+from dery_deploy.train.finetune import load_run_model
+from dery_deploy.zoo import get_zoo
 
-SECONDS_SO_FAR=$SECONDS timeout 60 python3 - "$W" "$OUT" "$B" <<'EOF'
-import glob, json, os, re, statistics, sys
-import xml.etree.ElementTree as ET
-
-W, out, budget = sys.argv[1], sys.argv[2], sys.argv[3]
-
-
-def load(path):
-    """A step's JSON stdout (text before the first bracket is skipped); a string saying why when there is none."""
-    try:
-        text = open(path).read()
-        starts = [i for i in (text.find("["), text.find("{")) if i >= 0]
-        return json.loads(text[min(starts) :]) if starts else f"no JSON in {os.path.basename(path)}"
-    except Exception as e:  # noqa: BLE001 - the summary reports what is missing instead of failing
-        return f"missing: {type(e).__name__}: {e}"
-
-
-def pick(d, keys):
-    return {k: d.get(k) for k in keys} if isinstance(d, dict) else d
-
-
-devs = load(f"{W}/devices.json")
-s = {
-    "device": os.environ["DEV"],
-    "backend_shipped": os.environ["SHIP"],
-    "precision": os.environ["PREC"],
-    "budget_ms": float(budget),
-    "solver_imports": os.environ.get("SOLVER_IMPORTS"),
-    "steps": [
-        {k: int(v) if v.isdigit() else v for k, v in zip(("name", "rc", "seconds", "limit"), ln.rstrip("\n").split("\t"))}
-        for ln in open(f"{W}/steps.tsv")
-    ],
-    "environment": load(f"{W}/environment.json"),
-    "devices_here": [d["id"] for d in devs if d.get("here")] if isinstance(devs, list) else devs,
-    "similarity": load(f"{W}/similarity.json"),
-    "partition": pick(load(f"{W}/partition.json"), ("K", "key", "objective", "seconds", "max_block_units")),
-    "profiles": {},
-}
-donors = {}  # (backend, batch) -> {donor: median ms}
-for f in sorted(glob.glob(f"{W}/cache/profiles/*/*.json")):
-    p = json.load(open(f))
-    recs = p["records"].values()
-    v = p.get("verify") or {}
-    d_ms = {r["donor"]: r["median_ms"] for r in recs if r["kind"] == "donor"}
-    donors[(p["backend"], p["batch"])] = d_ms
-    s["profiles"][os.path.basename(f)] = {
-        "gpu": (p["fingerprint"]["start"] or {}).get("gpu_name"),
-        "fingerprint_end": p["fingerprint"].get("end"),
-        "items": len(p["records"]),
-        "unstable": sum(not r["stable"] for r in recs),
-        "build_s": round(sum(r.get("build_s") or 0 for r in recs), 2),
-        "peak_memory_mb_max": max([r.get("peak_memory_mb") or 0 for r in recs] or [0]),
-        "donor_ms": d_ms,
-        "verify": {
-            k: v.get(k)
-            for k in ("n", "median_abs_rel_error", "max_abs_rel_error", "raw_median_abs_rel_error",
-                      "raw_max_abs_rel_error", "p90_under_prediction", "speed", "scale")
-        }
-        if v
-        else None,
-    }
-# what the shipped artifact gains over eager: per donor eager latency / the other backend's, and their median
-s["speedup_over_eager"] = {}
-for (backend, batch), d_ms in sorted(donors.items()):
-    eager = donors.get(("torch-eager", batch), {})
-    if backend == "torch-eager" or not eager:
-        continue
-    ratios = {n: round(eager[n] / ms, 3) for n, ms in d_ms.items() if n in eager and ms > 0}
-    if ratios:
-        s["speedup_over_eager"][f"{backend} b{batch}"] = {"median": statistics.median(ratios.values()), "donors": ratios}
-plans = load(f"{W}/assemble.json")
-keys = ("predicted", "budget", "solver", "proxy", "blocks")
-s["assemble"] = [pick(p, keys) for p in plans] if isinstance(plans, list) else plans
-m = load(f"{W}/ft/metrics.json")
-s["finetune"] = pick(m, ("train_seconds", "device", "val_accuracy", "test_accuracy", "phase1_val_accuracy", "epochs",
-                         "params_m"))
-for fmt in ("onnx", "aoti"):
-    r = load(f"{W}/ft/export/report-{fmt}.json")
-    s[f"export_{fmt}"] = pick(r, ("format", "device", "precision", "batch", "latency_ms", "latency_stable",
-                                  "latency_backend", "parity", "budget", "build_s", "load_ok", "error", "bytes"))
-try:
-    suite = ET.parse(f"{out}/pytest-gpu.xml").getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    s["pytest_gpu"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    s["pytest_gpu"]["not_passed"] = [
-        f"{c.get('classname')}::{c.get('name')}: {c[0].tag} {(c[0].get('message') or '')[:200]}"
-        for c in suite.iter("testcase") if len(c)
-    ]
-except Exception as e:  # noqa: BLE001
-    s["pytest_gpu"] = f"missing: {e!r}"
-log = open(f"{out}/log.txt", errors="replace").read()
-s["dynamo_recompile_limit_warnings"] = len(re.findall(r"hit config\.(recompile_limit|cache_size_limit)", log))
-s["failed_steps"] = [x["name"] for x in s["steps"] if x["rc"] != 0]
-s["seconds"] = int(os.environ.get("SECONDS_SO_FAR", 0))
-json.dump(s, open(f"{out}/summary.json", "w"), indent=1, default=str)
-print(json.dumps(s, indent=1, default=str)[:12000])
+model, cfg = load_run_model(sys.argv[1])
+plan = cfg["source"]["plan"]
+spec = get_device(plan["device"])
+be, prec = resolve_backend(spec, plan["backend"], plan["precision"], plan.get("threads"))
+x = example_input(get_zoo(cfg.get("zoo_ref", cfg["zoo"])).input_tensor_spec, int(plan.get("batch", 1)))
+m = measure_module(be, model.eval(), x, prec, device_for(spec), TimingOptions.for_budget())
+budget = (plan.get("budget") or {}).get("latency_ms")
+print(json.dumps({"backend": be.name, "precision": prec, "batch": x.shape[0], "device": spec.id,
+                  "measured": m.timing.to_dict() | {"window_medians_ms": None}, "peak_memory_mb": m.peak_memory_mb,
+                  "predicted_ms": (plan.get("predicted") or {}).get("latency_ms"), "budget_ms": budget,
+                  "within_budget": None if budget is None else m.timing.median_ms <= budget}, indent=1))
 EOF
+step export-onnx "$W/export-onnx.json" "${D[@]}" export "$W/ft" --format onnx --device "$DEV" --allow-over-budget --force --json
+
+# --- after the answer, each step on its own
+profile profile-ship-b32 "$SHIP" 32 "$VERIFY"
+step devices "$W/devices.json" "${D[@]}" devices --json
+# torch-compile compiles every item cold (Dynamo is reset per group of 6): three donors' items (19 of 55),
+# written after every group, and a latency check on 3 of their assemblies
+TC_DONORS=$(python3 - "$B1" <<'EOF' || echo ""
+import json, sys
+recs = json.load(open(sys.argv[1]))["records"].values()
+print(",".join(sorted((r for r in recs if r["kind"] == "donor"), key=lambda r: r["median_ms"])[i]["donor"] for i in (0, 1, 2)))
+EOF
+)
+profile profile-torch-compile-b1 torch-compile 1 3 ${TC_DONORS:+--donors "$TC_DONORS"}
+echo "dynamo recompile-limit warnings (items silently run eager): $(grep -c 'recompile_limit\|cache_size_limit' "$OUT/log.txt")"
+profile profile-torch-eager-b1 torch-eager 1 "$VERIFY"
+step pytest-gpu - python3 -m pytest -q -p no:cacheprovider -m "gpu or tensorrt" -rs --junitxml="$OUT/pytest-gpu.xml" tests
+[ "${AOTI:-0}" = 1 ] && step export-aoti "$W/export-aoti.json" "${D[@]}" export "$W/ft" --format aoti --device "$DEV" \
+  --allow-over-budget --force --json
+
+summarise
+cat "$W/summary.out"
 keep=()
-for f in cache/profiles plan.json budget.txt ft/metrics.json ft/export/report-onnx.json ft/export/report-aoti.json; do
+for f in cache/profiles plan.json budget.txt latency-ft.json ft/metrics.json ft/export/report-onnx.json ft/export/report-aoti.json; do
   [ -e "$W/$f" ] && keep+=("$f")
 done
 [ ${#keep[@]} -gt 0 ] && tar czf "$OUT/profiles.tgz" -C "$W" "${keep[@]}"

@@ -23,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # the project's interpreter (PYTHON, ./.venv, or python3): the data self-check imports dery_deploy and
 # torch, which a bare python3 need not have
+PYTHON_GIVEN=${PYTHON:-}
 source scripts/python.sh
 PY=$PYTHON
 W=.whl
@@ -78,6 +79,11 @@ fi
 if ! DERY_DATA="$PWD/$W/fmnist" "$PY" -c "
 from dery_deploy.data.fashion_mnist import load_split
 print('gpu_prep: fmnist train', len(load_split('train')), 'test', len(load_split('test')))"; then
-  echo "gpu_prep: $PY cannot load the data slice with dery_deploy: install the project (bash scripts/setup.sh)" >&2
+  venv=absent
+  [ -x .venv/bin/python ] && venv=present
+  echo "gpu_prep: $PY cannot import torch and dery_deploy to load the data slice ($W is filled; only this" \
+    "self-check failed). The interpreter comes from PYTHON (${PYTHON_GIVEN:-not set}), else ./.venv ($venv)," \
+    "else python3: name one that has the project, e.g. \`PYTHON=/path/to/venv/bin/python bash" \
+    "scripts/gpu_prep.sh --check\`, or install the project here (bash scripts/setup.sh)" >&2
   exit 1
 fi

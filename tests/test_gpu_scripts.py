@@ -90,3 +90,31 @@ def test_prep_self_check_runs_on_the_projects_python(tree):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "gpu_prep: fmnist train 12 test 10" in p.stdout and "of the 64 MiB limit" in p.stdout
     assert "from dery_deploy.data.fashion_mnist import load_split" in log.read_text()
+
+
+def test_prep_says_which_interpreter_to_name_when_its_python_lacks_the_project(tree, tmp_path):
+    """With no .venv, no usable $PYTHON and a python3 without torch, the self-check fails after the wheels
+    were collected: the error names the interpreter it used and how to name another."""
+    root, env, _ = tree
+    bare = tmp_path / "bare-python"  # this Python without site-packages: no torch, no dery_deploy
+    bare.write_text(f'#!/usr/bin/env bash\nexec {sys.executable} -S "$@"\n')
+    bare.chmod(0o755)
+    env = dict(env, PYTHON=str(bare))
+    env.pop("PYTHONPATH")
+    p = subprocess.run(["bash", "scripts/gpu_prep.sh", "--check"], cwd=root, env=env, capture_output=True, text=True)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"PYTHON ({bare})" in p.stderr and "./.venv (absent)" in p.stderr, p.stderr
+    assert "PYTHON=/path/to/venv/bin/python bash scripts/gpu_prep.sh --check" in p.stderr, p.stderr
+
+
+def test_the_h200_estimate_leaves_a_rerun_even_with_a_full_carry():
+    """The whole script's expected time, machine start and transfer must leave 4 of a lease's 15 minutes for
+    rerunning a failed step, also when the carry is at its 64 MiB limit (the .whl/ wheels and data)."""
+    p = subprocess.run(["bash", "scripts/gpu_check.sh", "--estimate"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    m = re.search(r"steps (\d+)s expected \+ machine start (\d+)s \+ transfer of (\d+) MiB (\d+)s = (\d+)s", p.stdout)
+    assert m, p.stdout
+    steps, start, mib, transfer, total = map(int, m.groups())
+    assert total == steps + start + transfer and "enough" in p.stdout
+    per_mib = transfer / max(mib, 1)
+    assert steps + start + 64 * per_mib <= 15 * 60 - 4 * 60 + 1, p.stdout

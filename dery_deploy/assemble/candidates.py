@@ -17,6 +17,7 @@ from dery_deploy.dissect import Dissection
 from dery_deploy.network.adapters import fit_least_squares
 from dery_deploy.network.plan import AssembledNet, BlockRef, Plan, build_net, stitch_specs
 from dery_deploy.partition.stage import Partition
+from dery_deploy.profile.latency_model import us_to_ms
 
 ADAPTER_PROBE_IMAGES = 256
 
@@ -246,7 +247,7 @@ def pool_of(
         pool.setdefault(c.name, c)
     for donor, (ms, mem, params) in donors.items():  # measured whole: (latency, peak memory, parameters)
         fits = (
-            donor_near(ms, budget.latency_us / 1000)
+            donor_near(ms, us_to_ms(budget.latency_us))
             and (budget.params is None or params <= budget.params)
             and (budget.memory_mb is None or (mem is not None and mem <= budget.memory_mb))
         )

@@ -12,8 +12,9 @@ latency add up along the chain, so the program is solved twice, by two exact met
   solver proves optimality at once; the top N are then enumerated by CP-SAT itself as every
   assembly of quality at least the N-th best's, which certifies the DP's list.
 
-All numbers are integers: latency in microseconds (`profile.latency_model.to_us`, the same
-arithmetic as the plan's predicted latency), quality in 1/1000 units.
+All numbers are integers: latency in the latency model's unit (`profile.latency_model.UNITS_PER_MS`
+per ms, 10 ns; the fields keep their `_us` names), the same arithmetic as the plan's predicted
+latency; quality in 1/1000 units.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ import time
 from dataclasses import dataclass, field
 
 from dery_deploy.errors import DeryError
+from dery_deploy.profile.latency_model import us_to_ms
 
 SCALE = 1000  # quality units per 1.0
+# the latency of an item the profile could not measure (its backend rejected it): larger than any budget, so
+# no assembly holding it is feasible, in the DP and in CP-SAT alike (10**12 units: 10^4 s)
+UNAVAILABLE_US = 10**12
 
 
 def quality_int(v: float) -> int:
@@ -110,7 +115,7 @@ class Evaluation:
 
     @property
     def latency_ms(self) -> float:
-        return self.latency_us / 1000.0
+        return us_to_ms(self.latency_us)
 
 
 @dataclass
@@ -128,7 +133,7 @@ class Budget:
 
     def describe(self) -> str:
         return (
-            f"{self.latency_us / 1000:g} ms"
+            f"{us_to_ms(self.latency_us):g} ms"
             + (f" / {self.memory_mb:g} MB" if self.memory_mb is not None else "")
             + (f" / {self.params / 1e6:g} M params" if self.params is not None else "")
         )
@@ -256,7 +261,7 @@ def solve(
     from ortools.sat.python import cp_model
 
     if budget.latency_us < 0:
-        raise DeryError(f"latency budget must be > 0 ms, got {budget.latency_us / 1000:g}", "assemble")
+        raise DeryError(f"latency budget must be > 0 ms, got {us_to_ms(budget.latency_us):g}", "assemble")
     if top < 1:
         raise DeryError(f"--top must be >= 1, got {top}", "assemble")
     t0 = time.perf_counter()
@@ -298,7 +303,7 @@ def solve(
         model.add(sum(vs) == x[k, a])
     for (k, b), vs in into.items():
         model.add(sum(vs) == x[k, b])
-    # Predicted latency (integer us, the latency model's arithmetic) within the budget.
+    # Predicted latency (the latency model's integers) within the budget.
     stitch = {(k, a, b): (lat, par, q) for k in range(K - 1) for a, b, lat, par, q in data.edges(k)}
     latency = (
         data.base_us

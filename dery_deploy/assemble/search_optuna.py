@@ -13,6 +13,7 @@ from dery_deploy.assemble.candidates import Candidate, plan_from_choice
 from dery_deploy.assemble.program import Budget, ProgramData
 from dery_deploy.assemble.proxies import get_proxy
 from dery_deploy.network.plan import build_net
+from dery_deploy.profile.latency_model import us_to_ms
 
 
 def optuna_search(
@@ -38,7 +39,7 @@ def optuna_search(
     def objective(trial):
         choice = tuple(trial.suggest_categorical(f"set{k}", list(range(len(data.options[k])))) for k in range(data.K))
         ev = data.evaluate(choice)
-        violation = max(0.0, (ev.latency_us - budget.latency_us) / 1000)
+        violation = max(0.0, us_to_ms(ev.latency_us - budget.latency_us))
         if hasattr(trial, "set_constraint"):  # optuna >= 5
             trial.set_constraint("latency", violation)
         trial.set_user_attr("violation", violation)

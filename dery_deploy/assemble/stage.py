@@ -26,7 +26,7 @@ from dery_deploy.assemble.candidates import (
     pool_of,
     score_networks,
 )
-from dery_deploy.assemble.program import Budget, ProgramData, fastest, quality_int, solve
+from dery_deploy.assemble.program import UNAVAILABLE_US, Budget, ProgramData, fastest, quality_int, solve
 from dery_deploy.assemble.quality import SEAM_POINTS, seam_errors, transferability
 from dery_deploy.assemble.search_optuna import optuna_search
 from dery_deploy.data.task import Task
@@ -36,7 +36,7 @@ from dery_deploy.network.adapters import Adapter
 from dery_deploy.network.items import adapter_key, block_key, donor_key, head_key, plan_items
 from dery_deploy.network.plan import Plan
 from dery_deploy.partition.stage import Partition
-from dery_deploy.profile.latency_model import LatencyModel, budget_us
+from dery_deploy.profile.latency_model import LatencyModel, budget_us, us_to_ms
 from dery_deploy.runtime.backends import get_backend
 from dery_deploy.runtime.devices import get_device, this_machine
 from dery_deploy.runtime.harness import TimingOptions
@@ -68,17 +68,25 @@ def program_data(
 ) -> ProgramData:
     """Index the partition's blocks and adapters with their profiled cost and their quality."""
     sets = partition.sets
+    failed = model.profile.failed
 
-    def rec(key: str):
+    # an item the backend could not build or run (the profile's `failed`) is unavailable: a latency no budget
+    # admits, and no memory known, so a memory budget excludes it as well
+    def peak(key: str) -> float | None:
+        if key in failed:
+            return None
         model.require([key])
-        return model.profile.records[key]
+        return model.profile.records[key].peak_memory_mb
+
+    def cost_us(key: str) -> int:
+        return UNAVAILABLE_US if key in failed else model.cost_us(key)
 
     options = [[b.donor for b in s.blocks] for s in sets]
     block_us, block_params, block_mem = [], [], []
     for s in sets:
         keys = [block_key(zoo, b.donor, b.start, b.end, dissections[b.donor].boundary_spec(b.start)) for b in s.blocks]
-        block_us.append([model.cost_us(k) for k in keys])
-        block_mem.append([rec(k).peak_memory_mb for k in keys])
+        block_us.append([cost_us(k) for k in keys])
+        block_mem.append([peak(k) for k in keys])
         block_params.append(
             [sum(p.numel() for p in dissections[b.donor].block(b.start, b.end).parameters()) for b in s.blocks]
         )
@@ -92,15 +100,15 @@ def program_data(
                 src = dissections[a.donor].boundary_spec(a.end)
                 dst = dissections[b.donor].boundary_spec(b.start)
                 key = adapter_key(src, dst)
-                lat[(ia, ib)] = model.cost_us(key)
-                mm[(ia, ib)] = rec(key).peak_memory_mb
+                lat[(ia, ib)] = cost_us(key)
+                mm[(ia, ib)] = peak(key)
                 ps[(ia, ib)] = sum(p.numel() for p in Adapter(src, dst).parameters())
                 q[(ia, ib)] = quality_int(-SEAM_POINTS * scores.seams[(a.donor, a.end, b.donor, b.start)])
         adapter_us.append(lat), adapter_params.append(ps), adapter_mem.append(mm), stitch_q.append(q)
     head_us, head_params, end_q = [], [], []
     for b in sets[-1].blocks:
         src = dissections[b.donor].boundary_spec(b.end)
-        head_us.append(model.cost_us(head_key(src, num_classes)))
+        head_us.append(cost_us(head_key(src, num_classes)))
         head_params.append(src.channels * (num_classes + 2) + num_classes)
         end_q.append(quality_int(scores.transfer[(b.donor, b.end)]))
     block_q = [[0] * len(o) for o in options]
@@ -259,10 +267,12 @@ def target_pool(
     # capped: on a noisy machine one outlier of a 10-assembly check (seen: 45%) would make feasible budgets
     # infeasible; the finalists' end-to-end measurement, not the margin, is what keeps the budget
     margin = min(check.at(model.percentile)[3], MAX_MARGIN) if check else 0.0
-    planned = Budget(budget_us(budget.latency_us / 1000 / (1 + margin)), budget.memory_mb, budget.params)
+    planned = Budget(budget_us(us_to_ms(budget.latency_us) / (1 + margin)), budget.memory_mb, budget.params)
     donors = {}
     for n in zoo.donor_names:
         key = donor_key(zoo, n, task.num_classes)
+        if key in model.profile.failed:  # the backend could not run it: no candidate
+            continue
         params = sum(p.numel() for u in dissections[n].units for p in u.module.parameters())
         donors[n] = (model.predict_ms([key]), model.memory_mb([key]), params)
     res = solve(data, planned, top)
@@ -280,7 +290,7 @@ def target_pool(
         why = res.infeasible_reason
         if margin:
             why += (
-                f" (planned at {planned.latency_us / 1000:g} ms: the budget less the latency model's "
+                f" (planned at {us_to_ms(planned.latency_us):g} ms: the budget less the latency model's "
                 f"{100 * margin:.1f}% p90 under-prediction)"
             )
     for c in cands:
@@ -442,7 +452,7 @@ def carried_candidates(
             continue
         keys = plan_items(plan, zoo, dissections)
         ms = pool.model.predict_ms(keys)
-        if ms * 1000 > budget.latency_us:
+        if pool.model.predict_us(keys) > budget.latency_us:
             continue
         params = sum(p.numel() for b in plan.blocks for p in dissections[b.donor].block(b.start, b.end).parameters())
         c = Candidate(plan, ms, params, pool.model.memory_mb(keys), None, "carried")

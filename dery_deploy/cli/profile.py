@@ -8,6 +8,7 @@ Examples:
     dery profile --zoo fashion --device cpu --backend openvino --precision int8 --batch 1,32
     dery profile --zoo imagenet --device h100 --backend torch-cudagraph --precision fp16 --batch 1,32
     dery profile --zoo fashion --device cpu --verify 20
+    dery profile --zoo fashion --device h100 --backend torch-compile --batch 1 --donors a,b,c --verify 3
     dery profile --zoo fashion --device jetson-orin-nano --bundle jetson_bundle/ --verify 20
     python3 jetson_bundle/runner.py --bundle jetson_bundle --out result.json     # on the Jetson
     dery profile --import result.json
@@ -53,6 +54,12 @@ def profile(
     ),
     pass_items: int = typer.Option(
         PASS_ITEMS, "--pass-items", help="items per interleaved measurement pass; the profile is written after each"
+    ),
+    donors: str | None = typer.Option(
+        None,
+        "--donors",
+        help="only these donors' items (comma-separated): a quick partial profile where each item compiles cold "
+        "(torch-compile); --verify then checks assemblies of these donors",
     ),
     classes: int | None = typer.Option(
         None, "--classes", help="class count of the new head (default: that of --data, else 10)"
@@ -131,23 +138,15 @@ def profile(
         return
     if part is None:
         err_console.print(f"no partition of zoo {z.name} yet: measuring whole donors and every unit")
-    with progress_bar() as prog:
-        paths = run_profile(
-            z,
-            spec,
-            backend,
-            precision,
-            batches,
-            part,
-            dis,
-            root,
-            num_classes,
-            prog,
-            threads=threads,
-            pass_items=pass_items,
-        )
     summaries = []
-    for p in paths:
+    # one batch at a time, each checked before the next is measured: an interrupted run keeps the first
+    # batch's latency check (batch 1 sets the margin and the headline), not only its items
+    for b in batches:
+        with progress_bar() as prog:
+            [p] = run_profile(
+                z, spec, backend, precision, [b], part, dis, root, num_classes, prog, threads=threads,
+                pass_items=pass_items, donors=donors.split(",") if donors else None,
+            )  # fmt: skip
         check = None
         if verify:
             with progress_bar() as prog:
@@ -211,6 +210,7 @@ def summarise(path: Path, zoo, num_classes: int) -> dict:
         if prof.records
         else None,
         "passes": prof.passes,
+        "failed": prof.failed,
         "donors": donors,
         "verify": {k: v for k, v in prof.verify.to_dict().items() if k != "assemblies"} if prof.verify else None,
     }
@@ -222,6 +222,8 @@ def show_profile(s: dict) -> None:
         f"{s['path']}: {sum(s['items'].values())} items ({', '.join(f'{n} {k}' for k, n in s['items'].items())}), "
         f"{s['unstable']} not stable" + ("" if unc is None else f", median uncertainty ±{100 * unc:.1f}%")
     )
+    for key, why in s.get("failed", {}).items():
+        err_console.print(f"[yellow]could not measure[/] {key}: {why} (plans will not use it)")
     for p in s.get("passes", [])[-2:]:
         console.print(
             f"  pass ({p['what']}): {p['items']} items with the reference, {p['seconds']:.1f} s, noise index "

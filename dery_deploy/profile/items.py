@@ -8,13 +8,14 @@ per extra item). Keys come from `network.items` and name structure, not weights.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from dery_deploy.dissect import Dissection
 from dery_deploy.dissect.spec import TensorSpec
+from dery_deploy.errors import DeryError
 from dery_deploy.network.adapters import Adapter, Head, adapter_kind
 from dery_deploy.network.items import adapter_key, block_key, donor_key, head_key, overhead_key
 from dery_deploy.partition.stage import Partition
@@ -133,12 +134,24 @@ def partition_items(zoo, partition: Partition, dissections: dict[str, Dissection
     return list(items.values())
 
 
-def profile_items(zoo, partition: Partition | None, dissections: dict[str, Dissection], num_classes: int) -> list[Item]:
+def profile_items(
+    zoo, partition: Partition | None, dissections: dict[str, Dissection], num_classes: int, donors=None
+) -> list[Item]:
     """Everything a profile holds: the overhead item and whole donors, then the partition's items,
-    or every unit while there is no partition yet."""
+    or every unit while there is no partition yet. `donors` (names) keeps only what assemblies of those
+    donors need: a quick partial profile where every item costs a cold compile."""
     items = [overhead_item(zoo.input_tensor_spec)] + donor_items(zoo, num_classes)
-    items += partition_items(zoo, partition, dissections, num_classes) if partition else unit_items(zoo, dissections)
-    return items
+    if donors:
+        unknown = sorted(set(donors) - set(zoo.donor_names))
+        if unknown:
+            raise DeryError(f"Unknown donor {unknown[0]!r} in --donors. Run `dery zoo list`.", "profile")
+        items = [it for it in items if it.kind == "overhead" or it.info["donor"] in donors]
+        if partition:
+            sets = [replace(s, blocks=[b for b in s.blocks if b.donor in donors]) for s in partition.sets]
+            partition = replace(partition, sets=sets)
+    if partition:
+        return items + partition_items(zoo, partition, dissections, num_classes)
+    return items + [it for it in unit_items(zoo, dissections) if not donors or it.info["donor"] in donors]
 
 
 def example_input(spec: TensorSpec, batch: int) -> torch.Tensor:

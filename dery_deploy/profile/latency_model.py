@@ -1,19 +1,23 @@
 """The one latency arithmetic: an assembled network's latency from a profile.
 
-    predicted = scale * (overhead + sum over items of (item - overhead))
+    predicted = scale * (overhead + sum over items of (item - overhead))      (subtracting)
+    predicted = scale * (sum over items of item)                              (not subtracting)
 
 Items are summed at their medians; a network's p90 or p99 of single calls (`--percentile`) is
 predicted by a scale of its own, fitted on the measured assemblies' p90 / p99 like the median's.
 
 Each item was timed as its own call, so every record carries one per-call overhead (Python and
 framework dispatch, a session run, a graph launch) that the whole network pays once; `overhead` is
-the profile's measured near-empty item. `speed` says whether item latencies are taken raw or
+the profile's measured near-empty item. Where the parts are device-bound (CUDA graphs on a GPU),
+they pay almost none of that overhead and subtracting it predicts mixes too fast, so whether to
+subtract is chosen by the latency check too. `speed` says whether item latencies are taken raw or
 scaled to the profile's reference machine speed (`runtime/calibration.py`), and `scale` corrects
 the sum-of-parts bias (e.g. eager whole networks run slower than their blocks added up); both are
 chosen by `dery profile --verify` from measured assemblies, whichever predicts them better.
 
-Everything is in integer microseconds, scaled once here (`to_us`): the integer program, the exact
-DP, the brute-force check and the plan's predicted latency all add up the same integers.
+Everything is in one integer time unit, `UNITS_PER_MS` per millisecond, scaled once here (`to_us`;
+the `_us` names predate the finer unit): the integer program, the exact DP, the brute-force check and
+the plan's predicted latency all add up the same integers.
 """
 
 from __future__ import annotations
@@ -26,15 +30,24 @@ from dataclasses import dataclass, replace
 from dery_deploy.errors import DeryError
 from dery_deploy.profile.store import LatencyCheck, Profile, VerifyRow
 
+# The program's integer time unit: 10 ns. GPU items cost 1-20 us each, so whole microseconds rounded
+# each by up to 0.5 us, about 5% of a small assembly; at 10 ns the rounding is 0.05% of a 10 us item.
+UNITS_PER_MS = 100_000
+
 
 def to_us(ms: float) -> int:
-    """Milliseconds -> integer microseconds (the program's unit)."""
-    return int(round(ms * 1000))
+    """Milliseconds -> the program's integer time unit (`UNITS_PER_MS` per ms)."""
+    return int(round(ms * UNITS_PER_MS))
 
 
 def budget_us(ms: float) -> int:
-    """A budget in integer microseconds, rounded down: a plan within it is within the budget."""
-    return int(math.floor(ms * 1000 + 1e-9))
+    """A budget in the program's integer unit, rounded down: a plan within it is within the budget."""
+    return int(math.floor(ms * UNITS_PER_MS + 1e-9))
+
+
+def us_to_ms(units: int) -> float:
+    """The program's integer unit -> milliseconds."""
+    return units / UNITS_PER_MS
 
 
 @dataclass
@@ -45,11 +58,12 @@ class LatencyModel:
     path: str = "the profile"
     how_to: str | None = None  # the command that measures missing items, as the caller knows it (zoo path, --data)
     percentile: int = 50  # of single calls: what the prediction is of
+    subtract_overhead: bool = True  # each part less the per-call overhead (False: parts summed as measured)
 
     def __post_init__(self) -> None:
         cals = [r.calibration_ms for r in self.profile.records.values() if r.calibration_ms]
         self._reference = statistics.median(cals) if cals else None
-        keys = [k for k in self.profile.records if k.startswith("overhead|")]
+        keys = [k for k in self.profile.records if k.startswith("overhead|")] if self.subtract_overhead else []
         self._overhead = min((self.item_ms(k) for k in keys), default=0.0)
 
     @classmethod
@@ -64,7 +78,9 @@ class LatencyModel:
                 "profile",
             )
         scale = v.at(percentile)[0] if v else 1.0
-        return cls(profile, v.speed if v else "raw", scale, str(path), percentile=percentile)
+        subtract = v.subtract_overhead if v else True
+        speed = v.speed if v else "raw"
+        return cls(profile, speed, scale, str(path), percentile=percentile, subtract_overhead=subtract)
 
     def reference_ms(self) -> float | None:
         """The profile's typical machine speed: the median reference latency over its records."""
@@ -97,7 +113,7 @@ class LatencyModel:
         return self.base_us() + sum(self.cost_us(k) for k in keys)
 
     def predict_ms(self, keys: list[str]) -> float:
-        return self.predict_us(keys) / 1000.0
+        return us_to_ms(self.predict_us(keys))
 
     def memory_mb(self, keys: list[str]) -> float | None:
         """Peak memory of the chain: the largest item peak (activations are freed between items);
@@ -127,10 +143,17 @@ def _loo_errors(pred: list[float], meas: list[float], correct: bool) -> list[flo
     return out
 
 
-def _percentile_check(rows: list[VerifyRow], speed: str, percentile: int) -> dict:
+def _predicted(rows: list[VerifyRow], speed: str, subtract: bool) -> list[float]:
+    """The rows' predictions on a speed basis, with the per-call overhead subtracted per part or not."""
+    if subtract:
+        return [r.raw_predicted_ms if speed == "raw" else r.calibrated_predicted_ms for r in rows]
+    return [(r.raw_sum_ms if speed == "raw" else r.calibrated_sum_ms) or 0.0 for r in rows]
+
+
+def _percentile_check(rows: list[VerifyRow], speed: str, subtract: bool, percentile: int) -> dict:
     """Scale, leave-one-out errors and p90 under-prediction of predicting a network's p90 / p99 from its
-    items' medians (on the speed basis the median's check chose)."""
-    pred = [r.raw_predicted_ms if speed == "raw" else r.calibrated_predicted_ms for r in rows]
+    items' medians (on the speed basis and overhead rule the median's check chose)."""
+    pred = _predicted(rows, speed, subtract)
     ratio = [
         (r.measured_at_reference_ms / r.measured_ms) if speed == "calibrated" and r.measured_ms else 1.0 for r in rows
     ]
@@ -149,27 +172,39 @@ def _p90_under(errs: list[float]) -> float:
     return under[min(len(under) - 1, int(round(0.9 * (len(under) - 1))))]
 
 
+def _variants(rows: list[VerifyRow]) -> dict[tuple[str, bool, bool], tuple[float, float, float, list[float]]]:
+    """(speed, correct, subtract) -> (median |error|, max |error|, scale, leave-one-out errors) of every
+    model the rows can judge; not subtracting is tried only where every row holds the plain sums."""
+    sums = all(r.raw_sum_ms and r.calibrated_sum_ms for r in rows)
+    out = {}
+    for subtract in (True, False) if sums else (True,):
+        for speed in ("raw", "calibrated"):
+            pred = _predicted(rows, speed, subtract)
+            meas = [r.measured_ms if speed == "raw" else r.measured_at_reference_ms for r in rows]
+            for correct in (False, True):
+                errs = _loo_errors(pred, meas, correct)
+                scale = statistics.median(m / p for p, m in zip(pred, meas)) if correct else 1.0
+                out[(speed, correct, subtract)] = (
+                    statistics.median(abs(e) for e in errs),
+                    max(abs(e) for e in errs),
+                    scale,
+                    errs,
+                )
+    return out
+
+
 def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> LatencyCheck:
-    """Choose the speed basis (raw or calibrated) and whether to correct the sum-of-parts bias, by
-    which predicts the measured assemblies best (median |error|, then max), never worse than raw."""
-    variants = {}
-    for speed in ("raw", "calibrated"):
-        pred = [r.raw_predicted_ms if speed == "raw" else r.calibrated_predicted_ms for r in rows]
-        meas = [r.measured_ms if speed == "raw" else r.measured_at_reference_ms for r in rows]
-        for correct in (False, True):
-            errs = _loo_errors(pred, meas, correct)
-            scale = statistics.median(m / p for p, m in zip(pred, meas)) if correct else 1.0
-            variants[(speed, correct)] = (
-                statistics.median(abs(e) for e in errs),
-                max(abs(e) for e in errs),
-                scale,
-                errs,
-            )
-    # ties go to the simpler model: raw before calibrated, uncorrected before corrected
-    order = [("raw", False), ("raw", True), ("calibrated", False), ("calibrated", True)]
+    """Choose the speed basis (raw or calibrated), whether to correct the sum-of-parts bias and whether
+    to subtract the per-call overhead per part, by which predicts the measured assemblies best (median
+    |error|, then max, both leave-one-out), never worse than raw."""
+    variants = _variants(rows)
+    # ties go to the simpler model: raw before calibrated, uncorrected before corrected, and the rule
+    # profiles were made with before (subtracting) before not subtracting
+    order = [(s, c, sub) for sub in (True, False) for s in ("raw", "calibrated") for c in (False, True)]
+    order = [v for v in order if v in variants]
     best = min(order, key=lambda v: (round(variants[v][0], 4), round(variants[v][1], 4), order.index(v)))
     med, mx, scale, errs = variants[best]
-    chosen_pred = [(r.raw_predicted_ms if best[0] == "raw" else r.calibrated_predicted_ms) * scale for r in rows]
+    chosen_pred = [p * scale for p in _predicted(rows, best[0], best[2])]
     out_rows = [replace(r, predicted_ms=round(p, 5), rel_error=round(e, 5)) for r, p, e in zip(rows, chosen_pred, errs)]
     tails = all(r.measured_p90_ms and r.measured_p99_ms for r in rows)
     return LatencyCheck(
@@ -180,12 +215,13 @@ def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> L
         round(med, 5),
         round(mx, 5),
         round(_p90_under(errs), 5),
-        round(variants[("raw", False)][0], 5),
-        round(variants[("raw", False)][1], 5),
-        round(variants[("calibrated", False)][0], 5),
-        round(variants[("calibrated", False)][1], 5),
+        round(variants[("raw", False, True)][0], 5),
+        round(variants[("raw", False, True)][1], 5),
+        round(variants[("calibrated", False, True)][0], 5),
+        round(variants[("calibrated", False, True)][1], 5),
         partition_key,
         time.strftime("%Y-%m-%dT%H:%M:%S"),
         out_rows,
-        {f"p{q}": _percentile_check(rows, best[0], q) for q in (90, 99)} if tails else {},
+        {f"p{q}": _percentile_check(rows, best[0], best[2], q) for q in (90, 99)} if tails else {},
+        subtract_overhead=best[2],
     )

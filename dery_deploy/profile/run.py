@@ -93,6 +93,7 @@ def run_profile(
     threads: int | None = None,
     timing: TimingOptions | None = None,
     pass_items: int = PASS_ITEMS,
+    donors: list[str] | None = None,
 ) -> list[Path]:
     """Measure every item not yet in the profile (see `profile_items`) for each batch size, in
     interleaved passes of up to `pass_items` items with the reference workload; the profile is
@@ -100,6 +101,7 @@ def run_profile(
 
     Without a partition, whole donors and every unit are measured: a device can be profiled from a
     zoo spec alone. A later partition's blocks, adapters and heads are added to the same file.
+    `donors` limits the items to those donors' (see `profile_items`).
     """
     if any(b <= 0 for b in batches):
         raise DeryError(f"--batch values must be positive, got {batches}", "profile")
@@ -108,20 +110,28 @@ def run_profile(
     be, prec = resolve_backend(spec, backend, precision, threads)
     dev = device_for(spec)
     fp = check_machine(spec)
-    items = profile_items(zoo, partition, dissections, num_classes)
+    items = profile_items(zoo, partition, dissections, num_classes, donors)
     paths = []
     for batch in batches:
         path = profile_path(root, spec.id, zoo.name, be.name, prec, batch, be.threads)
         prof = open_profile(path, spec, zoo, be, prec, batch, fp)
         todo = [it for it in items if it.key not in prof.records][:limit]
         prof.calibration = {"reference": REFERENCE, "why": "records can be scaled to the median reference speed"}
-        for start in range(0, len(todo), pass_items):
-            chunk = todo[start : start + pass_items]
+        # a backend that times at most `max_live` items together (torch-compile) gains nothing from a longer
+        # pass, and a pass is what gets written: its one cold-compiled pass of 55 items was lost whole
+        size = min(pass_items, be.max_live or pass_items)
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
             builds = {it.key: (lambda it=it, b=batch: (it.build(), example_input(it.in_spec, b))) for it in chunk}
+            failed: dict[str, str] = {}
             measured, passes = measure_modules(
-                be, builds, prec, dev, timing, reference_batch=batch, progress=progress, label=f"profile b{batch}"
+                be, builds, prec, dev, timing, batch, progress, f"profile b{batch}", failed
             )
             for it in chunk:
+                prof.failed.pop(it.key, None)
+                if it.key in failed:
+                    prof.failed[it.key] = failed[it.key]
+                    continue
                 m = measured[it.key]
                 prof.records[it.key] = Record.from_dict({**m.record_fields(), "kind": it.kind, **it.info})
             prof.passes += [{**p.to_dict(), "what": f"{len(chunk)} items"} for p in passes]
@@ -133,8 +143,11 @@ def run_profile(
     return paths
 
 
-def random_plans(zoo, partition: Partition, n: int, seed: int, num_classes: int, mixed: bool = True) -> list[Plan]:
-    """n distinct random assemblies (one block per set); mixed=True skips single-donor ones."""
+def random_plans(
+    zoo, partition: Partition, n: int, seed: int, num_classes: int, mixed: bool = True, usable=None
+) -> list[Plan]:
+    """n distinct random assemblies (one block per set); mixed=True skips single-donor ones, and `usable`
+    (plan -> bool) those it rejects, without changing which plans the seed draws otherwise."""
     rng = random.Random(seed)
     seen, plans = set(), []
     for _ in range(200 * n):
@@ -143,15 +156,13 @@ def random_plans(zoo, partition: Partition, n: int, seed: int, num_classes: int,
         if sig in seen or (mixed and len(set(sig)) == 1 and len(partition.sets) > 1):
             continue
         seen.add(sig)
-        plans.append(
-            Plan(
-                zoo.name,
-                zoo.hash(),
-                [BlockRef(k, b.donor, b.start, b.end) for k, b in enumerate(choice)],
-                num_classes,
-                zoo_ref=zoo.ref,
-            )
-        )
+        plan = Plan(
+            zoo.name, zoo.hash(), [BlockRef(k, b.donor, b.start, b.end) for k, b in enumerate(choice)], num_classes,
+            zoo_ref=zoo.ref,
+        )  # fmt: skip
+        if usable is not None and not usable(plan):
+            continue
+        plans.append(plan)
         if len(plans) == n:
             break
     return plans
@@ -189,18 +200,32 @@ def verify(
     dev = device_for(spec)
     raw_model = LatencyModel(prof, "raw", 1.0, str(profile_file))
     cal_model = LatencyModel(prof, "calibrated", 1.0, str(profile_file))
+    raw_sum = LatencyModel(prof, "raw", 1.0, str(profile_file), subtract_overhead=False)
+    cal_sum = LatencyModel(prof, "calibrated", 1.0, str(profile_file), subtract_overhead=False)
     ref = cal_model.reference_ms()
-    plans = random_plans(zoo, partition, n, seed, head_classes(prof))
+    # only assemblies of measured items: a profile limited to some donors (--donors), or with items its
+    # backend could not build, is checked on the assemblies it can predict
+    plans = random_plans(
+        zoo, partition, n, seed, head_classes(prof),
+        usable=lambda p: all(k in prof.records for k in plan_items(p, zoo, dissections)),
+    )  # fmt: skip
+    if len(plans) < 3:
+        raw_model.require(plan_items(random_plans(zoo, partition, 1, seed, head_classes(prof))[0], zoo, dissections))
+        raise DeryError(f"{profile_file} holds the items of {len(plans)} mixed assemblies; 3 are needed", "profile")
     x = example_input(zoo.input_tensor_spec, prof.batch)
     builds = {
         f"{i:03d}": (lambda plan=plan: (build_net(plan, zoo, dissections, copy_blocks=False), x))
         for i, plan in enumerate(plans)
     }
-    measured, passes = measure_modules(
-        be, builds, prec, dev, timing, reference_batch=prof.batch, progress=progress, label="verify"
-    )
+    failed: dict[str, str] = {}
+    measured, passes = measure_modules(be, builds, prec, dev, timing, prof.batch, progress, "verify", failed)
+    if len(measured) < 3:
+        why = "; ".join(f"{plans[int(k)].describe()}: {w}" for k, w in failed.items()) or "too few assemblies"
+        raise DeryError(f"the latency check measured {len(measured)} of {n} assemblies ({why})", "profile")
     rows = []
     for i, plan in enumerate(plans):
+        if f"{i:03d}" not in measured:
+            continue
         m = measured[f"{i:03d}"]
         keys = plan_items(plan, zoo, dissections)
         t, calibration = m.timing, m.calibration_ms
@@ -219,6 +244,8 @@ def verify(
                 round(t.p90_ms, 5),
                 round(t.p99_ms, 5),
                 round(t.uncertainty, 5),
+                round(raw_sum.predict_ms(keys), 5),
+                round(cal_sum.predict_ms(keys), 5),
             )
         )
     check = fit_latency_check(rows, seed, partition.key)
@@ -233,6 +260,7 @@ def verify(
 def latency_summary(check) -> str:
     return (
         f"median |error| {100 * check.median_abs_rel_error:.2f}%, max {100 * check.max_abs_rel_error:.2f}% over "
-        f"{check.n} mixed assemblies ({check.speed} item latencies x {check.scale:.3f}; raw sum: median "
+        f"{check.n} mixed assemblies ({check.speed} item latencies"
+        f"{'' if check.subtract_overhead else ' summed as measured'} x {check.scale:.3f}; raw sum: median "
         f"{100 * check.raw_median_abs_rel_error:.2f}%, max {100 * check.raw_max_abs_rel_error:.2f}%)"
     )

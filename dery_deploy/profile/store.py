@@ -105,6 +105,9 @@ class VerifyRow:
     measured_p90_ms: float | None = None
     measured_p99_ms: float | None = None
     uncertainty: float | None = None  # the end-to-end measurement's relative standard error
+    # the items' latencies summed as measured (no per-call overhead subtracted), raw and at the reference speed
+    raw_sum_ms: float | None = None
+    calibrated_sum_ms: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> VerifyRow:
@@ -139,6 +142,8 @@ class LatencyCheck:
     assemblies: list[VerifyRow] = field(default_factory=list)
     percentiles: dict = field(default_factory=dict)  # "p90" / "p99" -> scale, errors, p90_under_prediction
     noise_index: float | None = None  # of the pass that measured the assemblies
+    # whether each part's latency is taken less the per-call overhead (chosen like `speed`; older checks did)
+    subtract_overhead: bool = True
 
     def at(self, percentile: int) -> tuple[float, float, float, float]:
         """(scale, median |error|, max |error|, p90 under-prediction) for a per-call percentile."""
@@ -176,6 +181,8 @@ class Profile(JsonArtifact):
     imported_from: dict | None = None
     threads: int | None = None  # CPU threads the runtime computed with (None: its default, e.g. on a GPU)
     passes: list[dict] = field(default_factory=list)  # every measurement pass: items, seconds, noise index
+    # items the backend could not build or run (key -> why): unavailable to plans, tried again on resume
+    failed: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -192,6 +199,7 @@ class Profile(JsonArtifact):
             "imported_from": self.imported_from,
             "threads": self.threads,
             "passes": self.passes,
+            "failed": self.failed,
             "verify": self.verify.to_dict() if self.verify else None,
             "records": {k: r.to_dict() for k, r in self.records.items()},
         }
@@ -214,6 +222,7 @@ class Profile(JsonArtifact):
             d.get("imported_from"),
             d.get("threads"),
             d.get("passes", []),
+            d.get("failed", {}),
         )
 
     def how_to_profile(self) -> str:

@@ -219,6 +219,8 @@ def time_calls(fn: Callable[[], object], n: int, cuda: bool, stream=None) -> lis
     if cuda:
         import torch  # only where CUDA is timed: a measurement worker runs without torch
 
+        # looked up once, here: `record(None)` would look the current stream up inside every timed interval
+        stream = stream if stream is not None else torch.cuda.current_stream()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         for s, e in zip(starts, ends):

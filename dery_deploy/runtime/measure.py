@@ -91,15 +91,35 @@ def prepare_module(
 Builds = dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]
 
 
+def failure_text(e: BaseException) -> str:
+    """One line saying why an item could not be measured."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}"
+
+
 def _prepare_group(
-    backend: Backend, builds: Builds, group: list[str], precision: str, device: str, reference_batch, tick
+    backend: Backend,
+    builds: Builds,
+    group: list[str],
+    precision: str,
+    device: str,
+    reference_batch,
+    tick,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, tuple[Runner, float | None]]:
     prepared: dict[str, tuple[Runner, float | None]] = {}
     # compilers (inductor) fix their thread count when they build: build with the measured one
     with torch_threads(backend.threads):
         for k in group:
-            module, example = builds[k]()
-            prepared[k] = prepare_module(backend, module, example, precision, device)
+            try:
+                module, example = builds[k]()
+                prepared[k] = prepare_module(backend, module, example, precision, device)
+            except Exception as e:  # noqa: BLE001 - one item a backend rejects (a capture, an export) is recorded
+                if failed is None:
+                    raise
+                failed[k] = failure_text(e)
+                if device == "cuda":
+                    torch.cuda.synchronize()  # an error that poisons the CUDA context surfaces here, not later
             tick()
         if reference_batch is not None:
             ref = backend.prepare(reference_module(), reference_input(reference_batch), precision, device)
@@ -116,11 +136,15 @@ def measure_modules(
     reference_batch: int | None = None,
     progress=None,
     label: str = "measure",
+    failed: dict[str, str] | None = None,
 ) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
     """Build every module, then time them in interleaved passes (one, or one per group of
     `backend.max_live` items where the backend cannot keep more alive), each with the reference
     workload at `reference_batch` (None: no reference).
 
+    Args:
+        failed: where given, an item whose build or first call raises is recorded here (key -> why) and
+            left out, instead of ending the pass (and every item after it) with the error.
     Returns:
         key -> ItemMeasurement (with the pass's reference latency), and the passes' summaries.
     """
@@ -147,14 +171,14 @@ def measure_modules(
                 precision,
                 lambda: (reference_module(), reference_input(reference_batch)),
             )
-        got, summary = _measure_in_worker(worker_builds, opts, built, timed if progress else None)
+        got, summary = _measure_in_worker(worker_builds, opts, built, timed if progress else None, failed)
         ref = got.pop(REFERENCE_KEY, None)
         for m in got.values():
             m.calibration_ms = ref.timing.median_ms if ref else None
         return got, [summary]
     for group in groups:
         backend.reset()
-        prepared = _prepare_group(backend, builds, group, precision, device, reference_batch, built)
+        prepared = _prepare_group(backend, builds, group, precision, device, reference_batch, built, failed)
         timings, summary = measure_interleaved(
             {k: (r.call, r.cuda, r.stream) for k, (r, _) in prepared.items()},
             opts,
@@ -162,7 +186,7 @@ def measure_modules(
             timed if progress else None,
         )
         ref = timings.pop(REFERENCE_KEY, None)
-        for k in group:
+        for k in (k for k in group if k in prepared):
             runner, peak = prepared[k]
             out[k] = ItemMeasurement(timings[k], peak, runner.build_s, ref.median_ms if ref else None)
         summaries.append(summary)
@@ -175,22 +199,34 @@ def _measure_in_worker(
     opts: TimingOptions | None,
     built: Callable[[], None],
     timed: Callable[[int, int], None] | None,
+    failed: dict[str, str] | None = None,
 ) -> tuple[dict[str, ItemMeasurement], PassSummary]:
     """Export every item to the file its runtime runs, then time the files in one interleaved pass in a
-    measurement worker, which also measures each one's fresh-instance memory."""
+    measurement worker, which also measures each one's fresh-instance memory. With `failed`, an item
+    whose export or session fails is recorded there and left out (else the error ends the pass)."""
     with tempfile.TemporaryDirectory(prefix="dery-items-") as tmp:
         items, build_s = [], {}
         for i, (k, (backend, precision, build)) in enumerate(builds.items()):
             assert isinstance(backend, OnnxBackend)
             t0 = time.perf_counter()
-            module, example = build()
-            path = Path(tmp) / f"item{i}.onnx"
-            path.write_bytes(backend.onnx_bytes(module, example, precision))
+            try:
+                module, example = build()
+                path = Path(tmp) / f"item{i}.onnx"
+                path.write_bytes(backend.onnx_bytes(module, example, precision))
+            except Exception as e:  # noqa: BLE001 - one item the export rejects is recorded, the rest measured
+                if failed is None or k == REFERENCE_KEY:
+                    raise
+                failed[k] = failure_text(e)
+                built()
+                continue
             build_s[k] = time.perf_counter() - t0
             threads = backend.threads or torch.get_num_threads()
             items.append(FileItem(k, str(path), backend.name, threads, list(example.shape)))
             built()
-        res = measure_files(items, opts, memory=[k for k in builds if k != REFERENCE_KEY], progress=timed)
+        memory = [k for k in build_s if k != REFERENCE_KEY]
+        res = measure_files(items, opts, memory=memory, progress=timed, keep_going=failed is not None)
+    if failed is not None:
+        failed.update(res.failed)
     out = {k: ItemMeasurement(m, res.memory_mb.get(k), build_s[k]) for k, m in res.measurements.items()}
     return out, res.summary
 

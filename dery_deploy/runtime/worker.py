@@ -69,6 +69,7 @@ class WorkerResult:
     memory_mb: dict[str, float]
     summary: PassSummary
     modules: list[str]  # the heavy libraries the measuring process had loaded (never torch)
+    failed: dict[str, str]  # items whose file the runtime refused (with `keep_going`): key -> why
 
 
 def _fresh_memory_mb(item: FileItem) -> float:
@@ -84,13 +85,21 @@ def serve(request: Path, result: Path) -> None:
     """Build every item of the request, time them in one interleaved pass, write the result."""
     req = json.loads(request.read_text())
     items = [FileItem(**d) for d in req["items"]]
+    runners, failed = {}, {}
+    for it in items:
+        try:
+            runners[it.key] = (file_runner(it), False, None)
+        except Exception as e:  # noqa: BLE001 - with keep_going one file the runtime refuses is reported
+            if not req.get("keep_going"):
+                raise
+            failed[it.key] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    items = [it for it in items if it.key in runners]
     memory = {it.key: round(_fresh_memory_mb(it), 3) for it in items if it.key in req.get("memory", [])}
-    runners = {it.key: (file_runner(it), False, None) for it in items}
     meas, summary = measure_interleaved(runners, TimingOptions(**req["options"]), progress=_progress_line)
     counts = {it.threads for it in items}  # each session computes with its own count
     summary.threads = counts.pop() if len(counts) == 1 else None
     heavy = sorted(m for m in ("torch", "timm", "onnxruntime", "openvino") if m in sys.modules)
-    out = WorkerResult(meas, memory, summary, heavy)
+    out = WorkerResult(meas, memory, summary, heavy, failed)
     atomic_write_json(
         result,
         {
@@ -98,6 +107,7 @@ def serve(request: Path, result: Path) -> None:
             "memory_mb": out.memory_mb,
             "summary": out.summary.to_dict(),
             "modules": out.modules,
+            "failed": out.failed,
         },
     )
 
@@ -108,11 +118,13 @@ def measure_files(
     memory: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     timeout_s: float = 1800,
+    keep_going: bool = False,
 ) -> WorkerResult:
     """Time `items` in one interleaved pass in a fresh worker process (module docstring).
 
     Args:
         memory: keys of the items whose fresh instance's peak memory the worker measures too.
+        keep_going: a file the runtime refuses is reported in `failed` instead of failing the pass.
         progress: called with (windows done, windows planned) as the worker reports them.
     Raises:
         DeryError: the worker failed (its last line of error output is named) or ran past `timeout_s`.
@@ -124,6 +136,7 @@ def measure_files(
     with tempfile.TemporaryDirectory(prefix="dery-worker-") as tmp:
         req, res, err = (Path(tmp) / n for n in ("request.json", "result.json", "stderr.txt"))
         body = {"items": [asdict(i) for i in items], "options": asdict(opts), "memory": memory or []}
+        body["keep_going"] = keep_going
         req.write_text(json.dumps(body))
         cmd = [sys.executable, "-m", "dery_deploy.runtime.worker", str(req), str(res)]
         with err.open("w") as errf, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True) as proc:
@@ -146,6 +159,7 @@ def measure_files(
         out["memory_mb"],
         PassSummary(**out["summary"]),
         out["modules"],
+        out.get("failed", {}),
     )
 
 

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from dery_deploy.errors import DeryError
+from dery_deploy.profile.latency_model import to_us
 from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
 
 DATA = "fashion-mnist:labels_per_class=20,test_per_class=30"
@@ -48,7 +49,7 @@ def test_predicted_latency_is_the_programs_arithmetic(tiny_ws, fashion_task):
 
     res = assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, 2.0, top=3)
     for c in res.candidates:  # one arithmetic: the program's integer microseconds are the plan's prediction
-        assert tiny_ws.model.predict_us(plan_items(c.plan, tiny_ws.zoo, tiny_ws.dis)) == round(c.predicted_ms * 1000)
+        assert tiny_ws.model.predict_us(plan_items(c.plan, tiny_ws.zoo, tiny_ws.dis)) == to_us(c.predicted_ms)
         assert c.plan.predicted["latency_ms"] == pytest.approx(c.predicted_ms)
     origins = {c.origin for c in res.candidates}
     assert {"program", "donor"} <= origins  # the program's top N and every donor that fits

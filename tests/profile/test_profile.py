@@ -315,3 +315,86 @@ def test_int8_profile_on_a_cpu_backend(tiny_ws, tmp_path, backend):
     assert len(prof.records) == 4 and all(r.median_ms > 0 and r.runs >= 3 for r in prof.records.values())
     # both CPU runtimes' memory is measured (a fresh session / compiled model's peak RSS rise)
     assert all(r.peak_memory_mb is not None and r.peak_memory_mb >= 0 for r in prof.records.values())
+
+
+class Rejected(torch.nn.Module):
+    """A block the backend cannot build: its trace fails (as CUDA-graph capture may reject ViT fp16 attention)."""
+
+    def forward(self, x):
+        return x @ torch.ones(7, 3)  # a real shape error, raised inside the ONNX export
+
+
+def test_an_item_the_backend_rejects_is_recorded_and_no_plan_uses_it(tiny_ws, tmp_path, monkeypatch):
+    """The profile goes on past an item it cannot measure, says which and why, and the program treats it as
+    unavailable; the item is tried again when the profile is resumed."""
+    import dery_deploy.profile.run as run_mod
+    from dery_deploy.assemble.program import Budget, solve
+    from dery_deploy.assemble.stage import Scores, program_data
+    from dery_deploy.network.items import block_key
+    from dery_deploy.profile.latency_model import LatencyModel, budget_us
+
+    s0 = tiny_ws.partition.sets[0]
+    victim = next(b for b in s0.blocks if b.donor == "vit")
+    key = block_key(tiny_ws.zoo, victim.donor, victim.start, victim.end, tiny_ws.dis["vit"].boundary_spec(victim.start))
+    # a copy of the profile without that block: the resumed run measures only it
+    path = tmp_path / tiny_ws.profile_path.relative_to(tiny_ws.root)
+    path.parent.mkdir(parents=True)
+    prof = read_profile(tiny_ws.profile_path)
+    del prof.records[key]
+    prof.write(path)
+    real = run_mod.profile_items
+
+    def with_rejected(*a, **kw):
+        items = real(*a, **kw)
+        for it in items:
+            if it.key == key:
+                it.build = Rejected
+        return items
+
+    monkeypatch.setattr(run_mod, "profile_items", with_rejected)
+    run_mod.run_profile(tiny_ws.zoo, tiny_ws.device, "onnxruntime", "fp32", [1], tiny_ws.partition, tiny_ws.dis,
+                        tmp_path, num_classes=10)  # fmt: skip
+    got = read_profile(path)
+    assert list(got.failed) == [key] and "cannot be multiplied" in got.failed[key]
+    assert set(got.records) == set(tiny_ws.profile.records) - {key}
+
+    sets = tiny_ws.partition.sets
+    seams = {(a.donor, a.end, b.donor, b.start): 0.0 for k in range(len(sets) - 1) for a in sets[k].blocks
+             for b in sets[k + 1].blocks}  # fmt: skip
+    scores = Scores({(b.donor, b.end): 0.0 for b in sets[-1].blocks}, seams)
+    everything = Budget(budget_us(1000.0))
+    n = 1
+    for s in sets:
+        n *= len(s.blocks)
+    o = s0.blocks.index(victim)
+    before = solve(program_data(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, 10, scores), everything, n)
+    assert any(ev.choice[0] == o for ev in before.solutions)  # the control: with the block measured, plans use it
+    model = LatencyModel.of(got, str(path))
+    after = solve(program_data(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, model, 10, scores), everything, n)
+    assert after.solutions and all(ev.choice[0] != o for ev in after.solutions)
+    assert len(after.solutions) == len(before.solutions) - sum(ev.choice[0] == o for ev in before.solutions)
+    # resumed with the item buildable again, it is measured and no longer listed as failed
+    monkeypatch.setattr(run_mod, "profile_items", real)
+    run_mod.run_profile(tiny_ws.zoo, tiny_ws.device, "onnxruntime", "fp32", [1], tiny_ws.partition, tiny_ws.dis,
+                        tmp_path, num_classes=10)  # fmt: skip
+    again = read_profile(path)
+    assert key in again.records and again.failed == {}
+
+
+def test_torch_compile_profile_is_written_after_every_group_it_times(tiny_ws, tmp_path):
+    """torch-compile times at most `max_live` items together, so a pass is no longer than that: with the
+    default --pass-items 64, its 55-item fashion profile used to be one pass, written only when every item
+    had compiled, and a run cut short (the GPU check's deadline) wrote nothing."""
+    from dery_deploy.profile.run import PASS_ITEMS, run_profile
+    from dery_deploy.runtime.backends import get_backend
+
+    be = get_backend("torch-compile")
+    if be.unavailable("cpu"):
+        pytest.skip(be.unavailable("cpu"))
+    n = be.max_live + 1
+    assert PASS_ITEMS > n
+    [path] = run_profile(tiny_ws.zoo, tiny_ws.device, "torch-compile", "fp32", [1], tiny_ws.partition, tiny_ws.dis,
+                         tmp_path, num_classes=10, limit=n)  # fmt: skip
+    prof = read_profile(path)
+    assert len(prof.records) == n and prof.failed == {}
+    assert [p["what"] for p in prof.passes] == [f"{be.max_live} items", "1 items"]

@@ -128,6 +128,33 @@ def test_measure_modules_carries_the_reference_of_the_same_pass():
     assert out["a"].calibration_ms == out["b"].calibration_ms > 0
 
 
+class Rejected(torch.nn.Module):
+    """An item the backend cannot build: its graph fails to trace (as a capture may reject an attention block)."""
+
+    def forward(self, x):
+        return x @ torch.ones(7, 3)  # x is [1, 64]: a real shape error, raised inside the backend's export
+
+
+def test_one_item_the_backend_rejects_is_recorded_and_the_pass_goes_on():
+    from dery_deploy.runtime.backends import get_backend
+    from dery_deploy.runtime.measure import measure_modules
+
+    lin = torch.nn.Linear(64, 64)
+    builds = {
+        "a": lambda: (lin, torch.randn(1, 64)),
+        "bad": lambda: (Rejected(), torch.randn(1, 64)),
+        "b": lambda: (torch.nn.Sequential(lin, lin), torch.randn(1, 64)),
+    }
+    be = get_backend("onnxruntime", threads=1)
+    failed: dict[str, str] = {}
+    out, [summary] = measure_modules(be, builds, "fp32", "cpu", TimingOptions(min_windows=3, max_s=0.0), failed=failed)
+    assert set(out) == {"a", "b"} and summary.items == 2 and all(m.timing.median_ms > 0 for m in out.values())
+    assert list(failed) == ["bad"] and "cannot be multiplied" in failed["bad"], failed
+    # without a place to record it, the error ends the pass
+    with pytest.raises(Exception, match="cannot be multiplied"):
+        measure_modules(be, builds, "fp32", "cpu", TimingOptions(min_windows=3, max_s=0.0))
+
+
 @pytest.mark.gpu
 def test_cuda_events_and_allocator_peak_including_capture():
     from dery_deploy.runtime.backends import get_backend
