@@ -15,8 +15,9 @@ from pathlib import Path
 
 import typer
 
-from dery_deploy.cli.common import console
+from dery_deploy.cli.common import console, err_console
 from dery_deploy.export.stage import BudgetVerdict, export_run
+from dery_deploy.runtime.harness import BUSY_CORES
 
 
 def export(
@@ -63,6 +64,12 @@ def export(
         f"{rep['format']}: {rep['artifact']} {check}; latency {rep['latency_ms']:.4f} ms "
         f"({rep['latency_backend']}){flag}"
     )
+    if (rep.get("other_load_cores") or 0) > BUSY_CORES:
+        err_console.print(
+            f"[yellow]note:[/] other processes used {rep['other_load_cores']:.2f} cores while the artifact was timed: "
+            "its latency is a busy machine's; measure it again with nothing else running (dery bench)",
+            soft_wrap=True,
+        )
     b = BudgetVerdict(**rep["budget"]) if rep.get("budget") else None
     if b is not None:
         style = {"within": "green", "over": "red", "undecided": "yellow"}.get(b.status, "dim")

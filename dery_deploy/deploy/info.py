@@ -88,6 +88,7 @@ class Latency:
     # the machine's reference workload (REFERENCE_MODEL, batch 1) per call in the same pass: its speed
     # at the time, so that `dery bench` can relate a later measurement to it
     reference_ms: float | None = None
+    other_load_cores: float | None = None  # other processes' CPU use while it was timed (cores; None: unread)
 
 
 @dataclass

@@ -45,7 +45,9 @@ def session_settings(fmt: str, threads: int | None, extra: dict) -> dict:
     return {k: extra[k] for k in ("min_shape", "opt_shape", "max_shape") if k in extra}
 
 
-def latency_of(m: Measurement, measured_in: str, reference_ms: float | None) -> Latency:
+def latency_of(
+    m: Measurement, measured_in: str, reference_ms: float | None, other_load_cores: float | None = None
+) -> Latency:
     """The figures a user reproduces with `dery bench`: percentiles over all calls (`promise_at`)."""
     return Latency(
         p50_ms=round(m.promise_at(50), 5),
@@ -58,6 +60,7 @@ def latency_of(m: Measurement, measured_in: str, reference_ms: float | None) -> 
         measured_in=measured_in,
         when=time.strftime("%Y-%m-%dT%H:%M:%S"),
         reference_ms=reference_ms,
+        other_load_cores=other_load_cores,
     )
 
 
@@ -67,7 +70,7 @@ def write_reference(out: Path) -> None:
     from dery_deploy.runtime.onnx import onnx_from_module, save_onnx
 
     if not (out / REFERENCE_MODEL).is_file():  # the export's measurement wrote it where it timed it
-        save_onnx(onnx_from_module(reference_module(), reference_input(1)), out / REFERENCE_MODEL)
+        save_onnx(onnx_from_module(reference_module(), reference_input(1), dynamic_batch=False), out / REFERENCE_MODEL)
 
 
 def package_files(fmt: str, out: Path, artifact: str) -> dict[str, str]:
@@ -76,7 +79,7 @@ def package_files(fmt: str, out: Path, artifact: str) -> dict[str, str]:
         names.append(Path(artifact).with_suffix(".bin").name)
     if fmt == "tensorrt" and (out / "model.engine.json").is_file():
         names.append("model.engine.json")
-    if (out / REFERENCE_MODEL).is_file():
+    if fmt in ("onnx", "openvino") and (out / REFERENCE_MODEL).is_file():
         names.append(REFERENCE_MODEL)
     return {n: sha256_file(out / n) for n in names}
 
@@ -111,7 +114,10 @@ def write_package(
             rep.device,
         ),
         latency=latency_of(
-            measured, "the export's own measurement of the file, alone in its pass", rep.extra.get("reference_ms")
+            measured,
+            "the export's own measurement of the file, alone in its pass",
+            rep.extra.get("reference_ms"),
+            rep.extra.get("other_load_cores"),
         ),
         budget=Budget(float(budget["latency_ms"]), int(budget.get("percentile") or 50), _verdict(rep))
         if budget.get("latency_ms")
@@ -128,7 +134,12 @@ def _verdict(rep) -> str:
 
 
 def refresh_latency(
-    out: Path, measured: Measurement, verdict_line: str, measured_in: str, reference_ms: float | None
+    out: Path,
+    measured: Measurement,
+    verdict_line: str,
+    measured_in: str,
+    reference_ms: float | None,
+    other_load_cores: float | None = None,
 ) -> None:
     """Replace a package's recorded latency (and budget verdict) by a later measurement of the same file
     (`dery run`'s final pass), so deploy.json states what the report states."""
@@ -136,7 +147,7 @@ def refresh_latency(
     if not path.is_file():
         return
     info = DeployInfo.read(path)
-    info.latency = latency_of(measured, measured_in, reference_ms)
+    info.latency = latency_of(measured, measured_in, reference_ms, other_load_cores)
     if info.budget is not None:
         info.budget.verdict = verdict_line
     info.write(path)

@@ -296,7 +296,7 @@ def checked_outputs(model, logits, x: torch.Tensor, precision: str, task: Task |
 
 def _measure_artifact(
     path: Path, runtime: str, threads: int | None, shape: tuple, percentile: int
-) -> tuple[Measurement, float]:
+) -> tuple[Measurement, dict]:
     """The shipped file timed as it runs where it ships, in a measurement worker (`runtime.worker`) that
     times nothing else but the machine's reference workload: returns it and the reference's median."""
     n = threads or torch.get_num_threads()
@@ -305,8 +305,12 @@ def _measure_artifact(
         FileItem("artifact", str(path), runtime, n, [int(v) for v in shape]),
         reference_item(path.parent, runtime, n),
     ]
-    res = measure_files(items, TimingOptions.for_budget(percentile)).measurements
-    return res["artifact"], round(res[REFERENCE_KEY].promise_at(50), 5)
+    res = measure_files(items, TimingOptions.for_budget(percentile))
+    context = {
+        "reference_ms": round(res.measurements[REFERENCE_KEY].promise_at(50), 5),  # the machine's speed then
+        "other_load_cores": res.summary.other_load_cores,  # other processes' CPU use while it was timed
+    }
+    return res.measurements["artifact"], context
 
 
 def export_onnx(
@@ -329,7 +333,7 @@ def export_onnx(
     path = save_onnx(data, out / ("model-int8.onnx" if precision == "int8" else "model.onnx"))
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     par = checked_outputs(model, artifact_runner(data, "onnxruntime", threads), x, precision, task, int8)
-    m, reference_ms = _measure_artifact(path, "onnxruntime", threads, (batch, *x.shape[1:]), percentile)
+    m, context = _measure_artifact(path, "onnxruntime", threads, (batch, *x.shape[1:]), percentile)
     return ExportReport(
         "onnx",
         path.name,
@@ -347,7 +351,7 @@ def export_onnx(
             "opset": OPSET,
             "dynamic_batch": True,
             "export_s": round(time.perf_counter() - t0, 2),
-            "reference_ms": reference_ms,  # the machine's speed while the artifact was timed
+            **context,
             "_measurement": m,
         },
     )
@@ -375,7 +379,7 @@ def export_openvino(
     xml = save_ir(data, out / ("model-int8.xml" if precision == "int8" else "model.xml"), batch=batch)
     logits = artifact_runner(xml, "openvino", threads)  # the IR as shipped, for any batch
     par = checked_outputs(model, logits, x, precision, task, int8)
-    m, reference_ms = _measure_artifact(xml, "openvino", threads, (batch, *x.shape[1:]), percentile)
+    m, context = _measure_artifact(xml, "openvino", threads, (batch, *x.shape[1:]), percentile)
     weights = xml.with_suffix(".bin")
     return ExportReport(
         "openvino",
@@ -398,7 +402,7 @@ def export_openvino(
             "bytes": xml.stat().st_size + weights.stat().st_size,
             "dynamic_batch": False,
             "export_s": round(time.perf_counter() - t0, 2),
-            "reference_ms": reference_ms,  # the machine's speed while the artifact was timed
+            **context,
             "_measurement": m,
         },
     )

@@ -56,6 +56,11 @@ def _file_item(c: Compared, example, folder: Path, i: int) -> FileItem:
     return FileItem(c.key, str(path), c.backend.name, threads, list(example.shape))
 
 
+def reference_key(runtime: str, threads: int) -> str:
+    """The final pass's key of the reference workload on one runtime and thread count."""
+    return f"{REFERENCE_KEY}|{runtime}/t{threads}"
+
+
 def _measure_in_worker(
     compared: list[Compared], example, percentile: int, progress
 ) -> tuple[dict[str, Measurement], PassSummary]:
@@ -66,16 +71,20 @@ def _measure_in_worker(
             items.append(_file_item(c, example, Path(tmp), i))
             if progress:
                 progress.advance(task)
-        b = compared[0].backend
-        items.append(reference_item(Path(tmp), b.name, b.threads or torch.get_num_threads()))
+        # the machine's speed as each runtime sees it: a package's figure is related to its own runtime's
+        targets = {(c.backend.name, c.backend.threads or torch.get_num_threads()) for c in compared}
+        for runtime, threads in sorted(targets):
+            ref = reference_item(Path(tmp), runtime, threads)
+            ref.key = reference_key(runtime, threads)
+            items.append(ref)
 
         def tick(done: int, planned: int) -> None:
             if progress:
                 progress.update(task, description=f"final measurement: window {done}/{planned} (measurement worker)")
 
         res = measure_files(items, TimingOptions.for_budget(percentile), progress=tick if progress else None)
-    ref = res.measurements.pop(REFERENCE_KEY)
-    res.summary.reference_ms = round(ref.promise_at(50), 5)
+    refs = {k: res.measurements.pop(k).promise_at(50) for k in list(res.measurements) if k.startswith(REFERENCE_KEY)}
+    res.summary.references_ms = {k.removeprefix(REFERENCE_KEY + "|"): round(v, 5) for k, v in refs.items()}
     return res.measurements, res.summary
 
 

@@ -39,7 +39,7 @@ from dery_deploy.profile.store import Profile, profile_path, read_profile
 from dery_deploy.report.report import write_report
 from dery_deploy.runtime.backends import Backend, get_backend
 from dery_deploy.runtime.devices import DeviceSpec, get_device, this_machine
-from dery_deploy.runtime.harness import PERCENTILES, Measurement, PassSummary, busy_note
+from dery_deploy.runtime.harness import BUSY_CORES, PERCENTILES, Measurement, PassSummary, busy_note
 from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import evaluate_model
 from dery_deploy.train.finetune import Recipe, finetune, load_run_model
@@ -442,6 +442,13 @@ def rederive_budget(r: Run, ctx: Context, budgets: list[float], i: int, fastest_
     )
     budgets[i] = new
     r.manifest.budgets = sorted(set(budgets))
+    donor_ms = r.manifest.donor_latency_ms
+    untrained = [n for n in final_donors(donor_ms, [new]) if n not in r.manifest.donors]
+    if untrained:  # the raised budget may pick a donor no smaller budget could: it is trained to ship first
+        z, t = ctx.zoo, ctx.task
+        r.manifest.donors.update(
+            stage_donors(r, z, t, ctx.recipes.final, donor_ms, untrained, "final", ctx.teacher, evaluate=True)
+        )
     return stage_budget(r, ctx, new, aoti=aoti)
 
 
@@ -581,7 +588,12 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
                 atomic_write_json(report, {**json.loads(report.read_text()), "budget": onnx["budget"]})
             # the package states what the report states: the final pass's figure of the shipped file
             refresh_latency(
-                Path(res["export_dir"]), shipped, verdict.line(), verdict.measured_in, fp["summary"].get("reference_ms")
+                Path(res["export_dir"]),
+                shipped,
+                verdict.line(),
+                verdict.measured_in,
+                (fp["summary"].get("references_ms") or {}).get(f"{res['plan']['backend']}/t{onnx.get('threads')}"),
+                fp["summary"].get("other_load_cores"),
             )
         fitting = {}
         for n, d in m.donors.items():
@@ -1233,7 +1245,8 @@ def stage_export(
             if rep.get("precision") == "int8"
             else f"parity {rep['parity']['max_abs_diff']:.1e}"
         )
-        r.say(f"  {fmt} {rep.get('precision', '')}: {check}, {rep['latency_ms']:.4f} ms{verdict}")
+        busy = " (timed on a busy machine)" if (rep.get("other_load_cores") or 0) > BUSY_CORES else ""
+        r.say(f"  {fmt} {rep.get('precision', '')}: {check}, {rep['latency_ms']:.4f} ms{verdict}{busy}")
     else:
         r.say(f"  {fmt}: {rep.get('error')}")
     return rep

@@ -44,7 +44,8 @@ import numpy as np
 PERCENTILES = (50, 90, 99)  # of single calls: what a budget can promise (`--percentile`)
 QUIET = 25  # the windows' percentile an estimate is taken at (robust to disturbed windows)
 BOOTSTRAP = 200  # resamples of windows for an estimate's uncertainty
-BOOTSTRAP_CALLS = 64  # calls per window the all-calls bootstrap resamples
+BOOTSTRAP_CALLS = 256  # calls per window the all-calls bootstrap resamples (p99 needs its tail)
+MIN_LOAD_S = 1.0  # the shortest timed pass whose other-process load is read (tick resolution)
 BUSY_CORES = 0.15  # other processes' average CPU use during a pass (cores) above which it was a busy machine
 
 
@@ -143,6 +144,9 @@ class PassSummary:
     # the reference workload's per-call median over all calls in this pass, where the pass timed it:
     # the machine's speed at the time, which figures of different passes and processes are related by
     reference_ms: float | None = None
+    # the final pass's reference per runtime and threads ("openvino/t1" -> ms): each package is related
+    # to the machine's speed as its own runtime measured it
+    references_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
@@ -209,6 +213,8 @@ class MachineLoad:
         if self._t0 is None or t1 is None or t1[0] <= self._t0[0]:
             return None
         wall = t1[0] - self._t0[0]
+        if wall < MIN_LOAD_S:  # /proc/stat and os.times count 10 ms ticks: a short pass cannot tell
+            return None
         others = (t1[1] - self._t0[1]) - (t1[2] - self._t0[2])
         return round(max(0.0, others) / wall, 3)
 
@@ -394,7 +400,7 @@ def measure_interleaved(
         threads,
         time.strftime("%Y-%m-%dT%H:%M:%S"),
         other_load,
-        os.cpu_count(),
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     )
     return out, summary
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dery_deploy.errors import DeryError
 from dery_deploy.runtime.backends.base import Backend, Runner
 from dery_deploy.runtime.backends.onnx_based import OnnxBackend
 from dery_deploy.runtime.calibration import REFERENCE_KEY, reference_input, reference_module
@@ -153,7 +154,8 @@ def measure_modules(
     groups = [keys[i : i + size] for i in range(0, len(keys), size)]
     out: dict[str, ItemMeasurement] = {}
     summaries = []
-    task = progress.add_task(f"{label}: build", total=len(keys)) if progress else None
+    total = len(keys) + (reference_batch is not None and isolated(backend, device))
+    task = progress.add_task(f"{label}: build", total=total) if progress else None
 
     def built() -> None:
         if progress:
@@ -225,6 +227,8 @@ def _measure_in_worker(
             built()
         memory = [k for k in build_s if k != REFERENCE_KEY]
         res = measure_files(items, opts, memory=memory, progress=timed, keep_going=failed is not None)
+    if REFERENCE_KEY in res.failed:
+        raise DeryError(f"the reference workload could not run: {res.failed[REFERENCE_KEY]}", "profile")
     if failed is not None:
         failed.update(res.failed)
     out = {k: ItemMeasurement(m, res.memory_mb.get(k), build_s[k]) for k, m in res.measurements.items()}

@@ -18,7 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,7 +88,9 @@ def serve(request: Path, result: Path) -> None:
     runners, failed = {}, {}
     for it in items:
         try:
-            runners[it.key] = (file_runner(it), False, None)
+            call = file_runner(it)
+            call()  # a file that loads but fails when run is caught here, not in the middle of the pass
+            runners[it.key] = (call, False, None)
         except Exception as e:  # noqa: BLE001 - with keep_going one file the runtime refuses is reported
             if not req.get("keep_going"):
                 raise
@@ -110,6 +112,15 @@ def serve(request: Path, result: Path) -> None:
             "failed": out.failed,
         },
     )
+
+
+def _follow(proc: subprocess.Popen, progress: Callable[[int, int], None] | None) -> None:
+    """Read the worker's progress lines as they come (a thread: the caller waits with a timeout)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        parts = line.split()
+        if progress and len(parts) == 3 and parts[0] == "progress":
+            progress(int(parts[1]), int(parts[2]))
 
 
 def measure_files(
@@ -140,16 +151,14 @@ def measure_files(
         req.write_text(json.dumps(body))
         cmd = [sys.executable, "-m", "dery_deploy.runtime.worker", str(req), str(res)]
         with err.open("w") as errf, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True) as proc:
-            deadline = time.monotonic() + timeout_s
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                parts = line.split()
-                if progress and len(parts) == 3 and parts[0] == "progress":
-                    progress(int(parts[1]), int(parts[2]))
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    raise DeryError(f"the measurement worker ran past {timeout_s:g} s timing {len(items)} files")
-            code = proc.wait()
+            reader = threading.Thread(target=_follow, args=(proc, progress), daemon=True)
+            reader.start()
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise DeryError(f"the measurement worker ran past {timeout_s:g} s timing {len(items)} files") from None
+            reader.join()
         if code != 0 or not res.is_file():
             last = (err.read_text().strip().splitlines() or [f"exit code {code}"])[-1]
             raise DeryError(f"the measurement worker failed timing {len(items)} files: {last}")
