@@ -60,3 +60,9 @@ def test_a_worker_that_fails_names_its_last_error_line(tmp_path):
 def test_an_unknown_runtime_is_refused():
     with pytest.raises(DeryError, match="not 'tensorrt'"):
         FileItem("x", "m.onnx", "tensorrt", 1, [1])
+
+
+def test_a_worker_past_its_time_limit_is_stopped_with_one_clear_error(files):
+    # the worker prints nothing while it starts and builds: the limit must hold without its output
+    with pytest.raises(DeryError, match="the measurement worker ran past 0.2 s timing 1 files"):
+        measure_files([FileItem("x", str(files[64]), "onnxruntime", 1, [1, 3, 32, 32])], timeout_s=0.2)
