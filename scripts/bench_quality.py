@@ -329,6 +329,7 @@ def main() -> None:
     result["budget_promise"] = {
         "shipped_checked": len(shipped),
         "shipped_within_budget": sum(1 for r in shipped if r["shipped_within_budget"]),
+        "shipped_undecided": sum(1 for r in shipped if r["shipped_within_budget"] is None),  # too noisy to judge
         "measured_over_budget": [
             {"budget_ms": r["budget_ms"], "measured_ms": r["shipped_measured_ms"]}
             for r in shipped
