@@ -7,6 +7,7 @@ for back-to-back timed calls (`bind`), the way the export measured it.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,14 +24,15 @@ INSTALL = {
 }
 
 
-class Session:
+class Session(abc.ABC):
     """The thin base: `run` a batch, `bind` one for timing, and what the runtime was really given."""
 
     def __init__(self, info: DeployInfo, folder: Path):
         self.info, self.folder = info, folder
 
+    @abc.abstractmethod
     def run(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The package's logits for one float32 NCHW batch of exactly the package's batch."""
 
     def bind(self, x: np.ndarray) -> Callable[[], object]:
         """A zero-argument call that runs `x` (kept alive by the closure), for back-to-back timing."""
