@@ -193,6 +193,15 @@ class Verdict:
         return 2 if self.over else (3 if self.undecided else 0)
 
 
+def within_budget(value: float, budget: float, se: float) -> bool | None:
+    """The one rule: within when value <= budget * (1 + se); a standard error above MAX_ALLOWANCE decides
+    only a value that is over or under the budget by more than that error, and leaves the rest undecided."""
+    limit = budget * (1 + se)
+    if se <= MAX_ALLOWANCE or value > limit or value * (1 + se) <= budget:
+        return value <= limit
+    return None
+
+
 def judge(info: DeployInfo, res: BenchResult) -> Verdict:
     """The package's budget at its percentile against this measurement (module docstring)."""
     if info.budget is None:
@@ -206,7 +215,8 @@ def judge(info: DeployInfo, res: BenchResult) -> Verdict:
     q, b = info.budget.percentile, info.budget.latency_ms
     value, se = res.at(q)
     at = f"p{q} {value:.4f} ms"
-    if se > MAX_ALLOWANCE:
+    within = within_budget(value, b, se)
+    if within is None:
         return Verdict(
             True,
             f"undecided: {at} has a standard error of {100 * se:.1f}%, above the {100 * MAX_ALLOWANCE:.0f}% the "
@@ -214,7 +224,7 @@ def judge(info: DeployInfo, res: BenchResult) -> Verdict:
             undecided=True,
         )
     limit = b * (1 + se)
-    if value <= limit:
+    if within:
         return Verdict(True, f"within budget: {at} against {b:g} ms (allowance ±{100 * se:.1f}%, its standard error)")
     return Verdict(
         True,

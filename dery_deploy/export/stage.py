@@ -31,6 +31,7 @@ import torch
 
 from dery_deploy.artifacts import atomic_write_json, make_output_dir, sha256_file
 from dery_deploy.data.task import Task, load_task
+from dery_deploy.deploy.bench import MAX_ALLOWANCE, within_budget
 from dery_deploy.errors import DeryError
 from dery_deploy.export.bundle import jetson_bundle
 from dery_deploy.export.package import write_package
@@ -58,10 +59,6 @@ PRECISIONS = {
     "aoti": ("fp32", "fp16"),
 }
 ARTIFACTS = {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.engine", "aoti": "model.pt2"}
-
-
-# the largest standard error a budget verdict accepts as its allowance; a noisier measurement is undecided
-MAX_ALLOWANCE = 0.02
 
 
 @dataclass
@@ -160,15 +157,15 @@ def budget_check(
     # the statistic a user measures with the file alone: the per-call percentile over all calls
     noise = measured.promise_uncertainty_at(q)
     value = measured.promise_at(q)
-    decided = noise <= MAX_ALLOWANCE
-    limit = b * (1 + min(noise, MAX_ALLOWANCE))
+    limit = b * (1 + noise)
+    within = within_budget(value, b, noise)
     return BudgetVerdict(
         True,
-        "" if decided else "the measurement's standard error is above the allowance: undecided",
+        "" if within is not None else "the measurement's standard error is above the allowance: undecided",
         measured_ms=round(value, 5),
         noise=round(noise, 4),
         limit_ms=limit,
-        within_budget=(value <= limit) if decided else None,
+        within_budget=within,
         **base,
     )
 

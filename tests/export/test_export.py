@@ -279,3 +279,12 @@ def test_the_budget_is_judged_over_all_calls_with_an_allowance_capped_at_two_per
     noisy = _verdict_of(1.03, 0.05)  # 5% standard error: never passed on a wider allowance
     assert noisy.status == "undecided" and noisy.within_budget is None and "UNDECIDED" in noisy.line()
     assert not noisy.over and _verdict_of(1.019, 0.02).status == "within"
+
+
+def test_a_noisy_measurement_still_decides_a_clear_verdict():
+    """Noise above the cap leaves undecided only a value within its own standard error of the budget."""
+    assert _verdict_of(10.0, 0.05).over  # ten times the budget is over however noisy
+    clear = _verdict_of(0.5, 0.05)
+    assert clear.status == "within" and "within budget" in clear.line()
+    assert _verdict_of(0.97, 0.05).status == "undecided" and _verdict_of(1.04, 0.05).status == "undecided"
+    assert _verdict_of(1.06, 0.05).over
