@@ -1,0 +1,129 @@
+"""The budget verdict: the shipped artifact's measured latency against the plan's budget.
+
+The budget is a promise about what ships: where this machine is the plan's device, the artifact is
+measured at the plan's batch, precision and thread count, at the per-call percentile the budget
+promises (at least 1024 calls for p90 and p99, as MLPerf's single-stream scenario asks), and
+compared with the budget itself; the only allowance is the measurement's own uncertainty (one
+standard error over its windows), printed beside the verdict. The rule itself (`within_budget`) is
+`dery bench`'s too, so it lives in `deploy.bench`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dery_deploy.deploy.bench import MAX_ALLOWANCE, within_budget
+from dery_deploy.errors import DeryError
+from dery_deploy.runtime.devices import get_device, this_machine
+from dery_deploy.runtime.harness import Measurement
+
+
+@dataclass
+class BudgetVerdict:
+    checked: bool
+    reason: str = ""
+    budget_ms: float | None = None
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    noise: float | None = None  # relative standard error of the measurement: the only allowance
+    limit_ms: float | None = None
+    within_budget: bool | None = None
+    plan_device: str | None = None
+    plan_backend: str | None = None
+    plan_precision: str | None = None
+    plan_batch: int | None = None
+    percentile: int = 50  # of single calls, the budget's promise
+    plan_threads: int | None = None
+    measured_in: str = ""  # where the measurement was taken, when not by the export itself
+
+    @property
+    def status(self) -> str:
+        """ "within", "over", "undecided" (the measurement was too noisy to judge) or "not checked"."""
+        if not self.checked:
+            return "not checked"
+        return {True: "within", False: "over", None: "undecided"}[self.within_budget]
+
+    @property
+    def over(self) -> bool:
+        return self.status == "over"
+
+    def word(self) -> str:
+        """The verdict in the words the terminal and the report print."""
+        return {"within": "within budget", "over": "OVER BUDGET", "undecided": "UNDECIDED"}.get(
+            self.status, "not checked"
+        )
+
+    def line(self) -> str:
+        if not self.checked:
+            return f"budget not checked: {self.reason}"
+        assert self.budget_ms is not None and self.measured_ms is not None and self.noise is not None
+        at = "" if self.percentile == 50 else f" at p{self.percentile}"
+        predicted = "" if self.predicted_ms is None else f"predicted {self.predicted_ms:.4f} ms, "
+        head = f"budget {self.budget_ms:g} ms{at}: {predicted}measured {self.measured_ms:.4f} ms{at} over all calls"
+        if self.status == "undecided":
+            return (
+                f"{head} (±{100 * self.noise:.1f}%, its standard error, is above the {100 * MAX_ALLOWANCE:g}% a "
+                "verdict allows) -> UNDECIDED: measure again with nothing else running (dery bench)"
+            )
+        over = 100 * (self.measured_ms / self.budget_ms - 1)
+        verdict = "within budget" if self.within_budget else f"OVER BUDGET by {over:.1f}%"
+        assert self.limit_ms is not None
+        return (
+            f"{head} (±{100 * self.noise:.1f}%, its standard error, the only allowance: limit "
+            f"{self.limit_ms:.4f} ms) -> {verdict}"
+        )
+
+
+def budget_check(
+    plan: dict | None, measured: Measurement, artifact_device: str, precision: str, batch: int, threads: int | None
+) -> BudgetVerdict:
+    """The shipped artifact's measured latency against the plan's budget (see module docstring)."""
+    if not plan or not (plan.get("budget") or {}).get("latency_ms"):
+        return BudgetVerdict(False, "no latency budget (a donor run, or a plan without a budget)")
+    b = plan["budget"]["latency_ms"]
+    q = int(plan["budget"].get("percentile") or 50)
+    base = dict(
+        budget_ms=b,
+        predicted_ms=plan.get("predicted", {}).get("latency_ms"),
+        plan_device=plan.get("device"),
+        plan_backend=plan.get("backend"),
+        plan_precision=plan.get("precision"),
+        plan_batch=plan.get("batch"),
+        percentile=q,
+        plan_threads=plan.get("threads"),
+    )
+    try:
+        spec = get_device(plan.get("device") or "")
+    except DeryError:
+        return BudgetVerdict(False, f"unknown plan device {plan.get('device')!r}", **base)
+    if spec.kind != artifact_device:
+        return BudgetVerdict(
+            False, f"the artifact ran on {artifact_device}, the plan's device {spec.id} is {spec.kind}", **base
+        )
+    if spec.id not in {s.id for s in this_machine()}:
+        return BudgetVerdict(False, f"this machine is not the plan's device {spec.id!r}", **base)
+    if (precision, batch) != (plan.get("precision", "fp32"), plan.get("batch", 1)):
+        return BudgetVerdict(
+            False,
+            f"the artifact is {precision} batch {batch}, the budget is for "
+            f"{plan.get('precision')} batch {plan.get('batch')}",
+            **base,
+        )
+    if plan.get("threads") and threads != plan["threads"]:
+        return BudgetVerdict(
+            False, f"the artifact ran with {threads} threads, the budget is for {plan['threads']}", **base
+        )
+    # the statistic a user measures with the file alone: the per-call percentile over all calls
+    noise = measured.promise_uncertainty_at(q)
+    value = measured.promise_at(q)
+    limit = b * (1 + noise)
+    within = within_budget(value, b, noise)
+    return BudgetVerdict(
+        True,
+        "" if within is not None else "the measurement's standard error is above the allowance: undecided",
+        measured_ms=round(value, 5),
+        noise=round(noise, 4),
+        limit_ms=limit,
+        within_budget=within,
+        **base,
+    )
