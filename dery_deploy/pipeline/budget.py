@@ -10,7 +10,7 @@ from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.assemble.candidates import DONOR_NEAR
 from dery_deploy.assemble.stage import NoFinalistKeeps, assemble
 from dery_deploy.errors import DeryError
-from dery_deploy.network.plan import load_plan, save_plan_with_weights
+from dery_deploy.network.plan import AssembledNet, load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import _round_up, final_donors
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.pick import describe_plan, last_rung_accuracy, pick_triple, score_triples
@@ -157,6 +157,7 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> dict:
         )
     saved, networks = [], {}
     for i, c in enumerate(res.finalists):
+        assert isinstance(c.net, AssembledNet), "a finalist carries its assembled network"
         path = save_plan_with_weights(c.plan, c.net, bdir / "finalists" / f"{i:02d}.json")
         saved.append({**c.to_dict(), "path": f"finalists/{i:02d}.json"})
         if c.name not in networks:

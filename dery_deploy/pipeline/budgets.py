@@ -41,9 +41,10 @@ def choose_budgets(donor_ms: dict[str, float], quick: bool, floor_ms: float = 0.
                 f"budget {b:g} ms is below the fastest assembly plus the planning margin ({floor:g} ms): "
                 + ("dropped" if any(w >= floor for w in wanted) else f"raised to {floor:g} ms")
             )
-            b = floor if not any(w >= floor for w in wanted) else None
-        if b is not None:
-            out.append(b)
+            if not any(w >= floor for w in wanted):
+                out.append(floor)
+            continue
+        out.append(b)
     return sorted(set(out)), notes
 
 

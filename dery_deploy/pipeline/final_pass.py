@@ -235,7 +235,7 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
             res["mix"]["measured_target"] = t
         [(target, shipped)] = by_target(f"ship:{b:g}").items() or [(None, None)]
         onnx = res.get("onnx") or {}
-        if shipped is not None:
+        if shipped is not None and target is not None:
             res["measured_ms"], res["measured_uncertainty"] = (
                 round(shipped.promise_at(q), 5),
                 round(shipped.promise_uncertainty_at(q), 5),
@@ -301,4 +301,5 @@ def donor_accuracy(r: Run, ctx: Context, name: str, d: dict, fits: list[str]) ->
         acc = int8_on(Path(d["run"]), ctx.task, t, ctx.model.profile.threads, "test")["top1"]
         if best is None or acc > best["top1"]:
             best = {"target": t, "top1": acc}
+    assert best is not None, "a donor fits on at least one target"
     return best

@@ -32,7 +32,7 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Pa
     validation images lost 0.26 on test)."""
     acc = last_rung_accuracy(sel["selection"])
     best_mix = describe_plan(mix["plan"]) if mix else None
-    if best_mix and best_mix not in acc and mix.get("selection_accuracy") is not None:
+    if mix and best_mix and best_mix not in acc and mix.get("selection_accuracy") is not None:
         acc[best_mix] = mix["selection_accuracy"]  # carried from a smaller budget, where it was selected
     donor_runs = {f"{n} (whole donor)": Path(d["run"]) for n, d in r.manifest.donors.items()}
     out = []
@@ -87,6 +87,7 @@ def pick_triple(triples: list[dict], s: dict) -> dict:
     if d is None and m is None:
         raise DeryError("no measured finalist has a validation accuracy", "run")
     if d is None:
+        assert m is not None
         return {**m, "rule": f"no donor fits the budget: the best mixed plan {on}"}
     if m is None:
         return {**d, "rule": f"no mixed plan is a finalist: the best donor {on}"}

@@ -177,8 +177,9 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     r.save()
     if not feasible:
         f = fastest(program_data(zoo, part, dis, model, task.num_classes, scores()))
+        at = f"{f.latency_ms:.4f} ms" if f else "(none assembles)"
         raise DeryError(
-            f"no budget was feasible on {spec.id}; the fastest assembly is predicted at {f.latency_ms:.4f} ms "
+            f"no budget was feasible on {spec.id}; the fastest assembly is predicted at {at} "
             f"(report: {r.out / 'report.md'})",
             "run",
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dery_deploy.errors import DeryError
-from dery_deploy.pipeline.manifest import StageRecord
+from dery_deploy.pipeline.manifest import RunManifest, StageRecord
 from dery_deploy.pipeline.options import RunOptions
 
 T = TypeVar("T")
@@ -17,6 +17,9 @@ T = TypeVar("T")
 
 class Run:
     """One `dery run`: its options, folder, manifest and the reuse-or-compute helper every stage uses."""
+
+    manifest: RunManifest  # set once the run folder exists
+    current: str = "setup"  # the stage running now, which a failed run's manifest names
 
     def __init__(self, opts: RunOptions, console=None, progress_factory=None):
         self.opts = opts
@@ -38,7 +41,7 @@ class Run:
         return self.progress_factory() if self.progress_factory else nullcontext(None)
 
     def stage(
-        self, name: str, reuse: Callable[[], T | None], compute: Callable[[], T], note: Callable[[T], str] = None
+        self, name: str, reuse: Callable[[], T | None], compute: Callable[[], T], note: Callable[[T], str] | None = None
     ) -> T:
         """Reuse-or-compute: `reuse()` returns the stage's still-valid result (or None), else `compute()`."""
         self.say(f"[bold cyan]> {name}[/]" if self.console else f"> {name}")
@@ -49,7 +52,9 @@ class Run:
         if result is None:
             result = compute()
             status = "computed"
-        self.manifest.stages.append(StageRecord(name, status, round(time.time() - t, 2), note(result) if note else ""))
+        self.manifest.stages.append(
+            StageRecord(name, status, round(time.time() - t, 2), note(result) if note is not None else "")
+        )
         self.save()
         return result
 
