@@ -142,7 +142,8 @@ def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = ""
     }
     r.say(
         f"  latency model{on}: median |error| {100 * v.median_abs_rel_error:.2f}%, max "
-        f"{100 * v.max_abs_rel_error:.2f}% ({v.speed} item latencies x {v.scale:.3f})"
+        f"{100 * v.max_abs_rel_error:.2f}% ({v.speed} item latencies, "
+        f"{'blocks in context' if v.context else 'blocks alone'} x {v.scale:.3f})"
     )
     return prof
 
