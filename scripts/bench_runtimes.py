@@ -76,7 +76,7 @@ def profile_seconds(run: dict) -> dict:
 def donor_int8(run: dict, out: Path) -> dict:
     """Every fine-tuned donor's test top-1 change as int8 on each int8 runtime searched (run on the CPU here)."""
     from dery_deploy.data.task import load_task
-    from dery_deploy.pipeline.run import int8_on
+    from dery_deploy.pipeline.stages import int8_on
     from dery_deploy.zoo import get_zoo
 
     zoo = get_zoo(run["zoo"])

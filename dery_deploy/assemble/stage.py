@@ -41,6 +41,7 @@ from dery_deploy.runtime.backends import get_backend
 from dery_deploy.runtime.devices import get_device, this_machine
 from dery_deploy.runtime.harness import TimingOptions
 from dery_deploy.runtime.measure import measure_across
+from dery_deploy.runtime.target import Target
 
 # Labelled images each proxy scores on: NASWOT / ZiCo use one small batch as in their papers; the
 # linear probe needs enough samples per class for its leave-one-out estimate.
@@ -163,7 +164,7 @@ def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
 
 def target_of(model: LatencyModel) -> str:
     """backend/precision: what a profile, and so a latency model, measures."""
-    return f"{model.profile.backend}/{model.profile.precision}"
+    return str(Target.of(model.profile))
 
 
 def measure_finalists(

@@ -23,6 +23,20 @@ def block_key(zoo, donor: str, start: int, end: int, in_spec: TensorSpec) -> str
     return f"block|{arch_id(zoo, donor)}|{start}-{end}|{in_spec.short()}"
 
 
+def prefix_key(zoo, donor: str, end: int, in_spec: TensorSpec) -> str:
+    """A donor's units 0..end from the network input: a block's cost in context is the difference of two."""
+    return f"prefix|{arch_id(zoo, donor)}|0-{end}|{in_spec.short()}"
+
+
+def block_span(key: str) -> tuple[str, int, int] | None:
+    """(architecture id, start, end) of a block or prefix key; None for other items."""
+    parts = key.split("|")
+    if len(parts) < 4 or parts[0] not in ("block", "prefix"):
+        return None
+    arch, (start, end) = parts[1], parts[2].split("-")
+    return arch, int(start), int(end)
+
+
 def adapter_key(src: TensorSpec, dst: TensorSpec) -> str:
     return f"adapter|{src.short()}|{dst.short()}"
 

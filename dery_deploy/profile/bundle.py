@@ -106,11 +106,13 @@ def latency_check_of(prof: Profile, assemblies: list[dict], recs: dict, verify: 
     The runner measures no reference workload, so item latencies stay raw (nothing to calibrate by)."""
     raw = LatencyModel(prof, "raw", 1.0, str(path))
     raw_sum = LatencyModel(prof, "raw", 1.0, str(path), subtract_overhead=False)
+    raw_ctx = LatencyModel(prof, "raw", 1.0, str(path), context=True)
     rows = []
     for a in assemblies:
         r, keys = recs[a["key"]], a["info"]["items"]
         predicted, plain = round(raw.predict_ms(keys), 5), round(raw_sum.predict_ms(keys), 5)
         measured = round(r["median_ms"], 5)
+        ctx = round(raw_ctx.predict_ms(keys), 5) if raw_ctx.has_context(keys) else None
         rows.append(
             VerifyRow(
                 a["info"]["plan"],
@@ -125,6 +127,8 @@ def latency_check_of(prof: Profile, assemblies: list[dict], recs: dict, verify: 
                 0.0,
                 raw_sum_ms=plain,
                 calibrated_sum_ms=plain,
+                raw_context_ms=ctx,
+                calibrated_context_ms=ctx,
             )
         )
     return fit_latency_check(rows, verify["seed"], verify["partition_key"])

@@ -1,6 +1,7 @@
 """What gets profiled, as buildable items: every whole donor with the task's head, every unit of
 every donor (before a partition exists), the blocks of the current partition, every adapter the
-assembler may insert between consecutive sets, the new head after every last-set block, and one
+assembler may insert between consecutive sets, the new head after every last-set block, each
+donor's prefixes up to every block end (blocks in context), and one
 near-empty item that measures the backend's per-call overhead (the latency model subtracts it once
 per extra item). Keys come from `network.items` and name structure, not weights.
 """
@@ -17,7 +18,7 @@ from dery_deploy.dissect import Dissection
 from dery_deploy.dissect.spec import TensorSpec
 from dery_deploy.errors import DeryError
 from dery_deploy.network.adapters import Adapter, Head, adapter_kind
-from dery_deploy.network.items import adapter_key, block_key, donor_key, head_key, overhead_key
+from dery_deploy.network.items import adapter_key, block_key, donor_key, head_key, overhead_key, prefix_key
 from dery_deploy.partition.stage import Partition
 from dery_deploy.zoo.load import load_donor
 
@@ -25,7 +26,7 @@ from dery_deploy.zoo.load import load_donor
 @dataclass
 class Item:
     key: str
-    kind: str  # block | unit | adapter | head | donor | overhead
+    kind: str  # block | unit | prefix | adapter | head | donor | overhead
     in_spec: TensorSpec
     build: Callable[[], nn.Module]
     info: dict
@@ -134,6 +135,22 @@ def partition_items(zoo, partition: Partition, dissections: dict[str, Dissection
     return list(items.values())
 
 
+def prefix_items(zoo, partition: Partition, dissections: dict[str, Dissection]) -> list[Item]:
+    """Each donor's units from the input up to every block end of the partition: a block's latency in
+    context is the difference of the prefixes ending after and before it (the latency model's
+    `context` variant), which carries what a block alone does not: the caches and memory traffic of
+    the network around it."""
+    items: dict[str, Item] = {}
+    for s in partition.sets:
+        for b in s.blocks:
+            d = dissections[b.donor]
+            spec = d.boundary_spec(0)
+            key = prefix_key(zoo, b.donor, b.end, spec)
+            info = {"donor": b.donor, "arch": zoo.donor(b.donor).arch, "start": 0, "end": b.end}
+            items.setdefault(key, Item(key, "prefix", spec, (lambda d=d, e=b.end: d.block(0, e)), info))
+    return list(items.values())
+
+
 def profile_items(
     zoo, partition: Partition | None, dissections: dict[str, Dissection], num_classes: int, donors=None
 ) -> list[Item]:
@@ -150,7 +167,11 @@ def profile_items(
             sets = [replace(s, blocks=[b for b in s.blocks if b.donor in donors]) for s in partition.sets]
             partition = replace(partition, sets=sets)
     if partition:
-        return items + partition_items(zoo, partition, dissections, num_classes)
+        return (
+            items
+            + partition_items(zoo, partition, dissections, num_classes)
+            + prefix_items(zoo, partition, dissections)
+        )
     return items + [it for it in unit_items(zoo, dissections) if not donors or it.info["donor"] in donors]
 
 

@@ -3,6 +3,11 @@
     predicted = scale * (overhead + sum over items of (item - overhead))      (subtracting)
     predicted = scale * (sum over items of item)                              (not subtracting)
 
+With `context`, a block's item is its donor's prefix ending after it less the prefix ending before it
+(`prefix|` records: the donor's units from the input, timed whole), instead of the block timed alone:
+a block inside a network runs with the caches and memory traffic of the network around it, which a
+block alone does not see (assembled networks ran 1.2-1.5x the sum of their isolated items).
+
 Items are summed at their medians; a network's p90 or p99 of single calls (`--percentile`) is
 predicted by a scale of its own, fitted on the measured assemblies' p90 / p99 like the median's.
 
@@ -28,6 +33,7 @@ import time
 from dataclasses import dataclass, replace
 
 from dery_deploy.errors import DeryError
+from dery_deploy.network.items import block_span
 from dery_deploy.profile.store import LatencyCheck, Profile, VerifyRow
 
 # The program's integer time unit: 10 ns. GPU items cost 1-20 us each, so whole microseconds rounded
@@ -59,12 +65,19 @@ class LatencyModel:
     how_to: str | None = None  # the command that measures missing items, as the caller knows it (zoo path, --data)
     percentile: int = 50  # of single calls: what the prediction is of
     subtract_overhead: bool = True  # each part less the per-call overhead (False: parts summed as measured)
+    context: bool = False  # blocks as differences of their donor's prefixes (module docstring)
 
     def __post_init__(self) -> None:
         cals = [r.calibration_ms for r in self.profile.records.values() if r.calibration_ms]
         self._reference = statistics.median(cals) if cals else None
         keys = [k for k in self.profile.records if k.startswith("overhead|")] if self.subtract_overhead else []
         self._overhead = min((self.item_ms(k) for k in keys), default=0.0)
+        failed = set(self.profile.failed)
+        self._prefix = {
+            span[0:1] + span[2:]: k
+            for k in self.profile.records
+            if k.startswith("prefix|") and k not in failed and (span := block_span(k))
+        }
 
     @classmethod
     def of(cls, profile: Profile, path: str = "the profile", percentile: int = 50) -> LatencyModel:
@@ -80,7 +93,8 @@ class LatencyModel:
         scale = v.at(percentile)[0] if v else 1.0
         subtract = v.subtract_overhead if v else True
         speed = v.speed if v else "raw"
-        return cls(profile, speed, scale, str(path), percentile=percentile, subtract_overhead=subtract)
+        context = v.context if v else False
+        return cls(profile, speed, scale, str(path), percentile=percentile, subtract_overhead=subtract, context=context)
 
     def reference_ms(self) -> float | None:
         """The profile's typical machine speed: the median reference latency over its records."""
@@ -105,12 +119,34 @@ class LatencyModel:
         return to_us(self.scale * self.overhead_ms())
 
     def cost_us(self, key: str) -> int:
-        """What one item adds to a network: its latency less the per-call overhead."""
-        return to_us(self.scale * (self.item_ms(key) - self.overhead_ms()))
+        """What one item adds to a network: its latency less the per-call overhead (a block in context:
+        the difference of its donor's prefixes)."""
+        return to_us(self.scale * self.cost_ms(key))
+
+    def cost_ms(self, key: str) -> float:
+        prefixes = self.context_keys(key) if self.context else None
+        if prefixes is None:
+            return self.item_ms(key) - self.overhead_ms()
+        after, before = prefixes
+        return self.item_ms(after) - (self.item_ms(before) if before else self.overhead_ms())
+
+    def context_keys(self, key: str) -> tuple[str, str | None] | None:
+        """(prefix ending after, prefix ending before or None at the input) of a block key, where the
+        profile holds both; None for other items and blocks without them (then timed alone)."""
+        span = block_span(key) if key.startswith("block|") else None
+        if span is None:
+            return None
+        arch, start, end = span
+        after, before = self._prefix.get((arch, end)), self._prefix.get((arch, start)) if start else None
+        return (after, before) if after and (before or not start) else None
 
     def predict_us(self, keys: list[str]) -> int:
         self.require(keys)
         return self.base_us() + sum(self.cost_us(k) for k in keys)
+
+    def has_context(self, keys: list[str]) -> bool:
+        """Does the profile hold the prefixes of every block among `keys`?"""
+        return all(self.context_keys(k) for k in keys if k.startswith("block|"))
 
     def predict_ms(self, keys: list[str]) -> float:
         return us_to_ms(self.predict_us(keys))
@@ -143,17 +179,20 @@ def _loo_errors(pred: list[float], meas: list[float], correct: bool) -> list[flo
     return out
 
 
-def _predicted(rows: list[VerifyRow], speed: str, subtract: bool) -> list[float]:
-    """The rows' predictions on a speed basis, with the per-call overhead subtracted per part or not."""
+def _predicted(rows: list[VerifyRow], speed: str, subtract: bool, context: bool = False) -> list[float]:
+    """The rows' predictions on a speed basis, with the per-call overhead subtracted per part or not,
+    blocks timed alone or in context."""
+    if context:
+        return [(r.raw_context_ms if speed == "raw" else r.calibrated_context_ms) or 0.0 for r in rows]
     if subtract:
         return [r.raw_predicted_ms if speed == "raw" else r.calibrated_predicted_ms for r in rows]
     return [(r.raw_sum_ms if speed == "raw" else r.calibrated_sum_ms) or 0.0 for r in rows]
 
 
-def _percentile_check(rows: list[VerifyRow], speed: str, subtract: bool, percentile: int) -> dict:
+def _percentile_check(rows: list[VerifyRow], speed: str, subtract: bool, percentile: int, context: bool) -> dict:
     """Scale, leave-one-out errors and p90 under-prediction of predicting a network's p90 / p99 from its
-    items' medians (on the speed basis and overhead rule the median's check chose)."""
-    pred = _predicted(rows, speed, subtract)
+    items' medians (on the speed basis, overhead rule and block timing the median's check chose)."""
+    pred = _predicted(rows, speed, subtract, context)
     ratio = [
         (r.measured_at_reference_ms / r.measured_ms) if speed == "calibrated" and r.measured_ms else 1.0 for r in rows
     ]
@@ -172,19 +211,25 @@ def _p90_under(errs: list[float]) -> float:
     return under[min(len(under) - 1, int(round(0.9 * (len(under) - 1))))]
 
 
-def _variants(rows: list[VerifyRow]) -> dict[tuple[str, bool, bool], tuple[float, float, float, list[float]]]:
-    """(speed, correct, subtract) -> (median |error|, max |error|, scale, leave-one-out errors) of every
-    model the rows can judge; not subtracting is tried only where every row holds the plain sums."""
+Variant = tuple[str, bool, bool, bool]  # speed, correct (the bias scale), subtract the overhead, blocks in context
+
+
+def _variants(rows: list[VerifyRow]) -> dict[Variant, tuple[float, float, float, list[float]]]:
+    """(speed, correct, subtract, context) -> (median |error|, max |error|, scale, leave-one-out errors) of
+    every model the rows can judge; not subtracting is tried only where every row holds the plain sums,
+    blocks in context only where every row holds their prefixes (always less the overhead)."""
     sums = all(r.raw_sum_ms and r.calibrated_sum_ms for r in rows)
+    context = all(r.raw_context_ms and r.calibrated_context_ms for r in rows)
+    kinds = [(True, False)] + ([(False, False)] if sums else []) + ([(True, True)] if context else [])
     out = {}
-    for subtract in (True, False) if sums else (True,):
+    for subtract, ctx in kinds:
         for speed in ("raw", "calibrated"):
-            pred = _predicted(rows, speed, subtract)
+            pred = _predicted(rows, speed, subtract, ctx)
             meas = [r.measured_ms if speed == "raw" else r.measured_at_reference_ms for r in rows]
             for correct in (False, True):
                 errs = _loo_errors(pred, meas, correct)
                 scale = statistics.median(m / p for p, m in zip(pred, meas)) if correct else 1.0
-                out[(speed, correct, subtract)] = (
+                out[(speed, correct, subtract, ctx)] = (
                     statistics.median(abs(e) for e in errs),
                     max(abs(e) for e in errs),
                     scale,
@@ -193,18 +238,28 @@ def _variants(rows: list[VerifyRow]) -> dict[tuple[str, bool, bool], tuple[float
     return out
 
 
+def _best(variants: dict, order: list[Variant]) -> Variant:
+    return min(order, key=lambda v: (round(variants[v][0], 4), round(variants[v][1], 4), order.index(v)))
+
+
 def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> LatencyCheck:
     """Choose the speed basis (raw or calibrated), whether to correct the sum-of-parts bias and whether
     to subtract the per-call overhead per part, by which predicts the measured assemblies best (median
     |error|, then max, both leave-one-out), never worse than raw."""
     variants = _variants(rows)
-    # ties go to the simpler model: raw before calibrated, uncorrected before corrected, and the rule
-    # profiles were made with before (subtracting) before not subtracting
-    order = [(s, c, sub) for sub in (True, False) for s in ("raw", "calibrated") for c in (False, True)]
+    # ties go to the simpler model: raw before calibrated, uncorrected before corrected, the rule profiles
+    # were made with before (subtracting, blocks alone) before not subtracting, and blocks alone before in context
+    kinds = [(True, False), (False, False), (True, True)]
+    order = [(s, c, sub, ctx) for sub, ctx in kinds for s in ("raw", "calibrated") for c in (False, True)]
     order = [v for v in order if v in variants]
-    best = min(order, key=lambda v: (round(variants[v][0], 4), round(variants[v][1], 4), order.index(v)))
+    best = _best(variants, order)
     med, mx, scale, errs = variants[best]
-    chosen_pred = [p * scale for p in _predicted(rows, best[0], best[2])]
+
+    def errors_of(context: bool) -> list[float] | None:
+        kind = [v for v in order if v[3] == context]
+        return [round(x, 5) for x in variants[_best(variants, kind)][:2]] if kind else None
+
+    chosen_pred = [p * scale for p in _predicted(rows, best[0], best[2], best[3])]
     out_rows = [replace(r, predicted_ms=round(p, 5), rel_error=round(e, 5)) for r, p, e in zip(rows, chosen_pred, errs)]
     tails = all(r.measured_p90_ms and r.measured_p99_ms for r in rows)
     return LatencyCheck(
@@ -215,13 +270,16 @@ def fit_latency_check(rows: list[VerifyRow], seed: int, partition_key: str) -> L
         round(med, 5),
         round(mx, 5),
         round(_p90_under(errs), 5),
-        round(variants[("raw", False, True)][0], 5),
-        round(variants[("raw", False, True)][1], 5),
-        round(variants[("calibrated", False, True)][0], 5),
-        round(variants[("calibrated", False, True)][1], 5),
+        round(variants[("raw", False, True, False)][0], 5),
+        round(variants[("raw", False, True, False)][1], 5),
+        round(variants[("calibrated", False, True, False)][0], 5),
+        round(variants[("calibrated", False, True, False)][1], 5),
         partition_key,
         time.strftime("%Y-%m-%dT%H:%M:%S"),
         out_rows,
-        {f"p{q}": _percentile_check(rows, best[0], best[2], q) for q in (90, 99)} if tails else {},
+        {f"p{q}": _percentile_check(rows, best[0], best[2], q, best[3]) for q in (90, 99)} if tails else {},
         subtract_overhead=best[2],
+        context=best[3],
+        isolated_errors=errors_of(False),
+        context_errors=errors_of(True),
     )

@@ -202,6 +202,8 @@ def verify(
     cal_model = LatencyModel(prof, "calibrated", 1.0, str(profile_file))
     raw_sum = LatencyModel(prof, "raw", 1.0, str(profile_file), subtract_overhead=False)
     cal_sum = LatencyModel(prof, "calibrated", 1.0, str(profile_file), subtract_overhead=False)
+    raw_ctx = LatencyModel(prof, "raw", 1.0, str(profile_file), context=True)
+    cal_ctx = LatencyModel(prof, "calibrated", 1.0, str(profile_file), context=True)
     ref = cal_model.reference_ms()
     # only assemblies of measured items: a profile limited to some donors (--donors), or with items its
     # backend could not build, is checked on the assemblies it can predict
@@ -229,6 +231,7 @@ def verify(
         m = measured[f"{i:03d}"]
         keys = plan_items(plan, zoo, dissections)
         t, calibration = m.timing, m.calibration_ms
+        ctx = raw_ctx.has_context(keys)
         rows.append(
             VerifyRow(
                 plan.describe(),
@@ -246,6 +249,8 @@ def verify(
                 round(t.uncertainty, 5),
                 round(raw_sum.predict_ms(keys), 5),
                 round(cal_sum.predict_ms(keys), 5),
+                round(raw_ctx.predict_ms(keys), 5) if ctx else None,
+                round(cal_ctx.predict_ms(keys), 5) if ctx else None,
             )
         )
     check = fit_latency_check(rows, seed, partition.key)
@@ -258,9 +263,17 @@ def verify(
 
 
 def latency_summary(check) -> str:
+    blocks = "blocks in context" if check.context else "blocks timed alone"
+    both = ""
+    if check.isolated_errors and check.context_errors:
+        (im, ix), (cm, cx) = check.isolated_errors, check.context_errors
+        both = (
+            f"; blocks alone {100 * im:.2f}% / {100 * ix:.2f}%, in context {100 * cm:.2f}% / {100 * cx:.2f}% "
+            "(median / max)"
+        )
     return (
         f"median |error| {100 * check.median_abs_rel_error:.2f}%, max {100 * check.max_abs_rel_error:.2f}% over "
-        f"{check.n} mixed assemblies ({check.speed} item latencies"
-        f"{'' if check.subtract_overhead else ' summed as measured'} x {check.scale:.3f}; raw sum: median "
-        f"{100 * check.raw_median_abs_rel_error:.2f}%, max {100 * check.raw_max_abs_rel_error:.2f}%)"
+        f"{check.n} mixed assemblies ({check.speed} item latencies, {blocks}"
+        f"{'' if check.subtract_overhead else ', summed as measured'} x {check.scale:.3f}; raw sum: median "
+        f"{100 * check.raw_median_abs_rel_error:.2f}%, max {100 * check.raw_max_abs_rel_error:.2f}%{both})"
     )

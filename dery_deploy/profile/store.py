@@ -59,7 +59,7 @@ class Record:
     windows, `runtime/harness.py`), its relative uncertainty, peak memory in MB (None where the
     backend cannot measure it), and what the item is (`info`)."""
 
-    kind: str  # block | adapter | head | donor | unit | overhead
+    kind: str  # block | adapter | head | donor | unit | prefix | overhead
     median_ms: float
     p90_ms: float
     p99_ms: float
@@ -108,6 +108,10 @@ class VerifyRow:
     # the items' latencies summed as measured (no per-call overhead subtracted), raw and at the reference speed
     raw_sum_ms: float | None = None
     calibrated_sum_ms: float | None = None
+    # blocks in context (differences of their donors' prefixes), less the overhead, raw and at the reference
+    # speed; None where the profile holds no prefixes
+    raw_context_ms: float | None = None
+    calibrated_context_ms: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> VerifyRow:
@@ -144,6 +148,11 @@ class LatencyCheck:
     noise_index: float | None = None  # of the pass that measured the assemblies
     # whether each part's latency is taken less the per-call overhead (chosen like `speed`; older checks did)
     subtract_overhead: bool = True
+    # whether blocks are their donors' prefix differences (chosen like `speed`), and the best model of each
+    # kind on these rows (median / max |error|, leave-one-out): blocks timed alone, blocks in context
+    context: bool = False
+    isolated_errors: list[float] | None = None
+    context_errors: list[float] | None = None
 
     def at(self, percentile: int) -> tuple[float, float, float, float]:
         """(scale, median |error|, max |error|, p90 under-prediction) for a per-call percentile."""

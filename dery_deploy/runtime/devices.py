@@ -17,6 +17,7 @@ import yaml
 
 from dery_deploy.deploy.machine import cpu_model
 from dery_deploy.errors import DeryError
+from dery_deploy.runtime.target import Target
 
 KINDS = ("cpu", "cuda", "jetson")
 
@@ -50,7 +51,7 @@ class DeviceSpec:
 
     def targets(self) -> list[str]:
         """The backend/precision combinations searched by default."""
-        return list(self.search) or [f"{self.default_backend}/{self.default_precision}"]
+        return list(self.search) or [str(Target(self.default_backend, self.default_precision))]
 
     def matches(self, fp: dict) -> bool:
         """Does a measured fingerprint belong to this spec?"""
@@ -86,7 +87,11 @@ def load_device(path: Path) -> DeviceSpec:
         if not isinstance(d.get(key), typ):
             errors.append(f"{key}: expected {typ.__name__}, got {d.get(key)!r}")
     for t in d.get("search") or []:
-        if not (isinstance(t, str) and t.count("/") == 1 and t.split("/")[0] in (d.get("backends") or [])):
+        try:
+            listed = Target.parse(t).backend in (d.get("backends") or [])
+        except DeryError:
+            listed = False
+        if not listed:
             errors.append(f"search: {t!r} is not backend/precision of a listed backend")
     if d.get("threads") is not None and not (isinstance(d["threads"], int) and d["threads"] >= 1):
         errors.append(f"threads: expected a positive integer or null, got {d['threads']!r}")

@@ -64,7 +64,7 @@ def test_a_donor_just_over_the_budget_is_a_candidate_and_trained_to_ship(tiny_ws
     trained and stopped with KeyError."""
     from dery_deploy.assemble.stage import assemble
     from dery_deploy.network.items import donor_key
-    from dery_deploy.pipeline.run import final_donors
+    from dery_deploy.pipeline.budgets import final_donors
 
     zoo, model = tiny_ws.zoo, tiny_ws.model
     donor_ms = {n: model.predict_ms([donor_key(zoo, n, fashion_task.num_classes)]) for n in zoo.donor_names}

@@ -2,7 +2,8 @@
 
 import pytest
 
-from dery_deploy.pipeline.run import choose_budgets, pick_triple
+from dery_deploy.pipeline.budgets import choose_budgets
+from dery_deploy.pipeline.pick import pick_triple
 
 DONORS = {"a": 0.10, "b": 0.14, "c": 0.20, "d": 0.60}
 

@@ -288,8 +288,10 @@ def test_jetson_journey_bundle_verify_import_assemble(tiny_ws, tmp_path):
     [path] = (cache / "profiles" / "jetson-orin-nano").glob("*.json")
     prof = read_profile(path)
     assert prof.device == "jetson-orin-nano" and {r.kind for r in prof.records.values()} == {
-        "overhead", "donor", "block", "adapter", "head"
+        "overhead", "donor", "block", "adapter", "head", "prefix"
     }  # fmt: skip
+    # the bundle measured every block's donor prefixes too: the check judged blocks in context beside blocks alone
+    assert prof.verify.isolated_errors and prof.verify.context_errors
     measured = json.loads(result.read_text())["results"]["1"]
     raw = LatencyModel(prof, "raw")
     assert prof.verify.n == 4 and prof.verify.partition_key == tiny_ws.partition.key

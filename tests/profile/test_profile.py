@@ -18,11 +18,14 @@ from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
 def test_profile_records_are_complete(tiny_ws):
     p = tiny_ws.profile
     kinds = {r.kind for r in p.records.values()}
-    assert kinds == {"block", "adapter", "head", "overhead", "donor"}
+    assert kinds == {"block", "adapter", "head", "overhead", "donor", "prefix"}
     assert all(r.median_ms > 0 and r.p90_ms >= r.median_ms and r.runs >= 3 for r in p.records.values())
     assert p.fingerprint["start"]["cpu_model"] == machine_fingerprint("cpu")["cpu_model"]
     n_blocks = sum(len(s.blocks) for s in tiny_ws.partition.sets)
     assert sum(r.kind == "block" for r in p.records.values()) == n_blocks
+    # each donor's prefix up to every block end, from the network input
+    ends = {(b.donor, b.end) for s in tiny_ws.partition.sets for b in s.blocks}
+    assert {(r.info["donor"], r.info["end"]) for r in p.records.values() if r.kind == "prefix"} == ends
     # onnxruntime on a CPU measures memory (a fresh session's peak RSS rise)
     assert all(r.peak_memory_mb is not None and r.peak_memory_mb >= 0 for r in p.records.values())
     assert {r.info["num_classes"] for r in p.records.values() if r.kind in ("head", "donor")} == {10}
@@ -41,6 +44,51 @@ def test_latency_model_predicts_mixed_assemblies(tiny_ws):
     # tiny items are tens of microseconds; the bound is loose here, the benchmark reports the real number
     assert res.median_abs_rel_error < 0.5
     assert read_profile(path).verify.n == 5
+    # both models were judged on the same assemblies; the chosen one is the better of the two
+    assert all(r.raw_context_ms and r.calibrated_context_ms for r in res.assemblies)
+    assert res.isolated_errors and res.context_errors
+    assert res.median_abs_rel_error <= min(res.isolated_errors[0], res.context_errors[0]) + 1e-4
+
+
+def test_a_block_in_context_is_the_difference_of_its_donor_prefixes():
+    from dery_deploy.profile.latency_model import LatencyModel
+    from dery_deploy.profile.store import Profile, Record
+
+    def rec(kind: str, ms: float) -> Record:
+        return Record(kind, ms, ms, ms, 0.01, 100, True)
+
+    records = {
+        "overhead|NCHW 1x8x8 /1": rec("overhead", 0.01),
+        "prefix|a:1|0-2|NCHW 1x8x8 /1": rec("prefix", 0.5),
+        "prefix|a:1|0-4|NCHW 1x8x8 /1": rec("prefix", 0.9),
+        "block|a:1|0-2|NCHW 1x8x8 /1": rec("block", 0.3),
+        "block|a:1|2-4|NCHW 4x4x4 /2": rec("block", 0.25),
+        "block|b:1|0-3|NCHW 1x8x8 /1": rec("block", 0.2),  # no prefixes: timed alone
+    }
+    prof = Profile("cpu", "cpu", {}, "onnxruntime", "1", "fp32", 1, "z", "h", records)
+    alone, ctx = LatencyModel(prof), LatencyModel(prof, context=True)
+    assert alone.cost_ms("block|a:1|2-4|NCHW 4x4x4 /2") == pytest.approx(0.24)
+    assert ctx.cost_ms("block|a:1|2-4|NCHW 4x4x4 /2") == pytest.approx(0.4)  # 0.9 - 0.5
+    assert ctx.cost_ms("block|a:1|0-2|NCHW 1x8x8 /1") == pytest.approx(0.49)  # 0.5 less the overhead
+    assert ctx.cost_ms("block|b:1|0-3|NCHW 1x8x8 /1") == pytest.approx(0.19)
+    assert ctx.has_context(["block|a:1|0-2|NCHW 1x8x8 /1"]) and not ctx.has_context(["block|b:1|0-3|NCHW 1x8x8 /1"])
+    # the whole donor a, as two blocks in context, costs its longest prefix
+    keys = ["block|a:1|0-2|NCHW 1x8x8 /1", "block|a:1|2-4|NCHW 4x4x4 /2"]
+    assert ctx.predict_ms(keys) == pytest.approx(0.9)
+
+
+def test_latency_check_chooses_blocks_in_context_where_they_predict_better():
+    from dery_deploy.profile.latency_model import fit_latency_check
+    from dery_deploy.profile.store import VerifyRow
+
+    # isolated sums miss by a factor that varies per network; the in-context sums are right
+    rows = [
+        VerifyRow(f"p{i}", 1, 0.0, m, True, m / f, m / f, m, 1.0, 0.0, raw_context_ms=m, calibrated_context_ms=m)
+        for i, (m, f) in enumerate([(0.5, 1.1), (0.7, 1.4), (0.9, 1.2), (1.1, 1.5), (1.3, 1.25)])
+    ]
+    check = fit_latency_check(rows, 0, "k")
+    assert check.context and check.median_abs_rel_error < 1e-6 and check.context_errors == [0.0, 0.0]
+    assert check.isolated_errors[0] > 0.05
 
 
 def test_latency_check_picks_the_better_model_and_reports_leave_one_out():

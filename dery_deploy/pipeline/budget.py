@@ -1,0 +1,225 @@
+"""One budget: assemble and select, heal the best mix, pick, export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from dery_deploy.artifacts import atomic_write_json
+from dery_deploy.assemble.candidates import DONOR_NEAR
+from dery_deploy.assemble.stage import NoFinalistKeeps, assemble
+from dery_deploy.errors import DeryError
+from dery_deploy.network.plan import AssembledNet, load_plan, save_plan_with_weights
+from dery_deploy.pipeline.budgets import _round_up, final_donors
+from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.pick import describe_plan, last_rung_accuracy, pick_triple, score_triples
+from dery_deploy.pipeline.runner import Run
+from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
+from dery_deploy.train.select import SCREEN_FOLDS, Finalist, default_folds, select
+
+# a budget the run chose itself and its finalists then measured over is raised to the fastest finalist's
+# measurement plus this much: the passes of one run were seen to disagree by up to 40% on a drifting host
+REDERIVE_MARGIN = 0.05
+
+
+def rederive_budget(r: Run, ctx: Context, budgets: list[float], i: int, fastest_ms: float, aoti: bool) -> dict:
+    """A default budget that the finalists' own measurement found infeasible (the profile predicted them
+    within it) is raised to what they measured, said on the terminal, and assembled again."""
+    new = _round_up(fastest_ms * (1 + REDERIVE_MARGIN))
+    r.say(
+        f"  note: budget {budgets[i]:g} ms was chosen from the profile, but every finalist measured slower when built "
+        f"(the fastest {fastest_ms:.4f} ms): the machine runs slower now than when it was profiled; raised to "
+        f"{new:g} ms"
+    )
+    budgets[i] = new
+    r.manifest.budgets = sorted(set(budgets))
+    donor_ms = r.manifest.donor_latency_ms
+    untrained = [n for n in final_donors(donor_ms, [new]) if n not in r.manifest.donors]
+    if untrained:  # the raised budget may pick a donor no smaller budget could: it is trained to ship first
+        z, t = ctx.zoo, ctx.task
+        r.manifest.donors.update(
+            stage_donors(r, z, t, ctx.recipes.final, donor_ms, untrained, "final", ctx.teacher, evaluate=True)
+        )
+    return stage_budget(r, ctx, new, aoti=aoti)
+
+
+def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
+    """One budget: candidates on every target and measured (network, target) finalists, selection by
+    evidence on validation, healing of the best mixed plan with the final recipe, the pick among the
+    measured (network, runtime, precision) triples, then its evaluation and exports."""
+    bdir = r.out / f"budget-{b:g}ms"
+    entry: dict = {"budget_ms": b}
+    try:
+        sel = r.stage(
+            f"assemble and select under {b:g} ms",
+            lambda: _reuse_selection(bdir, selection_key(r, ctx)),
+            lambda: assemble_and_select(r, ctx, b, bdir),
+            lambda o: o["selection"]["pick"],
+        )
+    except DeryError as e:
+        entry["infeasible"] = str(e)
+        if isinstance(e, NoFinalistKeeps):
+            entry["fastest_measured_ms"] = e.fastest_ms
+        r.manifest.stages[-1:] = []
+        r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
+        r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
+        return entry
+    s = sel["selection"]
+    entry.update({k: sel[k] for k in ("candidates", "finalists", "rejected_over_budget", "solver", "margin")})
+    entry["selection"] = s
+    paths = {(f["plan"], f.get("target", "")): bdir / f["path"] for f in sel["finalists"]}
+    if s["best_mix"]:
+        entry["mix"] = heal_best_mix(r, ctx, b, bdir, s["best_mix"], paths)
+        entry["mix"]["selection_accuracy"] = last_rung_accuracy(s).get(s["best_mix"])
+        entry["run_mix"] = str(bdir / "mix")
+        carry_better_mix(r, entry, sel)
+    triples = score_triples(r, ctx, sel, entry.get("mix"), Path(entry["run_mix"]) if entry.get("mix") else None)
+    pick = pick_triple(triples, s)
+    entry["triples"] = triples
+    entry["pick_triple"] = pick
+    r.say(f"  pick: {pick['network']} on {pick['target']} ({pick['rule']})")
+    plan = load_plan(paths[(pick["network"], pick["target"])]).to_dict()
+    fmt = EXPORT_FORMAT.get(plan["backend"], "onnx")
+    if pick["kind"] == "mix":
+        run_dir = Path(entry["run_mix"])
+        entry.update({"pick_kind": "mix", "run": str(run_dir)})
+        entry.update({k: v for k, v in entry["mix"].items() if k in ("top1", "per_class", "params_m", "confusion_png")})
+        entry["val_accuracy"] = entry["mix"].get("val_accuracy")
+    else:
+        d = r.manifest.donors[plan["blocks"][0]["donor"]]
+        run_dir = Path(d["run"])
+        entry.update({"pick_kind": "donor", "run": d["run"]})
+        entry.update({k: d[k] for k in ("top1", "val_accuracy", "params_m", "per_class", "confusion_png")})
+    entry["plan"] = plan
+    entry["export_format"] = fmt
+    entry["export_dir"] = str(bdir / "export")
+    label = f"{pick['kind']} {pick['network']}"[:60]
+    entry["onnx"] = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan["precision"])
+    if plan["precision"] == "int8" and entry["onnx"].get("int8_top1") is not None:
+        entry["fp32_top1"], entry["top1"] = entry["top1"], entry["onnx"]["int8_top1"]
+    entry["measured_ms"] = entry["onnx"].get("latency_ms")
+    if aoti:
+        entry["aoti"] = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=plan, out=bdir / "export")
+    return entry
+
+
+# what ships for a plan made with each backend: the artifact that backend runs
+EXPORT_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
+
+
+def selection_key(r: Run, ctx: Context) -> dict:
+    """What a budget's assembly and selection depend on, beyond the budget itself."""
+    return {
+        "partition": ctx.part.key,
+        "task": ctx.task.hash(),
+        "top": r.opts.top,
+        "rungs": list(ctx.recipes.rungs),
+        "recipe": asdict(ctx.recipes.ce),
+        "targets": [
+            [m.profile.backend, m.profile.precision, m.profile.batch, m.profile.threads, len(m.profile.records)]
+            for m in ctx.models
+        ],
+        "percentile": ctx.model.percentile,
+        "carried": ctx.carried,
+        "folds": [default_folds(ctx.task), SCREEN_FOLDS],
+        "donor_near": DONOR_NEAR,
+    }
+
+
+def _reuse_selection(bdir: Path, key: dict) -> dict | None:
+    path = bdir / "selection.json"
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    return old if old.get("key") == key else None
+
+
+def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> dict:
+    """Candidates on every target, (network, target) finalists measured in one pass, then selection
+    by evidence among the networks (training does not depend on the runtime)."""
+    with r.progress() as prog:
+        res = assemble(
+            ctx.zoo,
+            ctx.part,
+            ctx.dis,
+            ctx.model,
+            ctx.task,
+            b,
+            top=r.opts.top,
+            seed=r.opts.seed,
+            progress=prog,
+            fitter=ctx.fitter,
+            scores=ctx.scores(),
+            finalists=ctx.recipes.finalists,
+            more_models=tuple(ctx.models[1:]),
+            carried=tuple(ctx.carried),
+        )
+    saved, networks = [], {}
+    for i, c in enumerate(res.finalists):
+        assert isinstance(c.net, AssembledNet), "a finalist carries its assembled network"
+        path = save_plan_with_weights(c.plan, c.net, bdir / "finalists" / f"{i:02d}.json")
+        saved.append({**c.to_dict(), "path": f"finalists/{i:02d}.json"})
+        if c.name not in networks:
+            networks[c.name] = Finalist(
+                c.name,
+                {"plan": c.plan.to_dict(), "adapter_weights": str(path.with_suffix(".safetensors").resolve())},
+                c.is_donor,
+                c.measured.get("latency_ms"),
+            )
+    sel = select(
+        list(networks.values()), ctx.zoo, ctx.task, bdir / "select", ctx.recipes.ce, rungs=ctx.recipes.rungs,
+        log=lambda m: r.say(m),
+    )  # fmt: skip
+    out = {
+        "key": selection_key(r, ctx),
+        "candidates": [c.to_dict() for c in res.candidates],
+        "finalists": saved,
+        "rejected_over_budget": [c.to_dict() for c in res.rejected],
+        "solver": res.solver,
+        "margin": res.margin,
+        "selection": sel.to_dict(),
+    }
+    atomic_write_json(bdir / "selection.json", out)
+    return out
+
+
+def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: dict) -> dict:
+    """The best mixed plan healed with the final recipe (even when a donor ships: the report compares
+    it with the donors trained the same way), evaluated, and exported as ONNX."""
+    mix_dir = bdir / "mix"
+    path = next(p for (n, _), p in paths.items() if n == name)
+    plan = load_plan(path)
+    source = {"plan": plan.to_dict(), "adapter_weights": str(path.with_suffix(".safetensors").resolve())}
+    metrics = stage_finetune(
+        r, f"heal {name} ({b:g} ms)", source, ctx.zoo, ctx.task, ctx.recipes.final, mix_dir, eval_phase1=True,
+        teacher=ctx.teacher,
+    )  # fmt: skip
+    ev = stage_evaluate(r, mix_dir, ctx.task, f"best mix {b:g} ms")
+    mix = {
+        "plan": plan.to_dict(),
+        "val_accuracy": metrics.get("val_accuracy"),
+        "phase1_top1": metrics.get("phase1_test_accuracy"),
+        "kept": metrics.get("kept"),
+        "seam_matching": metrics.get("seam_matching"),
+        **ev,
+    }
+    mix["onnx"] = stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms")
+    return mix
+
+
+def carry_better_mix(r: Run, entry: dict, sel: dict) -> None:
+    """More room never buys a worse reassembled network: where a smaller budget's healed best mix has the
+    higher validation accuracy and is a finalist that measured within this budget too, it is this
+    budget's best mix as well (the same network, trained the same way: reused, not retrained)."""
+    kept = {f["plan"] for f in sel["finalists"]}
+    here = entry["mix"]
+    for prev in r.manifest.results:
+        m = prev.get("mix")
+        if not m or prev["budget_ms"] >= entry["budget_ms"] or m.get("val_accuracy") is None:
+            continue
+        name = describe_plan(m["plan"])
+        if name in kept and m["val_accuracy"] > (here.get("val_accuracy") or -1):
+            here = {**m, "carried_from": prev["budget_ms"], "replaced": describe_plan(entry["mix"]["plan"])}
+            entry["run_mix"] = prev["run_mix"]
+    entry["mix"] = here

@@ -1,0 +1,79 @@
+"""The budgets a run chooses itself, and which donors each needs trained."""
+
+from __future__ import annotations
+
+import math
+
+from dery_deploy.assemble.candidates import donor_near
+from dery_deploy.assemble.program import fastest
+from dery_deploy.assemble.stage import MAX_MARGIN, Scores, program_data
+from dery_deploy.data.task import Task
+from dery_deploy.profile.latency_model import LatencyModel
+
+
+def _round_sig(x: float, sig: int = 3) -> float:
+    return float(f"{x:.{sig}g}")
+
+
+def choose_budgets(donor_ms: dict[str, float], quick: bool, floor_ms: float = 0.0) -> tuple[list[float], list[str]]:
+    """Budgets in the gaps between the donors' latencies, where a user has a real choice: below every
+    donor (only reassembled networks fit), between the two fastest donors, and in the widest
+    remaining gap; with --quick, only the one between the two fastest. None is below `floor_ms` (the
+    fastest assembly plus the planning margin): a default budget is feasible by construction.
+
+    Returns:
+        the budgets, and notes on what was moved or left out and why.
+    """
+    lat = sorted(donor_ms.values())
+    notes = []
+    if len(lat) < 2:
+        wanted = [_round_sig(0.85 * lat[0]), _round_sig(1.5 * lat[0])]
+    else:
+        first = _round_sig((lat[0] + lat[1]) / 2)
+        rest = [(lat[i + 1] / lat[i], (lat[i] + lat[i + 1]) / 2) for i in range(1, len(lat) - 1)]
+        wide = _round_sig(max(rest)[1]) if rest else _round_sig(1.5 * lat[-1])
+        wanted = [first] if quick else [_round_sig(0.85 * lat[0]), first, wide]
+    floor = _round_up(floor_ms)
+    out = []
+    for b in wanted:
+        if b < floor:
+            notes.append(
+                f"budget {b:g} ms is below the fastest assembly plus the planning margin ({floor:g} ms): "
+                + ("dropped" if any(w >= floor for w in wanted) else f"raised to {floor:g} ms")
+            )
+            if not any(w >= floor for w in wanted):
+                out.append(floor)
+            continue
+        out.append(b)
+    return sorted(set(out)), notes
+
+
+def _round_up(x: float, sig: int = 3) -> float:
+    """x rounded up to `sig` significant digits (a budget floor must not round below what it bounds)."""
+    if x <= 0:
+        return 0.0
+    r = _round_sig(x, sig)
+    step = 10 ** (math.floor(math.log10(abs(x))) - sig + 1)
+    return r if r >= x else float(f"{r + step:.{sig}g}")
+
+
+def feasible_floor(zoo, part, dis, model: LatencyModel, task: Task, scores: Scores) -> float:
+    """The smallest budget the program can meet: the fastest assembly's predicted latency plus the
+    planning margin the assembler will apply."""
+    f = fastest(program_data(zoo, part, dis, model, task.num_classes, scores))
+    check = model.profile.verify
+    margin = min(check.at(model.percentile)[3], MAX_MARGIN) if check else 0.0
+    return f.latency_ms * (1 + margin) if f else 0.0
+
+
+def final_donors(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:
+    """Donors trained with the final recipe: every one that may be a candidate at some budget (profiled
+    up to `DONOR_NEAR` over it), since any candidate donor can be the pick that ships."""
+    return [n for n, ms in donor_ms.items() if donor_near(ms, max(budgets))]
+
+
+def teacher_pool(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:
+    """Donors trained as teacher candidates: those within twice the largest budget (at least the fastest
+    two): the teacher may be slower than the budget, it never ships."""
+    ranked = sorted(donor_ms, key=lambda n: (donor_ms[n], n))
+    return [n for n in ranked if donor_ms[n] <= 2 * max(budgets)] or ranked[:2]

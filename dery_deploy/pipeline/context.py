@@ -1,0 +1,92 @@
+"""What every budget of a run shares: the recipes and the context built once per run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from dery_deploy.assemble.candidates import AdapterFitter
+from dery_deploy.assemble.stage import Scores
+from dery_deploy.data.task import Task
+from dery_deploy.partition.stage import Partition
+from dery_deploy.pipeline.options import RunOptions
+from dery_deploy.profile.latency_model import LatencyModel
+from dery_deploy.runtime.backends import Backend
+from dery_deploy.runtime.devices import DeviceSpec
+from dery_deploy.train.finetune import Recipe
+from dery_deploy.train.teacher import Teacher
+from dery_deploy.zoo.spec import ZooSpec
+
+
+@dataclass
+class Recipes:
+    """The recipes of one run: `ce` trains teacher candidates and is the base of the selection's short
+    rungs; `final` is the one recipe every compared network gets (donors and the picks alike)."""
+
+    ce: Recipe
+    final: Recipe
+    rungs: tuple[int, ...]
+    teacher_pool: int
+    finalists: int  # mixed (non-donor) finalists per budget
+
+    @classmethod
+    def of(cls, opts: RunOptions) -> Recipes:
+        ce = Recipe(epochs_adapter=opts.epochs_adapter, epochs_full=opts.epochs_full, plateau=0.02, seed=opts.seed)
+        final = Recipe(
+            match_epochs=1 if opts.quick else 4,
+            match_images=4096 if opts.quick else 8192,
+            epochs_adapter=opts.epochs_adapter,
+            epochs_full=opts.epochs_full,
+            plateau=0.02,
+            distill=0.5,
+            distill_images=1024 if opts.quick else 4096,
+            seed=opts.seed,
+        )
+        return cls(ce, final, (1,) if opts.quick else (1, 2), 4096 if opts.quick else 8192, 2 if opts.quick else 4)
+
+    def describe(self) -> dict:
+        f = self.final
+
+        def ep(n: int) -> str:
+            return f"{n} epoch" + ("" if n == 1 else "s")
+
+        return {
+            "final": asdict(f),
+            "selection_rungs_epochs": list(self.rungs),
+            "mixed_finalists": self.finalists,
+            "teacher_images": self.teacher_pool,
+            "cut_to_fit": (
+                f"scaled to fit this run's time on a small CPU (DeRy and SN-Net train 50-300 epochs): seam "
+                f"matching {ep(f.match_epochs)} x up to {f.match_images} unlabelled images, phase 1 at most "
+                f"{ep(f.epochs_adapter)} (until its loss plateaus), phase 2 {ep(f.epochs_full)}, distillation "
+                f"on up to {f.distill_images} unlabelled images per epoch, selection rungs of "
+                f"{'/'.join(str(x) for x in self.rungs)} epochs over {self.finalists} mixed finalists and every "
+                f"fitting donor"
+            ),
+        }
+
+
+@dataclass
+class Context:
+    """What every budget of a run shares: the zoo and device, the partition and latency model, the
+    task, the recipes, the adapter fitter, the task-aware scores (computed on first use), the teacher."""
+
+    zoo: ZooSpec
+    spec: DeviceSpec
+    backend: Backend
+    precision: str
+    part: Partition
+    dis: dict
+    model: LatencyModel
+    task: Task
+    recipes: Recipes
+    fitter: AdapterFitter
+    scores: Callable[[], Scores]
+    teacher: Teacher
+    models: list[LatencyModel] = field(default_factory=list)  # one per target searched, the first is `model`'s
+    carried: list[str] = field(default_factory=list)  # mixed finalists of the smaller budgets so far
+
+    @property
+    def latency(self) -> tuple:
+        """(backend, precision, device) of evaluations measured here."""
+        return self.backend, self.precision, "cuda" if self.spec.kind == "cuda" else "cpu"

@@ -1,0 +1,104 @@
+"""The pick among a budget's measured (network, target) triples and the rule that names its evidence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dery_deploy.errors import DeryError
+from dery_deploy.network.plan import Plan
+from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.runner import Run
+from dery_deploy.pipeline.stages import int8_on
+from dery_deploy.runtime.target import is_int8
+
+
+def last_rung_accuracy(s: dict) -> dict[str, float]:
+    """Each finalist's validation accuracy at the last rung the selection trained."""
+    last = max((t["rung"] for t in s["trials"]), default=0)
+    return {t["finalist"]: t["val_accuracy"] for t in s["trials"] if t["rung"] == last}
+
+
+def describe_plan(plan: dict) -> str:
+    return Plan.from_dict(plan).describe()
+
+
+def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Path | None) -> list[dict]:
+    """Every measured (network, target) finalist among the donors selection compared at its last rung and
+    this budget's best mix (the one healed and shipped), with its validation accuracy on that target: the
+    selection's for fp32, and for int8 the selection's plus the int8 change measured on the
+    validation split by running the final network, quantized, on that runtime (a network's accuracy
+    on another runtime or precision is measured, never assumed); a measured gain counts as none (on a
+    few hundred images it is noise: an int8 file that scored 2.0 points above its fp32 source on 200
+    validation images lost 0.26 on test)."""
+    acc = last_rung_accuracy(sel["selection"])
+    best_mix = describe_plan(mix["plan"]) if mix else None
+    if mix and best_mix and best_mix not in acc and mix.get("selection_accuracy") is not None:
+        acc[best_mix] = mix["selection_accuracy"]  # carried from a smaller budget, where it was selected
+    donor_runs = {f"{n} (whole donor)": Path(d["run"]) for n, d in r.manifest.donors.items()}
+    out = []
+    for f in sel["finalists"]:
+        name, target = f["plan"], f.get("target") or ""
+        if name not in acc:
+            continue
+        donor = f["origin"] == "donor"
+        if not donor and name != best_mix:
+            continue  # of the mixed plans, only the best (healed with the final recipe) ships
+        final_run = donor_runs.get(name) if donor else mix_dir
+        change = 0.0
+        if is_int8(target):
+            if final_run is None:
+                continue  # only networks trained with the final recipe are quantized and measured
+            change = int8_on(final_run, ctx.task, target, ctx.model.profile.threads, "val")["top1_change"]
+        out.append(
+            {
+                "network": name,
+                "target": target,
+                "kind": "donor" if donor else "mix",
+                "selection_accuracy": acc[name],
+                "int8_change": round(change, 3),
+                # quantization adds no accuracy: a gain on the validation split is its noise, not a reason to pick int8
+                "val_accuracy": round(acc[name] + min(change, 0.0), 3),
+                "measured_ms": f["measured"]["latency_ms"],
+                "uncertainty": f["measured"].get("uncertainty"),
+            }
+        )
+    return out
+
+
+def pick_triple(triples: list[dict], s: dict) -> dict:
+    """The pick among triples: the best donor triple unless the best mixed triple beats it on validation by
+    more than the selection's noise; between a network's targets, the more accurate, then full precision,
+    then the faster. An int8 target never scores above its network's fp32 one (`score_triples`), so
+    int8 ships only a network that does not fit the budget in fp32 (more accurate than what does).
+    The rule names the evidence: out of fold where selection cross-validated, else the validation split."""
+
+    def best(kind: str) -> dict | None:
+        ts = [t for t in triples if t["kind"] == kind]
+        return max(
+            ts,
+            key=lambda t: (t["val_accuracy"], not is_int8(t["target"]), -t["measured_ms"], t["target"]),
+            default=None,
+        )
+
+    d, m = best("donor"), best("mix")
+    noise = s.get("noise") or 0.0
+    k = s.get("folds") or 1
+    on = f"out of fold ({k}-fold cross-validation)" if k > 1 else "on validation"
+    if d is None and m is None:
+        raise DeryError("no measured finalist has a validation accuracy", "run")
+    if d is None:
+        assert m is not None
+        return {**m, "rule": f"no donor fits the budget: the best mixed plan {on}"}
+    if m is None:
+        return {**d, "rule": f"no mixed plan is a finalist: the best donor {on}"}
+    diff = m["val_accuracy"] - d["val_accuracy"]
+    if diff > noise:
+        return {**m, "rule": f"the mixed plan beats the best donor {on} by {diff:.2f} points, more than "
+                f"the noise {noise:.2f}"}  # fmt: skip
+    if abs(diff) < 0.005:
+        why = f"the best donor: the best mixed plan ties it {on}"
+    elif diff >= -noise:
+        why = f"the best donor: the best mixed plan differs by {diff:+.2f} points {on}, within the noise {noise:.2f}"
+    else:
+        why = f"the best donor: the best mixed plan is {-diff:.2f} points worse {on}"
+    return {**d, "rule": why}

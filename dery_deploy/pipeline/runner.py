@@ -1,0 +1,82 @@
+"""One run's folder and the reuse-or-compute helper every stage goes through."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from dery_deploy.errors import DeryError
+from dery_deploy.pipeline.manifest import RunManifest, StageRecord
+from dery_deploy.pipeline.options import RunOptions
+
+T = TypeVar("T")
+
+
+class Run:
+    """One `dery run`: its options, folder, manifest and the reuse-or-compute helper every stage uses."""
+
+    manifest: RunManifest  # set once the run folder exists
+    current: str = "setup"  # the stage running now, which a failed run's manifest names
+
+    def __init__(self, opts: RunOptions, console=None, progress_factory=None):
+        self.opts = opts
+        self.out = Path(opts.out)
+        self.cache = self.out / "cache"
+        self.console = console
+        self.progress_factory = progress_factory
+        self.t0 = time.time()
+
+    def say(self, text: str) -> None:
+        if self.console:
+            self.console.print(text)
+        else:
+            print(text)
+
+    def progress(self):
+        from contextlib import nullcontext
+
+        return self.progress_factory() if self.progress_factory else nullcontext(None)
+
+    def stage(
+        self, name: str, reuse: Callable[[], T | None], compute: Callable[[], T], note: Callable[[T], str] | None = None
+    ) -> T:
+        """Reuse-or-compute: `reuse()` returns the stage's still-valid result (or None), else `compute()`."""
+        self.say(f"[bold cyan]> {name}[/]" if self.console else f"> {name}")
+        self.current = name
+        t = time.time()
+        result = reuse()
+        status = "reused"
+        if result is None:
+            result = compute()
+            status = "computed"
+        self.manifest.stages.append(
+            StageRecord(name, status, round(time.time() - t, 2), note(result) if note is not None else "")
+        )
+        self.save()
+        return result
+
+    def record(self, name: str, status: str, seconds: float, note: str = "") -> None:
+        self.manifest.stages.append(StageRecord(name, status, round(seconds, 2), note))
+        self.save()
+
+    def save(self) -> None:
+        self.manifest.seconds = round(time.time() - self.t0, 1)
+        self.manifest.write(self.out / "run.json")
+
+
+def check_run_dir(out: Path, zoo, device: str) -> None:
+    path = out / "run.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return  # a torn manifest from a killed run: rewritten below
+        if old.get("zoo") != zoo.name or old.get("device") != device:
+            raise DeryError(
+                f"run directory {out} belongs to zoo {old.get('zoo')!r} on device {old.get('device')!r}, "
+                f"not {zoo.name!r} on {device!r}; choose another -o",
+                "run",
+            )

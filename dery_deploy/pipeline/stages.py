@@ -1,0 +1,311 @@
+"""The run's stages around its budgets: zoo, similarity, partition, profile, fine-tune, evaluate, export,
+donors; each reused when its artifact still matches."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from dery_deploy.artifacts import atomic_write_json
+from dery_deploy.data.task import Task
+from dery_deploy.errors import DeryError
+from dery_deploy.export.stage import BudgetVerdict, export_run
+from dery_deploy.partition.cover_set import optimise
+from dery_deploy.partition.stage import Partition, make_partition, problem_from
+from dery_deploy.pipeline.runner import Run
+from dery_deploy.profile.run import run_profile, verify
+from dery_deploy.profile.store import Profile, profile_path, read_profile
+from dery_deploy.runtime.harness import BUSY_CORES, busy_note
+from dery_deploy.runtime.target import Target, backend_of
+from dery_deploy.similarity.compute import Similarity, compute_similarity
+from dery_deploy.train.evaluate import evaluate_model
+from dery_deploy.train.finetune import finetune, load_run_model
+from dery_deploy.zoo.summary import zoo_rows
+
+
+def stage_zoo(r: Run, zoo) -> list[dict]:
+    path = r.out / "zoo.json"
+
+    def reuse():
+        if path.is_file():
+            d = json.loads(path.read_text())
+            return d["donors"] if d.get("zoo_hash") == zoo.hash() else None
+        return None
+
+    def compute():
+        rows = zoo_rows(zoo)
+        atomic_write_json(path, {"zoo": zoo.name, "zoo_hash": zoo.hash(), "donors": rows})
+        return rows
+
+    return r.stage("zoo", reuse, compute)
+
+
+def stage_similarity(r: Run, zoo, task: Task) -> Similarity:
+    probe_source = r.opts.probe_data or task.spec
+    r.say("[bold cyan]> similarity[/]" if r.console else "> similarity")
+    r.current = "similarity"
+    with r.progress() as prog:
+        sim, st = compute_similarity(
+            zoo, r.opts.probe, r.opts.seed, cache=r.cache, probe_data=probe_source, progress=prog
+        )
+    r.record(
+        "similarity",
+        "reused" if st.computed == 0 else "computed",
+        st.seconds,
+        f"{st.computed} of {st.pairs} donor pairs computed, {st.probe_images} probe images",
+    )
+    return sim
+
+
+def stage_partition(r: Run, zoo, sim: Similarity, dis) -> Partition:
+    path = r.out / "partition.json"
+
+    def reuse():
+        if not Partition.is_current(path):
+            return None
+        old = Partition.read(path)
+        same = (old.zoo_hash, old.K, old.similarity_key, old.restarts, old.seed) == (
+            zoo.hash(),
+            r.opts.K,
+            sim.key,
+            r.opts.restarts,
+            r.opts.seed,
+        )
+        return old if same else None
+
+    def compute():
+        problem = problem_from(zoo, sim, r.opts.K, 0.2, dis)
+        part = make_partition(zoo, sim, problem, optimise(problem, r.opts.restarts, r.opts.seed), dis, r.opts.seed)
+        part.write(path)
+        return part
+
+    return r.stage("partition", reuse, compute, lambda p: f"K={p.K}, objective {p.objective:.3f}")
+
+
+def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Path:
+    batch = r.opts.batch
+    path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, batch, backend.threads)
+    before = len(read_profile(path).records) if Profile.is_current(path) else 0
+    t = time.time()
+    threads = f", {backend.threads} thread(s)" if backend.threads else ""
+    name = f"profile ({spec.id}, {backend.name} {precision}, batch {batch}{threads})"
+    r.say(f"[bold cyan]> {name}[/]" if r.console else f"> {name}")
+    r.current = "profile"
+    with r.progress() as prog:
+        run_profile(
+            zoo,
+            spec,
+            backend.name,
+            precision,
+            [batch],
+            part,
+            dis,
+            r.cache,
+            task.num_classes,
+            prog,
+            threads=backend.threads,
+        )
+    prof = read_profile(path)
+    measured = len(prof.records) - before
+    if measured and (busy := busy_note(prof.passes)):
+        r.say(f"  [yellow]note:[/] {busy}" if r.console else f"  note: {busy}")
+    r.record(
+        f"profile {Target(backend.name, precision)}", "computed" if measured else "reused", time.time() - t,
+        f"{measured} items measured",
+    )  # fmt: skip
+    return path
+
+
+def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = "") -> Profile:
+    def reuse():
+        prof = read_profile(prof_file)
+        v = prof.verify
+        return prof if v and (v.n, v.seed, v.partition_key) == (r.opts.verify, r.opts.seed, part.key) else None
+
+    def compute():
+        with r.progress() as prog:
+            verify(zoo, spec, prof_file, part, dis, r.opts.verify, r.opts.seed, prog)
+        return read_profile(prof_file)
+
+    on = f", {target}" if target else ""
+    prof = r.stage(f"latency-model check ({r.opts.verify} mixed assemblies{on})", reuse, compute)
+    v = prof.verify
+    summary = {k: val for k, val in v.to_dict().items() if k != "assemblies"}
+    if not r.manifest.verify:  # the first target's, which the report's latency-model paragraph describes
+        r.manifest.verify = summary
+        r.manifest.profile = str(prof_file.relative_to(r.out))
+    r.manifest.verify_by_target[target or prof.backend + "/" + prof.precision] = {
+        **summary,
+        "profile": str(prof_file.relative_to(r.out)),
+    }
+    r.say(
+        f"  latency model{on}: median |error| {100 * v.median_abs_rel_error:.2f}%, max "
+        f"{100 * v.max_abs_rel_error:.2f}% ({v.speed} item latencies, "
+        f"{'blocks in context' if v.context else 'blocks alone'} x {v.scale:.3f})"
+    )
+    return prof
+
+
+def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: str) -> dict:
+    """The run's network as QDQ INT8 on the target's runtime against itself in fp32 on a split
+    (`runtime.evaluate.accuracy_change`: top1, fp32_top1, top1_change, ...); cached beside the run."""
+    from dery_deploy.runtime.evaluate import accuracy_change, artifact_runner
+    from dery_deploy.runtime.quantize import CALIBRATION_IMAGES, qdq_from_module
+
+    cache = run_dir / f"int8-{split}-{target.replace('/', '-')}.json"
+    ckpt = run_dir / "checkpoint.safetensors"
+    if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
+        return json.loads(cache.read_text())
+    model, cfg = load_run_model(run_dir)
+    qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg["recipe"].get("seed", 0)))
+    runtime = artifact_runner(qdq, backend_of(target), threads)
+    acc = {**accuracy_change(model, runtime, task.x(split), task.y(split), split), "target": target}
+    atomic_write_json(cache, acc)
+    return acc
+
+
+def stage_finetune(
+    r: Run, name: str, source: dict, zoo, task, recipe, run_dir: Path, eval_phase1: bool = False, teacher=None
+) -> dict:
+    def reuse():
+        if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
+            return None
+        cfg = json.loads((run_dir / "config.json").read_text())
+        want = teacher.describe() if (teacher and recipe.distill) else None
+        same = (
+            cfg.get("source") == source
+            and cfg.get("task_hash") == task.hash()
+            and cfg.get("recipe") == asdict(recipe)
+            and cfg.get("teacher") == want
+        )
+        return json.loads((run_dir / "metrics.json").read_text()) if same else None
+
+    def compute():
+        # another configuration in this folder (an earlier run with other options) is replaced, not refused
+        return finetune(
+            source,
+            zoo,
+            task,
+            recipe,
+            run_dir,
+            force=True,
+            log=None,
+            test=False,
+            eval_phase1=eval_phase1,
+            teacher=teacher,
+        )
+
+    return r.stage(name, reuse, compute, lambda m: f"validation {m.get('val_accuracy')}%")
+
+
+def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | None = None) -> dict:
+    path = run_dir / "evaluation.json"
+    ckpt = run_dir / "checkpoint.safetensors"
+
+    def reuse():
+        if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
+            ev = json.loads(path.read_text())
+            return ev if (latency is None or "latency" in ev) else None
+        return None
+
+    def compute():
+        model, _ = load_run_model(run_dir)
+        return evaluate_model(model, task, run_dir, label, latency=latency)
+
+    ev = r.stage(f"evaluate {label}", reuse, compute)
+    lat = ev.get("latency")
+    flag = "" if not lat or lat["stable"] else " [yellow](unstable measurement)[/]"
+    r.say(
+        f"  {label}: top-1 {ev['top1']:.2f}%"
+        + (f", measured {lat['median_ms']:.4f} ms ({lat['backend']}){flag}" if lat else "")
+    )
+    out = {
+        "top1": ev["top1"],
+        "per_class": ev["per_class"],
+        "params_m": ev["params_m"],
+        "confusion_png": str(run_dir / ev["confusion_png"]),
+    }
+    if lat:
+        out["measured_ms"], out["measured_stable"] = lat["median_ms"], lat["stable"]
+    return out
+
+
+def stage_export(
+    r: Run,
+    run_dir: Path,
+    fmt: str,
+    label: str,
+    plan: dict | None = None,
+    out: Path | None = None,
+    precision: str | None = None,
+) -> dict:
+    """Export a run (into `out`, default RUN/export), held to `plan`'s budget (default the run's own plan)."""
+    out = out or run_dir / "export"
+    path = out / f"report-{fmt}.json"
+    ckpt = run_dir / "checkpoint.safetensors"
+
+    def reuse():
+        if not (path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime):
+            return None
+        rep = json.loads(path.read_text())
+        same_budget = (rep.get("budget") or {}).get("budget_ms") == (plan or {}).get("budget", {}).get("latency_ms")
+        same_precision = precision is None or rep.get("precision") == precision
+        return rep if (same_budget or plan is None) and same_precision else None
+
+    def compute():
+        try:
+            return export_run(
+                run_dir, fmt, precision, None, out, None, allow_over_budget=True, force=True, plan=plan,
+                accept_int8_loss=True,
+            )  # fmt: skip
+        except DeryError as e:
+            return {"format": fmt, "error": str(e)}
+
+    rep = r.stage(f"export {fmt} ({label})", reuse, compute)
+    if rep.get("parity"):
+        b = rep.get("budget") or {}
+        verdict = "" if not b.get("checked") else f" {BudgetVerdict(**b).word()}"
+        check = (
+            f"int8 test top-1 {rep['int8_top1']:.2f}% ({rep['int8_top1_change']:+.2f} points vs fp32)"
+            if rep.get("precision") == "int8"
+            else f"parity {rep['parity']['max_abs_diff']:.1e}"
+        )
+        busy = " (timed on a busy machine)" if (rep.get("other_load_cores") or 0) > BUSY_CORES else ""
+        r.say(f"  {fmt} {rep.get('precision', '')}: {check}, {rep['latency_ms']:.4f} ms{verdict}{busy}")
+    else:
+        r.say(f"  {fmt}: {rep.get('error')}")
+    return rep
+
+
+def stage_donors(
+    r: Run,
+    zoo,
+    task,
+    recipe,
+    donor_ms: dict[str, float],
+    names: list[str],
+    tag: str,
+    teacher=None,
+    evaluate: bool = False,
+) -> dict[str, dict]:
+    """Donors trained with `recipe` (whole, with a new classifier): teacher candidates (`ce`) or the
+    baselines every pick is compared with (`final`, the same recipe as the picks)."""
+    donors = {}
+    for name in sorted(names, key=lambda n: (donor_ms[n], n)):
+        ddir = r.out / "donors" / tag / name
+        m = stage_finetune(
+            r,
+            f"fine-tune donor {name} ({tag}, {donor_ms[name]:.3f} ms)",
+            {"donor": name, "zoo_ref": zoo.ref},
+            zoo,
+            task,
+            recipe,
+            ddir,
+            teacher=teacher,
+        )
+        donors[name] = {"val_accuracy": m.get("val_accuracy"), "latency_ms": donor_ms[name], "run": str(ddir)}
+        if evaluate:
+            donors[name].update(stage_evaluate(r, ddir, task, f"donor {name}"))
+    return donors
