@@ -10,6 +10,7 @@ from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.assemble.candidates import DONOR_NEAR
 from dery_deploy.assemble.stage import NoFinalistKeeps, assemble
 from dery_deploy.errors import DeryError
+from dery_deploy.export.formats import EXPORT_FORMAT
 from dery_deploy.network.plan import AssembledNet, load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import _round_up, final_donors
 from dery_deploy.pipeline.context import Context
@@ -102,10 +103,6 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
     if aoti:
         entry["aoti"] = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=plan, out=bdir / "export")
     return entry
-
-
-# what ships for a plan made with each backend: the artifact that backend runs
-EXPORT_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
 def selection_key(r: Run, ctx: Context) -> dict:

@@ -20,7 +20,8 @@ import torch
 
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.export.package import refresh_latency
-from dery_deploy.export.stage import budget_check
+from dery_deploy.export.report import write_budget
+from dery_deploy.export.verdict import budget_check
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import int8_on
@@ -248,7 +249,7 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
             onnx["budget"] = asdict(verdict)
             report = Path(res["export_dir"]) / f"report-{res.get('export_format', 'onnx')}.json"
             if report.is_file():
-                atomic_write_json(report, {**json.loads(report.read_text()), "budget": onnx["budget"]})
+                write_budget(report, verdict)
             # the package states what the report states: the final pass's figure of the shipped file
             refresh_latency(
                 Path(res["export_dir"]),

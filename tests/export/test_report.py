@@ -151,7 +151,6 @@ def test_aoti_reports():
 
 def test_the_format_table_answers_the_old_tables():
     from dery_deploy.export.package import RUNTIME_OF as PACKAGE_RUNTIME_OF
-    from dery_deploy.pipeline.run import EXPORT_FORMAT as PIPELINE_EXPORT_FORMAT
 
     assert FORMATS == ("onnx", "openvino", "tensorrt", "aoti")
     assert PRECISIONS == {
@@ -163,8 +162,8 @@ def test_the_format_table_answers_the_old_tables():
     assert ARTIFACTS == {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.engine", "aoti": "model.pt2"}
     artifacts = {f: get_exporter(f).artifact("int8") for f in ("onnx", "openvino", "tensorrt")}
     assert artifacts == {"onnx": "model-int8.onnx", "openvino": "model-int8.xml", "tensorrt": "model.engine"}
-    # the copies the pipeline and the package still hold, until they read this table
-    assert RUNTIME_OF == PACKAGE_RUNTIME_OF and EXPORT_FORMAT == PIPELINE_EXPORT_FORMAT
+    # the copy the package still holds, until it reads this table
+    assert RUNTIME_OF == PACKAGE_RUNTIME_OF and EXPORT_FORMAT == {b: f for f, b in RUNTIME_OF.items()}
     assert get_exporter("aoti").backend is None and not get_exporter("aoti").packaged
     with pytest.raises(DeryError, match="--format must be one of onnx, openvino, tensorrt, aoti, got 'tflite'"):
         get_exporter("tflite")
