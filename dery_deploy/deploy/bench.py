@@ -119,6 +119,57 @@ def requirements(percentile: int, calls: int | None, seconds: float | None) -> t
     return n, s
 
 
+class PackageBench:
+    """One package on this machine, measured in rounds whose calls are pooled (module docstring): the
+    session is built and warmed up once, and each `round` adds its calls to the earlier rounds' calls,
+    so a round taken because the standard error was too wide narrows it instead of starting over."""
+
+    def __init__(
+        self,
+        package: str | Path,
+        percentile: int | None = None,
+        calls: int | None = None,
+        seconds: float | None = None,
+    ):
+        self.info = info = read_package(package)
+        budget_q = info.budget.percentile if info.budget else 50
+        self.calls, self.seconds = requirements(max(percentile or budget_q, budget_q), calls, seconds)
+        folder = Path(package) if Path(package).is_dir() else Path(package).parent
+        self.session = open_session(info, folder)
+        i = info.input
+        x = np.random.default_rng(0).standard_normal((info.runtime.batch, i.channels, i.height, i.width), np.float32)
+        self.call = self.session.bind(np.ascontiguousarray(x))
+        self.reference = reference_call(info, folder)
+        self.samples: list[float] = []  # every timed call of every round, in order (ms)
+        self.reference_samples: list[float] = []
+        self.rounds = 0
+        self.t0 = 0.0
+
+    def round(self, progress: Callable[[int, float], None] | None = None) -> BenchResult:
+        """One more round of at least `calls` calls over `seconds`, framed by reference calls; the result
+        over every call of every round so far."""
+        if self.rounds == 0:
+            _calls(self.call, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
+            self.t0 = time.perf_counter()
+        self.reference_samples += self._reference()
+        tick = None if progress is None else _offset(progress, len(self.samples))
+        self.samples += _calls(self.call, self.calls, self.seconds, tick)
+        self.reference_samples += self._reference()
+        self.rounds += 1
+        res = result_of(np.asarray(self.samples), time.perf_counter() - self.t0, self.info, self.session.effective())
+        res.reference_ms = round(float(np.median(self.reference_samples)), 5) if self.reference_samples else None
+        return res
+
+    def _reference(self) -> list[float]:
+        """The reference workload's calls (ms) that relate this round to the machine's speed."""
+        return _calls(self.reference, 100, REFERENCE_S, None) if self.reference else []
+
+
+def _offset(progress: Callable[[int, float], None], done: int) -> Callable[[int, float], None]:
+    """A progress callback counting the calls of earlier rounds too."""
+    return lambda n, s: progress(done + n, s)
+
+
 def measure_package(
     package: str | Path,
     percentile: int | None = None,
@@ -129,25 +180,9 @@ def measure_package(
 ) -> BenchResult:
     """Measure a package in this process (module docstring): `rounds` rounds of `calls` calls over
     `seconds`, pooled. `percentile` (default: the package's budget's) sets the minimum calls."""
-    info = read_package(package)
-    q = percentile or (info.budget.percentile if info.budget else 50)
-    n, s = requirements(max(q, info.budget.percentile if info.budget else 50), calls, seconds)
-    folder = Path(package) if Path(package).is_dir() else Path(package).parent
-    session = open_session(info, folder)
-    i = info.input
-    x = np.random.default_rng(0).standard_normal((info.runtime.batch, i.channels, i.height, i.width), np.float32)
-    call = session.bind(np.ascontiguousarray(x))
-    reference = reference_call(info, folder)
-    _calls(call, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
-    t0 = time.perf_counter()
-    samples: list[float] = []
-    ref: list[float] = []
+    bench = PackageBench(package, percentile, calls, seconds)
     for _ in range(rounds):
-        ref += _calls(reference, 100, REFERENCE_S, None) if reference else []
-        samples += _calls(call, n, s, progress)
-    ref += _calls(reference, 100, REFERENCE_S, None) if reference else []
-    res = result_of(np.asarray(samples), time.perf_counter() - t0, info, session.effective())
-    res.reference_ms = round(float(np.median(ref)), 5) if ref else None
+        res = bench.round(progress)
     return res
 
 

@@ -87,6 +87,15 @@ def test_bench_binds_the_input_once_and_times_enqueue_and_wait(monkeypatch, tmp_
     assert res.fingerprint["kind"] == "cuda"
 
 
+def test_dery_bench_measures_a_tensorrt_package(monkeypatch, tmp_path, capsys):
+    from dery_deploy.cli.main import cli
+
+    install_runtime(monkeypatch)
+    assert cli(["bench", str(engine_package(tmp_path / "pkg")), "--calls", "100", "--seconds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "model.engine on tensorrt (fp32, batch 3, cuda)" in out and "measured only, nothing judged" in out
+
+
 def test_without_tensorrt_the_package_says_what_to_install(monkeypatch, tmp_path):
     import sys
 
