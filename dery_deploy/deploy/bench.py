@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dery_deploy.deploy.base import CHUNK, Timer
 from dery_deploy.deploy.info import REFERENCE_MODEL, DeployInfo, read_package
 from dery_deploy.deploy.machine import fingerprint, same_machine
 from dery_deploy.deploy.sessions import open_session
@@ -90,15 +91,14 @@ def summarise(samples: np.ndarray, rng: np.random.Generator) -> tuple[dict[int, 
     return est, se, noise
 
 
-def _calls(call: Callable[[], object], min_calls: int, min_s: float, tick) -> list[float]:
-    """Back-to-back calls until both `min_calls` and `min_s` are reached; each call's ms."""
+def _calls(timer: Timer, min_calls: int, min_s: float, tick) -> list[float]:
+    """Back-to-back calls, CHUNK at a time, until both `min_calls` and `min_s` are reached; each call's ms
+    as the session times it (`Session.timer`)."""
     out: list[float] = []
     t_start = time.perf_counter()
     while len(out) < min_calls or time.perf_counter() - t_start < min_s:
-        t0 = time.perf_counter_ns()
-        call()
-        out.append((time.perf_counter_ns() - t0) / 1e6)
-        if tick is not None and len(out) % 64 == 0:
+        out += timer(CHUNK)
+        if tick is not None:
             tick(len(out), time.perf_counter() - t_start)
     return out
 
@@ -138,7 +138,7 @@ class PackageBench:
         self.session = open_session(info, folder)
         i = info.input
         x = np.random.default_rng(0).standard_normal((info.runtime.batch, i.channels, i.height, i.width), np.float32)
-        self.call = self.session.bind(np.ascontiguousarray(x))
+        self.timer = self.session.timer(np.ascontiguousarray(x))
         self.reference = reference_call(info, folder)
         self.samples: list[float] = []  # every timed call of every round, in order (ms)
         self.reference_samples: list[float] = []
@@ -149,11 +149,11 @@ class PackageBench:
         """One more round of at least `calls` calls over `seconds`, framed by reference calls; the result
         over every call of every round so far."""
         if self.rounds == 0:
-            _calls(self.call, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
+            _calls(self.timer, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
             self.t0 = time.perf_counter()
         self.reference_samples += self._reference()
         tick = None if progress is None else _offset(progress, len(self.samples))
-        self.samples += _calls(self.call, self.calls, self.seconds, tick)
+        self.samples += _calls(self.timer, self.calls, self.seconds, tick)
         self.reference_samples += self._reference()
         self.rounds += 1
         res = result_of(np.asarray(self.samples), time.perf_counter() - self.t0, self.info, self.session.effective())
@@ -186,15 +186,15 @@ def measure_package(
     return res
 
 
-def reference_call(info: DeployInfo, folder: Path) -> Callable[[], object] | None:
-    """A call of the shipped reference workload (`REFERENCE_MODEL`) with the package's runtime and
+def reference_call(info: DeployInfo, folder: Path) -> Timer | None:
+    """The timed calls of the shipped reference workload (`REFERENCE_MODEL`) with the package's runtime and
     settings, or None for a package without one."""
     if REFERENCE_MODEL not in info.files:
         return None
     probe = replace(info, model=REFERENCE_MODEL, input=replace(info.input, channels=16, height=32, width=32))
     probe.runtime = replace(info.runtime, batch=1)
     x = np.random.default_rng(0).standard_normal((1, 16, 32, 32), np.float32)
-    return open_session(probe, folder).bind(x)
+    return open_session(probe, folder).timer(x)
 
 
 def result_of(samples: np.ndarray, seconds: float, info: DeployInfo, settings: dict) -> BenchResult:

@@ -21,7 +21,7 @@ NON_BLOCKING = 0x1  # CU_STREAM_NON_BLOCKING: no implicit synchronisation with t
 
 
 class CudaDriver:
-    """The few driver calls a package's engine needs: allocate, copy, one stream, synchronise."""
+    """The few driver calls a package's engine needs: allocate, copy, one stream, events, synchronise."""
 
     def __init__(self, device: int = 0):
         try:
@@ -77,6 +77,21 @@ class CudaDriver:
             ctypes.c_size_t(dst.nbytes),
             ctypes.c_void_p(stream),
         )
+
+    def event(self) -> int:
+        """A new timing event's handle."""
+        handle = ctypes.c_void_p()
+        self._check("cuEventCreate", ctypes.byref(handle), 0)  # CU_EVENT_DEFAULT: timing enabled
+        return int(handle.value or 0)
+
+    def record(self, event: int, stream: int) -> None:
+        self._check("cuEventRecord", ctypes.c_void_p(event), ctypes.c_void_p(stream))
+
+    def elapsed_ms(self, start: int, end: int) -> float:
+        """Milliseconds between two recorded, completed events."""
+        ms = ctypes.c_float()
+        self._check("cuEventElapsedTime", ctypes.byref(ms), ctypes.c_void_p(start), ctypes.c_void_p(end))
+        return float(ms.value)
 
     def synchronize(self, stream: int) -> None:
         self._check("cuStreamSynchronize", ctypes.c_void_p(stream))

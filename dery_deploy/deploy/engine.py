@@ -1,6 +1,7 @@
 """A TensorRT package's session: the engine deserialised with the `tensorrt` Python API and run at the
 package's batch, on device memory and a stream of its own (`deploy.cuda`), as the export measured it
-(`runtime/tensorrt.EngineRunner`: input `x` bound once, `execute_async_v3` on a non-default stream).
+(`runtime/tensorrt.EngineRunner`: input `x` bound once, `execute_async_v3` on a non-default stream,
+each call timed by CUDA events on that stream).
 
 Everything the engine is run with comes from deploy.json, never from constants: the input binding is
 `input.name`, the output `output`, the input shape (runtime.batch, channels, height, width), and the
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dery_deploy.deploy.base import Session
+from dery_deploy.deploy.base import CHUNK, Session, Timer
 from dery_deploy.deploy.cuda import CudaDriver
 from dery_deploy.deploy.info import DeployInfo
 from dery_deploy.errors import DeryError
@@ -116,6 +117,27 @@ class TensorRtSession(Session):
             self.cuda.synchronize(self.stream)
 
         return call
+
+    def timer(self, x: np.ndarray) -> Timer:
+        """n back-to-back enqueues of `x` (copied to the device once), each timed by events recorded on
+        the session's stream around it, then one synchronisation: as the export timed the engine
+        (`runtime/harness.time_calls`), the GPU's time per call, not the host's wait for it."""
+        self.bind(x)
+        events = [(self.cuda.event(), self.cuda.event()) for _ in range(CHUNK)]
+
+        def timed(n: int) -> list[float]:
+            out: list[float] = []
+            for s in range(0, n, CHUNK):
+                used = events[: min(CHUNK, n - s)]
+                for start, end in used:
+                    self.cuda.record(start, self.stream)
+                    self._enqueue()
+                    self.cuda.record(end, self.stream)
+                self.cuda.synchronize(self.stream)
+                out += [self.cuda.elapsed_ms(start, end) for start, end in used]
+            return out
+
+        return timed
 
     def effective(self) -> dict:
         name = self.info.input.name

@@ -76,13 +76,20 @@ def test_a_failed_enqueue_is_an_error_not_logits(monkeypatch, tmp_path):
         model.logits(np.zeros((3, 3, 24, 24), np.float32))
 
 
-def test_bench_binds_the_input_once_and_times_enqueue_and_wait(monkeypatch, tmp_path):
+def test_bench_binds_the_input_once_and_times_each_enqueue_with_events_on_the_stream(monkeypatch, tmp_path):
     record = install_runtime(monkeypatch)
     res = measure_package(engine_package(tmp_path / "pkg"), calls=100, seconds=0.0)
     assert record.of("to_device") == [(record.of("set_tensor_address")[0][1], (3, 3, 24, 24), "float32", 7)]
     assert record.of("to_host") == []  # a timed call leaves its output on the device, as the export timed it
+    # each enqueue between a start and an end event on the session's stream (runtime/harness.time_calls)
+    timed = [(n, a) for n, a in record.calls if n in ("cuEventRecord", "execute_async_v3")]
     enqueues = len(record.of("execute_async_v3"))
-    assert enqueues >= res.calls >= 100 and len(record.of("synchronize")) == enqueues + 1
+    assert len(timed) == 3 * enqueues and enqueues >= res.calls >= 100
+    for k in range(0, len(timed), 3):
+        (first, (start, s1)), run, (last, (end, s2)) = timed[k : k + 3]
+        assert (first, last, run, s1, s2) == ("cuEventRecord", "cuEventRecord", ("execute_async_v3", (7,)), 7, 7)
+        assert start != end
+    assert len(record.of("cuEventElapsedTime")) == enqueues and res.p50_ms == 0.25  # the fake's made-up time
     assert res.runtime == "tensorrt" and res.batch == 3 and res.settings["input_shape"] == [3, 3, 24, 24]
     assert res.fingerprint["kind"] == "cuda"
 

@@ -211,28 +211,39 @@ class RecordingCuda:
     STREAM = 7
 
     def __init__(self, record: Record):
-        self.record, self.next = record, 0x1000
+        self.log, self.next, self.events = record, 0x1000, 0
 
     def stream(self) -> int:
-        self.record.calls.append(("cuStreamCreate", ()))
+        self.log.calls.append(("cuStreamCreate", ()))
         return self.STREAM
 
     def alloc(self, nbytes: int) -> int:
-        self.record.calls.append(("cuMemAlloc", (nbytes,)))
+        self.log.calls.append(("cuMemAlloc", (nbytes,)))
         self.next += nbytes + 256
         return self.next - nbytes - 256
 
     def to_device(self, dst, src, stream) -> None:
-        self.record.calls.append(("to_device", (dst, tuple(src.shape), str(src.dtype), stream)))
+        self.log.calls.append(("to_device", (dst, tuple(src.shape), str(src.dtype), stream)))
 
     def to_host(self, dst, src, stream) -> None:
-        self.record.calls.append(("to_host", (src, tuple(dst.shape), str(dst.dtype), stream)))
+        self.log.calls.append(("to_host", (src, tuple(dst.shape), str(dst.dtype), stream)))
+
+    def event(self) -> int:
+        self.events += 1
+        return self.events
+
+    def record(self, event, stream) -> None:
+        self.log.calls.append(("cuEventRecord", (event, stream)))
+
+    def elapsed_ms(self, start, end) -> float:
+        self.log.calls.append(("cuEventElapsedTime", (start, end)))
+        return 0.25  # made up: nothing ran
 
     def synchronize(self, stream) -> None:
-        self.record.calls.append(("synchronize", (stream,)))
+        self.log.calls.append(("synchronize", (stream,)))
 
     def close(self) -> None:
-        self.record.calls.append(("close", ()))
+        self.log.calls.append(("close", ()))
 
 
 def install_runtime(monkeypatch, major: int = 10) -> Record:
