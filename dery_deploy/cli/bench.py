@@ -1,5 +1,11 @@
 """`dery bench`: measure a shipped package on this machine and, where this is the machine it was
-measured on, judge its budget (exit 2 when over, 3 when the measurement stays too noisy to decide).
+measured on, judge its budget.
+
+Exit codes (a script or CI can tell them apart):
+    0  within budget, or measured only (no budget, or another machine: nothing judged)
+    2  over budget
+    3  undecided: the standard error stayed above the cap the verdict allows
+    1  a user error (a missing or damaged package, a bad option), said in one line
 
 Examples:
     dery bench runs/default/budget-0.3ms/export
@@ -12,6 +18,33 @@ import json
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
+
+USER_ERROR = 1  # not 2: that is "over budget"
+
+
+class BenchCommand(TyperCommand):
+    """`dery bench` with its usage errors (a missing package, a bad option value) exiting USER_ERROR,
+    the `dery` default being 2, which this command gives to "over budget"."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        typed = list(args)  # click consumes `args` as it parses
+        try:
+            return super().parse_args(ctx, args)
+        except typer.Exit:
+            raise  # --help
+        except Exception as e:
+            # click's usage and parameter errors (exit code 2, or 1 for other click errors); the
+            # classes are typer's vendored click's, reached without importing `dery_deploy.cli.main`
+            if not hasattr(e, "format_message") or getattr(e, "exit_code", None) not in (1, 2):
+                raise
+            msg = " ".join(e.format_message().split()).rstrip(".")
+            opts = getattr(getattr(e, "param", None), "opts", None) or []
+            given = [typed[i + 1] for i, a in enumerate(typed[:-1]) if a in opts]
+            if given and repr(given[0]) not in msg:
+                msg += f" (got {given[0]!r})"
+            typer.secho(f"error: {msg}. See `dery bench --help`.", fg="red", err=True)
+            raise typer.Exit(USER_ERROR) from None
 
 
 def bench(
@@ -25,52 +58,67 @@ def bench(
 ) -> None:
     """Warm up, then time back-to-back calls of the package with its recorded settings; print p50 / p90 /
     p99 / mean / max over all calls with their standard error, and judge the budget where this machine is
-    the package's."""
+    the package's. Exit 0 within budget or measured only, 2 over budget, 3 undecided, 1 a user error."""
+    from dery_deploy.errors import DeryError
+
+    try:
+        code = _bench(package, percentile, calls, seconds, as_json)
+    except DeryError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        code = USER_ERROR
+    raise typer.Exit(code)
+
+
+def _bench(package: Path, percentile: int | None, calls: int | None, seconds: float | None, as_json: bool) -> int:
+    """Measure, judge and print; the exit code of the verdict."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dery_deploy.deploy.bench import MAX_ALLOWANCE, MAX_ROUNDS, judge, measure_package
-    from dery_deploy.deploy.info import read_package
+    from dery_deploy.deploy.bench import MAX_ALLOWANCE, MAX_ROUNDS, PackageBench, judge
+    from dery_deploy.deploy.machine import same_machine
 
-    info = read_package(package)
+    bench = PackageBench(package, percentile, calls, seconds)
+    info = bench.info
     q = info.budget.percentile if info.budget else (percentile or 50)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as prog:
         task = prog.add_task(f"bench {info.model}: warm-up", total=None)
         tick = lambda n, s: prog.update(task, description=f"bench {info.model}: {n} calls, {s:.1f} s")  # noqa: E731
-        res = measure_package(package, percentile, calls, seconds, tick)
-        rounds = 1
-        # a verdict needs the standard error within the cap: measure again (pooled) before calling it undecided
-        while res.at(q)[1] > MAX_ALLOWANCE and rounds < MAX_ROUNDS and info.budget is not None:
-            rounds += 1
-            res = measure_package(package, percentile, calls, seconds, tick, rounds=rounds)
+        res = bench.round(tick)
+        judged = info.budget is not None and same_machine(info.fingerprint, res.fingerprint)
+        # a verdict needs the standard error within the cap: another round, its calls pooled with the
+        # earlier rounds' (the same session, no new warm-up), before calling it undecided
+        while judged and res.at(q)[1] > MAX_ALLOWANCE and bench.rounds < MAX_ROUNDS:
+            res = bench.round(tick)
     verdict = judge(info, res)
     if as_json:
         rel = res.relative_to(info)
         relative = {"machine_speed_change": rel[0], "relative_p50_change": rel[1]} if rel else {}
-        print(
-            json.dumps(
-                {**res.to_dict(), **relative, "rounds": rounds, "verdict": verdict.line, "judged": verdict.judged}
-            )
-        )
+        out = {**res.to_dict(), **relative, "rounds": bench.rounds, "verdict": verdict.line}
+        print(json.dumps({**out, "judged": verdict.judged, "exit_code": verdict.exit_code}))
     else:
-        se = res.standard_error
-        print(
-            f"{info.model} on {res.runtime} ({info.runtime.precision}, batch {res.batch}, {info.runtime.threads} "
-            f"threads): {res.calls} calls in {res.seconds:.1f} s"
-        )
-        print(
-            f"p50 {res.p50_ms:.4f} ms (±{100 * se['p50']:.1f}%)  p90 {res.p90_ms:.4f} ms (±{100 * se['p90']:.1f}%)  "
-            f"p99 {res.p99_ms:.4f} ms (±{100 * se['p99']:.1f}%)  mean {res.mean_ms:.4f}  max {res.max_ms:.4f} ms"
-        )
-        if info.latency is not None:
-            print(f"recorded: p50 {info.latency.p50_ms:.4f} ms ({info.latency.measured_in})")
-        if (rel := res.relative_to(info)) is not None:
-            print(
-                f"machine speed: the reference workload ran {100 * rel[0]:+.1f}% against when it was recorded; "
-                f"related to it, p50 is {100 * rel[1]:+.1f}% against the recorded"
-            )
+        _print_text(info, res)
         print(verdict.line)
-    raise typer.Exit(verdict.exit_code)
+    return verdict.exit_code
+
+
+def _print_text(info, res) -> None:
+    se = res.standard_error
+    threads = f"{info.runtime.threads} threads" if info.runtime.threads else info.runtime.device
+    print(
+        f"{info.model} on {res.runtime} ({info.runtime.precision}, batch {res.batch}, {threads}): "
+        f"{res.calls} calls in {res.seconds:.1f} s"
+    )
+    print(
+        f"p50 {res.p50_ms:.4f} ms (±{100 * se['p50']:.1f}%)  p90 {res.p90_ms:.4f} ms (±{100 * se['p90']:.1f}%)  "
+        f"p99 {res.p99_ms:.4f} ms (±{100 * se['p99']:.1f}%)  mean {res.mean_ms:.4f}  max {res.max_ms:.4f} ms"
+    )
+    if info.latency is not None:
+        print(f"recorded: p50 {info.latency.p50_ms:.4f} ms ({info.latency.measured_in})")
+    if (rel := res.relative_to(info)) is not None:
+        print(
+            f"machine speed: the reference workload ran {100 * rel[0]:+.1f}% against when it was recorded; "
+            f"related to it, p50 is {100 * rel[1]:+.1f}% against the recorded"
+        )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+    app.command("bench", cls=BenchCommand)(bench)

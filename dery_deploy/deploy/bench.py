@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dery_deploy.deploy.base import CHUNK, Timer
 from dery_deploy.deploy.info import REFERENCE_MODEL, DeployInfo, read_package
 from dery_deploy.deploy.machine import fingerprint, same_machine
 from dery_deploy.deploy.sessions import open_session
@@ -90,15 +91,14 @@ def summarise(samples: np.ndarray, rng: np.random.Generator) -> tuple[dict[int, 
     return est, se, noise
 
 
-def _calls(call: Callable[[], object], min_calls: int, min_s: float, tick) -> list[float]:
-    """Back-to-back calls until both `min_calls` and `min_s` are reached; each call's ms."""
+def _calls(timer: Timer, min_calls: int, min_s: float, tick) -> list[float]:
+    """Back-to-back calls, CHUNK at a time, until both `min_calls` and `min_s` are reached; each call's ms
+    as the session times it (`Session.timer`)."""
     out: list[float] = []
     t_start = time.perf_counter()
     while len(out) < min_calls or time.perf_counter() - t_start < min_s:
-        t0 = time.perf_counter_ns()
-        call()
-        out.append((time.perf_counter_ns() - t0) / 1e6)
-        if tick is not None and len(out) % 64 == 0:
+        out += timer(CHUNK)
+        if tick is not None:
             tick(len(out), time.perf_counter() - t_start)
     return out
 
@@ -119,6 +119,57 @@ def requirements(percentile: int, calls: int | None, seconds: float | None) -> t
     return n, s
 
 
+class PackageBench:
+    """One package on this machine, measured in rounds whose calls are pooled (module docstring): the
+    session is built and warmed up once, and each `round` adds its calls to the earlier rounds' calls,
+    so a round taken because the standard error was too wide narrows it instead of starting over."""
+
+    def __init__(
+        self,
+        package: str | Path,
+        percentile: int | None = None,
+        calls: int | None = None,
+        seconds: float | None = None,
+    ):
+        self.info = info = read_package(package)
+        budget_q = info.budget.percentile if info.budget else 50
+        self.calls, self.seconds = requirements(max(percentile or budget_q, budget_q), calls, seconds)
+        folder = Path(package) if Path(package).is_dir() else Path(package).parent
+        self.session = open_session(info, folder)
+        i = info.input
+        x = np.random.default_rng(0).standard_normal((info.runtime.batch, i.channels, i.height, i.width), np.float32)
+        self.timer = self.session.timer(np.ascontiguousarray(x))
+        self.reference = reference_call(info, folder)
+        self.samples: list[float] = []  # every timed call of every round, in order (ms)
+        self.reference_samples: list[float] = []
+        self.rounds = 0
+        self.t0 = 0.0
+
+    def round(self, progress: Callable[[int, float], None] | None = None) -> BenchResult:
+        """One more round of at least `calls` calls over `seconds`, framed by reference calls; the result
+        over every call of every round so far."""
+        if self.rounds == 0:
+            _calls(self.timer, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
+            self.t0 = time.perf_counter()
+        self.reference_samples += self._reference()
+        tick = None if progress is None else _offset(progress, len(self.samples))
+        self.samples += _calls(self.timer, self.calls, self.seconds, tick)
+        self.reference_samples += self._reference()
+        self.rounds += 1
+        res = result_of(np.asarray(self.samples), time.perf_counter() - self.t0, self.info, self.session.effective())
+        res.reference_ms = round(float(np.median(self.reference_samples)), 5) if self.reference_samples else None
+        return res
+
+    def _reference(self) -> list[float]:
+        """The reference workload's calls (ms) that relate this round to the machine's speed."""
+        return _calls(self.reference, 100, REFERENCE_S, None) if self.reference else []
+
+
+def _offset(progress: Callable[[int, float], None], done: int) -> Callable[[int, float], None]:
+    """A progress callback counting the calls of earlier rounds too."""
+    return lambda n, s: progress(done + n, s)
+
+
 def measure_package(
     package: str | Path,
     percentile: int | None = None,
@@ -129,37 +180,21 @@ def measure_package(
 ) -> BenchResult:
     """Measure a package in this process (module docstring): `rounds` rounds of `calls` calls over
     `seconds`, pooled. `percentile` (default: the package's budget's) sets the minimum calls."""
-    info = read_package(package)
-    q = percentile or (info.budget.percentile if info.budget else 50)
-    n, s = requirements(max(q, info.budget.percentile if info.budget else 50), calls, seconds)
-    folder = Path(package) if Path(package).is_dir() else Path(package).parent
-    session = open_session(info, folder)
-    i = info.input
-    x = np.random.default_rng(0).standard_normal((info.runtime.batch, i.channels, i.height, i.width), np.float32)
-    call = session.bind(np.ascontiguousarray(x))
-    reference = reference_call(info, folder)
-    _calls(call, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
-    t0 = time.perf_counter()
-    samples: list[float] = []
-    ref: list[float] = []
+    bench = PackageBench(package, percentile, calls, seconds)
     for _ in range(rounds):
-        ref += _calls(reference, 100, REFERENCE_S, None) if reference else []
-        samples += _calls(call, n, s, progress)
-    ref += _calls(reference, 100, REFERENCE_S, None) if reference else []
-    res = result_of(np.asarray(samples), time.perf_counter() - t0, info, session.effective())
-    res.reference_ms = round(float(np.median(ref)), 5) if ref else None
+        res = bench.round(progress)
     return res
 
 
-def reference_call(info: DeployInfo, folder: Path) -> Callable[[], object] | None:
-    """A call of the shipped reference workload (`REFERENCE_MODEL`) with the package's runtime and
+def reference_call(info: DeployInfo, folder: Path) -> Timer | None:
+    """The timed calls of the shipped reference workload (`REFERENCE_MODEL`) with the package's runtime and
     settings, or None for a package without one."""
     if REFERENCE_MODEL not in info.files:
         return None
     probe = replace(info, model=REFERENCE_MODEL, input=replace(info.input, channels=16, height=32, width=32))
     probe.runtime = replace(info.runtime, batch=1)
     x = np.random.default_rng(0).standard_normal((1, 16, 32, 32), np.float32)
-    return open_session(probe, folder).bind(x)
+    return open_session(probe, folder).timer(x)
 
 
 def result_of(samples: np.ndarray, seconds: float, info: DeployInfo, settings: dict) -> BenchResult:

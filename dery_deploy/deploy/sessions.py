@@ -7,12 +7,12 @@ for back-to-back timed calls (`bind`), the way the export measured it.
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from dery_deploy.deploy.base import Session
 from dery_deploy.deploy.info import DeployInfo
 from dery_deploy.deploy.settings import onnxruntime_session
 from dery_deploy.errors import DeryError
@@ -22,25 +22,6 @@ INSTALL = {
     "openvino": "pip install openvino",
     "tensorrt": "NVIDIA TensorRT with its Python bindings, on a machine with an NVIDIA GPU",
 }
-
-
-class Session(abc.ABC):
-    """The thin base: `run` a batch, `bind` one for timing, and what the runtime was really given."""
-
-    def __init__(self, info: DeployInfo, folder: Path):
-        self.info, self.folder = info, folder
-
-    @abc.abstractmethod
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """The package's logits for one float32 NCHW batch of exactly the package's batch."""
-
-    def bind(self, x: np.ndarray) -> Callable[[], object]:
-        """A zero-argument call that runs `x` (kept alive by the closure), for back-to-back timing."""
-        return lambda: self.run(x)
-
-    def effective(self) -> dict:
-        """Settings read back from the runtime after building (what it actually uses)."""
-        return {}
 
 
 class OnnxRuntimeSession(Session):
@@ -99,12 +80,11 @@ def open_session(info: DeployInfo, folder: Path) -> Session:
             return OnnxRuntimeSession(info, folder)
         if name == "openvino":
             return OpenVinoSession(info, folder)
-        # not written yet (issue 27): a runtime-only TensorRT session needs CUDA memory without torch
-        raise DeryError(
-            f"{folder} is a TensorRT package; dery_deploy.load and dery bench do not run engines yet: time it "
-            f"with `trtexec --loadEngine={info.model}` on the GPU it was built on",
-            "deploy",
-        )
+        if name == "tensorrt":
+            from dery_deploy.deploy.engine import TensorRtSession
+
+            return TensorRtSession(info, folder)
+        raise DeryError(f"{folder}: unknown runtime {name!r}", "deploy")  # deploy.json's check refuses it first
     except ImportError as e:
         raise DeryError(
             f"this package runs on {name}, which does not import here ({e}); install {INSTALL[name]}", "deploy"

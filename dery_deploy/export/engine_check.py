@@ -4,7 +4,16 @@
 Needs only NumPy and TensorRT's `trtexec` (JetPack: /usr/src/tensorrt/bin/trtexec); it does not
 import dery_deploy. It runs the engine on the bundle's parity images, compares the logits with the
 PyTorch ones shipped beside them, times batch inference with CUDA graphs, judges the plan's
-latency budget (the only allowance is the timing's own spread), and writes check-result.json.
+latency budget, and writes check-result.json.
+
+The budget is judged as `dery bench` judges a package (one rule, whichever tool measured): the latency
+at the budget's percentile over all timed iterations, its block-bootstrap standard error, and
+`within_budget`. `summarise` and `within_budget` below are verbatim copies of
+`dery_deploy/deploy/bench.py`'s (this file runs alone on the device and cannot import the package;
+tests/deploy/test_shared_verdict.py holds the copies equal).
+
+Exit code: 0 parity holds and the budget is kept (or there is none), 1 parity failed (or an error),
+2 over budget, 3 undecided (the standard error stayed above MAX_ALLOWANCE: rerun on a quieter device).
 
     python3 check_engine.py                     # in the bundle folder, after build_engine.sh
     python3 check_engine.py --bundle DIR --trtexec /usr/src/tensorrt/bin/trtexec
@@ -15,12 +24,16 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+
+# copied from dery_deploy/deploy/bench.py with `summarise` and `within_budget` (module docstring)
+BLOCKS = 20
+BOOTSTRAP = 300
+MAX_ALLOWANCE = 0.02
 
 
 def power_state(sysfs="/sys", nvpmodel=None):
@@ -55,6 +68,45 @@ def power_state(sysfs="/sys", nvpmodel=None):
         state["jetson_clocks"] = freq["min"] == freq["max"]
         break
     return state
+
+
+def summarise(samples: np.ndarray, rng: np.random.Generator) -> tuple[dict[int, float], dict[int, float], float]:
+    """Percentiles over all calls, their relative block-bootstrap standard errors, and the noise index."""
+    qs = (50, 90, 99)
+    est = {q: float(np.percentile(samples, q)) for q in qs}
+    blocks = np.array_split(samples, min(BLOCKS, len(samples)))
+    idx = rng.integers(0, len(blocks), size=(BOOTSTRAP, len(blocks)))
+    boot = np.array([np.percentile(np.concatenate([blocks[i] for i in row]), qs) for row in idx])
+    se = {q: float(boot[:, k].std() / max(est[q], 1e-12)) for k, q in enumerate(qs)}
+    medians = np.array([np.median(b) for b in blocks])
+    noise = max(0.0, float(np.median(medians) / max(np.percentile(medians, 25), 1e-12) - 1))
+    return est, se, noise
+
+
+def within_budget(value: float, budget: float, se: float) -> bool | None:
+    """The one rule: within when value <= budget * (1 + se); a standard error above MAX_ALLOWANCE decides
+    only a value that is over or under the budget by more than that error, and leaves the rest undecided."""
+    limit = budget * (1 + se)
+    if se <= MAX_ALLOWANCE or value > limit or value * (1 + se) <= budget:
+        return value <= limit
+    return None
+
+
+def judge_times(samples, budget, percentile=50):
+    """trtexec's per-iteration times (ms) judged against `budget` at `percentile` (module docstring)."""
+    samples = np.asarray(samples[len(samples) // 10 :], dtype=np.float64)  # the first tenth still warms up
+    est, se, noise = summarise(samples, np.random.default_rng(0))
+    within = None if budget is None else within_budget(est[percentile], budget, se[percentile])
+    return {
+        "latency_ms": round(est[50], 5),
+        "percentile": percentile,
+        "latency_ms_at_percentile": round(est[percentile], 5),
+        "standard_error": round(se[percentile], 5),
+        "noise": round(noise, 4),
+        "runs": len(samples),
+        "within_budget": within,
+        "undecided": budget is not None and within is None,
+    }
 
 
 def run(cmd):
@@ -122,11 +174,8 @@ def main():
         )
         with open(times) as f:
             samples = [t["computeMs"] for t in json.load(f)]
-    samples = samples[len(samples) // 10 :]  # the first tenth still warms up
-    k = max(1, len(samples) // 3)
-    windows = [statistics.median(samples[i * k : (i + 1) * k]) for i in range(3) if samples[i * k : (i + 1) * k]]
-    median = statistics.median(samples)
-    noise = (max(windows) - min(windows)) / (2 * min(windows)) if len(windows) > 1 else 0.0
+    budget = man.get("budget_ms")
+    timing = judge_times(samples, budget, int(man.get("budget_percentile") or 50))
     diff = float(np.abs(ref - got).max())
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
     # an INT8 engine has no logit tolerance (tolerance null): its top-1 agreement is what is held
@@ -135,7 +184,6 @@ def main():
     version = next(
         (line.split("TensorRT version:")[-1].strip() for line in log.splitlines() if "TensorRT version" in line), ""
     )
-    budget = man.get("budget_ms")
     result = {
         "kind": "engine-check",
         "device": man["device"],
@@ -149,13 +197,10 @@ def main():
             "min_top1_agreement": min_agree,
             "ok": parity_ok,
         },
-        "latency_ms": round(median, 5),
         "batch": man["batch"],
-        "noise": round(noise, 4),
-        "runs": len(samples),
+        **timing,
         "budget_ms": budget,
         "predicted_ms": man.get("predicted_ms"),
-        "within_budget": None if budget is None else median <= budget * (1 + noise),
         "power": power_state(),  # nvpmodel mode and GPU clocks: the latency holds for these settings
     }
     tmp_out = os.path.join(b, ".check-result.json.tmp")
@@ -167,16 +212,17 @@ def main():
         f"parity: max |diff| {diff:.3g} ({limit}), top-1 agreement {100 * agree:.1f}% (at least "
         f"{100 * min_agree:.1f}%) -> {'OK' if parity_ok else 'FAILED'}"
     )
+    q, at, se = timing["percentile"], timing["latency_ms_at_percentile"], timing["standard_error"]
+    line = f"p{q} {at:.4f} ms at batch {man['batch']} (standard error ±{100 * se:.1f}%, {timing['runs']} runs)"
     if budget is not None:
-        verdict = "within budget" if result["within_budget"] else "OVER BUDGET"
-        print(
-            f"latency {median:.4f} ms at batch {man['batch']} (noise ±{100 * noise:.1f}%), "
-            f"budget {budget:g} ms -> {verdict}"
-        )
+        verdict = {True: "within budget", False: "OVER BUDGET", None: "undecided"}[timing["within_budget"]]
+        print(f"{line}, budget {budget:g} ms -> {verdict}")
     else:
-        print(f"latency {median:.4f} ms at batch {man['batch']} (noise ±{100 * noise:.1f}%)")
+        print(line)
     print(f"wrote {os.path.join(b, 'check-result.json')}")
-    sys.exit(0 if parity_ok and result["within_budget"] is not False else 1)
+    if not parity_ok:
+        sys.exit(1)
+    sys.exit(3 if timing["undecided"] else 2 if timing["within_budget"] is False else 0)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 """The package an export ships: the artifact's folder gets its `deploy.json` (`deploy.info`), written
 from what the export knows — the task's preprocessing and classes, the session settings the file was
 measured with, the measurement, the budget and the artifact's own test accuracy.
+
+A folder is one package: its deploy.json describes one artifact, the one `dery_deploy.load(folder)`
+and `dery bench folder` run. Exporting a second format into a folder that holds another artifact's
+package is refused (`check_one_package`) rather than overwriting that deploy.json; the same artifact
+exported again replaces its own package, and `replace` (`--force`) replaces another's, saying so.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +22,7 @@ from dery_deploy.data.task import Task
 from dery_deploy.deploy.info import FILE, REFERENCE_MODEL, Budget, DeployInfo, Latency, ModelInput, Preprocess, Runtime
 from dery_deploy.deploy.machine import fingerprint
 from dery_deploy.deploy.settings import onnxruntime_settings
+from dery_deploy.errors import DeryError
 from dery_deploy.runtime.harness import Measurement
 
 RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
@@ -84,15 +91,55 @@ def package_files(fmt: str, out: Path, artifact: str) -> dict[str, str]:
     return {n: sha256_file(out / n) for n in names}
 
 
+def check_one_package(out: Path, fmt: str, artifact: str, replace: bool = False) -> str | None:
+    """Whether `artifact` (of format `fmt`) may become `out`'s package (module docstring): None where
+    nothing is replaced, a line saying which package `replace` replaces.
+
+    Raises:
+        DeryError: `out` holds the intact package of another artifact and `replace` is False.
+    """
+    path = Path(out) / FILE
+    if not path.is_file():
+        return None
+    try:
+        other = DeployInfo.read(path)
+    except DeryError:
+        return None  # a damaged deploy.json describes nothing that could still be loaded
+    if other.model == artifact or not (Path(out) / other.model).is_file():
+        return None
+    what = f"the {other.runtime.name} {other.runtime.precision} package of {other.model}"
+    if replace:
+        return f"{path} described {what}; it now describes {artifact}"
+    raise DeryError(
+        f"{out} already holds {what} (its {FILE}); a folder holds one package: export {fmt} into another "
+        f"folder (--out DIR), or pass --force to make {artifact} the folder's package",
+        "export",
+    )
+
+
 def write_package(
-    out: Path, rep, task: Task, plan: dict | None, measured: Measurement, threads: int | None, top1: float | None
+    out: Path,
+    rep,
+    task: Task,
+    plan: dict | None,
+    measured: Measurement,
+    threads: int | None,
+    top1: float | None,
+    replace: bool = False,
 ) -> Path:
     """Write `out/deploy.json` for the export `rep` (an `ExportReport`) that was measured as `measured`.
 
     Args:
         top1: the artifact's own test top-1 (%), None where it was not measured.
+        replace: let it replace another artifact's package in `out` (`check_one_package`).
+
+    Raises:
+        DeryError: `out` holds another artifact's package and `replace` is False.
     """
     fmt = rep.format
+    replaced = check_one_package(out, fmt, rep.artifact, replace)
+    if replaced:
+        print(f"note: {replaced}", file=sys.stderr)
     if fmt in ("onnx", "openvino"):
         write_reference(out)
     version = str(__import__(RUNTIME_OF[fmt]).__version__).split("-")[0]

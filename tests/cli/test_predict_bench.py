@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dery_deploy.data import fashion_mnist
@@ -73,3 +74,102 @@ def test_bench_judges_nothing_on_another_machine(shipped, tmp_path):
 
 def test_bench_refuses_too_few_calls_for_a_tail_percentile(shipped):
     assert_one_line_error(run_dery("bench", str(shipped["onnx"]), "--calls", "100"), "1024 calls")
+
+
+# `dery bench`'s exit codes, on small hand-written packages (no training): 0 within budget or measured
+# only, 2 over budget, 3 undecided, 1 a user error in one line
+FAST = ("--calls", "200", "--seconds", "0.2")
+
+
+def _tiny(folder, budget_ms=None):
+    from tests.deploy.packages import tiny_onnx, write_package
+
+    return write_package(folder, "model.onnx", tiny_onnx(), budget_ms=budget_ms)
+
+
+@pytest.mark.parametrize(
+    "budget_ms,code,needle",
+    [(1e6, 0, "within budget"), (None, 0, "measured only"), (1e-6, 2, "OVER BUDGET by")],
+    ids=["within", "measured only", "over"],
+)
+def test_bench_exit_code_says_the_verdict(tmp_path, budget_ms, code, needle):
+    proc = run_dery("bench", str(_tiny(tmp_path / "pkg", budget_ms)), *FAST)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert needle in proc.stdout and proc.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["{pkg}/nowhere"], "package folder not found"),
+        (["{damaged}"], "deploy.json"),
+        (["{pkg}", "--percentile", "70"], "--percentile must be 50, 90 or 99"),
+        (["{pkg}", "--calls", "abc"], "'abc'"),
+        (["{pkg}", "--bogus"], "No such option: --bogus"),
+        ([], "Missing argument"),
+    ],
+    ids=["no package", "damaged package", "bad percentile", "bad calls", "unknown option", "no argument"],
+)
+def test_bench_exits_1_on_a_user_error_in_one_line(tmp_path, args, needle):
+    pkg = _tiny(tmp_path / "pkg", 1e6)
+    damaged = shutil.copytree(pkg, tmp_path / "damaged")
+    (damaged / FILE).write_text((damaged / FILE).read_text()[:100])
+    proc = run_dery("bench", *[a.format(pkg=pkg, damaged=damaged) for a in args])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert_one_line_error(proc, needle)
+
+
+def _wide(monkeypatch, se: float, p50_ms: float | None = None):
+    """Every round measured for real, its standard error then reported as `se` (a machine too noisy
+    for a verdict; and its p50 as `p50_ms` where given), and the rounds counted."""
+    from dery_deploy.deploy import bench
+
+    rounds, real = [], bench.PackageBench.round
+
+    def round_(self, progress=None):
+        res = real(self, progress)
+        rounds.append(res.calls)
+        res.standard_error = {k: se for k in res.standard_error}
+        res.p50_ms = res.p50_ms if p50_ms is None else p50_ms
+        return res
+
+    monkeypatch.setattr(bench.PackageBench, "round", round_)
+    return rounds
+
+
+def test_bench_exits_3_when_the_standard_error_stays_above_the_cap(monkeypatch, tmp_path, capsys):
+    from dery_deploy.cli.main import cli
+    from dery_deploy.deploy.bench import MAX_ALLOWANCE, MAX_ROUNDS
+
+    pkg = _tiny(tmp_path / "pkg", 0.05)
+    rounds = _wide(monkeypatch, 5 * MAX_ALLOWANCE, p50_ms=0.05)  # the budget, within its own (wide) error
+    assert cli(["bench", str(pkg), *FAST, "--json"]) == 3
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"].startswith("undecided") and out["exit_code"] == 3
+    assert out["rounds"] == MAX_ROUNDS == len(rounds)
+
+
+def test_bench_pools_the_rounds_calls_instead_of_measuring_again(monkeypatch, tmp_path, capsys):
+    from dery_deploy.cli.main import cli
+    from dery_deploy.deploy import bench
+
+    builds = []
+    real_open = bench.open_session
+    monkeypatch.setattr(bench, "open_session", lambda *a: builds.append(a) or real_open(*a))
+    rounds = _wide(monkeypatch, 5 * bench.MAX_ALLOWANCE)
+    assert cli(["bench", str(_tiny(tmp_path / "pkg", 1e6)), *FAST, "--json"]) == 0  # far within: decided
+    out = json.loads(capsys.readouterr().out)
+    # three rounds, one session: each round's result covers its calls and every earlier round's
+    assert out["rounds"] == bench.MAX_ROUNDS and len(builds) == 1
+    assert rounds[0] >= 200 and rounds[1] >= rounds[0] + 200 and out["calls"] == rounds[2] >= rounds[1] + 200
+
+
+def test_a_round_adds_its_calls_to_the_earlier_rounds(tmp_path):
+    from dery_deploy.deploy.bench import PackageBench
+
+    b = PackageBench(_tiny(tmp_path / "pkg"), calls=100, seconds=0.0)
+    first = b.round()
+    kept = list(b.samples)
+    second = b.round()
+    assert first.calls == len(kept) >= 100 and second.calls == len(b.samples) >= first.calls + 100
+    assert b.samples[: first.calls] == kept and second.max_ms == round(max(b.samples), 5)

@@ -5,10 +5,16 @@ no test may count it as an engine having run (tests marked `tensorrt` do that wh
 
 Modelled on TensorRT 10.3 and 11.1 as far as our code uses them: TF32 is on by default in a new
 builder config, and TensorRT 11 has no `BuilderFlag.FP16` or `INT8` (weak typing is gone).
+
+For the runtime side (`deploy.engine`, a package's session) `deserialize_cuda_engine` reads a
+`fake_engine` description (its IO tensors and profile) instead of an engine, and `RecordingCuda`
+stands in for the CUDA driver: both record what the session asks (binding names, shapes, addresses,
+copies, enqueues, synchronisations). The logits a fake session returns are zeros, never an engine's.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from dataclasses import dataclass, field
@@ -16,6 +22,21 @@ from dataclasses import dataclass, field
 import torch
 
 NOT_AN_ENGINE = b"recording-fake-tensorrt: no engine was built"
+FAKE_ENGINE = b"recording-fake-tensorrt engine description:"
+
+
+def fake_engine(
+    input: str = "x",
+    output: str = "y",
+    chw: tuple[int, int, int] = (1, 32, 32),
+    classes: int = 10,
+    profile_batches: tuple[int, int, int] = (1, 2, 32),
+    dtype: str = "FLOAT",
+) -> bytes:
+    """What the fake's `deserialize_cuda_engine` reads as an engine: its IO tensors and profile."""
+    spec = {"input": input, "output": output, "chw": list(chw), "classes": classes}
+    spec |= {"profile": [[b, *chw] for b in profile_batches], "dtype": dtype}
+    return FAKE_ENGINE + json.dumps(spec).encode()
 
 
 @dataclass
@@ -104,14 +125,67 @@ def make_module(major: int, record: Record) -> types.ModuleType:
             return True
 
     class Context:
+        def __init__(self, spec: dict | None = None):
+            self.spec, self.input_shape = spec, None
+
+        def set_input_shape(self, name, shape):
+            record.calls.append(("set_input_shape", (name, tuple(shape))))
+            lo, _, hi = self.spec["profile"]
+            ok = name == self.spec["input"] and len(shape) == 4 and list(shape[1:]) == lo[1:]
+            if ok and lo[0] <= shape[0] <= hi[0]:
+                self.input_shape = tuple(shape)
+                return True
+            return False
+
+        def get_tensor_shape(self, name):
+            n = self.input_shape[0] if self.input_shape else -1  # unknown until the input shape is set
+            return (n, *self.spec["chw"]) if name == self.spec["input"] else (n, self.spec["classes"])
+
+        def set_tensor_address(self, name, ptr):
+            record.calls.append(("set_tensor_address", (name, ptr)))
+            return name in (self.spec["input"], self.spec["output"])
+
         def execute_async_v3(self, stream_handle):
             record.calls.append(("execute_async_v3", (stream_handle,)))
             return record.enqueue_result
+
+    class Engine:
+        def __init__(self, spec: dict):
+            self.spec = spec
+            self.num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return (self.spec["input"], self.spec["output"])[i]
+
+        def get_tensor_mode(self, name):
+            if name not in (self.spec["input"], self.spec["output"]):
+                return trt.TensorIOMode.NONE
+            return trt.TensorIOMode.INPUT if name == self.spec["input"] else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return getattr(trt.DataType, self.spec["dtype"])
+
+        def get_tensor_profile_shape(self, name, index):
+            record.calls.append(("get_tensor_profile_shape", (name, index)))
+            return [tuple(s) for s in self.spec["profile"]] if name == self.spec["input"] else []
+
+        def create_execution_context(self):
+            record.calls.append(("create_execution_context", ()))
+            return Context(self.spec)
 
     class Runtime:
         def __init__(self, logger):
             record.calls.append(("Runtime", (logger,)))
 
+        def deserialize_cuda_engine(self, data):
+            record.calls.append(("deserialize_cuda_engine", (len(data),)))
+            data = bytes(data)
+            if not data.startswith(FAKE_ENGINE):
+                return None  # what TensorRT answers for a file that is not its engine
+            return Engine(json.loads(data[len(FAKE_ENGINE) :]))
+
+    trt.TensorIOMode = types.SimpleNamespace(NONE="NONE", INPUT="INPUT", OUTPUT="OUTPUT")
+    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", INT8="INT8")
     trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
     trt.Context = Context
     return trt
@@ -127,4 +201,57 @@ def install(monkeypatch, major: int) -> Record:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ours, "_TIMING_CACHE", {})
     monkeypatch.setattr(ours, "_LOGGER", {})
+    return record
+
+
+class RecordingCuda:
+    """Stands in for `deploy.cuda.CudaDriver`: hands out made-up addresses and records every call; it
+    copies nothing (the host buffer a session reads back keeps what it held)."""
+
+    STREAM = 7
+
+    def __init__(self, record: Record):
+        self.log, self.next, self.events = record, 0x1000, 0
+
+    def stream(self) -> int:
+        self.log.calls.append(("cuStreamCreate", ()))
+        return self.STREAM
+
+    def alloc(self, nbytes: int) -> int:
+        self.log.calls.append(("cuMemAlloc", (nbytes,)))
+        self.next += nbytes + 256
+        return self.next - nbytes - 256
+
+    def to_device(self, dst, src, stream) -> None:
+        self.log.calls.append(("to_device", (dst, tuple(src.shape), str(src.dtype), stream)))
+
+    def to_host(self, dst, src, stream) -> None:
+        self.log.calls.append(("to_host", (src, tuple(dst.shape), str(dst.dtype), stream)))
+
+    def event(self) -> int:
+        self.events += 1
+        return self.events
+
+    def record(self, event, stream) -> None:
+        self.log.calls.append(("cuEventRecord", (event, stream)))
+
+    def elapsed_ms(self, start, end) -> float:
+        self.log.calls.append(("cuEventElapsedTime", (start, end)))
+        return 0.25  # made up: nothing ran
+
+    def synchronize(self, stream) -> None:
+        self.log.calls.append(("synchronize", (stream,)))
+
+    def close(self) -> None:
+        self.log.calls.append(("close", ()))
+
+
+def install_runtime(monkeypatch, major: int = 10) -> Record:
+    """The recording fake of `tensorrt` and of the CUDA driver for a package's session (`deploy.engine`)."""
+    from dery_deploy.deploy import engine
+
+    record = Record()
+    monkeypatch.setitem(sys.modules, "tensorrt", make_module(major, record))
+    monkeypatch.setattr(engine, "CudaDriver", lambda: RecordingCuda(record))
+    monkeypatch.setattr(engine, "_LOGGER", {})
     return record
