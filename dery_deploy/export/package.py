@@ -23,9 +23,9 @@ from dery_deploy.deploy.info import FILE, REFERENCE_MODEL, Budget, DeployInfo, L
 from dery_deploy.deploy.machine import fingerprint
 from dery_deploy.deploy.settings import onnxruntime_settings
 from dery_deploy.errors import DeryError
+from dery_deploy.export.formats import RUNTIME_OF
 from dery_deploy.runtime.harness import Measurement
 
-RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 STATISTIC = (
     "per-call percentiles over all calls of a steady-state run (windows of back-to-back calls, interleaved "
     "with the reference workload, in a measurement worker process); standard error: bootstrap over windows"

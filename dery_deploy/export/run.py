@@ -18,7 +18,7 @@ from dery_deploy.errors import DeryError
 from dery_deploy.export.bundle import jetson_bundle
 from dery_deploy.export.checks import PARITY_IMAGES
 from dery_deploy.export.formats import PRECISIONS, Exporter, ExportJob, get_exporter
-from dery_deploy.export.package import write_package
+from dery_deploy.export.package import check_one_package, write_package
 from dery_deploy.export.report import ExportReport, report_path, write_bundle_report
 from dery_deploy.export.verdict import budget_check
 from dery_deploy.runtime.devices import DeviceSpec, get_device
@@ -86,8 +86,9 @@ def ship_bundle(job: ExportJob, fmt: str, plan: dict | None, bundle: Path, force
     return shipped
 
 
-def judge(rep: ExportReport, exporter: Exporter, job: ExportJob, plan: dict | None) -> None:
-    """Hold a measured artifact to the plan's budget, and write its package (deploy.json) beside it."""
+def judge(rep: ExportReport, exporter: Exporter, job: ExportJob, plan: dict | None, replace: bool = False) -> None:
+    """Hold a measured artifact to the plan's budget, and write its package (deploy.json) beside it
+    (`replace`: in place of another artifact's package in the folder)."""
     measured = rep.measurement
     if measured is None:  # it did not run here: nothing to judge or ship
         return
@@ -95,7 +96,7 @@ def judge(rep: ExportReport, exporter: Exporter, job: ExportJob, plan: dict | No
     rep.budget = budget_check(plan, measured, rep.device, rep.precision, rep.batch, ran_with)
     if exporter.packaged:
         top1 = exporter.shipped_top1(rep, job.out, job.task, job.threads)
-        write_package(job.out, rep, job.task, plan, measured, job.threads, top1)
+        write_package(job.out, rep, job.task, plan, measured, job.threads, top1, replace=replace)
 
 
 def enforce(
@@ -166,9 +167,11 @@ def export_run(
     artifact = job.out / exporter.artifact(job.precision)
     if artifact.exists() and not force:
         raise DeryError(f"{artifact} exists; pass --force to overwrite it", "export")
+    if exporter.packaged:  # a folder is one package: refused before any file of the new one is written
+        check_one_package(job.out, fmt, artifact.name, replace=force)
     make_output_dir(job.out, "output folder", "export")
     rep = exporter.export(job)
-    judge(rep, exporter, job, plan)
+    judge(rep, exporter, job, plan, replace=force)
     written = rep.write(job.out, run)
     enforce(rep, exporter, job.out, plan, allow_over_budget, accept_int8_loss)
     return written

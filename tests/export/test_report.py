@@ -150,8 +150,6 @@ def test_aoti_reports():
 
 
 def test_the_format_table_answers_the_old_tables():
-    from dery_deploy.export.package import RUNTIME_OF as PACKAGE_RUNTIME_OF
-
     assert FORMATS == ("onnx", "openvino", "tensorrt", "aoti")
     assert PRECISIONS == {
         "onnx": ("fp32", "int8"),
@@ -162,8 +160,8 @@ def test_the_format_table_answers_the_old_tables():
     assert ARTIFACTS == {"onnx": "model.onnx", "openvino": "model.xml", "tensorrt": "model.engine", "aoti": "model.pt2"}
     artifacts = {f: get_exporter(f).artifact("int8") for f in ("onnx", "openvino", "tensorrt")}
     assert artifacts == {"onnx": "model-int8.onnx", "openvino": "model-int8.xml", "tensorrt": "model.engine"}
-    # the copy the package still holds, until it reads this table
-    assert RUNTIME_OF == PACKAGE_RUNTIME_OF and EXPORT_FORMAT == {b: f for f, b in RUNTIME_OF.items()}
+    assert RUNTIME_OF == {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+    assert EXPORT_FORMAT == {b: f for f, b in RUNTIME_OF.items()}
     assert get_exporter("aoti").backend is None and not get_exporter("aoti").packaged
     with pytest.raises(DeryError, match="--format must be one of onnx, openvino, tensorrt, aoti, got 'tflite'"):
         get_exporter("tflite")
