@@ -19,7 +19,7 @@ from dery_deploy.cli.common import console, parse_float_list, progress_bar
 from dery_deploy.data.task import DEFAULT_DATA
 from dery_deploy.pipeline import RunOptions
 from dery_deploy.pipeline import run as run_pipeline
-from dery_deploy.report.report import answers, measured_text
+from dery_deploy.report.answers import answers
 
 
 def run(
@@ -103,17 +103,17 @@ def show_answer(run: dict) -> None:
     """The answer per budget, in lines that read at 80 columns (report.md has the same as a table)."""
     console.print("[bold]the answer[/]")
     for a in answers(run, Path.cwd()):
-        if "infeasible" in a:
-            console.print(f"  [bold]{a['budget_ms']:g} ms[/]: nothing ships: {a['infeasible']}")
+        if not a.feasible:
+            console.print(f"  [bold]{a.budget_ms:g} ms[/]: nothing ships: {a.infeasible}")
             continue
-        console.print(f"  [bold]{a['budget_ms']:g} ms[/]: ship {a['ships']}")
-        console.print(f"    {a['runtime']}: {a['artifact'] or 'no artifact'}")
+        console.print(f"  [bold]{a.budget_ms:g} ms[/]: ship {a.ships}")
+        console.print(f"    {a.runtime}: {a.artifact or 'no artifact'}")
         vs = (
-            f"best fitting donor {a['donor']} {a['donor_top1']:.2f}% ({a['top1'] - a['donor_top1']:+.2f} points)"
-            if a["donor"]
+            f"best fitting donor {a.donor} {a.donor_top1:.2f}% ({a.difference:+.2f} points)"
+            if a.donor
             else "no donor fits"
         )
-        console.print(f"    measured {measured_text(a)}; test top-1 {a['top1']:.2f}%; {vs}")
+        console.print(f"    measured {a.measured_text()}; test top-1 {a.top1:.2f}%; {vs}")
     fp = run.get("final_pass")
     if fp:
         console.print(

@@ -1,0 +1,222 @@
+"""The run report's sections: pure functions, each returning one section's Markdown lines from the
+run's results (run.json as a dict, and the zoo, partition and profile it was made with). The figures
+are drawn before, by `write_report`; a section only names their files."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from dery_deploy.partition.stage import Partition
+from dery_deploy.profile.store import Profile
+from dery_deploy.report.answers import answers
+from dery_deploy.report.budget import budget
+from dery_deploy.report.text import md_table
+
+ANSWER_HEADER = [
+    "budget (ms)",
+    "ships",
+    "runtime",
+    "artifact",
+    "measured (ms)",
+    "test top-1 (%)",
+    "best fitting donor (%)",
+    "difference (points)",
+]
+
+
+def title(zoo_name: str, run: dict) -> list[str]:
+    return [f"# dery run: zoo `{zoo_name}` on `{run['device']}`", ""]
+
+
+def answer(run: dict, root: Path, zoo_hash: str) -> list[str]:
+    """The answer table, how its numbers were measured, and what the run searched with which options."""
+    fp = run.get("final_pass") or {}
+    batch = run["options"].get("batch") or 1
+    searched = run.get("targets") or [f"{run['backend']}/{run['precision']}"]
+    options = ", ".join(f"`{k}={v}`" for k, v in run["options"].items() if k != "out" and v not in (None, [], ""))
+    return [
+        "## The answer",
+        "",
+        md_table(ANSWER_HEADER, answer_rows(run, root)),
+        "",
+        "Latency: the shipped artifact and every donor measured together in one interleaved pass at the end of "
+        f"the run (noise index {100 * fp.get('noise_index', 0):.1f}%: how much slower a typical window ran than a "
+        "quiet one); ± is the measurement's standard error, the only allowance the budget check grants. Test "
+        "top-1 on the held-out test split, which decided nothing. Donors are trained with the same recipe.",
+        "",
+        f"Runtimes and precisions searched: {', '.join(searched)}; batch {batch}. Zoo hash `{zoo_hash}`. "
+        f"Total time {run.get('seconds', 0):.0f} s. "
+        f"Task: {run['task'].get('summary', '')} (`{run['task'].get('spec')}`). "
+        "Options: " + options + ".",
+        "",
+    ]
+
+
+def answer_rows(run: dict, root: Path | None = None) -> list[list[str]]:
+    """The answer table's rows, one per budget."""
+    rows = []
+    for a in answers(run, root):
+        if not a.feasible:
+            rows.append([f"{a.budget_ms:g}", f"nothing: {a.infeasible}", "", "", "", "", "", ""])
+            continue
+        donor = "none fits"
+        if a.donor:
+            donor = f"{a.donor} {a.donor_top1:.2f}" + (f" ({a.donor_target})" if a.donor_target else "")
+        rows.append(
+            [
+                f"{a.budget_ms:g}",
+                a.ships,
+                a.runtime,
+                f"`{a.artifact}`" if a.artifact else "-",
+                a.measured_text(),
+                f"{a.top1:.2f}",
+                donor,
+                f"{a.difference:+.2f}" if a.donor else "-",
+            ]
+        )
+    return rows
+
+
+def zoo(rows: list[dict], run: dict) -> list[str]:
+    """The donors: architecture, size, units, where the weights came from, and their latency."""
+    batch = run["options"].get("batch") or 1
+    latency_col = f"{run['backend']} b{batch} (ms)"
+    lat = run.get("donor_latency_ms", {})
+    return [
+        "## Zoo",
+        "",
+        md_table(
+            ["donor", "arch", "family", "params (M)", "units", "source", "source acc (%)", latency_col],
+            [
+                [
+                    r["donor"],
+                    r["arch"],
+                    r["family"],
+                    f"{r['params_m']:.2f}",
+                    r["units"],
+                    r["source"],
+                    "-" if r["source_accuracy"] is None else f"{r['source_accuracy']:.2f}",
+                    f"{lat[r['donor']]:.3f}" if r["donor"] in lat else "-",
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+    ]
+
+
+def heatmap_pairs(donor_names: list[str], rows: list[dict], n: int = 2) -> list[tuple[str, str]]:
+    """Donor pairs of different families, most different first (a CNN vs the ViT is the telling one)."""
+    fam = {r["donor"]: r["family"] for r in rows}
+    pairs = [(a, b) for a, b in itertools.combinations(donor_names, 2) if fam[a] != fam[b]]
+    pairs.sort(key=lambda p: (fam[p[0]] != "vit" and fam[p[1]] != "vit", p))
+    return pairs[:n]
+
+
+def similarity(n_donors: int, heatmaps: dict[tuple[str, str], Path]) -> list[str]:
+    """The CKA heat-maps drawn (pair -> PNG), with a note on the pairs left out."""
+    lines = ["## Similarity (linear CKA, unbiased mini-batch estimator)", ""]
+    n_pairs = n_donors * (n_donors - 1) // 2
+    if n_pairs > len(heatmaps):
+        lines += [
+            f"{len(heatmaps)} of the {n_pairs} donor pairs, the most different families first; "
+            "`dery similarity --show A B --png FILE` draws any other.",
+            "",
+        ]
+    for (a, b), png in heatmaps.items():
+        lines += [f"![CKA {a} vs {b}]({png.name})", ""]
+    return lines
+
+
+def partition(part: Partition) -> list[str]:
+    """The equivalence sets: each set's centre and every donor's block in it."""
+    header = ["set", "centre"] + [b.donor for b in part.sets[0].blocks]
+    return [
+        f"## Partition (K = {part.K}, objective {part.objective:.3f}, {part.restarts} restarts, {part.seconds:.2f} s)",
+        "",
+        md_table(
+            header,
+            [
+                [s.index, s.centre]
+                + [
+                    f"[{b.start},{b.end}) {b.out_spec.layout} {b.out_spec.channels}x{b.out_spec.height}"
+                    for b in s.blocks
+                ]
+                for s in part.sets
+            ],
+        ),
+        "",
+    ]
+
+
+def profile(prof: Profile, run: dict) -> list[str]:
+    """The profile's item latencies by kind, and how well the latency model predicted measured assemblies."""
+    v = run["verify"]
+    kinds: dict[str, list[float]] = {}
+    for r in prof.records.values():
+        kinds.setdefault(r.kind, []).append(r.median_ms)
+    return [
+        "## Profile and latency model",
+        "",
+        md_table(
+            ["kind", "items", "median ms (min .. max)"],
+            [
+                [k, len(xs), f"{sorted(xs)[len(xs) // 2]:.4f} ({min(xs):.4f} .. {max(xs):.4f})"]
+                for k, xs in sorted(kinds.items())
+            ],
+        ),
+        "",
+        f"Latency model (sum of items minus per-call overhead, {v['speed']} item latencies x {v['scale']:.3f}) "
+        f"against {v['n']} random mixed assemblies measured end to end (leave-one-out): median |error| "
+        f"**{100 * v['median_abs_rel_error']:.2f}%**, max **{100 * v['max_abs_rel_error']:.2f}%**; the raw sum of "
+        f"items: median {100 * v['raw_median_abs_rel_error']:.2f}%, max {100 * v['raw_max_abs_rel_error']:.2f}%; "
+        f"at the reference machine speed: median {100 * v['calibrated_median_abs_rel_error']:.2f}%, max "
+        f"{100 * v['calibrated_max_abs_rel_error']:.2f}%.",
+        "",
+    ]
+
+
+def plans(run: dict) -> list[str]:
+    """What every compared network was trained with, then one section per budget."""
+    lines = ["## Plans per budget", ""]
+    teacher = run.get("teacher") or {}
+    if teacher:
+        lines += [
+            f"Every network below is trained with the same recipe, distillation from the teacher included: "
+            f"{teacher.get('donor')} (validation {teacher.get('val_accuracy')}%), on "
+            f"{teacher.get('images')} unlabelled images.",
+            "",
+        ]
+    if (run.get("recipe") or {}).get("cut_to_fit"):
+        lines += [f"The recipe is {run['recipe']['cut_to_fit']}.", ""]
+    for r in run["results"]:
+        lines += budget(r, run)
+    return lines
+
+
+def pareto(png: Path, run: dict) -> list[str]:
+    """The accuracy-vs-latency plot (already drawn to `png`) and what its points are."""
+    return [
+        "## Accuracy vs latency",
+        "",
+        f"![Pareto plot]({png.name})",
+        "",
+        "Every point is from the run's final pass: the fine-tuned donors (each with a "
+        f"{len(run['task'].get('classes', []))}-class head) and the reassembled networks as exported, measured "
+        "together, interleaved, with the plan's backend. All networks use the same data and recipe.",
+        "",
+    ]
+
+
+def stages(run: dict) -> list[str]:
+    """Every stage of the run: computed or reused, and how long it took."""
+    return [
+        "## Stages",
+        "",
+        md_table(
+            ["stage", "status", "seconds", "note"],
+            [[s["stage"], s["status"], s["seconds"], s["note"]] for s in run["stages"]],
+        ),
+        "",
+    ]

@@ -1,0 +1,32 @@
+"""Markdown pieces the report's sections share: a table, numbers that may be missing, a plan and a
+selection's evidence in words."""
+
+from __future__ import annotations
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def fmt_ms(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def fmt_pct(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def describe(plan: dict) -> str:
+    """A plan in one line: the whole donor, or its blocks in order."""
+    if plan.get("head_kind") == "donor":
+        return f"{plan['blocks'][0]['donor']} (whole donor)"
+    return " > ".join(f"{b['donor']}[{b['start']}:{b['end']}]" for b in plan["blocks"])
+
+
+def evidence(sel: dict) -> str:
+    """What a selection decided on, in words."""
+    k, n = sel.get("folds") or 1, sel.get("images")
+    images = f", {n} images" if n else ""
+    return f"out of fold by {k}-fold cross-validation{images}" if k > 1 else f"on the validation split{images}"
