@@ -199,12 +199,6 @@ def verify(
     check_machine(spec)
     dev = device_for(spec)
     raw_model = LatencyModel(prof, "raw", 1.0, str(profile_file))
-    cal_model = LatencyModel(prof, "calibrated", 1.0, str(profile_file))
-    raw_sum = LatencyModel(prof, "raw", 1.0, str(profile_file), subtract_overhead=False)
-    cal_sum = LatencyModel(prof, "calibrated", 1.0, str(profile_file), subtract_overhead=False)
-    raw_ctx = LatencyModel(prof, "raw", 1.0, str(profile_file), context=True)
-    cal_ctx = LatencyModel(prof, "calibrated", 1.0, str(profile_file), context=True)
-    ref = cal_model.reference_ms()
     # only assemblies of measured items: a profile limited to some donors (--donors), or with items its
     # backend could not build, is checked on the assemblies it can predict
     plans = random_plans(
@@ -224,35 +218,11 @@ def verify(
     if len(measured) < 3:
         why = "; ".join(f"{plans[int(k)].describe()}: {w}" for k, w in failed.items()) or "too few assemblies"
         raise DeryError(f"the latency check measured {len(measured)} of {n} assemblies ({why})", "profile")
-    rows = []
-    for i, plan in enumerate(plans):
-        if f"{i:03d}" not in measured:
-            continue
-        m = measured[f"{i:03d}"]
-        keys = plan_items(plan, zoo, dissections)
-        t, calibration = m.timing, m.calibration_ms
-        ctx = raw_ctx.has_context(keys)
-        rows.append(
-            VerifyRow(
-                plan.describe(),
-                plan.seams,
-                0.0,
-                round(t.median_ms, 5),
-                t.stable,
-                round(raw_model.predict_ms(keys), 5),
-                round(cal_model.predict_ms(keys), 5),
-                round(t.median_ms * (ref / calibration if ref and calibration else 1.0), 5),
-                None if calibration is None else round(calibration, 5),
-                0.0,
-                round(t.p90_ms, 5),
-                round(t.p99_ms, 5),
-                round(t.uncertainty, 5),
-                round(raw_sum.predict_ms(keys), 5),
-                round(cal_sum.predict_ms(keys), 5),
-                round(raw_ctx.predict_ms(keys), 5) if ctx else None,
-                round(cal_ctx.predict_ms(keys), 5) if ctx else None,
-            )
-        )
+    rows = [
+        verify_row(prof, str(profile_file), plan, plan_items(plan, zoo, dissections), measured[f"{i:03d}"])
+        for i, plan in enumerate(plans)
+        if f"{i:03d}" in measured
+    ]
     check = fit_latency_check(rows, seed, partition.key)
     check.noise_index = passes[0].noise_index if passes else None
     prof = read_profile(profile_file)
@@ -260,6 +230,38 @@ def verify(
     prof.passes += [{**p.to_dict(), "what": f"verify: {n} assemblies"} for p in passes]
     prof.write(profile_file)
     return check
+
+
+def verify_row(prof: Profile, path: str, plan: Plan, keys: list[str], m) -> VerifyRow:
+    """One measured assembly (`m`: its timing and calibration) beside every model's prediction of it."""
+
+    def predict(speed: str, subtract: bool = True, context: bool = False) -> float:
+        return round(
+            LatencyModel(prof, speed, 1.0, path, subtract_overhead=subtract, context=context).predict_ms(keys), 5
+        )
+
+    t, calibration = m.timing, m.calibration_ms
+    ref = LatencyModel(prof, "calibrated", 1.0, path).reference_ms()
+    ctx = LatencyModel(prof, "raw", 1.0, path, context=True).has_context(keys)
+    return VerifyRow(
+        plan.describe(),
+        plan.seams,
+        0.0,
+        round(t.median_ms, 5),
+        t.stable,
+        predict("raw"),
+        predict("calibrated"),
+        round(t.median_ms * (ref / calibration if ref and calibration else 1.0), 5),
+        None if calibration is None else round(calibration, 5),
+        0.0,
+        round(t.p90_ms, 5),
+        round(t.p99_ms, 5),
+        round(t.uncertainty, 5),
+        predict("raw", subtract=False),
+        predict("calibrated", subtract=False),
+        predict("raw", context=True) if ctx else None,
+        predict("calibrated", context=True) if ctx else None,
+    )
 
 
 def latency_summary(check) -> str:
