@@ -12,7 +12,7 @@ from dery_deploy.assemble.stage import NoFinalistKeeps, assemble
 from dery_deploy.errors import DeryError
 from dery_deploy.export.formats import EXPORT_FORMAT
 from dery_deploy.network.plan import AssembledNet, load_plan, save_plan_with_weights
-from dery_deploy.pipeline.budgets import _round_up, final_donors
+from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.pick import describe_plan, last_rung_accuracy, pick_triple, score_triples
 from dery_deploy.pipeline.runner import Run
@@ -27,7 +27,7 @@ REDERIVE_MARGIN = 0.05
 def rederive_budget(r: Run, ctx: Context, budgets: list[float], i: int, fastest_ms: float, aoti: bool) -> dict:
     """A default budget that the finalists' own measurement found infeasible (the profile predicted them
     within it) is raised to what they measured, said on the terminal, and assembled again."""
-    new = _round_up(fastest_ms * (1 + REDERIVE_MARGIN))
+    new = round_up(fastest_ms * (1 + REDERIVE_MARGIN))
     r.say(
         f"  note: budget {budgets[i]:g} ms was chosen from the profile, but every finalist measured slower when built "
         f"(the fastest {fastest_ms:.4f} ms): the machine runs slower now than when it was profiled; raised to "

@@ -33,7 +33,7 @@ def choose_budgets(donor_ms: dict[str, float], quick: bool, floor_ms: float = 0.
         rest = [(lat[i + 1] / lat[i], (lat[i] + lat[i + 1]) / 2) for i in range(1, len(lat) - 1)]
         wide = _round_sig(max(rest)[1]) if rest else _round_sig(1.5 * lat[-1])
         wanted = [first] if quick else [_round_sig(0.85 * lat[0]), first, wide]
-    floor = _round_up(floor_ms)
+    floor = round_up(floor_ms)
     out = []
     for b in wanted:
         if b < floor:
@@ -48,7 +48,7 @@ def choose_budgets(donor_ms: dict[str, float], quick: bool, floor_ms: float = 0.
     return sorted(set(out)), notes
 
 
-def _round_up(x: float, sig: int = 3) -> float:
+def round_up(x: float, sig: int = 3) -> float:
     """x rounded up to `sig` significant digits (a budget floor must not round below what it bounds)."""
     if x <= 0:
         return 0.0

@@ -172,9 +172,22 @@ def profile(prof: Profile, run: dict) -> list[str]:
         f"**{100 * v['median_abs_rel_error']:.2f}%**, max **{100 * v['max_abs_rel_error']:.2f}%**; the raw sum of "
         f"items: median {100 * v['raw_median_abs_rel_error']:.2f}%, max {100 * v['raw_max_abs_rel_error']:.2f}%; "
         f"at the reference machine speed: median {100 * v['calibrated_median_abs_rel_error']:.2f}%, max "
-        f"{100 * v['calibrated_max_abs_rel_error']:.2f}%.",
+        f"{100 * v['calibrated_max_abs_rel_error']:.2f}%." + blocks_line(v),
         "",
     ]
+
+
+def blocks_line(v: dict) -> str:
+    """Blocks timed alone against blocks in context, where the latency check judged both."""
+    alone, context = v.get("isolated_errors"), v.get("context_errors")
+    if not (alone and context):
+        return ""
+    chosen = "in context" if v.get("context") else "alone"
+    return (
+        f" Blocks timed alone predict them to a median {100 * alone[0]:.2f}% (max {100 * alone[1]:.2f}%); blocks in "
+        f"context, each the difference of its donor's prefixes ending after and before it, to {100 * context[0]:.2f}% "
+        f"(max {100 * context[1]:.2f}%): the model plans with blocks {chosen}."
+    )
 
 
 def plans(run: dict) -> list[str]:
