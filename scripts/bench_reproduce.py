@@ -46,13 +46,16 @@ def shipped(out: Path) -> list[dict]:
     run = json.loads((out / "run.json").read_text())
     fp = json.loads((out / "final_pass.json").read_text())
     refs = fp["summary"].get("references_ms") or {}
+    from dery_deploy.pipeline.final_pass import compared_key
+    from dery_deploy.runtime.target import Target
+
     rows = []
     for res in run["results"]:
         if "plan" not in res or not (res.get("onnx") or {}).get("artifact"):
             continue
         plan = res["plan"]
-        target = f"{plan['backend']}/{plan['precision']}"
-        m = fp["measurements"][f"ship:{res['budget_ms']:g}|{target}"]
+        target = str(Target(plan["backend"], plan["precision"]))
+        m = fp["measurements"][compared_key(f"ship:{res['budget_ms']:g}", target)]
         ref = refs.get(f"{plan['backend']}/t{plan.get('threads') or 1}")
         rows.append(
             {

@@ -41,6 +41,18 @@ from dery_deploy.runtime.worker import FileItem, measure_files
 from dery_deploy.train.finetune import load_run_model
 
 
+def compared_key(what: str, target: str) -> str:
+    """The final pass's key of a network on a target: `<what>|<backend>/<precision>`, what being
+    `donor:<name>`, `mix:<budget>` or `ship:<budget>` (budgets as `f"{ms:g}"`)."""
+    return f"{what}|{target}"
+
+
+def by_target(measurements: dict, what: str) -> dict:
+    """target -> the measurement of `what` (as `compared_key` spells it) on that target."""
+    split = (k.split("|", 1) for k in measurements)
+    return {target: measurements[f"{w}|{target}"] for w, target in split if w == what}
+
+
 @dataclass
 class Compared:
     key: str  # "<what>|<backend>/<precision>", what = donor:<name>, mix:<budget>, ship:<budget>
@@ -141,10 +153,11 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
     for name, mm in backends.items():
         be = get_backend(mm.profile.backend, mm.profile.threads)
         compared += [
-            Compared(f"donor:{n}|{name}", Path(d["run"]), be, mm.profile.precision) for n, d in sorted(m.donors.items())
+            Compared(compared_key(f"donor:{n}", name), Path(d["run"]), be, mm.profile.precision)
+            for n, d in sorted(m.donors.items())
         ]
         compared += [
-            Compared(f"mix:{res['budget_ms']:g}|{name}", Path(res["run_mix"]), be, mm.profile.precision)
+            Compared(compared_key(f"mix:{res['budget_ms']:g}", name), Path(res["run_mix"]), be, mm.profile.precision)
             for res in m.results
             if res.get("mix")
         ]
@@ -153,7 +166,9 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
             plan, name = res["plan"], str(Target(res["plan"]["backend"], res["plan"]["precision"]))
             be = get_backend(plan["backend"], plan.get("threads"))
             art = Path(res["export_dir"]) / res["onnx"]["artifact"]
-            compared.append(Compared(f"ship:{res['budget_ms']:g}|{name}", Path(res["run"]), be, plan["precision"], art))
+            compared.append(
+                Compared(compared_key(f"ship:{res['budget_ms']:g}", name), Path(res["run"]), be, plan["precision"], art)
+            )
     x = task_example(ctx)
     device = "cuda" if ctx.spec.kind == "cuda" else "cpu"
     path = r.out / "final_pass.json"
@@ -211,11 +226,8 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
     meas = {k: Measurement(**v) for k, v in fp["measurements"].items()}
     m.final_pass = {**fp["summary"], "percentile": q, "measurements": fp["measurements"]}
 
-    def by_target(what: str) -> dict[str, Measurement]:
-        return {k.split("|", 1)[1]: v for k, v in meas.items() if k.split("|", 1)[0] == what}
-
     for n, d in m.donors.items():
-        ts = by_target(f"donor:{n}")
+        ts = by_target(meas, f"donor:{n}")
         fastest_t = min(ts, key=lambda t: ts[t].promise_at(q))
         d["profile_latency_ms"] = d.get("profile_latency_ms", d["latency_ms"])
         d["latency_by_target"] = {
@@ -229,12 +241,12 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
             continue
         b = res["budget_ms"]
         if res.get("mix"):
-            ts = by_target(f"mix:{b:g}")
+            ts = by_target(meas, f"mix:{b:g}")
             t = min(ts, key=lambda k: ts[k].promise_at(q))
             res["mix"]["measured_ms"] = round(ts[t].promise_at(q), 5)
             res["mix"]["measured_uncertainty"] = round(ts[t].promise_uncertainty_at(q), 5)
             res["mix"]["measured_target"] = t
-        [(target, shipped)] = by_target(f"ship:{b:g}").items() or [(None, None)]
+        [(target, shipped)] = by_target(meas, f"ship:{b:g}").items() or [(None, None)]
         onnx = res.get("onnx") or {}
         if shipped is not None and target is not None:
             res["measured_ms"], res["measured_uncertainty"] = (
