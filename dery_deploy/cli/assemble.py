@@ -100,24 +100,14 @@ def assemble(
     cache: Path | None = typer.Option(None, "--cache"),
 ) -> None:
     """Pick one block per equivalence set under the budget, rank candidates on your task, write the plan."""
-    budgets = parse_float_list(latency_ms, "--latency-ms")
-    if batch <= 0:
-        raise DeryError(f"--batch must be positive, got {batch}", "assemble")
-    check_percentile(percentile, "assemble")
-    if folds is not None and folds < 1:
-        raise DeryError(f"--folds must be >= 1 (1: the validation split alone), got {folds}", "assemble")
-    if threads is not None and threads < 1:
-        raise DeryError(f"--threads must be >= 1, got {threads}", "assemble")
-    for b in budgets:
-        Plan.check_replaceable(budget_path(out, b, len(budgets) > 1))
-    root = cache or cache_root()
+    budgets = check_options(latency_ms, batch, percentile, folds, threads, out)
     z = get_zoo(zoo)
     spec = get_device(device or default_device())
     task = load_task(data, z.input, seed)
     show_notes(task.notes)
     part = current_partition(z, partition, cache, "assemble")
     prof_path = profile or find_profile(
-        [root, SHIPPED_PROFILES],
+        [cache or cache_root(), SHIPPED_PROFILES],
         z.name,
         spec.id,
         backend or spec.default_backend,
@@ -125,72 +115,22 @@ def assemble(
         batch,
         threads or spec.threads,
     )
-    prof = read_profile(prof_path)
-    prof.check(prof_path, spec, z, structure_hash(z))
-    model = LatencyModel.of(prof, str(prof_path), percentile)
-    extra = ("" if data == DEFAULT_DATA else f" --data {data}") + (f" --threads {prof.threads}" if prof.threads else "")
-    model.how_to = profile_command(z.ref, spec.id, prof.backend, prof.precision, prof.batch, extra)
-    if prof.verify is None and not as_json:
-        how = (
-            model.how_to
-            if spec.kind == "jetson"
-            else profile_command(z.ref, spec.id, prof.backend, prof.precision, prof.batch, extra + " --verify 20")
-        )
-        console.print(
-            f"note: {prof_path} has no latency check, so plans get no safety margin; {how} measures the "
-            "model's error and the margin",
-            style="yellow",
-        )
+    model = latency_model(z, spec, prof_path, percentile, data, quiet=as_json)
     dis = dissect_zoo(z)
     fitter = AdapterFitter.for_task(dis, task)
     scores = Scores.compute(dis, task, part, fitter)
     results = []
     for b in budgets:
         with progress_bar() as prog:
+            shared = shared_measurement(storage, task, b, model, z, prog)
             res = run_assemble(
-                z,
-                part,
-                dis,
-                model,
-                task,
-                b,
-                memory_mb,
-                params_m,
-                top,
-                proxy,
-                search,
-                seed,
-                prog,
-                fitter,
-                scores,
-                measurements=shared_measurement(storage, task, b, model, z, prog),
-            )
+                z, part, dis, model, task, b, memory_mb, params_m, top, proxy, search, seed, prog, fitter, scores,
+                measurements=shared,
+            )  # fmt: skip
         path = budget_path(out, b, len(budgets) > 1)
         plan, net = res.plan, res.net
         if select:
-            finalists = []
-            for i, c in enumerate(res.finalists):
-                fp = save_plan_with_weights(c.plan, c.net, path.with_name(f"{path.stem}.finalists") / f"{i:02d}.json")
-                finalists.append(
-                    Finalist(
-                        c.name,
-                        {"plan": c.plan.to_dict(), "adapter_weights": str(fp.with_suffix(".safetensors").resolve())},
-                        c.is_donor,
-                    )
-                )
-            sel = run_select(
-                finalists,
-                z,
-                task,
-                path.with_name(f"{path.stem}.select"),
-                Recipe(plateau=0.02, seed=seed),
-                storage,
-                log=None if as_json else console.print,
-                folds=folds,
-            )
-            chosen = next(c for c in res.finalists if c.name == sel.pick)
-            plan, net = chosen.plan, chosen.net
-            plan.selection = sel.to_dict()
+            plan, net = select_finalist(res, path, z, task, seed, storage, folds, quiet=as_json)
         save_plan_with_weights(plan, net, path)
         results.append((b, res, path, plan))
         if not as_json:
@@ -201,26 +141,91 @@ def assemble(
     if as_json:
         print(json.dumps([r[3].to_dict() for r in results], indent=2))
     elif len(results) > 1:
-        listing = Listing(
-            "one plan per budget",
-            "budget (ms)",
-            "plan",
-            "predicted (ms)",
-            "M params",
-            "proxy",
-            numbers=("budget (ms)", "predicted (ms)", "M params", "proxy"),
+        show_plans(results)
+
+
+def check_options(latency_ms: str, batch: int, percentile: int, folds: int | None, threads: int | None, out: Path):
+    """Every option checked before any work: the budgets, or one line naming the bad value."""
+    budgets = parse_float_list(latency_ms, "--latency-ms")
+    if batch <= 0:
+        raise DeryError(f"--batch must be positive, got {batch}", "assemble")
+    check_percentile(percentile, "assemble")
+    if folds is not None and folds < 1:
+        raise DeryError(f"--folds must be >= 1 (1: the validation split alone), got {folds}", "assemble")
+    if threads is not None and threads < 1:
+        raise DeryError(f"--threads must be >= 1, got {threads}", "assemble")
+    for b in budgets:
+        Plan.check_replaceable(budget_path(out, b, len(budgets) > 1))
+    return budgets
+
+
+def latency_model(z, spec, prof_path: Path, percentile: int, data: str, quiet: bool) -> LatencyModel:
+    """The profile's latency model, with the command that measures what it lacks; a profile without a
+    latency check is said (its plans get no safety margin)."""
+    prof = read_profile(prof_path)
+    prof.check(prof_path, spec, z, structure_hash(z))
+    model = LatencyModel.of(prof, str(prof_path), percentile)
+    extra = ("" if data == DEFAULT_DATA else f" --data {data}") + (f" --threads {prof.threads}" if prof.threads else "")
+    model.how_to = profile_command(z.ref, spec.id, prof.backend, prof.precision, prof.batch, extra)
+    if prof.verify is None and not quiet:
+        how = (
+            model.how_to
+            if spec.kind == "jetson"
+            else profile_command(z.ref, spec.id, prof.backend, prof.precision, prof.batch, extra + " --verify 20")
         )
-        for b, _, _, p in results:
-            listing.add(
-                **{
-                    "budget (ms)": f"{b:g}",
-                    "plan": p.describe(),
-                    "predicted (ms)": f"{p.predicted['latency_ms']:.4f}",
-                    "M params": f"{p.predicted['params_m']:.3f}",
-                    "proxy": f"{p.proxy['score']:.2f}",
-                }
-            )
-        listing.show()
+        console.print(
+            f"note: {prof_path} has no latency check, so plans get no safety margin; {how} measures the "
+            "model's error and the margin",
+            style="yellow",
+        )
+    return model
+
+
+def select_finalist(res, path: Path, z, task, seed: int, storage: str | None, folds: int | None, quiet: bool):
+    """The finalists saved beside the plan and selected by evidence: (plan, network) of the pick, the
+    plan carrying its selection."""
+    finalists = []
+    for i, c in enumerate(res.finalists):
+        fp = save_plan_with_weights(c.plan, c.net, path.with_name(f"{path.stem}.finalists") / f"{i:02d}.json")
+        weights = str(fp.with_suffix(".safetensors").resolve())
+        finalists.append(Finalist(c.name, {"plan": c.plan.to_dict(), "adapter_weights": weights}, c.is_donor))
+    sel = run_select(
+        finalists,
+        z,
+        task,
+        path.with_name(f"{path.stem}.select"),
+        Recipe(plateau=0.02, seed=seed),
+        storage,
+        log=None if quiet else console.print,
+        folds=folds,
+    )
+    chosen = next(c for c in res.finalists if c.name == sel.pick)
+    chosen.plan.selection = sel.to_dict()
+    return chosen.plan, chosen.net
+
+
+def show_plans(results: list) -> None:
+    """One row per budget: the plan, its predicted latency, size and proxy score."""
+    listing = Listing(
+        "one plan per budget",
+        "budget (ms)",
+        "plan",
+        "predicted (ms)",
+        "M params",
+        "proxy",
+        numbers=("budget (ms)", "predicted (ms)", "M params", "proxy"),
+    )
+    for b, _, _, p in results:
+        listing.add(
+            **{
+                "budget (ms)": f"{b:g}",
+                "plan": p.describe(),
+                "predicted (ms)": f"{p.predicted['latency_ms']:.4f}",
+                "M params": f"{p.predicted['params_m']:.3f}",
+                "proxy": f"{p.proxy['score']:.2f}",
+            }
+        )
+    listing.show()
 
 
 def shared_measurement(storage: str | None, task, budget: float, model: LatencyModel, zoo, progress):
