@@ -96,6 +96,7 @@ class MemoryTrial:
     number: int
     state: str = RUNNING
     user_attrs: dict[str, Any] = field(default_factory=dict)
+    value: float | None = None
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self.user_attrs[key] = value
@@ -109,14 +110,14 @@ class MemoryBoard(TrialBoard):
         self._trials: list[MemoryTrial] = []
 
     def trials(self) -> list[TrialRecord]:
-        return [TrialRecord(t.number, t.state, t.user_attrs) for t in self._trials]
+        return [TrialRecord(t.number, t.state, dict(t.user_attrs)) for t in self._trials]
 
     def ask(self) -> MemoryTrial:
         self._trials.append(MemoryTrial(len(self._trials)))
         return self._trials[-1]
 
     def tell(self, trial: BoardTrial, value: float) -> None:
-        self._trials[trial.number].state = COMPLETE
+        self._trials[trial.number].state, self._trials[trial.number].value = COMPLETE, value
 
     def fail(self, trial: BoardTrial) -> None:
         self._trials[trial.number].state = FAIL
