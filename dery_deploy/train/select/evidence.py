@@ -124,8 +124,9 @@ def paired_noise(a: str, b: str) -> float:
     return 2 * 100 * math.sqrt(max(var, 0.0)) / n
 
 
-# The pick rule and its sentences; `pipeline/run.py` (`pick_triple`) states the same rule again over
-# the measured triples: one definition is for the pipeline's owner to make (issue 25, point 5).
+# The pick rule and its sentences; the pipeline's `pick_triple` (pipeline/pick.py) states the same rule
+# and sentences again over the measured triples: one definition is for the pipeline's owner to make
+# (issue 25, point 5).
 def decide(
     finalists: list[Finalist], done: dict[tuple[str, int], Evidence], rungs, study: str, where: str
 ) -> Selection:
