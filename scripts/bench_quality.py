@@ -121,7 +121,7 @@ def seams(plan: dict) -> int:
 # the cut keeps every cut recipe at more optimisation steps than the default gets at 100 labels
 # (13 steps x 10 epochs), so no label count is under-trained relative to the baseline. The selection
 # rungs (1 and 2 epochs end to end) are the pipeline's and stay; at 1000+ labels the validation split
-# (2000+ images) decides alone, without cross-validation (`train/select.py`, `default_folds`).
+# (2000+ images) decides alone, without cross-validation (`train/select/halving.py`, `default_folds`).
 CUTS: dict[int, tuple[list[str], str]] = {
     100: ([], "the default recipe (phase 1 at most 4 epochs, phase 2 6 epochs)"),
     1000: (

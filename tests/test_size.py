@@ -19,7 +19,6 @@ DRIVERS = {
 # older functions and modules over the limit, at their size when the limit came in: each may only shrink
 RATCHET = {
     "train/finetune.py::finetune": 217,
-    "cli/assemble.py::assemble": 121,
     "assemble/stage.py::assemble": 106,
     "cli/profile.py::profile": 76,
     "similarity/compute.py::compute_similarity": 76,
@@ -33,7 +32,6 @@ MODULE_RATCHET = {
     "profile/bundle_runner.py": 475,  # standalone: copied to the device as one file
     "assemble/stage.py": 515,
     "train/finetune.py": 475,
-    "train/select.py": 551,
     "runtime/harness.py": 452,
     "data/task.py": 415,
 }

@@ -8,7 +8,7 @@
 4. The best by proxy (and every donor that fits) are the finalists: each is built and measured end to
    end on the plan's device with the profile's backend, precision and batch; those whose measured
    median is over the budget are dropped.
-The finalists go to selection by evidence (`train/select.py`); without it, the best by proxy is the plan.
+The finalists go to selection by evidence (`train/select/`); without it, the best by proxy is the plan.
 """
 
 from __future__ import annotations

@@ -249,3 +249,118 @@ def test_a_dead_holders_trial_is_failed_by_its_heartbeat_and_done_by_another(tmp
     assert time.time() - t0 < 30
     states = [t.state for t in optuna.load_study(study_name="once-test", storage=storage).get_trials()]
     assert optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.COMPLETE in states
+
+
+def _fake_train(finalist, rung, fold):
+    """What a trained trial reports, without training: a fixed accuracy per finalist (the mixed plan `m1`
+    best), 20 held-out images per fold."""
+    right = {"d0": 14, "d1": 12, "m0": 10, "m1": 17, "m2": 8}[finalist.name] + rung
+    return Trial(finalist.name, rung, 100 * right / 20, "1" * right + "0" * (20 - right), 0.5, "here", fold)
+
+
+def test_selection_reads_back_what_it_writes():
+    """selection.json's `selection` is read into the same `Selection` and written back to the same bytes."""
+    from dery_deploy.train.select import MemoryBoard, Selection, run_rungs
+
+    fs = [Finalist(n, {}, n.startswith("d")) for n in ("d0", "d1", "m0", "m1", "m2")]
+    done, ev = run_rungs(MemoryBoard(), fs, _fake_train, rungs=(1, 2), folds=3, screen_folds=1)
+    sel = decide(fs, ev, (1, 2), "dery-select-0123456789ab", "memory")
+    sel.folds, sel.fold_trials = 3, sorted(done.values(), key=lambda t: (t.rung, t.finalist, t.fold))
+    d = json.loads(json.dumps(sel.to_dict()))
+    assert list(d) == [
+        "pick", "rule", "best_donor", "best_mix", "difference", "noise", "folds", "images", "study", "storage",
+        "trials", "fold_trials",
+    ]  # fmt: skip
+    assert list(d["fold_trials"][0]) == ["finalist", "rung", "val_accuracy", "seconds", "worker", "fold"]
+    back = Selection.from_dict(d)
+    assert back.trials == sel.trials and json.dumps(back.to_dict()) == json.dumps(sel.to_dict())
+    assert (d["pick"], d["images"], d["difference"]) == ("m1", 60, 15.0)
+
+
+def test_the_rungs_train_each_trial_once_and_promote_the_best_of_each_kind():
+    """Five finalists, two rungs, three folds at the last: rung 0 screens on fold 0 alone, the top
+    half (3 of 5) and the best donor go on, and each of them trains every fold at the last rung."""
+    from dery_deploy.train.select import MemoryBoard, run_rungs
+
+    fs = [Finalist(n, {}, n.startswith("d")) for n in ("d0", "d1", "m0", "m1", "m2")]
+    calls, lines = [], []
+
+    def train(f, rung, fold):
+        calls.append((f.name, rung, fold))
+        return _fake_train(f, rung, fold)
+
+    board = MemoryBoard()
+    done, ev = run_rungs(board, fs, train, rungs=(1, 2), folds=3, screen_folds=1, log=lines.append)
+    assert calls[:5] == [(n, 0, 0) for n in ("d0", "d1", "m0", "m1", "m2")]
+    assert sorted(calls[5:]) == sorted((n, 1, f) for n in ("d0", "d1", "m1") for f in range(3))
+    assert len(set(calls)) == len(calls) == len(done) and [t.state for t in board.trials()] == ["complete"] * 14
+    assert ev[("m1", 1)].folds == [0, 1, 2] and ev[("m1", 1)].val_accuracy == 90.0
+    assert lines[0] == "  rung 0 (1 epochs) fold 1/3: d0: held out 70.00%"
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_both_boards_give_a_trials_work_to_the_lowest_number(shared, tmp_path):
+    from dery_deploy.train.select import Liveness, MemoryBoard, RdbBoard, quiet_optuna
+
+    with quiet_optuna():
+        board = RdbBoard(f"sqlite:///{tmp_path / 'b.db'}", "claims", Liveness(1, 2)) if shared else MemoryBoard()
+        first, second = board.ask(), board.ask()
+        for t in (second, first):
+            t.set_user_attr("work", "a")
+        assert board.claim(first, {"work": "a"}) and not board.claim(second, {"work": "a"})
+        board.fail(second)
+        with board.alive(first):
+            first.set_user_attr("result", {"x": 1})
+        board.tell(first, 1.0)
+        assert [(t.number, t.state) for t in board.trials()] == [(0, "complete"), (1, "fail")]
+        assert board.trials()[0].user_attrs == {"work": "a", "result": {"x": 1}}
+        third = board.ask()
+        third.set_user_attr("work", "a")
+        assert not board.claim(third, {"work": "a"})  # done already, by the first
+        assert board.where == (f"sqlite:///{tmp_path / 'b.db'}" if shared else "memory")
+
+
+def test_a_second_process_on_a_shared_board_trains_nothing_already_done(tmp_path):
+    """Selection run again against the study another process finished: the same evidence, no training."""
+    from dery_deploy.train.select import Liveness, RdbBoard, quiet_optuna, run_rungs
+
+    fs = [Finalist(n, {}, n.startswith("d")) for n in ("d0", "m0", "m1")]
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    with quiet_optuna():
+        done, ev = run_rungs(RdbBoard(storage, "s", Liveness(1, 2)), fs, _fake_train, rungs=(1, 2), folds=2)
+        untrained = lambda *a: pytest.fail(f"trained {a} again")  # noqa: E731
+        again, ev2 = run_rungs(RdbBoard(storage, "s", Liveness(1, 2)), fs, untrained, rungs=(1, 2), folds=2)
+    assert again == done and ev2 == ev and len(done) == 3 + 2 * 2
+
+
+def test_every_name_imported_from_the_select_package_is_there():
+    """Other modules, scripts and tests import these names from `dery_deploy.train.select` (moving code
+    into the package's modules must keep each one importable from there)."""
+    import ast
+
+    import dery_deploy.train.select as sel
+    from tests.conftest import ROOT
+
+    wanted = set()
+    for folder in ("dery_deploy", "scripts", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "dery_deploy.train.select":
+                    wanted |= {a.name for a in node.names}
+    assert {"Finalist", "select", "rung_recipe", "identity", "default_folds", "SCREEN_FOLDS"} <= wanted
+    assert not [n for n in wanted if not hasattr(sel, n)]
+
+
+def test_selection_reaches_into_no_private_attribute_of_another_object():
+    """Optuna is used through its public API only (the study's storage and a trial's id are not ours)."""
+    import ast
+
+    import dery_deploy.train.select as sel
+
+    reach = []
+    for path in Path(sel.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+                    reach.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert not reach, reach

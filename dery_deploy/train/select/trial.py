@@ -1,0 +1,92 @@
+"""One trial's training: a finalist trained with a rung's short recipe on one fold's train split and
+scored on its held-out images. Seam matching (unlabelled images only) is the same for every fold: it
+is done once per finalist and rung, and the folds start from its result.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dery_deploy.data.task import Task
+from dery_deploy.train.finetune import accuracy, finetune, load_run_model
+from dery_deploy.train.recipe import Recipe
+from dery_deploy.train.select.evidence import Finalist, Trial
+from dery_deploy.train.select.halving import rung_recipe
+
+
+@dataclass
+class FoldTrainer:
+    """`train(finalist, rung, fold)` for `halving.run_rungs`: each trial in its own run folder under
+    `out`, named by the study's key, the finalist's place among `names` (sorted), the rung and the fold."""
+
+    zoo: object
+    task: Task
+    base: Recipe
+    rungs: Sequence[int]
+    folds: int
+    out: Path
+    key: str
+    names: list[str]
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    fold_tasks: dict[int, Task] = field(default_factory=dict)  # built once each: a fold cuts the labelled pool
+
+    def __call__(self, finalist: Finalist, rung: int, fold: int) -> Trial:
+        if fold not in self.fold_tasks:
+            self.fold_tasks[fold] = self.task if self.folds == 1 else self.task.fold(self.folds, fold)
+        tag = "" if self.folds == 1 else f"-fold{fold}"
+        run = self.out / f"{self.key}-{self.names.index(finalist.name):02d}-rung{rung}{tag}"
+        task = self.fold_tasks[fold]
+        result = train_trial(finalist, rung, fold, self.zoo, task, self.base, self.rungs, run, self.folds > 1)
+        result.worker = self.worker
+        return result
+
+
+def train_trial(
+    finalist: Finalist, rung: int, fold: int, zoo, task: Task, base: Recipe, rungs, run: Path, shared_matching: bool
+) -> Trial:
+    """Train `finalist` with the rung's short recipe on `task` (a fold) and score it on the task's
+    validation split. With `shared_matching`, seam matching (unlabelled images only) is done once for
+    every fold into a start beside the run folder, and the fold trains from it."""
+    t0 = time.time()
+    recipe = rung_recipe(base, rung, rungs)
+    source = finalist.source
+    if shared_matching and recipe.match_epochs and not finalist.is_donor and "plan" in source:
+        start = run.with_name(run.name.rsplit("-fold", 1)[0] + f"-matched{recipe.match_epochs}.safetensors")
+        source = {**source, "start_weights": str(seam_matched_start(source, zoo, task, recipe, start))}
+        recipe = Recipe(**{**recipe.__dict__, "match_epochs": 0})
+    finetune(source, zoo, task, recipe, run, force=True, log=None, progress=False, test=False)
+    model, _ = load_run_model(run, zoo)
+    xv, yv = task.x("val"), task.y("val")
+    acc, preds = accuracy(model, xv, yv)
+    correct = "".join("1" if c else "0" for c in (preds == yv).tolist())
+    return Trial(finalist.name, rung, round(acc, 3), correct, round(time.time() - t0, 2), "", fold)
+
+
+def seam_matched_start(source: dict, zoo, task: Task, recipe: Recipe, path: Path) -> Path:
+    """The network of `source` after `recipe`'s seam matching on `task`'s unlabelled images, saved to
+    `path` (whole state, safetensors) unless it is there already; what every fold starts from."""
+    if path.is_file():
+        return path
+    import torch
+    from safetensors.torch import save_file
+
+    from dery_deploy.artifacts import atomic_write_with
+    from dery_deploy.network.plan import Plan
+    from dery_deploy.train.finetune import start_model, train_device
+    from dery_deploy.train.heal import match_seams
+    from dery_deploy.zoo.load import dissect_zoo
+
+    dev = train_device()
+    torch.manual_seed(recipe.seed)
+    dis = dissect_zoo(zoo)
+    model = start_model(source, zoo, dis, task.num_classes).to(dev)
+    plan = Plan.from_dict(source["plan"])
+    match_seams(model, plan, dis, task, recipe.match_epochs, recipe.match_images, seed=recipe.seed, device=dev)
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_with(path, lambda tmp: save_file(state, str(tmp)))
+    return path
