@@ -10,6 +10,7 @@ from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import int8_on
 from dery_deploy.runtime.target import is_int8
+from dery_deploy.train.select.evidence import evidence_words, pick_rule
 
 
 def last_rung_accuracy(s: dict) -> dict[str, float]:
@@ -81,24 +82,11 @@ def pick_triple(triples: list[dict], s: dict) -> dict:
         )
 
     d, m = best("donor"), best("mix")
-    noise = s.get("noise") or 0.0
-    k = s.get("folds") or 1
-    on = f"out of fold ({k}-fold cross-validation)" if k > 1 else "on validation"
     if d is None and m is None:
         raise DeryError("no measured finalist has a validation accuracy", "run")
-    if d is None:
-        assert m is not None
-        return {**m, "rule": f"no donor fits the budget: the best mixed plan {on}"}
-    if m is None:
-        return {**d, "rule": f"no mixed plan is a finalist: the best donor {on}"}
-    diff = m["val_accuracy"] - d["val_accuracy"]
-    if diff > noise:
-        return {**m, "rule": f"the mixed plan beats the best donor {on} by {diff:.2f} points, more than "
-                f"the noise {noise:.2f}"}  # fmt: skip
-    if abs(diff) < 0.005:
-        why = f"the best donor: the best mixed plan ties it {on}"
-    elif diff >= -noise:
-        why = f"the best donor: the best mixed plan differs by {diff:+.2f} points {on}, within the noise {noise:.2f}"
-    else:
-        why = f"the best donor: the best mixed plan is {-diff:.2f} points worse {on}"
-    return {**d, "rule": why}
+    diff = m["val_accuracy"] - d["val_accuracy"] if d and m else None
+    on = evidence_words(s.get("folds") or 1)
+    kind, rule = pick_rule(diff, s.get("noise") or 0.0, on, d is not None, m is not None)
+    chosen = m if kind == "mix" else d
+    assert chosen is not None
+    return {**chosen, "rule": rule}

@@ -127,6 +127,34 @@ def paired_noise(a: str, b: str) -> float:
 # The pick rule and its sentences; the pipeline's `pick_triple` (pipeline/pick.py) states the same rule
 # and sentences again over the measured triples: one definition is for the pipeline's owner to make
 # (issue 25, point 5).
+def evidence_words(folds: int) -> str:
+    """Where the evidence of a pick was scored, in the words the rule prints."""
+    return "on validation" if folds <= 1 else f"out of fold ({folds}-fold cross-validation)"
+
+
+def pick_rule(diff: float | None, noise: float, on: str, donor: bool, mix: bool) -> tuple[str, str]:
+    """The one pick rule: the best donor unless the best mixed plan beats it by more than the noise of
+    their difference (`diff`, mixed minus donor, in points, `on` the evidence's words).
+
+    Returns:
+        ("mix" or "donor", the sentence that says why).
+    """
+    if not donor:
+        return "mix", f"no donor fits the budget: the best mixed plan {on}"
+    if not mix or diff is None:
+        return "donor", f"no mixed plan is a finalist: the best donor {on}"
+    if diff > noise:
+        return "mix", f"the mixed plan beats the best donor {on} by {diff:.2f} points, more than the noise {noise:.2f}"
+    if abs(diff) < 0.005:
+        return "donor", f"the best donor: the best mixed plan ties it {on}"
+    if diff >= -noise:
+        return (
+            "donor",
+            f"the best donor: the best mixed plan differs by {diff:+.2f} points {on}, within the noise {noise:.2f}",
+        )
+    return "donor", f"the best donor: the best mixed plan is {-diff:.2f} points worse {on}"
+
+
 def decide(
     finalists: list[Finalist], done: dict[tuple[str, int], Evidence], rungs, study: str, where: str
 ) -> Selection:
@@ -144,25 +172,15 @@ def decide(
     some = d or m
     if some is None:
         raise DeryError("selection finished without a result at its last rung", "select")
-    on = "on validation" if len(some.folds) == 1 else f"out of fold ({len(some.folds)}-fold cross-validation)"
+    on = evidence_words(len(some.folds))
     images = len(some.correct)
 
     def chosen(pick: str, rule: str, diff: float | None = None, noise: float | None = None) -> Selection:
         names = (d.finalist if d else None, m.finalist if m else None)
         return Selection(pick, rule, *names, diff, noise, trials, study, where, images=images)
 
-    if d is None:
-        return chosen(some.finalist, f"no donor fits the budget: the best mixed plan {on}")
-    if m is None:
-        return chosen(some.finalist, f"no mixed plan is a finalist: the best donor {on}")
+    if d is None or m is None:
+        return chosen(some.finalist, pick_rule(None, 0.0, on, d is not None, m is not None)[1])
     diff, noise = m.val_accuracy - d.val_accuracy, paired_noise(m.correct, d.correct)
-    if diff > noise:
-        rule = f"the mixed plan beats the best donor {on} by {diff:.2f} points, more than the noise {noise:.2f}"
-        return chosen(m.finalist, rule, round(diff, 3), round(noise, 3))
-    if abs(diff) < 0.005:
-        rule = f"the best donor: the best mixed plan ties it {on}"
-    elif diff >= -noise:
-        rule = f"the best donor: the best mixed plan differs by {diff:+.2f} points {on}, within the noise {noise:.2f}"
-    else:
-        rule = f"the best donor: the best mixed plan is {-diff:.2f} points worse {on}"
-    return chosen(d.finalist, rule, round(diff, 3), round(noise, 3))
+    kind, rule = pick_rule(diff, noise, on, True, True)
+    return chosen((m if kind == "mix" else d).finalist, rule, round(diff, 3), round(noise, 3))
