@@ -25,7 +25,7 @@ from dery_deploy.train.checkpoint import load_checkpoint
 from dery_deploy.train.distributed import dist_info, global_sums, init_distributed, train_device
 from dery_deploy.train.phases import stitch_params
 from dery_deploy.train.recipe import Recipe
-from dery_deploy.train.run_folder import KIND, PHASE1_WEIGHTS, SCHEMA, Finished, run_config
+from dery_deploy.train.run_folder import KIND, PHASE1_WEIGHTS, SCHEMA, Finished
 from dery_deploy.train.teacher import Teacher
 from dery_deploy.train.trainer import FinetuneRun, RunOptions, accuracy, augment, build_model, start_model
 from dery_deploy.zoo.load import get_zoo
@@ -44,7 +44,6 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "load_run_model",
-    "run_config",
     "start_model",
     "stitch_params",
     "train_device",

@@ -71,11 +71,6 @@ class RunConfig:
         }
 
 
-def run_config(source: dict, zoo, task: Task, recipe: Recipe, world: int, teacher: Teacher | None = None) -> dict:
-    """config.json's content (see `RunConfig`)."""
-    return RunConfig.of(source, zoo, task, recipe, world, teacher).to_dict()
-
-
 @dataclass
 class EpochRecord:
     """One epoch of history.json. The optional fields are written only when set: `distill_loss` when

@@ -312,7 +312,9 @@ class FinetuneRun:
             if self.dist.is_main and ends and len(self.task.val):
                 self._snapshot_phase1(rec)
         if self.dist.is_main:
-            save_checkpoint(self.folder.path, self.model, self.opt, self._meta(rec.epoch, rec.phase, self.phase1_done))
+            save_checkpoint(
+                self.folder.path, self.model, self.opt, self._meta(rec.epoch, rec.phase, self.phase1_done).to_dict()
+            )
         if self.options.log and self.dist.is_main:
             assert rec.exact is not None  # set by _train_epoch
             loss, acc = rec.exact
@@ -328,11 +330,10 @@ class FinetuneRun:
         if self.options.eval_phase1:
             rec.test_acc = round(accuracy(unwrap(self.model), task.x("test"), task.y("test"))[0], 3)
 
-    def _meta(self, epoch: int, phase: int, phase1_done: bool) -> dict:
-        meta = CheckpointMeta(
+    def _meta(self, epoch: int, phase: int, phase1_done: bool) -> CheckpointMeta:
+        return CheckpointMeta(
             epoch, phase, self.history, self.cfg.to_dict(), phase1_done, self.probe_acc, self.seam_matching
         )
-        return meta.to_dict()
 
     def finish(self) -> FinetuneMetrics | None:
         """Keep the better network, write metrics.json and history.json (rank 0; None elsewhere)."""
@@ -376,7 +377,7 @@ class FinetuneRun:
         kept = f"phase 1 (end to end lowered validation {p1_acc:.2f}% -> {val_acc:.2f}%)"
         base.load_state_dict(load_weights(snapshot))
         save_checkpoint(
-            self.folder.path, base, self.opt, self._meta(len(self.history) - 1, self.history[-1].phase, True)
+            self.folder.path, base, self.opt, self._meta(len(self.history) - 1, self.history[-1].phase, True).to_dict()
         )
         if self.options.log:
             self.options.log(f"kept the {kept}")
