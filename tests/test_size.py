@@ -18,7 +18,6 @@ DRIVERS = {
 }
 # older functions and modules over the limit, at their size when the limit came in: each may only shrink
 RATCHET = {
-    "train/finetune.py::finetune": 217,
     "assemble/stage.py::assemble": 106,
     "cli/profile.py::profile": 76,
     "similarity/compute.py::compute_similarity": 76,
@@ -31,7 +30,6 @@ RATCHET = {
 MODULE_RATCHET = {
     "profile/bundle_runner.py": 475,  # standalone: copied to the device as one file
     "assemble/stage.py": 515,
-    "train/finetune.py": 475,
     "runtime/harness.py": 452,
     "data/task.py": 415,
 }

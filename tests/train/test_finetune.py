@@ -322,3 +322,86 @@ def test_healing_and_the_probe_run_on_the_training_gpu(tiny_ws, small_task, tmp_
     recipe = Recipe(epochs_adapter=1, epochs_full=0, batch=50, match_epochs=1, match_images=256)
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False, device="cuda")
     assert m["device"].startswith("cuda") and m["seam_matching"] and m["probe_train_accuracy"] is not None
+
+
+METRICS_KEYS = [
+    "val_accuracy",
+    "kept",
+    "test_accuracy",
+    "phase1_val_accuracy",
+    "phase1_test_accuracy",
+    "phase1_epochs",
+    "probe_train_accuracy",
+    "seam_matching",
+    "epochs",
+    "history",
+    "device",
+    "params_m",
+    "world_size",
+    "train_seconds",
+]
+
+
+def test_metrics_json_keeps_its_keys_and_their_order(tiny_ws, small_task, tmp_path):
+    """metrics.json (and what finetune() returns) is `FinetuneMetrics.to_dict()`: the same 14 keys in
+    the same order as before the recipe became a class, and a finished run returns the file as written."""
+    src = {"plan": tiny_plan(tiny_ws).to_dict()}
+    recipe = Recipe(epochs_adapter=1, epochs_full=0, batch=50, head_init="random")
+    m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False, eval_phase1=True)
+    on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert list(m) == list(on_disk) == METRICS_KEYS and m == on_disk
+    assert list(m["history"][0]) == ["epoch", "phase", "loss", "train_acc", "seconds", "val_acc", "test_acc"]
+    assert json.loads((tmp_path / "r" / "history.json").read_text()) == m["history"]
+    assert finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False) == on_disk
+
+
+def test_epoch_record_writes_only_what_was_set():
+    from dery_deploy.train.run_folder import EpochRecord
+
+    plain = {"epoch": 0, "phase": 1, "loss": 2.1, "train_acc": 30.0, "seconds": 1.5}
+    ended = {**plain, "distill_loss": 0.4, "plateau": True, "val_acc": 41.0, "test_acc": 40.0}
+    for d in (plain, ended, {**plain, "val_acc": 41.0}):
+        assert list(EpochRecord.from_dict(d).to_dict().items()) == list(d.items())
+
+
+def test_run_folder_states(tmp_path):
+    """What a new call finds in its -o folder: nothing, another run, the same run finished, or its checkpoint."""
+    from dery_deploy.train.checkpoint import save_checkpoint
+    from dery_deploy.train.run_folder import Conflict, Finished, Fresh, Resume, RunConfig, RunFolder
+
+    classes = list("abcdefghij")
+    cfg = RunConfig({"donor": "res"}, "tiny", "tiny.yaml", "h", "fashion-mnist", "t", 10, classes, {}, None, 1)
+    folder = RunFolder(tmp_path / "run")
+    assert isinstance(folder.state(cfg), Fresh)
+    folder.path.mkdir()
+    assert isinstance(folder.state(cfg), Fresh)  # empty
+    (folder.path / "junk.txt").write_text("x")
+    assert isinstance(folder.state(cfg), Conflict)
+    (folder.path / "config.json").write_text(json.dumps({**cfg.to_dict(), "world_size": 2}))
+    assert isinstance(folder.state(cfg), Fresh)  # the same run under 2 processes, nothing saved yet
+    save_checkpoint(folder.path, torch.nn.Linear(2, 2), None, {"epoch": 0, "phase": 1, "history": []})
+    state = folder.state(cfg)
+    assert isinstance(state, Resume) and state.meta["epoch"] == 0 and "weight" in state.model_state
+    assert isinstance(folder.state(cfg, resume=False), Fresh)
+    (folder.path / "metrics.json").write_text('{"kept": "end to end"}')
+    assert folder.state(cfg) == Finished({"kept": "end to end"})
+    other = RunConfig(**{**cfg.__dict__, "recipe": {"seed": 1}})
+    assert isinstance(folder.state(other), Conflict)
+    folder.clear()
+    assert sorted(p.name for p in folder.path.iterdir()) == ["config.json", "junk.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DeryError, match="is a file, not a run folder"):
+        RunFolder(tmp_path / "file").state(cfg)
+
+
+def test_phase_one_ends_at_its_epochs_or_a_plateau():
+    from dery_deploy.train.phases import next_phase, plateaued
+
+    assert not plateaued([2.0], 0.5) and not plateaued([2.0, 1.9], 0.0)
+    assert plateaued([2.0, 1.9], 0.1) and not plateaued([2.0, 1.0], 0.1)
+    r = Recipe(epochs_adapter=2, epochs_full=1)
+    assert next_phase([], False, r) == (1, False)
+    assert next_phase([1, 1], False, r) == (2, True)
+    assert next_phase([1], True, r) == (2, True)  # plateaued after one epoch
+    assert next_phase([1, 2], True, r) == (None, True)
+    assert next_phase([], True, Recipe(epochs_adapter=0, epochs_full=1)) == (2, True)
