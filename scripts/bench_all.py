@@ -95,7 +95,7 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def summary(r: dict) -> str:
+def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
     s, m = r["scripts"], r["machine"]
     out = [
         "# Benchmark results",

@@ -254,7 +254,7 @@ def brute_force(data: ProgramData, budget: Budget, top: int = 1) -> list[Evaluat
     return ok[:top]
 
 
-def solve(
+def solve(  # noqa: C901 (a driver: data, variables, constraints, objective, solve, status in one read)
     data: ProgramData, budget: Budget, top: int = 10, time_limit_s: float = 20.0, workers: int = 2
 ) -> SolveResult:
     """Top `top` distinct assemblies under the budget: the DP's list, certified by CP-SAT (module docstring)."""

@@ -39,7 +39,7 @@ from dery_deploy.runtime.harness import busy_note
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
 
-def profile(
+def profile(  # noqa: C901 (on the size ratchet: to be split)
     zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML path"),
     device: str | None = typer.Option(None, "--device", help="device id (default: the spec this machine matches)"),
     backend: str | None = typer.Option(

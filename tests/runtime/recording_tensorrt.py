@@ -51,7 +51,7 @@ class Record:
         return [args for name, args in self.calls if name == what]
 
 
-def make_module(major: int, record: Record) -> types.ModuleType:
+def make_module(major: int, record: Record) -> types.ModuleType:  # noqa: C901 (a fake of the tensorrt module: one nested class per API object)
     trt = types.ModuleType("tensorrt")
     trt.__version__ = f"{major}.{3 if major == 10 else 1}.0"
 
