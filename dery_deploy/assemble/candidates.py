@@ -14,7 +14,7 @@ from dery_deploy.assemble.program import Budget, Evaluation, ProgramData
 from dery_deploy.assemble.proxies import get_proxy
 from dery_deploy.data.task import Task
 from dery_deploy.dissect import Dissection
-from dery_deploy.network.adapters import fit_least_squares
+from dery_deploy.network.adapters import Adapter, fit_least_squares
 from dery_deploy.network.plan import AssembledNet, BlockRef, Plan, build_net, stitch_specs
 from dery_deploy.partition.stage import Partition
 from dery_deploy.profile.latency_model import us_to_ms
@@ -91,6 +91,7 @@ class AdapterFitter:
                 continue
             key = (a.donor, a.end, b.donor, b.start)
             adapter = net.adapters[i]
+            assert isinstance(adapter, Adapter), "build_net puts an Adapter wherever a seam has a stitch spec"
             if key not in self._fits:
                 err = fit_least_squares(adapter, self.features(a.donor, a.end), self.features(b.donor, b.start))
                 self._fits[key] = ({k: v.clone() for k, v in adapter.state_dict().items()}, err)
@@ -116,6 +117,12 @@ class Candidate:
     @classmethod
     def of(cls, plan: Plan, ev: Evaluation, origin: str) -> Candidate:
         return cls(plan, ev.latency_ms, ev.params, ev.memory_mb, ev.quality / 1000, origin)
+
+    @property
+    def built(self) -> nn.Module:
+        """The network `score_candidates` built (every finalist has one): an AssembledNet, or a whole donor."""
+        assert self.net is not None, f"candidate {self.name} was not built: score it first"
+        return self.net
 
     @property
     def is_donor(self) -> bool:

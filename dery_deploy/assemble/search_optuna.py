@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
 
@@ -56,7 +57,7 @@ def optuna_search(
             seen[choice] = c
         return seen[choice].proxy
 
-    older = (
+    older: dict[str, Any] = (
         {}
         if hasattr(optuna.trial.Trial, "set_constraint")
         else {"constraints_func": lambda t: (t.user_attrs["violation"],)}

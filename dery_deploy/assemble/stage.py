@@ -68,8 +68,7 @@ def program_data(
     zoo, partition: Partition, dissections: dict[str, Dissection], model: LatencyModel, num_classes: int, scores: Scores
 ) -> ProgramData:
     """Index the partition's blocks and adapters with their profiled cost and their quality."""
-    sets = partition.sets
-    failed = model.profile.failed
+    sets, failed = partition.sets, model.profile.failed
 
     # an item the backend could not build or run (the profile's `failed`) is unavailable: a latency no budget
     # admits, and no memory known, so a memory budget excludes it as well
@@ -98,14 +97,15 @@ def program_data(
             for ib, b in enumerate(sets[k + 1].blocks):
                 if a.donor == b.donor:
                     continue
-                src = dissections[a.donor].boundary_spec(a.end)
-                dst = dissections[b.donor].boundary_spec(b.start)
+                src, dst = dissections[a.donor].boundary_spec(a.end), dissections[b.donor].boundary_spec(b.start)
                 key = adapter_key(src, dst)
-                lat[(ia, ib)] = cost_us(key)
-                mm[(ia, ib)] = peak(key)
+                lat[(ia, ib)], mm[(ia, ib)] = cost_us(key), peak(key)
                 ps[(ia, ib)] = sum(p.numel() for p in Adapter(src, dst).parameters())
                 q[(ia, ib)] = quality_int(-SEAM_POINTS * scores.seams[(a.donor, a.end, b.donor, b.start)])
-        adapter_us.append(lat), adapter_params.append(ps), adapter_mem.append(mm), stitch_q.append(q)
+        adapter_us.append(lat)
+        adapter_params.append(ps)
+        adapter_mem.append(mm)
+        stitch_q.append(q)
     head_us, head_params, end_q = [], [], []
     for b in sets[-1].blocks:
         src = dissections[b.donor].boundary_spec(b.end)

@@ -50,6 +50,7 @@ class Listing:
             else max([len(w) for v in cells[c] + [c] for w in v.split()] or [1])
             for c in self.columns
         }
+        hidden: list[str]
         columns, hidden = list(self.columns), []
         while sum(floor_[c] for c in columns) + 3 * len(columns) - 1 > console.width and any(
             c in columns for c in self.optional

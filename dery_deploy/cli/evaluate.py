@@ -35,7 +35,7 @@ def evaluate(
     plan = cfg["source"].get("plan") or {}
     here = {s.id: s for s in this_machine()}
     # the plan's backend where this machine is its device, else this machine's default backend
-    spec = here.get(plan.get("device")) or (this_machine() or [get_device("cpu")])[0]
+    spec = here.get(plan.get("device", "")) or (this_machine() or [get_device("cpu")])[0]
     backend, precision = resolve_backend(
         spec,
         plan.get("backend") if spec.id == plan.get("device") else None,

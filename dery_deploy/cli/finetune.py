@@ -91,7 +91,7 @@ def finetune(
             )
         weights = Path(plan).with_suffix(".safetensors")
         source = {"plan": p.to_dict(), "adapter_weights": str(weights.resolve()) if weights.is_file() else None}
-    else:
+    elif donor is not None:  # always, where there is no plan: exactly one of the two is given (checked above)
         z = get_zoo(zoo or "fashion")
         z.donor(donor)
         source = {"donor": donor, "zoo_ref": z.ref}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import typer
 
@@ -49,10 +50,13 @@ def make_app(full: bool = True) -> typer.Typer:
     return app
 
 
-def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+def _click_errors() -> tuple[tuple[type[Any], ...], tuple[type[BaseException], ...], tuple[type[Any], ...]]:
     """(usage/other click errors, aborts, exits) of the click typer runs on: its own vendored copy
     (typer >= 0.2x) and the `click` package (older typer) alike."""
-    errors, aborts, exits = [], [], []
+    # type[Any] for errors and exits: their handlers read click's own attributes (exit_code)
+    errors: list[type[Any]] = []
+    aborts: list[type[BaseException]] = []
+    exits: list[type[Any]] = []
     for modname in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
         try:
             m = __import__(modname, fromlist=["_"])
@@ -93,6 +97,8 @@ def cli(argv: list[str] | None = None) -> int:
     # torch warns at import that a CPU-only machine has no CUDA runtime; that is not news to a user
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     errors, aborts, exits = _click_errors()
+    # a tuple in a variable, not `except (*aborts, KeyboardInterrupt)`: mypy cannot type a starred except clause
+    interrupts: tuple[type[BaseException], ...] = (*aborts, KeyboardInterrupt)
     args = sys.argv[1:] if argv is None else argv
     light = bool(args) and args[0] in RUNTIME_ONLY
     try:
@@ -105,7 +111,7 @@ def cli(argv: list[str] | None = None) -> int:
     except errors as e:
         typer.secho(f"error: {_one_line(e, sys.argv[1:] if argv is None else argv)}", fg="red", err=True)
         return 2 if getattr(e, "exit_code", 1) in (1, 2) else e.exit_code
-    except (*aborts, KeyboardInterrupt):
+    except interrupts:
         typer.secho("interrupted; finished work is kept, rerun to resume", fg="yellow", err=True)
         return 130
     return code if isinstance(code, int) else 0

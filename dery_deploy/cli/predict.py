@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -60,7 +61,7 @@ def predict(
 
     model = load(package)
     files = image_files(images)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for s in range(0, len(files), model.batch):
         chunk = files[s : s + model.batch]
         for f, top in zip(chunk, model.predict([read_image(f) for f in chunk], top_k)):

@@ -148,7 +148,7 @@ def profile(  # noqa: C901 (on the size ratchet: to be split)
                 pass_items=pass_items, donors=donors.split(",") if donors else None,
             )  # fmt: skip
         check = None
-        if verify:
+        if verify and part is not None:  # part is there: --verify without a partition was refused above
             with progress_bar() as prog:
                 check = run_verify(z, spec, p, part, dis, verify, seed, prog)
         summaries.append(summarise(p, z, num_classes))

@@ -73,7 +73,7 @@ def show_cmd(
         f"zoo {zoo.name} ({zoo.hash()})",
         *cols,
         ids=("donor", "arch"),
-        numbers=("M params", "units", "src acc %", lat_col),
+        numbers=("M params", "units", "src acc %") + ((lat_col,) if lat_col else ()),
         optional=("family", "source"),
     )
     for r in rows:

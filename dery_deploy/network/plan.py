@@ -145,8 +145,9 @@ def load_plan(path: str | Path) -> Plan:
     return Plan.read(path)
 
 
-def save_plan_with_weights(plan: Plan, net: AssembledNet, path: str | Path) -> Path:
-    """plan.json plus its adapter and head weights in plan.safetensors beside it."""
+def save_plan_with_weights(plan: Plan, net: nn.Module, path: str | Path) -> Path:
+    """plan.json plus its adapter and head weights in plan.safetensors beside it (a whole donor: its new
+    classifier, as `stitch_state_dict` writes it)."""
     from safetensors.torch import save_file
 
     path = Path(path)

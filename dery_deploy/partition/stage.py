@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -219,6 +220,18 @@ def default_partition_path(zoo: ZooSpec, cache: Path | None = None) -> Path:
 
 def load_partition(path: str | Path, zoo: ZooSpec) -> Partition:
     return Partition.read(path).check_zoo(zoo, path)
+
+
+@overload
+def current_partition(
+    zoo: ZooSpec, path: Path | None, cache: Path | None, stage: str, required: Literal[True] = True
+) -> Partition: ...
+
+
+@overload
+def current_partition(
+    zoo: ZooSpec, path: Path | None, cache: Path | None, stage: str, required: bool
+) -> Partition | None: ...
 
 
 def current_partition(

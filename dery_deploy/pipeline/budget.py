@@ -11,7 +11,7 @@ from dery_deploy.assemble.candidates import DONOR_NEAR
 from dery_deploy.assemble.stage import NoFinalistKeeps, assemble
 from dery_deploy.errors import DeryError
 from dery_deploy.export.formats import EXPORT_FORMAT
-from dery_deploy.network.plan import AssembledNet, load_plan, save_plan_with_weights
+from dery_deploy.network.plan import load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.pick import describe_plan, last_rung_accuracy, pick_triple, score_triples
@@ -154,8 +154,7 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> dict:
         )
     saved, networks = [], {}
     for i, c in enumerate(res.finalists):
-        assert isinstance(c.net, AssembledNet), "a finalist carries its assembled network"
-        path = save_plan_with_weights(c.plan, c.net, bdir / "finalists" / f"{i:02d}.json")
+        path = save_plan_with_weights(c.plan, c.built, bdir / "finalists" / f"{i:02d}.json")
         saved.append({**c.to_dict(), "path": f"finalists/{i:02d}.json"})
         if c.name not in networks:
             networks[c.name] = Finalist(

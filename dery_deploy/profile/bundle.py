@@ -75,7 +75,7 @@ def write_bundle(
     if out.exists() and any(out.iterdir()):
         raise DeryError(f"bundle folder {out} is not empty; pick a new folder or empty it", "profile")
     (out / "items").mkdir(parents=True, exist_ok=True)
-    items = []
+    items: list[dict] = []
     for it in profile_items(zoo, partition, dissections, num_classes):
         items.append(_export_item(out, len(items), it.key, it.kind, it.build(), it.in_spec, precision, it.info))
     if verify and partition is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -47,7 +49,7 @@ def donor_items(zoo, num_classes: int) -> list[Item]:
 
     def build(name: str) -> nn.Module:
         m = load_donor(zoo, name)
-        m.reset_classifier(num_classes)
+        cast(Any, m).reset_classifier(num_classes)  # a timm model's method, which nn.Module does not declare
         return m
 
     return [
@@ -55,7 +57,7 @@ def donor_items(zoo, num_classes: int) -> list[Item]:
             donor_key(zoo, n, num_classes),
             "donor",
             zoo.input_tensor_spec,
-            (lambda n=n: build(n)),
+            partial(build, n),
             {"donor": n, "arch": zoo.donor(n).arch, "num_classes": num_classes},
         )
         for n in zoo.donor_names
@@ -64,7 +66,7 @@ def donor_items(zoo, num_classes: int) -> list[Item]:
 
 def unit_items(zoo, dissections: dict[str, Dissection]) -> list[Item]:
     """Every body unit of every donor as a one-unit block (what a later partition's blocks are cut from)."""
-    items = {}
+    items: dict[str, Item] = {}
     for name in zoo.donor_names:
         d = dissections[name]
         for i in range(d.num_body_units):
@@ -76,7 +78,7 @@ def unit_items(zoo, dissections: dict[str, Dissection]) -> list[Item]:
                     key,
                     "unit",
                     spec,
-                    (lambda d=d, i=i: d.block(i, i + 1)),
+                    partial(d.block, i, i + 1),
                     {"donor": name, "arch": zoo.donor(name).arch, "start": i, "end": i + 1, "unit": d.units[i].name},
                 ),
             )
@@ -97,7 +99,7 @@ def partition_items(zoo, partition: Partition, dissections: dict[str, Dissection
                     key,
                     "block",
                     spec,
-                    (lambda d=d, b=b: d.block(b.start, b.end)),
+                    partial(d.block, b.start, b.end),
                     {"donor": b.donor, "arch": zoo.donor(b.donor).arch, "start": b.start, "end": b.end, "set": s.index},
                 ),
             )
@@ -115,7 +117,7 @@ def partition_items(zoo, partition: Partition, dissections: dict[str, Dissection
                         key,
                         "adapter",
                         src,
-                        (lambda s=src, t=dst: Adapter(s, t)),
+                        partial(Adapter, src, dst),
                         {"adapter_kind": adapter_kind(src, dst), "in": src.to_dict(), "out": dst.to_dict()},
                     ),
                 )
@@ -128,7 +130,7 @@ def partition_items(zoo, partition: Partition, dissections: dict[str, Dissection
                 key,
                 "head",
                 src,
-                (lambda s=src: Head(s, num_classes)),
+                partial(Head, src, num_classes),
                 {"in": src.to_dict(), "num_classes": num_classes},
             ),
         )
@@ -147,7 +149,7 @@ def prefix_items(zoo, partition: Partition, dissections: dict[str, Dissection]) 
             spec = d.boundary_spec(0)
             key = prefix_key(zoo, b.donor, b.end, spec)
             info = {"donor": b.donor, "arch": zoo.donor(b.donor).arch, "start": 0, "end": b.end}
-            items.setdefault(key, Item(key, "prefix", spec, (lambda d=d, e=b.end: d.block(0, e)), info))
+            items.setdefault(key, Item(key, "prefix", spec, partial(d.block, 0, b.end), info))
     return list(items.values())
 
 

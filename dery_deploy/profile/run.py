@@ -170,8 +170,8 @@ def random_plans(
 
 def head_classes(prof: Profile) -> int:
     """The class count the profile's heads were measured for."""
-    counts = {r.info.get("num_classes") for r in prof.records.values() if r.kind in ("head", "donor")}
-    counts.discard(None)
+    heads = [r for r in prof.records.values() if r.kind in ("head", "donor")]
+    counts: set[int] = {r.info["num_classes"] for r in heads if r.info.get("num_classes") is not None}
     if not counts:
         raise DeryError("the profile has no heads yet: profile with a partition first", "profile")
     return max(counts)

@@ -30,6 +30,7 @@ def reference_module() -> nn.Module:
         conv = nn.Conv2d(16, 16, 3, padding=1)
         with torch.no_grad():
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.1)
+            assert conv.bias is not None, "nn.Conv2d has a bias by default"
             conv.bias.zero_()
         layers += [conv, nn.ReLU()]
     return nn.Sequential(*layers).eval()

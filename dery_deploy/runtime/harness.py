@@ -34,7 +34,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -342,7 +342,7 @@ def _result(it: _Item, rng: np.random.Generator, opts: TimingOptions) -> Measure
 
 
 def measure_interleaved(
-    runners: dict[str, tuple[Callable[[], object], bool, object | None]],
+    runners: Mapping[str, tuple[Callable[[], object], bool, object | None]],
     opts: TimingOptions | None = None,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,

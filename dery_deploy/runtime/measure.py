@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +88,11 @@ def prepare_module(
     return runner, peak
 
 
-# what one pass builds: key -> a function returning (module, example input)
-Builds = dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]]
+# what one pass builds: key -> a function returning (module, example input); a Mapping (read only) so
+# that a dict of lambdas with default arguments (`lambda it=it: ...`) is one
+Builds = Mapping[str, Callable[[], tuple[nn.Module, torch.Tensor]]]
+# what `measure_across` builds: key -> (backend, precision, a function returning (module, example input))
+AcrossBuilds = Mapping[str, tuple[Backend, str, Callable[[], tuple[nn.Module, torch.Tensor]]]]
 
 
 def failure_text(e: BaseException) -> str:
@@ -174,9 +177,9 @@ def measure_modules(
                 lambda: (reference_module(), reference_input(reference_batch)),
             )
         got, summary = _measure_in_worker(worker_builds, opts, built, timed if progress else None, failed)
-        ref = got.pop(REFERENCE_KEY, None)
+        ref_item = got.pop(REFERENCE_KEY, None)
         for m in got.values():
-            m.calibration_ms = ref.timing.median_ms if ref else None
+            m.calibration_ms = ref_item.timing.median_ms if ref_item else None
         return got, [summary]
     for group in groups:
         backend.reset()
@@ -264,7 +267,7 @@ def measure_module(
 
 
 def measure_across(
-    builds: dict[str, tuple[Backend, str, Callable[[], tuple[nn.Module, torch.Tensor]]]],
+    builds: AcrossBuilds,
     device: str,
     opts: TimingOptions | None = None,
     progress=None,
@@ -282,7 +285,7 @@ def measure_across(
         # a worker sets each file's runtime and threads in its own session: all of them share one pass
         return _worker_pass(builds, opts, progress, label)
     pooled = {k: v for k, v in builds.items() if v[0].max_live is None}
-    apart = {k: v for k, v in builds.items() if v[0].max_live is not None}
+    apart: AcrossBuilds = {k: v for k, v in builds.items() if v[0].max_live is not None}
     threads = {v[0].threads for v in pooled.values()}
     out: dict[str, ItemMeasurement] = {}
     summaries: list[PassSummary] = []

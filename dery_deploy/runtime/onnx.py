@@ -49,7 +49,7 @@ def onnx_from_module(
         torch.onnx.export(
             module.eval(),
             (example.float(),),
-            buf,
+            buf,  # type: ignore[arg-type]  # torch annotates a path only; the TorchScript exporter writes to a buffer too
             dynamo=False,
             opset_version=opset,
             input_names=["x"],

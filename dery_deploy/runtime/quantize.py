@@ -53,7 +53,7 @@ def _reader(images: np.ndarray, batch: int):
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
-        def __init__(self):
+        def __init__(self) -> None:
             self.batches: Iterator[np.ndarray] = (images[i : i + batch] for i in range(0, len(images), batch))
 
         def get_next(self):

@@ -179,7 +179,7 @@ class EngineRunner:
             )
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
-        self._bound = None
+        self._bound: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, output), kept alive while bound
 
     def bind(self, x: torch.Tensor) -> torch.Tensor:
         """Bind a (CUDA, fp32, contiguous) input and allocate the output; returns the output tensor."""

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def serve(request: Path, result: Path) -> None:
     meas, summary = measure_interleaved(runners, TimingOptions(**req["options"]), progress=_progress_line)
     counts = {it.threads for it in items}  # each session computes with its own count
     summary.threads = counts.pop() if len(counts) == 1 else None
-    heavy = sorted(m for m in ("torch", "timm", "onnxruntime", "openvino") if m in sys.modules)
+    heavy: list[str] = sorted(m for m in ("torch", "timm", "onnxruntime", "openvino") if m in sys.modules)
     out = WorkerResult(meas, memory, summary, heavy, failed)
     atomic_write_json(
         result,
@@ -146,7 +147,7 @@ def measure_files(
         raise DeryError(f"no model file {missing[0]} to measure: export it again")
     with tempfile.TemporaryDirectory(prefix="dery-worker-") as tmp:
         req, res, err = (Path(tmp) / n for n in ("request.json", "result.json", "stderr.txt"))
-        body = {"items": [asdict(i) for i in items], "options": asdict(opts), "memory": memory or []}
+        body: dict[str, Any] = {"items": [asdict(i) for i in items], "options": asdict(opts), "memory": memory or []}
         body["keep_going"] = keep_going
         req.write_text(json.dumps(body))
         cmd = [sys.executable, "-m", "dery_deploy.runtime.worker", str(req), str(res)]

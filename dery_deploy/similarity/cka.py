@@ -71,21 +71,33 @@ class MinibatchCKA:
     """
 
     def __init__(self) -> None:
-        self.xy = self.xx = self.yy = None
-        self.xscale = self.yscale = None  # sum_b (mean squared feature norm)^2: self-HSIC's scale, for degeneracy tests
+        # sums over the batches so far, None before the first
+        self.xy: torch.Tensor | None = None
+        self.xx: torch.Tensor | None = None
+        self.yy: torch.Tensor | None = None
+        # sum_b (mean squared feature norm)^2: self-HSIC's scale, for degeneracy tests
+        self.xscale: torch.Tensor | None = None
+        self.yscale: torch.Tensor | None = None
         self.batches = 0
 
     def update(self, ka: torch.Tensor, kb: torch.Tensor) -> None:
         xy, xx, yy = hsic1_matrix(ka, kb), self_hsic(ka), self_hsic(kb)
         xs, ys = _diag_mean(ka).square(), _diag_mean(kb).square()
-        if self.xy is None:
-            self.xy, self.xx, self.yy, self.xscale, self.yscale = xy, xx, yy, xs, ys
-        else:
-            self.xy, self.xx, self.yy = self.xy + xy, self.xx + xx, self.yy + yy
-            self.xscale, self.yscale = self.xscale + xs, self.yscale + ys
+        self.xy = xy if self.xy is None else self.xy + xy
+        self.xx = xx if self.xx is None else self.xx + xx
+        self.yy = yy if self.yy is None else self.yy + yy
+        self.xscale = xs if self.xscale is None else self.xscale + xs
+        self.yscale = ys if self.yscale is None else self.yscale + ys
         self.batches += 1
 
+    def self_terms(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """(sum of self-HSIC, its scale) for A, then for B: what the degeneracy test compares."""
+        assert self.xx is not None and self.yy is not None, "self_terms() needs an update() first"
+        assert self.xscale is not None and self.yscale is not None, "xscale and yscale are set with xx and yy"
+        return (self.xx, self.xscale), (self.yy, self.yscale)
+
     def value(self) -> torch.Tensor:
+        assert self.xy is not None and self.xx is not None and self.yy is not None, "value() needs an update() first"
         denom = torch.sqrt(self.xx.clamp_min(0)[:, None] * self.yy.clamp_min(0)[None, :])
         return self.xy / denom
 

@@ -121,6 +121,7 @@ def load_similarity(zoo: ZooSpec, key: str, cache: Path | None = None) -> Simila
             )
         probe_hash, how = data["probe_hash"], data.get("numerics")
         matrices[(a, b)] = torch.tensor(data["matrix"], dtype=torch.float64)
+    assert probe_hash is not None, "a zoo has at least one donor, so one pair was read"
     return Similarity(zoo.name, zoo.hash(), probe_hash, METHOD, matrices, numerics=how)
 
 
@@ -184,7 +185,7 @@ def compute_similarity(
             for a, b in missing:
                 acc[(a, b)].update(grams[a], grams[b])
         for (a, b), cka in acc.items():
-            for name, self_terms, scale in ((a, cka.xx, cka.xscale), (b, cka.yy, cka.yscale)):
+            for name, (self_terms, scale) in zip((a, b), cka.self_terms()):
                 dead = (self_terms <= DEGENERATE * scale).nonzero().flatten().tolist()
                 if dead:
                     d = donors[name][0]

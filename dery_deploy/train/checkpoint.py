@@ -34,7 +34,7 @@ def restore_optimizer(opt, tensors: dict[str, torch.Tensor], meta: dict) -> None
 def save_checkpoint(run: Path, model: nn.Module, opt, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    base = model.module if hasattr(model, "module") else model
+    base: nn.Module = getattr(model, "module", model)  # a (Distributed)DataParallel wraps it in .module
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in base.state_dict().items()}
     otensors, ometa = _flat_optimizer(opt)
     tensors.update(otensors)
@@ -46,7 +46,7 @@ def save_weights(path: Path, model: nn.Module) -> None:
     """The model's weights alone (e.g. the end of phase 1, kept in case end-to-end tuning does worse)."""
     from safetensors.torch import save_file
 
-    base = model.module if hasattr(model, "module") else model
+    base: nn.Module = getattr(model, "module", model)  # a (Distributed)DataParallel wraps it in .module
     tensors = {k: v.detach().cpu().contiguous() for k, v in base.state_dict().items()}
     atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp)))
 

@@ -47,11 +47,12 @@ def make_teacher(
         from safetensors.torch import load_file
 
         return Teacher([str(r) for r in runs], key, images, load_file(str(path))["logits"])
-    total = None
+    total: torch.Tensor | None = None
     for r in runs:
         model, _ = load(Path(r))
         out = torch.cat([model(task.normalize(images[i : i + 512])) for i in range(0, len(images), 512)])
         total = out if total is None else total + out
+    assert total is not None, "a teacher averages at least one run"
     logits = (total / len(runs)).float().contiguous()
     if path is not None:
         from safetensors.torch import save_file

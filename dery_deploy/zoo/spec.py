@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -129,7 +129,7 @@ def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:  # n
     name = data.get("name")
     if not (isinstance(name, str) and _NAME.match(name)):
         errors.append(f"name: expected a name of letters, digits, '_', '-', '.', got {name!r}")
-    inp = data.get("input")
+    inp: Any = data.get("input")  # YAML: a mapping where _check_type below says so
     input_spec = None
     if _check_type(errors, "input", inp, dict, "a mapping with channels, size, mean, std"):
         ch, size, mean, std = (inp.get(k) for k in ("channels", "size", "mean", "std"))
@@ -191,14 +191,14 @@ def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:  # n
         unknown = set(d) - {"name", "arch", "kwargs", "weights", "source", "num_classes"}
         if unknown:
             errors.append(f"{where}: unknown field(s) {sorted(unknown)}")
-        if len(errors) == bad:
-            donors.append(DonorSpec(dn, d["arch"], w, d.get("source", ""), nc, _tuplify(kw)))
+        if len(errors) == bad:  # no bad field: its name is valid
+            donors.append(DonorSpec(cast(str, dn), d["arch"], w, d.get("source", ""), nc, _tuplify(kw)))
     unknown = set(data) - {"schema", "name", "description", "input", "donors"}
     if unknown:
         errors.append(f"unknown top-level field(s) {sorted(unknown)}")
-    if errors:
+    if errors:  # else the name and the input are valid: the casts below say so
         raise DeryError(f"{origin}: {len(errors)} bad field(s): " + "; ".join(errors), "zoo")
-    return ZooSpec(name, input_spec, donors, data.get("description", ""), root, data)
+    return ZooSpec(cast(str, name), cast(InputSpec, input_spec), donors, data.get("description", ""), root, data)
 
 
 def _tuplify(kw: dict) -> dict:
