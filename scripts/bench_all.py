@@ -47,7 +47,7 @@ def main() -> None:
     bench = ROOT / "bench"
     if args.readme_only:  # every script's committed JSON as it is now, without running anything
         results = json.loads((bench / "results.json").read_text())
-        for name in (*SCRIPTS, "stitch_lr", "scaling", "reproduce"):
+        for name in (*SCRIPTS, "stitch_lr", "scaling", "reproduce", "latency_model"):
             if (bench / f"{name}.json").is_file():
                 results["scripts"][name] = json.loads((bench / f"{name}.json").read_text())
     else:
@@ -106,6 +106,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
     ]
     if "reproduce" in s:
         out += reproduce_section(s["reproduce"])
+    if "latency_model" in s:
+        out += latency_model_section(s["latency_model"])
     if "repeatability" in s:
         out += repeatability_section(s["repeatability"])
     if "runtimes" in s:
@@ -234,6 +236,37 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
             )
         out += [line + ".", ""]
     return "\n".join(out)
+
+
+def latency_model_section(lm: dict) -> list[str]:
+    """Blocks timed alone against blocks in context, per target, and on the shared evidence."""
+    m = lm["machine"]
+
+    def pair(x: list) -> str:
+        return f"{x[0]:.1f}% / {x[1]:.1f}%" if x and None not in x else "-"
+
+    out = [
+        "### The latency model: blocks alone and in context (`scripts/bench_latency_model.py`)",
+        "",
+        f"Commit `{lm['commit']}`, {lm['when']}, {m['cpu']} ({m['cores']} cores): one fresh profile per target, "
+        "then random mixed assemblies measured end to end; leave-one-out median / max |error| "
+        f"(targets: {lm['targets']}).",
+        "",
+        "| where | target | assemblies | blocks alone | blocks in context | chosen | chosen at p90 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t, r in lm.get("this_machine", {}).items():
+        out.append(
+            f"| this machine | {t} | {r['assemblies']} | {pair(r['alone_median_max_pct'])} "
+            f"| {pair(r['context_median_max_pct'])} | {r['chosen']}: {pair(r['chosen_median_max_pct'])} "
+            f"| {pair(r['chosen_p90_median_max_pct'])} |"
+        )
+    for t, r in lm.get("evidence", {}).items():
+        out.append(
+            f"| shared evidence (Xeon) | {t} | {r['assemblies']} | {pair(r['alone_median_max_pct'])} "
+            f"| not measured there | alone | {pair(r['alone_p90_median_max_pct'])} |"
+        )
+    return out + [""]
 
 
 def reproduce_section(rp: dict) -> list[str]:

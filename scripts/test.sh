@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, check the code (ruff lint + format, mypy on the core packages), then run the test suite
+# Set up, check the code (ruff lint + format, mypy on every package), then run the test suite
 # without the tests marked slow (about 10 minutes on 2 cores). Extra arguments go to pytest after
 # that, so `bash scripts/test.sh -m slow` runs only the slow ones and `bash scripts/test.sh -m ""`
 # runs everything (CI runs both halves). pytest's exit code 5 ("no tests collected") is a failure

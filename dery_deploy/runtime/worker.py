@@ -15,6 +15,7 @@ Usage (what `measure_files` runs; a person can run it too):
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -115,6 +116,14 @@ def serve(request: Path, result: Path) -> None:
     )
 
 
+def worker_env() -> dict[str, str]:
+    """The worker imports this very package, wherever the caller found it (a source checkout run from
+    another folder, or an install): its parent folder leads the worker's PYTHONPATH."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
 def _follow(proc: subprocess.Popen, progress: Callable[[int, int], None] | None) -> None:
     """Read the worker's progress lines as they come (a thread: the caller waits with a timeout)."""
     assert proc.stdout is not None
@@ -151,7 +160,11 @@ def measure_files(
         body["keep_going"] = keep_going
         req.write_text(json.dumps(body))
         cmd = [sys.executable, "-m", "dery_deploy.runtime.worker", str(req), str(res)]
-        with err.open("w") as errf, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True) as proc:
+        env = worker_env()
+        with (
+            err.open("w") as errf,
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=env) as proc,
+        ):
             reader = threading.Thread(target=_follow, args=(proc, progress), daemon=True)
             reader.start()
             try:

@@ -66,3 +66,20 @@ def test_a_worker_past_its_time_limit_is_stopped_with_one_clear_error(files):
     # the worker prints nothing while it starts and builds: the limit must hold without its output
     with pytest.raises(DeryError, match="the measurement worker ran past 0.2 s timing 1 files"):
         measure_files([FileItem("x", str(files[64]), "onnxruntime", 1, [1, 3, 32, 32])], timeout_s=0.2)
+
+
+def test_the_worker_imports_this_package_from_any_folder(files, tmp_path, monkeypatch):
+    """A script run from another folder (scripts/, a user's project) spawns a worker that still finds
+    the package it was called from: its parent folder leads the worker's PYTHONPATH."""
+    import os
+    from pathlib import Path
+
+    import dery_deploy
+    from dery_deploy.runtime.worker import worker_env
+
+    root = str(Path(dery_deploy.__file__).resolve().parents[1])
+    assert worker_env()["PYTHONPATH"].split(os.pathsep)[0] == root
+    monkeypatch.chdir(tmp_path)
+    item = FileItem("small@ort", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32])
+    res = measure_files([item], TimingOptions(min_windows=3, max_s=0.5))
+    assert res.measurements["small@ort"].runs > 0
