@@ -101,6 +101,9 @@ class TensorRTExporter(Exporter):
                 f"DIR/build_engine.sh there, then python3 DIR/check_engine.py",
                 "export",
             )
+        from dery_deploy.runtime.tensorrt import import_tensorrt
+
+        import_tensorrt()  # what to install is said before the folder or its package is looked at
 
     def _build(self, job: ExportJob) -> tuple[bytes, float, Shapes, Int8Record | None]:
         """The engine (saving the ONNX it was built from), its build seconds, shapes and INT8 record."""
