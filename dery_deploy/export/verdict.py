@@ -10,7 +10,7 @@ standard error over its windows), printed beside the verdict. The rule itself (`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dery_deploy.deploy.bench import MAX_ALLOWANCE, within_budget
 from dery_deploy.errors import DeryError
@@ -35,6 +35,10 @@ class BudgetVerdict:
     percentile: int = 50  # of single calls, the budget's promise
     plan_threads: int | None = None
     measured_in: str = ""  # where the measurement was taken, when not by the export itself
+    # how much slower the machine ran (its reference workload) than when the file was exported, where that
+    # alone explains a figure over the budget: the verdict is then undecided, not over
+    machine_slower: float | None = None
+    at_export_speed_ms: float | None = None  # the measured figure divided by that slowdown
 
     @property
     def status(self) -> str:
@@ -60,6 +64,12 @@ class BudgetVerdict:
         at = "" if self.percentile == 50 else f" at p{self.percentile}"
         predicted = "" if self.predicted_ms is None else f"predicted {self.predicted_ms:.4f} ms, "
         head = f"budget {self.budget_ms:g} ms{at}: {predicted}measured {self.measured_ms:.4f} ms{at} over all calls"
+        if self.status == "undecided" and self.machine_slower is not None:
+            return (
+                f"{head}, but the machine ran {100 * self.machine_slower:.0f}% slower than when the file was "
+                f"exported (its reference workload), and at that speed the file costs {self.at_export_speed_ms:.4f} "
+                "ms, within budget -> UNDECIDED: measure again with nothing else running (dery bench)"
+            )
         if self.status == "undecided":
             return (
                 f"{head} (±{100 * self.noise:.1f}%, its standard error, is above the {100 * MAX_ALLOWANCE:g}% a "
@@ -126,4 +136,28 @@ def budget_check(
         limit_ms=limit,
         within_budget=within,
         **base,
+    )
+
+
+def relate_to_machine(
+    verdict: BudgetVerdict, reference_now: float | None, reference_then: float | None
+) -> BudgetVerdict:
+    """`verdict` unless it is over only because the machine itself ran slower than when the file was exported:
+    both measurements time the same reference workload with the file's runtime and threads, and where the
+    measured figure divided by the reference's slowdown is within budget, the network did not change, the
+    machine did, and the verdict is undecided (said so), never over and never within."""
+    if not verdict.over or not reference_now or not reference_then or reference_now <= reference_then:
+        return verdict
+    assert verdict.measured_ms is not None and verdict.budget_ms is not None and verdict.noise is not None
+    slower = reference_now / reference_then - 1
+    at_export = verdict.measured_ms / (1 + slower)
+    if not within_budget(at_export, verdict.budget_ms, verdict.noise):
+        return verdict
+    return replace(
+        verdict,
+        within_budget=None,
+        reason=f"the machine ran {100 * slower:.0f}% slower than at export (reference {reference_then:.4f} -> "
+        f"{reference_now:.4f} ms)",
+        machine_slower=round(slower, 4),
+        at_export_speed_ms=round(at_export, 5),
     )

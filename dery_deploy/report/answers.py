@@ -26,6 +26,7 @@ class Answer:
     uncertainty: float = 0.0
     within_budget: bool | None = None
     undecided: bool = False
+    machine_slower: float | None = None  # undecided because the machine ran this much slower than at export
     top1: float = 0.0
     donor: str | None = None
     donor_top1: float | None = None
@@ -54,6 +55,7 @@ class Answer:
             uncertainty=r.get("measured_uncertainty") or 0.0,
             within_budget=budget.get("within_budget") if budget.get("checked") else None,
             undecided=bool(budget.get("checked")) and budget.get("within_budget") is None,
+            machine_slower=budget.get("machine_slower"),
             top1=r["top1"],
             donor=best,
             donor_top1=donor_top1(r, run, best),
@@ -76,7 +78,12 @@ class Answer:
         at = "" if self.percentile == 50 else f" (p{self.percentile})"
         verdict = {True: ", within budget", False: ", OVER BUDGET", None: ""}[self.within_budget]
         if self.undecided:
-            verdict = ", UNDECIDED (too noisy to judge)"
+            why = (
+                "too noisy to judge"
+                if self.machine_slower is None
+                else f"the machine ran {100 * self.machine_slower:.0f}% slower than at export"
+            )
+            verdict = f", UNDECIDED ({why})"
         return f"{self.measured_ms:.4f} ms{at} ±{100 * self.uncertainty:.1f}%{verdict}"
 
 

@@ -212,4 +212,13 @@ def exports(r: dict) -> list[str]:
             ]
         else:
             lines += [f"- {fmt}: {e.get('error')}"]
+    history = r.get("measured_history_ms") or []
+    if len(history) > 1:
+        b = (r.get("onnx") or {}).get("budget") or {}
+        lines += [
+            f"- the shipped file measured {history[0]:.4f} ms in the final pass, beside every compared network, "
+            "which is over its budget or far from the measurement that admitted it; re-measured alone with the "
+            f"machine's reference: {' -> '.join(f'{ms:.4f}' for ms in history[1:])} ms. The verdict reads the last: "
+            + (BudgetVerdict(**b).line() if b.get("checked") else "not checked")
+        ]
     return lines + [""]

@@ -9,6 +9,7 @@ from tests.conftest import TINY_ZOO, assert_one_line_error, run_dery
 DATA = "fashion-mnist:labels_per_class=20,test_per_class=30"
 
 
+@pytest.mark.slow
 def test_assemble_cli_writes_plans_per_budget(tiny_ws, tmp_path):
     p = run_dery(
         "assemble",

@@ -132,6 +132,7 @@ def test_profile_of_another_zoo_refused(tiny_ws, fashion_zoo):
         tiny_ws.profile.check("p.json", tiny_ws.device, fashion_zoo)
 
 
+@pytest.mark.slow
 def test_resume_after_kill(tiny_ws, tmp_path):
     cache = tmp_path / "cache"
     (cache / "tiny").mkdir(parents=True)

@@ -61,6 +61,7 @@ def _epoch_of(run):
         return -1
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tiny_ws, tmp_path):
     import signal
     import time

@@ -1,0 +1,108 @@
+"""The final pass's second look at a shipped file: which files are measured again, which figure the verdict
+reads, and a figure over budget only because the machine itself slowed down."""
+
+from types import SimpleNamespace
+
+from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
+from dery_deploy.pipeline.final_pass import latest_measurement, ship_suspects
+from dery_deploy.runtime.harness import Measurement
+
+
+def measured(ms: float, se: float = 0.005) -> Measurement:
+    return Measurement(
+        ms, ms * 1.1, ms * 1.2, se, 100, 10, True, 0.01, all_calls_ms={"p50": ms}, all_calls_uncertainties={"p50": se}
+    )
+
+
+def result(budget: float, admitted: float | None) -> dict:
+    net = f"net{budget:g}"
+    finalists = (
+        [] if admitted is None else [{"plan": net, "target": "onnxruntime/fp32", "measured": {"latency_ms": admitted}}]
+    )
+    return {
+        "plan": {},
+        "budget_ms": budget,
+        "pick_triple": {"network": net, "target": "onnxruntime/fp32"},
+        "finalists": finalists,
+    }
+
+
+def test_suspects_are_the_shipped_files_over_budget_or_far_from_their_admission():
+    run = SimpleNamespace(
+        opts=SimpleNamespace(percentile=50),
+        manifest=SimpleNamespace(results=[result(1.0, 0.9), result(2.0, 1.0), result(3.0, 2.9), {"budget_ms": 4.0}]),
+    )
+    latest = {
+        "ship:1|onnxruntime/fp32": measured(1.5),  # over its budget
+        "ship:2|onnxruntime/fp32": measured(1.5),  # within, but 50% slower than when it was admitted
+        "ship:3|onnxruntime/fp32": measured(2.95),  # within and as admitted
+        "donor:a|onnxruntime/fp32": measured(9.0),  # not shipped: never re-measured
+    }
+    assert ship_suspects(run, latest) == ["ship:1|onnxruntime/fp32", "ship:2|onnxruntime/fp32"]
+    latest["ship:1|onnxruntime/fp32"] = measured(0.95)
+    latest["ship:2|onnxruntime/fp32"] = measured(1.05)
+    assert ship_suspects(run, latest) == []
+    # too noisy to decide near the budget: measured again too
+    latest["ship:3|onnxruntime/fp32"] = measured(2.95, se=0.05)
+    assert ship_suspects(run, latest) == ["ship:3|onnxruntime/fp32"]
+
+
+def test_the_verdict_reads_the_last_measurement_of_a_shipped_file():
+    key = "ship:1|onnxruntime/fp32"
+    fp = {
+        "summary": {"references_ms": {"onnxruntime/t1": 0.2}},
+        "measurements": {key: measured(1.5).to_dict(), "donor:a|onnxruntime/fp32": measured(3.0).to_dict()},
+        "remeasured": [
+            {
+                "keys": [key],
+                "summary": {"references_ms": {"onnxruntime/t1": 0.15}},
+                "measurements": {key: measured(1.2).to_dict()},
+            },
+            {
+                "keys": [key],
+                "summary": {"references_ms": {"onnxruntime/t1": 0.1}},
+                "measurements": {key: measured(0.9).to_dict()},
+            },
+        ],
+    }
+    m, summary, history = latest_measurement(fp, key, 50)
+    assert m.promise_at(50) == 0.9 and summary["references_ms"]["onnxruntime/t1"] == 0.1 and history == [1.5, 1.2, 0.9]
+    m, summary, history = latest_measurement(fp, "donor:a|onnxruntime/fp32", 50)
+    assert history == [3.0] and summary is fp["summary"]
+    # a final pass recorded before re-measuring existed reads as one pass
+    assert latest_measurement({k: fp[k] for k in ("summary", "measurements")}, key, 50)[2] == [1.5]
+
+
+def over(measured_ms: float, budget: float = 1.0) -> BudgetVerdict:
+    return BudgetVerdict(
+        True, budget_ms=budget, measured_ms=measured_ms, noise=0.01, limit_ms=budget * 1.01, within_budget=False
+    )
+
+
+def test_over_budget_only_because_the_machine_slowed_is_undecided_and_says_so():
+    v = relate_to_machine(over(1.5), reference_now=0.16, reference_then=0.1)
+    assert v.status == "undecided" and v.machine_slower == 0.6 and v.at_export_speed_ms == 0.9375
+    line = v.line()
+    assert "60% slower than when the file was exported" in line and "0.9375 ms" in line and "UNDECIDED" in line
+    # the machine slowed by less than the excess: over, as measured
+    assert relate_to_machine(over(1.5), 0.11, 0.1).over
+    # the machine as fast as (or faster than) at export, or no reference on either side: over
+    assert relate_to_machine(over(1.5), 0.1, 0.1).over
+    assert relate_to_machine(over(1.5), 0.08, 0.1).over
+    assert relate_to_machine(over(1.5), None, 0.1).over and relate_to_machine(over(1.5), 0.16, None).over
+    # a verdict within budget is never touched
+    within = BudgetVerdict(True, budget_ms=1.0, measured_ms=0.5, noise=0.01, limit_ms=1.01, within_budget=True)
+    assert relate_to_machine(within, 0.5, 0.1) is within
+
+
+def test_the_report_says_the_shipped_file_was_re_measured_and_which_figure_the_verdict_read():
+    from dataclasses import asdict
+
+    from dery_deploy.report.budget import exports
+
+    v = relate_to_machine(over(1.5), reference_now=0.16, reference_then=0.1)
+    r = {"measured_history_ms": [1.7, 1.5], "onnx": {"error": "x", "budget": asdict(v)}}
+    text = "\n".join(exports(r))
+    assert "measured 1.7000 ms in the final pass" in text and "re-measured alone" in text and "1.5000 ms" in text
+    assert "60% slower than when the file was exported" in text
+    assert "re-measured" not in "\n".join(exports({"measured_history_ms": [1.7], "onnx": {"error": "x"}}))
