@@ -95,7 +95,13 @@ def run(
             )
         )
         return
-    console.print(f"[bold green]done[/] in {m.seconds:.0f} s: report {out / 'report.md'} (and report.html)")
+    est = m.estimate
+    said = (
+        f" (estimated after the profiles: {est['after_s'] + sum(p['seconds'] for p in est['parts']):.0f} s)"
+        if est.get("parts") and est.get("this_run")
+        else ""
+    )
+    console.print(f"[bold green]done[/] in {m.seconds:.0f} s{said}: report {out / 'report.md'} (and report.html)")
     show_answer(m.to_dict())
 
 

@@ -43,6 +43,9 @@ class RunManifest(JsonArtifact):
     targets: list[str] = field(default_factory=list)  # backend/precision pairs searched
     verify_by_target: dict = field(default_factory=dict)  # each target's latency check (verify: the first's)
     recipe: dict = field(default_factory=dict)  # what every compared network was trained with (Recipes.describe)
+    # the rest of the run as estimated after the profiles (estimate.RunEstimate), and per group what the
+    # estimated stages took ("actual": group -> estimated_s, actual_s)
+    estimate: dict = field(default_factory=dict)
     started: str = ""
     finished: str = ""
     seconds: float = 0.0

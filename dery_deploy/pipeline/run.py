@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from dery_deploy.artifacts import make_output_dir
+from dery_deploy.artifacts import atomic_write_json, make_output_dir
 from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.stage import Scores, program_data
@@ -26,6 +26,7 @@ from dery_deploy.network.items import donor_key
 from dery_deploy.pipeline.budget import REDERIVES, rederive_budget, stage_budget
 from dery_deploy.pipeline.budgets import choose_budgets, feasible_floor, final_donors, teacher_pool
 from dery_deploy.pipeline.context import Context, Recipes
+from dery_deploy.pipeline.estimate import Eta, Plan, RunEstimate, make_estimate
 from dery_deploy.pipeline.final_pass import stage_final_pass
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.options import RunOptions
@@ -63,6 +64,37 @@ def resolve_targets(spec: DeviceSpec, opts: RunOptions) -> list[tuple[Backend, s
         t = Target.parse(n, "run", "--targets")
         out.append(resolve_backend(spec, t.backend, t.precision, opts.threads))
     return out
+
+
+def start_eta(r: Run, zoo, task: Task, models: list[LatencyModel], budgets, donor_ms, recipes: Recipes) -> None:
+    """Estimate the rest of the run on this machine (`estimate.py`), say it, and keep the whole run's line."""
+    plan = Plan(
+        budgets,
+        donor_ms,
+        teacher_pool(donor_ms, budgets),
+        final_donors(donor_ms, budgets),
+        recipes.ce,
+        recipes.final,
+        recipes.rungs,
+        len(models),
+        sum(1 for m in models if m.profile.precision == "int8"),
+        recipes.finalists,
+        exports_per_budget=2 + int(r.opts.aoti),
+    )
+    path, key = r.out / "estimate.json", plan.key()
+
+    def compute() -> RunEstimate:
+        est = make_estimate(plan, zoo, task, r.manifest.stages, models, time.time() - r.t0, r.opts.seed)
+        atomic_write_json(path, {"key": key, "estimate": est.to_dict()})
+        return est
+
+    t = time.time()
+    est = r.stage("time estimate", lambda: RunEstimate.reuse(path, key), compute, lambda e: e.line())
+    fresh = r.manifest.stages[-1].status == "computed"  # else an earlier run's, for the same plan
+    r.manifest.estimate = {**est.to_dict(), "made_in_s": round(time.time() - t, 1), "this_run": fresh}
+    if fresh:
+        r.say(f"  {est.line()}")
+    r.eta = Eta(est)
 
 
 def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
@@ -150,6 +182,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     )
     recipes = Recipes.of(opts)
     r.manifest.recipe = recipes.describe()
+    start_eta(r, zoo, task, models, budgets, donor_ms, recipes)
     ce = stage_donors(r, zoo, task, recipes.ce, donor_ms, teacher_pool(donor_ms, budgets), "ce")
     teacher_name = max(ce, key=lambda n: (ce[n]["val_accuracy"], n))
     teacher = make_teacher(

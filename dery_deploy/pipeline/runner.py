@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dery_deploy.errors import DeryError
+from dery_deploy.pipeline.estimate import Eta
 from dery_deploy.pipeline.manifest import RunManifest, StageRecord
 from dery_deploy.pipeline.options import RunOptions
 
@@ -20,6 +21,7 @@ class Run:
 
     manifest: RunManifest  # set once the run folder exists
     current: str = "setup"  # the stage running now, which a failed run's manifest names
+    eta: Eta | None = None  # the whole run's remaining time, once estimated
 
     def __init__(self, opts: RunOptions, console=None, progress_factory=None):
         self.opts = opts
@@ -55,12 +57,22 @@ class Run:
         self.manifest.stages.append(
             StageRecord(name, status, round(time.time() - t, 2), note(result) if note is not None else "")
         )
+        self._tick(name, time.time() - t, status == "reused")
         self.save()
         return result
 
     def record(self, name: str, status: str, seconds: float, note: str = "") -> None:
         self.manifest.stages.append(StageRecord(name, status, round(seconds, 2), note))
+        self._tick(name, seconds, status != "computed")
         self.save()
+
+    def _tick(self, name: str, seconds: float, reused: bool) -> None:
+        """The whole run's line after a stage the estimate expected, and its record in the manifest."""
+        if self.eta is None or not self.eta.finished(name, seconds, reused):
+            return
+        self.manifest.estimate["actual"] = self.eta.record()
+        line = self.eta.line(time.time() - self.t0)
+        self.say(f"  [dim]{line}[/]" if self.console else f"  {line}")
 
     def save(self) -> None:
         self.manifest.seconds = round(time.time() - self.t0, 1)

@@ -118,11 +118,20 @@ def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Pat
     return path
 
 
+def check_is_current(prof: Profile, n: int, seed: int, partition_key: str) -> bool:
+    """Whether the profile's latency check still stands: made with these assemblies on this partition, and
+    not before the profile held its donors' prefixes (such a check judged blocks alone only; checked again,
+    a run folder from before blocks in context gets the model that predicts better here)."""
+    v = prof.verify
+    if not v or (v.n, v.seed, v.partition_key) != (n, seed, partition_key):
+        return False
+    return v.context_errors is not None or not any(k.startswith("prefix|") for k in prof.records)
+
+
 def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = "") -> Profile:
     def reuse():
         prof = read_profile(prof_file)
-        v = prof.verify
-        return prof if v and (v.n, v.seed, v.partition_key) == (r.opts.verify, r.opts.seed, part.key) else None
+        return prof if check_is_current(prof, r.opts.verify, r.opts.seed, part.key) else None
 
     def compute():
         with r.progress() as prog:

@@ -232,4 +232,26 @@ def stages(run: dict) -> list[str]:
             [[s["stage"], s["status"], s["seconds"], s["note"]] for s in run["stages"]],
         ),
         "",
+    ] + estimate_lines(run.get("estimate") or {})
+
+
+def estimate_lines(est: dict) -> list[str]:
+    """The time estimate made after the profiles against what the stages it expected took, per group."""
+    actual = est.get("actual") or {}
+    if not actual:
+        return []
+    total = sum(p["seconds"] for p in est.get("parts", []))
+    rows = [
+        [g, f"{v['estimated_s']:.0f}", f"{v['actual_s']:.0f}", f"{100 * (v['actual_s'] / v['estimated_s'] - 1):+.0f}%"]
+        for g, v in sorted(actual.items())
+        if v["estimated_s"] > 0
+    ]
+    return [
+        f"Time estimate, made after {est['after_s']:.0f} s (the profiles): {total:.0f} s for the rest of the run, "
+        f"from {len(est.get('step_s', {}))} donors' training steps timed here and {est['item_s']:.2f} s per "
+        "measured item; against what the stages it expected took (computed ones only; training is an upper "
+        "bound where phase 1 stops at its plateau):",
+        "",
+        md_table(["group", "estimated s", "actual s", "actual vs estimate"], rows),
+        "",
     ]

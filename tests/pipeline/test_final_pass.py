@@ -106,3 +106,22 @@ def test_the_report_says_the_shipped_file_was_re_measured_and_which_figure_the_v
     assert "measured 1.7000 ms in the final pass" in text and "re-measured alone" in text and "1.5000 ms" in text
     assert "60% slower than when the file was exported" in text
     assert "re-measured" not in "\n".join(exports({"measured_history_ms": [1.7], "onnx": {"error": "x"}}))
+
+
+def test_a_latency_check_from_before_blocks_in_context_is_made_again():
+    from pathlib import Path
+
+    from dery_deploy.pipeline.stages import check_is_current
+    from dery_deploy.profile.store import read_profile
+
+    prof = read_profile(Path(__file__).parents[1] / "report" / "fixtures" / "tiny-quick" / "profile.json")
+    v = prof.verify
+    assert v is not None and v.context_errors is None  # a check that judged blocks alone
+    assert check_is_current(prof, v.n, v.seed, v.partition_key)  # its profile has no prefixes: it stands
+    assert not check_is_current(prof, v.n + 1, v.seed, v.partition_key)
+    assert not check_is_current(prof, v.n, v.seed, "another partition")
+    [block] = [k for k in prof.records if k.startswith("block|")][:1]
+    prof.records["prefix|" + block.split("|", 1)[1]] = prof.records[block]
+    assert not check_is_current(prof, v.n, v.seed, v.partition_key)  # prefixes now, the check predates them
+    v.context_errors = [0.03, 0.08]
+    assert check_is_current(prof, v.n, v.seed, v.partition_key)

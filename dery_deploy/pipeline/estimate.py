@@ -1,0 +1,258 @@
+"""How long the rest of a run will take on this machine: made once the profiles have timed it, said up
+front, kept current as stages finish, and recorded against what each stage took.
+
+The estimate is work times this machine's speed at it, both counted here:
+- training: images through a network's training step (recipe epochs x labelled images, plus the
+  distillation and seam-matching images), times the seconds per image of that network's step, timed
+  now on a few real steps of each donor (`step_seconds`); a reassembled network costs what the donors
+  cost per ms of predicted latency, at its budget;
+- selection: the successive-halving schedule's trials (every finalist at the first rung, the survivors
+  at the last, over its folds) at the rung recipe;
+- evaluation: the test images through the network's forward pass (a third of a step), once per target;
+- measurement: the items a pass times, at the seconds per item the profiles just took.
+Phase 1 may end early at a plateau, so training is an upper bound; `Eta` scales what is left by how the
+finished stages compared with their estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dery_deploy.assemble.candidates import donor_near
+from dery_deploy.assemble.stage import FINALISTS
+from dery_deploy.data.task import Task
+from dery_deploy.train.recipe import Recipe
+from dery_deploy.train.select.halving import ETA, SCREEN_FOLDS, default_folds, rung_recipe
+
+STEPS_TIMED = 3  # training steps timed per donor, after one untimed
+FORWARD_SHARE = 1 / 3  # a forward pass's share of a training step (backward ~ 2x forward)
+EXPORT_ITEMS = 2  # an export's measurement pass: the artifact and the reference workload
+
+
+@dataclass
+class Part:
+    """One stage the estimate expects: the start of its name on the terminal and in run.json, its group
+    and its seconds."""
+
+    stage: str
+    group: str  # training | selection | evaluation | measurement
+    seconds: float
+
+
+@dataclass
+class RunEstimate:
+    """The rest of a run, part by part, as estimated after `after_s` seconds of it."""
+
+    after_s: float
+    parts: list[Part]
+    step_s: dict[str, float]  # donor -> seconds per training image, timed here
+    item_s: float  # seconds per item of a measurement pass, from the profiles
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.parts)
+
+    def by_group(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in self.parts:
+            out[p.group] = out.get(p.group, 0.0) + p.seconds
+        return out
+
+    def line(self) -> str:
+        groups = ", ".join(f"{g} {minutes(s)}" for g, s in sorted(self.by_group().items(), key=lambda kv: -kv[1]))
+        return (
+            f"the rest of this run: about {minutes(self.seconds)} on this machine ({groups}; training timed on "
+            f"{STEPS_TIMED} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles took)"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def reuse(cls, path: Path, key: dict) -> RunEstimate | None:
+        """The estimate an earlier run of this folder made for the same plan (its steps are not timed again)."""
+        if not path.is_file():
+            return None
+        old = json.loads(path.read_text())
+        if old.get("key") != key:
+            return None
+        d = old["estimate"]
+        return cls(d["after_s"], [Part(**p) for p in d["parts"]], d["step_s"], d["item_s"])
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def step_seconds(model: nn.Module, task: Task, batch: int, seed: int = 0) -> float:
+    """Seconds per image of one real training step of `model` (forward, backward, AdamW) at `batch` images
+    of the task's size, the median of STEPS_TIMED steps after an untimed one."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *task.train.images.shape[1:], generator=g)
+    y = torch.randint(0, task.num_classes, (batch,), generator=g)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    for i in range(STEPS_TIMED + 1):
+        t = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2] / batch
+
+
+def training_images(recipe: Recipe, labelled: int, seams: bool) -> float:
+    """Images through a training step over a recipe: its epochs over the labelled images, the teacher's
+    pool where it distils, and seam matching where the network has seams (upper bound: phase 1 may stop
+    early)."""
+    epochs = recipe.epochs_adapter + recipe.epochs_full
+    steps = math.ceil(labelled / recipe.batch)
+    distill = epochs * steps * math.ceil(recipe.distill_images / steps) if recipe.distill else 0
+    match = recipe.match_epochs * recipe.match_images if seams else 0
+    return epochs * labelled + distill + match
+
+
+def selection_trials(candidates: int, rungs: tuple[int, ...], folds: int) -> list[tuple[int, int]]:
+    """(rung, trials) of the successive-halving schedule: every candidate at the first rung (screened on
+    SCREEN_FOLDS folds unless it is the last), the best 1/ETA plus the best donor and mix at the next."""
+    out, alive = [], candidates
+    for r in range(len(rungs)):
+        last = r == len(rungs) - 1
+        out.append((r, alive * (folds if last else min(SCREEN_FOLDS, folds))))
+        alive = min(alive, math.ceil(alive / ETA) + 2)
+    return out
+
+
+@dataclass
+class Plan:
+    """What the rest of the run will do, as far as it is known after the profiles."""
+
+    budgets: list[float]
+    donor_ms: dict[str, float]
+    teacher_pool: list[str]
+    final_donors: list[str]
+    ce: Recipe
+    final: Recipe
+    rungs: tuple[int, ...]
+    targets: int
+    int8_targets: int
+    finalists: int = FINALISTS
+    exports_per_budget: int = 2  # the shipped file and the best mix's ONNX
+    step_s: dict[str, float] = field(default_factory=dict)
+
+    def key(self) -> dict:
+        """What an estimate depends on (not the step timings it adds)."""
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k != "step_s"}))
+
+
+def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstimate:
+    """The rest of the run (module docstring)."""
+    n_train, n_test = len(task.train), len(task.test)
+    folds = default_folds(task)
+    per_ms = sorted(plan.step_s[n] / max(plan.donor_ms[n], 1e-6) for n in plan.step_s)
+    mix_per_ms = per_ms[len(per_ms) // 2] if per_ms else 0.0
+    parts: list[Part] = []
+
+    def train(stage: str, recipe: Recipe, per_image: float, seams: bool, group: str = "training") -> None:
+        parts.append(Part(stage, group, training_images(recipe, n_train, seams) * per_image))
+
+    def evaluate(stage: str, per_image: float) -> None:
+        runs = 1 + plan.int8_targets  # fp32 on the test split, then each int8 target's network
+        parts.append(Part(stage, "evaluation", runs * n_test * per_image * FORWARD_SHARE))
+
+    for n in sorted(plan.teacher_pool, key=lambda n: plan.donor_ms[n]):
+        train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], False)
+    for n in sorted(plan.final_donors, key=lambda n: plan.donor_ms[n]):
+        train(f"fine-tune donor {n} (final", plan.final, plan.step_s[n], False)
+        evaluate(f"evaluate donor {n}", plan.step_s[n])
+    for b in plan.budgets:
+        fitting = [n for n, ms in plan.donor_ms.items() if donor_near(ms, b)]
+        candidates = plan.finalists + len(fitting)
+        per_image = mix_per_ms * b
+        seconds = plan.targets * candidates * item_s  # the finalists' measurement pass
+        # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
+        labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
+        for rung, trials in selection_trials(candidates, plan.rungs, folds):
+            r = rung_recipe(plan.ce, rung, plan.rungs)
+            seconds += trials * training_images(r, int(labelled), True) * per_image
+        parts.append(Part(f"assemble and select under {b:g} ms", "selection", seconds))
+        parts.append(Part("heal", "training", training_images(plan.final, n_train, True) * per_image))
+        evaluate(f"evaluate best mix {b:g} ms", per_image)
+        parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget)]
+    compared = plan.targets * (len(plan.final_donors) + len(plan.budgets)) + len(plan.budgets)
+    parts.append(Part("final measurement", "measurement", compared * item_s))
+    return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3))
+
+
+class Eta:
+    """The whole run's remaining time as stages finish: the estimate of the parts not yet done, scaled by
+    how long the finished parts took against their estimates (1 until one has finished)."""
+
+    def __init__(self, est: RunEstimate):
+        self.est = est
+        self.todo = list(est.parts)
+        self.done: list[tuple[Part, float]] = []
+
+    def finished(self, stage: str, seconds: float, reused: bool = False) -> bool:
+        """Mark the first part not yet done whose name `stage` starts with as done in `seconds` (a reused
+        stage is done without counting towards the scale); whether one was."""
+        for p in self.todo:
+            if stage.startswith(p.stage):
+                self.todo.remove(p)
+                if not reused:
+                    self.done.append((p, seconds))
+                return True
+        return False
+
+    @property
+    def ratio(self) -> float:
+        est = sum(p.seconds for p, _ in self.done)
+        return sum(s for _, s in self.done) / est if est > 1.0 else 1.0
+
+    def left_s(self) -> float:
+        return self.ratio * sum(p.seconds for p in self.todo)
+
+    def line(self, elapsed_s: float) -> str:
+        return f"run: {minutes(elapsed_s)} so far, about {minutes(self.left_s())} left"
+
+    def record(self) -> dict:
+        """Per group: estimated and actual seconds of the parts that ran, for run.json and the report."""
+        out: dict[str, dict[str, float]] = {}
+        for p, s in self.done:
+            g = out.setdefault(p.group, {"estimated_s": 0.0, "actual_s": 0.0})
+            g["estimated_s"] = round(g["estimated_s"] + p.seconds, 1)
+            g["actual_s"] = round(g["actual_s"] + s, 1)
+        return out
+
+
+def item_seconds(stages: list, models: list) -> float:
+    """Seconds per measured item on this machine, building included: the profiles' wall time over the
+    items they hold (profiles reused from an earlier run: their passes' timed seconds, doubled for the
+    building they leave out)."""
+    wall = [s.seconds for s in stages if s.stage.startswith("profile ") and s.status == "computed"]
+    items = sum(len(m.profile.records) for m in models)
+    if wall and len(wall) == len(models) and items:
+        return sum(wall) / items
+    passes = [p for m in models for p in m.profile.passes]
+    timed, n = sum(p.get("seconds", 0.0) for p in passes), sum(p.get("items", 0) for p in passes)
+    return 2 * timed / n if n else 1.0
+
+
+def make_estimate(plan: Plan, zoo, task: Task, stages: list, models: list, after_s: float, seed: int) -> RunEstimate:
+    """Time a few training steps of every donor the run will train, then estimate the rest (`estimate`)."""
+    from dery_deploy.train.trainer import build_model
+
+    for n in sorted(set(plan.teacher_pool) | set(plan.final_donors)):
+        model = build_model({"donor": n}, zoo, num_classes=task.num_classes)
+        plan.step_s[n] = step_seconds(model, task, plan.final.batch, seed)
+    return estimate(plan, task, item_seconds(stages, models), after_s)

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""How close is `dery run`'s up-front time estimate to the time the run then took? Writes bench/estimate.json.
+
+    python scripts/bench_estimate.py [--runs quick,default] [--seed 0] [-o FILE]
+
+Each run is a fresh `dery run` (the embedded Fashion-MNIST zoo, this machine, a new folder), alone on the
+machine. From its run.json: when the estimate was made (after the profiles), the seconds it gave the
+rest of the run, the seconds the rest took, and per group (training, selection, evaluation,
+measurement) the estimate of the stages it expected against what they took. Target (issue 30): the
+whole run within 25% of the estimate (after_s + the rest), for the quick and the default run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import ROOT, machine
+
+
+def one_run(kind: str, seed: int, tmp: Path) -> dict:
+    out = tmp / kind
+    cmd = [sys.executable, "-m", "dery_deploy.cli.main", "run", "--seed", str(seed), "-o", str(out)]
+    cmd += ["--quick"] if kind == "quick" else []
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.time() - t0
+    m = json.loads((out / "run.json").read_text())
+    est = m.get("estimate") or {}
+    rest = sum(part["seconds"] for part in est.get("parts", []))
+    made = est.get("after_s", 0.0)
+    total = made + rest
+    row = {
+        "command": " ".join(["dery", *cmd[3:]]),
+        "exit": p.returncode,
+        "wall_s": round(wall, 1),
+        "run_s": m["seconds"],
+        "estimate_made_after_s": made,
+        "estimated_rest_s": round(rest, 1),
+        "actual_rest_s": round(m["seconds"] - made, 1),
+        "estimated_total_s": round(total, 1),
+        "total_error_pct": round(100 * (m["seconds"] / total - 1), 1) if total else None,
+        "rest_error_pct": round(100 * ((m["seconds"] - made) / rest - 1), 1) if rest else None,
+        "groups": est.get("actual", {}),
+        "estimate_line": next((s["note"] for s in m["stages"] if s["stage"] == "time estimate"), ""),
+    }
+    print(f"{kind}: {json.dumps(row)}", flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default="quick,default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-o", "--out", default=str(ROOT / "bench" / "estimate.json"))
+    args = ap.parse_args()
+    from dery_deploy.artifacts import atomic_write_json
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    result: dict = {
+        "machine": machine(),
+        "commit": commit.stdout.strip(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": f"python scripts/bench_estimate.py --runs {args.runs} --seed {args.seed}",
+        "target": "the whole run within 25% of its up-front estimate, quick and default (issue 30)",
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.runs.split(","):
+            result["runs"][kind] = one_run(kind, args.seed, Path(tmp))
+            atomic_write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The run's time estimate: the work it counts, the steps it times, and the whole run's line."""
+
+import pytest
+from torch import nn
+
+from dery_deploy.pipeline.estimate import (
+    Eta,
+    Part,
+    Plan,
+    RunEstimate,
+    estimate,
+    selection_trials,
+    step_seconds,
+    training_images,
+)
+from dery_deploy.train.recipe import Recipe
+
+
+def test_training_images_count_epochs_distillation_and_seam_matching():
+    r = Recipe(epochs_adapter=1, epochs_full=2, batch=64)
+    assert training_images(r, 640, seams=False) == 3 * 640
+    d = Recipe(epochs_adapter=1, epochs_full=2, batch=64, distill=0.5, distill_images=1000, match_epochs=2)
+    # 10 steps an epoch, 100 teacher images a step, 3 epochs; seam matching only where there are seams
+    assert training_images(d, 640, seams=False) == 3 * 640 + 3 * 10 * 100
+    assert training_images(d, 640, seams=True) == 3 * 640 + 3000 + 2 * 8192
+
+
+def test_selection_trials_follow_the_halving_schedule():
+    assert selection_trials(6, (1,), 5) == [(0, 30)]  # one rung: the last, every fold
+    assert selection_trials(6, (1, 2), 5) == [(0, 6), (1, 25)]  # screened on one fold, then 3 + 2 on five
+    assert selection_trials(2, (1, 2), 1) == [(0, 2), (1, 2)]
+
+
+def test_a_training_step_is_timed_per_image(fashion_task):
+    c, h, w = fashion_task.train.images.shape[1:]
+    small = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 10))
+    big = nn.Sequential(nn.Conv2d(c, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.Flatten())
+    big.append(nn.Linear(64 * h * w, 10))
+    s, b = step_seconds(small, fashion_task, 32), step_seconds(big, fashion_task, 32)
+    assert 0 < s < b  # per image, the larger network's step costs more
+
+
+def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
+    r = Recipe(epochs_adapter=1, epochs_full=2, batch=64)
+    plan = Plan([0.2], {"a": 0.1, "b": 0.3}, ["a", "b"], ["a"], r, r, (1,), 2, 1, 2, step_s={"a": 1e-3, "b": 3e-3})
+    est = estimate(plan, fashion_task, item_s=0.5, after_s=100)
+    names = [p.stage for p in est.parts]
+    assert names[:4] == [
+        "fine-tune donor a (ce",
+        "fine-tune donor b (ce",
+        "fine-tune donor a (final",
+        "evaluate donor a",
+    ]
+    n = len(fashion_task.train)
+    assert est.parts[0].seconds == pytest.approx(3 * n * 1e-3) and est.parts[1].seconds == pytest.approx(3 * n * 3e-3)
+    assert "assemble and select under 0.2 ms" in names and names.count("export") == 2
+    assert est.parts[-1].stage == "final measurement" and est.parts[-1].seconds == pytest.approx((2 * 2 + 1) * 0.5)
+    assert est.seconds == pytest.approx(sum(est.by_group().values()))
+    assert "the rest of this run: about" in est.line()
+
+
+def test_eta_scales_what_is_left_by_how_the_finished_stages_went():
+    est = RunEstimate(0.0, [Part("train a", "training", 100), Part("train b", "training", 200)], {}, 1.0)
+    eta = Eta(est)
+    assert eta.left_s() == 300
+    assert eta.finished("train a (ce, 0.1 ms)", 150)  # took 1.5x its estimate
+    assert eta.left_s() == pytest.approx(300) and not eta.finished("something else", 5)
+    assert eta.record() == {"training": {"estimated_s": 100, "actual_s": 150}}
+    assert eta.finished("train b", 0.1, reused=True) and eta.left_s() == 0  # reused: done, not counted
+    assert "so far, about 0 s left" in eta.line(60)
