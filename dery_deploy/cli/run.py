@@ -20,6 +20,7 @@ from dery_deploy.data.task import DEFAULT_DATA
 from dery_deploy.pipeline import RunOptions
 from dery_deploy.pipeline import run as run_pipeline
 from dery_deploy.report.answers import answers
+from dery_deploy.report.sections import time_limit_line
 
 
 def run(
@@ -58,6 +59,12 @@ def run(
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads the runtime computes with (default: the device spec's)"
     ),
+    time_limit: float | None = typer.Option(
+        None,
+        "--time-limit",
+        help="minutes the run may take: it searches fewer targets and cuts rungs, recipe, epochs and budgets "
+        "to fit, and says what it cut",
+    ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's results as JSON at the end"),
@@ -84,6 +91,7 @@ def run(
         percentile=percentile,
         threads=threads,
         targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+        time_limit=time_limit,
     )
     m = run_pipeline(opts, None if as_json else console, progress_bar)
     if as_json:
@@ -120,6 +128,8 @@ def show_answer(run: dict) -> None:
             else "no donor fits"
         )
         console.print(f"    measured {a.measured_text()}; test top-1 {a.top1:.2f}%; {vs}")
+    if (run.get("time_limit") or {}).get("minutes"):
+        console.print(f"  [yellow]{time_limit_line(run['time_limit'])}[/]")
     fp = run.get("final_pass")
     if fp:
         console.print(

@@ -8,8 +8,9 @@ The estimate is work times this machine's speed at it, both counted here:
   cost per ms of predicted latency, at its budget;
 - selection: the successive-halving schedule's trials (every finalist at the first rung, the survivors
   at the last, over its folds) at the rung recipe;
-- evaluation: the test images through the network's forward pass (a third of a step), once per target;
-- measurement: the items a pass times, at the seconds per item the profiles just took.
+- evaluation: the test images through the network's forward pass (a third of a step);
+- measurement: the items a pass times, at the seconds per item the profiles just took, each of a later
+  pass worth a few profile items (`PAIR_ITEMS`, `EXPORT_ITEMS`: it is exported and built on its own).
 Phase 1 may end early at a plateau, so training is an upper bound; `Eta` scales what is left by how the
 finished stages compared with their estimates.
 """
@@ -33,7 +34,13 @@ from dery_deploy.train.select.halving import ETA, SCREEN_FOLDS, default_folds, r
 
 STEPS_TIMED = 3  # training steps timed per donor, after one untimed
 FORWARD_SHARE = 1 / 3  # a forward pass's share of a training step (backward ~ 2x forward)
-EXPORT_ITEMS = 2  # an export's measurement pass: the artifact and the reference workload
+# what a stage that measures costs, in profile items (the profiles' seconds per item, building included):
+# a profile times many items per pass, the later passes few, each also exported from its checkpoint and
+# built in a fresh measurement worker (fitted on one quick run, AMD EPYC 2 cores: an export 3.2-3.7 s,
+# the final pass 19 s for 7 pairs and its re-measurement, at 0.4 s per profile item)
+EXPORT_ITEMS = 8  # one export: ONNX from the checkpoint, parity, its own measurement pass
+PAIR_ITEMS = 5  # one (network, target) pair of the finalists' or the final pass
+REMEASURE_ITEMS = 4  # the final pass's re-measurement of a shipped file, alone with the reference
 
 
 @dataclass
@@ -145,10 +152,11 @@ class Plan:
     final: Recipe
     rungs: tuple[int, ...]
     targets: int
-    int8_targets: int
     finalists: int = FINALISTS
     exports_per_budget: int = 2  # the shipped file and the best mix's ONNX
     step_s: dict[str, float] = field(default_factory=dict)
+    teacher_images: int = 8192  # the teacher's pool of unlabelled images (its logits are computed once)
+    budgets_chosen: bool = True  # the run chose its budgets (a user's are never cut)
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds)."""
@@ -167,8 +175,7 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         parts.append(Part(stage, group, training_images(recipe, n_train, seams) * per_image))
 
     def evaluate(stage: str, per_image: float) -> None:
-        runs = 1 + plan.int8_targets  # fp32 on the test split, then each int8 target's network
-        parts.append(Part(stage, "evaluation", runs * n_test * per_image * FORWARD_SHARE))
+        parts.append(Part(stage, "evaluation", n_test * per_image * FORWARD_SHARE))
 
     for n in sorted(plan.teacher_pool, key=lambda n: plan.donor_ms[n]):
         train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], False)
@@ -179,7 +186,7 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         fitting = [n for n, ms in plan.donor_ms.items() if donor_near(ms, b)]
         candidates = plan.finalists + len(fitting)
         per_image = mix_per_ms * b
-        seconds = plan.targets * candidates * item_s  # the finalists' measurement pass
+        seconds = plan.targets * candidates * PAIR_ITEMS * item_s  # the finalists' measurement pass
         # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
         labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
         for rung, trials in selection_trials(candidates, plan.rungs, folds):
@@ -190,7 +197,8 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         evaluate(f"evaluate best mix {b:g} ms", per_image)
         parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget)]
     compared = plan.targets * (len(plan.final_donors) + len(plan.budgets)) + len(plan.budgets)
-    parts.append(Part("final measurement", "measurement", compared * item_s))
+    remeasure = len(plan.budgets) * REMEASURE_ITEMS
+    parts.append(Part("final measurement", "measurement", (compared * PAIR_ITEMS + remeasure) * item_s))
     return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3))
 
 

@@ -46,6 +46,7 @@ class RunManifest(JsonArtifact):
     # the rest of the run as estimated after the profiles (estimate.RunEstimate), and per group what the
     # estimated stages took ("actual": group -> estimated_s, actual_s)
     estimate: dict = field(default_factory=dict)
+    time_limit: dict = field(default_factory=dict)  # --time-limit: minutes, what was cut to fit, the estimate
     started: str = ""
     finished: str = ""
     seconds: float = 0.0

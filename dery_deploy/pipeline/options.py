@@ -34,6 +34,7 @@ class RunOptions:
     percentile: int = 50  # of single calls, what every budget promises
     threads: int | None = None  # CPU threads the runtime computes with (None: the device spec's)
     targets: list[str] | None = None  # backend/precision pairs to search (None: the device spec's `search`)
+    time_limit: float | None = None  # minutes the run fits itself to (pipeline/time_limit.py); None: no limit
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""
@@ -54,6 +55,8 @@ class RunOptions:
             bad.append(f"--batch must be >= 1, got {self.batch}")
         if self.percentile not in PERCENTILES:
             bad.append(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            bad.append(f"--time-limit must be a positive number of minutes, got {self.time_limit:g}")
         if self.threads is not None and self.threads < 1:
             bad.append(f"--threads must be >= 1, got {self.threads}")
         if bad:

@@ -26,7 +26,7 @@ from dery_deploy.network.items import donor_key
 from dery_deploy.pipeline.budget import REDERIVES, rederive_budget, stage_budget
 from dery_deploy.pipeline.budgets import choose_budgets, feasible_floor, final_donors, teacher_pool
 from dery_deploy.pipeline.context import Context, Recipes
-from dery_deploy.pipeline.estimate import Eta, Plan, RunEstimate, make_estimate
+from dery_deploy.pipeline.estimate import Eta, Plan, RunEstimate, estimate, make_estimate, minutes
 from dery_deploy.pipeline.final_pass import stage_final_pass
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.options import RunOptions
@@ -39,6 +39,7 @@ from dery_deploy.pipeline.stages import (
     stage_verify,
     stage_zoo,
 )
+from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend
 from dery_deploy.report.report import write_report
@@ -66,8 +67,11 @@ def resolve_targets(spec: DeviceSpec, opts: RunOptions) -> list[tuple[Backend, s
     return out
 
 
-def start_eta(r: Run, zoo, task: Task, models: list[LatencyModel], budgets, donor_ms, recipes: Recipes) -> None:
-    """Estimate the rest of the run on this machine (`estimate.py`), say it, and keep the whole run's line."""
+def start_eta(
+    r: Run, zoo, task: Task, models: list[LatencyModel], budgets, donor_ms, recipes: Recipes
+) -> tuple[list[float], Recipes]:
+    """Estimate the rest of the run on this machine (`estimate.py`), fit it to --time-limit
+    (`time_limit.py`), say both, and keep the whole run's line; returns the budgets and recipes to run."""
     plan = Plan(
         budgets,
         donor_ms,
@@ -77,11 +81,12 @@ def start_eta(r: Run, zoo, task: Task, models: list[LatencyModel], budgets, dono
         recipes.final,
         recipes.rungs,
         len(models),
-        sum(1 for m in models if m.profile.precision == "int8"),
         recipes.finalists,
         exports_per_budget=2 + int(r.opts.aoti),
+        teacher_images=recipes.teacher_pool,
+        budgets_chosen=not r.opts.budgets,
     )
-    path, key = r.out / "estimate.json", plan.key()
+    path, key = r.out / "estimate.json", {**plan.key(), "time_limit": r.opts.time_limit}
 
     def compute() -> RunEstimate:
         est = make_estimate(plan, zoo, task, r.manifest.stages, models, time.time() - r.t0, r.opts.seed)
@@ -91,10 +96,28 @@ def start_eta(r: Run, zoo, task: Task, models: list[LatencyModel], budgets, dono
     t = time.time()
     est = r.stage("time estimate", lambda: RunEstimate.reuse(path, key), compute, lambda e: e.line())
     fresh = r.manifest.stages[-1].status == "computed"  # else an earlier run's, for the same plan
+    if r.opts.time_limit:
+        elapsed = time.time() - r.t0
+        plan.step_s = est.step_s
+        plan, est, cuts = fit_to_limit(
+            plan, lambda p: estimate(p, task, est.item_s, elapsed), 60 * r.opts.time_limit, elapsed
+        )
+        cuts = (r.manifest.time_limit.get("cuts") or []) + cuts
+        r.manifest.time_limit = {
+            "minutes": r.opts.time_limit,
+            "cuts": cuts,
+            "estimated_s": round(elapsed + est.seconds),
+        }
+        r.say(
+            f"  time limit {r.opts.time_limit:g} min: "
+            + ("cut " + "; ".join(cuts) if cuts else "nothing cut")
+            + f"; estimated {minutes(elapsed + est.seconds)} in all"
+        )
     r.manifest.estimate = {**est.to_dict(), "made_in_s": round(time.time() - t, 1), "this_run": fresh}
     if fresh:
         r.say(f"  {est.line()}")
     r.eta = Eta(est)
+    return plan.budgets, Recipes(plan.ce, plan.final, plan.rungs, plan.teacher_images, plan.finalists)
 
 
 def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
@@ -128,6 +151,27 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     return r.manifest
 
 
+def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Task) -> list[LatencyModel]:
+    """Each target's profile and latency check, in order; under --time-limit, the device spec's further
+    targets only while the profiles fit their share of it (`time_limit.keeps_profiling`)."""
+    opts = r.opts
+    models: list[LatencyModel] = []
+    limit, last = (60 * opts.time_limit if opts.time_limit else None), 0.0
+    for i, (backend, precision) in enumerate(targets):
+        if i and not opts.targets and not keeps_profiling(limit, time.time() - r.t0, last):
+            left = ", ".join(str(Target(b.name, p)) for b, p in targets[i:])
+            r.manifest.time_limit = {"cuts": [f"targets {left} not searched (the profiles used the time for them)"]}
+            r.manifest.targets = r.manifest.targets[:i]
+            r.say(f"  time limit {opts.time_limit:g} min: {left} not searched; the profiles so far used its share")
+            break
+        t = time.time()
+        prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task)
+        prof = stage_verify(r, zoo, spec, prof_file, part, dis, str(Target(backend.name, precision)))
+        models.append(LatencyModel.of(prof, str(prof_file), opts.percentile))
+        last = time.time() - t
+    return models
+
+
 def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]], task: Task, task_seconds: float):
     opts = r.opts
     r.say("[bold cyan]> task[/]" if r.console else "> task")
@@ -140,11 +184,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     dis = dissect_zoo(zoo)
     sim = stage_similarity(r, zoo, task)
     part = stage_partition(r, zoo, sim, dis)
-    models: list[LatencyModel] = []
-    for backend, precision in targets:
-        prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task)
-        prof = stage_verify(r, zoo, spec, prof_file, part, dis, str(Target(backend.name, precision)))
-        models.append(LatencyModel.of(prof, str(prof_file), opts.percentile))
+    models = profile_targets(r, zoo, spec, targets, part, dis, task)
     backend, precision = targets[0]
     model, prof = models[0], models[0].profile
     # a donor's latency is that of its fastest target: what a budget must beat to be worth reassembling for
@@ -180,9 +220,9 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
         + ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(donor_ms.items(), key=lambda kv: kv[1]))
         + ")"
     )
-    recipes = Recipes.of(opts)
+    budgets, recipes = start_eta(r, zoo, task, models, budgets, donor_ms, Recipes.of(opts))
+    r.manifest.budgets = budgets
     r.manifest.recipe = recipes.describe()
-    start_eta(r, zoo, task, models, budgets, donor_ms, recipes)
     ce = stage_donors(r, zoo, task, recipes.ce, donor_ms, teacher_pool(donor_ms, budgets), "ce")
     teacher_name = max(ce, key=lambda n: (ce[n]["val_accuracy"], n))
     teacher = make_teacher(

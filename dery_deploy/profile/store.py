@@ -95,7 +95,7 @@ class VerifyRow:
     plan: str
     adapters: int
     predicted_ms: float  # the latency model as the program uses it
-    measured_ms: float  # end-to-end per-call median over all calls (older checks: the quiet-window estimate)
+    measured_ms: float  # end-to-end median (quiet-window estimate)
     measured_stable: bool
     raw_predicted_ms: float  # sum of raw item latencies (no speed calibration, no bias correction)
     calibrated_predicted_ms: float  # items at the profile's reference speed, no bias correction

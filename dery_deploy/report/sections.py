@@ -50,7 +50,16 @@ def answer(run: dict, root: Path, zoo_hash: str) -> list[str]:
         f"Task: {run['task'].get('summary', '')} (`{run['task'].get('spec')}`). "
         "Options: " + options + ".",
         "",
-    ]
+    ] + ([time_limit_line(run["time_limit"]), ""] if (run.get("time_limit") or {}).get("minutes") else [])
+
+
+def time_limit_line(tl: dict) -> str:
+    """What a run made under --time-limit cut to fit it, in words (the report and the terminal)."""
+    cut = "cut " + "; ".join(tl["cuts"]) if tl.get("cuts") else "nothing was cut"
+    return (
+        f"Made under a time limit of {tl['minutes']:g} min: {cut}; estimated {tl.get('estimated_s', 0):.0f} s "
+        "in all after the profiles."
+    )
 
 
 def answer_rows(run: dict, root: Path | None = None) -> list[list[str]]:

@@ -4,6 +4,8 @@ import pytest
 from torch import nn
 
 from dery_deploy.pipeline.estimate import (
+    PAIR_ITEMS,
+    REMEASURE_ITEMS,
     Eta,
     Part,
     Plan,
@@ -42,7 +44,7 @@ def test_a_training_step_is_timed_per_image(fashion_task):
 
 def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     r = Recipe(epochs_adapter=1, epochs_full=2, batch=64)
-    plan = Plan([0.2], {"a": 0.1, "b": 0.3}, ["a", "b"], ["a"], r, r, (1,), 2, 1, 2, step_s={"a": 1e-3, "b": 3e-3})
+    plan = Plan([0.2], {"a": 0.1, "b": 0.3}, ["a", "b"], ["a"], r, r, (1,), 2, 2, step_s={"a": 1e-3, "b": 3e-3})
     est = estimate(plan, fashion_task, item_s=0.5, after_s=100)
     names = [p.stage for p in est.parts]
     assert names[:4] == [
@@ -54,7 +56,9 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     n = len(fashion_task.train)
     assert est.parts[0].seconds == pytest.approx(3 * n * 1e-3) and est.parts[1].seconds == pytest.approx(3 * n * 3e-3)
     assert "assemble and select under 0.2 ms" in names and names.count("export") == 2
-    assert est.parts[-1].stage == "final measurement" and est.parts[-1].seconds == pytest.approx((2 * 2 + 1) * 0.5)
+    assert est.parts[-1].stage == "final measurement" and est.parts[-1].seconds == pytest.approx(
+        ((2 * 2 + 1) * PAIR_ITEMS + REMEASURE_ITEMS) * 0.5
+    )
     assert est.seconds == pytest.approx(sum(est.by_group().values()))
     assert "the rest of this run: about" in est.line()
 

@@ -1,0 +1,94 @@
+"""`dery run --time-limit MINUTES`: the run fits what it does to the time a user gives, as AutoGluon's
+`time_limit` and FLAML's `time_budget` fit their searches, and says what it cut.
+
+Two points decide. While profiling, a target searched after the first is profiled only where, taking as
+long as the one before, it ends within PROFILE_SHARE of the limit (the targets are the device spec's
+search list, fastest-to-profile first; a user's --targets are kept). Once the profiles have timed the
+machine, the estimate of the rest (`estimate.py`) is compared with the time left, and the cuts below
+are made in order, each re-estimated, until the run fits with SAFETY to spare: one selection rung and
+two mixed finalists, the quick recipe (seam matching, distillation and teacher images halved or less),
+one epoch per phase, then the middle budget only (where the run chose its budgets). What was cut is
+said on the terminal, recorded in run.json (`time_limit`) and stated beside the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from dery_deploy.pipeline.budgets import final_donors, teacher_pool
+from dery_deploy.pipeline.estimate import Plan, RunEstimate, minutes
+
+PROFILE_SHARE = 0.35  # of the limit, the profiles may use before further targets are left out
+SAFETY = 0.85  # the rest must fit in this share of the time left (the estimate missed by up to ~15%)
+
+
+def quick_recipes(plan: Plan) -> Plan | None:
+    """The quick run's recipe: one seam-matching epoch on 4096 images, distillation on 1024 an epoch from a
+    teacher pool of 4096."""
+    f = plan.final
+    quick = replace(f, match_epochs=min(f.match_epochs, 1), match_images=min(f.match_images, 4096))
+    quick = replace(quick, distill_images=min(f.distill_images, 1024))
+    if quick == f and plan.teacher_images <= 4096:
+        return None
+    return replace(plan, final=quick, teacher_images=min(plan.teacher_images, 4096))
+
+
+def one_rung(plan: Plan) -> Plan | None:
+    """Selection decided at one rung (every fold), over two mixed finalists."""
+    if len(plan.rungs) == 1 and plan.finalists <= 2:
+        return None
+    return replace(plan, rungs=plan.rungs[:1], finalists=min(plan.finalists, 2))
+
+
+def one_epoch_each(plan: Plan) -> Plan | None:
+    """One epoch per phase for every network trained."""
+    ce, f = plan.ce, plan.final
+    if max(ce.epochs_adapter, ce.epochs_full, f.epochs_adapter, f.epochs_full) <= 1:
+        return None
+    ce = replace(ce, epochs_adapter=min(ce.epochs_adapter, 1), epochs_full=min(ce.epochs_full, 1))
+    f = replace(f, epochs_adapter=min(f.epochs_adapter, 1), epochs_full=min(f.epochs_full, 1))
+    return replace(plan, ce=ce, final=f)
+
+
+def middle_budget(plan: Plan) -> Plan | None:
+    """The middle budget only (one the run chose itself: a user's budgets are kept)."""
+    if len(plan.budgets) < 2 or not plan.budgets_chosen:
+        return None
+    b = [sorted(plan.budgets)[len(plan.budgets) // 2]]
+    return replace(
+        plan, budgets=b, teacher_pool=teacher_pool(plan.donor_ms, b), final_donors=final_donors(plan.donor_ms, b)
+    )
+
+
+CUTS: list[tuple[str, Callable[[Plan], Plan | None]]] = [
+    ("selection at one rung over two mixed finalists", one_rung),
+    ("the quick recipe (1 seam-matching epoch, fewer distillation images)", quick_recipes),
+    ("one epoch per training phase", one_epoch_each),
+    ("the middle budget only", middle_budget),
+]
+
+
+def fit_to_limit(
+    plan: Plan, estimate_of: Callable[[Plan], RunEstimate], limit_s: float, elapsed_s: float
+) -> tuple[Plan, RunEstimate, list[str]]:
+    """The plan cut (CUTS, in order) until its estimate fits the time left, its estimate, and what was cut,
+    each with the seconds it saves by the estimate."""
+    est = estimate_of(plan)
+    cuts = []
+    for what, cut in CUTS:
+        if est.seconds <= SAFETY * (limit_s - elapsed_s):
+            break
+        smaller = cut(plan)
+        if smaller is None:
+            continue
+        new = estimate_of(smaller)
+        cuts.append(f"{what} (saves about {minutes(est.seconds - new.seconds)})")
+        plan, est = smaller, new
+    return plan, est, cuts
+
+
+def keeps_profiling(limit_s: float | None, elapsed_s: float, last_s: float) -> bool:
+    """Whether a further target's profile, taking as long as the last one did (`last_s`), ends within
+    PROFILE_SHARE of the limit (module docstring)."""
+    return limit_s is None or elapsed_s + last_s <= PROFILE_SHARE * limit_s

@@ -1,0 +1,65 @@
+"""--time-limit: what a run cuts, in which order, to fit the time a user gives it."""
+
+from dataclasses import replace
+
+import pytest
+
+from dery_deploy.errors import DeryError
+from dery_deploy.pipeline.estimate import Plan, estimate
+from dery_deploy.pipeline.options import RunOptions
+from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling
+from dery_deploy.train.recipe import Recipe
+
+
+def default_plan(chosen: bool = True) -> Plan:
+    ce = Recipe(epochs_adapter=4, epochs_full=6, plateau=0.02)
+    final = replace(ce, match_epochs=4, match_images=8192, distill=0.5, distill_images=4096)
+    donors = {"a": 0.1, "b": 0.2, "c": 0.4}
+    return Plan(
+        [0.09, 0.15, 0.3], donors, ["a", "b", "c"], ["a", "b", "c"], ce, final, (1, 2), 3, 4,
+        step_s={"a": 1e-3, "b": 2e-3, "c": 4e-3}, budgets_chosen=chosen,
+    )  # fmt: skip
+
+
+def test_nothing_is_cut_when_the_run_fits(fashion_task):
+    plan = default_plan()
+    full = estimate(plan, fashion_task, 0.4, 100).seconds
+    kept, est, cuts = fit_to_limit(plan, lambda p: estimate(p, fashion_task, 0.4, 100), 100 + 2 * full, 100)
+    assert cuts == [] and kept == plan and est.seconds == full
+
+
+def test_cuts_come_in_order_until_the_estimate_fits(fashion_task):
+    plan = default_plan()
+
+    def of(p):
+        return estimate(p, fashion_task, 0.4, 100)
+
+    full = of(plan).seconds
+    kept, est, cuts = fit_to_limit(plan, of, 100 + 0.5 * full, 100)
+    assert cuts and cuts[0].startswith("selection at one rung") and est.seconds < full
+    assert est.seconds <= 0.85 * 0.5 * full or len(cuts) == 4
+    assert kept.rungs == (1,) and kept.finalists == 2
+    # a limit nothing fits: every cut is made, each saving time, and the run is told its estimate
+    kept, est, cuts = fit_to_limit(plan, of, 101, 100)
+    assert [c.split(" (saves")[0] for c in cuts] == [
+        "selection at one rung over two mixed finalists",
+        "the quick recipe (1 seam-matching epoch, fewer distillation images)",
+        "one epoch per training phase",
+        "the middle budget only",
+    ]
+    assert kept.budgets == [0.15] and kept.final.epochs_full == 1 and kept.final.match_epochs == 1
+    assert kept.teacher_images == 4096 and est.seconds < of(replace(plan, budgets=[0.15])).seconds
+    # a user's budgets are never cut
+    kept, _, cuts = fit_to_limit(default_plan(chosen=False), of, 101, 100)
+    assert kept.budgets == [0.09, 0.15, 0.3] and len(cuts) == 3
+
+
+def test_a_further_target_is_profiled_only_while_it_fits_its_share():
+    assert keeps_profiling(None, 10_000, 10_000)
+    assert keeps_profiling(600, 100, 100)  # 200 s of 600: within 35%
+    assert not keeps_profiling(600, 150, 100)  # 250 s would be over 210
+
+
+def test_a_bad_time_limit_is_refused_before_any_work():
+    with pytest.raises(DeryError, match="--time-limit must be a positive number of minutes, got -1"):
+        RunOptions(time_limit=-1).check()
