@@ -3,9 +3,10 @@ front, kept current as stages finish, and recorded against what each stage took.
 
 The estimate is work times this machine's speed at it, both counted here:
 - training: images through a network's training step (recipe epochs x labelled images, plus the
-  distillation and seam-matching images), times the seconds per image of that network's step, timed
-  now on a few real steps of each donor (`step_seconds`); a reassembled network costs what the donors
-  cost per ms of predicted latency, at its budget;
+  distillation and seam-matching images; phase 1 forward only), times the seconds per image of that
+  network's step, timed now on a few real steps of each donor at the labelled batch and at a distilling
+  step's larger one (`step_seconds`); a reassembled network costs what the donors cost per ms of
+  predicted latency, at its budget;
 - selection: the successive-halving schedule's trials (every finalist at the first rung, the survivors
   at the last, over its folds) at the rung recipe;
 - evaluation: the test images through the network's forward pass (a third of a step);
@@ -32,7 +33,8 @@ from dery_deploy.data.task import Task
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select.halving import ETA, SCREEN_FOLDS, default_folds, rung_recipe
 
-STEPS_TIMED = 3  # training steps timed per donor, after one untimed
+STEPS_TIMED = 5  # training steps timed per donor and batch, after WARMUP_STEPS untimed
+WARMUP_STEPS = 2
 FORWARD_SHARE = 1 / 3  # a forward pass's share of a training step (backward ~ 2x forward)
 # what a stage that measures costs, in profile items (the profiles' seconds per item, building included):
 # a profile times many items per pass, the later passes few, each also exported from its checkpoint and
@@ -61,6 +63,7 @@ class RunEstimate:
     parts: list[Part]
     step_s: dict[str, float]  # donor -> seconds per training image, timed here
     item_s: float  # seconds per item of a measurement pass, from the profiles
+    distill_s: dict[str, float] = field(default_factory=dict)  # donor -> the same in a distilling step
 
     @property
     def seconds(self) -> float:
@@ -91,7 +94,7 @@ class RunEstimate:
         if old.get("key") != key:
             return None
         d = old["estimate"]
-        return cls(d["after_s"], [Part(**p) for p in d["parts"]], d["step_s"], d["item_s"])
+        return cls(d["after_s"], [Part(**p) for p in d["parts"]], d["step_s"], d["item_s"], d.get("distill_s", {}))
 
 
 def minutes(seconds: float) -> str:
@@ -100,33 +103,39 @@ def minutes(seconds: float) -> str:
 
 def step_seconds(model: nn.Module, task: Task, batch: int, seed: int = 0) -> float:
     """Seconds per image of one real training step of `model` (forward, backward, AdamW) at `batch` images
-    of the task's size, the median of STEPS_TIMED steps after an untimed one."""
+    of the task's size, the median of STEPS_TIMED steps after WARMUP_STEPS untimed ones."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *task.train.images.shape[1:], generator=g)
     y = torch.randint(0, task.num_classes, (batch,), generator=g)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     times = []
-    for i in range(STEPS_TIMED + 1):
+    for i in range(WARMUP_STEPS + STEPS_TIMED):
         t = time.perf_counter()
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i:
+        if i >= WARMUP_STEPS:
             times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2] / batch
 
 
-def training_images(recipe: Recipe, labelled: int, seams: bool) -> float:
-    """Images through a training step over a recipe: its epochs over the labelled images, the teacher's
-    pool where it distils, and seam matching where the network has seams (upper bound: phase 1 may stop
-    early)."""
-    epochs = recipe.epochs_adapter + recipe.epochs_full
+def training_seconds(recipe: Recipe, labelled: int, seams: bool, per_image: float, per_distilled: float) -> float:
+    """A recipe's training time: its epochs over the labelled images at `per_image` and, where it distils,
+    over the teacher's pool at `per_distilled` (those come in larger batches); phase 1 at FORWARD_SHARE (its
+    blocks are frozen, so only the forward pass runs through them); seam matching where the network has
+    seams. An upper bound where phase 1 stops early at its plateau."""
     steps = math.ceil(labelled / recipe.batch)
-    distill = epochs * steps * math.ceil(recipe.distill_images / steps) if recipe.distill else 0
+    distilled = steps * math.ceil(recipe.distill_images / steps) if recipe.distill else 0
+    epochs = FORWARD_SHARE * recipe.epochs_adapter + recipe.epochs_full
     match = recipe.match_epochs * recipe.match_images if seams else 0
-    return epochs * labelled + distill + match
+    return epochs * (labelled * per_image + distilled * per_distilled) + match * per_image
+
+
+def distill_batch(recipe: Recipe, labelled: int) -> int:
+    """The teacher's images a distilling step adds to its labelled batch."""
+    return math.ceil(recipe.distill_images / math.ceil(labelled / recipe.batch)) if recipe.distill else 0
 
 
 def selection_trials(candidates: int, rungs: tuple[int, ...], folds: int) -> list[tuple[int, int]]:
@@ -155,51 +164,57 @@ class Plan:
     finalists: int = FINALISTS
     exports_per_budget: int = 2  # the shipped file and the best mix's ONNX
     step_s: dict[str, float] = field(default_factory=dict)
+    # donor -> seconds per image of a step that also distils (a larger batch: cheaper per image)
+    distill_s: dict[str, float] = field(default_factory=dict)
     teacher_images: int = 8192  # the teacher's pool of unlabelled images (its logits are computed once)
     budgets_chosen: bool = True  # the run chose its budgets (a user's are never cut)
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds)."""
-        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k != "step_s"}))
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in ("step_s", "distill_s")}))
 
 
 def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstimate:
     """The rest of the run (module docstring)."""
     n_train, n_test = len(task.train), len(task.test)
     folds = default_folds(task)
-    per_ms = sorted(plan.step_s[n] / max(plan.donor_ms[n], 1e-6) for n in plan.step_s)
-    mix_per_ms = per_ms[len(per_ms) // 2] if per_ms else 0.0
+
+    def per_ms(times: dict[str, float]) -> float:
+        """A donor's seconds per image per ms of its predicted latency, the median over donors."""
+        r = sorted(times[n] / max(plan.donor_ms[n], 1e-6) for n in times)
+        return r[len(r) // 2] if r else 0.0
+
+    mix_s, mix_distilled_s = per_ms(plan.step_s), per_ms(plan.distill_s or plan.step_s)
     parts: list[Part] = []
 
-    def train(stage: str, recipe: Recipe, per_image: float, seams: bool, group: str = "training") -> None:
-        parts.append(Part(stage, group, training_images(recipe, n_train, seams) * per_image))
+    def train(stage: str, recipe: Recipe, per_image: float, per_distilled: float, seams: bool) -> None:
+        parts.append(Part(stage, "training", training_seconds(recipe, n_train, seams, per_image, per_distilled)))
 
     def evaluate(stage: str, per_image: float) -> None:
         parts.append(Part(stage, "evaluation", n_test * per_image * FORWARD_SHARE))
 
     for n in sorted(plan.teacher_pool, key=lambda n: plan.donor_ms[n]):
-        train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], False)
+        train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], plan.step_s[n], False)
     for n in sorted(plan.final_donors, key=lambda n: plan.donor_ms[n]):
-        train(f"fine-tune donor {n} (final", plan.final, plan.step_s[n], False)
+        train(f"fine-tune donor {n} (final", plan.final, plan.step_s[n], plan.distill_s.get(n, plan.step_s[n]), False)
         evaluate(f"evaluate donor {n}", plan.step_s[n])
     for b in plan.budgets:
         fitting = [n for n, ms in plan.donor_ms.items() if donor_near(ms, b)]
         candidates = plan.finalists + len(fitting)
-        per_image = mix_per_ms * b
         seconds = plan.targets * candidates * PAIR_ITEMS * item_s  # the finalists' measurement pass
         # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
         labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
         for rung, trials in selection_trials(candidates, plan.rungs, folds):
             r = rung_recipe(plan.ce, rung, plan.rungs)
-            seconds += trials * training_images(r, int(labelled), True) * per_image
+            seconds += trials * training_seconds(r, int(labelled), True, mix_s * b, mix_s * b)
         parts.append(Part(f"assemble and select under {b:g} ms", "selection", seconds))
-        parts.append(Part("heal", "training", training_images(plan.final, n_train, True) * per_image))
-        evaluate(f"evaluate best mix {b:g} ms", per_image)
+        train("heal", plan.final, mix_s * b, mix_distilled_s * b, True)
+        evaluate(f"evaluate best mix {b:g} ms", mix_s * b)
         parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget)]
     compared = plan.targets * (len(plan.final_donors) + len(plan.budgets)) + len(plan.budgets)
     remeasure = len(plan.budgets) * REMEASURE_ITEMS
     parts.append(Part("final measurement", "measurement", (compared * PAIR_ITEMS + remeasure) * item_s))
-    return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3))
+    return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
 
 
 class Eta:
@@ -263,4 +278,7 @@ def make_estimate(plan: Plan, zoo, task: Task, stages: list, models: list, after
     for n in sorted(set(plan.teacher_pool) | set(plan.final_donors)):
         model = build_model({"donor": n}, zoo, num_classes=task.num_classes)
         plan.step_s[n] = step_seconds(model, task, plan.final.batch, seed)
+        if plan.final.distill:
+            big = plan.final.batch + distill_batch(plan.final, len(task.train))
+            plan.distill_s[n] = step_seconds(model, task, big, seed)
     return estimate(plan, task, item_seconds(stages, models), after_s)

@@ -98,7 +98,7 @@ def start_eta(
     fresh = r.manifest.stages[-1].status == "computed"  # else an earlier run's, for the same plan
     if r.opts.time_limit:
         elapsed = time.time() - r.t0
-        plan.step_s = est.step_s
+        plan.step_s, plan.distill_s = est.step_s, est.distill_s
         plan, est, cuts = fit_to_limit(
             plan, lambda p: estimate(p, task, est.item_s, elapsed), 60 * r.opts.time_limit, elapsed
         )
@@ -260,9 +260,9 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     verdicts = [
         (res, BudgetVerdict(**res["onnx"]["budget"])) for res in feasible if (res.get("onnx") or {}).get("budget")
     ]
-    for res, v in verdicts:
+    for _, v in verdicts:
         if v.status == "undecided":
-            r.say(f"  [yellow]budget {res['budget_ms']:g} ms: {v.line()}[/]" if r.console else f"  {v.line()}")
+            r.say(f"  [yellow]{v.line()}[/]" if r.console else f"  {v.line()}")
     over = [res for res, v in verdicts if v.over]
     if over and not opts.allow_over_budget:
         worst = max(over, key=lambda res: res["onnx"]["budget"]["measured_ms"] / res["budget_ms"])

@@ -10,21 +10,25 @@ from dery_deploy.pipeline.estimate import (
     Part,
     Plan,
     RunEstimate,
+    distill_batch,
     estimate,
     selection_trials,
     step_seconds,
-    training_images,
+    training_seconds,
 )
 from dery_deploy.train.recipe import Recipe
 
 
-def test_training_images_count_epochs_distillation_and_seam_matching():
-    r = Recipe(epochs_adapter=1, epochs_full=2, batch=64)
-    assert training_images(r, 640, seams=False) == 3 * 640
-    d = Recipe(epochs_adapter=1, epochs_full=2, batch=64, distill=0.5, distill_images=1000, match_epochs=2)
-    # 10 steps an epoch, 100 teacher images a step, 3 epochs; seam matching only where there are seams
-    assert training_images(d, 640, seams=False) == 3 * 640 + 3 * 10 * 100
-    assert training_images(d, 640, seams=True) == 3 * 640 + 3000 + 2 * 8192
+def test_training_seconds_count_epochs_distillation_and_seam_matching():
+    r = Recipe(epochs_adapter=3, epochs_full=2, batch=64)
+    # phase 1 runs forward only through frozen blocks: a third of a step
+    assert training_seconds(r, 640, False, 1e-3, 0.0) == pytest.approx((1 + 2) * 640 * 1e-3)
+    d = Recipe(epochs_adapter=3, epochs_full=2, batch=64, distill=0.5, distill_images=1000, match_epochs=2)
+    # 10 steps an epoch, 100 teacher images each
+    assert distill_batch(d, 640) == 100 and distill_batch(r, 640) == 0
+    # the teacher's images at their own (larger-batch) cost; seam matching only where there are seams
+    assert training_seconds(d, 640, False, 1e-3, 5e-4) == pytest.approx(3 * (640 * 1e-3 + 1000 * 5e-4))
+    assert training_seconds(d, 640, True, 1e-3, 5e-4) == pytest.approx(3 * (0.64 + 0.5) + 2 * 8192 * 1e-3)
 
 
 def test_selection_trials_follow_the_halving_schedule():
@@ -54,7 +58,10 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
         "evaluate donor a",
     ]
     n = len(fashion_task.train)
-    assert est.parts[0].seconds == pytest.approx(3 * n * 1e-3) and est.parts[1].seconds == pytest.approx(3 * n * 3e-3)
+    # 1 epoch of phase 1 (forward only, a third) + 2 of phase 2 over the labelled images
+    assert est.parts[0].seconds == pytest.approx(7 / 3 * n * 1e-3) and est.parts[1].seconds == pytest.approx(
+        7 / 3 * n * 3e-3
+    )
     assert "assemble and select under 0.2 ms" in names and names.count("export") == 2
     assert est.parts[-1].stage == "final measurement" and est.parts[-1].seconds == pytest.approx(
         ((2 * 2 + 1) * PAIR_ITEMS + REMEASURE_ITEMS) * 0.5
