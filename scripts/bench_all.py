@@ -47,7 +47,7 @@ def main() -> None:
     bench = ROOT / "bench"
     if args.readme_only:  # every script's committed JSON as it is now, without running anything
         results = json.loads((bench / "results.json").read_text())
-        for name in (*SCRIPTS, "stitch_lr", "scaling", "reproduce", "latency_model"):
+        for name in (*SCRIPTS, "stitch_lr", "scaling", "reproduce", "latency_model", "estimate"):
             if (bench / f"{name}.json").is_file():
                 results["scripts"][name] = json.loads((bench / f"{name}.json").read_text())
     else:
@@ -63,7 +63,8 @@ def main() -> None:
             "stitch_lr",
             "scaling",
             "reproduce",
-        ):  # a run's finalists / about 3 hours: run by hand, read here
+            "estimate",
+        ):  # a run's finalists / about 3 hours / two whole runs: run by hand, read here
             if (bench / f"{by_hand}.json").is_file():
                 results["scripts"][by_hand] = json.loads((bench / f"{by_hand}.json").read_text())
         if "quick" not in args.skip:
@@ -108,6 +109,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += reproduce_section(s["reproduce"])
     if "latency_model" in s:
         out += latency_model_section(s["latency_model"])
+    if "estimate" in s:
+        out += estimate_section(s["estimate"])
     if "repeatability" in s:
         out += repeatability_section(s["repeatability"])
     if "runtimes" in s:
@@ -265,6 +268,30 @@ def latency_model_section(lm: dict) -> list[str]:
         out.append(
             f"| shared evidence (Xeon) | {t} | {r['assemblies']} | {pair(r['alone_median_max_pct'])} "
             f"| not measured there | alone | {pair(r['alone_p90_median_max_pct'])} |"
+        )
+    return out + [""]
+
+
+def estimate_section(es: dict) -> list[str]:
+    """The up-front time estimate against the run's time (`scripts/bench_estimate.py`)."""
+    m = es["machine"]
+    out = [
+        "### The time estimate against the run (`scripts/bench_estimate.py`)",
+        "",
+        f"Commit `{es['commit']}`, {es['when']}, {m['cpu']} ({m['cores']} cores), each run alone in a fresh folder; "
+        f"target: {es['target']}. The estimate is made after the profiles; per group, the estimate of the stages "
+        "it expected against what they took.",
+        "",
+        "| run | estimate made after | estimated in all | took | took vs estimate | per group: estimated / actual s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in es["runs"].values():
+        groups = ", ".join(
+            f"{g} {v['estimated_s']:.0f} / {v['actual_s']:.0f}" for g, v in sorted(r.get("groups", {}).items())
+        )
+        out.append(
+            f"| `{r['command']}` | {r['estimate_made_after_s']:.0f} s | {r['estimated_total_s']:.0f} s "
+            f"| {r['run_s']:.0f} s | {r['total_error_pct']:+.1f}% | {groups} |"
         )
     return out + [""]
 

@@ -36,7 +36,7 @@ def one_run(kind: str, seed: int, tmp: Path) -> dict:
     made = est.get("after_s", 0.0)
     total = made + rest
     row = {
-        "command": " ".join(["dery", *cmd[3:]]),
+        "command": " ".join(["dery", *cmd[3:]]).replace(f" -o {out}", ""),
         "exit": p.returncode,
         "wall_s": round(wall, 1),
         "run_s": m["seconds"],

@@ -62,7 +62,7 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     assert est.parts[0].seconds == pytest.approx(7 / 3 * n * 1e-3) and est.parts[1].seconds == pytest.approx(
         7 / 3 * n * 3e-3
     )
-    assert "assemble and select under 0.2 ms" in names and names.count("export") == 2
+    assert "assemble and select under" in names and names.count("export") == 2
     assert est.parts[-1].stage == "final measurement" and est.parts[-1].seconds == pytest.approx(
         ((2 * 2 + 1) * PAIR_ITEMS + REMEASURE_ITEMS) * 0.5
     )
