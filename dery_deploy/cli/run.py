@@ -2,10 +2,13 @@
 your zoo and task.
 
 Examples:
-    dery run                         # everything, about 10 minutes on a 2-core CPU
-    dery run --quick                 # one budget, short training (about 2 minutes)
+    dery run                         # everything: 18-20 minutes on a 2-core AMD EPYC VM (bench/estimate.json)
+    dery run --quick                 # one budget, short training: 5-7 minutes there
+    dery run --time-limit 10         # fit the run to 10 minutes, saying what it cut
     dery run --budgets 0.2,0.3 -o runs/mine --epochs-full 10
     dery run --zoo my_zoo.yaml --data ~/images/task -o runs/task
+
+Each run prints, once its profiles have timed the machine, how long the rest will take there.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ def run(
     epochs_full: int = typer.Option(6, "--epochs-full"),
     top: int = typer.Option(10, "--top"),
     verify: int = typer.Option(10, "--verify", help="mixed assemblies measured to check the latency model"),
-    quick: bool = typer.Option(False, "--quick", help="one budget, 1+2 epochs, fewer candidates (about 2 minutes)"),
+    quick: bool = typer.Option(
+        False, "--quick", help="one budget, 1+2 epochs, fewer candidates (5-7 minutes on a 2-core AMD EPYC VM)"
+    ),
     aoti: bool = typer.Option(
         False,
         "--aoti/--no-aoti",
