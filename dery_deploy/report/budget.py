@@ -218,7 +218,7 @@ def exports(r: dict) -> list[str]:
         lines += [
             f"- the shipped file measured {history[0]:.4f} ms in the final pass, beside every compared network, "
             "which is over its budget or far from the measurement that admitted it; re-measured alone with the "
-            f"machine's reference: {' -> '.join(f'{ms:.4f}' for ms in history[1:])} ms. The verdict reads the last: "
+            f"machine's reference: {', '.join(f'{ms:.4f}' for ms in history[1:])} ms. The verdict reads the median: "
             + (BudgetVerdict(**b).line() if b.get("checked") else "not checked")
         ]
     return lines + [""]

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from dery_deploy.export.verdict import BudgetVerdict
 from tests.conftest import assert_one_line_error, run_dery, write_folder
 
 CLASSES = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu")
@@ -111,12 +112,32 @@ def test_whole_journey_on_their_zoo_and_images(user, tmp_path):
 
 @pytest.mark.slow
 def test_run_quick_on_their_zoo_and_images(user):
-    dery(user, "run", "--zoo", "zoo.yaml", "--data", "imgs", "--quick", "-o", "runq", "--verify", "3")
+    # The verdict on a 0.09 ms network is the CI host's to give (a shared VM has measured the same file
+    # 30-58% slower in one pass than in the next); the verdict rules are tested with faked passes in
+    # tests/pipeline/test_final_pass.py. Here the journey must finish and record whichever verdict it got.
+    dery(
+        user,
+        "run",
+        "--zoo",
+        "zoo.yaml",
+        "--data",
+        "imgs",
+        "--quick",
+        "-o",
+        "runq",
+        "--verify",
+        "3",
+        "--allow-over-budget",
+    )
     m = json.loads((user / "runq" / "run.json").read_text())
     assert m["status"] == "done" and m["task"]["classes"] == list(CLASSES)
     [res] = m["results"]
     assert res["plan"]["num_classes"] == 7 and res["onnx"]["parity"]["ok"]
-    assert (user / "runq" / "report.md").is_file()
+    verdict = BudgetVerdict(**res["onnx"]["budget"])
+    assert verdict.status in ("within", "over", "undecided") and verdict.measured_ms > 0
+    report = (user / "runq" / "report.md").read_text()
+    if verdict.over:  # said where the user reads it, not only in run.json
+        assert "OVER BUDGET" in report
 
 
 def test_bad_task_input_is_one_line_and_writes_nothing(user, tmp_path):

@@ -4,7 +4,7 @@ reads, and a figure over budget only because the machine itself slowed down."""
 from types import SimpleNamespace
 
 from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
-from dery_deploy.pipeline.final_pass import latest_measurement, ship_suspects
+from dery_deploy.pipeline.final_pass import verdict_measurement, ship_suspects
 from dery_deploy.runtime.harness import Measurement
 
 
@@ -47,7 +47,7 @@ def test_suspects_are_the_shipped_files_over_budget_or_far_from_their_admission(
     assert ship_suspects(run, latest) == ["ship:3|onnxruntime/fp32"]
 
 
-def test_the_verdict_reads_the_last_measurement_of_a_shipped_file():
+def test_the_verdict_reads_the_median_measurement_of_a_shipped_file():
     key = "ship:1|onnxruntime/fp32"
     fp = {
         "summary": {"references_ms": {"onnxruntime/t1": 0.2}},
@@ -65,12 +65,18 @@ def test_the_verdict_reads_the_last_measurement_of_a_shipped_file():
             },
         ],
     }
-    m, summary, history = latest_measurement(fp, key, 50)
-    assert m.promise_at(50) == 0.9 and summary["references_ms"]["onnxruntime/t1"] == 0.1 and history == [1.5, 1.2, 0.9]
-    m, summary, history = latest_measurement(fp, "donor:a|onnxruntime/fp32", 50)
+    m, summary, history = verdict_measurement(fp, key, 50)
+    assert m.promise_at(50) == 1.2 and summary["references_ms"]["onnxruntime/t1"] == 0.15 and history == [1.5, 1.2, 0.9]
+    # one low re-measurement does not carry the verdict: a final pass at 1.5, alone 1.45 then 0.9 reads 1.45
+    fp["remeasured"][0]["measurements"][key] = measured(1.45).to_dict()
+    assert verdict_measurement(fp, key, 50)[0].promise_at(50) == 1.45
+    # two figures: the higher (the verdict never rests on the lower of a disagreeing pair)
+    two = {**fp, "remeasured": fp["remeasured"][1:]}
+    assert verdict_measurement(two, key, 50)[0].promise_at(50) == 1.5
+    m, summary, history = verdict_measurement(fp, "donor:a|onnxruntime/fp32", 50)
     assert history == [3.0] and summary is fp["summary"]
     # a final pass recorded before re-measuring existed reads as one pass
-    assert latest_measurement({k: fp[k] for k in ("summary", "measurements")}, key, 50)[2] == [1.5]
+    assert verdict_measurement({k: fp[k] for k in ("summary", "measurements")}, key, 50)[2] == [1.5]
 
 
 def over(measured_ms: float, budget: float = 1.0) -> BudgetVerdict:
@@ -104,6 +110,7 @@ def test_the_report_says_the_shipped_file_was_re_measured_and_which_figure_the_v
     r = {"measured_history_ms": [1.7, 1.5], "onnx": {"error": "x", "budget": asdict(v)}}
     text = "\n".join(exports(r))
     assert "measured 1.7000 ms in the final pass" in text and "re-measured alone" in text and "1.5000 ms" in text
+    assert "The verdict reads the median" in text
     assert "60% slower than when the file was exported" in text
     assert "re-measured" not in "\n".join(exports({"measured_history_ms": [1.7], "onnx": {"error": "x"}}))
 
