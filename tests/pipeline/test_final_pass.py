@@ -4,7 +4,7 @@ reads, and a figure over budget only because the machine itself slowed down."""
 from types import SimpleNamespace
 
 from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
-from dery_deploy.pipeline.final_pass import verdict_measurement, ship_suspects
+from dery_deploy.pipeline.final_pass import ship_suspects, verdict_measurement
 from dery_deploy.runtime.harness import Measurement
 
 
