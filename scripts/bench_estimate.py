@@ -23,6 +23,27 @@ from pathlib import Path
 from bench_common import ROOT, machine
 
 
+def per_part(est: dict, stages: list[dict]) -> list[dict]:
+    """Each estimated part beside the stage that did it, matched as the run's own ETA matches them."""
+    from dery_deploy.pipeline.estimate import Eta, Part, RunEstimate
+
+    eta = Eta(RunEstimate(0.0, [Part(**p) for p in est.get("parts", [])], {}, 0.0))
+    rows = []
+    for s in stages:
+        left = {id(p) for p in eta.todo}
+        if eta.finished(s["stage"], s["seconds"], s["status"] != "computed"):
+            [part] = [p for p in eta.est.parts if id(p) in left and all(p is not q for q in eta.todo)]
+            rows.append(
+                {
+                    "stage": s["stage"],
+                    "group": part.group,
+                    "estimated_s": round(part.seconds, 1),
+                    "actual_s": s["seconds"],
+                }
+            )
+    return rows
+
+
 def one_run(kind: str, seed: int, tmp: Path) -> dict:
     out = tmp / kind
     cmd = [sys.executable, "-m", "dery_deploy.cli.main", "run", "--seed", str(seed), "-o", str(out)]
@@ -47,6 +68,7 @@ def one_run(kind: str, seed: int, tmp: Path) -> dict:
         "total_error_pct": round(100 * (m["seconds"] / total - 1), 1) if total else None,
         "rest_error_pct": round(100 * ((m["seconds"] - made) / rest - 1), 1) if rest else None,
         "groups": est.get("actual", {}),
+        "parts": per_part(est, m["stages"]),
         "estimate_line": next((s["note"] for s in m["stages"] if s["stage"] == "time estimate"), ""),
     }
     print(f"{kind}: {json.dumps(row)}", flush=True)
@@ -58,6 +80,7 @@ def main() -> None:
     ap.add_argument("--runs", default="quick,default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--out", default=str(ROOT / "bench" / "estimate.json"))
+    ap.add_argument("--keep", help="run in this folder and keep the runs (default: a temporary one)")
     args = ap.parse_args()
     from dery_deploy.artifacts import atomic_write_json
 
@@ -71,8 +94,9 @@ def main() -> None:
         "runs": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
+        where = Path(args.keep or tmp)
         for kind in args.runs.split(","):
-            result["runs"][kind] = one_run(kind, args.seed, Path(tmp))
+            result["runs"][kind] = one_run(kind, args.seed, where)
             atomic_write_json(args.out, result)
 
 

@@ -46,7 +46,7 @@ def shipped(out: Path) -> list[dict]:
     run = json.loads((out / "run.json").read_text())
     fp = json.loads((out / "final_pass.json").read_text())
     refs = fp["summary"].get("references_ms") or {}
-    from dery_deploy.pipeline.final_pass import compared_key
+    from dery_deploy.pipeline.second_look import compared_key
     from dery_deploy.runtime.target import Target
 
     rows = []

@@ -102,7 +102,7 @@ def run(
     if as_json:
         print(
             json.dumps(
-                {"status": m.status, "results": m.results, "donors": m.donors, "seconds": m.seconds},
+                {k: v for k, v in m.to_dict().items() if k in ("status", "results", "donors", "seconds")},
                 indent=2,
                 default=str,
             )
@@ -110,8 +110,8 @@ def run(
         return
     est = m.estimate
     said = (
-        f" (estimated after the profiles: {est['after_s'] + sum(p['seconds'] for p in est['parts']):.0f} s)"
-        if est.get("parts") and est.get("this_run")
+        f" (estimated after the profiles: {est.after_s + est.seconds:.0f} s)"
+        if est and est.parts and est.this_run
         else ""
     )
     console.print(f"[bold green]done[/] in {m.seconds:.0f} s{said}: report {out / 'report.md'} (and report.html)")

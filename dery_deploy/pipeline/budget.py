@@ -15,6 +15,7 @@ from dery_deploy.network.plan import load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.pick import describe_plan, last_rung_accuracy, pick_triple, score_triples
+from dery_deploy.pipeline.records import BudgetResult
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
 from dery_deploy.train.select import SCREEN_FOLDS, Finalist, default_folds, select
@@ -27,7 +28,7 @@ REDERIVES = 3  # times a default budget is raised before the run says it is infe
 
 def rederive_budget(
     r: Run, ctx: Context, budgets: list[float], i: int, fastest_ms: float, aoti: bool, attempt: int = 0
-) -> dict:
+) -> BudgetResult:
     """A default budget that the finalists' own measurement found infeasible (the profile predicted them
     within it) is raised to what they measured, said on the terminal, and assembled again; the margin
     doubles with each `attempt` (the finalists' next pass can measure slower again: seen +5% on a
@@ -50,12 +51,12 @@ def rederive_budget(
     return stage_budget(r, ctx, new, aoti=aoti)
 
 
-def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
+def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     """One budget: candidates on every target and measured (network, target) finalists, selection by
     evidence on validation, healing of the best mixed plan with the final recipe, the pick among the
     measured (network, runtime, precision) triples, then its evaluation and exports."""
     bdir = r.out / f"budget-{b:g}ms"
-    entry: dict = {"budget_ms": b}
+    entry = BudgetResult(b)
     try:
         sel = r.stage(
             f"assemble and select under {b:g} ms",
@@ -64,50 +65,59 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> dict:
             lambda o: o["selection"]["pick"],
         )
     except DeryError as e:
-        entry["infeasible"] = str(e)
+        entry.infeasible = str(e)
         if isinstance(e, NoFinalistKeeps):
-            entry["fastest_measured_ms"] = e.fastest_ms
+            entry.fastest_measured_ms = e.fastest_ms
         # (the failed stage left no record: `Run.stage` records a stage once it returns)
         r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
         r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
         return entry
     s = sel["selection"]
-    entry.update({k: sel[k] for k in ("candidates", "finalists", "rejected_over_budget", "solver", "margin")})
-    entry["selection"] = s
+    entry.candidates, entry.finalists = sel["candidates"], sel["finalists"]
+    entry.rejected_over_budget, entry.solver, entry.margin = sel["rejected_over_budget"], sel["solver"], sel["margin"]
+    entry.selection = s
     paths = {(f["plan"], f.get("target", "")): bdir / f["path"] for f in sel["finalists"]}
     if s["best_mix"]:
-        entry["mix"] = heal_best_mix(r, ctx, b, bdir, s["best_mix"], paths)
-        entry["mix"]["selection_accuracy"] = last_rung_accuracy(s).get(s["best_mix"])
-        entry["run_mix"] = str(bdir / "mix")
+        entry.mix = heal_best_mix(r, ctx, b, bdir, s["best_mix"], paths)
+        entry.mix["selection_accuracy"] = last_rung_accuracy(s).get(s["best_mix"])
+        entry.run_mix = str(bdir / "mix")
         carry_better_mix(r, entry, sel)
-    triples = score_triples(r, ctx, sel, entry.get("mix"), Path(entry["run_mix"]) if entry.get("mix") else None)
+    triples = score_triples(r, ctx, sel, entry.mix, Path(entry.run_mix) if entry.mix and entry.run_mix else None)
     pick = pick_triple(triples, s)
-    entry["triples"] = triples
-    entry["pick_triple"] = pick
+    entry.triples = triples
+    entry.pick_triple = pick
     r.say(f"  pick: {pick['network']} on {pick['target']} ({pick['rule']})")
     plan = load_plan(paths[(pick["network"], pick["target"])]).to_dict()
     fmt = EXPORT_FORMAT.get(plan["backend"], "onnx")
-    if pick["kind"] == "mix":
-        run_dir = Path(entry["run_mix"])
-        entry.update({"pick_kind": "mix", "run": str(run_dir)})
-        entry.update({k: v for k, v in entry["mix"].items() if k in ("top1", "per_class", "params_m", "confusion_png")})
-        entry["val_accuracy"] = entry["mix"].get("val_accuracy")
+    run_dir = take_pick(r, entry, pick["kind"], plan)
+    entry.plan = plan
+    entry.export_format = fmt
+    entry.export_dir = str(bdir / "export")
+    label = f"{pick['kind']} {pick['network']}"[:60]
+    entry.onnx = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan["precision"])
+    if plan["precision"] == "int8" and entry.onnx.get("int8_top1") is not None:
+        entry.fp32_top1, entry.top1 = entry.top1, entry.onnx["int8_top1"]
+    entry.measured_ms = entry.onnx.get("latency_ms")
+    if aoti:
+        entry.aoti = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=plan, out=bdir / "export")
+    return entry
+
+
+def take_pick(r: Run, entry: BudgetResult, kind: str, plan: dict) -> Path:
+    """The picked network's run folder, with its accuracy and size copied into `entry`: the healed best
+    mix's, or the whole donor's as the run trained it."""
+    if kind == "mix":
+        assert entry.mix is not None and entry.run_mix is not None
+        mix = entry.mix
+        entry.pick_kind, entry.run = "mix", entry.run_mix
+        entry.top1, entry.per_class, entry.params_m = mix.get("top1"), mix.get("per_class"), mix.get("params_m")
+        entry.confusion_png, entry.val_accuracy = mix.get("confusion_png"), mix.get("val_accuracy")
     else:
         d = r.manifest.donors[plan["blocks"][0]["donor"]]
-        run_dir = Path(d["run"])
-        entry.update({"pick_kind": "donor", "run": d["run"]})
-        entry.update({k: d[k] for k in ("top1", "val_accuracy", "params_m", "per_class", "confusion_png")})
-    entry["plan"] = plan
-    entry["export_format"] = fmt
-    entry["export_dir"] = str(bdir / "export")
-    label = f"{pick['kind']} {pick['network']}"[:60]
-    entry["onnx"] = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan["precision"])
-    if plan["precision"] == "int8" and entry["onnx"].get("int8_top1") is not None:
-        entry["fp32_top1"], entry["top1"] = entry["top1"], entry["onnx"]["int8_top1"]
-    entry["measured_ms"] = entry["onnx"].get("latency_ms")
-    if aoti:
-        entry["aoti"] = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=plan, out=bdir / "export")
-    return entry
+        entry.pick_kind, entry.run = "donor", d.run
+        entry.top1, entry.val_accuracy = d.top1, d.val_accuracy
+        entry.params_m, entry.per_class, entry.confusion_png = d.params_m, d.per_class, d.confusion_png
+    return Path(entry.run)
 
 
 def selection_key(r: Run, ctx: Context) -> dict:
@@ -209,18 +219,19 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
     return mix
 
 
-def carry_better_mix(r: Run, entry: dict, sel: dict) -> None:
+def carry_better_mix(r: Run, entry: BudgetResult, sel: dict) -> None:
     """More room never buys a worse reassembled network: where a smaller budget's healed best mix has the
     higher validation accuracy and is a finalist that measured within this budget too, it is this
     budget's best mix as well (the same network, trained the same way: reused, not retrained)."""
     kept = {f["plan"] for f in sel["finalists"]}
-    here = entry["mix"]
+    assert entry.mix is not None
+    here = entry.mix
     for prev in r.manifest.results:
-        m = prev.get("mix")
-        if not m or prev["budget_ms"] >= entry["budget_ms"] or m.get("val_accuracy") is None:
+        m = prev.mix
+        if not m or prev.budget_ms >= entry.budget_ms or m.get("val_accuracy") is None:
             continue
         name = describe_plan(m["plan"])
         if name in kept and m["val_accuracy"] > (here.get("val_accuracy") or -1):
-            here = {**m, "carried_from": prev["budget_ms"], "replaced": describe_plan(entry["mix"]["plan"])}
-            entry["run_mix"] = prev["run_mix"]
-    entry["mix"] = here
+            here = {**m, "carried_from": prev.budget_ms, "replaced": describe_plan(entry.mix["plan"])}
+            entry.run_mix = prev.run_mix
+    entry.mix = here

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.stage import Scores
 from dery_deploy.data.task import Task
 from dery_deploy.partition.stage import Partition
 from dery_deploy.pipeline.options import RunOptions
+from dery_deploy.pipeline.records import RecipeRecord
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.runtime.backends import Backend
 from dery_deploy.runtime.devices import DeviceSpec
@@ -44,18 +45,18 @@ class Recipes:
         )
         return cls(ce, final, (1,) if opts.quick else (1, 2), 4096 if opts.quick else 8192, 2 if opts.quick else 4)
 
-    def describe(self) -> dict:
+    def describe(self) -> RecipeRecord:
         f = self.final
 
         def ep(n: int) -> str:
             return f"{n} epoch" + ("" if n == 1 else "s")
 
-        return {
-            "final": asdict(f),
-            "selection_rungs_epochs": list(self.rungs),
-            "mixed_finalists": self.finalists,
-            "teacher_images": self.teacher_pool,
-            "cut_to_fit": (
+        return RecipeRecord(
+            final=replace(f),
+            selection_rungs_epochs=list(self.rungs),
+            mixed_finalists=self.finalists,
+            teacher_images=self.teacher_pool,
+            cut_to_fit=(
                 f"scaled to fit this run's time on a small CPU (DeRy and SN-Net train 50-300 epochs): seam "
                 f"matching {ep(f.match_epochs)} x up to {f.match_images} unlabelled images, phase 1 at most "
                 f"{ep(f.epochs_adapter)} (until its loss plateaus), phase 2 {ep(f.epochs_full)}, distillation "
@@ -63,7 +64,7 @@ class Recipes:
                 f"{'/'.join(str(x) for x in self.rungs)} epochs over {self.finalists} mixed finalists and every "
                 f"fitting donor"
             ),
-        }
+        )
 
 
 @dataclass

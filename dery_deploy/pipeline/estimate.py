@@ -5,11 +5,15 @@ The estimate is work times this machine's speed at it, both counted here:
 - training: images through a network's training step (recipe epochs x labelled images, plus the
   distillation and seam-matching images; phase 1 forward only), times the seconds per image of that
   network's step, timed now on a few real steps of each donor at the labelled batch and at a distilling
-  step's larger one (`step_seconds`); a reassembled network costs what the donors cost per ms of
-  predicted latency, at its budget;
+  step's larger one (`step_seconds`); seam matching trains only the adapters, so its images cost a
+  forward pass; a reassembled network under a budget costs what the donors that fit it cost (their
+  median; every donor's where none fits): its blocks come from them. Its predicted latency is no
+  guide: a 0.3 ms mix of resnet blocks under a 0.75 ms budget trained as fast as resnet, 4x faster
+  than the budget's latency at the donors' seconds per ms (one default run, AMD EPYC 2 cores);
 - selection: the successive-halving schedule's trials (every finalist at the first rung, the survivors
   at the last, over its folds) at the rung recipe;
-- evaluation: the test images through the network's forward pass (a third of a step);
+- evaluation: the test images through the network in eval mode and large batches (`EVAL_SHARE` of a
+  training step: fitted on five donors' evaluations, 18.8 s estimated against 18.7 s taken);
 - measurement: the items a pass times, at the seconds per item the profiles just took, each of a later
   pass worth a few profile items (`PAIR_ITEMS`, `EXPORT_ITEMS`: it is exported and built on its own).
 Phase 1 may end early at a plateau, so training is an upper bound; `Eta` scales what is left by how the
@@ -22,83 +26,27 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from dery_deploy.assemble.candidates import donor_near
 from dery_deploy.assemble.stage import FINALISTS
 from dery_deploy.data.task import Task
+from dery_deploy.pipeline.records import STEPS_TIMED, GroupTime, Part, RunEstimate, minutes
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select.halving import ETA, SCREEN_FOLDS, default_folds, rung_recipe
 
-STEPS_TIMED = 5  # training steps timed per donor and batch, after WARMUP_STEPS untimed
 WARMUP_STEPS = 2
 FORWARD_SHARE = 1 / 3  # a forward pass's share of a training step (backward ~ 2x forward)
+EVAL_SHARE = 0.2  # an evaluation image's share of a training image (no_grad, eval mode, large batches)
 # what a stage that measures costs, in profile items (the profiles' seconds per item, building included):
 # a profile times many items per pass, the later passes few, each also exported from its checkpoint and
-# built in a fresh measurement worker (fitted on one quick run, AMD EPYC 2 cores: an export 3.2-3.7 s,
-# the final pass 19 s for 7 pairs and its re-measurement, at 0.4 s per profile item)
+# built in a fresh measurement worker (fitted on a quick and a default run, AMD EPYC 2 cores, 0.4-0.56 s
+# per profile item: an export 3.2-4.7 s; the final pass 19 s for 7 pairs, 34 s for 27 pairs)
 EXPORT_ITEMS = 8  # one export: ONNX from the checkpoint, parity, its own measurement pass
-PAIR_ITEMS = 5  # one (network, target) pair of the finalists' or the final pass
-REMEASURE_ITEMS = 4  # the final pass's re-measurement of a shipped file, alone with the reference
-
-
-@dataclass
-class Part:
-    """One stage the estimate expects: the start of its name on the terminal and in run.json, its group
-    and its seconds."""
-
-    stage: str
-    group: str  # training | selection | evaluation | measurement
-    seconds: float
-
-
-@dataclass
-class RunEstimate:
-    """The rest of a run, part by part, as estimated after `after_s` seconds of it."""
-
-    after_s: float
-    parts: list[Part]
-    step_s: dict[str, float]  # donor -> seconds per training image, timed here
-    item_s: float  # seconds per item of a measurement pass, from the profiles
-    distill_s: dict[str, float] = field(default_factory=dict)  # donor -> the same in a distilling step
-
-    @property
-    def seconds(self) -> float:
-        return sum(p.seconds for p in self.parts)
-
-    def by_group(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for p in self.parts:
-            out[p.group] = out.get(p.group, 0.0) + p.seconds
-        return out
-
-    def line(self) -> str:
-        groups = ", ".join(f"{g} {minutes(s)}" for g, s in sorted(self.by_group().items(), key=lambda kv: -kv[1]))
-        return (
-            f"the rest of this run: about {minutes(self.seconds)} on this machine ({groups}; training timed on "
-            f"{STEPS_TIMED} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles took)"
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def reuse(cls, path: Path, key: dict) -> RunEstimate | None:
-        """The estimate an earlier run of this folder made for the same plan (its steps are not timed again)."""
-        if not path.is_file():
-            return None
-        old = json.loads(path.read_text())
-        if old.get("key") != key:
-            return None
-        d = old["estimate"]
-        return cls(d["after_s"], [Part(**p) for p in d["parts"]], d["step_s"], d["item_s"], d.get("distill_s", {}))
-
-
-def minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+PAIR_ITEMS = 2  # one (network, target) pair of the finalists' or the final pass
+PASS_ITEMS = 12  # a later pass's own start: a measurement worker, the machine's reference workload
+REMEASURE_ITEMS = 8  # the final pass's two re-measurements of a shipped file, alone with the reference
 
 
 def step_seconds(model: nn.Module, task: Task, batch: int, seed: int = 0) -> float:
@@ -124,13 +72,14 @@ def step_seconds(model: nn.Module, task: Task, batch: int, seed: int = 0) -> flo
 def training_seconds(recipe: Recipe, labelled: int, seams: bool, per_image: float, per_distilled: float) -> float:
     """A recipe's training time: its epochs over the labelled images at `per_image` and, where it distils,
     over the teacher's pool at `per_distilled` (those come in larger batches); phase 1 at FORWARD_SHARE (its
-    blocks are frozen, so only the forward pass runs through them); seam matching where the network has
-    seams. An upper bound where phase 1 stops early at its plateau."""
+    blocks are frozen, so only the forward pass runs through them); seam matching, where the network has
+    seams, at FORWARD_SHARE too (it trains the adapters alone). An upper bound where phase 1 stops early at
+    its plateau."""
     steps = math.ceil(labelled / recipe.batch)
     distilled = steps * math.ceil(recipe.distill_images / steps) if recipe.distill else 0
     epochs = FORWARD_SHARE * recipe.epochs_adapter + recipe.epochs_full
     match = recipe.match_epochs * recipe.match_images if seams else 0
-    return epochs * (labelled * per_image + distilled * per_distilled) + match * per_image
+    return epochs * (labelled * per_image + distilled * per_distilled) + match * per_image * FORWARD_SHARE
 
 
 def distill_batch(recipe: Recipe, labelled: int) -> int:
@@ -179,19 +128,20 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
     n_train, n_test = len(task.train), len(task.test)
     folds = default_folds(task)
 
-    def per_ms(times: dict[str, float]) -> float:
-        """A donor's seconds per image per ms of its predicted latency, the median over donors."""
-        r = sorted(times[n] / max(plan.donor_ms[n], 1e-6) for n in times)
-        return r[len(r) // 2] if r else 0.0
+    def at_budget(times: dict[str, float], b: float) -> float:
+        """A network's seconds per image under budget `b`: the median over the donors that fit it (every
+        donor where none does)."""
+        fit = [n for n in times if plan.donor_ms.get(n, math.inf) <= b] or list(times)
+        r = sorted(times[n] for n in fit)
+        return (r[(len(r) - 1) // 2] + r[len(r) // 2]) / 2 if r else 0.0
 
-    mix_s, mix_distilled_s = per_ms(plan.step_s), per_ms(plan.distill_s or plan.step_s)
     parts: list[Part] = []
 
     def train(stage: str, recipe: Recipe, per_image: float, per_distilled: float, seams: bool) -> None:
         parts.append(Part(stage, "training", training_seconds(recipe, n_train, seams, per_image, per_distilled)))
 
     def evaluate(stage: str, per_image: float) -> None:
-        parts.append(Part(stage, "evaluation", n_test * per_image * FORWARD_SHARE))
+        parts.append(Part(stage, "evaluation", n_test * per_image * EVAL_SHARE))
 
     for n in sorted(plan.teacher_pool, key=lambda n: plan.donor_ms[n]):
         train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], plan.step_s[n], False)
@@ -199,22 +149,24 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         train(f"fine-tune donor {n} (final", plan.final, plan.step_s[n], plan.distill_s.get(n, plan.step_s[n]), False)
         evaluate(f"evaluate donor {n}", plan.step_s[n])
     for b in plan.budgets:
-        fitting = [n for n, ms in plan.donor_ms.items() if donor_near(ms, b)]
-        candidates = plan.finalists + len(fitting)
-        seconds = plan.targets * candidates * PAIR_ITEMS * item_s  # the finalists' measurement pass
+        # the mixed finalists and the donors that fit (a donor near the budget but over it enters the
+        # candidates, and the finalists' measurement drops it: one near donor in two budgets out of three)
+        candidates = plan.finalists + sum(ms <= b for ms in plan.donor_ms.values())
+        mix_s, mix_distilled_s = at_budget(plan.step_s, b), at_budget(plan.distill_s or plan.step_s, b)
+        seconds = (PASS_ITEMS + plan.targets * candidates * PAIR_ITEMS) * item_s  # the finalists' measurement pass
         # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
         labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
         for rung, trials in selection_trials(candidates, plan.rungs, folds):
             r = rung_recipe(plan.ce, rung, plan.rungs)
-            seconds += trials * training_seconds(r, int(labelled), True, mix_s * b, mix_s * b)
+            seconds += trials * training_seconds(r, int(labelled), True, mix_s, mix_s)
         # (matched by the start of the stage's name alone: a budget the run raises keeps its part)
         parts.append(Part("assemble and select under", "selection", seconds))
-        train("heal", plan.final, mix_s * b, mix_distilled_s * b, True)
-        evaluate("evaluate best mix", mix_s * b)
+        train("heal", plan.final, mix_s, mix_distilled_s, True)
+        evaluate("evaluate best mix", mix_s)
         parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget)]
     compared = plan.targets * (len(plan.final_donors) + len(plan.budgets)) + len(plan.budgets)
     remeasure = len(plan.budgets) * REMEASURE_ITEMS
-    parts.append(Part("final measurement", "measurement", (compared * PAIR_ITEMS + remeasure) * item_s))
+    parts.append(Part("final measurement", "measurement", (PASS_ITEMS + compared * PAIR_ITEMS + remeasure) * item_s))
     return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
 
 
@@ -249,13 +201,13 @@ class Eta:
     def line(self, elapsed_s: float) -> str:
         return f"run: {minutes(elapsed_s)} so far, about {minutes(self.left_s())} left"
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, GroupTime]:
         """Per group: estimated and actual seconds of the parts that ran, for run.json and the report."""
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, GroupTime] = {}
         for p, s in self.done:
-            g = out.setdefault(p.group, {"estimated_s": 0.0, "actual_s": 0.0})
-            g["estimated_s"] = round(g["estimated_s"] + p.seconds, 1)
-            g["actual_s"] = round(g["actual_s"] + s, 1)
+            g = out.setdefault(p.group, GroupTime())
+            g.estimated_s = round(g.estimated_s + p.seconds, 1)
+            g.actual_s = round(g.actual_s + s, 1)
         return out
 
 

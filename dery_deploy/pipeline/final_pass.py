@@ -19,12 +19,20 @@ from pathlib import Path
 import torch
 
 from dery_deploy.artifacts import atomic_write_json
-from dery_deploy.deploy.bench import within_budget
 from dery_deploy.export.package import refresh_latency
 from dery_deploy.export.report import write_budget
 from dery_deploy.export.verdict import budget_check, relate_to_machine
 from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.records import BudgetResult, DonorFit, DonorResult, LatencyFigure
 from dery_deploy.pipeline.runner import Run
+from dery_deploy.pipeline.second_look import (
+    REMEASURES,
+    admitted_disagreement,
+    by_target,
+    compared_key,
+    ship_suspects,
+    verdict_measurement,
+)
 from dery_deploy.pipeline.stages import int8_on
 from dery_deploy.runtime.backends import Backend, Runner, get_backend
 from dery_deploy.runtime.backends.onnx_based import OnnxBackend
@@ -40,18 +48,6 @@ from dery_deploy.runtime.measure import isolated
 from dery_deploy.runtime.target import Target, is_int8
 from dery_deploy.runtime.worker import FileItem, measure_files
 from dery_deploy.train.finetune import load_run_model
-
-
-def compared_key(what: str, target: str) -> str:
-    """The final pass's key of a network on a target: `<what>|<backend>/<precision>`, what being
-    `donor:<name>`, `mix:<budget>` or `ship:<budget>` (budgets as `f"{ms:g}"`)."""
-    return f"{what}|{target}"
-
-
-def by_target(measurements: dict, what: str) -> dict:
-    """target -> the measurement of `what` (as `compared_key` spells it) on that target."""
-    split = (k.split("|", 1) for k in measurements)
-    return {target: measurements[f"{w}|{target}"] for w, target in split if w == what}
 
 
 @dataclass
@@ -154,21 +150,21 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
     for name, mm in backends.items():
         be = get_backend(mm.profile.backend, mm.profile.threads)
         compared += [
-            Compared(compared_key(f"donor:{n}", name), Path(d["run"]), be, mm.profile.precision)
+            Compared(compared_key(f"donor:{n}", name), Path(d.run), be, mm.profile.precision)
             for n, d in sorted(m.donors.items())
         ]
         compared += [
-            Compared(compared_key(f"mix:{res['budget_ms']:g}", name), Path(res["run_mix"]), be, mm.profile.precision)
+            Compared(compared_key(f"mix:{res.budget_ms:g}", name), Path(res.run_mix), be, mm.profile.precision)
             for res in m.results
-            if res.get("mix")
+            if res.mix and res.run_mix
         ]
     for res in m.results:
-        if "plan" in res and (res.get("onnx") or {}).get("artifact"):
-            plan, name = res["plan"], str(Target(res["plan"]["backend"], res["plan"]["precision"]))
+        if res.plan and res.onnx and res.onnx.get("artifact") and res.export_dir and res.run:
+            plan, name = res.plan, str(Target(res.plan["backend"], res.plan["precision"]))
             be = get_backend(plan["backend"], plan.get("threads"))
-            art = Path(res["export_dir"]) / res["onnx"]["artifact"]
+            art = Path(res.export_dir) / res.onnx["artifact"]
             compared.append(
-                Compared(compared_key(f"ship:{res['budget_ms']:g}", name), Path(res["run"]), be, plan["precision"], art)
+                Compared(compared_key(f"ship:{res.budget_ms:g}", name), Path(res.run), be, plan["precision"], art)
             )
     x = task_example(ctx)
     device = "cuda" if ctx.spec.kind == "cuda" else "cpu"
@@ -257,57 +253,59 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
     for n, d in m.donors.items():
         ts = by_target(meas, f"donor:{n}")
         fastest_t = min(ts, key=lambda t: ts[t].promise_at(q))
-        d["profile_latency_ms"] = d.get("profile_latency_ms", d["latency_ms"])
-        d["latency_by_target"] = {
-            t: {"ms": round(v.promise_at(q), 5), "uncertainty": round(v.promise_uncertainty_at(q), 5)}
-            for t, v in ts.items()
+        d.profile_latency_ms = d.latency_ms if d.profile_latency_ms is None else d.profile_latency_ms
+        d.latency_by_target = {
+            t: LatencyFigure(round(v.promise_at(q), 5), round(v.promise_uncertainty_at(q), 5)) for t, v in ts.items()
         }
-        d["latency_ms"], d["latency_uncertainty"] = d["latency_by_target"][fastest_t].values()
-        d["fastest_target"] = fastest_t
+        d.latency_ms, d.latency_uncertainty = (
+            d.latency_by_target[fastest_t].ms,
+            d.latency_by_target[fastest_t].uncertainty,
+        )
+        d.fastest_target = fastest_t
     for res in m.results:
-        if "plan" not in res:
+        if not res.feasible:
             continue
-        b = res["budget_ms"]
-        if res.get("mix"):
+        b = res.budget_ms
+        if res.mix:
             ts = by_target(meas, f"mix:{b:g}")
             t = min(ts, key=lambda k: ts[k].promise_at(q))
-            res["mix"]["measured_ms"] = round(ts[t].promise_at(q), 5)
-            res["mix"]["measured_uncertainty"] = round(ts[t].promise_uncertainty_at(q), 5)
-            res["mix"]["measured_target"] = t
+            res.mix["measured_ms"] = round(ts[t].promise_at(q), 5)
+            res.mix["measured_uncertainty"] = round(ts[t].promise_uncertainty_at(q), 5)
+            res.mix["measured_target"] = t
         judge_shipped(r, res, fp, meas)
-        fitting = {}
+        fitting: dict[str, DonorFit] = {}
         for n, d in m.donors.items():
-            fits = [t for t, v in d["latency_by_target"].items() if v["ms"] <= b]
+            fits = [t for t, v in d.latency_by_target.items() if v.ms <= b]
             if fits:
                 fitting[n] = donor_accuracy(r, ctx, n, d, fits)
-        res["donors_within_budget"] = sorted(fitting, key=lambda n: -fitting[n]["top1"])
-        res["donor_fit"] = fitting
+        res.donors_within_budget = sorted(fitting, key=lambda n: -fitting[n].top1)
+        res.donor_fit = fitting
 
 
-def judge_shipped(r: Run, res: dict, fp: dict, meas: dict[str, Measurement]) -> None:
+def judge_shipped(r: Run, res: BudgetResult, fp: dict, meas: dict[str, Measurement]) -> None:
     """One budget's shipped file judged against its budget by its final-pass measurement, or the median of
     that and its re-measurements where there were some (`verdict_measurement`); its export report and
     package rewritten with that verdict."""
-    b, q = res["budget_ms"], r.opts.percentile
+    b, q = res.budget_ms, r.opts.percentile
     [target] = by_target(meas, f"ship:{b:g}") or [None]
-    onnx = res.get("onnx") or {}
-    if target is None:
+    onnx = res.onnx or {}
+    if target is None or res.plan is None or res.export_dir is None:
         return
     shipped, summary, history = verdict_measurement(fp, compared_key(f"ship:{b:g}", target), q)
-    res["measured_ms"], res["measured_uncertainty"] = (
+    res.measured_ms, res.measured_uncertainty = (
         round(shipped.promise_at(q), 5),
         round(shipped.promise_uncertainty_at(q), 5),
     )
-    res["measured_history_ms"] = history
+    res.measured_history_ms = history
     if len(history) > 1:
         r.say(
             f"  budget {b:g} ms: the shipped file measured {history[0]:.4f} ms in the final pass, then "
             + ", ".join(f"{ms:.4f}" for ms in history[1:])
             + f" ms re-measured alone; the verdict reads the median, {shipped.promise_at(q):.4f} ms"
         )
-    res["admitted_disagreement"] = admitted_disagreement(r, res, target, history[0])
-    verdict = budget_check(res["plan"], shipped, onnx["device"], onnx["precision"], onnx["batch"], onnx.get("threads"))
-    ref_key = f"{res['plan']['backend']}/t{onnx.get('threads')}"
+    res.admitted_disagreement = admitted_disagreement(r, res, target, history[0])
+    verdict = budget_check(res.plan, shipped, onnx["device"], onnx["precision"], onnx["batch"], onnx.get("threads"))
+    ref_key = f"{res.plan['backend']}/t{onnx.get('threads')}"
     ref_now = (summary.get("references_ms") or {}).get(ref_key)
     verdict = relate_to_machine(verdict, ref_now, onnx.get("reference_ms"))
     verdict.measured_in = "the run's final pass, beside every compared network" + (
@@ -316,12 +314,12 @@ def judge_shipped(r: Run, res: dict, fp: dict, meas: dict[str, Measurement]) -> 
         else ""
     )
     onnx["budget"] = asdict(verdict)
-    report = Path(res["export_dir"]) / f"report-{res.get('export_format', 'onnx')}.json"
+    report = Path(res.export_dir) / f"report-{res.export_format or 'onnx'}.json"
     if report.is_file():
         write_budget(report, verdict)
     # the package states what the report states: the final pass's figure of the shipped file
     refresh_latency(
-        Path(res["export_dir"]),
+        Path(res.export_dir),
         shipped,
         verdict.line(),
         verdict.measured_in,
@@ -330,80 +328,15 @@ def judge_shipped(r: Run, res: dict, fp: dict, meas: dict[str, Measurement]) -> 
     )
 
 
-# how far the measurement that admitted a finalist may differ from the final pass's before the run says so
-ADMITTED_DISAGREEMENT = 0.10
-
-
-# a shipped file whose final-pass figure is over its budget, undecided, or further than ADMITTED_DISAGREEMENT
-# from its admission is measured again, alone with the machine's reference, up to this many times
-REMEASURES = 2
-
-
-def admitted_ms(res: dict, target: str) -> float | None:
-    """The shipped network's measurement as a finalist, which admitted it under the budget (None for a pick
-    that was not a measured finalist)."""
-    pick = res.get("pick_triple") or {}
-    rows = [f for f in res.get("finalists", []) if (f["plan"], f.get("target")) == (pick.get("network"), target)]
-    return (rows[0].get("measured") or {}).get("latency_ms") if rows else None
-
-
-def ship_suspects(r: Run, latest: dict[str, Measurement]) -> list[str]:
-    """The shipped files (final-pass keys) whose latest figure is not within budget, or disagrees with the
-    measurement that admitted them by more than ADMITTED_DISAGREEMENT: a machine whose speed moved, or a
-    neighbour that loaded it for a while, is told apart from the network by measuring again."""
-    q, out = r.opts.percentile, []
-    for res in r.manifest.results:
-        if "plan" not in res:
-            continue
-        b = res["budget_ms"]
-        for target, m in by_target(latest, f"ship:{b:g}").items():
-            value, admitted = m.promise_at(q), admitted_ms(res, target)
-            moved = admitted is not None and admitted > 0 and abs(value / admitted - 1) > ADMITTED_DISAGREEMENT
-            if moved or within_budget(value, b, m.promise_uncertainty_at(q)) is not True:
-                out.append(compared_key(f"ship:{b:g}", target))
-    return out
-
-
-def verdict_measurement(fp: dict, key: str, q: int) -> tuple[Measurement, dict, list[float]]:
-    """The measurement a network's verdict reads, the summary of the pass it came from, and its figure at
-    the percentile in every pass that measured it, in order. Measured once, that one; measured again, the
-    median pass's (the higher middle of an even count): one pass slowed by a neighbour or sped up by a
-    quiet minute moves neither the verdict nor the figure the run records."""
-    passes = [fp] + list(fp.get("remeasured") or [])
-    mine = [(Measurement(**p["measurements"][key]), p["summary"]) for p in passes if key in p["measurements"]]
-    history = [round(m.promise_at(q), 5) for m, _ in mine]
-    ranked = sorted(range(len(mine)), key=lambda i: mine[i][0].promise_at(q))
-    m, summary = mine[ranked[len(ranked) // 2]]
-    return m, summary, history
-
-
-def admitted_disagreement(r: Run, res: dict, target: str, final_ms: float) -> float | None:
-    """The relative difference between the shipped network's measurement as a finalist (which admitted it
-    under the budget) and the final pass's, said on the terminal when above `ADMITTED_DISAGREEMENT`: the
-    two were taken minutes apart in other passes, and a machine whose speed moved between them makes
-    the admission and the verdict disagree (seen: 35-60% on one host)."""
-    admitted = admitted_ms(res, target)
-    if not admitted:
-        return None
-    rel = round(final_ms / admitted - 1, 4)
-    if abs(rel) > ADMITTED_DISAGREEMENT:
-        r.say(
-            f"  note: budget {res['budget_ms']:g} ms: the shipped network measured {admitted:.4f} ms as a finalist and "
-            f"{final_ms:.4f} ms in the final pass ({100 * rel:+.0f}%): the machine's speed moved between the two "
-            "passes (or other processes loaded it); the file is measured again before its verdict"
-        )
-    return rel
-
-
-def donor_accuracy(r: Run, ctx: Context, name: str, d: dict, fits: list[str]) -> dict:
+def donor_accuracy(r: Run, ctx: Context, name: str, d: DonorResult, fits: list[str]) -> DonorFit:
     """A donor's test accuracy on the best target of `fits`: fp32 as evaluated, else the int8 network's, measured."""
     fp32 = [t for t in fits if not is_int8(t)]
-    if fp32:
-        return {"target": min(fp32, key=lambda t: d["latency_by_target"][t]["ms"]), "top1": d["top1"]}
+    if fp32 and d.top1 is not None:
+        return DonorFit(min(fp32, key=lambda t: d.latency_by_target[t].ms), d.top1)
     best = None
     for t in fits:
-        acc = int8_on(Path(d["run"]), ctx.task, t, ctx.model.profile.threads, "test")["top1"]
-        if best is None or acc > best["top1"]:
-            best = {"target": t, "top1": acc}
+        acc = int8_on(Path(d.run), ctx.task, t, ctx.model.profile.threads, "test")["top1"]
+        if best is None or acc > best.top1:
+            best = DonorFit(t, acc)
     assert best is not None, "a donor fits on at least one target"
     return best

@@ -5,6 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from dery_deploy.artifacts import JsonArtifact
+from dery_deploy.pipeline.options import RunOptions
+from dery_deploy.pipeline.records import (
+    BudgetResult,
+    DonorResult,
+    RecipeRecord,
+    RunEstimate,
+    TaskRecord,
+    TeacherRecord,
+    TimeLimitRecord,
+)
+from dery_deploy.schema import load_dataclass
 
 
 @dataclass
@@ -26,36 +37,38 @@ class RunManifest(JsonArtifact):
     device: str
     backend: str
     precision: str
-    options: dict
+    options: RunOptions
     status: str = "running"  # running | done | no-feasible-budget | failed
     failed_stage: str | None = None
     error: str | None = None
     stages: list[StageRecord] = field(default_factory=list)
-    task: dict = field(default_factory=dict)
+    task: TaskRecord | None = None
     budgets: list[float] = field(default_factory=list)
     donor_latency_ms: dict[str, float] = field(default_factory=dict)
     verify: dict = field(default_factory=dict)
     profile: str = ""
-    results: list[dict] = field(default_factory=list)
-    donors: dict[str, dict] = field(default_factory=dict)
-    teacher: dict = field(default_factory=dict)
+    results: list[BudgetResult] = field(default_factory=list)
+    donors: dict[str, DonorResult] = field(default_factory=dict)
+    teacher: TeacherRecord | None = None
     final_pass: dict = field(default_factory=dict)  # the one interleaved measurement every comparison reads
     targets: list[str] = field(default_factory=list)  # backend/precision pairs searched
     verify_by_target: dict = field(default_factory=dict)  # each target's latency check (verify: the first's)
-    recipe: dict = field(default_factory=dict)  # what every compared network was trained with (Recipes.describe)
-    # the rest of the run as estimated after the profiles (estimate.RunEstimate), and per group what the
-    # estimated stages took ("actual": group -> estimated_s, actual_s)
-    estimate: dict = field(default_factory=dict)
-    time_limit: dict = field(default_factory=dict)  # --time-limit: minutes, what was cut to fit, the estimate
+    recipe: RecipeRecord | None = None  # what every compared network was trained with (Recipes.describe)
+    # the rest of the run as estimated after the profiles, and per group what the estimated stages took
+    estimate: RunEstimate | None = None
+    time_limit: TimeLimitRecord | None = None  # --time-limit: minutes, what was cut to fit, the estimate
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items()}
+        d = asdict(self)
+        d["results"] = [res.to_dict() for res in self.results]  # a budget's unreached fields left out
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RunManifest:
         d = {k: v for k, v in d.items() if k not in ("schema", "kind")}
-        d["stages"] = [StageRecord(**s) for s in d.get("stages", [])]
-        return cls(**d)
+        for k in ("task", "teacher", "recipe", "estimate", "time_limit"):  # older runs wrote {} for "none"
+            d[k] = d.get(k) or None
+        return load_dataclass(cls, d)

@@ -35,7 +35,7 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Pa
     best_mix = describe_plan(mix["plan"]) if mix else None
     if mix and best_mix and best_mix not in acc and mix.get("selection_accuracy") is not None:
         acc[best_mix] = mix["selection_accuracy"]  # carried from a smaller budget, where it was selected
-    donor_runs = {f"{n} (whole donor)": Path(d["run"]) for n, d in r.manifest.donors.items()}
+    donor_runs = {f"{n} (whole donor)": Path(d.run) for n, d in r.manifest.donors.items()}
     out = []
     for f in sel["finalists"]:
         name, target = f["plan"], f.get("target") or ""

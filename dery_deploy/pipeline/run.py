@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
 from dery_deploy.assemble.candidates import AdapterFitter
@@ -30,6 +31,7 @@ from dery_deploy.pipeline.estimate import Eta, Plan, RunEstimate, estimate, make
 from dery_deploy.pipeline.final_pass import stage_final_pass
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.options import RunOptions
+from dery_deploy.pipeline.records import TaskRecord, TeacherRecord, TimeLimitRecord
 from dery_deploy.pipeline.runner import Run, check_run_dir
 from dery_deploy.pipeline.stages import (
     stage_donors,
@@ -102,18 +104,15 @@ def start_eta(
         plan, est, cuts = fit_to_limit(
             plan, lambda p: estimate(p, task, est.item_s, elapsed), 60 * r.opts.time_limit, elapsed
         )
-        cuts = (r.manifest.time_limit.get("cuts") or []) + cuts
-        r.manifest.time_limit = {
-            "minutes": r.opts.time_limit,
-            "cuts": cuts,
-            "estimated_s": round(elapsed + est.seconds),
-        }
+        cuts = (r.manifest.time_limit.cuts if r.manifest.time_limit else []) + cuts
+        r.manifest.time_limit = TimeLimitRecord(r.opts.time_limit, cuts, round(elapsed + est.seconds))
         r.say(
             f"  time limit {r.opts.time_limit:g} min: "
             + ("cut " + "; ".join(cuts) if cuts else "nothing cut")
             + f"; estimated {minutes(elapsed + est.seconds)} in all"
         )
-    r.manifest.estimate = {**est.to_dict(), "made_in_s": round(time.time() - t, 1), "this_run": fresh}
+    est.made_in_s, est.this_run = round(time.time() - t, 1), fresh
+    r.manifest.estimate = est
     if fresh:
         r.say(f"  {est.line()}")
     r.eta = Eta(est)
@@ -135,7 +134,13 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     task_seconds = time.time() - t0
     make_output_dir(r.out, "run folder", "run")
     r.manifest = RunManifest(
-        zoo.name, zoo.hash(), spec.id, backend.name, precision, asdict(opts), started=time.strftime("%Y-%m-%dT%H:%M:%S")
+        zoo.name,
+        zoo.hash(),
+        spec.id,
+        backend.name,
+        precision,
+        RunOptions(**asdict(opts)),
+        started=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     r.manifest.targets = [str(Target(b.name, p)) for b, p in targets]
     r.current = "setup"
@@ -160,7 +165,9 @@ def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Tas
     for i, (backend, precision) in enumerate(targets):
         if i and not opts.targets and not keeps_profiling(limit, time.time() - r.t0, last):
             left = ", ".join(str(Target(b.name, p)) for b, p in targets[i:])
-            r.manifest.time_limit = {"cuts": [f"targets {left} not searched (the profiles used the time for them)"]}
+            r.manifest.time_limit = TimeLimitRecord(
+                cuts=[f"targets {left} not searched (the profiles used the time for them)"]
+            )
             r.manifest.targets = r.manifest.targets[:i]
             r.say(f"  time limit {opts.time_limit:g} min: {left} not searched; the profiles so far used its share")
             break
@@ -179,7 +186,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     r.record("task", "loaded", task_seconds, task.summary() + "".join(f"; {n}" for n in task.notes))
     for n in task.notes:
         r.say(f"  [yellow]note:[/] {n}" if r.console else f"  note: {n}")
-    r.manifest.task = {"spec": task.spec, "hash": task.hash(), "classes": task.classes, "summary": task.summary()}
+    r.manifest.task = TaskRecord(task.spec, task.hash(), task.classes, task.summary())
     rows = stage_zoo(r, zoo)
     dis = dissect_zoo(zoo)
     sim = stage_similarity(r, zoo, task)
@@ -224,12 +231,18 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     r.manifest.budgets = budgets
     r.manifest.recipe = recipes.describe()
     ce = stage_donors(r, zoo, task, recipes.ce, donor_ms, teacher_pool(donor_ms, budgets), "ce")
-    teacher_name = max(ce, key=lambda n: (ce[n]["val_accuracy"], n))
+    teacher_name = max(ce, key=lambda n: (ce[n].val_accuracy or 0.0, n))
     teacher = make_teacher(
         [r.out / "donors" / "ce" / teacher_name], task, recipes.teacher_pool, opts.seed, r.cache, load_run_model
     )
-    r.manifest.teacher = {"donor": teacher_name, "val_accuracy": ce[teacher_name]["val_accuracy"], **teacher.describe()}
-    r.say(f"  teacher: {teacher_name} (validation {ce[teacher_name]['val_accuracy']:.2f}%)")
+    r.manifest.teacher = TeacherRecord(
+        teacher_name,
+        ce[teacher_name].val_accuracy,
+        [Path(t).name for t in teacher.runs],
+        teacher.key,
+        len(teacher.images),
+    )
+    r.say(f"  teacher: {teacher_name} (validation {ce[teacher_name].val_accuracy:.2f}%)")
     within = final_donors(donor_ms, budgets)
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
     ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher, models)
@@ -237,12 +250,12 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
         aoti = opts.aoti and i == len(budgets) // 2
         res = stage_budget(r, ctx, b, aoti=aoti)
         for attempt in range(REDERIVES if not opts.budgets else 0):
-            if not res.get("fastest_measured_ms"):
+            if not res.fastest_measured_ms:
                 break
-            res = rederive_budget(r, ctx, budgets, i, res["fastest_measured_ms"], aoti, attempt)
+            res = rederive_budget(r, ctx, budgets, i, res.fastest_measured_ms, aoti, attempt)
         r.manifest.results.append(res)
-        ctx.carried += [f["plan"] for f in r.manifest.results[-1].get("finalists", []) if f["seams"]]
-    feasible = [res for res in r.manifest.results if "plan" in res]
+        ctx.carried += [f["plan"] for f in res.finalists or [] if f["seams"]]
+    feasible = [res for res in r.manifest.results if res.feasible]
     if feasible:
         stage_final_pass(r, ctx)
     r.manifest.status = "done" if feasible else "no-feasible-budget"
@@ -257,17 +270,15 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
             f"(report: {r.out / 'report.md'})",
             "run",
         )
-    verdicts = [
-        (res, BudgetVerdict(**res["onnx"]["budget"])) for res in feasible if (res.get("onnx") or {}).get("budget")
-    ]
+    verdicts = [(res, BudgetVerdict(**res.onnx["budget"])) for res in feasible if res.onnx and res.onnx.get("budget")]
     for _, v in verdicts:
         if v.status == "undecided":
             r.say(f"  [yellow]{v.line()}[/]" if r.console else f"  {v.line()}")
-    over = [res for res, v in verdicts if v.over]
+    over = [(res, v) for res, v in verdicts if v.over]
     if over and not opts.allow_over_budget:
-        worst = max(over, key=lambda res: res["onnx"]["budget"]["measured_ms"] / res["budget_ms"])
+        _, worst = max(over, key=lambda rv: (rv[1].measured_ms or 0.0) / rv[0].budget_ms)
         raise DeryError(
-            f"{len(over)} shipped artifact(s) over budget, e.g. {BudgetVerdict(**worst['onnx']['budget']).line()}; "
+            f"{len(over)} shipped artifact(s) over budget, e.g. {worst.line()}; "
             f"see {r.out / 'report.md'}, or pass --allow-over-budget to accept them",
             "run",
         )

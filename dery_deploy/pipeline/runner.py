@@ -70,7 +70,8 @@ class Run:
         """The whole run's line after a stage the estimate expected, and its record in the manifest."""
         if self.eta is None or not self.eta.finished(name, seconds, reused):
             return
-        self.manifest.estimate["actual"] = self.eta.record()
+        if self.manifest.estimate is not None:
+            self.manifest.estimate.actual = self.eta.record()
         line = self.eta.line(time.time() - self.t0)
         self.say(f"  [dim]{line}[/]" if self.console else f"  {line}")
 

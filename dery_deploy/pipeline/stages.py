@@ -14,6 +14,7 @@ from dery_deploy.errors import DeryError
 from dery_deploy.export.stage import BudgetVerdict, export_run
 from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
+from dery_deploy.pipeline.records import DonorResult
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.profile.run import run_profile, verify
 from dery_deploy.profile.store import Profile, profile_path, read_profile
@@ -298,7 +299,7 @@ def stage_donors(
     tag: str,
     teacher=None,
     evaluate: bool = False,
-) -> dict[str, dict]:
+) -> dict[str, DonorResult]:
     """Donors trained with `recipe` (whole, with a new classifier): teacher candidates (`ce`) or the
     baselines every pick is compared with (`final`, the same recipe as the picks)."""
     donors = {}
@@ -314,7 +315,14 @@ def stage_donors(
             ddir,
             teacher=teacher,
         )
-        donors[name] = {"val_accuracy": m.get("val_accuracy"), "latency_ms": donor_ms[name], "run": str(ddir)}
+        donors[name] = DonorResult(m.get("val_accuracy"), donor_ms[name], str(ddir))
         if evaluate:
-            donors[name].update(stage_evaluate(r, ddir, task, f"donor {name}"))
+            ev = stage_evaluate(r, ddir, task, f"donor {name}")
+            d = donors[name]
+            d.top1, d.per_class, d.params_m, d.confusion_png = (
+                ev["top1"],
+                ev["per_class"],
+                ev["params_m"],
+                ev["confusion_png"],
+            )
     return donors

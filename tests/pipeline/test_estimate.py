@@ -1,12 +1,17 @@
 """The run's time estimate: the work it counts, the steps it times, and the whole run's line."""
 
+from dataclasses import replace
+
 import pytest
 from torch import nn
 
 from dery_deploy.pipeline.estimate import (
+    EVAL_SHARE,
     PAIR_ITEMS,
+    PASS_ITEMS,
     REMEASURE_ITEMS,
     Eta,
+    GroupTime,
     Part,
     Plan,
     RunEstimate,
@@ -26,9 +31,10 @@ def test_training_seconds_count_epochs_distillation_and_seam_matching():
     d = Recipe(epochs_adapter=3, epochs_full=2, batch=64, distill=0.5, distill_images=1000, match_epochs=2)
     # 10 steps an epoch, 100 teacher images each
     assert distill_batch(d, 640) == 100 and distill_batch(r, 640) == 0
-    # the teacher's images at their own (larger-batch) cost; seam matching only where there are seams
+    # the teacher's images at their own (larger-batch) cost; seam matching only where there are seams, and
+    # forward only (it trains the adapters alone)
     assert training_seconds(d, 640, False, 1e-3, 5e-4) == pytest.approx(3 * (640 * 1e-3 + 1000 * 5e-4))
-    assert training_seconds(d, 640, True, 1e-3, 5e-4) == pytest.approx(3 * (0.64 + 0.5) + 2 * 8192 * 1e-3)
+    assert training_seconds(d, 640, True, 1e-3, 5e-4) == pytest.approx(3 * (0.64 + 0.5) + 2 * 8192 * 1e-3 / 3)
 
 
 def test_selection_trials_follow_the_halving_schedule():
@@ -64,8 +70,18 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     )
     assert "assemble and select under" in names and names.count("export") == 2
     assert est.parts[-1].stage == "final measurement" and est.parts[-1].seconds == pytest.approx(
-        ((2 * 2 + 1) * PAIR_ITEMS + REMEASURE_ITEMS) * 0.5
+        (PASS_ITEMS + (2 * 2 + 1) * PAIR_ITEMS + REMEASURE_ITEMS) * 0.5
     )
+    # a network under the 0.2 ms budget costs what the donor that fits it costs (a: 1e-3 s per image);
+    # under a budget no donor fits, the median over every donor's
+    heal = next(p for p in est.parts if p.stage == "heal")
+    assert heal.seconds == pytest.approx(training_seconds(r, n, True, 1e-3, 1e-3))
+    below = estimate(replace(plan, budgets=[0.05]), fashion_task, item_s=0.5, after_s=100)
+    heal = next(p for p in below.parts if p.stage == "heal")
+    assert heal.seconds == pytest.approx(training_seconds(r, n, True, 2e-3, 2e-3))
+    # evaluation: the test images at EVAL_SHARE of a training image
+    ev = next(p for p in est.parts if p.stage == "evaluate donor a")
+    assert ev.seconds == pytest.approx(len(fashion_task.test) * 1e-3 * EVAL_SHARE)
     assert est.seconds == pytest.approx(sum(est.by_group().values()))
     assert "the rest of this run: about" in est.line()
 
@@ -76,6 +92,6 @@ def test_eta_scales_what_is_left_by_how_the_finished_stages_went():
     assert eta.left_s() == 300
     assert eta.finished("train a (ce, 0.1 ms)", 150)  # took 1.5x its estimate
     assert eta.left_s() == pytest.approx(300) and not eta.finished("something else", 5)
-    assert eta.record() == {"training": {"estimated_s": 100, "actual_s": 150}}
+    assert eta.record() == {"training": GroupTime(100, 150)}
     assert eta.finished("train b", 0.1, reused=True) and eta.left_s() == 0  # reused: done, not counted
     assert "so far, about 0 s left" in eta.line(60)

@@ -4,7 +4,8 @@ reads, and a figure over budget only because the machine itself slowed down."""
 from types import SimpleNamespace
 
 from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
-from dery_deploy.pipeline.final_pass import ship_suspects, verdict_measurement
+from dery_deploy.pipeline.records import BudgetResult
+from dery_deploy.pipeline.second_look import ship_suspects, verdict_measurement
 from dery_deploy.runtime.harness import Measurement
 
 
@@ -14,23 +15,22 @@ def measured(ms: float, se: float = 0.005) -> Measurement:
     )
 
 
-def result(budget: float, admitted: float | None) -> dict:
+def result(budget: float, admitted: float | None) -> BudgetResult:
     net = f"net{budget:g}"
     finalists = (
         [] if admitted is None else [{"plan": net, "target": "onnxruntime/fp32", "measured": {"latency_ms": admitted}}]
     )
-    return {
-        "plan": {},
-        "budget_ms": budget,
-        "pick_triple": {"network": net, "target": "onnxruntime/fp32"},
-        "finalists": finalists,
-    }
+    return BudgetResult(
+        budget, plan={}, pick_triple={"network": net, "target": "onnxruntime/fp32"}, finalists=finalists
+    )
 
 
 def test_suspects_are_the_shipped_files_over_budget_or_far_from_their_admission():
     run = SimpleNamespace(
         opts=SimpleNamespace(percentile=50),
-        manifest=SimpleNamespace(results=[result(1.0, 0.9), result(2.0, 1.0), result(3.0, 2.9), {"budget_ms": 4.0}]),
+        manifest=SimpleNamespace(
+            results=[result(1.0, 0.9), result(2.0, 1.0), result(3.0, 2.9), BudgetResult(4.0, infeasible="none fits")]
+        ),
     )
     latest = {
         "ship:1|onnxruntime/fp32": measured(1.5),  # over its budget

@@ -1,0 +1,225 @@
+"""The typed records run.json holds beside its per-budget results: the task, the teacher and the recipe,
+the time estimate and what its stages took, and what a time limit cut. Light on purpose (no torch): the
+report and the schema read them too."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dery_deploy.schema import load_dataclass
+from dery_deploy.train.recipe import Recipe
+
+STEPS_TIMED = 5  # training steps timed per donor and batch by the estimate, after its untimed warm-up steps
+
+
+@dataclass
+class TaskRecord:
+    """The task a run was made for: its data spec, content hash, class names in output order, and a
+    one-line summary of its splits."""
+
+    spec: str
+    hash: str
+    classes: list[str]
+    summary: str
+
+
+@dataclass
+class LatencyFigure:
+    """A latency at the run's percentile and its standard error, in ms."""
+
+    ms: float
+    uncertainty: float
+
+
+@dataclass
+class DonorResult:
+    """A whole donor trained with a run's recipe: its validation accuracy, its latency (the profile's, then
+    the final pass's on its fastest target), its run folder, and, where it was evaluated, its test
+    accuracy, per-class accuracy, parameters and confusion matrix."""
+
+    val_accuracy: float | None
+    latency_ms: float
+    run: str
+    top1: float | None = None
+    per_class: dict[str, float] = field(default_factory=dict)
+    params_m: float | None = None
+    confusion_png: str | None = None
+    # from the final pass: the profile's figure kept, every target's measurement, the fastest target's
+    profile_latency_ms: float | None = None
+    latency_by_target: dict[str, LatencyFigure] = field(default_factory=dict)
+    latency_uncertainty: float | None = None
+    fastest_target: str | None = None
+
+
+@dataclass
+class DonorFit:
+    """A donor that fits a budget on some target: the target it is compared on there and its test accuracy
+    on it (int8's, measured, where only int8 fits)."""
+
+    target: str
+    top1: float
+
+
+@dataclass
+class BudgetResult:
+    """One budget of a run: either why nothing fits it (`infeasible`), or what was assembled, selected,
+    picked, shipped and measured for it, and which donors fit it. Fields a budget did not reach are None
+    and left out of run.json."""
+
+    budget_ms: float
+    infeasible: str | None = None
+    fastest_measured_ms: float | None = None  # the fastest finalist, where none kept the budget
+    # assembly and selection (selection.json's content)
+    candidates: list[dict] | None = None
+    finalists: list[dict] | None = None
+    rejected_over_budget: list[dict] | None = None
+    solver: dict | None = None
+    margin: float | None = None
+    selection: dict | None = None
+    # the best mixed plan, healed with the final recipe, evaluated and exported, and its run folder
+    mix: dict | None = None
+    run_mix: str | None = None
+    # the measured (network, runtime, precision) triples and the pick among them
+    triples: list[dict] | None = None
+    pick_triple: dict | None = None
+    pick_kind: str | None = None  # mix | donor
+    run: str | None = None  # the picked network's run folder
+    top1: float | None = None  # test accuracy of what ships (int8's where it ships int8)
+    val_accuracy: float | None = None
+    params_m: float | None = None
+    per_class: dict[str, float] | None = None
+    confusion_png: str | None = None
+    fp32_top1: float | None = None  # where int8 ships: the fp32 network's test accuracy
+    plan: dict | None = None  # the shipped plan
+    export_format: str | None = None
+    export_dir: str | None = None
+    onnx: dict | None = None  # the shipped file's export report (whatever its format)
+    measured_ms: float | None = None  # the shipped file: the export's figure, then the final pass's
+    aoti: dict | None = None  # --aoti: the AOTInductor package's export report
+    # the final pass: every figure of the shipped file, how far it was from its admission, fitting donors
+    measured_uncertainty: float | None = None
+    measured_history_ms: list[float] | None = None
+    admitted_disagreement: float | None = None
+    donors_within_budget: list[str] | None = None
+    donor_fit: dict[str, DonorFit] | None = None
+
+    @property
+    def feasible(self) -> bool:
+        """Something ships at this budget."""
+        return self.plan is not None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BudgetResult:
+        return load_dataclass(cls, d)
+
+
+@dataclass
+class TeacherRecord:
+    """The distillation teacher: the donor whose cross-entropy run validated best, that accuracy, its run
+    folders, the key of its cached logits, and how many unlabelled images they cover."""
+
+    donor: str
+    val_accuracy: float | None
+    runs: list[str]
+    key: str
+    images: int
+
+
+@dataclass
+class RecipeRecord:
+    """What every compared network was trained with: the final recipe, the selection's rungs (epochs),
+    mixed finalists per budget, the teacher's pool of unlabelled images, and the recipe in words."""
+
+    final: Recipe
+    selection_rungs_epochs: list[int]
+    mixed_finalists: int
+    teacher_images: int
+    cut_to_fit: str
+
+
+@dataclass
+class TimeLimitRecord:
+    """A run made under --time-limit: its minutes, what was cut to fit them, and the whole run's estimate
+    after the cuts (only `cuts` where the profiles alone used the time for further targets)."""
+
+    minutes: float | None = None
+    cuts: list[str] = field(default_factory=list)
+    estimated_s: float | None = None
+
+
+@dataclass
+class Part:
+    """One stage the estimate expects: the start of its name on the terminal and in run.json, its group
+    and its seconds."""
+
+    stage: str
+    group: str  # training | selection | evaluation | measurement
+    seconds: float
+
+
+@dataclass
+class GroupTime:
+    """The estimated parts of one group that ran: their estimate and what they took, in seconds."""
+
+    estimated_s: float = 0.0
+    actual_s: float = 0.0
+
+
+@dataclass
+class RunEstimate:
+    """The rest of a run, part by part, as estimated after `after_s` seconds of it; in run.json also how
+    long estimating took, whether this run made it (or reused an earlier run's), and per group what the
+    estimated stages took."""
+
+    after_s: float
+    parts: list[Part]
+    step_s: dict[str, float]  # donor -> seconds per training image, timed here
+    item_s: float  # seconds per item of a measurement pass, from the profiles
+    distill_s: dict[str, float] = field(default_factory=dict)  # donor -> the same in a distilling step
+    made_in_s: float | None = None
+    this_run: bool | None = None
+    actual: dict[str, GroupTime] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.parts)
+
+    def by_group(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in self.parts:
+            out[p.group] = out.get(p.group, 0.0) + p.seconds
+        return out
+
+    def line(self) -> str:
+        groups = ", ".join(f"{g} {minutes(s)}" for g, s in sorted(self.by_group().items(), key=lambda kv: -kv[1]))
+        return (
+            f"the rest of this run: about {minutes(self.seconds)} on this machine ({groups}; training timed on "
+            f"{STEPS_TIMED} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles took)"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def reuse(cls, path: Path, key: dict) -> RunEstimate | None:
+        """The estimate an earlier run of this folder made for the same plan (its steps are not timed again)."""
+        if not path.is_file():
+            return None
+        old = json.loads(path.read_text())
+        if old.get("key") != key:
+            return None
+        d = old["estimate"]
+        return cls(d["after_s"], [Part(**p) for p in d["parts"]], d["step_s"], d["item_s"], d.get("distill_s", {}))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunEstimate:
+        return load_dataclass(cls, d)
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -1,0 +1,90 @@
+"""The final pass's second look at a shipped file, and the keys its measurements are filed under.
+
+A shipped file the final pass finds over its budget, undecided, or far from the measurement that admitted
+it is measured again, alone with the machine's reference, REMEASURES times; its verdict reads the median
+of its figures. The final pass files every measurement under `compared_key`.
+"""
+
+from __future__ import annotations
+
+from dery_deploy.deploy.bench import within_budget
+from dery_deploy.pipeline.records import BudgetResult
+from dery_deploy.pipeline.runner import Run
+from dery_deploy.runtime.harness import Measurement
+
+
+def compared_key(what: str, target: str) -> str:
+    """The final pass's key of a network on a target: `<what>|<backend>/<precision>`, what being
+    `donor:<name>`, `mix:<budget>` or `ship:<budget>` (budgets as `f"{ms:g}"`)."""
+    return f"{what}|{target}"
+
+
+def by_target(measurements: dict, what: str) -> dict:
+    """target -> the measurement of `what` (as `compared_key` spells it) on that target."""
+    split = (k.split("|", 1) for k in measurements)
+    return {target: measurements[f"{w}|{target}"] for w, target in split if w == what}
+
+
+# how far the measurement that admitted a finalist may differ from the final pass's before the run says so
+ADMITTED_DISAGREEMENT = 0.10
+
+
+# a shipped file whose final-pass figure is over its budget, undecided, or further than ADMITTED_DISAGREEMENT
+# from its admission is measured again, alone with the machine's reference, up to this many times
+REMEASURES = 2
+
+
+def admitted_ms(res: BudgetResult, target: str) -> float | None:
+    """The shipped network's measurement as a finalist, which admitted it under the budget (None for a pick
+    that was not a measured finalist)."""
+    pick = res.pick_triple or {}
+    rows = [f for f in res.finalists or [] if (f["plan"], f.get("target")) == (pick.get("network"), target)]
+    return (rows[0].get("measured") or {}).get("latency_ms") if rows else None
+
+
+def ship_suspects(r: Run, latest: dict[str, Measurement]) -> list[str]:
+    """The shipped files (final-pass keys) whose latest figure is not within budget, or disagrees with the
+    measurement that admitted them by more than ADMITTED_DISAGREEMENT: a machine whose speed moved, or a
+    neighbour that loaded it for a while, is told apart from the network by measuring again."""
+    q, out = r.opts.percentile, []
+    for res in r.manifest.results:
+        if not res.feasible:
+            continue
+        b = res.budget_ms
+        for target, m in by_target(latest, f"ship:{b:g}").items():
+            value, admitted = m.promise_at(q), admitted_ms(res, target)
+            moved = admitted is not None and admitted > 0 and abs(value / admitted - 1) > ADMITTED_DISAGREEMENT
+            if moved or within_budget(value, b, m.promise_uncertainty_at(q)) is not True:
+                out.append(compared_key(f"ship:{b:g}", target))
+    return out
+
+
+def verdict_measurement(fp: dict, key: str, q: int) -> tuple[Measurement, dict, list[float]]:
+    """The measurement a network's verdict reads, the summary of the pass it came from, and its figure at
+    the percentile in every pass that measured it, in order. Measured once, that one; measured again, the
+    median pass's (the higher middle of an even count): one pass slowed by a neighbour or sped up by a
+    quiet minute moves neither the verdict nor the figure the run records."""
+    passes = [fp] + list(fp.get("remeasured") or [])
+    mine = [(Measurement(**p["measurements"][key]), p["summary"]) for p in passes if key in p["measurements"]]
+    history = [round(m.promise_at(q), 5) for m, _ in mine]
+    ranked = sorted(range(len(mine)), key=lambda i: mine[i][0].promise_at(q))
+    m, summary = mine[ranked[len(ranked) // 2]]
+    return m, summary, history
+
+
+def admitted_disagreement(r: Run, res: BudgetResult, target: str, final_ms: float) -> float | None:
+    """The relative difference between the shipped network's measurement as a finalist (which admitted it
+    under the budget) and the final pass's, said on the terminal when above `ADMITTED_DISAGREEMENT`: the
+    two were taken minutes apart in other passes, and a machine whose speed moved between them makes
+    the admission and the verdict disagree (seen: 35-60% on one host)."""
+    admitted = admitted_ms(res, target)
+    if not admitted:
+        return None
+    rel = round(final_ms / admitted - 1, 4)
+    if abs(rel) > ADMITTED_DISAGREEMENT:
+        r.say(
+            f"  note: budget {res.budget_ms:g} ms: the shipped network measured {admitted:.4f} ms as a finalist and "
+            f"{final_ms:.4f} ms in the final pass ({100 * rel:+.0f}%): the machine's speed moved between the two "
+            "passes (or other processes loaded it); the file is measured again before its verdict"
+        )
+    return rel

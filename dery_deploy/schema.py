@@ -1,0 +1,177 @@
+"""JSON Schemas of the typed artifacts, generated from their dataclasses: the schema a reader of run.json
+checks against (`docs/run.schema.json`) is the one the code writes, never a second description of it.
+
+    python -m dery_deploy.schema            # rewrite docs/*.schema.json
+    python -m dery_deploy.schema --check    # exit 1 when a committed schema differs from the code's
+
+A field typed `dict` (or `list[dict]`) has no schema beyond "an object": `untyped_fields` lists them, so a
+test can hold their number to a ratchet that only shrinks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+_SCALARS: dict[Any, dict] = {
+    str: {"type": "string"},
+    int: {"type": "integer"},
+    float: {"type": "number"},
+    bool: {"type": "boolean"},
+    type(None): {"type": "null"},
+    Any: {},
+}
+
+
+def _is_dict(tp: Any) -> bool:
+    return tp is dict or typing.get_origin(tp) is dict
+
+
+def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
+    """The schema of one annotation; nested dataclasses land in `defs` and are referenced."""
+    if tp in _SCALARS:
+        return dict(_SCALARS[tp])
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        name = tp.__name__
+        if name not in defs:
+            defs[name] = {}  # placeholder: a dataclass that refers to itself terminates
+            defs[name] = _object_schema(tp, defs)
+        return {"$ref": f"#/$defs/{name}"}
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return {"anyOf": [_type_schema(a, defs) for a in args]}
+    if tp is list or origin is list:
+        return {"type": "array", "items": _type_schema(args[0], defs)} if args else {"type": "array"}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": _type_schema(args[0], defs)}
+        return {"type": "array", "prefixItems": [_type_schema(a, defs) for a in args], "items": False}
+    if _is_dict(tp):
+        if len(args) == 2 and args[1] is not Any:
+            return {"type": "object", "additionalProperties": _type_schema(args[1], defs)}
+        return {"type": "object"}
+    if typing.get_origin(tp) is typing.Literal:
+        return {"enum": list(args)}
+    raise TypeError(f"no JSON schema for the annotation {tp!r}")
+
+
+def _object_schema(cls: type, defs: dict[str, dict]) -> dict:
+    hints = typing.get_type_hints(cls)
+    props, required = {}, []
+    for f in dataclasses.fields(cls):
+        props[f.name] = _type_schema(hints[f.name], defs)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    out: dict = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    doc = (cls.__doc__ or "").strip()
+    if doc and not doc.startswith(f"{cls.__name__}("):  # not the dataclass's generated signature
+        out["description"] = " ".join(doc.split("\n\n")[0].split())
+    return out
+
+
+def artifact_schema(cls: type) -> dict:
+    """The JSON Schema of a `JsonArtifact` file: its dataclass's fields plus the kind and schema version
+    that `write` adds."""
+    defs: dict[str, dict] = {}
+    body = _object_schema(cls, defs)
+    body["properties"] = {
+        "schema": {"const": cls.SCHEMA},  # type: ignore[attr-defined]
+        "kind": {"const": cls.KIND},  # type: ignore[attr-defined]
+        **body["properties"],
+    }
+    body["required"] = ["schema", "kind", *body.get("required", [])]
+    head = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"dery_deploy/{cls.KIND}.schema.json",  # type: ignore[attr-defined]
+        "title": f"{cls.KIND}.json",  # type: ignore[attr-defined]
+    }
+    return {**head, **body, **({"$defs": dict(sorted(defs.items()))} if defs else {})}
+
+
+def untyped_fields(cls: type, prefix: str = "") -> list[str]:
+    """The fields of `cls` and of the dataclasses it holds whose content has no schema: `dict`,
+    `dict[str, dict]`, `list[dict]` (and optional ones)."""
+    out: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        out += _untyped(hints[f.name], f"{prefix}{cls.__name__}.{f.name}", set())
+    return out
+
+
+def _untyped(tp: Any, where: str, seen: set) -> list[str]:
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if tp in seen:
+            return []
+        seen.add(tp)
+        hints = typing.get_type_hints(tp)
+        return [u for f in dataclasses.fields(tp) for u in _untyped(hints[f.name], f"{tp.__name__}.{f.name}", seen)]
+    args = typing.get_args(tp)
+    if tp is dict or (_is_dict(tp) and (not args or args[1] is Any)):
+        return [where]
+    if tp is list:
+        return [where]
+    return [u for a in args if a is not Ellipsis for u in _untyped(a, where, seen)]
+
+
+def load_dataclass(tp: Any, data: Any) -> Any:
+    """`data` as read from JSON, built into the annotation `tp`: nested dataclasses from their dicts (keys
+    a dataclass does not have are refused with a TypeError naming them), lists and dicts element by
+    element, anything else as it is."""
+    if data is None:
+        return None
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise TypeError(f"{tp.__name__} has no field(s) {', '.join(unknown)}")
+        return tp(**{k: load_dataclass(hints[k], v) for k, v in data.items()})
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        built = [a for a in args if dataclasses.is_dataclass(a) or typing.get_origin(a) in (list, dict)]
+        return load_dataclass(built[0], data) if built else data
+    if origin is list and args:
+        return [load_dataclass(args[0], v) for v in data]
+    if origin is dict and len(args) == 2:
+        return {k: load_dataclass(args[1], v) for k, v in data.items()}
+    return data
+
+
+def schemas() -> dict[str, dict]:
+    """File name under docs/ -> schema, for every artifact whose schema is published."""
+    from dery_deploy.pipeline.manifest import RunManifest
+
+    return {"run.schema.json": artifact_schema(RunManifest)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    check = "--check" in argv
+    stale = []
+    for name, schema in schemas().items():
+        text = json.dumps(schema, indent=1) + "\n"
+        path = DOCS / name
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(name)
+            continue
+        from dery_deploy.artifacts import atomic_write_text
+
+        atomic_write_text(path, text)
+        print(f"wrote {path}")
+    if stale:
+        print(f"docs/{', docs/'.join(stale)} differ from the code: run python -m dery_deploy.schema", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
