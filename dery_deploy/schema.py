@@ -1,8 +1,6 @@
-"""JSON Schemas of the typed artifacts, generated from their dataclasses: the schema a reader of run.json
-checks against (`docs/run.schema.json`) is the one the code writes, never a second description of it.
-
-    python -m dery_deploy.schema            # rewrite docs/*.schema.json
-    python -m dery_deploy.schema --check    # exit 1 when a committed schema differs from the code's
+"""JSON Schemas of the typed artifacts, generated from their dataclasses, and those dataclasses built
+back from JSON: the schema a reader of run.json checks against (`docs/run.schema.json`, written by
+`python -m dery_deploy.pipeline.run_schema`) is the one the code writes, never a second description of it.
 
 A field typed `dict` (or `list[dict]`) has no schema beyond "an object": `untyped_fields` lists them, so a
 test can hold their number to a ratchet that only shrinks.
@@ -11,14 +9,10 @@ test can hold their number to a ratchet that only shrinks.
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any, Union
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 _SCALARS: dict[Any, dict] = {
     str: {"type": "string"},
     int: {"type": "integer"},
@@ -143,35 +137,3 @@ def load_dataclass(tp: Any, data: Any) -> Any:
     if origin is dict and len(args) == 2:
         return {k: load_dataclass(args[1], v) for k, v in data.items()}
     return data
-
-
-def schemas() -> dict[str, dict]:
-    """File name under docs/ -> schema, for every artifact whose schema is published."""
-    from dery_deploy.pipeline.manifest import RunManifest
-
-    return {"run.schema.json": artifact_schema(RunManifest)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    check = "--check" in argv
-    stale = []
-    for name, schema in schemas().items():
-        text = json.dumps(schema, indent=1) + "\n"
-        path = DOCS / name
-        if check:
-            if not path.is_file() or path.read_text() != text:
-                stale.append(name)
-            continue
-        from dery_deploy.artifacts import atomic_write_text
-
-        atomic_write_text(path, text)
-        print(f"wrote {path}")
-    if stale:
-        print(f"docs/{', docs/'.join(stale)} differ from the code: run python -m dery_deploy.schema", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

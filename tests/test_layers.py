@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "dery_deploy"
 
 # lowest first; a module may import only from its own layer or below (README: Architecture)
 LAYERS = [
-    {"errors", "artifacts"},
+    {"errors", "artifacts", "schema"},
     {"deploy"},  # shipped packages: runs with numpy and the package's runtime alone
     {"data"},
     {"dissect", "zoo"},

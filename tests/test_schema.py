@@ -1,4 +1,5 @@
-"""run.json's schema is generated from the dataclasses that write it (`dery_deploy.schema`): the committed
+"""run.json's schema is generated from the dataclasses that write it (`dery_deploy.schema`,
+`python -m dery_deploy.pipeline.run_schema`): the committed
 docs/run.schema.json is the code's, a captured run validates against it, and the fields that still have no
 schema beyond "an object" may only become fewer (issue 25)."""
 
@@ -11,7 +12,8 @@ import pytest
 
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.records import RunEstimate
-from dery_deploy.schema import artifact_schema, load_dataclass, main, untyped_fields
+from dery_deploy.pipeline.run_schema import main
+from dery_deploy.schema import artifact_schema, load_dataclass, untyped_fields
 
 CAPTURED = Path(__file__).parent / "report" / "fixtures" / "tiny-quick" / "run.json"
 
@@ -35,7 +37,7 @@ UNTYPED = {
 
 
 def test_the_committed_schema_is_the_codes():
-    assert main(["--check"]) == 0, "docs/run.schema.json is stale: run python -m dery_deploy.schema"
+    assert main(["--check"]) == 0, "docs/run.schema.json is stale: run python -m dery_deploy.pipeline.run_schema"
 
 
 def test_a_captured_run_validates_and_reads_back_the_same():
