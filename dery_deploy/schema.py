@@ -9,6 +9,7 @@ test can hold their number to a ratchet that only shrinks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, Union
@@ -23,6 +24,10 @@ _SCALARS: dict[Any, dict] = {
 }
 
 
+# a record's annotations, resolved once per class (they are strings under `from __future__ import annotations`)
+_hints = functools.cache(typing.get_type_hints)
+
+
 def _is_dict(tp: Any) -> bool:
     return tp is dict or typing.get_origin(tp) is dict
 
@@ -34,7 +39,7 @@ def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         name = tp.__name__
         if name not in defs:
-            defs[name] = {}  # placeholder: a dataclass that refers to itself terminates
+            defs[name] = {}  # reserved before recursing, so that a dataclass holding itself ends here
             defs[name] = _object_schema(tp, defs)
         return {"$ref": f"#/$defs/{name}"}
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -50,13 +55,13 @@ def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
         if len(args) == 2 and args[1] is not Any:
             return {"type": "object", "additionalProperties": _type_schema(args[1], defs)}
         return {"type": "object"}
-    if typing.get_origin(tp) is typing.Literal:
+    if origin is typing.Literal:
         return {"enum": list(args)}
     raise TypeError(f"no JSON schema for the annotation {tp!r}")
 
 
 def _object_schema(cls: type, defs: dict[str, dict]) -> dict:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     props, required = {}, []
     for f in dataclasses.fields(cls):
         props[f.name] = _type_schema(hints[f.name], defs)
@@ -90,14 +95,11 @@ def artifact_schema(cls: type) -> dict:
     return {**head, **body, **({"$defs": dict(sorted(defs.items()))} if defs else {})}
 
 
-def untyped_fields(cls: type, prefix: str = "") -> list[str]:
+def untyped_fields(cls: type) -> list[str]:
     """The fields of `cls` and of the dataclasses it holds whose content has no schema: `dict`,
     `dict[str, dict]`, `list[dict]` (and optional ones)."""
-    out: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        out += _untyped(hints[f.name], f"{prefix}{cls.__name__}.{f.name}", set())
-    return out
+    hints = _hints(cls)
+    return [u for f in dataclasses.fields(cls) for u in _untyped(hints[f.name], f"{cls.__name__}.{f.name}", set())]
 
 
 def _untyped(tp: Any, where: str, seen: set) -> list[str]:
@@ -105,12 +107,10 @@ def _untyped(tp: Any, where: str, seen: set) -> list[str]:
         if tp in seen:
             return []
         seen.add(tp)
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         return [u for f in dataclasses.fields(tp) for u in _untyped(hints[f.name], f"{tp.__name__}.{f.name}", seen)]
     args = typing.get_args(tp)
-    if tp is dict or (_is_dict(tp) and (not args or args[1] is Any)):
-        return [where]
-    if tp is list:
+    if tp is list or tp is dict or (_is_dict(tp) and (not args or args[1] is Any)):
         return [where]
     return [u for a in args if a is not Ellipsis for u in _untyped(a, where, seen)]
 
@@ -122,7 +122,7 @@ def load_dataclass(tp: Any, data: Any) -> Any:
     if data is None:
         return None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
         unknown = sorted(set(data) - names)
         if unknown:

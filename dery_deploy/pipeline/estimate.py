@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -132,8 +133,7 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         """A network's seconds per image under budget `b`: the median over the donors that fit it (every
         donor where none does)."""
         fit = [n for n in times if plan.donor_ms.get(n, math.inf) <= b] or list(times)
-        r = sorted(times[n] for n in fit)
-        return (r[(len(r) - 1) // 2] + r[len(r) // 2]) / 2 if r else 0.0
+        return statistics.median(times[n] for n in fit) if fit else 0.0
 
     parts: list[Part] = []
 

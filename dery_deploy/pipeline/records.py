@@ -113,10 +113,6 @@ class BudgetResult:
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> BudgetResult:
-        return load_dataclass(cls, d)
-
 
 @dataclass
 class TeacherRecord:
@@ -211,10 +207,7 @@ class RunEstimate:
         if not path.is_file():
             return None
         old = json.loads(path.read_text())
-        if old.get("key") != key:
-            return None
-        d = old["estimate"]
-        return cls(d["after_s"], [Part(**p) for p in d["parts"]], d["step_s"], d["item_s"], d.get("distill_s", {}))
+        return cls.from_dict(old["estimate"]) if old.get("key") == key else None
 
     @classmethod
     def from_dict(cls, d: dict) -> RunEstimate:

@@ -30,7 +30,7 @@ ADMITTED_DISAGREEMENT = 0.10
 
 
 # a shipped file whose final-pass figure is over its budget, undecided, or further than ADMITTED_DISAGREEMENT
-# from its admission is measured again, alone with the machine's reference, up to this many times
+# from its admission is measured again, alone with the machine's reference, this many times
 REMEASURES = 2
 
 
@@ -42,8 +42,8 @@ def admitted_ms(res: BudgetResult, target: str) -> float | None:
     return (rows[0].get("measured") or {}).get("latency_ms") if rows else None
 
 
-def ship_suspects(r: Run, latest: dict[str, Measurement]) -> list[str]:
-    """The shipped files (final-pass keys) whose latest figure is not within budget, or disagrees with the
+def ship_suspects(r: Run, measured: dict[str, Measurement]) -> list[str]:
+    """The shipped files (final-pass keys) whose `measured` figure is not within budget, or disagrees with the
     measurement that admitted them by more than ADMITTED_DISAGREEMENT: a machine whose speed moved, or a
     neighbour that loaded it for a while, is told apart from the network by measuring again."""
     q, out = r.opts.percentile, []
@@ -51,7 +51,7 @@ def ship_suspects(r: Run, latest: dict[str, Measurement]) -> list[str]:
         if not res.feasible:
             continue
         b = res.budget_ms
-        for target, m in by_target(latest, f"ship:{b:g}").items():
+        for target, m in by_target(measured, f"ship:{b:g}").items():
             value, admitted = m.promise_at(q), admitted_ms(res, target)
             moved = admitted is not None and admitted > 0 and abs(value / admitted - 1) > ADMITTED_DISAGREEMENT
             if moved or within_budget(value, b, m.promise_uncertainty_at(q)) is not True:
@@ -85,6 +85,6 @@ def admitted_disagreement(r: Run, res: BudgetResult, target: str, final_ms: floa
         r.say(
             f"  note: budget {res.budget_ms:g} ms: the shipped network measured {admitted:.4f} ms as a finalist and "
             f"{final_ms:.4f} ms in the final pass ({100 * rel:+.0f}%): the machine's speed moved between the two "
-            "passes (or other processes loaded it); the file is measured again before its verdict"
+            "passes (or other processes loaded it); the file was measured again before its verdict"
         )
     return rel
