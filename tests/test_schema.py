@@ -21,7 +21,6 @@ CAPTURED = Path(__file__).parent / "report" / "fixtures" / "tiny-quick" / "run.j
 UNTYPED = {
     "RunManifest.verify",
     "RunManifest.verify_by_target",
-    "RunManifest.final_pass",
     "BudgetResult.candidates",
     "BudgetResult.finalists",
     "BudgetResult.rejected_over_budget",

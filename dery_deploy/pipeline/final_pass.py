@@ -23,7 +23,15 @@ from dery_deploy.export.package import refresh_latency
 from dery_deploy.export.report import write_budget
 from dery_deploy.export.verdict import budget_check, relate_to_machine
 from dery_deploy.pipeline.context import Context
-from dery_deploy.pipeline.records import BudgetResult, DonorFit, DonorResult, LatencyFigure
+from dery_deploy.pipeline.records import (
+    BudgetResult,
+    DonorFit,
+    DonorResult,
+    FinalPassFile,
+    FinalPassRecord,
+    LatencyFigure,
+    SecondLook,
+)
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.second_look import (
     REMEASURES,
@@ -178,35 +186,34 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
         if not path.is_file():
             return None
         old = json.loads(path.read_text())
-        return old if old.get("key") == key else None
+        return FinalPassFile.from_dict(old) if old.get("key") == key else None
 
     def compute():
-        out = measure_with_second_looks(r, compared, device, x, ctx.model.profile.threads)
-        atomic_write_json(path, {"key": key, **out})
-        return {"key": key, **out}
+        out = measure_with_second_looks(r, compared, device, x, ctx.model.profile.threads, key)
+        atomic_write_json(path, out.to_dict())
+        # read back as written (figures rounded), so a fresh pass and a reused one judge alike
+        return FinalPassFile.from_dict(json.loads(path.read_text()))
 
     fp = r.stage(
         f"final measurement ({len(compared)} network-target pairs, one interleaved pass)",
         reuse,
         compute,
         lambda fp: (
-            f"noise index {100 * fp['summary']['noise_index']:.1f}%"
-            + (f"; [yellow]{busy}[/]" if (busy := PassSummary(**fp["summary"]).load_line()) else "")
+            f"noise index {100 * fp.summary.noise_index:.1f}%"
+            + (f"; [yellow]{busy}[/]" if (busy := fp.summary.load_line()) else "")
         ),
     )
     apply_final_pass(r, ctx, fp)
 
 
-def measure_with_second_looks(r: Run, compared: list[Compared], device: str, x, threads: int | None) -> dict:
+def measure_with_second_looks(
+    r: Run, compared: list[Compared], device: str, x, threads: int | None, key: dict
+) -> FinalPassFile:
     """The final pass over `compared`, then each shipped file it found suspect (`ship_suspects`) measured
-    again alone with the machine's reference, REMEASURES times: final_pass.json's body."""
+    again alone with the machine's reference, REMEASURES times: final_pass.json, made for `key`."""
     with r.progress() as prog:
         meas, summary = measure_compared(compared, device, x, r.opts.percentile, threads, prog)
-    out: dict = {
-        "summary": summary.to_dict(),
-        "measurements": {k: v.to_dict() for k, v in meas.items()},
-        "remeasured": [],
-    }
+    out = FinalPassFile(key, summary, meas)
     # every suspect is measured REMEASURES more times, whatever the first re-measurement says: stopping at
     # the first figure within budget would keep the low ones and bias the verdict low (seen: recorded
     # 0.1530 ms, then 0.1722 ms in `dery bench` alone)
@@ -220,9 +227,7 @@ def measure_with_second_looks(r: Run, compared: list[Compared], device: str, x, 
             again, s = measure_compared(
                 [c for c in compared if c.key in keys], device, x, r.opts.percentile, threads, prog
             )
-        out["remeasured"].append(
-            {"keys": keys, "summary": s.to_dict(), "measurements": {k: v.to_dict() for k, v in again.items()}}
-        )
+        out.remeasured.append(SecondLook(keys, s, again))
     return out
 
 
@@ -240,15 +245,15 @@ def _stamp(path: Path) -> list:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
+def apply_final_pass(r: Run, ctx: Context, fp: FinalPassFile) -> None:
     """Every latency the report compares, from the final pass; each shipped artifact judged against its budget.
 
     A donor's latency is that of its fastest target; it fits a budget when any target does, with the
     accuracy of the most accurate target that fits (its int8 test accuracy measured where only int8 fits)."""
     m = r.manifest
     q = r.opts.percentile
-    meas = {k: Measurement(**v) for k, v in fp["measurements"].items()}
-    m.final_pass = {**fp["summary"], "percentile": q, "measurements": fp["measurements"]}
+    meas = fp.measurements
+    m.final_pass = FinalPassRecord(**asdict(fp.summary), percentile=q, measurements=meas)
 
     for n, d in m.donors.items():
         ts = by_target(meas, f"donor:{n}")
@@ -282,7 +287,7 @@ def apply_final_pass(r: Run, ctx: Context, fp: dict) -> None:
         res.donor_fit = fitting
 
 
-def judge_shipped(r: Run, res: BudgetResult, fp: dict, meas: dict[str, Measurement]) -> None:
+def judge_shipped(r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, Measurement]) -> None:
     """One budget's shipped file judged against its budget by its final-pass measurement, or the median of
     that and its re-measurements where there were some (`verdict_measurement`); its export report and
     package rewritten with that verdict."""
@@ -306,7 +311,7 @@ def judge_shipped(r: Run, res: BudgetResult, fp: dict, meas: dict[str, Measureme
     res.admitted_disagreement = admitted_disagreement(r, res, target, history[0])
     verdict = budget_check(res.plan, shipped, onnx["device"], onnx["precision"], onnx["batch"], onnx.get("threads"))
     ref_key = f"{res.plan['backend']}/t{onnx.get('threads')}"
-    ref_now = (summary.get("references_ms") or {}).get(ref_key)
+    ref_now = summary.references_ms.get(ref_key)
     verdict = relate_to_machine(verdict, ref_now, onnx.get("reference_ms"))
     verdict.measured_in = "the run's final pass, beside every compared network" + (
         f", then re-measured alone {len(history) - 1} time(s) with the machine's reference (the median figure)"
@@ -324,7 +329,7 @@ def judge_shipped(r: Run, res: BudgetResult, fp: dict, meas: dict[str, Measureme
         verdict.line(),
         verdict.measured_in,
         ref_now,
-        summary.get("other_load_cores"),
+        summary.other_load_cores,
     )
 
 

@@ -9,6 +9,7 @@ from dery_deploy.pipeline.options import RunOptions
 from dery_deploy.pipeline.records import (
     BudgetResult,
     DonorResult,
+    FinalPassRecord,
     RecipeRecord,
     RunEstimate,
     TaskRecord,
@@ -50,7 +51,7 @@ class RunManifest(JsonArtifact):
     results: list[BudgetResult] = field(default_factory=list)
     donors: dict[str, DonorResult] = field(default_factory=dict)
     teacher: TeacherRecord | None = None
-    final_pass: dict = field(default_factory=dict)  # the one interleaved measurement every comparison reads
+    final_pass: FinalPassRecord | None = None  # the one interleaved measurement every comparison reads
     targets: list[str] = field(default_factory=list)  # backend/precision pairs searched
     verify_by_target: dict = field(default_factory=dict)  # each target's latency check (verify: the first's)
     recipe: RecipeRecord | None = None  # what every compared network was trained with (Recipes.describe)
@@ -69,6 +70,7 @@ class RunManifest(JsonArtifact):
     @classmethod
     def from_dict(cls, d: dict) -> RunManifest:
         d = {k: v for k, v in d.items() if k not in ("schema", "kind")}
-        for k in ("task", "teacher", "recipe", "estimate", "time_limit"):  # older runs wrote {} for "none"
+        # older runs wrote {} for "none"
+        for k in ("task", "teacher", "recipe", "estimate", "time_limit", "final_pass"):
             d[k] = d.get(k) or None
         return load_dataclass(cls, d)

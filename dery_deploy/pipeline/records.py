@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dery_deploy.runtime.harness import Measurement, PassSummary
 from dery_deploy.schema import load_dataclass
 from dery_deploy.train.recipe import Recipe
 
@@ -51,6 +52,58 @@ class DonorResult:
     latency_by_target: dict[str, LatencyFigure] = field(default_factory=dict)
     latency_uncertainty: float | None = None
     fastest_target: str | None = None
+
+
+@dataclass
+class SecondLook:
+    """Shipped files measured again, alone with the machine's reference: which, and that pass."""
+
+    keys: list[str]
+    summary: PassSummary
+    measurements: dict[str, Measurement]
+
+    def to_dict(self) -> dict:
+        return {
+            "keys": self.keys,
+            "summary": self.summary.to_dict(),
+            "measurements": {k: v.to_dict() for k, v in self.measurements.items()},
+        }
+
+
+@dataclass
+class FinalPassFile:
+    """`final_pass.json`: the one interleaved pass over every compared network-target pair (filed under
+    `second_look.compared_key`), the shipped files measured again after it, and the reuse key it was made for."""
+
+    key: dict  # what was compared (files and their stamps) and how: reused only for the same key
+    summary: PassSummary
+    measurements: dict[str, Measurement]
+    remeasured: list[SecondLook] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "summary": self.summary.to_dict(),
+            "measurements": {k: v.to_dict() for k, v in self.measurements.items()},
+            "remeasured": [s.to_dict() for s in self.remeasured],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FinalPassFile:
+        return load_dataclass(cls, {"remeasured": [], **d})
+
+    def passes(self) -> list[tuple[PassSummary, dict[str, Measurement]]]:
+        """The final pass, then each second look, in order."""
+        return [(self.summary, self.measurements)] + [(s.summary, s.measurements) for s in self.remeasured]
+
+
+@dataclass
+class FinalPassRecord(PassSummary):
+    """run.json's final pass: the pass's summary, the percentile its figures are read at, and every
+    network-target pair's measurement (the second looks stay in `final_pass.json`)."""
+
+    percentile: int = 50
+    measurements: dict[str, Measurement] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,9 +8,9 @@ of its figures. The final pass files every measurement under `compared_key`.
 from __future__ import annotations
 
 from dery_deploy.deploy.bench import within_budget
-from dery_deploy.pipeline.records import BudgetResult
+from dery_deploy.pipeline.records import BudgetResult, FinalPassFile
 from dery_deploy.pipeline.runner import Run
-from dery_deploy.runtime.harness import Measurement
+from dery_deploy.runtime.harness import Measurement, PassSummary
 
 
 def compared_key(what: str, target: str) -> str:
@@ -59,13 +59,12 @@ def ship_suspects(r: Run, measured: dict[str, Measurement]) -> list[str]:
     return out
 
 
-def verdict_measurement(fp: dict, key: str, q: int) -> tuple[Measurement, dict, list[float]]:
+def verdict_measurement(fp: FinalPassFile, key: str, q: int) -> tuple[Measurement, PassSummary, list[float]]:
     """The measurement a network's verdict reads, the summary of the pass it came from, and its figure at
     the percentile in every pass that measured it, in order. Measured once, that one; measured again, the
     median pass's (the higher middle of an even count): one pass slowed by a neighbour or sped up by a
     quiet minute moves neither the verdict nor the figure the run records."""
-    passes = [fp] + list(fp.get("remeasured") or [])
-    mine = [(Measurement(**p["measurements"][key]), p["summary"]) for p in passes if key in p["measurements"]]
+    mine = [(measurements[key], summary) for summary, measurements in fp.passes() if key in measurements]
     history = [round(m.promise_at(q), 5) for m, _ in mine]
     ranked = sorted(range(len(mine)), key=lambda i: mine[i][0].promise_at(q))
     m, summary = mine[ranked[len(ranked) // 2]]

@@ -1,12 +1,14 @@
 """The final pass's second look at a shipped file: which files are measured again, which figure the verdict
 reads, and a figure over budget only because the machine itself slowed down."""
 
+import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
-from dery_deploy.pipeline.records import BudgetResult
+from dery_deploy.pipeline.records import BudgetResult, FinalPassFile, SecondLook
 from dery_deploy.pipeline.second_look import ship_suspects, verdict_measurement
-from dery_deploy.runtime.harness import Measurement
+from dery_deploy.runtime.harness import Measurement, PassSummary
 
 
 def measured(ms: float, se: float = 0.005) -> Measurement:
@@ -47,36 +49,34 @@ def test_suspects_are_the_shipped_files_over_budget_or_far_from_their_admission(
     assert ship_suspects(run, latest) == ["ship:3|onnxruntime/fp32"]
 
 
+def summary(reference_ms: float) -> PassSummary:
+    return PassSummary(1, 10, 1.0, 0.01, 0, 1, "now", references_ms={"onnxruntime/t1": reference_ms})
+
+
 def test_the_verdict_reads_the_median_measurement_of_a_shipped_file():
     key = "ship:1|onnxruntime/fp32"
-    fp = {
-        "summary": {"references_ms": {"onnxruntime/t1": 0.2}},
-        "measurements": {key: measured(1.5).to_dict(), "donor:a|onnxruntime/fp32": measured(3.0).to_dict()},
-        "remeasured": [
-            {
-                "keys": [key],
-                "summary": {"references_ms": {"onnxruntime/t1": 0.15}},
-                "measurements": {key: measured(1.2).to_dict()},
-            },
-            {
-                "keys": [key],
-                "summary": {"references_ms": {"onnxruntime/t1": 0.1}},
-                "measurements": {key: measured(0.9).to_dict()},
-            },
-        ],
-    }
-    m, summary, history = verdict_measurement(fp, key, 50)
-    assert m.promise_at(50) == 1.2 and summary["references_ms"]["onnxruntime/t1"] == 0.15 and history == [1.5, 1.2, 0.9]
+    first = summary(0.2)
+    fp = FinalPassFile(
+        {},
+        first,
+        {key: measured(1.5), "donor:a|onnxruntime/fp32": measured(3.0)},
+        [SecondLook([key], summary(0.15), {key: measured(1.2)}), SecondLook([key], summary(0.1), {key: measured(0.9)})],
+    )
+    m, s, history = verdict_measurement(fp, key, 50)
+    assert m.promise_at(50) == 1.2 and s.references_ms["onnxruntime/t1"] == 0.15 and history == [1.5, 1.2, 0.9]
     # one low re-measurement does not carry the verdict: a final pass at 1.5, alone 1.45 then 0.9 reads 1.45
-    fp["remeasured"][0]["measurements"][key] = measured(1.45).to_dict()
+    fp.remeasured[0].measurements[key] = measured(1.45)
     assert verdict_measurement(fp, key, 50)[0].promise_at(50) == 1.45
     # two figures: the higher (the verdict never rests on the lower of a disagreeing pair)
-    two = {**fp, "remeasured": fp["remeasured"][1:]}
+    two = replace(fp, remeasured=fp.remeasured[1:])
     assert verdict_measurement(two, key, 50)[0].promise_at(50) == 1.5
-    m, summary, history = verdict_measurement(fp, "donor:a|onnxruntime/fp32", 50)
-    assert history == [3.0] and summary is fp["summary"]
-    # a final pass recorded before re-measuring existed reads as one pass
-    assert verdict_measurement({k: fp[k] for k in ("summary", "measurements")}, key, 50)[2] == [1.5]
+    m, s, history = verdict_measurement(fp, "donor:a|onnxruntime/fp32", 50)
+    assert history == [3.0] and s is first
+    # a final pass recorded before re-measuring existed reads as one pass, and round-trips through JSON
+    old = FinalPassFile.from_dict({k: v for k, v in fp.to_dict().items() if k != "remeasured"})
+    assert verdict_measurement(old, key, 50)[2] == [1.5]
+    again = FinalPassFile.from_dict(json.loads(json.dumps(fp.to_dict())))
+    assert again.to_dict() == fp.to_dict()  # figures rounded as written
 
 
 def over(measured_ms: float, budget: float = 1.0) -> BudgetVerdict:
