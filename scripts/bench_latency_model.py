@@ -35,6 +35,11 @@ def pct(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 2)
 
 
+def p90_pct(fit) -> list[float | None]:
+    """A check's p90 model's median and max |error| in %, or none where it has no p90 model."""
+    return [pct(fit.median_abs_rel_error), pct(fit.max_abs_rel_error)] if fit else [None, None]
+
+
 def on_this_machine(zoo_name: str, n_verify: int, tmp: Path) -> dict:
     from dery_deploy.profile.run import run_profile, verify
     from dery_deploy.runtime.devices import get_device
@@ -48,7 +53,7 @@ def on_this_machine(zoo_name: str, n_verify: int, tmp: Path) -> dict:
         [path] = run_profile(zoo, spec, backend, precision, [1], part, dis, cache, num_classes=10, threads=1)
         seconds = time.time() - t0
         check = verify(zoo, spec, path, part, dis, n_verify, seed=0)
-        p90 = check.percentiles.get("p90", {})
+        p90 = check.percentiles.get("p90")
         row = {
             "profile_seconds": round(seconds, 1),
             "assemblies": check.n,
@@ -59,7 +64,7 @@ def on_this_machine(zoo_name: str, n_verify: int, tmp: Path) -> dict:
             "alone_median_max_pct": [pct(x) for x in check.isolated_errors or []],
             "context_median_max_pct": [pct(x) for x in check.context_errors or []],
             "chosen_median_max_pct": [pct(check.median_abs_rel_error), pct(check.max_abs_rel_error)],
-            "chosen_p90_median_max_pct": [pct(p90.get("median_abs_rel_error")), pct(p90.get("max_abs_rel_error"))],
+            "chosen_p90_median_max_pct": p90_pct(p90),
         }
         out[f"{backend}/{precision}"] = row
         print(f"{backend}/{precision}: {json.dumps(row)}", flush=True)
@@ -75,11 +80,11 @@ def on_the_evidence() -> dict:
         v = json.loads(path.read_text())["verify"]
         rows = [VerifyRow.from_dict(r) for r in v["assemblies"]]
         check = fit_latency_check(rows, v["seed"], v["partition_key"])
-        p90 = check.percentiles.get("p90", {})
+        p90 = check.percentiles.get("p90")
         out[path.stem] = {
             "assemblies": check.n,
             "alone_median_max_pct": [pct(check.median_abs_rel_error), pct(check.max_abs_rel_error)],
-            "alone_p90_median_max_pct": [pct(p90.get("median_abs_rel_error")), pct(p90.get("max_abs_rel_error"))],
+            "alone_p90_median_max_pct": p90_pct(p90),
             "context": "not scorable: the evidence profiles hold no prefixes",
         }
         print(f"evidence {path.stem}: {json.dumps(out[path.stem])}", flush=True)

@@ -16,6 +16,7 @@ from dery_deploy.pipeline.records import (
     TeacherRecord,
     TimeLimitRecord,
 )
+from dery_deploy.profile.store import LatencyCheck
 from dery_deploy.schema import load_dataclass
 
 
@@ -46,14 +47,15 @@ class RunManifest(JsonArtifact):
     task: TaskRecord | None = None
     budgets: list[float] = field(default_factory=list)
     donor_latency_ms: dict[str, float] = field(default_factory=dict)
-    verify: dict = field(default_factory=dict)
+    verify: LatencyCheck | None = None  # the first target's latency-model check
     profile: str = ""
     results: list[BudgetResult] = field(default_factory=list)
     donors: dict[str, DonorResult] = field(default_factory=dict)
     teacher: TeacherRecord | None = None
     final_pass: FinalPassRecord | None = None  # the one interleaved measurement every comparison reads
     targets: list[str] = field(default_factory=list)  # backend/precision pairs searched
-    verify_by_target: dict = field(default_factory=dict)  # each target's latency check (verify: the first's)
+    verify_by_target: dict[str, LatencyCheck] = field(default_factory=dict)  # each target's latency-model check
+    profile_by_target: dict[str, str] = field(default_factory=dict)  # each target's profile file
     recipe: RecipeRecord | None = None  # what every compared network was trained with (Recipes.describe)
     # the rest of the run as estimated after the profiles, and per group what the estimated stages took
     estimate: RunEstimate | None = None
@@ -71,6 +73,13 @@ class RunManifest(JsonArtifact):
     def from_dict(cls, d: dict) -> RunManifest:
         d = {k: v for k, v in d.items() if k not in ("schema", "kind")}
         # older runs wrote {} for "none"
-        for k in ("task", "teacher", "recipe", "estimate", "time_limit", "final_pass"):
+        for k in ("task", "teacher", "recipe", "estimate", "time_limit", "final_pass", "verify"):
             d[k] = d.get(k) or None
+        # older runs filed each target's profile inside its check
+        checks = {t: dict(v) for t, v in (d.get("verify_by_target") or {}).items()}
+        d["profile_by_target"] = {
+            **{t: v.pop("profile") for t, v in checks.items() if "profile" in v},
+            **(d.get("profile_by_target") or {}),
+        }
+        d["verify_by_target"] = checks
         return load_dataclass(cls, d)

@@ -142,14 +142,12 @@ def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = ""
     on = f", {target}" if target else ""
     prof = r.stage(f"latency-model check ({r.opts.verify} mixed assemblies{on})", reuse, compute)
     v = prof.verify
-    summary = {k: val for k, val in v.to_dict().items() if k != "assemblies"}
-    if not r.manifest.verify:  # the first target's, which the report's latency-model paragraph describes
-        r.manifest.verify = summary
+    if r.manifest.verify is None:  # the first target's, which the report's latency-model paragraph describes
+        r.manifest.verify = v
         r.manifest.profile = str(prof_file.relative_to(r.out))
-    r.manifest.verify_by_target[target or prof.backend + "/" + prof.precision] = {
-        **summary,
-        "profile": str(prof_file.relative_to(r.out)),
-    }
+    on_target = target or prof.backend + "/" + prof.precision
+    r.manifest.verify_by_target[on_target] = v
+    r.manifest.profile_by_target[on_target] = str(prof_file.relative_to(r.out))
     r.say(
         f"  latency model{on}: median |error| {100 * v.median_abs_rel_error:.2f}%, max "
         f"{100 * v.max_abs_rel_error:.2f}% ({v.speed} item latencies, "

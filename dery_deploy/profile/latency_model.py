@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 from dery_deploy.errors import DeryError
 from dery_deploy.network.items import block_span
-from dery_deploy.profile.store import LatencyCheck, Profile, VerifyRow
+from dery_deploy.profile.store import LatencyCheck, PercentileFit, Profile, VerifyRow
 
 # The program's integer time unit: 10 ns. GPU items cost 1-20 us each, so whole microseconds rounded
 # each by up to 0.5 us, about 5% of a small assembly; at 10 ns the rounding is 0.05% of a 10 us item.
@@ -189,7 +189,9 @@ def _predicted(rows: list[VerifyRow], speed: str, subtract: bool, context: bool 
     return [(r.raw_sum_ms if speed == "raw" else r.calibrated_sum_ms) or 0.0 for r in rows]
 
 
-def _percentile_check(rows: list[VerifyRow], speed: str, subtract: bool, percentile: int, context: bool) -> dict:
+def _percentile_check(
+    rows: list[VerifyRow], speed: str, subtract: bool, percentile: int, context: bool
+) -> PercentileFit:
     """Scale, leave-one-out errors and p90 under-prediction of predicting a network's p90 / p99 from its
     items' medians (on the speed basis, overhead rule and block timing the median's check chose)."""
     pred = _predicted(rows, speed, subtract, context)
@@ -198,12 +200,12 @@ def _percentile_check(rows: list[VerifyRow], speed: str, subtract: bool, percent
     ]
     meas = [r.measured_at(percentile) * f for r, f in zip(rows, ratio)]
     errs = _loo_errors(pred, meas, True)
-    return {
-        "scale": round(statistics.median(m / p for p, m in zip(pred, meas)), 5),
-        "median_abs_rel_error": round(statistics.median(abs(e) for e in errs), 5),
-        "max_abs_rel_error": round(max(abs(e) for e in errs), 5),
-        "p90_under_prediction": round(_p90_under(errs), 5),
-    }
+    return PercentileFit(
+        scale=round(statistics.median(m / p for p, m in zip(pred, meas)), 5),
+        median_abs_rel_error=round(statistics.median(abs(e) for e in errs), 5),
+        max_abs_rel_error=round(max(abs(e) for e in errs), 5),
+        p90_under_prediction=round(_p90_under(errs), 5),
+    )
 
 
 def _p90_under(errs: list[float]) -> float:

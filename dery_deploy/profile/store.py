@@ -122,6 +122,17 @@ class VerifyRow:
 
 
 @dataclass
+class PercentileFit:
+    """The latency model at a per-call percentile (p90, p99): the scale from the items' medians to a
+    network's tail, its leave-one-out errors and the p90 of how much slower than predicted networks ran."""
+
+    scale: float
+    median_abs_rel_error: float
+    max_abs_rel_error: float
+    p90_under_prediction: float
+
+
+@dataclass
 class LatencyCheck:
     """How well the latency model predicts whole networks: `n` random mixed assemblies measured end
     to end. `speed` is the item latencies' basis (raw, or scaled to the reference speed) chosen
@@ -144,7 +155,7 @@ class LatencyCheck:
     partition_key: str
     when: str
     assemblies: list[VerifyRow] = field(default_factory=list)
-    percentiles: dict = field(default_factory=dict)  # "p90" / "p99" -> scale, errors, p90_under_prediction
+    percentiles: dict[str, PercentileFit] = field(default_factory=dict)  # "p90" / "p99" -> the model there
     noise_index: float | None = None  # of the pass that measured the assemblies
     # whether each part's latency is taken less the per-call overhead (chosen like `speed`; older checks did)
     subtract_overhead: bool = True
@@ -158,15 +169,21 @@ class LatencyCheck:
         """(scale, median |error|, max |error|, p90 under-prediction) for a per-call percentile."""
         if percentile == 50 or f"p{percentile}" not in self.percentiles:
             return self.scale, self.median_abs_rel_error, self.max_abs_rel_error, self.p90_under_prediction
-        d = self.percentiles[f"p{percentile}"]
-        return d["scale"], d["median_abs_rel_error"], d["max_abs_rel_error"], d["p90_under_prediction"]
+        f = self.percentiles[f"p{percentile}"]
+        return f.scale, f.median_abs_rel_error, f.max_abs_rel_error, f.p90_under_prediction
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> LatencyCheck:
-        return cls(**{**d, "assemblies": [VerifyRow.from_dict(r) for r in d.get("assemblies", [])]})
+        return cls(
+            **{
+                **d,
+                "assemblies": [VerifyRow.from_dict(r) for r in d.get("assemblies", [])],
+                "percentiles": {k: PercentileFit(**v) for k, v in (d.get("percentiles") or {}).items()},
+            }
+        )
 
 
 @dataclass
