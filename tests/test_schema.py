@@ -27,8 +27,6 @@ UNTYPED = {
     "BudgetResult.solver",
     "BudgetResult.selection",
     "BudgetResult.mix",
-    "BudgetResult.triples",
-    "BudgetResult.pick_triple",
     "BudgetResult.plan",
     "BudgetResult.onnx",
     "BudgetResult.aoti",

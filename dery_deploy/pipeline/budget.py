@@ -86,14 +86,14 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     pick = pick_triple(triples, s)
     entry.triples = triples
     entry.pick_triple = pick
-    r.say(f"  pick: {pick['network']} on {pick['target']} ({pick['rule']})")
-    plan = load_plan(paths[(pick["network"], pick["target"])]).to_dict()
+    r.say(f"  pick: {pick.network} on {pick.target} ({pick.rule})")
+    plan = load_plan(paths[(pick.network, pick.target)]).to_dict()
     fmt = EXPORT_FORMAT.get(plan["backend"], "onnx")
-    run_dir = take_pick(r, entry, pick["kind"], plan)
+    run_dir = take_pick(r, entry, pick.kind, plan)
     entry.plan = plan
     entry.export_format = fmt
     entry.export_dir = str(bdir / "export")
-    label = f"{pick['kind']} {pick['network']}"[:60]
+    label = f"{pick.kind} {pick.network}"[:60]
     entry.onnx = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan["precision"])
     if plan["precision"] == "int8" and entry.onnx.get("int8_top1") is not None:
         entry.fp32_top1, entry.top1 = entry.top1, entry.onnx["int8_top1"]

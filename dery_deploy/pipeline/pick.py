@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan
 from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.records import Pick, Triple
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import int8_on
 from dery_deploy.runtime.target import is_int8
@@ -23,7 +25,7 @@ def describe_plan(plan: dict) -> str:
     return Plan.from_dict(plan).describe()
 
 
-def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Path | None) -> list[dict]:
+def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Path | None) -> list[Triple]:
     """Every measured (network, target) finalist among the donors selection compared at its last rung and
     this budget's best mix (the one healed and shipped), with its validation accuracy on that target: the
     selection's for fp32, and for int8 the selection's plus the int8 change measured on the
@@ -51,42 +53,38 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Pa
                 continue  # only networks trained with the final recipe are quantized and measured
             change = int8_on(final_run, ctx.task, target, ctx.model.profile.threads, "val")["top1_change"]
         out.append(
-            {
-                "network": name,
-                "target": target,
-                "kind": "donor" if donor else "mix",
-                "selection_accuracy": acc[name],
-                "int8_change": round(change, 3),
+            Triple(
+                network=name,
+                target=target,
+                kind="donor" if donor else "mix",
+                selection_accuracy=acc[name],
+                int8_change=round(change, 3),
                 # quantization adds no accuracy: a gain on the validation split is its noise, not a reason to pick int8
-                "val_accuracy": round(acc[name] + min(change, 0.0), 3),
-                "measured_ms": f["measured"]["latency_ms"],
-                "uncertainty": f["measured"].get("uncertainty"),
-            }
+                val_accuracy=round(acc[name] + min(change, 0.0), 3),
+                measured_ms=f["measured"]["latency_ms"],
+                uncertainty=f["measured"].get("uncertainty"),
+            )
         )
     return out
 
 
-def pick_triple(triples: list[dict], s: dict) -> dict:
+def pick_triple(triples: list[Triple], s: dict) -> Pick:
     """The pick among triples: the best donor triple unless the best mixed triple beats it on validation by
     more than the selection's noise; between a network's targets, the more accurate, then full precision,
     then the faster. An int8 target never scores above its network's fp32 one (`score_triples`), so
     int8 ships only a network that does not fit the budget in fp32 (more accurate than what does).
     The rule names the evidence: out of fold where selection cross-validated, else the validation split."""
 
-    def best(kind: str) -> dict | None:
-        ts = [t for t in triples if t["kind"] == kind]
-        return max(
-            ts,
-            key=lambda t: (t["val_accuracy"], not is_int8(t["target"]), -t["measured_ms"], t["target"]),
-            default=None,
-        )
+    def best(kind: str) -> Triple | None:
+        ts = [t for t in triples if t.kind == kind]
+        return max(ts, key=lambda t: (t.val_accuracy, not is_int8(t.target), -t.measured_ms, t.target), default=None)
 
     d, m = best("donor"), best("mix")
     if d is None and m is None:
         raise DeryError("no measured finalist has a validation accuracy", "run")
-    diff = m["val_accuracy"] - d["val_accuracy"] if d and m else None
+    diff = m.val_accuracy - d.val_accuracy if d and m else None
     on = evidence_words(s.get("folds") or 1)
     kind, rule = pick_rule(diff, s.get("noise") or 0.0, on, d is not None, m is not None)
     chosen = m if kind == "mix" else d
     assert chosen is not None
-    return {**chosen, "rule": rule}
+    return Pick(**asdict(chosen), rule=rule)

@@ -55,6 +55,29 @@ class DonorResult:
 
 
 @dataclass
+class Triple:
+    """A measured (network, runtime, precision) finalist of one budget: its validation accuracy on that
+    target (the selection's, plus the int8 change measured on validation, a gain counted as none) and its
+    latency as a finalist."""
+
+    network: str
+    target: str
+    kind: str  # donor | mix
+    selection_accuracy: float
+    int8_change: float
+    val_accuracy: float
+    measured_ms: float
+    uncertainty: float | None
+
+
+@dataclass
+class Pick(Triple):
+    """The triple a budget ships, and the rule that picked it, naming its evidence."""
+
+    rule: str = ""
+
+
+@dataclass
 class SecondLook:
     """Shipped files measured again, alone with the machine's reference: which, and that pass."""
 
@@ -135,8 +158,8 @@ class BudgetResult:
     mix: dict | None = None
     run_mix: str | None = None
     # the measured (network, runtime, precision) triples and the pick among them
-    triples: list[dict] | None = None
-    pick_triple: dict | None = None
+    triples: list[Triple] | None = None
+    pick_triple: Pick | None = None
     pick_kind: str | None = None  # mix | donor
     run: str | None = None  # the picked network's run folder
     top1: float | None = None  # test accuracy of what ships (int8's where it ships int8)

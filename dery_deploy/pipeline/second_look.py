@@ -37,8 +37,10 @@ REMEASURES = 2
 def admitted_ms(res: BudgetResult, target: str) -> float | None:
     """The shipped network's measurement as a finalist, which admitted it under the budget (None for a pick
     that was not a measured finalist)."""
-    pick = res.pick_triple or {}
-    rows = [f for f in res.finalists or [] if (f["plan"], f.get("target")) == (pick.get("network"), target)]
+    pick = res.pick_triple
+    if pick is None:
+        return None
+    rows = [f for f in res.finalists or [] if (f["plan"], f.get("target")) == (pick.network, target)]
     return (rows[0].get("measured") or {}).get("latency_ms") if rows else None
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
-from dery_deploy.pipeline.records import BudgetResult, FinalPassFile, SecondLook
+from dery_deploy.pipeline.records import BudgetResult, FinalPassFile, Pick, SecondLook
 from dery_deploy.pipeline.second_look import ship_suspects, verdict_measurement
 from dery_deploy.runtime.harness import Measurement, PassSummary
 
@@ -22,9 +22,8 @@ def result(budget: float, admitted: float | None) -> BudgetResult:
     finalists = (
         [] if admitted is None else [{"plan": net, "target": "onnxruntime/fp32", "measured": {"latency_ms": admitted}}]
     )
-    return BudgetResult(
-        budget, plan={}, pick_triple={"network": net, "target": "onnxruntime/fp32"}, finalists=finalists
-    )
+    pick = Pick(net, "onnxruntime/fp32", "donor", 90.0, 0.0, 90.0, admitted or 1.0, None)
+    return BudgetResult(budget, plan={}, pick_triple=pick, finalists=finalists)
 
 
 def test_suspects_are_the_shipped_files_over_budget_or_far_from_their_admission():

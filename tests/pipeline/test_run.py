@@ -4,6 +4,7 @@ import pytest
 
 from dery_deploy.pipeline.budgets import choose_budgets
 from dery_deploy.pipeline.pick import pick_triple
+from dery_deploy.pipeline.records import Triple
 
 DONORS = {"a": 0.10, "b": 0.14, "c": 0.20, "d": 0.60}
 
@@ -23,21 +24,14 @@ def test_a_default_budget_is_never_below_the_fastest_assembly_plus_the_margin():
 
 
 def triple(network, target, kind, val, ms, change=0.0):
-    return {
-        "network": network,
-        "target": target,
-        "kind": kind,
-        "val_accuracy": val + change,
-        "int8_change": change,
-        "measured_ms": ms,
-    }
+    return Triple(network, target, kind, val, change, val + change, ms, None)
 
 
 def test_the_donor_ships_unless_the_mix_wins_beyond_the_noise():
     ts = [triple("r10", "onnxruntime/fp32", "donor", 80.0, 0.10), triple("mix", "onnxruntime/fp32", "mix", 83.0, 0.09)]
-    assert pick_triple(ts, {"noise": 4.0})["network"] == "r10"
+    assert pick_triple(ts, {"noise": 4.0}).network == "r10"
     won = pick_triple(ts, {"noise": 2.0})
-    assert won["network"] == "mix" and "beats the best donor" in won["rule"]
+    assert won.network == "mix" and "beats the best donor" in won.rule
 
 
 def test_int8_accuracy_is_measured_not_assumed_and_can_decide_the_pick():
@@ -47,12 +41,12 @@ def test_int8_accuracy_is_measured_not_assumed_and_can_decide_the_pick():
         triple("mix", "openvino/int8", "mix", 84.0, 0.07, change=-6.0),  # int8 costs this network 6 points
     ]
     pick = pick_triple(ts, {"noise": 2.0})
-    assert (pick["network"], pick["target"]) == ("r10", "onnxruntime/fp32")  # the more accurate of its targets
+    assert (pick.network, pick.target) == ("r10", "onnxruntime/fp32")  # the more accurate of its targets
 
 
 def test_between_equally_accurate_targets_the_faster_ships():
     ts = [triple("r10", "onnxruntime/fp32", "donor", 80.0, 0.12), triple("r10", "openvino/fp32", "donor", 80.0, 0.09)]
-    assert pick_triple(ts, {"noise": 2.0})["target"] == "openvino/fp32"
+    assert pick_triple(ts, {"noise": 2.0}).target == "openvino/fp32"
 
 
 def test_no_triple_is_an_error_not_a_guess():
@@ -70,12 +64,12 @@ def test_int8_never_ships_a_network_that_fits_in_fp32():
         triple("mix", "openvino/int8", "mix", 80.0, 0.060),  # score_triples counts a measured gain as none
         triple("r10", "openvino/int8", "donor", 70.0, 0.09, change=-0.2),
     ]
-    assert pick_triple(ts, {"noise": 2.0})["target"] == "onnxruntime/fp32"
+    assert pick_triple(ts, {"noise": 2.0}).target == "onnxruntime/fp32"
     ts = [
         triple("mix", "openvino/int8", "mix", 80.0, 0.060, change=-0.3),
         triple("r10", "onnxruntime/fp32", "donor", 70.0, 0.09),
     ]
-    assert (pick_triple(ts, {"noise": 2.0})["network"], pick_triple(ts, {"noise": 2.0})["target"]) == (
+    assert (pick_triple(ts, {"noise": 2.0}).network, pick_triple(ts, {"noise": 2.0}).target) == (
         "mix",
         "openvino/int8",
     )
