@@ -25,7 +25,6 @@ UNTYPED = {
     "BudgetResult.finalists",
     "BudgetResult.rejected_over_budget",
     "BudgetResult.solver",
-    "BudgetResult.selection",
     "BudgetResult.mix",
     "BudgetResult.plan",
     "BudgetResult.onnx",

@@ -19,6 +19,7 @@ from dery_deploy.pipeline.records import BudgetResult
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
 from dery_deploy.train.select import SCREEN_FOLDS, Finalist, default_folds, select
+from dery_deploy.train.select.evidence import Selection
 
 # a budget the run chose itself and its finalists then measured over is raised to the fastest finalist's
 # measurement plus this much: the passes of one run were seen to disagree by up to 40% on a drifting host
@@ -72,14 +73,14 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
         r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
         r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
         return entry
-    s = sel["selection"]
+    s = Selection.from_dict(sel["selection"])
     entry.candidates, entry.finalists = sel["candidates"], sel["finalists"]
     entry.rejected_over_budget, entry.solver, entry.margin = sel["rejected_over_budget"], sel["solver"], sel["margin"]
     entry.selection = s
     paths = {(f["plan"], f.get("target", "")): bdir / f["path"] for f in sel["finalists"]}
-    if s["best_mix"]:
-        entry.mix = heal_best_mix(r, ctx, b, bdir, s["best_mix"], paths)
-        entry.mix["selection_accuracy"] = last_rung_accuracy(s).get(s["best_mix"])
+    if s.best_mix:
+        entry.mix = heal_best_mix(r, ctx, b, bdir, s.best_mix, paths)
+        entry.mix["selection_accuracy"] = last_rung_accuracy(s).get(s.best_mix)
         entry.run_mix = str(bdir / "mix")
         carry_better_mix(r, entry, sel)
     triples = score_triples(r, ctx, sel, entry.mix, Path(entry.run_mix) if entry.mix and entry.run_mix else None)

@@ -12,13 +12,13 @@ from dery_deploy.pipeline.records import Pick, Triple
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import int8_on
 from dery_deploy.runtime.target import is_int8
-from dery_deploy.train.select.evidence import evidence_words, pick_rule
+from dery_deploy.train.select.evidence import Selection, evidence_words, pick_rule
 
 
-def last_rung_accuracy(s: dict) -> dict[str, float]:
+def last_rung_accuracy(s: Selection) -> dict[str, float]:
     """Each finalist's validation accuracy at the last rung the selection trained."""
-    last = max((t["rung"] for t in s["trials"]), default=0)
-    return {t["finalist"]: t["val_accuracy"] for t in s["trials"] if t["rung"] == last}
+    last = max((t.rung for t in s.trials), default=0)
+    return {t.finalist: t.val_accuracy for t in s.trials if t.rung == last}
 
 
 def describe_plan(plan: dict) -> str:
@@ -33,7 +33,7 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Pa
     on another runtime or precision is measured, never assumed); a measured gain counts as none (on a
     few hundred images it is noise: an int8 file that scored 2.0 points above its fp32 source on 200
     validation images lost 0.26 on test)."""
-    acc = last_rung_accuracy(sel["selection"])
+    acc = last_rung_accuracy(Selection.from_dict(sel["selection"]))
     best_mix = describe_plan(mix["plan"]) if mix else None
     if mix and best_mix and best_mix not in acc and mix.get("selection_accuracy") is not None:
         acc[best_mix] = mix["selection_accuracy"]  # carried from a smaller budget, where it was selected
@@ -68,7 +68,7 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Pa
     return out
 
 
-def pick_triple(triples: list[Triple], s: dict) -> Pick:
+def pick_triple(triples: list[Triple], s: Selection) -> Pick:
     """The pick among triples: the best donor triple unless the best mixed triple beats it on validation by
     more than the selection's noise; between a network's targets, the more accurate, then full precision,
     then the faster. An int8 target never scores above its network's fp32 one (`score_triples`), so
@@ -83,8 +83,8 @@ def pick_triple(triples: list[Triple], s: dict) -> Pick:
     if d is None and m is None:
         raise DeryError("no measured finalist has a validation accuracy", "run")
     diff = m.val_accuracy - d.val_accuracy if d and m else None
-    on = evidence_words(s.get("folds") or 1)
-    kind, rule = pick_rule(diff, s.get("noise") or 0.0, on, d is not None, m is not None)
+    on = evidence_words(s.folds or 1)
+    kind, rule = pick_rule(diff, s.noise or 0.0, on, d is not None, m is not None)
     chosen = m if kind == "mix" else d
     assert chosen is not None
     return Pick(**asdict(chosen), rule=rule)

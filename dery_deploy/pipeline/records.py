@@ -11,6 +11,7 @@ from pathlib import Path
 from dery_deploy.runtime.harness import Measurement, PassSummary
 from dery_deploy.schema import load_dataclass
 from dery_deploy.train.recipe import Recipe
+from dery_deploy.train.select.evidence import Selection
 
 STEPS_TIMED = 5  # training steps timed per donor and batch by the estimate, after its untimed warm-up steps
 
@@ -153,7 +154,7 @@ class BudgetResult:
     rejected_over_budget: list[dict] | None = None
     solver: dict | None = None
     margin: float | None = None
-    selection: dict | None = None
+    selection: Selection | None = None
     # the best mixed plan, healed with the final recipe, evaluated and exported, and its run folder
     mix: dict | None = None
     run_mix: str | None = None
@@ -187,7 +188,10 @@ class BudgetResult:
         return self.plan is not None
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.selection is not None:
+            d["selection"] = self.selection.to_dict()  # as selection.json has it (fold trials without images)
+        return d
 
 
 @dataclass

@@ -5,6 +5,7 @@ import pytest
 from dery_deploy.pipeline.budgets import choose_budgets
 from dery_deploy.pipeline.pick import pick_triple
 from dery_deploy.pipeline.records import Triple
+from dery_deploy.train.select.evidence import Selection
 
 DONORS = {"a": 0.10, "b": 0.14, "c": 0.20, "d": 0.60}
 
@@ -23,14 +24,19 @@ def test_a_default_budget_is_never_below_the_fastest_assembly_plus_the_margin():
     assert budgets == [0.124] and "raised to 0.124 ms" in notes[0]
 
 
+def noise(points: float) -> Selection:
+    """A selection whose noise threshold is `points` (what the pick rule reads of it)."""
+    return Selection("", "", None, None, None, points)
+
+
 def triple(network, target, kind, val, ms, change=0.0):
     return Triple(network, target, kind, val, change, val + change, ms, None)
 
 
 def test_the_donor_ships_unless_the_mix_wins_beyond_the_noise():
     ts = [triple("r10", "onnxruntime/fp32", "donor", 80.0, 0.10), triple("mix", "onnxruntime/fp32", "mix", 83.0, 0.09)]
-    assert pick_triple(ts, {"noise": 4.0}).network == "r10"
-    won = pick_triple(ts, {"noise": 2.0})
+    assert pick_triple(ts, noise(4.0)).network == "r10"
+    won = pick_triple(ts, noise(2.0))
     assert won.network == "mix" and "beats the best donor" in won.rule
 
 
@@ -40,20 +46,20 @@ def test_int8_accuracy_is_measured_not_assumed_and_can_decide_the_pick():
         triple("r10", "openvino/int8", "donor", 80.0, 0.08, change=-0.5),
         triple("mix", "openvino/int8", "mix", 84.0, 0.07, change=-6.0),  # int8 costs this network 6 points
     ]
-    pick = pick_triple(ts, {"noise": 2.0})
+    pick = pick_triple(ts, noise(2.0))
     assert (pick.network, pick.target) == ("r10", "onnxruntime/fp32")  # the more accurate of its targets
 
 
 def test_between_equally_accurate_targets_the_faster_ships():
     ts = [triple("r10", "onnxruntime/fp32", "donor", 80.0, 0.12), triple("r10", "openvino/fp32", "donor", 80.0, 0.09)]
-    assert pick_triple(ts, {"noise": 2.0}).target == "openvino/fp32"
+    assert pick_triple(ts, noise(2.0)).target == "openvino/fp32"
 
 
 def test_no_triple_is_an_error_not_a_guess():
     from dery_deploy.errors import DeryError
 
     with pytest.raises(DeryError, match="no measured finalist"):
-        pick_triple([], {"noise": 1.0})
+        pick_triple([], noise(1.0))
 
 
 def test_int8_never_ships_a_network_that_fits_in_fp32():
@@ -64,12 +70,12 @@ def test_int8_never_ships_a_network_that_fits_in_fp32():
         triple("mix", "openvino/int8", "mix", 80.0, 0.060),  # score_triples counts a measured gain as none
         triple("r10", "openvino/int8", "donor", 70.0, 0.09, change=-0.2),
     ]
-    assert pick_triple(ts, {"noise": 2.0}).target == "onnxruntime/fp32"
+    assert pick_triple(ts, noise(2.0)).target == "onnxruntime/fp32"
     ts = [
         triple("mix", "openvino/int8", "mix", 80.0, 0.060, change=-0.3),
         triple("r10", "onnxruntime/fp32", "donor", 70.0, 0.09),
     ]
-    assert (pick_triple(ts, {"noise": 2.0}).network, pick_triple(ts, {"noise": 2.0}).target) == (
+    assert (pick_triple(ts, noise(2.0)).network, pick_triple(ts, noise(2.0)).target) == (
         "mix",
         "openvino/int8",
     )

@@ -83,15 +83,15 @@ def test_k_fold_evidence_pools_every_held_out_image_and_decides_on_all_of_them()
     rungs = (1, 2)
     donor_fold = "1" * 30 + "0" * 10
     mix_fold = "1" * 32 + "0" * 8
-    done = {("donor", 0, 0): Trial("donor", 0, 75.0, donor_fold, 1.0, "w", 0)}
+    done = {("donor", 0, 0): Trial("donor", 0, 75.0, 1.0, "w", 0, donor_fold)}
     for f in range(5):
-        done[("mix", 1, f)] = Trial("mix", 1, 80.0, mix_fold, 1.0, "w", f)
+        done[("mix", 1, f)] = Trial("mix", 1, 80.0, 1.0, "w", f, mix_fold)
         if f < 4:  # the donor's last fold is not trained yet: no evidence for it at the last rung
-            done[("donor", 1, f)] = Trial("donor", 1, 75.0, donor_fold, 1.0, "w", f)
+            done[("donor", 1, f)] = Trial("donor", 1, 75.0, 1.0, "w", f, donor_fold)
     assert rung_folds(0, rungs, 5, 1) == [0] and rung_folds(1, rungs, 5, 1) == [0, 1, 2, 3, 4]
     ev = gather(done, rungs, 5, 1)
     assert set(ev) == {("donor", 0), ("mix", 1)}
-    done[("donor", 1, 4)] = Trial("donor", 1, 75.0, donor_fold, 1.0, "w", 4)
+    done[("donor", 1, 4)] = Trial("donor", 1, 75.0, 1.0, "w", 4, donor_fold)
     ev = gather(done, rungs, 5, 1)
     assert ev[("mix", 1)].correct == mix_fold * 5 and ev[("mix", 1)].folds == [0, 1, 2, 3, 4]
     sel = decide(fs, ev, rungs, "s", "m")
@@ -255,7 +255,7 @@ def _fake_train(finalist, rung, fold):
     """What a trained trial reports, without training: a fixed accuracy per finalist (the mixed plan `m1`
     best), 20 held-out images per fold."""
     right = {"d0": 14, "d1": 12, "m0": 10, "m1": 17, "m2": 8}[finalist.name] + rung
-    return Trial(finalist.name, rung, 100 * right / 20, "1" * right + "0" * (20 - right), 0.5, "here", fold)
+    return Trial(finalist.name, rung, 100 * right / 20, 0.5, "here", fold, "1" * right + "0" * (20 - right))
 
 
 def test_selection_reads_back_what_it_writes():

@@ -31,10 +31,12 @@ class Trial:
     finalist: str
     rung: int
     val_accuracy: float
-    correct: str  # "0"/"1" per held-out image, for the paired test
     seconds: float
     worker: str
     fold: int = 0
+    # "0"/"1" per held-out image, for the paired test (written to the study, not to selection.json: the
+    # pooled evidence has it, so a fold trial read back from there has none)
+    correct: str = ""
 
 
 @dataclass
@@ -111,7 +113,7 @@ class Selection:
             d["storage"],
             d["folds"],
             d["images"],
-            [Trial(**{**t, "correct": ""}) for t in d["fold_trials"]],
+            [Trial(**t) for t in d["fold_trials"]],
         )
 
 

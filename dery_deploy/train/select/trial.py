@@ -64,7 +64,7 @@ def train_trial(
     xv, yv = task.x("val"), task.y("val")
     acc, preds = accuracy(model, xv, yv)
     correct = "".join("1" if c else "0" for c in (preds == yv).tolist())
-    return Trial(finalist.name, rung, round(acc, 3), correct, round(time.time() - t0, 2), "", fold)
+    return Trial(finalist.name, rung, round(acc, 3), round(time.time() - t0, 2), "", fold, correct)
 
 
 def seam_matched_start(source: dict, zoo, task: Task, recipe: Recipe, path: Path) -> Path:
