@@ -19,7 +19,7 @@ def compared_key(what: str, target: str) -> str:
     return f"{what}|{target}"
 
 
-def by_target(measurements: dict, what: str) -> dict:
+def by_target(measurements: dict[str, Measurement], what: str) -> dict[str, Measurement]:
     """target -> the measurement of `what` (as `compared_key` spells it) on that target."""
     split = (k.split("|", 1) for k in measurements)
     return {target: measurements[f"{w}|{target}"] for w, target in split if w == what}
