@@ -67,7 +67,7 @@ def summarise(run: dict) -> list[dict]:
         donors = {n: (fit.get(n) or run["donors"][n])["top1"] for n in r["donors_within_budget"]}
         best = max(donors, key=donors.get) if donors else None
         mix = r.get("mix") or {}
-        shipped = r.get(r.get("export_format") or "onnx") or r.get("onnx") or {}
+        shipped = r.get("export") or {}
         triple = r.get("pick_triple") or {}
         b = shipped.get("budget") or {}
         rows.append(
@@ -92,8 +92,8 @@ def summarise(run: dict) -> list[dict]:
                 "best_reassembled_measured_ms": mix.get("measured_ms"),
                 "reassembled_minus_donor": None if (not mix or best is None) else round(mix["top1"] - donors[best], 2),
                 "shipped_minus_donor": None if best is None else round(r["top1"] - donors[best], 2),
-                "shipped_measured_ms": shipped.get("latency_ms"),
-                "shipped_noise": shipped.get("latency_noise"),
+                "shipped_measured_ms": (shipped.get("timing") or {}).get("latency_ms"),
+                "shipped_noise": (shipped.get("timing") or {}).get("latency_noise"),
                 "shipped_within_budget": b.get("within_budget"),
                 "shipped_budget_checked": b.get("checked"),
                 "finalists": len(r.get("finalists", [])),

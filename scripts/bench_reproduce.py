@@ -51,7 +51,7 @@ def shipped(out: Path) -> list[dict]:
 
     rows = []
     for res in run["results"]:
-        if "plan" not in res or not (res.get("onnx") or {}).get("artifact"):
+        if "plan" not in res or not (res.get("export") or {}).get("artifact"):
             continue
         plan = res["plan"]
         target = str(Target(plan["backend"], plan["precision"]))
@@ -62,7 +62,7 @@ def shipped(out: Path) -> list[dict]:
                 "budget_ms": res["budget_ms"],
                 "target": target,
                 "network": res["pick_triple"]["network"],
-                "file": str(Path(res["export_dir"]) / res["onnx"]["artifact"]),
+                "file": str(Path(res["export_dir"]) / res["export"]["artifact"]),
                 "runtime": plan["backend"],
                 "threads": plan.get("threads") or 1,
                 "shape": [plan.get("batch", 1), *run_input_shape(run)],

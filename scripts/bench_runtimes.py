@@ -58,10 +58,10 @@ def shipped(run: dict) -> list[dict]:
                 "target": pick.get("target"),
                 "measured_ms": r.get("measured_ms"),
                 "uncertainty": r.get("measured_uncertainty"),
-                "within_budget": ((r.get("onnx") or {}).get("budget") or {}).get("within_budget"),
+                "within_budget": ((r.get("export") or {}).get("budget") or {}).get("within_budget"),
                 "test_top1": r.get("top1"),
                 "fp32_top1": r.get("fp32_top1", r.get("top1")),
-                "int8_test_change": (r.get("onnx") or {}).get("int8_top1_change"),
+                "int8_test_change": ((r.get("export") or {}).get("int8") or {}).get("int8_top1_change"),
             }
         )
     return rows

@@ -22,6 +22,7 @@ from dery_deploy.cli.common import console, parse_float_list, progress_bar
 from dery_deploy.data.task import DEFAULT_DATA
 from dery_deploy.pipeline import RunOptions
 from dery_deploy.pipeline import run as run_pipeline
+from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.report.answers import answers
 from dery_deploy.report.sections import time_limit_line
 
@@ -115,11 +116,12 @@ def run(
         else ""
     )
     console.print(f"[bold green]done[/] in {m.seconds:.0f} s{said}: report {out / 'report.md'} (and report.html)")
-    show_answer(m.to_dict())
+    show_answer(m)
 
 
-def show_answer(run: dict) -> None:
+def show_answer(m: RunManifest) -> None:
     """The answer per budget, in lines that read at 80 columns (report.md has the same as a table)."""
+    run = m.to_dict()
     console.print("[bold]the answer[/]")
     for a in answers(run, Path.cwd()):
         if not a.feasible:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.export.verdict import BudgetVerdict
 from dery_deploy.runtime.harness import Measurement
+from dery_deploy.schema import load_dataclass
 
 # an fp32 / fp16 artifact is held to max |diff| on the parity images; an INT8 one to its top-1 change on
 # the test split, which needs the split, what was checked and the tolerance's unit as well
@@ -172,6 +173,64 @@ class ExportReport:
         d = {**self.to_dict(), "run": rel, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_json(report_path(out, self.format), d)
         return d
+
+
+@dataclass
+class ExportRecord:
+    """An export as a run records it: what `report-<format>.json` says of the file, typed (the format's
+    own fields, hashes and sizes, stay in that file), or why the export failed (`error`)."""
+
+    format: str
+    report: str | None = None  # report-<format>.json, in the export folder
+    artifact: str | None = None
+    precision: str | None = None
+    device: str | None = None
+    batch: int | None = None
+    parity: Parity | None = None  # None: the artifact did not run here
+    timing: Timing | None = None
+    latency_backend: str | None = None
+    budget: BudgetVerdict | None = None
+    int8: Int8Record | None = None
+    threads: int | None = None  # the runtime's intra-op threads the file was timed with
+    reference_ms: float | None = None  # the machine's speed while the file was timed
+    other_load_cores: float | None = None  # other processes' CPU use while it was timed
+    error: str | None = None
+
+    @classmethod
+    def of_report(cls, d: dict) -> ExportRecord:
+        """The record of a written report (`ExportReport.write`'s dict), or of a failed export's
+        `{"format": ..., "error": ...}`."""
+        if "error" in d:
+            return cls(d["format"], error=d["error"])
+        timing = {f.name: d[f.name] for f in fields(Timing) if f.name in d}
+        int8 = {f.name: d[f.name] for f in fields(Int8Record) if f.name in d}
+        return cls(
+            d["format"],
+            report_path(Path("."), d["format"]).name,
+            d["artifact"],
+            d["precision"],
+            d["device"],
+            d["batch"],
+            load_dataclass(Parity, d["parity"]) if d.get("parity") else None,
+            Timing(**timing) if timing else None,
+            d.get("latency_backend"),
+            BudgetVerdict(**d["budget"]) if d.get("budget") else None,
+            load_dataclass(Int8Record, int8) if "calibration" in int8 else None,
+            d.get("threads"),
+            d.get("reference_ms"),
+            d.get("other_load_cores"),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.timing is None else self.timing.latency_ms
 
 
 def report_path(out: Path, fmt: str) -> Path:

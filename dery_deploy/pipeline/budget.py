@@ -95,10 +95,11 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     entry.export_format = fmt
     entry.export_dir = str(bdir / "export")
     label = f"{pick.kind} {pick.network}"[:60]
-    entry.onnx = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan["precision"])
-    if plan["precision"] == "int8" and entry.onnx.get("int8_top1") is not None:
-        entry.fp32_top1, entry.top1 = entry.top1, entry.onnx["int8_top1"]
-    entry.measured_ms = entry.onnx.get("latency_ms")
+    entry.export = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan["precision"])
+    int8 = entry.export.int8
+    if plan["precision"] == "int8" and int8 is not None and int8.int8_top1 is not None:
+        entry.fp32_top1, entry.top1 = entry.top1, int8.int8_top1
+    entry.measured_ms = entry.export.latency_ms
     if aoti:
         entry.aoti = stage_export(r, run_dir, "aoti", f"pick {b:g} ms", plan=plan, out=bdir / "export")
     return entry
@@ -216,7 +217,7 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
         "seam_matching": metrics.get("seam_matching"),
         **ev,
     }
-    mix["onnx"] = stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms")
+    mix["onnx"] = stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms").to_dict()
     return mix
 
 

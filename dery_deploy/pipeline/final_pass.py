@@ -167,10 +167,10 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
             if res.mix and res.run_mix
         ]
     for res in m.results:
-        if res.plan and res.onnx and res.onnx.get("artifact") and res.export_dir and res.run:
+        if res.plan and res.export and res.export.artifact and res.export_dir and res.run:
             plan, name = res.plan, str(Target(res.plan["backend"], res.plan["precision"]))
             be = get_backend(plan["backend"], plan.get("threads"))
-            art = Path(res.export_dir) / res.onnx["artifact"]
+            art = Path(res.export_dir) / res.export.artifact
             compared.append(
                 Compared(compared_key(f"ship:{res.budget_ms:g}", name), Path(res.run), be, plan["precision"], art)
             )
@@ -293,8 +293,8 @@ def judge_shipped(r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, 
     package rewritten with that verdict."""
     b, q = res.budget_ms, r.opts.percentile
     [target] = by_target(meas, f"ship:{b:g}") or [None]
-    onnx = res.onnx or {}
-    if target is None or res.plan is None or res.export_dir is None:
+    shipped_file = res.export
+    if target is None or res.plan is None or res.export_dir is None or shipped_file is None:
         return
     shipped, summary, history = verdict_measurement(fp, compared_key(f"ship:{b:g}", target), q)
     res.measured_ms, res.measured_uncertainty = (
@@ -309,16 +309,18 @@ def judge_shipped(r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, 
             + f" ms re-measured alone; the verdict reads the median, {shipped.promise_at(q):.4f} ms"
         )
     res.admitted_disagreement = admitted_disagreement(r, res, target, history[0])
-    verdict = budget_check(res.plan, shipped, onnx["device"], onnx["precision"], onnx["batch"], onnx.get("threads"))
-    ref_key = f"{res.plan['backend']}/t{onnx.get('threads')}"
+    f = shipped_file
+    assert f.device is not None and f.precision is not None and f.batch is not None, "an export that ran here"
+    verdict = budget_check(res.plan, shipped, f.device, f.precision, f.batch, f.threads)
+    ref_key = f"{res.plan['backend']}/t{f.threads}"
     ref_now = summary.references_ms.get(ref_key)
-    verdict = relate_to_machine(verdict, ref_now, onnx.get("reference_ms"))
+    verdict = relate_to_machine(verdict, ref_now, f.reference_ms)
     verdict.measured_in = "the run's final pass, beside every compared network" + (
         f", then re-measured alone {len(history) - 1} time(s) with the machine's reference (the median figure)"
         if len(history) > 1
         else ""
     )
-    onnx["budget"] = asdict(verdict)
+    f.budget = verdict
     report = Path(res.export_dir) / f"report-{res.export_format or 'onnx'}.json"
     if report.is_file():
         write_budget(report, verdict)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from dery_deploy.artifacts import JsonArtifact
+from dery_deploy.export.report import ExportRecord
 from dery_deploy.pipeline.options import RunOptions
 from dery_deploy.pipeline.records import (
     BudgetResult,
@@ -82,4 +83,18 @@ class RunManifest(JsonArtifact):
             **(d.get("profile_by_target") or {}),
         }
         d["verify_by_target"] = checks
+        d["results"] = [_exports_typed(res) for res in d.get("results") or []]
         return load_dataclass(cls, d)
+
+
+def _exports_typed(res: dict) -> dict:
+    """A budget's result with its exports as `ExportRecord`s: older runs kept each export's report as
+    written, the shipped file's under "onnx" whatever its format."""
+    res = dict(res)
+    if "onnx" in res:
+        res["export"] = res.pop("onnx")
+    names = {f.name for f in fields(ExportRecord)}
+    for k in ("export", "aoti"):
+        if res.get(k) and not set(res[k]) <= names:
+            res[k] = ExportRecord.of_report(res[k]).to_dict()
+    return res

@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dery_deploy.export.report import ExportRecord
 from dery_deploy.runtime.harness import Measurement, PassSummary
 from dery_deploy.schema import load_dataclass
 from dery_deploy.train.recipe import Recipe
@@ -172,9 +173,9 @@ class BudgetResult:
     plan: dict | None = None  # the shipped plan
     export_format: str | None = None
     export_dir: str | None = None
-    onnx: dict | None = None  # the shipped file's export report (whatever its format)
+    export: ExportRecord | None = None  # the shipped file's export (whatever its format)
     measured_ms: float | None = None  # the shipped file: the export's figure, then the final pass's
-    aoti: dict | None = None  # --aoti: the AOTInductor package's export report
+    aoti: ExportRecord | None = None  # --aoti: the AOTInductor package's export
     # the final pass: every figure of the shipped file, how far it was from its admission, fitting donors
     measured_uncertainty: float | None = None
     measured_history_ms: list[float] | None = None

@@ -22,7 +22,6 @@ from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.stage import Scores, program_data
 from dery_deploy.data.task import Task, load_task
 from dery_deploy.errors import DeryError
-from dery_deploy.export.stage import BudgetVerdict
 from dery_deploy.network.items import donor_key
 from dery_deploy.pipeline.budget import REDERIVES, rederive_budget, stage_budget
 from dery_deploy.pipeline.budgets import choose_budgets, feasible_floor, final_donors, teacher_pool
@@ -270,7 +269,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
             f"(report: {r.out / 'report.md'})",
             "run",
         )
-    verdicts = [(res, BudgetVerdict(**res.onnx["budget"])) for res in feasible if res.onnx and res.onnx.get("budget")]
+    verdicts = [(res, res.export.budget) for res in feasible if res.export and res.export.budget]
     for _, v in verdicts:
         if v.status == "undecided":
             r.say(f"  [yellow]{v.line()}[/]" if r.console else f"  {v.line()}")

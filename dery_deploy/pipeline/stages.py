@@ -11,7 +11,8 @@ from pathlib import Path
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
-from dery_deploy.export.stage import BudgetVerdict, export_run
+from dery_deploy.export.report import ExportRecord
+from dery_deploy.export.stage import export_run
 from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
 from dery_deploy.pipeline.records import DonorResult
@@ -248,7 +249,7 @@ def stage_export(
     plan: dict | None = None,
     out: Path | None = None,
     precision: str | None = None,
-) -> dict:
+) -> ExportRecord:
     """Export a run (into `out`, default RUN/export), held to `plan`'s budget (default the run's own plan)."""
     out = out or run_dir / "export"
     path = out / f"report-{fmt}.json"
@@ -271,19 +272,19 @@ def stage_export(
         except DeryError as e:
             return {"format": fmt, "error": str(e)}
 
-    rep = r.stage(f"export {fmt} ({label})", reuse, compute)
-    if rep.get("parity"):
-        b = rep.get("budget") or {}
-        verdict = "" if not b.get("checked") else f" {BudgetVerdict(**b).word()}"
+    rep = ExportRecord.of_report(r.stage(f"export {fmt} ({label})", reuse, compute))
+    if rep.parity is not None:
+        b = rep.budget
+        verdict = f" {b.word()}" if b is not None and b.checked else ""
         check = (
-            f"int8 test top-1 {rep['int8_top1']:.2f}% ({rep['int8_top1_change']:+.2f} points vs fp32)"
-            if rep.get("precision") == "int8"
-            else f"parity {rep['parity']['max_abs_diff']:.1e}"
+            f"int8 test top-1 {rep.int8.int8_top1:.2f}% ({rep.int8.int8_top1_change:+.2f} points vs fp32)"
+            if rep.precision == "int8" and rep.int8 is not None
+            else f"parity {rep.parity.max_abs_diff:.1e}"
         )
-        busy = " (timed on a busy machine)" if (rep.get("other_load_cores") or 0) > BUSY_CORES else ""
-        r.say(f"  {fmt} {rep.get('precision', '')}: {check}, {rep['latency_ms']:.4f} ms{verdict}{busy}")
+        busy = " (timed on a busy machine)" if (rep.other_load_cores or 0) > BUSY_CORES else ""
+        r.say(f"  {fmt} {rep.precision or ''}: {check}, {rep.latency_ms:.4f} ms{verdict}{busy}")
     else:
-        r.say(f"  {fmt}: {rep.get('error')}")
+        r.say(f"  {fmt}: {rep.error}")
     return rep
 
 

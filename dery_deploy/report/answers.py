@@ -42,15 +42,15 @@ class Answer:
         plan = r["plan"]
         n = plan.get("threads")
         threads = f", {n} thread" + ("" if n == 1 else "s") if n else ""
-        onnx = r.get("onnx") or {}
-        budget = onnx.get("budget") or {}
+        shipped = r.get("export") or {}
+        budget = shipped.get("budget") or {}
         best = (r.get("donors_within_budget") or [None])[0]
         return cls(
             r["budget_ms"],
             q,
             ships=f"{describe(plan)} ({r.get('pick_kind')})",
             runtime=f"{plan.get('backend')} {plan.get('precision')}, batch {plan.get('batch', 1)}{threads}",
-            artifact=_artifact(r, onnx, root),
+            artifact=_artifact(r, shipped, root),
             measured_ms=r.get("measured_ms"),
             uncertainty=r.get("measured_uncertainty") or 0.0,
             within_budget=budget.get("within_budget") if budget.get("checked") else None,
@@ -87,11 +87,11 @@ class Answer:
         return f"{self.measured_ms:.4f} ms{at} ±{100 * self.uncertainty:.1f}%{verdict}"
 
 
-def _artifact(r: dict, onnx: dict, root: Path | None) -> str | None:
+def _artifact(r: dict, shipped: dict, root: Path | None) -> str | None:
     """The shipped artifact's path, relative to `root` where it lies under it."""
-    if not (r.get("export_dir") and onnx.get("artifact")):
+    if not (r.get("export_dir") and shipped.get("artifact")):
         return None
-    art = Path(r["export_dir"]) / onnx["artifact"]
+    art = Path(r["export_dir"]) / shipped["artifact"]
     if root is not None:
         try:
             art = art.resolve().relative_to(Path(root).resolve())

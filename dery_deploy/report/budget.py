@@ -198,23 +198,25 @@ def candidates_table(r: dict) -> list[str]:
 def exports(r: dict) -> list[str]:
     """Each export: its artifact, parity with the trained network, latency and budget verdict; or its error."""
     lines = ["Exports:", ""]
-    for fmt in ("onnx", "aoti"):
-        e = r.get(fmt)
+    for key in ("export", "aoti"):
+        e = r.get(key)
         if not e:
             continue
-        if "parity" in e:
+        if e.get("error") is not None:
+            lines += [f"- {e['format']}: {e['error']}"]
+        elif not e.get("parity"):
+            lines += [f"- {e['format']}: `{e['artifact']}`, not run on this machine"]
+        else:
             b = e.get("budget") or {}
             verdict = BudgetVerdict(**b).word() if b.get("checked") else "not checked"
             lines += [
-                f"- {fmt}: `{e['artifact']}`, parity max |diff| {e['parity']['max_abs_diff']:.2e} on "
+                f"- {e['format']}: `{e['artifact']}`, parity max |diff| {e['parity']['max_abs_diff']:.2e} on "
                 f"{e['parity']['images']} images, top-1 identical {e['parity']['top1_identical']}; latency "
-                f"{e['latency_ms']:.4f} ms ({e['latency_backend']}); budget: {verdict}"
+                f"{e['timing']['latency_ms']:.4f} ms ({e['latency_backend']}); budget: {verdict}"
             ]
-        else:
-            lines += [f"- {fmt}: {e.get('error')}"]
     history = r.get("measured_history_ms") or []
     if len(history) > 1:
-        b = (r.get("onnx") or {}).get("budget") or {}
+        b = (r.get("export") or {}).get("budget") or {}
         lines += [
             f"- the shipped file measured {history[0]:.4f} ms in the final pass, beside every compared network, "
             "which is over its budget or far from the measurement that admitted it; re-measured alone with the "

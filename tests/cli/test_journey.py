@@ -132,8 +132,8 @@ def test_run_quick_on_their_zoo_and_images(user):
     m = json.loads((user / "runq" / "run.json").read_text())
     assert m["status"] == "done" and m["task"]["classes"] == list(CLASSES)
     [res] = m["results"]
-    assert res["plan"]["num_classes"] == 7 and res["onnx"]["parity"]["ok"]
-    verdict = BudgetVerdict(**res["onnx"]["budget"])
+    assert res["plan"]["num_classes"] == 7 and res["export"]["parity"]["ok"]
+    verdict = BudgetVerdict(**res["export"]["budget"])
     assert verdict.status in ("within", "over", "undecided") and verdict.measured_ms > 0
     report = (user / "runq" / "report.md").read_text()
     if verdict.over:  # said where the user reads it, not only in run.json

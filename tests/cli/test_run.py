@@ -65,9 +65,9 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
     assert res["pick_kind"] in ("donor", "mix") and res["selection"]["pick"] and res["selection"]["trials"]
     # the pick ships on its own runtime and precision: fp32 is held to parity, int8 to its measured accuracy change
     if res["plan"]["precision"] == "int8":
-        assert res["onnx"]["int8_top1_change"] is not None and res["onnx"]["parity"]["split"] == "test"
+        assert res["export"]["int8"]["int8_top1_change"] is not None and res["export"]["parity"]["split"] == "test"
     else:
-        assert res["onnx"]["parity"]["top1_identical"]
+        assert res["export"]["parity"]["top1_identical"]
     assert res["finalists"] and res["pick_triple"]["target"] == f"{res['plan']['backend']}/{res['plan']['precision']}"
     assert all(f["measured"]["median_ms"] <= 0.5 for f in res["finalists"])  # measured, within the budget
     assert res["plan"]["num_classes"] == 10 and run["status"] == "done"
@@ -96,7 +96,7 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
     assert_one_line_error(over, "[run]", "over budget", "OVER BUDGET by 50.0%", "--allow-over-budget")
     assert over.returncode == 2 and (out / "report.md").is_file()
     run = json.loads((out / "run.json").read_text())
-    assert run["results"][0]["onnx"]["budget"]["measured_in"].startswith("the run's final pass")
+    assert run["results"][0]["export"]["budget"]["measured_in"].startswith("the run's final pass")
 
 
 def test_run_dir_of_another_zoo_refused(tmp_path):

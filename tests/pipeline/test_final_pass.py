@@ -106,12 +106,13 @@ def test_the_report_says_the_shipped_file_was_re_measured_and_which_figure_the_v
     from dery_deploy.report.budget import exports
 
     v = relate_to_machine(over(1.5), reference_now=0.16, reference_then=0.1)
-    r = {"measured_history_ms": [1.7, 1.5], "onnx": {"error": "x", "budget": asdict(v)}}
+    r = {"measured_history_ms": [1.7, 1.5], "export": {"format": "onnx", "error": "x", "budget": asdict(v)}}
     text = "\n".join(exports(r))
     assert "measured 1.7000 ms in the final pass" in text and "re-measured alone" in text and "1.5000 ms" in text
     assert "The verdict reads the median" in text
     assert "60% slower than when the file was exported" in text
-    assert "re-measured" not in "\n".join(exports({"measured_history_ms": [1.7], "onnx": {"error": "x"}}))
+    once = {"measured_history_ms": [1.7], "export": {"format": "onnx", "error": "x"}}
+    assert "re-measured" not in "\n".join(exports(once))
 
 
 def test_a_latency_check_from_before_blocks_in_context_is_made_again():

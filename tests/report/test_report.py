@@ -96,7 +96,7 @@ def terminal_answer(out: Path, variant: str, monkeypatch) -> str:
     monkeypatch.chdir(out)
     buf = io.StringIO()
     monkeypatch.setattr(cli_run, "console", Console(file=buf, width=200, highlight=False, color_system=None))
-    cli_run.show_answer(captured_run(out, variant))
+    cli_run.show_answer(RunManifest.from_dict(captured_run(out, variant)))
     return buf.getvalue()
 
 
