@@ -121,9 +121,8 @@ def run(
 
 def show_answer(m: RunManifest) -> None:
     """The answer per budget, in lines that read at 80 columns (report.md has the same as a table)."""
-    run = m.to_dict()
     console.print("[bold]the answer[/]")
-    for a in answers(run, Path.cwd()):
+    for a in answers(m, Path.cwd()):
         if not a.feasible:
             console.print(f"  [bold]{a.budget_ms:g} ms[/]: nothing ships: {a.infeasible}")
             continue
@@ -135,12 +134,12 @@ def show_answer(m: RunManifest) -> None:
             else "no donor fits"
         )
         console.print(f"    measured {a.measured_text()}; test top-1 {a.top1:.2f}%; {vs}")
-    if (run.get("time_limit") or {}).get("minutes"):
-        console.print(f"  [yellow]{time_limit_line(run['time_limit'])}[/]")
-    fp = run.get("final_pass")
+    if m.time_limit and m.time_limit.minutes:
+        console.print(f"  [yellow]{time_limit_line(m.time_limit)}[/]")
+    fp = m.final_pass
     if fp:
         console.print(
-            f"  latency: one interleaved pass over every compared network, noise index {100 * fp['noise_index']:.1f}%; "
+            f"  latency: one interleaved pass over every compared network, noise index {100 * fp.noise_index:.1f}%; "
             "± is each measurement's standard error",
             style="dim",
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dery_deploy.pipeline.manifest import RunManifest
+from dery_deploy.pipeline.records import BudgetResult
 from dery_deploy.report.text import describe
 
 
@@ -33,33 +35,34 @@ class Answer:
     donor_target: str | None = None
 
     @classmethod
-    def of(cls, r: dict, run: dict, root: Path | None = None) -> Answer:
-        """The answer for one budget's result `r` of `run`; the artifact path relative to `root` where it
-        lies under it."""
-        q = (run.get("final_pass") or {}).get("percentile", 50)
-        if "plan" not in r:
-            return cls(r["budget_ms"], q, infeasible=str(r.get("infeasible", "")))
-        plan = r["plan"]
+    def of(cls, r: BudgetResult, m: RunManifest, root: Path | None = None) -> Answer:
+        """The answer for one budget's result `r` of the run `m`; the artifact path relative to `root` where
+        it lies under it."""
+        q = m.final_pass.percentile if m.final_pass else 50
+        if r.plan is None:
+            return cls(r.budget_ms, q, infeasible=r.infeasible or "")
+        plan = r.plan
         n = plan.get("threads")
         threads = f", {n} thread" + ("" if n == 1 else "s") if n else ""
-        shipped = r.get("export") or {}
-        budget = shipped.get("budget") or {}
-        best = (r.get("donors_within_budget") or [None])[0]
+        verdict = r.export.budget if r.export else None
+        checked = verdict is not None and verdict.checked
+        best = r.donors_within_budget[0] if r.donors_within_budget else None
+        fit = (r.donor_fit or {}).get(best) if best else None
         return cls(
-            r["budget_ms"],
+            r.budget_ms,
             q,
-            ships=f"{describe(plan)} ({r.get('pick_kind')})",
+            ships=f"{describe(plan)} ({r.pick_kind})",
             runtime=f"{plan.get('backend')} {plan.get('precision')}, batch {plan.get('batch', 1)}{threads}",
-            artifact=_artifact(r, shipped, root),
-            measured_ms=r.get("measured_ms"),
-            uncertainty=r.get("measured_uncertainty") or 0.0,
-            within_budget=budget.get("within_budget") if budget.get("checked") else None,
-            undecided=bool(budget.get("checked")) and budget.get("within_budget") is None,
-            machine_slower=budget.get("machine_slower"),
-            top1=r["top1"],
+            artifact=_artifact(r, root),
+            measured_ms=r.measured_ms,
+            uncertainty=r.measured_uncertainty or 0.0,
+            within_budget=verdict.within_budget if verdict is not None and checked else None,
+            undecided=checked and verdict is not None and verdict.within_budget is None,
+            machine_slower=verdict.machine_slower if verdict is not None else None,
+            top1=r.top1,  # type: ignore[arg-type]  # a budget that ships has its test accuracy
             donor=best,
-            donor_top1=donor_top1(r, run, best),
-            donor_target=((r.get("donor_fit") or {}).get(best) or {}).get("target"),
+            donor_top1=donor_top1(r, m, best),
+            donor_target=fit.target if fit else None,
         )
 
     @property
@@ -87,11 +90,11 @@ class Answer:
         return f"{self.measured_ms:.4f} ms{at} ±{100 * self.uncertainty:.1f}%{verdict}"
 
 
-def _artifact(r: dict, shipped: dict, root: Path | None) -> str | None:
+def _artifact(r: BudgetResult, root: Path | None) -> str | None:
     """The shipped artifact's path, relative to `root` where it lies under it."""
-    if not (r.get("export_dir") and shipped.get("artifact")):
+    if not (r.export_dir and r.export and r.export.artifact):
         return None
-    art = Path(r["export_dir"]) / shipped["artifact"]
+    art = Path(r.export_dir) / r.export.artifact
     if root is not None:
         try:
             art = art.resolve().relative_to(Path(root).resolve())
@@ -100,18 +103,18 @@ def _artifact(r: dict, shipped: dict, root: Path | None) -> str | None:
     return str(art)
 
 
-def answers(run: dict, root: Path | None = None) -> list[Answer]:
-    """One answer per budget of `run`, in the run's order."""
-    return [Answer.of(r, run, root) for r in run["results"]]
+def answers(m: RunManifest, root: Path | None = None) -> list[Answer]:
+    """One answer per budget of the run `m`, in the run's order."""
+    return [Answer.of(r, m, root) for r in m.results]
 
 
 def measured_text(a: Answer) -> str:
     return a.measured_text()
 
 
-def donor_top1(r: dict, run: dict, donor: str | None) -> float | None:
+def donor_top1(r: BudgetResult, m: RunManifest, donor: str | None) -> float | None:
     """A fitting donor's test top-1 on the target it fits (its int8 accuracy where only int8 fits)."""
     if donor is None:
         return None
-    fit = (r.get("donor_fit") or {}).get(donor)
-    return fit["top1"] if fit else run["donors"][donor]["top1"]
+    fit = (r.donor_fit or {}).get(donor)
+    return fit.top1 if fit else m.donors[donor].top1

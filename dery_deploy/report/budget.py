@@ -3,22 +3,23 @@ networks compared, the selection, the candidates and the exports."""
 
 from __future__ import annotations
 
-from dery_deploy.export.stage import BudgetVerdict
+from dery_deploy.pipeline.manifest import RunManifest
+from dery_deploy.pipeline.records import BudgetResult, Pick, Triple
 from dery_deploy.report.answers import donor_top1
 from dery_deploy.report.text import describe, evidence, fmt_ms, fmt_pct, md_table
+from dery_deploy.train.select.evidence import Selection
 
 
-def budget(r: dict, run: dict) -> list[str]:
+def budget(r: BudgetResult, m: RunManifest) -> list[str]:
     """The section of the budget whose result is `r`."""
-    lines = [f"### Budget {r['budget_ms']:g} ms", ""]
-    if "infeasible" in r:
-        return lines + [f"Infeasible: {r['infeasible']}", ""]
-    sel = r.get("selection") or {}
-    pick = r.get("pick_triple") or {}
-    lines += [verdict_line(r, run), ""]
-    lines += pick_line(pick, sel, run)
-    lines += triples_table(r, sel, pick)
-    lines += networks_table(r, run)
+    lines = [f"### Budget {r.budget_ms:g} ms", ""]
+    if r.infeasible is not None:
+        return lines + [f"Infeasible: {r.infeasible}", ""]
+    sel, pick = r.selection, r.pick_triple
+    lines += [verdict_line(r, m), ""]
+    lines += pick_line(pick, sel, m)
+    lines += triples_table(r.triples or [], sel, pick)
+    lines += networks_table(r, m)
     lines += phase1_line(r)
     lines += selection_table(sel)
     lines += candidates_table(r)
@@ -26,43 +27,44 @@ def budget(r: dict, run: dict) -> list[str]:
     return lines
 
 
-def verdict_line(r: dict, run: dict) -> str:
+def verdict_line(r: BudgetResult, m: RunManifest) -> str:
     """Whether reassembly won, tied or lost at this budget, in words, on the test split."""
-    donors = [n for n in r["donors_within_budget"]]
-    best = donors[0] if donors else None
-    mix = r.get("mix")
+    best = r.donors_within_budget[0] if r.donors_within_budget else None
+    mix = r.mix
     if best is None:
         if mix:
             return (
-                f"No donor fits {r['budget_ms']:g} ms; the reassembled network reaches **{mix['top1']:.2f}%** "
+                f"No donor fits {r.budget_ms:g} ms; the reassembled network reaches **{mix['top1']:.2f}%** "
                 "(test): reassembly **won** by default."
             )
         return "No donor and no mixed plan fits."
-    d = donor_top1(r, run, best)
+    d = donor_top1(r, m, best)
     if not mix:
         return f"The best donor that fits, {best}, reaches {d:.2f}%; no mixed plan was a finalist."
     diff = mix["top1"] - d
     word = "won" if diff >= 1 else ("tied" if diff > -1 else "lost")
     return (
         f"Best mixed plan {mix['top1']:.2f}% vs best fitting donor {best} {d:.2f}% (test): reassembly "
-        f"**{word}** ({diff:+.2f} points); shipped: the pick below ({r.get('pick_kind')}), {r['top1']:.2f}%."
+        f"**{word}** ({diff:+.2f} points); shipped: the pick below ({r.pick_kind}), {r.top1:.2f}%."
     )
 
 
-def pick_line(pick: dict, sel: dict, run: dict) -> list[str]:
+def pick_line(pick: Pick | None, sel: Selection | None, m: RunManifest) -> list[str]:
     """What ships, on which target, and the rule that picked it."""
-    return [
-        f"Pick: **{pick.get('network', sel.get('pick'))}** on **{pick.get('target', run['backend'])}**, because "
-        f"{pick.get('rule', sel.get('rule'))}.",
-        "",
-    ]
+    network: str | None
+    rule: str | None
+    if pick is not None:
+        network, target, rule = pick.network, pick.target, pick.rule
+    else:
+        network, target, rule = (sel.pick, m.backend, sel.rule) if sel else (None, m.backend, None)
+    return [f"Pick: **{network}** on **{target}**, because {rule}.", ""]
 
 
-def triples_table(r: dict, sel: dict, pick: dict) -> list[str]:
+def triples_table(triples: list[Triple], sel: Selection | None, pick: Pick | None) -> list[str]:
     """Every finalist on every target it was a candidate for: latency and validation accuracy."""
-    if not r.get("triples"):
+    if not triples:
         return []
-    shipped = (pick.get("network"), pick.get("target"))
+    shipped = (pick.network, pick.target) if pick else (None, None)
     return [
         "Runtimes and precisions tried (every finalist measured on every target it was a candidate for, in "
         f"one interleaved pass; validation accuracy: the selection's ({evidence(sel)}), plus the int8 "
@@ -73,54 +75,54 @@ def triples_table(r: dict, sel: dict, pick: dict) -> list[str]:
             ["network", "runtime/precision", "measured ms", "validation (%)", "int8 change", "shipped"],
             [
                 [
-                    t["network"],
-                    t["target"],
-                    fmt_ms(t["measured_ms"]),
-                    f"{t['val_accuracy']:.2f}",
-                    f"{t['int8_change']:+.2f}" if t["target"].endswith("/int8") else "-",
-                    "yes" if (t["network"], t["target"]) == shipped else "",
+                    t.network,
+                    t.target,
+                    fmt_ms(t.measured_ms),
+                    f"{t.val_accuracy:.2f}",
+                    f"{t.int8_change:+.2f}" if t.target.endswith("/int8") else "-",
+                    "yes" if (t.network, t.target) == shipped else "",
                 ]
-                for t in sorted(r["triples"], key=lambda t: (-t["val_accuracy"], t["measured_ms"]))
+                for t in sorted(triples, key=lambda t: (-t.val_accuracy, t.measured_ms))
             ],
         ),
         "",
     ]
 
 
-def networks_table(r: dict, run: dict) -> list[str]:
+def networks_table(r: BudgetResult, m: RunManifest) -> list[str]:
     """The best mixed plan beside every donor that fits: predicted and measured latency, size, accuracy."""
     rows = []
-    if r.get("mix"):
-        m = r["mix"]
+    if r.mix:
+        mix = r.mix
         rows.append(
             [
-                f"best mixed plan `{describe(m['plan'])}`",
-                f"{m['plan']['predicted']['latency_ms']:.4f}",
-                fmt_ms(m.get("measured_ms")),
-                f"{m['params_m']:.3f}",
-                fmt_pct(m.get("val_accuracy")),
-                f"{m['top1']:.2f}",
+                f"best mixed plan `{describe(mix['plan'])}`",
+                f"{mix['plan']['predicted']['latency_ms']:.4f}",
+                fmt_ms(mix.get("measured_ms")),
+                f"{mix['params_m']:.3f}",
+                fmt_pct(mix.get("val_accuracy")),
+                f"{mix['top1']:.2f}",
             ]
         )
-    for n in r["donors_within_budget"]:
-        d = run["donors"][n]
+    for n in r.donors_within_budget or []:
+        d = m.donors[n]
         rows.append(
             [
                 f"donor {n}",
                 "-",
-                f"{d['latency_ms']:.4f}",
-                f"{d['params_m']:.3f}",
-                fmt_pct(d.get("val_accuracy")),
-                f"{d['top1']:.2f}",
+                f"{d.latency_ms:.4f}",
+                f"{d.params_m:.3f}",
+                fmt_pct(d.val_accuracy),
+                f"{d.top1:.2f}",
             ]
         )
     header = ["network", "predicted ms", "measured ms", "params (M)", "validation (%)", "test top-1 (%)"]
     return [md_table(header, rows), ""]
 
 
-def phase1_line(r: dict) -> list[str]:
+def phase1_line(r: BudgetResult) -> list[str]:
     """The best mixed plan after training adapters and head only, against end to end."""
-    mix = r.get("mix")
+    mix = r.mix
     if not mix or mix.get("phase1_top1") is None:
         return []
     sm = mix.get("seam_matching") or []
@@ -133,9 +135,9 @@ def phase1_line(r: dict) -> list[str]:
     ]
 
 
-def selection_table(sel: dict) -> list[str]:
+def selection_table(sel: Selection | None) -> list[str]:
     """The successive-halving rungs: every finalist's held-out accuracy on the folds it was screened on."""
-    if not sel.get("trials"):
+    if sel is None or not sel.trials:
         return []
     return [
         f"Selection by successive halving, decided {evidence(sel)}; held-out accuracy per rung (rungs below "
@@ -144,28 +146,22 @@ def selection_table(sel: dict) -> list[str]:
         md_table(
             ["rung", "finalist", "held-out (%)", "folds", "seconds"],
             [
-                [
-                    t["rung"],
-                    t["finalist"],
-                    f"{t['val_accuracy']:.2f}",
-                    ", ".join(str(f + 1) for f in t.get("folds", [0])),
-                    t["seconds"],
-                ]
-                for t in sel["trials"]
+                [t.rung, t.finalist, f"{t.val_accuracy:.2f}", ", ".join(str(f + 1) for f in t.folds), t.seconds]
+                for t in sel.trials
             ],
         ),
         "",
     ]
 
 
-def candidates_table(r: dict) -> list[str]:
+def candidates_table(r: BudgetResult) -> list[str]:
     """The program's candidates, which became finalists, and those dropped as measured over the budget."""
-    if not r.get("candidates"):
+    if not r.candidates:
         return []
-    finalists = {c["plan"] for c in r.get("finalists", [])}
+    finalists = {c["plan"] for c in r.finalists or []}
     lines = [
         f"Candidates (the program's top N, donors that fit, the best one- and two-seam chains); planned "
-        f"at the budget less the latency model's p90 under-prediction ({100 * r.get('margin', 0):.1f}%); "
+        f"at the budget less the latency model's p90 under-prediction ({100 * (r.margin or 0):.1f}%); "
         "finalists measured end to end on the device:",
         "",
         md_table(
@@ -180,12 +176,12 @@ def candidates_table(r: dict) -> list[str]:
                     c["proxy"],
                     "yes" if c["plan"] in finalists else "",
                 ]
-                for c in r["candidates"]
+                for c in r.candidates
             ],
         ),
         "",
     ]
-    rejected = r.get("rejected_over_budget") or []
+    rejected = r.rejected_over_budget or []
     if rejected:
         lines += [
             "Dropped after measurement (over the budget): "
@@ -195,32 +191,30 @@ def candidates_table(r: dict) -> list[str]:
     return lines
 
 
-def exports(r: dict) -> list[str]:
+def exports(r: BudgetResult) -> list[str]:
     """Each export: its artifact, parity with the trained network, latency and budget verdict; or its error."""
     lines = ["Exports:", ""]
-    for key in ("export", "aoti"):
-        e = r.get(key)
-        if not e:
+    for e in (r.export, r.aoti):
+        if e is None:
             continue
-        if e.get("error") is not None:
-            lines += [f"- {e['format']}: {e['error']}"]
-        elif not e.get("parity"):
-            lines += [f"- {e['format']}: `{e['artifact']}`, not run on this machine"]
+        if e.error is not None:
+            lines += [f"- {e.format}: {e.error}"]
+        elif e.parity is None or e.timing is None:
+            lines += [f"- {e.format}: `{e.artifact}`, not run on this machine"]
         else:
-            b = e.get("budget") or {}
-            verdict = BudgetVerdict(**b).word() if b.get("checked") else "not checked"
+            verdict = e.budget.word() if e.budget and e.budget.checked else "not checked"
             lines += [
-                f"- {e['format']}: `{e['artifact']}`, parity max |diff| {e['parity']['max_abs_diff']:.2e} on "
-                f"{e['parity']['images']} images, top-1 identical {e['parity']['top1_identical']}; latency "
-                f"{e['timing']['latency_ms']:.4f} ms ({e['latency_backend']}); budget: {verdict}"
+                f"- {e.format}: `{e.artifact}`, parity max |diff| {e.parity.max_abs_diff:.2e} on "
+                f"{e.parity.images} images, top-1 identical {e.parity.top1_identical}; latency "
+                f"{e.timing.latency_ms:.4f} ms ({e.latency_backend}); budget: {verdict}"
             ]
-    history = r.get("measured_history_ms") or []
+    history = r.measured_history_ms or []
     if len(history) > 1:
-        b = (r.get("export") or {}).get("budget") or {}
+        b = r.export.budget if r.export else None
         lines += [
             f"- the shipped file measured {history[0]:.4f} ms in the final pass, beside every compared network, "
             "which is over its budget or far from the measurement that admitted it; re-measured alone with the "
             f"machine's reference: {', '.join(f'{ms:.4f}' for ms in history[1:])} ms. The verdict reads the median: "
-            + (BudgetVerdict(**b).line() if b.get("checked") else "not checked")
+            + (b.line() if b and b.checked else "not checked")
         ]
     return lines + [""]

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_with
+from dery_deploy.pipeline.records import BudgetResult, DonorResult
 
 
-def pareto_png(path: Path, donors: dict, plans: list[dict], backend: str, device: str) -> Path:
+def pareto_png(
+    path: Path, donors: dict[str, DonorResult], results: list[BudgetResult], backend: str, device: str
+) -> Path:
     """Donors (measured latency from the profile) and reassembled networks (measured end to end)
     on accuracy vs latency, with the Pareto front over all points and the budgets as lines."""
     import matplotlib
@@ -16,20 +19,22 @@ def pareto_png(path: Path, donors: dict, plans: list[dict], backend: str, device
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
-    pts = []
+    pts: list[tuple[float, float]] = []
     for name, d in donors.items():
-        ax.scatter(d["latency_ms"], d["top1"], marker="o", s=46, color="#4c72b0", zorder=3)
-        ax.annotate(name, (d["latency_ms"], d["top1"]), textcoords="offset points", xytext=(5, -10), fontsize=7.5)
-        pts.append((d["latency_ms"], d["top1"]))
-    for p in plans:
-        ax.axvline(p["budget_ms"], color="#999999", lw=0.8, ls="--", zorder=1)
-        mix = p.get("mix")
+        if d.top1 is None:  # not evaluated on the test split: nothing to place
+            continue
+        ax.scatter(d.latency_ms, d.top1, marker="o", s=46, color="#4c72b0", zorder=3)
+        ax.annotate(name, (d.latency_ms, d.top1), textcoords="offset points", xytext=(5, -10), fontsize=7.5)
+        pts.append((d.latency_ms, d.top1))
+    for p in results:
+        ax.axvline(p.budget_ms, color="#999999", lw=0.8, ls="--", zorder=1)
+        mix = p.mix
         if not mix:
             continue
         x = mix.get("measured_ms") or mix["plan"]["predicted"]["latency_ms"]
         ax.scatter(x, mix["top1"], marker="*", s=160, color="#dd5533", zorder=4)
         ax.annotate(
-            f"mixed, {p['budget_ms']:g} ms budget",
+            f"mixed, {p.budget_ms:g} ms budget",
             (x, mix["top1"]),
             textcoords="offset points",
             xytext=(6, 4),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_text
 from dery_deploy.partition.stage import Partition
+from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.profile.store import Profile
 from dery_deploy.report import sections
 from dery_deploy.report.answers import Answer, answers, donor_top1, measured_text
@@ -33,24 +34,24 @@ __all__ = [
 
 
 def write_report(
-    out: Path, manifest, zoo: ZooSpec, sim: Similarity, part: Partition, prof: Profile, rows: list[dict]
+    out: Path, manifest: RunManifest, zoo: ZooSpec, sim: Similarity, part: Partition, prof: Profile, rows: list[dict]
 ) -> Path:
     """Draw the figures, join the sections, and write report.md and report.html into `out`."""
     out = Path(out)
-    run = manifest.to_dict()
+    m = manifest
     pairs = sections.heatmap_pairs(zoo.donor_names, rows)
     heatmaps = {(a, b): heatmap_png(sim, zoo, a, b, out / f"cka-{a}-{b}.png") for a, b in pairs}
-    pareto = pareto_png(out / "pareto.png", run["donors"], list(run["results"]), run["backend"], run["device"])
+    pareto = pareto_png(out / "pareto.png", m.donors, m.results, m.backend, m.device)
     lines = [
-        *sections.title(zoo.name, run),
-        *sections.answer(run, out, zoo.hash()),
-        *sections.zoo(rows, run),
+        *sections.title(zoo.name, m),
+        *sections.answer(m, out, zoo.hash()),
+        *sections.zoo(rows, m),
         *sections.similarity(len(zoo.donor_names), heatmaps),
         *sections.partition(part),
-        *sections.profile(prof, run),
-        *sections.plans(run),
-        *sections.pareto(pareto, run),
-        *sections.stages(run),
+        *sections.profile(prof, m),
+        *sections.plans(m),
+        *sections.pareto(pareto, m),
+        *sections.stages(m),
     ]
     md = "\n".join(lines)
     atomic_write_text(out / "report.md", md)

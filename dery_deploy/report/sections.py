@@ -1,14 +1,17 @@
 """The run report's sections: pure functions, each returning one section's Markdown lines from the
-run's results (run.json as a dict, and the zoo, partition and profile it was made with). The figures
+run's typed results (`RunManifest`, and the zoo, partition and profile it was made with). The figures
 are drawn before, by `write_report`; a section only names their files."""
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import asdict
 from pathlib import Path
 
 from dery_deploy.partition.stage import Partition
-from dery_deploy.profile.store import Profile
+from dery_deploy.pipeline.manifest import RunManifest
+from dery_deploy.pipeline.records import RunEstimate, TaskRecord, TimeLimitRecord
+from dery_deploy.profile.store import LatencyCheck, Profile
 from dery_deploy.report.answers import answers
 from dery_deploy.report.budget import budget
 from dery_deploy.report.text import md_table
@@ -25,47 +28,48 @@ ANSWER_HEADER = [
 ]
 
 
-def title(zoo_name: str, run: dict) -> list[str]:
-    return [f"# dery run: zoo `{zoo_name}` on `{run['device']}`", ""]
+def title(zoo_name: str, m: RunManifest) -> list[str]:
+    return [f"# dery run: zoo `{zoo_name}` on `{m.device}`", ""]
 
 
-def answer(run: dict, root: Path, zoo_hash: str) -> list[str]:
+def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
     """The answer table, how its numbers were measured, and what the run searched with which options."""
-    fp = run.get("final_pass") or {}
-    batch = run["options"].get("batch") or 1
-    searched = run.get("targets") or [f"{run['backend']}/{run['precision']}"]
-    options = ", ".join(f"`{k}={v}`" for k, v in run["options"].items() if k != "out" and v not in (None, [], ""))
+    noise = m.final_pass.noise_index if m.final_pass else 0
+    batch = m.options.batch or 1
+    searched = m.targets or [f"{m.backend}/{m.precision}"]
+    options = ", ".join(f"`{k}={v}`" for k, v in asdict(m.options).items() if k != "out" and v not in (None, [], ""))
+    task = m.task or TaskRecord("", "", [], "")
     return [
         "## The answer",
         "",
-        md_table(ANSWER_HEADER, answer_rows(run, root)),
+        md_table(ANSWER_HEADER, answer_rows(m, root)),
         "",
         "Latency: the shipped artifact and every donor measured together in one interleaved pass at the end of "
-        f"the run (noise index {100 * fp.get('noise_index', 0):.1f}%: how much slower a typical window ran than a "
+        f"the run (noise index {100 * noise:.1f}%: how much slower a typical window ran than a "
         "quiet one); ± is the measurement's standard error, the only allowance the budget check grants. Test "
         "top-1 on the held-out test split, which decided nothing. Donors are trained with the same recipe.",
         "",
         f"Runtimes and precisions searched: {', '.join(searched)}; batch {batch}. Zoo hash `{zoo_hash}`. "
-        f"Total time {run.get('seconds', 0):.0f} s. "
-        f"Task: {run['task'].get('summary', '')} (`{run['task'].get('spec')}`). "
+        f"Total time {m.seconds:.0f} s. "
+        f"Task: {task.summary} (`{task.spec}`). "
         "Options: " + options + ".",
         "",
-    ] + ([time_limit_line(run["time_limit"]), ""] if (run.get("time_limit") or {}).get("minutes") else [])
+    ] + ([time_limit_line(m.time_limit), ""] if m.time_limit and m.time_limit.minutes else [])
 
 
-def time_limit_line(tl: dict) -> str:
+def time_limit_line(tl: TimeLimitRecord) -> str:
     """What a run made under --time-limit cut to fit it, in words (the report and the terminal)."""
-    cut = "cut " + "; ".join(tl["cuts"]) if tl.get("cuts") else "nothing was cut"
+    cut = "cut " + "; ".join(tl.cuts) if tl.cuts else "nothing was cut"
     return (
-        f"Made under a time limit of {tl['minutes']:g} min: {cut}; estimated {tl.get('estimated_s', 0):.0f} s "
+        f"Made under a time limit of {tl.minutes:g} min: {cut}; estimated {tl.estimated_s or 0:.0f} s "
         "in all after the profiles."
     )
 
 
-def answer_rows(run: dict, root: Path | None = None) -> list[list[str]]:
+def answer_rows(m: RunManifest, root: Path | None = None) -> list[list[str]]:
     """The answer table's rows, one per budget."""
     rows = []
-    for a in answers(run, root):
+    for a in answers(m, root):
         if not a.feasible:
             rows.append([f"{a.budget_ms:g}", f"nothing: {a.infeasible}", "", "", "", "", "", ""])
             continue
@@ -87,11 +91,10 @@ def answer_rows(run: dict, root: Path | None = None) -> list[list[str]]:
     return rows
 
 
-def zoo(rows: list[dict], run: dict) -> list[str]:
+def zoo(rows: list[dict], m: RunManifest) -> list[str]:
     """The donors: architecture, size, units, where the weights came from, and their latency."""
-    batch = run["options"].get("batch") or 1
-    latency_col = f"{run['backend']} b{batch} (ms)"
-    lat = run.get("donor_latency_ms", {})
+    latency_col = f"{m.backend} b{m.options.batch or 1} (ms)"
+    lat = m.donor_latency_ms
     return [
         "## Zoo",
         "",
@@ -159,9 +162,10 @@ def partition(part: Partition) -> list[str]:
     ]
 
 
-def profile(prof: Profile, run: dict) -> list[str]:
+def profile(prof: Profile, m: RunManifest) -> list[str]:
     """The profile's item latencies by kind, and how well the latency model predicted measured assemblies."""
-    v = run["verify"]
+    v = m.verify
+    assert v is not None, "a run's report follows its latency-model check"
     kinds: dict[str, list[float]] = {}
     for r in prof.records.values():
         kinds.setdefault(r.kind, []).append(r.median_ms)
@@ -176,22 +180,22 @@ def profile(prof: Profile, run: dict) -> list[str]:
             ],
         ),
         "",
-        f"Latency model (sum of items minus per-call overhead, {v['speed']} item latencies x {v['scale']:.3f}) "
-        f"against {v['n']} random mixed assemblies measured end to end (leave-one-out): median |error| "
-        f"**{100 * v['median_abs_rel_error']:.2f}%**, max **{100 * v['max_abs_rel_error']:.2f}%**; the raw sum of "
-        f"items: median {100 * v['raw_median_abs_rel_error']:.2f}%, max {100 * v['raw_max_abs_rel_error']:.2f}%; "
-        f"at the reference machine speed: median {100 * v['calibrated_median_abs_rel_error']:.2f}%, max "
-        f"{100 * v['calibrated_max_abs_rel_error']:.2f}%." + blocks_line(v),
+        f"Latency model (sum of items minus per-call overhead, {v.speed} item latencies x {v.scale:.3f}) "
+        f"against {v.n} random mixed assemblies measured end to end (leave-one-out): median |error| "
+        f"**{100 * v.median_abs_rel_error:.2f}%**, max **{100 * v.max_abs_rel_error:.2f}%**; the raw sum of "
+        f"items: median {100 * v.raw_median_abs_rel_error:.2f}%, max {100 * v.raw_max_abs_rel_error:.2f}%; "
+        f"at the reference machine speed: median {100 * v.calibrated_median_abs_rel_error:.2f}%, max "
+        f"{100 * v.calibrated_max_abs_rel_error:.2f}%." + blocks_line(v),
         "",
     ]
 
 
-def blocks_line(v: dict) -> str:
+def blocks_line(v: LatencyCheck) -> str:
     """Blocks timed alone against blocks in context, where the latency check judged both."""
-    alone, context = v.get("isolated_errors"), v.get("context_errors")
+    alone, context = v.isolated_errors, v.context_errors
     if not (alone and context):
         return ""
-    chosen = "in context" if v.get("context") else "alone"
+    chosen = "in context" if v.context else "alone"
     return (
         f" Blocks timed alone predict them to a median {100 * alone[0]:.2f}% (max {100 * alone[1]:.2f}%); blocks in "
         f"context, each the difference of its donor's prefixes ending after and before it, to {100 * context[0]:.2f}% "
@@ -199,25 +203,24 @@ def blocks_line(v: dict) -> str:
     )
 
 
-def plans(run: dict) -> list[str]:
+def plans(m: RunManifest) -> list[str]:
     """What every compared network was trained with, then one section per budget."""
     lines = ["## Plans per budget", ""]
-    teacher = run.get("teacher") or {}
+    teacher = m.teacher
     if teacher:
         lines += [
             f"Every network below is trained with the same recipe, distillation from the teacher included: "
-            f"{teacher.get('donor')} (validation {teacher.get('val_accuracy')}%), on "
-            f"{teacher.get('images')} unlabelled images.",
+            f"{teacher.donor} (validation {teacher.val_accuracy}%), on {teacher.images} unlabelled images.",
             "",
         ]
-    if (run.get("recipe") or {}).get("cut_to_fit"):
-        lines += [f"The recipe is {run['recipe']['cut_to_fit']}.", ""]
-    for r in run["results"]:
-        lines += budget(r, run)
+    if m.recipe and m.recipe.cut_to_fit:
+        lines += [f"The recipe is {m.recipe.cut_to_fit}.", ""]
+    for r in m.results:
+        lines += budget(r, m)
     return lines
 
 
-def pareto(png: Path, run: dict) -> list[str]:
+def pareto(png: Path, m: RunManifest) -> list[str]:
     """The accuracy-vs-latency plot (already drawn to `png`) and what its points are."""
     return [
         "## Accuracy vs latency",
@@ -225,39 +228,35 @@ def pareto(png: Path, run: dict) -> list[str]:
         f"![Pareto plot]({png.name})",
         "",
         "Every point is from the run's final pass: the fine-tuned donors (each with a "
-        f"{len(run['task'].get('classes', []))}-class head) and the reassembled networks as exported, measured "
+        f"{len(m.task.classes) if m.task else 0}-class head) and the reassembled networks as exported, measured "
         "together, interleaved, with the plan's backend. All networks use the same data and recipe.",
         "",
     ]
 
 
-def stages(run: dict) -> list[str]:
+def stages(m: RunManifest) -> list[str]:
     """Every stage of the run: computed or reused, and how long it took."""
     return [
         "## Stages",
         "",
-        md_table(
-            ["stage", "status", "seconds", "note"],
-            [[s["stage"], s["status"], s["seconds"], s["note"]] for s in run["stages"]],
-        ),
+        md_table(["stage", "status", "seconds", "note"], [[s.stage, s.status, s.seconds, s.note] for s in m.stages]),
         "",
-    ] + estimate_lines(run.get("estimate") or {})
+    ] + estimate_lines(m.estimate)
 
 
-def estimate_lines(est: dict) -> list[str]:
+def estimate_lines(est: RunEstimate | None) -> list[str]:
     """The time estimate made after the profiles against what the stages it expected took, per group."""
-    actual = est.get("actual") or {}
-    if not actual:
+    if est is None or not est.actual:
         return []
-    total = sum(p["seconds"] for p in est.get("parts", []))
+    total = sum(p.seconds for p in est.parts)
     rows = [
-        [g, f"{v['estimated_s']:.0f}", f"{v['actual_s']:.0f}", f"{100 * (v['actual_s'] / v['estimated_s'] - 1):+.0f}%"]
-        for g, v in sorted(actual.items())
-        if v["estimated_s"] > 0
+        [g, f"{v.estimated_s:.0f}", f"{v.actual_s:.0f}", f"{100 * (v.actual_s / v.estimated_s - 1):+.0f}%"]
+        for g, v in sorted(est.actual.items())
+        if v.estimated_s > 0
     ]
     return [
-        f"Time estimate, made after {est['after_s']:.0f} s (the profiles): {total:.0f} s for the rest of the run, "
-        f"from {len(est.get('step_s', {}))} donors' training steps timed here and {est['item_s']:.2f} s per "
+        f"Time estimate, made after {est.after_s:.0f} s (the profiles): {total:.0f} s for the rest of the run, "
+        f"from {len(est.step_s)} donors' training steps timed here and {est.item_s:.2f} s per "
         "measured item; against what the stages it expected took (computed ones only; training is an upper "
         "bound where phase 1 stops at its plateau):",
         "",

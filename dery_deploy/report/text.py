@@ -3,6 +3,8 @@ selection's evidence in words."""
 
 from __future__ import annotations
 
+from dery_deploy.train.select.evidence import Selection
+
 
 def md_table(header: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -25,8 +27,8 @@ def describe(plan: dict) -> str:
     return " > ".join(f"{b['donor']}[{b['start']}:{b['end']}]" for b in plan["blocks"])
 
 
-def evidence(sel: dict) -> str:
+def evidence(sel: Selection | None) -> str:
     """What a selection decided on, in words."""
-    k, n = sel.get("folds") or 1, sel.get("images")
+    k, n = (sel.folds or 1, sel.images) if sel else (1, None)
     images = f", {n} images" if n else ""
     return f"out of fold by {k}-fold cross-validation{images}" if k > 1 else f"on the validation split{images}"

@@ -101,17 +101,16 @@ def test_over_budget_only_because_the_machine_slowed_is_undecided_and_says_so():
 
 
 def test_the_report_says_the_shipped_file_was_re_measured_and_which_figure_the_verdict_read():
-    from dataclasses import asdict
-
+    from dery_deploy.export.report import ExportRecord
     from dery_deploy.report.budget import exports
 
     v = relate_to_machine(over(1.5), reference_now=0.16, reference_then=0.1)
-    r = {"measured_history_ms": [1.7, 1.5], "export": {"format": "onnx", "error": "x", "budget": asdict(v)}}
+    r = BudgetResult(1.0, measured_history_ms=[1.7, 1.5], export=ExportRecord("onnx", error="x", budget=v))
     text = "\n".join(exports(r))
     assert "measured 1.7000 ms in the final pass" in text and "re-measured alone" in text and "1.5000 ms" in text
     assert "The verdict reads the median" in text
     assert "60% slower than when the file was exported" in text
-    once = {"measured_history_ms": [1.7], "export": {"format": "onnx", "error": "x"}}
+    once = BudgetResult(1.0, measured_history_ms=[1.7], export=ExportRecord("onnx", error="x"))
     assert "re-measured" not in "\n".join(exports(once))
 
 
