@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dery_deploy.artifacts import atomic_write_json, atomic_write_with, cache_root, read_json_artifact, sha256_json
-from dery_deploy.data.task import probe_images
+from dery_deploy.data.probe import probe_images
 from dery_deploy.dissect import Dissection, dissect
 from dery_deploy.errors import DeryError
 from dery_deploy.similarity.cka import MinibatchCKA, gram
