@@ -19,19 +19,12 @@ DRIVERS = {
 # older functions and modules over the limit, at their size when the limit came in: each may only shrink
 RATCHET = {
     "assemble/stage.py::assemble": 106,
-    "cli/profile.py::profile": 76,
-    "similarity/compute.py::compute_similarity": 76,
-    "zoo/spec.py::parse_zoo": 76,
-    "profile/bundle.py::import_result": 72,
     "cli/finetune.py::finetune": 69,
-    "export/bundle.py::jetson_bundle": 69,
     "assemble/stage.py::program_data": 61,
 }
 MODULE_RATCHET = {
     "profile/bundle_runner.py": 475,  # standalone: copied to the device as one file
     "assemble/stage.py": 515,
-    "runtime/harness.py": 452,
-    "data/task.py": 415,
 }
 
 

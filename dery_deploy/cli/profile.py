@@ -27,19 +27,20 @@ from dery_deploy.cli.common import Listing, console, err_console, parse_int_list
 from dery_deploy.data.task import load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.items import donor_key
-from dery_deploy.partition.stage import current_partition
+from dery_deploy.partition.stage import Partition, current_partition
 from dery_deploy.profile.bundle import import_result as do_import
 from dery_deploy.profile.bundle import write_bundle
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import PASS_ITEMS, latency_summary, run_profile
 from dery_deploy.profile.run import verify as run_verify
 from dery_deploy.profile.store import read_profile
-from dery_deploy.runtime.devices import default_device, get_device
+from dery_deploy.runtime.devices import DeviceSpec, default_device, get_device
 from dery_deploy.runtime.harness import busy_note
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
+from dery_deploy.zoo.spec import ZooSpec
 
 
-def profile(  # noqa: C901 (on the size ratchet: to be split)
+def profile(
     zoo: str = typer.Option("fashion", "--zoo", help="zoo name or YAML path"),
     device: str | None = typer.Option(None, "--device", help="device id (default: the spec this machine matches)"),
     backend: str | None = typer.Option(
@@ -103,38 +104,9 @@ def profile(  # noqa: C901 (on the size ratchet: to be split)
             f"--verify measures assemblies of a partition; run `dery partition --zoo {z.ref}` first", "profile"
         )
     dis = dissect_zoo(z)
-    if bundle is not None and (precision or spec.default_precision) == "int8":
-        raise DeryError(
-            "a profiling bundle measures fp32 or fp16 engines; int8 items are not bundled yet: profile int8 on a "
-            "machine with TensorRT (--backend tensorrt --precision int8), or drop --precision int8",
-            "profile",
-        )
     if bundle is not None:
         prec = precision or spec.default_precision
-        manifest = write_bundle(z, spec, part, dis, bundle, batches, prec, num_classes, verify, seed)
-        assemblies = sum(i["kind"] == "assembly" for i in manifest["items"])
-        console.print(
-            f"bundle with {len(manifest['items']) - assemblies} items"
-            + (f" and {assemblies} assemblies for the latency check" if assemblies else "")
-            + f" written to {bundle}; copy it to the device and run there:\n"
-            f"  python3 {bundle}/runner.py --bundle {bundle} --out result.json   (no TensorRT: --backend onnxruntime)\n"
-            f"then here: dery profile --import result.json",
-            soft_wrap=True,  # a command the user copies is never broken across lines, whatever the path's length
-        )
-        if part is None:
-            err_console.print(
-                f"[yellow]note:[/] zoo {z.name} has no partition yet, so this bundle holds whole donors and units "
-                "only: pick a budget from them. Plans also need the partition's blocks, adapters and heads: after "
-                f"`dery similarity --zoo {z.ref}` and `dery partition --zoo {z.ref}`, write a second bundle with "
-                f"`dery profile --zoo {z.ref} --device {spec.id} --bundle NEW_DIR --verify 20` and run it on the "
-                "device as well",
-                soft_wrap=True,
-            )
-        elif not verify:
-            err_console.print(
-                "[yellow]note:[/] without --verify the imported profile has no latency check, so plans for "
-                f"{spec.id} get no safety margin; --verify 20 adds 20 assemblies measured end to end on the device"
-            )
+        write_device_bundle(z, spec, part, dis, bundle, batches, prec, num_classes, verify, seed)
         return
     if part is None:
         err_console.print(f"no partition of zoo {z.name} yet: measuring whole donors and every unit")
@@ -158,6 +130,51 @@ def profile(  # noqa: C901 (on the size ratchet: to be split)
                 console.print(f"latency model on {p.name}: {latency_summary(check)}")
     if as_json:
         print(json.dumps(summaries, indent=2))
+
+
+def write_device_bundle(
+    z: ZooSpec,
+    spec: DeviceSpec,
+    part: Partition | None,
+    dis: dict,
+    bundle: Path,
+    batches: list[int],
+    precision: str,
+    num_classes: int,
+    verify: int,
+    seed: int,
+) -> None:
+    """Write a remote-profiling bundle and tell the user how to run it on the device and import its result."""
+    if precision == "int8":
+        raise DeryError(
+            "a profiling bundle measures fp32 or fp16 engines; int8 items are not bundled yet: profile int8 on a "
+            "machine with TensorRT (--backend tensorrt --precision int8), or drop --precision int8",
+            "profile",
+        )
+    manifest = write_bundle(z, spec, part, dis, bundle, batches, precision, num_classes, verify, seed)
+    assemblies = sum(i["kind"] == "assembly" for i in manifest["items"])
+    console.print(
+        f"bundle with {len(manifest['items']) - assemblies} items"
+        + (f" and {assemblies} assemblies for the latency check" if assemblies else "")
+        + f" written to {bundle}; copy it to the device and run there:\n"
+        f"  python3 {bundle}/runner.py --bundle {bundle} --out result.json   (no TensorRT: --backend onnxruntime)\n"
+        f"then here: dery profile --import result.json",
+        soft_wrap=True,  # a command the user copies is never broken across lines, whatever the path's length
+    )
+    if part is None:
+        err_console.print(
+            f"[yellow]note:[/] zoo {z.name} has no partition yet, so this bundle holds whole donors and units "
+            "only: pick a budget from them. Plans also need the partition's blocks, adapters and heads: after "
+            f"`dery similarity --zoo {z.ref}` and `dery partition --zoo {z.ref}`, write a second bundle with "
+            f"`dery profile --zoo {z.ref} --device {spec.id} --bundle NEW_DIR --verify 20` and run it on the "
+            "device as well",
+            soft_wrap=True,
+        )
+    elif not verify:
+        err_console.print(
+            "[yellow]note:[/] without --verify the imported profile has no latency check, so plans for "
+            f"{spec.id} get no safety margin; --verify 20 adds 20 assemblies measured end to end on the device"
+        )
 
 
 def show_import(result: Path, path: Path) -> None:

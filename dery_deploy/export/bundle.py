@@ -13,6 +13,7 @@ user).
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,19 +86,26 @@ echo "engine built: model.engine; now run: python3 check_engine.py"
 """
 
 
-def int8_engine_parity(model, qdq: bytes, x: torch.Tensor) -> dict:
-    """What check_engine.py holds an INT8 engine to on the device: top-1 agreement with the fp32
-    PyTorch logits at least that of the same QDQ ONNX run here by ONNX Runtime, less
-    INT8_AGREEMENT_SLACK (the engine's INT8 kernels round differently); max |diff| means nothing
-    for INT8."""
+@dataclass(frozen=True)
+class Int8Parity:
+    """What check_engine.py holds an INT8 engine to on the device: top-1 agreement with the fp32 PyTorch logits
+    at least that of the same QDQ ONNX run here by ONNX Runtime, less INT8_AGREEMENT_SLACK."""
+
+    int8_top1_agreement_here: float
+    min_top1_agreement: float
+
+    def to_dict(self) -> dict:
+        # no tolerance: max |diff| means nothing for INT8, the agreement is what is held
+        return {"tolerance": None, **asdict(self)}
+
+
+def int8_engine_parity(model, qdq: bytes, x: torch.Tensor) -> Int8Parity:
+    """The INT8 engine's parity bar (`Int8Parity`): the engine's INT8 kernels round differently from ONNX
+    Runtime's, hence the slack."""
     with torch.inference_mode():
         ref = model(x).numpy().argmax(1)
     here = float((artifact_runner(qdq, "onnxruntime")(x).argmax(1) == ref).mean())
-    return {
-        "tolerance": None,
-        "int8_top1_agreement_here": round(here, 5),
-        "min_top1_agreement": round(max(0.0, here - INT8_AGREEMENT_SLACK), 5),
-    }
+    return Int8Parity(round(here, 5), round(max(0.0, here - INT8_AGREEMENT_SLACK), 5))
 
 
 def jetson_bundle(
@@ -116,19 +124,7 @@ def jetson_bundle(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
-    save_onnx(onnx_from_module(model, x[:1]), out / "model.onnx")
-    files = ["model.onnx"]
-    if precision == "fp16":
-        save_onnx(onnx_from_module(model, x[:1], precision="fp16"), out / "model-fp16.onnx")
-        files.append("model-fp16.onnx")
-    int8_parity: dict = {}
-    if precision == "int8":
-        if calibration is None:
-            raise ValueError("an int8 bundle needs calibration images")
-        qdq = qdq_from_module(model, calibration)
-        save_onnx(qdq, out / "model-int8.onnx")
-        files.append("model-int8.onnx")
-        int8_parity = int8_engine_parity(model, qdq, x)
+    files, int8_parity = _write_onnx(model, x, out, precision, calibration)
     shape = "x".join(str(s) for s in x.shape[1:])
     max_batch = max(max_batch, batch, x.shape[0])
     atomic_write_text(out / "build_engine.sh", build_script(spec, shape, batch, max_batch, precision))
@@ -140,18 +136,7 @@ def jetson_bundle(
         )
     shutil.copyfile(Path(__file__).with_name("engine_check.py"), out / "check_engine.py")
     (out / "check_engine.py").chmod(0o755)
-    # the plan's budget is a promise for the plan's device only; another device's engine is timed, not judged
-    plan_device = (plan or {}).get("device")
-    budget = (plan or {}).get("budget", {}).get("latency_ms") if plan_device == spec.id else None
-    why = (
-        f"not measured yet: check_engine.py measures the engine on the device and judges the budget there "
-        f"(writes {out.name}/check-result.json)"
-        if budget is not None
-        else f"the plan's budget is for {plan_device!r}, not {spec.id!r}: check_engine.py times the engine but "
-        f"judges no budget (plan for it with --device {spec.id})"
-        if plan
-        else "no plan budget (a donor run)"
-    )
+    budget, why = _budget_to_judge(plan, spec, out)
     manifest = {
         "device": spec.id,
         "device_name": spec.name,
@@ -165,7 +150,7 @@ def jetson_bundle(
             "logits": "parity_logits.bin",
             "classes": int(model(x[:1]).shape[1]),
             "tolerance": FP16_TOL if precision == "fp16" else 1e-3,
-            **int8_parity,
+            **(int8_parity.to_dict() if int8_parity is not None else {}),
         },
         "budget_ms": budget,
         "predicted_ms": (plan or {}).get("predicted", {}).get("latency_ms"),
@@ -182,3 +167,41 @@ def jetson_bundle(
         "manifest": "bundle.json",
         "next": f"copy {out} to the {spec.name}, run build_engine.sh, then python3 check_engine.py",
     }
+
+
+def _write_onnx(
+    model, x: torch.Tensor, out: Path, precision: str, calibration: torch.Tensor | None
+) -> tuple[list[str], Int8Parity | None]:
+    """The bundle's ONNX files (fp32, plus the fp16 or QDQ INT8 one the precision needs) and, for int8, the
+    engine's parity bar."""
+    save_onnx(onnx_from_module(model, x[:1]), out / "model.onnx")
+    files = ["model.onnx"]
+    if precision == "fp16":
+        save_onnx(onnx_from_module(model, x[:1], precision="fp16"), out / "model-fp16.onnx")
+        files.append("model-fp16.onnx")
+    if precision != "int8":
+        return files, None
+    if calibration is None:
+        raise ValueError("an int8 bundle needs calibration images")
+    qdq = qdq_from_module(model, calibration)
+    save_onnx(qdq, out / "model-int8.onnx")
+    files.append("model-int8.onnx")
+    return files, int8_engine_parity(model, qdq, x)
+
+
+def _budget_to_judge(plan: dict | None, spec, out: Path) -> tuple[float | None, str]:
+    """The budget check_engine.py judges the engine by (None: it only times it), and why the report has no
+    verdict yet."""
+    # the plan's budget is a promise for the plan's device only; another device's engine is timed, not judged
+    plan_device = (plan or {}).get("device")
+    budget = (plan or {}).get("budget", {}).get("latency_ms") if plan_device == spec.id else None
+    why = (
+        f"not measured yet: check_engine.py measures the engine on the device and judges the budget there "
+        f"(writes {out.name}/check-result.json)"
+        if budget is not None
+        else f"the plan's budget is for {plan_device!r}, not {spec.id!r}: check_engine.py times the engine but "
+        f"judges no budget (plan for it with --device {spec.id})"
+        if plan
+        else "no plan budget (a donor run)"
+    )
+    return budget, why

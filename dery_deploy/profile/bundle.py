@@ -136,6 +136,34 @@ def latency_check_of(prof: Profile, assemblies: list[dict], recs: dict, verify: 
 
 def import_result(path: Path, root: Path) -> list[Path]:
     """Validate a runner result against the manifest it embeds and store one profile per batch."""
+    res = _read_result(path)
+    man = res["manifest"]
+    _refuse_unfinished(path, res, man)
+    spec = get_device(res["device"])
+    for when in ("start", "end"):
+        fp = res["fingerprint"][when]
+        if not spec.matches(fp):
+            raise DeryError(
+                f"{path} was measured on {fp.get('gpu_name') or fp.get('cpu_model')!r}, which does not match "
+                f"device {spec.id!r}; run the bundle on that device",
+                "profile",
+            )
+    keys = {i["key"] for i in man["items"]}
+    assemblies = [i for i in man["items"] if i["kind"] == ASSEMBLY]
+    written = []
+    for batch in man["batches"]:
+        recs = _batch_results(path, res, batch, keys)
+        prof = _profile_of_batch(path, res, spec, int(batch), recs)
+        if man.get("verify"):
+            prof.verify = latency_check_of(prof, assemblies, recs, man["verify"], path)
+        written.append(
+            prof.write(profile_path(root, spec.id, res["zoo"], res["backend"], res["precision"], int(batch)))
+        )
+    return written
+
+
+def _read_result(path: Path) -> dict:
+    """The runner's result file, refused unless it is whole JSON of the bundle result schema."""
     try:
         res = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -144,7 +172,11 @@ def import_result(path: Path, root: Path) -> list[Path]:
         raise DeryError(f"{path} is truncated or not JSON ({e.msg}); rerun the bundle runner", "profile") from None
     if res.get("kind") != "profile-bundle-result" or res.get("schema") != BUNDLE_SCHEMA:
         raise DeryError(f"{path} is not a bundle result of schema {BUNDLE_SCHEMA}", "profile")
-    man = res["manifest"]
+    return res
+
+
+def _refuse_unfinished(path: Path, res: dict, man: dict) -> None:
+    """Refuse an interrupted run or one with failed items: rerunning the runner finishes it."""
     if res.get("complete") is False:
         raise DeryError(
             f"{path} is the result of an interrupted run; run the runner again with the same --out to finish it",
@@ -161,53 +193,43 @@ def import_result(path: Path, root: Path) -> list[Path]:
             "see each item's 'error' in the result",
             "profile",
         )
-    spec = get_device(res["device"])
-    for when in ("start", "end"):
-        fp = res["fingerprint"][when]
-        if not spec.matches(fp):
-            raise DeryError(
-                f"{path} was measured on {fp.get('gpu_name') or fp.get('cpu_model')!r}, which does not match "
-                f"device {spec.id!r}; run the bundle on that device",
-                "profile",
-            )
-    keys = {i["key"] for i in man["items"]}
-    assemblies = [i for i in man["items"] if i["kind"] == ASSEMBLY]
-    written = []
-    for batch in man["batches"]:
-        recs = res["results"].get(str(batch))
-        if recs is None:
-            raise DeryError(f"{path} has no results for batch {batch} of its manifest", "profile")
-        got = set(recs)
-        if got != keys:
-            extra, missing = sorted(got - keys), sorted(keys - got)
-            raise DeryError(
-                f"{path} items do not match the bundle manifest (batch {batch}: {len(missing)} missing, "
-                f"{len(extra)} unknown, e.g. {(missing or extra)[0]!r})",
-                "profile",
-            )
-        prof = Profile(
-            spec.id,
-            spec.name,
-            {"start": res["fingerprint"]["start"], "end": res["fingerprint"]["end"]},
-            res["backend"],
-            res["backend_version"],
-            res["precision"],
-            int(batch),
-            res["zoo"],
-            res["structure_hash"],
-            {k: Record.from_dict(runner_record(r)) for k, r in recs.items() if r.get("kind") != ASSEMBLY},
-            imported_from={
-                "file": str(path),
-                "manifest_sha256": res["manifest_sha256"],
-                "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
-            },
+
+
+def _batch_results(path: Path, res: dict, batch: int, keys: set[str]) -> dict:
+    """The runner's records of one batch of the manifest, refused unless they are its items exactly."""
+    recs = res["results"].get(str(batch))
+    if recs is None:
+        raise DeryError(f"{path} has no results for batch {batch} of its manifest", "profile")
+    got = set(recs)
+    if got != keys:
+        extra, missing = sorted(got - keys), sorted(keys - got)
+        raise DeryError(
+            f"{path} items do not match the bundle manifest (batch {batch}: {len(missing)} missing, "
+            f"{len(extra)} unknown, e.g. {(missing or extra)[0]!r})",
+            "profile",
         )
-        if man.get("verify"):
-            prof.verify = latency_check_of(prof, assemblies, recs, man["verify"], path)
-        written.append(
-            prof.write(profile_path(root, spec.id, res["zoo"], res["backend"], res["precision"], int(batch)))
-        )
-    return written
+    return recs
+
+
+def _profile_of_batch(path: Path, res: dict, spec, batch: int, recs: dict) -> Profile:
+    """One batch's profile of the device: the runner's item records (the assemblies are the latency check's)."""
+    return Profile(
+        spec.id,
+        spec.name,
+        {"start": res["fingerprint"]["start"], "end": res["fingerprint"]["end"]},
+        res["backend"],
+        res["backend_version"],
+        res["precision"],
+        batch,
+        res["zoo"],
+        res["structure_hash"],
+        {k: Record.from_dict(runner_record(r)) for k, r in recs.items() if r.get("kind") != ASSEMBLY},
+        imported_from={
+            "file": str(path),
+            "manifest_sha256": res["manifest_sha256"],
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        },
+    )
 
 
 def runner_record(r: dict) -> dict:

@@ -21,8 +21,8 @@ Why this shape (measured on this project's 2-core VM, `scripts/bench_repeatabili
   with its bootstrap standard error over windows. The quiet-window estimate ranks items inside a
   pass; the all-calls figure is what a user reproduces with the file alone.
 - Load from other processes is not the device's latency: every pass reads how much CPU time the
-  rest of the machine took while it timed (`/proc/stat` less this process's own), and a pass during
-  which others used more than `BUSY_CORES` of a core is flagged (`PassSummary.busy`).
+  rest of the machine took while it timed (`/proc/stat` less this process's own, `resources.MachineLoad`),
+  and a pass during which others used more than `BUSY_CORES` of a core is flagged (`PassSummary.busy`).
 
 Per-call samples are taken with CUDA events on a GPU (device time, no host sync inside a window)
 and `time.perf_counter_ns` on a CPU, where the call itself is synchronous.
@@ -37,15 +37,15 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
+
+from dery_deploy.runtime.resources import MachineLoad
 
 PERCENTILES = (50, 90, 99)  # of single calls: what a budget can promise (`--percentile`)
 QUIET = 25  # the windows' percentile an estimate is taken at (robust to disturbed windows)
 BOOTSTRAP = 200  # resamples of windows for an estimate's uncertainty
 BOOTSTRAP_CALLS = 256  # calls per window the all-calls bootstrap resamples (p99 needs its tail)
-MIN_LOAD_S = 1.0  # the shortest timed pass whose other-process load is read (tick resolution)
 BUSY_CORES = 0.15  # other processes' average CPU use during a pass (cores) above which it was a busy machine
 
 
@@ -184,39 +184,6 @@ def busy_note(passes: list[dict]) -> str:
         f"{busy[0].get('cores')} cores: those figures are a busy machine's, not the device's; profile again "
         "with nothing else running (a rerun measures only what is missing: delete the profile to redo it)"
     )
-
-
-class MachineLoad:
-    """CPU time the rest of the machine takes between `start()` and `stop()`, in cores (Linux /proc/stat
-    less this process's own user and system time, all its threads included)."""
-
-    def __init__(self) -> None:
-        self._t0: tuple[float, float, float] | None = None
-
-    @staticmethod
-    def _read() -> tuple[float, float, float] | None:
-        try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        except (OSError, IndexError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-        tick = os.sysconf("SC_CLK_TCK")
-        own = os.times()
-        busy = (user + nice + system + irq + softirq + steal) / tick
-        return time.perf_counter(), busy, own.user + own.system
-
-    def start(self) -> None:
-        self._t0 = self._read()
-
-    def stop(self) -> float | None:
-        t1 = self._read()
-        if self._t0 is None or t1 is None or t1[0] <= self._t0[0]:
-            return None
-        wall = t1[0] - self._t0[0]
-        if wall < MIN_LOAD_S:  # /proc/stat and os.times count 10 ms ticks: a short pass cannot tell
-            return None
-        others = (t1[1] - self._t0[1]) - (t1[2] - self._t0[2])
-        return round(max(0.0, others) / wall, 3)
 
 
 def time_calls(fn: Callable[[], object], n: int, cuda: bool, stream=None) -> list[float]:
@@ -410,43 +377,3 @@ def measure(
 ) -> Measurement:
     """One item on its own (a pass of one). Comparisons between items belong in one `measure_interleaved` pass."""
     return measure_interleaved({"item": (fn, cuda, stream)}, opts, threads)[0]["item"]
-
-
-def rss_mb() -> float:
-    """Resident set size of this process in MB (Linux /proc; 0 elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _trim_heap() -> None:
-    """Hand freed heap back to the OS (glibc malloc_trim), so that what a call allocates next shows
-    as resident memory instead of silently reusing pages the process already holds."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def rss_rise_mb(fn: Callable[[], object]) -> float:
-    """How far one call raises the process's peak resident memory over its current RSS, in MB
-    (Linux: VmHWM, reset through /proc/self/clear_refs), after the freed heap is handed back to the
-    OS, so the call's allocations count like in a fresh process."""
-    _trim_heap()
-    before = rss_mb()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        fn()
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return max(0.0, int(line.split()[1]) / 1024 - before)
-    except OSError:
-        pass
-    fn()
-    return max(0.0, rss_mb() - before)

@@ -30,7 +30,8 @@ import numpy as np
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.deploy.settings import onnxruntime_session, onnxruntime_settings
 from dery_deploy.errors import DeryError
-from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions, measure_interleaved, rss_rise_mb
+from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions, measure_interleaved
+from dery_deploy.runtime.resources import rss_rise_mb
 
 RUNTIMES = ("onnxruntime", "openvino")
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dery_deploy.artifacts import atomic_write_json, atomic_write_with, cache_root, read_json_artifact, sha256_json
-from dery_deploy.data.task import probe_images
-from dery_deploy.dissect import dissect
+from dery_deploy.data.probe import probe_images
+from dery_deploy.dissect import Dissection, dissect
 from dery_deploy.errors import DeryError
 from dery_deploy.similarity.cka import MinibatchCKA, gram
 from dery_deploy.similarity.features import boundary_features
@@ -153,70 +154,85 @@ def compute_similarity(
     zoo_hash = zoo.hash()
     how = numerics(device)
     key = similarity_key(zoo_hash, probe_hash, how)
-    names = zoo.donor_names
     # Self pairs too: the partition compares a donor's blocks with set centres cut from the same donor.
-    pairs = list(itertools.combinations_with_replacement(names, 2))
-    matrices, missing = {}, []
+    pairs = list(itertools.combinations_with_replacement(zoo.donor_names, 2))
+    matrices = {}
     for a, b in pairs:
-        m = _load_pair(pair_path(root, zoo, key, a, b), zoo_hash, probe_hash, how)
-        if m is None:
-            missing.append((a, b))
-        else:
-            matrices[(a, b)] = m
+        if (cached := _load_pair(pair_path(root, zoo, key, a, b), zoo_hash, probe_hash, how)) is not None:
+            matrices[(a, b)] = cached
+    missing = [p for p in pairs if p not in matrices]
     t0 = time.time()
     if missing:
-        need = [n for n in names if any(n in p for p in missing)]
-        donors = {}
-        for n in need:
-            model = load_donor(zoo, n)
-            d = dissect(model, zoo.donor(n).arch, zoo.input_tensor_spec)  # on the CPU, where its probe input is made
-            donors[n] = (d, model.to(device))  # the units share the model's modules, so they move with it
-        acc = {p: MinibatchCKA() for p in missing}
+        donors = _load_donors(zoo, [n for n in zoo.donor_names if any(n in p for p in missing)], device)
         m_batch = min(batch, probe)
-        n_batches = probe // m_batch  # equal-sized mini-batches keep the estimator's weights equal
-        task = progress.add_task("similarity", total=n_batches * len(need)) if progress else None
-        for bi in range(n_batches):
-            x = images[bi * m_batch : (bi + 1) * m_batch].to(device)
-            grams = {}
-            for n, (d, _model) in donors.items():
-                grams[n] = torch.stack([gram(f) for f in boundary_features(d, x, n)])
-                if progress:
-                    progress.update(task, advance=1, description=f"similarity: {n} batch {bi + 1}/{n_batches}")
-            for a, b in missing:
-                acc[(a, b)].update(grams[a], grams[b])
+        acc = _accumulate_cka(donors, missing, images, m_batch, device, progress)
+        # what the numbers were computed from, so that a later run reuses a pair only for the same keys
+        provenance = {
+            "schema": SCHEMA,
+            "kind": KIND,
+            "zoo": zoo.name,
+            "zoo_hash": zoo_hash,
+            "probe_hash": probe_hash,
+            "probe_images": probe,
+            "probe_seed": seed,
+            "method": METHOD,
+            "numerics": how,
+            "minibatch": m_batch,
+        }
         for (a, b), cka in acc.items():
             for name, (self_terms, scale) in zip((a, b), cka.self_terms()):
-                dead = (self_terms <= DEGENERATE * scale).nonzero().flatten().tolist()
-                if dead:
-                    d = donors[name][0]
-                    where = ", ".join(f"{i} ({'input' if i == 0 else d.units[i - 1].name})" for i in dead)
-                    raise DeryError(
-                        f"donor {name!r} produces constant features at boundary {where} (they do not vary "
-                        "across images); CKA is undefined there: check its weights or remove it from the zoo",
-                        "similarity",
-                    )
-            m = cka.value().cpu()
-            matrices[(a, b)] = m
-            atomic_write_json(
-                pair_path(root, zoo, key, a, b),
-                {
-                    "schema": SCHEMA,
-                    "kind": KIND,
-                    "zoo": zoo.name,
-                    "zoo_hash": zoo_hash,
-                    "probe_hash": probe_hash,
-                    "probe_images": probe,
-                    "probe_seed": seed,
-                    "method": METHOD,
-                    "numerics": how,
-                    "minibatch": m_batch,
-                    "donors": [a, b],
-                    "shape": list(m.shape),
-                    "matrix": m.tolist(),
-                },
-            )
+                _refuse_constant_features(name, donors[name][0], self_terms, scale)
+            m = matrices[(a, b)] = cka.value().cpu()
+            pair = {"donors": [a, b], "shape": list(m.shape), "matrix": m.tolist()}
+            atomic_write_json(pair_path(root, zoo, key, a, b), {**provenance, **pair})
     stats = SimilarityStats(len(pairs), len(pairs) - len(missing), len(missing), round(time.time() - t0, 2), probe)
     return Similarity(zoo.name, zoo_hash, probe_hash, METHOD, matrices, notes, how), stats
+
+
+def _load_donors(zoo: ZooSpec, names: list[str], device: str) -> dict[str, tuple[Dissection, nn.Module]]:
+    """Each named donor dissected, its model moved to `device` (its units share the model's modules)."""
+    donors = {}
+    for n in names:
+        model = load_donor(zoo, n)
+        d = dissect(model, zoo.donor(n).arch, zoo.input_tensor_spec)  # on the CPU, where its probe input is made
+        donors[n] = (d, model.to(device))  # the units share the model's modules, so they move with it
+    return donors
+
+
+def _accumulate_cka(
+    donors: dict[str, tuple[Dissection, nn.Module]],
+    pairs: list[tuple[str, str]],
+    images: torch.Tensor,
+    m_batch: int,
+    device: str,
+    progress,
+) -> dict[tuple[str, str], MinibatchCKA]:
+    """One pass of the probe images through the donors: every pair's HSIC terms from each mini-batch's Grams."""
+    acc = {p: MinibatchCKA() for p in pairs}
+    n_batches = len(images) // m_batch  # equal-sized mini-batches keep the estimator's weights equal
+    task = progress.add_task("similarity", total=n_batches * len(donors)) if progress else None
+    for bi in range(n_batches):
+        x = images[bi * m_batch : (bi + 1) * m_batch].to(device)
+        grams = {}
+        for n, (d, _model) in donors.items():
+            grams[n] = torch.stack([gram(f) for f in boundary_features(d, x, n)])
+            if progress:
+                progress.update(task, advance=1, description=f"similarity: {n} batch {bi + 1}/{n_batches}")
+        for a, b in pairs:
+            acc[(a, b)].update(grams[a], grams[b])
+    return acc
+
+
+def _refuse_constant_features(name: str, d: Dissection, self_terms: torch.Tensor, scale: torch.Tensor) -> None:
+    """Raise where a donor's boundaries do not vary across images: CKA is undefined there."""
+    dead = (self_terms <= DEGENERATE * scale).nonzero().flatten().tolist()
+    if dead:
+        where = ", ".join(f"{i} ({'input' if i == 0 else d.units[i - 1].name})" for i in dead)
+        raise DeryError(
+            f"donor {name!r} produces constant features at boundary {where} (they do not vary "
+            "across images); CKA is undefined there: check its weights or remove it from the zoo",
+            "similarity",
+        )
 
 
 def heatmap_png(sim: Similarity, zoo: ZooSpec, a: str, b: str, path: Path) -> Path:

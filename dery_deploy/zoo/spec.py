@@ -121,7 +121,7 @@ def _check_type(errors: list[str], where: str, value: Any, types, what: str) -> 
     return True
 
 
-def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:  # noqa: C901 (on the size ratchet: every field checked at once)
+def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:
     """Validate a zoo mapping; raise one DeryError listing every bad field."""
     errors: list[str] = []
     if not isinstance(data, dict):
@@ -129,76 +129,80 @@ def parse_zoo(data: Any, origin: str, root: Path | None = None) -> ZooSpec:  # n
     name = data.get("name")
     if not (isinstance(name, str) and _NAME.match(name)):
         errors.append(f"name: expected a name of letters, digits, '_', '-', '.', got {name!r}")
-    inp: Any = data.get("input")  # YAML: a mapping where _check_type below says so
-    input_spec = None
-    if _check_type(errors, "input", inp, dict, "a mapping with channels, size, mean, std"):
-        ch, size, mean, std = (inp.get(k) for k in ("channels", "size", "mean", "std"))
-        ok = True
-        for key, v in (("channels", ch), ("size", size)):
-            if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
-                errors.append(f"input.{key}: expected a positive integer, got {v!r}")
-                ok = False
-        for key, v in (("mean", mean), ("std", std)):
-            if not (
-                isinstance(v, list) and v and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)
-            ):
-                errors.append(f"input.{key}: expected a list of numbers, got {v!r}")
-                ok = False
-            elif isinstance(ch, int) and len(v) != ch:
-                errors.append(f"input.{key}: {len(v)} values for {ch} channels")
-                ok = False
-        if ok and any(s <= 0 for s in std):
-            errors.append(f"input.std: values must be > 0, got {std}")
-            ok = False
-        if ok:
-            input_spec = InputSpec(ch, size, tuple(float(m) for m in mean), tuple(float(s) for s in std))
-    donors: list[DonorSpec] = []
-    raw_donors = data.get("donors")
-    if not (isinstance(raw_donors, list) and raw_donors):
-        errors.append(f"donors: expected a non-empty list, got {raw_donors!r}")
-        raw_donors = []
-    seen = set()
-    for i, d in enumerate(raw_donors):
-        where = f"donors[{i}]"
-        if not isinstance(d, dict):
-            errors.append(f"{where}: expected a mapping, got {type(d).__name__}")
-            continue
-        dn = d.get("name")
-        if isinstance(dn, str):
-            where = f"donors[{i}] ({dn})"
-        bad = len(errors)
-        if not (isinstance(dn, str) and _NAME.match(dn)):
-            errors.append(f"{where}.name: expected a name, got {dn!r}")
-        elif dn in seen:
-            errors.append(f"{where}.name: duplicate donor name")
-        seen.add(dn)
-        _check_type(errors, f"{where}.arch", d.get("arch"), str, "a timm architecture name")
-        w = d.get("weights", "none")
-        if _check_type(errors, f"{where}.weights", w, str, "'embedded:FILE', 'file:PATH', 'timm:TAG' or 'none'"):
-            scheme = w.split(":", 1)[0]
-            if (
-                scheme not in WEIGHT_SCHEMES
-                or (scheme != "none" and ":" not in w)
-                or (scheme == "none" and w != "none")
-            ):
-                errors.append(f"{where}.weights: {w!r} is not 'embedded:FILE', 'file:PATH', 'timm:TAG' or 'none'")
-        _check_type(errors, f"{where}.source", d.get("source", ""), str, "a text saying what it was trained on")
-        nc = d.get("num_classes", 1000)
-        if _check_type(errors, f"{where}.num_classes", nc, int, "a non-negative integer") and nc < 0:
-            errors.append(f"{where}.num_classes: must be >= 0, got {nc}")
-        kw = d.get("kwargs", {}) or {}
-        _check_type(errors, f"{where}.kwargs", kw, dict, "a mapping of timm.create_model keyword arguments")
-        unknown = set(d) - {"name", "arch", "kwargs", "weights", "source", "num_classes"}
-        if unknown:
-            errors.append(f"{where}: unknown field(s) {sorted(unknown)}")
-        if len(errors) == bad:  # no bad field: its name is valid
-            donors.append(DonorSpec(cast(str, dn), d["arch"], w, d.get("source", ""), nc, _tuplify(kw)))
+    input_spec = _parse_input(errors, data.get("input"))
+    donors = _parse_donors(errors, data.get("donors"))
     unknown = set(data) - {"schema", "name", "description", "input", "donors"}
     if unknown:
         errors.append(f"unknown top-level field(s) {sorted(unknown)}")
     if errors:  # else the name and the input are valid: the casts below say so
         raise DeryError(f"{origin}: {len(errors)} bad field(s): " + "; ".join(errors), "zoo")
     return ZooSpec(cast(str, name), cast(InputSpec, input_spec), donors, data.get("description", ""), root, data)
+
+
+def _parse_input(errors: list[str], inp: Any) -> InputSpec | None:
+    """The zoo's input spec, or None with what is wrong with it appended to `errors`."""
+    if not _check_type(errors, "input", inp, dict, "a mapping with channels, size, mean, std"):
+        return None
+    ch, size, mean, std = (inp.get(k) for k in ("channels", "size", "mean", "std"))
+    ok = True
+    for key, v in (("channels", ch), ("size", size)):
+        if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            errors.append(f"input.{key}: expected a positive integer, got {v!r}")
+            ok = False
+    for key, v in (("mean", mean), ("std", std)):
+        if not (isinstance(v, list) and v and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)):
+            errors.append(f"input.{key}: expected a list of numbers, got {v!r}")
+            ok = False
+        elif isinstance(ch, int) and len(v) != ch:
+            errors.append(f"input.{key}: {len(v)} values for {ch} channels")
+            ok = False
+    if ok and any(s <= 0 for s in std):
+        errors.append(f"input.std: values must be > 0, got {std}")
+        ok = False
+    return InputSpec(ch, size, tuple(float(m) for m in mean), tuple(float(s) for s in std)) if ok else None
+
+
+def _parse_donors(errors: list[str], raw_donors: Any) -> list[DonorSpec]:
+    """The donors whose every field is valid; what is wrong with the others is appended to `errors`."""
+    if not (isinstance(raw_donors, list) and raw_donors):
+        errors.append(f"donors: expected a non-empty list, got {raw_donors!r}")
+        return []
+    seen: set = set()
+    parsed = [_parse_donor(errors, i, d, seen) for i, d in enumerate(raw_donors)]
+    return [d for d in parsed if d is not None]
+
+
+def _parse_donor(errors: list[str], i: int, d: Any, seen: set) -> DonorSpec | None:
+    """Donor `i`, or None with what is wrong with its fields appended to `errors`; its name joins `seen`."""
+    if not isinstance(d, dict):
+        errors.append(f"donors[{i}]: expected a mapping, got {type(d).__name__}")
+        return None
+    dn = d.get("name")
+    where = f"donors[{i}] ({dn})" if isinstance(dn, str) else f"donors[{i}]"
+    bad = len(errors)
+    if not (isinstance(dn, str) and _NAME.match(dn)):
+        errors.append(f"{where}.name: expected a name, got {dn!r}")
+    elif dn in seen:
+        errors.append(f"{where}.name: duplicate donor name")
+    seen.add(dn)
+    _check_type(errors, f"{where}.arch", d.get("arch"), str, "a timm architecture name")
+    w = d.get("weights", "none")
+    if _check_type(errors, f"{where}.weights", w, str, "'embedded:FILE', 'file:PATH', 'timm:TAG' or 'none'"):
+        scheme = w.split(":", 1)[0]
+        if scheme not in WEIGHT_SCHEMES or (scheme != "none" and ":" not in w) or (scheme == "none" and w != "none"):
+            errors.append(f"{where}.weights: {w!r} is not 'embedded:FILE', 'file:PATH', 'timm:TAG' or 'none'")
+    _check_type(errors, f"{where}.source", d.get("source", ""), str, "a text saying what it was trained on")
+    nc = d.get("num_classes", 1000)
+    if _check_type(errors, f"{where}.num_classes", nc, int, "a non-negative integer") and nc < 0:
+        errors.append(f"{where}.num_classes: must be >= 0, got {nc}")
+    kw = d.get("kwargs", {}) or {}
+    _check_type(errors, f"{where}.kwargs", kw, dict, "a mapping of timm.create_model keyword arguments")
+    unknown = set(d) - {"name", "arch", "kwargs", "weights", "source", "num_classes"}
+    if unknown:
+        errors.append(f"{where}: unknown field(s) {sorted(unknown)}")
+    if len(errors) > bad:
+        return None
+    return DonorSpec(cast(str, dn), d["arch"], w, d.get("source", ""), nc, _tuplify(kw))  # no bad field: a valid name
 
 
 def _tuplify(kw: dict) -> dict:

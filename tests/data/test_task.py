@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dery_deploy.data.task import InputSpec, fold_indices, load_task, probe_images
+from dery_deploy.data.task import InputSpec, fold_indices, load_task
 from dery_deploy.errors import DeryError
 from tests.conftest import write_folder
 
@@ -86,17 +86,6 @@ def test_fashion_task_splits():
     t = load_task("fashion-mnist:labels_per_class=20,test_per_class=30", GREY32)
     assert (len(t.train), len(t.val), len(t.test), len(t.unlabelled)) == (160, 40, 300, 59800)
     assert t.train.labels.bincount().tolist() == [16] * 10 and t.val.labels.bincount().tolist() == [4] * 10
-
-
-def test_probe_images_from_a_folder_use_its_train_split_and_are_capped(tmp_path):
-    root = write_folder(tmp_path / "task")
-    x, h, notes = probe_images(str(root), RGB32, 500)
-    assert x.shape == (30, 3, 32, 32)  # the train images only: test images never enter the probe
-    assert any("capped at the 30 images" in n for n in notes)
-    x2, h2, _ = probe_images(str(root), RGB32, 500)
-    assert h == h2 and torch.equal(x, x2)
-    with pytest.raises(DeryError, match="pass --probe-data FOLDER"):
-        probe_images(None, RGB32, 10)
 
 
 def _rows(images: torch.Tensor) -> list[bytes]:

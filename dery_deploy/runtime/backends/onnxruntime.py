@@ -17,7 +17,7 @@ from dery_deploy.deploy.settings import onnxruntime_session, onnxruntime_setting
 from dery_deploy.errors import DeryError
 from dery_deploy.runtime.backends.base import Runner
 from dery_deploy.runtime.backends.onnx_based import OnnxBackend
-from dery_deploy.runtime.harness import rss_rise_mb
+from dery_deploy.runtime.resources import rss_rise_mb
 
 
 class OnnxRuntime(OnnxBackend):

@@ -10,8 +10,8 @@ import torch
 
 from dery_deploy.runtime.backends.base import Runner
 from dery_deploy.runtime.backends.onnx_based import OnnxBackend
-from dery_deploy.runtime.harness import rss_rise_mb
 from dery_deploy.runtime.openvino import INSTALL, compile_model
+from dery_deploy.runtime.resources import rss_rise_mb
 
 
 class OpenVino(OnnxBackend):
