@@ -14,7 +14,6 @@ SERIALISERS = {"to_dict", "key", "selection_key"}
 
 # older functions still returning a record as a dict: each may only leave this list (typed), never join it
 RATCHET = {
-    "export/bundle.py::int8_engine_parity",
     "export/bundle.py::jetson_bundle",
     "export/formats/aoti.py::_load_and_time",
     "export/package.py::session_settings",
@@ -28,7 +27,6 @@ RATCHET = {
     "pipeline/budget.py::heal_best_mix",
     "pipeline/stages.py::int8_on",
     "pipeline/stages.py::stage_evaluate",
-    "pipeline/stages.py::stage_export",
     "pipeline/stages.py::stage_finetune",
     "pipeline/stages.py::stage_zoo",
     "train/checkpoint.py::_flat_optimizer",

@@ -83,18 +83,18 @@ class RunManifest(JsonArtifact):
             **(d.get("profile_by_target") or {}),
         }
         d["verify_by_target"] = checks
-        d["results"] = [_exports_typed(res) for res in d.get("results") or []]
+        d["results"] = [dict(res) for res in d.get("results") or []]
+        for res in d["results"]:
+            _move_exports(res)
         return load_dataclass(cls, d)
 
 
-def _exports_typed(res: dict) -> dict:
-    """A budget's result with its exports as `ExportRecord`s: older runs kept each export's report as
-    written, the shipped file's under "onnx" whatever its format."""
-    res = dict(res)
+def _move_exports(res: dict) -> None:
+    """A budget's result (as read from JSON) with its exports as `ExportRecord`s: older runs kept each
+    export's report as written, the shipped file's under "onnx" whatever its format."""
     if "onnx" in res:
         res["export"] = res.pop("onnx")
     names = {f.name for f in fields(ExportRecord)}
     for k in ("export", "aoti"):
         if res.get(k) and not set(res[k]) <= names:
             res[k] = ExportRecord.of_report(res[k]).to_dict()
-    return res
