@@ -25,11 +25,9 @@ RATCHET = {
     "profile/bundle.py::import_result": 72,
     "cli/finetune.py::finetune": 69,
     "export/bundle.py::jetson_bundle": 69,
-    "assemble/stage.py::program_data": 61,
 }
 MODULE_RATCHET = {
     "profile/bundle_runner.py": 475,  # standalone: copied to the device as one file
-    "assemble/stage.py": 515,
     "runtime/harness.py": 452,
     "data/task.py": 415,
 }

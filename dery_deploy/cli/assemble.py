@@ -24,7 +24,8 @@ import typer
 
 from dery_deploy.artifacts import cache_root, sha256_json
 from dery_deploy.assemble.candidates import AdapterFitter
-from dery_deploy.assemble.stage import Scores, measure_finalists
+from dery_deploy.assemble.measure import measure_finalists
+from dery_deploy.assemble.program_data import Scores
 from dery_deploy.assemble.stage import assemble as run_assemble
 from dery_deploy.cli.common import (
     Listing,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.assemble.candidates import DONOR_NEAR
-from dery_deploy.assemble.stage import NoFinalistKeeps, assemble
+from dery_deploy.assemble.measure import NoFinalistKeeps
+from dery_deploy.assemble.stage import assemble
 from dery_deploy.errors import DeryError
 from dery_deploy.export.formats import EXPORT_FORMAT
 from dery_deploy.network.plan import load_plan, save_plan_with_weights

@@ -144,7 +144,7 @@ def test_memory_budget_on_a_backend_that_cannot_measure_memory_is_refused(tiny_w
 
 def test_profile_missing_an_item_names_it(tiny_ws, fashion_task):
     from dery_deploy.assemble.candidates import AdapterFitter
-    from dery_deploy.assemble.stage import Scores, program_data
+    from dery_deploy.assemble.program_data import Scores, program_data
     from dery_deploy.profile.latency_model import LatencyModel
     from dery_deploy.profile.store import read_profile
 
