@@ -18,7 +18,6 @@ DRIVERS = {
 }
 # older functions and modules over the limit, at their size when the limit came in: each may only shrink
 RATCHET = {
-    "assemble/stage.py::assemble": 106,
     "cli/profile.py::profile": 76,
     "similarity/compute.py::compute_similarity": 76,
     "zoo/spec.py::parse_zoo": 76,

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from dery_deploy.assemble.candidates import AdapterFitter, Candidate, score_networks
 from dery_deploy.assemble.measure import keep_within_budget, measure_finalists
-from dery_deploy.assemble.pool import MAX_MARGIN, TargetPool, carried_candidates, target_of, target_pool
-from dery_deploy.assemble.program import Budget, fastest
+from dery_deploy.assemble.pool import TargetPool, carried_candidates, planning_margin, target_of, target_pool
+from dery_deploy.assemble.program import Budget, ProgramData, fastest
 from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.assemble.search_optuna import optuna_search
 from dery_deploy.data.task import Task
@@ -37,6 +39,45 @@ from dery_deploy.runtime.devices import get_device
 # linear probe needs enough samples per class for its leave-one-out estimate.
 PROXY_IMAGES = {"naswot": 64, "zico": 64, "probe": 500}
 FINALISTS = 4  # mixed finalists measured (every donor that fits is a finalist too)
+
+
+@dataclass(frozen=True)
+class AssembleRequest:
+    """What one budget's assembly searches for: the budget, and how candidates are proposed and ranked."""
+
+    latency_ms: float
+    memory_mb: float | None = None
+    params_m: float | None = None
+    top: int = 10  # the program's top N, which the proxy reranks
+    proxy: str = "probe"  # probe, naswot or zico
+    search: str = "cpsat"  # cpsat (the program, then the proxy) or optuna (the proxy searched directly)
+    seed: int = 0
+    finalists: int = FINALISTS
+    # networks (plan descriptions) that were finalists at a smaller budget of the same run: they stay
+    # candidates and finalists wherever they fit, so more room never loses them
+    carried: tuple[str, ...] = ()
+
+    @property
+    def budget(self) -> Budget:
+        """The budget in the program's units: integer microseconds and a parameter count."""
+        params = None if self.params_m is None else int(self.params_m * 1e6)
+        return Budget(budget_us(self.latency_ms), self.memory_mb, params)
+
+
+@dataclass(frozen=True)
+class Measuring:
+    """How the finalists are measured: end to end on this machine (`measure_finalists`) unless
+    `measurements` is given (a shared selection passes one that measures once for every process:
+    `train.select.shared_once`); with `measure` off, they keep their predictions."""
+
+    measurements: Callable[[list[Candidate]], dict[str, dict] | str] | None = None
+    measure: bool = True
+
+    def of(self, final: list[Candidate], models: list[LatencyModel], zoo, progress=None) -> dict[str, dict] | str:
+        """Each finalist's measurement by pair key (`Candidate.key`), or why there is none."""
+        if not self.measure:
+            return "measurement switched off"
+        return (self.measurements or (lambda f: measure_finalists(f, models, zoo, progress)))(final)
 
 
 @dataclass
@@ -70,148 +111,146 @@ def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
         )
 
 
+def check_request(request: AssembleRequest, models: list[LatencyModel]) -> None:
+    """Refuse a request no target can assemble for, naming the first bad value."""
+    if not request.latency_ms > 0:
+        raise DeryError(f"latency budget must be > 0 ms, got {request.latency_ms:g}", "assemble")
+    for m in models:
+        memory_check(m, request.memory_mb)
+    if request.params_m is not None and not request.params_m > 0:
+        raise DeryError(f"--params-m must be > 0, got {request.params_m}", "assemble")
+    if request.search not in ("cpsat", "optuna"):
+        raise DeryError(f"--search must be cpsat or optuna, got {request.search!r}", "assemble")
+
+
 def assemble(
     zoo,
     partition: Partition,
     dissections: dict[str, Dissection],
     model: LatencyModel,
     task: Task,
-    latency_ms: float,
-    memory_mb: float | None = None,
-    params_m: float | None = None,
-    top: int = 10,
-    proxy: str = "probe",
-    search: str = "cpsat",
-    seed: int = 0,
-    progress=None,
+    request: AssembleRequest,
+    *,
+    more_models: tuple[LatencyModel, ...] = (),
     fitter: AdapterFitter | None = None,
     scores: Scores | None = None,
-    finalists: int = FINALISTS,
-    measure: bool = True,
-    measurements: Callable[[list[Candidate]], dict[str, dict] | str] | None = None,
-    more_models: tuple[LatencyModel, ...] = (),
-    carried: tuple[str, ...] = (),
+    measuring: Measuring = Measuring(),
+    progress=None,
 ) -> AssembleResult:
     """Candidates for one budget, scored and measured (see the module docstring).
 
     Args:
-        measurements: how the finalists are measured (default: `measure_finalists` here); a shared
-            selection passes one that measures once for every process (`train.select.shared_once`).
         more_models: latency models of further targets (backend/precision) on the same device: the
             program proposes candidates for each, and a finalist is a (network, target) pair.
-        carried: networks (plan descriptions) that were finalists at a smaller budget of the same run;
-            they stay candidates and finalists wherever they fit, so more room never loses them.
+        fitter, scores: what every budget of one (task, partition) shares, computed here when not given.
     """
-    if not latency_ms > 0:
-        raise DeryError(f"latency budget must be > 0 ms, got {latency_ms:g}", "assemble")
     models = [model, *more_models]
-    for m in models:
-        memory_check(m, memory_mb)
-    if params_m is not None and not params_m > 0:
-        raise DeryError(f"--params-m must be > 0, got {params_m}", "assemble")
-    if search not in ("cpsat", "optuna"):
-        raise DeryError(f"--search must be cpsat or optuna, got {search!r}", "assemble")
+    check_request(request, models)
     fitter = fitter or AdapterFitter.for_task(dissections, task)
     scores = scores or Scores.compute(dissections, task, partition, fitter)
-    params = None if params_m is None else int(params_m * 1e6)
-    budget = Budget(budget_us(latency_ms), memory_mb, params)
-    images, labels = task.labelled_sample(PROXY_IMAGES.get(proxy, 64), seed=seed)
+    budget = request.budget
+    images, labels = task.labelled_sample(PROXY_IMAGES.get(request.proxy, 64), seed=request.seed)
+    # Optuna searches by the proxy itself, so it scores what it proposes; it plans for one target only,
+    # and with several the program proposes for each
+    by_optuna = request.search == "optuna" and not more_models
     t0 = time.perf_counter()
     pools = []
     for m in models:
         data = program_data(zoo, partition, dissections, m, task.num_classes, scores)
-        if search == "optuna" and m is model and not more_models:
-            check = m.profile.verify
-            margin = min(check.at(m.percentile)[3], MAX_MARGIN) if check else 0.0
-            planned = Budget(budget_us(latency_ms / (1 + margin)), memory_mb, params)
-            cands, solver = optuna_search(
-                data, zoo, partition, dissections, fitter, proxy, images, labels, planned, top, seed, task.num_classes
-            )
-            f = fastest(data, planned)
-            why = (
-                f"no assembly meets {planned.describe()}"
-                + (f"; the fastest assembly is predicted at {f.latency_ms:.4f} ms" if f else "")
-                if not cands
-                else ""
-            )
-            for c in cands:
-                c.target = target_of(m)
-            pools.append(TargetPool(m, cands, solver, margin, why))
+        if by_optuna:
+            pool = optuna_pool(m, data, request, zoo, partition, dissections, fitter, images, labels, task.num_classes)
         else:
-            pools.append(target_pool(zoo, partition, dissections, m, task, data, budget, top))
-        pools[-1].candidates += carried_candidates(pools[-1], carried, zoo, partition, dissections, task, budget)
+            pool = target_pool(zoo, partition, dissections, m, task, data, budget, request.top)
+        pool.candidates += carried_candidates(pool, request.carried, zoo, partition, dissections, task, budget)
+        pools.append(pool)
     cands = [c for p in pools for c in p.candidates]
     if not cands:
         raise DeryError("; ".join(dict.fromkeys(p.why_empty for p in pools)) + "; raise the budget", "assemble")
-    if search == "cpsat" or more_models:
-        score_networks(cands, zoo, dissections, fitter, proxy, images, labels, progress)
+    if not by_optuna:
+        score_networks(cands, zoo, dissections, fitter, request.proxy, images, labels, progress)
     seconds = time.perf_counter() - t0
-    cands.sort(key=lambda c: (-c.proxy, c.name, c.target))
-    ranked = list(dict.fromkeys(c.name for c in cands if not c.is_donor))
-    chosen = set(ranked[:finalists]) | {n for n in carried if n in ranked}
-    final = [c for c in cands if c.is_donor or c.name in chosen]
-    if not measure:
-        measured: dict[str, dict] | str = "measurement switched off"
-    else:
-        measured = (measurements or (lambda f: measure_finalists(f, models, zoo, progress)))(final)
-    why_not = measured if isinstance(measured, str) else None
-    kept, rejected = keep_within_budget(final, measured, latency_ms, model)
-    kept.sort(key=lambda c: (-c.proxy, c.name, c.target))
-    best = kept[0]
+    cands.sort(key=by_proxy)
+    final = choose_finalists(cands, request)
+    measured = measuring.of(final, models, zoo, progress)
+    kept, rejected = keep_within_budget(final, measured, request.latency_ms, model)
+    kept.sort(key=by_proxy)
     by_target = {target_of(p.model): p for p in pools}
     for c in cands:
-        pool = by_target[c.target]
-        finish_plan(
-            c.plan,
-            c,
-            pool.model,
-            zoo,
-            dissections,
-            task,
-            latency_ms,
-            memory_mb,
-            params_m,
-            proxy,
-            pool.solver,
-            seconds,
-            partition,
-            pool.margin,
-        )
-    first = pools[0]
-    return AssembleResult(
-        best.plan,
-        cands,
-        kept,
-        {
-            **first.solver,
-            "targets": {target_of(p.model): {**p.solver, "margin": p.margin} for p in pools},
-            "measured": why_not or "end to end on the device, in one interleaved pass",
-            "finalists": len(final),
-            "rejected_over_budget": len(rejected),
-            "near_budget": sorted(c.key for c in final if c.measured.get("near_budget")),
-        },
-        first.margin,
-        rejected,
+        finish_plan(c, by_target[c.target], request, zoo, dissections, task, partition, seconds)
+    solver = solver_summary(pools, final, rejected, measured)
+    return AssembleResult(kept[0].plan, cands, kept, solver, pools[0].margin, rejected)
+
+
+def optuna_pool(
+    model: LatencyModel,
+    data: ProgramData,
+    request: AssembleRequest,
+    zoo,
+    partition: Partition,
+    dissections: dict[str, Dissection],
+    fitter: AdapterFitter,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+) -> TargetPool:
+    """Optuna's proposals, scored by the proxy as it searched, under the budget less the planning margin."""
+    margin = planning_margin(model)
+    planned = Budget(budget_us(request.latency_ms / (1 + margin)), request.memory_mb, request.budget.params)
+    cands, solver = optuna_search(
+        data, zoo, partition, dissections, fitter, request.proxy, images, labels, planned, request.top, request.seed,
+        num_classes,
+    )  # fmt: skip
+    f = fastest(data, planned)
+    why = (
+        f"no assembly meets {planned.describe()}"
+        + (f"; the fastest assembly is predicted at {f.latency_ms:.4f} ms" if f else "")
+        if not cands
+        else ""
     )
+    for c in cands:
+        c.target = target_of(model)
+    return TargetPool(model, cands, solver, margin, why)
+
+
+def by_proxy(c: Candidate) -> tuple[float, str, str]:
+    """Sort key: the best proxy score first; the name and target break ties the same way on every run."""
+    return (-c.proxy, c.name, c.target)
+
+
+def choose_finalists(cands: list[Candidate], request: AssembleRequest) -> list[Candidate]:
+    """Every donor candidate, the best mixed networks by proxy, and the carried networks still candidates."""
+    ranked = list(dict.fromkeys(c.name for c in cands if not c.is_donor))
+    chosen = set(ranked[: request.finalists]) | {n for n in request.carried if n in ranked}
+    return [c for c in cands if c.is_donor or c.name in chosen]
+
+
+def solver_summary(
+    pools: list[TargetPool], final: list[Candidate], rejected: list[Candidate], measured: dict[str, dict] | str
+) -> dict:
+    """How the assembly went: the first target's solver, every target's with its margin, and the measurement."""
+    why_not = measured if isinstance(measured, str) else None
+    return {
+        **pools[0].solver,
+        "targets": {target_of(p.model): {**p.solver, "margin": p.margin} for p in pools},
+        "measured": why_not or "end to end on the device, in one interleaved pass",
+        "finalists": len(final),
+        "rejected_over_budget": len(rejected),
+        "near_budget": sorted(c.key for c in final if c.measured.get("near_budget")),
+    }
 
 
 def finish_plan(
-    plan: Plan,
     c: Candidate,
-    model: LatencyModel,
+    pool: TargetPool,
+    request: AssembleRequest,
     zoo,
-    dissections,
+    dissections: dict[str, Dissection],
     task: Task,
-    latency_ms: float,
-    memory_mb,
-    params_m,
-    proxy: str,
-    solver: dict,
-    seconds: float,
     partition: Partition,
-    margin: float,
+    seconds: float,
 ) -> None:
     """Fill a candidate's plan with what it was made under: device, budget, predictions, measurement."""
+    plan, model = c.plan, pool.model
     check = model.profile.verify
     prof = model.profile
     plan.predicted = {
@@ -224,7 +263,7 @@ def finish_plan(
             "percentile": model.percentile,
             "median_rel_error": check.at(model.percentile)[1] if check else None,
             "max_rel_error": check.at(model.percentile)[2] if check else None,
-            "planning_margin": round(margin, 4),
+            "planning_margin": round(pool.margin, 4),
         },
         "reference_ms": model.reference_ms(),
     }
@@ -232,15 +271,15 @@ def finish_plan(
     plan.device, plan.backend, plan.precision, plan.batch = prof.device, prof.backend, prof.precision, prof.batch
     plan.threads = prof.threads
     plan.budget = {
-        "latency_ms": latency_ms,
+        "latency_ms": request.latency_ms,
         "percentile": model.percentile,
-        "memory_mb": memory_mb,
-        "params_m": params_m,
+        "memory_mb": request.memory_mb,
+        "params_m": request.params_m,
     }
     plan.task = {"spec": task.spec, "hash": task.hash(), "classes": task.classes}
-    plan.proxy = {"name": proxy, "score": c.proxy, "stitch_errors": [round(e, 4) for e in c.stitch_errors]}
+    plan.proxy = {"name": request.proxy, "score": c.proxy, "stitch_errors": [round(e, 4) for e in c.stitch_errors]}
     plan.solver = {
-        **solver,
+        **pool.solver,
         "quality": c.quality,
         "origin": c.origin,
         "search_seconds": round(seconds, 3),
