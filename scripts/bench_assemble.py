@@ -116,8 +116,8 @@ def ranking(zoo_name: str, n: int, seed: int = 0, folds: int = 5) -> dict:
     """Train n candidates briefly and see how well each score ranks them."""
     from dery_deploy.assemble.candidates import AdapterFitter, Candidate, donor_plan, few_seam_choices, plan_from_choice
     from dery_deploy.assemble.program import Budget, solve
+    from dery_deploy.assemble.program_data import Scores, program_data
     from dery_deploy.assemble.proxies import get_proxy
-    from dery_deploy.assemble.stage import Scores, program_data
     from dery_deploy.data.task import load_task
     from dery_deploy.network.plan import build_net, save_plan_with_weights
     from dery_deploy.profile.latency_model import LatencyModel

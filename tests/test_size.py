@@ -18,13 +18,10 @@ DRIVERS = {
 }
 # older functions and modules over the limit, at their size when the limit came in: each may only shrink
 RATCHET = {
-    "assemble/stage.py::assemble": 106,
     "cli/finetune.py::finetune": 69,
-    "assemble/stage.py::program_data": 61,
 }
 MODULE_RATCHET = {
     "profile/bundle_runner.py": 475,  # standalone: copied to the device as one file
-    "assemble/stage.py": 515,
 }
 
 

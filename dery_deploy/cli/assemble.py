@@ -24,7 +24,9 @@ import typer
 
 from dery_deploy.artifacts import cache_root, sha256_json
 from dery_deploy.assemble.candidates import AdapterFitter
-from dery_deploy.assemble.stage import Scores, measure_finalists
+from dery_deploy.assemble.measure import measure_finalists
+from dery_deploy.assemble.program_data import Scores
+from dery_deploy.assemble.stage import AssembleRequest, Measuring
 from dery_deploy.assemble.stage import assemble as run_assemble
 from dery_deploy.cli.common import (
     Listing,
@@ -124,8 +126,8 @@ def assemble(
         with progress_bar() as prog:
             shared = shared_measurement(storage, task, b, model, z, prog)
             res = run_assemble(
-                z, part, dis, model, task, b, memory_mb, params_m, top, proxy, search, seed, prog, fitter, scores,
-                measurements=shared,
+                z, part, dis, model, task, AssembleRequest(b, memory_mb, params_m, top, proxy, search, seed),
+                fitter=fitter, scores=scores, measuring=Measuring(shared), progress=prog,
             )  # fmt: skip
         path = budget_path(out, b, len(budgets) > 1)
         plan, net = res.plan, res.net

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.assemble.candidates import DONOR_NEAR
-from dery_deploy.assemble.stage import NoFinalistKeeps, assemble
+from dery_deploy.assemble.measure import NoFinalistKeeps
+from dery_deploy.assemble.stage import AssembleRequest, assemble
 from dery_deploy.errors import DeryError
 from dery_deploy.export.formats import EXPORT_FORMAT
 from dery_deploy.network.plan import load_plan, save_plan_with_weights
@@ -159,15 +160,13 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> dict:
             ctx.dis,
             ctx.model,
             ctx.task,
-            b,
-            top=r.opts.top,
-            seed=r.opts.seed,
-            progress=prog,
+            AssembleRequest(
+                b, top=r.opts.top, seed=r.opts.seed, finalists=ctx.recipes.finalists, carried=tuple(ctx.carried)
+            ),
+            more_models=tuple(ctx.models[1:]),
             fitter=ctx.fitter,
             scores=ctx.scores(),
-            finalists=ctx.recipes.finalists,
-            more_models=tuple(ctx.models[1:]),
-            carried=tuple(ctx.carried),
+            progress=prog,
         )
     saved, networks = [], {}
     for i, c in enumerate(res.finalists):

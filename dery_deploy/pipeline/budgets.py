@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 from dery_deploy.assemble.candidates import donor_near
+from dery_deploy.assemble.pool import MAX_MARGIN
 from dery_deploy.assemble.program import fastest
-from dery_deploy.assemble.stage import MAX_MARGIN, Scores, program_data
+from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.data.task import Task
 from dery_deploy.profile.latency_model import LatencyModel
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from dery_deploy.assemble.candidates import AdapterFitter
-from dery_deploy.assemble.stage import Scores
+from dery_deploy.assemble.program_data import Scores
 from dery_deploy.data.task import Task
 from dery_deploy.partition.stage import Partition
 from dery_deploy.pipeline.options import RunOptions

@@ -19,7 +19,7 @@ from pathlib import Path
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
 from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.program import fastest
-from dery_deploy.assemble.stage import Scores, program_data
+from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.data.task import Task, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.items import donor_key

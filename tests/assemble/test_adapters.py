@@ -29,7 +29,7 @@ def test_head_pools_every_layout():
 
 
 def test_least_squares_beats_random_init_on_real_features(tiny_ws, fashion_task):
-    from dery_deploy.assemble.stage import AdapterFitter
+    from dery_deploy.assemble.candidates import AdapterFitter
 
     fitter = AdapterFitter.for_task(tiny_ws.dis, fashion_task, n=96)
     pairs = [("res", 2, "vit", 2), ("vit", 3, "cnx", 4), ("cnx", 3, "res", 2)]

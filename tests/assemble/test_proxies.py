@@ -49,7 +49,7 @@ def test_naswot_on_mobilevit_which_folds_patches_into_the_batch(batch):
 
 
 def test_probe_proxy_separates_informative_from_random_features(tiny_ws, fashion_task):
-    from dery_deploy.assemble.stage import AdapterFitter
+    from dery_deploy.assemble.candidates import AdapterFitter
     from dery_deploy.network.plan import BlockRef, Plan, build_net
 
     blocks = [

@@ -45,10 +45,11 @@ def test_assemble_cli_writes_plans_per_budget(tiny_ws, tmp_path):
 
 
 def test_predicted_latency_is_the_programs_arithmetic(tiny_ws, fashion_task):
-    from dery_deploy.assemble.stage import assemble
+    from dery_deploy.assemble.stage import AssembleRequest, assemble
     from dery_deploy.network.items import plan_items
 
-    res = assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, 2.0, top=3)
+    request = AssembleRequest(2.0, top=3)
+    res = assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, request)
     for c in res.candidates:  # one arithmetic: the program's integer microseconds are the plan's prediction
         assert tiny_ws.model.predict_us(plan_items(c.plan, tiny_ws.zoo, tiny_ws.dis)) == to_us(c.predicted_ms)
         assert c.plan.predicted["latency_ms"] == pytest.approx(c.predicted_ms)
@@ -63,7 +64,7 @@ def test_a_donor_just_over_the_budget_is_a_candidate_and_trained_to_ship(tiny_ws
     """A donor profiled a little over a budget is a candidate (its end-to-end measurement decides), and
     the run trains every such donor with the final recipe: a clean-clone CI run picked one it had not
     trained and stopped with KeyError."""
-    from dery_deploy.assemble.stage import assemble
+    from dery_deploy.assemble.stage import AssembleRequest, assemble
     from dery_deploy.network.items import donor_key
     from dery_deploy.pipeline.budgets import final_donors
 
@@ -71,7 +72,7 @@ def test_a_donor_just_over_the_budget_is_a_candidate_and_trained_to_ship(tiny_ws
     donor_ms = {n: model.predict_ms([donor_key(zoo, n, fashion_task.num_classes)]) for n in zoo.donor_names}
     slowest = max(donor_ms, key=donor_ms.__getitem__)
     budget = round(donor_ms[slowest] / 1.05, 4)  # the slowest donor profiles 5% over
-    res = assemble(zoo, tiny_ws.partition, tiny_ws.dis, model, fashion_task, budget, top=3)
+    res = assemble(zoo, tiny_ws.partition, tiny_ws.dis, model, fashion_task, AssembleRequest(budget, top=3))
     donors = {c.plan.donors[0] for c in res.candidates if c.is_donor}
     assert slowest in donors
     assert donors <= set(final_donors(donor_ms, [budget]))
@@ -79,7 +80,7 @@ def test_a_donor_just_over_the_budget_is_a_candidate_and_trained_to_ship(tiny_ws
 
 
 def test_optuna_search_respects_budget(tiny_ws, fashion_task):
-    from dery_deploy.assemble.stage import assemble
+    from dery_deploy.assemble.stage import AssembleRequest, assemble
 
     res = assemble(
         tiny_ws.zoo,
@@ -87,9 +88,7 @@ def test_optuna_search_respects_budget(tiny_ws, fashion_task):
         tiny_ws.dis,
         tiny_ws.model,
         fashion_task,
-        1.0,
-        top=3,
-        search="optuna",
+        AssembleRequest(1.0, top=3, search="optuna"),
     )
     assert len(res.candidates) == 3 and all(c.predicted_ms <= 1.0 for c in res.candidates)
 
@@ -121,7 +120,7 @@ def test_bad_budgets(tiny_ws, budget, needle):
 
 
 def test_memory_budget_on_a_backend_that_cannot_measure_memory_is_refused(tiny_ws, fashion_task, tmp_path):
-    from dery_deploy.assemble.stage import assemble
+    from dery_deploy.assemble.stage import AssembleRequest, assemble
     from dery_deploy.profile.latency_model import LatencyModel
     from dery_deploy.profile.store import read_profile
 
@@ -134,17 +133,17 @@ def test_memory_budget_on_a_backend_that_cannot_measure_memory_is_refused(tiny_w
             tiny_ws.dis,
             LatencyModel.of(prof),
             fashion_task,
-            1.0,
-            memory_mb=100,
+            AssembleRequest(1.0, memory_mb=100),
         )
     # onnxruntime on a CPU measures a fresh session's memory: a budget below every item is infeasible
+    request = AssembleRequest(1.0, memory_mb=0.001)
     with pytest.raises(DeryError, match="no assembly meets 1 ms / 0.001 MB"):
-        assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, 1.0, memory_mb=0.001)
+        assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, request)
 
 
 def test_profile_missing_an_item_names_it(tiny_ws, fashion_task):
     from dery_deploy.assemble.candidates import AdapterFitter
-    from dery_deploy.assemble.stage import Scores, program_data
+    from dery_deploy.assemble.program_data import Scores, program_data
     from dery_deploy.profile.latency_model import LatencyModel
     from dery_deploy.profile.store import read_profile
 

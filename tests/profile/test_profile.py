@@ -378,7 +378,7 @@ def test_an_item_the_backend_rejects_is_recorded_and_no_plan_uses_it(tiny_ws, tm
     unavailable; the item is tried again when the profile is resumed."""
     import dery_deploy.profile.run as run_mod
     from dery_deploy.assemble.program import Budget, solve
-    from dery_deploy.assemble.stage import Scores, program_data
+    from dery_deploy.assemble.program_data import Scores, program_data
     from dery_deploy.network.items import block_key
     from dery_deploy.profile.latency_model import LatencyModel, budget_us
 
