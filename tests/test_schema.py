@@ -21,9 +21,6 @@ MOVED = ("verify", "verify_by_target", "results")
 
 # run.json's fields still typed `dict`: each may only leave this list (typed), never join it
 UNTYPED = {
-    "BudgetResult.candidates",
-    "BudgetResult.finalists",
-    "BudgetResult.rejected_over_budget",
     "BudgetResult.solver",
     "BudgetResult.mix",
     "BudgetResult.plan",

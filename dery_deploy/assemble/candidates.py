@@ -18,6 +18,7 @@ from dery_deploy.network.adapters import Adapter, fit_least_squares
 from dery_deploy.network.plan import AssembledNet, BlockRef, Plan, build_net, stitch_specs
 from dery_deploy.partition.stage import Partition
 from dery_deploy.profile.latency_model import us_to_ms
+from dery_deploy.schema import load_dataclass
 
 ADAPTER_PROBE_IMAGES = 256
 
@@ -98,6 +99,57 @@ class AdapterFitter:
             adapter.load_state_dict(self._fits[key][0])
             errors.append(self._fits[key][1])
         return errors
+
+
+@dataclass
+class FinalistMeasurement:
+    """A finalist measured end to end on its target, in the one pass that measured every finalist:
+    `latency_ms` is the per-call percentile over all calls (the statistic the shipped file is judged by)
+    and `quiet_ms` the quiet-window estimate at it; the target's runtime settings it ran with; whether
+    it lies within two standard errors of the budget (`near_budget`, set when it is kept or dropped)."""
+
+    latency_ms: float
+    percentile: int
+    uncertainty: float
+    quiet_ms: float
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    stable: bool
+    noise: float
+    pass_noise_index: float | None
+    pass_busy: str
+    backend: str
+    precision: str
+    batch: int
+    threads: int | None
+    device: str
+    near_budget: bool = False
+
+
+@dataclass
+class CandidateRecord:
+    """A candidate as a run records it (`Candidate.to_dict`): the network in one line, its target and
+    origin, the program's prediction, size, quality and proxy, its measurement where it was a finalist
+    measured here, and for a saved finalist its plan file."""
+
+    plan: str
+    target: str
+    origin: str
+    seams: int
+    predicted_ms: float
+    params_m: float
+    memory_mb: float | None
+    quality: float | None
+    proxy: float
+    stitch_errors: list[float]
+    measured: FinalistMeasurement | None = None
+    path: str | None = None
+
+    @classmethod
+    def of(cls, d: dict) -> CandidateRecord:
+        """From `Candidate.to_dict()` (a candidate never measured has `measured` {})."""
+        return load_dataclass(cls, {**d, "measured": d.get("measured") or None})
 
 
 @dataclass

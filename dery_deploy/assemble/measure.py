@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 
-from dery_deploy.assemble.candidates import Candidate
+from dery_deploy.assemble.candidates import Candidate, FinalistMeasurement
 from dery_deploy.assemble.pool import target_of
 from dery_deploy.errors import DeryError
 from dery_deploy.profile.latency_model import LatencyModel
@@ -46,25 +48,27 @@ def measure_finalists(
     for c in finalists:
         m = by_target.get(c.target) or first
         t = measured[c.key].timing
-        out[c.key] = {
-            # admitted by the statistic the shipped file is judged by: the per-call percentile over all calls
-            "latency_ms": round(t.promise_at(m.percentile), 5),
-            "percentile": m.percentile,
-            "uncertainty": round(t.promise_uncertainty_at(m.percentile), 5),
-            "quiet_ms": round(t.at(m.percentile), 5),
-            "median_ms": round(t.median_ms, 5),
-            "p90_ms": round(t.p90_ms, 5),
-            "p99_ms": round(t.p99_ms, 5),
-            "stable": t.stable,
-            "noise": round(t.noise, 4),
-            "pass_noise_index": noise_index,
-            "pass_busy": busy,
-            "backend": m.profile.backend,
-            "precision": m.profile.precision,
-            "batch": m.profile.batch,
-            "threads": m.profile.threads,
-            "device": spec.id,
-        }
+        out[c.key] = asdict(
+            FinalistMeasurement(
+                # admitted by the statistic the shipped file is judged by: the per-call percentile over all calls
+                latency_ms=round(t.promise_at(m.percentile), 5),
+                percentile=m.percentile,
+                uncertainty=round(t.promise_uncertainty_at(m.percentile), 5),
+                quiet_ms=round(t.at(m.percentile), 5),
+                median_ms=round(t.median_ms, 5),
+                p90_ms=round(t.p90_ms, 5),
+                p99_ms=round(t.p99_ms, 5),
+                stable=t.stable,
+                noise=round(t.noise, 4),
+                pass_noise_index=noise_index,
+                pass_busy=busy,
+                backend=m.profile.backend,
+                precision=m.profile.precision,
+                batch=m.profile.batch,
+                threads=m.profile.threads,
+                device=spec.id,
+            )
+        )
     return out
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json
-from dery_deploy.assemble.candidates import DONOR_NEAR
+from dery_deploy.assemble.candidates import DONOR_NEAR, CandidateRecord
 from dery_deploy.assemble.measure import NoFinalistKeeps
 from dery_deploy.assemble.stage import AssembleRequest, assemble
 from dery_deploy.errors import DeryError
@@ -75,8 +75,10 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
         r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
         return entry
     s = Selection.from_dict(sel["selection"])
-    entry.candidates, entry.finalists = sel["candidates"], sel["finalists"]
-    entry.rejected_over_budget, entry.solver, entry.margin = sel["rejected_over_budget"], sel["solver"], sel["margin"]
+    entry.candidates = [CandidateRecord.of(c) for c in sel["candidates"]]
+    entry.finalists = [CandidateRecord.of(c) for c in sel["finalists"]]
+    entry.rejected_over_budget = [CandidateRecord.of(c) for c in sel["rejected_over_budget"]]
+    entry.solver, entry.margin = sel["solver"], sel["margin"]
     entry.selection = s
     paths = {(f["plan"], f.get("target", "")): bdir / f["path"] for f in sel["finalists"]}
     if s.best_mix:

@@ -85,15 +85,20 @@ class RunManifest(JsonArtifact):
         d["verify_by_target"] = checks
         d["results"] = [dict(res) for res in d.get("results") or []]
         for res in d["results"]:
-            _move_exports(res)
+            _older_result(res)
         return load_dataclass(cls, d)
 
 
-def _move_exports(res: dict) -> None:
-    """A budget's result (as read from JSON) with its exports as `ExportRecord`s: older runs kept each
-    export's report as written, the shipped file's under "onnx" whatever its format."""
+def _older_result(res: dict) -> None:
+    """A budget's result as read from JSON, made what the typed records read: older runs kept each export's
+    report as written, the shipped file's under "onnx" whatever its format, and unmeasured candidates'
+    measurements as {}."""
     if "onnx" in res:
         res["export"] = res.pop("onnx")
+    # a candidate never measured was written with `measured` {}
+    for k in ("candidates", "finalists", "rejected_over_budget"):
+        if res.get(k):
+            res[k] = [{**c, "measured": c.get("measured") or None} for c in res[k]]
     names = {f.name for f in fields(ExportRecord)}
     for k in ("export", "aoti"):
         if res.get(k) and not set(res[k]) <= names:

@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dery_deploy.assemble.candidates import CandidateRecord
 from dery_deploy.export.report import ExportRecord
 from dery_deploy.runtime.harness import Measurement, PassSummary
 from dery_deploy.schema import load_dataclass
@@ -150,9 +151,9 @@ class BudgetResult:
     infeasible: str | None = None
     fastest_measured_ms: float | None = None  # the fastest finalist, where none kept the budget
     # assembly and selection (selection.json's content)
-    candidates: list[dict] | None = None
-    finalists: list[dict] | None = None
-    rejected_over_budget: list[dict] | None = None
+    candidates: list[CandidateRecord] | None = None
+    finalists: list[CandidateRecord] | None = None
+    rejected_over_budget: list[CandidateRecord] | None = None
     solver: dict | None = None
     margin: float | None = None
     selection: Selection | None = None

@@ -40,8 +40,8 @@ def admitted_ms(res: BudgetResult, target: str) -> float | None:
     pick = res.pick_triple
     if pick is None:
         return None
-    rows = [f for f in res.finalists or [] if (f["plan"], f.get("target")) == (pick.network, target)]
-    return (rows[0].get("measured") or {}).get("latency_ms") if rows else None
+    rows = [f for f in res.finalists or [] if (f.plan, f.target) == (pick.network, target)]
+    return rows[0].measured.latency_ms if rows and rows[0].measured else None
 
 
 def ship_suspects(r: Run, measured: dict[str, Measurement]) -> list[str]:

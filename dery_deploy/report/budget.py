@@ -158,7 +158,7 @@ def candidates_table(r: BudgetResult) -> list[str]:
     """The program's candidates, which became finalists, and those dropped as measured over the budget."""
     if not r.candidates:
         return []
-    finalists = {c["plan"] for c in r.finalists or []}
+    finalists = {c.plan for c in r.finalists or []}
     lines = [
         f"Candidates (the program's top N, donors that fit, the best one- and two-seam chains); planned "
         f"at the budget less the latency model's p90 under-prediction ({100 * (r.margin or 0):.1f}%); "
@@ -168,13 +168,13 @@ def candidates_table(r: BudgetResult) -> list[str]:
             ["plan", "origin", "predicted ms", "measured ms", "quality", "proxy", "finalist"],
             [
                 [
-                    c["plan"],
-                    c["origin"],
-                    c["predicted_ms"],
-                    fmt_ms((c.get("measured") or {}).get("median_ms")),
-                    "-" if c["quality"] is None else f"{c['quality']:.1f}",
-                    c["proxy"],
-                    "yes" if c["plan"] in finalists else "",
+                    c.plan,
+                    c.origin,
+                    c.predicted_ms,
+                    fmt_ms(c.measured.median_ms if c.measured else None),
+                    "-" if c.quality is None else f"{c.quality:.1f}",
+                    c.proxy,
+                    "yes" if c.plan in finalists else "",
                 ]
                 for c in r.candidates
             ],
@@ -185,7 +185,7 @@ def candidates_table(r: BudgetResult) -> list[str]:
     if rejected:
         lines += [
             "Dropped after measurement (over the budget): "
-            + ", ".join(f"`{c['plan']}` {c['measured']['median_ms']:.4f} ms" for c in rejected),
+            + ", ".join(f"`{c.plan}` {c.measured.median_ms:.4f} ms" for c in rejected if c.measured),
             "",
         ]
     return lines

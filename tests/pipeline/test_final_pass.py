@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 from types import SimpleNamespace
 
+from dery_deploy.assemble.candidates import CandidateRecord, FinalistMeasurement
 from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
 from dery_deploy.pipeline.records import BudgetResult, FinalPassFile, Pick, SecondLook
 from dery_deploy.pipeline.second_look import ship_suspects, verdict_measurement
@@ -17,11 +18,15 @@ def measured(ms: float, se: float = 0.005) -> Measurement:
     )
 
 
+def finalist(net: str, ms: float) -> CandidateRecord:
+    """A finalist of `net` on onnxruntime/fp32 that measured `ms`."""
+    m = FinalistMeasurement(ms, 50, 0.01, ms, ms, ms, ms, True, 0.0, 0.01, "", "onnxruntime", "fp32", 1, 1, "cpu")
+    return CandidateRecord(net, "onnxruntime/fp32", "donor", 0, ms, 1.0, None, None, 0.0, [], m)
+
+
 def result(budget: float, admitted: float | None) -> BudgetResult:
     net = f"net{budget:g}"
-    finalists = (
-        [] if admitted is None else [{"plan": net, "target": "onnxruntime/fp32", "measured": {"latency_ms": admitted}}]
-    )
+    finalists = [] if admitted is None else [finalist(net, admitted)]
     pick = Pick(net, "onnxruntime/fp32", "donor", 90.0, 0.0, 90.0, admitted or 1.0, None)
     return BudgetResult(budget, plan={}, pick_triple=pick, finalists=finalists)
 
