@@ -28,11 +28,11 @@ def evaluate(
 ) -> None:
     """Evaluate a fine-tuned plan or donor on the task's test set and measure it here."""
     model, cfg = load_run_model(run)
-    zoo = get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
-    task = load_task(data or cfg["data"], zoo.input, cfg["recipe"].get("seed", 0))
-    task.require_classes(cfg.get("classes"), f"run {run}", "evaluate it on data with the same classes", "evaluate")
+    zoo = get_zoo(cfg.zoo_ref)
+    task = load_task(data or cfg.data, zoo.input, cfg.seed)
+    task.require_classes(cfg.classes, f"run {run}", "evaluate it on data with the same classes", "evaluate")
     show_notes(task.notes)
-    plan = cfg["source"].get("plan") or {}
+    plan = cfg.source.get("plan") or {}
     here = {s.id: s for s in this_machine()}
     # the plan's backend where this machine is its device, else this machine's default backend
     spec = here.get(plan.get("device", "")) or (this_machine() or [get_device("cpu")])[0]
@@ -42,7 +42,7 @@ def evaluate(
         plan.get("precision") if spec.id == plan.get("device") else None,
         plan.get("threads") if spec.id == plan.get("device") else None,
     )
-    name = cfg["source"].get("donor") or "reassembled"
+    name = cfg.source.get("donor") or "reassembled"
     res = evaluate_model(model, task, Path(run), name, latency=(backend, precision, device_for(spec)))
     if as_json:
         print(json.dumps(res, indent=2))

@@ -138,10 +138,10 @@ def finetune(
         device=device,
         teacher=from_teacher,
     )
-    if rank == 0:
+    if metrics is not None:  # rank 0 (the other ranks get None)
         console.print(
-            f"validation accuracy {metrics['val_accuracy']:.2f}%, test accuracy {metrics['test_accuracy']:.2f}% "
-            f"({metrics['params_m']:.3f} M params) -> {out}"
+            f"validation accuracy {metrics.val_accuracy:.2f}%, test accuracy {metrics.test_accuracy:.2f}% "
+            f"({metrics.params_m:.3f} M params) -> {out}"
         )
 
 

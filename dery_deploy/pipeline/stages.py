@@ -23,6 +23,7 @@ from dery_deploy.runtime.target import Target, backend_of
 from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import evaluate_model
 from dery_deploy.train.finetune import finetune, load_run_model
+from dery_deploy.train.run_folder import FinetuneMetrics, RunFolder
 from dery_deploy.zoo.summary import zoo_rows
 
 
@@ -169,7 +170,7 @@ def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: 
     if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
         return json.loads(cache.read_text())
     model, cfg = load_run_model(run_dir)
-    qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg["recipe"].get("seed", 0)))
+    qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg.seed))
     runtime = artifact_runner(qdq, backend_of(target), threads)
     acc = {**accuracy_change(model, runtime, task.x(split), task.y(split), split), "target": target}
     atomic_write_json(cache, acc)
@@ -178,19 +179,20 @@ def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: 
 
 def stage_finetune(
     r: Run, name: str, source: dict, zoo, task, recipe, run_dir: Path, eval_phase1: bool = False, teacher=None
-) -> dict:
+) -> FinetuneMetrics:
     def reuse():
         if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
             return None
-        cfg = json.loads((run_dir / "config.json").read_text())
+        cfg = RunFolder(run_dir).config()
         want = teacher.describe() if (teacher and recipe.distill) else None
         same = (
-            cfg.get("source") == source
-            and cfg.get("task_hash") == task.hash()
-            and cfg.get("recipe") == asdict(recipe)
-            and cfg.get("teacher") == want
+            cfg is not None
+            and cfg.source == source
+            and cfg.task_hash == task.hash()
+            and cfg.recipe == asdict(recipe)
+            and cfg.teacher == want
         )
-        return json.loads((run_dir / "metrics.json").read_text()) if same else None
+        return FinetuneMetrics.read(run_dir / "metrics.json") if same else None
 
     def compute():
         # another configuration in this folder (an earlier run with other options) is replaced, not refused
@@ -207,7 +209,7 @@ def stage_finetune(
             teacher=teacher,
         )
 
-    return r.stage(name, reuse, compute, lambda m: f"validation {m.get('val_accuracy')}%")
+    return r.stage(name, reuse, compute, lambda m: f"validation {m.val_accuracy}%")
 
 
 def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | None = None) -> dict:
@@ -315,7 +317,7 @@ def stage_donors(
             ddir,
             teacher=teacher,
         )
-        donors[name] = DonorResult(m.get("val_accuracy"), donor_ms[name], str(ddir))
+        donors[name] = DonorResult(m.val_accuracy, donor_ms[name], str(ddir))
         if evaluate:
             ev = stage_evaluate(r, ddir, task, f"donor {name}")
             d = donors[name]
