@@ -21,7 +21,7 @@ from dery_deploy.profile.store import Profile, profile_path, read_profile
 from dery_deploy.runtime.harness import BUSY_CORES, busy_note
 from dery_deploy.runtime.target import Target, backend_of
 from dery_deploy.similarity.compute import Similarity, compute_similarity
-from dery_deploy.train.evaluate import evaluate_model
+from dery_deploy.train.evaluate import Evaluation, evaluate_model
 from dery_deploy.train.finetune import finetune, load_run_model
 from dery_deploy.train.run_folder import FinetuneMetrics, RunFolder
 from dery_deploy.zoo.summary import zoo_rows
@@ -218,29 +218,28 @@ def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | Non
 
     def reuse():
         if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
-            ev = json.loads(path.read_text())
-            return ev if (latency is None or "latency" in ev) else None
+            ev = Evaluation.read(path)
+            return ev if (latency is None or ev.latency is not None) else None
         return None
 
     def compute():
         model, _ = load_run_model(run_dir)
         return evaluate_model(model, task, run_dir, label, latency=latency)
 
-    ev = r.stage(f"evaluate {label}", reuse, compute)
-    lat = ev.get("latency")
-    flag = "" if not lat or lat["stable"] else " [yellow](unstable measurement)[/]"
+    ev: Evaluation = r.stage(f"evaluate {label}", reuse, compute)
+    lat = ev.latency
+    flag = "" if not lat or lat.stable else " [yellow](unstable measurement)[/]"
     r.say(
-        f"  {label}: top-1 {ev['top1']:.2f}%"
-        + (f", measured {lat['median_ms']:.4f} ms ({lat['backend']}){flag}" if lat else "")
+        f"  {label}: top-1 {ev.top1:.2f}%" + (f", measured {lat.median_ms:.4f} ms ({lat.backend}){flag}" if lat else "")
     )
     out = {
-        "top1": ev["top1"],
-        "per_class": ev["per_class"],
-        "params_m": ev["params_m"],
-        "confusion_png": str(run_dir / ev["confusion_png"]),
+        "top1": ev.top1,
+        "per_class": ev.per_class,
+        "params_m": ev.params_m,
+        "confusion_png": str(run_dir / ev.confusion_png),
     }
     if lat:
-        out["measured_ms"], out["measured_stable"] = lat["median_ms"], lat["stable"]
+        out["measured_ms"], out["measured_stable"] = lat.median_ms, lat.stable
     return out
 
 
