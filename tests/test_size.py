@@ -23,7 +23,6 @@ RATCHET = {
     "similarity/compute.py::compute_similarity": 76,
     "zoo/spec.py::parse_zoo": 76,
     "profile/bundle.py::import_result": 72,
-    "cli/finetune.py::finetune": 69,
     "export/bundle.py::jetson_bundle": 69,
     "assemble/stage.py::program_data": 61,
 }
