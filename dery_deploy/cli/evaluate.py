@@ -28,11 +28,11 @@ def evaluate(
 ) -> None:
     """Evaluate a fine-tuned plan or donor on the task's test set and measure it here."""
     model, cfg = load_run_model(run)
-    zoo = get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
-    task = load_task(data or cfg["data"], zoo.input, cfg["recipe"].get("seed", 0))
-    task.require_classes(cfg.get("classes"), f"run {run}", "evaluate it on data with the same classes", "evaluate")
+    zoo = get_zoo(cfg.zoo_ref)
+    task = load_task(data or cfg.data, zoo.input, cfg.seed)
+    task.require_classes(cfg.classes, f"run {run}", "evaluate it on data with the same classes", "evaluate")
     show_notes(task.notes)
-    plan = cfg["source"].get("plan") or {}
+    plan = cfg.source.get("plan") or {}
     here = {s.id: s for s in this_machine()}
     # the plan's backend where this machine is its device, else this machine's default backend
     spec = here.get(plan.get("device", "")) or (this_machine() or [get_device("cpu")])[0]
@@ -42,27 +42,28 @@ def evaluate(
         plan.get("precision") if spec.id == plan.get("device") else None,
         plan.get("threads") if spec.id == plan.get("device") else None,
     )
-    name = cfg["source"].get("donor") or "reassembled"
+    name = cfg.source.get("donor") or "reassembled"
     res = evaluate_model(model, task, Path(run), name, latency=(backend, precision, device_for(spec)))
     if as_json:
-        print(json.dumps(res, indent=2))
+        print(json.dumps(res.to_dict(), indent=2))
         return
-    lat = res["latency"]
+    lat = res.latency
+    assert lat is not None and lat.uncertainty is not None  # measured just now
     console.print(
-        f"{run}: top-1 [bold]{res['top1']:.2f}%[/] on {res['test_images']} test images, {res['params_m']:.3f} M params"
+        f"{run}: top-1 [bold]{res.top1:.2f}%[/] on {res.test_images} test images, {res.params_m:.3f} M params"
     )
-    warn = "" if lat["stable"] else "  [yellow]UNSTABLE measurement: the machine was busy; rerun to trust it[/]"
+    warn = "" if lat.stable else "  [yellow]UNSTABLE measurement: the machine was busy; rerun to trust it[/]"
     console.print(
-        f"latency {lat['median_ms']:.4f} ms (±{100 * lat['uncertainty']:.1f}%; p90 {lat['p90_ms']:.4f} ms), "
-        f"{lat['backend']} {lat['precision']}, batch 1"
-        + (f", {lat['threads']} thread(s)" if lat.get("threads") else "")
+        f"latency {lat.median_ms:.4f} ms (±{100 * lat.uncertainty:.1f}%; p90 {lat.p90_ms:.4f} ms), "
+        f"{lat.backend} {lat.precision}, batch 1"
+        + (f", {lat.threads} thread(s)" if lat.threads else "")
         + f", on {spec.id}{warn}"
     )
     listing = Listing(None, "class", "accuracy (%)", numbers=("accuracy (%)",))
-    for c, a in res["per_class"].items():
+    for c, a in res.per_class.items():
         listing.add(**{"class": c, "accuracy (%)": f"{a:.1f}"})
     listing.show()
-    console.print(f"confusion matrix: {Path(run) / res['confusion_png']}")
+    console.print(f"confusion matrix: {Path(run) / res.confusion_png}")
 
 
 def register(app: typer.Typer) -> None:

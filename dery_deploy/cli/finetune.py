@@ -17,13 +17,14 @@ from pathlib import Path
 import typer
 
 from dery_deploy.cli.common import console, show_notes
-from dery_deploy.data.task import DEFAULT_DATA, load_task
+from dery_deploy.data.task import DEFAULT_DATA, Task, load_task
 from dery_deploy.errors import DeryError
-from dery_deploy.network.plan import load_plan
+from dery_deploy.network.plan import Plan, load_plan
 from dery_deploy.train.finetune import Recipe, dist_info, load_run_model
 from dery_deploy.train.finetune import finetune as run_finetune
 from dery_deploy.train.teacher import make_teacher
 from dery_deploy.zoo.load import get_zoo
+from dery_deploy.zoo.spec import ZooSpec
 
 
 def finetune(
@@ -78,36 +79,14 @@ def finetune(
         raise DeryError("give either a plan.json or --donor NAME", "finetune")
     if out.exists() and not out.is_dir():
         raise DeryError(f"{out} is a file, not a run folder: choose another -o", "finetune")
+    p: Plan | None = None
     if plan is not None:
-        p = load_plan(plan)
-        if zoo is not None:
-            raise DeryError(f"--zoo {zoo!r} is for --donor; plan {plan} names its own zoo ({p.zoo_ref})", "finetune")
-        z = get_zoo(p.zoo_ref)
-        if z.hash() != p.zoo_hash:
-            raise DeryError(
-                f"plan {plan} was made for zoo {p.zoo!r} {p.zoo_hash}; its weights or spec changed "
-                f"(now {z.hash()}): re-assemble",
-                "finetune",
-            )
-        weights = Path(plan).with_suffix(".safetensors")
-        source = {"plan": p.to_dict(), "adapter_weights": str(weights.resolve()) if weights.is_file() else None}
+        source, z, p = _plan_source(plan, zoo)
     elif donor is not None:  # always, where there is no plan: exactly one of the two is given (checked above)
         z = get_zoo(zoo or "fashion")
         z.donor(donor)
         source = {"donor": donor, "zoo_ref": z.ref}
-    planned_on = (p.task or {}).get("spec") if plan is not None else None
-    data = data or planned_on or DEFAULT_DATA
-    task = load_task(data, z.input, seed)
-    if plan is not None:
-        task.require_classes(
-            (p.task or {}).get("classes"), f"plan {plan}", "assemble the plan with this --data", "finetune"
-        )
-    if plan is not None and p.num_classes != task.num_classes:
-        raise DeryError(
-            f"plan {plan} has a {p.num_classes}-class head, but --data {data!r} has {task.num_classes} "
-            "classes; assemble the plan with this --data",
-            "finetune",
-        )
+    task = _plan_task(plan, p, data, z, seed)
     rank, _ = dist_info()
     if rank == 0:
         show_notes(task.notes)
@@ -138,11 +117,46 @@ def finetune(
         device=device,
         teacher=from_teacher,
     )
-    if rank == 0:
+    if metrics is not None:  # rank 0 (the other ranks get None)
         console.print(
-            f"validation accuracy {metrics['val_accuracy']:.2f}%, test accuracy {metrics['test_accuracy']:.2f}% "
-            f"({metrics['params_m']:.3f} M params) -> {out}"
+            f"validation accuracy {metrics.val_accuracy:.2f}%, test accuracy {metrics.test_accuracy:.2f}% "
+            f"({metrics.params_m:.3f} M params) -> {out}"
         )
+
+
+def _plan_source(plan: Path, zoo: str | None) -> tuple[dict, ZooSpec, Plan]:
+    """What a plan.json trains (the adapter weights beside it, where there are), on its own zoo as it was."""
+    p = load_plan(plan)
+    if zoo is not None:
+        raise DeryError(f"--zoo {zoo!r} is for --donor; plan {plan} names its own zoo ({p.zoo_ref})", "finetune")
+    z = get_zoo(p.zoo_ref)
+    if z.hash() != p.zoo_hash:
+        raise DeryError(
+            f"plan {plan} was made for zoo {p.zoo!r} {p.zoo_hash}; its weights or spec changed "
+            f"(now {z.hash()}): re-assemble",
+            "finetune",
+        )
+    weights = Path(plan).with_suffix(".safetensors")
+    source = {"plan": p.to_dict(), "adapter_weights": str(weights.resolve()) if weights.is_file() else None}
+    return source, z, p
+
+
+def _plan_task(plan: Path | None, p: Plan | None, data: str | None, z: ZooSpec, seed: int) -> Task:
+    """The task trained on: --data, else the plan's own, else the default; a plan's classes must be its."""
+    planned_on = (p.task or {}).get("spec") if p is not None else None
+    data = data or planned_on or DEFAULT_DATA
+    task = load_task(data, z.input, seed)
+    if p is not None:
+        task.require_classes(
+            (p.task or {}).get("classes"), f"plan {plan}", "assemble the plan with this --data", "finetune"
+        )
+    if p is not None and p.num_classes != task.num_classes:
+        raise DeryError(
+            f"plan {plan} has a {p.num_classes}-class head, but --data {data!r} has {task.num_classes} "
+            "classes; assemble the plan with this --data",
+            "finetune",
+        )
+    return task
 
 
 def register(app: typer.Typer) -> None:

@@ -59,15 +59,15 @@ def resolve(
     """The run's network, the plan it is held to, and what the file is made and measured as: the precision,
     the plan's batch, thread count and percentile, the task's parity images."""
     model, cfg = load_run_model(run)
-    zoo = get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
-    plan = plan or cfg["source"].get("plan")
+    zoo = get_zoo(cfg.zoo_ref)
+    plan = plan or cfg.source.get("plan")
     spec = get_device(device) if device else (get_device(plan["device"]) if plan and plan.get("device") else None)
     prec = export_precision(fmt, precision, plan, spec)
     batch = int(plan.get("batch", 1)) if plan else 1
     threads = plan.get("threads") if plan else (spec.threads if spec else None)
     percentile = int(((plan or {}).get("budget") or {}).get("percentile") or 50)
-    seed = cfg["recipe"].get("seed", 0)
-    task = load_task(cfg["data"], zoo.input, seed=seed)
+    seed = cfg.seed
+    task = load_task(cfg.data, zoo.input, seed=seed)
     x = task.x("test")[:PARITY_IMAGES].contiguous()
     job = ExportJob(model, x, Path(out or Path(run) / "export"), prec, batch, threads, percentile, task, seed, spec)
     return job, plan

@@ -212,10 +212,10 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
     ev = stage_evaluate(r, mix_dir, ctx.task, f"best mix {b:g} ms")
     mix = {
         "plan": plan.to_dict(),
-        "val_accuracy": metrics.get("val_accuracy"),
-        "phase1_top1": metrics.get("phase1_test_accuracy"),
-        "kept": metrics.get("kept"),
-        "seam_matching": metrics.get("seam_matching"),
+        "val_accuracy": metrics.val_accuracy,
+        "phase1_top1": metrics.phase1_test_accuracy,
+        "kept": metrics.kept,
+        "seam_matching": [s.to_dict() for s in metrics.seam_matching],
         **ev,
     }
     mix["onnx"] = stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms").to_dict()

@@ -22,8 +22,9 @@ from dery_deploy.profile.store import Profile, profile_path, read_profile
 from dery_deploy.runtime.harness import BUSY_CORES, busy_note
 from dery_deploy.runtime.target import Target, backend_of
 from dery_deploy.similarity.compute import Similarity, compute_similarity
-from dery_deploy.train.evaluate import evaluate_model
+from dery_deploy.train.evaluate import Evaluation, evaluate_model
 from dery_deploy.train.finetune import finetune, load_run_model
+from dery_deploy.train.run_folder import FinetuneMetrics, RunFolder
 from dery_deploy.zoo.summary import zoo_rows
 
 
@@ -168,7 +169,7 @@ def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: 
     if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
         return json.loads(cache.read_text())
     model, cfg = load_run_model(run_dir)
-    qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg["recipe"].get("seed", 0)))
+    qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg.seed))
     runtime = artifact_runner(qdq, backend_of(target), threads)
     acc = {**accuracy_change(model, runtime, task.x(split), task.y(split), split), "target": target}
     atomic_write_json(cache, acc)
@@ -177,19 +178,20 @@ def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: 
 
 def stage_finetune(
     r: Run, name: str, source: dict, zoo, task, recipe, run_dir: Path, eval_phase1: bool = False, teacher=None
-) -> dict:
+) -> FinetuneMetrics:
     def reuse():
         if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
             return None
-        cfg = json.loads((run_dir / "config.json").read_text())
+        cfg = RunFolder(run_dir).config()
         want = teacher.describe() if (teacher and recipe.distill) else None
         same = (
-            cfg.get("source") == source
-            and cfg.get("task_hash") == task.hash()
-            and cfg.get("recipe") == asdict(recipe)
-            and cfg.get("teacher") == want
+            cfg is not None
+            and cfg.source == source
+            and cfg.task_hash == task.hash()
+            and cfg.recipe == asdict(recipe)
+            and cfg.teacher == want
         )
-        return json.loads((run_dir / "metrics.json").read_text()) if same else None
+        return FinetuneMetrics.read(run_dir / "metrics.json") if same else None
 
     def compute():
         # another configuration in this folder (an earlier run with other options) is replaced, not refused
@@ -206,7 +208,7 @@ def stage_finetune(
             teacher=teacher,
         )
 
-    return r.stage(name, reuse, compute, lambda m: f"validation {m.get('val_accuracy')}%")
+    return r.stage(name, reuse, compute, lambda m: f"validation {m.val_accuracy}%")
 
 
 def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | None = None) -> dict:
@@ -215,29 +217,28 @@ def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | Non
 
     def reuse():
         if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
-            ev = json.loads(path.read_text())
-            return ev if (latency is None or "latency" in ev) else None
+            ev = Evaluation.read(path)
+            return ev if (latency is None or ev.latency is not None) else None
         return None
 
     def compute():
         model, _ = load_run_model(run_dir)
         return evaluate_model(model, task, run_dir, label, latency=latency)
 
-    ev = r.stage(f"evaluate {label}", reuse, compute)
-    lat = ev.get("latency")
-    flag = "" if not lat or lat["stable"] else " [yellow](unstable measurement)[/]"
+    ev: Evaluation = r.stage(f"evaluate {label}", reuse, compute)
+    lat = ev.latency
+    flag = "" if not lat or lat.stable else " [yellow](unstable measurement)[/]"
     r.say(
-        f"  {label}: top-1 {ev['top1']:.2f}%"
-        + (f", measured {lat['median_ms']:.4f} ms ({lat['backend']}){flag}" if lat else "")
+        f"  {label}: top-1 {ev.top1:.2f}%" + (f", measured {lat.median_ms:.4f} ms ({lat.backend}){flag}" if lat else "")
     )
     out = {
-        "top1": ev["top1"],
-        "per_class": ev["per_class"],
-        "params_m": ev["params_m"],
-        "confusion_png": str(run_dir / ev["confusion_png"]),
+        "top1": ev.top1,
+        "per_class": ev.per_class,
+        "params_m": ev.params_m,
+        "confusion_png": str(run_dir / ev.confusion_png),
     }
     if lat:
-        out["measured_ms"], out["measured_stable"] = lat["median_ms"], lat["stable"]
+        out["measured_ms"], out["measured_stable"] = lat.median_ms, lat.stable
     return out
 
 
@@ -314,7 +315,7 @@ def stage_donors(
             ddir,
             teacher=teacher,
         )
-        donors[name] = DonorResult(m.get("val_accuracy"), donor_ms[name], str(ddir))
+        donors[name] = DonorResult(m.val_accuracy, donor_ms[name], str(ddir))
         if evaluate:
             ev = stage_evaluate(r, ddir, task, f"donor {name}")
             d = donors[name]

@@ -4,15 +4,54 @@ phase, history, config) in its metadata; written atomically after every epoch.""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dery_deploy.artifacts import atomic_write_with
+from dery_deploy.schema import load_dataclass
+from dery_deploy.train.results import EpochRecord, SeamEpoch
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint carries besides the weights: where the run stands, to resume it."""
+
+    epoch: int
+    phase: int
+    history: list[EpochRecord]
+    config: dict  # config.json as written (`RunConfig.to_dict()`): it names the run, nothing reads it back
+    phase1_done: bool
+    probe_acc: float | None
+    seam_matching: list[SeamEpoch]
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["history"] = [h.to_dict() for h in self.history]
+        d["seam_matching"] = [s.to_dict() for s in self.seam_matching]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CheckpointMeta:
+        return load_dataclass(cls, d)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run's last checkpoint as read back: the model's state, the optimizer's tensors (flat,
+    `optim.<param>.<name>`) and the rest of its state dict, and where the run stood."""
+
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, torch.Tensor]
+    optimizer_groups: dict  # torch's format ({"param_groups": [...]}): see `_flat_optimizer`
+    meta: CheckpointMeta
 
 
 def _flat_optimizer(opt) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's tensors, flat (`optim.<param>.<name>`), and the rest of its state dict: that part
+    is torch's own format ({"param_groups": [...]}), passed back to `load_state_dict` as it is, so a dict."""
     if opt is None:  # a finished run re-saved without training (no optimizer to resume)
         return {}, {"param_groups": []}
     sd = opt.state_dict()
@@ -23,22 +62,23 @@ def _flat_optimizer(opt) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def restore_optimizer(opt, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def restore_optimizer(opt, tensors: dict[str, torch.Tensor], groups: dict) -> None:
+    """Load a checkpoint's optimizer state (`Checkpoint.optimizer_state`, `.optimizer_groups`) into `opt`."""
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         _, idx, name = key.split(".", 2)
         state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
 
 
-def save_checkpoint(run: Path, model: nn.Module, opt, meta: dict) -> None:
+def save_checkpoint(run: Path, model: nn.Module, opt, meta: CheckpointMeta) -> None:
     from safetensors.torch import save_file
 
     base: nn.Module = getattr(model, "module", model)  # a (Distributed)DataParallel wraps it in .module
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in base.state_dict().items()}
     otensors, ometa = _flat_optimizer(opt)
     tensors.update(otensors)
-    metadata = {"meta": json.dumps({**meta, "optimizer": ometa})}
+    metadata = {"meta": json.dumps({**meta.to_dict(), "optimizer": ometa})}
     atomic_write_with(run / "checkpoint.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -57,8 +97,8 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(model state, optimizer tensors, meta) of a run's last checkpoint."""
+def load_checkpoint(run: Path) -> Checkpoint:
+    """A run's last checkpoint."""
     from safetensors import safe_open
 
     model, optim = {}, {}
@@ -69,4 +109,5 @@ def load_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch
                 model[k.split(".", 1)[1]] = f.get_tensor(k)
             else:
                 optim[k] = f.get_tensor(k)
-    return model, optim, meta
+    groups = meta.pop("optimizer")
+    return Checkpoint(model, optim, groups, CheckpointMeta.from_dict(meta))

@@ -18,14 +18,13 @@ from pathlib import Path
 
 from torch import nn
 
-from dery_deploy.artifacts import read_json_artifact
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
 from dery_deploy.train.checkpoint import load_checkpoint
 from dery_deploy.train.distributed import dist_info, global_sums, init_distributed, train_device
 from dery_deploy.train.phases import stitch_params
 from dery_deploy.train.recipe import Recipe
-from dery_deploy.train.run_folder import KIND, PHASE1_WEIGHTS, SCHEMA, Finished
+from dery_deploy.train.run_folder import KIND, PHASE1_WEIGHTS, SCHEMA, FinetuneMetrics, Finished, RunConfig
 from dery_deploy.train.teacher import Teacher
 from dery_deploy.train.trainer import FinetuneRun, RunOptions, accuracy, augment, build_model, start_model
 from dery_deploy.zoo.load import get_zoo
@@ -34,7 +33,9 @@ __all__ = [
     "KIND",
     "PHASE1_WEIGHTS",
     "SCHEMA",
+    "FinetuneMetrics",
     "Recipe",
+    "RunConfig",
     "accuracy",
     "augment",
     "build_model",
@@ -64,12 +65,12 @@ def finetune(
     eval_phase1: bool = False,
     device: str | None = None,
     teacher: Teacher | None = None,
-) -> dict:
+) -> FinetuneMetrics | None:
     """Train and write run/: config.json, checkpoint.safetensors, history.json, metrics.json.
 
     A run folder holding the same configuration is resumed from its last checkpoint (or returned
     when finished); one holding another configuration is refused unless `force`.
-    Returns metrics.json's content (empty on the ranks other than 0).
+    Returns metrics.json's content (None on the ranks other than 0).
     """
     options = RunOptions(force, resume, progress, log, test, eval_phase1, device)
     job = FinetuneRun(source, zoo, task, recipe, Path(run), teacher, options)
@@ -80,10 +81,10 @@ def finetune(
     job.train()
     metrics = job.finish()
     job.cleanup()
-    return metrics.to_dict() if metrics is not None else {}
+    return metrics
 
 
-def load_run_model(run: Path, zoo=None) -> tuple[nn.Module, dict]:
+def load_run_model(run: Path, zoo=None) -> tuple[nn.Module, RunConfig]:
     """The trained network of a run directory (on the CPU, eval mode), with its config."""
     run = Path(run)
     if run.is_file():
@@ -92,20 +93,19 @@ def load_run_model(run: Path, zoo=None) -> tuple[nn.Module, dict]:
             + (f": fine-tune it first (dery finetune {run} -o RUN/)" if run.suffix == ".json" else ""),
             "finetune",
         )
-    cfg = read_json_artifact(run / "config.json", KIND, SCHEMA, "finetune")
+    cfg = RunConfig.read(run)
     if not (run / "checkpoint.safetensors").is_file():
         raise DeryError(f"{run} has no checkpoint.safetensors; run `dery finetune` into it first", "finetune")
-    zoo = zoo or get_zoo(cfg.get("zoo_ref", cfg["zoo"]))
-    if zoo.hash() != cfg["zoo_hash"]:
+    zoo = zoo or get_zoo(cfg.zoo_ref)
+    if zoo.hash() != cfg.zoo_hash:
         raise DeryError(
-            f"run {run} was trained on zoo {cfg['zoo']!r} {cfg['zoo_hash']}, but the zoo is now {zoo.hash()} "
-            f"(weights or spec changed): restore {cfg.get('zoo_ref', cfg['zoo'])} as it was, or fine-tune again",
+            f"run {run} was trained on zoo {cfg.zoo!r} {cfg.zoo_hash}, but the zoo is now {zoo.hash()} "
+            f"(weights or spec changed): restore {cfg.zoo_ref} as it was, or fine-tune again",
             "finetune",
         )
     try:
-        model = build_model(cfg["source"], zoo, num_classes=cfg["num_classes"])
-        msd, _, _ = load_checkpoint(run)
-        model.load_state_dict(msd)
+        model = build_model(cfg.source, zoo, num_classes=cfg.num_classes)
+        model.load_state_dict(load_checkpoint(run).model_state)
     except DeryError as e:
         raise DeryError(f"the checkpoint's plan in {run} fails to rebuild: {e}", "export") from None
     except RuntimeError as e:

@@ -19,6 +19,7 @@ from torch import nn
 
 from dery_deploy.data.task import Task
 from dery_deploy.network.plan import AssembledNet, Plan, stitch_specs
+from dery_deploy.train.results import SeamEpoch
 
 
 def seam_targets(plan: Plan, dissections: dict) -> list[tuple[int, nn.Module]]:
@@ -44,7 +45,7 @@ def match_seams(
     batch: int = 128,
     seed: int = 0,
     device: torch.device | None = None,
-) -> list[dict]:
+) -> list[SeamEpoch]:
     """Train everything upstream of each seam to reproduce the downstream donor's representation
     there (relative MSE); returns one history record per epoch."""
     if not isinstance(net, AssembledNet) or epochs <= 0:
@@ -68,7 +69,7 @@ def match_seams(
     steps = max(1, n // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps, pct_start=0.1)
     g = torch.Generator().manual_seed(31337 + seed)
-    history = []
+    history: list[SeamEpoch] = []
     for epoch in range(epochs):
         for m in upstream:
             m.train()
@@ -92,6 +93,6 @@ def match_seams(
             opt.step()
             sched.step()
             total += loss.item() / len(targets)
-        history.append({"epoch": epoch, "phase": 0, "seam_rel_mse": round(total / steps, 5), "images": steps * batch})
+        history.append(SeamEpoch(epoch, 0, round(total / steps, 5), steps * batch))
     net.eval()
     return history

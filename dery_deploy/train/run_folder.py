@@ -6,17 +6,17 @@ a checkpoint to resume, or another run."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-import torch
 
 from dery_deploy.artifacts import read_json_artifact
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
-from dery_deploy.train.checkpoint import load_checkpoint
+from dery_deploy.schema import load_dataclass
+from dery_deploy.train.checkpoint import Checkpoint, load_checkpoint
 from dery_deploy.train.recipe import Recipe
-from dery_deploy.train.teacher import Teacher
+from dery_deploy.train.results import EpochRecord, SeamEpoch
+from dery_deploy.train.teacher import Teacher, TeacherSummary
 
 SCHEMA = 3
 KIND = "finetune-run"
@@ -38,8 +38,8 @@ class RunConfig:
     task_hash: str
     num_classes: int
     classes: list[str]
-    recipe: dict
-    teacher: dict | None
+    recipe: dict  # the Recipe's fields as trained (`asdict`)
+    teacher: TeacherSummary | None
     world_size: int
 
     @classmethod
@@ -58,82 +58,47 @@ class RunConfig:
             world_size=world,
         )
 
-    def to_dict(self) -> dict:
-        return {"schema": SCHEMA, "kind": KIND, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
-
-    def same_as(self, old: dict | None) -> bool:
-        """Whether a folder's config.json describes this run: DDP with N processes trains the same
-        network as one process, so the number of processes does not count."""
-        new = self.to_dict()
-        drop = ("world_size",)
-        return old is not None and {k: v for k, v in old.items() if k not in drop} == {
-            k: v for k, v in new.items() if k not in drop
-        }
-
-
-@dataclass
-class EpochRecord:
-    """One epoch of history.json. The optional fields are written only when set: `distill_loss` when
-    the recipe distils, `plateau` when phase 1 ended here early, `val_acc` (and with `eval_phase1`
-    `test_acc`) on the epoch that ended phase 1."""
-
-    epoch: int
-    phase: int
-    loss: float
-    train_acc: float
-    seconds: float
-    distill_loss: float | None = None
-    plateau: bool = False
-    val_acc: float | None = None
-    test_acc: float | None = None
-    # (mean loss, train accuracy %) before rounding, for the log line; not written
-    exact: tuple[float, float] | None = field(default=None, repr=False, compare=False)
+    @property
+    def seed(self) -> int:
+        """The recipe's seed (that of the task's split and of the calibration images too)."""
+        return self.recipe.get("seed", 0)
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("epoch", "phase", "loss", "train_acc", "seconds")}
-        optional = {
-            "distill_loss": self.distill_loss,
-            "plateau": True if self.plateau else None,
-            "val_acc": self.val_acc,
-            "test_acc": self.test_acc,
-        }
-        return d | {k: v for k, v in optional.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EpochRecord:
-        return cls(**d)
-
-
-@dataclass
-class CheckpointMeta:
-    """What a checkpoint carries besides the weights: where the run stands, to resume it."""
-
-    epoch: int
-    phase: int
-    history: list[EpochRecord]
-    config: dict
-    phase1_done: bool
-    probe_acc: float | None
-    seam_matching: list[dict]
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["history"] = [h.to_dict() for h in self.history]
+        d = {"schema": SCHEMA, "kind": KIND, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+        d["teacher"] = self.teacher.to_dict() if self.teacher is not None else None
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        """config.json's content (its schema and kind as checked by `read`); a TypeError names what it lacks
+        or has beyond a config."""
+        return load_dataclass(cls, {k: v for k, v in d.items() if k not in ("schema", "kind")})
 
-@dataclass
+    @classmethod
+    def read(cls, run: Path) -> RunConfig:
+        """A run folder's config.json; a DeryError where it is missing, or of another kind or schema."""
+        return cls.from_dict(read_json_artifact(Path(run) / "config.json", KIND, SCHEMA, "finetune"))
+
+    def same_as(self, old: RunConfig | None) -> bool:
+        """Whether a folder's config.json describes this run: DDP with N processes trains the same
+        network as one process, so the number of processes does not count."""
+        return old is not None and replace(old, world_size=self.world_size) == self
+
+
+@dataclass(frozen=True)
 class FinetuneMetrics:
     """metrics.json: what a finished run reports, in the order it is written."""
 
     val_accuracy: float | None
-    kept: str  # "end to end", or why the network as phase 1 left it ships
+    # "end to end", or why the network as phase 1 left it ships; None (and not written) only as read from
+    # a metrics.json made before the better of the two was kept (2026-11-28)
+    kept: str | None
     test_accuracy: float | None
     phase1_val_accuracy: float | None
     phase1_test_accuracy: float | None
     phase1_epochs: int
     probe_train_accuracy: float | None
-    seam_matching: list[dict]
+    seam_matching: list[SeamEpoch]
     epochs: int
     history: list[EpochRecord]
     device: str
@@ -143,8 +108,20 @@ class FinetuneMetrics:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["seam_matching"] = [s.to_dict() for s in self.seam_matching]
         d["history"] = [h.to_dict() for h in self.history]
+        if self.kept is None:
+            del d["kept"]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FinetuneMetrics:
+        return load_dataclass(cls, {"kept": None, **d})
+
+    @classmethod
+    def read(cls, path: Path) -> FinetuneMetrics:
+        """A run folder's metrics.json."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass
@@ -156,20 +133,14 @@ class Fresh:
 class Finished:
     """The same run, finished: its metrics.json as written."""
 
-    metrics: dict
+    metrics: FinetuneMetrics
 
 
 @dataclass
 class Resume:
     """The same run, stopped after an epoch: its last checkpoint."""
 
-    model_state: dict[str, torch.Tensor]
-    optimizer_state: dict[str, torch.Tensor]
-    meta: dict = field(repr=False)
-
-    @property
-    def history(self) -> list[EpochRecord]:
-        return [EpochRecord.from_dict(h) for h in self.meta["history"]]
+    checkpoint: Checkpoint = field(repr=False)
 
 
 @dataclass
@@ -191,12 +162,12 @@ class RunFolder:
             raise DeryError(f"{run} is a file, not a run folder: choose another -o", "finetune")
         if not (run.exists() and any(run.iterdir())):
             return Fresh()
-        if not cfg.same_as(self._config()):
+        if not cfg.same_as(self.config()):
             return Conflict()
         if (run / "metrics.json").is_file():
-            return Finished(json.loads((run / "metrics.json").read_text()))
+            return Finished(FinetuneMetrics.read(run / "metrics.json"))
         if resume and (run / "checkpoint.safetensors").is_file():
-            return Resume(*load_checkpoint(run))
+            return Resume(load_checkpoint(run))
         return Fresh()
 
     def clear(self) -> None:
@@ -211,10 +182,9 @@ class RunFolder:
             "finetune",
         )
 
-    def _config(self) -> dict | None:
-        """The folder's config.json, or None where there is none (or it is unreadable)."""
-        cfg_path = self.path / "config.json"
+    def config(self) -> RunConfig | None:
+        """The folder's config.json, or None where there is none (or it is unreadable, or no config)."""
         try:
-            return read_json_artifact(cfg_path, KIND, SCHEMA, "finetune") if cfg_path.is_file() else None
-        except DeryError:
+            return RunConfig.read(self.path) if (self.path / "config.json").is_file() else None
+        except (DeryError, TypeError):
             return None

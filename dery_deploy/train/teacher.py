@@ -9,13 +9,26 @@ CVPR 2022) asks for one view for both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from dery_deploy.artifacts import atomic_write_with, sha256_file, sha256_json
 from dery_deploy.data.task import Task
+
+
+@dataclass(frozen=True)
+class TeacherSummary:
+    """What a run's config.json records of the teacher it distils from: its run folders' names, the key of
+    its cached logits, and how many unlabelled images they cover."""
+
+    runs: list[str]
+    key: str
+    images: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -25,8 +38,8 @@ class Teacher:
     images: torch.Tensor  # uint8 (N, C, H, W): the unlabelled pool
     logits: torch.Tensor  # (N, classes): the ensemble's mean logits on it
 
-    def describe(self) -> dict:
-        return {"runs": [Path(r).name for r in self.runs], "key": self.key, "images": len(self.images)}
+    def describe(self) -> TeacherSummary:
+        return TeacherSummary([Path(r).name for r in self.runs], self.key, len(self.images))
 
 
 @torch.no_grad()

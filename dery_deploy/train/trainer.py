@@ -26,18 +26,24 @@ from dery_deploy.artifacts import atomic_write_json, make_output_dir
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan, build_net, load_stitch_weights
-from dery_deploy.train.checkpoint import load_weights, restore_optimizer, save_checkpoint, save_weights
+from dery_deploy.train.checkpoint import (
+    Checkpoint,
+    CheckpointMeta,
+    load_weights,
+    restore_optimizer,
+    save_checkpoint,
+    save_weights,
+)
 from dery_deploy.train.distill import DistillBatches, kd_loss
 from dery_deploy.train.distributed import DistContext, dist_info, unwrap
 from dery_deploy.train.head_init import fit_head
 from dery_deploy.train.heal import match_seams
 from dery_deploy.train.phases import fast_forward, make_optimizer, next_phase, phase_steps, plateaued, set_phase
 from dery_deploy.train.recipe import Recipe
+from dery_deploy.train.results import EpochRecord, SeamEpoch
 from dery_deploy.train.run_folder import (
     PHASE1_WEIGHTS,
-    CheckpointMeta,
     Conflict,
-    EpochRecord,
     FinetuneMetrics,
     Finished,
     Fresh,
@@ -152,10 +158,10 @@ class FinetuneRun:
         self.history: list[EpochRecord] = []
         self.phase1_done = recipe.epochs_adapter == 0
         self.probe_acc: float | None = None
-        self.seam_matching: list[dict] = []
+        self.seam_matching: list[SeamEpoch] = []
         self.phase_now: int | None = None
         self.opt: torch.optim.Optimizer | None = None
-        self._resume_from: Resume | None = None
+        self._resume_from: Checkpoint | None = None
 
     def folder_state(self) -> Fresh | Finished | Resume:
         """What the run folder holds for this run; another run is refused, or removed with `force`."""
@@ -186,10 +192,11 @@ class FinetuneRun:
         self.t0 = time.time()
 
     def _resume(self, state: Resume) -> None:
-        self.model.load_state_dict(state.model_state)
-        self.history, self.phase1_done = state.history, state.meta["phase1_done"]
-        self.probe_acc, self.seam_matching = state.meta.get("probe_acc"), state.meta.get("seam_matching", [])
-        self._resume_from = state
+        ckpt = state.checkpoint
+        self.model.load_state_dict(ckpt.model_state)
+        self.history, self.phase1_done = list(ckpt.meta.history), ckpt.meta.phase1_done
+        self.probe_acc, self.seam_matching = ckpt.meta.probe_acc, list(ckpt.meta.seam_matching)
+        self._resume_from = ckpt
 
     def _heal_and_probe(self, dissections) -> None:
         r = self.recipe
@@ -246,8 +253,8 @@ class FinetuneRun:
         model = self.dist.unwrap_for_rewrap(self.model)
         self.opt, sched = make_optimizer(model, phase, self.recipe, phase_steps(self.recipe, phase, self.steps))
         resumed = self._resume_from
-        if resumed is not None and resumed.meta["phase"] == phase:
-            restore_optimizer(self.opt, resumed.optimizer_state, resumed.meta["optimizer"])
+        if resumed is not None and resumed.meta.phase == phase:
+            restore_optimizer(self.opt, resumed.optimizer_state, resumed.optimizer_groups)
             fast_forward(sched, sum(1 for h in self.history if h.phase == phase) * self.steps)
         self._resume_from = None
         self.sched = sched
@@ -312,9 +319,7 @@ class FinetuneRun:
             if self.dist.is_main and ends and len(self.task.val):
                 self._snapshot_phase1(rec)
         if self.dist.is_main:
-            save_checkpoint(
-                self.folder.path, self.model, self.opt, self._meta(rec.epoch, rec.phase, self.phase1_done).to_dict()
-            )
+            save_checkpoint(self.folder.path, self.model, self.opt, self._meta(rec.epoch, rec.phase, self.phase1_done))
         if self.options.log and self.dist.is_main:
             assert rec.exact is not None  # set by _train_epoch
             loss, acc = rec.exact
@@ -377,7 +382,7 @@ class FinetuneRun:
         kept = f"phase 1 (end to end lowered validation {p1_acc:.2f}% -> {val_acc:.2f}%)"
         base.load_state_dict(load_weights(snapshot))
         save_checkpoint(
-            self.folder.path, base, self.opt, self._meta(len(self.history) - 1, self.history[-1].phase, True).to_dict()
+            self.folder.path, base, self.opt, self._meta(len(self.history) - 1, self.history[-1].phase, True)
         )
         if self.options.log:
             self.options.log(f"kept the {kept}")

@@ -31,11 +31,12 @@ def test_finetune_lowers_loss_and_resumes(tiny_ws, small_task, tmp_path):
     src = {"plan": tiny_plan(tiny_ws).to_dict()}
     recipe = Recipe(epochs_adapter=2, epochs_full=2, batch=50, lr=3e-3, lr_full=1e-3, head_init="random")
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
-    h = m["history"]
-    assert [e["phase"] for e in h] == [1, 1, 2, 2]
-    assert h[-1]["loss"] < h[0]["loss"]
-    _, optim, meta = load_checkpoint(tmp_path / "run")
-    assert meta["epoch"] == 3 and meta["config"]["source"]["plan"]["blocks"] and optim
+    h = m.history
+    assert [e.phase for e in h] == [1, 1, 2, 2]
+    assert h[-1].loss < h[0].loss
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.meta.epoch == 3 and ckpt.meta.config["source"]["plan"]["blocks"] and ckpt.optimizer_state
+    assert ckpt.meta.history == h and ckpt.optimizer_groups["param_groups"]
 
 
 def test_end_to_end_that_lowers_validation_ships_the_phase_one_network(tiny_ws, small_task, tmp_path):
@@ -44,19 +45,19 @@ def test_end_to_end_that_lowers_validation_ships_the_phase_one_network(tiny_ws, 
     src = {"plan": tiny_plan(tiny_ws).to_dict()}
     recipe = Recipe(epochs_adapter=2, epochs_full=1, batch=50, lr_full=5.0, head_init="probe")
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
-    assert m["kept"].startswith("phase 1 (end to end lowered validation"), m["kept"]
-    assert m["val_accuracy"] == m["phase1_val_accuracy"] > 20
+    assert m.kept.startswith("phase 1 (end to end lowered validation"), m.kept
+    assert m.val_accuracy == m.phase1_val_accuracy > 20
     model, _ = load_run_model(tmp_path / "run", tiny_ws.zoo)
     from dery_deploy.train.finetune import accuracy
 
-    assert round(accuracy(model, small_task.x("val"), small_task.y("val"))[0], 3) == m["val_accuracy"]
+    assert round(accuracy(model, small_task.x("val"), small_task.y("val"))[0], 3) == m.val_accuracy
     again = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
-    assert again["val_accuracy"] == m["val_accuracy"]  # the finished run is returned as it was kept
+    assert again.val_accuracy == m.val_accuracy  # the finished run is returned as it was kept
 
 
 def _epoch_of(run):
     try:
-        return load_checkpoint(run)[2]["epoch"]
+        return load_checkpoint(run).meta.epoch
     except Exception:  # noqa: BLE001 - not written yet
         return -1
 
@@ -258,7 +259,7 @@ def test_ddp_ranks_decide_the_plateau_together(tiny_ws, tmp_path):
                 p.kill()
             pytest.fail("the two ranks did not finish within 10 minutes: a rank is stuck in a collective")
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    p1_single = [h for h in single["history"] if h["phase"] == 1]
+    p1_single = [h.to_dict() for h in single.history if h.phase == 1]
     p1_ddp = [h for h in ddp["history"] if h["phase"] == 1]
     assert ddp["world_size"] == 2 and len(p1_ddp) == len(p1_single) < 4 and p1_ddp[-1].get("plateau")
     for a, b in zip(p1_ddp, p1_single):
@@ -322,7 +323,7 @@ def test_healing_and_the_probe_run_on_the_training_gpu(tiny_ws, small_task, tmp_
     assert acc is not None and acc > 20 and model.head.fc.weight.is_cuda
     recipe = Recipe(epochs_adapter=1, epochs_full=0, batch=50, match_epochs=1, match_images=256)
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False, device="cuda")
-    assert m["device"].startswith("cuda") and m["seam_matching"] and m["probe_train_accuracy"] is not None
+    assert m.device.startswith("cuda") and m.seam_matching and m.probe_train_accuracy is not None
 
 
 METRICS_KEYS = [
@@ -350,14 +351,16 @@ def test_metrics_json_keeps_its_keys_and_their_order(tiny_ws, small_task, tmp_pa
     recipe = Recipe(epochs_adapter=1, epochs_full=0, batch=50, head_init="random")
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False, eval_phase1=True)
     on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert list(m) == list(on_disk) == METRICS_KEYS and m == on_disk
-    assert list(m["history"][0]) == ["epoch", "phase", "loss", "train_acc", "seconds", "val_acc", "test_acc"]
-    assert json.loads((tmp_path / "r" / "history.json").read_text()) == m["history"]
-    assert finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False) == on_disk
+    d = m.to_dict()
+    assert list(d) == list(on_disk) == METRICS_KEYS and d == on_disk
+    assert list(d["history"][0]) == ["epoch", "phase", "loss", "train_acc", "seconds", "val_acc", "test_acc"]
+    assert json.loads((tmp_path / "r" / "history.json").read_text()) == d["history"]
+    again = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False)
+    assert again == m and again.to_dict() == on_disk
 
 
 def test_epoch_record_writes_only_what_was_set():
-    from dery_deploy.train.run_folder import EpochRecord
+    from dery_deploy.train.results import EpochRecord
 
     plain = {"epoch": 0, "phase": 1, "loss": 2.1, "train_acc": 30.0, "seconds": 1.5}
     ended = {**plain, "distill_loss": 0.4, "plateau": True, "val_acc": 41.0, "test_acc": 40.0}
@@ -365,10 +368,61 @@ def test_epoch_record_writes_only_what_was_set():
         assert list(EpochRecord.from_dict(d).to_dict().items()) == list(d.items())
 
 
+# a metrics.json from before the better network was kept (no `kept`) and seam matching said how many
+# images it used (no `images`): what a run folder of 2026-11-28 morning holds
+OLD_METRICS = {
+    "val_accuracy": 41.5,
+    "test_accuracy": None,
+    "phase1_val_accuracy": 40.0,
+    "phase1_test_accuracy": None,
+    "phase1_epochs": 1,
+    "probe_train_accuracy": 35.25,
+    "seam_matching": [{"epoch": 0, "phase": 0, "seam_rel_mse": 0.61}],
+    "epochs": 2,
+    "history": [
+        {"epoch": 0, "phase": 1, "loss": 2.1, "train_acc": 30.0, "seconds": 1.5, "val_acc": 40.0},
+        {"epoch": 1, "phase": 2, "loss": 1.9, "train_acc": 33.0, "seconds": 3.0},
+    ],
+    "device": "cpu",
+    "params_m": 0.1234,
+    "world_size": 1,
+    "train_seconds": 3.1,
+}
+
+
+def test_older_metrics_read_back_as_written():
+    """metrics.json as older runs wrote it reads back, and writes itself again key for key."""
+    from dery_deploy.train.run_folder import FinetuneMetrics
+
+    m = FinetuneMetrics.from_dict(OLD_METRICS)
+    assert m.kept is None and m.seam_matching[0].images is None and m.history[0].val_acc == 40.0
+    assert list(m.to_dict().items()) == list(OLD_METRICS.items())
+    seams = [{"epoch": 0, "phase": 0, "seam_rel_mse": 0.6, "images": 9}]
+    now = {**OLD_METRICS, "kept": "end to end", "seam_matching": seams}
+    assert FinetuneMetrics.from_dict(now).to_dict() == now
+
+
+def test_run_config_reads_back_and_ignores_the_number_of_processes(tmp_path):
+    from dery_deploy.artifacts import atomic_write_json
+    from dery_deploy.train.run_folder import RunConfig
+    from dery_deploy.train.teacher import TeacherSummary
+
+    teacher = TeacherSummary(["t"], "89a03008c0414a87", 256)
+    source, recipe = {"donor": "res"}, {"seed": 3}
+    cfg = RunConfig(source, "tiny", "tiny.yaml", "h", "fashion-mnist", "t", 10, ["a"], recipe, teacher, 1)
+    atomic_write_json(tmp_path / "config.json", cfg.to_dict())
+    on_disk = json.loads((tmp_path / "config.json").read_text())
+    assert on_disk["teacher"] == {"runs": ["t"], "key": "89a03008c0414a87", "images": 256}
+    back = RunConfig.read(tmp_path)
+    assert back == cfg and list(back.to_dict().items()) == list(on_disk.items()) and back.seed == 3
+    assert cfg.same_as(RunConfig(**{**cfg.__dict__, "world_size": 2}))
+    assert not cfg.same_as(RunConfig(**{**cfg.__dict__, "teacher": None})) and not cfg.same_as(None)
+
+
 def test_run_folder_states(tmp_path):
     """What a new call finds in its -o folder: nothing, another run, the same run finished, or its checkpoint."""
-    from dery_deploy.train.checkpoint import save_checkpoint
-    from dery_deploy.train.run_folder import Conflict, Finished, Fresh, Resume, RunConfig, RunFolder
+    from dery_deploy.train.checkpoint import CheckpointMeta, save_checkpoint
+    from dery_deploy.train.run_folder import Conflict, FinetuneMetrics, Finished, Fresh, Resume, RunConfig, RunFolder
 
     classes = list("abcdefghij")
     cfg = RunConfig({"donor": "res"}, "tiny", "tiny.yaml", "h", "fashion-mnist", "t", 10, classes, {}, None, 1)
@@ -380,12 +434,12 @@ def test_run_folder_states(tmp_path):
     assert isinstance(folder.state(cfg), Conflict)
     (folder.path / "config.json").write_text(json.dumps({**cfg.to_dict(), "world_size": 2}))
     assert isinstance(folder.state(cfg), Fresh)  # the same run under 2 processes, nothing saved yet
-    save_checkpoint(folder.path, torch.nn.Linear(2, 2), None, {"epoch": 0, "phase": 1, "history": []})
+    save_checkpoint(folder.path, torch.nn.Linear(2, 2), None, CheckpointMeta(0, 1, [], cfg.to_dict(), False, None, []))
     state = folder.state(cfg)
-    assert isinstance(state, Resume) and state.meta["epoch"] == 0 and "weight" in state.model_state
+    assert isinstance(state, Resume) and state.checkpoint.meta.epoch == 0 and "weight" in state.checkpoint.model_state
     assert isinstance(folder.state(cfg, resume=False), Fresh)
-    (folder.path / "metrics.json").write_text('{"kept": "end to end"}')
-    assert folder.state(cfg) == Finished({"kept": "end to end"})
+    (folder.path / "metrics.json").write_text(json.dumps(OLD_METRICS))
+    assert folder.state(cfg) == Finished(FinetuneMetrics.from_dict(OLD_METRICS))
     other = RunConfig(**{**cfg.__dict__, "recipe": {"seed": 1}})
     assert isinstance(folder.state(other), Conflict)
     folder.clear()

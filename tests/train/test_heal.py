@@ -24,7 +24,7 @@ def test_seam_matching_lowers_the_stitch_error(fashion_zoo, fashion_task):
     [lsq] = AdapterFitter.for_task(dis, fashion_task, 128).init(net, plan)
     hist = match_seams(net, plan, dis, fashion_task, epochs=2, images_per_epoch=2048)
     assert lsq > 0.7  # two donors' features this different are badly stitched by a linear map alone
-    assert hist[-1]["seam_rel_mse"] < 0.7 * lsq
+    assert hist[-1].seam_rel_mse < 0.7 * lsq
     # the donors' own units are untouched: the network trained copies
     assert not any(p.grad is not None for p in dis["convnext_lower"].units[0].module.parameters())
 
@@ -43,8 +43,8 @@ def test_seam_matching_on_a_folder_with_few_unlabelled_images(fashion_zoo, fashi
     torch.manual_seed(0)
     net = build_net(plan, fashion_zoo, dis)
     hist = match_seams(net, plan, dis, few, epochs=2, images_per_epoch=4096, batch=128)
-    assert [h["images"] for h in hist] == [128, 128]
-    assert all(torch.isfinite(torch.tensor(h["seam_rel_mse"])) for h in hist)
+    assert [h.images for h in hist] == [128, 128]
+    assert all(torch.isfinite(torch.tensor(h.seam_rel_mse)) for h in hist)
     one = dataclasses.replace(fashion_task, unlabelled=fashion_task.unlabelled.subset([0]))
     assert match_seams(net, plan, dis, one, epochs=1, images_per_epoch=4096) == []  # nothing to learn from
 
@@ -101,7 +101,7 @@ def test_probe_head_and_distillation(fashion_zoo, fashion_task, tmp_path):
         test=False,
         teacher=teacher,
     )
-    kd = [h["distill_loss"] for h in m["history"]]
+    kd = [h.distill_loss for h in m.history]
     assert kd[-1] < kd[0]
     cfg = __import__("json").loads((tmp_path / "s" / "config.json").read_text())
     assert cfg["teacher"]["key"] == teacher.key  # a run records what it was distilled from

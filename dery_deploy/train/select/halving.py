@@ -106,6 +106,8 @@ _VOLATILE = {
 
 
 def identity(source: dict) -> dict:
+    """`source` less what differs between processes, for hashing into the study's name. A dict on purpose:
+    the source's own keys, whatever they are, not a record of ours (typing it would change the hash)."""
     out = {k: v for k, v in source.items() if k not in _VOLATILE}
     if isinstance(out.get("plan"), dict):
         out["plan"] = identity(out["plan"])
