@@ -27,17 +27,9 @@ RATCHET = {
     "pipeline/budget.py::heal_best_mix",
     "pipeline/stages.py::int8_on",
     "pipeline/stages.py::stage_evaluate",
-    "pipeline/stages.py::stage_finetune",
     "pipeline/stages.py::stage_zoo",
     "train/checkpoint.py::_flat_optimizer",
-    "train/checkpoint.py::load_checkpoint",
-    "train/evaluate.py::evaluate_model",
-    "train/finetune.py::finetune",
-    "train/finetune.py::load_run_model",
-    "train/heal.py::match_seams",
-    "train/run_folder.py::_config",
     "train/select/halving.py::identity",
-    "train/teacher.py::describe",
 }
 
 
