@@ -22,7 +22,7 @@ MOVED = ("verify", "verify_by_target", "results")
 # run.json's fields still typed `dict`: each may only leave this list (typed), never join it
 UNTYPED = {
     "BudgetResult.solver",
-    "BudgetResult.mix",
+    "MixResult.plan",
     "BudgetResult.plan",
 }
 

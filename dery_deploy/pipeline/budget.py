@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json
@@ -16,7 +16,7 @@ from dery_deploy.network.plan import load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.pick import describe_plan, last_rung_accuracy, pick_triple, score_triples
-from dery_deploy.pipeline.records import BudgetResult
+from dery_deploy.pipeline.records import BudgetResult, MixResult
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
 from dery_deploy.train.select import SCREEN_FOLDS, Finalist, default_folds, select
@@ -83,7 +83,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     paths = {(f["plan"], f.get("target", "")): bdir / f["path"] for f in sel["finalists"]}
     if s.best_mix:
         entry.mix = heal_best_mix(r, ctx, b, bdir, s.best_mix, paths)
-        entry.mix["selection_accuracy"] = last_rung_accuracy(s).get(s.best_mix)
+        entry.mix.selection_accuracy = last_rung_accuracy(s).get(s.best_mix)
         entry.run_mix = str(bdir / "mix")
         carry_better_mix(r, entry, sel)
     triples = score_triples(r, ctx, sel, entry.mix, Path(entry.run_mix) if entry.mix and entry.run_mix else None)
@@ -115,8 +115,8 @@ def take_pick(r: Run, entry: BudgetResult, kind: str, plan: dict) -> Path:
         assert entry.mix is not None and entry.run_mix is not None
         mix = entry.mix
         entry.pick_kind, entry.run = "mix", entry.run_mix
-        entry.top1, entry.per_class, entry.params_m = mix.get("top1"), mix.get("per_class"), mix.get("params_m")
-        entry.confusion_png, entry.val_accuracy = mix.get("confusion_png"), mix.get("val_accuracy")
+        entry.top1, entry.per_class, entry.params_m = mix.top1, mix.per_class, mix.params_m
+        entry.confusion_png, entry.val_accuracy = mix.confusion_png, mix.val_accuracy
     else:
         d = r.manifest.donors[plan["blocks"][0]["donor"]]
         entry.pick_kind, entry.run = "donor", d.run
@@ -198,7 +198,7 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> dict:
     return out
 
 
-def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: dict) -> dict:
+def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: dict) -> MixResult:
     """The best mixed plan healed with the final recipe (even when a donor ships: the report compares
     it with the donors trained the same way), evaluated, and exported as ONNX."""
     mix_dir = bdir / "mix"
@@ -210,16 +210,18 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
         teacher=ctx.teacher,
     )  # fmt: skip
     ev = stage_evaluate(r, mix_dir, ctx.task, f"best mix {b:g} ms")
-    mix = {
-        "plan": plan.to_dict(),
-        "val_accuracy": metrics.val_accuracy,
-        "phase1_top1": metrics.phase1_test_accuracy,
-        "kept": metrics.kept,
-        "seam_matching": [s.to_dict() for s in metrics.seam_matching],
-        **ev,
-    }
-    mix["onnx"] = stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms").to_dict()
-    return mix
+    return MixResult(
+        plan=plan.to_dict(),
+        val_accuracy=metrics.val_accuracy,
+        phase1_top1=metrics.phase1_test_accuracy,
+        kept=metrics.kept,
+        seam_matching=list(metrics.seam_matching),
+        top1=ev.top1,
+        per_class=ev.per_class,
+        params_m=ev.params_m,
+        confusion_png=ev.confusion_png,
+        export=stage_export(r, mix_dir, "onnx", f"best mix {b:g} ms"),
+    )
 
 
 def carry_better_mix(r: Run, entry: BudgetResult, sel: dict) -> None:
@@ -231,10 +233,10 @@ def carry_better_mix(r: Run, entry: BudgetResult, sel: dict) -> None:
     here = entry.mix
     for prev in r.manifest.results:
         m = prev.mix
-        if not m or prev.budget_ms >= entry.budget_ms or m.get("val_accuracy") is None:
+        if not m or prev.budget_ms >= entry.budget_ms or m.val_accuracy is None:
             continue
-        name = describe_plan(m["plan"])
-        if name in kept and m["val_accuracy"] > (here.get("val_accuracy") or -1):
-            here = {**m, "carried_from": prev.budget_ms, "replaced": describe_plan(entry.mix["plan"])}
+        name = describe_plan(m.plan)
+        if name in kept and m.val_accuracy > (here.val_accuracy or -1):
+            here = replace(m, carried_from=prev.budget_ms, replaced=describe_plan(entry.mix.plan))
             entry.run_mix = prev.run_mix
     entry.mix = here

@@ -274,9 +274,9 @@ def apply_final_pass(r: Run, ctx: Context, fp: FinalPassFile) -> None:
         if res.mix:
             ts = by_target(meas, f"mix:{b:g}")
             t = min(ts, key=lambda k: ts[k].promise_at(q))
-            res.mix["measured_ms"] = round(ts[t].promise_at(q), 5)
-            res.mix["measured_uncertainty"] = round(ts[t].promise_uncertainty_at(q), 5)
-            res.mix["measured_target"] = t
+            res.mix.measured_ms = round(ts[t].promise_at(q), 5)
+            res.mix.measured_uncertainty = round(ts[t].promise_uncertainty_at(q), 5)
+            res.mix.measured_target = t
         judge_shipped(r, res, fp, meas)
         fitting: dict[str, DonorFit] = {}
         for n, d in m.donors.items():

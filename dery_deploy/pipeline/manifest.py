@@ -95,6 +95,9 @@ def _older_result(res: dict) -> None:
     measurements as {}."""
     if "onnx" in res:
         res["export"] = res.pop("onnx")
+    if res.get("mix") and "onnx" in res["mix"]:
+        res["mix"] = {**res["mix"], "export": res["mix"]["onnx"]}
+        del res["mix"]["onnx"]
     # a candidate never measured was written with `measured` {}
     for k in ("candidates", "finalists", "rejected_over_budget"):
         if res.get(k):
@@ -103,3 +106,6 @@ def _older_result(res: dict) -> None:
     for k in ("export", "aoti"):
         if res.get(k) and not set(res[k]) <= names:
             res[k] = ExportRecord.of_report(res[k]).to_dict()
+    mix = res.get("mix")
+    if mix and mix.get("export") and not set(mix["export"]) <= names:
+        mix["export"] = ExportRecord.of_report(mix["export"]).to_dict()

@@ -8,7 +8,7 @@ from pathlib import Path
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan
 from dery_deploy.pipeline.context import Context
-from dery_deploy.pipeline.records import Pick, Triple
+from dery_deploy.pipeline.records import MixResult, Pick, Triple
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import int8_on
 from dery_deploy.runtime.target import is_int8
@@ -25,7 +25,7 @@ def describe_plan(plan: dict) -> str:
     return Plan.from_dict(plan).describe()
 
 
-def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Path | None) -> list[Triple]:
+def score_triples(r: Run, ctx: Context, sel: dict, mix: MixResult | None, mix_dir: Path | None) -> list[Triple]:
     """Every measured (network, target) finalist among the donors selection compared at its last rung and
     this budget's best mix (the one healed and shipped), with its validation accuracy on that target: the
     selection's for fp32, and for int8 the selection's plus the int8 change measured on the
@@ -34,9 +34,9 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix: dict | None, mix_dir: Pa
     few hundred images it is noise: an int8 file that scored 2.0 points above its fp32 source on 200
     validation images lost 0.26 on test)."""
     acc = last_rung_accuracy(Selection.from_dict(sel["selection"]))
-    best_mix = describe_plan(mix["plan"]) if mix else None
-    if mix and best_mix and best_mix not in acc and mix.get("selection_accuracy") is not None:
-        acc[best_mix] = mix["selection_accuracy"]  # carried from a smaller budget, where it was selected
+    best_mix = describe_plan(mix.plan) if mix else None
+    if mix and best_mix and best_mix not in acc and mix.selection_accuracy is not None:
+        acc[best_mix] = mix.selection_accuracy  # carried from a smaller budget, where it was selected
     donor_runs = {f"{n} (whole donor)": Path(d.run) for n, d in r.manifest.donors.items()}
     out = []
     for f in sel["finalists"]:

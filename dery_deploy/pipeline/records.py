@@ -13,6 +13,7 @@ from dery_deploy.export.report import ExportRecord
 from dery_deploy.runtime.harness import Measurement, PassSummary
 from dery_deploy.schema import load_dataclass
 from dery_deploy.train.recipe import Recipe
+from dery_deploy.train.results import SeamEpoch
 from dery_deploy.train.select.evidence import Selection
 
 STEPS_TIMED = 5  # training steps timed per donor and batch by the estimate, after its untimed warm-up steps
@@ -55,6 +56,30 @@ class DonorResult:
     latency_by_target: dict[str, LatencyFigure] = field(default_factory=dict)
     latency_uncertainty: float | None = None
     fastest_target: str | None = None
+
+
+@dataclass
+class MixResult:
+    """A budget's best mixed plan, healed with the final recipe (even where a donor ships: the report
+    compares them trained alike), evaluated on the test split and exported as ONNX; its latency from the
+    final pass on its fastest target; or a smaller budget's best mix carried here as the better one."""
+
+    plan: dict
+    val_accuracy: float | None
+    phase1_top1: float | None  # adapters and head trained alone (blocks frozen), on the test split
+    kept: str | None  # which of phase 1 and end to end was kept
+    seam_matching: list[SeamEpoch]
+    top1: float
+    per_class: dict[str, float]
+    params_m: float
+    confusion_png: str
+    export: ExportRecord | None = None
+    selection_accuracy: float | None = None  # the selection's validation accuracy of this plan
+    measured_ms: float | None = None  # the final pass's, on `measured_target`
+    measured_uncertainty: float | None = None
+    measured_target: str | None = None
+    carried_from: float | None = None  # the smaller budget whose best mix this is
+    replaced: str | None = None  # this budget's own best mix, which the carried one replaced
 
 
 @dataclass
@@ -158,7 +183,7 @@ class BudgetResult:
     margin: float | None = None
     selection: Selection | None = None
     # the best mixed plan, healed with the final recipe, evaluated and exported, and its run folder
-    mix: dict | None = None
+    mix: MixResult | None = None
     run_mix: str | None = None
     # the measured (network, runtime, precision) triples and the pick among them
     triples: list[Triple] | None = None

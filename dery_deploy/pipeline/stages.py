@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json
@@ -211,7 +211,9 @@ def stage_finetune(
     return r.stage(name, reuse, compute, lambda m: f"validation {m.val_accuracy}%")
 
 
-def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | None = None) -> dict:
+def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | None = None) -> Evaluation:
+    """A run folder's network on the task's test split (evaluation.json, reused while newer than its
+    checkpoint); its confusion PNG named by its path."""
     path = run_dir / "evaluation.json"
     ckpt = run_dir / "checkpoint.safetensors"
 
@@ -231,15 +233,7 @@ def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | Non
     r.say(
         f"  {label}: top-1 {ev.top1:.2f}%" + (f", measured {lat.median_ms:.4f} ms ({lat.backend}){flag}" if lat else "")
     )
-    out = {
-        "top1": ev.top1,
-        "per_class": ev.per_class,
-        "params_m": ev.params_m,
-        "confusion_png": str(run_dir / ev.confusion_png),
-    }
-    if lat:
-        out["measured_ms"], out["measured_stable"] = lat.median_ms, lat.stable
-    return out
+    return replace(ev, confusion_png=str(run_dir / ev.confusion_png))
 
 
 def stage_export(
@@ -319,10 +313,5 @@ def stage_donors(
         if evaluate:
             ev = stage_evaluate(r, ddir, task, f"donor {name}")
             d = donors[name]
-            d.top1, d.per_class, d.params_m, d.confusion_png = (
-                ev["top1"],
-                ev["per_class"],
-                ev["params_m"],
-                ev["confusion_png"],
-            )
+            d.top1, d.per_class, d.params_m, d.confusion_png = ev.top1, ev.per_class, ev.params_m, ev.confusion_png
     return donors

@@ -34,17 +34,18 @@ def verdict_line(r: BudgetResult, m: RunManifest) -> str:
     if best is None:
         if mix:
             return (
-                f"No donor fits {r.budget_ms:g} ms; the reassembled network reaches **{mix['top1']:.2f}%** "
+                f"No donor fits {r.budget_ms:g} ms; the reassembled network reaches **{mix.top1:.2f}%** "
                 "(test): reassembly **won** by default."
             )
         return "No donor and no mixed plan fits."
     d = donor_top1(r, m, best)
+    assert d is not None, "a donor that fits was evaluated on the test split"
     if not mix:
         return f"The best donor that fits, {best}, reaches {d:.2f}%; no mixed plan was a finalist."
-    diff = mix["top1"] - d
+    diff = mix.top1 - d
     word = "won" if diff >= 1 else ("tied" if diff > -1 else "lost")
     return (
-        f"Best mixed plan {mix['top1']:.2f}% vs best fitting donor {best} {d:.2f}% (test): reassembly "
+        f"Best mixed plan {mix.top1:.2f}% vs best fitting donor {best} {d:.2f}% (test): reassembly "
         f"**{word}** ({diff:+.2f} points); shipped: the pick below ({r.pick_kind}), {r.top1:.2f}%."
     )
 
@@ -96,12 +97,12 @@ def networks_table(r: BudgetResult, m: RunManifest) -> list[str]:
         mix = r.mix
         rows.append(
             [
-                f"best mixed plan `{describe(mix['plan'])}`",
-                f"{mix['plan']['predicted']['latency_ms']:.4f}",
-                fmt_ms(mix.get("measured_ms")),
-                f"{mix['params_m']:.3f}",
-                fmt_pct(mix.get("val_accuracy")),
-                f"{mix['top1']:.2f}",
+                f"best mixed plan `{describe(mix.plan)}`",
+                f"{mix.plan['predicted']['latency_ms']:.4f}",
+                fmt_ms(mix.measured_ms),
+                f"{mix.params_m:.3f}",
+                fmt_pct(mix.val_accuracy),
+                f"{mix.top1:.2f}",
             ]
         )
     for n in r.donors_within_budget or []:
@@ -123,14 +124,14 @@ def networks_table(r: BudgetResult, m: RunManifest) -> list[str]:
 def phase1_line(r: BudgetResult) -> list[str]:
     """The best mixed plan after training adapters and head only, against end to end."""
     mix = r.mix
-    if not mix or mix.get("phase1_top1") is None:
+    if not mix or mix.phase1_top1 is None:
         return []
-    sm = mix.get("seam_matching") or []
-    healed = f" after seam matching (relative error {sm[-1]['seam_rel_mse']:.3f})" if sm else ""
-    kept = f"; shipped as {mix['kept']}" if str(mix.get("kept", "")).startswith("phase 1") else ""
+    sm = mix.seam_matching
+    healed = f" after seam matching (relative error {sm[-1].seam_rel_mse:.3f})" if sm else ""
+    kept = f"; shipped as {mix.kept}" if (mix.kept or "").startswith("phase 1") else ""
     return [
         f"Best mixed plan, adapters and head only (blocks frozen){healed}: test top-1 "
-        f"{mix['phase1_top1']:.2f}%; end to end: {mix['top1']:.2f}%" + kept + ".",
+        f"{mix.phase1_top1:.2f}%; end to end: {mix.top1:.2f}%" + kept + ".",
         "",
     ]
 

@@ -31,17 +31,17 @@ def pareto_png(
         mix = p.mix
         if not mix:
             continue
-        x = mix.get("measured_ms") or mix["plan"]["predicted"]["latency_ms"]
-        ax.scatter(x, mix["top1"], marker="*", s=160, color="#dd5533", zorder=4)
+        x = mix.measured_ms or mix.plan["predicted"]["latency_ms"]
+        ax.scatter(x, mix.top1, marker="*", s=160, color="#dd5533", zorder=4)
         ax.annotate(
             f"mixed, {p.budget_ms:g} ms budget",
-            (x, mix["top1"]),
+            (x, mix.top1),
             textcoords="offset points",
             xytext=(6, 4),
             fontsize=7.5,
             color="#aa3311",
         )
-        pts.append((x, mix["top1"]))
+        pts.append((x, mix.top1))
     front, best = [], -1.0
     for x, y in sorted(pts):
         if y > best:
