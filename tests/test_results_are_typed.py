@@ -22,8 +22,6 @@ RATCHET = {
     "export/run.py::export_run",
     "export/run.py::resolve",
     "export/run.py::ship_bundle",
-    "pipeline/budget.py::_reuse_selection",
-    "pipeline/budget.py::assemble_and_select",
     "pipeline/stages.py::int8_on",
     "pipeline/stages.py::stage_zoo",
     "train/checkpoint.py::_flat_optimizer",

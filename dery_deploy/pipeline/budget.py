@@ -16,11 +16,10 @@ from dery_deploy.network.plan import load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.pick import describe_plan, last_rung_accuracy, pick_triple, score_triples
-from dery_deploy.pipeline.records import BudgetResult, MixResult
+from dery_deploy.pipeline.records import BudgetResult, MixResult, SelectionFile
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
 from dery_deploy.train.select import SCREEN_FOLDS, Finalist, default_folds, select
-from dery_deploy.train.select.evidence import Selection
 
 # a budget the run chose itself and its finalists then measured over is raised to the fastest finalist's
 # measurement plus this much: the passes of one run were seen to disagree by up to 40% on a drifting host
@@ -64,7 +63,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
             f"assemble and select under {b:g} ms",
             lambda: _reuse_selection(bdir, selection_key(r, ctx)),
             lambda: assemble_and_select(r, ctx, b, bdir),
-            lambda o: o["selection"]["pick"],
+            lambda o: o.selection.pick,
         )
     except DeryError as e:
         entry.infeasible = str(e)
@@ -74,13 +73,11 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
         r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
         r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
         return entry
-    s = Selection.from_dict(sel["selection"])
-    entry.candidates = [CandidateRecord.of(c) for c in sel["candidates"]]
-    entry.finalists = [CandidateRecord.of(c) for c in sel["finalists"]]
-    entry.rejected_over_budget = [CandidateRecord.of(c) for c in sel["rejected_over_budget"]]
-    entry.solver, entry.margin = sel["solver"], sel["margin"]
-    entry.selection = s
-    paths = {(f["plan"], f.get("target", "")): bdir / f["path"] for f in sel["finalists"]}
+    s = sel.selection
+    entry.candidates, entry.finalists = sel.candidates, sel.finalists
+    entry.rejected_over_budget = sel.rejected_over_budget
+    entry.solver, entry.margin, entry.selection = sel.solver, sel.margin, s
+    paths = {(f.plan, f.target): bdir / str(f.path) for f in sel.finalists}
     if s.best_mix:
         entry.mix = heal_best_mix(r, ctx, b, bdir, s.best_mix, paths)
         entry.mix.selection_accuracy = last_rung_accuracy(s).get(s.best_mix)
@@ -144,15 +141,15 @@ def selection_key(r: Run, ctx: Context) -> dict:
     }
 
 
-def _reuse_selection(bdir: Path, key: dict) -> dict | None:
+def _reuse_selection(bdir: Path, key: dict) -> SelectionFile | None:
     path = bdir / "selection.json"
     if not path.is_file():
         return None
     old = json.loads(path.read_text())
-    return old if old.get("key") == key else None
+    return SelectionFile.from_dict(old) if old.get("key") == key else None
 
 
-def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> dict:
+def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> SelectionFile:
     """Candidates on every target, (network, target) finalists measured in one pass, then selection
     by evidence among the networks (training does not depend on the runtime)."""
     with r.progress() as prog:
@@ -185,16 +182,16 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> dict:
         list(networks.values()), ctx.zoo, ctx.task, bdir / "select", ctx.recipes.ce, rungs=ctx.recipes.rungs,
         log=lambda m: r.say(m),
     )  # fmt: skip
-    out = {
-        "key": selection_key(r, ctx),
-        "candidates": [c.to_dict() for c in res.candidates],
-        "finalists": saved,
-        "rejected_over_budget": [c.to_dict() for c in res.rejected],
-        "solver": res.solver,
-        "margin": res.margin,
-        "selection": sel.to_dict(),
-    }
-    atomic_write_json(bdir / "selection.json", out)
+    out = SelectionFile(
+        selection_key(r, ctx),
+        [CandidateRecord.of(c.to_dict()) for c in res.candidates],
+        [CandidateRecord.of(c) for c in saved],
+        [CandidateRecord.of(c.to_dict()) for c in res.rejected],
+        res.solver,
+        res.margin,
+        sel,
+    )
+    atomic_write_json(bdir / "selection.json", out.to_dict())
     return out
 
 
@@ -224,11 +221,11 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
     )
 
 
-def carry_better_mix(r: Run, entry: BudgetResult, sel: dict) -> None:
+def carry_better_mix(r: Run, entry: BudgetResult, sel: SelectionFile) -> None:
     """More room never buys a worse reassembled network: where a smaller budget's healed best mix has the
     higher validation accuracy and is a finalist that measured within this budget too, it is this
     budget's best mix as well (the same network, trained the same way: reused, not retrained)."""
-    kept = {f["plan"] for f in sel["finalists"]}
+    kept = {f.plan for f in sel.finalists}
     assert entry.mix is not None
     here = entry.mix
     for prev in r.manifest.results:

@@ -8,7 +8,7 @@ from pathlib import Path
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan
 from dery_deploy.pipeline.context import Context
-from dery_deploy.pipeline.records import MixResult, Pick, Triple
+from dery_deploy.pipeline.records import MixResult, Pick, SelectionFile, Triple
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import int8_on
 from dery_deploy.runtime.target import is_int8
@@ -25,7 +25,9 @@ def describe_plan(plan: dict) -> str:
     return Plan.from_dict(plan).describe()
 
 
-def score_triples(r: Run, ctx: Context, sel: dict, mix: MixResult | None, mix_dir: Path | None) -> list[Triple]:
+def score_triples(
+    r: Run, ctx: Context, sel: SelectionFile, mix: MixResult | None, mix_dir: Path | None
+) -> list[Triple]:
     """Every measured (network, target) finalist among the donors selection compared at its last rung and
     this budget's best mix (the one healed and shipped), with its validation accuracy on that target: the
     selection's for fp32, and for int8 the selection's plus the int8 change measured on the
@@ -33,17 +35,18 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix: MixResult | None, mix_di
     on another runtime or precision is measured, never assumed); a measured gain counts as none (on a
     few hundred images it is noise: an int8 file that scored 2.0 points above its fp32 source on 200
     validation images lost 0.26 on test)."""
-    acc = last_rung_accuracy(Selection.from_dict(sel["selection"]))
+    acc = last_rung_accuracy(sel.selection)
     best_mix = describe_plan(mix.plan) if mix else None
     if mix and best_mix and best_mix not in acc and mix.selection_accuracy is not None:
         acc[best_mix] = mix.selection_accuracy  # carried from a smaller budget, where it was selected
     donor_runs = {f"{n} (whole donor)": Path(d.run) for n, d in r.manifest.donors.items()}
     out = []
-    for f in sel["finalists"]:
-        name, target = f["plan"], f.get("target") or ""
+    for f in sel.finalists:
+        name, target = f.plan, f.target
         if name not in acc:
             continue
-        donor = f["origin"] == "donor"
+        assert f.measured is not None, "a run measures its finalists on this machine"
+        donor = f.origin == "donor"
         if not donor and name != best_mix:
             continue  # of the mixed plans, only the best (healed with the final recipe) ships
         final_run = donor_runs.get(name) if donor else mix_dir
@@ -61,8 +64,8 @@ def score_triples(r: Run, ctx: Context, sel: dict, mix: MixResult | None, mix_di
                 int8_change=round(change, 3),
                 # quantization adds no accuracy: a gain on the validation split is its noise, not a reason to pick int8
                 val_accuracy=round(acc[name] + min(change, 0.0), 3),
-                measured_ms=f["measured"]["latency_ms"],
-                uncertainty=f["measured"].get("uncertainty"),
+                measured_ms=f.measured.latency_ms,
+                uncertainty=f.measured.uncertainty,
             )
         )
     return out

@@ -59,6 +59,38 @@ class DonorResult:
 
 
 @dataclass
+class SelectionFile:
+    """selection.json: a budget's candidates on every target, its measured (network, target) finalists
+    with their plan files, those dropped as measured over the budget, the solver's summary, the planning
+    margin and the selection among the finalists; reused while its key (what they depend on) holds."""
+
+    key: dict
+    candidates: list[CandidateRecord]
+    finalists: list[CandidateRecord]
+    rejected_over_budget: list[CandidateRecord]
+    solver: dict
+    margin: float
+    selection: Selection
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["selection"] = self.selection.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SelectionFile:
+        return cls(
+            d["key"],
+            [CandidateRecord.of(c) for c in d["candidates"]],
+            [CandidateRecord.of(c) for c in d["finalists"]],
+            [CandidateRecord.of(c) for c in d["rejected_over_budget"]],
+            d["solver"],
+            d["margin"],
+            Selection.from_dict(d["selection"]),
+        )
+
+
+@dataclass
 class MixResult:
     """A budget's best mixed plan, healed with the final recipe (even where a donor ships: the report
     compares them trained alike), evaluated on the test split and exported as ONNX; its latency from the
