@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from dery_deploy.assemble.candidates import donor_near
-from dery_deploy.assemble.pool import MAX_MARGIN
+from dery_deploy.assemble.pool import planning_margin
 from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.data.task import Task
@@ -62,9 +62,7 @@ def feasible_floor(zoo, part, dis, model: LatencyModel, task: Task, scores: Scor
     """The smallest budget the program can meet: the fastest assembly's predicted latency plus the
     planning margin the assembler will apply."""
     f = fastest(program_data(zoo, part, dis, model, task.num_classes, scores))
-    check = model.profile.verify
-    margin = min(check.at(model.percentile)[3], MAX_MARGIN) if check else 0.0
-    return f.latency_ms * (1 + margin) if f else 0.0
+    return f.latency_ms * (1 + planning_margin(model)) if f else 0.0
 
 
 def final_donors(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:
