@@ -21,7 +21,6 @@ MOVED = ("verify", "verify_by_target", "results")
 
 # run.json's fields still typed `dict`: each may only leave this list (typed), never join it
 UNTYPED = {
-    "BudgetResult.solver",
     "MixResult.plan",
     "BudgetResult.plan",
 }

@@ -81,11 +81,41 @@ class Measuring:
 
 
 @dataclass
+class SolverRun:
+    """How one target's candidates were proposed: the search (`cp-sat`, `dp`, `optuna-tpe`), its status,
+    its time to the first and to all solutions, how many it kept, and each search's own counts; in a
+    summary's per-target entries also the planning margin it planned at."""
+
+    name: str
+    status: str
+    seconds_top: float
+    seconds_first: float | None = None
+    top: int | None = None
+    dp_seconds: float | None = None
+    cp_sat_solves: int | None = None
+    trials: int | None = None
+    proxy_evaluations: int | None = None
+    margin: float | None = None
+
+
+@dataclass
+class SolverSummary(SolverRun):
+    """How an assembly went: the first target's search, every target's, how the finalists were measured
+    (or why not), how many were kept and dropped, and which lie within their uncertainty of the budget."""
+
+    targets: dict[str, SolverRun] = field(default_factory=dict)
+    measured: str = ""
+    finalists: int = 0
+    rejected_over_budget: int = 0
+    near_budget: list[str] = field(default_factory=list)
+
+
+@dataclass
 class AssembleResult:
     plan: Plan  # the best finalist by proxy (selection by evidence may pick another)
     candidates: list[Candidate]
     finalists: list[Candidate]
-    solver: dict
+    solver: SolverSummary
     margin: float
     rejected: list[Candidate] = field(default_factory=list)  # finalists whose measurement was over budget
 
@@ -226,17 +256,17 @@ def choose_finalists(cands: list[Candidate], request: AssembleRequest) -> list[C
 
 def solver_summary(
     pools: list[TargetPool], final: list[Candidate], rejected: list[Candidate], measured: dict[str, dict] | str
-) -> dict:
+) -> SolverSummary:
     """How the assembly went: the first target's solver, every target's with its margin, and the measurement."""
     why_not = measured if isinstance(measured, str) else None
-    return {
+    return SolverSummary(
         **pools[0].solver,
-        "targets": {target_of(p.model): {**p.solver, "margin": p.margin} for p in pools},
-        "measured": why_not or "end to end on the device, in one interleaved pass",
-        "finalists": len(final),
-        "rejected_over_budget": len(rejected),
-        "near_budget": sorted(c.key for c in final if c.measured.get("near_budget")),
-    }
+        targets={target_of(p.model): SolverRun(**p.solver, margin=p.margin) for p in pools},
+        measured=why_not or "end to end on the device, in one interleaved pass",
+        finalists=len(final),
+        rejected_over_budget=len(rejected),
+        near_budget=sorted(c.key for c in final if c.measured.get("near_budget")),
+    )
 
 
 def finish_plan(

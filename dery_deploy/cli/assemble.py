@@ -259,8 +259,7 @@ def print_candidates(res, budget: float, spec) -> None:
     s = res.solver
     proxy = res.plan.proxy["name"]
     listing = Listing(
-        f"candidates under {budget:g} ms ({s['name']} {s['status']}, {s.get('seconds_top', 0):.3f} s; "
-        f"measured: {s['measured']})",
+        f"candidates under {budget:g} ms ({s.name} {s.status}, {s.seconds_top:.3f} s; measured: {s.measured})",
         "blocks",
         "origin",
         "pred. ms",

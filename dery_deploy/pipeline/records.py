@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dery_deploy.assemble.candidates import CandidateRecord
+from dery_deploy.assemble.stage import SolverSummary
 from dery_deploy.export.report import ExportRecord
 from dery_deploy.runtime.harness import Measurement, PassSummary
 from dery_deploy.schema import load_dataclass
@@ -68,7 +69,7 @@ class SelectionFile:
     candidates: list[CandidateRecord]
     finalists: list[CandidateRecord]
     rejected_over_budget: list[CandidateRecord]
-    solver: dict
+    solver: SolverSummary
     margin: float
     selection: Selection
 
@@ -84,7 +85,7 @@ class SelectionFile:
             [CandidateRecord.of(c) for c in d["candidates"]],
             [CandidateRecord.of(c) for c in d["finalists"]],
             [CandidateRecord.of(c) for c in d["rejected_over_budget"]],
-            d["solver"],
+            load_dataclass(SolverSummary, d["solver"]),
             d["margin"],
             Selection.from_dict(d["selection"]),
         )
@@ -211,7 +212,7 @@ class BudgetResult:
     candidates: list[CandidateRecord] | None = None
     finalists: list[CandidateRecord] | None = None
     rejected_over_budget: list[CandidateRecord] | None = None
-    solver: dict | None = None
+    solver: SolverSummary | None = None
     margin: float | None = None
     selection: Selection | None = None
     # the best mixed plan, healed with the final recipe, evaluated and exported, and its run folder
