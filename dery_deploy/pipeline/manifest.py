@@ -32,7 +32,7 @@ class StageRecord:
 @dataclass
 class RunManifest(JsonArtifact):
     KIND = "run"
-    SCHEMA = 2
+    SCHEMA = 3  # 3: exports as ExportRecord under "export", typed checks, final pass, candidates, mix, solver
     STAGE = "run"
 
     zoo: str
