@@ -86,7 +86,8 @@ def donor_int8(run: dict, out: Path) -> dict:
         for t in run["targets"]:
             if t.endswith("/int8"):
                 acc = int8_on(Path(d["run"]), task, t, run["options"].get("threads") or 1, "test")
-                out_.setdefault(n, {})[t] = {k: acc[k] for k in ("top1", "fp32_top1", "top1_change", "change_se")}
+                kept = ("top1", "fp32_top1", "top1_change", "change_se")
+                out_.setdefault(n, {})[t] = {k: getattr(acc, k) for k in kept}
     return out_
 
 

@@ -65,21 +65,21 @@ def int8_accuracy(
     """
     task = _int8_task(task)
     acc = accuracy_change(model, logits, task.x("test"), task.y("test"), "test")
-    tol = max(INT8_MAX_DROP, 2 * acc["change_se"])
+    tol = max(INT8_MAX_DROP, 2 * acc.change_se)
     with torch.inference_mode():
         diff = float(np.abs(model(x).numpy() - logits(x)).max())
     par = Parity(
-        images=acc["images"],
+        images=acc.images,
         split="test",
         check="top-1 change against fp32 PyTorch on the same images (max |diff| means nothing for INT8)",
-        top1_agreement=acc["top1_agreement"],
-        top1_identical=acc["top1_agreement"] == 1.0,
+        top1_agreement=acc.top1_agreement,
+        top1_identical=acc.top1_agreement == 1.0,
         max_abs_diff=diff,
         tolerance=round(tol, 3),
         tolerance_unit=f"top-1 points lost: {INT8_MAX_DROP:g}, or twice the change's standard error if larger",
-        ok=acc["top1_change"] >= -tol,
+        ok=acc.top1_change >= -tol,
     )
-    return par, record.measured(acc["top1"], acc["fp32_top1"], acc["top1_change"], acc["change_se"])
+    return par, record.measured(acc.top1, acc.fp32_top1, acc.top1_change, acc.change_se)
 
 
 def exported_onnx(

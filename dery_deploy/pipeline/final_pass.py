@@ -342,7 +342,7 @@ def donor_accuracy(r: Run, ctx: Context, name: str, d: DonorResult, fits: list[s
         return DonorFit(min(fp32, key=lambda t: d.latency_by_target[t].ms), d.top1)
     best = None
     for t in fits:
-        acc = int8_on(Path(d.run), ctx.task, t, ctx.model.profile.threads, "test")["top1"]
+        acc = int8_on(Path(d.run), ctx.task, t, ctx.model.profile.threads, "test").top1
         if best is None or acc > best.top1:
             best = DonorFit(t, acc)
     assert best is not None, "a donor fits on at least one target"

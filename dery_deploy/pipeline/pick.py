@@ -54,7 +54,7 @@ def score_triples(
         if is_int8(target):
             if final_run is None:
                 continue  # only networks trained with the final recipe are quantized and measured
-            change = int8_on(final_run, ctx.task, target, ctx.model.profile.threads, "val")["top1_change"]
+            change = int8_on(final_run, ctx.task, target, ctx.model.profile.threads, "val").top1_change
         out.append(
             Triple(
                 network=name,

@@ -19,6 +19,7 @@ from dery_deploy.pipeline.records import DonorResult
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.profile.run import run_profile, verify
 from dery_deploy.profile.store import Profile, profile_path, read_profile
+from dery_deploy.runtime.evaluate import AccuracyChange
 from dery_deploy.runtime.harness import BUSY_CORES, busy_note
 from dery_deploy.runtime.target import Target, backend_of
 from dery_deploy.similarity.compute import Similarity, compute_similarity
@@ -158,21 +159,21 @@ def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = ""
     return prof
 
 
-def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: str) -> dict:
+def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: str) -> AccuracyChange:
     """The run's network as QDQ INT8 on the target's runtime against itself in fp32 on a split
-    (`runtime.evaluate.accuracy_change`: top1, fp32_top1, top1_change, ...); cached beside the run."""
+    (`runtime.evaluate.accuracy_change`); cached beside the run."""
     from dery_deploy.runtime.evaluate import accuracy_change, artifact_runner
     from dery_deploy.runtime.quantize import CALIBRATION_IMAGES, qdq_from_module
 
     cache = run_dir / f"int8-{split}-{target.replace('/', '-')}.json"
     ckpt = run_dir / "checkpoint.safetensors"
     if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
-        return json.loads(cache.read_text())
+        return AccuracyChange(**json.loads(cache.read_text()))
     model, cfg = load_run_model(run_dir)
     qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg.seed))
     runtime = artifact_runner(qdq, backend_of(target), threads)
-    acc = {**accuracy_change(model, runtime, task.x(split), task.y(split), split), "target": target}
-    atomic_write_json(cache, acc)
+    acc = replace(accuracy_change(model, runtime, task.x(split), task.y(split), split), target=target)
+    atomic_write_json(cache, acc.to_dict())
     return acc
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +72,37 @@ def artifact_accuracy(
     return 100.0 * float((preds == task.y(split)).float().mean()), preds
 
 
+@dataclass(frozen=True)
+class AccuracyChange:
+    """An artifact's top-1 against the fp32 PyTorch network's on the same images of a split (points), the
+    change with its paired standard error, and how often the two predict the same class; `target` names
+    the runtime and precision where a run caches it."""
+
+    split: str
+    images: int
+    top1: float
+    fp32_top1: float
+    top1_change: float
+    top1_agreement: float
+    change_se: float
+    target: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.target is None:
+            del d["target"]
+        return d
+
+
 @torch.inference_mode()
-def accuracy_change(model: nn.Module, logits: Logits, x: torch.Tensor, y: torch.Tensor, split: str) -> dict:
+def accuracy_change(model: nn.Module, logits: Logits, x: torch.Tensor, y: torch.Tensor, split: str) -> AccuracyChange:
     """Top-1 of an artifact (its `logits` function) and of the fp32 PyTorch `model` on the same
     images, in points, with the change's paired standard error (the images are shared, so the
     noise is that of the per-image differences, not of two independent accuracies).
 
     Returns:
-        split, images, top1 (the artifact's), fp32_top1, top1_change, top1_agreement (of the two
-        networks' predictions), change_se (points).
+        the artifact's top-1, the fp32 network's, the change and its standard error (points), and the two
+        networks' agreement.
     """
     model = model.float().cpu().eval()
     ref = torch.cat([model(x[i : i + EVAL_BATCH]).argmax(1) for i in range(0, len(x), EVAL_BATCH)])
@@ -88,12 +111,12 @@ def accuracy_change(model: nn.Module, logits: Logits, x: torch.Tensor, y: torch.
     diff = right - ref_right
     n = len(y)
     se = float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("inf")
-    return {
-        "split": split,
-        "images": n,
-        "top1": round(100 * float(right.mean()), 3),
-        "fp32_top1": round(100 * float(ref_right.mean()), 3),
-        "top1_change": round(100 * float(diff.mean()), 3),
-        "top1_agreement": round(float((got == ref).float().mean()), 5),
-        "change_se": round(100 * se, 3),
-    }
+    return AccuracyChange(
+        split=split,
+        images=n,
+        top1=round(100 * float(right.mean()), 3),
+        fp32_top1=round(100 * float(ref_right.mean()), 3),
+        top1_change=round(100 * float(diff.mean()), 3),
+        top1_agreement=round(float((got == ref).float().mean()), 5),
+        change_se=round(100 * se, 3),
+    )

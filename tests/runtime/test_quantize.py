@@ -81,10 +81,10 @@ def test_int8_runs_on_both_cpu_runtimes_with_the_accuracy_of_fp32(trained_cnn, f
     results = {}
     for runtime in ("onnxruntime", "openvino"):
         acc = accuracy_change(trained_cnn, artifact_runner(qdq, runtime, threads=1), x, y, "test")
-        assert acc["images"] == len(y) == 300 and acc["fp32_top1"] == pytest.approx(fp32_top1, abs=1e-3)
-        assert acc["top1_agreement"] >= 0.95, (runtime, acc)
-        assert abs(acc["top1_change"]) <= 3.0, (runtime, acc)
-        assert acc["top1_change"] == pytest.approx(acc["top1"] - acc["fp32_top1"], abs=1e-2)
+        assert acc.images == len(y) == 300 and acc.fp32_top1 == pytest.approx(fp32_top1, abs=1e-3)
+        assert acc.top1_agreement >= 0.95, (runtime, acc)
+        assert abs(acc.top1_change) <= 3.0, (runtime, acc)
+        assert acc.top1_change == pytest.approx(acc.top1 - acc.fp32_top1, abs=1e-2)
         results[runtime] = artifact_runner(qdq, runtime, threads=1)(x[:64])
     # the same file on both runtimes is the same numerical model, up to integer rounding
     assert (results["onnxruntime"].argmax(1) == results["openvino"].argmax(1)).mean() >= 0.95
