@@ -26,7 +26,7 @@ from dery_deploy.artifacts import cache_root, sha256_json
 from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.measure import measure_finalists
 from dery_deploy.assemble.program_data import Scores
-from dery_deploy.assemble.stage import AssembleRequest, Measuring
+from dery_deploy.assemble.stage import AssembleRequest, AssembleResult, Measuring
 from dery_deploy.assemble.stage import assemble as run_assemble
 from dery_deploy.cli.common import (
     Listing,
@@ -255,7 +255,7 @@ def shared_measurement(storage: str | None, task, budget: float, model: LatencyM
     return measure
 
 
-def print_candidates(res, budget: float, spec) -> None:
+def print_candidates(res: AssembleResult, budget: float, spec) -> None:
     s = res.solver
     proxy = res.plan.proxy["name"]
     listing = Listing(
@@ -282,23 +282,23 @@ def print_candidates(res, budget: float, spec) -> None:
             }
         )
     listing.show()
-    if s.get("measured") != MEASURED:  # e.g. a Jetson's plan made on the host: nothing was measured
+    if s.measured != MEASURED:  # e.g. a Jetson's plan made on the host: nothing was measured
         after = (
             f"; the first measurement of the plan is check_engine.py on the device (`dery export RUN --format "
             f"tensorrt --device {spec.id} --bundle DIR`)"
             if spec.kind == "jetson"
             else f"; run dery assemble on the {spec.id} to measure them"
         )
-        console.print(f"* finalist (predicted within the budget; {s.get('measured')}){after}", style="dim")
+        console.print(f"* finalist (predicted within the budget; {s.measured}){after}", style="dim")
         return
-    dropped = s.get("rejected_over_budget", 0)
+    dropped = s.rejected_over_budget
     console.print(
-        f"* finalist (measured within the budget); {dropped} of {s.get('finalists', len(res.finalists))} "
+        f"* finalist (measured within the budget); {dropped} of {s.finalists} "
         "finalists measured over the budget and dropped"
         + (": " + ", ".join(f"{c.name} {c.measured['latency_ms']:.4f} ms" for c in res.rejected) if dropped else ""),
         style="dim",
     )
-    near = s.get("near_budget") or []
+    near = s.near_budget
     if near:
         console.print(
             f"within measurement noise of the budget (a remeasurement could decide otherwise): {', '.join(near)}; "
