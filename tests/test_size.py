@@ -18,9 +18,9 @@ DRIVERS = {
 }
 # older functions and modules over the limit, at their size when the limit came in: each may only shrink
 RATCHET: dict[str, int] = {}
-MODULE_RATCHET = {
-    "profile/bundle_runner.py": 475,  # standalone: copied to the device as one file
-}
+MODULE_RATCHET: dict[str, int] = {}
+# standalone device scripts, copied to a Jetson as single files (so one module each, by design)
+STANDALONE = {"profile/bundle_runner.py": 475}
 
 
 def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
@@ -55,7 +55,8 @@ def test_no_function_body_is_over_sixty_lines():
 
 def test_no_module_is_over_four_hundred_lines():
     _, modules = sizes()
-    over = {rel: n for rel, n in modules.items() if n > MODULE_RATCHET.get(rel, MAX_MODULE)}
+    limit = {**MODULE_RATCHET, **STANDALONE}
+    over = {rel: n for rel, n in modules.items() if n > limit.get(rel, MAX_MODULE)}
     assert not over, f"modules over their limit: {over}"
 
 
