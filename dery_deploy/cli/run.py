@@ -124,9 +124,9 @@ def show_answer(m: RunManifest) -> None:
     console.print("[bold]the answer[/]")
     for a in answers(m, Path.cwd()):
         if not a.feasible:
-            console.print(f"  [bold]{a.budget_ms:g} ms[/]: nothing ships: {a.infeasible}")
+            console.print(f"  [bold]{a.budget_text()} ms[/]: nothing ships: {a.infeasible}")
             continue
-        console.print(f"  [bold]{a.budget_ms:g} ms[/]: ship {a.ships}")
+        console.print(f"  [bold]{a.budget_text()} ms[/]: ship {a.ships}")
         console.print(f"    {a.runtime}: {a.artifact or 'no artifact'}")
         vs = (
             f"best fitting donor {a.donor} {a.donor_top1:.2f}% ({a.difference:+.2f} points)"

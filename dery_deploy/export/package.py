@@ -187,9 +187,11 @@ def refresh_latency(
     measured_in: str,
     reference_ms: float | None,
     other_load_cores: float | None = None,
+    budget_ms: float | None = None,
 ) -> None:
     """Replace a package's recorded latency (and budget verdict) by a later measurement of the same file
-    (`dery run`'s final pass), so deploy.json states what the report states."""
+    (`dery run`'s final pass), so deploy.json states what the report states; `budget_ms` replaces the
+    budget where the run raised one it had chosen itself."""
     path = Path(out) / FILE
     if not path.is_file():
         return
@@ -197,4 +199,6 @@ def refresh_latency(
     info.latency = latency_of(measured, measured_in, reference_ms, other_load_cores)
     if info.budget is not None:
         info.budget.verdict = verdict_line
+        if budget_ms is not None:
+            info.budget.latency_ms = budget_ms
     info.write(path)

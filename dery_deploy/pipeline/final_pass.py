@@ -23,6 +23,7 @@ from dery_deploy.export.package import refresh_latency
 from dery_deploy.export.report import write_budget
 from dery_deploy.export.verdict import budget_check, relate_to_machine
 from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.own_budget import raise_own_budget
 from dery_deploy.pipeline.records import (
     BudgetResult,
     DonorFit,
@@ -278,19 +279,30 @@ def apply_final_pass(r: Run, ctx: Context, fp: FinalPassFile) -> None:
             res.mix.measured_uncertainty = round(ts[t].promise_uncertainty_at(q), 5)
             res.mix.measured_target = t
         judge_shipped(r, res, fp, meas)
-        fitting: dict[str, DonorFit] = {}
-        for n, d in m.donors.items():
-            fits = [t for t, v in d.latency_by_target.items() if v.ms <= b]
-            if fits:
-                fitting[n] = donor_accuracy(r, ctx, n, d, fits)
+        if not r.opts.budgets and raise_own_budget(r, res, lambda ms: fitting_donors(r, ctx, ms)):
+            judge_shipped(r, res, fp, meas, quiet=True)
+        fitting = fitting_donors(r, ctx, res.promised_ms)
         res.donors_within_budget = sorted(fitting, key=lambda n: -fitting[n].top1)
         res.donor_fit = fitting
 
 
-def judge_shipped(r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, Measurement]) -> None:
-    """One budget's shipped file judged against its budget by its final-pass measurement, or the median of
-    that and its re-measurements where there were some (`verdict_measurement`); its export report and
-    package rewritten with that verdict."""
+def fitting_donors(r: Run, ctx: Context, b: float) -> dict[str, DonorFit]:
+    """The donors whose final-pass latency on some target is within `b`, each with its accuracy there."""
+    fitting: dict[str, DonorFit] = {}
+    for n, d in r.manifest.donors.items():
+        fits = [t for t, v in d.latency_by_target.items() if v.ms <= b]
+        if fits:
+            fitting[n] = donor_accuracy(r, ctx, n, d, fits)
+    return fitting
+
+
+def judge_shipped(
+    r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, Measurement], quiet: bool = False
+) -> None:
+    """One budget's shipped file judged against its budget (the raised one, where the run raised a budget
+    it had chosen itself) by its final-pass measurement, or the median of that and its re-measurements
+    where there were some (`verdict_measurement`); its export report and package rewritten with that
+    verdict. `quiet`: judging again, the measurements were said the first time."""
     b, q = res.budget_ms, r.opts.percentile
     [target] = by_target(meas, f"ship:{b:g}") or [None]
     shipped_file = res.export
@@ -302,16 +314,17 @@ def judge_shipped(r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, 
         round(shipped.promise_uncertainty_at(q), 5),
     )
     res.measured_history_ms = history
-    if len(history) > 1:
+    if len(history) > 1 and not quiet:
         r.say(
             f"  budget {b:g} ms: the shipped file measured {history[0]:.4f} ms in the final pass, then "
             + ", ".join(f"{ms:.4f}" for ms in history[1:])
             + f" ms re-measured alone; the verdict reads the median, {shipped.promise_at(q):.4f} ms"
         )
-    res.admitted_disagreement = admitted_disagreement(r, res, target, history[0])
+    res.admitted_disagreement = admitted_disagreement(r, res, target, history[0], quiet)
     f = shipped_file
     assert f.device is not None and f.precision is not None and f.batch is not None, "an export that ran here"
-    verdict = budget_check(res.plan, shipped, f.device, f.precision, f.batch, f.threads)
+    raised = res.raised.to_ms if res.raised else None
+    verdict = budget_check(res.plan, shipped, f.device, f.precision, f.batch, f.threads, raised)
     ref_key = f"{res.plan['backend']}/t{f.threads}"
     ref_now = summary.references_ms.get(ref_key)
     verdict = relate_to_machine(verdict, ref_now, f.reference_ms)
@@ -332,6 +345,7 @@ def judge_shipped(r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, 
         verdict.measured_in,
         ref_now,
         summary.other_load_cores,
+        raised,
     )
 
 

@@ -200,6 +200,17 @@ class DonorFit:
 
 
 @dataclass
+class BudgetRaise:
+    """A budget the run chose itself, raised after its shipped file measured over it (`own_budget.py`):
+    from what to what, the slowest figure of the file it was raised over, and why, in words."""
+
+    from_ms: float
+    to_ms: float
+    slowest_ms: float
+    why: str
+
+
+@dataclass
 class BudgetResult:
     """One budget of a run: either why nothing fits it (`infeasible`), or what was assembled, selected,
     picked, shipped and measured for it, and which donors fit it. Fields a budget did not reach are None
@@ -241,6 +252,13 @@ class BudgetResult:
     admitted_disagreement: float | None = None
     donors_within_budget: list[str] | None = None
     donor_fit: dict[str, DonorFit] | None = None
+    raised: BudgetRaise | None = None  # a budget the run chose itself, raised to what its pick measured
+
+    @property
+    def promised_ms(self) -> float:
+        """The budget the shipped file is promised and judged against: the raised one, where it was raised.
+        `budget_ms` stays the budget's name (its folder, its final-pass keys)."""
+        return self.raised.to_ms if self.raised else self.budget_ms
 
     @property
     def feasible(self) -> bool:

@@ -73,7 +73,7 @@ def verdict_measurement(fp: FinalPassFile, key: str, q: int) -> tuple[Measuremen
     return m, summary, history
 
 
-def admitted_disagreement(r: Run, res: BudgetResult, target: str, final_ms: float) -> float | None:
+def admitted_disagreement(r: Run, res: BudgetResult, target: str, final_ms: float, quiet: bool = False) -> float | None:
     """The relative difference between the shipped network's measurement as a finalist (which admitted it
     under the budget) and the final pass's, said on the terminal when above `ADMITTED_DISAGREEMENT`: the
     two were taken minutes apart in other passes, and a machine whose speed moved between them makes
@@ -82,7 +82,7 @@ def admitted_disagreement(r: Run, res: BudgetResult, target: str, final_ms: floa
     if not admitted:
         return None
     rel = round(final_ms / admitted - 1, 4)
-    if abs(rel) > ADMITTED_DISAGREEMENT:
+    if abs(rel) > ADMITTED_DISAGREEMENT and not quiet:
         r.say(
             f"  note: budget {res.budget_ms:g} ms: the shipped network measured {admitted:.4f} ms as a finalist and "
             f"{final_ms:.4f} ms in the final pass ({100 * rel:+.0f}%): the machine's speed moved between the two "

@@ -18,9 +18,10 @@ class Answer:
 
     `infeasible` is None when something ships; otherwise it says why nothing does (possibly "")."""
 
-    budget_ms: float
+    budget_ms: float  # the budget promised: the raised one where the run raised a budget it chose itself
     percentile: int
     infeasible: str | None = None
+    raised_from_ms: float | None = None  # the run's own choice, before it was raised
     ships: str = ""
     runtime: str = ""
     artifact: str | None = None
@@ -49,8 +50,9 @@ class Answer:
         best = r.donors_within_budget[0] if r.donors_within_budget else None
         fit = (r.donor_fit or {}).get(best) if best else None
         return cls(
-            r.budget_ms,
+            r.promised_ms,
             q,
+            raised_from_ms=r.raised.from_ms if r.raised else None,
             ships=f"{describe(plan)} ({r.pick_kind})",
             runtime=f"{plan.get('backend')} {plan.get('precision')}, batch {plan.get('batch', 1)}{threads}",
             artifact=_artifact(r, root),
@@ -68,6 +70,11 @@ class Answer:
     @property
     def feasible(self) -> bool:
         return self.infeasible is None
+
+    def budget_text(self) -> str:
+        """The budget in words: `0.132`, or `0.132 (raised from 0.108)`."""
+        raised = f" (raised from {self.raised_from_ms:g})" if self.raised_from_ms is not None else ""
+        return f"{self.budget_ms:g}{raised}"
 
     @property
     def difference(self) -> float | None:

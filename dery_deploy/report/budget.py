@@ -16,6 +16,8 @@ def budget(r: BudgetResult, m: RunManifest) -> list[str]:
     if r.infeasible is not None:
         return lines + [f"Infeasible: {r.infeasible}", ""]
     sel, pick = r.selection, r.pick_triple
+    if r.raised:
+        lines += [f"**Raised:** {r.raised.why}.", ""]
     lines += [verdict_line(r, m), ""]
     lines += pick_line(pick, sel, m)
     lines += triples_table(r.triples or [], sel, pick)
@@ -34,7 +36,7 @@ def verdict_line(r: BudgetResult, m: RunManifest) -> str:
     if best is None:
         if mix:
             return (
-                f"No donor fits {r.budget_ms:g} ms; the reassembled network reaches **{mix.top1:.2f}%** "
+                f"No donor fits {r.promised_ms:g} ms; the reassembled network reaches **{mix.top1:.2f}%** "
                 "(test): reassembly **won** by default."
             )
         return "No donor and no mixed plan fits."

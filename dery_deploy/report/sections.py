@@ -71,14 +71,14 @@ def answer_rows(m: RunManifest, root: Path | None = None) -> list[list[str]]:
     rows = []
     for a in answers(m, root):
         if not a.feasible:
-            rows.append([f"{a.budget_ms:g}", f"nothing: {a.infeasible}", "", "", "", "", "", ""])
+            rows.append([a.budget_text(), f"nothing: {a.infeasible}", "", "", "", "", "", ""])
             continue
         donor = "none fits"
         if a.donor:
             donor = f"{a.donor} {a.donor_top1:.2f}" + (f" ({a.donor_target})" if a.donor_target else "")
         rows.append(
             [
-                f"{a.budget_ms:g}",
+                a.budget_text(),
                 a.ships,
                 a.runtime,
                 f"`{a.artifact}`" if a.artifact else "-",
