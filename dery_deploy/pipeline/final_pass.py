@@ -20,7 +20,7 @@ import torch
 
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.export.package import refresh_latency
-from dery_deploy.export.report import write_budget
+from dery_deploy.export.report import report_path, write_budget
 from dery_deploy.export.verdict import budget_check, relate_to_machine
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.own_budget import raise_own_budget
@@ -334,7 +334,7 @@ def judge_shipped(
         else ""
     )
     f.budget = verdict
-    report = Path(res.export_dir) / f"report-{res.export_format or 'onnx'}.json"
+    report = report_path(Path(res.export_dir), res.export_format or "onnx")
     if report.is_file():
         write_budget(report, verdict)
     # the package states what the report states: the final pass's figure of the shipped file

@@ -11,7 +11,7 @@ from pathlib import Path
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
-from dery_deploy.export.report import ExportRecord
+from dery_deploy.export.report import ExportRecord, report_path
 from dery_deploy.export.stage import export_run
 from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
@@ -159,6 +159,12 @@ def stage_verify(r: Run, zoo, spec, prof_file: Path, part, dis, target: str = ""
     return prof
 
 
+def made_after(path: Path, checkpoint: Path) -> bool:
+    """The one reuse rule for what is computed from a run's checkpoint (an evaluation, an int8 accuracy, an
+    export): `path` exists and was written no earlier than `checkpoint`, so a retrained run recomputes it."""
+    return path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime
+
+
 def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: str) -> AccuracyChange:
     """The run's network as QDQ INT8 on the target's runtime against itself in fp32 on a split
     (`runtime.evaluate.accuracy_change`); cached beside the run."""
@@ -167,7 +173,7 @@ def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: 
 
     cache = run_dir / f"int8-{split}-{target.replace('/', '-')}.json"
     ckpt = run_dir / "checkpoint.safetensors"
-    if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
+    if made_after(cache, ckpt):
         return AccuracyChange(**json.loads(cache.read_text()))
     model, cfg = load_run_model(run_dir)
     qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg.seed))
@@ -219,7 +225,7 @@ def stage_evaluate(r: Run, run_dir: Path, task, label: str, latency: tuple | Non
     ckpt = run_dir / "checkpoint.safetensors"
 
     def reuse():
-        if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
+        if made_after(path, ckpt):
             ev = Evaluation.read(path)
             return ev if (latency is None or ev.latency is not None) else None
         return None
@@ -248,11 +254,11 @@ def stage_export(
 ) -> ExportRecord:
     """Export a run (into `out`, default RUN/export), held to `plan`'s budget (default the run's own plan)."""
     out = out or run_dir / "export"
-    path = out / f"report-{fmt}.json"
+    path = report_path(out, fmt)
     ckpt = run_dir / "checkpoint.safetensors"
 
     def reuse():
-        if not (path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime):
+        if not made_after(path, ckpt):
             return None
         rep = json.loads(path.read_text())
         same_budget = (rep.get("budget") or {}).get("budget_ms") == (plan or {}).get("budget", {}).get("latency_ms")
