@@ -28,6 +28,12 @@ def planning_margin(model: LatencyModel) -> float:
     return min(check.at(model.percentile)[3], MAX_MARGIN) if check else 0.0
 
 
+def planned_budget(budget: Budget, model: LatencyModel) -> Budget:
+    """The budget the program plans to on this target: the latency less `planning_margin`."""
+    latency_ms = us_to_ms(budget.latency_us) / (1 + planning_margin(model))
+    return Budget(budget_us(latency_ms), budget.memory_mb, budget.params)
+
+
 @dataclass
 class TargetPool:
     """What the program proposes for one target (backend/precision): its candidates and how it planned."""
@@ -44,8 +50,7 @@ def target_pool(
 ) -> TargetPool:
     """The program's top N under the budget less this target's planning margin, plus the donors that
     fit and the best one- and two-seam chains, all predicted with this target's latency model."""
-    margin = planning_margin(model)
-    planned = Budget(budget_us(us_to_ms(budget.latency_us) / (1 + margin)), budget.memory_mb, budget.params)
+    margin, planned = planning_margin(model), planned_budget(budget, model)
     donors = {}
     for n in zoo.donor_names:
         key = donor_key(zoo, n, task.num_classes)

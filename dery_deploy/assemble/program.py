@@ -151,7 +151,7 @@ class SolveResult:
     extra: dict = field(default_factory=dict)
 
 
-def _mem_ok(m: float | None, budget: Budget) -> bool:
+def mem_ok(m: float | None, budget: Budget) -> bool:
     return budget.memory_mb is None or (m is not None and m <= budget.memory_mb)
 
 
@@ -161,14 +161,14 @@ def fastest(data: ProgramData, budget: Budget | None = None) -> Evaluation | Non
     best: dict[int, tuple[int, tuple[int, ...]]] = {
         o: (data.base_us + data.block_us[0][o], (o,))
         for o in range(len(data.options[0]))
-        if _mem_ok(data.block_mem[0][o], mem_budget)
+        if mem_ok(data.block_mem[0][o], mem_budget)
     }
     for k in range(1, data.K):
         new: dict[int, tuple[int, tuple[int, ...]]] = {}
         for a, b, lat, _, _ in data.edges(k - 1):
-            if a not in best or not _mem_ok(data.block_mem[k][b], mem_budget):
+            if a not in best or not mem_ok(data.block_mem[k][b], mem_budget):
                 continue
-            if (a, b) in data.adapter_mem[k - 1] and not _mem_ok(data.adapter_mem[k - 1][(a, b)], mem_budget):
+            if (a, b) in data.adapter_mem[k - 1] and not mem_ok(data.adapter_mem[k - 1][(a, b)], mem_budget):
                 continue
             cand = best[a][0] + lat + data.block_us[k][b]
             if b not in new or cand < new[b][0]:
@@ -195,7 +195,7 @@ def top_n_dp(data: ProgramData, budget: Budget, top: int) -> list[Evaluation]:
     # label: (latency, params, quality, choice)
     labels = [
         [(data.base_us + data.block_us[0][o], bp[0][o], data.block_q[0][o], (o,))]
-        if _mem_ok(data.block_mem[0][o], budget)
+        if mem_ok(data.block_mem[0][o], budget)
         else []
         for o in range(len(data.options[0]))
     ]
@@ -206,9 +206,9 @@ def top_n_dp(data: ProgramData, budget: Budget, top: int) -> list[Evaluation]:
     for k in range(1, K):
         new: list[list[tuple]] = [[] for _ in data.options[k]]
         for a, b, lat, par, q in data.edges(k - 1):
-            if not labels[a] or not _mem_ok(data.block_mem[k][b], budget):
+            if not labels[a] or not mem_ok(data.block_mem[k][b], budget):
                 continue
-            if (a, b) in data.adapter_mem[k - 1] and not _mem_ok(data.adapter_mem[k - 1][(a, b)], budget):
+            if (a, b) in data.adapter_mem[k - 1] and not mem_ok(data.adapter_mem[k - 1][(a, b)], budget):
                 continue
             par = par if budget.params is not None else 0
             add_lat, add_par, add_q = lat + data.block_us[k][b], par + bp[k][b], q + data.block_q[k][b]
@@ -254,7 +254,7 @@ def brute_force(data: ProgramData, budget: Budget, top: int = 1) -> list[Evaluat
     return ok[:top]
 
 
-def solve(  # noqa: C901 (a driver: data, variables, constraints, objective, solve, status in one read)
+def solve(
     data: ProgramData, budget: Budget, top: int = 10, time_limit_s: float = 20.0, workers: int = 2
 ) -> SolveResult:
     """Top `top` distinct assemblies under the budget: the DP's list, certified by CP-SAT (module docstring)."""
@@ -282,58 +282,11 @@ def solve(  # noqa: C901 (a driver: data, variables, constraints, objective, sol
             infeasible_reason=reason,
             fastest_us=f.latency_us if f else None,
         )
-    K = data.K
+    from dery_deploy.assemble.cp_chain import add_chain
 
-    # Variables: x[k, o] = option o is the block of set k; e[k, a, b] = the stitch a (set k) -> b (set k + 1).
     model = cp_model.CpModel()
-    x = {(k, o): model.new_bool_var(f"x_{k}_{o}") for k in range(K) for o in range(len(data.options[k]))}
-    e = {(k, a, b): model.new_bool_var(f"e_{k}_{a}_{b}") for k in range(K - 1) for a, b, *_ in data.edges(k)}
-
-    # Exactly one block per equivalence set.
-    for k in range(K):
-        model.add_exactly_one(x[k, o] for o in range(len(data.options[k])))
-    # A stitch is on exactly when both its ends are chosen, written as flow conservation (one out of
-    # every chosen block, one into it), which keeps the LP relaxation a path through the sets.
-    out_of: dict[tuple[int, int], list] = {}
-    into: dict[tuple[int, int], list] = {}
-    for (k, a, b), v in e.items():
-        out_of.setdefault((k, a), []).append(v)
-        into.setdefault((k + 1, b), []).append(v)
-    for (k, a), vs in out_of.items():
-        model.add(sum(vs) == x[k, a])
-    for (k, b), vs in into.items():
-        model.add(sum(vs) == x[k, b])
-    # Predicted latency (the latency model's integers) within the budget.
-    stitch = {(k, a, b): (lat, par, q) for k in range(K - 1) for a, b, lat, par, q in data.edges(k)}
-    latency = (
-        data.base_us
-        + sum(data.block_us[k][o] * v for (k, o), v in x.items())
-        + sum(stitch[key][0] * v for key, v in e.items())
-        + sum(data.head_us[o] * x[K - 1, o] for o in range(len(data.options[K - 1])))
-    )
-    model.add(latency <= budget.latency_us)
-    # Peak memory: no item above the budget (activations are freed between items).
-    if budget.memory_mb is not None:
-        for (k, o), v in x.items():
-            if not _mem_ok(data.block_mem[k][o], budget):
-                model.add(v == 0)
-        for (k, a, b), v in e.items():
-            if (a, b) in data.adapter_mem[k] and not _mem_ok(data.adapter_mem[k][(a, b)], budget):
-                model.add(v == 0)
-    # Parameters within the budget.
-    if budget.params is not None:
-        model.add(
-            sum(data.block_params[k][o] * v for (k, o), v in x.items())
-            + sum(stitch[key][1] * v for key, v in e.items())
-            + sum(data.head_params[o] * x[K - 1, o] for o in range(len(data.options[K - 1])))
-            <= budget.params
-        )
-    # Objective: the quality of blocks, stitches and the features that reach the head.
-    quality = (
-        sum(data.block_q[k][o] * v for (k, o), v in x.items())
-        + sum(stitch[key][2] * v for key, v in e.items())
-        + sum(data.end_q[o] * x[K - 1, o] for o in range(len(data.options[K - 1])))
-    )
+    chain = add_chain(model, data, budget)
+    quality = chain.quality
     # The N best, one CP-SAT optimum each: the i-th solve excludes the i-1 before it (no-good cuts)
     # and is bounded by the DP's i-th value and hinted with its assembly, so each proof closes at once.
     model.maximize(quality)
@@ -345,20 +298,18 @@ def solve(  # noqa: C901 (a driver: data, variables, constraints, objective, sol
     for i, want in enumerate(dp):
         model.add(quality <= want.quality)  # valid: the DP is exact (earlier, looser bounds stay valid too)
         model.clear_hints()
-        for (k, o), v in x.items():
-            model.add_hint(v, int(want.choice[k] == o))
-        for (k, a, b), v in e.items():
-            model.add_hint(v, int(want.choice[k] == a and want.choice[k + 1] == b))
+        chain.hint(model, want.choice)
         status = solver.solve(model)
         statuses.append(solver.status_name(status))
         if status != cp_model.OPTIMAL:
             raise AssertionError(f"CP-SAT did not prove the DP's assembly #{i + 1} {want.choice} ({statuses[-1]})")
-        got = tuple(next(o for o in range(len(data.options[k])) if solver.value(x[k, o])) for k in range(K))
+        got = chain.choice(solver, data)
         if data.evaluate(got).quality != want.quality:
             raise AssertionError(f"CP-SAT's assembly #{i + 1} {got} differs in quality from the DP's {want.choice}")
         if i == 0:
             t_first = time.perf_counter() - t0
-        model.add_bool_or([x[k, o].Not() for k, o in enumerate(got)])  # no-good: this assembly may not come back
+        # no-good: this assembly may not come back
+        model.add_bool_or([chain.x[k, o].Not() for k, o in enumerate(got)])
     name = statuses[0]
     solutions, extra = dp, {"dp_seconds": round(t_dp, 4), "cp_sat_solves": len(statuses)}
     return SolveResult(solutions, name, time.perf_counter() - t0, t_first, "cp-sat", extra=extra)

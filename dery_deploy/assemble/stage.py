@@ -21,7 +21,14 @@ import torch
 
 from dery_deploy.assemble.candidates import AdapterFitter, Candidate, score_networks
 from dery_deploy.assemble.measure import keep_within_budget, measure_finalists
-from dery_deploy.assemble.pool import TargetPool, carried_candidates, planning_margin, target_of, target_pool
+from dery_deploy.assemble.pool import (
+    TargetPool,
+    carried_candidates,
+    planned_budget,
+    planning_margin,
+    target_of,
+    target_pool,
+)
 from dery_deploy.assemble.program import Budget, ProgramData, fastest
 from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.assemble.search_optuna import optuna_search
@@ -224,8 +231,7 @@ def optuna_pool(
     num_classes: int,
 ) -> TargetPool:
     """Optuna's proposals, scored by the proxy as it searched, under the budget less the planning margin."""
-    margin = planning_margin(model)
-    planned = Budget(budget_us(request.latency_ms / (1 + margin)), request.memory_mb, request.budget.params)
+    margin, planned = planning_margin(model), planned_budget(request.budget, model)
     cands, solver = optuna_search(
         data, zoo, partition, dissections, fitter, request.proxy, images, labels, planned, request.top, request.seed,
         num_classes,
