@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_common  # noqa: E402
 import bench_estimate  # noqa: E402
+import bench_quality  # noqa: E402
 
 RUN = Path(__file__).parent / "report" / "fixtures" / "tiny-quick"
 
@@ -44,3 +45,34 @@ def test_the_estimate_bench_matches_each_estimated_part_to_the_stage_that_did_it
     ]
     assert row["estimated_total_s"] == 800.0 and row["total_error_pct"] == 65.0 and row["rest_error_pct"] == 83.8
     assert row["groups"] == {"selection": {"estimated_s": 600.0, "actual_s": 622.85}}
+
+
+def test_the_quality_bench_reads_the_pick_the_best_donor_and_the_best_mix(run):
+    [row] = bench_quality.summarise(run)
+    assert (row["pick"], row["pick_target"], row["pick_kind"]) == ("cnx (whole donor)", "openvino/fp32", "donor")
+    assert (row["selection_folds"], row["selection_images"], row["selection_noise"]) == (5, 200, 5.362)
+    assert (row["best_donor"], row["best_donor_top1"], row["shipped_top1"]) == ("cnx", 64.333, 64.333)
+    assert (
+        row["best_reassembled"] == "vit[0:2] > cnx[2:5] > cnx[5:9] > cnx[9:13]" and row["best_reassembled_seams"] == 1
+    )
+    assert (row["best_reassembled_top1"], row["best_reassembled_val"], row["reassembled_minus_donor"]) == (
+        61.0,
+        65.0,
+        -3.33,
+    )
+    # the shipped file's timing and verdict, from the older run's flat export report migrated to ExportRecord
+    assert (row["shipped_measured_ms"], row["shipped_within_budget"], row["shipped_budget_checked"]) == (
+        0.23549,
+        True,
+        True,
+    )
+    assert (row["finalists"], row["dropped_over_budget"], row["planning_margin"]) == (12, 0, 0.03243)
+
+
+def test_the_quality_bench_reads_an_infeasible_budget_as_its_reason(run):
+    from dery_deploy.pipeline.records import BudgetResult
+
+    run.results.insert(0, BudgetResult(0.05, infeasible="no network fits 0.05 ms"))
+    rows = bench_quality.summarise(run)
+    assert rows[0] == {"budget_ms": 0.05, "infeasible": "no network fits 0.05 ms"} and rows[1]["budget_ms"] == 0.5
+    assert bench_quality.plain(run.teacher)["donor"] == "cnx"
