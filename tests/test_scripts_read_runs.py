@@ -2,12 +2,16 @@
 schema-2 run.json the scripts read through `RunManifest.from_dict` as they read older runs): each reads the
 typed records by attribute, and these are the figures it takes from them."""
 
+import json
+import shutil
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from dery_deploy.pipeline.records import GroupTime, Part, RunEstimate
+from dery_deploy.pipeline.records import FinalPassFile, GroupTime, Part, RunEstimate
+from dery_deploy.runtime.harness import PassSummary
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -15,6 +19,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_common  # noqa: E402
 import bench_estimate  # noqa: E402
 import bench_quality  # noqa: E402
+import bench_reproduce  # noqa: E402
 
 RUN = Path(__file__).parent / "report" / "fixtures" / "tiny-quick"
 
@@ -76,3 +81,25 @@ def test_the_quality_bench_reads_an_infeasible_budget_as_its_reason(run):
     rows = bench_quality.summarise(run)
     assert rows[0] == {"budget_ms": 0.05, "infeasible": "no network fits 0.05 ms"} and rows[1]["budget_ms"] == 0.5
     assert bench_quality.plain(run.teacher)["donor"] == "cnx"
+
+
+@pytest.fixture
+def run_folder(tmp_path, run):
+    """The captured run folder with its final_pass.json, written from the final pass run.json records (the
+    capture kept run.json alone)."""
+    shutil.copy(RUN / "run.json", tmp_path / "run.json")
+    fp = run.final_pass
+    summary = PassSummary(**{f.name: getattr(fp, f.name) for f in fields(PassSummary)})
+    (tmp_path / "final_pass.json").write_text(json.dumps(FinalPassFile({}, summary, fp.measurements).to_dict()))
+    return tmp_path
+
+
+def test_the_reproduce_bench_reads_each_shipped_file_and_its_final_pass_figures(run_folder):
+    run, fp = bench_common.read_run(run_folder), bench_common.read_final_pass(run_folder)
+    [row] = bench_reproduce.shipped_rows(run, fp, [1, 28, 28])
+    assert (row["budget_ms"], row["target"], row["network"]) == (0.5, "openvino/fp32", "cnx (whole donor)")
+    assert row["file"] == "@RUN@/budget-0.5ms/export/model.xml" and row["report_top1"] == 64.333
+    assert (row["runtime"], row["threads"], row["shape"]) == ("openvino", 1, [1, 1, 28, 28])
+    # the final pass's per-call p50 / p90 over all calls, and its openvino/t1 reference
+    assert row["recorded"] == {"p50": 0.24017, "p90": 0.84497, "reference": 0.30593}
+    assert row["recorded_se"] == {"p50": 0.03951, "p90": 0.05761, "p99": 0.12704} and row["pass_load_cores"] == 1.62
