@@ -20,6 +20,7 @@ import bench_common  # noqa: E402
 import bench_estimate  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_reproduce  # noqa: E402
+import bench_runtimes  # noqa: E402
 
 RUN = Path(__file__).parent / "report" / "fixtures" / "tiny-quick"
 
@@ -103,3 +104,27 @@ def test_the_reproduce_bench_reads_each_shipped_file_and_its_final_pass_figures(
     # the final pass's per-call p50 / p90 over all calls, and its openvino/t1 reference
     assert row["recorded"] == {"p50": 0.24017, "p90": 0.84497, "reference": 0.30593}
     assert row["recorded_se"] == {"p50": 0.03951, "p90": 0.05761, "p99": 0.12704} and row["pass_load_cores"] == 1.62
+
+
+def test_the_runtimes_bench_reads_what_ships_and_what_each_run_measured(run):
+    [row] = bench_runtimes.shipped(run)
+    assert row == {
+        "budget_ms": 0.5,
+        "network": "cnx (whole donor)",
+        "kind": "donor",
+        "target": "openvino/fp32",
+        "measured_ms": 0.24017,
+        "uncertainty": 0.03951,
+        "within_budget": True,
+        "test_top1": 64.333,
+        "fp32_top1": 64.333,  # fp32 ships: its own top-1
+        "int8_test_change": None,
+    }
+    done = bench_runtimes.RunDone(run, 1320.0, 0, [])
+    c = bench_runtimes.compared(done, done)
+    assert c["targets"] == ["onnxruntime/fp32", "openvino/fp32", "openvino/int8"] and c["budgets"] == [0.5]
+    assert c["rows"][0]["top1_gain"] == 0.0 and c["final_pass_noise_index"]["all_targets"] == 0.19008
+    assert c["profile_seconds"] == {"onnxruntime/fp32": 21.04, "openvino/fp32": 52.6, "openvino/int8": 50.75}
+    assert c["donor_latency_ms"]["res"]["openvino/int8"] == {"ms": 0.17071, "uncertainty": 0.0337}
+    first = bench_runtimes.first_run(done, done, "2026-12-03T10:00:00", "abc1234")
+    assert first["run_seconds"] == {"all_targets": 1320.0, "onnxruntime_fp32_only": 1320.0}
