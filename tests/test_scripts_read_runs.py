@@ -21,6 +21,7 @@ import bench_estimate  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_reproduce  # noqa: E402
 import bench_runtimes  # noqa: E402
+import gpu_check_summary  # noqa: E402
 
 RUN = Path(__file__).parent / "report" / "fixtures" / "tiny-quick"
 
@@ -128,3 +129,32 @@ def test_the_runtimes_bench_reads_what_ships_and_what_each_run_measured(run):
     assert c["donor_latency_ms"]["res"]["openvino/int8"] == {"ms": 0.17071, "uncertainty": 0.0337}
     first = bench_runtimes.first_run(done, done, "2026-12-03T10:00:00", "abc1234")
     assert first["run_seconds"] == {"all_targets": 1320.0, "onnxruntime_fp32_only": 1320.0}
+
+
+def test_the_gpu_check_summary_reads_each_profile_as_a_typed_profile(tmp_path):
+    (tmp_path / "cache" / "profiles" / "cpu").mkdir(parents=True)
+    shutil.copy(RUN / "profile.json", tmp_path / "cache" / "profiles" / "cpu" / "onnxruntime.json")
+    (tmp_path / "cache" / "profiles" / "cpu" / "torn.json").write_text('{"kind": "profile", "sch')
+    out, donors = gpu_check_summary.profiles(str(tmp_path))
+    p = out["onnxruntime.json"]
+    assert (p["items"], p["passes"], p["unstable"], p["failed_items"]) == (35, 2, 6, {})
+    assert p["donor_ms"] == {"res": 0.09446, "cnx": 0.14925, "vit": 0.78411}
+    assert donors == {("onnxruntime", 1): p["donor_ms"]}
+    assert p["verify"]["n"] == 3 and p["verify"]["speed"] == "raw"
+    assert out["torn.json"].startswith("missing: DeryError")  # one torn file costs its own row only
+
+
+def test_the_gpu_check_summary_reads_an_export_report_as_an_export_record(tmp_path, run):
+    from dery_deploy.export.report import ExportReport
+
+    rec = run.results[0].mix.export  # the captured ONNX export, written back as the export step writes it
+    report = ExportReport(rec.format, rec.artifact, rec.precision, rec.device, rec.batch, rec.parity, rec.timing)
+    report.latency_backend, report.budget = rec.latency_backend, rec.budget
+    (tmp_path / "report-onnx.json").write_text(json.dumps({**report.to_dict(), "build_s": 1.5, "load_ok": True}))
+    s = gpu_check_summary.export_summary(str(tmp_path / "report-onnx.json"))
+    assert (s["format"], s["device"], s["precision"], s["batch"]) == ("onnx", "cpu", "fp32", 1)
+    assert (s["latency_ms"], s["latency_stable"], s["error"]) == (0.39344, False, None)
+    assert s["parity"]["max_abs_diff"] == 4.291534423828125e-06 and s["budget"]["within_budget"] is True
+    assert (s["build_s"], s["load_ok"], s["bytes"]) == (1.5, True, None)
+    assert gpu_check_summary.export_summary(str(tmp_path / "report-aoti.json")).startswith("missing")
+    assert gpu_check_summary.finetune_summary(str(tmp_path / "metrics.json")).startswith("missing")
