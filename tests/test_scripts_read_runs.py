@@ -21,6 +21,7 @@ import bench_estimate  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_reproduce  # noqa: E402
 import bench_runtimes  # noqa: E402
+import bench_stitch_lr  # noqa: E402
 import gpu_check_summary  # noqa: E402
 
 RUN = Path(__file__).parent / "report" / "fixtures" / "tiny-quick"
@@ -158,3 +159,8 @@ def test_the_gpu_check_summary_reads_an_export_report_as_an_export_record(tmp_pa
     assert (s["build_s"], s["load_ok"], s["bytes"]) == (1.5, True, None)
     assert gpu_check_summary.export_summary(str(tmp_path / "report-aoti.json")).startswith("missing")
     assert gpu_check_summary.finetune_summary(str(tmp_path / "metrics.json")).startswith("missing")
+
+
+def test_the_stitch_lr_bench_names_a_plan_files_blocks(tmp_path, run):
+    (tmp_path / "01.json").write_text(json.dumps(run.results[0].mix.plan))  # the captured best mix's plan
+    assert bench_stitch_lr.blocks(str(tmp_path / "01.json")) == "vit[0:2] + cnx[2:5] + cnx[5:9] + cnx[9:13]"
