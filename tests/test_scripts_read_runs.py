@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_common  # noqa: E402
 import bench_estimate  # noqa: E402
 import bench_quality  # noqa: E402
+import bench_repeatability  # noqa: E402
 import bench_reproduce  # noqa: E402
 import bench_runtimes  # noqa: E402
 import bench_stitch_lr  # noqa: E402
@@ -164,3 +165,18 @@ def test_the_gpu_check_summary_reads_an_export_report_as_an_export_record(tmp_pa
 def test_the_stitch_lr_bench_names_a_plan_files_blocks(tmp_path, run):
     (tmp_path / "01.json").write_text(json.dumps(run.results[0].mix.plan))  # the captured best mix's plan
     assert bench_stitch_lr.blocks(str(tmp_path / "01.json")) == "vit[0:2] + cnx[2:5] + cnx[5:9] + cnx[9:13]"
+
+
+def test_the_repeatability_bench_reads_what_an_assembly_picked(run):
+    from dery_deploy.network.plan import Plan
+
+    # the shipped plan with the selection `dery assemble` files in it (run.json keeps it beside the plan)
+    plan = Plan.from_dict({**run.results[0].plan, "selection": run.results[0].selection.to_dict()})
+    a = bench_repeatability.assembly(plan)
+    assert a["pick"] == "cnx (whole donor)" and a["rule"].startswith("the best donor")
+    assert a["finalists"] == sorted(["cnx (whole donor)", "res (whole donor)", *MIXES])
+    assert a["validation"]["cnx (whole donor)"] == 68.5 and a["validation"][MIXES[1]] == 65.0
+    assert a["measured_ms"] == 0.20099
+
+
+MIXES = ["res[0:1] > res[1:2] > cnx[5:9] > cnx[9:13]", "vit[0:2] > cnx[2:5] > cnx[5:9] > cnx[9:13]"]
