@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_common  # noqa: E402
 import bench_estimate  # noqa: E402
+import bench_latency_model  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_repeatability  # noqa: E402
 import bench_reproduce  # noqa: E402
@@ -180,3 +181,10 @@ def test_the_repeatability_bench_reads_what_an_assembly_picked(run):
 
 
 MIXES = ["res[0:1] > res[1:2] > cnx[5:9] > cnx[9:13]", "vit[0:2] > cnx[2:5] > cnx[5:9] > cnx[9:13]"]
+
+
+def test_the_latency_model_bench_refits_a_profiles_own_check():
+    """The captured profile's latency check (3 mixed assemblies) fitted again on its rows, blocks alone."""
+    row = bench_latency_model.refit(RUN / "profile.json")
+    assert row["assemblies"] == 3
+    assert row["alone_median_max_pct"] == [3.14, 5.06] and row["alone_p90_median_max_pct"] == [24.02, 26.88]
