@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench_common import ROOT, machine, read_run
 
@@ -254,7 +254,7 @@ def one_run(out: Path, seed: int, budgets: list[float], extra: list[str]) -> Run
     return read_run(out)
 
 
-def plain(record: object) -> dict | None:
+def plain(record: Any) -> dict | None:
     """A typed record as the JSON this benchmark writes (None stays None)."""
     return None if record is None else asdict(record)
 
@@ -317,7 +317,7 @@ def main() -> None:
     if scaled:
         scaling(args, budgets, donor_ms)
         return
-    result = {
+    result: dict = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "budgets": budgets,

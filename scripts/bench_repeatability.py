@@ -88,7 +88,7 @@ def assembly(plan: Plan) -> dict:
 
 
 def assemble_twice(zoo: str, cache: Path, budget: float, out: Path) -> dict:
-    runs = []
+    runs: list[dict] = []
     for i in range(2):
         o = out / f"assemble-{i}" / "plan.json"
         t0 = time.time()

@@ -128,7 +128,7 @@ def main() -> None:
     from dery_deploy.artifacts import atomic_write_json
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    result = {"machine": machine(), "commit": commit.stdout.strip(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result: dict = {"machine": machine(), "commit": commit.stdout.strip(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     prev = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     # batches not rerun keep their rows, each with the commit and time it was measured at
     result["batches"] = {

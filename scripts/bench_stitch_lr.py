@@ -63,7 +63,7 @@ def main() -> None:
     nets |= {d: ["--donor", d, "--zoo", "fashion"] for d in args.donors.split(",")}
     scales = [float(s) for s in args.scales.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    rows: list[dict] = []
     for seed in seeds:
         for scale in scales:
             for name, source in nets.items():

@@ -14,6 +14,7 @@ import statistics
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
+from pathlib import Path
 
 CORE = (
     "environment",
@@ -77,19 +78,20 @@ def export_record(report: dict):
 def read_metrics(path: str):
     from dery_deploy.train.run_folder import FinetuneMetrics
 
-    return FinetuneMetrics.read(path)
+    return FinetuneMetrics.read(Path(path))
 
 
 def profiles(w: str) -> tuple[dict, dict]:
     """Per profile file: what it holds and its latency check; and (backend, batch) -> {donor: median ms}."""
-    out, donors = {}, {}
+    out: dict[str, dict | str] = {}
+    donors: dict[tuple[str, int], dict[str, float]] = {}
     for f in sorted(glob.glob(f"{w}/cache/profiles/*/*.json")):
         p = typed(read_profile, f)
         if isinstance(p, str):
             out[os.path.basename(f)] = p
             continue
-        out[os.path.basename(f)] = profile_summary(p)
-        donors[(p.backend, p.batch)] = out[os.path.basename(f)]["donor_ms"]
+        row = out[os.path.basename(f)] = profile_summary(p)
+        donors[(p.backend, p.batch)] = row["donor_ms"]
     return out, donors
 
 
