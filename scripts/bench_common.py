@@ -1,15 +1,21 @@
-"""Helpers shared by the benchmark scripts: machine description, a fresh workspace of the
-similarity + partition of a zoo, Kendall's tau."""
+"""Helpers shared by the benchmark scripts: machine description, a run folder's typed records, a fresh
+workspace of the similarity + partition of a zoo, Kendall's tau."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from dery_deploy.pipeline.manifest import RunManifest
+    from dery_deploy.pipeline.records import FinalPassFile
 
 
 def machine() -> dict:
@@ -25,6 +31,22 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def read_run(folder: Path) -> RunManifest:
+    """A run folder's run.json as the package's typed manifest. Read through `RunManifest.from_dict`, not
+    `RunManifest.read`: the latter refuses other schemas, and a benchmark reads the runs it made before
+    (an older run.json is migrated on the way in)."""
+    from dery_deploy.pipeline.manifest import RunManifest
+
+    return RunManifest.from_dict(json.loads((Path(folder) / "run.json").read_text()))
+
+
+def read_final_pass(folder: Path) -> FinalPassFile:
+    """A run folder's final_pass.json (the interleaved pass and its second looks), typed."""
+    from dery_deploy.pipeline.records import FinalPassFile
+
+    return FinalPassFile.from_dict(json.loads((Path(folder) / "final_pass.json").read_text()))
 
 
 def workspace(zoo_name: str, cache: Path, K: int = 4, probe: int = 512, restarts: int = 50, seed: int = 0):

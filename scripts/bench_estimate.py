@@ -18,30 +18,52 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench_common import ROOT, machine
+from bench_common import ROOT, machine, read_run
+
+from dery_deploy.pipeline.records import RunEstimate
+
+if TYPE_CHECKING:
+    from dery_deploy.pipeline.manifest import RunManifest, StageRecord
 
 
-def per_part(est: dict, stages: list[dict]) -> list[dict]:
+def per_part(est: RunEstimate, stages: list[StageRecord]) -> list[dict]:
     """Each estimated part beside the stage that did it, matched as the run's own ETA matches them."""
-    from dery_deploy.pipeline.estimate import Eta, Part, RunEstimate
+    from dery_deploy.pipeline.estimate import Eta
 
-    eta = Eta(RunEstimate(0.0, [Part(**p) for p in est.get("parts", [])], {}, 0.0))
+    eta = Eta(RunEstimate(0.0, list(est.parts), {}, 0.0))
     rows = []
     for s in stages:
         left = {id(p) for p in eta.todo}
-        if eta.finished(s["stage"], s["seconds"], s["status"] != "computed"):
+        if eta.finished(s.stage, s.seconds, s.status != "computed"):
             [part] = [p for p in eta.est.parts if id(p) in left and all(p is not q for q in eta.todo)]
             rows.append(
-                {
-                    "stage": s["stage"],
-                    "group": part.group,
-                    "estimated_s": round(part.seconds, 1),
-                    "actual_s": s["seconds"],
-                }
+                {"stage": s.stage, "group": part.group, "estimated_s": round(part.seconds, 1), "actual_s": s.seconds}
             )
     return rows
+
+
+def estimate_row(m: RunManifest) -> dict:
+    """What a finished run says of its estimate: when it was made, the rest it gave and the rest it took,
+    the errors, per group and per part (a run without an estimate, e.g. an older one, reads as none made)."""
+    est = m.estimate or RunEstimate(0.0, [], {}, 0.0)
+    rest, made = est.seconds, est.after_s
+    total = made + rest
+    return {
+        "run_s": m.seconds,
+        "estimate_made_after_s": made,
+        "estimated_rest_s": round(rest, 1),
+        "actual_rest_s": round(m.seconds - made, 1),
+        "estimated_total_s": round(total, 1),
+        "total_error_pct": round(100 * (m.seconds / total - 1), 1) if total else None,
+        "rest_error_pct": round(100 * ((m.seconds - made) / rest - 1), 1) if rest else None,
+        "groups": {g: asdict(t) for g, t in est.actual.items()},
+        "parts": per_part(est, m.stages),
+        "estimate_line": next((s.note for s in m.stages if s.stage == "time estimate"), ""),
+    }
 
 
 def one_run(kind: str, seed: int, tmp: Path) -> dict:
@@ -51,25 +73,11 @@ def one_run(kind: str, seed: int, tmp: Path) -> dict:
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.time() - t0
-    m = json.loads((out / "run.json").read_text())
-    est = m.get("estimate") or {}
-    rest = sum(part["seconds"] for part in est.get("parts", []))
-    made = est.get("after_s", 0.0)
-    total = made + rest
     row = {
         "command": " ".join(["dery", *cmd[3:]]).replace(f" -o {out}", ""),
         "exit": p.returncode,
         "wall_s": round(wall, 1),
-        "run_s": m["seconds"],
-        "estimate_made_after_s": made,
-        "estimated_rest_s": round(rest, 1),
-        "actual_rest_s": round(m["seconds"] - made, 1),
-        "estimated_total_s": round(total, 1),
-        "total_error_pct": round(100 * (m["seconds"] / total - 1), 1) if total else None,
-        "rest_error_pct": round(100 * ((m["seconds"] - made) / rest - 1), 1) if rest else None,
-        "groups": est.get("actual", {}),
-        "parts": per_part(est, m["stages"]),
-        "estimate_line": next((s["note"] for s in m["stages"] if s["stage"] == "time estimate"), ""),
+        **estimate_row(read_run(out)),
     }
     print(f"{kind}: {json.dumps(row)}", flush=True)
     return row

@@ -33,9 +33,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from bench_common import ROOT, machine
+from bench_common import ROOT, machine, read_run
+
+if TYPE_CHECKING:
+    from dery_deploy.pipeline.manifest import RunManifest
+    from dery_deploy.pipeline.records import BudgetResult, MixResult
 
 
 def dery(*args: str) -> subprocess.CompletedProcess:
@@ -57,62 +63,67 @@ def gap_budgets() -> tuple[list[float], dict]:
     return sorted({r(0.85 * lat[0]), r((lat[0] + lat[1]) / 2), r((lat[1] + lat[2]) / 2), r(widest)}), donors
 
 
-def summarise(run: dict) -> list[dict]:
-    rows = []
-    for r in run["results"]:
-        if "infeasible" in r:
-            rows.append({"budget_ms": r["budget_ms"], "infeasible": r["infeasible"]})
-            continue
-        fit = r.get("donor_fit") or {}  # each donor on the target it fits fastest (int8 top-1 where that is int8)
-        donors = {n: (fit.get(n) or run["donors"][n])["top1"] for n in r["donors_within_budget"]}
-        best = max(donors, key=donors.get) if donors else None
-        mix = r.get("mix") or {}
-        shipped = r.get("export") or {}
-        triple = r.get("pick_triple") or {}
-        b = shipped.get("budget") or {}
-        rows.append(
-            {
-                "budget_ms": r["budget_ms"],
-                "pick": triple.get("network") or r["selection"]["pick"],
-                "pick_target": triple.get("target"),
-                "pick_kind": r["pick_kind"],
-                "rule": r["selection"]["rule"],
-                "selection_noise": r["selection"].get("noise"),
-                "selection_images": r["selection"].get("images"),
-                "selection_folds": r["selection"].get("folds", 1),
-                "shipped_top1": r["top1"],
-                "best_donor": best,
-                "best_donor_top1": donors.get(best),
-                "best_reassembled": mix.get("plan") and describe(mix["plan"]),
-                "best_reassembled_seams": seams(mix["plan"]) if mix else None,
-                "best_reassembled_top1": mix.get("top1"),
-                "best_reassembled_val": mix.get("val_accuracy"),
-                "best_reassembled_carried_from_ms": mix.get("carried_from"),
-                "best_reassembled_stitch_only_top1": mix.get("phase1_top1"),
-                "best_reassembled_measured_ms": mix.get("measured_ms"),
-                "reassembled_minus_donor": None if (not mix or best is None) else round(mix["top1"] - donors[best], 2),
-                "shipped_minus_donor": None if best is None else round(r["top1"] - donors[best], 2),
-                "shipped_measured_ms": (shipped.get("timing") or {}).get("latency_ms"),
-                "shipped_noise": (shipped.get("timing") or {}).get("latency_noise"),
-                "shipped_within_budget": b.get("within_budget"),
-                "shipped_budget_checked": b.get("checked"),
-                "finalists": len(r.get("finalists", [])),
-                "dropped_over_budget": len(r.get("rejected_over_budget", [])),
-                "planning_margin": r.get("margin"),
-            }
-        )
-    return rows
+def summarise(run: RunManifest) -> list[dict]:
+    """One row per budget of a run: what shipped against the best donor and the best reassembled network."""
+    return [
+        {"budget_ms": r.budget_ms, "infeasible": r.infeasible} if r.infeasible is not None else budget_row(r, run)
+        for r in run.results
+    ]
 
 
-def describe(plan: dict) -> str:
-    if plan.get("head_kind") == "donor":
-        return f"{plan['blocks'][0]['donor']} (whole donor)"
-    return " > ".join(f"{b['donor']}[{b['start']}:{b['end']}]" for b in plan["blocks"])
+def fitting_donors(r: BudgetResult, run: RunManifest) -> dict[str, float | None]:
+    """Each donor that fits the budget and its test top-1, on the target it fits fastest (int8's where that
+    is int8; older runs kept only the donor's own)."""
+    fit = r.donor_fit or {}
+    return {n: fit[n].top1 if n in fit else run.donors[n].top1 for n in r.donors_within_budget or []}
 
 
-def seams(plan: dict) -> int:
-    bl = plan["blocks"]
-    return sum(1 for a, b in zip(bl, bl[1:]) if not (a["donor"] == b["donor"] and a["end"] == b["start"]))
+def budget_row(r: BudgetResult, run: RunManifest) -> dict:
+    donors = fitting_donors(r, run)
+    best = max(donors, key=lambda n: donors[n] or 0.0) if donors else None
+    best_top1 = donors.get(best) if best else None
+    sel, triple, shipped = r.selection, r.pick_triple, r.export
+    timing = shipped.timing if shipped else None
+    verdict = shipped.budget if shipped else None
+    return {
+        "budget_ms": r.budget_ms,
+        "pick": triple.network if triple else sel.pick if sel else None,
+        "pick_target": triple.target if triple else None,
+        "pick_kind": r.pick_kind,
+        "rule": sel.rule if sel else None,
+        "selection_noise": sel.noise if sel else None,
+        "selection_images": sel.images if sel else None,
+        "selection_folds": sel.folds if sel else 1,
+        "shipped_top1": r.top1,
+        "best_donor": best,
+        "best_donor_top1": best_top1,
+        **mix_columns(r.mix, best_top1),
+        "shipped_minus_donor": None if best_top1 is None or r.top1 is None else round(r.top1 - best_top1, 2),
+        "shipped_measured_ms": timing.latency_ms if timing else None,
+        "shipped_noise": timing.latency_noise if timing else None,
+        "shipped_within_budget": verdict.within_budget if verdict else None,
+        "shipped_budget_checked": verdict.checked if verdict else None,
+        "finalists": len(r.finalists or []),
+        "dropped_over_budget": len(r.rejected_over_budget or []),
+        "planning_margin": r.margin,
+    }
+
+
+def mix_columns(mix: MixResult | None, donor_top1: float | None) -> dict:
+    """The best reassembled network of a budget (its plan read as the package's Plan), against the best donor."""
+    from dery_deploy.network.plan import Plan
+
+    plan = Plan.from_dict(mix.plan) if mix else None
+    return {
+        "best_reassembled": plan.describe() if plan else None,
+        "best_reassembled_seams": plan.seams if plan else None,
+        "best_reassembled_top1": mix.top1 if mix else None,
+        "best_reassembled_val": mix.val_accuracy if mix else None,
+        "best_reassembled_carried_from_ms": mix.carried_from if mix else None,
+        "best_reassembled_stitch_only_top1": mix.phase1_top1 if mix else None,
+        "best_reassembled_measured_ms": mix.measured_ms if mix else None,
+        "reassembled_minus_donor": None if mix is None or donor_top1 is None else round(mix.top1 - donor_top1, 2),
+    }
 
 
 # Per label count: the `dery run` options that cut its recipe to fit this 2-core CPU, and why. One
@@ -168,9 +179,9 @@ def scaling(args, budgets: list[float], donor_ms: dict) -> None:
             done = cells.get(name)
             same = done and done["budgets_asked"] == budgets and done["cut"] == CUTS[labels][0]
             if same and done.get("targets") == args.targets:
-                run_json = Path(args.work) / f"labels{labels}-seed{seed}" / "run.json"
-                if run_json.is_file():  # re-read: what is summarised may have grown since the cell ran
-                    done["budgets"] = summarise(json.loads(run_json.read_text()))
+                folder = Path(args.work) / f"labels{labels}-seed{seed}"
+                if (folder / "run.json").is_file():  # re-read: what is summarised may have grown since the cell ran
+                    done["budgets"] = summarise(read_run(folder))
                 print(f"cell {name}: done, skipped", flush=True)
                 continue
             t0 = time.time()
@@ -189,8 +200,8 @@ def scaling(args, budgets: list[float], donor_ms: dict) -> None:
                 "targets": args.targets,
                 "wall_s": round(time.time() - t0, 1),
                 "budgets": summarise(run),
-                "recipe": run.get("recipe"),
-                "teacher": run.get("teacher"),
+                "recipe": plain(run.recipe),
+                "teacher": plain(run.teacher),
             }
             result["per_labels"] = per_labels(cells)
             result["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -224,8 +235,8 @@ def per_labels(cells: dict) -> dict:
     }
 
 
-def one_run(out: Path, seed: int, budgets: list[float], extra: list[str]) -> dict:
-    """One `dery run` over `budgets` into `out` (resumed where it stopped); its run.json."""
+def one_run(out: Path, seed: int, budgets: list[float], extra: list[str]) -> RunManifest:
+    """One `dery run` over `budgets` into `out` (resumed where it stopped); its run.json, typed."""
     p = dery(
         "run",
         "--seed",
@@ -240,7 +251,12 @@ def one_run(out: Path, seed: int, budgets: list[float], extra: list[str]) -> dic
     )
     if p.returncode:
         raise SystemExit(p.stderr[-3000:])
-    return json.loads((out / "run.json").read_text())
+    return read_run(out)
+
+
+def plain(record: Any) -> dict | None:
+    """A typed record as the JSON this benchmark writes (None stays None)."""
+    return None if record is None else asdict(record)
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -301,7 +317,7 @@ def main() -> None:
     if scaled:
         scaling(args, budgets, donor_ms)
         return
-    result = {
+    result: dict = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "budgets": budgets,
@@ -314,9 +330,9 @@ def main() -> None:
         result["seeds"][str(seed)] = {
             "wall_s": round(time.time() - t0, 1),
             "budgets": summarise(run),
-            "teacher": run.get("teacher"),
-            "verify": run["verify"],
-            "donor_latency_ms": run["donor_latency_ms"],
+            "teacher": plain(run.teacher),
+            "verify": plain(run.verify),
+            "donor_latency_ms": run.donor_latency_ms,
         }
         print(json.dumps(result["seeds"][str(seed)]["budgets"], indent=1), flush=True)
     result["per_budget"] = {

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from bench_common import ROOT, machine, workspace
 
+from dery_deploy.network.plan import Plan
+
 
 def busy(stop) -> None:
     """Keep one core busy until `stop` is set (the background load of profile 3)."""
@@ -72,8 +74,21 @@ def profile_once(zoo, spec, part, dis, cache: Path, n_verify: int) -> dict:
     }
 
 
+def assembly(plan: Plan) -> dict:
+    """What one `dery assemble --json` picked: the pick, its rule, the finalists and their validation at the
+    first rung, and the pick's measured latency."""
+    trials = plan.selection["trials"]
+    return {
+        "pick": plan.selection["pick"],
+        "rule": plan.selection["rule"],
+        "finalists": sorted({t["finalist"] for t in trials}),
+        "validation": {t["finalist"]: t["val_accuracy"] for t in trials if t["rung"] == 0},
+        "measured_ms": plan.measured.get("latency_ms"),
+    }
+
+
 def assemble_twice(zoo: str, cache: Path, budget: float, out: Path) -> dict:
-    runs = []
+    runs: list[dict] = []
     for i in range(2):
         o = out / f"assemble-{i}" / "plan.json"
         t0 = time.time()
@@ -87,18 +102,7 @@ def assemble_twice(zoo: str, cache: Path, budget: float, out: Path) -> dict:
         if p.returncode != 0:
             runs.append({"error": p.stderr.strip().splitlines()[-1:]})
             continue
-        plan = json.loads(p.stdout)[0]
-        trials = plan["selection"]["trials"]
-        runs.append(
-            {
-                "seconds": round(time.time() - t0, 1),
-                "pick": plan["selection"]["pick"],
-                "rule": plan["selection"]["rule"],
-                "finalists": sorted({t["finalist"] for t in trials}),
-                "validation": {t["finalist"]: t["val_accuracy"] for t in trials if t["rung"] == 0},
-                "measured_ms": plan["measured"].get("latency_ms"),
-            }
-        )
+        runs.append({"seconds": round(time.time() - t0, 1), **assembly(Plan.from_dict(json.loads(p.stdout)[0]))})
     same = len(runs) == 2 and all("pick" in r for r in runs)
     return {
         "budget_ms": budget,

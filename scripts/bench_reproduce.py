@@ -28,8 +28,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench_common import ROOT, machine
+from bench_common import ROOT, machine, read_final_pass, read_run
+
+if TYPE_CHECKING:
+    from dery_deploy.pipeline.manifest import RunManifest
+    from dery_deploy.pipeline.records import FinalPassFile
 
 
 def run_once(target: str, batch: int, out: Path, quick: bool) -> dict:
@@ -42,43 +47,50 @@ def run_once(target: str, batch: int, out: Path, quick: bool) -> dict:
 
 
 def shipped(out: Path) -> list[dict]:
-    """Every shipped artifact of a run with its recorded final-pass measurement and settings."""
-    run = json.loads((out / "run.json").read_text())
-    fp = json.loads((out / "final_pass.json").read_text())
-    refs = fp["summary"].get("references_ms") or {}
+    """Every shipped artifact of a run folder with its recorded final-pass measurement and settings."""
+    run = read_run(out)
+    return shipped_rows(run, read_final_pass(out), run_input_shape(run))
+
+
+def shipped_rows(run: RunManifest, fp: FinalPassFile, input_shape: list[int]) -> list[dict]:
+    """Each budget's shipped file (its plan read as the package's Plan) and the final pass's figures of it."""
+    from dery_deploy.network.plan import Plan
     from dery_deploy.pipeline.second_look import compared_key
     from dery_deploy.runtime.target import Target
 
     rows = []
-    for res in run["results"]:
-        if "plan" not in res or not (res.get("export") or {}).get("artifact"):
+    for res in run.results:
+        if res.plan is None or res.export is None or not res.export.artifact or res.pick_triple is None:
             continue
-        plan = res["plan"]
-        target = str(Target(plan["backend"], plan["precision"]))
-        m = fp["measurements"][compared_key(f"ship:{res['budget_ms']:g}", target)]
-        ref = refs.get(f"{plan['backend']}/t{plan.get('threads') or 1}")
+        plan = Plan.from_dict(res.plan)
+        target, threads = str(Target(plan.backend, plan.precision)), plan.threads or 1
+        m = fp.measurements[compared_key(f"ship:{res.budget_ms:g}", target)]
         rows.append(
             {
-                "budget_ms": res["budget_ms"],
+                "budget_ms": res.budget_ms,
                 "target": target,
-                "network": res["pick_triple"]["network"],
-                "file": str(Path(res["export_dir"]) / res["export"]["artifact"]),
-                "runtime": plan["backend"],
-                "threads": plan.get("threads") or 1,
-                "shape": [plan.get("batch", 1), *run_input_shape(run)],
-                "report_top1": res["top1"],
-                "recorded": {"p50": m["all_calls_ms"]["p50"], "p90": m["all_calls_ms"]["p90"], "reference": ref},
-                "recorded_se": m["all_calls_uncertainties"],
-                "pass_load_cores": fp["summary"].get("other_load_cores"),
+                "network": res.pick_triple.network,
+                "file": str(Path(str(res.export_dir)) / res.export.artifact),
+                "runtime": plan.backend,
+                "threads": threads,
+                "shape": [plan.batch, *input_shape],
+                "report_top1": res.top1,
+                "recorded": {
+                    "p50": m.all_calls_ms["p50"],
+                    "p90": m.all_calls_ms["p90"],
+                    "reference": fp.summary.references_ms.get(f"{plan.backend}/t{threads}"),
+                },
+                "recorded_se": m.all_calls_uncertainties,
+                "pass_load_cores": fp.summary.other_load_cores,
             }
         )
     return rows
 
 
-def run_input_shape(run: dict) -> list[int]:
+def run_input_shape(run: RunManifest) -> list[int]:
     from dery_deploy.zoo import get_zoo
 
-    return list(get_zoo(run["zoo"]).input_tensor_spec.shape)
+    return list(get_zoo(run.zoo).input_tensor_spec.shape)
 
 
 def fresh(rows: list[dict], calls: int, tmp: Path) -> dict:

@@ -22,12 +22,27 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench_common import ROOT, machine
+from bench_common import ROOT, machine, read_run
+
+if TYPE_CHECKING:
+    from dery_deploy.pipeline.manifest import RunManifest
 
 
-def dery_run(out: Path, batch: int, *extra: str) -> dict:
+@dataclass
+class RunDone:
+    """A finished `dery run`: its typed run.json and how the command went."""
+
+    manifest: RunManifest
+    seconds: float
+    rc: int
+    error: list[str]
+
+
+def dery_run(out: Path, batch: int, *extra: str) -> RunDone:
     t0 = time.time()
     p = subprocess.run(
         [sys.executable, "-m", "dery_deploy.cli.main", "run", "-o", str(out), "--batch", str(batch), "--no-aoti"]
@@ -36,59 +51,64 @@ def dery_run(out: Path, batch: int, *extra: str) -> dict:
         text=True,
         cwd=ROOT,
     )
-    run = json.loads((out / "run.json").read_text())
-    run["_seconds"] = round(time.time() - t0, 1)
-    run["_rc"] = p.returncode
-    run["_error"] = p.stderr.strip().splitlines()[-1:] if p.returncode else []
-    return run
+    error = p.stderr.strip().splitlines()[-1:] if p.returncode else []
+    return RunDone(read_run(out), round(time.time() - t0, 1), p.returncode, error)
 
 
-def shipped(run: dict) -> list[dict]:
+def shipped(run: RunManifest) -> list[dict]:
+    """Per budget: the network, runtime and precision that ship, their measured latency and test top-1."""
     rows = []
-    for r in run["results"]:
-        if "plan" not in r:
-            rows.append({"budget_ms": r["budget_ms"], "infeasible": r.get("infeasible")})
+    for r in run.results:
+        if r.plan is None:
+            rows.append({"budget_ms": r.budget_ms, "infeasible": r.infeasible})
             continue
-        pick = r.get("pick_triple") or {}
+        pick, export = r.pick_triple, r.export
         rows.append(
             {
-                "budget_ms": r["budget_ms"],
-                "network": pick.get("network"),
-                "kind": r.get("pick_kind"),
-                "target": pick.get("target"),
-                "measured_ms": r.get("measured_ms"),
-                "uncertainty": r.get("measured_uncertainty"),
-                "within_budget": ((r.get("export") or {}).get("budget") or {}).get("within_budget"),
-                "test_top1": r.get("top1"),
-                "fp32_top1": r.get("fp32_top1", r.get("top1")),
-                "int8_test_change": ((r.get("export") or {}).get("int8") or {}).get("int8_top1_change"),
+                "budget_ms": r.budget_ms,
+                "network": pick.network if pick else None,
+                "kind": r.pick_kind,
+                "target": pick.target if pick else None,
+                "measured_ms": r.measured_ms,
+                "uncertainty": r.measured_uncertainty,
+                "within_budget": export.budget.within_budget if export and export.budget else None,
+                "test_top1": r.top1,
+                "fp32_top1": r.top1 if r.fp32_top1 is None else r.fp32_top1,
+                "int8_test_change": export.int8.int8_top1_change if export and export.int8 else None,
             }
         )
     return rows
 
 
-def profile_seconds(run: dict) -> dict:
-    return {
-        s["stage"].removeprefix("profile "): s["seconds"] for s in run["stages"] if s["stage"].startswith("profile ")
-    }
+def profile_seconds(run: RunManifest) -> dict[str, float]:
+    return {s.stage.removeprefix("profile "): s.seconds for s in run.stages if s.stage.startswith("profile ")}
 
 
-def donor_int8(run: dict, out: Path) -> dict:
+def donor_int8(run: RunManifest) -> dict:
     """Every fine-tuned donor's test top-1 change as int8 on each int8 runtime searched (run on the CPU here)."""
     from dery_deploy.data.task import load_task
     from dery_deploy.pipeline.stages import int8_on
     from dery_deploy.zoo import get_zoo
 
-    zoo = get_zoo(run["zoo"])
-    task = load_task(run["options"]["data"], zoo.input, run["options"]["seed"])
-    out_ = {}
-    for n, d in run["donors"].items():
-        for t in run["targets"]:
+    zoo = get_zoo(run.zoo)
+    task = load_task(run.options.data, zoo.input, run.options.seed)
+    out: dict = {}
+    for n, d in run.donors.items():
+        for t in run.targets:
             if t.endswith("/int8"):
-                acc = int8_on(Path(d["run"]), task, t, run["options"].get("threads") or 1, "test")
+                acc = int8_on(Path(d.run), task, t, run.options.threads or 1, "test")
                 kept = ("top1", "fp32_top1", "top1_change", "change_se")
-                out_.setdefault(n, {})[t] = {k: getattr(acc, k) for k in kept}
-    return out_
+                out.setdefault(n, {})[t] = {k: getattr(acc, k) for k in kept}
+    return out
+
+
+def donor_latency(run: RunManifest) -> dict:
+    """Each donor's final-pass latency on every target (ms and its uncertainty)."""
+    return {n: {t: asdict(f) for t, f in d.latency_by_target.items()} for n, d in run.donors.items()}
+
+
+def noise_index(run: RunManifest) -> float | None:
+    return run.final_pass.noise_index if run.final_pass else None
 
 
 def main() -> None:
@@ -108,7 +128,7 @@ def main() -> None:
     from dery_deploy.artifacts import atomic_write_json
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    result = {"machine": machine(), "commit": commit.stdout.strip(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result: dict = {"machine": machine(), "commit": commit.stdout.strip(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     prev = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     # batches not rerun keep their rows, each with the commit and time it was measured at
     result["batches"] = {
@@ -119,49 +139,53 @@ def main() -> None:
         reused = (out / "run.json").is_file()  # a rerun in the same folder reuses the training: its time is not a run's
         asked = [b.split("=", 1)[1] for b in args.budgets if b.split("=", 1)[0] == str(batch)]
         every = dery_run(out, batch, *(["--budgets", asked[0]] if asked else []))
-        budgets = ",".join(f"{b:g}" for b in every["budgets"])
-        every_rows = shipped(every)
+        budgets = ",".join(f"{b:g}" for b in every.manifest.budgets)
         fp32 = dery_run(out, batch, "--targets", "onnxruntime/fp32", "--budgets", budgets)
-        fp32_rows = shipped(fp32)
-        rows = []
-        for a, f in zip(every_rows, fp32_rows):
-            gain = (
-                round(a["test_top1"] - f["test_top1"], 2)
-                if a.get("test_top1") is not None and f.get("test_top1") is not None
-                else None
-            )
-            rows.append({"budget_ms": a["budget_ms"], "all_targets": a, "onnxruntime_fp32_only": f, "top1_gain": gain})
         before = result["batches"].get(str(batch), {})
-        first = (
-            before.get("first_run")
-            if reused
-            else {
-                "note": f"this run, from an empty folder ({result['when']}, commit {result['commit']})",
-                "run_seconds": {"all_targets": every["_seconds"], "onnxruntime_fp32_only": fp32["_seconds"]},
-                "profile_seconds": profile_seconds(every),
-                "budgets": every["budgets"],
-            }
-        )
+        first = before.get("first_run") if reused else first_run(every, fp32, result["when"], result["commit"])
         result["batches"][str(batch)] = {
             "commit": result["commit"],
             "when": result["when"],
             **({"first_run": first} if first else {}),
-            "targets": every["targets"],
-            "budgets": every["budgets"],
-            "rows": rows,
-            "run_seconds": {"all_targets": every["_seconds"], "onnxruntime_fp32_only": fp32["_seconds"]},
+            **compared(every, fp32),
             "all_targets_run_reused_a_folder": reused,
-            "errors": {"all_targets": every["_error"], "onnxruntime_fp32_only": fp32["_error"]},
-            "profile_seconds": profile_seconds(every),
-            "final_pass_noise_index": {
-                "all_targets": every.get("final_pass", {}).get("noise_index"),
-                "onnxruntime_fp32_only": fp32.get("final_pass", {}).get("noise_index"),
-            },
-            "donor_int8_test_change": donor_int8(every, out),
-            "donor_latency_ms": {n: d.get("latency_by_target") for n, d in every["donors"].items()},
+            "donor_int8_test_change": donor_int8(every.manifest),
         }
         print(json.dumps(result["batches"][str(batch)]["rows"], indent=1), flush=True)
         atomic_write_json(args.out, result)
+
+
+def compared(every: RunDone, fp32: RunDone) -> dict:
+    """Per budget what ships searching every target against searching ONNX Runtime fp32 alone, and what
+    each run took and measured."""
+    rows = []
+    for a, f in zip(shipped(every.manifest), shipped(fp32.manifest)):
+        both = a.get("test_top1") is not None and f.get("test_top1") is not None
+        gain = round(a["test_top1"] - f["test_top1"], 2) if both else None
+        rows.append({"budget_ms": a["budget_ms"], "all_targets": a, "onnxruntime_fp32_only": f, "top1_gain": gain})
+    return {
+        "targets": every.manifest.targets,
+        "budgets": every.manifest.budgets,
+        "rows": rows,
+        "run_seconds": {"all_targets": every.seconds, "onnxruntime_fp32_only": fp32.seconds},
+        "errors": {"all_targets": every.error, "onnxruntime_fp32_only": fp32.error},
+        "profile_seconds": profile_seconds(every.manifest),
+        "final_pass_noise_index": {
+            "all_targets": noise_index(every.manifest),
+            "onnxruntime_fp32_only": noise_index(fp32.manifest),
+        },
+        "donor_latency_ms": donor_latency(every.manifest),
+    }
+
+
+def first_run(every: RunDone, fp32: RunDone, when: str, commit: str) -> dict:
+    """A batch's from-scratch times, kept while later reruns reuse its folder."""
+    return {
+        "note": f"this run, from an empty folder ({when}, commit {commit})",
+        "run_seconds": {"all_targets": every.seconds, "onnxruntime_fp32_only": fp32.seconds},
+        "profile_seconds": profile_seconds(every.manifest),
+        "budgets": every.manifest.budgets,
+    }
 
 
 if __name__ == "__main__":

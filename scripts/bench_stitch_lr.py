@@ -24,22 +24,27 @@ from pathlib import Path
 
 from bench_common import ROOT, machine
 
+from dery_deploy.train.run_folder import FinetuneMetrics
+
 RECIPE = ["--match-epochs", "4", "--distill", "0.5", "--distill-images", "4096", "--plateau", "0.02"]
 
 
-def train(source: list[str], out: Path, teacher: str, scale: float, seed: int) -> dict:
+def train(source: list[str], out: Path, teacher: str, scale: float, seed: int) -> FinetuneMetrics:
     if not (out / "metrics.json").is_file():
         args = [*source, "-o", str(out), "--teacher", teacher, *RECIPE]
         args += ["--stitch-lr-scale", f"{scale:g}", "--seed", str(seed), "--force", "--no-resume"]
         p = subprocess.run([sys.executable, "-m", "dery_deploy.cli.main", "finetune", *args], capture_output=True)
         if p.returncode:
             raise SystemExit(p.stderr.decode()[-3000:])
-    return json.loads((out / "metrics.json").read_text())
+    return FinetuneMetrics.read(out / "metrics.json")
 
 
 def blocks(plan: str) -> str:
-    b = json.loads(Path(plan).read_text())["blocks"]
-    return " + ".join(f"{x['donor']}[{x['start']}:{x['end']}]" for x in b)
+    """A plan file's blocks in order (read through `Plan.from_dict`, which takes older plan files too)."""
+    from dery_deploy.network.plan import Plan
+
+    b = Plan.from_dict(json.loads(Path(plan).read_text())).blocks
+    return " + ".join(f"{x.donor}[{x.start}:{x.end}]" for x in b)
 
 
 def main() -> None:
@@ -58,13 +63,13 @@ def main() -> None:
     nets |= {d: ["--donor", d, "--zoo", "fashion"] for d in args.donors.split(",")}
     scales = [float(s) for s in args.scales.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    rows: list[dict] = []
     for seed in seeds:
         for scale in scales:
             for name, source in nets.items():
                 m = train(source, args.work / f"{name}-{scale:g}-s{seed}", args.teacher, scale, seed)
-                row = {"net": name, "scale": scale, "seed": seed, "val": m["val_accuracy"], "test": m["test_accuracy"]}
-                rows.append(row | {"train_seconds": m["train_seconds"]})
+                row = {"net": name, "scale": scale, "seed": seed, "val": m.val_accuracy, "test": m.test_accuracy}
+                rows.append(row | {"train_seconds": m.train_seconds})
                 print(json.dumps(rows[-1]), flush=True)
     summary: dict = {}
     for name in nets:

@@ -13,6 +13,8 @@ import re
 import statistics
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import asdict
+from pathlib import Path
 
 CORE = (
     "environment",
@@ -52,30 +54,98 @@ def steps(w: str) -> list[dict]:
     return [{k: int(v) if v.isdigit() else v for k, v in zip(names, r)} for r in rows]
 
 
+def typed(read, what):
+    """`read(what)`: a step's output through one of the package's typed readers, each imported where it is
+    called, so a package that cannot import costs only its fields; a string saying why where it fails."""
+    try:
+        return read(what)
+    except Exception as e:  # noqa: BLE001 - the summary reports what is missing instead of failing
+        return f"missing: {type(e).__name__}: {e}"
+
+
+def read_profile(path: str):
+    from dery_deploy.profile.store import read_profile
+
+    return read_profile(path)
+
+
+def export_record(report: dict):
+    from dery_deploy.export.report import ExportRecord
+
+    return ExportRecord.of_report(report)
+
+
+def read_metrics(path: str):
+    from dery_deploy.train.run_folder import FinetuneMetrics
+
+    return FinetuneMetrics.read(Path(path))
+
+
 def profiles(w: str) -> tuple[dict, dict]:
     """Per profile file: what it holds and its latency check; and (backend, batch) -> {donor: median ms}."""
-    out, donors = {}, {}
+    out: dict[str, dict | str] = {}
+    donors: dict[tuple[str, int], dict[str, float]] = {}
     for f in sorted(glob.glob(f"{w}/cache/profiles/*/*.json")):
-        p = json.load(open(f))
-        recs = p["records"].values()
-        v = p.get("verify") or {}
-        d_ms = {r["donor"]: r["median_ms"] for r in recs if r["kind"] == "donor"}
-        donors[(p["backend"], p["batch"])] = d_ms
-        keys = ("n", "median_abs_rel_error", "max_abs_rel_error", "raw_median_abs_rel_error", "raw_max_abs_rel_error",
-                "p90_under_prediction", "speed", "scale", "subtract_overhead")  # fmt: skip
-        out[os.path.basename(f)] = {
-            "gpu": (p["fingerprint"]["start"] or {}).get("gpu_name"),
-            "fingerprint_end": p["fingerprint"].get("end"),
-            "items": len(p["records"]),
-            "failed_items": p.get("failed", {}),
-            "passes": len(p.get("passes", [])),
-            "unstable": sum(not r["stable"] for r in recs),
-            "build_s": round(sum(r.get("build_s") or 0 for r in recs), 2),
-            "peak_memory_mb_max": max([r.get("peak_memory_mb") or 0 for r in recs] or [0]),
-            "donor_ms": d_ms,
-            "verify": {k: v.get(k) for k in keys} if v else None,
-        }
+        p = typed(read_profile, f)
+        if isinstance(p, str):
+            out[os.path.basename(f)] = p
+            continue
+        row = out[os.path.basename(f)] = profile_summary(p)
+        donors[(p.backend, p.batch)] = row["donor_ms"]
     return out, donors
+
+
+def profile_summary(p) -> dict:
+    """One profile (a `Profile`): its items, their stability and build time, donors' latency and its check."""
+    recs = list(p.records.values())
+    v = p.verify
+    keys = ("n", "median_abs_rel_error", "max_abs_rel_error", "raw_median_abs_rel_error", "raw_max_abs_rel_error",
+            "p90_under_prediction", "speed", "scale", "subtract_overhead")  # fmt: skip
+    return {
+        "gpu": (p.fingerprint["start"] or {}).get("gpu_name"),
+        "fingerprint_end": p.fingerprint.get("end"),
+        "items": len(recs),
+        "failed_items": p.failed,
+        "passes": len(p.passes),
+        "unstable": sum(not r.stable for r in recs),
+        "build_s": round(sum(r.build_s or 0 for r in recs), 2),
+        "peak_memory_mb_max": max([r.peak_memory_mb or 0 for r in recs] or [0]),
+        "donor_ms": {r.info["donor"]: r.median_ms for r in recs if r.kind == "donor"},
+        "verify": {k: getattr(v, k) for k in keys} if v else None,
+    }
+
+
+def export_summary(path: str):
+    """An export's report-<format>.json read as the package's `ExportRecord`, with the format's own fields
+    (build time, whether it loaded, its size) that the record leaves in the file."""
+    report = load(path)
+    if not isinstance(report, dict):
+        return report
+    rec = typed(export_record, report)
+    if isinstance(rec, str):
+        return rec
+    return {
+        "format": rec.format,
+        "device": rec.device,
+        "precision": rec.precision,
+        "batch": rec.batch,
+        "latency_ms": rec.latency_ms,
+        "latency_stable": rec.timing.latency_stable if rec.timing else None,
+        "latency_backend": rec.latency_backend,
+        "parity": rec.parity.to_dict() if rec.parity else None,
+        "budget": asdict(rec.budget) if rec.budget else None,
+        "error": rec.error,
+        **{k: report.get(k) for k in ("build_s", "load_ok", "bytes")},
+    }
+
+
+def finetune_summary(path: str):
+    """The fine-tune's metrics.json (`FinetuneMetrics`): its time, device, accuracies, epochs and size."""
+    m = typed(read_metrics, path)
+    if isinstance(m, str):
+        return m
+    keys = ("train_seconds", "device", "val_accuracy", "test_accuracy", "phase1_val_accuracy", "epochs", "params_m")
+    return {k: getattr(m, k) for k in keys}
 
 
 def speedups(donors: dict) -> dict:
@@ -142,15 +212,10 @@ def main(w: str, out: str) -> None:
     plans = load(f"{w}/assemble.json")
     keys = ("predicted", "measured", "budget", "solver", "proxy", "blocks")
     s["assemble"] = [pick(p, keys) for p in plans] if isinstance(plans, list) else plans
-    m = load(f"{w}/ft/metrics.json")
-    s["finetune"] = pick(m, ("train_seconds", "device", "val_accuracy", "test_accuracy", "phase1_val_accuracy",
-                             "epochs", "params_m"))  # fmt: skip
+    s["finetune"] = finetune_summary(f"{w}/ft/metrics.json")
     s["latency_ft"] = load(f"{w}/latency-ft.json")
     for fmt in ("onnx", "aoti"):
-        r = load(f"{w}/ft/export/report-{fmt}.json")
-        keys = ("format", "device", "precision", "batch", "latency_ms", "latency_stable", "latency_backend", "parity",
-                "budget", "build_s", "load_ok", "error", "bytes")  # fmt: skip
-        s[f"export_{fmt}"] = pick(r, keys)
+        s[f"export_{fmt}"] = export_summary(f"{w}/ft/export/report-{fmt}.json")
     s["profiles"], donors = profiles(w)
     s["speedup_over_eager"] = speedups(donors)
     s["environment"] = load(f"{w}/environment.json")
