@@ -24,7 +24,6 @@ RATCHET = {
     "export/run.py::ship_bundle",
     "pipeline/stages.py::stage_zoo",
     "train/checkpoint.py::_flat_optimizer",
-    "train/select/halving.py::identity",
 }
 
 
