@@ -23,7 +23,6 @@ RATCHET = {
     "export/run.py::resolve",
     "export/run.py::ship_bundle",
     "pipeline/stages.py::stage_zoo",
-    "train/checkpoint.py::_flat_optimizer",
 }
 
 
