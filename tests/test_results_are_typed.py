@@ -22,7 +22,6 @@ RATCHET = {
     "export/run.py::export_run",
     "export/run.py::resolve",
     "export/run.py::ship_bundle",
-    "pipeline/stages.py::stage_zoo",
 }
 
 

@@ -26,21 +26,26 @@ from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import Evaluation, evaluate_model
 from dery_deploy.train.finetune import finetune, load_run_model
 from dery_deploy.train.run_folder import FinetuneMetrics, RunFolder
-from dery_deploy.zoo.summary import zoo_rows
+from dery_deploy.zoo.summary import DonorRow, zoo_rows
 
 
-def stage_zoo(r: Run, zoo) -> list[dict]:
+def stage_zoo(r: Run, zoo) -> list[DonorRow]:
     path = r.out / "zoo.json"
 
     def reuse():
         if path.is_file():
             d = json.loads(path.read_text())
-            return d["donors"] if d.get("zoo_hash") == zoo.hash() else None
+            if d.get("zoo_hash") != zoo.hash():
+                return None
+            try:
+                return [DonorRow.from_dict(row) for row in d["donors"]]
+            except TypeError:  # a zoo.json of other columns: listed again
+                return None
         return None
 
     def compute():
         rows = zoo_rows(zoo)
-        atomic_write_json(path, {"zoo": zoo.name, "zoo_hash": zoo.hash(), "donors": rows})
+        atomic_write_json(path, {"zoo": zoo.name, "zoo_hash": zoo.hash(), "donors": [row.to_dict() for row in rows]})
         return rows
 
     return r.stage("zoo", reuse, compute)
