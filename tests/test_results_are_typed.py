@@ -15,7 +15,6 @@ SERIALISERS = {"to_dict", "key", "selection_key"}
 # older functions still returning a record as a dict: each may only leave this list (typed), never join it
 RATCHET = {
     "export/bundle.py::jetson_bundle",
-    "export/formats/aoti.py::_load_and_time",
     "export/package.py::session_settings",
     "export/report.py::extra",
     "export/report.py::write",
