@@ -15,8 +15,6 @@ SERIALISERS = {"to_dict", "key", "selection_key"}
 # older functions still returning a record as a dict: each may only leave this list (typed), never join it
 RATCHET = {
     "export/bundle.py::jetson_bundle",
-    "export/package.py::session_settings",
-    "export/report.py::extra",
     "export/report.py::write",
     "export/run.py::export_run",
     "export/run.py::resolve",

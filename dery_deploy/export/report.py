@@ -145,6 +145,8 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, object]:
         """The report as `report-<format>.json` has it (without `run` and `when`, which `write` adds)."""
+        # the format's own fields and the INT8 record, flat
+        own = self.file.to_dict(self.int8) if self.file is not None else {} if self.int8 is None else asdict(self.int8)
         return {
             "format": self.format,
             "artifact": self.artifact,
@@ -155,16 +157,8 @@ class ExportReport:
             **asdict(self.timing or Timing()),
             "latency_backend": self.latency_backend,
             "budget": None if self.budget is None else asdict(self.budget),
-            **self.extra,
+            **own,
         }
-
-    @property
-    def extra(self) -> dict[str, object]:
-        """The format's own fields and the INT8 record, flat, as the report writes them (`package.py` reads
-        the measurement's context and the engine's shapes from here)."""
-        if self.file is not None:
-            return self.file.to_dict(self.int8)
-        return {} if self.int8 is None else asdict(self.int8)
 
     def write(self, out: Path, run: Path) -> dict[str, object]:
         """Write `out/report-<format>.json`, naming `run` relative to `out`; returns what was written."""
