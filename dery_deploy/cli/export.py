@@ -16,7 +16,10 @@ from pathlib import Path
 import typer
 
 from dery_deploy.cli.common import console, err_console
-from dery_deploy.export.stage import BudgetVerdict, export_run
+from dery_deploy.export.bundle import BundleReport
+from dery_deploy.export.formats.aoti import AotiLoadFailure
+from dery_deploy.export.package import timed_beside
+from dery_deploy.export.stage import export_run
 from dery_deploy.runtime.harness import BUSY_CORES
 
 
@@ -38,39 +41,42 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Export, check parity against PyTorch, measure, and compare with the plan's budget."""
-    rep = export_run(run, fmt, precision, device, out, bundle, allow_over_budget, force)
+    written = export_run(run, fmt, precision, device, out, bundle, allow_over_budget, force)
     if as_json:
-        print(json.dumps(rep, indent=2, default=str))
+        print(json.dumps(written.to_dict(), indent=2, default=str))
         return
-    if rep["format"] == "tensorrt-bundle":
-        console.print(f"bundle for {rep['device']} -> {rep['bundle']}: {rep['next']}")
+    if isinstance(written, BundleReport):
+        console.print(f"bundle for {written.device} -> {written.bundle}: {written.next}")
         return
-    if rep.get("load_ok") is False:
-        console.print(f"[red]{rep['error']}[/]")
+    rep = written.report
+    if isinstance(rep.file, AotiLoadFailure):
+        console.print(f"[red]{rep.file.error}[/]")
         raise typer.Exit(3)
-    par = rep["parity"]
-    flag = "" if rep["latency_stable"] else " [yellow](unstable measurement)[/]"
-    if rep["precision"] == "int8":
+    par, timing = rep.parity, rep.timing
+    assert par is not None and timing is not None  # a file that ran here: checked and timed
+    flag = "" if timing.latency_stable else " [yellow](unstable measurement)[/]"
+    if rep.precision == "int8":
+        i8 = rep.int8
+        assert i8 is not None and i8.int8_top1_change is not None and i8.int8_top1_change_se is not None
         check = (
-            f"int8 top-1 {rep['int8_top1']:.2f}% vs fp32 {rep['fp32_top1']:.2f}% on {par['images']} test images "
-            f"({rep['int8_top1_change']:+.2f} ± {rep['int8_top1_change_se']:.2f} points)"
+            f"int8 top-1 {i8.int8_top1:.2f}% vs fp32 {i8.fp32_top1:.2f}% on {par.images} test images "
+            f"({i8.int8_top1_change:+.2f} ± {i8.int8_top1_change_se:.2f} points)"
         )
     else:
         check = (
-            f"parity max |diff| {par['max_abs_diff']:.2e} on {par['images']} images, "
-            f"top-1 identical: {par['top1_identical']}"
+            f"parity max |diff| {par.max_abs_diff:.2e} on {par.images} images, top-1 identical: {par.top1_identical}"
         )
     console.print(
-        f"{rep['format']}: {rep['artifact']} {check}; latency {rep['latency_ms']:.4f} ms "
-        f"({rep['latency_backend']}){flag}"
+        f"{rep.format}: {rep.artifact} {check}; latency {timing.latency_ms:.4f} ms ({rep.latency_backend}){flag}"
     )
-    if (rep.get("other_load_cores") or 0) > BUSY_CORES:
+    _, other_load_cores = timed_beside(rep.file)
+    if (other_load_cores or 0) > BUSY_CORES:
         err_console.print(
-            f"[yellow]note:[/] other processes used {rep['other_load_cores']:.2f} cores while the artifact was timed: "
+            f"[yellow]note:[/] other processes used {other_load_cores:.2f} cores while the artifact was timed: "
             "its latency is a busy machine's; measure it again with nothing else running (dery bench)",
             soft_wrap=True,
         )
-    b = BudgetVerdict(**rep["budget"]) if rep.get("budget") else None
+    b = rep.budget
     if b is not None:
         style = {"within": "green", "over": "red", "undecided": "yellow"}.get(b.status, "dim")
         console.print(f"[{style}]{b.line()}[/]" + (" (allowed)" if b.over else ""))

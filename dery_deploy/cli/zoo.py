@@ -18,6 +18,7 @@ from dery_deploy.cli.common import Listing, console
 from dery_deploy.dissect import TensorSpec, dissect, equivalence_error, list_families
 from dery_deploy.errors import DeryError
 from dery_deploy.runtime.devices import get_device, this_machine
+from dery_deploy.runtime.harness import Measurement
 from dery_deploy.runtime.measure import measure_module
 from dery_deploy.zoo.load import create_model, get_zoo, list_zoos, load_donor
 from dery_deploy.zoo.spec import DonorSpec
@@ -54,20 +55,19 @@ def show_cmd(
     """A table of the donors of one zoo. Example: `dery zoo show fashion --latency`."""
     zoo = get_zoo(name)
     rows = zoo_rows(zoo)
-    lat_col = None
+    lat_col, measured_with = None, ""
+    timed: dict[str, Measurement] = {}  # donor -> its batch-1 latency here
     if latency:
         from dery_deploy.profile.run import device_for, resolve_backend
 
         spec = (this_machine() or [get_device("cpu")])[0]
         backend, precision = resolve_backend(spec, None, None)
         lat_col = f"{backend.name} {precision} b1 (ms)"
+        measured_with = f"{backend.name} {precision}, batch 1, {spec.id}"
         x = torch.randn(1, *zoo.input_tensor_spec.shape, generator=torch.Generator().manual_seed(0))
         for r in rows:
-            m = load_donor(zoo, r["donor"])
-            t = measure_module(backend, m, x, precision, device_for(spec)).timing
-            r["latency_ms"] = round(t.median_ms, 4)
-            r["latency_stable"] = t.stable
-            r["latency_backend"] = f"{backend.name} {precision}, batch 1, {spec.id}"
+            m = load_donor(zoo, r.donor)
+            timed[r.donor] = measure_module(backend, m, x, precision, device_for(spec)).timing
     cols = ["donor", "arch", "M params", "units", "src acc %"] + ([lat_col] if lat_col else []) + ["family", "source"]
     listing = Listing(
         f"zoo {zoo.name} ({zoo.hash()})",
@@ -77,25 +77,33 @@ def show_cmd(
         optional=("family", "source"),
     )
     for r in rows:
-        lat = None
-        if lat_col:
-            lat = f"{r['latency_ms']:.3f}" + ("" if r["latency_stable"] else " (unstable)")
+        t = timed.get(r.donor)
+        lat = None if t is None else f"{round(t.median_ms, 4):.3f}" + ("" if t.stable else " (unstable)")
         listing.add(
             **{
-                "donor": r["donor"],
-                "arch": r["arch"],
-                "family": r["family"],
-                "M params": f"{r['params_m']:.2f}",
-                "units": r["units"],
-                "source": r["source"],
-                "src acc %": None if r["source_accuracy"] is None else f"{r['source_accuracy']:.2f}",
+                "donor": r.donor,
+                "arch": r.arch,
+                "family": r.family,
+                "M params": f"{r.params_m:.2f}",
+                "units": r.units,
+                "source": r.source,
+                "src acc %": None if r.source_accuracy is None else f"{r.source_accuracy:.2f}",
                 **({lat_col: lat} if lat_col else {}),
             }
         )
     if as_json:
-        print(json.dumps({"zoo": zoo.name, "hash": zoo.hash(), "donors": rows}, indent=2))
+        donors = [
+            {**r.to_dict(), **({} if t is None else _latency_json(t, measured_with))}
+            for r, t in ((r, timed.get(r.donor)) for r in rows)
+        ]
+        print(json.dumps({"zoo": zoo.name, "hash": zoo.hash(), "donors": donors}, indent=2))
         return
     listing.show()
+
+
+def _latency_json(t: Measurement, measured_with: str) -> dict[str, object]:
+    """A donor's measured latency as `dery zoo show --latency --json` adds it to the donor's row."""
+    return {"latency_ms": round(t.median_ms, 4), "latency_stable": t.stable, "latency_backend": measured_with}
 
 
 @app.command("dissect")

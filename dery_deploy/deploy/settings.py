@@ -11,9 +11,14 @@ AVX512-BF16 or AMX a plain `compile_model` computes fp32 networks in bfloat16.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeAlias
+
+# one runtime option's value, as a package's deploy.json records it under the option's name: ONNX Runtime's
+# SessionOptions fields, config entries and providers, OpenVINO's compile properties, a TensorRT engine's shapes
+SessionValue: TypeAlias = int | str | bool | list[str] | list[int] | dict[str, str]
 
 
-def onnxruntime_settings(threads: int) -> dict:
+def onnxruntime_settings(threads: int) -> dict[str, SessionValue]:
     """SessionOptions fields, config entries and providers of a CPU session computing with `threads`."""
     return {
         "intra_op_num_threads": threads,
@@ -38,7 +43,7 @@ def onnxruntime_session(model: bytes | str | Path, settings: dict, providers: li
     return ort.InferenceSession(source, opts, providers=providers or settings.get("providers"))
 
 
-def openvino_settings(threads: int) -> dict:
+def openvino_settings(threads: int) -> dict[str, SessionValue]:
     """The CPU plugin's compile properties for a single-stream latency (module docstring)."""
     return {
         "PERFORMANCE_HINT": "LATENCY",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -108,6 +109,38 @@ def int8_engine_parity(model, qdq: bytes, x: torch.Tensor) -> Int8Parity:
     return Int8Parity(round(here, 5), round(max(0.0, here - INT8_AGREEMENT_SLACK), 5))
 
 
+@dataclass(frozen=True)
+class BundleReport:
+    """An edge bundle's report (`report-tensorrt.json` in the bundle): what was shipped where, and why it has
+    no budget verdict yet (the engine is built, timed and judged on the device)."""
+
+    FORMAT: ClassVar[str] = "tensorrt-bundle"
+    MANIFEST: ClassVar[str] = "bundle.json"
+
+    bundle: str  # the bundle's folder
+    precision: str
+    device: str  # the device's id
+    batch: int
+    unjudged: str  # why the report has no budget verdict (`_budget_to_judge`)
+    next: str  # what the user does with the bundle
+
+    @property
+    def format(self) -> str:
+        return self.FORMAT
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "format": self.FORMAT,
+            "bundle": self.bundle,
+            "precision": self.precision,
+            "device": self.device,
+            "batch": self.batch,
+            "budget": {"checked": False, "reason": self.unjudged},
+            "manifest": self.MANIFEST,
+            "next": self.next,
+        }
+
+
 def jetson_bundle(
     model,
     x: torch.Tensor,
@@ -118,7 +151,7 @@ def jetson_bundle(
     plan: dict | None,
     max_batch: int = 32,
     calibration: torch.Tensor | None = None,
-) -> dict:
+) -> BundleReport:
     """Write the bundle (module docstring) and return its report; `calibration`: the images an int8
     bundle's QDQ ONNX is calibrated on (the task's unlabelled images)."""
     out = Path(out)
@@ -156,17 +189,9 @@ def jetson_bundle(
         "predicted_ms": (plan or {}).get("predicted", {}).get("latency_ms"),
         "files": {f: sha256_file(out / f) for f in files + ["parity_inputs.bin", "parity_logits.bin"]},
     }
-    atomic_write_json(out / "bundle.json", manifest)
-    return {
-        "format": "tensorrt-bundle",
-        "bundle": str(out),
-        "precision": precision,
-        "device": spec.id,
-        "batch": batch,
-        "budget": {"checked": False, "reason": why},
-        "manifest": "bundle.json",
-        "next": f"copy {out} to the {spec.name}, run build_engine.sh, then python3 check_engine.py",
-    }
+    atomic_write_json(out / BundleReport.MANIFEST, manifest)
+    next_step = f"copy {out} to the {spec.name}, run build_engine.sh, then python3 check_engine.py"
+    return BundleReport(str(out), precision, spec.id, batch, why, next_step)
 
 
 def _write_onnx(

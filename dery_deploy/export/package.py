@@ -21,9 +21,12 @@ from dery_deploy.artifacts import sha256_file
 from dery_deploy.data.task import Task
 from dery_deploy.deploy.info import FILE, REFERENCE_MODEL, Budget, DeployInfo, Latency, ModelInput, Preprocess, Runtime
 from dery_deploy.deploy.machine import fingerprint
-from dery_deploy.deploy.settings import onnxruntime_settings
+from dery_deploy.deploy.settings import SessionValue, onnxruntime_settings
 from dery_deploy.errors import DeryError
 from dery_deploy.export.formats import RUNTIME_OF
+from dery_deploy.export.formats.onnx_family import OnnxFile, OpenVinoFile
+from dery_deploy.export.formats.tensorrt import EngineFile
+from dery_deploy.export.report import ExportReport, FileRecord
 from dery_deploy.runtime.harness import Measurement
 
 STATISTIC = (
@@ -41,15 +44,26 @@ def preprocess_of(task: Task) -> Preprocess:
     return Preprocess(color, "resize-crop", inp.size, mean=list(inp.mean), std=list(inp.std))
 
 
-def session_settings(fmt: str, threads: int | None, extra: dict) -> dict:
-    """Every setting the export's measurement gave the runtime (built from the same functions)."""
+def session_settings(fmt: str, threads: int | None, file: FileRecord | None) -> dict[str, SessionValue]:
+    """Every setting the export's measurement gave the runtime (built from the same functions), by the
+    option's name; a TensorRT engine's are the input shapes it was built for."""
     if fmt == "onnx":
         return onnxruntime_settings(threads or torch.get_num_threads())
     if fmt == "openvino":
         from dery_deploy.runtime.openvino import compile_config
 
         return compile_config(threads)
-    return {k: extra[k] for k in ("min_shape", "opt_shape", "max_shape") if k in extra}
+    if isinstance(file, EngineFile):
+        return {"min_shape": file.min_shape, "opt_shape": file.opt_shape, "max_shape": file.max_shape}
+    return {}
+
+
+def timed_beside(file: FileRecord | None) -> tuple[float | None, float | None]:
+    """The machine's speed (the reference workload's median, ms) and other processes' CPU use (cores) while
+    the file was timed, where its format's measurement records them (ONNX Runtime and OpenVINO files)."""
+    if isinstance(file, (OnnxFile, OpenVinoFile)):
+        return file.reference_ms, file.other_load_cores
+    return None, None
 
 
 def latency_of(
@@ -119,7 +133,7 @@ def check_one_package(out: Path, fmt: str, artifact: str, replace: bool = False)
 
 def write_package(
     out: Path,
-    rep,
+    rep: ExportReport,
     task: Task,
     plan: dict | None,
     measured: Measurement,
@@ -143,6 +157,7 @@ def write_package(
     if fmt in ("onnx", "openvino"):
         write_reference(out)
     version = str(__import__(RUNTIME_OF[fmt]).__version__).split("-")[0]
+    reference_ms, other_load_cores = timed_beside(rep.file)
     budget = (plan or {}).get("budget") or {}
     info = DeployInfo(
         model=rep.artifact,
@@ -157,14 +172,14 @@ def write_package(
             rep.precision,
             rep.batch,
             threads if rep.device == "cpu" else None,
-            session_settings(fmt, threads, rep.extra),
+            session_settings(fmt, threads, rep.file),
             rep.device,
         ),
         latency=latency_of(
             measured,
             "the export's own measurement of the file, alone in its pass",
-            rep.extra.get("reference_ms"),
-            rep.extra.get("other_load_cores"),
+            reference_ms,
+            other_load_cores,
         ),
         budget=Budget(float(budget["latency_ms"]), int(budget.get("percentile") or 50), _verdict(rep))
         if budget.get("latency_ms")
@@ -176,7 +191,7 @@ def write_package(
     return info.write(out / FILE)
 
 
-def _verdict(rep) -> str:
+def _verdict(rep: ExportReport) -> str:
     return rep.budget.line() if rep.budget is not None and rep.budget.checked else ""
 
 

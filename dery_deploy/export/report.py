@@ -11,12 +11,15 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.export.verdict import BudgetVerdict
 from dery_deploy.runtime.harness import Measurement
 from dery_deploy.schema import load_dataclass
+
+if TYPE_CHECKING:  # the bundle's module brings torch and the ONNX exporters: only its report's type is needed
+    from dery_deploy.export.bundle import BundleReport
 
 # an fp32 / fp16 artifact is held to max |diff| on the parity images; an INT8 one to its top-1 change on
 # the test split, which needs the split, what was checked and the tolerance's unit as well
@@ -145,6 +148,8 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, object]:
         """The report as `report-<format>.json` has it (without `run` and `when`, which `write` adds)."""
+        # the format's own fields and the INT8 record, flat
+        own = self.file.to_dict(self.int8) if self.file is not None else {} if self.int8 is None else asdict(self.int8)
         return {
             "format": self.format,
             "artifact": self.artifact,
@@ -155,24 +160,29 @@ class ExportReport:
             **asdict(self.timing or Timing()),
             "latency_backend": self.latency_backend,
             "budget": None if self.budget is None else asdict(self.budget),
-            **self.extra,
+            **own,
         }
 
-    @property
-    def extra(self) -> dict[str, object]:
-        """The format's own fields and the INT8 record, flat, as the report writes them (`package.py` reads
-        the measurement's context and the engine's shapes from here)."""
-        if self.file is not None:
-            return self.file.to_dict(self.int8)
-        return {} if self.int8 is None else asdict(self.int8)
-
-    def write(self, out: Path, run: Path) -> dict[str, object]:
+    def write(self, out: Path, run: Path) -> WrittenReport:
         """Write `out/report-<format>.json`, naming `run` relative to `out`; returns what was written."""
         # relative: the export folder is a package a user copies elsewhere, with no absolute path inside
         rel = os.path.relpath(Path(run).resolve(), out.resolve())
-        d = {**self.to_dict(), "run": rel, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_json(report_path(out, self.format), d)
-        return d
+        written = WrittenReport(self, rel, time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_json(report_path(out, self.format), written.to_dict())
+        return written
+
+
+@dataclass
+class WrittenReport:
+    """`report-<format>.json` as written: the report, the run it was exported from (relative to the export
+    folder) and when."""
+
+    report: ExportReport
+    run: str
+    when: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.report.to_dict(), "run": self.run, "when": self.when}
 
 
 @dataclass
@@ -237,9 +247,9 @@ def report_path(out: Path, fmt: str) -> Path:
     return Path(out) / f"report-{fmt}.json"
 
 
-def write_bundle_report(bundle: Path, shipped: dict) -> None:
+def write_bundle_report(bundle: Path, shipped: BundleReport) -> None:
     """An edge bundle's report (`bundle.jetson_bundle`'s): the engine is built and judged on the device."""
-    atomic_write_json(report_path(bundle, "tensorrt"), shipped)
+    atomic_write_json(report_path(bundle, "tensorrt"), shipped.to_dict())
 
 
 def write_budget(path: Path, verdict: BudgetVerdict) -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 from dery_deploy.artifacts import make_output_dir
 from dery_deploy.data.task import Task, load_task
 from dery_deploy.errors import DeryError
-from dery_deploy.export.bundle import jetson_bundle
+from dery_deploy.export.bundle import BundleReport, jetson_bundle
 from dery_deploy.export.checks import PARITY_IMAGES
 from dery_deploy.export.formats import PRECISIONS, Exporter, ExportJob, get_exporter
 from dery_deploy.export.package import check_one_package, write_package
-from dery_deploy.export.report import ExportReport, report_path, write_bundle_report
+from dery_deploy.export.report import ExportReport, WrittenReport, report_path, write_bundle_report
 from dery_deploy.export.verdict import budget_check
 from dery_deploy.runtime.devices import DeviceSpec, get_device
 from dery_deploy.runtime.quantize import CALIBRATION_IMAGES
@@ -55,7 +55,7 @@ def shipped_top1(rep: ExportReport, out: Path, task: Task, threads: int | None) 
 
 def resolve(
     run: Path, fmt: str, precision: str | None, device: str | None, out: Path | None, plan: dict | None
-) -> tuple[ExportJob, dict | None]:
+) -> ExportJob:
     """The run's network, the plan it is held to, and what the file is made and measured as: the precision,
     the plan's batch, thread count and percentile, the task's parity images."""
     model, cfg = load_run_model(run)
@@ -69,11 +69,11 @@ def resolve(
     seed = cfg.seed
     task = load_task(cfg.data, zoo.input, seed=seed)
     x = task.x("test")[:PARITY_IMAGES].contiguous()
-    job = ExportJob(model, x, Path(out or Path(run) / "export"), prec, batch, threads, percentile, task, seed, spec)
-    return job, plan
+    folder = Path(out or Path(run) / "export")
+    return ExportJob(model, x, folder, prec, batch, threads, percentile, task, seed, spec, plan)
 
 
-def ship_bundle(job: ExportJob, fmt: str, plan: dict | None, bundle: Path, force: bool) -> dict:
+def ship_bundle(job: ExportJob, fmt: str, plan: dict | None, bundle: Path, force: bool) -> BundleReport:
     """An edge bundle instead of an engine: the ONNX and the scripts that build and check it on the device."""
     spec = job.spec
     if fmt != "tensorrt" or spec is None or spec.kind != "jetson":
@@ -145,7 +145,7 @@ def export_run(
     force: bool,
     plan: dict | None = None,
     accept_int8_loss: bool = False,
-) -> dict:
+) -> WrittenReport | BundleReport:
     """Export a fine-tuned run, check parity, measure, and hold the artifact to the plan's budget.
 
     Args:
@@ -155,12 +155,13 @@ def export_run(
             tolerance (`dery run`, whose pick already weighed the INT8 change on validation).
 
     Returns:
-        the report as written (`report-<format>.json`), or an edge bundle's report.
+        the report as written (`report-<format>.json`), or an edge bundle's report (`bundle` given).
     """
     exporter = get_exporter(fmt)
     if precision is not None:
         export_precision(fmt, precision, None, None)  # a precision the format lacks: said before any work
-    job, plan = resolve(run, fmt, precision, device, out, plan)
+    job = resolve(run, fmt, precision, device, out, plan)
+    plan = job.plan
     if bundle is not None:
         return ship_bundle(job, fmt, plan, bundle, force)
     exporter.refuse(job.spec)

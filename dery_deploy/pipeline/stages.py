@@ -11,7 +11,7 @@ from pathlib import Path
 from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
-from dery_deploy.export.report import ExportRecord, report_path
+from dery_deploy.export.report import ExportRecord, WrittenReport, report_path
 from dery_deploy.export.stage import export_run
 from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
@@ -26,21 +26,26 @@ from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import Evaluation, evaluate_model
 from dery_deploy.train.finetune import finetune, load_run_model
 from dery_deploy.train.run_folder import FinetuneMetrics, RunFolder
-from dery_deploy.zoo.summary import zoo_rows
+from dery_deploy.zoo.summary import DonorRow, zoo_rows
 
 
-def stage_zoo(r: Run, zoo) -> list[dict]:
+def stage_zoo(r: Run, zoo) -> list[DonorRow]:
     path = r.out / "zoo.json"
 
     def reuse():
         if path.is_file():
             d = json.loads(path.read_text())
-            return d["donors"] if d.get("zoo_hash") == zoo.hash() else None
+            if d.get("zoo_hash") != zoo.hash():
+                return None
+            try:
+                return [DonorRow.from_dict(row) for row in d["donors"]]
+            except TypeError:  # a zoo.json of other columns: listed again
+                return None
         return None
 
     def compute():
         rows = zoo_rows(zoo)
-        atomic_write_json(path, {"zoo": zoo.name, "zoo_hash": zoo.hash(), "donors": rows})
+        atomic_write_json(path, {"zoo": zoo.name, "zoo_hash": zoo.hash(), "donors": [row.to_dict() for row in rows]})
         return rows
 
     return r.stage("zoo", reuse, compute)
@@ -263,18 +268,21 @@ def stage_export(
         rep = json.loads(path.read_text())
         same_budget = (rep.get("budget") or {}).get("budget_ms") == (plan or {}).get("budget", {}).get("latency_ms")
         same_precision = precision is None or rep.get("precision") == precision
-        return rep if (same_budget or plan is None) and same_precision else None
+        return ExportRecord.of_report(rep) if (same_budget or plan is None) and same_precision else None
 
     def compute():
         try:
-            return export_run(
+            written = export_run(
                 run_dir, fmt, precision, None, out, None, allow_over_budget=True, force=True, plan=plan,
                 accept_int8_loss=True,
             )  # fmt: skip
         except DeryError as e:
-            return {"format": fmt, "error": str(e)}
+            return ExportRecord(fmt, error=str(e))
+        assert isinstance(written, WrittenReport)  # no bundle was asked for
+        # read as a reused report is read, so a computed export and a reused one record alike
+        return ExportRecord.of_report(written.to_dict())
 
-    rep = ExportRecord.of_report(r.stage(f"export {fmt} ({label})", reuse, compute))
+    rep = r.stage(f"export {fmt} ({label})", reuse, compute)
     if rep.parity is not None:
         b = rep.budget
         verdict = f" {b.word()}" if b is not None and b.checked else ""

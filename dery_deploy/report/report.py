@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dery_deploy.artifacts import atomic_write_text
 from dery_deploy.partition.stage import Partition
@@ -16,6 +17,9 @@ from dery_deploy.report.sections import ANSWER_HEADER, answer_rows
 from dery_deploy.report.text import describe, evidence, md_table
 from dery_deploy.similarity.compute import Similarity, heatmap_png
 from dery_deploy.zoo.spec import ZooSpec
+
+if TYPE_CHECKING:  # the zoo's listing loads its donors: only its type is needed here
+    from dery_deploy.zoo.summary import DonorRow
 
 # names this module has always offered, now defined in the modules above
 __all__ = [
@@ -34,7 +38,13 @@ __all__ = [
 
 
 def write_report(
-    out: Path, manifest: RunManifest, zoo: ZooSpec, sim: Similarity, part: Partition, prof: Profile, rows: list[dict]
+    out: Path,
+    manifest: RunManifest,
+    zoo: ZooSpec,
+    sim: Similarity,
+    part: Partition,
+    prof: Profile,
+    rows: list[DonorRow],
 ) -> Path:
     """Draw the figures, join the sections, and write report.md and report.html into `out`."""
     out = Path(out)

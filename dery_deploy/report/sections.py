@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dery_deploy.partition.stage import Partition
 from dery_deploy.pipeline.manifest import RunManifest
@@ -15,6 +16,9 @@ from dery_deploy.profile.store import LatencyCheck, Profile
 from dery_deploy.report.answers import answers
 from dery_deploy.report.budget import budget
 from dery_deploy.report.text import md_table
+
+if TYPE_CHECKING:  # the zoo's listing loads its donors: only its type is needed here
+    from dery_deploy.zoo.summary import DonorRow
 
 ANSWER_HEADER = [
     "budget (ms)",
@@ -91,7 +95,7 @@ def answer_rows(m: RunManifest, root: Path | None = None) -> list[list[str]]:
     return rows
 
 
-def zoo(rows: list[dict], m: RunManifest) -> list[str]:
+def zoo(rows: list[DonorRow], m: RunManifest) -> list[str]:
     """The donors: architecture, size, units, where the weights came from, and their latency."""
     latency_col = f"{m.backend} b{m.options.batch or 1} (ms)"
     lat = m.donor_latency_ms
@@ -102,14 +106,14 @@ def zoo(rows: list[dict], m: RunManifest) -> list[str]:
             ["donor", "arch", "family", "params (M)", "units", "source", "source acc (%)", latency_col],
             [
                 [
-                    r["donor"],
-                    r["arch"],
-                    r["family"],
-                    f"{r['params_m']:.2f}",
-                    r["units"],
-                    r["source"],
-                    "-" if r["source_accuracy"] is None else f"{r['source_accuracy']:.2f}",
-                    f"{lat[r['donor']]:.3f}" if r["donor"] in lat else "-",
+                    r.donor,
+                    r.arch,
+                    r.family,
+                    f"{r.params_m:.2f}",
+                    r.units,
+                    r.source,
+                    "-" if r.source_accuracy is None else f"{r.source_accuracy:.2f}",
+                    f"{lat[r.donor]:.3f}" if r.donor in lat else "-",
                 ]
                 for r in rows
             ],
@@ -118,9 +122,9 @@ def zoo(rows: list[dict], m: RunManifest) -> list[str]:
     ]
 
 
-def heatmap_pairs(donor_names: list[str], rows: list[dict], n: int = 2) -> list[tuple[str, str]]:
+def heatmap_pairs(donor_names: list[str], rows: list[DonorRow], n: int = 2) -> list[tuple[str, str]]:
     """Donor pairs of different families, most different first (a CNN vs the ViT is the telling one)."""
-    fam = {r["donor"]: r["family"] for r in rows}
+    fam = {r.donor: r.family for r in rows}
     pairs = [(a, b) for a, b in itertools.combinations(donor_names, 2) if fam[a] != fam[b]]
     pairs.sort(key=lambda p: (fam[p[0]] != "vit" and fam[p[1]] != "vit", p))
     return pairs[:n]

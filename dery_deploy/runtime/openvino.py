@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dery_deploy.deploy.settings import openvino_settings
+from dery_deploy.deploy.settings import SessionValue, openvino_settings
 from dery_deploy.errors import DeryError
 
 INSTALL = "backend openvino needs the openvino package (pip install openvino)"
@@ -54,7 +54,7 @@ def _default_threads() -> int:
     return torch.get_num_threads()
 
 
-def compile_config(threads: int | None) -> dict:
+def compile_config(threads: int | None) -> dict[str, SessionValue]:
     """The CPU plugin's properties for a single-stream latency measurement (module docstring)."""
     return openvino_settings(threads or _default_threads())
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,36 +40,51 @@ class CheckpointMeta:
 
 
 @dataclass(frozen=True)
+class OptimizerGroups:
+    """The optimizer's state dict less its tensors: torch's own `param_groups` (hyper-parameters and
+    parameter indices per group), kept in torch's format and handed back to `load_state_dict` as it is.
+    Written into the checkpoint's metadata as `{"param_groups": [...]}`."""
+
+    param_groups: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
+        return {"param_groups": self.param_groups}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OptimizerGroups:
+        return cls(d["param_groups"])
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A run's last checkpoint as read back: the model's state, the optimizer's tensors (flat,
     `optim.<param>.<name>`) and the rest of its state dict, and where the run stood."""
 
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, torch.Tensor]
-    optimizer_groups: dict  # torch's format ({"param_groups": [...]}): see `_flat_optimizer`
+    optimizer_groups: OptimizerGroups
     meta: CheckpointMeta
 
 
-def _flat_optimizer(opt) -> tuple[dict[str, torch.Tensor], dict]:
-    """The optimizer's tensors, flat (`optim.<param>.<name>`), and the rest of its state dict: that part
-    is torch's own format ({"param_groups": [...]}), passed back to `load_state_dict` as it is, so a dict."""
+def _flat_optimizer(opt) -> tuple[dict[str, torch.Tensor], OptimizerGroups]:
+    """The optimizer's tensors, flat (`optim.<param>.<name>`), and the rest of its state dict."""
     if opt is None:  # a finished run re-saved without training (no optimizer to resume)
-        return {}, {"param_groups": []}
+        return {}, OptimizerGroups([])
     sd = opt.state_dict()
     tensors = {}
     for idx, st in sd["state"].items():
         for k, v in st.items():
             tensors[f"optim.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-    return tensors, {"param_groups": sd["param_groups"]}
+    return tensors, OptimizerGroups(sd["param_groups"])
 
 
-def restore_optimizer(opt, tensors: dict[str, torch.Tensor], groups: dict) -> None:
+def restore_optimizer(opt, tensors: dict[str, torch.Tensor], groups: OptimizerGroups) -> None:
     """Load a checkpoint's optimizer state (`Checkpoint.optimizer_state`, `.optimizer_groups`) into `opt`."""
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         _, idx, name = key.split(".", 2)
         state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+    opt.load_state_dict({"state": state, "param_groups": groups.param_groups})
 
 
 def save_checkpoint(run: Path, model: nn.Module, opt, meta: CheckpointMeta) -> None:
@@ -78,7 +94,7 @@ def save_checkpoint(run: Path, model: nn.Module, opt, meta: CheckpointMeta) -> N
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in base.state_dict().items()}
     otensors, ometa = _flat_optimizer(opt)
     tensors.update(otensors)
-    metadata = {"meta": json.dumps({**meta.to_dict(), "optimizer": ometa})}
+    metadata = {"meta": json.dumps({**meta.to_dict(), "optimizer": ometa.to_dict()})}
     atomic_write_with(run / "checkpoint.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -109,5 +125,5 @@ def load_checkpoint(run: Path) -> Checkpoint:
                 model[k.split(".", 1)[1]] = f.get_tensor(k)
             else:
                 optim[k] = f.get_tensor(k)
-    groups = meta.pop("optimizer")
+    groups = OptimizerGroups.from_dict(meta.pop("optimizer"))
     return Checkpoint(model, optim, groups, CheckpointMeta.from_dict(meta))

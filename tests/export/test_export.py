@@ -51,7 +51,7 @@ def test_onnx_export_parity_and_over_budget(trained_run):
     assert rep["budget"]["checked"] and not rep["budget"]["within_budget"]
     # the only allowance is the measurement's noise, never the latency model's error
     assert rep["budget"]["limit_ms"] == pytest.approx(0.0001 * (1 + rep["budget"]["noise"]), rel=1e-3)
-    rep = export_run(trained_run, "onnx", None, None, None, None, allow_over_budget=True, force=True)
+    rep = export_run(trained_run, "onnx", None, None, None, None, allow_over_budget=True, force=True).to_dict()
     assert rep["latency_ms"] > 0
     # an existing artifact is not overwritten without --force
     assert_one_line_error(run_dery("export", str(trained_run), "--format", "onnx", "--allow-over-budget"), "--force")
@@ -113,6 +113,8 @@ def test_jetson_bundle(trained_run, tmp_path):
     assert os.access(ship / "build_engine.sh", os.X_OK) and os.access(ship / "check_engine.py", os.X_OK)
     rep = json.loads((ship / "report-tensorrt.json").read_text())
     assert rep["format"] == "tensorrt-bundle" and "check_engine.py" in rep["budget"]["reason"]
+    assert list(rep) == ["format", "bundle", "precision", "device", "batch", "budget", "manifest", "next"]
+    assert rep["bundle"] == str(ship) and rep["device"] == "jetson-orin-nano" and rep["manifest"] == "bundle.json"
     # the plan's 0.0001 ms is a CPU budget: the Jetson engine is timed there, not judged against it
     man = json.loads((ship / "bundle.json").read_text())
     assert man["budget_ms"] is None and "the plan's budget is for 'cpu'" in rep["budget"]["reason"]
@@ -145,7 +147,7 @@ def test_tensorrt_engine_is_tuned_for_the_plans_batch(monkeypatch):
 def test_aoti_cpu_export(trained_run):
     from dery_deploy.export.stage import export_run
 
-    rep = export_run(trained_run, "aoti", None, None, None, None, allow_over_budget=True, force=True)
+    rep = export_run(trained_run, "aoti", None, None, None, None, allow_over_budget=True, force=True).to_dict()
     assert rep["load_ok"] and rep["parity"]["ok"] and rep["latency_ms"] > 0
 
 
@@ -153,7 +155,7 @@ def test_aoti_cpu_export(trained_run):
 def test_tensorrt_engine_parity(trained_run):
     from dery_deploy.export.stage import export_run
 
-    rep = export_run(trained_run, "tensorrt", "fp16", None, None, None, allow_over_budget=True, force=True)
+    rep = export_run(trained_run, "tensorrt", "fp16", None, None, None, allow_over_budget=True, force=True).to_dict()
     assert rep["parity"]["ok"] and (trained_run / "export" / "model.engine.json").is_file()
 
 
@@ -182,7 +184,7 @@ def test_plan_that_fails_to_rebuild_refused(trained_run, tmp_path):
 def test_openvino_export_ir_parity_and_latency(trained_run):
     from dery_deploy.export.stage import export_run
 
-    rep = export_run(trained_run, "openvino", None, None, None, None, allow_over_budget=True, force=True)
+    rep = export_run(trained_run, "openvino", None, None, None, None, allow_over_budget=True, force=True).to_dict()
     out = trained_run / "export"
     assert rep["artifact"] == "model.xml" and (out / "model.xml").is_file() and (out / "model.bin").is_file()
     assert rep["weights"] == "model.bin" and not list(out.glob(".model*"))  # no temporary left behind
@@ -201,7 +203,7 @@ def test_int8_export_reports_measured_test_accuracy(trained_run, fashion_task, f
     from dery_deploy.export.stage import export_run
     from dery_deploy.runtime.evaluate import artifact_accuracy
 
-    rep = export_run(trained_run, fmt, "int8", None, None, None, allow_over_budget=True, force=True)
+    rep = export_run(trained_run, fmt, "int8", None, None, None, allow_over_budget=True, force=True).to_dict()
     out = trained_run / "export"
     assert (
         rep["precision"] == "int8" and rep["artifact"] == {"onnx": "model-int8.onnx", "openvino": "model-int8.xml"}[fmt]

@@ -171,7 +171,7 @@ def test_the_report_is_written_once_and_its_budget_replaced_in_place(tmp_path):
     rep = _report("onnx", "fp32", OnnxFile(None, "ab", 10, 17, True, 0.5, 0.01, 0.2))
     out = tmp_path / "run" / "export"
     out.mkdir(parents=True)
-    written = rep.write(out, tmp_path / "run")
+    written = rep.write(out, tmp_path / "run").to_dict()
     path = out / "report-onnx.json"
     assert json.loads(path.read_text()) == written and written["run"] == ".." and list(written)[-2:] == ["run", "when"]
     later = BudgetVerdict(True, "", 1.0, None, 0.5, 0.01, 1.01, True, "cpu", measured_in="the run's final pass")

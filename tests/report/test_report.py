@@ -32,6 +32,7 @@ from dery_deploy.profile.store import read_profile
 from dery_deploy.report.report import write_report
 from dery_deploy.similarity.compute import Similarity
 from dery_deploy.zoo.load import get_zoo
+from dery_deploy.zoo.summary import DonorRow
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-quick"
 RUN_TOKEN = "@RUN@"
@@ -68,7 +69,7 @@ def render(out: Path, variant: str) -> Path:
     out.mkdir()
     zoo = get_zoo(FIXTURE / "zoo.yaml")
     manifest = RunManifest.from_dict(captured_run(out, variant))
-    rows = json.loads((FIXTURE / "zoo.json").read_text())["donors"]
+    rows = [DonorRow.from_dict(d) for d in json.loads((FIXTURE / "zoo.json").read_text())["donors"]]
     part = Partition.read(FIXTURE / "partition.json")
     prof = read_profile(FIXTURE / "profile.json")
     return write_report(out, manifest, zoo, similarity(zoo), part, prof, rows)

@@ -36,7 +36,7 @@ def test_finetune_lowers_loss_and_resumes(tiny_ws, small_task, tmp_path):
     assert h[-1].loss < h[0].loss
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt.meta.epoch == 3 and ckpt.meta.config["source"]["plan"]["blocks"] and ckpt.optimizer_state
-    assert ckpt.meta.history == h and ckpt.optimizer_groups["param_groups"]
+    assert ckpt.meta.history == h and ckpt.optimizer_groups.param_groups
 
 
 def test_end_to_end_that_lowers_validation_ships_the_phase_one_network(tiny_ws, small_task, tmp_path):

@@ -364,3 +364,23 @@ def test_selection_reaches_into_no_private_attribute_of_another_object():
                 if not (isinstance(node.value, ast.Name) and node.value.id == "self"):
                     reach.append(f"{path.name}:{node.lineno} .{node.attr}")
     assert not reach, reach
+
+
+def test_a_sources_identity_hashes_as_it_always_has():
+    """The identity is hashed into study names and the finalists' measurement key: a changed hash would
+    orphan every study and stored measurement. Pinned from before `identity` was typed."""
+    from dery_deploy.artifacts import sha256_json
+    from dery_deploy.train.select.halving import identity
+
+    plan = {
+        "blocks": [{"donor": "res", "units": [0, 3]}],
+        "head": "donor",
+        "predicted": {"latency_ms": 1.5},
+        "budget": {"latency_ms": 2.0},
+        "measured": {"median_ms": 0.1},
+        "solver": {"seconds_top": 0.2},
+    }
+    source = {"plan": plan, "adapter_weights": "/a/00.safetensors", "zoo_ref": "fashion", "recipe": {"epochs": 3}}
+    kept = identity(source)
+    assert kept == {"plan": {"blocks": [{"donor": "res", "units": [0, 3]}], "head": "donor"}, "recipe": {"epochs": 3}}
+    assert sha256_json(kept) == "d0cc76f53ccb1a41319b539d35e837a0c423f5a692be11227479e2660de57ac0"

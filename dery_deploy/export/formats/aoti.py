@@ -44,6 +44,16 @@ class AotiLoadFailure(FileRecord):
     error: str
 
 
+@dataclass
+class LoadedPackage:
+    """What the child process made of a package that loaded: the seconds loading took, its outputs on the
+    parity images, and its timing at the plan's batch."""
+
+    load_s: float
+    outputs: np.ndarray
+    measurement: Measurement
+
+
 def _compile(model: nn.Module, x: torch.Tensor, device: str, dtype: torch.dtype, pkg: Path) -> float:
     """Compile the network into the package `pkg` (atomically); returns the seconds it took."""
     t0 = time.perf_counter()
@@ -71,11 +81,9 @@ def _compile(model: nn.Module, x: torch.Tensor, device: str, dtype: torch.dtype,
     return time.perf_counter() - t0
 
 
-def _load_and_time(
-    pkg: Path, x: torch.Tensor, dtype: torch.dtype, device: str, job: ExportJob
-) -> tuple[dict, np.ndarray] | str:
+def _load_and_time(pkg: Path, x: torch.Tensor, dtype: torch.dtype, device: str, job: ExportJob) -> LoadedPackage | str:
     """Load the package in a child process, run it on `x` and time it at the plan's batch: returns what
-    the child measured and its outputs, or how it failed."""
+    the child measured, or how it failed."""
     from safetensors.torch import load_file, save_file
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +106,8 @@ def _load_and_time(
                 if sig
                 else f"failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
             )
-        return json.loads(proc.stdout.strip().splitlines()[-1]), load_file(str(res))["y"].numpy()
+        info = json.loads(proc.stdout.strip().splitlines()[-1])  # runtime.aoti_check's last line
+        return LoadedPackage(info["load_s"], load_file(str(res))["y"].numpy(), Measurement(**info["measurement"]))
 
 
 @register_exporter
@@ -133,10 +142,9 @@ class AotiExporter(Exporter):
             return ExportReport(
                 "aoti", pkg.name, precision, device, job.batch, file=AotiLoadFailure(round(build_s, 2), False, error)
             )
-        info, got = ran
-        m = Measurement(**info["measurement"])
+        m = ran.measurement
         fp32 = precision == "fp32"
-        par = parity(ref, got, FP32_TOL if fp32 else FP16_TOL, 1.0 if fp32 else 0.98)
+        par = parity(ref, ran.outputs, FP32_TOL if fp32 else FP16_TOL, 1.0 if fp32 else 0.98)
         return ExportReport(
             "aoti",
             pkg.name,
@@ -152,7 +160,7 @@ class AotiExporter(Exporter):
                 torch.__version__,
                 round(build_s, 2),
                 True,
-                round(info["load_s"], 3),
+                round(ran.load_s, 3),
             ),
             measurement=m,
         )

@@ -36,6 +36,7 @@ class ExportJob:
     task: Task
     seed: int
     spec: DeviceSpec | None  # the device asked for, or the plan's
+    plan: dict | None = None  # the plan the file is held to (its budget); None: a run without one
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
-from dery_deploy.artifacts import sha256_json
+from dery_deploy.artifacts import JsonValue, sha256_json
 from dery_deploy.data.task import Task
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select.board import COMPLETE, RUNNING, WAITING, BoardTrial, TrialBoard, TrialRecord
@@ -105,12 +105,14 @@ _VOLATILE = {
 }
 
 
-def identity(source: dict) -> dict:
-    """`source` less what differs between processes, for hashing into the study's name. A dict on purpose:
-    the source's own keys, whatever they are, not a record of ours (typing it would change the hash)."""
+def identity(source: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    """`source` less what differs between processes, for hashing into the study's name. A JSON object on
+    purpose: the source's own keys, whatever they are, not a record of ours; its hash names studies and
+    measurement reuse keys, so what it keeps must never change."""
     out = {k: v for k, v in source.items() if k not in _VOLATILE}
-    if isinstance(out.get("plan"), dict):
-        out["plan"] = identity(out["plan"])
+    plan = out.get("plan")
+    if isinstance(plan, dict):
+        out["plan"] = identity(plan)
     return out
 
 
