@@ -20,7 +20,6 @@ RATCHET = {
     "export/report.py::extra",
     "export/report.py::write",
     "export/run.py::export_run",
-    "export/run.py::resolve",
     "export/run.py::ship_bundle",
     "pipeline/stages.py::stage_zoo",
     "train/checkpoint.py::_flat_optimizer",

@@ -24,6 +24,7 @@ from dery_deploy.deploy.machine import fingerprint
 from dery_deploy.deploy.settings import onnxruntime_settings
 from dery_deploy.errors import DeryError
 from dery_deploy.export.formats import RUNTIME_OF
+from dery_deploy.network.plan import Plan
 from dery_deploy.runtime.harness import Measurement
 
 STATISTIC = (
@@ -121,7 +122,7 @@ def write_package(
     out: Path,
     rep,
     task: Task,
-    plan: dict | None,
+    plan: Plan | None,
     measured: Measurement,
     threads: int | None,
     top1: float | None,
@@ -143,7 +144,7 @@ def write_package(
     if fmt in ("onnx", "openvino"):
         write_reference(out)
     version = str(__import__(RUNTIME_OF[fmt]).__version__).split("-")[0]
-    budget = (plan or {}).get("budget") or {}
+    budget = plan.budget if plan else None
     info = DeployInfo(
         model=rep.artifact,
         files=package_files(fmt, out, rep.artifact),
@@ -166,8 +167,8 @@ def write_package(
             rep.extra.get("reference_ms"),
             rep.extra.get("other_load_cores"),
         ),
-        budget=Budget(float(budget["latency_ms"]), int(budget.get("percentile") or 50), _verdict(rep))
-        if budget.get("latency_ms")
+        budget=Budget(float(budget.latency_ms), int(budget.percentile or 50), _verdict(rep))
+        if budget and budget.latency_ms
         else None,
         fingerprint=fingerprint(rep.device),
         accuracy={"top1": top1, "split": "test", "images": len(task.test), "task": task.kind},
