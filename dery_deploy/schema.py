@@ -4,6 +4,10 @@ back from JSON: the schema a reader of run.json checks against (`docs/run.schema
 
 A field typed `dict` (or `list[dict]`) has no schema beyond "an object": `untyped_fields` lists them, so a
 test can hold their number to a ratchet that only shrinks.
+
+Two field metadata keys describe JSON that is not the fields' plain shape: `JSON_KEY` names the key a field is
+written under where that is no Python name (an adapter's "in"), and `EMPTY_IS_NONE` marks an optional record
+written as {} when it is not set (as plan.json has always written it), not as null.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import functools
 import types
 import typing
 from typing import Any, Union
+
+JSON_KEY = "json_key"
+EMPTY_IS_NONE = "empty_is_none"
+_EMPTY_OBJECT = {"type": "object", "maxProperties": 0}
 
 _SCALARS: dict[Any, dict] = {
     str: {"type": "string"},
@@ -60,13 +68,25 @@ def _type_schema(tp: Any, defs: dict[str, dict]) -> dict:
     raise TypeError(f"no JSON schema for the annotation {tp!r}")
 
 
+def json_key(f: dataclasses.Field) -> str:
+    """The key a dataclass field is written under in JSON."""
+    return f.metadata.get(JSON_KEY, f.name)
+
+
+def _field_schema(f: dataclasses.Field, tp: Any, defs: dict[str, dict]) -> dict:
+    out = _type_schema(tp, defs)
+    if f.metadata.get(EMPTY_IS_NONE) and "anyOf" in out:  # not set: {} where a plain optional field has null
+        out["anyOf"] = [_EMPTY_OBJECT if s == _SCALARS[type(None)] else s for s in out["anyOf"]]
+    return out
+
+
 def _object_schema(cls: type, defs: dict[str, dict]) -> dict:
     hints = _hints(cls)
     props, required = {}, []
     for f in dataclasses.fields(cls):
-        props[f.name] = _type_schema(hints[f.name], defs)
+        props[json_key(f)] = _field_schema(f, hints[f.name], defs)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required.append(f.name)
+            required.append(json_key(f))
     out: dict = {"type": "object", "properties": props, "additionalProperties": False}
     if required:
         out["required"] = required
@@ -117,17 +137,21 @@ def _untyped(tp: Any, where: str, seen: set) -> list[str]:
 
 def load_dataclass(tp: Any, data: Any) -> Any:
     """`data` as read from JSON, built into the annotation `tp`: nested dataclasses from their dicts (keys
-    a dataclass does not have are refused with a TypeError naming them), lists and dicts element by
-    element, anything else as it is."""
+    a dataclass does not have are refused with a TypeError naming them; `JSON_KEY` and `EMPTY_IS_NONE`
+    fields read as they are written), lists and dicts element by element, anything else as it is."""
     if data is None:
         return None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = _hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(data) - names)
+        by_key = {json_key(f): f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(data) - set(by_key))
         if unknown:
             raise TypeError(f"{tp.__name__} has no field(s) {', '.join(unknown)}")
-        return tp(**{k: load_dataclass(hints[k], v) for k, v in data.items()})
+        values = {}
+        for k, v in data.items():
+            f = by_key[k]
+            values[f.name] = None if f.metadata.get(EMPTY_IS_NONE) and v == {} else load_dataclass(hints[f.name], v)
+        return tp(**values)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
         built = [a for a in args if dataclasses.is_dataclass(a) or typing.get_origin(a) in (list, dict)]

@@ -111,10 +111,8 @@ def budget_row(r: BudgetResult, run: RunManifest) -> dict:
 
 
 def mix_columns(mix: MixResult | None, donor_top1: float | None) -> dict:
-    """The best reassembled network of a budget (its plan read as the package's Plan), against the best donor."""
-    from dery_deploy.network.plan import Plan
-
-    plan = Plan.from_dict(mix.plan) if mix else None
+    """The best reassembled network of a budget (its plan), against the best donor."""
+    plan = mix.plan if mix else None
     return {
         "best_reassembled": plan.describe() if plan else None,
         "best_reassembled_seams": plan.seams if plan else None,

@@ -77,13 +77,14 @@ def profile_once(zoo, spec, part, dis, cache: Path, n_verify: int) -> dict:
 def assembly(plan: Plan) -> dict:
     """What one `dery assemble --json` picked: the pick, its rule, the finalists and their validation at the
     first rung, and the pick's measured latency."""
-    trials = plan.selection["trials"]
+    sel = plan.selection
+    assert sel is not None, "dery assemble --json writes the selection into the plan"
     return {
-        "pick": plan.selection["pick"],
-        "rule": plan.selection["rule"],
-        "finalists": sorted({t["finalist"] for t in trials}),
-        "validation": {t["finalist"]: t["val_accuracy"] for t in trials if t["rung"] == 0},
-        "measured_ms": plan.measured.get("latency_ms"),
+        "pick": sel.pick,
+        "rule": sel.rule,
+        "finalists": sorted({t.finalist for t in sel.trials}),
+        "validation": {t.finalist: t.val_accuracy for t in sel.trials if t.rung == 0},
+        "measured_ms": plan.measured.latency_ms if plan.measured else None,
     }
 
 

@@ -54,7 +54,6 @@ def shipped(out: Path) -> list[dict]:
 
 def shipped_rows(run: RunManifest, fp: FinalPassFile, input_shape: list[int]) -> list[dict]:
     """Each budget's shipped file (its plan read as the package's Plan) and the final pass's figures of it."""
-    from dery_deploy.network.plan import Plan
     from dery_deploy.pipeline.second_look import compared_key
     from dery_deploy.runtime.target import Target
 
@@ -62,7 +61,7 @@ def shipped_rows(run: RunManifest, fp: FinalPassFile, input_shape: list[int]) ->
     for res in run.results:
         if res.plan is None or res.export is None or not res.export.artifact or res.pick_triple is None:
             continue
-        plan = Plan.from_dict(res.plan)
+        plan = res.plan
         target, threads = str(Target(plan.backend, plan.precision)), plan.threads or 1
         m = fp.measurements[compared_key(f"ship:{res.budget_ms:g}", target)]
         rows.append(

@@ -124,13 +124,14 @@ def shipped(tiny_ws, fashion_task, tmp_path_factory):
     a 50 ms budget at p90)."""
     from dery_deploy.export.stage import export_run
     from dery_deploy.network.plan import BlockRef, Plan
+    from dery_deploy.network.plan_records import PlanBudget
     from dery_deploy.train.finetune import Recipe, finetune
 
     root = tmp_path_factory.mktemp("shipped")
     sets = tiny_ws.partition.sets
     blocks = [BlockRef(k, n, sets[k].block_of(n).start, sets[k].block_of(n).end) for k, n in enumerate(["res"] * 3)]
     plan = Plan(tiny_ws.zoo.name, tiny_ws.zoo.hash(), blocks, 10, zoo_ref=tiny_ws.zoo.ref)
-    plan.budget = {"latency_ms": 50.0, "percentile": 90}
+    plan.budget = PlanBudget(50.0, 90)
     plan.device, plan.backend, plan.precision, plan.batch, plan.threads = "cpu", "onnxruntime", "fp32", 2, 1
     recipe = Recipe(epochs_adapter=2, epochs_full=0, batch=50)
     finetune({"plan": plan.to_dict()}, tiny_ws.zoo, fashion_task, recipe, root / "run", log=None, progress=False)

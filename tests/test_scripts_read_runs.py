@@ -164,15 +164,15 @@ def test_the_gpu_check_summary_reads_an_export_report_as_an_export_record(tmp_pa
 
 
 def test_the_stitch_lr_bench_names_a_plan_files_blocks(tmp_path, run):
-    (tmp_path / "01.json").write_text(json.dumps(run.results[0].mix.plan))  # the captured best mix's plan
+    (tmp_path / "01.json").write_text(json.dumps(run.results[0].mix.plan.to_dict()))  # the captured best mix's plan
     assert bench_stitch_lr.blocks(str(tmp_path / "01.json")) == "vit[0:2] + cnx[2:5] + cnx[5:9] + cnx[9:13]"
 
 
 def test_the_repeatability_bench_reads_what_an_assembly_picked(run):
-    from dery_deploy.network.plan import Plan
+    from dataclasses import replace
 
     # the shipped plan with the selection `dery assemble` files in it (run.json keeps it beside the plan)
-    plan = Plan.from_dict({**run.results[0].plan, "selection": run.results[0].selection.to_dict()})
+    plan = replace(run.results[0].plan, selection=run.results[0].selection)
     a = bench_repeatability.assembly(plan)
     assert a["pick"] == "cnx (whole donor)" and a["rule"].startswith("the best donor")
     assert a["finalists"] == sorted(["cnx (whole donor)", "res (whole donor)", *MIXES])

@@ -16,6 +16,7 @@ from dery_deploy.data.task import Task
 from dery_deploy.dissect import Dissection
 from dery_deploy.network.adapters import Adapter, fit_least_squares
 from dery_deploy.network.plan import AssembledNet, BlockRef, Plan, build_net, stitch_specs
+from dery_deploy.network.plan_records import FinalistMeasurement
 from dery_deploy.partition.stage import Partition
 from dery_deploy.profile.latency_model import us_to_ms
 from dery_deploy.schema import load_dataclass
@@ -99,32 +100,6 @@ class AdapterFitter:
             adapter.load_state_dict(self._fits[key][0])
             errors.append(self._fits[key][1])
         return errors
-
-
-@dataclass
-class FinalistMeasurement:
-    """A finalist measured end to end on its target, in the one pass that measured every finalist:
-    `latency_ms` is the per-call percentile over all calls (the statistic the shipped file is judged by)
-    and `quiet_ms` the quiet-window estimate at it; the target's runtime settings it ran with; whether
-    it lies within two standard errors of the budget (`near_budget`, set when it is kept or dropped)."""
-
-    latency_ms: float
-    percentile: int
-    uncertainty: float
-    quiet_ms: float
-    median_ms: float
-    p90_ms: float
-    p99_ms: float
-    stable: bool
-    noise: float
-    pass_noise_index: float | None
-    pass_busy: str
-    backend: str
-    precision: str
-    batch: int
-    threads: int | None
-    device: str
-    near_budget: bool = False
 
 
 @dataclass

@@ -6,7 +6,7 @@ stitch or a head that two paths both use is stored once), each chain within its 
 chain's quality at most `delta` (a fraction of that budget's own optimum) below that optimum: the price
 of sharing is bounded and reported per path.
 
-It is one exact CP-SAT model: M chains (`cp_chain.add_chain`), and a sharing indicator per block, stitch
+It is one exact CP-SAT model: M chains (`program.add_chain`), and a sharing indicator per block, stitch
 and head that is on when any path uses it (u >= x_m), whose parameters are what the family stores. It is
 hinted with the budgets' independent optima (`program.top_n_dp`), which always satisfy it, so the solver
 starts from a feasible family and the result is never worse than storing the optima separately.
@@ -20,8 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from dery_deploy.assemble.cp_chain import Chain, add_chain
-from dery_deploy.assemble.program import SCALE, Budget, ProgramData, top_n_dp
+from dery_deploy.assemble.program import SCALE, Budget, Chain, ProgramData, add_chain, top_n_dp
 from dery_deploy.errors import DeryError
 from dery_deploy.profile.latency_model import us_to_ms
 

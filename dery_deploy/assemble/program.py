@@ -7,8 +7,8 @@ latency add up along the chain, so the program is solved twice, by two exact met
 - `top_n_dp`: a label-setting dynamic program over (set, block) with Pareto pruning on
   (latency, parameters, quality) and a lower bound of the remaining latency; it keeps every partial
   chain that fewer than N others dominate, so it returns the exact top N.
-- `solve`: the OR-Tools CP-SAT model (data, variables, constraints, objective, solve, status, as in
-  the CP-SAT examples), seeded with the DP's optimum as a hint and bounded by its value, so the
+- `solve`: the OR-Tools CP-SAT model (one chain's variables and constraints in `add_chain`, which the
+  family program, `family.py`, adds once per budget), seeded with the DP's optimum as a hint and bounded by its value, so the
   solver proves optimality at once; the top N are then enumerated by CP-SAT itself as every
   assembly of quality at least the N-th best's, which certifies the DP's list.
 
@@ -22,9 +22,13 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dery_deploy.errors import DeryError
 from dery_deploy.profile.latency_model import us_to_ms
+
+if TYPE_CHECKING:
+    from ortools.sat.python.cp_model import IntVar, LinearExpr
 
 SCALE = 1000  # quality units per 1.0
 # the latency of an item the profile could not measure (its backend rejected it): larger than any budget, so
@@ -155,6 +159,82 @@ def mem_ok(m: float | None, budget: Budget) -> bool:
     return budget.memory_mb is None or (m is not None and m <= budget.memory_mb)
 
 
+@dataclass
+class Chain:
+    """A chain's variables in a CP-SAT model: x[k, o] = option o is the block of set k; e[k, a, b] = the
+    stitch a (set k) -> b (set k + 1); and its linear expressions of quality, latency and parameters."""
+
+    x: dict[tuple[int, int], IntVar]
+    e: dict[tuple[int, int, int], IntVar]
+    quality: LinearExpr
+    latency: LinearExpr
+    params: LinearExpr
+
+    def hint(self, model, choice: tuple[int, ...]) -> None:
+        """Hint the model with the assembly `choice` for this chain."""
+        for (k, o), v in self.x.items():
+            model.add_hint(v, int(choice[k] == o))
+        for (k, a, b), v in self.e.items():
+            model.add_hint(v, int(choice[k] == a and choice[k + 1] == b))
+
+    def choice(self, solver, data: ProgramData) -> tuple[int, ...]:
+        """The assembly a solved model chose for this chain."""
+        return tuple(next(o for o in range(len(data.options[k])) if solver.value(self.x[k, o])) for k in range(data.K))
+
+
+def add_chain(model, data: ProgramData, budget: Budget, tag: str = "") -> Chain:
+    """One chain of `data` within `budget` added to `model` (module docstring)."""
+    K = data.K
+    x = {(k, o): model.new_bool_var(f"x{tag}_{k}_{o}") for k in range(K) for o in range(len(data.options[k]))}
+    e = {(k, a, b): model.new_bool_var(f"e{tag}_{k}_{a}_{b}") for k in range(K - 1) for a, b, *_ in data.edges(k)}
+    # Exactly one block per equivalence set.
+    for k in range(K):
+        model.add_exactly_one(x[k, o] for o in range(len(data.options[k])))
+    # A stitch is on exactly when both its ends are chosen, written as flow conservation (one out of
+    # every chosen block, one into it), which keeps the LP relaxation a path through the sets.
+    out_of: dict[tuple[int, int], list] = {}
+    into: dict[tuple[int, int], list] = {}
+    for (k, a, b), v in e.items():
+        out_of.setdefault((k, a), []).append(v)
+        into.setdefault((k + 1, b), []).append(v)
+    for (k, a), vs in out_of.items():
+        model.add(sum(vs) == x[k, a])
+    for (k, b), vs in into.items():
+        model.add(sum(vs) == x[k, b])
+    stitch = {(k, a, b): (lat, par, q) for k in range(K - 1) for a, b, lat, par, q in data.edges(k)}
+    last = range(len(data.options[K - 1]))
+    # Predicted latency (the latency model's integers) within the budget.
+    latency = (
+        data.base_us
+        + sum(data.block_us[k][o] * v for (k, o), v in x.items())
+        + sum(stitch[key][0] * v for key, v in e.items())
+        + sum(data.head_us[o] * x[K - 1, o] for o in last)
+    )
+    model.add(latency <= budget.latency_us)
+    # Peak memory: no item above the budget (activations are freed between items).
+    if budget.memory_mb is not None:
+        for (k, o), v in x.items():
+            if not mem_ok(data.block_mem[k][o], budget):
+                model.add(v == 0)
+        for (k, a, b), v in e.items():
+            if (a, b) in data.adapter_mem[k] and not mem_ok(data.adapter_mem[k][(a, b)], budget):
+                model.add(v == 0)
+    params = (
+        sum(data.block_params[k][o] * v for (k, o), v in x.items())
+        + sum(stitch[key][1] * v for key, v in e.items())
+        + sum(data.head_params[o] * x[K - 1, o] for o in last)
+    )
+    if budget.params is not None:
+        model.add(params <= budget.params)
+    # The quality of blocks, stitches and the features that reach the head.
+    quality = (
+        sum(data.block_q[k][o] * v for (k, o), v in x.items())
+        + sum(stitch[key][2] * v for key, v in e.items())
+        + sum(data.end_q[o] * x[K - 1, o] for o in last)
+    )
+    return Chain(x, e, quality, latency, params)
+
+
 def fastest(data: ProgramData, budget: Budget | None = None) -> Evaluation | None:
     """The fastest assembly (exact DP over the chain), within the memory budget when one is given."""
     mem_budget = Budget(10**12, budget.memory_mb) if budget else Budget(10**12)
@@ -282,8 +362,6 @@ def solve(
             infeasible_reason=reason,
             fastest_us=f.latency_us if f else None,
         )
-    from dery_deploy.assemble.cp_chain import add_chain
-
     model = cp_model.CpModel()
     chain = add_chain(model, data, budget)
     quality = chain.quality

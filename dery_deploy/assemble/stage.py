@@ -37,6 +37,15 @@ from dery_deploy.dissect import Dissection
 from dery_deploy.errors import DeryError
 from dery_deploy.network.items import plan_items
 from dery_deploy.network.plan import Plan
+from dery_deploy.network.plan_records import (
+    FinalistMeasurement,
+    PlanBudget,
+    PlanningModel,
+    PlanSolver,
+    PlanTask,
+    Prediction,
+    ProxyScore,
+)
 from dery_deploy.partition.stage import Partition
 from dery_deploy.profile.latency_model import LatencyModel, budget_us
 from dery_deploy.runtime.backends import get_backend
@@ -289,35 +298,30 @@ def finish_plan(
     plan, model = c.plan, pool.model
     check = model.profile.verify
     prof = model.profile
-    plan.predicted = {
-        "latency_ms": model.predict_ms(plan_items(plan, zoo, dissections)),
-        "memory_mb": c.memory_mb,
-        "params_m": round(c.params / 1e6, 4),
-        "latency_model": {
-            "speed": model.speed,
-            "scale": model.scale,
-            "percentile": model.percentile,
-            "median_rel_error": check.at(model.percentile)[1] if check else None,
-            "max_rel_error": check.at(model.percentile)[2] if check else None,
-            "planning_margin": round(pool.margin, 4),
-        },
-        "reference_ms": model.reference_ms(),
-    }
-    plan.measured = dict(c.measured)
+    plan.predicted = Prediction(
+        latency_ms=model.predict_ms(plan_items(plan, zoo, dissections)),
+        memory_mb=c.memory_mb,
+        params_m=round(c.params / 1e6, 4),
+        latency_model=PlanningModel(
+            speed=model.speed,
+            scale=model.scale,
+            percentile=model.percentile,
+            median_rel_error=check.at(model.percentile)[1] if check else None,
+            max_rel_error=check.at(model.percentile)[2] if check else None,
+            planning_margin=round(pool.margin, 4),
+        ),
+        reference_ms=model.reference_ms(),
+    )
+    plan.measured = FinalistMeasurement(**c.measured) if c.measured else None
     plan.device, plan.backend, plan.precision, plan.batch = prof.device, prof.backend, prof.precision, prof.batch
     plan.threads = prof.threads
-    plan.budget = {
-        "latency_ms": request.latency_ms,
-        "percentile": model.percentile,
-        "memory_mb": request.memory_mb,
-        "params_m": request.params_m,
-    }
-    plan.task = {"spec": task.spec, "hash": task.hash(), "classes": task.classes}
-    plan.proxy = {"name": request.proxy, "score": c.proxy, "stitch_errors": [round(e, 4) for e in c.stitch_errors]}
-    plan.solver = {
+    plan.budget = PlanBudget(request.latency_ms, model.percentile, request.memory_mb, request.params_m)
+    plan.task = PlanTask(task.spec, task.hash(), task.classes)
+    plan.proxy = ProxyScore(request.proxy, c.proxy, [round(e, 4) for e in c.stitch_errors])
+    plan.solver = PlanSolver(
         **pool.solver,
-        "quality": c.quality,
-        "origin": c.origin,
-        "search_seconds": round(seconds, 3),
-        "partition_key": partition.key,
-    }
+        quality=c.quality,
+        origin=c.origin,
+        search_seconds=round(seconds, 3),
+        partition_key=partition.key,
+    )

@@ -138,7 +138,7 @@ def assemble(
         if not as_json:
             print_candidates(res, b, spec)
             if select:
-                console.print(f"pick: {plan.describe()}: {plan.selection['rule']}")
+                console.print(f"pick: {plan.describe()}: {plan.selection.rule if plan.selection else ''}")
             console.print(f"plan for {b:g} ms -> {path}")
     if as_json:
         print(json.dumps([r[3].to_dict() for r in results], indent=2))
@@ -202,7 +202,7 @@ def select_finalist(res, path: Path, z, task, seed: int, storage: str | None, fo
         folds=folds,
     )
     chosen = next(c for c in res.finalists if c.name == sel.pick)
-    chosen.plan.selection = sel.to_dict()
+    chosen.plan.selection = sel
     return chosen.plan, chosen.net
 
 
@@ -222,9 +222,9 @@ def show_plans(results: list) -> None:
             **{
                 "budget (ms)": f"{b:g}",
                 "plan": p.describe(),
-                "predicted (ms)": f"{p.predicted['latency_ms']:.4f}",
-                "M params": f"{p.predicted['params_m']:.3f}",
-                "proxy": f"{p.proxy['score']:.2f}",
+                "predicted (ms)": f"{p.predicted.latency_ms:.4f}",
+                "M params": f"{p.predicted.params_m:.3f}",
+                "proxy": f"{p.proxy.score:.2f}",
             }
         )
     listing.show()
@@ -257,7 +257,7 @@ def shared_measurement(storage: str | None, task, budget: float, model: LatencyM
 
 def print_candidates(res: AssembleResult, budget: float, spec) -> None:
     s = res.solver
-    proxy = res.plan.proxy["name"]
+    proxy = res.plan.proxy.name if res.plan.proxy else "proxy"
     listing = Listing(
         f"candidates under {budget:g} ms ({s.name} {s.status}, {s.seconds_top:.3f} s; measured: {s.measured})",
         "blocks",

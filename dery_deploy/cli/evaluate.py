@@ -32,15 +32,16 @@ def evaluate(
     task = load_task(data or cfg.data, zoo.input, cfg.seed)
     task.require_classes(cfg.classes, f"run {run}", "evaluate it on data with the same classes", "evaluate")
     show_notes(task.notes)
-    plan = cfg.source.get("plan") or {}
+    plan = cfg.plan
     here = {s.id: s for s in this_machine()}
     # the plan's backend where this machine is its device, else this machine's default backend
-    spec = here.get(plan.get("device", "")) or (this_machine() or [get_device("cpu")])[0]
+    spec = here.get(plan.device if plan else "") or (this_machine() or [get_device("cpu")])[0]
+    on_plan_device = plan is not None and spec.id == plan.device
     backend, precision = resolve_backend(
         spec,
-        plan.get("backend") if spec.id == plan.get("device") else None,
-        plan.get("precision") if spec.id == plan.get("device") else None,
-        plan.get("threads") if spec.id == plan.get("device") else None,
+        plan.backend if plan and on_plan_device else None,
+        plan.precision if plan and on_plan_device else None,
+        plan.threads if plan and on_plan_device else None,
     )
     name = cfg.source.get("donor") or "reassembled"
     res = evaluate_model(model, task, Path(run), name, latency=(backend, precision, device_for(spec)))

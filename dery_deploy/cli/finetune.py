@@ -143,13 +143,12 @@ def _plan_source(plan: Path, zoo: str | None) -> tuple[dict, ZooSpec, Plan]:
 
 def _plan_task(plan: Path | None, p: Plan | None, data: str | None, z: ZooSpec, seed: int) -> Task:
     """The task trained on: --data, else the plan's own, else the default; a plan's classes must be its."""
-    planned_on = (p.task or {}).get("spec") if p is not None else None
+    planned_on = p.task.spec if p is not None and p.task else None
     data = data or planned_on or DEFAULT_DATA
     task = load_task(data, z.input, seed)
     if p is not None:
-        task.require_classes(
-            (p.task or {}).get("classes"), f"plan {plan}", "assemble the plan with this --data", "finetune"
-        )
+        classes = p.task.classes if p.task else None
+        task.require_classes(classes, f"plan {plan}", "assemble the plan with this --data", "finetune")
     if p is not None and p.num_classes != task.num_classes:
         raise DeryError(
             f"plan {plan} has a {p.num_classes}-class head, but --data {data!r} has {task.num_classes} "

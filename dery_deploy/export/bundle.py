@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dery_deploy.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from dery_deploy.network.plan import Plan
 from dery_deploy.runtime.evaluate import artifact_runner
 from dery_deploy.runtime.onnx import onnx_from_module, save_onnx
 from dery_deploy.runtime.quantize import qdq_from_module
@@ -148,7 +149,7 @@ def jetson_bundle(
     out: Path,
     precision: str,
     batch: int,
-    plan: dict | None,
+    plan: Plan | None,
     max_batch: int = 32,
     calibration: torch.Tensor | None = None,
 ) -> BundleReport:
@@ -186,7 +187,7 @@ def jetson_bundle(
             **(int8_parity.to_dict() if int8_parity is not None else {}),
         },
         "budget_ms": budget,
-        "predicted_ms": (plan or {}).get("predicted", {}).get("latency_ms"),
+        "predicted_ms": plan.predicted.latency_ms if plan and plan.predicted else None,
         "files": {f: sha256_file(out / f) for f in files + ["parity_inputs.bin", "parity_logits.bin"]},
     }
     atomic_write_json(out / BundleReport.MANIFEST, manifest)
@@ -214,12 +215,12 @@ def _write_onnx(
     return files, int8_engine_parity(model, qdq, x)
 
 
-def _budget_to_judge(plan: dict | None, spec, out: Path) -> tuple[float | None, str]:
+def _budget_to_judge(plan: Plan | None, spec, out: Path) -> tuple[float | None, str]:
     """The budget check_engine.py judges the engine by (None: it only times it), and why the report has no
     verdict yet."""
     # the plan's budget is a promise for the plan's device only; another device's engine is timed, not judged
-    plan_device = (plan or {}).get("device")
-    budget = (plan or {}).get("budget", {}).get("latency_ms") if plan_device == spec.id else None
+    plan_device = plan.device if plan else None
+    budget = plan.budget.latency_ms if plan and plan.budget and plan_device == spec.id else None
     why = (
         f"not measured yet: check_engine.py measures the engine on the device and judges the budget there "
         f"(writes {out.name}/check-result.json)"

@@ -27,6 +27,7 @@ from dery_deploy.export.formats import RUNTIME_OF
 from dery_deploy.export.formats.onnx_family import OnnxFile, OpenVinoFile
 from dery_deploy.export.formats.tensorrt import EngineFile
 from dery_deploy.export.report import ExportReport, FileRecord
+from dery_deploy.network.plan import Plan
 from dery_deploy.runtime.harness import Measurement
 
 STATISTIC = (
@@ -135,7 +136,7 @@ def write_package(
     out: Path,
     rep: ExportReport,
     task: Task,
-    plan: dict | None,
+    plan: Plan | None,
     measured: Measurement,
     threads: int | None,
     top1: float | None,
@@ -158,7 +159,7 @@ def write_package(
         write_reference(out)
     version = str(__import__(RUNTIME_OF[fmt]).__version__).split("-")[0]
     reference_ms, other_load_cores = timed_beside(rep.file)
-    budget = (plan or {}).get("budget") or {}
+    budget = plan.budget if plan else None
     info = DeployInfo(
         model=rep.artifact,
         files=package_files(fmt, out, rep.artifact),
@@ -181,8 +182,8 @@ def write_package(
             reference_ms,
             other_load_cores,
         ),
-        budget=Budget(float(budget["latency_ms"]), int(budget.get("percentile") or 50), _verdict(rep))
-        if budget.get("latency_ms")
+        budget=Budget(float(budget.latency_ms), int(budget.percentile or 50), _verdict(rep))
+        if budget and budget.latency_ms
         else None,
         fingerprint=fingerprint(rep.device),
         accuracy={"top1": top1, "split": "test", "images": len(task.test), "task": task.kind},

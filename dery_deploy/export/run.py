@@ -21,13 +21,14 @@ from dery_deploy.export.formats import PRECISIONS, Exporter, ExportJob, get_expo
 from dery_deploy.export.package import check_one_package, write_package
 from dery_deploy.export.report import ExportReport, WrittenReport, report_path, write_bundle_report
 from dery_deploy.export.verdict import budget_check
+from dery_deploy.network.plan import Plan
 from dery_deploy.runtime.devices import DeviceSpec, get_device
 from dery_deploy.runtime.quantize import CALIBRATION_IMAGES
 from dery_deploy.train.finetune import load_run_model
 from dery_deploy.zoo.load import get_zoo
 
 
-def export_precision(fmt: str, precision: str | None, plan: dict | None, spec: DeviceSpec | None) -> str:
+def export_precision(fmt: str, precision: str | None, plan: Plan | None, spec: DeviceSpec | None) -> str:
     """The precision to export: the one asked for, else the plan's, else the device's default; a
     plan's precision the format does not have (fp16 planned, ONNX for the CPU) falls back to fp32."""
     allowed = PRECISIONS[fmt]
@@ -43,7 +44,7 @@ def export_precision(fmt: str, precision: str | None, plan: dict | None, spec: D
                 "export",
             )
         return precision
-    prec = (plan.get("precision") if plan else None) or (spec.default_precision if spec else "fp32")
+    prec = (plan.precision if plan else None) or (spec.default_precision if spec else "fp32")
     return prec if prec in allowed else "fp32"
 
 
@@ -54,18 +55,18 @@ def shipped_top1(rep: ExportReport, out: Path, task: Task, threads: int | None) 
 
 
 def resolve(
-    run: Path, fmt: str, precision: str | None, device: str | None, out: Path | None, plan: dict | None
+    run: Path, fmt: str, precision: str | None, device: str | None, out: Path | None, plan: Plan | None
 ) -> ExportJob:
     """The run's network, the plan it is held to, and what the file is made and measured as: the precision,
     the plan's batch, thread count and percentile, the task's parity images."""
     model, cfg = load_run_model(run)
     zoo = get_zoo(cfg.zoo_ref)
-    plan = plan or cfg.source.get("plan")
-    spec = get_device(device) if device else (get_device(plan["device"]) if plan and plan.get("device") else None)
+    plan = plan or cfg.plan
+    spec = get_device(device) if device else (get_device(plan.device) if plan and plan.device else None)
     prec = export_precision(fmt, precision, plan, spec)
-    batch = int(plan.get("batch", 1)) if plan else 1
-    threads = plan.get("threads") if plan else (spec.threads if spec else None)
-    percentile = int(((plan or {}).get("budget") or {}).get("percentile") or 50)
+    batch = int(plan.batch) if plan else 1
+    threads = plan.threads if plan else (spec.threads if spec else None)
+    percentile = int(plan.budget.percentile or 50) if plan and plan.budget else 50
     seed = cfg.seed
     task = load_task(cfg.data, zoo.input, seed=seed)
     x = task.x("test")[:PARITY_IMAGES].contiguous()
@@ -73,7 +74,7 @@ def resolve(
     return ExportJob(model, x, folder, prec, batch, threads, percentile, task, seed, spec, plan)
 
 
-def ship_bundle(job: ExportJob, fmt: str, plan: dict | None, bundle: Path, force: bool) -> BundleReport:
+def ship_bundle(job: ExportJob, fmt: str, plan: Plan | None, bundle: Path, force: bool) -> BundleReport:
     """An edge bundle instead of an engine: the ONNX and the scripts that build and check it on the device."""
     spec = job.spec
     if fmt != "tensorrt" or spec is None or spec.kind != "jetson":
@@ -86,13 +87,13 @@ def ship_bundle(job: ExportJob, fmt: str, plan: dict | None, bundle: Path, force
     return shipped
 
 
-def judge(rep: ExportReport, exporter: Exporter, job: ExportJob, plan: dict | None, replace: bool = False) -> None:
+def judge(rep: ExportReport, exporter: Exporter, job: ExportJob, plan: Plan | None, replace: bool = False) -> None:
     """Hold a measured artifact to the plan's budget, and write its package (deploy.json) beside it
     (`replace`: in place of another artifact's package in the folder)."""
     measured = rep.measurement
     if measured is None:  # it did not run here: nothing to judge or ship
         return
-    ran_with = job.threads if rep.device == "cpu" else (plan or {}).get("threads")
+    ran_with = job.threads if rep.device == "cpu" else (plan.threads if plan else None)
     rep.budget = budget_check(plan, measured, rep.device, rep.precision, rep.batch, ran_with)
     if exporter.packaged:
         top1 = exporter.shipped_top1(rep, job.out, job.task, job.threads)
@@ -100,7 +101,7 @@ def judge(rep: ExportReport, exporter: Exporter, job: ExportJob, plan: dict | No
 
 
 def enforce(
-    rep: ExportReport, exporter: Exporter, out: Path, plan: dict | None, allow_over_budget: bool, accept_int8_loss: bool
+    rep: ExportReport, exporter: Exporter, out: Path, plan: Plan | None, allow_over_budget: bool, accept_int8_loss: bool
 ) -> None:
     """Fail an artifact whose outputs or accuracy are off, or that is over budget (unless allowed)."""
     fmt, par, see = rep.format, rep.parity, report_path(out, rep.format)
@@ -119,7 +120,7 @@ def enforce(
             "export",
         )
     if rep.budget and rep.budget.over and not allow_over_budget:
-        planned = (plan or {}).get("backend")
+        planned = plan.backend if plan else None
         if exporter.backend == planned:
             fix = "re-assemble under a lower budget"
         else:  # another runtime than the one the plan was measured with: a lower budget would not help
@@ -143,7 +144,7 @@ def export_run(
     bundle: Path | None,
     allow_over_budget: bool,
     force: bool,
-    plan: dict | None = None,
+    plan: Plan | None = None,
     accept_int8_loss: bool = False,
 ) -> WrittenReport | BundleReport:
     """Export a fine-tuned run, check parity, measure, and hold the artifact to the plan's budget.

@@ -11,9 +11,11 @@ standard error over its windows), printed beside the verdict. The rule itself (`
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from dery_deploy.deploy.bench import MAX_ALLOWANCE, within_budget
 from dery_deploy.errors import DeryError
+from dery_deploy.network.plan import Plan
 from dery_deploy.runtime.devices import get_device, this_machine
 from dery_deploy.runtime.harness import Measurement
 
@@ -85,7 +87,7 @@ class BudgetVerdict:
 
 
 def budget_check(
-    plan: dict | None,
+    plan: Plan | None,
     measured: Measurement,
     artifact_device: str,
     precision: str,
@@ -95,40 +97,39 @@ def budget_check(
 ) -> BudgetVerdict:
     """The shipped artifact's measured latency against the plan's budget, or against `budget_ms` where the
     run raised a budget it had chosen itself (`pipeline/own_budget.py`) (see module docstring)."""
-    if not plan or not (plan.get("budget") or {}).get("latency_ms"):
+    if not plan or not plan.budget or not plan.budget.latency_ms:
         return BudgetVerdict(False, "no latency budget (a donor run, or a plan without a budget)")
-    b = plan["budget"]["latency_ms"] if budget_ms is None else budget_ms
-    q = int(plan["budget"].get("percentile") or 50)
-    base = dict(
+    b = plan.budget.latency_ms if budget_ms is None else budget_ms
+    q = int(plan.budget.percentile or 50)
+    base: dict[str, Any] = dict(
         budget_ms=b,
-        predicted_ms=plan.get("predicted", {}).get("latency_ms"),
-        plan_device=plan.get("device"),
-        plan_backend=plan.get("backend"),
-        plan_precision=plan.get("precision"),
-        plan_batch=plan.get("batch"),
+        predicted_ms=plan.predicted.latency_ms if plan.predicted else None,
+        plan_device=plan.device,
+        plan_backend=plan.backend,
+        plan_precision=plan.precision,
+        plan_batch=plan.batch,
         percentile=q,
-        plan_threads=plan.get("threads"),
+        plan_threads=plan.threads,
     )
     try:
-        spec = get_device(plan.get("device") or "")
+        spec = get_device(plan.device or "")
     except DeryError:
-        return BudgetVerdict(False, f"unknown plan device {plan.get('device')!r}", **base)
+        return BudgetVerdict(False, f"unknown plan device {plan.device!r}", **base)
     if spec.kind != artifact_device:
         return BudgetVerdict(
             False, f"the artifact ran on {artifact_device}, the plan's device {spec.id} is {spec.kind}", **base
         )
     if spec.id not in {s.id for s in this_machine()}:
         return BudgetVerdict(False, f"this machine is not the plan's device {spec.id!r}", **base)
-    if (precision, batch) != (plan.get("precision", "fp32"), plan.get("batch", 1)):
+    if (precision, batch) != (plan.precision, plan.batch):
         return BudgetVerdict(
             False,
-            f"the artifact is {precision} batch {batch}, the budget is for "
-            f"{plan.get('precision')} batch {plan.get('batch')}",
+            f"the artifact is {precision} batch {batch}, the budget is for {plan.precision} batch {plan.batch}",
             **base,
         )
-    if plan.get("threads") and threads != plan["threads"]:
+    if plan.threads and threads != plan.threads:
         return BudgetVerdict(
-            False, f"the artifact ran with {threads} threads, the budget is for {plan['threads']}", **base
+            False, f"the artifact ran with {threads} threads, the budget is for {plan.threads}", **base
         )
     # the statistic a user measures with the file alone: the per-call percentile over all calls
     noise = measured.promise_uncertainty_at(q)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dery_deploy.dissect.spec import TensorSpec
+from dery_deploy.network.plan_records import AdapterRecord
 
 
 def to_nchw(x: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
@@ -85,13 +86,9 @@ class Adapter(nn.Module):
             t = torch.cat([self.prefix_tokens.expand(t.shape[0], -1, -1), t], dim=1)
         return t
 
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "in": self.src.to_dict(),
-            "out": self.dst.to_dict(),
-            "params": sum(p.numel() for p in self.parameters()),
-        }
+    def record(self, after_block: int) -> AdapterRecord:
+        """What a plan records of this adapter, which follows its block `after_block`."""
+        return AdapterRecord(after_block, self.kind, self.src, self.dst, sum(p.numel() for p in self.parameters()))
 
 
 @torch.no_grad()

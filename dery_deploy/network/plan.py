@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,6 +20,20 @@ from dery_deploy.artifacts import JsonArtifact, atomic_write_with
 from dery_deploy.dissect.spec import TensorSpec
 from dery_deploy.errors import DeryError
 from dery_deploy.network.adapters import Adapter, Head
+from dery_deploy.network.plan_records import (
+    NOT_SET,
+    AdapterRecord,
+    FinalistMeasurement,
+    HeadRecord,
+    PlanBudget,
+    PlanSolver,
+    PlanTask,
+    Prediction,
+    ProxyScore,
+    Selection,
+    plan_as_written_now,
+)
+from dery_deploy.schema import load_dataclass
 
 
 @dataclass(frozen=True)
@@ -46,20 +60,23 @@ class Plan(JsonArtifact):
     backend: str = ""
     precision: str = "fp32"
     batch: int = 1
-    budget: dict = field(default_factory=dict)
-    predicted: dict = field(default_factory=dict)
-    proxy: dict = field(default_factory=dict)
-    solver: dict = field(default_factory=dict)
-    adapters: list[dict] = field(default_factory=list)  # filled from specs when built
-    head: dict = field(default_factory=dict)
+    budget: PlanBudget | None = field(default=None, metadata=NOT_SET)
+    predicted: Prediction | None = field(default=None, metadata=NOT_SET)
+    proxy: ProxyScore | None = field(default=None, metadata=NOT_SET)
+    solver: PlanSolver | None = field(default=None, metadata=NOT_SET)
+    adapters: list[AdapterRecord] = field(default_factory=list)  # filled from specs when built
+    head: HeadRecord | None = field(default=None, metadata=NOT_SET)
     zoo_ref: str = ""  # embedded zoo name or YAML path (see ZooSpec.ref)
-    measured: dict = field(default_factory=dict)  # end-to-end measurement on the plan's device
-    task: dict = field(default_factory=dict)  # the task it was selected for (spec, hash, classes)
+    measured: FinalistMeasurement | None = field(default=None, metadata=NOT_SET)  # end to end on the plan's device
+    task: PlanTask | None = field(default=None, metadata=NOT_SET)  # the task it was selected for
     head_kind: str = "new"  # new: pool + LayerNorm + linear; donor: the donor's own head (whole-donor plans)
-    selection: dict = field(default_factory=dict)  # how it was picked: finalists, validation, the rule
+    selection: Selection | None = field(default=None, metadata=NOT_SET)  # how it was picked
     threads: int | None = None  # CPU threads the runtime computes with (measured with, shipped with)
 
     def to_dict(self) -> dict:
+        def record(r: Any) -> dict:  # a record not set is written as {}
+            return {} if r is None else r.to_dict() if hasattr(r, "to_dict") else asdict(r)
+
         return {
             "zoo": self.zoo,
             "zoo_ref": self.zoo_ref or self.zoo,
@@ -69,44 +86,25 @@ class Plan(JsonArtifact):
             "precision": self.precision,
             "batch": self.batch,
             "threads": self.threads,
-            "budget": self.budget,
+            "budget": record(self.budget),
             "num_classes": self.num_classes,
-            "task": self.task,
+            "task": record(self.task),
             "blocks": [{"set": b.set, "donor": b.donor, "start": b.start, "end": b.end} for b in self.blocks],
-            "adapters": self.adapters,
-            "head": self.head,
-            "predicted": self.predicted,
-            "measured": self.measured,
-            "proxy": self.proxy,
-            "solver": self.solver,
+            "adapters": [a.to_dict() for a in self.adapters],
+            "head": record(self.head),
+            "predicted": record(self.predicted),
+            "measured": record(self.measured),
+            "proxy": record(self.proxy),
+            "solver": record(self.solver),
             "head_kind": self.head_kind,
-            "selection": self.selection,
+            "selection": record(self.selection),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
-        return cls(
-            d["zoo"],
-            d["zoo_hash"],
-            [BlockRef(**b) for b in d["blocks"]],
-            d["num_classes"],
-            d.get("device", ""),
-            d.get("backend", ""),
-            d.get("precision", "fp32"),
-            d.get("batch", 1),
-            d.get("budget", {}),
-            d.get("predicted", {}),
-            d.get("proxy", {}),
-            d.get("solver", {}),
-            d.get("adapters", []),
-            d.get("head", {}),
-            d.get("zoo_ref", d["zoo"]),
-            d.get("measured", {}),
-            d.get("task", {}),
-            d.get("head_kind", "new"),
-            d.get("selection", {}),
-            d.get("threads"),
-        )
+        """A plan from any plan.json of this schema (older ones too: see `plan_as_written_now`)."""
+        names = {f.name for f in fields(cls)}
+        return load_dataclass(cls, {k: v for k, v in plan_as_written_now(d).items() if k in names})
 
     @property
     def donors(self) -> list[str]:
@@ -153,7 +151,8 @@ def save_plan_with_weights(plan: Plan, net: nn.Module, path: str | Path) -> Path
     path = Path(path)
     weights = path.with_suffix(".safetensors")
     atomic_write_with(weights, lambda tmp: save_file(stitch_state_dict(net), str(tmp)))
-    plan.solver["adapter_weights"] = weights.name
+    plan.solver = plan.solver or PlanSolver()
+    plan.solver.adapter_weights = weights.name
     return plan.write(path)
 
 
@@ -258,8 +257,8 @@ def build_net(
     last = plan.blocks[-1]
     head = Head(dissections[last.donor].boundary_spec(last.end), plan.num_classes)
     net = AssembledNet(blocks, adapters, head).eval()
-    plan.adapters = [{"after_block": i, **a.to_dict()} for i, a in enumerate(adapters) if isinstance(a, Adapter)]
-    plan.head = {"in": head.src.to_dict(), "num_classes": plan.num_classes}
+    plan.adapters = [a.record(i) for i, a in enumerate(adapters) if isinstance(a, Adapter)]
+    plan.head = HeadRecord(head.src, plan.num_classes)
     if weights is not None:
         load_stitch_weights(net, weights)
     return net

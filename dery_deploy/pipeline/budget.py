@@ -12,10 +12,10 @@ from dery_deploy.assemble.measure import NoFinalistKeeps
 from dery_deploy.assemble.stage import AssembleRequest, assemble
 from dery_deploy.errors import DeryError
 from dery_deploy.export.formats import EXPORT_FORMAT
-from dery_deploy.network.plan import load_plan, save_plan_with_weights
+from dery_deploy.network.plan import Plan, load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
-from dery_deploy.pipeline.pick import describe_plan, last_rung_accuracy, pick_triple, score_triples
+from dery_deploy.pipeline.pick import last_rung_accuracy, pick_triple, score_triples
 from dery_deploy.pipeline.records import BudgetResult, MixResult, SelectionFile
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
@@ -88,16 +88,16 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     entry.triples = triples
     entry.pick_triple = pick
     r.say(f"  pick: {pick.network} on {pick.target} ({pick.rule})")
-    plan = load_plan(paths[(pick.network, pick.target)]).to_dict()
-    fmt = EXPORT_FORMAT.get(plan["backend"], "onnx")
+    plan = load_plan(paths[(pick.network, pick.target)])
+    fmt = EXPORT_FORMAT.get(plan.backend, "onnx")
     run_dir = take_pick(r, entry, pick.kind, plan)
     entry.plan = plan
     entry.export_format = fmt
     entry.export_dir = str(bdir / "export")
     label = f"{pick.kind} {pick.network}"[:60]
-    entry.export = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan["precision"])
+    entry.export = stage_export(r, run_dir, fmt, label, plan=plan, out=bdir / "export", precision=plan.precision)
     int8 = entry.export.int8
-    if plan["precision"] == "int8" and int8 is not None and int8.int8_top1 is not None:
+    if plan.precision == "int8" and int8 is not None and int8.int8_top1 is not None:
         entry.fp32_top1, entry.top1 = entry.top1, int8.int8_top1
     entry.measured_ms = entry.export.latency_ms
     if aoti:
@@ -105,7 +105,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     return entry
 
 
-def take_pick(r: Run, entry: BudgetResult, kind: str, plan: dict) -> Path:
+def take_pick(r: Run, entry: BudgetResult, kind: str, plan: Plan) -> Path:
     """The picked network's run folder, with its accuracy and size copied into `entry`: the healed best
     mix's, or the whole donor's as the run trained it."""
     if kind == "mix":
@@ -115,7 +115,7 @@ def take_pick(r: Run, entry: BudgetResult, kind: str, plan: dict) -> Path:
         entry.top1, entry.per_class, entry.params_m = mix.top1, mix.per_class, mix.params_m
         entry.confusion_png, entry.val_accuracy = mix.confusion_png, mix.val_accuracy
     else:
-        d = r.manifest.donors[plan["blocks"][0]["donor"]]
+        d = r.manifest.donors[plan.blocks[0].donor]
         entry.pick_kind, entry.run = "donor", d.run
         entry.top1, entry.val_accuracy = d.top1, d.val_accuracy
         entry.params_m, entry.per_class, entry.confusion_png = d.params_m, d.per_class, d.confusion_png
@@ -208,7 +208,7 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
     )  # fmt: skip
     ev = stage_evaluate(r, mix_dir, ctx.task, f"best mix {b:g} ms")
     return MixResult(
-        plan=plan.to_dict(),
+        plan=plan,
         val_accuracy=metrics.val_accuracy,
         phase1_top1=metrics.phase1_test_accuracy,
         kept=metrics.kept,
@@ -232,8 +232,8 @@ def carry_better_mix(r: Run, entry: BudgetResult, sel: SelectionFile) -> None:
         m = prev.mix
         if not m or prev.budget_ms >= entry.budget_ms or m.val_accuracy is None:
             continue
-        name = describe_plan(m.plan)
+        name = m.plan.describe()
         if name in kept and m.val_accuracy > (here.val_accuracy or -1):
-            here = replace(m, carried_from=prev.budget_ms, replaced=describe_plan(entry.mix.plan))
+            here = replace(m, carried_from=prev.budget_ms, replaced=entry.mix.plan.describe())
             entry.run_mix = prev.run_mix
     entry.mix = here

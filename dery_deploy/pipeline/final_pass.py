@@ -169,11 +169,11 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
         ]
     for res in m.results:
         if res.plan and res.export and res.export.artifact and res.export_dir and res.run:
-            plan, name = res.plan, str(Target(res.plan["backend"], res.plan["precision"]))
-            be = get_backend(plan["backend"], plan.get("threads"))
+            plan, name = res.plan, str(Target(res.plan.backend, res.plan.precision))
+            be = get_backend(plan.backend, plan.threads)
             art = Path(res.export_dir) / res.export.artifact
             compared.append(
-                Compared(compared_key(f"ship:{res.budget_ms:g}", name), Path(res.run), be, plan["precision"], art)
+                Compared(compared_key(f"ship:{res.budget_ms:g}", name), Path(res.run), be, plan.precision, art)
             )
     x = task_example(ctx)
     device = "cuda" if ctx.spec.kind == "cuda" else "cpu"
@@ -325,7 +325,7 @@ def judge_shipped(
     assert f.device is not None and f.precision is not None and f.batch is not None, "an export that ran here"
     raised = res.raised.to_ms if res.raised else None
     verdict = budget_check(res.plan, shipped, f.device, f.precision, f.batch, f.threads, raised)
-    ref_key = f"{res.plan['backend']}/t{f.threads}"
+    ref_key = f"{res.plan.backend}/t{f.threads}"
     ref_now = summary.references_ms.get(ref_key)
     verdict = relate_to_machine(verdict, ref_now, f.reference_ms)
     verdict.measured_in = "the run's final pass, beside every compared network" + (

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from dery_deploy.artifacts import JsonArtifact
 from dery_deploy.export.report import ExportRecord
+from dery_deploy.network.plan import Plan
 from dery_deploy.pipeline.options import RunOptions
 from dery_deploy.pipeline.records import (
     BudgetResult,
@@ -91,8 +92,12 @@ class RunManifest(JsonArtifact):
 
 def _older_result(res: dict) -> None:
     """A budget's result as read from JSON, made what the typed records read: older runs kept each export's
-    report as written, the shipped file's under "onnx" whatever its format, and unmeasured candidates'
-    measurements as {}."""
+    report as written, the shipped file's under "onnx" whatever its format, unmeasured candidates'
+    measurements as {}, and plans as older versions wrote them (`Plan.from_dict` reads those)."""
+    if res.get("plan"):
+        res["plan"] = Plan.from_dict(res["plan"]).to_dict()
+    if res.get("mix") and res["mix"].get("plan"):
+        res["mix"] = {**res["mix"], "plan": Plan.from_dict(res["mix"]["plan"]).to_dict()}
     if "onnx" in res:
         res["export"] = res.pop("onnx")
     if res.get("mix") and "onnx" in res["mix"]:

@@ -6,7 +6,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dery_deploy.errors import DeryError
-from dery_deploy.network.plan import Plan
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.records import MixResult, Pick, SelectionFile, Triple
 from dery_deploy.pipeline.runner import Run
@@ -21,10 +20,6 @@ def last_rung_accuracy(s: Selection) -> dict[str, float]:
     return {t.finalist: t.val_accuracy for t in s.trials if t.rung == last}
 
 
-def describe_plan(plan: dict) -> str:
-    return Plan.from_dict(plan).describe()
-
-
 def score_triples(
     r: Run, ctx: Context, sel: SelectionFile, mix: MixResult | None, mix_dir: Path | None
 ) -> list[Triple]:
@@ -36,7 +31,7 @@ def score_triples(
     few hundred images it is noise: an int8 file that scored 2.0 points above its fp32 source on 200
     validation images lost 0.26 on test)."""
     acc = last_rung_accuracy(sel.selection)
-    best_mix = describe_plan(mix.plan) if mix else None
+    best_mix = mix.plan.describe() if mix else None
     if mix and best_mix and best_mix not in acc and mix.selection_accuracy is not None:
         acc[best_mix] = mix.selection_accuracy  # carried from a smaller budget, where it was selected
     donor_runs = {f"{n} (whole donor)": Path(d.run) for n, d in r.manifest.donors.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 from dery_deploy.assemble.candidates import CandidateRecord
 from dery_deploy.assemble.stage import SolverSummary
 from dery_deploy.export.report import ExportRecord
+from dery_deploy.network.plan import Plan
 from dery_deploy.runtime.harness import Measurement, PassSummary
 from dery_deploy.schema import load_dataclass
 from dery_deploy.train.recipe import Recipe
@@ -97,7 +98,7 @@ class MixResult:
     compares them trained alike), evaluated on the test split and exported as ONNX; its latency from the
     final pass on its fastest target; or a smaller budget's best mix carried here as the better one."""
 
-    plan: dict
+    plan: Plan
     val_accuracy: float | None
     phase1_top1: float | None  # adapters and head trained alone (blocks frozen), on the test split
     kept: str | None  # which of phase 1 and end to end was kept
@@ -240,7 +241,7 @@ class BudgetResult:
     per_class: dict[str, float] | None = None
     confusion_png: str | None = None
     fp32_top1: float | None = None  # where int8 ships: the fp32 network's test accuracy
-    plan: dict | None = None  # the shipped plan
+    plan: Plan | None = None  # the shipped plan
     export_format: str | None = None
     export_dir: str | None = None
     export: ExportRecord | None = None  # the shipped file's export (whatever its format)
@@ -267,6 +268,10 @@ class BudgetResult:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.plan is not None:
+            d["plan"] = self.plan.to_dict()  # as plan.json has it
+        if self.mix is not None:
+            d["mix"]["plan"] = self.mix.plan.to_dict()
         if self.selection is not None:
             d["selection"] = self.selection.to_dict()  # as selection.json has it (fold trials without images)
         return d

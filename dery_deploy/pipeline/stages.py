@@ -13,6 +13,7 @@ from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
 from dery_deploy.export.report import ExportRecord, WrittenReport, report_path
 from dery_deploy.export.stage import export_run
+from dery_deploy.network.plan import Plan
 from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
 from dery_deploy.pipeline.records import DonorResult
@@ -253,7 +254,7 @@ def stage_export(
     run_dir: Path,
     fmt: str,
     label: str,
-    plan: dict | None = None,
+    plan: Plan | None = None,
     out: Path | None = None,
     precision: str | None = None,
 ) -> ExportRecord:
@@ -266,7 +267,8 @@ def stage_export(
         if not made_after(path, ckpt):
             return None
         rep = json.loads(path.read_text())
-        same_budget = (rep.get("budget") or {}).get("budget_ms") == (plan or {}).get("budget", {}).get("latency_ms")
+        planned_ms = plan.budget.latency_ms if plan and plan.budget else None
+        same_budget = (rep.get("budget") or {}).get("budget_ms") == planned_ms
         same_precision = precision is None or rep.get("precision") == precision
         return ExportRecord.of_report(rep) if (same_budget or plan is None) and same_precision else None
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.records import BudgetResult
-from dery_deploy.report.text import describe
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Answer:
         if r.plan is None:
             return cls(r.budget_ms, q, infeasible=r.infeasible or "")
         plan = r.plan
-        n = plan.get("threads")
+        n = plan.threads
         threads = f", {n} thread" + ("" if n == 1 else "s") if n else ""
         verdict = r.export.budget if r.export else None
         checked = verdict is not None and verdict.checked
@@ -53,8 +52,8 @@ class Answer:
             r.promised_ms,
             q,
             raised_from_ms=r.raised.from_ms if r.raised else None,
-            ships=f"{describe(plan)} ({r.pick_kind})",
-            runtime=f"{plan.get('backend')} {plan.get('precision')}, batch {plan.get('batch', 1)}{threads}",
+            ships=f"{plan.describe()} ({r.pick_kind})",
+            runtime=f"{plan.backend} {plan.precision}, batch {plan.batch}{threads}",
             artifact=_artifact(r, root),
             measured_ms=r.measured_ms,
             uncertainty=r.measured_uncertainty or 0.0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.records import BudgetResult, Pick, Triple
 from dery_deploy.report.answers import donor_top1
-from dery_deploy.report.text import describe, evidence, fmt_ms, fmt_pct, md_table
+from dery_deploy.report.text import evidence, fmt_ms, fmt_pct, md_table
 from dery_deploy.train.select.evidence import Selection
 
 
@@ -99,8 +99,8 @@ def networks_table(r: BudgetResult, m: RunManifest) -> list[str]:
         mix = r.mix
         rows.append(
             [
-                f"best mixed plan `{describe(mix.plan)}`",
-                f"{mix.plan['predicted']['latency_ms']:.4f}",
+                f"best mixed plan `{mix.plan.describe()}`",
+                fmt_ms(mix.plan.predicted.latency_ms if mix.plan.predicted else None),
                 fmt_ms(mix.measured_ms),
                 f"{mix.params_m:.3f}",
                 fmt_pct(mix.val_accuracy),

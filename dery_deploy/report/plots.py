@@ -31,7 +31,8 @@ def pareto_png(
         mix = p.mix
         if not mix:
             continue
-        x = mix.measured_ms or mix.plan["predicted"]["latency_ms"]
+        assert mix.plan.predicted is not None, "a healed mix is an assembled plan, with its prediction"
+        x = mix.measured_ms or mix.plan.predicted.latency_ms
         ax.scatter(x, mix.top1, marker="*", s=160, color="#dd5533", zorder=4)
         ax.annotate(
             f"mixed, {p.budget_ms:g} ms budget",

@@ -14,7 +14,7 @@ from dery_deploy.report.answers import Answer, answers, donor_top1, measured_tex
 from dery_deploy.report.budget import verdict_line
 from dery_deploy.report.plots import pareto_png
 from dery_deploy.report.sections import ANSWER_HEADER, answer_rows
-from dery_deploy.report.text import describe, evidence, md_table
+from dery_deploy.report.text import evidence, md_table
 from dery_deploy.similarity.compute import Similarity, heatmap_png
 from dery_deploy.zoo.spec import ZooSpec
 
@@ -27,7 +27,6 @@ __all__ = [
     "Answer",
     "answer_rows",
     "answers",
-    "describe",
     "donor_top1",
     "evidence",
     "md_table",

@@ -1,5 +1,5 @@
-"""Markdown pieces the report's sections share: a table, numbers that may be missing, a plan and a
-selection's evidence in words."""
+"""Markdown pieces the report's sections share: a table, numbers that may be missing, and a selection's
+evidence in words."""
 
 from __future__ import annotations
 
@@ -18,13 +18,6 @@ def fmt_ms(v) -> str:
 
 def fmt_pct(v) -> str:
     return "-" if v is None else f"{v:.2f}"
-
-
-def describe(plan: dict) -> str:
-    """A plan in one line: the whole donor, or its blocks in order."""
-    if plan.get("head_kind") == "donor":
-        return f"{plan['blocks'][0]['donor']} (whole donor)"
-    return " > ".join(f"{b['donor']}[{b['start']}:{b['end']}]" for b in plan["blocks"])
 
 
 def evidence(sel: Selection | None) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from dery_deploy.artifacts import read_json_artifact
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
+from dery_deploy.network.plan import Plan
 from dery_deploy.schema import load_dataclass
 from dery_deploy.train.checkpoint import Checkpoint, load_checkpoint
 from dery_deploy.train.recipe import Recipe
@@ -57,6 +58,11 @@ class RunConfig:
             teacher=teacher.describe() if teacher else None,
             world_size=world,
         )
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan the run trains (None for a donor's run)."""
+        return Plan.from_dict(self.source["plan"]) if self.source.get("plan") else None
 
     @property
     def seed(self) -> int:

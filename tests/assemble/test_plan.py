@@ -19,7 +19,7 @@ def test_plan_round_trip_and_rebuild(tiny_ws, tmp_path):
     plan = _plan(tiny_ws)
     torch.manual_seed(0)
     net = build_net(plan, tiny_ws.zoo, tiny_ws.dis)
-    assert len(plan.adapters) == 2 and {a["kind"] for a in plan.adapters} >= {"NCHW->NLC"} | set()  # CNN -> ViT stitch
+    assert len(plan.adapters) == 2 and {a.kind for a in plan.adapters} >= {"NCHW->NLC"} | set()  # CNN -> ViT stitch
     save_plan(tmp_path / "plan.json", plan)
     again = load_plan(tmp_path / "plan.json")
     on_disk = json.loads((tmp_path / "plan.json").read_text())

@@ -52,7 +52,7 @@ def test_predicted_latency_is_the_programs_arithmetic(tiny_ws, fashion_task):
     res = assemble(tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, request)
     for c in res.candidates:  # one arithmetic: the program's integer microseconds are the plan's prediction
         assert tiny_ws.model.predict_us(plan_items(c.plan, tiny_ws.zoo, tiny_ws.dis)) == to_us(c.predicted_ms)
-        assert c.plan.predicted["latency_ms"] == pytest.approx(c.predicted_ms)
+        assert c.plan.predicted is not None and c.plan.predicted.latency_ms == pytest.approx(c.predicted_ms)
     origins = {c.origin for c in res.candidates}
     assert {"program", "donor"} <= origins  # the program's top N and every donor that fits
     # a mix has a seam: one donor's own blocks are that donor, which enters whole (no duplicate "mix")

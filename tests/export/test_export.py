@@ -5,6 +5,7 @@ import torch
 
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import BlockRef, Plan
+from dery_deploy.network.plan_records import PlanBudget, Prediction
 from dery_deploy.train.finetune import Recipe, finetune
 from tests.conftest import assert_one_line_error, run_dery
 
@@ -21,8 +22,8 @@ def _plan(ws) -> Plan:
 def trained_run(tiny_ws, fashion_task, tmp_path_factory):
     run = tmp_path_factory.mktemp("export") / "run"
     plan = _plan(tiny_ws)
-    plan.budget = {"latency_ms": 0.0001}  # impossible, to see the loud over-budget path
-    plan.predicted = {"latency_ms": 0.00009}
+    plan.budget = PlanBudget(0.0001)  # impossible, to see the loud over-budget path
+    plan.predicted = Prediction(0.00009)
     plan.device, plan.backend, plan.precision, plan.batch = "cpu", "onnxruntime", "fp32", 1
     finetune(
         {"plan": plan.to_dict()},
@@ -270,7 +271,7 @@ def _verdict_of(value_ms: float, se: float, budget_ms: float = 1.0):
     from dery_deploy.runtime.harness import Measurement
 
     m = Measurement(0.5, 0.6, 0.7, 0.001, 1000, 20, True, 0.0, [], {}, {"p50": value_ms}, {"p50": se})
-    plan = {"budget": {"latency_ms": budget_ms, "percentile": 50}, "device": "cpu", "precision": "fp32", "batch": 1}
+    plan = Plan("z", "h", [], 10, device="cpu", precision="fp32", batch=1, budget=PlanBudget(budget_ms, 50))
     return budget_check(plan, m, "cpu", "fp32", 1, None)
 
 

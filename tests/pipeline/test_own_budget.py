@@ -12,7 +12,7 @@ from dery_deploy.report.answers import Answer
 
 PLAN = Plan(
     "fashion", "h", [BlockRef(0, "mnv3_rot", 0, 1), BlockRef(1, "resnet10t_tops", 2, 5)], 10, "cpu", "onnxruntime"
-).to_dict()
+)
 
 
 def shipped(budget: float, history: list[float], over: bool, top1: float = 77.7) -> BudgetResult:

@@ -19,6 +19,7 @@ from torch import nn
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
 from dery_deploy.export.report import ExportReport
+from dery_deploy.network.plan import Plan
 from dery_deploy.runtime.devices import DeviceSpec
 
 
@@ -36,7 +37,7 @@ class ExportJob:
     task: Task
     seed: int
     spec: DeviceSpec | None  # the device asked for, or the plan's
-    plan: dict | None = None  # the plan the file is held to (its budget); None: a run without one
+    plan: Plan | None = None  # the plan the file is held to (its budget); None: a run without one
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -1,6 +1,7 @@
 """The evidence a selection rests on and what it decides: a finalist's held-out images at a rung,
 pooled over the folds it trained (`Evidence`), the paired noise of two finalists on the same images,
-and the pick (`decide`) written as `Selection`, the `selection` of selection.json and plan.json.
+and the pick (`decide`) written as `Selection`, the `selection` of selection.json and plan.json (the
+records are in `network.plan_records`, where the plan that embeds them can read them).
 
 The pick is the best donor unless the best mixed plan beats it by more than the noise: twice the
 standard error of the paired accuracy difference on the same images, sqrt(b + c - (b - c)^2 / n) / n
@@ -10,10 +11,14 @@ with b, c the images only one of the two gets right (a McNemar-style paired test
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from dery_deploy.errors import DeryError
+
+# the records a selection writes live beside the plan that embeds them (a plan records how it was picked)
+from dery_deploy.network.plan_records import Evidence as Evidence
+from dery_deploy.network.plan_records import Selection as Selection
+from dery_deploy.network.plan_records import Trial as Trial
 
 
 @dataclass
@@ -22,99 +27,6 @@ class Finalist:
     source: dict  # what finetune trains: {"plan": ..., "adapter_weights": ...}
     is_donor: bool
     measured_ms: float | None = None
-
-
-@dataclass
-class Trial:
-    """One unit of work: a finalist trained at a rung on one fold's train split, scored on its held-out images."""
-
-    finalist: str
-    rung: int
-    val_accuracy: float
-    seconds: float
-    worker: str
-    fold: int = 0
-    # "0"/"1" per held-out image, for the paired test (written to the study, not to selection.json: the
-    # pooled evidence has it, so a fold trial read back from there has none)
-    correct: str = ""
-
-
-@dataclass
-class Evidence:
-    """A finalist at a rung over every fold that rung trains: its accuracy on all their held-out images."""
-
-    finalist: str
-    rung: int
-    val_accuracy: float  # out of fold, %
-    correct: str  # "0"/"1" per held-out image, fold after fold: the same images in the same order for every finalist
-    seconds: float
-    folds: list[int] = field(default_factory=lambda: [0])
-    workers: list[str] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, trials: list[Trial]) -> Evidence:
-        correct = "".join(t.correct for t in trials)
-        return cls(
-            trials[0].finalist,
-            trials[0].rung,
-            round(100 * correct.count("1") / max(1, len(correct)), 3),
-            correct,
-            round(sum(t.seconds for t in trials), 2),
-            [t.fold for t in trials],
-            sorted({t.worker for t in trials}),
-        )
-
-
-@dataclass
-class Selection:
-    pick: str  # the finalist's name
-    rule: str  # why it was picked, in words
-    best_donor: str | None
-    best_mix: str | None
-    difference: float | None  # best mix - best donor out of fold, points
-    noise: float | None  # the threshold the difference had to beat, points
-    trials: list[Evidence] = field(default_factory=list)  # per (finalist, rung), pooled over its folds
-    study: str = ""
-    storage: str = "memory"
-    folds: int = 1  # k of the cross-validation the last rung decides on (1: the task's validation split)
-    images: int | None = None  # held-out images the pick's comparison rests on
-    fold_trials: list[Trial] = field(default_factory=list)  # every (finalist, rung, fold) trained
-
-    def to_dict(self) -> dict[str, Any]:
-        """selection.json's `selection`; its key order is not the fields' (it predates `folds` and
-        `images`), and a fold trial leaves out its per-image `correct` (the pooled evidence has it)."""
-        return {
-            "pick": self.pick,
-            "rule": self.rule,
-            "best_donor": self.best_donor,
-            "best_mix": self.best_mix,
-            "difference": self.difference,
-            "noise": self.noise,
-            "folds": self.folds,
-            "images": self.images,
-            "study": self.study,
-            "storage": self.storage,
-            "trials": [asdict(t) for t in self.trials],
-            "fold_trials": [{k: v for k, v in asdict(t).items() if k != "correct"} for t in self.fold_trials],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Selection:
-        """The inverse of `to_dict`; a fold trial read back has an empty `correct` (it was not written)."""
-        return cls(
-            d["pick"],
-            d["rule"],
-            d["best_donor"],
-            d["best_mix"],
-            d["difference"],
-            d["noise"],
-            [Evidence(**t) for t in d["trials"]],
-            d["study"],
-            d["storage"],
-            d["folds"],
-            d["images"],
-            [Trial(**t) for t in d["fold_trials"]],
-        )
 
 
 def paired_noise(a: str, b: str) -> float:
