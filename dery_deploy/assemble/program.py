@@ -8,8 +8,8 @@ latency add up along the chain, so the program is solved twice, by two exact met
   (latency, parameters, quality) and a lower bound of the remaining latency; it keeps every partial
   chain that fewer than N others dominate, so it returns the exact top N.
 - `solve`: the OR-Tools CP-SAT model (one chain's variables and constraints in `add_chain`, which the
-  family program, `family.py`, adds once per budget), seeded with the DP's optimum as a hint and bounded by its value, so the
-  solver proves optimality at once; the top N are then enumerated by CP-SAT itself as every
+  family program, `family.py`, adds once per budget), seeded with the DP's optimum as a hint and
+  bounded by its value, so the solver proves optimality at once; the top N are then enumerated by CP-SAT itself as every
   assembly of quality at least the N-th best's, which certifies the DP's list.
 
 All numbers are integers: latency in the latency model's unit (`profile.latency_model.UNITS_PER_MS`
