@@ -229,29 +229,7 @@ step assemble "$W/assemble.json" "${D[@]}" assemble --zoo fashion --device "$DEV
   --batch 1 --latency-ms "$B" --top 5 "$SEL" -o "$W/plan.json" --json
 step finetune - "${D[@]}" finetune "$W/plan.json" -o "$W/ft" --epochs-adapter 1 --epochs-full 1 --device "$TD" --force
 # the fine-tuned network measured as the plan will run it (its backend, precision, batch, on the plan's device)
-step latency-ft "$W/latency-ft.json" python3 - "$W/ft" <<'EOF'
-import json, sys
-import torch
-from dery_deploy.profile.items import example_input
-from dery_deploy.profile.run import device_for, resolve_backend
-from dery_deploy.runtime.devices import get_device
-from dery_deploy.runtime.harness import TimingOptions
-from dery_deploy.runtime.measure import measure_module
-from dery_deploy.train.finetune import load_run_model
-from dery_deploy.zoo import get_zoo
-
-model, cfg = load_run_model(sys.argv[1])
-plan = cfg["source"]["plan"]
-spec = get_device(plan["device"])
-be, prec = resolve_backend(spec, plan["backend"], plan["precision"], plan.get("threads"))
-x = example_input(get_zoo(cfg.get("zoo_ref", cfg["zoo"])).input_tensor_spec, int(plan.get("batch", 1)))
-m = measure_module(be, model.eval(), x, prec, device_for(spec), TimingOptions.for_budget())
-budget = (plan.get("budget") or {}).get("latency_ms")
-print(json.dumps({"backend": be.name, "precision": prec, "batch": x.shape[0], "device": spec.id,
-                  "measured": m.timing.to_dict() | {"window_medians_ms": None}, "peak_memory_mb": m.peak_memory_mb,
-                  "predicted_ms": (plan.get("predicted") or {}).get("latency_ms"), "budget_ms": budget,
-                  "within_budget": None if budget is None else m.timing.median_ms <= budget}, indent=1))
-EOF
+step latency-ft "$W/latency-ft.json" python3 scripts/gpu_latency_ft.py "$W/ft"
 step export-onnx "$W/export-onnx.json" "${D[@]}" export "$W/ft" --format onnx --device "$DEV" --allow-over-budget --force --json
 
 # --- after the answer, each step on its own
