@@ -1,5 +1,8 @@
 """gpu_check's latency-ft step: a fine-tuned run folder's network measured as its plan will run it (the plan's
-backend, precision, batch and threads, on the plan's device), printed as JSON. Usage: python3 scripts/gpu_latency_ft.py RUN"""
+backend, precision, batch and threads, on the plan's device), printed as JSON.
+
+Usage: python3 scripts/gpu_latency_ft.py RUN
+"""
 
 import json
 import sys
