@@ -40,3 +40,29 @@ def test_least_squares_beats_random_init_on_real_features(tiny_ws, fashion_task)
         rand = stitch_error(ad, x, t)
         fitted = fit_least_squares(ad, x, t)
         assert fitted < rand and fitted < 1.0, (a, b, fitted, rand)
+
+
+@pytest.mark.parametrize("upstream", [("convnext_lower", 0, 6), ("vit_tops", 0, 3), ("resnet10t_tops", 0, 2)])
+def test_every_block_of_a_mix_receives_a_contiguous_tensor(fashion_zoo, upstream):
+    """A ConvNeXt stage's output and ViT tokens turned into a grid are channels-last views; fed to
+    MobileNetV3's blocks they made every convolution after the stitch run channels-last, 41% slower than
+    profiled on an H200 (the adapter's docstring). Batch 4, since at batch 1 a tiny grid passes for both
+    memory formats."""
+    from dery_deploy.network.plan import BlockRef, Plan, build_net
+    from dery_deploy.zoo.load import dissect_zoo
+
+    blocks = [upstream, ("mnv3_rot", 5, 13)]
+    plan = Plan(
+        zoo="fashion",
+        zoo_hash=fashion_zoo.hash(),
+        blocks=[BlockRef(i, d, s, e) for i, (d, s, e) in enumerate(blocks)],
+        num_classes=10,
+    )
+    net = build_net(plan, fashion_zoo, dissect_zoo(fashion_zoo), copy_blocks=False)
+    seen = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous())) for b in net.blocks]
+    with torch.no_grad():
+        net(torch.randn(4, *fashion_zoo.input_tensor_spec.shape))
+    for h in hooks:
+        h.remove()
+    assert seen == [True, True]
