@@ -30,7 +30,7 @@ from dery_deploy.deploy.family_bench import MEASURED_IN, STATISTIC, judge_family
 from dery_deploy.deploy.family_info import FAMILY_FILE, WEIGHTS_FILE, FamilyInfo, FamilyPath, WeightsFile
 from dery_deploy.deploy.info import Budget, Latency, ModelInput, Runtime
 from dery_deploy.deploy.machine import fingerprint
-from dery_deploy.deploy.settings import onnxruntime_settings
+from dery_deploy.deploy.settings import onnxruntime_session, onnxruntime_settings
 from dery_deploy.errors import DeryError
 from dery_deploy.export.package import preprocess_of
 from dery_deploy.network.plan import Plan
@@ -115,9 +115,9 @@ def write_family(
     atomic_write_bytes(out / WEIGHTS_FILE, bytes(store.blob))
     paths = []
     for i, (m, g, (digests, nbytes)) in enumerate(zip(members, graphs, reads)):
-        model = f"path-{i}.onnx"
-        atomic_write_bytes(out / model, g.SerializeToString())
-        paths.append(_path_record(i, m, out / model, digests, nbytes, threads, task))
+        model = atomic_write_bytes(out / f"path-{i}.onnx", g.SerializeToString())
+        paths.append(_path_record(i, m, model, digests, nbytes, threads, task))
+        paths[-1].parity_max_abs = _parity(model, m.net, x, paths[-1])
     info = FamilyInfo(
         paths=paths,
         weights=WeightsFile(
@@ -136,7 +136,6 @@ def write_family(
         made_by=f"dery_deploy {__version__}",
     )
     info.write(out / FAMILY_FILE)
-    _check_parity(out, members, x)
     return measure_family(out, calls, seconds, warmup_s)
 
 
@@ -183,27 +182,30 @@ def _path_record(
             "cpu",
         ),
         accuracy={"top1": m.top1, "split": "test", "images": len(task.test), "task": task.kind},
-        parity_max_abs=float("nan"),  # filled by `_check_parity` on the written files
+        parity_max_abs=-1.0,  # set once the written graph is checked (`_parity`)
         weight_bytes=nbytes,
         tensors=digests,
     )
 
 
-def _check_parity(out: Path, members: list[FamilyMember], x: torch.Tensor) -> None:
-    """Each shipped graph, loaded from the folder, against its network on `x` (one image a call)."""
-    family = load_family(out)
-    for p, m in zip(family.paths, members):
-        with torch.inference_mode():
-            want = m.net.eval()(x).numpy()
-        got = family.predictor(p.name).logits(x.numpy())
-        p.parity_max_abs = round(float(np.abs(got - want).max()), 8)
-        if not p.parity_max_abs <= PARITY_TOL:
-            raise DeryError(
-                f"{out / p.model} ({p.plan}) differs from its network by {p.parity_max_abs:.2e} > {PARITY_TOL:g}: "
-                "not shipped as this path",
-                "export",
-            )
-    family.info.write(out / FAMILY_FILE)
+def _parity(model: Path, net: nn.Module, x: torch.Tensor, p: FamilyPath) -> float:
+    """max |ONNX Runtime - PyTorch| of the graph as written (reading the weights file by its offsets), on
+    `x` one image a call, with the path's own session settings.
+
+    Raises:
+        DeryError: over PARITY_TOL.
+    """
+    sess = onnxruntime_session(model, p.runtime.session)
+    got = np.concatenate([sess.run(None, {"x": x[i : i + 1].numpy()})[0] for i in range(len(x))])
+    with torch.inference_mode():
+        want = net.eval()(x).numpy()
+    diff = round(float(np.abs(got - want).max()), 8)
+    if not diff <= PARITY_TOL:
+        raise DeryError(
+            f"{model} ({p.plan}) differs from its network by {diff:.2e} > {PARITY_TOL:g}: not shipped as this path",
+            "export",
+        )
+    return diff
 
 
 def measure_family(out: Path, calls: int | None = None, seconds: float | None = None, warmup_s: float = WARMUP_S):
