@@ -103,3 +103,16 @@ def test_a_broken_family_json_names_the_field(shipped_family, tmp_path):
     (bad / FAMILY_FILE).write_text(json.dumps(data))
     with pytest.raises(DeryError, match="path-0 reads tensors the weights file lacks"):
         load_family(bad)
+
+
+def test_openvino_reads_the_same_files(shipped_family):
+    ov = pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32), np.float32)
+    for p in shipped_family.info.paths:
+        path = str(shipped_family.folder / p.model)
+        # f32: a plain compile_model computes in bfloat16 on CPUs that have it (`deploy.settings`)
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert np.abs(np.asarray(compiled(x)[0]) - want).max() <= 1e-5, p.name
