@@ -132,18 +132,15 @@ def _bench_family(folder: Path, percentile: int | None, calls: int | None, secon
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dery_deploy.deploy.family import load_family
-    from dery_deploy.deploy.family_bench import FamilyBench, judge_family
+    from dery_deploy.deploy.family_bench import judge_family
 
     family = load_family(folder)
-    items = {p.name: (family.predictor(p.name).info, family.predictor(p.name).session) for p in family.paths}
-    bench = FamilyBench(items, percentile, calls, seconds)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as prog:
-        task = prog.add_task(f"bench {len(items)} paths: warm-up", total=None)
-        tick = lambda n, s: prog.update(task, description=f"bench {len(items)} paths: {n} calls, {s:.1f} s")  # noqa: E731
-        results = bench.round(tick)
-        while bench.needs_another_round(results):
-            results = bench.round(tick)
-    verdict = judge_family({name: info for name, (info, _) in items.items()}, results)
+        n = len(family.paths)
+        task = prog.add_task(f"bench {n} paths: warm-up", total=None)
+        tick = lambda k, s: prog.update(task, description=f"bench {n} paths: {k} calls, {s:.1f} s")  # noqa: E731
+        results = family.measure(calls, seconds, tick, percentile=percentile)
+    verdict = judge_family({p.name: family.info.as_package(p) for p in family.paths}, results)
     rows = []
     for p in family.paths:
         res, v = results[p.name], verdict.verdicts[p.name]
@@ -160,7 +157,7 @@ def _bench_family(folder: Path, percentile: int | None, calls: int | None, secon
             }
         )
     if as_json:
-        print(json.dumps({"paths": rows, "rounds": bench.rounds, "exit_code": verdict.exit_code}))
+        print(json.dumps({"paths": rows, "rounds": family.rounds, "exit_code": verdict.exit_code}))
     else:
         _print_family(rows)
     return verdict.exit_code

@@ -42,6 +42,7 @@ class Family:
     def __init__(self, info: FamilyInfo, folder: Path):
         self.info, self.folder = info, folder
         self.measured: dict[str, BenchResult] = {}  # this machine's figures, once `measure()` has run
+        self.rounds = 0  # of the last `measure()`
         self._predictors: dict[str, Predictor] = {}
         self._warned = False
 
@@ -90,15 +91,17 @@ class Family:
         seconds: float | None = None,
         progress: Callable[[int, float], None] | None = None,
         warmup_s: float = WARMUP_S,
+        percentile: int | None = None,
     ) -> dict[str, BenchResult]:
-        """Time every path on this machine in one interleaved pass (`dery bench`'s code); `at_budget`
-        decides by these figures from then on. Returns each path's figures by name."""
+        """Time every path on this machine in one interleaved pass, exactly as `dery bench FAMILY` does (it
+        calls this); `at_budget` decides by these figures from then on. Returns each path's figures by name;
+        `rounds` says how many rounds the pass took (another while a judged path's error is over the cap)."""
         items = {p.name: (self.predictor(p.name).info, self.predictor(p.name).session) for p in self.paths}
-        bench = FamilyBench(items, None, calls, seconds, warmup_s)
+        bench = FamilyBench(items, percentile, calls, seconds, warmup_s)
         results = bench.round(progress)
         while bench.needs_another_round(results):
             results = bench.round(progress)
-        self.measured = results
+        self.measured, self.rounds = results, bench.rounds
         return results
 
     def _source(self) -> str:
