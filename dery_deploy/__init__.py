@@ -2,7 +2,8 @@
 
 Importing the package is cheap and needs no GPU: heavy libraries (onnxruntime, tensorrt, pynvml,
 ortools, optuna) are imported lazily by the stage that uses them. `dery_deploy.load(package)` runs a
-shipped package with its runtime alone (`dery_deploy.deploy`).
+shipped package with its runtime alone (`dery_deploy.deploy`), `dery_deploy.load_family(folder)` a family
+of paths sharing their weights, one picked per budget.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ __version__ = "0.1.0"
 
 from dery_deploy.errors import DeryError  # noqa: E402
 
-__all__ = ["DeryError", "__version__", "load"]
+__all__ = ["DeryError", "__version__", "load", "load_family"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from dery_deploy.deploy.predictor import load
 
         return load
+    if name == "load_family":
+        from dery_deploy.deploy.family import load_family
+
+        return load_family
     raise AttributeError(f"module 'dery_deploy' has no attribute {name!r}")

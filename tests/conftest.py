@@ -140,3 +140,39 @@ def shipped(tiny_ws, fashion_task, tmp_path_factory):
         out[fmt] = root / f"package-{fmt}"
         export_run(root / "run", fmt, "fp32", None, out[fmt], None, allow_over_budget=True, force=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def shipped_family(fashion_zoo, fashion_task, tmp_path_factory):
+    """A family of three paths from the fashion zoo, built by the project's network builder over one
+    dissection of each donor, so the blocks two paths share are the same modules (the same tensors):
+    resnet10t_tops[0:3]; mnv3_rot's stem before resnet10t_tops[1:5]; and resnet10t_tops[0:5]. Heads are
+    untrained (seeded); the top-1s are given, as a trainer would measure them. Budgets 20 / 30 / 40 ms at
+    p50, ONNX Runtime fp32 batch 1, 1 thread; timed briefly (the figures only need to exist)."""
+    from types import SimpleNamespace
+
+    from dery_deploy.dissect import dissect
+    from dery_deploy.export.family import FamilyMember, write_family
+    from dery_deploy.network.plan import BlockRef, Plan, build_net
+    from dery_deploy.network.plan_records import PlanBudget
+    from dery_deploy.zoo.load import load_donor
+
+    zoo = fashion_zoo
+    arch = {d.name: d.arch for d in zoo.donors}
+    dis = {n: dissect(load_donor(zoo, n), arch[n], zoo.input_tensor_spec) for n in ("resnet10t_tops", "mnv3_rot")}
+
+    def member(blocks, budget_ms: float, top1: float) -> FamilyMember:
+        plan = Plan(zoo.name, zoo.hash(), [BlockRef(i, *b) for i, b in enumerate(blocks)], 10, zoo_ref=zoo.ref)
+        plan.budget = PlanBudget(budget_ms, 50)
+        plan.device, plan.backend, plan.batch, plan.threads = "cpu", "onnxruntime", 1, 1
+        torch.manual_seed(int(budget_ms))
+        return FamilyMember(build_net(plan, zoo, dis, copy_blocks=False), plan, top1)
+
+    members = [
+        member([("resnet10t_tops", 0, 3)], 20.0, 78.0),
+        member([("mnv3_rot", 0, 1), ("resnet10t_tops", 1, 5)], 30.0, 75.0),
+        member([("resnet10t_tops", 0, 5)], 40.0, 80.0),
+    ]
+    folder = tmp_path_factory.mktemp("family") / "family"
+    info = write_family(folder, members, fashion_task, threads=1, calls=200, seconds=0.3, warmup_s=0.2)
+    return SimpleNamespace(folder=folder, members=members, info=info)

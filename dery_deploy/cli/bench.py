@@ -7,8 +7,12 @@ Exit codes (a script or CI can tell them apart):
     3  undecided: the standard error stayed above the cap the verdict allows
     1  a user error (a missing or damaged package, a bad option), said in one line
 
+A family folder (family.json: paths sharing one weights file, one per budget) has every path measured in
+one interleaved pass and each judged by the same rule; the exit code is the worst path's.
+
 Examples:
     dery bench runs/default/budget-0.3ms/export
+    dery bench runs/default/family --calls 2000 --seconds 3
     dery bench PACKAGE --percentile 99 --calls 5000 --seconds 10 --json
 """
 
@@ -48,7 +52,7 @@ class BenchCommand(TyperCommand):
 
 
 def bench(
-    package: Path = typer.Argument(..., help="package folder (holding deploy.json)"),
+    package: Path = typer.Argument(..., help="package folder (holding deploy.json), or a family's (family.json)"),
     percentile: int | None = typer.Option(
         None, "--percentile", help="50, 90 or 99: the per-call percentile to measure for (default: the budget's)"
     ),
@@ -74,8 +78,11 @@ def _bench(package: Path, percentile: int | None, calls: int | None, seconds: fl
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dery_deploy.deploy.bench import MAX_ALLOWANCE, MAX_ROUNDS, PackageBench, judge
+    from dery_deploy.deploy.family_info import is_family
     from dery_deploy.deploy.machine import same_machine
 
+    if is_family(package) and not (package / "deploy.json").is_file():
+        return _bench_family(package, percentile, calls, seconds, as_json)
     bench = PackageBench(package, percentile, calls, seconds)
     info = bench.info
     q = info.budget.percentile if info.budget else (percentile or 50)
@@ -118,6 +125,54 @@ def _print_text(info, res) -> None:
             f"machine speed: the reference workload ran {100 * rel[0]:+.1f}% against when it was recorded; "
             f"related to it, p50 is {100 * rel[1]:+.1f}% against the recorded"
         )
+
+
+def _bench_family(folder: Path, percentile: int | None, calls: int | None, seconds: float | None, as_json: bool) -> int:
+    """Every path of a family in one interleaved pass, each judged; the worst path's exit code."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dery_deploy.deploy.family import load_family
+    from dery_deploy.deploy.family_bench import judge_family
+
+    family = load_family(folder)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as prog:
+        n = len(family.paths)
+        task = prog.add_task(f"bench {n} paths: warm-up", total=None)
+        tick = lambda k, s: prog.update(task, description=f"bench {n} paths: {k} calls, {s:.1f} s")  # noqa: E731
+        results = family.measure(calls, seconds, tick, percentile=percentile)
+    verdict = judge_family({p.name: family.info.as_package(p) for p in family.paths}, results)
+    rows = []
+    for p in family.paths:
+        res, v = results[p.name], verdict.verdicts[p.name]
+        within = None if not v.judged or v.undecided else not v.over
+        rows.append(
+            {
+                "path": p.name,
+                "plan": p.plan,
+                "budget_ms": p.budget.latency_ms,
+                "percentile": p.budget.percentile,
+                **res.to_dict(),
+                "within": within,
+                "verdict": v.line,
+            }
+        )
+    if as_json:
+        print(json.dumps({"paths": rows, "rounds": family.rounds, "exit_code": verdict.exit_code}))
+    else:
+        _print_family(rows)
+    return verdict.exit_code
+
+
+def _print_family(rows: list[dict]) -> None:
+    print(f"{'path':8} {'budget':>12} {'p50 ms':>16} {'p90 ms':>16} {'p99 ms':>16}  within  plan")
+    for r in rows:
+        se = r["standard_error"]
+        cells = [f"{r[f'p{q}_ms']:.4f} ±{100 * se[f'p{q}']:.1f}%" for q in (50, 90, 99)]
+        within = {True: "yes", False: "OVER", None: "-"}[r["within"]]
+        budget = f"{r['budget_ms']:g} ms p{r['percentile']}"
+        print(f"{r['path']:8} {budget:>12} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}  {within:6}  {r['plan']}")
+    for r in rows:
+        print(f"{r['path']}: {r['verdict']}")
 
 
 def register(app: typer.Typer) -> None:

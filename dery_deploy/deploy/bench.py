@@ -91,7 +91,7 @@ def summarise(samples: np.ndarray, rng: np.random.Generator) -> tuple[dict[int, 
     return est, se, noise
 
 
-def _calls(timer: Timer, min_calls: int, min_s: float, tick) -> list[float]:
+def back_to_back(timer: Timer, min_calls: int, min_s: float, tick) -> list[float]:
     """Back-to-back calls, CHUNK at a time, until both `min_calls` and `min_s` are reached; each call's ms
     as the session times it (`Session.timer`)."""
     out: list[float] = []
@@ -149,11 +149,11 @@ class PackageBench:
         """One more round of at least `calls` calls over `seconds`, framed by reference calls; the result
         over every call of every round so far."""
         if self.rounds == 0:
-            _calls(self.timer, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
+            back_to_back(self.timer, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
             self.t0 = time.perf_counter()
         self.reference_samples += self._reference()
         tick = None if progress is None else _offset(progress, len(self.samples))
-        self.samples += _calls(self.timer, self.calls, self.seconds, tick)
+        self.samples += back_to_back(self.timer, self.calls, self.seconds, tick)
         self.reference_samples += self._reference()
         self.rounds += 1
         res = result_of(np.asarray(self.samples), time.perf_counter() - self.t0, self.info, self.session.effective())
@@ -162,7 +162,7 @@ class PackageBench:
 
     def _reference(self) -> list[float]:
         """The reference workload's calls (ms) that relate this round to the machine's speed."""
-        return _calls(self.reference, 100, REFERENCE_S, None) if self.reference else []
+        return back_to_back(self.reference, 100, REFERENCE_S, None) if self.reference else []
 
 
 def _offset(progress: Callable[[int, float], None], done: int) -> Callable[[int, float], None]:
@@ -244,8 +244,8 @@ def judge(info: DeployInfo, res: BenchResult) -> Verdict:
     if not same_machine(info.fingerprint, res.fingerprint):
         return Verdict(
             False,
-            f"nothing judged: this machine ({_machine(res.fingerprint)}) is not the one the package was measured "
-            f"on ({_machine(info.fingerprint)}); its budget holds there",
+            f"nothing judged: this machine ({describe_machine(res.fingerprint)}) is not the one the package was "
+            f"measured on ({describe_machine(info.fingerprint)}); its budget holds there",
         )
     q, b = info.budget.percentile, info.budget.latency_ms
     value, se = res.at(q)
@@ -269,7 +269,7 @@ def judge(info: DeployInfo, res: BenchResult) -> Verdict:
     )
 
 
-def _machine(fp: dict) -> str:
+def describe_machine(fp: dict) -> str:
     if fp.get("kind") == "cuda":
         return str(fp.get("gpu_name"))
     return f"{fp.get('cpu_model')}, {fp.get('cores')} cores"

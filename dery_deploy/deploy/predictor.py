@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dery_deploy.deploy.info import DeployInfo, read_package
+from dery_deploy.deploy.family_info import is_family
+from dery_deploy.deploy.info import FILE, DeployInfo, read_package
 from dery_deploy.deploy.preprocess import preprocess
 from dery_deploy.deploy.sessions import Session, open_session
 from dery_deploy.errors import DeryError
@@ -77,9 +78,16 @@ def load(package: str | Path) -> Predictor:
     their recorded sha256 and its session built with the recorded settings.
 
     Raises:
-        DeryError: one line naming a missing, edited or truncated file, or a runtime not installed.
+        DeryError: one line naming a missing, edited or truncated file, or a runtime not installed; a
+            family folder (`family_info`), which `load_family` loads.
     """
     folder = Path(package)
     folder = folder.parent if folder.is_file() else folder
+    if is_family(folder) and not (folder / FILE).is_file():
+        raise DeryError(
+            f"{folder} is a family of paths, one per budget: load it with dery_deploy.load_family({str(folder)!r}) "
+            "and pick a path with .at_budget(ms)",
+            "deploy",
+        )
     info = read_package(folder)
     return Predictor(info, folder, open_session(info, folder))
