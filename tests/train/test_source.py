@@ -3,10 +3,13 @@ from pathlib import Path
 
 import pytest
 
+from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan
+from dery_deploy.train.run_folder import RunConfig
 from dery_deploy.train.source import FinetuneSource
 
+FIXTURES = Path(__file__).parent / "fixtures"
 # a plan as `dery run` wrote it (the tiny zoo's quick run)
 PLAN = json.loads((Path(__file__).parents[1] / "report/fixtures/tiny-quick/run.json").read_text())["results"][0]["plan"]
 WEIGHTS = "/runs/tiny/budgets/0.05/finalists/00.safetensors"
@@ -48,6 +51,18 @@ def test_a_plan_kept_is_the_plan_as_it_was_given():
     src = FinetuneSource.of_plan(plan, WEIGHTS)
     plan.device = "elsewhere"
     assert src.to_dict()["plan"] == PLAN
+
+
+@pytest.mark.parametrize("kind", ["donor", "plan", "trial"])
+def test_config_json_written_before_the_record_reads_and_writes_byte_for_byte(kind, tmp_path):
+    """config.json as the bare-dict code wrote it (a donor's run, a plan's, and a selection fold's with
+    its seam-matched start) reads into a RunConfig that writes the same bytes."""
+    old = FIXTURES / f"config-{kind}.json"
+    cfg = RunConfig.from_dict(json.loads(old.read_text()))
+    assert isinstance(cfg.source, FinetuneSource) and cfg.source.is_donor == (kind == "donor")
+    atomic_write_json(tmp_path / "config.json", cfg.to_dict())
+    assert (tmp_path / "config.json").read_bytes() == old.read_bytes()
+    assert cfg.same_as(RunConfig.read(tmp_path))
 
 
 def test_a_plans_source_written_before_selection_named_its_weights_reads():
