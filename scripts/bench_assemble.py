@@ -127,6 +127,7 @@ def ranking(zoo_name: str, n: int, seed: int = 0, folds: int = 5) -> dict:
     from dery_deploy.train.finetune import accuracy, finetune, load_run_model
     from dery_deploy.train.recipe import Recipe
     from dery_deploy.train.select import Finalist, rung_recipe, train_trial
+    from dery_deploy.train.source import FinetuneSource
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
@@ -170,7 +171,7 @@ def ranking(zoo_name: str, n: int, seed: int = 0, folds: int = 5) -> dict:
                 "cka_quality": None if c.is_donor else cka_quality(c, sim, part),
             }
             t0 = time.time()
-            src = {"plan": c.plan.to_dict(), "adapter_weights": str(p.with_suffix(".safetensors"))}
+            src = FinetuneSource.of_plan(c.plan, str(p.with_suffix(".safetensors")))
             finetune(src, zoo, task, recipe, cache / "runs" / str(i), log=None, progress=False, test=False, force=True)
             m, _ = load_run_model(cache / "runs" / str(i), zoo)
             val, val_pred = accuracy(m, task.x("val"), task.y("val"))

@@ -7,7 +7,6 @@ Usage: python3 scripts/gpu_latency_ft.py RUN
 import json
 import sys
 
-from dery_deploy.network.plan import Plan
 from dery_deploy.profile.items import example_input
 from dery_deploy.profile.run import device_for, resolve_backend
 from dery_deploy.runtime.devices import get_device
@@ -17,7 +16,9 @@ from dery_deploy.train.finetune import load_run_model
 from dery_deploy.zoo import get_zoo
 
 model, cfg = load_run_model(sys.argv[1])
-plan = Plan.from_dict(cfg.source["plan"])
+plan = cfg.source.plan
+if plan is None:
+    raise SystemExit(f"{sys.argv[1]} trained donor {cfg.source.donor!r} whole: it has no plan to measure as")
 spec = get_device(plan.device)
 be, prec = resolve_backend(spec, plan.backend, plan.precision, plan.threads)
 x = example_input(get_zoo(cfg.zoo_ref or cfg.zoo).input_tensor_spec, plan.batch)

@@ -125,7 +125,7 @@ def shipped(tiny_ws, fashion_task, tmp_path_factory):
     from dery_deploy.export.stage import export_run
     from dery_deploy.network.plan import BlockRef, Plan
     from dery_deploy.network.plan_records import PlanBudget
-    from dery_deploy.train.finetune import Recipe, finetune
+    from dery_deploy.train.finetune import FinetuneSource, Recipe, finetune
 
     root = tmp_path_factory.mktemp("shipped")
     sets = tiny_ws.partition.sets
@@ -134,7 +134,7 @@ def shipped(tiny_ws, fashion_task, tmp_path_factory):
     plan.budget = PlanBudget(50.0, 90)
     plan.device, plan.backend, plan.precision, plan.batch, plan.threads = "cpu", "onnxruntime", "fp32", 2, 1
     recipe = Recipe(epochs_adapter=2, epochs_full=0, batch=50)
-    finetune({"plan": plan.to_dict()}, tiny_ws.zoo, fashion_task, recipe, root / "run", log=None, progress=False)
+    finetune(FinetuneSource.of_plan(plan), tiny_ws.zoo, fashion_task, recipe, root / "run", log=None, progress=False)
     out = {}
     for fmt in ("onnx", "openvino"):
         out[fmt] = root / f"package-{fmt}"

@@ -47,6 +47,7 @@ from dery_deploy.runtime.devices import default_device, get_device
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select import Finalist, identity, shared_once
 from dery_deploy.train.select import select as run_select
+from dery_deploy.train.source import FinetuneSource
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
 SHIPPED_PROFILES = Path(__file__).resolve().parents[2]  # profiles/ beside the package, in a source checkout
@@ -190,7 +191,7 @@ def select_finalist(res, path: Path, z, task, seed: int, storage: str | None, fo
     for i, c in enumerate(res.finalists):
         fp = save_plan_with_weights(c.plan, c.net, path.with_name(f"{path.stem}.finalists") / f"{i:02d}.json")
         weights = str(fp.with_suffix(".safetensors").resolve())
-        finalists.append(Finalist(c.name, {"plan": c.plan.to_dict(), "adapter_weights": weights}, c.is_donor))
+        finalists.append(Finalist(c.name, FinetuneSource.of_plan(c.plan, weights), c.is_donor))
     sel = run_select(
         finalists,
         z,

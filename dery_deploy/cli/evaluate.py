@@ -43,7 +43,7 @@ def evaluate(
         plan.precision if plan and on_plan_device else None,
         plan.threads if plan and on_plan_device else None,
     )
-    name = cfg.source.get("donor") or "reassembled"
+    name = cfg.source.donor or "reassembled"
     res = evaluate_model(model, task, Path(run), name, latency=(backend, precision, device_for(spec)))
     if as_json:
         print(json.dumps(res.to_dict(), indent=2))

@@ -22,6 +22,7 @@ from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan, load_plan
 from dery_deploy.train.finetune import Recipe, dist_info, load_run_model
 from dery_deploy.train.finetune import finetune as run_finetune
+from dery_deploy.train.source import FinetuneSource
 from dery_deploy.train.teacher import make_teacher
 from dery_deploy.zoo.load import get_zoo
 from dery_deploy.zoo.spec import ZooSpec
@@ -85,7 +86,7 @@ def finetune(
     elif donor is not None:  # always, where there is no plan: exactly one of the two is given (checked above)
         z = get_zoo(zoo or "fashion")
         z.donor(donor)
-        source = {"donor": donor, "zoo_ref": z.ref}
+        source = FinetuneSource.of_donor(donor, z.ref)
     task = _plan_task(plan, p, data, z, seed)
     rank, _ = dist_info()
     if rank == 0:
@@ -124,7 +125,7 @@ def finetune(
         )
 
 
-def _plan_source(plan: Path, zoo: str | None) -> tuple[dict, ZooSpec, Plan]:
+def _plan_source(plan: Path, zoo: str | None) -> tuple[FinetuneSource, ZooSpec, Plan]:
     """What a plan.json trains (the adapter weights beside it, where there are), on its own zoo as it was."""
     p = load_plan(plan)
     if zoo is not None:
@@ -137,8 +138,7 @@ def _plan_source(plan: Path, zoo: str | None) -> tuple[dict, ZooSpec, Plan]:
             "finetune",
         )
     weights = Path(plan).with_suffix(".safetensors")
-    source = {"plan": p.to_dict(), "adapter_weights": str(weights.resolve()) if weights.is_file() else None}
-    return source, z, p
+    return FinetuneSource.of_plan(p, str(weights.resolve()) if weights.is_file() else None), z, p
 
 
 def _plan_task(plan: Path | None, p: Plan | None, data: str | None, z: ZooSpec, seed: int) -> Task:

@@ -20,6 +20,7 @@ from dery_deploy.pipeline.records import BudgetResult, MixResult, SelectionFile
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
 from dery_deploy.train.select import SCREEN_FOLDS, Finalist, default_folds, select
+from dery_deploy.train.source import FinetuneSource
 
 # a budget the run chose itself and its finalists then measured over is raised to the fastest finalist's
 # measurement plus this much: the passes of one run were seen to disagree by up to 40% on a drifting host
@@ -174,7 +175,7 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> Selection
         if c.name not in networks:
             networks[c.name] = Finalist(
                 c.name,
-                {"plan": c.plan.to_dict(), "adapter_weights": str(path.with_suffix(".safetensors").resolve())},
+                FinetuneSource.of_plan(c.plan, str(path.with_suffix(".safetensors").resolve())),
                 c.is_donor,
                 c.measured.get("latency_ms"),
             )
@@ -201,7 +202,7 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
     mix_dir = bdir / "mix"
     path = next(p for (n, _), p in paths.items() if n == name)
     plan = load_plan(path)
-    source = {"plan": plan.to_dict(), "adapter_weights": str(path.with_suffix(".safetensors").resolve())}
+    source = FinetuneSource.of_plan(plan, str(path.with_suffix(".safetensors").resolve()))
     metrics = stage_finetune(
         r, f"heal {name} ({b:g} ms)", source, ctx.zoo, ctx.task, ctx.recipes.final, mix_dir, eval_phase1=True,
         teacher=ctx.teacher,

@@ -226,10 +226,11 @@ def item_seconds(stages: list, models: list) -> float:
 
 def make_estimate(plan: Plan, zoo, task: Task, stages: list, models: list, after_s: float, seed: int) -> RunEstimate:
     """Time a few training steps of every donor the run will train, then estimate the rest (`estimate`)."""
+    from dery_deploy.train.source import FinetuneSource
     from dery_deploy.train.trainer import build_model
 
     for n in sorted(set(plan.teacher_pool) | set(plan.final_donors)):
-        model = build_model({"donor": n}, zoo, num_classes=task.num_classes)
+        model = build_model(FinetuneSource.of_donor(n), zoo, num_classes=task.num_classes)
         plan.step_s[n] = step_seconds(model, task, plan.final.batch, seed)
         if plan.final.distill:
             big = plan.final.batch + distill_batch(plan.final, len(task.train))

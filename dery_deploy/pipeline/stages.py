@@ -27,6 +27,7 @@ from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import Evaluation, evaluate_model
 from dery_deploy.train.finetune import finetune, load_run_model
 from dery_deploy.train.run_folder import FinetuneMetrics, RunFolder
+from dery_deploy.train.source import FinetuneSource
 from dery_deploy.zoo.summary import DonorRow, zoo_rows
 
 
@@ -190,7 +191,7 @@ def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: 
 
 
 def stage_finetune(
-    r: Run, name: str, source: dict, zoo, task, recipe, run_dir: Path, eval_phase1: bool = False, teacher=None
+    r: Run, name: str, source: FinetuneSource, zoo, task, recipe, run_dir: Path, eval_phase1: bool = False, teacher=None
 ) -> FinetuneMetrics:
     def reuse():
         if not (run_dir / "metrics.json").is_file() or not (run_dir / "config.json").is_file():
@@ -319,7 +320,7 @@ def stage_donors(
         m = stage_finetune(
             r,
             f"fine-tune donor {name} ({tag}, {donor_ms[name]:.3f} ms)",
-            {"donor": name, "zoo_ref": zoo.ref},
+            FinetuneSource.of_donor(name, zoo.ref),
             zoo,
             task,
             recipe,

@@ -25,6 +25,7 @@ from dery_deploy.train.distributed import dist_info, global_sums, init_distribut
 from dery_deploy.train.phases import stitch_params
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.run_folder import KIND, PHASE1_WEIGHTS, SCHEMA, FinetuneMetrics, Finished, RunConfig
+from dery_deploy.train.source import FinetuneSource
 from dery_deploy.train.teacher import Teacher
 from dery_deploy.train.trainer import FinetuneRun, RunOptions, accuracy, augment, build_model, start_model
 from dery_deploy.zoo.load import get_zoo
@@ -34,6 +35,7 @@ __all__ = [
     "PHASE1_WEIGHTS",
     "SCHEMA",
     "FinetuneMetrics",
+    "FinetuneSource",
     "Recipe",
     "RunConfig",
     "accuracy",
@@ -52,7 +54,7 @@ __all__ = [
 
 
 def finetune(
-    source: dict,
+    source: FinetuneSource,
     zoo,
     task: Task,
     recipe: Recipe,

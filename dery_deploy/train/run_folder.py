@@ -17,6 +17,7 @@ from dery_deploy.schema import load_dataclass
 from dery_deploy.train.checkpoint import Checkpoint, load_checkpoint
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.results import EpochRecord, SeamEpoch
+from dery_deploy.train.source import FinetuneSource
 from dery_deploy.train.teacher import Teacher, TeacherSummary
 
 SCHEMA = 3
@@ -31,7 +32,7 @@ class RunConfig:
     """config.json: what a run trains, on what data, with which recipe. Two calls with the same
     config (the number of processes aside) are the same run."""
 
-    source: dict
+    source: FinetuneSource
     zoo: str
     zoo_ref: str
     zoo_hash: str
@@ -44,7 +45,9 @@ class RunConfig:
     world_size: int
 
     @classmethod
-    def of(cls, source: dict, zoo, task: Task, recipe: Recipe, world: int, teacher: Teacher | None) -> RunConfig:
+    def of(
+        cls, source: FinetuneSource, zoo, task: Task, recipe: Recipe, world: int, teacher: Teacher | None
+    ) -> RunConfig:
         return cls(
             source=source,
             zoo=zoo.name,
@@ -62,7 +65,7 @@ class RunConfig:
     @property
     def plan(self) -> Plan | None:
         """The plan the run trains (None for a donor's run)."""
-        return Plan.from_dict(self.source["plan"]) if self.source.get("plan") else None
+        return self.source.plan
 
     @property
     def seed(self) -> int:
@@ -71,14 +74,19 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, "kind": KIND, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+        d["source"] = self.source.to_dict()
         d["teacher"] = self.teacher.to_dict() if self.teacher is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         """config.json's content (its schema and kind as checked by `read`); a TypeError names what it lacks
-        or has beyond a config."""
-        return load_dataclass(cls, {k: v for k, v in d.items() if k not in ("schema", "kind")})
+        or has beyond a config, a DeryError a source that is neither a plan's nor a donor's."""
+        rest = {k: v for k, v in d.items() if k not in ("schema", "kind", "source")}
+        if "source" not in d:
+            raise TypeError("RunConfig has no source")
+        # the source reads itself (load_dataclass would build it field by field, its plan unchecked)
+        return replace(load_dataclass(cls, {**rest, "source": None}), source=FinetuneSource.from_dict(d["source"]))
 
     @classmethod
     def read(cls, run: Path) -> RunConfig:

@@ -25,7 +25,7 @@ from torch import nn
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
-from dery_deploy.network.plan import Plan, build_net, load_stitch_weights
+from dery_deploy.network.plan import build_net, load_stitch_weights
 from dery_deploy.train.checkpoint import (
     Checkpoint,
     CheckpointMeta,
@@ -51,30 +51,32 @@ from dery_deploy.train.run_folder import (
     RunConfig,
     RunFolder,
 )
+from dery_deploy.train.source import FinetuneSource
 from dery_deploy.train.teacher import Teacher
 from dery_deploy.zoo.load import dissect_zoo, load_donor
 
 
-def build_model(source: dict, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
+def build_model(source: FinetuneSource, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
     """The network a run trains: an AssembledNet from a plan, or a donor with a new head."""
-    if "plan" in source:
-        return build_net(Plan.from_dict(source["plan"]), zoo, dissections or dissect_zoo(zoo))
-    model = load_donor(zoo, source["donor"])
+    if source.plan is not None:
+        return build_net(source.plan, zoo, dissections or dissect_zoo(zoo))
+    assert source.donor is not None  # a source is a plan or a donor
+    model = load_donor(zoo, source.donor)
     model.reset_classifier(num_classes)  # type: ignore[operator]  # timm's, behind nn.Module.__getattr__
     return model
 
 
-def start_model(source: dict, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
+def start_model(source: FinetuneSource, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
     """The network training starts from: built from `source`, with its fitted adapters and head
     (`adapter_weights`) and, where given, a whole start state (`start_weights`: selection's seam-matched
     start, shared by its folds)."""
     from safetensors.torch import load_file
 
     model = build_model(source, zoo, dissections, num_classes=num_classes)
-    if "plan" in source and source.get("adapter_weights"):
-        load_stitch_weights(model, load_file(source["adapter_weights"]))
-    if source.get("start_weights"):
-        model.load_state_dict(load_file(source["start_weights"]))
+    if source.adapter_weights:
+        load_stitch_weights(model, load_file(source.adapter_weights))
+    if source.start_weights:
+        model.load_state_dict(load_file(source.start_weights))
     return model
 
 
@@ -137,7 +139,7 @@ class FinetuneRun:
 
     def __init__(
         self,
-        source: dict,
+        source: FinetuneSource,
         zoo,
         task: Task,
         recipe: Recipe,
@@ -177,7 +179,7 @@ class FinetuneRun:
         """Build the network (or resume it), heal its seams and probe its head, write config.json."""
         self.dist = DistContext.start(self.rank, self.world, self.options.device)
         torch.manual_seed(self.recipe.seed)
-        dissections = dissect_zoo(self.zoo) if "plan" in self.source else None
+        dissections = None if self.source.is_donor else dissect_zoo(self.zoo)
         self.model = start_model(self.source, self.zoo, dissections, self.task.num_classes)
         if isinstance(state, Resume):
             self._resume(state)
@@ -200,11 +202,10 @@ class FinetuneRun:
 
     def _heal_and_probe(self, dissections) -> None:
         r = self.recipe
-        if r.match_epochs and "plan" in self.source:
-            plan = Plan.from_dict(self.source["plan"])
+        if r.match_epochs and self.source.plan is not None:
             self.seam_matching = match_seams(
                 self.model,
-                plan,
+                self.source.plan,
                 dissections,
                 self.task,
                 r.match_epochs,

@@ -6,7 +6,7 @@ import torch
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import BlockRef, Plan
 from dery_deploy.network.plan_records import PlanBudget, Prediction
-from dery_deploy.train.finetune import Recipe, finetune
+from dery_deploy.train.finetune import FinetuneSource, Recipe, finetune
 from tests.conftest import assert_one_line_error, run_dery
 
 
@@ -26,7 +26,7 @@ def trained_run(tiny_ws, fashion_task, tmp_path_factory):
     plan.predicted = Prediction(0.00009)
     plan.device, plan.backend, plan.precision, plan.batch = "cpu", "onnxruntime", "fp32", 1
     finetune(
-        {"plan": plan.to_dict()},
+        FinetuneSource.of_plan(plan),
         tiny_ws.zoo,
         fashion_task,
         Recipe(epochs_adapter=1, epochs_full=0, batch=50),

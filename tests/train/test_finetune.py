@@ -10,7 +10,7 @@ import torch
 
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import BlockRef, Plan
-from dery_deploy.train.finetune import Recipe, finetune, load_checkpoint, load_run_model
+from dery_deploy.train.finetune import FinetuneSource, Recipe, finetune, load_checkpoint, load_run_model
 from tests.conftest import ROOT, TINY_ZOO, assert_one_line_error, run_dery
 
 
@@ -28,7 +28,7 @@ def small_task(fashion_task):
 
 
 def test_finetune_lowers_loss_and_resumes(tiny_ws, small_task, tmp_path):
-    src = {"plan": tiny_plan(tiny_ws).to_dict()}
+    src = FinetuneSource.of_plan(tiny_plan(tiny_ws))
     recipe = Recipe(epochs_adapter=2, epochs_full=2, batch=50, lr=3e-3, lr_full=1e-3, head_init="random")
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
     h = m.history
@@ -42,7 +42,7 @@ def test_finetune_lowers_loss_and_resumes(tiny_ws, small_task, tmp_path):
 def test_end_to_end_that_lowers_validation_ships_the_phase_one_network(tiny_ws, small_task, tmp_path):
     """An end-to-end phase that destroys the network (a learning rate of 5) must not be what ships:
     the network as phase 1 left it is kept, in the checkpoint too, and the metrics say why."""
-    src = {"plan": tiny_plan(tiny_ws).to_dict()}
+    src = FinetuneSource.of_plan(tiny_plan(tiny_ws))
     recipe = Recipe(epochs_adapter=2, epochs_full=1, batch=50, lr_full=5.0, head_init="probe")
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
     assert m.kept.startswith("phase 1 (end to end lowered validation"), m.kept
@@ -108,7 +108,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_ws, tmp_path):
 
 
 def test_phase_one_freezes_blocks(tiny_ws, small_task, tmp_path):
-    src = {"plan": tiny_plan(tiny_ws).to_dict()}
+    src = FinetuneSource.of_plan(tiny_plan(tiny_ws))
     before = {k: v.clone() for k, v in load_run_model_or_build(src, tiny_ws).state_dict().items()}
     finetune(
         src,
@@ -138,7 +138,7 @@ def test_existing_output_refused_without_force(tiny_ws, small_task, tmp_path):
     (tmp_path / "r" / "junk.txt").write_text("x")
     with pytest.raises(DeryError, match="--force"):
         finetune(
-            {"plan": tiny_plan(tiny_ws).to_dict()},
+            FinetuneSource.of_plan(tiny_plan(tiny_ws)),
             tiny_ws.zoo,
             small_task,
             Recipe(epochs_adapter=1, epochs_full=0, batch=50),
@@ -207,7 +207,7 @@ PLATEAU_DATA = "fashion-mnist:labels_per_class=20,test_per_class=30"
 PLATEAU_RECIPE = dict(epochs_adapter=4, epochs_full=1, batch=40, plateau=0.5, head_init="random", match_epochs=0)
 
 
-def _ddp_worker(rank: int, world: int, port: int, plan: dict, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, source: FinetuneSource, out: str) -> None:
     """One of two gloo processes of `test_ddp_ranks_decide_the_plateau_together` (module level: spawned)."""
     import torch.distributed
 
@@ -218,7 +218,7 @@ def _ddp_worker(rank: int, world: int, port: int, plan: dict, out: str) -> None:
     torch.set_num_threads(1)
     zoo = get_zoo(TINY_ZOO)
     task = load_task(PLATEAU_DATA, zoo.input)
-    finetune({"plan": plan}, zoo, task, Recipe(**PLATEAU_RECIPE), Path(out), log=None, progress=False, device="cpu")
+    finetune(source, zoo, task, Recipe(**PLATEAU_RECIPE), Path(out), log=None, progress=False, device="cpu")
     # the group finetune() created is gone again: a later call (or the caller's own group) starts clean
     Path(f"{out}.rank{rank}").write_text(json.dumps({"group_left": torch.distributed.is_initialized()}))
 
@@ -235,9 +235,9 @@ def test_ddp_ranks_decide_the_plateau_together(tiny_ws, tmp_path):
 
     from dery_deploy.data.task import load_task
 
-    plan = tiny_plan(tiny_ws).to_dict()
+    source = FinetuneSource.of_plan(tiny_plan(tiny_ws))
     single = finetune(
-        {"plan": plan},
+        source,
         tiny_ws.zoo,
         load_task(PLATEAU_DATA, tiny_ws.zoo.input),
         Recipe(**PLATEAU_RECIPE),
@@ -250,7 +250,7 @@ def test_ddp_ranks_decide_the_plateau_together(tiny_ws, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ctx = mp.start_processes(
-        _ddp_worker, args=(2, port, plan, str(tmp_path / "ddp")), nprocs=2, join=False, start_method="spawn"
+        _ddp_worker, args=(2, port, source, str(tmp_path / "ddp")), nprocs=2, join=False, start_method="spawn"
     )
     deadline = time.time() + 600
     while not ctx.join(timeout=5):
@@ -317,7 +317,7 @@ def test_healing_and_the_probe_run_on_the_training_gpu(tiny_ws, small_task, tmp_
     from dery_deploy.train.finetune import build_model
     from dery_deploy.train.head_init import fit_head
 
-    src = {"plan": tiny_plan(tiny_ws).to_dict()}
+    src = FinetuneSource.of_plan(tiny_plan(tiny_ws))
     model = build_model(src, tiny_ws.zoo, num_classes=10).cuda()
     acc = fit_head(model, small_task.x("train"), small_task.y("train"), 10)  # CPU images, GPU model
     assert acc is not None and acc > 20 and model.head.fc.weight.is_cuda
@@ -347,7 +347,7 @@ METRICS_KEYS = [
 def test_metrics_json_keeps_its_keys_and_their_order(tiny_ws, small_task, tmp_path):
     """metrics.json (and what finetune() returns) is `FinetuneMetrics.to_dict()`: the same 14 keys in
     the same order as before the recipe became a class, and a finished run returns the file as written."""
-    src = {"plan": tiny_plan(tiny_ws).to_dict()}
+    src = FinetuneSource.of_plan(tiny_plan(tiny_ws))
     recipe = Recipe(epochs_adapter=1, epochs_full=0, batch=50, head_init="random")
     m = finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False, eval_phase1=True)
     on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
@@ -408,7 +408,7 @@ def test_run_config_reads_back_and_ignores_the_number_of_processes(tmp_path):
     from dery_deploy.train.teacher import TeacherSummary
 
     teacher = TeacherSummary(["t"], "89a03008c0414a87", 256)
-    source, recipe = {"donor": "res"}, {"seed": 3}
+    source, recipe = FinetuneSource.of_donor("res"), {"seed": 3}
     cfg = RunConfig(source, "tiny", "tiny.yaml", "h", "fashion-mnist", "t", 10, ["a"], recipe, teacher, 1)
     atomic_write_json(tmp_path / "config.json", cfg.to_dict())
     on_disk = json.loads((tmp_path / "config.json").read_text())
@@ -425,7 +425,9 @@ def test_run_folder_states(tmp_path):
     from dery_deploy.train.run_folder import Conflict, FinetuneMetrics, Finished, Fresh, Resume, RunConfig, RunFolder
 
     classes = list("abcdefghij")
-    cfg = RunConfig({"donor": "res"}, "tiny", "tiny.yaml", "h", "fashion-mnist", "t", 10, classes, {}, None, 1)
+    cfg = RunConfig(
+        FinetuneSource.of_donor("res"), "tiny", "tiny.yaml", "h", "fashion-mnist", "t", 10, classes, {}, None, 1
+    )
     folder = RunFolder(tmp_path / "run")
     assert isinstance(folder.state(cfg), Fresh)
     folder.path.mkdir()

@@ -65,7 +65,7 @@ def test_whole_donor_plan_is_the_donor(fashion_zoo, tiny_ws):
 
 
 def test_probe_head_and_distillation(fashion_zoo, fashion_task, tmp_path):
-    from dery_deploy.train.finetune import accuracy, finetune, load_run_model
+    from dery_deploy.train.finetune import FinetuneSource, accuracy, finetune, load_run_model
     from dery_deploy.train.head_init import fit_head
     from dery_deploy.train.recipe import Recipe
     from dery_deploy.train.teacher import make_teacher
@@ -76,7 +76,7 @@ def test_probe_head_and_distillation(fashion_zoo, fashion_task, tmp_path):
     assert accuracy(m, fashion_task.x("val"), fashion_task.y("val"))[0] < 30  # a random head
     fit_head(m, fashion_task.x("train"), fashion_task.y("train"), 10)
     assert accuracy(m, fashion_task.x("val"), fashion_task.y("val"))[0] > 60  # a linear probe on good features
-    src = {"donor": "resnet10t_tops", "zoo_ref": fashion_zoo.ref}
+    src = FinetuneSource.of_donor("resnet10t_tops", fashion_zoo.ref)
     finetune(
         src,
         fashion_zoo,
@@ -91,7 +91,7 @@ def test_probe_head_and_distillation(fashion_zoo, fashion_task, tmp_path):
     assert (tmp_path / f"teacher-{teacher.key}.safetensors").is_file() and teacher.logits.shape == (512, 10)
     recipe = Recipe(epochs_adapter=0, epochs_full=3, distill=1.0, distill_images=512, head_init="random")
     m = finetune(
-        {"donor": "mnv3_rot", "zoo_ref": fashion_zoo.ref},
+        FinetuneSource.of_donor("mnv3_rot", fashion_zoo.ref),
         fashion_zoo,
         fashion_task,
         recipe,

@@ -18,6 +18,10 @@ from dery_deploy.train.select import (
     schedule,
     study_name,
 )
+from dery_deploy.train.source import FinetuneSource
+
+# schedule, decide and select's own checks never read a finalist's source
+UNREAD = FinetuneSource.of_donor("res")
 
 
 def _t(name, rung, acc, correct="1" * 10):
@@ -25,7 +29,7 @@ def _t(name, rung, acc, correct="1" * 10):
 
 
 def test_successive_halving_keeps_the_best_of_each_kind():
-    fs = [Finalist(f"m{i}", {}, False) for i in range(5)] + [Finalist("d0", {}, True), Finalist("d1", {}, True)]
+    fs = [Finalist(n, UNREAD, n.startswith("d")) for n in ("m0", "m1", "m2", "m3", "m4", "d0", "d1")]
     assert schedule(fs, {}) == [(f.name, 0) for f in fs]  # rung 1 waits for rung 0
     done = {(f.name, 0): _t(f.name, 0, acc) for f, acc in zip(fs, [90, 80, 70, 60, 50, 40, 45])}
     work = schedule(fs, done, rungs=(1, 2), eta=2)
@@ -41,7 +45,7 @@ def test_paired_noise_is_twice_the_standard_error_of_the_difference():
 
 
 def test_pick_is_the_donor_unless_the_mix_wins_beyond_the_noise():
-    fs = [Finalist("mix", {}, False), Finalist("donor", {}, True)]
+    fs = [Finalist("mix", UNREAD, False), Finalist("donor", UNREAD, True)]
     n = 200
     donor = "1" * 160 + "0" * 40
     close = "1" * 162 + "0" * 38  # +1 point, 2 discordant images: within the noise
@@ -61,14 +65,19 @@ def test_processes_planning_the_same_finalists_share_one_study(tiny_ws):
     differently and keep the adapter weights at their own paths: the study is still the same one."""
     from dery_deploy.assemble.candidates import donor_plan
     from dery_deploy.data.task import load_task
+    from dery_deploy.network.plan_records import FinalistMeasurement, PlanSolver
     from dery_deploy.train.recipe import Recipe
 
     task = load_task("fashion-mnist:labels_per_class=10,test_per_class=10", tiny_ws.zoo.input)
 
     def finalists(measured_ms, solver_s, where, donor="res"):
-        p = donor_plan(tiny_ws.zoo, tiny_ws.partition, donor, task.num_classes).to_dict()
-        p |= {"measured": {"median_ms": measured_ms}, "solver": {"seconds_top": solver_s}}
-        return [Finalist(donor, {"plan": p, "adapter_weights": f"{where}/00.safetensors"}, True, measured_ms)]
+        p = donor_plan(tiny_ws.zoo, tiny_ws.partition, donor, task.num_classes)
+        ms = measured_ms
+        p.measured = FinalistMeasurement(
+            ms, 50, 0.01, ms, ms, ms, ms, True, 0.01, None, "", "onnxruntime", "fp32", 1, 1, "cpu"
+        )
+        p.solver = PlanSolver(seconds_top=solver_s)
+        return [Finalist(donor, FinetuneSource.of_plan(p, f"{where}/00.safetensors"), True, measured_ms)]
 
     here = study_name(task, finalists(0.101, 0.2, "/a"), (1, 2), 2, Recipe())
     assert here == study_name(task, finalists(0.107, 0.9, "/b"), (1, 2), 2, Recipe())
@@ -79,7 +88,7 @@ def test_processes_planning_the_same_finalists_share_one_study(tiny_ws):
 def test_k_fold_evidence_pools_every_held_out_image_and_decides_on_all_of_them():
     """Two finalists, 5 folds of 40 held-out images each: the mix wins 2 images per fold. On one fold
     that is +5 points within a noise of 6.9; on the 200 pooled images the same +5 points beats 3.1."""
-    fs = [Finalist("mix", {}, False), Finalist("donor", {}, True)]
+    fs = [Finalist("mix", UNREAD, False), Finalist("donor", UNREAD, True)]
     rungs = (1, 2)
     donor_fold = "1" * 30 + "0" * 10
     mix_fold = "1" * 32 + "0" * 8
@@ -116,9 +125,9 @@ def test_cross_validation_is_the_default_only_while_the_validation_split_is_smal
     assert (len(small.val), default_folds(small)) == (200, 5)
     assert (len(large.val), default_folds(large)) == (1000, 1)  # its noise is already a point or two
     with pytest.raises(DeryError, match="folds >= 1"):
-        select([Finalist("d", {}, True)], None, small, Path("unused"), Recipe(), folds=0)
+        select([Finalist("d", UNREAD, True)], None, small, Path("unused"), Recipe(), folds=0)
     with pytest.raises(DeryError, match="2000-fold selection needs at least 2000 labelled images; the task has 1000"):
-        select([Finalist("d", {}, True)], None, small, Path("unused"), Recipe(), folds=2000)
+        select([Finalist("d", UNREAD, True)], None, small, Path("unused"), Recipe(), folds=2000)
 
 
 def test_folds_are_part_of_the_study_name(tiny_ws):
@@ -126,7 +135,7 @@ def test_folds_are_part_of_the_study_name(tiny_ws):
     from dery_deploy.train.recipe import Recipe
 
     task = load_task("fashion-mnist:labels_per_class=10,test_per_class=10", tiny_ws.zoo.input)
-    fs = [Finalist("res", {"plan": {"blocks": []}}, True)]
+    fs = [Finalist("res", UNREAD, True)]
     names = {study_name(task, fs, (1, 2), 2, Recipe(), k, 1) for k in (1, 3, 5)}
     assert len(names) == 3 and study_name(task, fs, (1, 2), 2, Recipe(), 5, 2) not in names
 
@@ -152,8 +161,8 @@ def test_k_fold_selection_trains_every_fold_at_the_last_rung_and_shares_seam_mat
     )
     assert mixed.seams == 1
     fs = [
-        Finalist(donor.describe(), {"plan": donor.to_dict()}, True),
-        Finalist("mix", {"plan": mixed.to_dict()}, False),
+        Finalist(donor.describe(), FinetuneSource.of_plan(donor), True),
+        Finalist("mix", FinetuneSource.of_plan(mixed), False),
     ]
     torch.manual_seed(0)
     base = Recipe(match_epochs=1, epochs_adapter=1, epochs_full=1, head_init="random")
@@ -180,6 +189,7 @@ from dery_deploy.assemble.candidates import donor_plan
 from dery_deploy.partition.stage import Partition
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select import Finalist, select
+from dery_deploy.train.source import FinetuneSource
 from dery_deploy.zoo import get_zoo
 zoo = get_zoo({zoo!r})
 part = Partition.read({part!r})
@@ -187,7 +197,7 @@ task = load_task("fashion-mnist:labels_per_class=10,test_per_class=10", zoo.inpu
 fs = []
 for name in ("res", "cnx", "vit"):
     p = donor_plan(zoo, part, name, task.num_classes)
-    fs.append(Finalist(p.describe(), {{"plan": p.to_dict()}}, True))
+    fs.append(Finalist(p.describe(), FinetuneSource.of_plan(p), True))
 sel = select(fs, zoo, task, Path({out!r}), Recipe(epochs_adapter=1, epochs_full=1, head_init="random"),
              storage={storage!r}, rungs=(1, 1), poll_s=0.2, folds=3)
 print(json.dumps(sel.to_dict()))
@@ -262,7 +272,7 @@ def test_selection_reads_back_what_it_writes():
     """selection.json's `selection` is read into the same `Selection` and written back to the same bytes."""
     from dery_deploy.train.select import MemoryBoard, Selection, run_rungs
 
-    fs = [Finalist(n, {}, n.startswith("d")) for n in ("d0", "d1", "m0", "m1", "m2")]
+    fs = [Finalist(n, UNREAD, n.startswith("d")) for n in ("d0", "d1", "m0", "m1", "m2")]
     done, ev = run_rungs(MemoryBoard(), fs, _fake_train, rungs=(1, 2), folds=3, screen_folds=1)
     sel = decide(fs, ev, (1, 2), "dery-select-0123456789ab", "memory")
     sel.folds, sel.fold_trials = 3, sorted(done.values(), key=lambda t: (t.rung, t.finalist, t.fold))
@@ -282,7 +292,7 @@ def test_the_rungs_train_each_trial_once_and_promote_the_best_of_each_kind():
     half (3 of 5) and the best donor go on, and each of them trains every fold at the last rung."""
     from dery_deploy.train.select import MemoryBoard, run_rungs
 
-    fs = [Finalist(n, {}, n.startswith("d")) for n in ("d0", "d1", "m0", "m1", "m2")]
+    fs = [Finalist(n, UNREAD, n.startswith("d")) for n in ("d0", "d1", "m0", "m1", "m2")]
     calls, lines = [], []
 
     def train(f, rung, fold):
@@ -324,7 +334,7 @@ def test_a_second_process_on_a_shared_board_trains_nothing_already_done(tmp_path
     """Selection run again against the study another process finished: the same evidence, no training."""
     from dery_deploy.train.select import Liveness, RdbBoard, quiet_optuna, run_rungs
 
-    fs = [Finalist(n, {}, n.startswith("d")) for n in ("d0", "m0", "m1")]
+    fs = [Finalist(n, UNREAD, n.startswith("d")) for n in ("d0", "m0", "m1")]
     storage = f"sqlite:///{tmp_path / 's.db'}"
     with quiet_optuna():
         done, ev = run_rungs(RdbBoard(storage, "s", Liveness(1, 2)), fs, _fake_train, rungs=(1, 2), folds=2)

@@ -19,12 +19,13 @@ from dery_deploy.errors import DeryError
 from dery_deploy.network.plan_records import Evidence as Evidence
 from dery_deploy.network.plan_records import Selection as Selection
 from dery_deploy.network.plan_records import Trial as Trial
+from dery_deploy.train.source import FinetuneSource
 
 
 @dataclass
 class Finalist:
     name: str
-    source: dict  # what finetune trains: {"plan": ..., "adapter_weights": ...}
+    source: FinetuneSource  # what finetune trains: a plan (a whole donor's too) and its adapter weights
     is_donor: bool
     measured_ms: float | None = None
 

@@ -127,7 +127,7 @@ def study_name(
 ) -> str:
     """The study of one selection: the same on every process that selects among the same finalists
     for the same task, recipe and folds, so they share its trials through `--storage`."""
-    key = [task.hash(), [(f.name, identity(f.source)) for f in finalists], list(rungs), eta, base.__dict__]
+    key = [task.hash(), [(f.name, identity(f.source.to_dict())) for f in finalists], list(rungs), eta, base.__dict__]
     if folds != 1:  # a single split keeps the study name it had before cross-validation
         key += [folds, min(screen_folds, folds)]
     return f"dery-select-{sha256_json(key)[:12]}"

@@ -17,6 +17,7 @@ from dery_deploy.train.finetune import accuracy, finetune, load_run_model
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select.evidence import Finalist, Trial
 from dery_deploy.train.select.halving import rung_recipe
+from dery_deploy.train.source import FinetuneSource
 
 
 @dataclass
@@ -55,9 +56,9 @@ def train_trial(
     t0 = time.time()
     recipe = rung_recipe(base, rung, rungs)
     source = finalist.source
-    if shared_matching and recipe.match_epochs and not finalist.is_donor and "plan" in source:
+    if shared_matching and recipe.match_epochs and not finalist.is_donor and source.plan is not None:
         start = run.with_name(run.name.rsplit("-fold", 1)[0] + f"-matched{recipe.match_epochs}.safetensors")
-        source = {**source, "start_weights": str(seam_matched_start(source, zoo, task, recipe, start))}
+        source = source.starting_from(str(seam_matched_start(source, zoo, task, recipe, start)))
         recipe = Recipe(**{**recipe.__dict__, "match_epochs": 0})
     finetune(source, zoo, task, recipe, run, force=True, log=None, progress=False, test=False)
     model, _ = load_run_model(run, zoo)
@@ -67,7 +68,7 @@ def train_trial(
     return Trial(finalist.name, rung, round(acc, 3), round(time.time() - t0, 2), "", fold, correct)
 
 
-def seam_matched_start(source: dict, zoo, task: Task, recipe: Recipe, path: Path) -> Path:
+def seam_matched_start(source: FinetuneSource, zoo, task: Task, recipe: Recipe, path: Path) -> Path:
     """The network of `source` after `recipe`'s seam matching on `task`'s unlabelled images, saved to
     `path` (whole state, safetensors) unless it is there already; what every fold starts from."""
     if path.is_file():
@@ -76,7 +77,6 @@ def seam_matched_start(source: dict, zoo, task: Task, recipe: Recipe, path: Path
     from safetensors.torch import save_file
 
     from dery_deploy.artifacts import atomic_write_with
-    from dery_deploy.network.plan import Plan
     from dery_deploy.train.finetune import start_model, train_device
     from dery_deploy.train.heal import match_seams
     from dery_deploy.zoo.load import dissect_zoo
@@ -85,8 +85,8 @@ def seam_matched_start(source: dict, zoo, task: Task, recipe: Recipe, path: Path
     torch.manual_seed(recipe.seed)
     dis = dissect_zoo(zoo)
     model = start_model(source, zoo, dis, task.num_classes).to(dev)
-    plan = Plan.from_dict(source["plan"])
-    match_seams(model, plan, dis, task, recipe.match_epochs, recipe.match_images, seed=recipe.seed, device=dev)
+    assert source.plan is not None  # a donor trained whole has no seams to match
+    match_seams(model, source.plan, dis, task, recipe.match_epochs, recipe.match_images, seed=recipe.seed, device=dev)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     atomic_write_with(path, lambda tmp: save_file(state, str(tmp)))
     return path
