@@ -100,3 +100,23 @@ def test_a_target_that_proposes_nothing_at_a_budget_is_dominated_there():
     b = ov({0.3: {}, 1.0: {R10: 0.9}})
     p = dominated_targets([a, b], [0.3, 1.0])
     assert p.kept == [ORT] and "at 0.3 ms it proposes nothing, onnxruntime/fp32 does" in p.dropped[0].why
+
+
+def test_the_decision_reads_back_from_run_json_and_the_report_states_it():
+    import json
+    from pathlib import Path
+
+    from dery_deploy.pipeline.manifest import RunManifest
+    from dery_deploy.report.sections import targets_lines
+
+    run = json.loads((Path(__file__).parents[1] / "report" / "fixtures" / "tiny-quick" / "run.json").read_text())
+    assert RunManifest.from_dict(run).target_pruning is None  # a run from before the rule: nothing said
+    a = ort({1.2: {CNX: 0.7617, TINY: 0.5893}})
+    b = ov({1.2: {CNX: 1.1085, TINY: 0.9348}})
+    pruning = dominated_targets([a, b], [1.2])
+    run["target_pruning"] = {**pruning.__dict__, "dropped": [d.__dict__ for d in pruning.dropped]}
+    m = RunManifest.from_dict(json.loads(json.dumps(run)))
+    assert m.target_pruning == pruning
+    lines = targets_lines(m)
+    assert lines[0].startswith("Targets searched in selection: onnxruntime/fp32 (decided from the profiles")
+    assert f"- {pruning.dropped[0].why}" in lines

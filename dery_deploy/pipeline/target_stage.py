@@ -1,0 +1,57 @@
+"""The targets a run carries into assembly and selection: every profiled one, less those the pick rule could
+never choose at any budget (`pipeline/targets.py`), decided from the profiles before any budget is searched."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from dery_deploy.assemble.pool import target_of, target_pool
+from dery_deploy.assemble.program_data import Scores, program_data
+from dery_deploy.assemble.stage import AssembleRequest
+from dery_deploy.data.task import Task
+from dery_deploy.pipeline.runner import Run
+from dery_deploy.pipeline.targets import TargetFigures, TargetPruning, dominated_targets
+from dery_deploy.profile.latency_model import LatencyModel
+
+
+def target_figures(
+    zoo, part, dis, models: list[LatencyModel], task: Task, scores: Scores, budgets: list[float], top: int
+) -> list[TargetFigures]:
+    """Each target's pool at each budget, as the assembly will propose it (`assemble.pool.target_pool`: the
+    program's top N under the budget less the planning margin, the donors that fit, the few-seam chains),
+    with each network's predicted latency there, and the target's latency check's largest error."""
+    out = []
+    for m in models:
+        data = program_data(zoo, part, dis, m, task.num_classes, scores)
+        pools = {}
+        for b in budgets:
+            pool = target_pool(zoo, part, dis, m, task, data, AssembleRequest(b, top=top).budget, top)
+            pools[b] = {c.name: round(c.predicted_ms, 5) for c in pool.candidates}
+        check = m.profile.verify
+        out.append(TargetFigures(target_of(m), check.at(m.percentile)[2] if check else None, pools))
+    return out
+
+
+def stage_targets(
+    r: Run, zoo, part, dis, models: list[LatencyModel], task: Task, scores: Callable[[], Scores], budgets: list[float]
+) -> list[LatencyModel]:
+    """The latency models of the targets carried into selection (all with --keep-all-targets), the decision
+    recorded in run.json and each dropped target said once, with its figures."""
+    names = [target_of(m) for m in models]
+    if r.opts.keep_all_targets or len(models) < 2:
+        r.manifest.target_pruning = TargetPruning(names, budgets=list(budgets), kept_all=r.opts.keep_all_targets)
+        return models
+    sc = scores()  # the assembly needs them too: computed (and timed) as their own stage
+    t = time.time()
+    figures = target_figures(zoo, part, dis, models, task, sc, budgets, r.opts.top)
+    pruning = dominated_targets(figures, budgets)
+    pruning.seconds = round(time.time() - t, 2)
+    r.manifest.target_pruning = pruning
+    note = f"{len(pruning.kept)} of {len(models)} targets searched" + (
+        f"; {', '.join(d.target for d in pruning.dropped)} dominated at every budget" if pruning.dropped else ""
+    )
+    r.record("targets for selection", "computed", pruning.seconds, note)
+    for line in pruning.lines():
+        r.say(f"  [yellow]note:[/] {line}" if r.console else f"  note: {line}")
+    return [m for m in models if target_of(m) in pruning.kept]
