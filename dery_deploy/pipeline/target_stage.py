@@ -3,9 +3,12 @@ never choose at any budget (`pipeline/targets.py`), decided from the profiles be
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
+from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.assemble.pool import target_of, target_pool
 from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.assemble.stage import AssembleRequest
@@ -13,6 +16,7 @@ from dery_deploy.data.task import Task
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.targets import TargetFigures, TargetPruning, dominated_targets
 from dery_deploy.profile.latency_model import LatencyModel
+from dery_deploy.schema import load_dataclass
 
 
 def target_figures(
@@ -33,25 +37,60 @@ def target_figures(
     return out
 
 
+def figures_key(part, models: list[LatencyModel], budgets: list[float], top: int) -> dict:
+    """What the decision depends on: the partition, the budgets, the program's top N, and each target's
+    profile (its items' latencies) and latency check at the run's percentile."""
+    return {
+        "partition": part.key,
+        "budgets": list(budgets),
+        "top": top,
+        "targets": [
+            [
+                target_of(m),
+                m.percentile,
+                len(m.profile.records),
+                round(sum(rec.median_ms for rec in m.profile.records.values()), 6),
+                list(m.profile.verify.at(m.percentile)) if m.profile.verify else None,
+            ]
+            for m in models
+        ],
+    }
+
+
 def stage_targets(
     r: Run, zoo, part, dis, models: list[LatencyModel], task: Task, scores: Callable[[], Scores], budgets: list[float]
 ) -> list[LatencyModel]:
     """The latency models of the targets carried into selection (all with --keep-all-targets), the decision
-    recorded in run.json and each dropped target said once, with its figures."""
+    recorded in run.json (and targets.json, reused while its key holds) and each dropped target said once,
+    with its figures."""
     names = [target_of(m) for m in models]
     if r.opts.keep_all_targets or len(models) < 2:
         r.manifest.target_pruning = TargetPruning(names, budgets=list(budgets), kept_all=r.opts.keep_all_targets)
         return models
-    sc = scores()  # the assembly needs them too: computed (and timed) as their own stage
-    t = time.time()
-    figures = target_figures(zoo, part, dis, models, task, sc, budgets, r.opts.top)
-    pruning = dominated_targets(figures, budgets)
-    pruning.seconds = round(time.time() - t, 2)
+    path, key = r.out / "targets.json", figures_key(part, models, budgets, r.opts.top)
+
+    def reuse() -> TargetPruning | None:
+        if not path.is_file():
+            return None
+        old = json.loads(path.read_text())
+        return load_dataclass(TargetPruning, old["pruning"]) if old.get("key") == key else None
+
+    def compute() -> TargetPruning:
+        sc = scores()  # the assembly needs them too: computed (and timed) as their own stage
+        t = time.time()
+        pruning = dominated_targets(target_figures(zoo, part, dis, models, task, sc, budgets, r.opts.top), budgets)
+        pruning.seconds = round(time.time() - t, 2)
+        atomic_write_json(path, {"key": key, "pruning": asdict(pruning)})
+        return pruning
+
+    def note(p: TargetPruning) -> str:
+        dropped = ", ".join(d.target for d in p.dropped)
+        return f"{len(p.kept)} of {len(models)} targets searched" + (
+            f"; {dropped} dominated at every budget" if dropped else ""
+        )
+
+    pruning = r.stage("targets for selection", reuse, compute, note)
     r.manifest.target_pruning = pruning
-    note = f"{len(pruning.kept)} of {len(models)} targets searched" + (
-        f"; {', '.join(d.target for d in pruning.dropped)} dominated at every budget" if pruning.dropped else ""
-    )
-    r.record("targets for selection", "computed", pruning.seconds, note)
     for line in pruning.lines():
         r.say(f"  [yellow]note:[/] {line}" if r.console else f"  note: {line}")
     return [m for m in models if target_of(m) in pruning.kept]
