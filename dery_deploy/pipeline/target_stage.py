@@ -37,13 +37,22 @@ def target_figures(
     return out
 
 
-def figures_key(part, models: list[LatencyModel], budgets: list[float], top: int) -> dict:
-    """What the decision depends on: the partition, the budgets, the program's top N, and each target's
-    profile (its items' latencies) and latency check at the run's percentile."""
-    return {
+def stage_targets(
+    r: Run, zoo, part, dis, models: list[LatencyModel], task: Task, scores: Callable[[], Scores], budgets: list[float]
+) -> list[LatencyModel]:
+    """The latency models of the targets carried into selection (all with --keep-all-targets), the decision
+    recorded in run.json (and targets.json, reused while its key holds) and each dropped target said once,
+    with its figures."""
+    names = [target_of(m) for m in models]
+    if r.opts.keep_all_targets or len(models) < 2:
+        r.manifest.target_pruning = TargetPruning(names, budgets=list(budgets), kept_all=r.opts.keep_all_targets)
+        return models
+    path = r.out / "targets.json"
+    # what the decision depends on: the partition, budgets, top N, each target's profile and latency check
+    key = {
         "partition": part.key,
         "budgets": list(budgets),
-        "top": top,
+        "top": r.opts.top,
         "targets": [
             [
                 target_of(m),
@@ -55,19 +64,6 @@ def figures_key(part, models: list[LatencyModel], budgets: list[float], top: int
             for m in models
         ],
     }
-
-
-def stage_targets(
-    r: Run, zoo, part, dis, models: list[LatencyModel], task: Task, scores: Callable[[], Scores], budgets: list[float]
-) -> list[LatencyModel]:
-    """The latency models of the targets carried into selection (all with --keep-all-targets), the decision
-    recorded in run.json (and targets.json, reused while its key holds) and each dropped target said once,
-    with its figures."""
-    names = [target_of(m) for m in models]
-    if r.opts.keep_all_targets or len(models) < 2:
-        r.manifest.target_pruning = TargetPruning(names, budgets=list(budgets), kept_all=r.opts.keep_all_targets)
-        return models
-    path, key = r.out / "targets.json", figures_key(part, models, budgets, r.opts.top)
 
     def reuse() -> TargetPruning | None:
         if not path.is_file():
