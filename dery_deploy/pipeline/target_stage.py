@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from dery_deploy.artifacts import atomic_write_json
-from dery_deploy.assemble.pool import target_of, target_pool
+from dery_deploy.assemble.pool import carried_candidates, target_of, target_pool
 from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.assemble.stage import AssembleRequest
 from dery_deploy.data.task import Task
@@ -24,16 +24,29 @@ def target_figures(
 ) -> list[TargetFigures]:
     """Each target's pool at each budget, as the assembly will propose it (`assemble.pool.target_pool`: the
     program's top N under the budget less the planning margin, the donors that fit, the few-seam chains),
-    with each network's predicted latency there, and the target's latency check's largest error."""
+    with each network's predicted latency there, and the target's latency check's largest error. Beside
+    the pool, what a smaller budget may carry into it (`carried_candidates`): every mixed network any
+    target proposed at a smaller budget that fits this target here, a superset of the finalists the run
+    carries."""
+    data = [program_data(zoo, part, dis, m, task.num_classes, scores) for m in models]
+    pools: list[dict[float, dict[str, float]]] = [{} for _ in models]
+    carried: list[dict[float, dict[str, float]]] = [{} for _ in models]
+    seen: list[str] = []  # mixed networks proposed at the smaller budgets, on any target
+    for b in sorted(budgets):
+        budget = AssembleRequest(b, top=top).budget
+        here = []
+        for i, m in enumerate(models):
+            pool = target_pool(zoo, part, dis, m, task, data[i], budget, top)
+            extra = carried_candidates(pool, tuple(seen), zoo, part, dis, task, budget)
+            pools[i][b] = {c.name: round(c.predicted_ms, 5) for c in pool.candidates}
+            carried[i][b] = {c.name: round(c.predicted_ms, 5) for c in extra}
+            here += [c.name for c in pool.candidates + extra if c.plan.seams]
+        seen += [n for n in dict.fromkeys(here) if n not in seen]
     out = []
-    for m in models:
-        data = program_data(zoo, part, dis, m, task.num_classes, scores)
-        pools = {}
-        for b in budgets:
-            pool = target_pool(zoo, part, dis, m, task, data, AssembleRequest(b, top=top).budget, top)
-            pools[b] = {c.name: round(c.predicted_ms, 5) for c in pool.candidates}
+    for i, m in enumerate(models):
         check = m.profile.verify
-        out.append(TargetFigures(target_of(m), check.at(m.percentile)[2] if check else None, pools))
+        err = check.at(m.percentile)[2] if check else None
+        out.append(TargetFigures(target_of(m), err, pools[i], carried=carried[i]))
     return out
 
 
@@ -50,6 +63,7 @@ def stage_targets(
     path = r.out / "targets.json"
     # what the decision depends on: the partition, budgets, top N, each target's profile and latency check
     key = {
+        "figures": "pools and carried",  # what `target_figures` gathers (an older targets.json had pools only)
         "partition": part.key,
         "budgets": list(budgets),
         "top": r.opts.top,

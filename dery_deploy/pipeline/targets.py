@@ -8,7 +8,8 @@ target A is dominated by target B at a budget when every network A's pool propos
 too and B's triple is sure to win it: the same accuracy and a predicted latency lower by more than both
 latency checks' largest errors, or (with int8 accuracy figures) a higher accuracy. The pools are the
 program's own (the same top N, donors and few-seam chains the assembly proposes), so dropping A leaves
-the networks selection trains unchanged: only A's triples, which lose, are not measured. In doubt (no
+the networks selection trains unchanged: only A's triples, which lose, are not measured. A network a
+smaller budget's finalists may carry into A's pool counts as one A proposes, never as one B surely does. In doubt (no
 latency check, an int8 target without its accuracy figures, a margin inside the errors) a target is kept.
 """
 
@@ -29,6 +30,13 @@ class TargetFigures:
     uncertainty: float | None
     pools: dict[float, dict[str, float]]
     int8_change: dict[str, float] | None = None
+    # networks a smaller budget may carry into the pool (the run carries its finalists): ones this target may
+    # propose, but another target is not sure to, so they count against this target and never for it
+    carried: dict[float, dict[str, float]] = field(default_factory=dict)
+
+    def proposes(self, budget: float) -> dict[str, float]:
+        """Every network this target may propose at `budget`, with its predicted latency there."""
+        return {**self.carried.get(budget, {}), **self.pools.get(budget, {})}
 
 
 @dataclass
@@ -80,7 +88,7 @@ def accuracy_of(t: TargetFigures, network: str) -> float | None:
 def sure_win(b: TargetFigures, a: TargetFigures, network: str, budget: float) -> Win | None:
     """B's triple for `network` beating A's under the pick rule whatever the measurement (within the
     latency checks' errors), or None where that is not sure."""
-    a_ms, b_ms = a.pools[budget][network], b.pools[budget][network]
+    a_ms, b_ms = a.proposes(budget)[network], b.pools[budget][network]
     acc_a, acc_b = accuracy_of(a, network), accuracy_of(b, network)
     if acc_a is None or acc_b is None:
         return None  # an int8 accuracy the run has not measured: never decided on latency alone
@@ -98,7 +106,7 @@ def dominance(a: TargetFigures, b: TargetFigures, budget: float) -> list[Win] | 
     """B's sure wins over every network A proposes at `budget`, or None where A is not dominated by B there.
     A target that proposes nothing at a budget cannot be picked there: any target that proposes something
     dominates it."""
-    mine, theirs = a.pools.get(budget, {}), b.pools.get(budget, {})
+    mine, theirs = a.proposes(budget), b.pools.get(budget, {})
     if not theirs or any(n not in theirs for n in mine):
         return None
     wins = [sure_win(b, a, n, budget) for n in sorted(mine)]

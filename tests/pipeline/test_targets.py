@@ -86,6 +86,18 @@ def test_a_target_that_wins_at_one_budget_is_kept():
     assert dominated_targets([a, b], [0.8]).kept == [ORT]
 
 
+def test_a_network_a_smaller_budget_may_carry_counts_against_the_target_only():
+    a = ort({1.2: {CNX: 0.7617}})
+    # openvino may be carried a mix (a finalist at a smaller budget) that onnxruntime's pool does not surely hold
+    b = TargetFigures(OV, 0.18563, {1.2: {CNX: 1.1085}}, carried={1.2: {MIX: 0.9}})
+    assert dominated_targets([a, b], [1.2]).kept == [ORT, OV]
+    # carried into onnxruntime too, it does not make onnxruntime sure to propose what openvino does
+    a2 = TargetFigures(ORT, 0.12678, {1.2: {CNX: 0.7617}}, carried={1.2: {MIX: 0.5}})
+    assert dominated_targets([a2, b], [1.2]).kept == [ORT, OV]
+    b2 = ov({1.2: {CNX: 1.1085}})
+    assert dominated_targets([a2, b2], [1.2]).kept == [ORT]
+
+
 def test_a_dropped_target_names_a_kept_one_that_dominates_it():
     # a dominates b, b dominates c: c is dominated by a as well, and named so (b is not searched)
     a = ort({1.0: {R10: 0.1, MNV3: 0.1}})
