@@ -71,6 +71,12 @@ def run(
         help="minutes the run may take: it searches fewer targets and cuts rungs, recipe, epochs and budgets "
         "to fit, and says what it cut",
     ),
+    keep_all_targets: bool = typer.Option(
+        False,
+        "--keep-all-targets",
+        help="search every profiled target in selection, even one dominated at every budget (by default such a "
+        "target, one the pick could never choose by the profiles and their errors, is left out and said why)",
+    ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's results as JSON at the end"),
@@ -98,6 +104,7 @@ def run(
         threads=threads,
         targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
         time_limit=time_limit,
+        keep_all_targets=keep_all_targets,
     )
     m = run_pipeline(opts, None if as_json else console, progress_bar)
     if as_json:

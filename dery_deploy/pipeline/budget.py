@@ -34,7 +34,8 @@ def rederive_budget(
     """A default budget that the finalists' own measurement found infeasible (the profile predicted them
     within it) is raised to what they measured, said on the terminal, and assembled again; the margin
     doubles with each `attempt` (the finalists' next pass can measure slower again: seen +5% on a
-    quiet 2-core VM for 0.1 ms networks)."""
+    quiet 2-core VM for 0.1 ms networks). A raised budget is searched on every target: the targets left
+    out of selection were judged at the budgets before it (`target_stage.py`)."""
     new = round_up(fastest_ms * (1 + REDERIVE_MARGIN * 2**attempt))
     r.say(
         f"  note: budget {budgets[i]:g} ms was chosen from the profile, but every finalist measured slower when built "
@@ -50,6 +51,12 @@ def rederive_budget(
         r.manifest.donors.update(
             stage_donors(r, z, t, ctx.recipes.final, donor_ms, untrained, "final", ctx.teacher, evaluate=True)
         )
+    pruning = r.manifest.target_pruning
+    if pruning and pruning.dropped:
+        pruning.restored_at.append(new)
+        dropped = ", ".join(d.target for d in pruning.dropped)
+        r.say(f"  note: {new:g} ms is searched on every target ({dropped} included)")
+        ctx = replace(ctx, selected=[])
     return stage_budget(r, ctx, new, aoti=aoti)
 
 
@@ -133,7 +140,7 @@ def selection_key(r: Run, ctx: Context) -> dict:
         "recipe": asdict(ctx.recipes.ce),
         "targets": [
             [m.profile.backend, m.profile.precision, m.profile.batch, m.profile.threads, len(m.profile.records)]
-            for m in ctx.models
+            for m in ctx.searched
         ],
         "percentile": ctx.model.percentile,
         "carried": ctx.carried,
@@ -153,17 +160,18 @@ def _reuse_selection(bdir: Path, key: dict) -> SelectionFile | None:
 def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> SelectionFile:
     """Candidates on every target, (network, target) finalists measured in one pass, then selection
     by evidence among the networks (training does not depend on the runtime)."""
+    searched = ctx.searched
     with r.progress() as prog:
         res = assemble(
             ctx.zoo,
             ctx.part,
             ctx.dis,
-            ctx.model,
+            searched[0],
             ctx.task,
             AssembleRequest(
                 b, top=r.opts.top, seed=r.opts.seed, finalists=ctx.recipes.finalists, carried=tuple(ctx.carried)
             ),
-            more_models=tuple(ctx.models[1:]),
+            more_models=tuple(searched[1:]),
             fitter=ctx.fitter,
             scores=ctx.scores(),
             progress=prog,

@@ -86,6 +86,13 @@ class Context:
     teacher: Teacher
     models: list[LatencyModel] = field(default_factory=list)  # one per target searched, the first is `model`'s
     carried: list[str] = field(default_factory=list)  # mixed finalists of the smaller budgets so far
+    # the targets carried into assembly and selection (`pipeline/target_stage.py`); empty: every one of `models`
+    selected: list[LatencyModel] = field(default_factory=list)
+
+    @property
+    def searched(self) -> list[LatencyModel]:
+        """The latency models a budget's assembly and selection search: the selected targets, else all."""
+        return self.selected or self.models
 
     @property
     def latency(self) -> tuple:

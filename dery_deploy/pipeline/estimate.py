@@ -118,6 +118,7 @@ class Plan:
     distill_s: dict[str, float] = field(default_factory=dict)
     teacher_images: int = 8192  # the teacher's pool of unlabelled images (its logits are computed once)
     budgets_chosen: bool = True  # the run chose its budgets (a user's are never cut)
+    searched_targets: int = 0  # targets carried into selection (`target_stage.py`; 0: all `targets`)
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds)."""
@@ -153,7 +154,8 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         # candidates, and the finalists' measurement drops it: one near donor in two budgets out of three)
         candidates = plan.finalists + sum(ms <= b for ms in plan.donor_ms.values())
         mix_s, mix_distilled_s = at_budget(plan.step_s, b), at_budget(plan.distill_s or plan.step_s, b)
-        seconds = (PASS_ITEMS + plan.targets * candidates * PAIR_ITEMS) * item_s  # the finalists' measurement pass
+        pairs = (plan.searched_targets or plan.targets) * candidates
+        seconds = (PASS_ITEMS + pairs * PAIR_ITEMS) * item_s  # the finalists' measurement pass
         # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
         labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
         for rung, trials in selection_trials(candidates, plan.rungs, folds):

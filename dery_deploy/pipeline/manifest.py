@@ -18,6 +18,7 @@ from dery_deploy.pipeline.records import (
     TeacherRecord,
     TimeLimitRecord,
 )
+from dery_deploy.pipeline.targets import TargetPruning
 from dery_deploy.profile.store import LatencyCheck
 from dery_deploy.schema import load_dataclass
 
@@ -62,6 +63,8 @@ class RunManifest(JsonArtifact):
     # the rest of the run as estimated after the profiles, and per group what the estimated stages took
     estimate: RunEstimate | None = None
     time_limit: TimeLimitRecord | None = None  # --time-limit: minutes, what was cut to fit, the estimate
+    # the targets carried into selection and those dropped as dominated at every budget, with why
+    target_pruning: TargetPruning | None = None
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
@@ -75,7 +78,7 @@ class RunManifest(JsonArtifact):
     def from_dict(cls, d: dict) -> RunManifest:
         d = {k: v for k, v in d.items() if k not in ("schema", "kind")}
         # older runs wrote {} for "none"
-        for k in ("task", "teacher", "recipe", "estimate", "time_limit", "final_pass", "verify"):
+        for k in ("task", "teacher", "recipe", "estimate", "time_limit", "final_pass", "verify", "target_pruning"):
             d[k] = d.get(k) or None
         # older runs filed each target's profile inside its check
         checks = {t: dict(v) for t, v in (d.get("verify_by_target") or {}).items()}

@@ -35,6 +35,8 @@ class RunOptions:
     threads: int | None = None  # CPU threads the runtime computes with (None: the device spec's)
     targets: list[str] | None = None  # backend/precision pairs to search (None: the device spec's `search`)
     time_limit: float | None = None  # minutes the run fits itself to (pipeline/time_limit.py); None: no limit
+    # every profiled target searched in selection, even one the pick rule could never choose (pipeline/targets.py)
+    keep_all_targets: bool = False
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""

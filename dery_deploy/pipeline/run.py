@@ -40,6 +40,7 @@ from dery_deploy.pipeline.stages import (
     stage_verify,
     stage_zoo,
 )
+from dery_deploy.pipeline.target_stage import stage_targets
 from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend
@@ -69,10 +70,11 @@ def resolve_targets(spec: DeviceSpec, opts: RunOptions) -> list[tuple[Backend, s
 
 
 def start_eta(
-    r: Run, zoo, task: Task, models: list[LatencyModel], budgets, donor_ms, recipes: Recipes
+    r: Run, zoo, task: Task, models: list[LatencyModel], budgets, donor_ms, recipes: Recipes, searched: int = 0
 ) -> tuple[list[float], Recipes]:
     """Estimate the rest of the run on this machine (`estimate.py`), fit it to --time-limit
-    (`time_limit.py`), say both, and keep the whole run's line; returns the budgets and recipes to run."""
+    (`time_limit.py`), say both, and keep the whole run's line; returns the budgets and recipes to run.
+    `searched`: how many targets assembly and selection search (0: every one of `models`)."""
     plan = Plan(
         budgets,
         donor_ms,
@@ -86,6 +88,7 @@ def start_eta(
         exports_per_budget=2 + int(r.opts.aoti),
         teacher_images=recipes.teacher_pool,
         budgets_chosen=not r.opts.budgets,
+        searched_targets=searched or len(models),
     )
     path, key = r.out / "estimate.json", {**plan.key(), "time_limit": r.opts.time_limit}
 
@@ -226,7 +229,8 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
         + ", ".join(f"{n} {ms:.3f}" for n, ms in sorted(donor_ms.items(), key=lambda kv: kv[1]))
         + ")"
     )
-    budgets, recipes = start_eta(r, zoo, task, models, budgets, donor_ms, Recipes.of(opts))
+    searched = stage_targets(r, zoo, part, dis, models, task, scores, budgets)
+    budgets, recipes = start_eta(r, zoo, task, models, budgets, donor_ms, Recipes.of(opts), len(searched))
     r.manifest.budgets = budgets
     r.manifest.recipe = recipes.describe()
     ce = stage_donors(r, zoo, task, recipes.ce, donor_ms, teacher_pool(donor_ms, budgets), "ce")
@@ -245,6 +249,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     within = final_donors(donor_ms, budgets)
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
     ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher, models)
+    ctx.selected = searched if len(searched) < len(models) else []
     for i, b in enumerate(list(budgets)):
         aoti = opts.aoti and i == len(budgets) // 2
         res = stage_budget(r, ctx, b, aoti=aoti)

@@ -43,22 +43,45 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
     searched = m.targets or [f"{m.backend}/{m.precision}"]
     options = ", ".join(f"`{k}={v}`" for k, v in asdict(m.options).items() if k != "out" and v not in (None, [], ""))
     task = m.task or TaskRecord("", "", [], "")
+    return (
+        [
+            "## The answer",
+            "",
+            md_table(ANSWER_HEADER, answer_rows(m, root)),
+            "",
+            "Latency: the shipped artifact and every donor measured together in one interleaved pass at the end of "
+            f"the run (noise index {100 * noise:.1f}%: how much slower a typical window ran than a "
+            "quiet one); ± is the measurement's standard error, the only allowance the budget check grants. Test "
+            "top-1 on the held-out test split, which decided nothing. Donors are trained with the same recipe.",
+            "",
+            f"Runtimes and precisions searched: {', '.join(searched)}; batch {batch}. Zoo hash `{zoo_hash}`. "
+            f"Total time {m.seconds:.0f} s. "
+            f"Task: {task.summary} (`{task.spec}`). "
+            "Options: " + options + ".",
+            "",
+        ]
+        + ([time_limit_line(m.time_limit), ""] if m.time_limit and m.time_limit.minutes else [])
+        + targets_lines(m)
+    )
+
+
+def targets_lines(m: RunManifest) -> list[str]:
+    """Which targets selection searched, where the run left some out as dominated (`pipeline/targets.py`)."""
+    tp = m.target_pruning
+    if tp is None or not tp.dropped:
+        return []
+    raised = (
+        f" Budgets raised during the run ({', '.join(f'{b:g} ms' for b in tp.restored_at)}) searched every target."
+        if tp.restored_at
+        else ""
+    )
     return [
-        "## The answer",
+        f"Targets searched in selection: {', '.join(tp.kept)} (decided from the profiles in {tp.seconds:.1f} s; "
+        f"`--keep-all-targets` searches every one).{raised}",
         "",
-        md_table(ANSWER_HEADER, answer_rows(m, root)),
+        *(f"- {line}" for line in tp.lines()),
         "",
-        "Latency: the shipped artifact and every donor measured together in one interleaved pass at the end of "
-        f"the run (noise index {100 * noise:.1f}%: how much slower a typical window ran than a "
-        "quiet one); ± is the measurement's standard error, the only allowance the budget check grants. Test "
-        "top-1 on the held-out test split, which decided nothing. Donors are trained with the same recipe.",
-        "",
-        f"Runtimes and precisions searched: {', '.join(searched)}; batch {batch}. Zoo hash `{zoo_hash}`. "
-        f"Total time {m.seconds:.0f} s. "
-        f"Task: {task.summary} (`{task.spec}`). "
-        "Options: " + options + ".",
-        "",
-    ] + ([time_limit_line(m.time_limit), ""] if m.time_limit and m.time_limit.minutes else [])
+    ]
 
 
 def time_limit_line(tl: TimeLimitRecord) -> str:
