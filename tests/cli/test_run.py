@@ -71,6 +71,17 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
     assert res["finalists"] and res["pick_triple"]["target"] == f"{res['plan']['backend']}/{res['plan']['precision']}"
     assert all(f["measured"]["median_ms"] <= 0.5 for f in res["finalists"])  # measured, within the budget
     assert res["plan"]["num_classes"] == 10 and run["status"] == "done"
+    # which targets selection searched (issue 30): typed in run.json, said once on the terminal, in the report;
+    # the finalists come from the kept targets only (the tiny zoo drops none: each fp32 target wins somewhere,
+    # and int8 has no accuracy figures before selection)
+    tp = run["target_pruning"]
+    dropped = [d["target"] for d in tp["dropped"]]
+    assert sorted(tp["kept"] + dropped) == sorted(run["targets"]) and tp["kept"] and tp["kept_all"] is False
+    assert tp["budgets"] == [0.5] and all(d["by"]["0.5"] in tp["kept"] for d in tp["dropped"])
+    assert {f["target"] for f in res["finalists"]} <= set(tp["kept"])
+    assert "targets for selection" in status
+    for d in tp["dropped"]:
+        assert done.stdout.count(f"{d['target']} not searched in selection") == 1 and d["why"] in report
 
     again = run_dery(*ARGS, "-o", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
@@ -143,28 +154,3 @@ def test_quick_then_default_in_the_same_folder_reuses_and_recomputes(tmp_path):
     assert [v for k, v in status.items() if k.startswith("fine-tune donor")] and all(
         v == "computed" for k, v in status.items() if k.startswith("fine-tune donor")
     )
-
-
-@pytest.mark.slow
-def test_a_tiny_run_records_which_targets_selection_searched(tmp_path):
-    """The targets decision is in run.json (typed), said once on the terminal and in the report; the budget's
-    finalists are measured on the kept targets only; --keep-all-targets searches every one again."""
-    out = tmp_path / "run"
-    done = run_dery(*ARGS, "-o", str(out), timeout=1500)  # 981 s on a 2-core VM shared with two other runs
-    assert done.returncode == 0, done.stderr[-2000:]
-    run = json.loads((out / "run.json").read_text())
-    tp = run["target_pruning"]
-    dropped = [d["target"] for d in tp["dropped"]]
-    assert sorted(tp["kept"] + dropped) == sorted(run["targets"]) and tp["kept"] and tp["kept_all"] is False
-    assert tp["budgets"] == [0.5] and all(d["by"]["0.5"] in tp["kept"] for d in tp["dropped"])
-    [res] = run["results"]
-    assert {f["target"] for f in res["finalists"]} <= set(tp["kept"])
-    assert "targets for selection" in {s["stage"] for s in run["stages"]}
-    for d in tp["dropped"]:
-        assert done.stdout.count(f"{d['target']} not searched in selection") == 1
-        assert d["why"] in (out / "report.md").read_text()
-
-    again = run_dery(*ARGS, "--keep-all-targets", "-o", str(out))
-    assert again.returncode == 0, again.stderr[-2000:]
-    tp = json.loads((out / "run.json").read_text())["target_pruning"]
-    assert tp["kept_all"] is True and tp["dropped"] == [] and sorted(tp["kept"]) == sorted(run["targets"])
