@@ -35,6 +35,7 @@ class RunOptions:
     threads: int | None = None  # CPU threads the runtime computes with (None: the device spec's)
     targets: list[str] | None = None  # backend/precision pairs to search (None: the device spec's `search`)
     time_limit: float | None = None  # minutes the run fits itself to (pipeline/time_limit.py); None: no limit
+    family: bool = False  # --family: a family of paths over the budgets too (pipeline/family.py)
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""
