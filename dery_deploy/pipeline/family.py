@@ -117,9 +117,11 @@ def _train_paths(
     large: tuple[Plan, AssembledNet] | None = None
     for i in order:
         plan, res = plans[i], results[i]
+        frozen: list[int] = []
         if large is None:
             run_dir, trained = _train_largest(r, ctx, plan, res.budget_ms)
-            frozen: list[int] = []
+        elif plan.signature() == large[0].signature():  # the program chose the largest path here too
+            run_dir, trained = Path(records[order[0]].run), "the largest path's network (the same plan)"
         else:
             run_dir, frozen = _train_smaller(r, ctx, plan, res.budget_ms, *large)
             trained = f"on {len(frozen)} frozen block(s) shared with the largest path" if frozen else "nothing shared"
@@ -128,7 +130,7 @@ def _train_paths(
         if large is None:
             assert isinstance(net, AssembledNet)  # a family path always has a new head
             large = (plan, net)
-        else:
+        elif frozen:
             _check_shared(net, frozen, plan, *large)
         records[i] = _path_record(i, plan, res, run_dir, trained, frozen, ev.top1)
         members[i] = FamilyMember(net, plan, ev.top1)
@@ -217,10 +219,11 @@ def _path_record(
 
 def _shipped_bytes(res: BudgetResult) -> int | None:
     """The size of what the run ships at this budget: its exported file (and any external data beside it)."""
-    art = res.export.artifact if res.export else None
-    if not art or not Path(art).exists():
+    if not (res.export_dir and res.export and res.export.artifact):
         return None
-    p = Path(art)
+    p = Path(res.export_dir) / res.export.artifact
+    if not p.exists():
+        return None
     files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p, *p.parent.glob(p.name + ".data")]
     return sum(f.stat().st_size for f in files)
 

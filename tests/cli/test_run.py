@@ -148,7 +148,7 @@ def test_quick_then_default_in_the_same_folder_reuses_and_recomputes(tmp_path):
 FAMILY_ARGS = [
     *(a for a in ARGS if a not in ("--budgets", "0.5")),
     "--budgets",
-    "0.3,0.5",
+    "0.15,0.5",  # 0.15: below cnx (predicted 0.15-0.16 ms here), so the paths differ and share some blocks
     "--targets",
     "onnxruntime/fp32",
     "--family",
@@ -168,8 +168,8 @@ def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     m = RunManifest.read(out / "run.json")
     fam = m.family
-    assert fam is not None and not fam.note and [p.budget_ms for p in fam.paths] == [0.3, 0.5]
-    assert m.options.family and [res.budget_ms for res in m.results] == [0.3, 0.5]
+    assert fam is not None and not fam.note and [p.budget_ms for p in fam.paths] == [0.15, 0.5]
+    assert m.options.family and [res.budget_ms for res in m.results] == [0.15, 0.5]
     loaded = load_family(out / "family")
     assert [p.name for p in loaded.paths] == [p.name for p in fam.paths]
     assert [p.plan for p in loaded.info.paths] == [p.plan for p in fam.paths]
@@ -180,8 +180,9 @@ def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
         assert p.within or p.name in report  # within its budget, or the report names it
         if p.within is False:
             assert f"{p.name} ({p.verdict})" in report
-    # the smaller path trained on the largest path's blocks, frozen: those tensors are stored once
-    assert fam.paths[0].frozen_blocks, fam.paths[0]
+    # the smaller path trained on the largest path's blocks, frozen (or is the largest path's network, where the
+    # program chose the same plan for both): the tensors they share are stored once
+    assert fam.paths[0].frozen_blocks or fam.paths[0].run == fam.paths[1].run, fam.paths[0]
     assert fam.distinct_bytes < fam.paths_bytes and fam.separate_bytes > 0
     shared = set(loaded.info.paths[0].tensors) & set(loaded.info.paths[1].tensors)
     assert shared and loaded.info.weights.distinct_bytes == fam.distinct_bytes
