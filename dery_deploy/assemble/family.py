@@ -11,8 +11,8 @@ and head that is on when any path uses it (u >= x_m), whose parameters are what 
 hinted with the budgets' independent optima (`program.top_n_dp`), which always satisfy it, so the solver
 starts from a feasible family and the result is never worse than storing the optima separately.
 
-This chooses the family; training the paths together and shipping one weights file are later steps
-(issue 28), so `dery run` does not call it yet: `scripts/bench_family.py` measures it.
+This chooses the family; `dery run --family` (`pipeline/family.py`) trains and ships it, and
+`scripts/bench_family.py` measures the solve.
 """
 
 from __future__ import annotations

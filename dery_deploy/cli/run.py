@@ -6,6 +6,7 @@ Examples:
     dery run --quick                 # one budget, short training: 5-7 minutes there
     dery run --time-limit 10         # fit the run to 10 minutes, saying what it cut
     dery run --budgets 0.2,0.3 -o runs/mine --epochs-full 10
+    dery run --budgets 0.2,0.3 --family      # also one family of paths sharing blocks, in runs/default/family
     dery run --zoo my_zoo.yaml --data ~/images/task -o runs/task
 
 Each run prints, once its profiles have timed the machine, how long the rest will take there.
@@ -77,6 +78,13 @@ def run(
         help="search every profiled target in selection, even one dominated at every budget (by default such a "
         "target, one the pick could never choose by the profiles and their errors, is left out and said why)",
     ),
+    family: bool = typer.Option(
+        False,
+        "--family",
+        help="also ship one family of paths over the budgets that share their blocks (RUN/family/; ONNX Runtime "
+        "fp32, batch 1, two or more budgets): the largest trained as a pick is, the smaller on its frozen shared "
+        "blocks",
+    ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's results as JSON at the end"),
@@ -105,6 +113,7 @@ def run(
         targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
         time_limit=time_limit,
         keep_all_targets=keep_all_targets,
+        family=family,
     )
     m = run_pipeline(opts, None if as_json else console, progress_bar)
     if as_json:

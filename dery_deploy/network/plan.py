@@ -178,6 +178,15 @@ class AssembledNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.adapters = nn.ModuleList(adapters)
         self.head = head
+        self.frozen: tuple[int, ...] = ()  # blocks shared with a family's larger path: never trained here
+
+    def freeze_blocks(self, indices: Sequence[int]) -> None:
+        """Hold these blocks as they are through training (a family path's blocks shared with its largest
+        path, issue 28 option (a)): `hold_frozen` keeps them out of every optimizer and their BatchNorm in eval."""
+        bad = [i for i in indices if not 0 <= i < len(self.blocks)]
+        if bad:
+            raise DeryError(f"frozen blocks {bad} are not blocks of this {len(self.blocks)}-block network", "finetune")
+        self.frozen = tuple(sorted(set(indices)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks[0](x)
@@ -191,6 +200,23 @@ class AssembledNet(nn.Module):
     def stitch_parameters(self):
         """Parameters of the adapters and the head (what phase 1 of fine-tuning trains)."""
         return [p for m in (*self.adapters, self.head) for p in m.parameters()]
+
+
+def hold_frozen(net: nn.Module) -> set[int]:
+    """Keep an AssembledNet's frozen blocks (`freeze_blocks`) frozen: requires_grad off and BatchNorm in eval,
+    so neither a step nor a batch's statistics change a byte of them. Returns the ids of their parameters,
+    for the caller to leave out of its optimizer. Call it after `train()`, which would put BatchNorm back."""
+    if not isinstance(net, AssembledNet) or not net.frozen:
+        return set()
+    ids = set()
+    for i in net.frozen:
+        for m in net.blocks[i].modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        for p in net.blocks[i].parameters():
+            p.requires_grad_(False)
+            ids.add(id(p))
+    return ids
 
 
 def validate_plan(plan: Plan, zoo, dissections: dict) -> None:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from dery_deploy.artifacts import JsonArtifact
 from dery_deploy.export.report import ExportRecord
 from dery_deploy.network.plan import Plan
+from dery_deploy.pipeline.family_record import FamilyRecord
 from dery_deploy.pipeline.options import RunOptions
 from dery_deploy.pipeline.records import (
     BudgetResult,
@@ -65,6 +66,7 @@ class RunManifest(JsonArtifact):
     time_limit: TimeLimitRecord | None = None  # --time-limit: minutes, what was cut to fit, the estimate
     # the targets carried into selection and those dropped as dominated at every budget, with why
     target_pruning: TargetPruning | None = None
+    family: FamilyRecord | None = None  # --family's paths (pipeline/family.py); left out of run.json without it
     started: str = ""
     finished: str = ""
     seconds: float = 0.0
@@ -72,13 +74,28 @@ class RunManifest(JsonArtifact):
     def to_dict(self) -> dict:
         d = asdict(self)
         d["results"] = [res.to_dict() for res in self.results]  # a budget's unreached fields left out
+        # a run without --family writes run.json as before it existed
+        if self.family is None:
+            del d["family"]
+        if not self.options.family:
+            del d["options"]["family"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RunManifest:
         d = {k: v for k, v in d.items() if k not in ("schema", "kind")}
         # older runs wrote {} for "none"
-        for k in ("task", "teacher", "recipe", "estimate", "time_limit", "final_pass", "verify", "target_pruning"):
+        for k in (
+            "task",
+            "teacher",
+            "recipe",
+            "estimate",
+            "time_limit",
+            "final_pass",
+            "verify",
+            "target_pruning",
+            "family",
+        ):
             d[k] = d.get(k) or None
         # older runs filed each target's profile inside its check
         checks = {t: dict(v) for t, v in (d.get("verify_by_target") or {}).items()}

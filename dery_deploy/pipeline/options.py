@@ -37,6 +37,7 @@ class RunOptions:
     time_limit: float | None = None  # minutes the run fits itself to (pipeline/time_limit.py); None: no limit
     # every profiled target searched in selection, even one the pick rule could never choose (pipeline/targets.py)
     keep_all_targets: bool = False
+    family: bool = False  # --family: a family of paths over the budgets too (pipeline/family.py)
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""

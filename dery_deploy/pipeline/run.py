@@ -27,6 +27,7 @@ from dery_deploy.pipeline.budget import REDERIVES, rederive_budget, stage_budget
 from dery_deploy.pipeline.budgets import choose_budgets, feasible_floor, final_donors, teacher_pool
 from dery_deploy.pipeline.context import Context, Recipes
 from dery_deploy.pipeline.estimate import Eta, Plan, RunEstimate, estimate, make_estimate, minutes
+from dery_deploy.pipeline.family import check_family_options, stage_family
 from dery_deploy.pipeline.final_pass import stage_final_pass
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.options import RunOptions
@@ -130,6 +131,8 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     spec = get_device(opts.device) if opts.device else (this_machine() or [get_device("cpu")])[0]
     check_run_dir(r.out, zoo, spec.id)
     targets = resolve_targets(spec, opts)
+    if opts.family:
+        check_family_options([str(Target(b.name, p)) for b, p in targets], opts.budgets, opts.batch, opts.quick)
     backend, precision = targets[0]
     t0 = time.time()
     task = load_task(opts.data, zoo.input, opts.seed)  # a bad --data is one line and leaves no folder behind
@@ -262,6 +265,8 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     feasible = [res for res in r.manifest.results if res.feasible]
     if feasible:
         stage_final_pass(r, ctx)
+    if opts.family:
+        r.manifest.family = stage_family(r, ctx)
     r.manifest.status = "done" if feasible else "no-feasible-budget"
     r.manifest.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     r.stage("report", lambda: None, lambda: write_report(r.out, r.manifest, zoo, sim, part, prof, rows))

@@ -12,6 +12,7 @@ from dery_deploy.profile.store import Profile
 from dery_deploy.report import sections
 from dery_deploy.report.answers import Answer, answers, donor_top1, measured_text
 from dery_deploy.report.budget import verdict_line
+from dery_deploy.report.family import family_png, family_section
 from dery_deploy.report.plots import pareto_png
 from dery_deploy.report.sections import ANSWER_HEADER, answer_rows
 from dery_deploy.report.text import evidence, md_table
@@ -60,6 +61,7 @@ def write_report(
         *sections.profile(prof, m),
         *sections.plans(m),
         *sections.pareto(pareto, m),
+        *family_section(m, family_png(out / "family.png", m)),
         *sections.stages(m),
     ]
     md = "\n".join(lines)

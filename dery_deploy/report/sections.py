@@ -41,7 +41,10 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
     noise = m.final_pass.noise_index if m.final_pass else 0
     batch = m.options.batch or 1
     searched = m.targets or [f"{m.backend}/{m.precision}"]
-    options = ", ".join(f"`{k}={v}`" for k, v in asdict(m.options).items() if k != "out" and v not in (None, [], ""))
+    shown = {k: v for k, v in asdict(m.options).items() if k != "out" and v not in (None, [], "")}
+    if not m.options.family:  # an option newer than most runs: said only where it was given
+        del shown["family"]
+    options = ", ".join(f"`{k}={v}`" for k, v in shown.items())
     task = m.task or TaskRecord("", "", [], "")
     return (
         [

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dery_deploy.data.task import Task
-from dery_deploy.network.plan import AssembledNet, Plan, stitch_specs
+from dery_deploy.network.plan import AssembledNet, Plan, hold_frozen, stitch_specs
 from dery_deploy.train.results import SeamEpoch
 
 
@@ -56,7 +56,8 @@ def match_seams(
     device = device or torch.device("cpu")
     last = max(i for i, _ in targets)
     upstream = [*net.blocks[: last + 1], *net.adapters[: last + 1]]
-    params = [p for m in upstream for p in m.parameters()]
+    frozen = hold_frozen(net)  # a family path's shared blocks stay as its largest path trained them
+    params = [p for m in upstream for p in m.parameters() if id(p) not in frozen]
     for m in targets:
         m[1].to(device)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -73,6 +74,7 @@ def match_seams(
     for epoch in range(epochs):
         for m in upstream:
             m.train()
+        hold_frozen(net)
         perm = torch.randperm(len(task.unlabelled), generator=g)[: steps * batch]
         total = 0.0
         for s in range(steps):

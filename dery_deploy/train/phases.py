@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from dery_deploy.network.plan import hold_frozen
 from dery_deploy.train.recipe import Recipe
 
 
@@ -23,12 +24,11 @@ def stitch_params(model: nn.Module) -> list[nn.Parameter]:
 def set_phase(model: nn.Module, phase: int) -> list[nn.Parameter]:
     """Phase 1 trains the stitch (adapters + head) only; phase 2 everything. Returns what trains."""
     train = set(map(id, stitch_params(model))) if phase == 1 else None
-    params = []
     for p in model.parameters():
         p.requires_grad_(train is None or id(p) in train)
-        if p.requires_grad:
-            params.append(p)
     model.train()
+    hold_frozen(model)  # a family path's shared blocks train in neither phase
+    params = [p for p in model.parameters() if p.requires_grad]
     if phase == 1:  # frozen blocks keep their BN statistics
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):

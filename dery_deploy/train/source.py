@@ -13,27 +13,32 @@ from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan
 
 # the keys each kind of source may have, in the order they are written
-PLAN_KEYS = ("plan", "adapter_weights", "start_weights")
+PLAN_KEYS = ("plan", "adapter_weights", "start_weights", "frozen_blocks")
 DONOR_KEYS = ("donor", "zoo_ref")
 
 
 @dataclass(frozen=True)
 class FinetuneSource:
     """A plan (`plan`, its adapters and head fitted during assembly in `adapter_weights`, a whole start
-    state in `start_weights`: selection's seam-matched start, shared by its folds) or a donor (`donor`,
-    on the zoo `zoo_ref`). Exactly one of `plan` and `donor` is set."""
+    state in `start_weights`: selection's seam-matched start, shared by its folds, or a family path's start
+    with the blocks it shares with its largest path, held frozen as `frozen_blocks` lists them) or a donor
+    (`donor`, on the zoo `zoo_ref`). Exactly one of `plan` and `donor` is set."""
 
     plan: Plan | None = None
     adapter_weights: str | None = None  # absolute path of a .safetensors; None where the plan has none
     start_weights: str | None = None
     donor: str | None = None
     zoo_ref: str | None = None
+    frozen_blocks: tuple[int, ...] = ()  # blocks trained by nobody here (a family path's shared blocks)
 
     def __post_init__(self) -> None:
         if (self.plan is None) == (self.donor is None):
             raise DeryError("a fine-tune source is a plan or a donor, exactly one of the two", "finetune")
-        if self.donor is not None and (self.adapter_weights or self.start_weights):
-            raise DeryError(f"donor {self.donor!r} is trained whole: it takes no adapter or start weights", "finetune")
+        if self.donor is not None and (self.adapter_weights or self.start_weights or self.frozen_blocks):
+            raise DeryError(
+                f"donor {self.donor!r} is trained whole: it takes no adapter or start weights and no frozen blocks",
+                "finetune",
+            )
 
     @classmethod
     def of_plan(cls, plan: Plan, adapter_weights: str | None = None) -> FinetuneSource:
@@ -57,7 +62,11 @@ class FinetuneSource:
 
     def starting_from(self, start_weights: str) -> FinetuneSource:
         """This plan, trained from a whole start state rather than its fitted adapters alone."""
-        return FinetuneSource(self.plan, self.adapter_weights, start_weights)
+        return FinetuneSource(self.plan, self.adapter_weights, start_weights, frozen_blocks=self.frozen_blocks)
+
+    def freezing(self, blocks: list[int]) -> FinetuneSource:
+        """This plan with `blocks` (indices into its chain) held frozen: out of every optimizer, BatchNorm in eval."""
+        return FinetuneSource(self.plan, self.adapter_weights, self.start_weights, frozen_blocks=tuple(blocks))
 
     def to_dict(self) -> dict[str, JsonValue]:
         """The JSON object written as the run's `source`: {"plan", "adapter_weights"[, "start_weights"]}
@@ -66,6 +75,8 @@ class FinetuneSource:
             d: dict[str, JsonValue] = {"plan": self.plan.to_dict(), "adapter_weights": self.adapter_weights}
             if self.start_weights is not None:
                 d["start_weights"] = self.start_weights
+            if self.frozen_blocks:
+                d["frozen_blocks"] = list(self.frozen_blocks)
             return d
         d = {"donor": self.donor}
         if self.zoo_ref is not None:
@@ -92,4 +103,6 @@ class FinetuneSource:
             plan = Plan.from_dict(d["plan"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise DeryError(f"fine-tune source's 'plan' is not a plan ({type(e).__name__}: {e})", "finetune") from None
-        return cls(plan, d.get("adapter_weights"), d.get("start_weights"))
+        return cls(
+            plan, d.get("adapter_weights"), d.get("start_weights"), frozen_blocks=tuple(d.get("frozen_blocks", ()))
+        )

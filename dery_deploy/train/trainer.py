@@ -25,7 +25,7 @@ from torch import nn
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
-from dery_deploy.network.plan import build_net, load_stitch_weights
+from dery_deploy.network.plan import AssembledNet, build_net, load_stitch_weights
 from dery_deploy.train.checkpoint import (
     Checkpoint,
     CheckpointMeta,
@@ -69,7 +69,8 @@ def build_model(source: FinetuneSource, zoo, dissections=None, num_classes: int 
 def start_model(source: FinetuneSource, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
     """The network training starts from: built from `source`, with its fitted adapters and head
     (`adapter_weights`) and, where given, a whole start state (`start_weights`: selection's seam-matched
-    start, shared by its folds)."""
+    start, shared by its folds, or a family path's with its largest path's trained blocks) and the blocks
+    that training holds as they start (`frozen_blocks`: indices into the plan's blocks)."""
     from safetensors.torch import load_file
 
     model = build_model(source, zoo, dissections, num_classes=num_classes)
@@ -77,6 +78,10 @@ def start_model(source: FinetuneSource, zoo, dissections=None, num_classes: int 
         load_stitch_weights(model, load_file(source.adapter_weights))
     if source.start_weights:
         model.load_state_dict(load_file(source.start_weights))
+    if source.frozen_blocks:
+        if not isinstance(model, AssembledNet):
+            raise DeryError("frozen_blocks needs a reassembled plan, not a whole donor", "finetune")
+        model.freeze_blocks(source.frozen_blocks)
     return model
 
 

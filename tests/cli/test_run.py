@@ -154,3 +154,47 @@ def test_quick_then_default_in_the_same_folder_reuses_and_recomputes(tmp_path):
     assert [v for k, v in status.items() if k.startswith("fine-tune donor")] and all(
         v == "computed" for k, v in status.items() if k.startswith("fine-tune donor")
     )
+
+
+FAMILY_ARGS = [
+    *(a for a in ARGS if a not in ("--budgets", "0.5")),
+    "--budgets",
+    "0.15,0.5",  # 0.15: below cnx (predicted 0.15-0.16 ms here), so the paths differ and share some blocks
+    "--targets",
+    "onnxruntime/fp32",
+    "--family",
+    "--allow-over-budget",  # the run's own shipped files are not what this test is about
+]
+
+
+@pytest.mark.slow
+def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
+    """`dery run --family` on two budgets: RUN/family loads, each path is within its budget or the run says which
+    is not, the blocks the paths share are stored once, and run.json's record reads back."""
+    from dery_deploy.deploy.family import load_family
+    from dery_deploy.pipeline.manifest import RunManifest
+
+    out = tmp_path / "run"
+    done = run_dery(*FAMILY_ARGS, "-o", str(out), timeout=3000)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = RunManifest.read(out / "run.json")
+    fam = m.family
+    assert fam is not None and not fam.note and [p.budget_ms for p in fam.paths] == [0.15, 0.5]
+    assert m.options.family and [res.budget_ms for res in m.results] == [0.15, 0.5]
+    loaded = load_family(out / "family")
+    assert [p.name for p in loaded.paths] == [p.name for p in fam.paths]
+    assert [p.plan for p in loaded.info.paths] == [p.plan for p in fam.paths]
+    report = (out / "report.md").read_text()
+    assert "## Family" in report and (out / "family.png").is_file()
+    for p in fam.paths:
+        assert p.top1 is not None and p.separate_top1 is not None and p.latency_ms is not None and p.verdict
+        assert p.within or p.name in report  # within its budget, or the report names it
+        if p.within is False:
+            assert f"{p.name} ({p.verdict})" in report
+    # the smaller path trained on the largest path's blocks, frozen (or is the largest path's network, where the
+    # program chose the same plan for both): the tensors they share are stored once
+    assert fam.paths[0].frozen_blocks or fam.paths[0].run == fam.paths[1].run, fam.paths[0]
+    assert fam.distinct_bytes < fam.paths_bytes and fam.separate_bytes > 0
+    shared = set(loaded.info.paths[0].tensors) & set(loaded.info.paths[1].tensors)
+    assert shared and loaded.info.weights.distinct_bytes == fam.distinct_bytes
+    assert RunManifest.from_dict(json.loads((out / "run.json").read_text())).family == fam

@@ -126,6 +126,27 @@ def test_phase_one_freezes_blocks(tiny_ws, small_task, tmp_path):
     assert any(not torch.equal(v, before[k]) for k, v in after.state_dict().items() if k.startswith("adapters."))
 
 
+def test_frozen_blocks_stay_byte_identical_through_seam_matching_and_both_phases(tiny_ws, small_task, tmp_path):
+    """A family path's blocks shared with its largest path (`frozen_blocks`, issue 28 option (a)): seam
+    matching, phase 1 and phase 2 leave every tensor of them as it started, BatchNorm statistics included,
+    while the private block trains."""
+    src = FinetuneSource.of_plan(tiny_plan(tiny_ws)).freezing([0, 2])
+    before = {k: v.clone() for k, v in load_run_model_or_build(src, tiny_ws).state_dict().items()}
+    recipe = Recipe(match_epochs=1, match_images=256, epochs_adapter=1, epochs_full=1, batch=50)
+    finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "r", log=None, progress=False)
+    after, _ = load_run_model(tmp_path / "r", tiny_ws.zoo)
+    state = after.state_dict()
+    for k, v in state.items():
+        if k.startswith(("blocks.0.", "blocks.2.")):
+            assert torch.equal(v, before[k]), k
+    assert any("running_mean" in k for k in state if k.startswith("blocks.0."))  # BN statistics were checked too
+    assert any(not torch.equal(v, before[k]) for k, v in state.items() if k.startswith("blocks.1."))
+    from dery_deploy.train.trainer import start_model
+
+    with pytest.raises(DeryError, match="frozen blocks \\[7\\]"):
+        start_model(src.freezing([7]), tiny_ws.zoo)
+
+
 def load_run_model_or_build(src, ws):
     from dery_deploy.train.finetune import build_model
 

@@ -1,0 +1,254 @@
+"""`dery run --family` (issue 28, training option (a)): once the run's budgets are done, one path per budget
+chosen together by the family program so that the paths share blocks, trained, shipped in RUN/family/ with
+each tensor once, and measured in one interleaved pass.
+
+- The family program (`assemble.family.solve_family`) over the run's feasible budgets on the run's ONNX
+  Runtime fp32 profile, each budget planned with the run's own planning margin (`assemble.pool`).
+- The largest budget's path is fine-tuned with the run's final recipe as a budget's pick is
+  (`stages.stage_finetune`, reused while its configuration holds); where it is the network the run already
+  healed at some budget, that trained network is reused.
+- Each smaller path is built by `build_net`, takes the largest path's trained weights for every block it
+  shares with it (same donor, same block range), holds those blocks frozen (`frozen_blocks` of the
+  fine-tune's source: requires_grad off, BatchNorm in eval) and trains its private blocks, adapters and head
+  with the same recipe and teacher. Its shared blocks are then the same bytes as the largest path's, so the
+  family's writer (`export.family.write_family`) stores them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from dery_deploy.artifacts import atomic_write_bytes
+from dery_deploy.assemble.candidates import plan_from_choice
+from dery_deploy.assemble.family import Family, solve_family
+from dery_deploy.assemble.pool import planned_budget, planning_margin
+from dery_deploy.assemble.program import Budget
+from dery_deploy.assemble.program_data import program_data
+from dery_deploy.deploy.family_info import FamilyInfo
+from dery_deploy.errors import DeryError
+from dery_deploy.export.family import FamilyMember, write_family
+from dery_deploy.network.plan import AssembledNet, Plan, build_net, load_plan, save_plan_with_weights
+from dery_deploy.network.plan_records import PlanBudget
+from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.family_record import FamilyPathRecord, FamilyRecord
+from dery_deploy.pipeline.records import BudgetResult
+from dery_deploy.pipeline.runner import Run
+from dery_deploy.pipeline.stages import stage_evaluate, stage_finetune
+from dery_deploy.profile.latency_model import LatencyModel, budget_us
+from dery_deploy.runtime.target import Target
+from dery_deploy.train.finetune import load_run_model
+from dery_deploy.train.source import FinetuneSource
+
+FAMILY_TARGET = Target("onnxruntime", "fp32")  # the one target a family ships on (export.family)
+FAMILY_DIR = "family"  # RUN/family: the shipped family
+PATHS_DIR = "family-paths"  # RUN/family-paths/<budget>ms: each path's plan, start state and run folder
+
+
+def family_model(models: list[LatencyModel]) -> LatencyModel | None:
+    """The run's ONNX Runtime fp32 latency model, which the family is planned and shipped on."""
+    return next((m for m in models if Target.of(m.profile) == FAMILY_TARGET), None)
+
+
+def stage_family(r: Run, ctx: Context) -> FamilyRecord:
+    """The family of the run's feasible budgets (module docstring), recorded in run.json and said in a line."""
+    r.say("[bold cyan]> family[/]" if r.console else "> family")
+    r.current = "family"
+    model = family_model(ctx.models)
+    feasible = [res for res in r.manifest.results if res.feasible]
+    note = ""
+    if model is None:  # --time-limit cut its profile
+        note = f"no family: this run did not profile {FAMILY_TARGET}, which a family ships on"
+    elif len(feasible) < 2:
+        note = f"no family: {len(feasible)} feasible budget(s); a family needs two or more"
+    if model is None or note:
+        r.say(f"  {note}")
+        return FamilyRecord(target=str(FAMILY_TARGET), note=note)
+    margin = planning_margin(model)
+    data = program_data(ctx.zoo, ctx.part, ctx.dis, model, ctx.task.num_classes, ctx.scores())
+    planned = [planned_budget(Budget(budget_us(res.budget_ms)), model) for res in feasible]
+    fam: Family = r.stage(
+        f"family program ({len(feasible)} budgets)",
+        lambda: None,
+        lambda: solve_family(data, planned),
+        lambda f: f"{f.status} in {f.seconds} s, stores {f.ratio:.2f}x the separate optima's parameters",
+    )
+    pct = r.opts.percentile
+    plans = [_path_plan(ctx, model, fp.choice, res.budget_ms, pct) for fp, res in zip(fam.paths, feasible)]
+    records, members = _train_paths(r, ctx, plans, feasible)
+    info = r.stage(
+        f"write family ({len(members)} paths, one interleaved pass)",
+        lambda: None,
+        lambda: write_family(r.out / FAMILY_DIR, members, ctx.task, threads=model.profile.threads or 1),
+        lambda i: f"{i.weights.distinct_bytes} distinct bytes of {i.weights.paths_bytes}",
+    )
+    rec = FamilyRecord(
+        str(r.out / FAMILY_DIR), str(FAMILY_TARGET), r.opts.percentile, margin, fam.delta, fam.price,
+        fam.status, fam.seconds, records, info.weights.distinct_bytes, info.weights.paths_bytes,
+        sum(p.separate_bytes or 0 for p in records),
+    )  # fmt: skip
+    _measured(rec, info, r.opts.percentile)
+    for p in rec.paths:
+        r.say(f"  {p.name} {p.budget_ms:g} ms: {p.plan}: top-1 {p.top1}% (separate {p.separate_top1}%), {p.verdict}")
+    r.say(
+        f"  family: {rec.distinct_bytes} distinct bytes against {rec.separate_bytes} shipped separately ({rec.ratio}x)"
+    )
+    return rec
+
+
+def _path_plan(ctx: Context, model: LatencyModel, choice: tuple[int, ...], budget_ms: float, percentile: int) -> Plan:
+    """A path's plan on the family's target, with its budget."""
+    plan = plan_from_choice(ctx.zoo, ctx.part, choice, ctx.task.num_classes)
+    plan.budget = PlanBudget(budget_ms, percentile)
+    plan.device, plan.backend, plan.precision = ctx.spec.id, FAMILY_TARGET.backend, FAMILY_TARGET.precision
+    plan.batch, plan.threads = model.profile.batch, model.profile.threads
+    return plan
+
+
+def _train_paths(
+    r: Run, ctx: Context, plans: list[Plan], results: list[BudgetResult]
+) -> tuple[list[FamilyPathRecord], list[FamilyMember]]:
+    """The largest path first (as a pick is trained, or reused), then each smaller one on its frozen shared
+    blocks; each evaluated on the test split. Returned in budget order."""
+    order = sorted(range(len(plans)), key=lambda i: -results[i].budget_ms)
+    records: dict[int, FamilyPathRecord] = {}
+    members: dict[int, FamilyMember] = {}
+    large: tuple[Plan, AssembledNet] | None = None
+    for i in order:
+        plan, res = plans[i], results[i]
+        frozen: list[int] = []
+        if large is None:
+            run_dir, trained = _train_largest(r, ctx, plan, res.budget_ms)
+        elif plan.signature() == large[0].signature():  # the program chose the largest path here too
+            run_dir, trained = Path(records[order[0]].run), "the largest path's network (the same plan)"
+        else:
+            run_dir, frozen = _train_smaller(r, ctx, plan, res.budget_ms, *large)
+            trained = f"on {len(frozen)} frozen block(s) shared with the largest path" if frozen else "nothing shared"
+        ev = stage_evaluate(r, run_dir, ctx.task, f"family path {res.budget_ms:g} ms")
+        net, _ = load_run_model(run_dir)
+        if large is None:
+            assert isinstance(net, AssembledNet)  # a family path always has a new head
+            large = (plan, net)
+        elif frozen:
+            _check_shared(net, frozen, plan, *large)
+        records[i] = _path_record(i, plan, res, run_dir, trained, frozen, ev.top1)
+        members[i] = FamilyMember(net, plan, ev.top1)
+    return [records[i] for i in range(len(plans))], [members[i] for i in range(len(plans))]
+
+
+def _train_largest(r: Run, ctx: Context, plan: Plan, budget_ms: float) -> tuple[Path, str]:
+    """The largest path's run folder: the run's healed best mix where it is this network, else fine-tuned
+    here with the run's final recipe from its least-squares adapters, as `budget.heal_best_mix` trains."""
+    name = plan.describe()
+    for res in r.manifest.results:
+        if res.mix is not None and res.run_mix and res.mix.plan.describe() == name:
+            return Path(res.run_mix), f"reused: the run's best mix at {res.budget_ms:g} ms"
+    folder = r.out / PATHS_DIR / f"{budget_ms:g}ms"
+    net = build_net(plan, ctx.zoo, ctx.dis)
+    ctx.fitter.init(net, plan)
+    path = save_plan_with_weights(plan, net, folder / "plan.json")
+    source = FinetuneSource.of_plan(load_plan(path), str(path.with_suffix(".safetensors").resolve()))
+    stage_finetune(
+        r, f"family: fine-tune {name} ({budget_ms:g} ms)", source, ctx.zoo, ctx.task, ctx.recipes.final,
+        folder / "run", eval_phase1=True, teacher=ctx.teacher,
+    )  # fmt: skip
+    return folder / "run", "largest path, the run's recipe"
+
+
+def shared_blocks(plan: Plan, large_plan: Plan) -> list[tuple[int, int]]:
+    """(block of `plan`, block of `large_plan`) pairs of the same donor and the same block range."""
+    where = {(b.donor, b.start, b.end): j for j, b in enumerate(large_plan.blocks)}
+    return [(i, where[k]) for i, b in enumerate(plan.blocks) if (k := (b.donor, b.start, b.end)) in where]
+
+
+def _train_smaller(
+    r: Run, ctx: Context, plan: Plan, budget_ms: float, large_plan: Plan, large_net: AssembledNet
+) -> tuple[Path, list[int]]:
+    """A smaller path fine-tuned with the run's recipe from its least-squares adapters and the largest path's
+    trained weights in every block it shares with it, those blocks frozen."""
+    from safetensors.torch import save
+
+    folder = r.out / PATHS_DIR / f"{budget_ms:g}ms"
+    net = build_net(plan, ctx.zoo, ctx.dis)
+    ctx.fitter.init(net, plan)
+    assert isinstance(net, AssembledNet)
+    pairs = shared_blocks(plan, large_plan)
+    for i, j in pairs:
+        net.blocks[i].load_state_dict(large_net.blocks[j].state_dict())
+    path = save_plan_with_weights(plan, net, folder / "plan.json")
+    state = save({k: v.detach().contiguous().clone() for k, v in net.state_dict().items()})
+    # named by content, so a retrained largest path makes another source (and so another fine-tune)
+    start = atomic_write_bytes(folder / f"start-{hashlib.sha256(state).hexdigest()[:16]}.safetensors", state)
+    frozen = [i for i, _ in pairs]
+    source = FinetuneSource.of_plan(load_plan(path)).starting_from(str(start.resolve())).freezing(frozen)
+    stage_finetune(
+        r, f"family: fine-tune {plan.describe()} ({budget_ms:g} ms, {len(frozen)} frozen)", source, ctx.zoo,
+        ctx.task, ctx.recipes.final, folder / "run", eval_phase1=True, teacher=ctx.teacher,
+    )  # fmt: skip
+    return folder / "run", frozen
+
+
+def _check_shared(net, frozen: list[int], plan: Plan, large_plan: Plan, large_net: AssembledNet) -> None:
+    """A bug check: the trained smaller path's frozen blocks are the largest path's, tensor for tensor."""
+    for i, j in shared_blocks(plan, large_plan):
+        a, b = net.blocks[i].state_dict(), large_net.blocks[j].state_dict()
+        if i not in frozen or any(not torch.equal(a[k], b[k]) for k in a):
+            raise RuntimeError(f"family path {plan.describe()}: shared block {i} changed while frozen")
+
+
+def _path_record(
+    i: int, plan: Plan, res: BudgetResult, run_dir: Path, trained: str, frozen: list[int], top1: float
+) -> FamilyPathRecord:
+    return FamilyPathRecord(
+        name=f"path-{i}",
+        plan=plan.describe(),
+        budget_ms=res.budget_ms,
+        run=str(run_dir),
+        trained=trained,
+        frozen_blocks=frozen,
+        top1=top1,
+        separate_plan=res.plan.describe() if res.plan else None,
+        separate_top1=res.top1,
+        separate_ms=res.measured_ms,
+        separate_bytes=_shipped_bytes(res),
+    )
+
+
+def _shipped_bytes(res: BudgetResult) -> int | None:
+    """The size of what the run ships at this budget: its exported file (and any external data beside it)."""
+    if not (res.export_dir and res.export and res.export.artifact):
+        return None
+    p = Path(res.export_dir) / res.export.artifact
+    if not p.exists():
+        return None
+    files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p, *p.parent.glob(p.name + ".data")]
+    return sum(f.stat().st_size for f in files)
+
+
+def _measured(rec: FamilyRecord, info: FamilyInfo, percentile: int) -> None:
+    """Each path's latency at the run's percentile (± its standard error, ms) and verdict from the family's pass."""
+    by_name = {p.name: p for p in info.paths}
+    for p in rec.paths:
+        fp = by_name[p.name]
+        lat, q = fp.latency, f"p{percentile}"
+        if lat is not None:
+            p.latency_ms = getattr(lat, f"{q}_ms")
+            p.latency_se_ms = round(p.latency_ms * lat.standard_error.get(q, 0.0), 6)
+        p.verdict = fp.budget.verdict
+        p.within = True if p.verdict.startswith("within") else False if p.verdict.startswith("OVER") else None
+
+
+def check_family_options(targets: list[str], budgets: list[float] | None, batch: int, quick: bool) -> None:
+    """--family's combinations, refused in one line before any work: it ships on ONNX Runtime fp32 at batch 1,
+    over two or more budgets."""
+    if quick and not budgets:
+        raise DeryError("--family needs two or more budgets and --quick chooses one: give --budgets A,B[,...]", "run")
+    if str(FAMILY_TARGET) not in targets:
+        searched = ", ".join(targets)
+        raise DeryError(f"--family ships on {FAMILY_TARGET}, which this run does not search ({searched})", "run")
+    if batch != 1:
+        raise DeryError(f"--family ships graphs at batch 1; this run's budgets are for batch {batch}", "run")
+    if budgets is not None and len(set(budgets)) < 2:
+        raise DeryError("--family needs two or more budgets: give --budgets A,B[,...]", "run")
