@@ -93,3 +93,15 @@ def test_a_source_is_a_plan_or_a_donor():
         FinetuneSource()
     with pytest.raises(DeryError, match="exactly one of the two"):
         FinetuneSource(plan=Plan.from_dict(PLAN), donor="res")
+
+
+def test_a_family_paths_source_names_its_frozen_blocks_last_and_a_donor_refuses_them():
+    """A family path (issue 28 option (a)) starts from its largest path's blocks and holds them frozen:
+    `frozen_blocks` is written after the start state, read back, and kept by `starting_from`."""
+    src = FinetuneSource.of_plan(Plan.from_dict(PLAN), WEIGHTS).starting_from(START).freezing([0, 2])
+    assert list(src.to_dict()) == ["plan", "adapter_weights", "start_weights", "frozen_blocks"]
+    assert src.to_dict()["frozen_blocks"] == [0, 2] and src.starting_from(START).frozen_blocks == (0, 2)
+    assert FinetuneSource.from_dict(json.loads(json.dumps(src.to_dict()))) == src
+    assert "frozen_blocks" not in FinetuneSource.of_plan(Plan.from_dict(PLAN), WEIGHTS).to_dict()
+    with pytest.raises(DeryError, match="no frozen blocks"):
+        FinetuneSource(donor="res", frozen_blocks=(0,))
