@@ -25,7 +25,7 @@ from torch import nn
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
 from dery_deploy.data.task import Task
 from dery_deploy.errors import DeryError
-from dery_deploy.network.plan import AssembledNet, build_net, load_stitch_weights
+from dery_deploy.network.plan import AssembledNet, Plan, build_net, load_stitch_weights
 from dery_deploy.train.checkpoint import (
     Checkpoint,
     CheckpointMeta,
@@ -59,7 +59,9 @@ from dery_deploy.zoo.load import dissect_zoo, load_donor
 def build_model(source: FinetuneSource, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
     """The network a run trains: an AssembledNet from a plan, or a donor with a new head."""
     if source.plan is not None:
-        return build_net(source.plan, zoo, dissections or dissect_zoo(zoo))
+        # build_net fills the plan's adapter and head records in place: on a copy, so the source (and so
+        # config.json, written after the build, and a rerun's comparison with it) stays what was asked for
+        return build_net(Plan.from_dict(source.plan.to_dict()), zoo, dissections or dissect_zoo(zoo))
     assert source.donor is not None  # a source is a plan or a donor
     model = load_donor(zoo, source.donor)
     model.reset_classifier(num_classes)  # type: ignore[operator]  # timm's, behind nn.Module.__getattr__

@@ -483,3 +483,15 @@ def test_phase_one_ends_at_its_epochs_or_a_plateau():
     assert next_phase([1], True, r) == (2, True)  # plateaued after one epoch
     assert next_phase([1, 2], True, r) == (None, True)
     assert next_phase([], True, Recipe(epochs_adapter=0, epochs_full=1)) == (2, True)
+
+
+def test_building_the_network_leaves_the_source_as_asked(tiny_ws):
+    """build_net fills a plan's adapter and head records in place; the source's plan must not change, or
+    config.json (written after the build) no longer matches a rerun's source and a resume is refused."""
+    from dery_deploy.train.finetune import build_model
+
+    src = FinetuneSource.of_plan(tiny_plan(tiny_ws))
+    before = src.to_dict()
+    assert not before["plan"]["adapters"]
+    build_model(src, tiny_ws.zoo)
+    assert src.to_dict() == before
