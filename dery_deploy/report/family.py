@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dery_deploy.artifacts import atomic_write_with
 from dery_deploy.pipeline.family_record import FamilyRecord
 from dery_deploy.pipeline.manifest import RunManifest
+from dery_deploy.report.plots import finish_accuracy_plot
 from dery_deploy.report.text import fmt_pct, md_table
 
 
@@ -93,14 +93,6 @@ def family_png(path: Path, m: RunManifest) -> Path | None:
     ax.scatter([], [], marker="o", color="#4c72b0", label="donor, fine-tuned")
     ax.scatter([], [], marker="s", color="#dd8452", label="separately trained pick")
     ax.scatter([], [], marker="*", color="#55a868", label="family path (shared blocks)")
-    ax.plot([], [], color="#999999", lw=0.8, ls="--", label="latency budget")
-    ax.legend(loc="best", fontsize=8)
-    ax.margins(x=0.12, y=0.12)
-    ax.set_xlabel(f"latency per image (ms, {fam.target}, batch 1, {m.device})")
-    ax.set_ylabel("top-1 accuracy on the test set (%)")
-    ax.set_title("The family's paths against separately trained networks", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return finish_accuracy_plot(
+        fig, ax, path, f"{fam.target}, batch 1, {m.device}", "The family's paths against separately trained networks"
+    )

@@ -60,12 +60,21 @@ def pareto_png(
         )
     ax.scatter([], [], marker="o", color="#4c72b0", label="donor, fine-tuned")
     ax.scatter([], [], marker="*", color="#dd5533", label="reassembled, fine-tuned")
+    title = "Accuracy vs latency: donors and reassembled networks (same recipe)"
+    return finish_accuracy_plot(fig, ax, path, f"{backend}, batch 1, {device}", title)
+
+
+def finish_accuracy_plot(fig, ax, path: Path, where: str, title: str) -> Path:
+    """The accuracy-vs-latency plots' common end: the budget line's legend entry, labels, title, grid, and
+    the PNG written atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     ax.plot([], [], color="#999999", lw=0.8, ls="--", label="latency budget")
     ax.legend(loc="best", fontsize=8)
     ax.margins(x=0.12, y=0.12)
-    ax.set_xlabel(f"latency per image (ms, {backend}, batch 1, {device})")
+    ax.set_xlabel(f"latency per image (ms, {where})")
     ax.set_ylabel("top-1 accuracy on the test set (%)")
-    ax.set_title("Accuracy vs latency: donors and reassembled networks (same recipe)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
