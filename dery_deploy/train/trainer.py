@@ -59,8 +59,7 @@ from dery_deploy.zoo.load import dissect_zoo, load_donor
 def build_model(source: FinetuneSource, zoo, dissections=None, num_classes: int = 10) -> nn.Module:
     """The network a run trains: an AssembledNet from a plan, or a donor with a new head."""
     if source.plan is not None:
-        # build_net fills the plan's adapter and head records in place: on a copy, so the source (and so
-        # config.json, written after the build, and a rerun's comparison with it) stays what was asked for
+        # on a copy: build_net fills the plan's adapter/head records, and config.json keeps the plan as asked
         return build_net(Plan.from_dict(source.plan.to_dict()), zoo, dissections or dissect_zoo(zoo))
     assert source.donor is not None  # a source is a plan or a donor
     model = load_donor(zoo, source.donor)
