@@ -33,7 +33,15 @@ from torch import nn
 
 from dery_deploy.assemble.stage import FINALISTS
 from dery_deploy.data.task import Task
-from dery_deploy.pipeline.records import STEPS_TIMED, GroupTime, Part, RunEstimate, minutes
+from dery_deploy.pipeline.records import (
+    REMEASURE_SECONDS,
+    REMEASURES,
+    STEPS_TIMED,
+    GroupTime,
+    Part,
+    RunEstimate,
+    minutes,
+)
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select.halving import ETA, SCREEN_FOLDS, default_folds, rung_recipe
 
@@ -47,7 +55,7 @@ EVAL_SHARE = 0.2  # an evaluation image's share of a training image (no_grad, ev
 EXPORT_ITEMS = 8  # one export: ONNX from the checkpoint, parity, its own measurement pass
 PAIR_ITEMS = 2  # one (network, target) pair of the finalists' or the final pass
 PASS_ITEMS = 12  # a later pass's own start: a measurement worker, the machine's reference workload
-REMEASURE_ITEMS = 8  # the final pass's two re-measurements of a shipped file, alone with the reference
+REMEASURE_ITEMS = 8  # a shipped file's share of the final pass's re-measurements (its export, a worker's start)
 
 
 def step_seconds(model: nn.Module, task: Task, batch: int, seed: int = 0) -> float:
@@ -167,8 +175,8 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         evaluate("evaluate best mix", mix_s)
         parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget)]
     compared = plan.targets * (len(plan.final_donors) + len(plan.budgets)) + len(plan.budgets)
-    remeasure = len(plan.budgets) * REMEASURE_ITEMS
-    parts.append(Part("final measurement", "measurement", (PASS_ITEMS + compared * PAIR_ITEMS + remeasure) * item_s))
+    remeasure = len(plan.budgets) * REMEASURE_ITEMS * item_s + REMEASURES * REMEASURE_SECONDS
+    parts.append(Part("final measurement", "measurement", (PASS_ITEMS + compared * PAIR_ITEMS) * item_s + remeasure))
     return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
 
 

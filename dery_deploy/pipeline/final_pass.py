@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,8 @@ from dery_deploy.export.verdict import budget_check, relate_to_machine
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.own_budget import raise_own_budget
 from dery_deploy.pipeline.records import (
+    REMEASURE_SECONDS,
+    REMEASURES,
     BudgetResult,
     DonorFit,
     DonorResult,
@@ -35,7 +37,6 @@ from dery_deploy.pipeline.records import (
 )
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.second_look import (
-    REMEASURES,
     admitted_disagreement,
     by_target,
     compared_key,
@@ -95,7 +96,7 @@ def reference_key(runtime: str, threads: int) -> str:
 
 
 def _measure_in_worker(
-    compared: list[Compared], example, percentile: int, progress
+    compared: list[Compared], example, opts: TimingOptions, progress
 ) -> tuple[dict[str, Measurement], PassSummary]:
     task = progress.add_task("final measurement: export", total=len(compared)) if progress else None
     with tempfile.TemporaryDirectory(prefix="dery-final-") as tmp:
@@ -115,19 +116,27 @@ def _measure_in_worker(
             if progress:
                 progress.update(task, description=f"final measurement: window {done}/{planned} (measurement worker)")
 
-        res = measure_files(items, TimingOptions.for_budget(percentile), progress=tick if progress else None)
+        res = measure_files(items, opts, progress=tick if progress else None)
     refs = {k: res.measurements.pop(k).promise_at(50) for k in list(res.measurements) if k.startswith(REFERENCE_KEY)}
     res.summary.references_ms = {k.removeprefix(REFERENCE_KEY + "|"): round(v, 5) for k, v in refs.items()}
     return res.measurements, res.summary
 
 
 def measure_compared(
-    compared: list[Compared], device: str, example, percentile: int, threads: int | None, progress=None
+    compared: list[Compared],
+    device: str,
+    example,
+    percentile: int,
+    threads: int | None,
+    progress=None,
+    min_s: float = 0.0,
 ) -> tuple[dict[str, Measurement], PassSummary]:
-    """One interleaved pass over every compared network on its target (see the module docstring); in a
-    measurement worker where every target runs a file on the CPU (`runtime.worker`)."""
+    """One interleaved pass over every compared network on its target (see the module docstring), lasting
+    at least `min_s` seconds; in a measurement worker where every target runs a file on the CPU
+    (`runtime.worker`)."""
+    opts = replace(TimingOptions.for_budget(percentile), min_s=min_s)
     if compared and all(isolated(c.backend, device) for c in compared):
-        return _measure_in_worker(compared, example, percentile, progress)
+        return _measure_in_worker(compared, example, opts, progress)
     task = progress.add_task("final measurement: build", total=len(compared)) if progress else None
     runners = {}
     with torch_threads(threads):
@@ -142,7 +151,7 @@ def measure_compared(
 
     return measure_interleaved(
         {k: (r.call, r.cuda, r.stream) for k, r in runners.items()},
-        TimingOptions.for_budget(percentile),
+        opts,
         threads,
         tick if progress else None,
     )
@@ -211,7 +220,8 @@ def measure_with_second_looks(
     r: Run, compared: list[Compared], device: str, x, threads: int | None, key: dict
 ) -> FinalPassFile:
     """The final pass over `compared`, then each shipped file it found suspect (`ship_suspects`) measured
-    again alone with the machine's reference, REMEASURES times: final_pass.json, made for `key`."""
+    again alone with the machine's reference, REMEASURES times for REMEASURE_SECONDS each: final_pass.json,
+    made for `key`."""
     with r.progress() as prog:
         meas, summary = measure_compared(compared, device, x, r.opts.percentile, threads, prog)
     out = FinalPassFile(key, summary, meas)
@@ -226,7 +236,7 @@ def measure_with_second_looks(
         )
         with r.progress() as prog:
             again, s = measure_compared(
-                [c for c in compared if c.key in keys], device, x, r.opts.percentile, threads, prog
+                [c for c in compared if c.key in keys], device, x, r.opts.percentile, threads, prog, REMEASURE_SECONDS
             )
         out.remeasured.append(SecondLook(keys, s, again))
     return out
@@ -300,7 +310,7 @@ def judge_shipped(
     r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, Measurement], quiet: bool = False
 ) -> None:
     """One budget's shipped file judged against its budget (the raised one, where the run raised a budget
-    it had chosen itself) by its final-pass measurement, or the median of that and its re-measurements
+    it had chosen itself) by its final-pass measurement, or the slowest of that and its re-measurements
     where there were some (`verdict_measurement`); its export report and package rewritten with that
     verdict. `quiet`: judging again, the measurements were said the first time."""
     b, q = res.budget_ms, r.opts.percentile
@@ -318,7 +328,8 @@ def judge_shipped(
         r.say(
             f"  budget {b:g} ms: the shipped file measured {history[0]:.4f} ms in the final pass, then "
             + ", ".join(f"{ms:.4f}" for ms in history[1:])
-            + f" ms re-measured alone; the verdict reads the median, {shipped.promise_at(q):.4f} ms"
+            + f" ms re-measured alone; the verdict reads the slowest, {shipped.promise_at(q):.4f} ms"
+            + (f" (the figures span {100 * (max(history) / min(history) - 1):.0f}%)" if min(history) > 0 else "")
         )
     res.admitted_disagreement = admitted_disagreement(r, res, target, history[0], quiet)
     f = shipped_file
@@ -329,7 +340,7 @@ def judge_shipped(
     ref_now = summary.references_ms.get(ref_key)
     verdict = relate_to_machine(verdict, ref_now, f.reference_ms)
     verdict.measured_in = "the run's final pass, beside every compared network" + (
-        f", then re-measured alone {len(history) - 1} time(s) with the machine's reference (the median figure)"
+        f", then re-measured alone {len(history) - 1} time(s) with the machine's reference (the slowest figure)"
         if len(history) > 1
         else ""
     )

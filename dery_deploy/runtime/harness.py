@@ -58,6 +58,8 @@ class TimingOptions:
         min_windows: windows every item gets, interleaved round-robin.
         target: relative uncertainty an item must reach to be stable.
         max_s: timed seconds the pass may spend on top of its minimum windows to reach the target.
+        min_s: wall seconds the rounds over every item last at least: a host whose speed moves in spells
+            of seconds shows a short pass one spell only.
         percentile: the per-call percentile the caller will judge (more calls per window for 90 and 99).
     """
 
@@ -68,6 +70,7 @@ class TimingOptions:
     percentile: int = 50
     seed: int = 0
     statistic: str = "quiet"  # whose uncertainty must reach `target`: "quiet" windows, or "all" calls (a promise)
+    min_s: float = 0.0  # every item keeps its turn in the rounds until the pass has lasted this long
 
     def min_calls(self) -> int:
         return {50: 5, 90: 20, 99: 100}[self.percentile]
@@ -344,7 +347,11 @@ def measure_interleaved(
             if progress:
                 progress(sum(len(i.windows) for i in items.values()), planned)
 
+        t_first = time.perf_counter()
         for _ in range(opts.min_windows):
+            window_round(list(keys))
+        while time.perf_counter() - t_first < opts.min_s:
+            planned = max(planned, sum(len(i.windows) for i in items.values()) + len(keys))
             window_round(list(keys))
         # more windows for the items whose estimate is still uncertain, while the pass's time allows
         t_extra = time.perf_counter()

@@ -57,7 +57,7 @@ def summary(reference_ms: float) -> PassSummary:
     return PassSummary(1, 10, 1.0, 0.01, 0, 1, "now", references_ms={"onnxruntime/t1": reference_ms})
 
 
-def test_the_verdict_reads_the_median_measurement_of_a_shipped_file():
+def test_the_verdict_reads_the_slowest_measurement_of_a_shipped_file():
     key = "ship:1|onnxruntime/fp32"
     first = summary(0.2)
     fp = FinalPassFile(
@@ -67,12 +67,16 @@ def test_the_verdict_reads_the_median_measurement_of_a_shipped_file():
         [SecondLook([key], summary(0.15), {key: measured(1.2)}), SecondLook([key], summary(0.1), {key: measured(0.9)})],
     )
     m, s, history = verdict_measurement(fp, key, 50)
-    assert m.promise_at(50) == 1.2 and s.references_ms["onnxruntime/t1"] == 0.15 and history == [1.5, 1.2, 0.9]
-    # one low re-measurement does not carry the verdict: a final pass at 1.5, alone 1.45 then 0.9 reads 1.45
-    fp.remeasured[0].measurements[key] = measured(1.45)
-    assert verdict_measurement(fp, key, 50)[0].promise_at(50) == 1.45
-    # two figures: the higher (the verdict never rests on the lower of a disagreeing pair)
-    two = replace(fp, remeasured=fp.remeasured[1:])
+    assert m.promise_at(50) == 1.5 and s is first and history == [1.5, 1.2, 0.9]
+    # two low re-measurements (one fast spell of the host) do not carry the verdict below the final pass's
+    # figure: seen, 0.1488 then 0.1167 and 0.1161 ms, read as 0.1167, then 0.144-0.168 ms alone
+    fp.remeasured[0].measurements[key] = measured(0.95)
+    assert verdict_measurement(fp, key, 50)[0].promise_at(50) == 1.5
+    # a slower re-measurement is the promise, with its own pass's reference
+    fp.remeasured[1].measurements[key] = measured(1.7)
+    m, s, _ = verdict_measurement(fp, key, 50)
+    assert m.promise_at(50) == 1.7 and s.references_ms["onnxruntime/t1"] == 0.1
+    two = replace(fp, remeasured=fp.remeasured[:1])
     assert verdict_measurement(two, key, 50)[0].promise_at(50) == 1.5
     m, s, history = verdict_measurement(fp, "donor:a|onnxruntime/fp32", 50)
     assert history == [3.0] and s is first
@@ -113,7 +117,7 @@ def test_the_report_says_the_shipped_file_was_re_measured_and_which_figure_the_v
     r = BudgetResult(1.0, measured_history_ms=[1.7, 1.5], export=ExportRecord("onnx", error="x", budget=v))
     text = "\n".join(exports(r))
     assert "measured 1.7000 ms in the final pass" in text and "re-measured alone" in text and "1.5000 ms" in text
-    assert "The verdict reads the median" in text
+    assert "The verdict reads the slowest" in text
     assert "60% slower than when the file was exported" in text
     once = BudgetResult(1.0, measured_history_ms=[1.7], export=ExportRecord("onnx", error="x"))
     assert "re-measured" not in "\n".join(exports(once))

@@ -47,6 +47,28 @@ def test_drift_during_a_pass_hits_every_item_alike():
     assert summary.items == 2 and summary.noise_index > 0.5  # the slow windows show as noise
 
 
+def test_a_pass_asked_to_last_keeps_every_item_in_the_rounds_until_then():
+    # the "machine" runs 1.5x slower from 0.3 s on: a pass of 3 windows alone would end before that, in
+    # one spell; asked to last 0.6 s, every item keeps its turn and sees both
+    t0 = time.perf_counter()
+
+    def factor() -> float:
+        return 1.5 if time.perf_counter() - t0 > 0.3 else 1.0
+
+    res, summary = measure_interleaved(
+        {
+            "a": (lambda: spin(0.1 * factor()), False, None),
+            "b": (lambda: spin(0.2 * factor()), False, None),
+        },
+        TimingOptions(min_windows=3, window_s=0.005, target=0.5, max_s=0, min_s=0.6),
+    )
+    assert summary.seconds >= 0.6
+    for m in res.values():
+        assert m.windows > 20
+        assert max(m.window_medians_ms) > 1.35 * min(m.window_medians_ms)
+    assert abs(res["a"].windows - res["b"].windows) <= 1
+
+
 def test_disturbed_windows_are_ignored_and_counted_as_noise():
     calls = {"n": 0}
 
