@@ -180,14 +180,22 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
     return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
 
 
+# the ETA's scale counts this share of the whole estimate as already finished on time: one short stage far
+# off its estimate does not rescale the whole run (a clean-clone run's first 34 s part took 166 s on a
+# loaded machine, and the line said "about 412 min left" of an 86-minute estimate)
+ETA_PRIOR_SHARE = 0.1
+
+
 class Eta:
     """The whole run's remaining time as stages finish: the estimate of the parts not yet done, scaled by
-    how long the finished parts took against their estimates (1 until one has finished)."""
+    how long the finished parts took against their estimates, shrunk towards 1 by ETA_PRIOR_SHARE of the
+    whole estimate (1 until one has finished)."""
 
     def __init__(self, est: RunEstimate):
         self.est = est
         self.todo = list(est.parts)
         self.done: list[tuple[Part, float]] = []
+        self.prior_s = ETA_PRIOR_SHARE * sum(p.seconds for p in est.parts)
 
     def finished(self, stage: str, seconds: float, reused: bool = False) -> bool:
         """Mark the first part not yet done whose name `stage` starts with as done in `seconds` (a reused
@@ -203,7 +211,9 @@ class Eta:
     @property
     def ratio(self) -> float:
         est = sum(p.seconds for p, _ in self.done)
-        return sum(s for _, s in self.done) / est if est > 1.0 else 1.0
+        if est <= 1.0:
+            return 1.0
+        return (sum(s for _, s in self.done) + self.prior_s) / (est + self.prior_s)
 
     def left_s(self) -> float:
         return self.ratio * sum(p.seconds for p in self.todo)

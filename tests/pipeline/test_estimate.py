@@ -102,7 +102,20 @@ def test_eta_scales_what_is_left_by_how_the_finished_stages_went():
     eta = Eta(est)
     assert eta.left_s() == 300
     assert eta.finished("train a (ce, 0.1 ms)", 150)  # took 1.5x its estimate
-    assert eta.left_s() == pytest.approx(300) and not eta.finished("something else", 5)
+    # scaled by (150 + 30) / (100 + 30): a tenth of the whole estimate counts as finished on time
+    assert eta.left_s() == pytest.approx(200 * 180 / 130) and not eta.finished("something else", 5)
     assert eta.record() == {"training": GroupTime(100, 150)}
     assert eta.finished("train b", 0.1, reused=True) and eta.left_s() == 0  # reused: done, not counted
     assert "so far, about 0 s left" in eta.line(60)
+
+
+def test_one_short_stage_far_off_its_estimate_does_not_rescale_the_whole_run():
+    # seen: an 86-minute estimate, its first 34 s part took 166 s, and the line said 412 minutes were left
+    parts = [Part("fine-tune donor a (ce", "training", 34)] + [Part(f"p{i}", "training", 500) for i in range(10)]
+    eta = Eta(RunEstimate(0.0, parts, {}, 1.0))
+    eta.finished("fine-tune donor a (ce, 0.1 ms)", 166)
+    assert 5000 < eta.left_s() < 1.3 * 5000
+    for i in range(10):  # the run really is 2x slower: the scale gets there as the stages finish
+        eta.finished(f"p{i}", 1000)
+        if i == 4:
+            assert eta.left_s() == pytest.approx(2500 * (5166 + 503.4) / (2534 + 503.4))
