@@ -246,13 +246,18 @@ def item_seconds(stages: list, models: list) -> float:
 
 def make_estimate(plan: Plan, zoo, task: Task, stages: list, models: list, after_s: float, seed: int) -> RunEstimate:
     """Time a few training steps of every donor the run will train, then estimate the rest (`estimate`)."""
+    from dery_deploy.runtime.resources import MachineLoad
     from dery_deploy.train.source import FinetuneSource
     from dery_deploy.train.trainer import build_model
 
+    load = MachineLoad()
+    load.start()
     for n in sorted(set(plan.teacher_pool) | set(plan.final_donors)):
         model = build_model(FinetuneSource.of_donor(n), zoo, num_classes=task.num_classes)
         plan.step_s[n] = step_seconds(model, task, plan.final.batch, seed)
         if plan.final.distill:
             big = plan.final.batch + distill_batch(plan.final, len(task.train))
             plan.distill_s[n] = step_seconds(model, task, big, seed)
-    return estimate(plan, task, item_seconds(stages, models), after_s)
+    est = estimate(plan, task, item_seconds(stages, models), after_s)
+    est.other_load_cores = load.stop()
+    return est

@@ -12,7 +12,7 @@ from dery_deploy.assemble.candidates import CandidateRecord
 from dery_deploy.assemble.stage import SolverSummary
 from dery_deploy.export.report import ExportRecord
 from dery_deploy.network.plan import Plan
-from dery_deploy.runtime.harness import Measurement, PassSummary
+from dery_deploy.runtime.harness import BUSY_CORES, Measurement, PassSummary
 from dery_deploy.schema import load_dataclass
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.results import SeamEpoch
@@ -352,6 +352,8 @@ class RunEstimate:
     made_in_s: float | None = None
     this_run: bool | None = None
     actual: dict[str, GroupTime] = field(default_factory=dict)
+    # other processes' CPU use while the training steps were timed (cores; None where /proc cannot say)
+    other_load_cores: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -365,9 +367,16 @@ class RunEstimate:
 
     def line(self) -> str:
         groups = ", ".join(f"{g} {minutes(s)}" for g, s in sorted(self.by_group().items(), key=lambda kv: -kv[1]))
+        busy = (
+            f"; other processes used {self.other_load_cores:.1f} cores while the steps were timed, so the training "
+            "times are unreliable"
+            if self.other_load_cores is not None and self.other_load_cores >= BUSY_CORES
+            else ""
+        )
         return (
             f"the rest of this run: about {minutes(self.seconds)} on this machine ({groups}; training timed on "
-            f"{STEPS_TIMED} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles took)"
+            f"{STEPS_TIMED} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles "
+            f"took{busy})"
         )
 
     def to_dict(self) -> dict:

@@ -84,7 +84,10 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     ev = next(p for p in est.parts if p.stage == "evaluate donor a")
     assert ev.seconds == pytest.approx(len(fashion_task.test) * 1e-3 * EVAL_SHARE)
     assert est.seconds == pytest.approx(sum(est.by_group().values()))
-    assert "the rest of this run: about" in est.line()
+    assert "the rest of this run: about" in est.line() and "unreliable" not in est.line()
+    # steps timed while other processes computed: the line says the training times cannot be trusted
+    assert "used 1.2 cores while the steps were timed" in replace(est, other_load_cores=1.2).line()
+    assert "unreliable" not in replace(est, other_load_cores=0.05).line()
     # a target left out of selection (pipeline/targets.py) is not measured with the finalists: one pair less per
     # candidate (2 finalists + donor a under 0.2 ms); the final pass still measures every target
     one = estimate(replace(plan, searched_targets=1), fashion_task, item_s=0.5, after_s=100)
