@@ -198,12 +198,14 @@ def seed_row(run, folder: Path, wall_s: float) -> dict:
         }
         for p in fam.paths
     ]
-    family_s = sum(s.seconds for s in run.stages if "family" in s.name)
+    family_s = sum(s.seconds for s in run.stages if "family" in s.stage)
     return {
         "wall_s": wall_s,
         "run_seconds": run.seconds,
         "family_stage_seconds": round(family_s, 1),
         "family_fraction_of_run": round(family_s / run.seconds, 4) if run.seconds else None,
+        # what building the family adds to the run without it (issue 28: at most 20%)
+        "family_added_to_run": round(family_s / (run.seconds - family_s), 4) if run.seconds > family_s else None,
         "within": sum(1 for p in fam.paths if p.within),
         "paths": paths,
         "before_passes": fam.before_passes,
@@ -232,6 +234,7 @@ def summary(seeds: dict) -> dict:
         "bytes_ratio": [s["bytes_ratio"] for s in rows],
         "at_budget_ok": f"{sum(s['at_budget'].get('ok', 0) for s in rows)} of {SWEEP * len(rows)}",
         "family_fraction_of_run": [s["family_fraction_of_run"] for s in rows],
+        "family_added_to_run": [s["family_added_to_run"] for s in rows],
     }
 
 

@@ -98,9 +98,9 @@ def stage_family(r: Run, ctx: Context) -> FamilyRecord:
     )  # fmt: skip
     _measured(rec, info, r.opts.percentile)
     for p in rec.paths:
-        before = f"{p.before_ms:.4f} ± {p.before_se_ms:.4f} ms before training" if p.before_ms is not None else ""
-        r.say(f"  {p.name} {p.budget_ms:g} ms: {p.plan}: top-1 {p.top1}% (separate {p.separate_top1}%), {p.verdict}"
-              f" ({before})")  # fmt: skip
+        before = f" ({p.before_ms:.4f} ± {p.before_se_ms:.4f} ms before training)" if p.before_ms is not None else ""
+        top1 = f"top-1 {p.top1}% (separate {p.separate_top1}%)"
+        r.say(f"  {p.name} {p.budget_ms:g} ms: {p.plan}: {top1}, {p.verdict}{before}")
     r.say(
         f"  family: {rec.distinct_bytes} distinct bytes against {rec.separate_bytes} shipped separately ({rec.ratio}x)"
     )
