@@ -69,6 +69,10 @@ class Family:
         Raises:
             DeryError: no path is within the budget (one line, with the fastest path's figure).
         """
+        return self.predictor(self.pick(ms, percentile).name)
+
+    def pick(self, ms: float, percentile: int = 50) -> FamilyPath:
+        """The path `at_budget` answers with, without building its session (raises as it does)."""
         if percentile not in (50, 90, 99):
             raise DeryError(f"percentile must be 50, 90 or 99 (of single calls), got {percentile}", "deploy")
         self._warn_if_elsewhere()
@@ -82,8 +86,7 @@ class Family:
                 f"({self._source()})",
                 "deploy",
             )
-        best = max(fits, key=lambda p: (p.top1, -figures[p.name][0]))
-        return self.predictor(best.name)
+        return max(fits, key=lambda p: (p.top1, -figures[p.name][0]))
 
     def measure(
         self,

@@ -4,6 +4,9 @@ each tensor once, and measured in one interleaved pass.
 
 - The family program (`assemble.family.solve_family`) over the run's feasible budgets on the run's ONNX
   Runtime fp32 profile, each budget planned with the run's own planning margin (`assemble.pool`).
+- Before any training every chosen path is measured untrained in one interleaved pass on the family's target,
+  and one over its budget is replaced (`family_check`: the program solved again with that budget lowered by
+  the excess, at most twice, else the run's separate plan at that budget).
 - The largest budget's path is fine-tuned with the run's final recipe as a budget's pick is
   (`stages.stage_finetune`, reused while its configuration holds); where it is the network the run already
   healed at some budget, that trained network is reused.
@@ -33,6 +36,7 @@ from dery_deploy.export.family import FamilyMember, write_family
 from dery_deploy.network.plan import AssembledNet, Plan, build_net, load_plan, save_plan_with_weights
 from dery_deploy.network.plan_records import PlanBudget
 from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.family_check import CheckedFamily, check_paths, measure_plans, solver
 from dery_deploy.pipeline.family_record import FamilyPathRecord, FamilyRecord
 from dery_deploy.pipeline.records import BudgetResult
 from dery_deploy.pipeline.runner import Run
@@ -75,27 +79,67 @@ def stage_family(r: Run, ctx: Context) -> FamilyRecord:
         lambda: solve_family(data, planned),
         lambda f: f"{f.status} in {f.seconds} s, stores {f.ratio:.2f}x the separate optima's parameters",
     )
-    pct = r.opts.percentile
-    plans = [_path_plan(ctx, model, fp.choice, res.budget_ms, pct) for fp, res in zip(fam.paths, feasible)]
+    checked = _check_before_training(r, ctx, model, data, fam, planned, feasible)
+    fam, plans = checked.family, checked.plans
     records, members = _train_paths(r, ctx, plans, feasible)
+    _before(records, checked)
     info = r.stage(
         f"write family ({len(members)} paths, one interleaved pass)",
         lambda: None,
         lambda: write_family(r.out / FAMILY_DIR, members, ctx.task, threads=model.profile.threads or 1),
         lambda i: f"{i.weights.distinct_bytes} distinct bytes of {i.weights.paths_bytes}",
     )
+    loads = [p.other_load_cores for p in checked.passes if p.other_load_cores is not None]
     rec = FamilyRecord(
         str(r.out / FAMILY_DIR), str(FAMILY_TARGET), r.opts.percentile, margin, fam.delta, fam.price,
         fam.status, fam.seconds, records, info.weights.distinct_bytes, info.weights.paths_bytes,
-        sum(p.separate_bytes or 0 for p in records),
+        sum(p.separate_bytes or 0 for p in records), before_passes=len(checked.passes),
+        before_other_load_cores=max(loads) if loads else None, before_notes=checked.lines,
     )  # fmt: skip
     _measured(rec, info, r.opts.percentile)
     for p in rec.paths:
-        r.say(f"  {p.name} {p.budget_ms:g} ms: {p.plan}: top-1 {p.top1}% (separate {p.separate_top1}%), {p.verdict}")
+        before = f" ({p.before_ms:.4f} ± {p.before_se_ms:.4f} ms before training)" if p.before_ms is not None else ""
+        top1 = f"top-1 {p.top1}% (separate {p.separate_top1}%)"
+        r.say(f"  {p.name} {p.budget_ms:g} ms: {p.plan}: {top1}, {p.verdict}{before}")
     r.say(
         f"  family: {rec.distinct_bytes} distinct bytes against {rec.separate_bytes} shipped separately ({rec.ratio}x)"
     )
     return rec
+
+
+def _check_before_training(
+    r: Run, ctx: Context, model: LatencyModel, data, fam: Family, planned: list[Budget], feasible: list[BudgetResult]
+) -> CheckedFamily:
+    """Every chosen path measured untrained in one pass, an over-budget one replaced (`family_check`)."""
+    pct, threads = r.opts.percentile, model.profile.threads or 1
+    checked = r.stage(
+        f"family: measure {len(feasible)} paths before training",
+        lambda: None,
+        lambda: check_paths(
+            fam,
+            planned,
+            [res.budget_ms for res in feasible],
+            lambda choice, b: _path_plan(ctx, model, choice, b, pct),
+            [res.plan for res in feasible],
+            lambda plans: measure_plans(plans, ctx.zoo, ctx.dis, threads, pct),
+            solver(data),
+            pct,
+        ),  # fmt: skip
+        lambda c: (
+            f"{len(c.passes)} pass(es), {len(c.fallbacks)} fallback(s); "
+            + ", ".join(f"{k.latency_ms:.4f} ± {k.se_ms:.4f} ms of {k.budget_ms:g}" for k in c.checks)
+        ),
+    )
+    for line in checked.lines:
+        r.say(f"  {line}")
+    return checked
+
+
+def _before(records: list[FamilyPathRecord], checked: CheckedFamily) -> None:
+    """Each path's figure before training into its record."""
+    for i, (p, c) in enumerate(zip(records, checked.checks)):
+        p.before_ms, p.before_se_ms, p.before_within = c.latency_ms, c.se_ms, c.within
+        p.fallback = i in checked.fallbacks
 
 
 def _path_plan(ctx: Context, model: LatencyModel, choice: tuple[int, ...], budget_ms: float, percentile: int) -> Plan:

@@ -30,6 +30,11 @@ class FamilyPathRecord:
     separate_top1: float | None = None
     separate_ms: float | None = None  # its latency in the run's final pass (else its export's)
     separate_bytes: int | None = None  # its shipped file's size
+    # its untrained network measured before any training (`pipeline.family_check`), ms at the run's percentile
+    before_ms: float | None = None
+    before_se_ms: float | None = None
+    before_within: bool | None = None
+    fallback: bool = False  # measured over before training, replaced by the run's separate plan at this budget
 
     @property
     def difference(self) -> float | None:
@@ -56,6 +61,9 @@ class FamilyRecord:
     distinct_bytes: int = 0  # weights.bin's tensors, each once
     paths_bytes: int = 0  # the paths' initializers summed, as separate graphs of them would hold
     separate_bytes: int = 0  # the run's own shipped files at these budgets, summed
+    before_passes: int = 0  # passes before training (one, plus one per re-solve and one after a fallback)
+    before_other_load_cores: float | None = None  # the most other processes used in those passes (cores)
+    before_notes: list[str] = field(default_factory=list)  # re-solves and fallbacks, as said on the terminal
     note: str = ""
 
     @property

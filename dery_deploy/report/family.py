@@ -33,6 +33,7 @@ def family_section(m: RunManifest, png: Path | None) -> list[str]:
                 f"{p.budget_ms:g}",
                 f"`{p.plan}`",
                 fmt_pct(p.top1),
+                _ms(p.before_ms, p.before_se_ms) + (" (fallback)" if p.fallback else ""),
                 _ms(p.latency_ms, p.latency_se_ms),
                 "yes" if p.within else ("**no**" if p.within is False else "undecided"),
                 f"`{p.separate_plan}`" if p.separate_plan else "-",
@@ -42,7 +43,8 @@ def family_section(m: RunManifest, png: Path | None) -> list[str]:
                 p.trained,
             ]
         )
-    header = ["budget (ms)", "family path", "top-1", f"p{fam.percentile} (ms)", "within"]
+    q = f"p{fam.percentile}"
+    header = ["budget (ms)", "family path", "top-1", f"{q} before training (ms)", f"{q} family pass (ms)", "within"]
     header += ["separate pick", "its top-1", "its latency (ms)", "top-1 difference", "trained"]
     mb = 1e6
     lines += [
@@ -52,8 +54,13 @@ def family_section(m: RunManifest, png: Path | None) -> list[str]:
         "The largest path is fine-tuned as a budget's pick is; each smaller one takes the largest path's trained "
         "weights in the blocks it shares with it, frozen, and trains its own blocks, adapters and head (same "
         "recipe and teacher). Latencies of the paths are from the family's own interleaved pass; the separate "
-        "picks' from the run's final pass.",
+        "picks' from the run's final pass. Before any training each chosen path's untrained network was measured "
+        f"in one interleaved pass ({fam.before_passes} pass(es){_load(fam.before_other_load_cores)}); a path over "
+        "its budget there has its planned budget lowered by the excess and the program solved again (at most "
+        "twice), else falls back to the separate pick's plan.",
         "",
+        *[f"- {n}" for n in fam.before_notes],
+        *([""] if fam.before_notes else []),
         md_table(header, rows),
         "",
         f"Weights: {fam.distinct_bytes / mb:.3f} MB stored once (the paths' graphs hold {fam.paths_bytes / mb:.3f} MB "
@@ -66,6 +73,10 @@ def family_section(m: RunManifest, png: Path | None) -> list[str]:
     if png is not None:
         lines += [f"![Family vs separate networks]({png.name})", ""]
     return lines
+
+
+def _load(cores: float | None) -> str:
+    return f", other processes using up to {cores:.2f} cores" if cores else ""
 
 
 def family_png(path: Path, m: RunManifest) -> Path | None:

@@ -185,9 +185,12 @@ def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
     assert [p.name for p in loaded.paths] == [p.name for p in fam.paths]
     assert [p.plan for p in loaded.info.paths] == [p.plan for p in fam.paths]
     report = (out / "report.md").read_text()
-    assert "## Family" in report and (out / "family.png").is_file()
+    assert "## Family" in report and (out / "family.png").is_file() and "before training" in report
+    assert fam.before_passes >= 1
     for p in fam.paths:
         assert p.top1 is not None and p.separate_top1 is not None and p.latency_ms is not None and p.verdict
+        # measured untrained before any training, in the worker's pass: a figure with its standard error
+        assert p.before_ms is not None and p.before_se_ms is not None and 0 < p.before_se_ms < p.before_ms
         assert p.within or p.name in report  # within its budget, or the report names it
         if p.within is False:
             assert f"{p.name} ({p.verdict})" in report

@@ -46,6 +46,7 @@ def test_at_budget_picks_the_most_accurate_path_within_it(shipped_family, tmp_pa
         warnings.simplefilter("error")  # the recorded machine is this one: nothing to say
         model = family.at_budget(ms)
     assert model.info.model == family.info.path(name).model and model.info.budget is not None
+    assert family.pick(ms).name == name  # the same answer, without a session
     assert model.predict(np.zeros((28, 28), np.uint8))[0][0][0] in fashion_mnist.CLASSES
 
 

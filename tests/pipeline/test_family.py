@@ -81,7 +81,12 @@ def test_the_report_section_compares_paths_with_the_separate_networks(tmp_path):
     assert png is not None and png.stat().st_size > 1000
     text = "\n".join(family_section(m, png))
     assert "## Family" in text and "![Family vs separate networks](family.png)" in text
-    assert "| 0.3 | `res[0:1] > cnx[1:3]` | 61.00 | 0.2100 ± 0.0020 | yes |" in text
+    assert "| 0.3 | `res[0:1] > cnx[1:3]` | 61.00 | - | 0.2100 ± 0.0020 | yes |" in text
+    m.family.paths[0].before_ms, m.family.paths[0].before_se_ms = 0.2, 0.003
+    m.family.before_notes = ["0.3 ms: falls back to the run's separate plan res[0:2]"]
+    text = "\n".join(family_section(m, png))
+    assert "| 0.3 | `res[0:1] > cnx[1:3]` | 61.00 | 0.2000 ± 0.0030 | 0.2100 ± 0.0020 | yes |" in text
+    assert "- 0.3 ms: falls back to the run's separate plan res[0:2]" in text
     assert "+1.00" in text and "-1.00" in text and "0.7692x" in text and "path-1 (OVER BUDGET by 10.0%)" in text
     m.family = FamilyRecord(target="onnxruntime/fp32", note="no family: 1 feasible budget(s)")
     assert family_section(m, None)[2] == "no family: 1 feasible budget(s)"
