@@ -172,6 +172,7 @@ def measure_files(
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                reader.join(5)  # before the pipe closes under it (a ValueError in the thread otherwise)
                 raise DeryError(f"the measurement worker ran past {timeout_s:g} s timing {len(items)} files") from None
             reader.join()
         if code != 0 or not res.is_file():
