@@ -144,7 +144,7 @@ def selection_key(r: Run, ctx: Context) -> dict:
         ],
         "percentile": ctx.model.percentile,
         "carried": ctx.carried,
-        "folds": [default_folds(ctx.task), SCREEN_FOLDS],
+        "folds": [ctx.recipes.folds or default_folds(ctx.task), SCREEN_FOLDS],
         "donor_near": DONOR_NEAR,
     }
 
@@ -189,7 +189,7 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> Selection
             )
     sel = select(
         list(networks.values()), ctx.zoo, ctx.task, bdir / "select", ctx.recipes.ce, rungs=ctx.recipes.rungs,
-        log=lambda m: r.say(m),
+        log=lambda m: r.say(m), folds=ctx.recipes.folds,
     )  # fmt: skip
     out = SelectionFile(
         selection_key(r, ctx),

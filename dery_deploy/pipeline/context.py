@@ -29,6 +29,7 @@ class Recipes:
     rungs: tuple[int, ...]
     teacher_pool: int
     finalists: int  # mixed (non-donor) finalists per budget
+    folds: int | None = None  # selection's cross-validation folds (None: the task's default; 1: validation)
 
     @classmethod
     def of(cls, opts: RunOptions) -> Recipes:

@@ -46,6 +46,10 @@ from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select.halving import ETA, SCREEN_FOLDS, default_folds, rung_recipe
 
 WARMUP_STEPS = 2
+# under --time-limit: fewer steps, after one warm-up, and the distilling step not timed apart (its cost per
+# image taken as the labelled step's, an upper bound): on a machine made 4-6x slower, timing every donor's
+# steps in full took 203 s of a 10-minute limit
+HURRIED_STEPS = 2
 FORWARD_SHARE = 1 / 3  # a forward pass's share of a training step (backward ~ 2x forward)
 EVAL_SHARE = 0.2  # an evaluation image's share of a training image (no_grad, eval mode, large batches)
 # what a stage that measures costs, in profile items (the profiles' seconds per item, building included):
@@ -58,22 +62,24 @@ PASS_ITEMS = 12  # a later pass's own start: a measurement worker, the machine's
 REMEASURE_ITEMS = 8  # a shipped file's share of the final pass's re-measurements (its export, a worker's start)
 
 
-def step_seconds(model: nn.Module, task: Task, batch: int, seed: int = 0) -> float:
+def step_seconds(
+    model: nn.Module, task: Task, batch: int, seed: int = 0, steps: int = STEPS_TIMED, warmup: int = WARMUP_STEPS
+) -> float:
     """Seconds per image of one real training step of `model` (forward, backward, AdamW) at `batch` images
-    of the task's size, the median of STEPS_TIMED steps after WARMUP_STEPS untimed ones."""
+    of the task's size, the median of `steps` steps after `warmup` untimed ones."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *task.train.images.shape[1:], generator=g)
     y = torch.randint(0, task.num_classes, (batch,), generator=g)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     times = []
-    for i in range(WARMUP_STEPS + STEPS_TIMED):
+    for i in range(warmup + steps):
         t = time.perf_counter()
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= WARMUP_STEPS:
+        if i >= warmup:
             times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2] / batch
 
@@ -127,6 +133,7 @@ class Plan:
     teacher_images: int = 8192  # the teacher's pool of unlabelled images (its logits are computed once)
     budgets_chosen: bool = True  # the run chose its budgets (a user's are never cut)
     searched_targets: int = 0  # targets carried into selection (`target_stage.py`; 0: all `targets`)
+    folds: int | None = None  # selection's folds (None: the task's default; 1: the validation split decides)
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds)."""
@@ -136,7 +143,7 @@ class Plan:
 def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstimate:
     """The rest of the run (module docstring)."""
     n_train, n_test = len(task.train), len(task.test)
-    folds = default_folds(task)
+    folds = plan.folds or default_folds(task)
 
     def at_budget(times: dict[str, float], b: float) -> float:
         """A network's seconds per image under budget `b`: the median over the donors that fit it (every
@@ -244,20 +251,24 @@ def item_seconds(stages: list, models: list) -> float:
     return 2 * timed / n if n else 1.0
 
 
-def make_estimate(plan: Plan, zoo, task: Task, stages: list, models: list, after_s: float, seed: int) -> RunEstimate:
-    """Time a few training steps of every donor the run will train, then estimate the rest (`estimate`)."""
+def make_estimate(
+    plan: Plan, zoo, task: Task, stages: list, models: list, after_s: float, seed: int, hurried: bool = False
+) -> RunEstimate:
+    """Time a few training steps of every donor the run will train, then estimate the rest (`estimate`);
+    `hurried` (under --time-limit): HURRIED_STEPS each, the distilling step not timed apart."""
     from dery_deploy.runtime.resources import MachineLoad
     from dery_deploy.train.source import FinetuneSource
     from dery_deploy.train.trainer import build_model
 
+    steps, warmup = (HURRIED_STEPS, 1) if hurried else (STEPS_TIMED, WARMUP_STEPS)
     load = MachineLoad()
     load.start()
     for n in sorted(set(plan.teacher_pool) | set(plan.final_donors)):
         model = build_model(FinetuneSource.of_donor(n), zoo, num_classes=task.num_classes)
-        plan.step_s[n] = step_seconds(model, task, plan.final.batch, seed)
+        plan.step_s[n] = step_seconds(model, task, plan.final.batch, seed, steps, warmup)
         if plan.final.distill:
             big = plan.final.batch + distill_batch(plan.final, len(task.train))
-            plan.distill_s[n] = step_seconds(model, task, big, seed)
+            plan.distill_s[n] = plan.step_s[n] if hurried else step_seconds(model, task, big, seed)
     est = estimate(plan, task, item_seconds(stages, models), after_s)
-    est.other_load_cores = load.stop()
+    est.other_load_cores, est.steps_timed = load.stop(), steps
     return est

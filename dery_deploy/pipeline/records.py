@@ -354,6 +354,7 @@ class RunEstimate:
     actual: dict[str, GroupTime] = field(default_factory=dict)
     # other processes' CPU use while the training steps were timed (cores; None where /proc cannot say)
     other_load_cores: float | None = None
+    steps_timed: int = STEPS_TIMED  # training steps timed per donor (fewer under --time-limit)
 
     @property
     def seconds(self) -> float:
@@ -375,7 +376,7 @@ class RunEstimate:
         )
         return (
             f"the rest of this run: about {minutes(self.seconds)} on this machine ({groups}; training timed on "
-            f"{STEPS_TIMED} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles "
+            f"{self.steps_timed} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles "
             f"took{busy})"
         )
 

@@ -13,7 +13,7 @@ stage failed and why.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
@@ -42,7 +42,7 @@ from dery_deploy.pipeline.stages import (
     stage_zoo,
 )
 from dery_deploy.pipeline.target_stage import stage_targets
-from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling
+from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling, refit
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend
 from dery_deploy.report.report import write_report
@@ -94,7 +94,8 @@ def start_eta(
     path, key = r.out / "estimate.json", {**plan.key(), "time_limit": r.opts.time_limit}
 
     def compute() -> RunEstimate:
-        est = make_estimate(plan, zoo, task, r.manifest.stages, models, time.time() - r.t0, r.opts.seed)
+        elapsed = time.time() - r.t0
+        est = make_estimate(plan, zoo, task, r.manifest.stages, models, elapsed, r.opts.seed, bool(r.opts.time_limit))
         atomic_write_json(path, {"key": key, "estimate": est.to_dict()})
         return est
 
@@ -119,7 +120,33 @@ def start_eta(
     if fresh:
         r.say(f"  {est.line()}")
     r.eta = Eta(est)
-    return plan.budgets, Recipes(plan.ce, plan.final, plan.rungs, plan.teacher_images, plan.finalists)
+    r.fitted = (plan, est.item_s) if r.opts.time_limit else None
+    return plan.budgets, Recipes(plan.ce, plan.final, plan.rungs, plan.teacher_images, plan.finalists, plan.folds)
+
+
+def refit_to_limit(r: Run, task: Task, budgets: list[float], recipes: Recipes) -> tuple[list[float], Recipes]:
+    """Under --time-limit, once the teacher candidates are trained: the rest estimated again at the pace
+    they kept (`time_limit.refit`), cut further where it no longer fits; said, recorded, and the run's line
+    kept on the new estimate. Returns the budgets and recipes to go on with."""
+    if r.fitted is None or r.eta is None or r.manifest.time_limit is None or not r.opts.time_limit:
+        return budgets, recipes
+    plan, item_s = r.fitted
+    pace, elapsed = r.eta.ratio, time.time() - r.t0
+
+    def rest(p: Plan) -> RunEstimate:
+        e = estimate(p, task, item_s, elapsed)
+        e.parts = [q for q in e.parts if " (ce" not in q.stage]  # the teacher candidates: trained
+        return e
+
+    plan, est, cuts = refit(plan, rest, 60 * r.opts.time_limit, elapsed, pace)
+    if cuts:
+        tl = r.manifest.time_limit
+        tl.cuts += [f"{c}, after the first trainings took {pace:.1f}x their estimate" for c in cuts]
+        tl.estimated_s = round(elapsed + est.seconds)
+        r.say(f"  time limit {r.opts.time_limit:g} min: training ran {pace:.1f}x its estimate; cut " + "; ".join(cuts))
+        r.eta.todo = [replace(q, seconds=q.seconds / r.eta.ratio) for q in est.parts]  # the line rescales them
+    r.fitted = (plan, item_s)  # (the teacher is made: its pool stays as it was)
+    return plan.budgets, Recipes(plan.ce, plan.final, plan.rungs, recipes.teacher_pool, plan.finalists, plan.folds)
 
 
 def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
@@ -249,6 +276,8 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
         len(teacher.images),
     )
     r.say(f"  teacher: {teacher_name} (validation {ce[teacher_name].val_accuracy:.2f}%)")
+    budgets, recipes = refit_to_limit(r, task, budgets, recipes)
+    r.manifest.budgets, r.manifest.recipe = budgets, recipes.describe()
     within = final_donors(donor_ms, budgets)
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
     ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher, models)

@@ -22,6 +22,7 @@ class Run:
     manifest: RunManifest  # set once the run folder exists
     current: str = "setup"  # the stage running now, which a failed run's manifest names
     eta: Eta | None = None  # the whole run's remaining time, once estimated
+    fitted: tuple | None = None  # under --time-limit: the plan fitted to it and the seconds per measured item
 
     def __init__(self, opts: RunOptions, console=None, progress_factory=None):
         self.opts = opts

@@ -1,14 +1,16 @@
 """`dery run --time-limit MINUTES`: the run fits what it does to the time a user gives, as AutoGluon's
 `time_limit` and FLAML's `time_budget` fit their searches, and says what it cut.
 
-Two points decide. While profiling, a target searched after the first is profiled only where, taking as
-long as the one before, it ends within PROFILE_SHARE of the limit (the targets are the device spec's
-search list, fastest-to-profile first; a user's --targets are kept). Once the profiles have timed the
-machine, the estimate of the rest (`estimate.py`) is compared with the time left, and the cuts below
-are made in order, each re-estimated, until the run fits with SAFETY to spare: one selection rung and
-two mixed finalists, the quick recipe (seam matching, distillation and teacher images halved or less),
-one epoch per phase, then the middle budget only (where the run chose its budgets). What was cut is
-said on the terminal, recorded in run.json (`time_limit`) and stated beside the answer.
+Three points decide. While profiling, a target searched after the first is profiled only where, taking as long
+as the one before, it ends within PROFILE_SHARE of the limit (the targets are the device spec's search list,
+fastest-to-profile first; a user's --targets are kept). Once the profiles have timed the machine, the estimate
+of the rest (`estimate.py`) is compared with the time left, and the cuts below are made in order, each re-
+estimated, until the run fits with SAFETY to spare: one selection rung and two mixed finalists, selection on
+the validation split alone, the quick recipe (seam matching, distillation and teacher images halved or less),
+one epoch per phase, then the middle budget only (where the run chose its budgets). What was cut is said on
+the terminal, recorded in run.json (`time_limit`) and stated beside the answer. Once the teacher candidates
+are trained, the rest is estimated again at the pace they kept and cut further where it no longer fits
+(`refit`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ from dery_deploy.pipeline.estimate import Plan, RunEstimate, minutes
 
 PROFILE_SHARE = 0.35  # of the limit, the profiles may use before further targets are left out
 SAFETY = 0.85  # the rest must fit in this share of the time left (the estimate missed by up to ~15%)
+
+
+def one_fold(plan: Plan) -> Plan | None:
+    """Selection decided on the validation split alone, without cross-validation."""
+    if plan.folds == 1:
+        return None
+    return replace(plan, folds=1)
 
 
 def quick_recipes(plan: Plan) -> Plan | None:
@@ -63,6 +72,7 @@ def middle_budget(plan: Plan) -> Plan | None:
 
 CUTS: list[tuple[str, Callable[[Plan], Plan | None]]] = [
     ("selection at one rung over two mixed finalists", one_rung),
+    ("selection on the validation split alone (no cross-validation)", one_fold),
     ("the quick recipe (1 seam-matching epoch, fewer distillation images)", quick_recipes),
     ("one epoch per training phase", one_epoch_each),
     ("the middle budget only", middle_budget),
@@ -83,9 +93,34 @@ def fit_to_limit(
         if smaller is None:
             continue
         new = estimate_of(smaller)
+        if new.seconds >= est.seconds:
+            continue  # nothing saved (e.g. selection already on the validation split alone)
         cuts.append(f"{what} (saves about {minutes(est.seconds - new.seconds)})")
         plan, est = smaller, new
     return plan, est, cuts
+
+
+def paced(plan: Plan, pace: float) -> Plan:
+    """The plan with its training seconds per image scaled by `pace`: how long the stages trained so far
+    took against their estimate."""
+    return replace(
+        plan,
+        step_s={n: s * pace for n, s in plan.step_s.items()},
+        distill_s={n: s * pace for n, s in plan.distill_s.items()},
+    )
+
+
+def refit(
+    plan: Plan, estimate_of: Callable[[Plan], RunEstimate], limit_s: float, elapsed_s: float, pace: float
+) -> tuple[Plan, RunEstimate, list[str]]:
+    """Once the teacher candidates are trained: what is left of the plan re-estimated at the pace they kept
+    (`paced`; never faster than estimated) and cut further where it no longer fits the time left (a quick
+    run's training took 1.8x its estimate, a run on a machine made 4-6x slower 1.5x). `estimate_of` gives
+    the rest of the run from there. Returns the plan (its own seconds, not paced), its paced estimate and
+    the cuts, as `fit_to_limit`."""
+    pace = max(pace, 1.0)
+    kept, est, cuts = fit_to_limit(paced(plan, pace), estimate_of, limit_s, elapsed_s)
+    return replace(kept, step_s=plan.step_s, distill_s=plan.distill_s), est, cuts
 
 
 def keeps_profiling(limit_s: float | None, elapsed_s: float, last_s: float) -> bool:

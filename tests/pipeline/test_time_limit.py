@@ -43,6 +43,7 @@ def test_cuts_come_in_order_until_the_estimate_fits(fashion_task):
     kept, est, cuts = fit_to_limit(plan, of, 101, 100)
     assert [c.split(" (saves")[0] for c in cuts] == [
         "selection at one rung over two mixed finalists",
+        "selection on the validation split alone (no cross-validation)",
         "the quick recipe (1 seam-matching epoch, fewer distillation images)",
         "one epoch per training phase",
         "the middle budget only",
@@ -51,7 +52,27 @@ def test_cuts_come_in_order_until_the_estimate_fits(fashion_task):
     assert kept.teacher_images == 4096 and est.seconds < of(replace(plan, budgets=[0.15])).seconds
     # a user's budgets are never cut
     kept, _, cuts = fit_to_limit(default_plan(chosen=False), of, 101, 100)
-    assert kept.budgets == [0.09, 0.15, 0.3] and len(cuts) == 3
+    assert kept.budgets == [0.09, 0.15, 0.3] and len(cuts) == 4
+
+
+def test_selection_on_the_validation_split_alone_saves_its_folds_and_is_skipped_where_it_saves_nothing(
+    fashion_task,
+):
+    from dery_deploy.train.select.halving import default_folds
+
+    def of(p):
+        return estimate(p, fashion_task, 0.4, 100)
+
+    # the first cut already made; training slow enough that the finalists' measurement pass is negligible
+    plan = replace(default_plan(), rungs=(1,), finalists=2, step_s={"a": 0.1, "b": 0.2, "c": 0.4})
+    assert default_folds(fashion_task) == 5
+    one = replace(plan, folds=1)
+    selection = sum(p.seconds for p in of(plan).parts if p.group == "selection")
+    single = sum(p.seconds for p in of(one).parts if p.group == "selection")
+    # five folds' trials at the last rung, each on 4/5 of train + validation, against one on train: 5x
+    assert 4.5 < selection / single < 5.1
+    kept, _, cuts = fit_to_limit(one, of, 101, 100)
+    assert kept.folds == 1 and not any(c.startswith("selection on the validation") for c in cuts)
 
 
 def test_a_further_target_is_profiled_only_while_it_fits_its_share():
@@ -63,3 +84,21 @@ def test_a_further_target_is_profiled_only_while_it_fits_its_share():
 def test_a_bad_time_limit_is_refused_before_any_work():
     with pytest.raises(DeryError, match="--time-limit must be a positive number of minutes, got -1"):
         RunOptions(time_limit=-1).check()
+
+
+def test_the_rest_is_cut_again_when_the_first_trainings_ran_slower_than_estimated(fashion_task):
+    from dery_deploy.pipeline.time_limit import refit
+
+    def of(p):
+        return estimate(p, fashion_task, 0.4, 100)
+
+    plan = default_plan()
+    full = of(plan).seconds
+    limit = 100 + full / 0.85 + 1  # fits, just, at the estimated pace
+    kept, _, cuts = refit(plan, of, limit, 100, pace=0.7)  # faster than estimated: never a reason to add
+    assert cuts == [] and kept == plan
+    kept, est, cuts = refit(plan, of, limit, 100, pace=2.0)
+    assert cuts and cuts[0].startswith("selection at one rung") and est.seconds <= 0.85 * (limit - 100)
+    # the plan keeps this machine's timed seconds; only its estimate is paced
+    assert kept.step_s == plan.step_s and kept.rungs == (1,)
+    assert est.seconds > of(kept).seconds
