@@ -24,7 +24,7 @@ decides anything.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -124,6 +124,13 @@ class Task:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self.train), generator=g)[:n]
         return self.normalize(self.train.images[idx]), self.train.targets[idx]
+
+    def with_test_fifth(self) -> Task:
+        """This task with its test split cut to a stratified, seeded fifth (`dery run --time-limit`), said in
+        its notes."""
+        keep = fold_indices(self.test.targets, 5, self.seed)[0].sort().values
+        note = f"test accuracy on {len(keep)} of the {len(self.test)} test images (a stratified fifth: --time-limit)"
+        return replace(self, test=self.test.subset(keep), notes=[*self.notes, note], _hash=None)
 
     def fold(self, k: int, i: int) -> Task:
         """The `i`-th of `k` cross-validation tasks: train and validation pooled and cut, stratified and

@@ -30,6 +30,7 @@ class Recipes:
     teacher_pool: int
     finalists: int  # mixed (non-donor) finalists per budget
     folds: int | None = None  # selection's cross-validation folds (None: the task's default; 1: validation)
+    test_fifth: bool = False  # test accuracy on a stratified fifth of the test split (--time-limit)
 
     @classmethod
     def of(cls, opts: RunOptions) -> Recipes:
@@ -46,12 +47,20 @@ class Recipes:
         )
         return cls(ce, final, (1,) if opts.quick else (1, 2), 4096 if opts.quick else 8192, 2 if opts.quick else 4)
 
+    @classmethod
+    def of_plan(cls, plan, teacher_pool: int) -> Recipes:
+        """The recipes an estimate's plan (`estimate.Plan`, as --time-limit cut it) runs with."""
+        return cls(plan.ce, plan.final, plan.rungs, teacher_pool, plan.finalists, plan.folds, plan.test_fifth)
+
     def describe(self) -> RecipeRecord:
         f = self.final
 
         def ep(n: int) -> str:
             return f"{n} epoch" + ("" if n == 1 else "s")
 
+        distil = (
+            f"distillation on up to {f.distill_images} unlabelled images per epoch" if f.distill else "no distillation"
+        )
         return RecipeRecord(
             final=replace(f),
             selection_rungs_epochs=list(self.rungs),
@@ -60,8 +69,9 @@ class Recipes:
             cut_to_fit=(
                 f"scaled to fit this run's time on a small CPU (DeRy and SN-Net train 50-300 epochs): seam "
                 f"matching {ep(f.match_epochs)} x up to {f.match_images} unlabelled images, phase 1 at most "
-                f"{ep(f.epochs_adapter)} (until its loss plateaus), phase 2 {ep(f.epochs_full)}, distillation "
-                f"on up to {f.distill_images} unlabelled images per epoch, selection rungs of "
+                f"{ep(f.epochs_adapter)} (until its loss plateaus), phase 2 {ep(f.epochs_full)}, "
+                + distil
+                + ", selection rungs of "
                 f"{'/'.join(str(x) for x in self.rungs)} epochs over {self.finalists} mixed finalists and every "
                 f"fitting donor"
             ),
@@ -84,7 +94,7 @@ class Context:
     recipes: Recipes
     fitter: AdapterFitter
     scores: Callable[[], Scores]
-    teacher: Teacher
+    teacher: Teacher | None  # None where the final recipe does not distil (--time-limit cut it)
     models: list[LatencyModel] = field(default_factory=list)  # one per target searched, the first is `model`'s
     carried: list[str] = field(default_factory=list)  # mixed finalists of the smaller budgets so far
     # the targets carried into assembly and selection (`pipeline/target_stage.py`); empty: every one of `models`

@@ -134,6 +134,7 @@ class Plan:
     budgets_chosen: bool = True  # the run chose its budgets (a user's are never cut)
     searched_targets: int = 0  # targets carried into selection (`target_stage.py`; 0: all `targets`)
     folds: int | None = None  # selection's folds (None: the task's default; 1: the validation split decides)
+    test_fifth: bool = False  # test accuracy on a stratified fifth of the test split (`Task.with_test_fifth`)
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds)."""
@@ -142,7 +143,7 @@ class Plan:
 
 def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstimate:
     """The rest of the run (module docstring)."""
-    n_train, n_test = len(task.train), len(task.test)
+    n_train, n_test = len(task.train), len(task.test) // (5 if plan.test_fifth else 1)
     folds = plan.folds or default_folds(task)
 
     def at_budget(times: dict[str, float], b: float) -> float:
@@ -159,7 +160,7 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
     def evaluate(stage: str, per_image: float) -> None:
         parts.append(Part(stage, "evaluation", n_test * per_image * EVAL_SHARE))
 
-    for n in sorted(plan.teacher_pool, key=lambda n: plan.donor_ms[n]):
+    for n in sorted(plan.teacher_pool if plan.final.distill else [], key=lambda n: plan.donor_ms[n]):
         train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], plan.step_s[n], False)
     for n in sorted(plan.final_donors, key=lambda n: plan.donor_ms[n]):
         train(f"fine-tune donor {n} (final", plan.final, plan.step_s[n], plan.distill_s.get(n, plan.step_s[n]), False)

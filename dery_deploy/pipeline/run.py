@@ -50,7 +50,7 @@ from dery_deploy.runtime.backends import Backend
 from dery_deploy.runtime.devices import DeviceSpec, get_device, this_machine
 from dery_deploy.runtime.target import Target
 from dery_deploy.train.finetune import load_run_model
-from dery_deploy.train.teacher import make_teacher
+from dery_deploy.train.teacher import Teacher, make_teacher
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
 
@@ -121,7 +121,7 @@ def start_eta(
         r.say(f"  {est.line()}")
     r.eta = Eta(est)
     r.fitted = (plan, est.item_s) if r.opts.time_limit else None
-    return plan.budgets, Recipes(plan.ce, plan.final, plan.rungs, plan.teacher_images, plan.finalists, plan.folds)
+    return plan.budgets, Recipes.of_plan(plan, plan.teacher_images)
 
 
 def refit_to_limit(r: Run, task: Task, budgets: list[float], recipes: Recipes) -> tuple[list[float], Recipes]:
@@ -146,7 +146,7 @@ def refit_to_limit(r: Run, task: Task, budgets: list[float], recipes: Recipes) -
         r.say(f"  time limit {r.opts.time_limit:g} min: training ran {pace:.1f}x its estimate; cut " + "; ".join(cuts))
         r.eta.todo = [replace(q, seconds=q.seconds / r.eta.ratio) for q in est.parts]  # the line rescales them
     r.fitted = (plan, item_s)  # (the teacher is made: its pool stays as it was)
-    return plan.budgets, Recipes(plan.ce, plan.final, plan.rungs, recipes.teacher_pool, plan.finalists, plan.folds)
+    return plan.budgets, Recipes.of_plan(plan, recipes.teacher_pool)
 
 
 def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
@@ -211,6 +211,39 @@ def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Tas
     return models
 
 
+def stage_teacher(r: Run, zoo, task: Task, recipes: Recipes, donor_ms, budgets: list[float]) -> Teacher | None:
+    """The distillation teacher: the teacher candidates trained with the `ce` recipe, the one that validates
+    best, its logits on the pool of unlabelled images; none where the final recipe does not distil."""
+    if not recipes.final.distill:
+        r.say("  no teacher: the final recipe does not distil")
+        return None
+    ce = stage_donors(r, zoo, task, recipes.ce, donor_ms, teacher_pool(donor_ms, budgets), "ce")
+    name = max(ce, key=lambda n: (ce[n].val_accuracy or 0.0, n))
+    teacher = make_teacher(
+        [r.out / "donors" / "ce" / name], task, recipes.teacher_pool, r.opts.seed, r.cache, load_run_model
+    )
+    r.manifest.teacher = TeacherRecord(
+        name, ce[name].val_accuracy, [Path(t).name for t in teacher.runs], teacher.key, len(teacher.images)
+    )
+    r.say(f"  teacher: {name} (validation {ce[name].val_accuracy:.2f}%)")
+    return teacher
+
+
+def teach_and_refit(r: Run, zoo, task: Task, recipes: Recipes, donor_ms, budgets: list[float]):
+    """The teacher (`stage_teacher`); under --time-limit the rest re-estimated at the pace its candidates
+    trained (`refit_to_limit`) and the test split cut where the fit says so. Returns the teacher, the
+    budgets, the recipes and the task to go on with."""
+    teacher = stage_teacher(r, zoo, task, recipes, donor_ms, budgets)
+    if teacher is not None:  # the first trainings
+        budgets, recipes = refit_to_limit(r, task, budgets, recipes)
+    r.manifest.budgets, r.manifest.recipe = budgets, recipes.describe()
+    if recipes.test_fifth:
+        task = task.with_test_fifth()
+        assert r.manifest.task is not None
+        r.manifest.task.summary = f"{task.summary()}; {task.notes[-1]}"
+    return teacher, budgets, recipes, task
+
+
 def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]], task: Task, task_seconds: float):
     opts = r.opts
     r.say("[bold cyan]> task[/]" if r.console else "> task")
@@ -263,21 +296,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     budgets, recipes = start_eta(r, zoo, task, models, budgets, donor_ms, Recipes.of(opts), len(searched))
     r.manifest.budgets = budgets
     r.manifest.recipe = recipes.describe()
-    ce = stage_donors(r, zoo, task, recipes.ce, donor_ms, teacher_pool(donor_ms, budgets), "ce")
-    teacher_name = max(ce, key=lambda n: (ce[n].val_accuracy or 0.0, n))
-    teacher = make_teacher(
-        [r.out / "donors" / "ce" / teacher_name], task, recipes.teacher_pool, opts.seed, r.cache, load_run_model
-    )
-    r.manifest.teacher = TeacherRecord(
-        teacher_name,
-        ce[teacher_name].val_accuracy,
-        [Path(t).name for t in teacher.runs],
-        teacher.key,
-        len(teacher.images),
-    )
-    r.say(f"  teacher: {teacher_name} (validation {ce[teacher_name].val_accuracy:.2f}%)")
-    budgets, recipes = refit_to_limit(r, task, budgets, recipes)
-    r.manifest.budgets, r.manifest.recipe = budgets, recipes.describe()
+    teacher, budgets, recipes, task = teach_and_refit(r, zoo, task, recipes, donor_ms, budgets)
     within = final_donors(donor_ms, budgets)
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
     ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher, models)

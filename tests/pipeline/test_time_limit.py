@@ -45,14 +45,37 @@ def test_cuts_come_in_order_until_the_estimate_fits(fashion_task):
         "selection at one rung over two mixed finalists",
         "selection on the validation split alone (no cross-validation)",
         "the quick recipe (1 seam-matching epoch, fewer distillation images)",
+        "test accuracy on a stratified fifth of the test split",
         "one epoch per training phase",
+        "no distillation (no teacher trained)",
         "the middle budget only",
     ]
     assert kept.budgets == [0.15] and kept.final.epochs_full == 1 and kept.final.match_epochs == 1
     assert kept.teacher_images == 4096 and est.seconds < of(replace(plan, budgets=[0.15])).seconds
     # a user's budgets are never cut
     kept, _, cuts = fit_to_limit(default_plan(chosen=False), of, 101, 100)
-    assert kept.budgets == [0.09, 0.15, 0.3] and len(cuts) == 4
+    assert kept.budgets == [0.09, 0.15, 0.3] and len(cuts) == 6
+
+
+def test_without_distillation_no_teacher_candidate_is_trained_and_a_test_fifth_costs_a_fifth(fashion_task):
+    from dery_deploy.pipeline.time_limit import no_distillation, test_fifth
+
+    plan = default_plan()
+    full = estimate(plan, fashion_task, 0.4, 100)
+    plain = estimate(no_distillation(plan), fashion_task, 0.4, 100)
+    assert any(" (ce" in p.stage for p in full.parts) and not any(" (ce" in p.stage for p in plain.parts)
+    assert no_distillation(no_distillation(plan)) is None and no_distillation(plan).final.distill == 0.0
+
+    def evaluation(p):
+        return sum(q.seconds for q in estimate(p, fashion_task, 0.4, 100).parts if q.group == "evaluation")
+
+    assert evaluation(test_fifth(plan)) == pytest.approx(evaluation(plan) / 5, rel=1e-3)
+    # the task's test split, cut the same way: a stratified fifth, every class kept in proportion, said
+    fifth = fashion_task.with_test_fifth()
+    assert len(fifth.test) == len(fashion_task.test) // 5 and fifth.train is fashion_task.train
+    counts = fifth.test.targets.bincount(minlength=10)
+    assert counts.min() == counts.max() == len(fashion_task.test) // 50
+    assert "a stratified fifth" in fifth.notes[-1] and fifth.hash() != fashion_task.hash()
 
 
 def test_selection_on_the_validation_split_alone_saves_its_folds_and_is_skipped_where_it_saves_nothing(
