@@ -47,7 +47,7 @@ def main() -> None:
     bench = ROOT / "bench"
     if args.readme_only:  # every script's committed JSON as it is now, without running anything
         results = json.loads((bench / "results.json").read_text())
-        for name in (*SCRIPTS, "stitch_lr", "scaling", "reproduce", "latency_model", "estimate"):
+        for name in (*SCRIPTS, "stitch_lr", "scaling", "reproduce", "latency_model", "estimate", "time_limit"):
             if (bench / f"{name}.json").is_file():
                 results["scripts"][name] = json.loads((bench / f"{name}.json").read_text())
     else:
@@ -64,6 +64,7 @@ def main() -> None:
             "scaling",
             "reproduce",
             "estimate",
+            "time_limit",
         ):  # a run's finalists / about 3 hours / two whole runs: run by hand, read here
             if (bench / f"{by_hand}.json").is_file():
                 results["scripts"][by_hand] = json.loads((bench / f"{by_hand}.json").read_text())
@@ -111,6 +112,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += latency_model_section(s["latency_model"])
     if "estimate" in s:
         out += estimate_section(s["estimate"])
+    if "time_limit" in s:
+        out += time_limit_section(s["time_limit"])
     if "repeatability" in s:
         out += repeatability_section(s["repeatability"])
     if "runtimes" in s:
@@ -292,6 +295,29 @@ def estimate_section(es: dict) -> list[str]:
         out.append(
             f"| `{r['command']}` | {r['estimate_made_after_s']:.0f} s | {r['estimated_total_s']:.0f} s "
             f"| {r['run_s']:.0f} s | {r['total_error_pct']:+.1f}% | {groups} |"
+        )
+    return out + [""]
+
+
+def time_limit_section(tl: dict) -> list[str]:
+    """`dery run --time-limit` here and on a machine made slower (`scripts/bench_time_limit.py`)."""
+    m, slow_how = tl["machine"], tl["modes"].get("slow", {}).get("construction", "-")
+    out = [
+        "### `--time-limit` (`scripts/bench_time_limit.py`)",
+        "",
+        f"{m['cpu']} ({m['cores']} cores); target: {tl['target']}. `slow`: {slow_how}"
+        " (the slowdown is probed: 20 training steps of a small conv net, and a single-threaded loop).",
+        "",
+        "| mode | commit | command | exit | took | within limit + 10% | slowdown (training / one thread) | cut |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, r in tl["modes"].items():
+        slow = r.get("slowdown")
+        sd = f"{slow['training_steps']:.1f}x / {slow['single_thread']:.1f}x" if slow else "1x"
+        cuts = "; ".join(c.split(" (saves")[0] for c in (r.get("time_limit") or {}).get("cuts", [])) or "nothing"
+        out.append(
+            f"| {mode} | `{r['commit']}` | `{r['command']}` | {r['exit']} | {r['wall_s']:.0f} s "
+            f"| {'yes' if r['within_limit_plus_10pct'] else 'no'} | {sd} | {cuts} |"
         )
     return out + [""]
 
