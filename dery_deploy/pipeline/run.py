@@ -42,7 +42,7 @@ from dery_deploy.pipeline.stages import (
     stage_zoo,
 )
 from dery_deploy.pipeline.target_stage import stage_targets
-from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling, refit
+from dery_deploy.pipeline.time_limit import CUTS, LATE_CUTS, fit_to_limit, keeps_profiling, refit
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend
 from dery_deploy.report.report import write_report
@@ -124,24 +124,30 @@ def start_eta(
     return plan.budgets, Recipes.of_plan(plan, plan.teacher_images)
 
 
-def refit_to_limit(r: Run, task: Task, budgets: list[float], recipes: Recipes) -> tuple[list[float], Recipes]:
-    """Under --time-limit, once the teacher candidates are trained: the rest estimated again at the pace
-    they kept (`time_limit.refit`), cut further where it no longer fits; said, recorded, and the run's line
-    kept on the new estimate. Returns the budgets and recipes to go on with."""
+def refit_to_limit(
+    r: Run, task: Task, budgets: list[float], recipes: Recipes, donors_done: bool = False
+) -> tuple[list[float], Recipes]:
+    """Under --time-limit, once the teacher candidates are trained, and again once the donors are
+    (`donors_done`): the rest estimated again at the pace the training kept (`time_limit.refit`), cut further
+    where it no longer fits; said, recorded, and the run's line kept on the new estimate. Returns the budgets
+    and recipes to go on with."""
     if r.fitted is None or r.eta is None or r.manifest.time_limit is None or not r.opts.time_limit:
         return budgets, recipes
     plan, item_s = r.fitted
     pace, elapsed = r.eta.ratio, time.time() - r.t0
+    trained = ("fine-tune donor", "evaluate donor") if donors_done else ("fine-tune donor",)
 
     def rest(p: Plan) -> RunEstimate:
         e = estimate(p, task, item_s, elapsed)
-        e.parts = [q for q in e.parts if " (ce" not in q.stage]  # the teacher candidates: trained
+        e.parts = [q for q in e.parts if not (q.stage.startswith(trained) and (donors_done or " (ce" in q.stage))]
         return e
 
-    plan, est, cuts = refit(plan, rest, 60 * r.opts.time_limit, elapsed, pace)
+    allowed = LATE_CUTS if donors_done else CUTS
+    plan, est, cuts = refit(plan, rest, 60 * r.opts.time_limit, elapsed, pace, allowed)
     if cuts:
         tl = r.manifest.time_limit
-        tl.cuts += [f"{c}, after the first trainings took {pace:.1f}x their estimate" for c in cuts]
+        what = "the donors" if donors_done else "the teacher candidates"
+        tl.cuts += [f"{c}, after {what} trained {pace:.1f}x slower than estimated" for c in cuts]
         tl.estimated_s = round(elapsed + est.seconds)
         r.say(f"  time limit {r.opts.time_limit:g} min: training ran {pace:.1f}x its estimate; cut " + "; ".join(cuts))
         r.eta.todo = [replace(q, seconds=q.seconds / r.eta.ratio) for q in est.parts]  # the line rescales them
@@ -299,6 +305,8 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     teacher, budgets, recipes, task = teach_and_refit(r, zoo, task, recipes, donor_ms, budgets)
     within = final_donors(donor_ms, budgets)
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
+    budgets, recipes = refit_to_limit(r, task, budgets, recipes, donors_done=True)
+    r.manifest.budgets, r.manifest.recipe = budgets, recipes.describe()
     ctx = Context(zoo, spec, backend, precision, part, dis, model, task, recipes, fitter, scores, teacher, models)
     ctx.selected = searched if len(searched) < len(models) else []
     for i, b in enumerate(list(budgets)):

@@ -10,8 +10,8 @@ the validation split alone, the quick recipe (seam matching, distillation and te
 test accuracy on a stratified fifth of the test split, one epoch per phase, no distillation (so no teacher
 candidates are trained), then the middle budget only (where the run chose its budgets). What was cut is said on
 the terminal, recorded in run.json (`time_limit`) and stated beside the answer. Once the teacher candidates
-are trained, the rest is estimated again at the pace they kept and cut further where it no longer fits
-(`refit`).
+are trained, and again once the donors are (then only selection and budgets: `LATE_CUTS`), the rest is
+estimated again at the pace the training kept and cut further where it no longer fits (`refit`).
 """
 
 from __future__ import annotations
@@ -95,14 +95,25 @@ CUTS: list[tuple[str, Callable[[Plan], Plan | None]]] = [
 ]
 
 
+# once the donors are trained with the final recipe and evaluated on the test split, the recipe and the test
+# split stay (a pick is compared with those donors as they were trained): only selection and budgets are cut
+LATE_CUTS: list[tuple[str, Callable[[Plan], Plan | None]]] = [
+    (what, cut) for what, cut in CUTS if cut in (one_rung, one_fold, middle_budget)
+]
+
+
 def fit_to_limit(
-    plan: Plan, estimate_of: Callable[[Plan], RunEstimate], limit_s: float, elapsed_s: float
+    plan: Plan,
+    estimate_of: Callable[[Plan], RunEstimate],
+    limit_s: float,
+    elapsed_s: float,
+    allowed: list[tuple[str, Callable[[Plan], Plan | None]]] = CUTS,
 ) -> tuple[Plan, RunEstimate, list[str]]:
-    """The plan cut (CUTS, in order) until its estimate fits the time left, its estimate, and what was cut,
-    each with the seconds it saves by the estimate."""
+    """The plan cut (`allowed`, in order) until its estimate fits the time left, its estimate, and what was
+    cut, each with the seconds it saves by the estimate."""
     est = estimate_of(plan)
     cuts = []
-    for what, cut in CUTS:
+    for what, cut in allowed:
         if est.seconds <= SAFETY * (limit_s - elapsed_s):
             break
         smaller = cut(plan)
@@ -127,15 +138,20 @@ def paced(plan: Plan, pace: float) -> Plan:
 
 
 def refit(
-    plan: Plan, estimate_of: Callable[[Plan], RunEstimate], limit_s: float, elapsed_s: float, pace: float
+    plan: Plan,
+    estimate_of: Callable[[Plan], RunEstimate],
+    limit_s: float,
+    elapsed_s: float,
+    pace: float,
+    allowed: list[tuple[str, Callable[[Plan], Plan | None]]] = CUTS,
 ) -> tuple[Plan, RunEstimate, list[str]]:
-    """Once the teacher candidates are trained: what is left of the plan re-estimated at the pace they kept
-    (`paced`; never faster than estimated) and cut further where it no longer fits the time left (a quick
-    run's training took 1.8x its estimate, a run on a machine made 4-6x slower 1.5x). `estimate_of` gives
-    the rest of the run from there. Returns the plan (its own seconds, not paced), its paced estimate and
-    the cuts, as `fit_to_limit`."""
+    """Once some of the run has trained (the teacher candidates; the donors): what is left of the plan
+    re-estimated at the pace the training kept (`paced`; never faster than estimated) and cut further
+    (`allowed`) where it no longer fits the time left (short runs' training took 1.5-1.8x its estimate, on
+    this machine and on it made 4-6x slower). `estimate_of` gives the rest of the run from there. Returns
+    the plan (its own seconds, not paced), its paced estimate and the cuts, as `fit_to_limit`."""
     pace = max(pace, 1.0)
-    kept, est, cuts = fit_to_limit(paced(plan, pace), estimate_of, limit_s, elapsed_s)
+    kept, est, cuts = fit_to_limit(paced(plan, pace), estimate_of, limit_s, elapsed_s, allowed)
     return replace(kept, step_s=plan.step_s, distill_s=plan.distill_s), est, cuts
 
 

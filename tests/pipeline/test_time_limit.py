@@ -125,3 +125,20 @@ def test_the_rest_is_cut_again_when_the_first_trainings_ran_slower_than_estimate
     # the plan keeps this machine's timed seconds; only its estimate is paced
     assert kept.step_s == plan.step_s and kept.rungs == (1,)
     assert est.seconds > of(kept).seconds
+
+
+def test_once_the_donors_are_trained_only_selection_and_budgets_are_cut(fashion_task):
+    from dery_deploy.pipeline.time_limit import LATE_CUTS, refit
+
+    def of(p):
+        return estimate(p, fashion_task, 0.4, 100)
+
+    plan = default_plan()
+    kept, _, cuts = refit(plan, of, 101, 100, pace=3.0, allowed=LATE_CUTS)
+    assert [c.split(" (saves")[0] for c in cuts] == [
+        "selection at one rung over two mixed finalists",
+        "selection on the validation split alone (no cross-validation)",
+        "the middle budget only",
+    ]
+    # the recipe the donors were trained with, and the test split they were evaluated on, stay
+    assert kept.final == plan.final and kept.ce == plan.ce and not kept.test_fifth and kept.budgets == [0.15]
