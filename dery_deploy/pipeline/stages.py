@@ -95,7 +95,8 @@ def stage_partition(r: Run, zoo, sim: Similarity, dis) -> Partition:
     return r.stage("partition", reuse, compute, lambda p: f"K={p.K}, objective {p.objective:.3f}")
 
 
-def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Path:
+def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task, target: str = "") -> Path:
+    """The target's profile (`target`: its name in this run, with its thread count where it searches several)."""
     batch = r.opts.batch
     path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, batch, backend.threads)
     before = len(read_profile(path).records) if Profile.is_current(path) else 0
@@ -123,7 +124,7 @@ def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Pat
     if measured and (busy := busy_note(prof.passes)):
         r.say(f"  [yellow]note:[/] {busy}" if r.console else f"  note: {busy}")
     r.record(
-        f"profile {Target(backend.name, precision)}", "computed" if measured else "reused", time.time() - t,
+        f"profile {target or Target(backend.name, precision)}", "computed" if measured else "reused", time.time() - t,
         f"{measured} items measured",
     )  # fmt: skip
     return path

@@ -81,7 +81,8 @@ class DeviceSpec:
     def thread_counts(self) -> list[int | None]:
         """The thread counts searched, `all` read as the cores this process may use and repeats dropped (on
         a 1-core machine `[1, all]` is `[1]`); `[None]` where the spec lists none (the runtime's default)."""
-        return list(dict.fromkeys(every_core() if n == ALL_CORES else n for n in self.threads)) or [None]
+        counts: list[int | None] = [every_core() if n == ALL_CORES else int(n) for n in self.threads]
+        return list(dict.fromkeys(counts)) or [None]
 
     @property
     def default_threads(self) -> int | None:
