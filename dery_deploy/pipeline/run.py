@@ -32,6 +32,7 @@ from dery_deploy.pipeline.final_pass import stage_final_pass
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.options import RunOptions
 from dery_deploy.pipeline.records import TaskRecord, TeacherRecord, TimeLimitRecord
+from dery_deploy.pipeline.repeatability import repeatable
 from dery_deploy.pipeline.runner import Run, check_run_dir
 from dery_deploy.pipeline.stages import (
     stage_donors,
@@ -184,7 +185,9 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
 
 def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Task) -> list[LatencyModel]:
     """Each target's profile and latency check, in order; under --time-limit, the device spec's further
-    targets only while the profiles fit their share of it (`time_limit.keeps_profiling`)."""
+    targets only while the profiles fit their share of it (`time_limit.keeps_profiling`). Returns the
+    latency models of the targets whose measurements repeat (`repeatability.py`; the others recorded in
+    run.json with why)."""
     opts = r.opts
     names = target_names(targets)
     models: list[LatencyModel] = []
@@ -204,7 +207,10 @@ def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Tas
         models.append(LatencyModel.of(prof, str(prof_file), opts.percentile))
         models[-1].threads_named = counts_named(targets)
         last = time.time() - t
-    return models
+    kept, r.manifest.unrepeatable = repeatable(models)
+    for d in r.manifest.unrepeatable:
+        r.say(f"  [yellow]note:[/] {d.why}" if r.console else f"  note: {d.why}")
+    return kept
 
 
 def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]], task: Task, task_seconds: float):
