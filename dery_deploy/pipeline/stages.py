@@ -175,14 +175,16 @@ def made_after(path: Path, checkpoint: Path) -> bool:
 
 def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: str) -> AccuracyChange:
     """The run's network as QDQ INT8 on the target's runtime against itself in fp32 on a split
-    (`runtime.evaluate.accuracy_change`); cached beside the run."""
+    (`runtime.evaluate.accuracy_change`); cached beside the run, once for every thread count (accuracy does
+    not depend on it)."""
     from dery_deploy.runtime.evaluate import accuracy_change, artifact_runner
     from dery_deploy.runtime.quantize import CALIBRATION_IMAGES, qdq_from_module
 
-    cache = run_dir / f"int8-{split}-{target.replace('/', '-')}.json"
+    t = Target.parse(target)
+    cache = run_dir / f"int8-{split}-{t.backend}-{t.precision}.json"
     ckpt = run_dir / "checkpoint.safetensors"
     if made_after(cache, ckpt):
-        return AccuracyChange(**json.loads(cache.read_text()))
+        return replace(AccuracyChange(**json.loads(cache.read_text())), target=target)
     model, cfg = load_run_model(run_dir)
     qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg.seed))
     runtime = artifact_runner(qdq, backend_of(target), threads)
