@@ -7,7 +7,7 @@ figure every pass already records. It says how far two measurements of the same 
 The rule, among the targets that differ only in their thread count (the same runtime and precision): a count
 is not shipped when its noise index is above both `MAX_NOISE` (5%) and `RATIO` (2) times that of the least
 noisy count of the same runtime and precision, which always stays. Why these figures:
-- 5%: a quiet machine's noise index is well under it (0.5% for the tiny zoo's profile on this project's
+- 5%: a quiet machine's noise index is well under it (0.3-0.6% for the tiny zoo's one-thread profiles on this project's
   2-core VM, 3.2-3.5% for the fp32 one-thread profiles of the shared Xeon evidence), and a figure that moves
   more between windows cannot be reproduced within the 3% a user's own measurement is held to (issue 26).
 - 2x the least noisy count: the profiles of two counts are taken minutes apart, so a busy or drifting machine
