@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
 from dery_deploy.assemble.candidates import AdapterFitter
+from dery_deploy.assemble.pool import target_of
 from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.data.task import Task, load_task
@@ -35,6 +36,7 @@ from dery_deploy.pipeline.records import TaskRecord, TeacherRecord, TimeLimitRec
 from dery_deploy.pipeline.repeatability import repeatable
 from dery_deploy.pipeline.runner import Run, check_run_dir
 from dery_deploy.pipeline.stages import (
+    stage_donor_profile,
     stage_donors,
     stage_partition,
     stage_profile,
@@ -43,6 +45,7 @@ from dery_deploy.pipeline.stages import (
     stage_zoo,
 )
 from dery_deploy.pipeline.target_stage import stage_targets
+from dery_deploy.pipeline.thread_screen import screened
 from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend
@@ -185,12 +188,14 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
 
 def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Task) -> list[LatencyModel]:
     """Each target's profile and latency check, in order; under --time-limit, the device spec's further
-    targets only while the profiles fit their share of it (`time_limit.keeps_profiling`). Returns the
+    targets only while the profiles fit their share of it (`time_limit.keeps_profiling`); a further thread
+    count of a runtime and precision only past its whole donors' screen (`thread_screen.py`). Returns the
     latency models of the targets whose measurements repeat (`repeatability.py`; the others recorded in
     run.json with why)."""
     opts = r.opts
     names = target_names(targets)
     models: list[LatencyModel] = []
+    r.manifest.screened = []
     limit, last = (60 * opts.time_limit if opts.time_limit else None), 0.0
     for i, (backend, precision) in enumerate(targets):
         if i and not opts.targets and not keeps_profiling(limit, time.time() - r.t0, last):
@@ -202,6 +207,14 @@ def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Tas
             r.say(f"  time limit {opts.time_limit:g} min: {left} not searched; the profiles so far used its share")
             break
         t = time.time()
+        first = next((m for m in models if Target.of(m.profile) == Target(backend.name, precision)), None)
+        if first is not None and not opts.keep_all_targets:
+            donors = stage_donor_profile(r, zoo, spec, backend, precision, part, dis, task, names[i])
+            if cut := screened(donors, first.profile, names[i], target_of(first)):
+                r.manifest.screened.append(cut)
+                r.say(f"  [yellow]note:[/] {cut.why}" if r.console else f"  note: {cut.why}")
+                last = time.time() - t
+                continue
         prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task, names[i])
         prof = stage_verify(r, zoo, spec, prof_file, part, dis, names[i])
         models.append(LatencyModel.of(prof, str(prof_file), opts.percentile))

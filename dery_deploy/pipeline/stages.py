@@ -18,6 +18,7 @@ from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
 from dery_deploy.pipeline.records import DonorResult
 from dery_deploy.pipeline.runner import Run
+from dery_deploy.pipeline.thread_screen import DONOR
 from dery_deploy.profile.run import run_profile, verify
 from dery_deploy.profile.store import Profile, profile_path, read_profile
 from dery_deploy.runtime.evaluate import AccuracyChange
@@ -128,6 +129,29 @@ def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task, target
         f"{measured} items measured",
     )  # fmt: skip
     return path
+
+
+def stage_donor_profile(r: Run, zoo, spec, backend, precision, part, dis, task, name: str) -> Profile:
+    """A further thread count's profile holding at least the per-call overhead and the whole donors, what its
+    screen reads (`thread_screen.py`): the profile's first items, measured in one pass where they are missing."""
+    path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, r.opts.batch, backend.threads)
+    first = 1 + len(zoo.donor_names)  # the overhead item, then each whole donor (`profile.items.profile_items`)
+    have = 0
+    if Profile.is_current(path):
+        have = sum(k.startswith((DONOR, "overhead|")) for k in read_profile(path).records)
+    t = time.time()
+    if have < first:
+        title = f"screen {name} on its whole donors"
+        r.say(f"[bold cyan]> {title}[/]" if r.console else f"> {title}")
+        r.current = "profile"
+        with r.progress() as prog:
+            run_profile(
+                zoo, spec, backend.name, precision, [r.opts.batch], part, dis, r.cache, task.num_classes, prog,
+                limit=first, threads=backend.threads,
+            )  # fmt: skip
+    # not named "profile ...": the time estimate reads those stages as whole profiles (`estimate.item_seconds`)
+    r.record(f"screen {name} on its whole donors", "computed" if have < first else "reused", time.time() - t)
+    return read_profile(path)
 
 
 def check_is_current(prof: Profile, n: int, seed: int, partition_key: str) -> bool:

@@ -69,10 +69,11 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
 
 
 def targets_lines(m: RunManifest) -> list[str]:
-    """Which targets selection searched, where the run left some out: thread counts whose measurements do not
-    repeat (`pipeline/repeatability.py`), targets dominated at every budget (`pipeline/targets.py`)."""
+    """Which targets selection searched, where the run left some out: thread counts screened on their whole
+    donors (`pipeline/thread_screen.py`) or whose measurements do not repeat (`pipeline/repeatability.py`),
+    targets dominated at every budget (`pipeline/targets.py`)."""
     tp = m.target_pruning
-    noisy = [f"- {u.why}" for u in m.unrepeatable]
+    noisy = [f"- {s.why}" for s in m.screened] + [f"- {u.why}" for u in m.unrepeatable]
     if tp is None or not tp.dropped:
         return [*noisy, ""] if noisy else []
     raised = (

@@ -68,3 +68,46 @@ def test_two_counts_are_distinct_targets_and_each_plan_records_its_count(tiny_ws
     names = [c.name for c in res.finalists]
     assert len({c.key for c in res.finalists}) == len(res.finalists) and len(set(names)) < len(names)
     assert res.plan.threads == count[res.finalists[0].target]
+
+
+def test_a_further_count_is_screened_on_its_donors_or_profiled_and_every_target_is_accounted_for(
+    tiny_ws, fashion_task, tmp_path
+):
+    """`profile_targets` on the tiny zoo at one and two threads: the first count's profile is the fixture's own
+    (copied, so reused); the second count is timed on its whole donors first and then either screened out with
+    its figures or profiled and checked in full; which one depends on this machine, the record does not."""
+    import shutil
+
+    from dery_deploy.pipeline.manifest import RunManifest
+    from dery_deploy.pipeline.run import profile_targets
+    from dery_deploy.pipeline.runner import Run
+    from dery_deploy.pipeline.thread_screen import DONOR
+
+    opts = RunOptions(targets=["onnxruntime/fp32/t1", "onnxruntime/fp32/t2"], verify=3, out=str(tmp_path / "run"))
+    r = Run(opts)
+    cpu = get_device("cpu")
+    targets = resolve_targets(cpu, opts)
+    r.manifest = RunManifest(tiny_ws.zoo.name, tiny_ws.zoo.hash(), cpu.id, "onnxruntime", "fp32", opts)
+    r.manifest.targets = target_names(targets)
+    t1 = r.cache / "profiles" / "cpu" / "tiny-onnxruntime-fp32-b1-t1.json"
+    t1.parent.mkdir(parents=True)
+    shutil.copy(tiny_ws.profile_path, t1)
+    models = profile_targets(r, tiny_ws.zoo, cpu, targets, tiny_ws.partition, tiny_ws.dis, fashion_task)
+    m = r.manifest
+    stages = {s.stage: s.status for s in m.stages}
+    assert (
+        stages["profile onnxruntime/fp32/t1"] == "reused"
+        and "screen onnxruntime/fp32/t1 on its whole donors" not in stages
+    )
+    assert stages["screen onnxruntime/fp32/t2 on its whole donors"] == "computed"
+    t2 = read_profile(t1.with_name("tiny-onnxruntime-fp32-b1-t2.json"))
+    assert t2.threads == 2 and sum(k.startswith(DONOR) for k in t2.records) == len(tiny_ws.zoo.donor_names)
+    kept = [target_of(x) for x in models]
+    left_out = [s.target for s in m.screened] + [u.target for u in m.unrepeatable]
+    assert sorted(kept + left_out) == ["onnxruntime/fp32/t1", "onnxruntime/fp32/t2"] and "onnxruntime/fp32/t1" in kept
+    if m.screened:  # left out on its donors: not profiled further, no latency check
+        [s] = m.screened
+        assert s.against == "onnxruntime/fp32/t1" and s.why.startswith("onnxruntime/fp32/t2 not profiled beyond its 3")
+        assert "profile onnxruntime/fp32/t2" not in stages and len(t2.records) == 1 + len(tiny_ws.zoo.donor_names)
+    else:  # profiled in full and checked, like any target
+        assert set(t2.records) == set(tiny_ws.profile.records) and "onnxruntime/fp32/t2" in m.verify_by_target
