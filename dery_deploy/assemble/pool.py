@@ -16,8 +16,9 @@ MAX_MARGIN = 0.15  # the most a plan is tightened for the latency model's error
 
 
 def target_of(model: LatencyModel) -> str:
-    """backend/precision: what a profile, and so a latency model, measures."""
-    return str(Target.of(model.profile))
+    """backend/precision (with /tN where the run searches several thread counts): what a profile, and so a
+    latency model, measures."""
+    return str(Target.of(model.profile, model.threads_named))
 
 
 def planning_margin(model: LatencyModel) -> float:

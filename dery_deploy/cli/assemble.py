@@ -76,7 +76,7 @@ def assemble(
     precision: str | None = typer.Option(None, "--precision", help="default: the device's"),
     batch: int = typer.Option(1, "--batch"),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads the runtime computes with (default: the device spec's)"
+        None, "--threads", help="CPU threads the runtime computes with (default: the first count the device spec lists)"
     ),
     percentile: int = typer.Option(
         50, "--percentile", help="the budget holds for this percentile of single calls: 50 (median), 90 or 99"
@@ -116,7 +116,7 @@ def assemble(
         backend or spec.default_backend,
         precision or spec.default_precision,
         batch,
-        threads or spec.threads,
+        threads or spec.default_threads,
     )
     model = latency_model(z, spec, prof_path, percentile, data, quiet=as_json)
     dis = dissect_zoo(z)

@@ -51,7 +51,7 @@ def profile(
     ),
     batch: str = typer.Option("1", "--batch", help="batch sizes, comma-separated"),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads the runtime computes with (default: the device spec's)"
+        None, "--threads", help="one CPU thread count to compute with (default: each count the device spec lists)"
     ),
     pass_items: int = typer.Option(
         PASS_ITEMS, "--pass-items", help="items per interleaved measurement pass; the profile is written after each"
@@ -112,11 +112,12 @@ def profile(
         err_console.print(f"no partition of zoo {z.name} yet: measuring whole donors and every unit")
     summaries = []
     # one batch at a time, each checked before the next is measured: an interrupted run keeps the first
-    # batch's latency check (batch 1 sets the margin and the headline), not only its items
-    for b in batches:
+    # batch's latency check (batch 1 sets the margin and the headline), not only its items; each thread
+    # count the device spec searches (or --threads alone) is a profile of its own, the first count's first
+    for n, b in [(n, b) for n in ([threads] if threads else spec.thread_counts()) for b in batches]:
         with progress_bar() as prog:
             [p] = run_profile(
-                z, spec, backend, precision, [b], part, dis, root, num_classes, prog, threads=threads,
+                z, spec, backend, precision, [b], part, dis, root, num_classes, prog, threads=n,
                 pass_items=pass_items, donors=donors.split(",") if donors else None,
             )  # fmt: skip
         check = None

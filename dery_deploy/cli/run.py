@@ -64,7 +64,7 @@ def run(
         50, "--percentile", help="every budget holds for this percentile of single calls: 50, 90 or 99"
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads the runtime computes with (default: the device spec's)"
+        None, "--threads", help="one CPU thread count to compute with (default: each count the device spec lists)"
     ),
     time_limit: float | None = typer.Option(
         None,

@@ -65,7 +65,7 @@ def resolve(
     spec = get_device(device) if device else (get_device(plan.device) if plan and plan.device else None)
     prec = export_precision(fmt, precision, plan, spec)
     batch = int(plan.batch) if plan else 1
-    threads = plan.threads if plan else (spec.threads if spec else None)
+    threads = plan.threads if plan else (spec.default_threads if spec else None)
     percentile = int(plan.budget.percentile or 50) if plan and plan.budget else 50
     seed = cfg.seed
     task = load_task(cfg.data, zoo.input, seed=seed)

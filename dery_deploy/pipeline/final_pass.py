@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dery_deploy.artifacts import atomic_write_json
+from dery_deploy.assemble.pool import target_of
 from dery_deploy.export.package import refresh_latency
 from dery_deploy.export.report import report_path, write_budget
 from dery_deploy.export.verdict import budget_check, relate_to_machine
@@ -163,7 +164,9 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
     reassembled networks, and each shipped artifact against its budget (its export report is
     rewritten with that verdict)."""
     m = r.manifest
-    backends = {str(Target.of(mm.profile)): mm for mm in ctx.models}
+    backends = {target_of(mm): mm for mm in ctx.models}
+    # a plan's target by what it ran on (its thread count too), named as the run names it
+    named = {Target.of(mm.profile, counted=True): name for name, mm in backends.items()}
     compared = []
     for name, mm in backends.items():
         be = get_backend(mm.profile.backend, mm.profile.threads)
@@ -178,7 +181,8 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
         ]
     for res in m.results:
         if res.plan and res.export and res.export.artifact and res.export_dir and res.run:
-            plan, name = res.plan, str(Target(res.plan.backend, res.plan.precision))
+            plan = res.plan
+            name = named.get(Target.of(plan, counted=True)) or str(Target(plan.backend, plan.precision))
             be = get_backend(plan.backend, plan.threads)
             art = Path(res.export_dir) / res.export.artifact
             compared.append(

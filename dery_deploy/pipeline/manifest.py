@@ -19,7 +19,9 @@ from dery_deploy.pipeline.records import (
     TeacherRecord,
     TimeLimitRecord,
 )
+from dery_deploy.pipeline.repeatability import UnrepeatableTarget
 from dery_deploy.pipeline.targets import TargetPruning
+from dery_deploy.pipeline.thread_screen import ScreenedCount
 from dery_deploy.profile.store import LatencyCheck
 from dery_deploy.schema import load_dataclass
 
@@ -66,6 +68,10 @@ class RunManifest(JsonArtifact):
     time_limit: TimeLimitRecord | None = None  # --time-limit: minutes, what was cut to fit, the estimate
     # the targets carried into selection and those dropped as dominated at every budget, with why
     target_pruning: TargetPruning | None = None
+    # thread counts left out after their profiles because their measurements do not repeat (repeatability.py)
+    unrepeatable: list[UnrepeatableTarget] = field(default_factory=list)
+    # further thread counts not profiled beyond their whole donors (thread_screen.py)
+    screened: list[ScreenedCount] = field(default_factory=list)
     family: FamilyRecord | None = None  # --family's paths (pipeline/family.py); left out of run.json without it
     started: str = ""
     finished: str = ""

@@ -10,7 +10,7 @@ from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.records import MixResult, Pick, SelectionFile, Triple
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import int8_on
-from dery_deploy.runtime.target import is_int8
+from dery_deploy.runtime.target import Target, is_int8
 from dery_deploy.train.select.evidence import Selection, evidence_words, pick_rule
 
 
@@ -66,16 +66,41 @@ def score_triples(
     return out
 
 
+def fewest_threads(top: Triple, triples: list[Triple]) -> Triple:
+    """`top`, or the same network on the same runtime and precision at fewer threads where `top` is not faster
+    than it by more than both measurements' standard errors: a count that buys no measured speed is not
+    shipped (it takes cores the deployment may need, and more threads timed noisier on the 2-core VM)."""
+    t = Target.parse(top.target)
+
+    def se(x: Triple) -> float:
+        return (x.uncertainty or 0.0) * x.measured_ms
+
+    fewer = [
+        o
+        for o in triples
+        if o.network == top.network
+        and o.val_accuracy == top.val_accuracy
+        and (c := Target.parse(o.target)).threads
+        and t.threads
+        and (c.backend, c.precision) == (t.backend, t.precision)
+        and c.threads < t.threads
+        and o.measured_ms - top.measured_ms <= se(o) + se(top)
+    ]
+    return min(fewer, key=lambda o: (Target.parse(o.target).threads or 0, o.measured_ms), default=top)
+
+
 def pick_triple(triples: list[Triple], s: Selection) -> Pick:
     """The pick among triples: the best donor triple unless the best mixed triple beats it on validation by
     more than the selection's noise; between a network's targets, the more accurate, then full precision,
-    then the faster. An int8 target never scores above its network's fp32 one (`score_triples`), so
-    int8 ships only a network that does not fit the budget in fp32 (more accurate than what does).
+    then the faster, and of its thread counts the fewest that is not measurably slower (`fewest_threads`).
+    An int8 target never scores above its network's fp32 one (`score_triples`), so int8 ships only a
+    network that does not fit the budget in fp32 (more accurate than what does).
     The rule names the evidence: out of fold where selection cross-validated, else the validation split."""
 
     def best(kind: str) -> Triple | None:
         ts = [t for t in triples if t.kind == kind]
-        return max(ts, key=lambda t: (t.val_accuracy, not is_int8(t.target), -t.measured_ms, t.target), default=None)
+        top = max(ts, key=lambda t: (t.val_accuracy, not is_int8(t.target), -t.measured_ms, t.target), default=None)
+        return fewest_threads(top, ts) if top else None
 
     d, m = best("donor"), best("mix")
     if d is None and m is None:

@@ -18,6 +18,7 @@ from dery_deploy.partition.cover_set import optimise
 from dery_deploy.partition.stage import Partition, make_partition, problem_from
 from dery_deploy.pipeline.records import DonorResult
 from dery_deploy.pipeline.runner import Run
+from dery_deploy.pipeline.thread_screen import DONOR
 from dery_deploy.profile.run import run_profile, verify
 from dery_deploy.profile.store import Profile, profile_path, read_profile
 from dery_deploy.runtime.evaluate import AccuracyChange
@@ -95,7 +96,8 @@ def stage_partition(r: Run, zoo, sim: Similarity, dis) -> Partition:
     return r.stage("partition", reuse, compute, lambda p: f"K={p.K}, objective {p.objective:.3f}")
 
 
-def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Path:
+def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task, target: str = "") -> Path:
+    """The target's profile (`target`: its name in this run, with its thread count where it searches several)."""
     batch = r.opts.batch
     path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, batch, backend.threads)
     before = len(read_profile(path).records) if Profile.is_current(path) else 0
@@ -123,10 +125,33 @@ def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task) -> Pat
     if measured and (busy := busy_note(prof.passes)):
         r.say(f"  [yellow]note:[/] {busy}" if r.console else f"  note: {busy}")
     r.record(
-        f"profile {Target(backend.name, precision)}", "computed" if measured else "reused", time.time() - t,
+        f"profile {target or Target(backend.name, precision)}", "computed" if measured else "reused", time.time() - t,
         f"{measured} items measured",
     )  # fmt: skip
     return path
+
+
+def stage_donor_profile(r: Run, zoo, spec, backend, precision, part, dis, task, name: str) -> Profile:
+    """A further thread count's profile holding at least the per-call overhead and the whole donors, what its
+    screen reads (`thread_screen.py`): the profile's first items, measured in one pass where they are missing."""
+    path = profile_path(r.cache, spec.id, zoo.name, backend.name, precision, r.opts.batch, backend.threads)
+    first = 1 + len(zoo.donor_names)  # the overhead item, then each whole donor (`profile.items.profile_items`)
+    have = 0
+    if Profile.is_current(path):
+        have = sum(k.startswith((DONOR, "overhead|")) for k in read_profile(path).records)
+    t = time.time()
+    if have < first:
+        title = f"screen {name} on its whole donors"
+        r.say(f"[bold cyan]> {title}[/]" if r.console else f"> {title}")
+        r.current = "profile"
+        with r.progress() as prog:
+            run_profile(
+                zoo, spec, backend.name, precision, [r.opts.batch], part, dis, r.cache, task.num_classes, prog,
+                limit=first, threads=backend.threads,
+            )  # fmt: skip
+    # not named "profile ...": the time estimate reads those stages as whole profiles (`estimate.item_seconds`)
+    r.record(f"screen {name} on its whole donors", "computed" if have < first else "reused", time.time() - t)
+    return read_profile(path)
 
 
 def check_is_current(prof: Profile, n: int, seed: int, partition_key: str) -> bool:
@@ -174,14 +199,16 @@ def made_after(path: Path, checkpoint: Path) -> bool:
 
 def int8_on(run_dir: Path, task: Task, target: str, threads: int | None, split: str) -> AccuracyChange:
     """The run's network as QDQ INT8 on the target's runtime against itself in fp32 on a split
-    (`runtime.evaluate.accuracy_change`); cached beside the run."""
+    (`runtime.evaluate.accuracy_change`); cached beside the run, once for every thread count (accuracy does
+    not depend on it)."""
     from dery_deploy.runtime.evaluate import accuracy_change, artifact_runner
     from dery_deploy.runtime.quantize import CALIBRATION_IMAGES, qdq_from_module
 
-    cache = run_dir / f"int8-{split}-{target.replace('/', '-')}.json"
+    t = Target.parse(target)
+    cache = run_dir / f"int8-{split}-{t.backend}-{t.precision}.json"
     ckpt = run_dir / "checkpoint.safetensors"
     if made_after(cache, ckpt):
-        return AccuracyChange(**json.loads(cache.read_text()))
+        return replace(AccuracyChange(**json.loads(cache.read_text())), target=target)
     model, cfg = load_run_model(run_dir)
     qdq = qdq_from_module(model, task.unlabelled_images(CALIBRATION_IMAGES, cfg.seed))
     runtime = artifact_runner(qdq, backend_of(target), threads)

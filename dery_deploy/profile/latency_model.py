@@ -66,6 +66,7 @@ class LatencyModel:
     percentile: int = 50  # of single calls: what the prediction is of
     subtract_overhead: bool = True  # each part less the per-call overhead (False: parts summed as measured)
     context: bool = False  # blocks as differences of their donor's prefixes (module docstring)
+    threads_named: bool = False  # the run searches several thread counts: its target is named with its count
 
     def __post_init__(self) -> None:
         cals = [r.calibration_ms for r in self.profile.records.values() if r.calibration_ms]

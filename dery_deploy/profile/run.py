@@ -40,7 +40,7 @@ def resolve_backend(
         )
     if threads is not None and threads < 1:
         raise DeryError(f"--threads must be >= 1, got {threads}", "profile")
-    b = get_backend(name, threads or spec.threads)
+    b = get_backend(name, threads or spec.default_threads)
     prec = precision or spec.default_precision
     b.check(device_for(spec), prec)
     return b, prec

@@ -7,6 +7,7 @@ from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.records import BudgetResult, Pick, Triple
 from dery_deploy.report.answers import donor_top1
 from dery_deploy.report.text import evidence, fmt_ms, fmt_pct, md_table
+from dery_deploy.runtime.target import is_int8
 from dery_deploy.train.select.evidence import Selection
 
 
@@ -82,7 +83,7 @@ def triples_table(triples: list[Triple], sel: Selection | None, pick: Pick | Non
                     t.target,
                     fmt_ms(t.measured_ms),
                     f"{t.val_accuracy:.2f}",
-                    f"{t.int8_change:+.2f}" if t.target.endswith("/int8") else "-",
+                    f"{t.int8_change:+.2f}" if is_int8(t.target) else "-",
                     "yes" if (t.network, t.target) == shipped else "",
                 ]
                 for t in sorted(triples, key=lambda t: (-t.val_accuracy, t.measured_ms))

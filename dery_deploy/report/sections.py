@@ -69,10 +69,13 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
 
 
 def targets_lines(m: RunManifest) -> list[str]:
-    """Which targets selection searched, where the run left some out as dominated (`pipeline/targets.py`)."""
+    """Which targets selection searched, where the run left some out: thread counts screened on their whole
+    donors (`pipeline/thread_screen.py`) or whose measurements do not repeat (`pipeline/repeatability.py`),
+    targets dominated at every budget (`pipeline/targets.py`)."""
     tp = m.target_pruning
+    noisy = [f"- {s.why}" for s in m.screened] + [f"- {u.why}" for u in m.unrepeatable]
     if tp is None or not tp.dropped:
-        return []
+        return [*noisy, ""] if noisy else []
     raised = (
         f" Budgets raised during the run ({', '.join(f'{b:g} ms' for b in tp.restored_at)}) searched every target."
         if tp.restored_at
@@ -82,6 +85,7 @@ def targets_lines(m: RunManifest) -> list[str]:
         f"Targets searched in selection: {', '.join(tp.kept)} (decided from the profiles in {tp.seconds:.1f} s; "
         f"`--keep-all-targets` searches every one).{raised}",
         "",
+        *noisy,
         *(f"- {line}" for line in tp.lines()),
         "",
     ]

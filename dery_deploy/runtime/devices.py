@@ -20,6 +20,30 @@ from dery_deploy.errors import DeryError
 from dery_deploy.runtime.target import Target
 
 KINDS = ("cpu", "cuda", "jetson")
+ALL_CORES = "all"  # in a spec's `threads`: every core this process may use
+
+
+def every_core() -> int:
+    """The cores this process may run on (its affinity, which taskset and containers narrow), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call (macOS): every core the machine has
+        return os.cpu_count() or 1
+
+
+def thread_counts_of(value) -> tuple[tuple[int | str, ...], str | None]:
+    """A spec's `threads` (null, a count, or a list of counts and `all`) as a tuple, and what is wrong with
+    it (None: nothing)."""
+    if value is None:
+        return (), None
+    items = value if isinstance(value, list) else [value]
+    bad = [v for v in items if v != ALL_CORES and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1)]
+    if bad or not items:
+        return (), (
+            f"threads: expected a positive integer, {ALL_CORES!r} or a list of them, got {value!r}"
+            + (f" ({bad[0]!r} is neither)" if bad and isinstance(value, list) else "")
+        )
+    return tuple(items), None
 
 
 def devices_dir() -> Path:
@@ -42,9 +66,10 @@ class DeviceSpec:
     memory_mb: int | None = None
     notes: str = ""
     extra: dict = field(default_factory=dict)
-    # CPU threads every runtime computes with on this device: measured with, and shipped with (None:
-    # the runtime's default, where the CPU does not do the work)
-    threads: int | None = None
+    # CPU thread counts the runtimes compute with on this device, each searched as a target of its own and
+    # shipped with the pick (`all`: every core this process may use); empty: the runtime's default, where
+    # the CPU does not do the work
+    threads: tuple[int | str, ...] = ()
     # backend/precision combinations `dery run` searches by default (empty: the default backend and
     # precision only); runtime and precision are part of the answer
     search: tuple[str, ...] = ()
@@ -52,6 +77,17 @@ class DeviceSpec:
     def targets(self) -> list[str]:
         """The backend/precision combinations searched by default."""
         return list(self.search) or [str(Target(self.default_backend, self.default_precision))]
+
+    def thread_counts(self) -> list[int | None]:
+        """The thread counts searched, `all` read as the cores this process may use and repeats dropped (on
+        a 1-core machine `[1, all]` is `[1]`); `[None]` where the spec lists none (the runtime's default)."""
+        counts: list[int | None] = [every_core() if n == ALL_CORES else int(n) for n in self.threads]
+        return list(dict.fromkeys(counts)) or [None]
+
+    @property
+    def default_threads(self) -> int | None:
+        """The count a single measurement uses where no --threads names one: the first the spec lists."""
+        return self.thread_counts()[0]
 
     def matches(self, fp: dict) -> bool:
         """Does a measured fingerprint belong to this spec?"""
@@ -93,8 +129,9 @@ def load_device(path: Path) -> DeviceSpec:
             listed = False
         if not listed:
             errors.append(f"search: {t!r} is not backend/precision of a listed backend")
-    if d.get("threads") is not None and not (isinstance(d["threads"], int) and d["threads"] >= 1):
-        errors.append(f"threads: expected a positive integer or null, got {d['threads']!r}")
+    threads, bad_threads = thread_counts_of(d.get("threads"))
+    if bad_threads:
+        errors.append(bad_threads)
     if isinstance(d.get("kind"), str) and d["kind"] not in KINDS:
         errors.append(f"kind: {d['kind']!r} not in {KINDS}")
     if errors:
@@ -109,7 +146,7 @@ def load_device(path: Path) -> DeviceSpec:
         d["default_precision"],
         d.get("memory_mb"),
         " ".join(str(d.get("notes", "")).split()),
-        threads=d.get("threads"),
+        threads=threads,
         search=tuple(d.get("search") or ()),
     )
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dery_deploy.export.verdict import BudgetVerdict
+from dery_deploy.runtime.devices import get_device
 from tests.conftest import assert_one_line_error, run_dery, write_folder
 
 CLASSES = ("ant", "bee", "cat", "dog", "eel", "fox", "gnu")
@@ -40,7 +41,9 @@ def test_whole_journey_on_their_zoo_and_images(user, tmp_path):
     dery(user, "similarity", "--zoo", "zoo.yaml", "--data", "imgs")
     dery(user, "partition", "--zoo", "zoo.yaml", "--data", "imgs", "-K", "3", "--restarts", "5")
     p = dery(user, "profile", "--zoo", "zoo.yaml", "--device", "cpu", "--data", "imgs", "--json")
-    [summary] = json.loads(p.stdout)
+    summaries = json.loads(p.stdout)  # one per thread count the cpu spec searches here, the first (1) first
+    assert [s["threads"] for s in summaries] == get_device("cpu").thread_counts()
+    summary = summaries[0]  # the count `dery assemble` plans with by default
     prof = json.loads((user / summary["path"]).read_text())
     heads = {r["num_classes"] for r in prof["records"].values() if r["kind"] in ("head", "donor")}
     assert heads == {7}  # heads and whole donors profiled with the task's class count

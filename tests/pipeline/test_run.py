@@ -55,6 +55,19 @@ def test_between_equally_accurate_targets_the_faster_ships():
     assert pick_triple(ts, noise(2.0)).target == "openvino/fp32"
 
 
+def test_of_a_networks_thread_counts_the_fewest_ships_unless_more_are_measurably_faster():
+    # a run's figures (tiny zoo, openvino/fp32 on one core): two threads 0.1363 ms ±1.6%, one 0.1367 ms ±1.6%
+    t1 = Triple("cnx", "openvino/fp32/t1", "donor", 68.5, 0.0, 68.5, 0.13666, 0.01603)
+    t2 = Triple("cnx", "openvino/fp32/t2", "donor", 68.5, 0.0, 68.5, 0.1363, 0.01621)
+    assert pick_triple([t1, t2], noise(2.0)).target == "openvino/fp32/t1"
+    # faster by more than both standard errors (0.0022 + 0.0018 ms): two threads ship
+    fast = Triple("cnx", "openvino/fp32/t2", "donor", 68.5, 0.0, 68.5, 0.1100, 0.01621)
+    assert pick_triple([t1, fast], noise(2.0)).target == "openvino/fp32/t2"
+    # another runtime's one thread is no reason: the faster target ships
+    ort = Triple("cnx", "onnxruntime/fp32/t1", "donor", 68.5, 0.0, 68.5, 0.14848, 0.0109)
+    assert pick_triple([ort, t2], noise(2.0)).target == "openvino/fp32/t2"
+
+
 def test_no_triple_is_an_error_not_a_guess():
     from dery_deploy.errors import DeryError
 

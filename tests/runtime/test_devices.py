@@ -83,6 +83,45 @@ def test_bad_device_yaml_reports_every_field(tmp_path):
         assert needle in msg, msg
 
 
+SPEC = (
+    "id: x\nname: X\nkind: cpu\nfingerprint: {cpu_model: '.*'}\nbackends: [onnxruntime]\n"
+    "default_backend: onnxruntime\ndefault_precision: fp32\n"
+)
+
+
+def test_the_cpu_spec_searches_one_thread_and_every_core_this_process_may_use():
+    cpu = get_device("cpu")
+    cores = len(os.sched_getaffinity(0))
+    assert cpu.threads == (1, "all") and cpu.default_threads == 1
+    assert cpu.thread_counts() == ([1] if cores == 1 else [1, cores])
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})  # pinned to one core (taskset -c N): 1 is every core, searched once
+    try:
+        assert cpu.thread_counts() == [1]
+    finally:
+        os.sched_setaffinity(0, before)
+    assert get_device("h200").thread_counts() == [None] and get_device("h200").default_threads is None
+
+
+def test_spec_thread_counts_read_as_written(tmp_path):
+    p = tmp_path / "x.yaml"
+    for written, counts in (("4", [4]), ("[2, 1, 2]", [2, 1]), ("null", [None])):
+        p.write_text(SPEC + f"threads: {written}\n")
+        assert load_device(p).thread_counts() == counts, written
+
+
+@pytest.mark.parametrize("bad", ["0", "[1, every]", "[]", "true", "[1, -2]", "'8'"])
+def test_a_bad_thread_count_is_one_line_naming_it(tmp_path, bad):
+    p = tmp_path / "x.yaml"
+    p.write_text(SPEC + f"threads: {bad}\n")
+    with pytest.raises(DeryError) as e:
+        load_device(p)
+    msg = str(e.value)
+    assert "threads: expected a positive integer, 'all' or a list of them, got" in msg and len(msg.splitlines()) == 1
+    if bad == "[1, every]":
+        assert msg.endswith("got [1, 'every'] ('every' is neither)"), msg
+
+
 def test_cpu_fingerprint_describes_this_machine():
     fp = machine_fingerprint("cpu")
     assert fp["kind"] == "cpu" and fp["cpu_model"] == cpu_model() and fp["cpu_model"]

@@ -1,0 +1,71 @@
+"""A further thread count screened on its whole donors before its full profile: the cheap first look that keeps
+the default run from profiling, checking and searching a count that cannot pay.
+
+A run profiles each runtime and precision at its first count in full. For a further count of the same runtime
+and precision it first times the whole donors alone (`stages.stage_donor_profile`, with the per-call overhead
+item: the profile's first items, one pass, a few seconds; kept, so a full profile later measures only the
+rest), and goes no further when, on those donors,
+- their measurements do not repeat: the donors' noise index at this count fails the rule of
+  `repeatability.py` against the same donors' at the first count (above 5% and twice it), or
+- the count is slower than the first count on every donor, by more than both measurements' standard errors.
+A block's latency follows its donor's closely on these networks, so a count slower on every whole donor is
+nearly always slower on the blocks a plan mixes; `--keep-all-targets` profiles every count in full instead.
+Measured on this 2-core VM pinned to one core (the other busy): onnxruntime/fp32 at two threads had a donors'
+noise index of 19.4% against 1.6% at one and was screened out in a few seconds, where its full profile and
+latency check had taken 35 s; openvino/fp32 at two threads was as fast as at one and was profiled in full.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from dery_deploy.pipeline.repeatability import MAX_NOISE, RATIO, does_not_repeat
+from dery_deploy.profile.store import Profile, Record
+
+DONOR = "donor|"
+
+
+@dataclass
+class ScreenedCount:
+    """A further thread count left out on its whole donors: held against which target, and why, with figures."""
+
+    target: str
+    against: str
+    why: str
+
+
+def donor_records(profile: Profile) -> dict[str, Record]:
+    return {k: rec for k, rec in profile.records.items() if k.startswith(DONOR)}
+
+
+def screened(extra: Profile, first: Profile, name: str, first_name: str) -> ScreenedCount | None:
+    """The rule above on the whole donors both profiles hold, or None where the count goes on to its full profile."""
+    a, b = donor_records(extra), donor_records(first)
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return None
+    noise_a = statistics.median(a[k].noise for k in shared)
+    noise_b = statistics.median(b[k].noise for k in shared)
+    lead = f"{name} not profiled beyond its {len(shared)} whole donors"
+    if does_not_repeat(noise_a, noise_b):
+        return ScreenedCount(
+            name,
+            first_name,
+            f"{lead}: their measurements do not repeat (noise index {100 * noise_a:.1f}%, above "
+            f"{100 * MAX_NOISE:.0f}% and {RATIO:g}x {first_name}'s {100 * noise_b:.1f}%)",
+        )
+
+    def margin(k: str) -> float:  # how surely the donor is slower at this count (ms; > 0: beyond both errors)
+        return a[k].median_ms * (1 - a[k].uncertainty) - b[k].median_ms * (1 + b[k].uncertainty)
+
+    if all(margin(k) > 0 for k in shared):
+        k = min(shared, key=margin)
+        return ScreenedCount(
+            name,
+            first_name,
+            f"{lead}: slower than {first_name} on every one beyond both measurements' errors (closest: "
+            f"{a[k].info.get('donor', k)} {a[k].median_ms:.4f} ms ±{100 * a[k].uncertainty:.1f}% vs "
+            f"{b[k].median_ms:.4f} ms ±{100 * b[k].uncertainty:.1f}%)",
+        )
+    return None

@@ -1,0 +1,60 @@
+"""The screen a further thread count passes on its whole donors before its full profile (`pipeline/thread_screen.py`).
+
+Figures (median ms, relative standard error, noise) are the tiny zoo's whole donors as a `dery run --quick` on this
+project's 2-core VM measured them, pinned to one core while the other ran another session's benchmark
+(2026-12-04): two threads of onnxruntime squeezed onto that core did not repeat; two threads of openvino ran as
+one did.
+"""
+
+from dery_deploy.pipeline.thread_screen import screened
+from dery_deploy.profile.store import Profile, Record
+
+DONORS = ("test_resnet", "test_convnext", "test_vit")
+ORT_T1 = [(0.09293, 0.00535, 0.00793), (0.14768, 0.04097, 0.01638), (0.67788, 0.00987, 0.03318)]
+ORT_T2 = [(0.10055, 0.01291, 0.19431), (0.19365, 0.22756, 1.07209), (0.82699, 0.05201, 0.14658)]
+OV_T1 = [(0.13114, 0.00187, 0.00454), (0.13723, 0.0027, 0.00485), (0.56248, 0.0075, 0.01636)]
+OV_T2 = [(0.12938, 0.00044, 0.00129), (0.13568, 0.00228, 0.0024), (0.54381, 0.00433, 0.00685)]
+
+
+def profile(threads: int, donors: list[tuple[float, float, float]], backend: str = "onnxruntime") -> Profile:
+    records = {
+        "overhead|NCHW 1x32x32 /1": Record("overhead", 0.0055, 0.006, 0.007, 0.003, 500, True, noise=0.008),
+        **{
+            f"donor|{name}|NCHW 1x32x32 /1|10": Record(
+                "donor", ms, ms * 1.1, ms * 1.3, se, 200, True, windows=15, noise=noise, info={"donor": name}
+            )
+            for name, (ms, se, noise) in zip(DONORS, donors, strict=True)
+        },
+    }
+    return Profile("cpu", "cpu", {}, backend, "1", "fp32", 1, "tiny", "h", records, threads=threads)
+
+
+def test_a_count_whose_donors_do_not_repeat_goes_no_further():
+    s = screened(profile(2, ORT_T2), profile(1, ORT_T1), "onnxruntime/fp32/t2", "onnxruntime/fp32/t1")
+    assert s is not None and (s.target, s.against) == ("onnxruntime/fp32/t2", "onnxruntime/fp32/t1")
+    assert s.why == (
+        "onnxruntime/fp32/t2 not profiled beyond its 3 whole donors: their measurements do not repeat "
+        "(noise index 19.4%, above 5% and 2x onnxruntime/fp32/t1's 1.6%)"
+    )
+
+
+def test_a_count_slower_on_every_donor_beyond_both_errors_goes_no_further():
+    # the two-thread medians and errors of onnxruntime, but timed as quietly as one thread (convnext's error
+    # taken as one thread's, 4.1%: at two threads' 22.8% a measurement could still find it faster)
+    quiet = [(0.10055, 0.01291, 0.00793), (0.19365, 0.04097, 0.01638), (0.82699, 0.05201, 0.03318)]
+    s = screened(profile(2, quiet), profile(1, ORT_T1), "onnxruntime/fp32/t2", "onnxruntime/fp32/t1")
+    assert s is not None and s.why == (
+        "onnxruntime/fp32/t2 not profiled beyond its 3 whole donors: slower than onnxruntime/fp32/t1 on every one "
+        "beyond both measurements' errors (closest: test_resnet 0.1006 ms ±1.3% vs 0.0929 ms ±0.5%)"
+    )
+    noisy_convnext = [quiet[0], (0.19365, 0.22756, 0.01638), quiet[2]]
+    assert screened(profile(2, noisy_convnext), profile(1, ORT_T1), "t2", "t1") is None
+
+
+def test_a_count_as_fast_and_as_repeatable_is_profiled_in_full():
+    assert screened(profile(2, OV_T2, "openvino"), profile(1, OV_T1, "openvino"), "ov/t2", "ov/t1") is None
+
+
+def test_without_donors_in_common_nothing_is_screened():
+    empty = Profile("cpu", "cpu", {}, "onnxruntime", "1", "fp32", 1, "tiny", "h", {}, threads=2)
+    assert screened(empty, profile(1, ORT_T1), "t2", "t1") is None

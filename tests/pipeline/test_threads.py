@@ -1,0 +1,113 @@
+"""Thread counts as targets: which a run searches, how it names them, and that each is profiled, assembled for
+and measured at its own count, the plan recording it (issue 26, item 3)."""
+
+import os
+
+from dery_deploy.assemble.pool import target_of
+from dery_deploy.assemble.stage import AssembleRequest, assemble
+from dery_deploy.pipeline.options import RunOptions
+from dery_deploy.pipeline.run import resolve_targets, target_names
+from dery_deploy.profile.latency_model import LatencyModel
+from dery_deploy.profile.run import run_profile
+from dery_deploy.profile.store import read_profile
+from dery_deploy.runtime.devices import get_device, load_device
+from dery_deploy.runtime.harness import TimingOptions
+from tests.conftest import ROOT
+
+SEARCH = ["onnxruntime/fp32", "openvino/fp32", "openvino/int8"]  # devices/cpu.yaml's `search`
+
+
+def test_a_run_searches_each_target_at_each_count_and_names_the_counts_only_then(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text((ROOT / "devices" / "cpu.yaml").read_text().replace("threads: [1, all]", "threads: [1, 2]"))
+    two = resolve_targets(load_device(spec), RunOptions())
+    # each count's targets after the previous count's: a time limit cuts the extra count first
+    assert target_names(two) == [f"{t}/t{n}" for n in (1, 2) for t in SEARCH]
+    assert [b.threads for b, _ in two] == [1, 1, 1, 2, 2, 2]
+    cpu = get_device("cpu")
+    cores = len(os.sched_getaffinity(0))
+    default = resolve_targets(cpu, RunOptions())
+    if cores == 1:  # 1 is every core: one count, named as before counts were searched
+        assert target_names(default) == SEARCH and {b.threads for b, _ in default} == {1}
+    else:
+        assert target_names(default) == [f"{t}/t{n}" for n in (1, cores) for t in SEARCH]
+        assert [b.threads for b, _ in default] == [1] * 3 + [cores] * 3
+    pinned = resolve_targets(cpu, RunOptions(threads=2))  # --threads pins one count
+    assert target_names(pinned) == SEARCH and [b.threads for b, _ in pinned] == [2, 2, 2]
+    asked = resolve_targets(cpu, RunOptions(targets=["onnxruntime/fp32/t2", "openvino/int8"], threads=1))
+    assert target_names(asked) == ["onnxruntime/fp32/t2", "openvino/int8/t1"]
+    again = resolve_targets(cpu, RunOptions(targets=["onnxruntime/fp32", "onnxruntime/fp32/t1"], threads=1))
+    assert target_names(again) == ["onnxruntime/fp32"]  # the same target asked twice is searched once
+
+
+def test_two_counts_are_distinct_targets_and_each_plan_records_its_count(tiny_ws, fashion_task, tmp_path):
+    cpu = get_device("cpu")
+    short = TimingOptions(min_windows=5, max_s=0.5)  # the figures only need to exist
+    [t2_path] = run_profile(
+        tiny_ws.zoo, cpu, "onnxruntime", "fp32", [1], tiny_ws.partition, tiny_ws.dis, tmp_path, num_classes=10,
+        threads=2, timing=short,
+    )  # fmt: skip
+    t2 = read_profile(t2_path)
+    assert t2_path.name == "tiny-onnxruntime-fp32-b1-t2.json" and tiny_ws.profile_path.name.endswith("-b1-t1.json")
+    assert (tiny_ws.profile.threads, t2.threads) == (1, 2) and set(t2.records) == set(tiny_ws.profile.records)
+    m1, m2 = LatencyModel.of(tiny_ws.profile), LatencyModel.of(t2)
+    m1.threads_named = m2.threads_named = True  # as `profile_targets` names them where a run searches two counts
+    assert [target_of(m1), target_of(m2)] == ["onnxruntime/fp32/t1", "onnxruntime/fp32/t2"]
+
+    res = assemble(
+        tiny_ws.zoo, tiny_ws.partition, tiny_ws.dis, m1, fashion_task, AssembleRequest(2.0, top=2), more_models=(m2,)
+    )
+    count = {"onnxruntime/fp32/t1": 1, "onnxruntime/fp32/t2": 2}
+    assert {c.target for c in res.candidates} == set(count)  # both counts proposed, as two targets
+    assert set(res.solver.targets) == set(count)
+    for c in res.candidates:  # every plan ships with the count it was planned and measured at
+        assert c.plan.threads == count[c.target] and c.plan.backend == "onnxruntime", c.key
+    for c in res.finalists:
+        assert c.measured["threads"] == count[c.target] and c.measured["median_ms"] <= 2.0, c.key
+    # the same network on the two counts: two (network, target) pairs, measured apart
+    names = [c.name for c in res.finalists]
+    assert len({c.key for c in res.finalists}) == len(res.finalists) and len(set(names)) < len(names)
+    assert res.plan.threads == count[res.finalists[0].target]
+
+
+def test_a_further_count_is_screened_on_its_donors_or_profiled_and_every_target_is_accounted_for(
+    tiny_ws, fashion_task, tmp_path
+):
+    """`profile_targets` on the tiny zoo at one and two threads: the first count's profile is the fixture's own
+    (copied, so reused); the second count is timed on its whole donors first and then either screened out with
+    its figures or profiled and checked in full; which one depends on this machine, the record does not."""
+    import shutil
+
+    from dery_deploy.pipeline.manifest import RunManifest
+    from dery_deploy.pipeline.run import profile_targets
+    from dery_deploy.pipeline.runner import Run
+    from dery_deploy.pipeline.thread_screen import DONOR
+
+    opts = RunOptions(targets=["onnxruntime/fp32/t1", "onnxruntime/fp32/t2"], verify=3, out=str(tmp_path / "run"))
+    r = Run(opts)
+    cpu = get_device("cpu")
+    targets = resolve_targets(cpu, opts)
+    r.manifest = RunManifest(tiny_ws.zoo.name, tiny_ws.zoo.hash(), cpu.id, "onnxruntime", "fp32", opts)
+    r.manifest.targets = target_names(targets)
+    t1 = r.cache / "profiles" / "cpu" / "tiny-onnxruntime-fp32-b1-t1.json"
+    t1.parent.mkdir(parents=True)
+    shutil.copy(tiny_ws.profile_path, t1)
+    models = profile_targets(r, tiny_ws.zoo, cpu, targets, tiny_ws.partition, tiny_ws.dis, fashion_task)
+    m = r.manifest
+    stages = {s.stage: s.status for s in m.stages}
+    assert (
+        stages["profile onnxruntime/fp32/t1"] == "reused"
+        and "screen onnxruntime/fp32/t1 on its whole donors" not in stages
+    )
+    assert stages["screen onnxruntime/fp32/t2 on its whole donors"] == "computed"
+    t2 = read_profile(t1.with_name("tiny-onnxruntime-fp32-b1-t2.json"))
+    assert t2.threads == 2 and sum(k.startswith(DONOR) for k in t2.records) == len(tiny_ws.zoo.donor_names)
+    kept = [target_of(x) for x in models]
+    left_out = [s.target for s in m.screened] + [u.target for u in m.unrepeatable]
+    assert sorted(kept + left_out) == ["onnxruntime/fp32/t1", "onnxruntime/fp32/t2"] and "onnxruntime/fp32/t1" in kept
+    if m.screened:  # left out on its donors: not profiled further, no latency check
+        [s] = m.screened
+        assert s.against == "onnxruntime/fp32/t1" and s.why.startswith("onnxruntime/fp32/t2 not profiled beyond its 3")
+        assert "profile onnxruntime/fp32/t2" not in stages and len(t2.records) == 1 + len(tiny_ws.zoo.donor_names)
+    else:  # profiled in full and checked, like any target
+        assert set(t2.records) == set(tiny_ws.profile.records) and "onnxruntime/fp32/t2" in m.verify_by_target
