@@ -55,7 +55,8 @@ def test_a_training_step_is_timed_per_image(fashion_task):
 
 def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     r = Recipe(epochs_adapter=1, epochs_full=2, batch=64)
-    plan = Plan([0.2], {"a": 0.1, "b": 0.3}, ["a", "b"], ["a"], r, r, (1,), 2, 2, step_s={"a": 1e-3, "b": 3e-3})
+    f = Recipe(epochs_adapter=1, epochs_full=2, batch=64, distill=0.5, distill_images=128)  # it distils: a teacher
+    plan = Plan([0.2], {"a": 0.1, "b": 0.3}, ["a", "b"], ["a"], r, f, (1,), 2, 2, step_s={"a": 1e-3, "b": 3e-3})
     est = estimate(plan, fashion_task, item_s=0.5, after_s=100)
     names = [p.stage for p in est.parts]
     assert names[:4] == [
@@ -76,10 +77,10 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     # a network under the 0.2 ms budget costs what the donor that fits it costs (a: 1e-3 s per image);
     # under a budget no donor fits, the median over every donor's
     heal = next(p for p in est.parts if p.stage == "heal")
-    assert heal.seconds == pytest.approx(training_seconds(r, n, True, 1e-3, 1e-3))
+    assert heal.seconds == pytest.approx(training_seconds(f, n, True, 1e-3, 1e-3))
     below = estimate(replace(plan, budgets=[0.05]), fashion_task, item_s=0.5, after_s=100)
     heal = next(p for p in below.parts if p.stage == "heal")
-    assert heal.seconds == pytest.approx(training_seconds(r, n, True, 2e-3, 2e-3))
+    assert heal.seconds == pytest.approx(training_seconds(f, n, True, 2e-3, 2e-3))
     # evaluation: the test images at EVAL_SHARE of a training image
     ev = next(p for p in est.parts if p.stage == "evaluate donor a")
     assert ev.seconds == pytest.approx(len(fashion_task.test) * 1e-3 * EVAL_SHARE)
