@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
-from dery_deploy.assemble.candidates import AdapterFitter
+from dery_deploy.assemble.candidates import DONOR_NEAR, AdapterFitter
 from dery_deploy.assemble.pool import target_of
 from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.program_data import Scores, program_data
@@ -243,7 +243,8 @@ def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Tas
         first = next((m for m in models if Target.of(m.profile) == Target(backend.name, precision)), None)
         if first is not None and not opts.keep_all_targets:
             donors = stage_donor_profile(r, zoo, spec, backend, precision, part, dis, task, names[i])
-            if cut := screened(donors, first.profile, names[i], target_of(first)):
+            within = max(opts.budgets) * (1 + DONOR_NEAR) if opts.budgets else None
+            if cut := screened(donors, first.profile, names[i], target_of(first), within):
                 r.manifest.screened.append(cut)
                 r.say(f"  [yellow]note:[/] {cut.why}" if r.console else f"  note: {cut.why}")
                 last = time.time() - t

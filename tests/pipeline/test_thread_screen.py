@@ -45,7 +45,8 @@ def test_a_count_slower_on_every_donor_beyond_both_errors_goes_no_further():
     s = screened(profile(2, quiet), profile(1, ORT_T1), "onnxruntime/fp32/t2", "onnxruntime/fp32/t1")
     assert s is not None and s.why == (
         "onnxruntime/fp32/t2 not profiled beyond its 3 whole donors: slower than onnxruntime/fp32/t1 on every one "
-        "beyond both measurements' errors (closest: test_resnet 0.1006 ms ±1.3% vs 0.0929 ms ±0.5%)"
+        "that may fit a budget (2) beyond both measurements' errors (closest: test_resnet 0.1006 ms ±1.3% vs "
+        "0.0929 ms ±0.5%)"
     )
     noisy_convnext = [quiet[0], (0.19365, 0.22756, 0.01638), quiet[2]]
     assert screened(profile(2, noisy_convnext), profile(1, ORT_T1), "t2", "t1") is None
@@ -58,3 +59,66 @@ def test_a_count_as_fast_and_as_repeatable_is_profiled_in_full():
 def test_without_donors_in_common_nothing_is_screened():
     empty = Profile("cpu", "cpu", {}, "onnxruntime", "1", "fp32", 1, "tiny", "h", {}, threads=2)
     assert screened(empty, profile(1, ORT_T1), "t2", "t1") is None
+
+
+# the embedded fashion zoo's whole donors in a clean-clone `dery run --quick` on the 2-core VM, nothing else
+# running (2026-12-04, 22:36 UTC): (median ms, relative standard error, noise) at one and at two threads
+FASHION = ("mnv3_rot", "convnext_lower", "tinynet_rot", "resnet10t_tops", "mobilevit_lower", "vit_tops")
+ORT1 = [
+    (0.112, 0.001, 0.01),
+    (0.1839, 0.003, 0.01),
+    (0.1845, 0.003, 0.01),
+    (0.2259, 0.001, 0.01),
+    (0.5115, 0.008, 0.01),
+    (2.0768, 0.004, 0.01),
+]  # noqa: E501
+ORT2 = [
+    (0.1761, 0.007, 0.01),
+    (0.2591, 0.009, 0.01),
+    (0.2814, 0.008, 0.01),
+    (0.2429, 0.008, 0.01),
+    (0.7345, 0.01, 0.01),
+    (2.0298, 0.006, 0.01),
+]  # noqa: E501
+OV1 = [
+    (0.1501, 0.002, 0.01),
+    (0.2426, 0.003, 0.01),
+    (0.2085, 0.008, 0.01),
+    (0.2504, 0.011, 0.01),
+    (0.4199, 0.011, 0.01),
+    (1.9451, 0.012, 0.01),
+]  # noqa: E501
+OV2 = [
+    (0.1953, 0.008, 0.01),
+    (0.293, 0.007, 0.01),
+    (0.2428, 0.006, 0.01),
+    (0.1806, 0.007, 0.01),
+    (0.4873, 0.009, 0.01),
+    (1.2438, 0.003, 0.01),
+]  # noqa: E501
+
+
+def fashion(threads: int, donors) -> Profile:
+    records = {
+        f"donor|{name}|NCHW 1x32x32 /1|10": Record(
+            "donor", ms, ms * 1.1, ms * 1.3, se, 200, True, windows=15, noise=noise, info={"donor": name}
+        )
+        for name, (ms, se, noise) in zip(FASHION, donors, strict=True)
+    }
+    return Profile("cpu", "cpu", {}, "onnxruntime", "1", "fp32", 1, "fashion", "h", records, threads=threads)
+
+
+def test_only_the_donors_that_may_fit_a_budget_decide():
+    # two threads slower on every donor but the slowest, which no budget the run chooses can fit: screened
+    s = screened(fashion(2, ORT2), fashion(1, ORT1), "onnxruntime/fp32/t2", "onnxruntime/fp32/t1")
+    assert s is not None and "on every one that may fit a budget (5) beyond both" in s.why
+    assert "closest: resnet10t_tops 0.2429 ms" in s.why
+    # a user's budget of 3 ms: the slowest donor may fit it and is not surely slower at two threads: kept
+    assert screened(fashion(2, ORT2), fashion(1, ORT1), "t2", "t1", within_ms=3.3) is None
+    # a user's budget of 0.2 ms: only the donors at most 0.22 ms at either count decide (all slower at two)
+    s = screened(fashion(2, ORT2), fashion(1, ORT1), "t2", "t1", within_ms=0.22)
+    assert s is not None and "(3)" in s.why
+    # budgets below every donor: no donor decides, nothing is screened on speed
+    assert screened(fashion(2, ORT2), fashion(1, ORT1), "t2", "t1", within_ms=0.05) is None
+    # openvino at two threads ran resnet10t_tops 28% faster: a budget-sized donor faster, so it is profiled
+    assert screened(fashion(2, OV2), fashion(1, OV1), "openvino/fp32/t2", "openvino/fp32/t1") is None
