@@ -16,14 +16,16 @@ OV_T1 = [(0.13114, 0.00187, 0.00454), (0.13723, 0.0027, 0.00485), (0.56248, 0.00
 OV_T2 = [(0.12938, 0.00044, 0.00129), (0.13568, 0.00228, 0.0024), (0.54381, 0.00433, 0.00685)]
 
 
-def profile(threads: int, donors: list[tuple[float, float, float]], backend: str = "onnxruntime") -> Profile:
+def profile(
+    threads: int, donors: list[tuple[float, float, float]], backend: str = "onnxruntime", names=DONORS
+) -> Profile:
     records = {
         "overhead|NCHW 1x32x32 /1": Record("overhead", 0.0055, 0.006, 0.007, 0.003, 500, True, noise=0.008),
         **{
             f"donor|{name}|NCHW 1x32x32 /1|10": Record(
                 "donor", ms, ms * 1.1, ms * 1.3, se, 200, True, windows=15, noise=noise, info={"donor": name}
             )
-            for name, (ms, se, noise) in zip(DONORS, donors, strict=True)
+            for name, (ms, se, noise) in zip(names, donors, strict=True)
         },
     }
     return Profile("cpu", "cpu", {}, backend, "1", "fp32", 1, "tiny", "h", records, threads=threads)
@@ -71,7 +73,7 @@ ORT1 = [
     (0.2259, 0.001, 0.01),
     (0.5115, 0.008, 0.01),
     (2.0768, 0.004, 0.01),
-]  # noqa: E501
+]
 ORT2 = [
     (0.1761, 0.007, 0.01),
     (0.2591, 0.009, 0.01),
@@ -79,7 +81,7 @@ ORT2 = [
     (0.2429, 0.008, 0.01),
     (0.7345, 0.01, 0.01),
     (2.0298, 0.006, 0.01),
-]  # noqa: E501
+]
 OV1 = [
     (0.1501, 0.002, 0.01),
     (0.2426, 0.003, 0.01),
@@ -87,7 +89,7 @@ OV1 = [
     (0.2504, 0.011, 0.01),
     (0.4199, 0.011, 0.01),
     (1.9451, 0.012, 0.01),
-]  # noqa: E501
+]
 OV2 = [
     (0.1953, 0.008, 0.01),
     (0.293, 0.007, 0.01),
@@ -95,17 +97,11 @@ OV2 = [
     (0.1806, 0.007, 0.01),
     (0.4873, 0.009, 0.01),
     (1.2438, 0.003, 0.01),
-]  # noqa: E501
+]
 
 
 def fashion(threads: int, donors) -> Profile:
-    records = {
-        f"donor|{name}|NCHW 1x32x32 /1|10": Record(
-            "donor", ms, ms * 1.1, ms * 1.3, se, 200, True, windows=15, noise=noise, info={"donor": name}
-        )
-        for name, (ms, se, noise) in zip(FASHION, donors, strict=True)
-    }
-    return Profile("cpu", "cpu", {}, "onnxruntime", "1", "fp32", 1, "fashion", "h", records, threads=threads)
+    return profile(threads, donors, names=FASHION)
 
 
 def test_only_the_donors_that_may_fit_a_budget_decide():
