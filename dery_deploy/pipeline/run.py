@@ -160,11 +160,13 @@ def refit_to_limit(
         return budgets, recipes
     plan, item_s = r.fitted
     pace, elapsed = r.eta.ratio, time.time() - r.t0
-    trained = ("fine-tune donor", "evaluate donor") if donors_done else ("fine-tune donor",)
+
+    def done(stage: str) -> bool:
+        return stage.startswith(("fine-tune donor", "evaluate donor")) if donors_done else " (ce" in stage
 
     def rest(p: Plan) -> RunEstimate:
         e = estimate(p, task, item_s, elapsed)
-        e.parts = [q for q in e.parts if not (q.stage.startswith(trained) and (donors_done or " (ce" in q.stage))]
+        e.parts = [q for q in e.parts if not done(q.stage)]
         return e
 
     allowed = LATE_CUTS if donors_done else CUTS
