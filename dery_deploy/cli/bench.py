@@ -109,7 +109,8 @@ def _bench(package: Path, percentile: int | None, calls: int | None, seconds: fl
 
 def _print_text(info, res) -> None:
     se = res.standard_error
-    threads = f"{info.runtime.threads} threads" if info.runtime.threads else info.runtime.device
+    n = info.runtime.threads
+    threads = f"{n} thread{'' if n == 1 else 's'}" if n else info.runtime.device
     print(
         f"{info.model} on {res.runtime} ({info.runtime.precision}, batch {res.batch}, {threads}): "
         f"{res.calls} calls in {res.seconds:.1f} s"
