@@ -82,8 +82,8 @@ def run(
         False,
         "--family",
         help="also ship one family of paths over the budgets that share their blocks (RUN/family/; ONNX Runtime "
-        "fp32, batch 1, two or more budgets): the largest trained as a pick is, the smaller on its frozen shared "
-        "blocks",
+        "fp32, batch 1, two or more budgets, given or chosen as a default run chooses them, --quick too): the "
+        "largest trained as a pick is, the smaller on its frozen shared blocks",
     ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),

@@ -284,11 +284,9 @@ def _measured(rec: FamilyRecord, info: FamilyInfo, percentile: int) -> None:
         p.within = True if p.verdict.startswith("within") else False if p.verdict.startswith("OVER") else None
 
 
-def check_family_options(targets: list[str], budgets: list[float] | None, batch: int, quick: bool) -> None:
+def check_family_options(targets: list[str], budgets: list[float] | None, batch: int) -> None:
     """--family's combinations, refused in one line before any work: it ships on ONNX Runtime fp32 at batch 1,
-    over two or more budgets."""
-    if quick and not budgets:
-        raise DeryError("--family needs two or more budgets and --quick chooses one: give --budgets A,B[,...]", "run")
+    over two or more budgets (given, or chosen by the run as a default run chooses them, --quick or not)."""
     if str(FAMILY_TARGET) not in targets:
         searched = ", ".join(targets)
         raise DeryError(f"--family ships on {FAMILY_TARGET}, which this run does not search ({searched})", "run")

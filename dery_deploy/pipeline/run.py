@@ -192,7 +192,7 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
     check_run_dir(r.out, zoo, spec.id)
     targets = resolve_targets(spec, opts)
     if opts.family:
-        check_family_options([str(Target(b.name, p)) for b, p in targets], opts.budgets, opts.batch, opts.quick)
+        check_family_options([str(Target(b.name, p)) for b, p in targets], opts.budgets, opts.batch)
     backend, precision = targets[0]
     t0 = time.time()
     task = load_task(opts.data, zoo.input, opts.seed)  # a bad --data is one line and leaves no folder behind
@@ -333,7 +333,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     budgets = opts.budgets
     if not budgets:
         floor = min(feasible_floor(zoo, part, dis, m, task, scores()) for m in models)
-        budgets, notes = choose_budgets(donor_ms, opts.quick, floor)
+        budgets, notes = choose_budgets(donor_ms, opts.quick and not opts.family, floor)  # a family needs 2+
         for n in notes:
             r.say(f"  note: {n}")
     r.manifest.budgets, r.manifest.donor_latency_ms = budgets, donor_ms

@@ -166,9 +166,9 @@ def test_quick_then_default_in_the_same_folder_reuses_and_recomputes(tmp_path):
 
 
 FAMILY_ARGS = [
+    # the run chooses the budgets from this machine's profile (a fixed 0.15 ms was infeasible on CI's machine):
+    # below every donor where the floor allows, between the two fastest, in the widest gap; so the paths differ
     *(a for a in ARGS if a not in ("--budgets", "0.5")),
-    "--budgets",
-    "0.15,0.5",  # 0.15: below cnx (predicted 0.15-0.16 ms here), so the paths differ and share some blocks
     "--targets",
     "onnxruntime/fp32",
     "--family",
@@ -188,8 +188,9 @@ def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     m = RunManifest.read(out / "run.json")
     fam = m.family
-    assert fam is not None and not fam.note and [p.budget_ms for p in fam.paths] == [0.15, 0.5]
-    assert m.options.family and [res.budget_ms for res in m.results] == [0.15, 0.5]
+    assert len(m.budgets) >= 2 and not m.options.budgets  # --quick chose them as a default run does
+    assert fam is not None and not fam.note and [p.budget_ms for p in fam.paths] == m.budgets
+    assert m.options.family and [res.budget_ms for res in m.results] == m.budgets
     loaded = load_family(out / "family")
     assert [p.name for p in loaded.paths] == [p.name for p in fam.paths]
     assert [p.plan for p in loaded.info.paths] == [p.plan for p in fam.paths]

@@ -52,18 +52,18 @@ def test_a_smaller_path_shares_only_blocks_of_the_same_donor_and_range():
 
 
 @pytest.mark.parametrize(
-    ("targets", "budgets", "batch", "quick", "needle"),
+    ("targets", "budgets", "batch", "needle"),
     [
-        (["onnxruntime/fp32"], [0.3], 1, False, "two or more budgets"),
-        (["onnxruntime/fp32"], None, 1, True, "--quick chooses one"),
-        (["openvino/fp32"], [0.3, 0.5], 1, False, "does not search (openvino/fp32)"),
-        (["onnxruntime/fp32"], [0.3, 0.5], 8, False, "batch 8"),
+        (["onnxruntime/fp32"], [0.3], 1, "two or more budgets"),
+        (["openvino/fp32"], [0.3, 0.5], 1, "does not search (openvino/fp32)"),
+        (["onnxruntime/fp32"], [0.3, 0.5], 8, "batch 8"),
     ],
 )
-def test_family_refuses_what_cannot_make_one(targets, budgets, batch, quick, needle):
+def test_family_refuses_what_cannot_make_one(targets, budgets, batch, needle):
     with pytest.raises(DeryError, match=needle.replace("(", r"\(").replace(")", r"\)")):
-        check_family_options(targets, budgets, batch, quick)
-    check_family_options(["openvino/int8", "onnxruntime/fp32"], [0.3, 0.5], 1, False)
+        check_family_options(targets, budgets, batch)
+    check_family_options(["openvino/int8", "onnxruntime/fp32"], [0.3, 0.5], 1)
+    check_family_options(["onnxruntime/fp32"], None, 1)  # the run chooses the budgets, two or more
 
 
 def test_the_cli_refuses_in_one_line_before_any_folder(tmp_path):
