@@ -21,7 +21,7 @@ from dery_deploy.pipeline.records import (
 )
 from dery_deploy.pipeline.repeatability import UnrepeatableTarget
 from dery_deploy.pipeline.targets import TargetPruning
-from dery_deploy.pipeline.thread_screen import ScreenedCount
+from dery_deploy.pipeline.thread_screen import ScreenedCount, SpellCheck
 from dery_deploy.profile.store import LatencyCheck
 from dery_deploy.schema import load_dataclass
 
@@ -72,6 +72,8 @@ class RunManifest(JsonArtifact):
     unrepeatable: list[UnrepeatableTarget] = field(default_factory=list)
     # further thread counts not profiled beyond their whole donors (thread_screen.py)
     screened: list[ScreenedCount] = field(default_factory=list)
+    # whether each further thread count's speed repeated from one stretch of seconds to the next (thread_spells.py)
+    thread_spells: list[SpellCheck] = field(default_factory=list)
     family: FamilyRecord | None = None  # --family's paths (pipeline/family.py); left out of run.json without it
     started: str = ""
     finished: str = ""

@@ -46,6 +46,7 @@ from dery_deploy.pipeline.stages import (
 )
 from dery_deploy.pipeline.target_stage import stage_targets
 from dery_deploy.pipeline.thread_screen import screened
+from dery_deploy.pipeline.thread_spells import spell_cut
 from dery_deploy.pipeline.time_limit import CUTS, LATE_CUTS, fit_to_limit, keeps_profiling, refit
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend
@@ -246,7 +247,8 @@ def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Tas
         if first is not None and not opts.keep_all_targets:
             donors = stage_donor_profile(r, zoo, spec, backend, precision, part, dis, task, names[i])
             within = max(opts.budgets) * (1 + DONOR_NEAR) if opts.budgets else None
-            if cut := screened(donors, first.profile, names[i], target_of(first), within):
+            cut = screened(donors, first.profile, names[i], target_of(first), within)
+            if cut := cut or spell_cut(r, zoo, first.profile, donors, task.num_classes, names[i], within):
                 r.manifest.screened.append(cut)
                 r.say(f"  [yellow]note:[/] {cut.why}" if r.console else f"  note: {cut.why}")
                 last = time.time() - t

@@ -28,10 +28,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+import numpy as np
+
 from dery_deploy.pipeline.repeatability import MAX_NOISE, RATIO, does_not_repeat
 from dery_deploy.profile.store import Profile, Record
 
 DONOR = "donor|"
+SPELLS = 8  # stretches a thread-spells pass is cut into (thread_spells.py)
+SPREAD = 0.10  # the further count's time against the first's may move this much between stretches (max/min - 1)
 
 
 @dataclass
@@ -47,6 +51,18 @@ def donor_records(profile: Profile) -> dict[str, Record]:
     return {k: rec for k, rec in profile.records.items() if k.startswith(DONOR)}
 
 
+def may_fit(extra: Profile, first: Profile, within_ms: float | None) -> list[str]:
+    """The whole donors both profiles hold that may fit a budget of the run (module docstring)."""
+    a, b = donor_records(extra), donor_records(first)
+    shared = sorted(set(a) & set(b))
+    if within_ms is not None:
+        return [k for k in shared if min(a[k].median_ms, b[k].median_ms) <= within_ms]
+    if len(shared) >= 3:
+        slowest = max(shared, key=lambda k: b[k].median_ms)
+        return [k for k in shared if k != slowest]
+    return shared
+
+
 def screened(
     extra: Profile, first: Profile, name: str, first_name: str, within_ms: float | None = None
 ) -> ScreenedCount | None:
@@ -57,13 +73,7 @@ def screened(
     shared = sorted(set(a) & set(b))
     if not shared:
         return None
-    if within_ms is not None:
-        fit = [k for k in shared if min(a[k].median_ms, b[k].median_ms) <= within_ms]
-    elif len(shared) >= 3:
-        slowest = max(shared, key=lambda k: b[k].median_ms)
-        fit = [k for k in shared if k != slowest]
-    else:
-        fit = shared
+    fit = may_fit(extra, first, within_ms)
     noise_a = statistics.median(a[k].noise for k in shared)
     noise_b = statistics.median(b[k].noise for k in shared)
     lead = f"{name} not profiled beyond its {len(shared)} whole donors"
@@ -89,3 +99,53 @@ def screened(
             f"{b[k].median_ms:.4f} ms ±{100 * b[k].uncertainty:.1f}%)",
         )
     return None
+
+
+@dataclass
+class SpellCheck:
+    """One check of a further thread count: the donor, the two targets, and the ratio per stretch."""
+
+    donor: str
+    first: str
+    extra: str
+    threads: int
+    ratios: list[float]
+    seconds: float
+
+    @property
+    def spread(self) -> float:
+        return max(self.ratios) / min(self.ratios) - 1 if self.ratios else 0.0
+
+    @property
+    def repeats(self) -> bool:
+        return self.spread <= SPREAD
+
+    def held(self) -> str:
+        """The sentence for a count that repeated."""
+        return (
+            f"{self.threads} threads repeated on this machine: {self.donor} at {self.extra} ran "
+            f"{min(self.ratios):.2f}-{max(self.ratios):.2f}x its {self.first} time across {len(self.ratios)} "
+            f"stretches timed in turn (a spread of {100 * self.spread:.0f}%, at most {100 * SPREAD:.0f}%)"
+        )
+
+    def why(self, name: str) -> str:
+        """The sentence the terminal and the report say for a target `name` left out by this check."""
+        lo, hi = min(self.ratios), max(self.ratios)
+        span = self.seconds / max(len(self.ratios), 1)
+        return (
+            f"{name} not searched: {self.threads} threads do not repeat on this machine ({self.donor} at "
+            f"{self.extra} ran {lo:.2f}-{hi:.2f}x its {self.first} time across {len(self.ratios)} stretches of "
+            f"{span:.0f} s timed in turn, a spread of {100 * self.spread:.0f}%, above {100 * SPREAD:.0f}%)"
+        )
+
+
+def stretch_ratios(extra: list[float], first: list[float], stretches: int = SPELLS) -> list[float]:
+    """Per consecutive stretch of one pass's windows (time order), the median window of `extra` over that of
+    `first`. Both items took one window per round of the pass, so the i-th windows are neighbours in time."""
+    n = min(len(extra), len(first))
+    edges = np.linspace(0, n, stretches + 1).astype(int)
+    return [
+        round(statistics.median(extra[a:b]) / statistics.median(first[a:b]), 4)
+        for a, b in zip(edges[:-1], edges[1:])
+        if b > a
+    ]

@@ -70,10 +70,12 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
 
 def targets_lines(m: RunManifest) -> list[str]:
     """Which targets selection searched, where the run left some out: thread counts screened on their whole
-    donors (`pipeline/thread_screen.py`) or whose measurements do not repeat (`pipeline/repeatability.py`),
+    donors (`pipeline/thread_screen.py`), whose speed moved between stretches of seconds (`thread_spells.py`;
+    a count that held is said too) or whose measurements do not repeat (`pipeline/repeatability.py`),
     targets dominated at every budget (`pipeline/targets.py`)."""
     tp = m.target_pruning
     noisy = [f"- {s.why}" for s in m.screened] + [f"- {u.why}" for u in m.unrepeatable]
+    noisy += [f"- {c.held()}" for c in m.thread_spells if c.repeats]
     if tp is None or not tp.dropped:
         return [*noisy, ""] if noisy else []
     raised = (

@@ -6,7 +6,7 @@ project's 2-core VM measured them, pinned to one core while the other ran anothe
 one did.
 """
 
-from dery_deploy.pipeline.thread_screen import screened
+from dery_deploy.pipeline.thread_screen import SpellCheck, may_fit, screened, stretch_ratios
 from dery_deploy.profile.store import Profile, Record
 
 DONORS = ("test_resnet", "test_convnext", "test_vit")
@@ -118,3 +118,28 @@ def test_only_the_donors_that_may_fit_a_budget_decide():
     assert screened(fashion(2, ORT2), fashion(1, ORT1), "t2", "t1", within_ms=0.05) is None
     # openvino at two threads ran resnet10t_tops 28% faster: a budget-sized donor faster, so it is profiled
     assert screened(fashion(2, OV2), fashion(1, OV1), "openvino/fp32/t2", "openvino/fp32/t1") is None
+
+
+def test_stretch_ratios_pair_neighbouring_windows_and_cut_them_in_time_order():
+    # the first count steady; the further count in a good spell, then the one-thread speed (as measured: 0.73x, 1.03x)
+    first = [0.30] * 80
+    extra = [0.219] * 40 + [0.309] * 40
+    ratios = stretch_ratios(extra, first, 8)
+    assert ratios == [0.73] * 4 + [1.03] * 4
+    check = SpellCheck("resnet10t_tops", "openvino/fp32/t1", "openvino/fp32/t2", 2, ratios, 16.0)
+    assert round(check.spread, 4) == 0.411 and not check.repeats
+    assert check.why("openvino/fp32/t2") == (
+        "openvino/fp32/t2 not searched: 2 threads do not repeat on this machine (resnet10t_tops at "
+        "openvino/fp32/t2 ran 0.73-1.03x its openvino/fp32/t1 time across 8 stretches of 2 s timed in turn, a "
+        "spread of 41%, above 10%)"
+    )
+    steady = SpellCheck("vit_tops", "a", "b", 2, stretch_ratios([0.63] * 40 + [0.65] * 40, [1.0] * 80), 16.0)
+    assert steady.repeats and "0.63-0.65x" in steady.held() and "spread of 3%" in steady.held()
+    assert stretch_ratios([0.5] * 3, [1.0] * 3, 8) == [0.5] * 3  # fewer windows than stretches: one per window
+
+
+def test_the_donors_that_may_fit_leave_out_the_slowest_where_the_run_chooses_budgets():
+    extra, first = profile(2, OV_T2, "openvino"), profile(1, OV_T1, "openvino")
+    assert [k.split("|")[1] for k in may_fit(extra, first, None)] == ["test_convnext", "test_resnet"]
+    assert [k.split("|")[1] for k in may_fit(extra, first, 0.132)] == ["test_resnet"]
+    assert may_fit(extra, first, 0.1) == []

@@ -105,9 +105,49 @@ def test_a_further_count_is_screened_on_its_donors_or_profiled_and_every_target_
     kept = [target_of(x) for x in models]
     left_out = [s.target for s in m.screened] + [u.target for u in m.unrepeatable]
     assert sorted(kept + left_out) == ["onnxruntime/fp32/t1", "onnxruntime/fp32/t2"] and "onnxruntime/fp32/t1" in kept
-    if m.screened:  # left out on its donors: not profiled further, no latency check
+    spells = m.thread_spells  # made only where the count passed its donors' screen (`thread_spells.py`)
+    assert [c.extra for c in spells] == (["onnxruntime/fp32/t2"] if spells else [])
+    if spells:
+        assert stages["thread spells onnxruntime/fp32/t2"] == "computed" and len(spells[0].ratios) == 8
+    if m.screened:  # left out on its donors or on its spells: not profiled further, no latency check
         [s] = m.screened
-        assert s.against == "onnxruntime/fp32/t1" and s.why.startswith("onnxruntime/fp32/t2 not profiled beyond its 3")
+        assert s.against == "onnxruntime/fp32/t1"
+        if spells and not spells[0].repeats:
+            assert s.why == spells[0].why("onnxruntime/fp32/t2") and "do not repeat on this machine" in s.why
+        else:
+            assert s.why.startswith("onnxruntime/fp32/t2 not profiled beyond its 3")
         assert "profile onnxruntime/fp32/t2" not in stages and len(t2.records) == 1 + len(tiny_ws.zoo.donor_names)
     else:  # profiled in full and checked, like any target
         assert set(t2.records) == set(tiny_ws.profile.records) and "onnxruntime/fp32/t2" in m.verify_by_target
+        assert spells and spells[0].repeats
+
+
+def test_a_spell_check_times_the_gaining_donor_at_both_counts_in_turn(tiny_ws, monkeypatch):
+    """`check_spells` on the tiny zoo's donors at OpenVINO fp32, one thread against two, in a real (shortened)
+    pass: the donor that may fit and gains most is timed, and every stretch has its ratio."""
+    from dataclasses import replace
+
+    from dery_deploy.pipeline import thread_spells
+    from dery_deploy.pipeline.thread_screen import DONOR
+
+    monkeypatch.setattr(thread_spells, "SPELL_S", 3.0)
+    first = replace(tiny_ws.profile, backend="openvino", threads=1)
+    donors = sorted(k for k in first.records if k.startswith(DONOR))
+    # the profiles' medians only choose the donor: the second gains most at two threads; the last is the slowest
+    gain = dict(zip(donors, (0.95, 0.7, 0.5), strict=True))
+    extra = replace(
+        first,
+        threads=2,
+        records={k: replace(r, median_ms=r.median_ms * gain.get(k, 1.0)) for k, r in first.records.items()},
+    )
+    slowest = max(donors, key=lambda k: first.records[k].median_ms)
+    check = thread_spells.check_spells(tiny_ws.zoo, "cpu", first, extra, 10, None)
+    assert check is not None and (check.first, check.extra, check.threads) == (
+        "openvino/fp32/t1",
+        "openvino/fp32/t2",
+        2,
+    )
+    fit = [k for k in donors if k != slowest]
+    best = min(fit, key=lambda k: gain[k])
+    assert check.donor == first.records[best].info["donor"]
+    assert len(check.ratios) == 8 and all(0.2 < v < 5 for v in check.ratios) and check.seconds >= 3.0
