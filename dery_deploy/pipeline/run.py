@@ -17,8 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json, make_output_dir
-from dery_deploy.assemble.candidates import DONOR_NEAR, AdapterFitter
-from dery_deploy.assemble.pool import target_of
+from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.program import fastest
 from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.data.task import Task, load_task
@@ -33,21 +32,16 @@ from dery_deploy.pipeline.final_pass import stage_final_pass
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.options import RunOptions
 from dery_deploy.pipeline.records import TaskRecord, TeacherRecord, TimeLimitRecord
-from dery_deploy.pipeline.repeatability import repeatable
 from dery_deploy.pipeline.runner import Run, check_run_dir
 from dery_deploy.pipeline.stages import (
-    stage_donor_profile,
     stage_donors,
     stage_partition,
-    stage_profile,
     stage_similarity,
-    stage_verify,
     stage_zoo,
 )
+from dery_deploy.pipeline.target_profiles import profile_targets, target_names
 from dery_deploy.pipeline.target_stage import stage_targets
-from dery_deploy.pipeline.thread_screen import screened
-from dery_deploy.pipeline.thread_spells import spell_cut
-from dery_deploy.pipeline.time_limit import CUTS, LATE_CUTS, fit_to_limit, keeps_profiling, refit
+from dery_deploy.pipeline.time_limit import CUTS, LATE_CUTS, fit_to_limit, refit
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend
 from dery_deploy.report.report import write_report
@@ -83,17 +77,6 @@ def resolve_targets(spec: DeviceSpec, opts: RunOptions) -> list[tuple[Backend, s
     for t in dict.fromkeys(wanted):
         out.append(resolve_backend(spec, t.backend, t.precision, t.threads))
     return out
-
-
-def counts_named(targets: list[tuple[Backend, str]]) -> bool:
-    """Whether the run searches more than one thread count, so that its targets are named with their counts."""
-    return len({b.threads for b, _ in targets}) > 1
-
-
-def target_names(targets: list[tuple[Backend, str]]) -> list[str]:
-    """Each target's name: `backend/precision`, with `/tN` where the run searches more than one thread count."""
-    counted = counts_named(targets)
-    return [str(Target(b.name, p, b.threads if counted else None)) for b, p in targets]
 
 
 def start_eta(
@@ -220,48 +203,6 @@ def run(opts: RunOptions, console=None, progress_factory=None) -> RunManifest:
         r.save()
         raise
     return r.manifest
-
-
-def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Task) -> list[LatencyModel]:
-    """Each target's profile and latency check, in order; under --time-limit, the device spec's further
-    targets only while the profiles fit their share of it (`time_limit.keeps_profiling`); a further thread
-    count of a runtime and precision only past its whole donors' screen (`thread_screen.py`). Returns the
-    latency models of the targets whose measurements repeat (`repeatability.py`; the others recorded in
-    run.json with why)."""
-    opts = r.opts
-    names = target_names(targets)
-    models: list[LatencyModel] = []
-    r.manifest.screened = []
-    limit, last = (60 * opts.time_limit if opts.time_limit else None), 0.0
-    for i, (backend, precision) in enumerate(targets):
-        if i and not opts.targets and not keeps_profiling(limit, time.time() - r.t0, last):
-            left = ", ".join(names[i:])
-            r.manifest.time_limit = TimeLimitRecord(
-                cuts=[f"targets {left} not searched (the profiles used the time for them)"]
-            )
-            r.manifest.targets = r.manifest.targets[:i]
-            r.say(f"  time limit {opts.time_limit:g} min: {left} not searched; the profiles so far used its share")
-            break
-        t = time.time()
-        first = next((m for m in models if Target.of(m.profile) == Target(backend.name, precision)), None)
-        if first is not None and not opts.keep_all_targets:
-            donors = stage_donor_profile(r, zoo, spec, backend, precision, part, dis, task, names[i])
-            within = max(opts.budgets) * (1 + DONOR_NEAR) if opts.budgets else None
-            cut = screened(donors, first.profile, names[i], target_of(first), within)
-            if cut := cut or spell_cut(r, zoo, first.profile, donors, task.num_classes, names[i], within):
-                r.manifest.screened.append(cut)
-                r.say(f"  [yellow]note:[/] {cut.why}" if r.console else f"  note: {cut.why}")
-                last = time.time() - t
-                continue
-        prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task, names[i])
-        prof = stage_verify(r, zoo, spec, prof_file, part, dis, names[i])
-        models.append(LatencyModel.of(prof, str(prof_file), opts.percentile))
-        models[-1].threads_named = counts_named(targets)
-        last = time.time() - t
-    kept, r.manifest.unrepeatable = repeatable(models)
-    for d in r.manifest.unrepeatable:
-        r.say(f"  [yellow]note:[/] {d.why}" if r.console else f"  note: {d.why}")
-    return kept
 
 
 def stage_teacher(r: Run, zoo, task: Task, recipes: Recipes, donor_ms, budgets: list[float]) -> Teacher | None:

@@ -26,7 +26,7 @@ latency check had taken 35 s; openvino/fp32 at two threads was as fast as at one
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -111,6 +111,18 @@ class SpellCheck:
     threads: int
     ratios: list[float]
     seconds: float
+    checks: int = 1  # passes pooled: one before the count's full profile, one after its latency check
+
+    def pooled(self, later: SpellCheck) -> SpellCheck:
+        """This check with a later one's stretches added (the same donor and targets)."""
+        return replace(
+            self, ratios=self.ratios + later.ratios, seconds=self.seconds + later.seconds, checks=self.checks + 1
+        )
+
+    def _span(self) -> str:
+        each = self.seconds / max(len(self.ratios), 1)
+        apart = f" in {self.checks} passes a profile apart" if self.checks > 1 else ""
+        return f"{len(self.ratios)} stretches of {each:.0f} s timed in turn{apart}"
 
     @property
     def spread(self) -> float:
@@ -124,18 +136,17 @@ class SpellCheck:
         """The sentence for a count that repeated."""
         return (
             f"{self.threads} threads repeated on this machine: {self.donor} at {self.extra} ran "
-            f"{min(self.ratios):.2f}-{max(self.ratios):.2f}x its {self.first} time across {len(self.ratios)} "
-            f"stretches timed in turn (a spread of {100 * self.spread:.0f}%, at most {100 * SPREAD:.0f}%)"
+            f"{min(self.ratios):.2f}-{max(self.ratios):.2f}x its {self.first} time across {self._span()} (a spread "
+            f"of {100 * self.spread:.0f}%, at most {100 * SPREAD:.0f}%)"
         )
 
     def why(self, name: str) -> str:
         """The sentence the terminal and the report say for a target `name` left out by this check."""
         lo, hi = min(self.ratios), max(self.ratios)
-        span = self.seconds / max(len(self.ratios), 1)
         return (
             f"{name} not searched: {self.threads} threads do not repeat on this machine ({self.donor} at "
-            f"{self.extra} ran {lo:.2f}-{hi:.2f}x its {self.first} time across {len(self.ratios)} stretches of "
-            f"{span:.0f} s timed in turn, a spread of {100 * self.spread:.0f}%, above {100 * SPREAD:.0f}%)"
+            f"{self.extra} ran {lo:.2f}-{hi:.2f}x its {self.first} time across {self._span()}, a spread of "
+            f"{100 * self.spread:.0f}%, above {100 * SPREAD:.0f}%)"
         )
 
 

@@ -6,6 +6,8 @@ project's 2-core VM measured them, pinned to one core while the other ran anothe
 one did.
 """
 
+from dataclasses import replace
+
 from dery_deploy.pipeline.thread_screen import SpellCheck, may_fit, screened, stretch_ratios
 from dery_deploy.profile.store import Profile, Record
 
@@ -136,6 +138,13 @@ def test_stretch_ratios_pair_neighbouring_windows_and_cut_them_in_time_order():
     steady = SpellCheck("vit_tops", "a", "b", 2, stretch_ratios([0.63] * 40 + [0.65] * 40, [1.0] * 80), 16.0)
     assert steady.repeats and "0.63-0.65x" in steady.held() and "spread of 3%" in steady.held()
     assert stretch_ratios([0.5] * 3, [1.0] * 3, 8) == [0.5] * 3  # fewer windows than stretches: one per window
+    # a check that held in one good spell, pooled with one a profile later that did not
+    later = SpellCheck("resnet10t_tops", "openvino/fp32/t1", "openvino/fp32/t2", 2, [0.72] * 4 + [1.02] * 4, 16.0)
+    good = replace(later, ratios=[0.72] * 8)
+    assert good.repeats and not good.pooled(later).repeats
+    both = good.pooled(later)
+    assert (both.checks, len(both.ratios), both.seconds) == (2, 16, 32.0)
+    assert "across 16 stretches of 2 s timed in turn in 2 passes a profile apart, a spread of 42%" in both.why("x")
 
 
 def test_the_donors_that_may_fit_leave_out_the_slowest_where_the_run_chooses_budgets():
