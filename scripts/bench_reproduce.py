@@ -62,8 +62,13 @@ def shipped_rows(run: RunManifest, fp: FinalPassFile, input_shape: list[int]) ->
         if res.plan is None or res.export is None or not res.export.artifact or res.pick_triple is None:
             continue
         plan = res.plan
-        target, threads = str(Target(plan.backend, plan.precision)), plan.threads or 1
-        m = fp.measurements[compared_key(f"ship:{res.budget_ms:g}", target)]
+        threads = plan.threads or 1
+        # the final pass names the target with its count where the run searched more than one (`.../t1`)
+        key = next(
+            (k for k in fp.measurements if k.startswith(compared_key(f"ship:{res.budget_ms:g}", ""))),
+            compared_key(f"ship:{res.budget_ms:g}", str(Target(plan.backend, plan.precision))),
+        )
+        m, target = fp.measurements[key], key.split("|", 1)[1]
         rows.append(
             {
                 "budget_ms": res.budget_ms,
