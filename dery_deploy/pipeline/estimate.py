@@ -50,6 +50,10 @@ WARMUP_STEPS = 2
 # image taken as the labelled step's, an upper bound): on a machine made 4-6x slower, timing every donor's
 # steps in full took 203 s of a 10-minute limit
 HURRIED_STEPS = 2
+# a distilling step's larger batch (222 images in the default recipe) costs ~5x a labelled step: one warm-up
+# and three timed steps, 8.8 s for the six fashion donors against 15.2 s for two and five, with seconds per
+# image within 1-7% of theirs (AMD EPYC 2 cores)
+DISTILL_STEPS = (1, 3)
 FORWARD_SHARE = 1 / 3  # a forward pass's share of a training step (backward ~ 2x forward)
 EVAL_SHARE = 0.2  # an evaluation image's share of a training image (no_grad, eval mode, large batches)
 # what a stage that measures costs, in profile items (the profiles' seconds per item, building included):
@@ -269,7 +273,8 @@ def make_estimate(
         plan.step_s[n] = step_seconds(model, task, plan.final.batch, seed, steps, warmup)
         if plan.final.distill:
             big = plan.final.batch + distill_batch(plan.final, len(task.train))
-            plan.distill_s[n] = plan.step_s[n] if hurried else step_seconds(model, task, big, seed)
+            warm, timed = DISTILL_STEPS
+            plan.distill_s[n] = plan.step_s[n] if hurried else step_seconds(model, task, big, seed, timed, warm)
     est = estimate(plan, task, item_seconds(stages, models), after_s)
     est.other_load_cores, est.steps_timed = load.stop(), steps
     return est

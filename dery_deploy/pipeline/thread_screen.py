@@ -8,12 +8,13 @@ rest), and goes no further when, on those donors,
 - their measurements do not repeat: the donors' noise index at this count fails the rule of
   `repeatability.py` against the same donors' at the first count (above 5% and twice it), or
 - the count is slower than the first count on every donor that may fit a budget of the run, by more than
-  both measurements' standard errors. The donors that may fit: where the user gave budgets, those at most
-  the largest one (plus the margin a near donor is a candidate by) at either count; where the run chooses
-  them, every donor but the slowest at the first count, since those budgets sit in the gaps below the
-  slowest donor (`budgets.choose_budgets`, from three donors on). A clean-clone quick run profiled
-  onnxruntime/fp32 and openvino/int8 at two threads in full (45 and 56 s of a 365 s run) because the
-  slowest donor, vit_tops at 0.8-2 ms, ran as fast or faster at two threads, while every donor under a
+  both measurements' standard errors, or faster on none of them by MIN_GAIN beyond both errors (a count
+  that only ties costs a core and its profile, and buys nothing). The donors that may fit: where the user
+  gave budgets, those at most the largest one (plus the margin a near donor is a candidate by) at either
+  count; where the run chooses them, every donor but the slowest at the first count, since those budgets
+  sit in the gaps below the slowest donor (`budgets.choose_budgets`, from three donors on). A clean-clone
+  quick run profiled onnxruntime/fp32 and openvino/int8 at two threads in full (45 and 56 s of a 365 s
+  run) because the slowest donor, vit_tops at 0.8-2 ms, ran as fast or faster at two threads, while every donor under a
   budget ran slower; both were then dominated at every budget.
 A block's latency follows its donor's closely on these networks, so a count slower on every whole donor is
 nearly always slower on the blocks a plan mixes; where no donor may fit a budget (budgets below every
@@ -34,6 +35,10 @@ from dery_deploy.pipeline.repeatability import MAX_NOISE, RATIO, does_not_repeat
 from dery_deploy.profile.store import Profile, Record
 
 DONOR = "donor|"
+# a further count must be faster than the first by this much on some donor that may fit, beyond both errors,
+# to be searched: one that gains nothing costs its full profile and latency check and is never picked (seen:
+# openvino/int8 at two threads, 1.01-1.06x the one-thread time, 106 s of a default run for nothing)
+MIN_GAIN = 0.03
 SPELLS = 8  # stretches a thread-spells pass is cut into (thread_spells.py)
 SPREAD = 0.10  # the further count's time against the first's may move this much between stretches (max/min - 1)
 
@@ -97,6 +102,20 @@ def screened(
             f"{lead}: slower than {first_name} on {which} beyond both measurements' errors (closest: "
             f"{a[k].info.get('donor', k)} {a[k].median_ms:.4f} ms ±{100 * a[k].uncertainty:.1f}% vs "
             f"{b[k].median_ms:.4f} ms ±{100 * b[k].uncertainty:.1f}%)",
+        )
+
+    def gain(k: str) -> float:  # how surely the donor is faster at this count, relative (> 0: by MIN_GAIN)
+        return 1 - a[k].median_ms * (1 + a[k].uncertainty) / (b[k].median_ms * (1 - b[k].uncertainty)) - MIN_GAIN
+
+    if fit and all(gain(k) <= 0 for k in fit):
+        k = max(fit, key=gain)
+        return ScreenedCount(
+            name,
+            first_name,
+            f"{lead}: faster than {first_name} by at least {100 * MIN_GAIN:.0f}% beyond both measurements' "
+            f"errors on none that may fit a budget ({len(fit)}; best: {a[k].info.get('donor', k)} "
+            f"{a[k].median_ms:.4f} ms ±{100 * a[k].uncertainty:.1f}% vs {b[k].median_ms:.4f} ms "
+            f"±{100 * b[k].uncertainty:.1f}%)",
         )
     return None
 
