@@ -33,6 +33,9 @@ def test_a_run_searches_each_target_at_each_count_and_names_the_counts_only_then
     else:
         assert target_names(default) == [f"{t}/t{n}" for n in (1, cores) for t in SEARCH]
         assert [b.threads for b, _ in default] == [1] * 3 + [cores] * 3
+    quick = resolve_targets(load_device(spec), RunOptions(quick=True))  # --quick: the first count alone
+    assert target_names(quick) == SEARCH and [b.threads for b, _ in quick] == [1, 1, 1]
+    assert target_names(resolve_targets(load_device(spec), RunOptions(quick=True, threads=2))) == SEARCH
     pinned = resolve_targets(cpu, RunOptions(threads=2))  # --threads pins one count
     assert target_names(pinned) == SEARCH and [b.threads for b, _ in pinned] == [2, 2, 2]
     asked = resolve_targets(cpu, RunOptions(targets=["onnxruntime/fp32/t2", "openvino/int8"], threads=1))
