@@ -100,7 +100,7 @@ def run_input_shape(run: RunManifest) -> list[int]:
 def fresh(rows: list[dict], calls: int, tmp: Path) -> dict:
     """The shipped files of one run in a fresh measurement worker, with the reference workload."""
     from dery_deploy.runtime.calibration import REFERENCE_KEY, reference_item
-    from dery_deploy.runtime.harness import TimingOptions
+    from dery_deploy.runtime.harness import WINDOW_WARM_S, TimingOptions
     from dery_deploy.runtime.worker import FileItem, measure_files
 
     items = [FileItem(str(i), r["file"], r["runtime"], r["threads"], r["shape"]) for i, r in enumerate(rows)]
@@ -108,7 +108,9 @@ def fresh(rows: list[dict], calls: int, tmp: Path) -> dict:
     # 60 windows of at least calls/60 calls each: every file gets `calls` calls, however slow it is
     per_call_s = max(r["recorded"]["p50"] for r in rows) / 1e3
     window_s = max(0.05, per_call_s * calls / 60)
-    res = measure_files(items, TimingOptions(window_s=window_s, min_windows=60, max_s=0, statistic="all"))
+    # each window warmed as a back-to-back run is (`harness.WINDOW_WARM_S`)
+    opts = TimingOptions(window_s=window_s, min_windows=60, max_s=0, statistic="all", warm_s=WINDOW_WARM_S)
+    res = measure_files(items, opts)
     ref = res.measurements.pop(REFERENCE_KEY).promise_at(50)
     for i, r in enumerate(rows):
         m = res.measurements[str(i)]

@@ -2,14 +2,15 @@
 # Issue 30's first target: the wall time of the quick and the default run on fresh clones of two commits,
 # interleaved (old quick, new quick, old default, new default), each `dery run --seed 0 [--quick]` alone on
 # this machine, with the set-up (scripts/setup.sh) done before the clock starts. Prints one line per run and
-# writes them to bench/wall_time.txt (run it with nothing else running: the figures are wall times).
+# appends them to bench/wall_time.txt under a header (run it with nothing else running: the figures are wall
+# times). OLD "-" times NEW alone (its quick run, then its default run).
 #
 #   bash scripts/bench_wall_time.sh OLD NEW [PYTHON]     # e.g. 84b86fb HEAD /tmp/venv/bin/python
 set -u
 OLD=$1; NEW=$(git rev-parse --short "$2"); PY=${3:-python3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/bench/wall_time.txt
-echo "# bash scripts/bench_wall_time.sh $OLD $2; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%FT%TZ)" > "$OUT"
+echo "# bash scripts/bench_wall_time.sh $OLD $2; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%FT%TZ)" >> "$OUT"
 run() {  # name commit args...
   local name=$1 commit=$2; shift 2
   local dir; dir=$(mktemp -d /tmp/wall-$name-XXXX)
@@ -22,7 +23,7 @@ run() {  # name commit args...
   t1=$(date +%s.%N)
   echo "$name $commit rc=$rc wall_s=$(python3 -c "print(round($t1 - $t0, 1))") run_json_s=$(python3 -c "import json; print(json.load(open('$dir/runs/default/run.json'))['seconds'])")" | tee -a "$OUT"
 }
-run old_quick "$OLD" --quick
+[ "$OLD" = - ] || run old_quick "$OLD" --quick
 run new_quick "$NEW" --quick
-run old_default "$OLD"
+[ "$OLD" = - ] || run old_default "$OLD"
 run new_default "$NEW"
