@@ -240,7 +240,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
                 f"; the default `dery run` from scratch (every searchable runtime and precision, no AOTInductor "
                 f"export): {r['default_run_s']:.0f} s"
             )
-        out += [line + ".", ""]
+        at = f" at {r['commit']} ({str(r.get('quick_when') or r.get('when', ''))[:10]})" if r.get("commit") else ""
+        out += [line + f"{at}; this and later commits' wall times: `bench/wall_time.txt`.", ""]
     return "\n".join(out)
 
 

@@ -2,8 +2,8 @@
 your zoo and task.
 
 Examples:
-    dery run                         # everything: 18-20 minutes on a 2-core AMD EPYC VM (bench/estimate.json)
-    dery run --quick                 # one budget, short training: 5-7 minutes there
+    dery run                         # everything: about 15 minutes on a 2-core AMD EPYC VM (bench/wall_time.txt)
+    dery run --quick                 # one budget, one thread count, short training: about 3.5 minutes there
     dery run --time-limit 10         # fit the run to 10 minutes, saying what it cut
     dery run --budgets 0.2,0.3 -o runs/mine --epochs-full 10
     dery run --budgets 0.2,0.3 --family      # also one family of paths sharing blocks, in runs/default/family
@@ -48,7 +48,10 @@ def run(
     top: int = typer.Option(10, "--top"),
     verify: int = typer.Option(10, "--verify", help="mixed assemblies measured to check the latency model"),
     quick: bool = typer.Option(
-        False, "--quick", help="one budget, 1+2 epochs, fewer candidates (5-7 minutes on a 2-core AMD EPYC VM)"
+        False,
+        "--quick",
+        help="one budget, one thread count, 1+2 epochs, fewer candidates (about 3.5 minutes on a 2-core AMD EPYC "
+        "VM; slower machines take longer, and the run says how long once it has timed this one)",
     ),
     aoti: bool = typer.Option(
         False,
