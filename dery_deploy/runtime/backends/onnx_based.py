@@ -24,6 +24,7 @@ from dery_deploy.runtime.quantize import qdq_from_onnx
 
 CACHE_BYTES = 768 * 2**20  # the exports kept, least recently used first out
 _cache: OrderedDict[str, bytes] = OrderedDict()
+_kept = {"bytes": 0}  # the kept exports' size, counted as they come and go
 
 
 def _feed(h, t: torch.Tensor) -> None:
@@ -57,8 +58,9 @@ def export_cached(module: nn.Module, example: torch.Tensor, precision: str) -> b
     else:
         data = onnx_from_module(own_copy(module, "cpu", torch.float32), x)
     _cache[key] = data
-    while sum(len(v) for v in _cache.values()) > CACHE_BYTES and len(_cache) > 1:
-        _cache.popitem(last=False)
+    _kept["bytes"] += len(data)
+    while _kept["bytes"] > CACHE_BYTES and len(_cache) > 1:
+        _kept["bytes"] -= len(_cache.popitem(last=False)[1])
     return data
 
 
