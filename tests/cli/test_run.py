@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,6 +177,11 @@ FAMILY_ARGS = [
 ]
 
 
+def _blocks(plan: str) -> list[tuple[str, int, int]]:
+    """(donor, start, end) of each block of a plan's description, "res[0:1] > cnx[1:3]"."""
+    return [(d, int(a), int(b)) for d, a, b in re.findall(r"(\w+)\[(\d+):(\d+)\]", plan)]
+
+
 @pytest.mark.slow
 def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
     """`dery run --family` on two budgets: RUN/family loads, each path is within its budget or the run says which
@@ -204,10 +210,22 @@ def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
         assert p.within or p.name in report  # within its budget, or the report names it
         if p.within is False:
             assert f"{p.name} ({p.verdict})" in report
-    # the smaller path trained on the largest path's blocks, frozen (or is the largest path's network, where the
-    # program chose the same plan for both): the tensors they share are stored once
-    assert fam.paths[0].frozen_blocks or fam.paths[0].run == fam.paths[1].run, fam.paths[0]
-    assert fam.distinct_bytes < fam.paths_bytes and fam.separate_bytes > 0
-    shared = set(loaded.info.paths[0].tensors) & set(loaded.info.paths[1].tensors)
-    assert shared and loaded.info.weights.distinct_bytes == fam.distinct_bytes
+    # the smaller path holds frozen exactly the blocks it shares with the largest path (same donor, same range), or
+    # is the largest path's network where the program chose the same plan; what they share is stored once. The
+    # program may choose paths that share nothing (each within DELTA of its own optimum; it did on CI's machine):
+    # then nothing is frozen and the record says so. Frozen training and the writer's sharing have their own tests.
+    order = sorted(range(len(fam.paths)), key=lambda i: fam.paths[i].budget_ms)
+    i_small, i_large = order[0], order[-1]
+    small, large = fam.paths[i_small], fam.paths[i_large]
+    want = [i for i, b in enumerate(_blocks(small.plan)) if b in set(_blocks(large.plan))]
+    shared = set(loaded.info.paths[i_small].tensors) & set(loaded.info.paths[i_large].tensors)
+    assert loaded.info.weights.distinct_bytes == fam.distinct_bytes and fam.separate_bytes > 0
+    if small.plan == large.plan:
+        assert small.run == large.run and shared and fam.distinct_bytes < fam.paths_bytes
+    elif want:
+        assert small.frozen_blocks == want, small
+        assert shared and fam.distinct_bytes < fam.paths_bytes
+    else:
+        assert small.frozen_blocks == [] and small.trained == "nothing shared", small
+        assert fam.distinct_bytes <= fam.paths_bytes
     assert RunManifest.from_dict(json.loads((out / "run.json").read_text())).family == fam
