@@ -47,7 +47,10 @@ def main() -> None:
     bench = ROOT / "bench"
     if args.readme_only:  # every script's committed JSON as it is now, without running anything
         results = json.loads((bench / "results.json").read_text())
-        by_hand = ("stitch_lr", "scaling", "reproduce", "reproduce_b32", "latency_model", "estimate", "time_limit")
+        by_hand = (
+            *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
+            "time_limit",
+        )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
                 results["scripts"][name] = json.loads((bench / f"{name}.json").read_text())
@@ -65,6 +68,7 @@ def main() -> None:
             "scaling",
             "reproduce",
             "reproduce_b32",  # bench_reproduce.py --batches 32 -o bench/reproduce_b32.json
+            "plain_load",  # bench_plain_load.py on bench_reproduce's OpenVINO packages
             "estimate",
             "time_limit",
         ):  # a run's finalists / about 3 hours / two whole runs: run by hand, read here
@@ -111,6 +115,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
     for key in ("reproduce", "reproduce_b32"):
         if key in s:
             out += reproduce_section(s[key])
+    if "plain_load" in s:
+        out += plain_load_section(s["plain_load"])
     if "latency_model" in s:
         out += latency_model_section(s["latency_model"])
     if "estimate" in s:
@@ -324,6 +330,28 @@ def time_limit_section(tl: dict) -> list[str]:
             f"| {'yes' if r['within_limit_plus_10pct'] else 'no'} | {sd} | {cuts} |"
         )
     return out + [""]
+
+
+def plain_load_section(pl: dict) -> list[str]:
+    out = [
+        "### A plain `compile_model` of the OpenVINO packages against `dery_deploy.load`",
+        "",
+        f"`python scripts/bench_plain_load.py`, {pl['when']}: the 10k test images through each package as "
+        '`load()` runs it and as `openvino.Core().compile_model("model.xml", "CPU")` runs it, with the '
+        "package's preprocessing and batch.",
+        "",
+        "| package | precision, batch | load() runs / top-1 | plain load runs / top-1 | images whose class differs "
+        "| largest logit difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in pl["packages"]:
+        if "skipped" not in r:
+            out.append(
+                f"| `{r['package']}` | {r['precision']}, {r['batch']} | {r['load_hint']} / {r['load_top1']}% "
+                f"| {r['plain_hint']} / {r['plain_top1']}% ({r['plain_minus_load']:+.2f}) | {r['class_differs']}% "
+                f"| {r['max_abs_logit_diff']} |"
+            )
+    return [*out, ""]
 
 
 def reproduce_section(rp: dict) -> list[str]:
