@@ -155,11 +155,12 @@ def stage_donor_profile(r: Run, zoo, spec, backend, precision, part, dis, task, 
 
 
 def check_is_current(prof: Profile, n: int, seed: int, partition_key: str) -> bool:
-    """Whether the profile's latency check still stands: made with these assemblies on this partition, and
-    not before the profile held its donors' prefixes (such a check judged blocks alone only; checked again,
-    a run folder from before blocks in context gets the model that predicts better here)."""
+    """Whether the profile's latency check still stands: made with these assemblies on this partition, timed
+    as a budget is judged (`measured_as`), and not before the profile held its donors' prefixes (such a check
+    judged blocks alone only; checked again, a run folder from before blocks in context gets the model that
+    predicts better here)."""
     v = prof.verify
-    if not v or (v.n, v.seed, v.partition_key) != (n, seed, partition_key):
+    if not v or (v.n, v.seed, v.partition_key, v.measured_as) != (n, seed, partition_key, "promise"):
         return False
     return v.context_errors is not None or not any(k.startswith("prefix|") for k in prof.records)
 

@@ -164,6 +164,9 @@ class LatencyCheck:
     context: bool = False
     isolated_errors: list[float] | None = None
     context_errors: list[float] | None = None
+    # how the assemblies were timed: "promise" as a budget is judged (per-call percentiles over all calls, each
+    # window re-warmed: `TimingOptions.for_budget`), or "windows" (quiet windows, cold; checks before that)
+    measured_as: str = "windows"
 
     def at(self, percentile: int) -> tuple[float, float, float, float]:
         """(scale, median |error|, max |error|, p90 under-prediction) for a per-call percentile."""

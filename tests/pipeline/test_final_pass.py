@@ -123,7 +123,7 @@ def test_the_report_says_the_shipped_file_was_re_measured_and_which_figure_the_v
     assert "re-measured" not in "\n".join(exports(once))
 
 
-def test_a_latency_check_from_before_blocks_in_context_is_made_again():
+def test_a_latency_check_from_before_blocks_in_context_or_promise_timing_is_made_again():
     from pathlib import Path
 
     from dery_deploy.pipeline.stages import check_is_current
@@ -132,6 +132,9 @@ def test_a_latency_check_from_before_blocks_in_context_is_made_again():
     prof = read_profile(Path(__file__).parents[1] / "report" / "fixtures" / "tiny-quick" / "profile.json")
     v = prof.verify
     assert v is not None and v.context_errors is None  # a check that judged blocks alone
+    assert v.measured_as == "windows"  # timed in quiet cold windows, before checks were timed as promises
+    assert not check_is_current(prof, v.n, v.seed, v.partition_key)
+    v.measured_as = "promise"
     assert check_is_current(prof, v.n, v.seed, v.partition_key)  # its profile has no prefixes: it stands
     assert not check_is_current(prof, v.n + 1, v.seed, v.partition_key)
     assert not check_is_current(prof, v.n, v.seed, "another partition")

@@ -44,6 +44,8 @@ def test_latency_model_predicts_mixed_assemblies(tiny_ws):
     # tiny items are tens of microseconds; the bound is loose here, the benchmark reports the real number
     assert res.median_abs_rel_error < 0.5
     assert read_profile(path).verify.n == 5
+    # timed as a budget is judged (all calls, re-warmed windows), so the model is fitted to the deciding figure
+    assert res.measured_as == "promise" and read_profile(path).verify.measured_as == "promise"
     # both models were judged on the same assemblies; the chosen one is the better of the two
     assert all(r.raw_context_ms and r.calibrated_context_ms for r in res.assemblies)
     assert res.isolated_errors and res.context_errors
