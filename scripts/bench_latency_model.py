@@ -65,6 +65,15 @@ def on_this_machine(zoo_name: str, n_verify: int, tmp: Path) -> dict:
             "context_median_max_pct": [pct(x) for x in check.context_errors or []],
             "chosen_median_max_pct": [pct(check.median_abs_rel_error), pct(check.max_abs_rel_error)],
             "chosen_p90_median_max_pct": p90_pct(p90),
+            "rows": [  # the chosen model's leave-one-out prediction of each assembly
+                {
+                    "plan": r.plan,
+                    "predicted_ms": r.predicted_ms,
+                    "measured_ms": r.measured_ms,
+                    "error_pct": pct(r.rel_error),
+                }
+                for r in check.assemblies
+            ],
         }
         out[f"{backend}/{precision}"] = row
         print(f"{backend}/{precision}: {json.dumps(row)}", flush=True)
