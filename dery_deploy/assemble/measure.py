@@ -39,9 +39,10 @@ def measure_finalists(
                 (lambda c=c: (c.net, x)))
         for c in finalists
     }  # fmt: skip
-    measured, passes = measure_across(
-        builds, device, TimingOptions.for_budget(first.percentile), progress=progress, label="measure finalists"
-    )
+    measured, passes = measure_across(  # a finalist's memory is the profile's (`LatencyModel.memory_mb`)
+        builds, device, TimingOptions.for_budget(first.percentile), progress=progress, label="measure finalists",
+        memory=(),
+    )  # fmt: skip
     noise_index = passes[0].noise_index if passes else None
     busy = next((p.load_line() for p in passes if p.busy), "")
     out = {}

@@ -148,7 +148,8 @@ def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
         raise DeryError(f"--memory-mb must be > 0, got {memory_mb}", "assemble")
     device = "cuda" if get_device(model.profile.device).kind == "cuda" else "cpu"
     why = get_backend(model.profile.backend).memory_unmeasurable(device)
-    unmeasured = [k for k, r in model.profile.records.items() if r.peak_memory_mb is None]
+    # prefixes only time blocks in context (no network is built of one): their memory is not measured
+    unmeasured = [k for k, r in model.profile.records.items() if r.peak_memory_mb is None and r.kind != "prefix"]
     if why or unmeasured:
         raise DeryError(
             "--memory-mb cannot be promised with this profile: "

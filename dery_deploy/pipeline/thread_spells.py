@@ -86,7 +86,7 @@ def check_spells(
         return None  # in-process backends time different counts in passes apart: no drift-free ratio
     opts = replace(TimingOptions(), min_s=SPELL_S, max_s=0.0)
     t0 = time.time()
-    measured, _ = measure_across(builds, device, opts, progress, label=f"thread spells: {name}")
+    measured, _ = measure_across(builds, device, opts, progress, label=f"thread spells: {name}", memory=())
     a, b = (measured[f"t{p.threads}"].timing.window_medians_ms for p in (extra, first))
     ratios = stretch_ratios(a, b)
     return SpellCheck(name, _target(first), _target(extra), extra.threads or 0, ratios, round(time.time() - t0, 1))

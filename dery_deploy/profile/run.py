@@ -124,8 +124,10 @@ def run_profile(
             chunk = todo[start : start + size]
             builds = {it.key: (lambda it=it, b=batch: (it.build(), example_input(it.in_spec, b))) for it in chunk}
             failed: dict[str, str] = {}
+            # a prefix only times its blocks in context; no network is built of it, so its memory is not needed
+            memory = [it.key for it in chunk if it.kind != "prefix"]
             measured, passes = measure_modules(
-                be, builds, prec, dev, timing, batch, progress, f"profile b{batch}", failed
+                be, builds, prec, dev, timing, batch, progress, f"profile b{batch}", failed, memory
             )
             for it in chunk:
                 prof.failed.pop(it.key, None)
@@ -220,7 +222,7 @@ def verify(
     }
     failed: dict[str, str] = {}
     timing = timing or TimingOptions.for_budget(50)
-    measured, passes = measure_modules(be, builds, prec, dev, timing, prof.batch, progress, "verify", failed)
+    measured, passes = measure_modules(be, builds, prec, dev, timing, prof.batch, progress, "verify", failed, ())
     if len(measured) < 3:
         why = "; ".join(f"{plans[int(k)].describe()}: {w}" for k, w in failed.items()) or "too few assemblies"
         raise DeryError(f"the latency check measured {len(measured)} of {n} assemblies ({why})", "profile")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +141,7 @@ def measure_modules(
     progress=None,
     label: str = "measure",
     failed: dict[str, str] | None = None,
+    memory: Collection[str] | None = None,
 ) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
     """Build every module, then time them in interleaved passes (one, or one per group of
     `backend.max_live` items where the backend cannot keep more alive), each with the reference
@@ -149,6 +150,8 @@ def measure_modules(
     Args:
         failed: where given, an item whose build or first call raises is recorded here (key -> why) and
             left out, instead of ending the pass (and every item after it) with the error.
+        memory: the keys whose fresh instance's memory a measurement worker measures (another compile of
+            each; None: every item); the others get None.
     Returns:
         key -> ItemMeasurement (with the pass's reference latency), and the passes' summaries.
     """
@@ -176,7 +179,7 @@ def measure_modules(
                 precision,
                 lambda: (reference_module(), reference_input(reference_batch)),
             )
-        got, summary = _measure_in_worker(worker_builds, opts, built, timed if progress else None, failed)
+        got, summary = _measure_in_worker(worker_builds, opts, built, timed if progress else None, failed, memory)
         ref_item = got.pop(REFERENCE_KEY, None)
         for m in got.values():
             m.calibration_ms = ref_item.timing.median_ms if ref_item else None
@@ -205,10 +208,12 @@ def _measure_in_worker(
     built: Callable[[], None],
     timed: Callable[[int, int], None] | None,
     failed: dict[str, str] | None = None,
+    memory: Collection[str] | None = None,
 ) -> tuple[dict[str, ItemMeasurement], PassSummary]:
     """Export every item to the file its runtime runs, then time the files in one interleaved pass in a
-    measurement worker, which also measures each one's fresh-instance memory. With `failed`, an item
-    whose export or session fails is recorded there and left out (else the error ends the pass)."""
+    measurement worker, which also measures the fresh-instance memory of those in `memory` (None: all).
+    With `failed`, an item whose export or session fails is recorded there and left out (else the error
+    ends the pass)."""
     with tempfile.TemporaryDirectory(prefix="dery-items-") as tmp:
         items, build_s = [], {}
         for i, (k, (backend, precision, build)) in enumerate(builds.items()):
@@ -228,8 +233,8 @@ def _measure_in_worker(
             threads = backend.threads or torch.get_num_threads()
             items.append(FileItem(k, str(path), backend.name, threads, list(example.shape)))
             built()
-        memory = [k for k in build_s if k != REFERENCE_KEY]
-        res = measure_files(items, opts, memory=memory, progress=timed, keep_going=failed is not None)
+        wanted = [k for k in build_s if k != REFERENCE_KEY and (memory is None or k in memory)]
+        res = measure_files(items, opts, memory=wanted, progress=timed, keep_going=failed is not None)
     if REFERENCE_KEY in res.failed:
         raise DeryError(f"the reference workload could not run: {res.failed[REFERENCE_KEY]}", "profile")
     if failed is not None:
@@ -238,7 +243,9 @@ def _measure_in_worker(
     return out, res.summary
 
 
-def _worker_pass(builds, opts, progress, label: str) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
+def _worker_pass(
+    builds, opts, progress, label: str, memory: Collection[str] | None = None
+) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
     """`measure_across` in a measurement worker, with the same progress bar."""
     task = progress.add_task(f"{label}: build", total=len(builds)) if progress else None
 
@@ -250,7 +257,7 @@ def _worker_pass(builds, opts, progress, label: str) -> tuple[dict[str, ItemMeas
         if progress:
             progress.update(task, description=f"{label}: timing window {done}/{planned} (measurement worker)")
 
-    got, summary = _measure_in_worker(builds, opts, advance, tick if progress else None)
+    got, summary = _measure_in_worker(builds, opts, advance, tick if progress else None, memory=memory)
     return got, [summary]
 
 
@@ -272,6 +279,7 @@ def measure_across(
     opts: TimingOptions | None = None,
     progress=None,
     label: str = "measure",
+    memory: Collection[str] | None = None,
 ) -> tuple[dict[str, ItemMeasurement], list[PassSummary]]:
     """Like `measure_modules`, for items that run on different backends or precisions (the same network
     on ONNX Runtime fp32 and OpenVINO int8, say): one interleaved pass over all of them, so that which
@@ -280,10 +288,11 @@ def measure_across(
 
     Args:
         builds: key -> (backend, precision, a function returning (module, example input)).
+        memory: as `measure_modules`'s.
     """
     if builds and all(isolated(v[0], device) for v in builds.values()):
         # a worker sets each file's runtime and threads in its own session: all of them share one pass
-        return _worker_pass(builds, opts, progress, label)
+        return _worker_pass(builds, opts, progress, label, memory)
     pooled = {k: v for k, v in builds.items() if v[0].max_live is None}
     apart: AcrossBuilds = {k: v for k, v in builds.items() if v[0].max_live is not None}
     threads = {v[0].threads for v in pooled.values()}
@@ -320,8 +329,9 @@ def measure_across(
         by_backend[(id(backend), precision)]["builds"][k] = build
     for group in by_backend.values():
         got, passes = measure_modules(
-            group["backend"], group["builds"], group["precision"], device, opts, progress=progress, label=label
-        )
+            group["backend"], group["builds"], group["precision"], device, opts, progress=progress, label=label,
+            memory=memory,
+        )  # fmt: skip
         out.update(got)
         summaries += passes
     return out, summaries

@@ -27,8 +27,10 @@ def test_profile_records_are_complete(tiny_ws):
     # each donor's prefix up to every block end, from the network input
     ends = {(b.donor, b.end) for s in tiny_ws.partition.sets for b in s.blocks}
     assert {(r.info["donor"], r.info["end"]) for r in p.records.values() if r.kind == "prefix"} == ends
-    # onnxruntime on a CPU measures memory (a fresh session's peak RSS rise)
-    assert all(r.peak_memory_mb is not None and r.peak_memory_mb >= 0 for r in p.records.values())
+    # onnxruntime on a CPU measures memory (a fresh session's peak RSS rise) of every item a network is built of;
+    # a prefix only times blocks in context, and its memory (another compile) is not measured
+    assert all(r.peak_memory_mb is not None and r.peak_memory_mb >= 0 for r in p.records.values() if r.kind != "prefix")
+    assert all(r.peak_memory_mb is None for r in p.records.values() if r.kind == "prefix")
     assert {r.info["num_classes"] for r in p.records.values() if r.kind in ("head", "donor")} == {10}
 
 

@@ -294,6 +294,13 @@ def test_int8_items_are_measured_on_both_cpu_backends():
         )
         assert summary.items == 3 and all(o.timing.median_ms > 0 for o in out.values())
         assert all(o.peak_memory_mb is not None and o.peak_memory_mb >= 0 for o in out.values())
+        # `memory` names the items whose fresh instance is compiled again to measure it; the rest are timed only
+        out, _ = measure_modules(
+            be, {str(i): (lambda i=i: (items[i], x)) for i in range(2)}, "int8", "cpu",
+            TimingOptions(min_windows=3, max_s=0.0), memory=["1"],
+        )  # fmt: skip
+        assert out["0"].peak_memory_mb is None and out["1"].peak_memory_mb is not None
+        assert out["0"].timing.median_ms > 0
     # a given QDQ file (a finalist's, calibrated on task images) runs as it is on either backend
     from dery_deploy.runtime.quantize import qdq_from_module
 
