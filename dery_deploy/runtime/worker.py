@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions,
 from dery_deploy.runtime.resources import rss_rise_mb
 
 RUNTIMES = ("onnxruntime", "openvino")
+# files compiled at once before a pass (the runtimes release the GIL while they compile): OpenVINO compiled 60
+# profile items in 2.6 s on two threads against 5.3 s one after another (int8; fp32 1.5 s against 3.0 s)
+BUILD_THREADS = 2
 
 
 @dataclass
@@ -84,20 +88,26 @@ def _progress_line(done: int, planned: int) -> None:
     print(f"progress {done} {planned}", flush=True)  # read by `measure_files` to move its bar
 
 
+def _built(item: FileItem) -> Callable[[], object]:
+    call = file_runner(item)
+    call()  # a file that loads but fails when run is caught here, not in the middle of the pass
+    return call
+
+
 def serve(request: Path, result: Path) -> None:
-    """Build every item of the request, time them in one interleaved pass, write the result."""
+    """Build every item of the request (`BUILD_THREADS` at once: nothing is timed while they compile), time
+    them in one interleaved pass, write the result."""
     req = json.loads(request.read_text())
     items = [FileItem(**d) for d in req["items"]]
     runners, failed = {}, {}
-    for it in items:
-        try:
-            call = file_runner(it)
-            call()  # a file that loads but fails when run is caught here, not in the middle of the pass
-            runners[it.key] = (call, False, None)
-        except Exception as e:  # noqa: BLE001 - with keep_going one file the runtime refuses is reported
-            if not req.get("keep_going"):
-                raise
-            failed[it.key] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    with ThreadPoolExecutor(max(1, min(BUILD_THREADS, os.cpu_count() or 1))) as pool:
+        for it, built in [(it, pool.submit(_built, it)) for it in items]:
+            try:
+                runners[it.key] = (built.result(), False, None)
+            except Exception as e:  # noqa: BLE001 - with keep_going one file the runtime refuses is reported
+                if not req.get("keep_going"):
+                    raise
+                failed[it.key] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
     items = [it for it in items if it.key in runners]
     memory = {it.key: round(_fresh_memory_mb(it), 3) for it in items if it.key in req.get("memory", [])}
     meas, summary = measure_interleaved(runners, TimingOptions(**req["options"]), progress=_progress_line)
