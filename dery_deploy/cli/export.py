@@ -20,7 +20,7 @@ from dery_deploy.export.bundle import BundleReport
 from dery_deploy.export.formats.aoti import AotiLoadFailure
 from dery_deploy.export.package import timed_beside
 from dery_deploy.export.stage import export_run
-from dery_deploy.runtime.harness import BUSY_CORES
+from dery_deploy.runtime.disturbance import BUSY_CORES
 
 
 def export(

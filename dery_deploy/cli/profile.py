@@ -35,7 +35,7 @@ from dery_deploy.profile.run import PASS_ITEMS, latency_summary, run_profile
 from dery_deploy.profile.run import verify as run_verify
 from dery_deploy.profile.store import read_profile
 from dery_deploy.runtime.devices import DeviceSpec, default_device, get_device
-from dery_deploy.runtime.harness import busy_note
+from dery_deploy.runtime.disturbance import busy_note
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 from dery_deploy.zoo.spec import ZooSpec
 

@@ -219,6 +219,7 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
         lambda fp: (
             f"noise index {100 * fp.summary.noise_index:.1f}%"
             + (f"; [yellow]{busy}[/]" if (busy := fp.summary.load_line()) else "")
+            + (f"; {spell}" if (spell := fp.summary.spell_line()) else "")
         ),
     )
     apply_final_pass(r, ctx, fp)

@@ -12,7 +12,8 @@ from dery_deploy.assemble.candidates import CandidateRecord
 from dery_deploy.assemble.stage import SolverSummary
 from dery_deploy.export.report import ExportRecord
 from dery_deploy.network.plan import Plan
-from dery_deploy.runtime.harness import BUSY_CORES, Measurement, PassSummary
+from dery_deploy.runtime.disturbance import BUSY_CORES, PassSummary
+from dery_deploy.runtime.harness import Measurement
 from dery_deploy.schema import load_dataclass
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.results import SeamEpoch
@@ -368,16 +369,12 @@ class RunEstimate:
 
     def line(self) -> str:
         groups = ", ".join(f"{g} {minutes(s)}" for g, s in sorted(self.by_group().items(), key=lambda kv: -kv[1]))
-        busy = (
-            f"; other processes used {self.other_load_cores:.1f} cores while the steps were timed, so the training "
-            "times are unreliable"
-            if self.other_load_cores is not None and self.other_load_cores >= BUSY_CORES
-            else ""
-        )
+        load = self.other_load_cores or 0.0
+        busy = f"; other processes used {load:.1f} cores while the steps were timed, so training times are unreliable"
         return (
             f"the rest of this run: about {minutes(self.seconds)} on this machine ({groups}; training timed on "
             f"{self.steps_timed} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles "
-            f"took{busy})"
+            f"took{busy if load >= BUSY_CORES else ''})"
         )
 
     def to_dict(self) -> dict:

@@ -21,8 +21,8 @@ from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.thread_screen import DONOR
 from dery_deploy.profile.run import run_profile, verify
 from dery_deploy.profile.store import Profile, profile_path, read_profile
+from dery_deploy.runtime.disturbance import BUSY_CORES, busy_note
 from dery_deploy.runtime.evaluate import AccuracyChange
-from dery_deploy.runtime.harness import BUSY_CORES, busy_note
 from dery_deploy.runtime.target import Target, backend_of
 from dery_deploy.similarity.compute import Similarity, compute_similarity
 from dery_deploy.train.evaluate import Evaluation, evaluate_model

@@ -54,8 +54,9 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
             "",
             "Latency: the shipped artifact and every donor measured together in one interleaved pass at the end of "
             f"the run (noise index {100 * noise:.1f}%: how much slower a typical window ran than a "
-            "quiet one); ± is the measurement's standard error, the only allowance the budget check grants. Test "
-            "top-1 on the held-out test split, which decided nothing. Donors are trained with the same recipe.",
+            "quiet one); ± is the measurement's standard error, the only allowance the budget check grants. "
+            + (f"In that pass {spell}. " if m.final_pass and (spell := m.final_pass.spell_line()) else "")
+            + "Test top-1 on the held-out test split, which decided nothing. Donors are trained with the same recipe.",
             "",
             f"Runtimes and precisions searched: {', '.join(searched)}; batch {batch}. Zoo hash `{zoo_hash}`. "
             f"Total time {m.seconds:.0f} s. "

@@ -27,6 +27,8 @@ Why this shape (measured on this project's 2-core VM, `scripts/bench_repeatabili
 - Load from other processes is not the device's latency: every pass reads how much CPU time the
   rest of the machine took while it timed (`/proc/stat` less this process's own, `resources.MachineLoad`),
   and a pass during which others used more than `BUSY_CORES` of a core is flagged (`PassSummary.busy`).
+  Rounds in which most items ran slow at once (a machine-wide slow spell, `disturbance.py`) are left out of
+  the per-call figures and counted (`Measurement.spell_windows`, `PassSummary.spell_rounds`).
 
 Per-call samples are taken with CUDA events on a GPU (device time, no host sync inside a window)
 and `time.perf_counter_ns` on a CPU, where the call itself is synchronous.
@@ -45,14 +47,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from dery_deploy.runtime.disturbance import QUIET, PassSummary, spell_masks
 from dery_deploy.runtime.resources import MachineLoad
 
 PERCENTILES = (50, 90, 99)  # of single calls: what a budget can promise (`--percentile`)
-QUIET = 25  # the windows' percentile an estimate is taken at (robust to disturbed windows)
 BOOTSTRAP = 200  # resamples of windows for an estimate's uncertainty
 BOOTSTRAP_CALLS = 256  # calls per window the all-calls bootstrap resamples (p99 needs its tail)
 WINDOW_WARM_S = 0.002  # untimed calls at the start of each window of a promise's pass (module docstring)
-BUSY_CORES = 0.15  # other processes' average CPU use during a pass (cores) above which it was a busy machine
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Measurement:
     # relative standard errors ("p50", "p90", "p99"); absent in measurements recorded before they were kept
     all_calls_ms: dict[str, float] = field(default_factory=dict)
     all_calls_uncertainties: dict[str, float] = field(default_factory=dict)
+    spell_windows: int = 0  # windows timed in a machine-wide slow spell, left out of all_calls_ms
 
     def at(self, percentile: int) -> float:
         """The quiet-window estimate at a per-call percentile (50, 90 or 99): what ranks items in a pass."""
@@ -137,65 +139,6 @@ class Measurement:
         d["all_calls_ms"] = {k: round(v, 5) for k, v in d["all_calls_ms"].items()}
         d["all_calls_uncertainties"] = {k: round(v, 5) for k, v in d["all_calls_uncertainties"].items()}
         return d
-
-
-@dataclass
-class PassSummary:
-    """What one interleaved pass was: how many items and windows, its time, and how noisy the machine was."""
-
-    items: int
-    windows: int
-    seconds: float
-    noise_index: float  # median over items of Measurement.noise
-    unstable: int
-    threads: int | None
-    when: str
-    # cores' worth of CPU time other processes took while the pass timed (None: not readable here)
-    other_load_cores: float | None = None
-    cores: int | None = None
-    # the reference workload's per-call median over all calls in this pass, where the pass timed it:
-    # the machine's speed at the time, which figures of different passes and processes are related by
-    reference_ms: float | None = None
-    # the final pass's reference per runtime and threads ("openvino/t1" -> ms): each package is related
-    # to the machine's speed as its own runtime measured it
-    references_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def busy(self) -> bool:
-        """Whether other processes loaded the machine during the pass (its figures include their load)."""
-        return self.other_load_cores is not None and self.other_load_cores > BUSY_CORES
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def load_line(self) -> str:
-        """A warning when the machine was busy, else empty."""
-        if not self.busy:
-            return ""
-        return (
-            f"other processes used {self.other_load_cores:.2f} of {self.cores} cores while this pass timed: its "
-            "figures are a busy machine's, not the device's; measure again with nothing else running"
-        )
-
-    def line(self) -> str:
-        load = f"; {self.load_line()}" if self.busy else ""
-        return (
-            f"{self.items} items in {self.seconds:.1f} s, noise index {100 * self.noise_index:.1f}% "
-            f"(typical window vs quiet window), {self.unstable} not stable{load}"
-        )
-
-
-def busy_note(passes: list[dict]) -> str:
-    """One line on the passes (as recorded, `PassSummary.to_dict`) that other processes loaded, or empty."""
-    busy = [p for p in passes if (p.get("other_load_cores") or 0) > BUSY_CORES]
-    if not busy:
-        return ""
-    worst = max(p["other_load_cores"] for p in busy)
-    return (
-        f"{len(busy)} of {len(passes)} measurement passes ran while other processes used up to {worst:.2f} of "
-        f"{busy[0].get('cores')} cores: those figures are a busy machine's, not the device's; profile again "
-        "with nothing else running (a rerun measures only what is missing: delete the profile to redo it)"
-    )
 
 
 def time_calls(fn: Callable[[], object], n: int, cuda: bool, stream=None) -> list[float]:
@@ -246,6 +189,8 @@ class _Item:
     calls: int = 5  # per window
     warm: int = 0  # untimed calls before each window's timed ones
     windows: list[np.ndarray] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)  # the round each window was timed in
+    medians: list[float] = field(default_factory=list)  # each window's median call (ms)
 
 
 def _warm_up(it: _Item, opts: TimingOptions) -> None:
@@ -294,16 +239,24 @@ def _all_calls(windows: list[np.ndarray], rng: np.random.Generator) -> tuple[dic
     return dict(zip(PERCENTILES, est.tolist())), dict(zip(PERCENTILES, rel.tolist()))
 
 
-def _uncertainty(it: _Item, rng: np.random.Generator, opts: TimingOptions) -> float:
+def _outside_spells(items: dict[str, _Item]) -> tuple[dict[str, list[np.ndarray]], set[int]]:
+    """Per item, its windows timed outside the pass's machine-wide slow spells (`disturbance.py`), and the
+    rounds left out for some item."""
+    masks = spell_masks({k: it.medians for k, it in items.items()}, {k: it.rounds for k, it in items.items()})
+    calm = {k: [w for w, s in zip(it.windows, masks[k]) if not s] for k, it in items.items()}
+    return calm, {r for k, it in items.items() for r, s in zip(it.rounds, masks[k]) if s}
+
+
+def _uncertainty(it: _Item, calm: list[np.ndarray], rng: np.random.Generator, opts: TimingOptions) -> float:
     """The relative standard error of the statistic the pass must pin down, at its percentile."""
-    rel = (_all_calls if opts.statistic == "all" else _estimates)(it.windows, rng)[1]
+    rel = _all_calls(calm, rng)[1] if opts.statistic == "all" else _estimates(it.windows, rng)[1]
     return rel[opts.percentile]
 
 
-def _result(it: _Item, rng: np.random.Generator, opts: TimingOptions) -> Measurement:
+def _result(it: _Item, calm: list[np.ndarray], rng: np.random.Generator, opts: TimingOptions) -> Measurement:
     est, rel = _estimates(it.windows, rng)
-    every, every_rel = _all_calls(it.windows, rng)
-    medians = [float(np.median(w)) for w in it.windows]
+    every, every_rel = _all_calls(calm, rng)
+    medians = it.medians
     typical = float(np.median(medians))
     target_rel = every_rel if opts.statistic == "all" else rel
     return Measurement(
@@ -319,6 +272,7 @@ def _result(it: _Item, rng: np.random.Generator, opts: TimingOptions) -> Measure
         {f"p{q}": rel[q] for q in PERCENTILES if q != 50},
         {f"p{q}": every[q] for q in PERCENTILES},
         {f"p{q}": every_rel[q] for q in PERCENTILES},
+        len(it.windows) - len(calm),
     )
 
 
@@ -352,11 +306,14 @@ def measure_interleaved(
 
         def window_round(subset: list[str]) -> None:
             order_rng.shuffle(subset)
+            r = max((it.rounds[-1] + 1 for it in items.values() if it.rounds), default=0)
             for k in subset:
                 it = items[k]
                 if it.warm:
                     time_calls(it.fn, it.warm, it.cuda, it.stream)
                 it.windows.append(np.asarray(time_calls(it.fn, it.calls, it.cuda, it.stream)))
+                it.rounds.append(r)
+                it.medians.append(float(np.median(it.windows[-1])))
             if progress:
                 progress(sum(len(i.windows) for i in items.values()), planned)
 
@@ -372,12 +329,14 @@ def measure_interleaved(
         over = list(keys)
         while over and time.perf_counter() - t_extra < opts.max_s:
             over = [k for k in over if len(items[k].windows) < cap]
-            over = [k for k in over if _uncertainty(items[k], rng, opts) > opts.target]
+            calm = _outside_spells(items)[0] if opts.statistic == "all" else {}
+            over = [k for k in over if _uncertainty(items[k], calm.get(k, []), rng, opts) > opts.target]
             if over:
                 planned = max(planned, sum(len(i.windows) for i in items.values()) + len(over))
                 window_round(over)
     other_load = load.stop()
-    out = {k: _result(it, rng, opts) for k, it in items.items()}
+    calm, spells = _outside_spells(items)
+    out = {k: _result(it, calm[k], rng, opts) for k, it in items.items()}
     summary = PassSummary(
         len(out),
         sum(m.windows for m in out.values()),
@@ -388,6 +347,8 @@ def measure_interleaved(
         time.strftime("%Y-%m-%dT%H:%M:%S"),
         other_load,
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        rounds=max((it.rounds[-1] + 1 for it in items.values() if it.rounds), default=0),
+        spell_rounds=len(spells),
     )
     return out, summary
 
