@@ -246,6 +246,7 @@ def one_run(out: Path, seed: int, budgets: list[float], extra: list[str]) -> Run
         str(out.resolve()),
         "--no-aoti",
         "--allow-over-budget",  # the verdicts are what this measures: recorded, not fatal
+        "--heal-every-mix",  # the reassembled-vs-donor columns need every budget's best mix healed
         *extra,
     )
     if p.returncode:

@@ -88,6 +88,13 @@ def run(
         "fp32, batch 1, two or more budgets, given or chosen as a default run chooses them, --quick too): the "
         "largest trained as a pick is, the smaller on its frozen shared blocks",
     ),
+    heal_every_mix: bool = typer.Option(
+        False,
+        "--heal-every-mix",
+        help="heal each budget's best mixed plan with the final recipe even where selection already rules it out "
+        "(the best donor wins at any accuracy the heal could give it); slower, for the report's comparison of "
+        "reassembly with the donors at every budget",
+    ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's results as JSON at the end"),
@@ -117,6 +124,7 @@ def run(
         time_limit=time_limit,
         keep_all_targets=keep_all_targets,
         family=family,
+        heal_every_mix=heal_every_mix,
     )
     m = run_pipeline(opts, None if as_json else console, progress_bar)
     if as_json:

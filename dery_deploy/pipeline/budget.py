@@ -15,7 +15,7 @@ from dery_deploy.export.formats import EXPORT_FORMAT
 from dery_deploy.network.plan import Plan, load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
-from dery_deploy.pipeline.pick import last_rung_accuracy, pick_triple, score_triples
+from dery_deploy.pipeline.pick import last_rung_accuracy, mix_ruled_out, pick_triple, score_triples
 from dery_deploy.pipeline.records import BudgetResult, MixResult, SelectionFile
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
@@ -86,13 +86,23 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     entry.rejected_over_budget = sel.rejected_over_budget
     entry.solver, entry.margin, entry.selection = sel.solver, sel.margin, s
     paths = {(f.plan, f.target): bdir / str(f.path) for f in sel.finalists}
-    if s.best_mix:
+    ruled_out = mix_ruled_out(r, ctx, sel) if s.best_mix and not r.opts.heal_every_mix else None
+    if ruled_out:
+        entry.mix_not_healed = f"{ruled_out.rule}, at any accuracy healing could give it"
+        r.say(f"  {s.best_mix} not healed: it cannot be picked ({entry.mix_not_healed}; --heal-every-mix heals it)")
+        for stage in (
+            f"heal {s.best_mix} ({b:g} ms)",
+            f"evaluate best mix {b:g} ms",
+            f"export onnx (best mix {b:g} ms)",
+        ):
+            r.record(stage, "skipped", 0.0, "selection rules the mix out")
+    elif s.best_mix:
         entry.mix = heal_best_mix(r, ctx, b, bdir, s.best_mix, paths)
         entry.mix.selection_accuracy = last_rung_accuracy(s).get(s.best_mix)
         entry.run_mix = str(bdir / "mix")
         carry_better_mix(r, entry, sel)
     triples = score_triples(r, ctx, sel, entry.mix, Path(entry.run_mix) if entry.mix and entry.run_mix else None)
-    pick = pick_triple(triples, s)
+    pick = ruled_out or pick_triple(triples, s)
     entry.triples = triples
     entry.pick_triple = pick
     r.say(f"  pick: {pick.network} on {pick.target} ({pick.rule})")

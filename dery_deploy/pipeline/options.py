@@ -38,6 +38,7 @@ class RunOptions:
     # every profiled target searched in selection, even one the pick rule could never choose (pipeline/targets.py)
     keep_all_targets: bool = False
     family: bool = False  # --family: a family of paths over the budgets too (pipeline/family.py)
+    heal_every_mix: bool = False  # heal a best mix selection already rules out (pick.mix_ruled_out)
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.errors import DeryError
@@ -111,3 +111,36 @@ def pick_triple(triples: list[Triple], s: Selection) -> Pick:
     chosen = m if kind == "mix" else d
     assert chosen is not None
     return Pick(**asdict(chosen), rule=rule)
+
+
+def mix_ruled_out(r: Run, ctx: Context, sel: SelectionFile) -> Pick | None:
+    """The donor pick, where selection's evidence already rules every mixed plan out, else None (the best mix
+    is healed). Healing changes nothing the pick reads: a mixed triple is scored by its selection accuracy
+    (less any int8 loss), and the donors' triples are known before it. So where the most accurate mixed
+    finalist, or a smaller budget's mix that may be carried here, cannot beat the best donor triple beyond
+    the noise even at that accuracy, the pick is that donor whatever the heal gives, and healing it would
+    only cost time (a default run's largest budget: 68 s of healing, evaluating and exporting for a
+    mix 10.6 points behind out of fold)."""
+    s = sel.selection
+    if not s.best_mix:
+        return None
+    acc = last_rung_accuracy(s)
+    mixed = {f.plan for f in sel.finalists if f.origin != "donor"}
+    best = [acc[n] for n in mixed if n in acc]
+    finalists = {f.plan for f in sel.finalists}
+    for prev in r.manifest.results:  # `carry_better_mix` may bring a smaller budget's mix here
+        if prev.mix and prev.mix.selection_accuracy is not None and prev.mix.plan.describe() in finalists:
+            best.append(prev.mix.selection_accuracy)
+    donors = [t for t in score_triples(r, ctx, sel, None, None) if t.kind == "donor"]
+    return donor_whatever_the_mix(donors, max(best, default=None), s.best_mix, s)
+
+
+def donor_whatever_the_mix(donors: list[Triple], mix_best: float | None, mix: str, s: Selection) -> Pick | None:
+    """The pick among `donors` where a mixed triple at accuracy `mix_best` (the most any mix can score here)
+    would still lose to it under the pick rule, else None."""
+    if mix_best is None or not donors:
+        return None
+    top = max(donors, key=lambda t: t.val_accuracy)
+    upper = replace(top, network=mix, kind="mix", selection_accuracy=mix_best, val_accuracy=mix_best)
+    pick = pick_triple([*donors, upper], s)
+    return pick if pick.kind == "donor" else None

@@ -240,6 +240,7 @@ class BudgetResult:
     # the best mixed plan, healed with the final recipe, evaluated and exported, and its run folder
     mix: MixResult | None = None
     run_mix: str | None = None
+    mix_not_healed: str | None = None  # why the best mix was not healed: selection rules it out (`mix_ruled_out`)
     # the measured (network, runtime, precision) triples and the pick among them
     triples: list[Triple] | None = None
     pick_triple: Pick | None = None

@@ -43,6 +43,11 @@ def verdict_line(r: BudgetResult, m: RunManifest) -> str:
         return "No donor and no mixed plan fits."
     d = donor_top1(r, m, best)
     assert d is not None, "a donor that fits was evaluated on the test split"
+    if not mix and r.mix_not_healed:
+        return (
+            f"The best donor that fits, {best}, reaches {d:.2f}%; reassembly **lost** in selection, and its best "
+            f"mixed plan was not healed ({r.mix_not_healed}; `--heal-every-mix` heals it)."
+        )
     if not mix:
         return f"The best donor that fits, {best}, reaches {d:.2f}%; no mixed plan was a finalist."
     diff = mix.top1 - d

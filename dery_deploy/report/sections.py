@@ -42,8 +42,9 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
     batch = m.options.batch or 1
     searched = m.targets or [f"{m.backend}/{m.precision}"]
     shown = {k: v for k, v in asdict(m.options).items() if k != "out" and v not in (None, [], "")}
-    if not m.options.family:  # an option newer than most runs: said only where it was given
-        del shown["family"]
+    for newer in ("family", "heal_every_mix"):  # options newer than most runs: said only where given
+        if not getattr(m.options, newer):
+            del shown[newer]
     options = ", ".join(f"`{k}={v}`" for k, v in shown.items())
     task = m.task or TaskRecord("", "", [], "")
     return (

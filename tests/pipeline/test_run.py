@@ -92,3 +92,26 @@ def test_int8_never_ships_a_network_that_fits_in_fp32():
         "mix",
         "openvino/int8",
     )
+
+
+def test_a_mix_is_healed_only_where_its_accuracy_could_change_the_pick():
+    from dery_deploy.pipeline.pick import donor_whatever_the_mix
+
+    donors = [
+        triple("r10", "onnxruntime/fp32", "donor", 84.0, 0.20),
+        triple("r10", "openvino/int8", "donor", 83.0, 0.1),
+    ]
+    # the mix's best selection accuracy is 10 points behind: no heal can change the pick (it reads that accuracy)
+    ruled = donor_whatever_the_mix(donors, 74.0, "a[0:2] > b[2:4]", noise(2.7))
+    assert ruled is not None and (ruled.network, ruled.target, ruled.kind) == ("r10", "onnxruntime/fp32", "donor")
+    assert "10.00 points worse" in ruled.rule
+    # it is what the pick rule gives with the mix scored at that accuracy
+    full = pick_triple([*donors, triple("a[0:2] > b[2:4]", "onnxruntime/fp32", "mix", 74.0, 0.15)], noise(2.7))
+    assert (full.network, full.target, full.rule) == (ruled.network, ruled.target, ruled.rule)
+    # ahead within the noise: the donor ships whatever the heal gives; beyond it the mix may win, so it is healed
+    assert donor_whatever_the_mix(donors, 85.0, "m", noise(2.7)) is not None
+    assert donor_whatever_the_mix(donors, 87.0, "m", noise(2.7)) is None
+    assert (
+        donor_whatever_the_mix([], 70.0, "m", noise(2.7)) is None
+        and donor_whatever_the_mix(donors, None, "m", noise(1)) is None
+    )
