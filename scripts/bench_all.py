@@ -354,6 +354,11 @@ def plain_load_section(pl: dict) -> list[str]:
     return [*out, ""]
 
 
+def spells(left_of: list[int] | None) -> str:
+    """'left out of all' where a bench recorded it (`runtime/disturbance.py`), else '-'."""
+    return f"{left_of[0]} of {left_of[1]}" if left_of else "-"
+
+
 def reproduce_section(rp: dict) -> list[str]:
     """The run's recorded latency of each shipped file against the file alone (`scripts/bench_reproduce.py`)."""
     m = rp["machine"]
@@ -368,8 +373,9 @@ def reproduce_section(rp: dict) -> list[str]:
         "(relative p50 against the recorded); load() is `dery_deploy.load` on the 10k test images.",
         "",
         "| target | batch | ships | recorded p50 / p90 (ms) | alone p50 / p90 (ms) | alone / recorded p50, p90 "
-        "| relative p50, p90 | dery bench p50 (relative) | top-1 report / load() | final pass load (cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| relative p50, p90 | dery bench p50 (relative) | top-1 report / load() | final pass load (cores) "
+        "| slow-spell rounds left out: final pass, alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in rp["runs"]:
         for r in e.get("shipped", []):
@@ -380,7 +386,8 @@ def reproduce_section(rp: dict) -> list[str]:
                 f"| {new.get('p50', 0):.4f} / {new.get('p90', 0):.4f} "
                 f"| {r['raw_ratio']['p50']:.3f}, {r['raw_ratio']['p90']:.3f} "
                 f"| {rel.get('p50', 0):.3f}, {rel.get('p90', 0):.3f} | {bench} "
-                f"| {r['report_top1']:.2f} / {r.get('load_top1', 0):.2f} | {r.get('pass_load_cores')} |"
+                f"| {r['report_top1']:.2f} / {r.get('load_top1', 0):.2f} | {r.get('pass_load_cores')} "
+                f"| {spells(r.get('pass_spell_rounds'))}, {spells(new.get('spell_windows'))} |"
             )
     c = (rp.get("context") or {}).get("effect")
     if c:

@@ -86,6 +86,7 @@ def shipped_rows(run: RunManifest, fp: FinalPassFile, input_shape: list[int]) ->
                 },
                 "recorded_se": m.all_calls_uncertainties,
                 "pass_load_cores": fp.summary.other_load_cores,
+                "pass_spell_rounds": [fp.summary.spell_rounds, fp.summary.rounds],  # left out / all (disturbance.py)
             }
         )
     return rows
@@ -114,7 +115,8 @@ def fresh(rows: list[dict], calls: int, tmp: Path) -> dict:
     ref = res.measurements.pop(REFERENCE_KEY).promise_at(50)
     for i, r in enumerate(rows):
         m = res.measurements[str(i)]
-        r["fresh"] = {"p50": m.promise_at(50), "p90": m.promise_at(90), "reference": ref, "calls": m.runs}
+        r["fresh"] = {"p50": m.promise_at(50), "p90": m.promise_at(90), "reference": ref, "calls": m.runs,
+                      "spell_windows": [m.spell_windows, m.windows]}  # fmt: skip
         r["fresh_se"] = m.all_calls_uncertainties
         rec, new = r["recorded"], r["fresh"]
         r["raw_ratio"] = {q: round(new[q] / rec[q], 4) for q in ("p50", "p90")}
