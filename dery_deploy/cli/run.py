@@ -162,7 +162,7 @@ def show_answer(m: RunManifest) -> None:
         )
         console.print(f"    measured {a.measured_text()}; test top-1 {a.top1:.2f}%; {vs}")
     if m.time_limit and m.time_limit.minutes:
-        console.print(f"  [yellow]{time_limit_line(m.time_limit)}[/]")
+        console.print(f"  [yellow]{time_limit_line(m.time_limit, not m.options.budgets)}[/]")
     fp = m.final_pass
     if fp:
         console.print(

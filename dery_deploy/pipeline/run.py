@@ -41,7 +41,7 @@ from dery_deploy.pipeline.stages import (
 )
 from dery_deploy.pipeline.target_profiles import profile_targets, target_names
 from dery_deploy.pipeline.target_stage import stage_targets
-from dery_deploy.pipeline.time_limit import CUTS, LATE_CUTS, fit_to_limit, refit
+from dery_deploy.pipeline.time_limit import CUTS, LATE_CUTS, fit_to_limit, over_limit, refit
 from dery_deploy.profile.latency_model import LatencyModel
 from dery_deploy.profile.run import resolve_backend
 from dery_deploy.report.report import write_report
@@ -125,6 +125,8 @@ def start_eta(
             + ("cut " + "; ".join(cuts) if cuts else "nothing cut")
             + f"; estimated {minutes(elapsed + est.seconds)} in all"
         )
+        if over := over_limit(r.opts.time_limit, elapsed + est.seconds, plan.budgets_chosen):
+            r.say(f"  [yellow]{over}[/]" if r.console else f"  {over}")
     est.made_in_s, est.this_run = round(time.time() - t, 1), fresh
     r.manifest.estimate = est
     if fresh:

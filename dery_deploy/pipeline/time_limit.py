@@ -155,6 +155,20 @@ def refit(
     return replace(kept, step_s=plan.step_s, distill_s=plan.distill_s), est, cuts
 
 
+def over_limit(minutes_: float | None, estimated_s: float | None, budgets_chosen: bool = False) -> str:
+    """The sentence for a run whose estimate after every cut is still over its limit, or empty: it goes on
+    (its budgets are the user's and its recipe is cut as far as it goes) and says so, rather than
+    promising a time it will not keep (a three-budget run at 100 labels per class under --time-limit 30
+    was estimated at 75 min after its cuts and took 57 min)."""
+    if not minutes_ or not estimated_s or estimated_s <= 60 * minutes_:
+        return ""
+    fewer = "" if budgets_chosen else "fewer --budgets (or none: the run then keeps only the middle one), or "
+    return (
+        f"after every cut the run is estimated at {minutes(estimated_s)}, over the {minutes_:g}-min limit: it goes "
+        f"on, and {fewer}a longer limit fits it"
+    )
+
+
 def keeps_profiling(limit_s: float | None, elapsed_s: float, last_s: float) -> bool:
     """Whether a further target's profile, taking as long as the last one did (`last_s`), ends within
     PROFILE_SHARE of the limit (module docstring)."""

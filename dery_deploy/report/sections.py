@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from dery_deploy.partition.stage import Partition
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.records import RunEstimate, TaskRecord, TimeLimitRecord
+from dery_deploy.pipeline.time_limit import over_limit
 from dery_deploy.profile.store import LatencyCheck, Profile
 from dery_deploy.report.answers import answers
 from dery_deploy.report.budget import budget
@@ -65,7 +66,7 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
             "Options: " + options + ".",
             "",
         ]
-        + ([time_limit_line(m.time_limit), ""] if m.time_limit and m.time_limit.minutes else [])
+        + ([time_limit_line(m.time_limit, not m.options.budgets), ""] if m.time_limit and m.time_limit.minutes else [])
         + targets_lines(m)
     )
 
@@ -95,12 +96,13 @@ def targets_lines(m: RunManifest) -> list[str]:
     ]
 
 
-def time_limit_line(tl: TimeLimitRecord) -> str:
+def time_limit_line(tl: TimeLimitRecord, budgets_chosen: bool = False) -> str:
     """What a run made under --time-limit cut to fit it, in words (the report and the terminal)."""
     cut = "cut " + "; ".join(tl.cuts) if tl.cuts else "nothing was cut"
+    over = over_limit(tl.minutes, tl.estimated_s, budgets_chosen)
     return (
         f"Made under a time limit of {tl.minutes:g} min: {cut}; estimated {tl.estimated_s or 0:.0f} s "
-        "in all after the profiles."
+        "in all after the profiles" + (f"; {over}." if over else ".")
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 from dery_deploy.errors import DeryError
 from dery_deploy.pipeline.estimate import Plan, estimate
 from dery_deploy.pipeline.options import RunOptions
-from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling
+from dery_deploy.pipeline.time_limit import fit_to_limit, keeps_profiling, over_limit
 from dery_deploy.train.recipe import Recipe
 
 
@@ -53,8 +53,13 @@ def test_cuts_come_in_order_until_the_estimate_fits(fashion_task):
     assert kept.budgets == [0.15] and kept.final.epochs_full == 1 and kept.final.match_epochs == 1
     assert kept.teacher_images == 4096 and est.seconds < of(replace(plan, budgets=[0.15])).seconds
     # a user's budgets are never cut
-    kept, _, cuts = fit_to_limit(default_plan(chosen=False), of, 101, 100)
+    kept, est, cuts = fit_to_limit(default_plan(chosen=False), of, 101, 100)
     assert kept.budgets == [0.09, 0.15, 0.3] and len(cuts) == 6
+    # still over the limit after every cut: the run says so, with the way to fit it, instead of a silent overrun
+    over = over_limit(101 / 60, 100 + est.seconds)
+    assert "over the 1.68333-min limit" in over and "fewer --budgets" in over and "longer limit" in over
+    assert "fewer --budgets" not in over_limit(101 / 60, 100 + est.seconds, budgets_chosen=True)
+    assert over_limit(30, 29 * 60) == "" and over_limit(None, 1e6) == ""
 
 
 def test_without_distillation_no_teacher_candidate_is_trained_and_a_test_fifth_costs_a_fifth(fashion_task):
