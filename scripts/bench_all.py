@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench_common import ROOT, machine
 
@@ -250,8 +251,25 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
                 f"export): {r['default_run_s']:.0f} s"
             )
         at = f" at {r['commit']} ({str(r.get('quick_when') or r.get('when', ''))[:10]})" if r.get("commit") else ""
-        out += [line + f"{at}; this and later commits' wall times: `bench/wall_time.txt`.", ""]
+        out += [line + f"{at}; this and later commits' wall times: `bench/wall_time.txt`" + latest_wall_times(), ""]
     return "\n".join(out)
+
+
+def latest_wall_times(path: Path = ROOT / "bench" / "wall_time.txt") -> str:
+    """'; the latest there: ...' from `scripts/bench_wall_time.sh`'s last quick and default lines, or '.'."""
+    if not path.is_file():
+        return "."
+    header, found = "", {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            header = line.lstrip("# ").split("; ", 1)[-1]
+        elif line.startswith(("new_quick ", "new_default ")):
+            kind, commit, _, wall = line.split()[:4]
+            found[kind.removeprefix("new_")] = (commit, wall.removeprefix("wall_s="), header)
+    if not found:
+        return "."
+    said = [f"{k} {w} s at {c} ({h})" for k, (c, w, h) in found.items()]
+    return "; the latest there: " + ", ".join(said) + "."
 
 
 def latency_model_section(lm: dict) -> list[str]:

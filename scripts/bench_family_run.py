@@ -281,6 +281,8 @@ def main() -> None:
     same = result.get("budgets") == budgets and result.get("labels_per_class") == labels
     same = same and result.get("time_limit_min") == args.time_limit
     done = result.get("seeds", {}) if same and result.get("quick", False) == args.quick else {}
+    for row in done.values():  # seeds measured before rows kept their commit: the file's was theirs
+        row.setdefault("commit", result.get("commit"))
     result = {
         "machine": machine(),
         "commit": commit(),
@@ -304,6 +306,7 @@ def main() -> None:
         run = one_run(folder, seed, budgets, [*extra, *(["--quick"] if args.quick else [])])
         row = seed_row(run, folder, round(time.time() - t0, 1))
         row["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        row["commit"] = commit()  # the file's commit is the last seed's; each seed keeps its own
         result["seeds"][str(seed)] = row
         result["summary"] = summary(result["seeds"])
         atomic_write_json(out, result)
