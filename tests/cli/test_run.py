@@ -66,6 +66,10 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
         assert s["stage"] in report or s["stage"] == "report"  # the report stage is logged after it is written
     [res] = run["results"]
     assert res["pick_kind"] in ("donor", "mix") and res["selection"]["pick"] and res["selection"]["trials"]
+    # a best mix that healing cannot make the pick is not healed, and the run says why (pick.mix_ruled_out)
+    if res.get("mix_not_healed"):
+        assert res["pick_kind"] == "donor" and "mix" not in res and "not healed" in report
+        assert status[f"heal {res['selection']['best_mix']} (0.5 ms)"] == "skipped"
     # the pick ships on its own runtime and precision: fp32 is held to parity, int8 to its measured accuracy change
     if res["plan"]["precision"] == "int8":
         assert res["export"]["int8"]["int8_top1_change"] is not None and res["export"]["parity"]["split"] == "test"
@@ -96,7 +100,10 @@ def test_run_quick_interrupted_then_completed_then_fully_cached(tmp_path):
     again = run_dery(*ARGS, "-o", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
     stages = json.loads((out / "run.json").read_text())["stages"]
-    recomputed = [s["stage"] for s in stages if s["status"] not in ("reused", "loaded") and s["stage"] != "report"]
+    # (a stage skipped because it cannot change the answer is skipped again: not recomputed)
+    recomputed = [
+        s["stage"] for s in stages if s["status"] not in ("reused", "loaded", "skipped") and s["stage"] != "report"
+    ]
     assert recomputed == []
 
     # the shipped artifact measured over its budget: the report is still written, then one line and exit 2
