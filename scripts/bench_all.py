@@ -50,7 +50,7 @@ def main() -> None:
         results = json.loads((bench / "results.json").read_text())
         by_hand = (
             *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
-            "time_limit",
+            *("time_limit", "family", "family_run"),
         )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
@@ -72,6 +72,8 @@ def main() -> None:
             "plain_load",  # bench_plain_load.py on bench_reproduce's OpenVINO packages
             "estimate",
             "time_limit",
+            "family",  # bench_family.py: the family program's time on the fashion and random zoos
+            "family_run",  # bench_family_run.py: about an hour per seed
         ):  # a run's finalists / about 3 hours / two whole runs: run by hand, read here
             if (bench / f"{by_hand}.json").is_file():
                 results["scripts"][by_hand] = json.loads((bench / f"{by_hand}.json").read_text())
@@ -124,6 +126,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += estimate_section(s["estimate"])
     if "time_limit" in s:
         out += time_limit_section(s["time_limit"])
+    if "family_run" in s:
+        out += family_section(s["family_run"], s.get("family"))
     if "repeatability" in s:
         out += repeatability_section(s["repeatability"])
     if "runtimes" in s:
@@ -253,6 +257,58 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         at = f" at {r['commit']} ({str(r.get('quick_when') or r.get('when', ''))[:10]})" if r.get("commit") else ""
         out += [line + f"{at}; this and later commits' wall times: `bench/wall_time.txt`" + latest_wall_times(), ""]
     return "\n".join(out)
+
+
+def family_section(fr: dict, program: dict | None) -> list[str]:
+    """`dery run --family` per seed against the run's separately shipped networks (issue 28), and the family
+    program's time."""
+    m = fr["machine"]
+    limit = f" --time-limit {fr['time_limit_min']:g}" if fr.get("time_limit_min") else ""
+    budgets = ",".join(f"{b:g}" for b in fr["budgets"])
+    out = [
+        "### A family of paths sharing their blocks (`scripts/bench_family_run.py`, `scripts/bench_family.py`)",
+        "",
+        f"{m['cpu']} ({m['cores']} cores); per seed one `dery run --budgets {budgets} "
+        f"--family --targets onnxruntime/fp32{limit}` at {fr['labels_per_class']} labels per class. Per path: its "
+        "plan, its latency in the family's own interleaved pass against its budget, and its test top-1 against the "
+        "network the same run ships at that budget, trained on its own (targets, issue 28: every path within its "
+        "budget; distinct weight bytes at most 0.55x the separate files'; top-1 mean at least -1.0 point per "
+        "budget, the largest path at least -0.5; `at_budget` right at 20 of 20 budgets; the family adds at most "
+        "20% to the run).",
+        "",
+        "| seed | commit | path: budget, plan | family pass (ms) | within | top-1 family / separate | bytes ratio "
+        "| at_budget ok | family adds to the run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for seed, row in sorted(fr["seeds"].items()):
+        for i, p in enumerate(row.get("paths", [])):
+            first = i == 0
+            out.append(
+                f"| {seed if first else ''} | {str(row.get('commit') or fr['commit'])[:7] if first else ''} "
+                f"| {p['budget_ms']:g} ms: {p['plan']} | {p['family_pass_ms']:.4f} ± {p['family_pass_se_ms']:.4f} "
+                f"| {'yes' if p['within'] else 'no'} | {p['top1']:.2f} / {p['separate_top1']:.2f} "
+                f"({p['top1_difference']:+.2f}) | {row['bytes_ratio'] if first else ''} "
+                f"| {row['at_budget'].get('ok', '-') if first else ''} "
+                f"| {_pct(row['family_added_to_run']) if first else ''} |"
+            )
+        missing = sorted(set(fr["budgets"]) - {p["budget_ms"] for p in row.get("paths", [])})
+        if missing:
+            out.append(f"| {seed} | | no path at {', '.join(f'{b:g} ms' for b in missing)} | | | | | | |")
+    sm = fr.get("summary") or {}
+    out += ["", f"Within: {sm.get('within')}; top-1 difference mean per budget: {sm.get('top1_difference_mean')}."]
+    if program:
+        rnd = program.get("random_24x6", [])
+        secs = [r["seconds"] for r in rnd]
+        fa = program["fashion"]
+        out += [
+            "",
+            f"The family program (CP-SAT, {program['when'][:10]}): fashion zoo {fa['status']} in {fa['seconds']} s, "
+            f"stored parameters {fa['ratio']}x the separate optima's; {len(rnd)} random 24-donor x 6-set zoos "
+            + (f"{min(secs)}-{max(secs)} s, " if secs else "")
+            + ", ".join(sorted({r["status"] for r in rnd}))
+            + f" (sharing may cost each path at most {100 * program['delta']:.0f}% of its own optimum).",
+        ]
+    return out + [""]
 
 
 def latest_wall_times(path: Path = ROOT / "bench" / "wall_time.txt") -> str:
