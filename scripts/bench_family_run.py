@@ -5,6 +5,7 @@ against the run's own separately shipped networks at the same budgets. Writes JS
 
     python scripts/bench_family_run.py [--seeds 0,1,2] [--labels-per-class 100] [-o bench/family_run.json]
     python scripts/bench_family_run.py --quick     # smoke: seed 0, 20 labels per class, `dery run --quick`
+    python scripts/bench_family_run.py --family-training joint   # option (b) in the same folders (reuses the rest)
 
 Budgets: those `scripts/bench_family.py` chose for the fashion zoo (bench/family.json's `budgets_chosen_ms`,
 the three a default `dery run` chooses there), unless `--budgets`. Per seed and path:
@@ -178,7 +179,7 @@ def sweep(folder: Path, percentile: int) -> dict:
     }
 
 
-def seed_row(run, folder: Path, wall_s: float) -> dict:
+def seed_row(run, folder: Path, wall_s: float, rest_s: float | None = None) -> dict:
     """One seed: the family's paths against the run's separate networks, memory, the sweep and wall time."""
     fam = run.family
     if fam is None or fam.note:
@@ -210,15 +211,18 @@ def seed_row(run, folder: Path, wall_s: float) -> dict:
         for p in fam.paths
     ]
     family_s = sum(s.seconds for s in run.stages if "family" in s.stage)
+    rest = rest_s if rest_s is not None else run.seconds - family_s
     limit = asdict(run.time_limit) if run.time_limit is not None else None
     return {
         "wall_s": wall_s,
         "time_limit": limit,  # what `--time-limit` cut, where it was given
         "run_seconds": run.seconds,
         "family_stage_seconds": round(family_s, 1),
-        "family_fraction_of_run": round(family_s / run.seconds, 4) if run.seconds else None,
+        "family_fraction_of_run": round(family_s / (rest + family_s), 4) if rest + family_s else None,
         # what building the family adds to the run without it (issue 28: at most 20%)
-        "family_added_to_run": round(family_s / (run.seconds - family_s), 4) if run.seconds > family_s else None,
+        "family_added_to_run": round(family_s / rest, 4) if rest > 0 else None,
+        # where the run without the family was reused (a joint rerun): its seconds from the first run's row
+        "rest_seconds_from_first_run": rest_s,
         "within": sum(1 for p in fam.paths if p.within),
         "paths": paths,
         "before_passes": fam.before_passes,
@@ -251,6 +255,16 @@ def summary(seeds: dict) -> dict:
     }
 
 
+def first_run_rest(seed: int, args) -> float | None:
+    """A joint rerun reuses the seed's folder up to the family: the run's seconds without the family, from the
+    frozen bench's row of that seed (bench/family_run.json), where it has one."""
+    if args.family_training == "frozen":
+        return None
+    f = ROOT / "bench" / "family_run.json"
+    row = json.loads(f.read_text()).get("seeds", {}).get(str(seed)) if f.is_file() else None
+    return round(row["run_seconds"] - row["family_stage_seconds"], 1) if row else None
+
+
 def commit() -> str:
     p = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     return p.stdout.strip()
@@ -266,13 +280,27 @@ def main() -> None:
     ap.add_argument(
         "--time-limit", type=float, default=None, help="minutes: `dery run --time-limit` (its cuts are recorded)"
     )
-    ap.add_argument("-o", "--out", default=None, help="default bench/family_run.json (--quick: runs/...)")
+    ap.add_argument(
+        "--family-training",
+        choices=("frozen", "joint"),
+        default="frozen",
+        help="`dery run --family-training`: joint reruns each seed's folder, so only the family is trained again",
+    )
+    ap.add_argument(
+        "-o",
+        "--out",
+        default=None,
+        help="default bench/family_run.json, joint: family_run_joint.json (--quick: runs/...)",
+    )
     args = ap.parse_args()
     from dery_deploy.artifacts import atomic_write_json
 
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     labels = args.labels_per_class or (20 if args.quick else 100)
-    out = Path(args.out or (Path(args.work) / "quick.json" if args.quick else ROOT / "bench" / "family_run.json"))
+    name = "family_run.json" if args.family_training == "frozen" else "family_run_joint.json"
+    out = Path(
+        args.out or (Path(args.work) / name.replace("family_run", "quick") if args.quick else ROOT / "bench" / name)
+    )
     if args.budgets:
         budgets = [float(b) for b in args.budgets.split(",")]
     else:
@@ -280,6 +308,7 @@ def main() -> None:
     result = json.loads(out.read_text()) if out.is_file() else {}
     same = result.get("budgets") == budgets and result.get("labels_per_class") == labels
     same = same and result.get("time_limit_min") == args.time_limit
+    same = same and result.get("family_training", "frozen") == args.family_training
     done = result.get("seeds", {}) if same and result.get("quick", False) == args.quick else {}
     for row in done.values():  # seeds measured before rows kept their commit: the file's was theirs
         row.setdefault("commit", result.get("commit"))
@@ -292,6 +321,7 @@ def main() -> None:
         "quick": args.quick,
         "time_limit_min": args.time_limit,
         "target": "onnxruntime/fp32, batch 1",
+        "family_training": args.family_training,
         "seeds": done,
     }
     for seed in seeds:
@@ -302,9 +332,10 @@ def main() -> None:
         folder = Path(args.work) / f"labels{labels}-seed{seed}{'-quick' if args.quick else ''}{cut}"
         extra = ["--data", data_spec(labels), "--family", "--targets", "onnxruntime/fp32"]
         extra += ["--time-limit", f"{args.time_limit:g}"] if args.time_limit else []
+        extra += ["--family-training", "joint"] if args.family_training == "joint" else []
         t0 = time.time()
         run = one_run(folder, seed, budgets, [*extra, *(["--quick"] if args.quick else [])])
-        row = seed_row(run, folder, round(time.time() - t0, 1))
+        row = seed_row(run, folder, round(time.time() - t0, 1), first_run_rest(seed, args))
         row["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         row["commit"] = commit()  # the file's commit is the last seed's; each seed keeps its own
         result["seeds"][str(seed)] = row

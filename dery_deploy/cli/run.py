@@ -86,7 +86,13 @@ def run(
         "--family",
         help="also ship one family of paths over the budgets that share their blocks (RUN/family/; ONNX Runtime "
         "fp32, batch 1, two or more budgets, given or chosen as a default run chooses them, --quick too): the "
-        "largest trained as a pick is, the smaller on its frozen shared blocks",
+        "largest trained as a pick is, the smaller on its frozen shared blocks (see --family-training)",
+    ),
+    family_training: str = typer.Option(
+        "frozen",
+        "--family-training",
+        help="how --family trains its paths: frozen (the largest as a pick is, then each smaller one on the blocks "
+        "it shares with it, frozen) or joint (every path at every step, the shared blocks trained by all)",
     ),
     heal_every_mix: bool = typer.Option(
         False,
@@ -124,6 +130,7 @@ def run(
         time_limit=time_limit,
         keep_all_targets=keep_all_targets,
         family=family,
+        family_training=family_training,
         heal_every_mix=heal_every_mix,
     )
     m = run_pipeline(opts, None if as_json else console, progress_bar)

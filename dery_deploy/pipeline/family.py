@@ -1,4 +1,4 @@
-"""`dery run --family` (issue 28, training option (a)): once the run's budgets are done, one path per budget
+"""`dery run --family` (issue 28): once the run's budgets are done, one path per budget
 chosen together by the family program so that the paths share blocks, trained, shipped in RUN/family/ with
 each tensor once, and measured in one interleaved pass.
 
@@ -7,6 +7,8 @@ each tensor once, and measured in one interleaved pass.
 - Before any training every chosen path is measured untrained in one interleaved pass on the family's target,
   and one over its budget is replaced (`family_check`: the program solved again with that budget lowered by
   the excess, at most twice, else the run's separate plan at that budget).
+- Training, `--family-training frozen` (option (a), the default; below) or `joint` (option (b), every path at
+  every step, `family_joint`).
 - The largest budget's path is fine-tuned with the run's final recipe as a budget's pick is
   (`stages.stage_finetune`, reused while its configuration holds); where it is the network the run already
   healed at some budget, that trained network is reused.
@@ -37,6 +39,7 @@ from dery_deploy.network.plan import AssembledNet, Plan, build_net, load_plan, s
 from dery_deploy.network.plan_records import PlanBudget
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.family_check import CheckedFamily, check_paths, measure_plans, solver
+from dery_deploy.pipeline.family_joint import train_joint_paths
 from dery_deploy.pipeline.family_record import FamilyPathRecord, FamilyRecord
 from dery_deploy.pipeline.records import BudgetResult
 from dery_deploy.pipeline.runner import Run
@@ -95,6 +98,7 @@ def stage_family(r: Run, ctx: Context) -> FamilyRecord:
         fam.status, fam.seconds, records, info.weights.distinct_bytes, info.weights.paths_bytes,
         sum(p.separate_bytes or 0 for p in records), before_passes=len(checked.passes),
         before_other_load_cores=max(loads) if loads else None, before_notes=checked.lines,
+        training=r.opts.family_training,
     )  # fmt: skip
     _measured(rec, info, r.opts.percentile)
     for p in rec.paths:
@@ -156,6 +160,8 @@ def _train_paths(
 ) -> tuple[list[FamilyPathRecord], list[FamilyMember]]:
     """The largest path first (as a pick is trained, or reused), then each smaller one on its frozen shared
     blocks; each evaluated on the test split. Returned in budget order."""
+    if r.opts.family_training == "joint":
+        return _joint_paths(r, ctx, plans, results)
     order = sorted(range(len(plans)), key=lambda i: -results[i].budget_ms)
     records: dict[int, FamilyPathRecord] = {}
     members: dict[int, FamilyMember] = {}
@@ -180,6 +186,41 @@ def _train_paths(
         records[i] = _path_record(i, plan, res, run_dir, trained, frozen, ev.top1)
         members[i] = FamilyMember(net, plan, ev.top1)
     return [records[i] for i in range(len(plans))], [members[i] for i in range(len(plans))]
+
+
+def _joint_paths(
+    r: Run, ctx: Context, plans: list[Plan], results: list[BudgetResult]
+) -> tuple[list[FamilyPathRecord], list[FamilyMember]]:
+    """Option (b): every path trained together (`family_joint`), each then evaluated on the test split, its
+    shared blocks checked byte-equal to the first path's that holds them."""
+    folders = train_joint_paths(r, ctx, plans, [res.budget_ms for res in results], r.out / PATHS_DIR)
+    records: list[FamilyPathRecord] = []
+    members: list[FamilyMember] = []
+    holders: dict[tuple[str, int, int], torch.nn.Module] = {}
+    for i, (plan, res, run_dir) in enumerate(zip(plans, results, folders)):
+        ev = stage_evaluate(r, run_dir, ctx.task, f"family path {res.budget_ms:g} ms")
+        net, _ = load_run_model(run_dir)
+        assert isinstance(net, AssembledNet)  # a family path always has a new head
+        shared = 0
+        for j, b in enumerate(plan.blocks):
+            k = (b.donor, b.start, b.end)
+            if k in holders:
+                _same_block(net.blocks[j], holders[k], plan, j)
+                shared += 1
+            else:
+                holders[k] = net.blocks[j]
+        others = len(plans) - 1
+        trained = f"jointly with {others} other path(s), every path every step; {shared} block(s) shared with them"
+        records.append(_path_record(i, plan, res, run_dir, trained, [], ev.top1))
+        members.append(FamilyMember(net, plan, ev.top1))
+    return records, members
+
+
+def _same_block(block: torch.nn.Module, holder: torch.nn.Module, plan: Plan, j: int) -> None:
+    """A bug check: a jointly trained path's shared block is the same tensors as the path's that holds it."""
+    a, b = block.state_dict(), holder.state_dict()
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise RuntimeError(f"family path {plan.describe()}: shared block {j} differs from its holder's after training")
 
 
 def _train_largest(r: Run, ctx: Context, plan: Plan, budget_ms: float) -> tuple[Path, str]:

@@ -65,6 +65,7 @@ class FamilyRecord:
     before_other_load_cores: float | None = None  # the most other processes used in those passes (cores)
     before_notes: list[str] = field(default_factory=list)  # re-solves and fallbacks, as said on the terminal
     note: str = ""
+    training: str = "frozen"  # --family-training: frozen (option (a)) | joint (option (b), every path every step)
 
     @property
     def ratio(self) -> float | None:

@@ -38,6 +38,8 @@ class RunOptions:
     # every profiled target searched in selection, even one the pick rule could never choose (pipeline/targets.py)
     keep_all_targets: bool = False
     family: bool = False  # --family: a family of paths over the budgets too (pipeline/family.py)
+    # how the family's paths train: "frozen" (option (a), pipeline/family.py) | "joint" (option (b), family_joint.py)
+    family_training: str = "frozen"
     heal_every_mix: bool = False  # heal a best mix selection already rules out (pick.mix_ruled_out)
 
     def check(self) -> None:
@@ -45,6 +47,10 @@ class RunOptions:
         bad = []
         if self.K < 1:
             bad.append(f"-K must be >= 1, got {self.K}")
+        if self.family_training not in ("frozen", "joint"):
+            bad.append(f"--family-training must be frozen or joint, got {self.family_training!r}")
+        elif self.family_training != "frozen" and not self.family:
+            bad.append("--family-training joint trains a family's paths: give --family too")
         if self.epochs_adapter < 0 or self.epochs_full < 0 or self.epochs_adapter + self.epochs_full == 0:
             bad.append(f"epochs must be >= 0 and not both 0, got {self.epochs_adapter} and {self.epochs_full}")
         if self.top < 1:

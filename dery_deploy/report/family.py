@@ -17,6 +17,21 @@ def _ms(v: float | None, se: float | None = None) -> str:
     return f"{v:.4f} ± {se:.4f}" if se else f"{v:.4f}"
 
 
+def _training(how: str) -> str:
+    """How the paths were trained (`--family-training`), in a sentence."""
+    if how == "joint":
+        return (
+            "The paths were trained together (`--family-training joint`): every block two paths share is one set "
+            "of weights, and every step sums every path's loss on the same batch (same recipe and teacher); "
+            "BatchNorm statistics were then estimated again as their average over the paths."
+        )
+    return (
+        "The largest path is fine-tuned as a budget's pick is; each smaller one takes the largest path's trained "
+        "weights in the blocks it shares with it, frozen, and trains its own blocks, adapters and head (same "
+        "recipe and teacher)."
+    )
+
+
 def family_section(m: RunManifest, png: Path | None) -> list[str]:
     """The section's lines; none for a run without --family."""
     fam = m.family
@@ -51,9 +66,8 @@ def family_section(m: RunManifest, png: Path | None) -> list[str]:
         f"One path per budget chosen together by the family program ({fam.solver_status} in {fam.solve_seconds} s, "
         f"each path at most {100 * fam.delta:g}% of its budget's own optimum quality below it, planned with the "
         f"run's margin {100 * fam.margin:.1f}%), shipped in `{Path(fam.folder).name}/` on {fam.target} at batch 1. "
-        "The largest path is fine-tuned as a budget's pick is; each smaller one takes the largest path's trained "
-        "weights in the blocks it shares with it, frozen, and trains its own blocks, adapters and head (same "
-        "recipe and teacher). Latencies of the paths are from the family's own interleaved pass; the separate "
+        + _training(fam.training)
+        + " Latencies of the paths are from the family's own interleaved pass; the separate "
         "picks' from the run's final pass. Before any training each chosen path's untrained network was measured "
         f"in one interleaved pass ({fam.before_passes} pass(es){_load(fam.before_other_load_cores)}); a path over "
         "its budget there has its planned budget lowered by the excess and the program solved again (at most "

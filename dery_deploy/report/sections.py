@@ -46,6 +46,8 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
     for newer in ("family", "heal_every_mix"):  # options newer than most runs: said only where given
         if not getattr(m.options, newer):
             del shown[newer]
+    if not m.options.family:
+        shown.pop("family_training", None)
     options = ", ".join(f"`{k}={v}`" for k, v in shown.items())
     task = m.task or TaskRecord("", "", [], "")
     return (

@@ -236,3 +236,24 @@ def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
         assert small.frozen_blocks == [] and small.trained == "nothing shared", small
         assert fam.distinct_bytes <= fam.paths_bytes
     assert RunManifest.from_dict(json.loads((out / "run.json").read_text())).family == fam
+    assert fam.training == "frozen" and "frozen" in report
+
+    # option (b) on the same run: only the family's training and what follows it are computed again
+    done = run_dery(*FAMILY_ARGS, "--family-training", "joint", "-o", str(out), timeout=3000)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = RunManifest.read(out / "run.json")
+    joint = m.family
+    status = {s.stage: s.status for s in m.stages}
+    assert status[f"family: train {len(fam.paths)} paths jointly (every path every step)"] == "computed"
+    assert all(v == "reused" for k, v in status.items() if k.startswith(("fine-tune donor", "assemble")))
+    assert (
+        joint is not None and joint.training == "joint" and [p.plan for p in joint.paths] == [p.plan for p in fam.paths]
+    )
+    assert all(
+        p.trained.startswith("jointly with") and p.top1 is not None and p.frozen_blocks == [] for p in joint.paths
+    )
+    assert len({p.run for p in joint.paths}) == len(joint.paths) and all("joint" in p.run for p in joint.paths)
+    assert "--family-training joint" in (out / "report.md").read_text()
+    loaded = load_family(out / "family")
+    shared = set(loaded.info.paths[i_small].tensors) & set(loaded.info.paths[i_large].tensors)
+    assert bool(shared) == bool(want) or small.plan == large.plan  # what the paths share is stored once
