@@ -50,7 +50,7 @@ def main() -> None:
         results = json.loads((bench / "results.json").read_text())
         by_hand = (
             *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
-            *("time_limit", "family", "family_run"),
+            *("time_limit", "family", "family_run", "family_run_joint"),
         )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
@@ -74,6 +74,7 @@ def main() -> None:
             "time_limit",
             "family",  # bench_family.py: the family program's time on the fashion and random zoos
             "family_run",  # bench_family_run.py: about an hour per seed
+            "family_run_joint",  # bench_family_run.py --family-training joint, in family_run's folders
         ):  # a run's finalists / about 3 hours / two whole runs: run by hand, read here
             if (bench / f"{by_hand}.json").is_file():
                 results["scripts"][by_hand] = json.loads((bench / f"{by_hand}.json").read_text())
@@ -128,6 +129,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += time_limit_section(s["time_limit"])
     if "family_run" in s:
         out += family_section(s["family_run"], s.get("family"))
+    if "family_run_joint" in s:
+        out += family_section(s["family_run_joint"], None)
     if "repeatability" in s:
         out += repeatability_section(s["repeatability"])
     if "runtimes" in s:
@@ -265,11 +268,26 @@ def family_section(fr: dict, program: dict | None) -> list[str]:
     m = fr["machine"]
     limit = f" --time-limit {fr['time_limit_min']:g}" if fr.get("time_limit_min") else ""
     budgets = ",".join(f"{b:g}" for b in fr["budgets"])
+    joint = fr.get("family_training") == "joint"
+    title = (
+        "### The same families trained jointly (`scripts/bench_family_run.py --family-training joint`)"
+        if joint
+        else "### A family of paths sharing their blocks (`scripts/bench_family_run.py`, `scripts/bench_family.py`)"
+    )
+    how = " --family-training joint" if joint else ""
+    rerun = (
+        " Each seed reran the frozen table's run folder with `--family-training joint`: everything before the family "
+        "was reused (the same separately trained networks), the family's paths trained together, every path at every "
+        "step; `family adds to the run` is its stages' time over the first run's time without the family."
+        if joint
+        else ""
+    )
     out = [
-        "### A family of paths sharing their blocks (`scripts/bench_family_run.py`, `scripts/bench_family.py`)",
+        title,
         "",
         f"{m['cpu']} ({m['cores']} cores); per seed one `dery run --budgets {budgets} "
-        f"--family --targets onnxruntime/fp32{limit}` at {fr['labels_per_class']} labels per class. Per path: its "
+        f"--family{how} --targets onnxruntime/fp32{limit}` at {fr['labels_per_class']} labels per class.{rerun} "
+        "Per path: its "
         "plan, its latency in the family's own interleaved pass against its budget, and its test top-1 against the "
         "network the same run ships at that budget, trained on its own (targets, issue 28: every path within its "
         "budget; distinct weight bytes at most 0.55x the separate files'; top-1 mean at least -1.0 point per "

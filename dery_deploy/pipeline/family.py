@@ -89,7 +89,13 @@ def stage_family(r: Run, ctx: Context) -> FamilyRecord:
     info = r.stage(
         f"write family ({len(members)} paths, one interleaved pass)",
         lambda: None,
-        lambda: write_family(r.out / FAMILY_DIR, members, ctx.task, threads=model.profile.threads or 1),
+        lambda: write_family(
+            r.out / FAMILY_DIR,
+            members,
+            ctx.task,
+            threads=model.profile.threads or 1,
+            fold_batchnorm=r.opts.family_training != "joint",  # jointly trained paths keep their own statistics
+        ),  # fmt: skip
         lambda i: f"{i.weights.distinct_bytes} distinct bytes of {i.weights.paths_bytes}",
     )
     loads = [p.other_load_cores for p in checked.passes if p.other_load_cores is not None]
@@ -217,9 +223,11 @@ def _joint_paths(
 
 
 def _same_block(block: torch.nn.Module, holder: torch.nn.Module, plan: Plan, j: int) -> None:
-    """A bug check: a jointly trained path's shared block is the same tensors as the path's that holds it."""
+    """A bug check: a jointly trained path's shared block is the same tensors as the path's that holds it, but
+    for BatchNorm's statistics, which are each path's own (`train.joint`)."""
     a, b = block.state_dict(), holder.state_dict()
-    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+    own = ("running_mean", "running_var", "num_batches_tracked")
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a if not k.endswith(own)):
         raise RuntimeError(f"family path {plan.describe()}: shared block {j} differs from its holder's after training")
 
 

@@ -27,6 +27,8 @@ from dery_deploy.train.run_folder import FinetuneMetrics, RunConfig
 from dery_deploy.train.source import FinetuneSource
 
 KEY_FILE = "joint.json"
+# what the joint training does, in the key: a folder trained before a change to it is trained again
+METHOD = "every path every step; each path's own BatchNorm statistics"
 
 
 def joint_key(ctx: Context, plans: list[Plan], budgets: list[float]) -> str:
@@ -38,6 +40,7 @@ def joint_key(ctx: Context, plans: list[Plan], budgets: list[float]) -> str:
         "teacher": asdict(teacher) if teacher is not None else None,
         "task": ctx.task.hash(),
         "zoo": ctx.zoo.hash(),
+        "method": METHOD,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -97,7 +100,7 @@ def _train(r: Run, ctx: Context, plans, budgets, folders, root: Path, key: str) 
     r.say(
         f"  trained jointly in {result.seconds:.0f} s; validation top-1 per path (largest first): "
         + ", ".join(f"{v}%" for v in result.val)
-        + f"; BatchNorm estimated again on {result.bn_images} images per path"
+        + f"; each path's own BatchNorm statistics from {result.bn_images} images"
     )
     return folders
 

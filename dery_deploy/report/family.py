@@ -23,7 +23,8 @@ def _training(how: str) -> str:
         return (
             "The paths were trained together (`--family-training joint`): every block two paths share is one set "
             "of weights, and every step sums every path's loss on the same batch (same recipe and teacher); "
-            "BatchNorm statistics were then estimated again as their average over the paths."
+            "each path then got its own BatchNorm statistics, estimated on its own forward passes, and the graphs "
+            "keep BatchNorm unfolded, so the shared convolutions are stored once."
         )
     return (
         "The largest path is fine-tuned as a budget's pick is; each smaller one takes the largest path's trained "

@@ -1,11 +1,12 @@
 """Joint training of a family's paths (issue 28, option (b)) on the real embedded zoo: the shared block is one
-module, every step trains it for both paths, and BatchNorm's statistics are the paths' average afterwards."""
+module while training, every step trains it for both paths, and afterwards each path has its own copy of it
+with its own BatchNorm statistics."""
 
 import torch
 from torch import nn
 
-from dery_deploy.network.plan import BlockRef, Plan, build_net
-from dery_deploy.train.joint import JointPaths, prepare, reestimate_batchnorm, tie_shared, train_jointly
+from dery_deploy.network.plan import AssembledNet, BlockRef, Plan, build_net
+from dery_deploy.train.joint import JointPaths, own_batchnorm, prepare, tie_shared, train_jointly
 from dery_deploy.train.recipe import Recipe
 
 
@@ -50,10 +51,15 @@ def test_two_paths_train_their_shared_block_together(fashion_zoo, fashion_task):
     assert [h.phase for h in res.history] == [1, 2] and len(ticks) == 2 * 4  # 200 labels, batches of 50
     assert all(v is not None and 0 <= v <= 100 for v in res.val + res.phase1_val)
     assert res.bn_images == min(2048, len(fashion_task.unlabelled))
-    # phase 2 trained the shared block (still one module), and each path's head is its own
-    assert nets[1].blocks[1] is nets[0].blocks[1]
-    weights = [k for k, v in shared0.items() if "weight" in k]
-    assert any(not torch.equal(nets[0].blocks[1].state_dict()[k], shared0[k]) for k in weights)
+    # phase 2 trained the shared block; afterwards each path holds a copy of it, the same weights (BatchNorm's
+    # scale and shift among them) with its own BatchNorm statistics, and its own head
+    a, b = nets[0].blocks[1].state_dict(), nets[1].blocks[1].state_dict()
+    assert nets[1].blocks[1] is not nets[0].blocks[1]
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.endswith(stats))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("running_mean"))
+    weights = [k for k in shared0 if k.endswith("weight")]
+    assert any(not torch.equal(a[k], shared0[k]) for k in weights)
     assert nets[0].head is not nets[1].head
     # evaluation mode afterwards: the same input gives the same logits twice
     x = fashion_task.x("test")[:8]
@@ -61,24 +67,29 @@ def test_two_paths_train_their_shared_block_together(fashion_zoo, fashion_task):
         assert torch.equal(nets[1](x), nets[1](x))
 
 
-def test_batchnorm_statistics_are_the_average_over_the_paths(fashion_task):
-    """Two paths that differ before a shared BatchNorm: its running mean afterwards is the mean of both paths'
-    features over the same images (whole batches, so the cumulative average is exact)."""
+def test_each_path_gets_its_own_batchnorm_statistics(fashion_task):
+    """Two paths that differ before a shared BatchNorm: afterwards each path's BatchNorm is its own copy, its
+    running mean that path's features' mean over the same images (whole batches, so the cumulative average is
+    exact), its scale and shift the shared ones."""
     torch.manual_seed(0)
-    bn = nn.BatchNorm1d(4)
     d = fashion_task.unlabelled.images[0].numel()
     a, b = nn.Linear(d, 4), nn.Linear(d, 4)
     with torch.no_grad():
         b.bias += 3.0  # the second path's features sit 3 higher
-    paths = [nn.Sequential(nn.Flatten(), a, bn), nn.Sequential(nn.Flatten(), b, bn)]
-    joint = JointPaths([])
-    joint.paths = nn.ModuleList(paths)
-    n = reestimate_batchnorm(joint, fashion_task, images=256, batch=128, seed=1)
-    assert n == 256 and not joint.training and bn.momentum == 0.1
+    bn = nn.BatchNorm1d(4)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+    nets = [AssembledNet([nn.Sequential(nn.Flatten(), lin), bn], [nn.Identity()], nn.Identity()) for lin in (a, b)]
+    joint = JointPaths(nets)
+    n = own_batchnorm(joint, fashion_task, images=256, batch=128, seed=1)
+    assert n == 256 and not joint.training
+    mine, theirs = nets[0].blocks[1], nets[1].blocks[1]
+    assert mine is not theirs and mine.momentum == theirs.momentum == 0.1
+    assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.bias, theirs.bias)
     pool = fashion_task.unlabelled
     perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(7919 + 1))[:256]
     x = torch.flatten(fashion_task.normalize(pool.images[perm]), 1)
     with torch.no_grad():
-        want = (a(x).mean(0) + b(x).mean(0)) / 2
-    assert torch.allclose(bn.running_mean, want, atol=1e-4)
-    assert bn.running_mean.mean() > 1.0  # neither path's own mean (about 0 and about 3)
+        assert torch.allclose(mine.running_mean, a(x).mean(0), atol=1e-4)
+        assert torch.allclose(theirs.running_mean, b(x).mean(0), atol=1e-4)
+    assert (theirs.running_mean - mine.running_mean).mean() > 2.5
