@@ -3,9 +3,11 @@
 zoo (ONNX Runtime fp32, batch 1) at three budgets in the gaps between donors, and what it ships measured
 against the run's own separately shipped networks at the same budgets. Writes JSON after every seed.
 
-    python scripts/bench_family_run.py [--seeds 0,1,2] [--labels-per-class 100] [-o bench/family_run.json]
+    python scripts/bench_family_run.py [--seeds 0,1,2] [--labels-per-class 100] [-o FILE]
     python scripts/bench_family_run.py --quick     # smoke: seed 0, 20 labels per class, `dery run --quick`
-    python scripts/bench_family_run.py --family-training joint   # option (b) in the same folders (reuses the rest)
+    python scripts/bench_family_run.py --family-training frozen  # option (a): bench/family_run.json
+    python scripts/bench_family_run.py   # option (b), joint, the run's default: bench/family_run_joint.json; in the
+                                         # frozen bench's folders it reuses everything but the family
 
 Budgets: those `scripts/bench_family.py` chose for the fashion zoo (bench/family.json's `budgets_chosen_ms`,
 the three a default `dery run` chooses there), unless `--budgets`. Per seed and path:
@@ -211,7 +213,8 @@ def seed_row(run, folder: Path, wall_s: float, rest_s: float | None = None) -> d
         for p in fam.paths
     ]
     family_s = sum(s.seconds for s in run.stages if "family" in s.stage)
-    rest = rest_s if rest_s is not None else run.seconds - family_s
+    reused = any(s.status == "reused" for s in run.stages if "family" not in s.stage)
+    rest = rest_s if (rest_s is not None and reused) else run.seconds - family_s
     limit = asdict(run.time_limit) if run.time_limit is not None else None
     return {
         "wall_s": wall_s,
@@ -222,7 +225,7 @@ def seed_row(run, folder: Path, wall_s: float, rest_s: float | None = None) -> d
         # what building the family adds to the run without it (issue 28: at most 20%)
         "family_added_to_run": round(family_s / rest, 4) if rest > 0 else None,
         # where the run without the family was reused (a joint rerun): its seconds from the first run's row
-        "rest_seconds_from_first_run": rest_s,
+        "rest_seconds_from_first_run": rest_s if reused else None,
         "within": sum(1 for p in fam.paths if p.within),
         "paths": paths,
         "before_passes": fam.before_passes,
@@ -283,8 +286,9 @@ def main() -> None:
     ap.add_argument(
         "--family-training",
         choices=("frozen", "joint"),
-        default="frozen",
-        help="`dery run --family-training`: joint reruns each seed's folder, so only the family is trained again",
+        default="joint",
+        help="`dery run --family-training` (default joint, as the run's): where the frozen bench ran first in the "
+        "same folders, only the family is trained again and its time is held against the first run's",
     )
     ap.add_argument(
         "-o",
@@ -332,7 +336,7 @@ def main() -> None:
         folder = Path(args.work) / f"labels{labels}-seed{seed}{'-quick' if args.quick else ''}{cut}"
         extra = ["--data", data_spec(labels), "--family", "--targets", "onnxruntime/fp32"]
         extra += ["--time-limit", f"{args.time_limit:g}"] if args.time_limit else []
-        extra += ["--family-training", "joint"] if args.family_training == "joint" else []
+        extra += ["--family-training", args.family_training]
         t0 = time.time()
         run = one_run(folder, seed, budgets, [*extra, *(["--quick"] if args.quick else [])])
         row = seed_row(run, folder, round(time.time() - t0, 1), first_run_rest(seed, args))

@@ -86,13 +86,14 @@ def run(
         "--family",
         help="also ship one family of paths over the budgets that share their blocks (RUN/family/; ONNX Runtime "
         "fp32, batch 1, two or more budgets, given or chosen as a default run chooses them, --quick too): the "
-        "largest trained as a pick is, the smaller on its frozen shared blocks (see --family-training)",
+        "paths trained together (see --family-training)",
     ),
     family_training: str = typer.Option(
-        "frozen",
+        "joint",
         "--family-training",
-        help="how --family trains its paths: frozen (the largest as a pick is, then each smaller one on the blocks "
-        "it shares with it, frozen) or joint (every path at every step, the shared blocks trained by all)",
+        help="how --family trains its paths: joint (every path at every step, the blocks they share trained by "
+        "all of them; measured better at every budget of the fashion bench) or frozen (the largest as a pick is, "
+        "then each smaller one on the blocks it shares with it, frozen)",
     ),
     heal_every_mix: bool = typer.Option(
         False,

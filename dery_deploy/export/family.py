@@ -4,12 +4,10 @@ Each path is exported to ONNX as a single package's graph is (`runtime.onnx.onnx
 TorchScript exporter at opset 17, constant folding on), fp32 at batch 1, static. Every initializer of
 every graph is then moved into the one `weights.bin`, keyed by the sha256 of its bytes: a block two paths
 share is the same tensors in PyTorch, so after export (BatchNorm folded into Conv, names generated per
-graph) it is the same bytes, stored once. Paths that share a block's weights but not its BatchNorm statistics
-(trained jointly, `train.joint`) are exported with BatchNorm as its own node (`fold_batchnorm=False`): the
-convolutions are then the same bytes and only the statistics are each path's. Each graph keeps only
-(location, offset, length) per initializer (ONNX external data, which ONNX Runtime and OpenVINO read).
-Then each path is checked against PyTorch (parity), and all paths are timed in one interleaved pass by the
-code `dery bench` runs (`deploy.family_bench`), on the files as shipped. Every file is written atomically.
+graph) it is the same bytes, stored once. Each graph keeps only (location, offset, length) per initializer
+(ONNX external data, which ONNX Runtime and OpenVINO read). Then each path is checked against PyTorch
+(parity), and all paths are timed in one interleaved pass by the code `dery bench` runs
+(`deploy.family_bench`), on the files as shipped. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -101,7 +99,6 @@ def write_family(
     calls: int | None = None,
     seconds: float | None = None,
     warmup_s: float = WARMUP_S,
-    fold_batchnorm: bool = True,
 ) -> FamilyInfo:
     """Export `members` as a family into `out` (module docstring), measured in one interleaved pass.
 
@@ -112,7 +109,7 @@ def write_family(
     _check_members(members)
     out = Path(out)
     x = task.x("test")[:PARITY_IMAGES].float()
-    graphs = [_exported(m.net, x[:1], fold_batchnorm) for m in members]
+    graphs = [_exported(m.net, x[:1]) for m in members]
     store = SharedWeights()
     reads = [store.externalise(g) for g in graphs]
     atomic_write_bytes(out / WEIGHTS_FILE, bytes(store.blob))
@@ -154,12 +151,10 @@ def _check_members(members: list[FamilyMember]) -> None:
         raise DeryError("a family's paths share one target (ONNX Runtime fp32 batch 1); these plans differ", "export")
 
 
-def _exported(net: nn.Module, example: torch.Tensor, fold_batchnorm: bool = True):
+def _exported(net: nn.Module, example: torch.Tensor):
     import onnx
 
-    return onnx.load_from_string(
-        onnx_from_module(net.eval(), example, dynamic_batch=False, fold_batchnorm=fold_batchnorm)
-    )
+    return onnx.load_from_string(onnx_from_module(net.eval(), example, dynamic_batch=False))
 
 
 def _path_record(

@@ -28,7 +28,7 @@ from dery_deploy.train.source import FinetuneSource
 
 KEY_FILE = "joint.json"
 # what the joint training does, in the key: a folder trained before a change to it is trained again
-METHOD = "every path every step; each path's own BatchNorm statistics"
+METHOD = "every path every step; BatchNorm statistics held as the donors'"
 
 
 def joint_key(ctx: Context, plans: list[Plan], budgets: list[float]) -> str:
@@ -96,11 +96,10 @@ def _train(r: Run, ctx: Context, plans, budgets, folders, root: Path, key: str) 
     for i, (net, folder) in enumerate(zip(nets, folders)):
         _write_run(folder, net, sources[i], ctx, result, i)
     atomic_write_json(root / KEY_FILE, {"key": key, "paths": [str(f) for f in folders],
-                                        "bn_images": result.bn_images, "seconds": result.seconds})  # fmt: skip
+                                        "seconds": result.seconds})  # fmt: skip
     r.say(
         f"  trained jointly in {result.seconds:.0f} s; validation top-1 per path (largest first): "
         + ", ".join(f"{v}%" for v in result.val)
-        + f"; each path's own BatchNorm statistics from {result.bn_images} images"
     )
     return folders
 

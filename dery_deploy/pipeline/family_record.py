@@ -65,7 +65,9 @@ class FamilyRecord:
     before_other_load_cores: float | None = None  # the most other processes used in those passes (cores)
     before_notes: list[str] = field(default_factory=list)  # re-solves and fallbacks, as said on the terminal
     note: str = ""
-    training: str = "frozen"  # --family-training: frozen (option (a)) | joint (option (b), every path every step)
+    # --family-training: joint (option (b), every path every step) | frozen (option (a)); a run.json from before
+    # the field was written trained its family frozen, so that is what one without it reads as
+    training: str = "frozen"
 
     @property
     def ratio(self) -> float | None:

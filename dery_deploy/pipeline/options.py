@@ -38,8 +38,8 @@ class RunOptions:
     # every profiled target searched in selection, even one the pick rule could never choose (pipeline/targets.py)
     keep_all_targets: bool = False
     family: bool = False  # --family: a family of paths over the budgets too (pipeline/family.py)
-    # how the family's paths train: "frozen" (option (a), pipeline/family.py) | "joint" (option (b), family_joint.py)
-    family_training: str = "frozen"
+    # how the family's paths train: "joint" (option (b), family_joint.py) | "frozen" (option (a), family.py)
+    family_training: str = "joint"
     heal_every_mix: bool = False  # heal a best mix selection already rules out (pick.mix_ruled_out)
 
     def check(self) -> None:
@@ -49,8 +49,8 @@ class RunOptions:
             bad.append(f"-K must be >= 1, got {self.K}")
         if self.family_training not in ("frozen", "joint"):
             bad.append(f"--family-training must be frozen or joint, got {self.family_training!r}")
-        elif self.family_training != "frozen" and not self.family:
-            bad.append("--family-training joint trains a family's paths: give --family too")
+        elif self.family_training != "joint" and not self.family:
+            bad.append(f"--family-training {self.family_training} trains a family's paths: give --family too")
         if self.epochs_adapter < 0 or self.epochs_full < 0 or self.epochs_adapter + self.epochs_full == 0:
             bad.append(f"epochs must be >= 0 and not both 0, got {self.epochs_adapter} and {self.epochs_full}")
         if self.top < 1:

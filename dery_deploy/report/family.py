@@ -23,8 +23,7 @@ def _training(how: str) -> str:
         return (
             "The paths were trained together (`--family-training joint`): every block two paths share is one set "
             "of weights, and every step sums every path's loss on the same batch (same recipe and teacher); "
-            "each path then got its own BatchNorm statistics, estimated on its own forward passes, and the graphs "
-            "keep BatchNorm unfolded, so the shared convolutions are stored once."
+            "BatchNorm in the borrowed blocks kept the donors' statistics (its scale and shift trained)."
         )
     return (
         "The largest path is fine-tuned as a budget's pick is; each smaller one takes the largest path's trained "

@@ -32,18 +32,10 @@ class HalfInside(nn.Module):
 
 
 def onnx_from_module(
-    module: nn.Module,
-    example: torch.Tensor,
-    dynamic_batch: bool = True,
-    opset: int = OPSET,
-    precision: str = "fp32",
-    fold_batchnorm: bool = True,
+    module: nn.Module, example: torch.Tensor, dynamic_batch: bool = True, opset: int = OPSET, precision: str = "fp32"
 ) -> bytes:
     """Serialised ONNX model with input `x` and output `y` (batch dimension dynamic by default).
-    The module is not changed (fp16 exports work on a copy). `fold_batchnorm=False` keeps each BatchNorm as
-    its own node (inference mode) beside its convolution's own weights, where the exporter would fold it into
-    them: a family whose paths share a convolution but not its statistics ships that convolution once (ONNX
-    Runtime and OpenVINO fuse the two when they load the graph)."""
+    The module is not changed (fp16 exports work on a copy)."""
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision {precision!r}")
     if precision == "fp16":
@@ -64,7 +56,6 @@ def onnx_from_module(
             output_names=["y"],
             dynamic_axes=axes,
             do_constant_folding=True,
-            training=torch.onnx.TrainingMode.EVAL if fold_batchnorm else torch.onnx.TrainingMode.PRESERVE,
         )
     return buf.getvalue()
 

@@ -10,15 +10,16 @@ block range) is one module, and every optimizer step updates every path.
   and heads on frozen blocks, until the loss plateaus; phase 2: end to end, adapters and heads at
   `stitch_lr_scale` times the blocks' rate). The better of the two phases is not kept per path, as a
   fine-tune keeps it: the paths share their blocks, so one path cannot go back to phase 1 alone.
-- Then each path gets its own BatchNorm statistics, estimated on its own forward passes over unlabelled images
-  (`own_batchnorm`); the shared blocks' weights, BatchNorm's scale and shift among them, stay shared. During
-  training each path's forward normalised with its own batch's statistics, so these are what it learnt with.
-  One set of statistics averaged over the paths was tried first and cost the paths 2-26 points of test top-1
-  on the fashion zoo (seed 0: 53.9 / 77.3 / 73.3% against 79.0 / 82.5 / 85.7% with each path's own), since a
-  shared block sees different inputs in each path. Private statistics with shared weights are the switchable
-  BatchNorm of slimmable networks (Yu et al., ICLR 2019); OFA (Cai et al., ICLR 2020) re-estimates them per
-  subnetwork before evaluating it. The family is then exported with BatchNorm unfolded
-  (`export.family.write_family(fold_batchnorm=False)`), so the shared convolutions stay the same bytes.
+- BatchNorm in the borrowed blocks keeps the statistics the donors (and seam matching) gave it, in both
+  phases; its scale and shift train. A shared block sees other inputs in each path, but seam matching and the
+  adapters are trained to give it its donor's representation, so the donor's statistics fit every path, and
+  the paths stay one set of tensors, BatchNorm folded into its convolution at export as for any network.
+  Measured on the fashion zoo (`scripts/bench_family_run.py --family-training joint`, seed 0, test top-1 of
+  the three paths): statistics re-estimated as one average over the paths, 53.9 / 77.3 / 73.3%; each path's
+  own statistics (slimmable networks' switchable BatchNorm, Yu et al., ICLR 2019; OFA, Cai et al., ICLR 2020,
+  re-estimates them per subnetwork), 79.3 / 82.4 / 85.6%, but BatchNorm then cannot be folded into the
+  shared convolutions, and OpenVINO held 91 MB for the three paths against 78 MB for separate files; the
+  donors' statistics held, 79.6 / 82.7 / 85.6%, with the family's memory below the separate files'.
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.results import EpochRecord, SeamEpoch
 from dery_deploy.train.teacher import Teacher
 from dery_deploy.train.trainer import accuracy, augment
-
-BN_IMAGES = 2048  # unlabelled images each path sees while BatchNorm statistics are estimated again
 
 
 class JointPaths(nn.Module):
@@ -94,14 +93,12 @@ class PathStart:
 @dataclass
 class JointResult:
     """The joint training's epochs (loss and train accuracy averaged over the paths), each path's preparation,
-    validation top-1 at the end of phase 1 and at the end (with its own BatchNorm statistics), the images each
-    path's statistics were estimated on, and the seconds it took."""
+    validation top-1 at the end of phase 1 and at the end, and the seconds it took."""
 
     history: list[EpochRecord]
     starts: list[PathStart]
     phase1_val: list[float | None]
     val: list[float | None]
-    bn_images: int
     seconds: float
 
 
@@ -151,13 +148,23 @@ def train_jointly(
             phase_now = phase
         else:
             set_phase(joint, phase)
+        hold_statistics(joint)
         history.append(_epoch(joint, task, recipe, distill, len(history), phase, steps, opt, sched, t0, tick))
         if phase == 1 and plateaued([h.loss for h in history if h.phase == 1], recipe.plateau):
             phase1_done = history[-1].plateau = True
     if phase_now == 1:
         phase1_val = _val(joint, task)
-    n = own_batchnorm(joint, task, seed=recipe.seed)
-    return JointResult(history, starts, phase1_val, _val(joint, task), n, round(time.time() - t0, 2))
+    joint.eval()
+    return JointResult(history, starts, phase1_val, _val(joint, task), round(time.time() - t0, 2))
+
+
+def hold_statistics(joint: JointPaths) -> None:
+    """Every BatchNorm of every path's borrowed blocks in evaluation mode: it normalises with, and keeps, the
+    statistics it has (module docstring); its scale and shift still train. Call it after `train()`."""
+    for net in joint.paths:
+        for m in net.blocks.modules():  # type: ignore[union-attr]  # an AssembledNet's ModuleList
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def _epoch(joint, task, recipe, distill, epoch, phase, steps, opt, sched, t0, tick) -> EpochRecord:
@@ -210,40 +217,3 @@ def _val(joint: JointPaths, task: Task) -> list[float | None]:
     if not len(task.x("val")):
         return [None] * len(joint.paths)
     return [round(accuracy(net, task.x("val"), task.y("val"))[0], 3) for net in joint.paths]
-
-
-def untie(joint: JointPaths) -> None:
-    """Give every path its own copy of the blocks it shares (the same tensors' values, no longer one module)."""
-    import copy
-
-    for net in list(joint.paths)[1:]:
-        assert isinstance(net, AssembledNet)  # a family's path
-        for i, block in enumerate(net.blocks):
-            net.blocks[i] = copy.deepcopy(block)
-
-
-@torch.no_grad()
-def own_batchnorm(joint: JointPaths, task: Task, images: int = BN_IMAGES, batch: int = 128, seed: int = 0) -> int:
-    """Each path's BatchNorm running statistics set to their average over its own forward passes on up to
-    `images` unlabelled images (the labelled ones where there are none), after `untie`. Returns the images used."""
-    pool = task.unlabelled if len(task.unlabelled) >= 2 else task.train
-    n = min(images, len(pool))
-    untie(joint)
-    if n < 2:
-        return 0
-    perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(7919 + seed))[:n]
-    for net in joint.paths:
-        bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over every batch that follows
-        net.train()
-        for i in range(0, n, batch):
-            x = task.normalize(pool.images[perm[i : i + batch]])
-            if len(x) >= 2:
-                net(x)
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-    joint.eval()
-    return n

@@ -72,7 +72,7 @@ def test_the_cli_refuses_in_one_line_before_any_folder(tmp_path):
     assert_one_line_error(proc, "[run]", "--family needs two or more budgets")
     assert proc.returncode == 2 and not out.exists()
     for extra, needle in (([], "give --family too"), (["--family", "--budgets", "0.3,0.5"], "got 'all'")):
-        proc = run_dery("run", "--zoo", str(TINY_ZOO), "--family-training", "all" if extra else "joint", *extra,
+        proc = run_dery("run", "--zoo", str(TINY_ZOO), "--family-training", "all" if extra else "frozen", *extra,
                         "-o", str(out))  # fmt: skip
         assert_one_line_error(proc, "--family-training", needle)
         assert proc.returncode == 2 and not out.exists()
