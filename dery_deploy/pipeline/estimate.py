@@ -139,6 +139,7 @@ class Plan:
     searched_targets: int = 0  # targets carried into selection (`target_stage.py`; 0: all `targets`)
     folds: int | None = None  # selection's folds (None: the task's default; 1: the validation split decides)
     test_fifth: bool = False  # test accuracy on a stratified fifth of the test split (`Task.with_test_fifth`)
+    family: str | None = None  # --family: how its paths train ("joint" | "frozen"); None: no family
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds)."""
@@ -186,10 +187,41 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         train("heal", plan.final, mix_s, mix_distilled_s, True)
         evaluate("evaluate best mix", mix_s)
         parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget)]
+    if plan.family and len(plan.budgets) >= 2:
+        step = [at_budget(plan.step_s, b) for b in plan.budgets]
+        parts += family_parts(
+            plan, (n_train, n_test), item_s, step, [at_budget(plan.distill_s or plan.step_s, b) for b in plan.budgets]
+        )
     compared = plan.targets * (len(plan.final_donors) + len(plan.budgets)) + len(plan.budgets)
     remeasure = len(plan.budgets) * REMEASURE_ITEMS * item_s + REMEASURES * REMEASURE_SECONDS
     parts.append(Part("final measurement", "measurement", (PASS_ITEMS + compared * PAIR_ITEMS) * item_s + remeasure))
     return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
+
+
+def family_parts(
+    plan: Plan, images: tuple[int, int], item_s: float, step_s: list[float], distill_s: list[float]
+) -> list[Part]:
+    """`--family`'s stages (`pipeline.family`), one path per budget: the paths measured untrained in one pass;
+    trained jointly (one stage, every path's step at every step: the sum of their costs) or each fine-tuned
+    (frozen: the largest in full, the smaller ones alike, the shared blocks' backward saved is not counted);
+    each evaluated; then written, each exported and checked, and timed in one interleaved pass (at least
+    `deploy.bench`'s DEFAULT_SECONDS of each path's own calls after its warm-up)."""
+    from dery_deploy.deploy.bench import DEFAULT_SECONDS, WARMUP_S
+
+    (n_train, n_test), paths = images, len(step_s)
+    parts = [Part("family: measure", "measurement", (PASS_ITEMS + paths * PAIR_ITEMS) * item_s)]
+    if plan.family == "joint":
+        parts.append(
+            Part("family: train", "training", training_seconds(plan.final, n_train, True, sum(step_s), sum(distill_s)))
+        )
+    else:
+        parts += [
+            Part("family: fine-tune", "training", training_seconds(plan.final, n_train, True, s, d))
+            for s, d in zip(step_s, distill_s)
+        ]
+    parts += [Part("evaluate family path", "evaluation", n_test * s * EVAL_SHARE) for s in step_s]
+    write = paths * (EXPORT_ITEMS * item_s + DEFAULT_SECONDS + WARMUP_S)
+    return parts + [Part("write family", "measurement", write)]
 
 
 # the ETA's scale counts this share of the whole estimate as already finished on time: one short stage far

@@ -100,6 +100,7 @@ def start_eta(
         teacher_images=recipes.teacher_pool,
         budgets_chosen=not r.opts.budgets,
         searched_targets=searched or len(models),
+        family=r.opts.family_training if r.opts.family else None,
     )
     path, key = r.out / "estimate.json", {**plan.key(), "time_limit": r.opts.time_limit}
 

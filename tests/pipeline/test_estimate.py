@@ -123,3 +123,35 @@ def test_one_short_stage_far_off_its_estimate_does_not_rescale_the_whole_run():
         eta.finished(f"p{i}", 1000)
         if i == 4:
             assert eta.left_s() == pytest.approx(2500 * (5166 + 503.4) / (2534 + 503.4))
+
+
+def test_a_family_adds_its_paths_training_and_its_pass(fashion_task):
+    """--family (two budgets and more): measured untrained, trained (joint: one stage whose step costs every
+    path's; frozen: one fine-tune per path), evaluated per path, written and timed in one pass."""
+    from dery_deploy.deploy.bench import DEFAULT_SECONDS, WARMUP_S
+    from dery_deploy.pipeline.estimate import EXPORT_ITEMS
+
+    r = Recipe(epochs_adapter=1, epochs_full=2, batch=64)
+    f = Recipe(epochs_adapter=1, epochs_full=2, batch=64, distill=0.5, distill_images=128)
+    steps = {"a": 1e-3, "b": 3e-3}
+    plan = Plan([0.2, 0.4], {"a": 0.1, "b": 0.3}, ["a", "b"], ["a", "b"], r, f, (1,), 1, 2, step_s=steps)
+    n = len(fashion_task.train)
+    plain = estimate(plan, fashion_task, item_s=0.5, after_s=0)
+    joint = estimate(replace(plan, family="joint"), fashion_task, item_s=0.5, after_s=0)
+    frozen = estimate(replace(plan, family="frozen"), fashion_task, item_s=0.5, after_s=0)
+    added = [p for p in joint.parts if p not in plain.parts]
+    assert [p.stage for p in added] == [
+        "family: measure",
+        "family: train",
+        "evaluate family path",
+        "evaluate family path",
+        "write family",
+    ]
+    # under 0.2 ms a network costs donor a's step, under 0.4 ms the median of a's and b's: every step trains both
+    assert added[1].seconds == pytest.approx(training_seconds(f, n, True, 1e-3 + 2e-3, 1e-3 + 2e-3))
+    assert added[-1].seconds == pytest.approx(2 * (EXPORT_ITEMS * 0.5 + DEFAULT_SECONDS + WARMUP_S))
+    tuned = [p for p in frozen.parts if p.stage == "family: fine-tune"]
+    assert [p.seconds for p in tuned] == pytest.approx([training_seconds(f, n, True, s, s) for s in (1e-3, 2e-3)])
+    assert joint.seconds > plain.seconds and "family" not in str(
+        estimate(replace(plan, budgets=[0.2], family="joint"), fashion_task, 0.5, 0).parts
+    )
