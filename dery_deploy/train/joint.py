@@ -128,8 +128,8 @@ def train_jointly(
     starts: list[PathStart],
     tick: Callable[[str], None] | None = None,
 ) -> JointResult:
-    """The recipe's two phases over every path at every step, then BatchNorm estimated again (module docstring).
-    `tick` is called after every step with the epoch's running figures."""
+    """The recipe's two phases over every path at every step, BatchNorm's statistics in the borrowed blocks held
+    (module docstring). `tick` is called after every step with the epoch's running figures."""
     t0 = time.time()
     steps = max(1, math.ceil(len(task.train) / recipe.batch))
     distill = DistillBatches.of(recipe, teacher, steps)
