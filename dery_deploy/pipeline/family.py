@@ -40,7 +40,7 @@ from dery_deploy.network.plan import AssembledNet, Plan, build_net, load_plan, s
 from dery_deploy.network.plan_records import PlanBudget
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.family_check import CheckedFamily, check_paths, measure_plans, solver
-from dery_deploy.pipeline.family_joint import train_joint_paths
+from dery_deploy.pipeline.family_joint import start_path, train_joint_paths
 from dery_deploy.pipeline.family_record import FamilyPathRecord, FamilyRecord
 from dery_deploy.pipeline.records import BudgetResult
 from dery_deploy.pipeline.runner import Run
@@ -232,10 +232,7 @@ def _train_largest(r: Run, ctx: Context, plan: Plan, budget_ms: float) -> tuple[
         if res.mix is not None and res.run_mix and res.mix.plan.describe() == name:
             return Path(res.run_mix), f"reused: the run's best mix at {res.budget_ms:g} ms"
     folder = r.out / PATHS_DIR / f"{budget_ms:g}ms"
-    net = build_net(plan, ctx.zoo, ctx.dis)
-    ctx.fitter.init(net, plan)
-    path = save_plan_with_weights(plan, net, folder / "plan.json")
-    source = FinetuneSource.of_plan(load_plan(path), str(path.with_suffix(".safetensors").resolve()))
+    _, source = start_path(ctx, plan, folder / "plan.json")
     stage_finetune(
         r, f"family: fine-tune {name} ({budget_ms:g} ms)", source, ctx.zoo, ctx.task, ctx.recipes.final,
         folder / "run", eval_phase1=True, teacher=ctx.teacher,

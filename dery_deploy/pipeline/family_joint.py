@@ -45,6 +45,16 @@ def joint_key(ctx: Context, plans: list[Plan], budgets: list[float]) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def start_path(ctx: Context, plan: Plan, path: Path) -> tuple[AssembledNet, FinetuneSource]:
+    """A path as a pick starts: its network built, its adapters fitted by least squares, saved to `path` with its
+    weights beside it; and the fine-tune source that starts from them."""
+    net = build_net(plan, ctx.zoo, ctx.dis)
+    assert isinstance(net, AssembledNet)  # a family path always has a new head
+    ctx.fitter.init(net, plan)
+    saved = save_plan_with_weights(plan, net, path)
+    return net, FinetuneSource.of_plan(load_plan(saved), str(saved.with_suffix(".safetensors").resolve()))
+
+
 def train_joint_paths(r: Run, ctx: Context, plans: list[Plan], budgets: list[float], root: Path) -> list[Path]:
     """Every path trained together (module docstring); returns each path's run folder, in the order given."""
     order = sorted(range(len(plans)), key=lambda i: -budgets[i])  # the largest first: it matches shared seams
@@ -74,11 +84,8 @@ def _train(r: Run, ctx: Context, plans, budgets, folders, root: Path, key: str) 
     nets: list[AssembledNet] = []
     sources = []
     for plan, folder in zip(plans, folders):
-        net = build_net(plan, ctx.zoo, ctx.dis)
-        assert isinstance(net, AssembledNet)  # a family path always has a new head
-        ctx.fitter.init(net, plan)
-        path = save_plan_with_weights(plan, net, folder.parent / "joint-plan.json")
-        sources.append(FinetuneSource.of_plan(load_plan(path), str(path.with_suffix(".safetensors").resolve())))
+        net, source = start_path(ctx, plan, folder.parent / "joint-plan.json")
+        sources.append(source)
         nets.append(net)
     tied = tie_shared(nets, plans)
     recipe = ctx.recipes.final
