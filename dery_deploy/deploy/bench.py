@@ -8,7 +8,9 @@ single-stream query count) over at least TAIL_MIN_S seconds. Every call is kept:
 percentile is that per-call percentile over all calls (what a user measures), its standard error comes
 from a moving-block bootstrap over BLOCKS consecutive stretches of calls (neighbouring calls are not
 independent on a drifting machine), and the noise index says how much slower the typical stretch ran
-than the quiet ones.
+than the quiet ones. The machine's speed is read while the package runs: REFERENCE_CHUNK calls of the
+shipped reference workload after every CHUNK of the package's (as the run's own pass interleaves them),
+not before and after the calls, which missed a host whose speed moves within seconds.
 
 The verdict (`judge`): only where this machine's fingerprint (CPU model and core count, or GPU name)
 equals the package's; the allowance is the standard error capped at MAX_ALLOWANCE. A measurement whose
@@ -39,7 +41,7 @@ BLOCKS = 20
 BOOTSTRAP = 300
 MAX_ALLOWANCE = 0.02
 MAX_ROUNDS = 3
-REFERENCE_S = 0.5  # the reference workload's calls before and after each round
+REFERENCE_CHUNK = 8  # the reference workload's calls after each CHUNK of the package's
 
 
 @dataclass
@@ -103,6 +105,23 @@ def back_to_back(timer: Timer, min_calls: int, min_s: float, tick) -> list[float
     return out
 
 
+def interleaved(
+    timer: Timer, reference: Timer | None, min_calls: int, min_s: float, tick
+) -> tuple[list[float], list[float]]:
+    """`back_to_back`'s calls with REFERENCE_CHUNK calls of `reference` after each CHUNK of them: (the
+    calls' ms, the reference's ms), both taken over the same seconds."""
+    out: list[float] = []
+    ref: list[float] = []
+    t_start = time.perf_counter()
+    while len(out) < min_calls or time.perf_counter() - t_start < min_s:
+        out += timer(CHUNK)
+        if reference is not None:
+            ref += reference(REFERENCE_CHUNK)
+        if tick is not None:
+            tick(len(out), time.perf_counter() - t_start)
+    return out, ref
+
+
 def requirements(percentile: int, calls: int | None, seconds: float | None) -> tuple[int, float]:
     """(calls, seconds) of one round, refusing fewer than a tail percentile needs."""
     if percentile not in (50, 90, 99):
@@ -146,23 +165,21 @@ class PackageBench:
         self.t0 = 0.0
 
     def round(self, progress: Callable[[int, float], None] | None = None) -> BenchResult:
-        """One more round of at least `calls` calls over `seconds`, framed by reference calls; the result
-        over every call of every round so far."""
+        """One more round of at least `calls` calls over `seconds`, interleaved with the reference
+        workload's; the result over every call of every round so far."""
         if self.rounds == 0:
             back_to_back(self.timer, 50, WARMUP_S, None)  # caches, thread pools and the runtime's lazy initialisation
+            if self.reference is not None:
+                back_to_back(self.reference, 50, WARMUP_S / 4, None)
             self.t0 = time.perf_counter()
-        self.reference_samples += self._reference()
         tick = None if progress is None else _offset(progress, len(self.samples))
-        self.samples += back_to_back(self.timer, self.calls, self.seconds, tick)
-        self.reference_samples += self._reference()
+        calls, reference = interleaved(self.timer, self.reference, self.calls, self.seconds, tick)
+        self.samples += calls
+        self.reference_samples += reference
         self.rounds += 1
         res = result_of(np.asarray(self.samples), time.perf_counter() - self.t0, self.info, self.session.effective())
         res.reference_ms = round(float(np.median(self.reference_samples)), 5) if self.reference_samples else None
         return res
-
-    def _reference(self) -> list[float]:
-        """The reference workload's calls (ms) that relate this round to the machine's speed."""
-        return back_to_back(self.reference, 100, REFERENCE_S, None) if self.reference else []
 
 
 def _offset(progress: Callable[[int, float], None], done: int) -> Callable[[int, float], None]:

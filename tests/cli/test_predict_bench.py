@@ -68,7 +68,7 @@ def test_bench_judges_nothing_on_another_machine(shipped, tmp_path):
     out = json.loads(proc.stdout)
     assert not out["judged"] and "nothing judged" in out["verdict"] and "Some Other CPU, 64 cores" in out["verdict"]
     assert out["calls"] >= 1024 and out["p50_ms"] > 0 and np.isfinite(out["standard_error"]["p99"])
-    # the shipped reference workload was timed around the calls: the figure is related to the machine's speed
+    # the shipped reference workload was timed among the calls: the figure is related to the machine's speed
     assert out["reference_ms"] > 0 and np.isfinite(out["machine_speed_change"] + out["relative_p50_change"])
 
 
@@ -173,3 +173,19 @@ def test_a_round_adds_its_calls_to_the_earlier_rounds(tmp_path):
     second = b.round()
     assert first.calls == len(kept) >= 100 and second.calls == len(b.samples) >= first.calls + 100
     assert b.samples[: first.calls] == kept and second.max_ms == round(max(b.samples), 5)
+
+
+def test_the_reference_workload_runs_among_the_packages_calls_not_around_them():
+    from dery_deploy.deploy.base import CHUNK
+    from dery_deploy.deploy.bench import REFERENCE_CHUNK, interleaved
+
+    order: list[str] = []
+
+    def timer(name, ms):
+        return lambda n: order.extend([name] * n) or [ms] * n
+
+    calls, ref = interleaved(timer("package", 0.1), timer("reference", 0.2), 3 * CHUNK, 0.0, None)
+    assert calls == [0.1] * 3 * CHUNK and ref == [0.2] * 3 * REFERENCE_CHUNK
+    # every chunk of the package's calls is followed by the reference's, so both see the same seconds
+    assert order == (["package"] * CHUNK + ["reference"] * REFERENCE_CHUNK) * 3
+    assert interleaved(timer("package", 0.1), None, CHUNK, 0.0, None)[1] == []
