@@ -112,6 +112,10 @@ class RunManifest(JsonArtifact):
             **(d.get("profile_by_target") or {}),
         }
         d["verify_by_target"] = checks
+        # a family built before --family-training existed trained its smaller paths on frozen shared blocks
+        opts = d.get("options")
+        if isinstance(opts, dict) and opts.get("family") and "family_training" not in opts:
+            d["options"] = {**opts, "family_training": "frozen"}
         d["results"] = [dict(res) for res in d.get("results") or []]
         for res in d["results"]:
             _older_result(res)

@@ -40,6 +40,10 @@ def test_a_run_without_family_writes_run_json_as_before_and_one_with_it_reads_ba
     assert back.family == m.family and back.family is not None
     assert back.family.ratio == round(1_000_000 / 1_300_000, 4) and [p.name for p in back.family.over] == ["path-1"]
     assert back.family.paths[0].difference == 1.0 and back.family.paths[1].difference == -1.0
+    # a family built before --family-training existed trained frozen: its options say so, not today's default
+    del d["options"]["family_training"]
+    assert RunManifest.from_dict(d).options.family_training == "frozen" and m.options.family_training == "joint"
+    assert RunManifest.from_dict(json.loads(CAPTURED.read_text())).options.family_training == "joint"
 
 
 def test_a_smaller_path_shares_only_blocks_of_the_same_donor_and_range():
