@@ -51,6 +51,7 @@ def main() -> None:
         by_hand = (
             *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
             *("time_limit", "family", "family_run", "family_run_joint", "reproduce_xeon", "reference_placement"),
+            "time_limit_xeon",
         )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
@@ -74,6 +75,7 @@ def main() -> None:
             "plain_load",  # bench_plain_load.py on bench_reproduce's OpenVINO packages
             "estimate",
             "time_limit",
+            "time_limit_xeon",  # bench_time_limit.py --modes here -o bench/time_limit_xeon.json on an Intel Xeon
             "family",  # bench_family.py: the family program's time on the fashion and random zoos
             "family_run",  # bench_family_run.py: about an hour per seed
             "family_run_joint",  # bench_family_run.py --family-training joint, in family_run's folders
@@ -129,8 +131,9 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += latency_model_section(s["latency_model"])
     if "estimate" in s:
         out += estimate_section(s["estimate"])
-    if "time_limit" in s:
-        out += time_limit_section(s["time_limit"])
+    for key in ("time_limit", "time_limit_xeon"):
+        if key in s:
+            out += time_limit_section(s[key])
     if "family_run" in s:
         out += family_section(s["family_run"], s.get("family"))
     if "family_run_joint" in s:

@@ -10,7 +10,8 @@ from a moving-block bootstrap over BLOCKS consecutive stretches of calls (neighb
 independent on a drifting machine), and the noise index says how much slower the typical stretch ran
 than the quiet ones. The machine's speed is read while the package runs: REFERENCE_CHUNK calls of the
 shipped reference workload after every CHUNK of the package's (as the run's own pass interleaves them),
-not before and after the calls, which missed a host whose speed moves within seconds.
+not before and after them (on an Intel Xeon host neither placement tracked that host's drift within
+3%: `scripts/bench_reference_placement.py`).
 
 The verdict (`judge`): only where this machine's fingerprint (CPU model and core count, or GPU name)
 equals the package's; the allowance is the standard error capped at MAX_ALLOWANCE. A measurement whose
@@ -61,7 +62,7 @@ class BenchResult:
     runtime: str
     batch: int
     settings: dict  # what the runtime reports it uses, read back after building
-    # the shipped reference workload's per-call median around the calls: the machine's speed now
+    # the shipped reference workload's per-call median among the calls: the machine's speed meanwhile
     reference_ms: float | None = None
 
     def relative_to(self, info: DeployInfo) -> tuple[float, float] | None:
