@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=10.0, help="seconds between passes")
     ap.add_argument("-o", "--out", type=Path, default=ROOT / "bench" / "reference_placement.json")
     args = ap.parse_args()
+    from dery_deploy.artifacts import atomic_write_json
+
     result = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -90,9 +92,7 @@ def main() -> None:
         + f" --passes {args.passes} --gap {args.gap:g}",
         "packages": [one_package(p, args.passes, args.gap) for p in args.packages],
     }
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(args.out)
+    atomic_write_json(args.out, result)
     for p in result["packages"]:
         print(p["package"], {k: p.get(k) for k in ("framed", "interleaved")})
 

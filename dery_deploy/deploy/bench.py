@@ -97,13 +97,7 @@ def summarise(samples: np.ndarray, rng: np.random.Generator) -> tuple[dict[int, 
 def back_to_back(timer: Timer, min_calls: int, min_s: float, tick) -> list[float]:
     """Back-to-back calls, CHUNK at a time, until both `min_calls` and `min_s` are reached; each call's ms
     as the session times it (`Session.timer`)."""
-    out: list[float] = []
-    t_start = time.perf_counter()
-    while len(out) < min_calls or time.perf_counter() - t_start < min_s:
-        out += timer(CHUNK)
-        if tick is not None:
-            tick(len(out), time.perf_counter() - t_start)
-    return out
+    return interleaved(timer, None, min_calls, min_s, tick)[0]
 
 
 def interleaved(
