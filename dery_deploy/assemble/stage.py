@@ -72,6 +72,8 @@ class AssembleRequest:
     # networks (plan descriptions) that were finalists at a smaller budget of the same run: they stay
     # candidates and finalists wherever they fit, so more room never loses them
     carried: tuple[str, ...] = ()
+    # donors that are not candidates: the run did not train them to ship (`pipeline/budgets.dominated_donors`)
+    left_out: tuple[str, ...] = ()
 
     @property
     def budget(self) -> Budget:
@@ -209,6 +211,8 @@ def assemble(
         else:
             pool = target_pool(zoo, partition, dissections, m, task, data, budget, request.top)
         pool.candidates += carried_candidates(pool, request.carried, zoo, partition, dissections, task, budget)
+        left = set(request.left_out)
+        pool.candidates = [c for c in pool.candidates if not (c.is_donor and c.plan.blocks[0].donor in left)]
         pools.append(pool)
     cands = [c for p in pools for c in p.candidates]
     if not cands:

@@ -102,6 +102,13 @@ def run(
         "(the best donor wins at any accuracy the heal could give it); slower, for the report's comparison of "
         "reassembly with the donors at every budget",
     ),
+    train_every_donor: bool = typer.Option(
+        False,
+        "--train-every-donor",
+        help="train every donor that may fit a budget with the final recipe, even one a faster donor beat by 20 "
+        "points or more after the short recipe (it cannot be the best donor that fits); slower, for the report's "
+        "figures of every donor",
+    ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's results as JSON at the end"),
@@ -133,6 +140,7 @@ def run(
         family=family,
         family_training=family_training,
         heal_every_mix=heal_every_mix,
+        train_every_donor=train_every_donor,
     )
     m = run_pipeline(opts, None if as_json else console, progress_bar)
     if as_json:

@@ -45,7 +45,8 @@ def rederive_budget(
     budgets[i] = new
     r.manifest.budgets = sorted(set(budgets))
     donor_ms = r.manifest.donor_latency_ms
-    untrained = [n for n in final_donors(donor_ms, [new]) if n not in r.manifest.donors]
+    left = r.manifest.dominated_donors
+    untrained = [n for n in final_donors(donor_ms, [new]) if n not in r.manifest.donors and n not in left]
     if untrained:  # the raised budget may pick a donor no smaller budget could: it is trained to ship first
         z, t = ctx.zoo, ctx.task
         r.manifest.donors.update(
@@ -156,6 +157,7 @@ def selection_key(r: Run, ctx: Context) -> dict:
         "carried": ctx.carried,
         "folds": [ctx.recipes.folds or default_folds(ctx.task), SCREEN_FOLDS],
         "donor_near": DONOR_NEAR,
+        "left_out": sorted(r.manifest.dominated_donors),
     }
 
 
@@ -179,7 +181,12 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> Selection
             searched[0],
             ctx.task,
             AssembleRequest(
-                b, top=r.opts.top, seed=r.opts.seed, finalists=ctx.recipes.finalists, carried=tuple(ctx.carried)
+                b,
+                top=r.opts.top,
+                seed=r.opts.seed,
+                finalists=ctx.recipes.finalists,
+                carried=tuple(ctx.carried),
+                left_out=tuple(sorted(r.manifest.dominated_donors)),
             ),
             more_models=tuple(searched[1:]),
             fitter=ctx.fitter,

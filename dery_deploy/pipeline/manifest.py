@@ -74,6 +74,8 @@ class RunManifest(JsonArtifact):
     screened: list[ScreenedCount] = field(default_factory=list)
     # whether each further thread count's speed repeated from one stretch of seconds to the next (thread_spells.py)
     thread_spells: list[SpellCheck] = field(default_factory=list)
+    # donors left out of the final recipe and the candidates, with why (`budgets.dominated_donors`)
+    dominated_donors: dict[str, str] = field(default_factory=dict)
     family: FamilyRecord | None = None  # --family's paths (pipeline/family.py); left out of run.json without it
     started: str = ""
     finished: str = ""

@@ -41,6 +41,7 @@ class RunOptions:
     # how the family's paths train: "joint" (option (b), family_joint.py) | "frozen" (option (a), family.py)
     family_training: str = "joint"
     heal_every_mix: bool = False  # heal a best mix selection already rules out (pick.mix_ruled_out)
+    train_every_donor: bool = False  # train a donor the short recipe found dominated (budgets.dominated_donors)
 
     def check(self) -> None:
         """Every bad option at once, before any work starts."""

@@ -357,6 +357,8 @@ class RunEstimate:
     # other processes' CPU use while the training steps were timed (cores; None where /proc cannot say)
     other_load_cores: float | None = None
     steps_timed: int = STEPS_TIMED  # training steps timed per donor (fewer under --time-limit)
+    # estimated seconds of the final training and evaluation of donors the short recipe found dominated
+    left_out_s: float = 0.0
 
     @property
     def seconds(self) -> float:

@@ -24,7 +24,13 @@ from dery_deploy.data.task import Task, load_task
 from dery_deploy.errors import DeryError
 from dery_deploy.network.items import donor_key
 from dery_deploy.pipeline.budget import REDERIVES, rederive_budget, stage_budget
-from dery_deploy.pipeline.budgets import choose_budgets, feasible_floor, final_donors, teacher_pool
+from dery_deploy.pipeline.budgets import (
+    choose_budgets,
+    dominated_donors,
+    feasible_floor,
+    final_donors,
+    teacher_pool,
+)
 from dery_deploy.pipeline.context import Context, Recipes
 from dery_deploy.pipeline.estimate import Eta, Plan, RunEstimate, estimate, make_estimate, minutes
 from dery_deploy.pipeline.family import check_family_options, stage_family
@@ -224,7 +230,23 @@ def stage_teacher(r: Run, zoo, task: Task, recipes: Recipes, donor_ms, budgets: 
         name, ce[name].val_accuracy, [Path(t).name for t in teacher.runs], teacher.key, len(teacher.images)
     )
     r.say(f"  teacher: {name} (validation {ce[name].val_accuracy:.2f}%)")
+    if not r.opts.train_every_donor:
+        r.manifest.dominated_donors = dominated_donors(donor_ms, {n: d.val_accuracy for n, d in ce.items()})
     return teacher
+
+
+def leave_out_dominated(r: Run, donor_ms: dict[str, float], names: list[str]) -> list[str]:
+    """`names` less the donors the short recipe found dominated (`budgets.dominated_donors`): each is said,
+    and its final training and evaluation recorded as skipped (the run's estimate counted them)."""
+    left, est = r.manifest.dominated_donors, r.manifest.estimate
+    for n in [n for n in names if n in left]:
+        r.say(f"  {n}: not trained with the final recipe, nor a candidate: {left[n]}")
+        if est is not None and r.eta is not None:
+            stages = (f"fine-tune donor {n} (final", f"evaluate donor {n}")
+            est.left_out_s = round(est.left_out_s + sum(p.seconds for p in r.eta.todo if p.stage in stages), 1)
+        r.record(f"fine-tune donor {n} (final, {donor_ms[n]:.3f} ms)", "skipped", 0.0, left[n])
+        r.record(f"evaluate donor {n}", "skipped", 0.0, left[n])
+    return [n for n in names if n not in left]
 
 
 def teach_and_refit(r: Run, zoo, task: Task, recipes: Recipes, donor_ms, budgets: list[float]):
@@ -295,7 +317,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     r.manifest.budgets = budgets
     r.manifest.recipe = recipes.describe()
     teacher, budgets, recipes, task = teach_and_refit(r, zoo, task, recipes, donor_ms, budgets)
-    within = final_donors(donor_ms, budgets)
+    within = leave_out_dominated(r, donor_ms, final_donors(donor_ms, budgets))
     r.manifest.donors = stage_donors(r, zoo, task, recipes.final, donor_ms, within, "final", teacher, evaluate=True)
     budgets, recipes = refit_to_limit(r, task, budgets, recipes, donors_done=True)
     r.manifest.budgets, r.manifest.recipe = budgets, recipes.describe()

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dery_deploy.assemble.candidates import donor_near
 from dery_deploy.partition.stage import Partition
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.records import RunEstimate, TaskRecord, TimeLimitRecord
@@ -43,7 +44,8 @@ def answer(m: RunManifest, root: Path, zoo_hash: str) -> list[str]:
     batch = m.options.batch or 1
     searched = m.targets or [f"{m.backend}/{m.precision}"]
     shown = {k: v for k, v in asdict(m.options).items() if k != "out" and v not in (None, [], "")}
-    for newer in ("family", "heal_every_mix"):  # options newer than most runs: said only where given
+    # options newer than most runs: said only where given
+    for newer in ("family", "heal_every_mix", "train_every_donor"):
         if not getattr(m.options, newer):
             del shown[newer]
     if not m.options.family:
@@ -255,6 +257,16 @@ def plans(m: RunManifest) -> list[str]:
             f"{teacher.donor} (validation {teacher.val_accuracy}%), on {teacher.images} unlabelled images.",
             "",
         ]
+    top = max(m.budgets, default=0.0)  # the donors a budget could have trained (`budgets.final_donors`)
+    left = {n: why for n, why in m.dominated_donors.items() if donor_near(m.donor_latency_ms.get(n, top + 1), top)}
+    if left:
+        lines += [
+            "Not trained with the final recipe, nor candidates (a faster donor validated far better after the short "
+            "recipe, so they cannot be the best donor that fits): "
+            + "; ".join(f"{n}: {why}" for n, why in sorted(left.items()))
+            + ".",
+            "",
+        ]
     if m.recipe and m.recipe.cut_to_fit:
         lines += [f"The recipe is {m.recipe.cut_to_fit}.", ""]
     for r in m.results:
@@ -300,7 +312,12 @@ def estimate_lines(est: RunEstimate | None) -> list[str]:
         f"Time estimate, made after {est.after_s:.0f} s (the profiles): {total:.0f} s for the rest of the run, "
         f"from {len(est.step_s)} donors' training steps timed here and {est.item_s:.2f} s per "
         "measured item; against what the stages it expected took (computed ones only; training is an upper "
-        "bound where phase 1 stops at its plateau):",
+        "bound where phase 1 stops at its plateau)"
+        + (
+            f"; {est.left_out_s:.0f} s of it were the final training of donors the short recipe then left out:"
+            if est.left_out_s
+            else ":"
+        ),
         "",
         md_table(["group", "estimated s", "actual s", "actual vs estimate"], rows),
         "",

@@ -79,6 +79,23 @@ def test_a_donor_just_over_the_budget_is_a_candidate_and_trained_to_ship(tiny_ws
     assert slowest not in final_donors(donor_ms, [round(donor_ms[slowest] / 1.2, 4)])  # 20% over: not near
 
 
+def test_a_donor_the_run_left_out_is_no_candidate(tiny_ws, fashion_task):
+    """A donor the run did not train with the final recipe (dominated after the short one) never enters the
+    candidates, so it can never be picked; the others still do."""
+    from dery_deploy.assemble.stage import AssembleRequest, assemble
+
+    zoo = tiny_ws.zoo
+    every = assemble(zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, AssembleRequest(2.0, top=3))
+    donors = {c.plan.donors[0] for c in every.candidates if c.is_donor}
+    assert len(donors) >= 2
+    left = sorted(donors)[0]
+    request = AssembleRequest(2.0, top=3, left_out=(left,))
+    res = assemble(zoo, tiny_ws.partition, tiny_ws.dis, tiny_ws.model, fashion_task, request)
+    assert {c.plan.donors[0] for c in res.candidates if c.is_donor} == donors - {left}
+    assert not any(c.is_donor and c.plan.donors[0] == left for c in res.finalists)
+    assert any(left in c.plan.donors for c in res.candidates if not c.is_donor)  # its blocks still reassemble
+
+
 def test_optuna_search_respects_budget(tiny_ws, fashion_task):
     from dery_deploy.assemble.stage import AssembleRequest, assemble
 

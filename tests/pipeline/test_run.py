@@ -2,7 +2,7 @@
 
 import pytest
 
-from dery_deploy.pipeline.budgets import choose_budgets
+from dery_deploy.pipeline.budgets import DOMINATED_POINTS, choose_budgets, dominated_donors
 from dery_deploy.pipeline.pick import pick_triple
 from dery_deploy.pipeline.records import Triple
 from dery_deploy.train.select.evidence import Selection
@@ -22,6 +22,19 @@ def test_a_default_budget_is_never_below_the_fastest_assembly_plus_the_margin():
     # with one budget only (--quick) it is raised to the floor, rounded up, never dropped
     budgets, notes = choose_budgets(DONORS, quick=True, floor_ms=0.1234)
     assert budgets == [0.124] and "raised to 0.124 ms" in notes[0]
+
+
+def test_a_donor_far_behind_a_faster_one_after_the_short_recipe_is_left_out():
+    ce = {"a": 90.5, "b": 61.5, "c": 78.5, "d": 90.5 - DOMINATED_POINTS}
+    left = dominated_donors(DONORS, ce)
+    # b (29 points behind a, 40% slower) and d (exactly the margin behind a) are left out, with why;
+    # c is 12 points behind: the final recipe was seen to close 11.5, so it is trained
+    assert sorted(left) == ["b", "d"]
+    assert left["b"].startswith("a is faster (0.100 against 0.140 ms) and validated 29.0 points better")
+    # a faster donor only dominates by at least 10% of latency: a near tie in speed is no evidence
+    assert dominated_donors({"a": 0.10, "b": 0.105}, {"a": 90.0, "b": 50.0}) == {}
+    # never the faster one, and never a donor the short recipe did not train (no accuracy to compare)
+    assert dominated_donors(DONORS, {"a": 50.0, "b": 90.0, "c": None}) == {}
 
 
 def noise(points: float) -> Selection:

@@ -104,3 +104,21 @@ def terminal_answer(out: Path, variant: str, monkeypatch) -> str:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_terminal_answer_is_the_captured_one(tmp_path, monkeypatch, variant):
     assert terminal_answer(tmp_path / "run", variant, monkeypatch) == golden("answer.txt", variant).read_text()
+
+
+def test_the_report_names_the_donors_the_run_left_out_and_why(tmp_path):
+    """A donor the short recipe found dominated is named with why where a budget could have trained it; one
+    too slow for every budget is not (it was never a candidate)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    run = captured_run(out, "as-run")
+    why = "res is faster (0.104 against 0.164 ms) and validated 45.0 points better after the short recipe"
+    run["dominated_donors"] = {"cnx": why, "vit": "cnx is faster"}
+    manifest = RunManifest.from_dict(run)
+    assert manifest.dominated_donors["cnx"] == why
+    zoo = get_zoo(FIXTURE / "zoo.yaml")
+    rows = [DonorRow.from_dict(d) for d in json.loads((FIXTURE / "zoo.json").read_text())["donors"]]
+    part, prof = Partition.read(FIXTURE / "partition.json"), read_profile(FIXTURE / "profile.json")
+    text = write_report(out, manifest, zoo, similarity(zoo), part, prof, rows).read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("Not trained with the final recipe"))
+    assert f"cnx: {why}" in line and "vit" not in line
