@@ -51,7 +51,8 @@ def run(
         False,
         "--quick",
         help="one budget, one thread count, 1+2 epochs, fewer candidates (about 3.5 minutes on a 2-core AMD EPYC "
-        "VM; slower machines take longer, and the run says how long once it has timed this one)",
+        "VM, 4.2 on a 2-core Intel Xeon one; slower machines take longer, and the run says how long once it has "
+        "timed this one)",
     ),
     aoti: bool = typer.Option(
         False,
