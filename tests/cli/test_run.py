@@ -167,10 +167,12 @@ def test_quick_then_default_in_the_same_folder_reuses_and_recomputes(tmp_path):
     status = {s["stage"]: s["status"] for s in m["stages"]}
     assert m["status"] == "done" and m["options"]["quick"] is False
     assert status["partition"] == "computed"  # 50 restarts instead of --quick's 20
-    # another recipe: the donors are trained again into the same folders, recomputed, not refused
-    assert [v for k, v in status.items() if k.startswith("fine-tune donor")] and all(
-        v == "computed" for k, v in status.items() if k.startswith("fine-tune donor")
-    )
+    # another recipe: the donors are trained again into the same folders, recomputed, not refused; a donor the
+    # short recipe found dominated is not trained with the final one, and says why
+    trained = {k: v for k, v in status.items() if k.startswith("fine-tune donor")}
+    left = {k for k, v in trained.items() if v == "skipped"}
+    assert trained and all(v == "computed" for k, v in trained.items() if k not in left)
+    assert all("(final," in k and k.split()[2] in m["dominated_donors"] for k in left)
 
 
 FAMILY_ARGS = [
