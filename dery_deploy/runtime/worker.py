@@ -38,6 +38,11 @@ RUNTIMES = ("onnxruntime", "openvino")
 # files compiled at once before a pass (the runtimes release the GIL while they compile): OpenVINO compiled 60
 # profile items in 2.6 s on two threads against 5.3 s one after another (int8; fp32 1.5 s against 3.0 s)
 BUILD_THREADS = 2
+# OpenVINO files are compiled one at a time: two threads calling into its Python bindings at once deadlocked a
+# default run's worker for 20 min (OpenVINO 2026.4, Intel Xeon host: one thread inside a C++ function-local
+# static's initialiser waiting for the GIL, the other holding the GIL and waiting for that static). ONNX Runtime
+# sessions are still made two at a time.
+_OPENVINO = threading.Lock()
 
 
 @dataclass
@@ -64,7 +69,8 @@ def file_runner(item: FileItem) -> Callable[[], object]:
         return lambda: sess.run(None, {name: x})
     from dery_deploy.runtime.openvino import compile_model
 
-    request = compile_model(Path(item.path), item.threads, tuple(item.shape)).create_infer_request()
+    with _OPENVINO:
+        request = compile_model(Path(item.path), item.threads, tuple(item.shape)).create_infer_request()
     return lambda: request.infer({0: x}, share_inputs=True, share_outputs=True)
 
 
