@@ -203,7 +203,7 @@ def assemble(
     # and with several the program proposes for each
     by_optuna = request.search == "optuna" and not more_models
     t0 = time.perf_counter()
-    pools = []
+    pools, left = [], set(request.left_out)
     for m in models:
         data = program_data(zoo, partition, dissections, m, task.num_classes, scores)
         if by_optuna:
@@ -211,7 +211,6 @@ def assemble(
         else:
             pool = target_pool(zoo, partition, dissections, m, task, data, budget, request.top)
         pool.candidates += carried_candidates(pool, request.carried, zoo, partition, dissections, task, budget)
-        left = set(request.left_out)
         pool.candidates = [c for c in pool.candidates if not (c.is_donor and c.plan.blocks[0].donor in left)]
         pools.append(pool)
     cands = [c for p in pools for c in p.candidates]

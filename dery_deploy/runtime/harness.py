@@ -206,7 +206,7 @@ class _Item:
         self.windows.append(window)
         self.rounds.append(round_)
         self.per_window.append(np.percentile(window, PERCENTILES))
-        self.medians.append(float(np.median(window)))
+        self.medians.append(float(self.per_window[-1][PERCENTILES.index(50)]))
 
 
 def _warm_up(it: _Item, opts: TimingOptions) -> None:

@@ -22,6 +22,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,10 @@ RUNTIMES = ("onnxruntime", "openvino")
 # files compiled at once before a pass (the runtimes release the GIL while they compile): OpenVINO compiled 60
 # profile items in 2.6 s on two threads against 5.3 s one after another (int8; fp32 1.5 s against 3.0 s)
 BUILD_THREADS = 2
-# OpenVINO files are compiled one at a time: two threads calling into its Python bindings at once deadlocked a
-# default run's worker for 20 min (OpenVINO 2026.4, Intel Xeon host: one thread inside a C++ function-local
-# static's initialiser waiting for the GIL, the other holding the GIL and waiting for that static). ONNX Runtime
-# sessions are still made two at a time.
+# OpenVINO files are compiled and first run one at a time (`_built`): two threads calling into its Python
+# bindings at once deadlocked a default run's worker for 20 min (OpenVINO 2026.4, Intel Xeon host: one thread
+# inside a C++ function-local static's initialiser waiting for the GIL, the other holding the GIL and waiting
+# for that static). ONNX Runtime sessions are still made two at a time.
 _OPENVINO = threading.Lock()
 
 
@@ -69,8 +70,7 @@ def file_runner(item: FileItem) -> Callable[[], object]:
         return lambda: sess.run(None, {name: x})
     from dery_deploy.runtime.openvino import compile_model
 
-    with _OPENVINO:
-        request = compile_model(Path(item.path), item.threads, tuple(item.shape)).create_infer_request()
+    request = compile_model(Path(item.path), item.threads, tuple(item.shape)).create_infer_request()
     return lambda: request.infer({0: x}, share_inputs=True, share_outputs=True)
 
 
@@ -95,8 +95,9 @@ def _progress_line(done: int, planned: int) -> None:
 
 
 def _built(item: FileItem) -> Callable[[], object]:
-    call = file_runner(item)
-    call()  # a file that loads but fails when run is caught here, not in the middle of the pass
+    with _OPENVINO if item.runtime == "openvino" else nullcontext():  # (`_OPENVINO`)
+        call = file_runner(item)
+        call()  # a file that loads but fails when run is caught here, not in the middle of the pass
     return call
 
 
