@@ -158,6 +158,9 @@ def load_dataclass(tp: Any, data: Any) -> Any:
         return load_dataclass(built[0], data) if built else data
     if origin is list and args:
         return [load_dataclass(args[0], v) for v in data]
+    if origin is tuple and args:
+        items = args[:1] * len(data) if args[-1] is Ellipsis else args
+        return tuple(load_dataclass(a, v) for a, v in zip(items, data))
     if origin is dict and len(args) == 2:
         return {k: load_dataclass(args[1], v) for k, v in data.items()}
     return data

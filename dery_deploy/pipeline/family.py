@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dery_deploy.artifacts import atomic_write_bytes
+from dery_deploy.artifacts import atomic_write_bytes, sha256_json
 from dery_deploy.assemble.candidates import plan_from_choice
 from dery_deploy.assemble.family import Family, solve_family
 from dery_deploy.assemble.pool import planned_budget, planning_margin
@@ -39,7 +39,7 @@ from dery_deploy.export.family import FamilyMember, write_family
 from dery_deploy.network.plan import AssembledNet, Plan, build_net, load_plan, save_plan_with_weights
 from dery_deploy.network.plan_records import PlanBudget
 from dery_deploy.pipeline.context import Context
-from dery_deploy.pipeline.family_check import CheckedFamily, check_paths, measure_plans, solver
+from dery_deploy.pipeline.family_check import MAX_RESOLVES, CheckedFamily, check_paths, measure_plans, solver
 from dery_deploy.pipeline.family_joint import start_path, train_joint_paths
 from dery_deploy.pipeline.family_record import FamilyPathRecord, FamilyRecord
 from dery_deploy.pipeline.records import BudgetResult
@@ -53,6 +53,7 @@ from dery_deploy.train.source import FinetuneSource
 FAMILY_TARGET = Target("onnxruntime", "fp32")  # the one target a family ships on (export.family)
 FAMILY_DIR = "family"  # RUN/family: the shipped family
 PATHS_DIR = "family-paths"  # RUN/family-paths/<budget>ms: each path's plan, start state and run folder
+CHECK_FILE = "check.json"  # RUN/family-paths/check.json: the paths chosen and measured before training
 
 
 def family_model(models: list[LatencyModel]) -> LatencyModel | None:
@@ -77,13 +78,15 @@ def stage_family(r: Run, ctx: Context) -> FamilyRecord:
     margin = planning_margin(model)
     data = program_data(ctx.zoo, ctx.part, ctx.dis, model, ctx.task.num_classes, ctx.scores())
     planned = [planned_budget(Budget(budget_us(res.budget_ms)), model) for res in feasible]
+    saved = r.out / PATHS_DIR / CHECK_FILE, _check_key(ctx, model, planned, feasible, r.opts.percentile)
+    earlier = CheckedFamily.reuse(*saved)  # an earlier run in this folder chose and measured the same paths
     fam: Family = r.stage(
         f"family program ({len(feasible)} budgets)",
-        lambda: None,
+        lambda: earlier.family if earlier is not None else None,
         lambda: solve_family(data, planned),
         lambda f: f"{f.status} in {f.seconds} s, stores {f.ratio:.2f}x the separate optima's parameters",
     )
-    checked = _check_before_training(r, ctx, model, data, fam, planned, feasible)
+    checked = _check_before_training(r, ctx, model, data, fam, planned, feasible, saved)
     fam, plans = checked.family, checked.plans
     records, members = _train_paths(r, ctx, plans, feasible)
     _before(records, checked)
@@ -113,14 +116,21 @@ def stage_family(r: Run, ctx: Context) -> FamilyRecord:
 
 
 def _check_before_training(
-    r: Run, ctx: Context, model: LatencyModel, data, fam: Family, planned: list[Budget], feasible: list[BudgetResult]
+    r: Run,
+    ctx: Context,
+    model: LatencyModel,
+    data,
+    fam: Family,
+    planned: list[Budget],
+    feasible: list[BudgetResult],
+    saved: tuple[Path, str],
 ) -> CheckedFamily:
-    """Every chosen path measured untrained in one pass, an over-budget one replaced (`family_check`)."""
+    """Every chosen path measured untrained in one pass, an over-budget one replaced (`family_check`); reused
+    from `saved` (file, key) where an earlier run in this folder checked the same inputs."""
     pct, threads = r.opts.percentile, model.profile.threads or 1
-    checked = r.stage(
-        f"family: measure {len(feasible)} paths before training",
-        lambda: None,
-        lambda: check_paths(
+
+    def compute() -> CheckedFamily:
+        checked = check_paths(
             fam,
             planned,
             [res.budget_ms for res in feasible],
@@ -129,7 +139,14 @@ def _check_before_training(
             lambda plans: measure_plans(plans, ctx.zoo, ctx.dis, threads, pct),
             solver(data),
             pct,
-        ),  # fmt: skip
+        )  # fmt: skip
+        checked.save(*saved)
+        return checked
+
+    checked = r.stage(
+        f"family: measure {len(feasible)} paths before training",
+        lambda: CheckedFamily.reuse(*saved),
+        compute,
         lambda c: (
             f"{len(c.passes)} pass(es), {len(c.fallbacks)} fallback(s); "
             + ", ".join(f"{k.latency_ms:.4f} ± {k.se_ms:.4f} ms of {k.budget_ms:g}" for k in c.checks)
@@ -138,6 +155,26 @@ def _check_before_training(
     for line in checked.lines:
         r.say(f"  {line}")
     return checked
+
+
+def _check_key(
+    ctx: Context, model: LatencyModel, planned: list[Budget], feasible: list[BudgetResult], percentile: int
+) -> str:
+    """What the family program and the check before training depend on: the zoo, partition and task (the
+    program's data), the profile it plans on, the planned budgets, each budget's separate plan (its fallback)
+    and the statistic a path is judged by. Not the training option: both train the same paths."""
+    return sha256_json(
+        {
+            "zoo": ctx.zoo.hash(),
+            "partition": ctx.part.key,
+            "task": ctx.task.hash(),
+            "profile": model.profile.to_dict(),
+            "planned": [[b.latency_us, b.memory_mb, b.params] for b in planned],
+            "budgets": [[res.budget_ms, res.plan.describe() if res.plan else None] for res in feasible],
+            "percentile": percentile,
+            "max_resolves": MAX_RESOLVES,
+        }
+    )[:20]
 
 
 def _before(records: list[FamilyPathRecord], checked: CheckedFamily) -> None:

@@ -18,6 +18,8 @@ and the final paths are measured once more so that what the record holds is what
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from dery_deploy.artifacts import atomic_write_json
 from dery_deploy.assemble.family import Family, solve_family
 from dery_deploy.assemble.program import Budget
 from dery_deploy.deploy.bench import within_budget
@@ -34,6 +37,7 @@ from dery_deploy.profile.latency_model import budget_us
 from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions
 from dery_deploy.runtime.onnx import onnx_from_module
 from dery_deploy.runtime.worker import FileItem, measure_files
+from dery_deploy.schema import load_dataclass
 
 MAX_RESOLVES = 2  # re-solves of the family program after the first pass; a third over budget falls back
 
@@ -95,6 +99,39 @@ class CheckedFamily:
     passes: list[PassSummary]
     fallbacks: list[int]  # budget indices that fell back to the run's separate plan
     lines: list[str]
+
+    def save(self, path: Path, key: str) -> None:
+        """Written with the key of what it was checked for, so that a later run in the same folder (another
+        `--family-training`) trains the same paths instead of measuring them again on a machine that drifts."""
+        atomic_write_json(
+            path,
+            {
+                "key": key,
+                "family": dataclasses.asdict(self.family),
+                "plans": [p.to_dict() for p in self.plans],
+                "checks": [dataclasses.asdict(c) for c in self.checks],
+                "passes": [p.to_dict() for p in self.passes],
+                "fallbacks": self.fallbacks,
+                "lines": self.lines,
+            },
+        )
+
+    @classmethod
+    def reuse(cls, path: Path, key: str) -> CheckedFamily | None:
+        """The check saved at `path` for `key`, or None (none saved, or saved for other inputs)."""
+        if not path.is_file():
+            return None
+        d = json.loads(path.read_text())
+        if d.get("key") != key:
+            return None
+        return cls(
+            load_dataclass(Family, d["family"]),
+            [Plan.from_dict(p) for p in d["plans"]],
+            [load_dataclass(PathCheck, c) for c in d["checks"]],
+            [load_dataclass(PassSummary, p) for p in d["passes"]],
+            d["fallbacks"],
+            d["lines"],
+        )
 
 
 def check_paths(

@@ -248,6 +248,8 @@ def test_run_family_ships_paths_that_share_their_blocks(tmp_path):
     status = {s.stage: s.status for s in m.stages}
     assert status[f"family: train {len(fam.paths)} paths jointly (every path every step)"] == "computed"
     assert all(v == "reused" for k, v in status.items() if k.startswith(("fine-tune donor", "assemble")))
+    # the paths chosen and measured before training are the first run's: another training option trains them
+    assert all(v == "reused" for k, v in status.items() if k.startswith(("family program", "family: measure")))
     assert (
         joint is not None and joint.training == "joint" and [p.plan for p in joint.paths] == [p.plan for p in fam.paths]
     )

@@ -9,7 +9,15 @@ from dery_deploy.assemble.family import solve_family
 from dery_deploy.assemble.program import Budget, ProgramData, fastest
 from dery_deploy.assemble.program_data import Scores, program_data
 from dery_deploy.network.plan import BlockRef, Plan
-from dery_deploy.pipeline.family_check import MAX_RESOLVES, PathCheck, check_paths, lowered, measure_plans, solver
+from dery_deploy.pipeline.family_check import (
+    MAX_RESOLVES,
+    CheckedFamily,
+    PathCheck,
+    check_paths,
+    lowered,
+    measure_plans,
+    solver,
+)
 from dery_deploy.profile.latency_model import budget_us, us_to_ms
 from dery_deploy.runtime.harness import Measurement, PassSummary
 from tests.assemble.test_program import random_instance
@@ -98,6 +106,21 @@ def test_a_path_still_over_falls_back_to_the_separate_plan_and_is_measured_again
     assert checked.plans[0].head_kind == "new" and choice_of(checked.plans[0]) == fam.paths[0].choice
     assert len(device.passes) == len(checked.passes) <= MAX_RESOLVES + 2
     assert checked.checks[0].within is False and checked.checks[1].within is True
+
+
+def test_a_saved_check_is_reused_only_for_its_own_key(tmp_path):
+    data, planned, budgets_ms, fam = a_family(1)
+    device = Device(data, {fam.paths[1].choice: budgets_ms[1] * 1.063})
+    checked = check_paths(fam, planned, budgets_ms, chain_plan, [None, None], device, solver(data), 50)
+    path = tmp_path / "check.json"
+    checked.save(path, "k1")
+    again = CheckedFamily.reuse(path, "k1")
+    # what a later run trains is what this one checked: the re-solved family, its plans, figures and lines
+    assert again is not None and again.family == checked.family and again.checks == checked.checks
+    assert [p.signature() for p in again.plans] == [p.signature() for p in checked.plans]
+    assert again.passes == checked.passes and again.fallbacks == checked.fallbacks
+    assert isinstance(again.family.paths[0].choice, tuple) and again.lines == checked.lines
+    assert CheckedFamily.reuse(path, "k2") is None and CheckedFamily.reuse(tmp_path / "none.json", "k1") is None
 
 
 def test_the_tiny_zoos_untrained_paths_are_measured_in_one_real_pass(tiny_ws):
