@@ -75,7 +75,7 @@ def main() -> None:
             "plain_load",  # bench_plain_load.py on bench_reproduce's OpenVINO packages
             "estimate",
             "time_limit",
-            "time_limit_xeon",  # bench_time_limit.py --modes here -o bench/time_limit_xeon.json on an Intel Xeon
+            "time_limit_xeon",  # bench_time_limit.py --modes here,slow -o bench/time_limit_xeon.json on an Intel Xeon
             "family",  # bench_family.py: the family program's time on the fashion and random zoos
             "family_run",  # bench_family_run.py: about an hour per seed
             "family_run_joint",  # bench_family_run.py --family-training joint, in family_run's folders

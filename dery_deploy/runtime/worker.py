@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -44,6 +45,12 @@ BUILD_THREADS = 2
 # inside a C++ function-local static's initialiser waiting for the GIL, the other holding the GIL and waiting
 # for that static). ONNX Runtime sessions are still made two at a time.
 _OPENVINO = threading.Lock()
+# a worker that says nothing for this long is stuck (a native library hung), and is replaced once by a fresh
+# one: it prints a line per file built, per memory figure and per round of the pass, the longest gap seen
+# between them a few seconds (a round over 138 profile items, the build of one OpenVINO int8 file); the hang
+# above would otherwise have held the run until the worker's whole time limit
+STALL_S = 300.0
+ATTEMPTS = 2  # workers started for one pass: a second stall is the error
 
 
 @dataclass
@@ -83,6 +90,7 @@ class WorkerResult:
     summary: PassSummary
     modules: list[str]  # the heavy libraries the measuring process had loaded (never torch)
     failed: dict[str, str]  # items whose file the runtime refused (with `keep_going`): key -> why
+    stalls: int = 0  # workers replaced after STALL_S without a line (the pass is the last worker's)
 
 
 def _fresh_memory_mb(item: FileItem) -> float:
@@ -92,6 +100,10 @@ def _fresh_memory_mb(item: FileItem) -> float:
 
 def _progress_line(done: int, planned: int) -> None:
     print(f"progress {done} {planned}", flush=True)  # read by `measure_files` to move its bar
+
+
+def _alive(what: str) -> None:
+    print(f"alive {what}", flush=True)  # read by `measure_files`: the worker is not stuck (`STALL_S`)
 
 
 def _built(item: FileItem) -> Callable[[], object]:
@@ -111,12 +123,16 @@ def serve(request: Path, result: Path) -> None:
         for it, built in [(it, pool.submit(_built, it)) for it in items]:
             try:
                 runners[it.key] = (built.result(), False, None)
+                _alive(f"built {it.key}")
             except Exception as e:  # noqa: BLE001 - with keep_going one file the runtime refuses is reported
                 if not req.get("keep_going"):
                     raise
                 failed[it.key] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
     items = [it for it in items if it.key in runners]
-    memory = {it.key: round(_fresh_memory_mb(it), 3) for it in items if it.key in req.get("memory", [])}
+    memory = {}
+    for it in [it for it in items if it.key in req.get("memory", [])]:
+        memory[it.key] = round(_fresh_memory_mb(it), 3)
+        _alive(f"memory {it.key}")
     meas, summary = measure_interleaved(runners, TimingOptions(**req["options"]), progress=_progress_line)
     counts = {it.threads for it in items}  # each session computes with its own count
     summary.threads = counts.pop() if len(counts) == 1 else None
@@ -142,10 +158,12 @@ def worker_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
-def _follow(proc: subprocess.Popen, progress: Callable[[int, int], None] | None) -> None:
-    """Read the worker's progress lines as they come (a thread: the caller waits with a timeout)."""
+def _follow(proc: subprocess.Popen, progress: Callable[[int, int], None] | None, heard: list[float]) -> None:
+    """Read the worker's lines as they come (a thread: the caller waits with a timeout), each one's time
+    into `heard[0]`."""
     assert proc.stdout is not None
     for line in proc.stdout:
+        heard[0] = time.monotonic()
         parts = line.split()
         if progress and len(parts) == 3 and parts[0] == "progress":
             progress(int(parts[1]), int(parts[2]))
@@ -158,51 +176,83 @@ def measure_files(
     progress: Callable[[int, int], None] | None = None,
     timeout_s: float = 1800,
     keep_going: bool = False,
+    stall_s: float = STALL_S,
 ) -> WorkerResult:
-    """Time `items` in one interleaved pass in a fresh worker process (module docstring).
+    """Time `items` in one interleaved pass in a fresh worker process (module docstring). A worker silent for
+    `stall_s` is killed and the pass started again in a fresh one, once (`ATTEMPTS`).
 
     Args:
         memory: keys of the items whose fresh instance's peak memory the worker measures too.
         keep_going: a file the runtime refuses is reported in `failed` instead of failing the pass.
         progress: called with (windows done, windows planned) as the worker reports them.
     Raises:
-        DeryError: the worker failed (its last line of error output is named) or ran past `timeout_s`.
+        DeryError: the worker failed (its last line of error output is named), ran past `timeout_s`, or
+            stalled in every attempt.
     """
     opts = opts or TimingOptions()
     missing = [i.path for i in items if not Path(i.path).is_file()]
     if missing:
         raise DeryError(f"no model file {missing[0]} to measure: export it again")
-    with tempfile.TemporaryDirectory(prefix="dery-worker-") as tmp:
-        req, res, err = (Path(tmp) / n for n in ("request.json", "result.json", "stderr.txt"))
-        body: dict[str, Any] = {"items": [asdict(i) for i in items], "options": asdict(opts), "memory": memory or []}
-        body["keep_going"] = keep_going
-        req.write_text(json.dumps(body))
-        cmd = [sys.executable, "-m", "dery_deploy.runtime.worker", str(req), str(res)]
-        env = worker_env()
-        with (
-            err.open("w") as errf,
-            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=env) as proc,
-        ):
-            reader = threading.Thread(target=_follow, args=(proc, progress), daemon=True)
-            reader.start()
-            try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                reader.join(5)  # before the pipe closes under it (a ValueError in the thread otherwise)
-                raise DeryError(f"the measurement worker ran past {timeout_s:g} s timing {len(items)} files") from None
-            reader.join()
-        if code != 0 or not res.is_file():
-            last = (err.read_text().strip().splitlines() or [f"exit code {code}"])[-1]
-            raise DeryError(f"the measurement worker failed timing {len(items)} files: {last}")
-        out = json.loads(res.read_text())
-    return WorkerResult(
-        {k: Measurement(**v) for k, v in out["measurements"].items()},
-        out["memory_mb"],
-        PassSummary(**out["summary"]),
-        out["modules"],
-        out.get("failed", {}),
+    body: dict[str, Any] = {"items": [asdict(i) for i in items], "options": asdict(opts), "memory": memory or []}
+    body["keep_going"] = keep_going
+    t0 = time.monotonic()
+    for attempt in range(ATTEMPTS):
+        with tempfile.TemporaryDirectory(prefix="dery-worker-") as tmp:
+            req, res, err = (Path(tmp) / n for n in ("request.json", "result.json", "stderr.txt"))
+            req.write_text(json.dumps(body))
+            left = timeout_s - (time.monotonic() - t0)
+            code = _run_worker([sys.executable, "-m", "dery_deploy.runtime.worker", str(req), str(res)], err,
+                               progress, left, stall_s)  # fmt: skip
+            if code is None:  # stalled: said where the run's terminal shows it, and started again
+                print(f"measurement worker: nothing heard for {stall_s:g} s timing {len(items)} files; killed, "
+                      "the pass starts again in a fresh worker", file=sys.stderr, flush=True)  # fmt: skip
+                continue
+            if code == "timeout":
+                raise DeryError(f"the measurement worker ran past {timeout_s:g} s timing {len(items)} files")
+            if code != 0 or not res.is_file():
+                last = (err.read_text().strip().splitlines() or [f"exit code {code}"])[-1]
+                raise DeryError(f"the measurement worker failed timing {len(items)} files: {last}")
+            out = json.loads(res.read_text())
+        return WorkerResult(
+            {k: Measurement(**v) for k, v in out["measurements"].items()},
+            out["memory_mb"],
+            PassSummary(**out["summary"]),
+            out["modules"],
+            out.get("failed", {}),
+            stalls=attempt,
+        )
+    raise DeryError(
+        f"the measurement worker said nothing for {stall_s:g} s timing {len(items)} files, {ATTEMPTS} times: a "
+        "runtime hung building or running a file; run again, and report it if it repeats"
     )
+
+
+def _run_worker(
+    cmd: list[str], err: Path, progress: Callable[[int, int], None] | None, timeout_s: float, stall_s: float
+) -> int | str | None:
+    """Run one worker: its exit code, "timeout" past `timeout_s`, or None when it said nothing for `stall_s`
+    (killed in both cases)."""
+    heard = [time.monotonic()]
+    with err.open("w") as errf, subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=worker_env()
+    ) as proc:  # fmt: skip
+        reader = threading.Thread(target=_follow, args=(proc, progress, heard), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout_s
+        code: int | str | None = None
+        while True:
+            try:
+                code = proc.wait(timeout=max(0.01, min(1.0, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if now >= deadline or now - heard[0] > stall_s:
+                    code = "timeout" if now >= deadline else None
+                    proc.kill()
+                    proc.wait()
+                    break
+        reader.join(5)  # before the pipe closes under it (a ValueError in the thread otherwise)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,10 @@
 """The measurement worker: model files timed in a process that loads only their runtimes."""
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -71,7 +76,6 @@ def test_a_worker_past_its_time_limit_is_stopped_with_one_clear_error(files):
 def test_the_worker_imports_this_package_from_any_folder(files, tmp_path, monkeypatch):
     """A script run from another folder (scripts/, a user's project) spawns a worker that still finds
     the package it was called from: its parent folder leads the worker's PYTHONPATH."""
-    import os
     from pathlib import Path
 
     import dery_deploy
@@ -83,3 +87,62 @@ def test_the_worker_imports_this_package_from_any_folder(files, tmp_path, monkey
     item = FileItem("small@ort", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32])
     res = measure_files([item], TimingOptions(min_windows=3, max_s=0.5))
     assert res.measurements["small@ort"].runs > 0
+
+
+def _workers_of(pid: int) -> list[int]:
+    """This process's measurement workers, from /proc (their parent and command line)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            cmd = open(f"/proc/{d}/cmdline", "rb").read()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"dery_deploy.runtime.worker" in cmd:
+            out.append(int(d))
+    return out
+
+
+def _stop_workers(times: int, done) -> list[int]:
+    """Stops (SIGSTOP: a real hang, the process alive and silent) the first `times` workers this process
+    starts, until `done` is set; returns their pids."""
+    stopped: list[int] = []
+    while not done.is_set() and len(stopped) < times:
+        for w in _workers_of(os.getpid()):
+            if w not in stopped:
+                os.kill(w, signal.SIGSTOP)
+                stopped.append(w)
+        time.sleep(0.02)
+    return stopped
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker's pid in /proc")
+def test_a_silent_worker_is_replaced_once_and_the_pass_completes(files):
+    done, stopped = threading.Event(), []
+    watcher = threading.Thread(target=lambda: stopped.extend(_stop_workers(1, done)))
+    watcher.start()
+    try:
+        res = measure_files([FileItem("x", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32])],
+                            TimingOptions(min_windows=4, max_s=0.5), stall_s=3)  # fmt: skip
+    finally:
+        done.set()
+        watcher.join()
+    assert len(stopped) == 1 and res.stalls == 1
+    assert res.measurements["x"].runs > 0 and res.summary.items == 1
+    # the stopped worker was killed and reaped, not left behind
+    assert not os.path.exists(f"/proc/{stopped[0]}") and not _workers_of(os.getpid())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker's pid in /proc")
+def test_a_worker_silent_every_time_is_one_clear_error(files):
+    done = threading.Event()
+    watcher = threading.Thread(target=_stop_workers, args=(2, done))
+    watcher.start()
+    try:
+        with pytest.raises(DeryError, match="said nothing for 2 s timing 1 files, 2 times: a runtime hung"):
+            measure_files([FileItem("x", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32])], stall_s=2)
+    finally:
+        done.set()
+        watcher.join()
