@@ -26,6 +26,7 @@ from dery_deploy.train.source import FinetuneSource
 # measurement plus this much: the passes of one run were seen to disagree by up to 40% on a drifting host
 REDERIVE_MARGIN = 0.05
 REDERIVES = 3  # times a default budget is raised before the run says it is infeasible
+INFEASIBLE_FILE = "infeasible.json"  # RUN/budget-<b>ms/: every finalist measured over it (`_reuse_infeasible`)
 
 
 def rederive_budget(
@@ -67,20 +68,8 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     measured (network, runtime, precision) triples, then its evaluation and exports."""
     bdir = r.out / f"budget-{b:g}ms"
     entry = BudgetResult(b)
-    try:
-        sel = r.stage(
-            f"assemble and select under {b:g} ms",
-            lambda: _reuse_selection(bdir, selection_key(r, ctx)),
-            lambda: assemble_and_select(r, ctx, b, bdir),
-            lambda o: o.selection.pick,
-        )
-    except DeryError as e:
-        entry.infeasible = str(e)
-        if isinstance(e, NoFinalistKeeps):
-            entry.fastest_measured_ms = e.fastest_ms
-        # (the failed stage left no record: `Run.stage` records a stage once it returns)
-        r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
-        r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
+    sel = _selected(r, ctx, b, bdir, entry)
+    if sel is None:
         return entry
     s = sel.selection
     entry.candidates, entry.finalists = sel.candidates, sel.finalists
@@ -124,6 +113,37 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     return entry
 
 
+def _selected(r: Run, ctx: Context, b: float, bdir: Path, entry: BudgetResult) -> SelectionFile | None:
+    """The budget's assembly and selection (reused where its inputs hold), or None with `entry` saying why
+    nothing fits: every finalist measured over it (kept for a rerun, `_reuse_infeasible`), or no assembly does."""
+    key = selection_key(r, ctx)
+    earlier = _reuse_infeasible(bdir, key)
+    try:
+        if earlier is not None:
+            raise earlier
+        return r.stage(
+            f"assemble and select under {b:g} ms",
+            lambda: _reuse_selection(bdir, key),
+            lambda: assemble_and_select(r, ctx, b, bdir),
+            lambda o: o.selection.pick,
+        )
+    except DeryError as e:
+        entry.infeasible = str(e)
+        if isinstance(e, NoFinalistKeeps):
+            entry.fastest_measured_ms = e.fastest_ms
+            if earlier is None:
+                atomic_write_json(
+                    bdir / INFEASIBLE_FILE, {"key": key, "fastest_ms": e.fastest_ms, "message": e.args[0]}
+                )
+        # (the failed stage left no record: `Run.stage` records a stage once it returns)
+        if earlier is not None:
+            r.record(f"assemble {b:g} ms", "reused", 0.0, f"infeasible when measured in an earlier run: {e}")
+        else:
+            r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
+        r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
+        return None
+
+
 def take_pick(r: Run, entry: BudgetResult, kind: str, plan: Plan) -> Path:
     """The picked network's run folder, with its accuracy and size copied into `entry`: the healed best
     mix's, or the whole donor's as the run trained it."""
@@ -159,6 +179,17 @@ def selection_key(r: Run, ctx: Context) -> dict:
         "donor_near": DONOR_NEAR,
         "left_out": sorted(r.manifest.dominated_donors),
     }
+
+
+def _reuse_infeasible(bdir: Path, key: dict) -> NoFinalistKeeps | None:
+    """An earlier run's finding, for the same inputs, that every finalist measured over this budget: a rerun
+    in the folder takes it (and so raises a budget it chose itself to the same figure, whose selection it
+    then reuses) instead of measuring again on a machine that may run faster or slower now."""
+    path = bdir / INFEASIBLE_FILE
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    return NoFinalistKeeps(old["fastest_ms"], old["message"], "assemble") if old.get("key") == key else None
 
 
 def _reuse_selection(bdir: Path, key: dict) -> SelectionFile | None:

@@ -332,6 +332,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
             res = rederive_budget(r, ctx, budgets, i, res.fastest_measured_ms, aoti, attempt)
         r.manifest.results.append(res)
         ctx.carried += [f.plan for f in res.finalists or [] if f.seams]
+    r.manifest.results.sort(key=lambda res: res.budget_ms)  # as `budgets`: a raised budget may pass the next
     feasible = [res for res in r.manifest.results if res.feasible]
     if feasible:
         stage_final_pass(r, ctx)

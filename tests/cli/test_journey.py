@@ -47,7 +47,9 @@ def test_whole_journey_on_their_zoo_and_images(user, tmp_path):
     prof = json.loads((user / summary["path"]).read_text())
     heads = {r["num_classes"] for r in prof["records"].values() if r["kind"] in ("head", "donor")}
     assert heads == {7}  # heads and whole donors profiled with the task's class count
-    budget = 1.5 * min(d["latency_ms"] for d in summary["donors"].values())
+    # room for the machine to drift between this profile and the finalists' own pass (1.3-2x within minutes on
+    # a noisy VM): every finalist over the budget is an error for `dery assemble`
+    budget = 3 * min(d["latency_ms"] for d in summary["donors"].values())
     p = dery(
         user,
         "assemble",

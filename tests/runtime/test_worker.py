@@ -125,7 +125,7 @@ def test_a_silent_worker_is_replaced_once_and_the_pass_completes(files):
     watcher.start()
     try:
         res = measure_files([FileItem("x", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32])],
-                            TimingOptions(min_windows=4, max_s=0.5), stall_s=3)  # fmt: skip
+                            TimingOptions(min_windows=4, max_s=0.5), stall_s=10)  # fmt: skip
     finally:
         done.set()
         watcher.join()
