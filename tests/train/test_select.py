@@ -261,6 +261,36 @@ def test_a_dead_holders_trial_is_failed_by_its_heartbeat_and_done_by_another(tmp
     assert optuna.trial.TrialState.FAIL in states and optuna.trial.TrialState.COMPLETE in states
 
 
+def test_a_claim_waits_for_a_lower_trial_still_being_labelled(tmp_path):
+    """Two processes share a study: A asks first (trial 0) and is still writing what work it takes when B
+    (trial 1), labelled with the same work, claims. B must wait for A's label and yield; deciding at once, B
+    and then A would both win and train the same fold twice (seen in CI)."""
+    import threading
+
+    from dery_deploy.train.select import quiet_optuna
+    from dery_deploy.train.select.board import Liveness, RdbBoard
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    work = {"finalist": "res", "rung": 0, "fold": 1}
+    with quiet_optuna():
+        a_board, b_board = (RdbBoard(storage, "race", Liveness(1, 20)) for _ in range(2))
+        a, b = a_board.ask(), b_board.ask()
+        assert (a.number, b.number) == (0, 1)
+        b_board.label(b, work)
+        later = threading.Timer(0.5, a_board.label, args=(a, work))  # A's attributes land while B decides
+        later.start()
+        t0 = time.time()
+        b_wins = b_board.claim(b, work, poll_s=0.05)
+        waited = time.time() - t0
+        later.join()
+        assert not b_wins and 0.4 < waited < 10  # B waited for A's label, then saw A holds the work
+        assert a_board.claim(a, work)  # the lower number wins
+        # a lower trial labelled with other work does not hold B back
+        c = b_board.ask()
+        b_board.label(c, {**work, "fold": 2})
+        assert b_board.claim(c, {**work, "fold": 2})
+
+
 def _fake_train(finalist, rung, fold):
     """What a trained trial reports, without training: a fixed accuracy per finalist (the mixed plan `m1`
     best), 20 held-out images per fold."""

@@ -25,6 +25,9 @@ HEARTBEAT_S, GRACE_S = 10, 60  # a shared trial's liveness: recorded every 10 s,
 # a trial's state, as Optuna names them (lower case)
 RUNNING, WAITING, COMPLETE, FAIL = "running", "waiting", "complete", "fail"
 LIVE = (RUNNING, COMPLETE, WAITING)  # a trial that holds its work: being trained, or done
+# written after a trial's work attributes (`TrialBoard.label`): a trial asked but not yet labelled may be
+# about to take the same work, and a claim waits for it (`TrialBoard.claim`)
+LABELLED = "labelled"
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,32 @@ class TrialBoard(ABC):
         """Keep `trial` alive while the block runs; one process has nobody to hand it to."""
         return nullcontext()
 
-    def claim(self, trial: BoardTrial, attrs: dict[str, Any]) -> bool:
-        """True when `trial` is the earliest live or finished trial with these attributes: the lowest
-        trial number wins a tie between processes that asked at the same time."""
-        return not any(
-            t.number < trial.number and t.state in LIVE and all(t.user_attrs.get(k) == v for k, v in attrs.items())
-            for t in self.trials()
-        )
+    def label(self, trial: BoardTrial, attrs: dict[str, Any]) -> None:
+        """Write the work `trial` is for, then mark it labelled (one attribute per write, so the mark is last)."""
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr(LABELLED, True)
+
+    def claim(self, trial: BoardTrial, attrs: dict[str, Any], poll_s: float = 0.1) -> bool:
+        """True when `trial` (labelled with `attrs`) is the earliest live or finished trial with these
+        attributes: the lowest trial number wins a tie between processes that asked at the same time. A lower
+        trial still running unlabelled (asked, its attributes being written) is waited for, up to `label_wait_s`:
+        it may be taking the same work. Deciding without it trained one fold twice in a CI run of two processes
+        sharing a study: each saw no lower trial with its work, the other's attributes not yet all written."""
+        deadline = time.monotonic() + self.label_wait_s
+        while True:
+            lower = [t for t in self.trials() if t.number < trial.number and t.state in LIVE]
+            if any(all(t.user_attrs.get(k) == v for k, v in attrs.items()) for t in lower):
+                return False
+            pending = [t for t in lower if t.state == RUNNING and not t.user_attrs.get(LABELLED)]
+            if not pending or time.monotonic() >= deadline:
+                return True
+            time.sleep(poll_s)
+
+    @property
+    def label_wait_s(self) -> float:
+        """How long a claim waits for a lower trial to be labelled: one process labels its own at once."""
+        return 0.0
 
 
 @dataclass
@@ -179,6 +201,11 @@ class RdbBoard(TrialBoard):
 
         optuna.storages.fail_stale_trials(self.study)
 
+    @property
+    def label_wait_s(self) -> float:
+        # a holder labels its trial within milliseconds of asking; one that died first is failed after the grace
+        return float(self.liveness.grace_s)
+
     @contextmanager
     def alive(self, trial: BoardTrial) -> Iterator[None]:
         """While this process holds `trial`, it records the trial's heartbeat every `heartbeat_s` (Optuna
@@ -247,7 +274,7 @@ def shared_once(
                 continue
             trial = board.ask()
             with board.alive(trial):
-                trial.set_user_attr("role", "once")
+                board.label(trial, {"role": "once"})
                 if not board.claim(trial, {"role": "once"}):
                     board.fail(trial)
                     continue

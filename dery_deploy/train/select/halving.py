@@ -196,9 +196,9 @@ def _claim_and_train(
     """`trial` made the (finalist, rung, fold) and trained, or failed (None) where another process
     claimed that work first."""
     with board.alive(trial):
-        for k, v in (("finalist", finalist.name), ("rung", rung), ("fold", fold)):
-            trial.set_user_attr(k, v)
-        if not board.claim(trial, {"finalist": finalist.name, "rung": rung, "fold": fold}):  # another was first
+        work = {"finalist": finalist.name, "rung": rung, "fold": fold}
+        board.label(trial, work)
+        if not board.claim(trial, work):  # another was first
             board.fail(trial)
             return None
         result = train(finalist, rung, fold)
