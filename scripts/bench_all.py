@@ -51,7 +51,7 @@ def main() -> None:
         by_hand = (
             *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
             *("time_limit", "family", "family_run", "family_run_joint", "reproduce_xeon", "reference_placement"),
-            "time_limit_xeon",
+            *("time_limit_xeon", "estimate_xeon", "repeatability_xeon"),
         )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
@@ -74,6 +74,8 @@ def main() -> None:
             "reference_placement",  # bench_reference_placement.py on shipped packages
             "plain_load",  # bench_plain_load.py on bench_reproduce's OpenVINO packages
             "estimate",
+            "estimate_xeon",  # bench_estimate.py -o bench/estimate_xeon.json on an Intel Xeon host
+            "repeatability_xeon",  # bench_repeatability.py -o bench/repeatability_xeon.json on an Intel Xeon host
             "time_limit",
             "time_limit_xeon",  # bench_time_limit.py --modes here,slow -o bench/time_limit_xeon.json on an Intel Xeon
             "family",  # bench_family.py: the family program's time on the fashion and random zoos
@@ -129,8 +131,9 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += plain_load_section(s["plain_load"])
     if "latency_model" in s:
         out += latency_model_section(s["latency_model"])
-    if "estimate" in s:
-        out += estimate_section(s["estimate"])
+    for key in ("estimate", "estimate_xeon"):
+        if key in s:
+            out += estimate_section(s[key])
     for key in ("time_limit", "time_limit_xeon"):
         if key in s:
             out += time_limit_section(s[key])
@@ -138,8 +141,9 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += family_section(s["family_run"], s.get("family"))
     if "family_run_joint" in s:
         out += family_section(s["family_run_joint"], None)
-    if "repeatability" in s:
-        out += repeatability_section(s["repeatability"])
+    for key in ("repeatability", "repeatability_xeon"):
+        if key in s:
+            out += repeatability_section(s[key])
     if "runtimes" in s:
         out += runtimes_section(s["runtimes"])
     if "quality" in s:
@@ -394,16 +398,19 @@ def estimate_section(es: dict) -> list[str]:
         f"target: {es['target']}. The estimate is made after the profiles; per group, the estimate of the stages "
         "it expected against what they took.",
         "",
-        "| run | estimate made after | estimated in all | took | took vs estimate | per group: estimated / actual s |",
-        "|---|---|---|---|---|---|",
+        "| run | estimate made after | estimated in all | took | took vs estimate | left out after the short "
+        "recipe: s, took vs estimate less them | per group: estimated / actual s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in es["runs"].values():
         groups = ", ".join(
             f"{g} {v['estimated_s']:.0f} / {v['actual_s']:.0f}" for g, v in sorted(r.get("groups", {}).items())
         )
+        revised = r.get("revised_total_error_pct")
+        left = f"{r.get('left_out_s', 0):.0f} s, {revised:+.1f}%" if revised is not None else "-"
         out.append(
             f"| `{r['command']}` | {r['estimate_made_after_s']:.0f} s | {r['estimated_total_s']:.0f} s "
-            f"| {r['run_s']:.0f} s | {r['total_error_pct']:+.1f}% | {groups} |"
+            f"| {r['run_s']:.0f} s | {r['total_error_pct']:+.1f}% | {left} | {groups} |"
         )
     return out + [""]
 
@@ -537,7 +544,8 @@ def repeatability_section(rep: dict) -> list[str]:
     out = [
         "### The same request twice (`scripts/bench_repeatability.py`)",
         "",
-        f"{rep['when']}, commit `{rep.get('commit')}`. Three profiles of the fashion zoo ({pr['first']['items']} "
+        f"{rep['when']}, commit `{rep.get('commit')}`, {rep['machine']['cpu']} ({rep['machine']['cores']} cores). "
+        f"Three profiles of the fashion zoo ({pr['first']['items']} "
         "items: donors, units, a K=4 partition's blocks and adapters, heads), each then checked against "
         f"{lm['first']['n']} random mixed assemblies measured end to end: two back to back, the third while "
         "another process keeps one of the two cores busy.",

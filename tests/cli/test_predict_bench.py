@@ -189,3 +189,24 @@ def test_the_reference_workload_runs_among_the_packages_calls_not_around_them():
     # every chunk of the package's calls is followed by the reference's, so both see the same seconds
     assert order == (["package"] * CHUNK + ["reference"] * REFERENCE_CHUNK) * 3
     assert interleaved(timer("package", 0.1), None, CHUNK, 0.0, None)[1] == []
+
+
+def test_over_only_because_the_machine_runs_slower_is_undecided(tmp_path):
+    """The run's rule in `dery bench`: a figure over the budget that is within it once divided by the machine's
+    slowdown (the reference workload against when the package was measured) is undecided, exit 3; one still
+    over at the recorded speed is over."""
+    from dataclasses import replace
+
+    from dery_deploy.deploy.bench import BenchResult
+    from dery_deploy.deploy.machine import fingerprint
+
+    info = DeployInfo.read(_tiny(tmp_path / "pkg", budget_ms=0.0617) / FILE)
+    info.latency = replace(info.latency, p50_ms=0.0571, reference_ms=0.100)
+    se = {"p50": 0.009, "p90": 0.04, "p99": 0.1}
+    now = BenchResult(0.0685, 0.08, 0.1, 0.07, 0.5, 3000, 5.0, se, 0.01, fingerprint("cpu"), "onnxruntime", 2, {},
+                      reference_ms=0.1227)  # fmt: skip
+    v = judge(info, now)
+    assert v.undecided and v.exit_code == 3 and "22.7% slower" in v.line and "0.0558 ms, within" in v.line
+    # the same figure with the machine at its recorded speed, or slowed too little to explain it: over
+    assert judge(info, replace(now, reference_ms=0.100)).exit_code == 2
+    assert judge(info, replace(now, reference_ms=0.104)).over
