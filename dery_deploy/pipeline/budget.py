@@ -118,9 +118,10 @@ def _selected(r: Run, ctx: Context, b: float, bdir: Path, entry: BudgetResult) -
     nothing fits: every finalist measured over it (kept for a rerun, `_reuse_infeasible`), or no assembly does."""
     key = selection_key(r, ctx)
     earlier = _reuse_infeasible(bdir, key)
+    if earlier is not None:
+        _infeasible(r, b, entry, earlier, f"infeasible when measured in an earlier run: {earlier}")
+        return None
     try:
-        if earlier is not None:
-            raise earlier
         return r.stage(
             f"assemble and select under {b:g} ms",
             lambda: _reuse_selection(bdir, key),
@@ -128,20 +129,21 @@ def _selected(r: Run, ctx: Context, b: float, bdir: Path, entry: BudgetResult) -
             lambda o: o.selection.pick,
         )
     except DeryError as e:
-        entry.infeasible = str(e)
         if isinstance(e, NoFinalistKeeps):
-            entry.fastest_measured_ms = e.fastest_ms
-            if earlier is None:
-                atomic_write_json(
-                    bdir / INFEASIBLE_FILE, {"key": key, "fastest_ms": e.fastest_ms, "message": e.args[0]}
-                )
-        # (the failed stage left no record: `Run.stage` records a stage once it returns)
-        if earlier is not None:
-            r.record(f"assemble {b:g} ms", "reused", 0.0, f"infeasible when measured in an earlier run: {e}")
-        else:
-            r.record(f"assemble {b:g} ms", "infeasible", 0.0, str(e))
-        r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
+            found = {"key": key, "fastest_ms": e.fastest_ms, "message": e.args[0]}
+            atomic_write_json(bdir / INFEASIBLE_FILE, found)
+        _infeasible(r, b, entry, e)
         return None
+
+
+def _infeasible(r: Run, b: float, entry: BudgetResult, e: DeryError, reused: str = "") -> None:
+    """`entry` says nothing fits `b` and why; the run records it (as reused where `reused` says from where)."""
+    entry.infeasible = str(e)
+    if isinstance(e, NoFinalistKeeps):
+        entry.fastest_measured_ms = e.fastest_ms
+    # (the failed stage left no record: `Run.stage` records a stage once it returns)
+    r.record(f"assemble {b:g} ms", "reused" if reused else "infeasible", 0.0, reused or str(e))
+    r.say(f"  [yellow]{e}[/]" if r.console else f"  {e}")
 
 
 def take_pick(r: Run, entry: BudgetResult, kind: str, plan: Plan) -> Path:

@@ -86,7 +86,7 @@ def stage_family(r: Run, ctx: Context) -> FamilyRecord:
         lambda: solve_family(data, planned),
         lambda f: f"{f.status} in {f.seconds} s, stores {f.ratio:.2f}x the separate optima's parameters",
     )
-    checked = _check_before_training(r, ctx, model, data, fam, planned, feasible, saved)
+    checked = _check_before_training(r, ctx, model, data, fam, planned, feasible, saved, earlier)
     fam, plans = checked.family, checked.plans
     records, members = _train_paths(r, ctx, plans, feasible)
     _before(records, checked)
@@ -124,9 +124,10 @@ def _check_before_training(
     planned: list[Budget],
     feasible: list[BudgetResult],
     saved: tuple[Path, str],
+    earlier: CheckedFamily | None,
 ) -> CheckedFamily:
-    """Every chosen path measured untrained in one pass, an over-budget one replaced (`family_check`); reused
-    from `saved` (file, key) where an earlier run in this folder checked the same inputs."""
+    """Every chosen path measured untrained in one pass, an over-budget one replaced (`family_check`), and
+    saved to `saved` (file, key); `earlier`, read from there, where a run in this folder checked the same inputs."""
     pct, threads = r.opts.percentile, model.profile.threads or 1
 
     def compute() -> CheckedFamily:
@@ -145,7 +146,7 @@ def _check_before_training(
 
     checked = r.stage(
         f"family: measure {len(feasible)} paths before training",
-        lambda: CheckedFamily.reuse(*saved),
+        lambda: earlier,
         compute,
         lambda c: (
             f"{len(c.passes)} pass(es), {len(c.fallbacks)} fallback(s); "
