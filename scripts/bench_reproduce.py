@@ -5,8 +5,9 @@
                                       [--runs-dir bench-runs/reproduce] [-o bench/reproduce.json]
 
 1. Per target (one `dery run --targets T --batch B` each, at every batch; `--quick` for the quick
-   recipe): the run's recorded latency of every shipped artifact (its final pass, per-call p50 and
-   p90 over all calls, with the pass's reference workload), then, right after the run, the same
+   recipe): the run's recorded latency of every shipped artifact (the figure its verdict read: its
+   package looked at alone as `dery bench` measures it where the run did so, else its final pass;
+   per-call p50 and p90 over all calls, with that measurement's reference workload), then, right after the run, the same
    files measured in a fresh measurement worker with the recorded settings (at least `--calls`
    calls each, interleaved with the reference workload). Both raw and related to the machine's
    speed (latency / reference latency in the same pass): targets 3% at p50, 5% at p90.
@@ -53,8 +54,9 @@ def shipped(out: Path) -> list[dict]:
 
 
 def shipped_rows(run: RunManifest, fp: FinalPassFile, input_shape: list[int]) -> list[dict]:
-    """Each budget's shipped file (its plan read as the package's Plan) and the final pass's figures of it."""
-    from dery_deploy.pipeline.second_look import compared_key
+    """Each budget's shipped file (its plan read as the package's Plan) and the figures its verdict read and
+    its package records (`verdict_measurement`: its looks alone where it had them, else the final pass's)."""
+    from dery_deploy.pipeline.second_look import compared_key, verdict_measurement
     from dery_deploy.runtime.target import Target
 
     rows = []
@@ -68,7 +70,8 @@ def shipped_rows(run: RunManifest, fp: FinalPassFile, input_shape: list[int]) ->
             (k for k in fp.measurements if k.startswith(compared_key(f"ship:{res.budget_ms:g}", ""))),
             compared_key(f"ship:{res.budget_ms:g}", str(Target(plan.backend, plan.precision))),
         )
-        m, target = fp.measurements[key], key.split("|", 1)[1]
+        m, summary, history = verdict_measurement(fp, key, 50)
+        target = key.split("|", 1)[1]
         rows.append(
             {
                 "budget_ms": res.budget_ms,
@@ -82,8 +85,10 @@ def shipped_rows(run: RunManifest, fp: FinalPassFile, input_shape: list[int]) ->
                 "recorded": {
                     "p50": m.all_calls_ms["p50"],
                     "p90": m.all_calls_ms["p90"],
-                    "reference": fp.summary.references_ms.get(f"{plan.backend}/t{threads}"),
+                    "reference": summary.references_ms.get(f"{plan.backend}/t{threads}"),
                 },
+                "final_pass_p50": fp.measurements[key].all_calls_ms["p50"],  # among every compared network
+                "history_p50": history,
                 "recorded_se": m.all_calls_uncertainties,
                 "pass_load_cores": fp.summary.other_load_cores,
                 "pass_spell_rounds": [fp.summary.spell_rounds, fp.summary.rounds],  # left out / all (disturbance.py)

@@ -8,7 +8,9 @@ reassembly won, which runtime is faster, the Pareto plot, and each shipped artif
 budget all read these numbers. A shipped artifact is timed as the file itself; on the CPU every
 item is timed as a file in a measurement worker, a process that loads nothing but the runtimes. The
 pass lasts at least FINAL_MIN_S: a quick run's five items took 0.47 s, one moment of a host whose speed
-moves, and its recorded p90 came out 7-21% above the file's alone (issue 26's bench).
+moves, and its recorded p90 came out 7-21% above the file's alone (issue 26's bench). On the CPU each
+shipped package is then measured alone as `dery bench` measures it, and its verdict and recorded latency
+read that look (`second_look.py`): among the other networks a file reads 1-12% slower than alone.
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ from dery_deploy.pipeline.records import (
 )
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.second_look import (
+    Ship,
     admitted_disagreement,
     by_target,
     compared_key,
+    look_at_ships,
+    measured_in,
+    say_figures,
     ship_suspects,
     verdict_measurement,
 )
@@ -228,16 +234,23 @@ def stage_final_pass(r: Run, ctx: Context) -> None:
 def measure_with_second_looks(
     r: Run, compared: list[Compared], device: str, x, threads: int | None, key: dict
 ) -> FinalPassFile:
-    """The final pass over `compared`, then each shipped file it found suspect (`ship_suspects`) measured
-    again alone with the machine's reference, REMEASURES times for REMEASURE_SECONDS each: final_pass.json,
-    made for `key`."""
+    """The final pass over `compared`, then every shipped package on the CPU looked at alone as `dery bench`
+    measures it (`second_look.look_at_ships`), and each other shipped file the pass found suspect
+    (`ship_suspects`) measured again alone with the machine's reference, REMEASURES times for
+    REMEASURE_SECONDS each: final_pass.json, made for `key`."""
     with r.progress() as prog:
         meas, summary = measure_compared(compared, device, x, r.opts.percentile, threads, prog, FINAL_MIN_S)
     out = FinalPassFile(key, summary, meas)
+    ships = [
+        Ship(c.key, c.artifact.parent, c.backend.name, c.backend.threads or torch.get_num_threads())
+        for c in compared
+        if c.key.startswith("ship:") and c.artifact is not None and isolated(c.backend, device)
+    ]
+    look_at_ships(r, ships, out)
     # every suspect is measured REMEASURES more times, whatever the first re-measurement says: stopping at
     # the first figure within budget would keep the low ones and bias the verdict low (seen: recorded
     # 0.1530 ms, then 0.1722 ms in `dery bench` alone)
-    keys = ship_suspects(r, meas)
+    keys = [k for k in ship_suspects(r, meas) if k not in {s.key for s in ships}]
     for i in range(REMEASURES if keys else 0):
         r.say(
             f"  re-measuring {len(keys)} shipped file(s) alone with the machine's reference "
@@ -319,9 +332,10 @@ def judge_shipped(
     r: Run, res: BudgetResult, fp: FinalPassFile, meas: dict[str, Measurement], quiet: bool = False
 ) -> None:
     """One budget's shipped file judged against its budget (the raised one, where the run raised a budget
-    it had chosen itself) by its final-pass measurement, or the slowest of that and its re-measurements
-    where there were some (`verdict_measurement`); its export report and package rewritten with that
-    verdict. `quiet`: judging again, the measurements were said the first time."""
+    it had chosen itself) by the slowest look at its package alone where it was looked at (on the CPU), else
+    by the slowest of its final-pass measurement and re-measurements (`verdict_measurement`); its export
+    report and package rewritten with that verdict. `quiet`: judging again, the measurements were said the
+    first time."""
     b, q = res.budget_ms, r.opts.percentile
     [target] = by_target(meas, f"ship:{b:g}") or [None]
     shipped_file = res.export
@@ -333,13 +347,10 @@ def judge_shipped(
         round(shipped.promise_uncertainty_at(q), 5),
     )
     res.measured_history_ms = history
-    if len(history) > 1 and not quiet:
-        r.say(
-            f"  budget {b:g} ms: the shipped file measured {history[0]:.4f} ms in the final pass, then "
-            + ", ".join(f"{ms:.4f}" for ms in history[1:])
-            + f" ms re-measured alone; the verdict reads the slowest, {shipped.promise_at(q):.4f} ms"
-            + (f" (the figures span {100 * (max(history) / min(history) - 1):.0f}%)" if min(history) > 0 else "")
-        )
+    key = compared_key(f"ship:{b:g}", target)
+    looks = res.measured_looks = sum(key in s.measurements for s in fp.remeasured if s.package)
+    if not quiet:
+        say_figures(r, b, history, looks, shipped.promise_at(q))
     res.admitted_disagreement = admitted_disagreement(r, res, target, history[0], quiet)
     f = shipped_file
     assert f.device is not None and f.precision is not None and f.batch is not None, "an export that ran here"
@@ -348,16 +359,12 @@ def judge_shipped(
     ref_key = f"{res.plan.backend}/t{f.threads}"
     ref_now = summary.references_ms.get(ref_key)
     verdict = relate_to_machine(verdict, ref_now, f.reference_ms)
-    verdict.measured_in = "the run's final pass, beside every compared network" + (
-        f", then re-measured alone {len(history) - 1} time(s) with the machine's reference (the slowest figure)"
-        if len(history) > 1
-        else ""
-    )
+    verdict.measured_in = measured_in(len(history), looks)
     f.budget = verdict
     report = report_path(Path(res.export_dir), res.export_format or "onnx")
     if report.is_file():
         write_budget(report, verdict)
-    # the package states what the report states: the final pass's figure of the shipped file
+    # the package states what the report states: the figure the verdict read
     refresh_latency(
         Path(res.export_dir),
         shipped,

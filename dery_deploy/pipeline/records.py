@@ -147,21 +147,27 @@ REMEASURES = 2
 # 0.19 s re-measurement one fast spell (two read 0.1167 and 0.1161 ms of a file that `dery bench` then
 # measured at 0.144-0.168 ms alone)
 REMEASURE_SECONDS = 10.0
+# every shipped package on the CPU is first looked at alone, as `dery bench` measures it, for at least this long
+# (as the final pass lasts at least FINAL_MIN_S: a shorter look is one moment of a host whose speed moves)
+LOOK_SECONDS = 3.0
 
 
 @dataclass
 class SecondLook:
-    """Shipped files measured again, alone with the machine's reference: which, and that pass."""
+    """Shipped files measured again, alone with the machine's reference: which, and that pass (or look)."""
 
     keys: list[str]
     summary: PassSummary
     measurements: dict[str, Measurement]
+    # a shipped package measured as `dery bench` measures it (`second_look.look_at_ships`), the verdict's source
+    package: bool = False
 
     def to_dict(self) -> dict:
         return {
             "keys": self.keys,
             "summary": self.summary.to_dict(),
             "measurements": {k: v.to_dict() for k, v in self.measurements.items()},
+            "package": self.package,
         }
 
 
@@ -261,6 +267,9 @@ class BudgetResult:
     # the final pass: every figure of the shipped file, how far it was from its admission, fitting donors
     measured_uncertainty: float | None = None
     measured_history_ms: list[float] | None = None
+    # how many of measured_history_ms's figures (the last ones) are looks at the shipped package alone, as `dery
+    # bench` measures it (`second_look.look_at_ships`), which the verdict reads
+    measured_looks: int = 0
     admitted_disagreement: float | None = None
     donors_within_budget: list[str] | None = None
     donor_fit: dict[str, DonorFit] | None = None

@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from dery_deploy.artifacts import atomic_write_json
+from dery_deploy.deploy.bench import BenchResult
 from dery_deploy.deploy.settings import onnxruntime_session, onnxruntime_settings
 from dery_deploy.errors import DeryError
 from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions, measure_interleaved
-from dery_deploy.runtime.resources import rss_rise_mb
+from dery_deploy.runtime.resources import MachineLoad, rss_rise_mb
 
 RUNTIMES = ("onnxruntime", "openvino")
 # files compiled at once before a pass (the runtimes release the GIL while they compile): OpenVINO compiled 60
@@ -115,8 +116,11 @@ def _built(item: FileItem) -> Callable[[], object]:
 
 def serve(request: Path, result: Path) -> None:
     """Build every item of the request (`BUILD_THREADS` at once: nothing is timed while they compile), time
-    them in one interleaved pass, write the result."""
+    them in one interleaved pass, write the result; a request naming a `package` is `serve_package`'s."""
     req = json.loads(request.read_text())
+    if "package" in req:
+        serve_package(req, result)
+        return
     items = [FileItem(**d) for d in req["items"]]
     runners, failed = {}, {}
     with ThreadPoolExecutor(max(1, min(BUILD_THREADS, os.cpu_count() or 1))) as pool:
@@ -148,6 +152,46 @@ def serve(request: Path, result: Path) -> None:
             "failed": out.failed,
         },
     )
+
+
+def serve_package(req: dict, result: Path) -> None:
+    """One round of `dery bench`'s measurement of a shipped package (`deploy.bench.PackageBench`: its session
+    built from its recorded settings, its reference workload interleaved), with the CPU time other processes
+    took meanwhile; written as `bench_package` reads it."""
+    from dery_deploy.deploy.bench import PackageBench
+
+    bench = PackageBench(req["package"], req["percentile"], req.get("calls"), req["seconds"])
+    _alive("built package")
+    said = [time.monotonic()]
+
+    def alive(calls: int, seconds: float) -> None:
+        if time.monotonic() - said[0] > 1.0:
+            said[0] = time.monotonic()
+            _alive(f"calls {calls}")
+
+    load = MachineLoad()
+    load.start()
+    res = bench.round(alive)
+    heavy = sorted(m for m in ("torch", "timm", "onnxruntime", "openvino") if m in sys.modules)
+    atomic_write_json(result, {"bench": asdict(res), "other_load_cores": load.stop(), "modules": heavy})
+
+
+def bench_package(
+    package: Path, percentile: int, seconds: float, calls: int | None = None, timeout_s: float = 600,
+    stall_s: float = STALL_S,
+) -> tuple[BenchResult, float | None]:  # fmt: skip
+    """A shipped package measured as `dery bench` measures it (one round of at least `seconds`), in a fresh
+    measurement worker: what a user reproduces with the package alone. Returns the result and the cores'
+    worth of CPU time other processes took meanwhile (None where unreadable). A worker that stalls is
+    replaced once, as `measure_files`'s.
+
+    Raises:
+        DeryError: the worker failed (its last line of error output is named), ran past `timeout_s`, or stalled
+            twice.
+    """
+    body = {"package": str(package), "percentile": percentile, "seconds": seconds, "calls": calls}
+    out = _serve_once(body, f"the package {package}", None, timeout_s, stall_s)
+    return BenchResult(**out["bench"]), out["other_load_cores"]
 
 
 def worker_env() -> dict[str, str]:
@@ -195,6 +239,22 @@ def measure_files(
         raise DeryError(f"no model file {missing[0]} to measure: export it again")
     body: dict[str, Any] = {"items": [asdict(i) for i in items], "options": asdict(opts), "memory": memory or []}
     body["keep_going"] = keep_going
+    out = _serve_once(body, f"{len(items)} files", progress, timeout_s, stall_s)
+    return WorkerResult(
+        {k: Measurement(**v) for k, v in out["measurements"].items()},
+        out["memory_mb"],
+        PassSummary(**out["summary"]),
+        out["modules"],
+        out.get("failed", {}),
+        stalls=out["stalls"],
+    )
+
+
+def _serve_once(
+    body: dict, what: str, progress: Callable[[int, int], None] | None, timeout_s: float, stall_s: float
+) -> dict:
+    """Run a worker on the request `body` and return its result (with "stalls": workers replaced); a worker
+    silent for `stall_s` is killed and the request started again in a fresh one, once (`ATTEMPTS`)."""
     t0 = time.monotonic()
     for attempt in range(ATTEMPTS):
         with tempfile.TemporaryDirectory(prefix="dery-worker-") as tmp:
@@ -204,25 +264,17 @@ def measure_files(
             code = _run_worker([sys.executable, "-m", "dery_deploy.runtime.worker", str(req), str(res)], err,
                                progress, left, stall_s)  # fmt: skip
             if code is None:  # stalled: said where the run's terminal shows it, and started again
-                print(f"measurement worker: nothing heard for {stall_s:g} s timing {len(items)} files; killed, "
+                print(f"measurement worker: nothing heard for {stall_s:g} s timing {what}; killed, "
                       "the pass starts again in a fresh worker", file=sys.stderr, flush=True)  # fmt: skip
                 continue
             if code == "timeout":
-                raise DeryError(f"the measurement worker ran past {timeout_s:g} s timing {len(items)} files")
+                raise DeryError(f"the measurement worker ran past {timeout_s:g} s timing {what}")
             if code != 0 or not res.is_file():
                 last = (err.read_text().strip().splitlines() or [f"exit code {code}"])[-1]
-                raise DeryError(f"the measurement worker failed timing {len(items)} files: {last}")
-            out = json.loads(res.read_text())
-        return WorkerResult(
-            {k: Measurement(**v) for k, v in out["measurements"].items()},
-            out["memory_mb"],
-            PassSummary(**out["summary"]),
-            out["modules"],
-            out.get("failed", {}),
-            stalls=attempt,
-        )
+                raise DeryError(f"the measurement worker failed timing {what}: {last}")
+            return {**json.loads(res.read_text()), "stalls": attempt}
     raise DeryError(
-        f"the measurement worker said nothing for {stall_s:g} s timing {len(items)} files, {ATTEMPTS} times: a "
+        f"the measurement worker said nothing for {stall_s:g} s timing {what}, {ATTEMPTS} times: a "
         "runtime hung building or running a file; run again, and report it if it repeats"
     )
 

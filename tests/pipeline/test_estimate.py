@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 from torch import nn
 
+from dery_deploy.deploy.bench import WARMUP_S
 from dery_deploy.pipeline.estimate import (
     EVAL_SHARE,
     PAIR_ITEMS,
@@ -21,7 +22,7 @@ from dery_deploy.pipeline.estimate import (
     step_seconds,
     training_seconds,
 )
-from dery_deploy.pipeline.records import REMEASURE_SECONDS, REMEASURES
+from dery_deploy.pipeline.records import LOOK_SECONDS, REMEASURE_SECONDS, REMEASURES
 from dery_deploy.train.recipe import Recipe
 
 
@@ -72,7 +73,9 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     )
     assert "assemble and select under" in names and names.count("export") == 2
     assert est.parts[-1].stage == "final measurement" and est.parts[-1].seconds == pytest.approx(
-        (PASS_ITEMS + (2 * 2 + 1) * PAIR_ITEMS + REMEASURE_ITEMS) * 0.5 + REMEASURES * REMEASURE_SECONDS
+        (PASS_ITEMS + (2 * 2 + 1) * PAIR_ITEMS) * 0.5
+        + (REMEASURE_ITEMS * 0.5 + WARMUP_S + LOOK_SECONDS)  # the one shipped package looked at alone
+        + REMEASURES * (REMEASURE_ITEMS * 0.5 + WARMUP_S + REMEASURE_SECONDS)  # and one suspect's looks
     )
     # a network under the 0.2 ms budget costs what the donor that fits it costs (a: 1e-3 s per image);
     # under a budget no donor fits, the median over every donor's

@@ -6,9 +6,10 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from dery_deploy.assemble.candidates import CandidateRecord, FinalistMeasurement
+from dery_deploy.deploy.bench import BenchResult
 from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
 from dery_deploy.pipeline.records import BudgetResult, FinalPassFile, Pick, SecondLook
-from dery_deploy.pipeline.second_look import ship_suspects, verdict_measurement
+from dery_deploy.pipeline.second_look import look_figures, measured_in, ship_suspects, verdict_measurement
 from dery_deploy.runtime.harness import Measurement, PassSummary
 
 
@@ -85,6 +86,36 @@ def test_the_verdict_reads_the_slowest_measurement_of_a_shipped_file():
     assert verdict_measurement(old, key, 50)[2] == [1.5]
     again = FinalPassFile.from_dict(json.loads(json.dumps(fp.to_dict())))
     assert again.to_dict() == fp.to_dict()  # figures rounded as written
+
+
+def look(p50: float, reference_ms: float = 0.1, se: float = 0.004) -> tuple[Measurement, PassSummary]:
+    """A package look (`dery bench`'s measurement in a worker) as the final pass files it."""
+    res = BenchResult(p50, p50 * 1.1, p50 * 1.3, p50, p50 * 2, 3000, 3.0, {"p50": se, "p90": se, "p99": 2 * se},
+                      0.02, {}, "onnxruntime", 1, {}, reference_ms)  # fmt: skip
+    return look_figures(res, 0.01, "onnxruntime/t1", 1)
+
+
+def test_the_verdict_reads_the_package_alone_not_its_figure_among_the_other_networks():
+    key = "ship:1|onnxruntime/fp32"
+    # the final pass read the file 8% above its figure alone (a file among 20 others on the Xeon host: 1-12%)
+    fp = FinalPassFile({}, summary(0.2), {key: measured(1.08), "donor:a|onnxruntime/fp32": measured(3.0)})
+    m, s = look(1.0, reference_ms=0.19)
+    fp.remeasured.append(SecondLook([key], s, {key: m}, package=True))
+    m, s, history = verdict_measurement(fp, key, 50)
+    assert m.promise_at(50) == 1.0 and history == [1.08, 1.0]
+    assert s.references_ms == {"onnxruntime/t1": 0.19}  # the look's own reference: what `dery bench` relates to
+    assert m.promise_uncertainty_at(90) == 0.004 and m.stable and m.runs == 3000
+    # looked at again (a suspect), the slowest look, never the final pass's figure
+    m2, s2 = look(1.03, reference_ms=0.2)
+    fp.remeasured.append(SecondLook([key], s2, {key: m2}, package=True))
+    assert verdict_measurement(fp, key, 50)[0].promise_at(50) == 1.03
+    # a look whose standard error is above `dery bench`'s 2% cap is not stable
+    assert not look(1.0, se=0.03)[0].stable
+    again = FinalPassFile.from_dict(json.loads(json.dumps(fp.to_dict())))
+    assert [s.package for s in again.remeasured] == [True, True]
+    assert verdict_measurement(again, key, 50)[0].promise_at(50) == 1.03
+    assert "as `dery bench` measures it" in measured_in(3, 2) and "2 times (the slowest" in measured_in(3, 2)
+    assert measured_in(1, 0) == "the run's final pass, beside every compared network"
 
 
 def over(measured_ms: float, budget: float = 1.0) -> BudgetVerdict:

@@ -146,3 +146,23 @@ def test_a_worker_silent_every_time_is_one_clear_error(files):
     finally:
         done.set()
         watcher.join()
+
+
+def test_a_package_is_measured_in_a_worker_as_dery_bench_measures_it(tmp_path):
+    from dery_deploy.runtime.worker import bench_package
+    from tests.deploy.packages import tiny_onnx, write_package
+
+    pkg = write_package(tmp_path / "pkg", "model.onnx", tiny_onnx(), batch=1)
+    res, other_load = bench_package(pkg, 90, seconds=2.0, calls=1024)
+    assert res.calls >= 1024 and res.seconds >= 2.0 and res.runtime == "onnxruntime" and res.batch == 1
+    assert 0 < res.p50_ms <= res.p90_ms <= res.p99_ms and set(res.standard_error) == {"p50", "p90", "p99"}
+    assert res.settings["intra_op_num_threads"] == 1  # the package's recorded session, read back
+    assert other_load is None or other_load >= 0
+
+
+def test_a_package_the_worker_cannot_read_is_one_clear_error(tmp_path):
+    from dery_deploy.runtime.worker import bench_package
+
+    (tmp_path / "deploy.json").write_text("{}")
+    with pytest.raises(DeryError, match="the measurement worker failed timing the package"):
+        bench_package(tmp_path, 50, seconds=0.1)
