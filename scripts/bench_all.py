@@ -51,7 +51,7 @@ def main() -> None:
         by_hand = (
             *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
             *("time_limit", "family", "family_run", "family_run_joint", "reproduce_xeon", "reference_placement"),
-            *("time_limit_xeon", "estimate_xeon", "repeatability_xeon"),
+            *("time_limit_xeon", "estimate_xeon", "repeatability_xeon", "look_xeon"),
         )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
@@ -72,6 +72,7 @@ def main() -> None:
             "reproduce_b32",  # bench_reproduce.py --batches 32 -o bench/reproduce_b32.json
             "reproduce_xeon",  # bench_reproduce.py -o bench/reproduce_xeon.json on an Intel Xeon host
             "reference_placement",  # bench_reference_placement.py on shipped packages
+            "look_xeon",  # bench_look.py on bench_reproduce's packages, on an Intel Xeon host
             "plain_load",  # bench_plain_load.py on bench_reproduce's OpenVINO packages
             "estimate",
             "estimate_xeon",  # bench_estimate.py -o bench/estimate_xeon.json on an Intel Xeon host
@@ -127,6 +128,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
             out += reproduce_section(s[key])
     if "reference_placement" in s:
         out += reference_placement_section(s["reference_placement"])
+    if "look_xeon" in s:
+        out += look_section(s["look_xeon"])
     if "plain_load" in s:
         out += plain_load_section(s["plain_load"])
     if "latency_model" in s:
@@ -468,12 +471,19 @@ def spells(left_of: list[int] | None) -> str:
 def reproduce_section(rp: dict) -> list[str]:
     """The run's recorded latency of each shipped file against the file alone (`scripts/bench_reproduce.py`)."""
     m = rp["machine"]
+    looked = any("history_p50" in r for e in rp["runs"] for r in e.get("shipped", []))
+    recorded = (
+        "the figure its verdict read and its package records (its package looked at alone as `dery bench` measures "
+        "it; the final pass's figure among the other networks, then each look, in brackets)"
+        if looked
+        else "the run's final pass"
+    )
     out = [
         "### The recorded latency against the file alone (`scripts/bench_reproduce.py`)",
         "",
         f"Commit `{rp['commit']}`, {rp['when']}, {m['cpu']} ({m['cores']} cores); one "
-        f"`dery run{' --quick' if rp.get('quick') else ''} --targets T` per target. 'recorded' is the run's final "
-        "pass (per-call percentiles over all calls), 'alone' the same file right after the run in a fresh "
+        f"`dery run{' --quick' if rp.get('quick') else ''} --targets T` per target. 'recorded' is {recorded} "
+        "(per-call percentiles over all calls), 'alone' the same file right after the run in a fresh "
         "measurement worker with the reference workload (at least 3000 calls), 'relative' both divided by their "
         "pass's reference workload; `dery bench` is the package measured by the CLI in its own process "
         "(relative p50 against the recorded); load() is `dery_deploy.load` on the 10k test images.",
@@ -488,8 +498,9 @@ def reproduce_section(rp: dict) -> list[str]:
             rec, new, rel, b = r["recorded"], r.get("fresh", {}), r.get("relative_ratio", {}), r.get("dery_bench", {})
             bench = f"{b['p50_ms']:.4f} ({100 * b['relative_p50_change']:+.1f}%)" if b.get("p50_ms") else "-"
             out.append(
-                f"| {e['target']} | {e['batch']} | {r['network'][:48]} | {rec['p50']:.4f} / {rec['p90']:.4f} "
-                f"| {new.get('p50', 0):.4f} / {new.get('p90', 0):.4f} "
+                f"| {e['target']} | {e['batch']} | {r['network'][:48]} | {rec['p50']:.4f} / {rec['p90']:.4f}"
+                + (f" [{', '.join(f'{v:.4f}' for v in r['history_p50'])}] " if r.get("history_p50") else " ")
+                + f"| {new.get('p50', 0):.4f} / {new.get('p90', 0):.4f} "
                 f"| {r['raw_ratio']['p50']:.3f}, {r['raw_ratio']['p90']:.3f} "
                 f"| {rel.get('p50', 0):.3f}, {rel.get('p90', 0):.3f} | {bench} "
                 f"| {r['report_top1']:.2f} / {r.get('load_top1', 0):.2f} | {r.get('pass_load_cores')} "
@@ -531,6 +542,30 @@ def reference_placement_section(rp: dict) -> list[str]:
         out.append(
             f"| {p['package']} | {p['runtime']} | {len(p['passes'])} | {_pct(f['raw_p50_spread'])}, "
             f"{_pct(i['raw_p50_spread'])} | {_pct(f['relative_p50_spread'])}, {_pct(i['relative_p50_spread'])} |"
+        )
+    return out + [""]
+
+
+def look_section(lk: dict) -> list[str]:
+    """Which recorded figure `dery bench` reproduces (`scripts/bench_look.py`)."""
+    m = lk["machine"]
+    out = [
+        "### The promise's measurement against `dery bench` (`scripts/bench_look.py`)",
+        "",
+        f"Commit `{lk['commit']}`, {lk['when']}, {m['cpu']} ({m['cores']} cores), {lk['reps']} interleaved repeats. "
+        "Per shipped package: its file among the other files (the run's final pass), its package looked at alone "
+        "in a measurement worker (what the verdict and the recorded latency read), and `dery bench` in its own "
+        "process; each p50 over the reference workload of its own measurement, the median over the repeats, "
+        "and its difference from `dery bench`'s.",
+        "",
+        "| package | among other files | looked at alone | `dery bench` (p50 / reference) |",
+        "|---|---|---|---|",
+    ]
+    for pkg, v in lk["summary"].items():
+        c, lo = v["crowd"], v["look"]
+        out.append(
+            f"| {'/'.join(Path(pkg).parts[-3:-1])} | {c['relative']:.3f} ({100 * c['vs_dery_bench']:+.1f}%) "
+            f"| {lo['relative']:.3f} ({100 * lo['vs_dery_bench']:+.1f}%) | {v['dery bench']['relative']:.3f} |"
         )
     return out + [""]
 
