@@ -357,8 +357,10 @@ def judge_shipped(
     raised = res.raised.to_ms if res.raised else None
     verdict = budget_check(res.plan, shipped, f.device, f.precision, f.batch, f.threads, raised)
     ref_key = f"{res.plan.backend}/t{f.threads}"
-    ref_now = summary.references_ms.get(ref_key)
-    verdict = relate_to_machine(verdict, ref_now, f.reference_ms)
+    ref_now = summary.references_ms.get(ref_key)  # the verdict's measurement's: what `dery bench` relates to
+    # the machine's slowdown since the export, by the reference timed the way the export timed it (an interleaved
+    # pass: a look's reference, among the package's calls, read 1-3% higher than a pass's, `bench_look.py`)
+    verdict = relate_to_machine(verdict, fp.summary.references_ms.get(ref_key) if looks else ref_now, f.reference_ms)
     verdict.measured_in = measured_in(len(history), looks)
     f.budget = verdict
     report = report_path(Path(res.export_dir), res.export_format or "onnx")
