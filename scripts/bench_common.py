@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 if TYPE_CHECKING:
+    from dery_deploy.pipeline.final_pass_file import FinalPassFile
     from dery_deploy.pipeline.manifest import RunManifest
-    from dery_deploy.pipeline.records import FinalPassFile
 
 
 def machine() -> dict:
@@ -44,7 +44,7 @@ def read_run(folder: Path) -> RunManifest:
 
 def read_final_pass(folder: Path) -> FinalPassFile:
     """A run folder's final_pass.json (the interleaved pass and its second looks), typed."""
-    from dery_deploy.pipeline.records import FinalPassFile
+    from dery_deploy.pipeline.final_pass_file import FinalPassFile
 
     return FinalPassFile.from_dict(json.loads((Path(folder) / "final_pass.json").read_text()))
 

@@ -69,7 +69,7 @@ def crowd(packages: list[Path], rows: list[dict]) -> None:
 
 
 def look(d: Path, rows: list[dict]) -> None:
-    from dery_deploy.pipeline.records import LOOK_SECONDS
+    from dery_deploy.pipeline.final_pass_file import LOOK_SECONDS
     from dery_deploy.runtime.worker import bench_package
 
     res, _ = bench_package(d, 50, LOOK_SECONDS)

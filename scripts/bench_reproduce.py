@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 from bench_common import ROOT, machine, read_final_pass, read_run
 
 if TYPE_CHECKING:
+    from dery_deploy.pipeline.final_pass_file import FinalPassFile
     from dery_deploy.pipeline.manifest import RunManifest
-    from dery_deploy.pipeline.records import FinalPassFile
 
 
 def run_once(target: str, batch: int, out: Path, quick: bool) -> dict:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dery_deploy.pipeline.records import FinalPassFile, GroupTime, Part, RunEstimate
+from dery_deploy.pipeline.final_pass_file import FinalPassFile
+from dery_deploy.pipeline.records import GroupTime, Part, RunEstimate
 from dery_deploy.runtime.harness import PassSummary
 from tests.conftest import ROOT
 

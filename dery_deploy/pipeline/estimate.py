@@ -34,16 +34,8 @@ from torch import nn
 from dery_deploy.assemble.stage import FINALISTS
 from dery_deploy.data.task import Task
 from dery_deploy.deploy.bench import WARMUP_S
-from dery_deploy.pipeline.records import (
-    LOOK_SECONDS,
-    REMEASURE_SECONDS,
-    REMEASURES,
-    STEPS_TIMED,
-    GroupTime,
-    Part,
-    RunEstimate,
-    minutes,
-)
+from dery_deploy.pipeline.final_pass_file import LOOK_SECONDS, REMEASURE_SECONDS, REMEASURES
+from dery_deploy.pipeline.records import STEPS_TIMED, GroupTime, Part, RunEstimate, minutes
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select.halving import ETA, SCREEN_FOLDS, default_folds, rung_recipe
 

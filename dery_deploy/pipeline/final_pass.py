@@ -28,18 +28,15 @@ from dery_deploy.export.package import refresh_latency
 from dery_deploy.export.report import report_path, write_budget
 from dery_deploy.export.verdict import budget_check, relate_to_machine
 from dery_deploy.pipeline.context import Context
-from dery_deploy.pipeline.own_budget import raise_own_budget
-from dery_deploy.pipeline.records import (
+from dery_deploy.pipeline.final_pass_file import (
     REMEASURE_SECONDS,
     REMEASURES,
-    BudgetResult,
-    DonorFit,
-    DonorResult,
     FinalPassFile,
     FinalPassRecord,
-    LatencyFigure,
     SecondLook,
 )
+from dery_deploy.pipeline.own_budget import raise_own_budget
+from dery_deploy.pipeline.records import BudgetResult, DonorFit, DonorResult, LatencyFigure
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.second_look import (
     Ship,

@@ -8,11 +8,11 @@ from dery_deploy.artifacts import JsonArtifact
 from dery_deploy.export.report import ExportRecord
 from dery_deploy.network.plan import Plan
 from dery_deploy.pipeline.family_record import FamilyRecord
+from dery_deploy.pipeline.final_pass_file import FinalPassRecord
 from dery_deploy.pipeline.options import RunOptions
 from dery_deploy.pipeline.records import (
     BudgetResult,
     DonorResult,
-    FinalPassRecord,
     RecipeRecord,
     RunEstimate,
     TaskRecord,

@@ -21,14 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dery_deploy.deploy.bench import MAX_ALLOWANCE, BenchResult, within_budget
-from dery_deploy.pipeline.records import (
-    LOOK_SECONDS,
-    REMEASURE_SECONDS,
-    REMEASURES,
-    BudgetResult,
-    FinalPassFile,
-    SecondLook,
-)
+from dery_deploy.pipeline.final_pass_file import LOOK_SECONDS, REMEASURE_SECONDS, REMEASURES, FinalPassFile, SecondLook
+from dery_deploy.pipeline.records import BudgetResult
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.runtime.harness import Measurement, PassSummary
 from dery_deploy.runtime.worker import bench_package

@@ -22,7 +22,7 @@ from dery_deploy.pipeline.estimate import (
     step_seconds,
     training_seconds,
 )
-from dery_deploy.pipeline.records import LOOK_SECONDS, REMEASURE_SECONDS, REMEASURES
+from dery_deploy.pipeline.final_pass_file import LOOK_SECONDS, REMEASURE_SECONDS, REMEASURES
 from dery_deploy.train.recipe import Recipe
 
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 from dery_deploy.assemble.candidates import CandidateRecord, FinalistMeasurement
 from dery_deploy.deploy.bench import BenchResult
 from dery_deploy.export.verdict import BudgetVerdict, relate_to_machine
-from dery_deploy.pipeline.records import BudgetResult, FinalPassFile, Pick, SecondLook
+from dery_deploy.pipeline.final_pass_file import FinalPassFile, SecondLook
+from dery_deploy.pipeline.records import BudgetResult, Pick
 from dery_deploy.pipeline.second_look import look_figures, measured_in, ship_suspects, verdict_measurement
 from dery_deploy.runtime.harness import Measurement, PassSummary
 
