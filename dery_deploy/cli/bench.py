@@ -77,9 +77,9 @@ def _bench(package: Path, percentile: int | None, calls: int | None, seconds: fl
     """Measure, judge and print; the exit code of the verdict."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dery_deploy.deploy.bench import MAX_ALLOWANCE, MAX_ROUNDS, PackageBench, judge
+    from dery_deploy.deploy.bench import PackageBench, judge, precise
     from dery_deploy.deploy.family_info import is_family
-    from dery_deploy.deploy.machine import same_machine
+    from dery_deploy.deploy.machine import fingerprint, same_machine
 
     if is_family(package) and not (package / "deploy.json").is_file():
         return _bench_family(package, percentile, calls, seconds, as_json)
@@ -89,12 +89,9 @@ def _bench(package: Path, percentile: int | None, calls: int | None, seconds: fl
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True) as prog:
         task = prog.add_task(f"bench {info.model}: warm-up", total=None)
         tick = lambda n, s: prog.update(task, description=f"bench {info.model}: {n} calls, {s:.1f} s")  # noqa: E731
-        res = bench.round(tick)
-        judged = info.budget is not None and same_machine(info.fingerprint, res.fingerprint)
-        # a verdict needs the standard error within the cap: another round, its calls pooled with the
-        # earlier rounds' (the same session, no new warm-up), before calling it undecided
-        while judged and res.at(q)[1] > MAX_ALLOWANCE and bench.rounds < MAX_ROUNDS:
-            res = bench.round(tick)
+        judged = info.budget is not None and same_machine(info.fingerprint, fingerprint(info.runtime.device))
+        # a verdict needs the standard error within the cap: more rounds before calling it undecided (`precise`)
+        res = precise(bench, q, tick) if judged else bench.round(tick)
     verdict = judge(info, res)
     if as_json:
         rel = res.relative_to(info)

@@ -182,11 +182,13 @@ def show_answer(m: RunManifest) -> None:
         console.print(f"  [yellow]{time_limit_line(m.time_limit, not m.options.budgets)}[/]")
     fp = m.final_pass
     if fp:
+        alone = any(res.measured_looks for res in m.results)
         console.print(
-            f"  latency: one interleaved pass over every compared network, noise index {100 * fp.noise_index:.1f}%; "
-            "± is each measurement's standard error",
+            ("  latency: each shipped package alone, as `dery bench` measures it; comparisons: " if alone else
+             "  latency: ") + f"one interleaved pass over every compared network, noise index "
+            f"{100 * fp.noise_index:.1f}%; ± is each measurement's standard error",
             style="dim",
-        )
+        )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -128,7 +128,8 @@ def look_at_ships(r: Run, ships: list[Ship], fp: FinalPassFile) -> None:
         return m
 
     if ships:
-        r.say(f"  measuring {len(ships)} shipped package(s) alone, as `dery bench` does: their promised latency")
+        what = "the shipped package" if len(ships) == 1 else f"the {len(ships)} shipped packages"
+        r.say(f"  measuring {what} alone, as `dery bench` does: the latency a budget promises")
     first = {s.key: look(s, LOOK_SECONDS) for s in ships}
     keys = ship_suspects(r, first)
     for i in range(REMEASURES if keys else 0):

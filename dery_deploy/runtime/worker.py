@@ -155,10 +155,11 @@ def serve(request: Path, result: Path) -> None:
 
 
 def serve_package(req: dict, result: Path) -> None:
-    """One round of `dery bench`'s measurement of a shipped package (`deploy.bench.PackageBench`: its session
-    built from its recorded settings, its reference workload interleaved), with the CPU time other processes
+    """`dery bench`'s measurement of a shipped package (`deploy.bench.PackageBench`: its session built from its
+    recorded settings, its reference workload interleaved; rounds pooled while the standard error at the
+    percentile is above the cap, as `dery bench` does before a verdict), with the CPU time other processes
     took meanwhile; written as `bench_package` reads it."""
-    from dery_deploy.deploy.bench import PackageBench
+    from dery_deploy.deploy.bench import PackageBench, precise
 
     bench = PackageBench(req["package"], req["percentile"], req.get("calls"), req["seconds"])
     _alive("built package")
@@ -171,7 +172,7 @@ def serve_package(req: dict, result: Path) -> None:
 
     load = MachineLoad()
     load.start()
-    res = bench.round(alive)
+    res = precise(bench, req["percentile"], alive)
     heavy = sorted(m for m in ("torch", "timm", "onnxruntime", "openvino") if m in sys.modules)
     atomic_write_json(result, {"bench": asdict(res), "other_load_cores": load.stop(), "modules": heavy})
 
@@ -180,7 +181,7 @@ def bench_package(
     package: Path, percentile: int, seconds: float, calls: int | None = None, timeout_s: float = 600,
     stall_s: float = STALL_S,
 ) -> tuple[BenchResult, float | None]:  # fmt: skip
-    """A shipped package measured as `dery bench` measures it (one round of at least `seconds`), in a fresh
+    """A shipped package measured as `dery bench` measures it (rounds of at least `seconds`), in a fresh
     measurement worker: what a user reproduces with the package alone. Returns the result and the cores'
     worth of CPU time other processes took meanwhile (None where unreadable). A worker that stalls is
     replaced once, as `measure_files`'s.
