@@ -11,6 +11,7 @@ from dery_deploy.pipeline.estimate import (
     PAIR_ITEMS,
     PASS_ITEMS,
     REMEASURE_ITEMS,
+    SUSPECT_SHARE,
     Eta,
     GroupTime,
     Part,
@@ -75,7 +76,7 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     assert est.parts[-1].stage == "final measurement" and est.parts[-1].seconds == pytest.approx(
         (PASS_ITEMS + (2 * 2 + 1) * PAIR_ITEMS) * 0.5
         + (REMEASURE_ITEMS * 0.5 + WARMUP_S + LOOK_SECONDS)  # the one shipped package looked at alone
-        + REMEASURES * (REMEASURE_ITEMS * 0.5 + WARMUP_S + REMEASURE_SECONDS)  # and one suspect's looks
+        + SUSPECT_SHARE * REMEASURES * (REMEASURE_ITEMS * 0.5 + WARMUP_S + REMEASURE_SECONDS)  # a suspect's share
     )
     # a network under the 0.2 ms budget costs what the donor that fits it costs (a: 1e-3 s per image);
     # under a budget no donor fits, the median over every donor's
