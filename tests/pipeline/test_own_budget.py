@@ -47,6 +47,16 @@ def test_an_own_budget_over_which_its_file_measured_is_raised_over_the_slowest_f
     assert "0.1257, 0.0872, 0.1149" in said[0] and "promised at 0.132 ms" in said[0]
 
 
+def test_a_raise_reads_the_looks_at_the_package_alone_not_the_final_pass_among_others():
+    # the final pass read the file among other files (first figure), then two looks alone
+    res = shipped(0.108, [0.1257, 0.1149, 0.1172], over=True)
+    res.measured_looks = 2
+    r, said = run_with([0.108, 0.387])
+    assert raise_own_budget(r, res, lambda ms: {}) is True and res.raised is not None
+    assert res.raised.slowest_ms == 0.1172 and res.raised.to_ms == 0.124  # 0.1172 * 1.05 = 0.12306, up
+    assert "0.1149, 0.1172 ms alone" in said[0] and "0.1257" not in said[0]
+
+
 def test_a_file_within_its_budget_is_not_raised():
     res = shipped(0.149, [0.1537, 0.1152, 0.1445], over=False)
     assert proposed_raise(res, [0.108, 0.149]) is None
