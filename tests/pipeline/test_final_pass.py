@@ -175,3 +175,37 @@ def test_a_latency_check_from_before_blocks_in_context_or_promise_timing_is_made
     assert not check_is_current(prof, v.n, v.seed, v.partition_key)  # prefixes now, the check predates them
     v.context_errors = [0.03, 0.08]
     assert check_is_current(prof, v.n, v.seed, v.partition_key)
+
+
+def judged_over_budget(tmp_path, final_pass_reference: float):
+    """A shipped file whose one look alone read 1.05 ms against its 1.0 ms budget, the look's reference workload
+    30% slower than at export, the final pass's at `final_pass_reference` (export: 0.1 ms)."""
+    from dery_deploy.export.report import ExportRecord
+    from dery_deploy.network.plan import BlockRef, Plan
+    from dery_deploy.network.plan_records import PlanBudget
+    from dery_deploy.pipeline.final_pass import judge_shipped
+
+    key = "ship:1|onnxruntime/fp32"
+    plan = Plan("fashion", "h", [BlockRef(0, "resnet10t_tops", 0, 5)], 10, "cpu", "onnxruntime", threads=1)
+    plan.budget = PlanBudget(1.0)
+    export = ExportRecord("onnx", artifact="model.onnx", precision="fp32", device="cpu", batch=1, threads=1,
+                          reference_ms=0.1)  # fmt: skip
+    res = BudgetResult(1.0, plan=plan, export=export, export_dir=str(tmp_path), export_format="onnx")
+    fp = FinalPassFile({}, summary(final_pass_reference), {key: measured(1.1)})
+    m, s = look(1.05, reference_ms=0.13)
+    fp.remeasured.append(SecondLook([key], s, {key: m}, package=True))
+    said: list[str] = []
+    judge_shipped(SimpleNamespace(opts=SimpleNamespace(percentile=50), say=said.append), res, fp, fp.measurements)
+    return res
+
+
+def test_a_look_over_budget_is_related_to_the_machine_by_the_reference_timed_as_the_exports(tmp_path):
+    # the final pass's reference, timed as the export's was, says the machine did not slow: over, whatever the
+    # look's own reference (timed among the package's calls) says
+    res = judged_over_budget(tmp_path, final_pass_reference=0.1)
+    v = res.export.budget
+    assert v.over and v.measured_ms == 1.05 and res.measured_ms == 1.05 and res.measured_looks == 1
+    assert v.measured_in.startswith("the shipped package alone, as `dery bench` measures it")
+    # it says the machine ran 30% slower: 1.05 / 1.3 is within, so the network is not called over (undecided)
+    v = judged_over_budget(tmp_path, final_pass_reference=0.13).export.budget
+    assert not v.over and v.within_budget is None and v.machine_slower == 0.3
