@@ -247,7 +247,8 @@ def measure_with_second_looks(
     # every suspect is measured REMEASURES more times, whatever the first re-measurement says: stopping at
     # the first figure within budget would keep the low ones and bias the verdict low (seen: recorded
     # 0.1530 ms, then 0.1722 ms in `dery bench` alone)
-    keys = [k for k in ship_suspects(r, meas) if k not in {s.key for s in ships}]
+    looked = {s.key for s in ships}
+    keys = [k for k in ship_suspects(r, meas) if k not in looked]
     for i in range(REMEASURES if keys else 0):
         r.say(
             f"  re-measuring {len(keys)} shipped file(s) alone with the machine's reference "
@@ -347,7 +348,7 @@ def judge_shipped(
     key = compared_key(f"ship:{b:g}", target)
     looks = res.measured_looks = sum(key in s.measurements for s in fp.remeasured if s.package)
     if not quiet:
-        say_figures(r, b, history, looks, shipped.promise_at(q))
+        say_figures(r, res, shipped.promise_at(q))
     res.admitted_disagreement = admitted_disagreement(r, res, target, history[0], quiet)
     f = shipped_file
     assert f.device is not None and f.precision is not None and f.batch is not None, "an export that ran here"

@@ -32,9 +32,7 @@ def proposed_raise(res: BudgetResult, budgets: list[float]) -> BudgetRaise | str
     v = res.export.budget if res.export else None
     if v is None or not v.over or not res.measured_history_ms:
         return None
-    # the figures the verdict reads: its looks at the package alone where it had them (the final pass's figure,
-    # first in the history, reads a file among other files 1-12% high: `second_look.py`), else every figure
-    read = res.measured_history_ms[-res.measured_looks :] if res.measured_looks else res.measured_history_ms
+    read = res.verdict_figures
     slowest = max(read)
     new = round_up(slowest * (1 + RAISE_MARGIN))
     figures = ", ".join(f"{ms:.4f}" for ms in read)

@@ -214,6 +214,13 @@ class BudgetResult:
         return self.raised.to_ms if self.raised else self.budget_ms
 
     @property
+    def verdict_figures(self) -> list[float]:
+        """The shipped file's figures its verdict reads the slowest of: its looks at the package alone where it had
+        them (the final pass's figure, first in the history, reads a file among other files high), else all."""
+        history = self.measured_history_ms or []
+        return history[-self.measured_looks :] if self.measured_looks else history
+
+    @property
     def feasible(self) -> bool:
         """Something ships at this budget."""
         return self.plan is not None

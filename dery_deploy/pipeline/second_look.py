@@ -156,13 +156,14 @@ def admitted_disagreement(r: Run, res: BudgetResult, target: str, final_ms: floa
     return rel
 
 
-def say_figures(r: Run, b: float, history: list[float], looks: int, verdict_ms: float) -> None:
+def say_figures(r: Run, res: BudgetResult, verdict_ms: float) -> None:
     """The shipped file's figures on the terminal where it was measured more than once and the verdict had to
     choose (several looks alone, or a final-pass figure and re-measurements); one look needs no line."""
+    b, history, looks = res.budget_ms, res.measured_history_ms or [], res.measured_looks
     span = f" (the figures span {100 * (max(history) / min(history) - 1):.0f}%)" if min(history) > 0 else ""
     if looks > 1:
         r.say(
-            f"  budget {b:g} ms: the shipped package measured " + ", ".join(f"{ms:.4f}" for ms in history[-looks:])
+            f"  budget {b:g} ms: the shipped package measured " + ", ".join(f"{ms:.4f}" for ms in res.verdict_figures)
             + f" ms alone ({history[0]:.4f} ms in the final pass among the other networks); the verdict reads the "
             f"slowest look, {verdict_ms:.4f} ms{span}"
         )  # fmt: skip

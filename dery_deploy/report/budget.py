@@ -221,7 +221,7 @@ def exports(r: BudgetResult) -> list[str]:
     b = r.export.budget if r.export else None
     verdict = b.line() if b and b.checked else "not checked"
     if r.measured_looks:
-        looks = ", ".join(f"{ms:.4f}" for ms in history[-r.measured_looks :])
+        looks = ", ".join(f"{ms:.4f}" for ms in r.verdict_figures)
         lines += [
             f"- the shipped package alone, as `dery bench` measures it: {looks} ms"
             + (" (the verdict reads the slowest look)" if r.measured_looks > 1 else "")
