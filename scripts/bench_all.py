@@ -401,18 +401,21 @@ def estimate_section(es: dict) -> list[str]:
         f"target: {es['target']}. The estimate is made after the profiles; per group, the estimate of the stages "
         "it expected against what they took.",
         "",
-        "| run | estimate made after | estimated in all | took | took vs estimate | left out after the short "
-        "recipe: s, took vs estimate less them | per group: estimated / actual s |",
-        "|---|---|---|---|---|---|---|",
+        "| run | estimate made after | held out in advance (expected left out by probe) | estimated in all | took "
+        "| took vs estimate | left out after the short recipe (s) / put back (s), took vs estimate so revised "
+        "| per group: estimated / actual s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in es["runs"].values():
         groups = ", ".join(
             f"{g} {v['estimated_s']:.0f} / {v['actual_s']:.0f}" for g, v in sorted(r.get("groups", {}).items())
         )
         revised = r.get("revised_total_error_pct")
-        left = f"{r.get('left_out_s', 0):.0f} s, {revised:+.1f}%" if revised is not None else "-"
+        back = f" / {r.get('put_back_s', 0):.0f} s"
+        left = f"{r.get('left_out_s', 0):.0f} s{back}, {revised:+.1f}%" if revised is not None else "-"
+        held = ", ".join(r.get("expected_left_out", [])) or "none"
         out.append(
-            f"| `{r['command']}` | {r['estimate_made_after_s']:.0f} s | {r['estimated_total_s']:.0f} s "
+            f"| `{r['command']}` | {r['estimate_made_after_s']:.0f} s | {held} | {r['estimated_total_s']:.0f} s "
             f"| {r['run_s']:.0f} s | {r['total_error_pct']:+.1f}% | {left} | {groups} |"
         )
     return out + [""]

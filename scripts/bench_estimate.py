@@ -60,9 +60,15 @@ def estimate_row(m: RunManifest) -> dict:
         "estimated_total_s": round(total, 1),
         "total_error_pct": round(100 * (m.seconds / total - 1), 1) if total else None,
         "rest_error_pct": round(100 * ((m.seconds - made) / rest - 1), 1) if rest else None,
-        # less the parts the run dropped once its short recipe found their donors dominated
+        # donors the estimate expected the short recipe to leave out (held out of its total in advance)
+        "expected_left_out": list(est.expected_left_out),
+        # less the parts the run dropped once its short recipe found their donors dominated, plus those it put
+        # back because the short recipe kept a donor the estimate expected it to leave out
         "left_out_s": round(est.left_out_s, 1),
-        "revised_total_error_pct": round(100 * (m.seconds / (total - est.left_out_s) - 1), 1) if total else None,
+        "put_back_s": round(est.put_back_s, 1),
+        "revised_total_error_pct": round(100 * (m.seconds / revised - 1), 1)
+        if (revised := total - est.left_out_s + est.put_back_s)
+        else None,
         "groups": {g: asdict(t) for g, t in est.actual.items()},
         "parts": per_part(est, m.stages),
         "estimate_line": next((s.note for s in m.stages if s.stage == "time estimate"), ""),

@@ -138,6 +138,9 @@ class Plan:
     folds: int | None = None  # selection's folds (None: the task's default; 1: the validation split decides)
     test_fifth: bool = False  # test accuracy on a stratified fifth of the test split (`Task.with_test_fifth`)
     family: str | None = None  # --family: how its paths train ("joint" | "frozen"); None: no family
+    # final donors the short recipe is expected to leave out (`budgets.expected_dominated`; once it has
+    # trained, those it did): their final training, evaluation and final-pass pairs are held out of the total
+    expected_left_out: list[str] = field(default_factory=list)
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds)."""
@@ -165,9 +168,16 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
 
     for n in sorted(plan.teacher_pool if plan.final.distill else [], key=lambda n: plan.donor_ms[n]):
         train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], plan.step_s[n], False)
+    # the short recipe decides which donors to leave out only where it runs (the final recipe distils)
+    left_out = [n for n in plan.expected_left_out if n in plan.final_donors] if plan.final.distill else []
+    held: list[Part] = []
     for n in sorted(plan.final_donors, key=lambda n: plan.donor_ms[n]):
+        kept = len(parts)
         train(f"fine-tune donor {n} (final", plan.final, plan.step_s[n], plan.distill_s.get(n, plan.step_s[n]), False)
         evaluate(f"evaluate donor {n}", plan.step_s[n])
+        if n in left_out:
+            held += parts[kept:]
+            del parts[kept:]
     for b in plan.budgets:
         # the mixed finalists and the donors that fit (a donor near the budget but over it enters the
         # candidates, and the finalists' measurement drops it: one near donor in two budgets out of three)
@@ -190,14 +200,21 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         parts += family_parts(
             plan, (n_train, n_test), item_s, step, [at_budget(plan.distill_s or plan.step_s, b) for b in plan.budgets]
         )
-    compared = plan.targets * (len(plan.final_donors) + len(plan.budgets)) + len(plan.budgets)
-    # every shipped package looked at alone as `dery bench` measures it (warm-up, then LOOK_SECONDS), and a
-    # SUSPECT_SHARE of them looked at REMEASURES more times
+    parts.append(final_pass_part(plan, len(plan.final_donors) - len(left_out), item_s))
+    est = RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
+    est.expected_left_out, est.held_out = left_out, held
+    return est
+
+
+def final_pass_part(plan: Plan, donors: int, item_s: float) -> Part:
+    """The final pass: every trained donor and every budget's best mix on every target, and each shipped
+    package; each package then looked at alone as `dery bench` measures it (warm-up, then LOOK_SECONDS), and a
+    SUSPECT_SHARE of them looked at REMEASURES more times."""
+    compared = plan.targets * (donors + len(plan.budgets)) + len(plan.budgets)
     look = REMEASURE_ITEMS * item_s + WARMUP_S
     again = SUSPECT_SHARE * REMEASURES * (look + REMEASURE_SECONDS)
     remeasure = len(plan.budgets) * (look + LOOK_SECONDS + again)
-    parts.append(Part("final measurement", "measurement", (PASS_ITEMS + compared * PAIR_ITEMS) * item_s + remeasure))
-    return RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
+    return Part("final measurement", "measurement", (PASS_ITEMS + compared * PAIR_ITEMS) * item_s + remeasure)
 
 
 def family_parts(

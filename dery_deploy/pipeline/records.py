@@ -307,6 +307,11 @@ class RunEstimate:
     steps_timed: int = STEPS_TIMED  # training steps timed per donor (fewer under --time-limit)
     # estimated seconds of the final training and evaluation of donors the short recipe found dominated
     left_out_s: float = 0.0
+    # donors the estimate expected the short recipe to leave out, and their final training and evaluation,
+    # held out of `parts`; the seconds of those put back because the short recipe kept the donor after all
+    expected_left_out: list[str] = field(default_factory=list)
+    held_out: list[Part] = field(default_factory=list)
+    put_back_s: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -325,8 +330,17 @@ class RunEstimate:
         return (
             f"the rest of this run: about {minutes(self.seconds)} on this machine ({groups}; training timed on "
             f"{self.steps_timed} steps of each donor here, measurement at {self.item_s:.1f} s per item as the profiles "
-            f"took{busy if load >= BUSY_CORES else ''})"
+            f"took{busy if load >= BUSY_CORES else ''}"
+            + (f"; not counting {expected}" if (expected := self.expected_line()) else "")
+            + ")"
         )
+
+    def expected_line(self) -> str:
+        """What the estimate leaves out in advance, in words ('' where nothing)."""
+        names = ", ".join(self.expected_left_out)
+        if not names:
+            return ""
+        return f"the final training of {names}, which the short recipe is expected to leave out (by probe accuracy)"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,6 +27,7 @@ from dery_deploy.pipeline.budget import REDERIVES, rederive_budget, stage_budget
 from dery_deploy.pipeline.budgets import (
     choose_budgets,
     dominated_donors,
+    expected_dominated,
     feasible_floor,
     final_donors,
     teacher_pool,
@@ -87,15 +88,27 @@ def resolve_targets(spec: DeviceSpec, opts: RunOptions) -> list[tuple[Backend, s
 
 
 def start_eta(
-    r: Run, zoo, task: Task, models: list[LatencyModel], budgets, donor_ms, recipes: Recipes, searched: int = 0
+    r: Run,
+    zoo,
+    task: Task,
+    models: list[LatencyModel],
+    budgets,
+    donor_ms,
+    recipes: Recipes,
+    searched: int = 0,
+    probe: dict[str, float] | None = None,
 ) -> tuple[list[float], Recipes]:
     """Estimate the rest of the run on this machine (`estimate.py`), fit it to --time-limit
     (`time_limit.py`), say both, and keep the whole run's line; returns the budgets and recipes to run.
-    `searched`: how many targets assembly and selection search (0: every one of `models`)."""
+    `searched`: how many targets assembly and selection search (0: every one of `models`); `probe`: each
+    donor's transferability probe accuracy, from which the donors the short recipe will leave out are
+    expected (none where it is not given or every donor is trained)."""
+    pool = teacher_pool(donor_ms, budgets)
+    expected = expected_dominated(donor_ms, probe, pool) if probe and not r.opts.train_every_donor else []
     plan = Plan(
         budgets,
         donor_ms,
-        teacher_pool(donor_ms, budgets),
+        pool,
         final_donors(donor_ms, budgets),
         recipes.ce,
         recipes.final,
@@ -107,6 +120,7 @@ def start_eta(
         budgets_chosen=not r.opts.budgets,
         searched_targets=searched or len(models),
         family=r.opts.family_training if r.opts.family else None,
+        expected_left_out=expected,
     )
     path, key = r.out / "estimate.json", {**plan.key(), "time_limit": r.opts.time_limit}
 
@@ -239,6 +253,8 @@ def leave_out_dominated(r: Run, donor_ms: dict[str, float], names: list[str]) ->
     """`names` less the donors the short recipe found dominated (`budgets.dominated_donors`): each is said,
     and its final training and evaluation recorded as skipped (the run's estimate counted them)."""
     left, est = r.manifest.dominated_donors, r.manifest.estimate
+    for n in [n for n in names if n not in left and est is not None and n in est.expected_left_out]:
+        put_back(r, n)
     for n in [n for n in names if n in left]:
         r.say(f"  {n}: not trained with the final recipe, nor a candidate: {left[n]}")
         if est is not None and r.eta is not None:
@@ -249,11 +265,25 @@ def leave_out_dominated(r: Run, donor_ms: dict[str, float], names: list[str]) ->
     return [n for n in names if n not in left]
 
 
+def put_back(r: Run, name: str) -> None:
+    """A donor the estimate expected the short recipe to leave out but which it kept: its final training and
+    evaluation, held out of the estimate, are put back into what the run's line counts, and recorded."""
+    est, stages = r.manifest.estimate, (f"fine-tune donor {name} (final", f"evaluate donor {name}")
+    if est is None or r.eta is None:
+        return
+    counted = {p.stage for p in r.eta.todo}  # (a refit under --time-limit may have counted it already)
+    back = [p for p in est.held_out if p.stage in stages and p.stage not in counted]
+    r.eta.todo = back + r.eta.todo
+    est.put_back_s = round(est.put_back_s + sum(p.seconds for p in back), 1)
+
+
 def teach_and_refit(r: Run, zoo, task: Task, recipes: Recipes, donor_ms, budgets: list[float]):
     """The teacher (`stage_teacher`); under --time-limit the rest re-estimated at the pace its candidates
     trained (`refit_to_limit`) and the test split cut where the fit says so. Returns the teacher, the
     budgets, the recipes and the task to go on with."""
     teacher = stage_teacher(r, zoo, task, recipes, donor_ms, budgets)
+    if r.fitted is not None:  # the rest is refitted with the donors the short recipe did leave out
+        r.fitted = (replace(r.fitted[0], expected_left_out=sorted(r.manifest.dominated_donors)), r.fitted[1])
     if teacher is not None:  # the first trainings
         budgets, recipes = refit_to_limit(r, task, budgets, recipes)
     r.manifest.budgets, r.manifest.recipe = budgets, recipes.describe()
@@ -313,7 +343,8 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
         + ")"
     )
     searched = stage_targets(r, zoo, part, dis, models, task, scores, budgets)
-    budgets, recipes = start_eta(r, zoo, task, models, budgets, donor_ms, Recipes.of(opts), len(searched))
+    probe = {n: scores().transfer.get((n, len(dis[n].body)), 0.0) for n in zoo.donor_names}
+    budgets, recipes = start_eta(r, zoo, task, models, budgets, donor_ms, Recipes.of(opts), len(searched), probe)
     r.manifest.budgets = budgets
     r.manifest.recipe = recipes.describe()
     teacher, budgets, recipes, task = teach_and_refit(r, zoo, task, recipes, donor_ms, budgets)

@@ -313,11 +313,13 @@ def estimate_lines(est: RunEstimate | None) -> list[str]:
         f"from {len(est.step_s)} donors' training steps timed here and {est.item_s:.2f} s per "
         "measured item; against what the stages it expected took (computed ones only; training is an upper "
         "bound where phase 1 stops at its plateau)"
+        + (f"; not counting {est.expected_line()}" if est.expected_left_out else "")
         + (
-            f"; {est.left_out_s:.0f} s of it were the final training of donors the short recipe then left out:"
-            if est.left_out_s
-            else ":"
-        ),
+            f"; {est.left_out_s:.0f} s of it were the final training of donors the short recipe left out"
+            * bool(est.left_out_s)
+        )
+        + (f"; {est.put_back_s:.0f} s put back for donors it kept after all" * bool(est.put_back_s))
+        + ":",
         "",
         md_table(["group", "estimated s", "actual s", "actual vs estimate"], rows),
         "",

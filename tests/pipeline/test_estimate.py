@@ -105,6 +105,26 @@ def test_estimate_adds_up_the_rest_of_a_run(fashion_task):
     assert part(one, "final measurement") == part(est, "final measurement")
 
 
+def test_donors_expected_left_out_are_held_out_of_the_total_and_put_back_by_name(fashion_task):
+    r = Recipe(epochs_adapter=1, epochs_full=2, batch=64)
+    f = Recipe(epochs_adapter=1, epochs_full=2, batch=64, distill=0.5, distill_images=128)
+    steps = {"a": 1e-3, "b": 3e-3, "c": 2e-3}
+    plan = Plan([0.4], {"a": 0.1, "b": 0.3, "c": 0.2}, ["a", "b", "c"], ["a", "b", "c"], r, f, (1,), 2, 2, step_s=steps)
+    full = estimate(plan, fashion_task, item_s=0.5, after_s=100)
+    held = estimate(replace(plan, expected_left_out=["b", "x"]), fashion_task, item_s=0.5, after_s=100)
+    b_parts = [p for p in full.parts if p.stage in ("fine-tune donor b (final", "evaluate donor b")]
+    assert len(b_parts) == 2 and held.expected_left_out == ["b"]  # (x is no final donor: nothing to hold out)
+    assert [p.stage for p in held.held_out] == [p.stage for p in b_parts]
+    assert all(p.stage not in {q.stage for q in b_parts} for p in held.parts)
+    # the total lacks b's final training and evaluation and its final-pass pairs (one per target)
+    pairs = 2 * PAIR_ITEMS * 0.5
+    assert full.seconds - held.seconds == pytest.approx(sum(p.seconds for p in b_parts) + pairs)
+    assert "not counting the final training of b, which the short recipe is expected to leave out" in held.line()
+    # without distillation no short recipe runs, so nothing can be left out: nothing is held out
+    plain = replace(plan, final=replace(f, distill=0.0), expected_left_out=["b"])
+    assert estimate(plain, fashion_task, item_s=0.5, after_s=100).held_out == []
+
+
 def test_eta_scales_what_is_left_by_how_the_finished_stages_went():
     est = RunEstimate(0.0, [Part("train a", "training", 100), Part("train b", "training", 200)], {}, 1.0)
     eta = Eta(est)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dery_deploy.pipeline.budgets import DOMINATED_POINTS, choose_budgets, dominated_donors
+from dery_deploy.pipeline.budgets import DOMINATED_POINTS, choose_budgets, dominated_donors, expected_dominated
 from dery_deploy.pipeline.pick import pick_triple
 from dery_deploy.pipeline.records import Triple
 from dery_deploy.train.select.evidence import Selection
@@ -35,6 +35,14 @@ def test_a_donor_far_behind_a_faster_one_after_the_short_recipe_is_left_out():
     assert dominated_donors({"a": 0.10, "b": 0.105}, {"a": 90.0, "b": 50.0}) == {}
     # never the faster one, and never a donor the short recipe did not train (no accuracy to compare)
     assert dominated_donors(DONORS, {"a": 50.0, "b": 90.0, "c": None}) == {}
+
+
+def test_the_estimate_expects_the_same_rule_on_the_probe_among_the_teacher_candidates():
+    probe = {"a": 82.5, "b": 53.0, "c": 77.9, "d": 40.0}
+    # b is 29.5 points behind a by probe; d is further behind but not a teacher candidate (never short-trained)
+    assert expected_dominated(DONORS, probe, ["a", "b", "c"]) == ["b"]
+    assert expected_dominated(DONORS, probe, ["a", "b", "c", "d"]) == ["b", "d"]
+    assert expected_dominated(DONORS, {"a": 82.5}, ["a", "b"]) == []  # no probe for b: nothing expected
 
 
 def noise(points: float) -> Selection:

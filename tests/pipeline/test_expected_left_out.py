@@ -1,0 +1,55 @@
+"""Donors the time estimate expected the short recipe to leave out: where it keeps one after all, the run's line
+counts its final training again; where it leaves out one the estimate counted, that is recorded."""
+
+from dery_deploy.pipeline.estimate import Eta
+from dery_deploy.pipeline.manifest import RunManifest
+from dery_deploy.pipeline.options import RunOptions
+from dery_deploy.pipeline.records import Part, RunEstimate
+from dery_deploy.pipeline.run import leave_out_dominated
+from dery_deploy.pipeline.runner import Run
+
+
+def a_run(tmp_path, dominated: dict[str, str]) -> Run:
+    opts = RunOptions(out=str(tmp_path / "run"))
+    r = Run(opts)
+    r.manifest = RunManifest("tiny", "h", "cpu", "onnxruntime", "fp32", opts)
+    r.manifest.dominated_donors = dominated
+    held = [Part("fine-tune donor b (final", "training", 40.0), Part("evaluate donor b", "evaluation", 2.0)]
+    parts = [
+        Part("fine-tune donor a (final", "training", 10.0),
+        Part("evaluate donor a", "evaluation", 1.0),
+        Part("fine-tune donor c (final", "training", 30.0),
+        Part("evaluate donor c", "evaluation", 3.0),
+        Part("assemble and select under", "selection", 50.0),
+    ]
+    est = RunEstimate(100.0, parts, {}, 0.2, expected_left_out=["b"], held_out=held)
+    r.manifest.estimate, r.eta = est, Eta(est)
+    return r
+
+
+def test_a_donor_expected_left_out_but_kept_is_put_back_into_the_runs_line(tmp_path):
+    r = a_run(tmp_path, {})
+    assert r.eta is not None and r.manifest.estimate is not None
+    before = r.eta.left_s()
+    assert leave_out_dominated(r, {"a": 0.1, "b": 0.2, "c": 0.3}, ["a", "b", "c"]) == ["a", "b", "c"]
+    assert r.eta.left_s() - before == 42.0 and r.manifest.estimate.put_back_s == 42.0
+    assert r.manifest.estimate.left_out_s == 0.0
+    # its stages now match a part of the line, as any other finished stage does
+    assert r.eta.finished("fine-tune donor b (final, 0.200 ms)", 41.0)
+
+
+def test_a_donor_expected_and_left_out_changes_nothing_and_a_counted_one_is_recorded(tmp_path):
+    r = a_run(tmp_path, {"b": "a is faster", "c": "a is faster"})
+    assert r.eta is not None and r.manifest.estimate is not None
+    before = r.eta.left_s()
+    assert leave_out_dominated(r, {"a": 0.1, "b": 0.2, "c": 0.3}, ["a", "b", "c"]) == ["a"]
+    est = r.manifest.estimate
+    assert est.put_back_s == 0.0 and est.left_out_s == 33.0  # c's 30 + 3 s were counted; b's never were
+    assert r.eta.left_s() == before - 33.0  # the line drops c's parts as its skipped stages are recorded
+    skipped = [s.stage for s in r.manifest.stages if s.status == "skipped"]
+    assert skipped == [
+        "fine-tune donor b (final, 0.200 ms)",
+        "evaluate donor b",
+        "fine-tune donor c (final, 0.300 ms)",
+        "evaluate donor c",
+    ]
