@@ -413,7 +413,7 @@ def estimate_section(es: dict) -> list[str]:
         revised = r.get("revised_total_error_pct")
         back = f" / {r.get('put_back_s', 0):.0f} s"
         left = f"{r.get('left_out_s', 0):.0f} s{back}, {revised:+.1f}%" if revised is not None else "-"
-        held = ", ".join(r.get("expected_left_out", [])) or "none"
+        held = (", ".join(r["expected_left_out"]) or "none") if "expected_left_out" in r else "-"
         out.append(
             f"| `{r['command']}` | {r['estimate_made_after_s']:.0f} s | {held} | {r['estimated_total_s']:.0f} s "
             f"| {r['run_s']:.0f} s | {r['total_error_pct']:+.1f}% | {left} | {groups} |"
