@@ -51,7 +51,7 @@ def main() -> None:
         by_hand = (
             *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
             *("time_limit", "family", "family_run", "family_run_joint", "reproduce_xeon", "reference_placement"),
-            *("time_limit_xeon", "estimate_xeon", "repeatability_xeon", "look_xeon"),
+            *("time_limit_xeon", "estimate_xeon", "repeatability_xeon", "look_xeon", "latency_model_xeon"),
         )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
@@ -74,6 +74,7 @@ def main() -> None:
             "reference_placement",  # bench_reference_placement.py on shipped packages
             "look_xeon",  # bench_look.py on bench_reproduce's packages, on an Intel Xeon host
             "plain_load",  # bench_plain_load.py on bench_reproduce's OpenVINO packages
+            "latency_model_xeon",  # bench_latency_model.py -o bench/latency_model_xeon.json on an Intel Xeon host
             "estimate",
             "estimate_xeon",  # bench_estimate.py -o bench/estimate_xeon.json on an Intel Xeon host
             "repeatability_xeon",  # bench_repeatability.py -o bench/repeatability_xeon.json on an Intel Xeon host
@@ -132,8 +133,9 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += look_section(s["look_xeon"])
     if "plain_load" in s:
         out += plain_load_section(s["plain_load"])
-    if "latency_model" in s:
-        out += latency_model_section(s["latency_model"])
+    for key in ("latency_model", "latency_model_xeon"):
+        if key in s:
+            out += latency_model_section(s[key])
     for key in ("estimate", "estimate_xeon"):
         if key in s:
             out += estimate_section(s[key])
