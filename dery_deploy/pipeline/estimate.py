@@ -57,10 +57,11 @@ EVAL_SHARE = 0.2  # an evaluation image's share of a training image (no_grad, ev
 EXPORT_ITEMS = 8  # one export: ONNX from the checkpoint, parity, its own measurement pass
 PAIR_ITEMS = 2  # one (network, target) pair of the finalists' or the final pass
 PASS_ITEMS = 12  # a later pass's own start: a measurement worker, the machine's reference workload
-# shipped packages whose first look was a suspect (`second_look.ship_suspects`), looked at again: 1 of 7 on the
-# Intel Xeon host (three quick runs, a default run and bench_reproduce's three runs, d672ea2 and before); the
-# estimate had assumed one per run, 27 s of a default run's 558 s estimate against its 390 s
-SUSPECT_SHARE = 1 / 7
+# shipped packages whose first look was a suspect (`second_look.ship_suspects`), looked at again, on the Intel
+# Xeon host: 1 of 7 at d672ea2 and before (three quick runs, a default run, bench_reproduce's three runs), then
+# 4 of 6 at 30d3891-b7422a1 (bench_estimate's quick and default runs, whose final measurements took 33 and 63 s
+# where 9 and 16 s are a pass and its looks without one, and bench_reproduce's three batch-32 runs, one): 5 of 13
+SUSPECT_SHARE = 5 / 13
 REMEASURE_ITEMS = 8  # a shipped file's share of the final pass's re-measurements (its export, a worker's start)
 
 
