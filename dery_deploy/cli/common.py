@@ -4,6 +4,7 @@ option parsing. Printing only: no library code lives in cli/."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from rich import box
@@ -116,12 +117,13 @@ def parse_int_list(text: str, what: str) -> list[int]:
 
 
 def parse_float_list(text: str, what: str) -> list[float]:
+    parts = [v.strip() for v in text.split(",")]
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in parts]
     except ValueError:
         raise DeryError(f"{what} must be comma-separated numbers, got {text!r} (e.g. 1.5 or 1,2,4)") from None
-    if not values or any(not v > 0 for v in values):
-        raise DeryError(f"{what} must be positive, got {text!r} (e.g. 1.5 or 1,2,4)")
+    if not values or any(not (0 < v < math.inf) for v in values):
+        raise DeryError(f"{what} must be positive finite numbers, got {text!r} (e.g. 1.5 or 1,2,4)")
     return values
 
 

@@ -93,6 +93,8 @@ def profile(
         raise DeryError(f"--verify must be >= 0, got {verify}", "profile")
     if pass_items < 1:
         raise DeryError(f"--pass-items must be >= 1, got {pass_items}", "profile")
+    if threads is not None and threads < 1:
+        raise DeryError(f"--threads must be >= 1 (CPU threads to compute with), got {threads}", "profile")
     z = get_zoo(zoo)
     spec = get_device(device or default_device())
     if classes is not None and classes < 2:
@@ -114,7 +116,7 @@ def profile(
     # one batch at a time, each checked before the next is measured: an interrupted run keeps the first
     # batch's latency check (batch 1 sets the margin and the headline), not only its items; each thread
     # count the device spec searches (or --threads alone) is a profile of its own, the first count's first
-    for n, b in [(n, b) for n in ([threads] if threads else spec.thread_counts()) for b in batches]:
+    for n, b in [(n, b) for n in ([threads] if threads is not None else spec.thread_counts()) for b in batches]:
         with progress_bar() as prog:
             [p] = run_profile(
                 z, spec, backend, precision, [b], part, dis, root, num_classes, prog, threads=n,

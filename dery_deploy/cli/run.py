@@ -73,8 +73,8 @@ def run(
     time_limit: float | None = typer.Option(
         None,
         "--time-limit",
-        help="minutes the run may take: it searches fewer targets and cuts rungs, recipe, epochs and budgets "
-        "to fit, and says what it cut",
+        help="minutes the run may take: it searches fewer targets and cuts rungs, recipe, epochs and the budgets "
+        "it chose itself (never yours) to fit, and says what it cut",
     ),
     keep_all_targets: bool = typer.Option(
         False,
@@ -119,7 +119,7 @@ def run(
         zoo=zoo,
         device=device,
         backend=backend,
-        budgets=parse_float_list(budgets, "--budgets") if budgets else None,
+        budgets=parse_float_list(budgets, "--budgets") if budgets is not None else None,
         data=data,
         probe_data=probe_data,
         K=K,

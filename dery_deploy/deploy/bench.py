@@ -121,11 +121,16 @@ def interleaved(
     return out, ref
 
 
+MAX_SECONDS = 3600.0  # a round's seconds a user may ask for (an hour; infinity would never end)
+
+
 def requirements(percentile: int, calls: int | None, seconds: float | None) -> tuple[int, float]:
     """(calls, seconds) of one round, refusing fewer than a tail percentile needs."""
     if percentile not in (50, 90, 99):
         raise DeryError(f"--percentile must be 50, 90 or 99 (of single calls), got {percentile}", "bench")
-    n, s = calls or DEFAULT_CALLS, DEFAULT_SECONDS if seconds is None else seconds
+    n, s = DEFAULT_CALLS if calls is None else calls, DEFAULT_SECONDS if seconds is None else seconds
+    if not 0 <= s <= MAX_SECONDS:  # (a NaN fails this too)
+        raise DeryError(f"--seconds must be between 0 and {MAX_SECONDS:g} (seconds per round), got {s:g}", "bench")
     if percentile != 50 and (n < TAIL_MIN_CALLS or s < TAIL_MIN_S):
         raise DeryError(
             f"p{percentile} needs at least {TAIL_MIN_CALLS} calls over at least {TAIL_MIN_S:g} s (MLPerf "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dery_deploy.data.task import DEFAULT_DATA
@@ -60,13 +61,13 @@ class RunOptions:
             bad.append(f"--verify must be >= 3 (mixed assemblies to judge the latency model), got {self.verify}")
         if self.probe < 8:
             bad.append(f"--probe must be >= 8, got {self.probe}")
-        if self.budgets is not None and any(not b > 0 for b in self.budgets):
-            bad.append(f"--budgets must be positive, got {self.budgets}")
+        if self.budgets is not None and any(not 0 < b < math.inf for b in self.budgets):
+            bad.append(f"--budgets must be positive finite numbers, got {self.budgets}")
         if self.batch < 1:
             bad.append(f"--batch must be >= 1, got {self.batch}")
         if self.percentile not in PERCENTILES:
             bad.append(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}, got {self.percentile}")
-        if self.time_limit is not None and not self.time_limit > 0:
+        if self.time_limit is not None and not 0 < self.time_limit < math.inf:
             bad.append(f"--time-limit must be a positive number of minutes, got {self.time_limit:g}")
         if self.threads is not None and self.threads < 1:
             bad.append(f"--threads must be >= 1, got {self.threads}")

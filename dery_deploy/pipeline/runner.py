@@ -82,7 +82,10 @@ class Run:
 
 
 def check_run_dir(out: Path, zoo, device: str) -> None:
+    """Refuse an -o folder that belongs to another zoo or device, or that holds a shipped package."""
     path = out / "run.json"
+    if (out / "deploy.json").is_file() and not path.is_file():
+        raise DeryError(f"{out} holds a shipped package (deploy.json), not a run; choose another -o", "run")
     if path.is_file():
         try:
             old = json.loads(path.read_text())

@@ -105,10 +105,16 @@ def test_bench_exit_code_says_the_verdict(tmp_path, budget_ms, code, needle):
         (["{damaged}"], "deploy.json"),
         (["{pkg}", "--percentile", "70"], "--percentile must be 50, 90 or 99"),
         (["{pkg}", "--calls", "abc"], "'abc'"),
+        (["{pkg}", "--calls", "0"], "--calls must be at least"),
+        (["{pkg}", "--seconds", "inf"], "--seconds must be between 0 and 3600"),
+        (["{pkg}", "--seconds", "nan"], "--seconds must be between 0 and 3600"),
         (["{pkg}", "--bogus"], "No such option: --bogus"),
         ([], "Missing argument"),
     ],
-    ids=["no package", "damaged package", "bad percentile", "bad calls", "unknown option", "no argument"],
+    ids=[
+        *("no package", "damaged package", "bad percentile", "bad calls", "no calls", "endless seconds"),
+        *("NaN seconds", "unknown option", "no argument"),
+    ],
 )
 def test_bench_exits_1_on_a_user_error_in_one_line(tmp_path, args, needle):
     pkg = _tiny(tmp_path / "pkg", 1e6)

@@ -177,3 +177,28 @@ def test_bad_run_options_are_reported_together(tmp_path):
     p = run_dery("run", "--top", "0", "--verify", "1", "-K", "0", "-o", str(tmp_path / "r"))
     assert_one_line_error(p, "-K must be >= 1", "--top must be >= 1", "--verify must be >= 3")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--budgets", "inf"], "--budgets must be positive finite numbers, got 'inf'"),
+        (["--budgets", "0.2,,0.3"], "--budgets must be comma-separated numbers, got '0.2,,0.3'"),
+        (["--budgets", ""], "--budgets must be comma-separated numbers, got ''"),
+        (["--time-limit", "inf"], "--time-limit must be a positive number of minutes, got inf"),
+    ],
+    ids=["infinite budget", "empty entry", "empty budgets", "infinite time limit"],
+)
+def test_a_run_refuses_budgets_and_limits_that_are_no_finite_positive_numbers(tmp_path, args, needle):
+    p = run_dery("run", *args, "-o", str(tmp_path / "r"))
+    assert_one_line_error(p, needle)
+    assert not (tmp_path / "r").exists()  # refused before any work: no folder
+
+
+def test_a_run_refuses_a_folder_that_holds_a_shipped_package(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "deploy.json").write_text("{}")
+    p = run_dery("run", "--zoo", str(TINY_ZOO), "--quick", "-o", str(pkg))
+    assert_one_line_error(p, f"{pkg} holds a shipped package (deploy.json), not a run; choose another -o")
+    assert sorted(x.name for x in pkg.iterdir()) == ["deploy.json"]  # nothing written beside it
