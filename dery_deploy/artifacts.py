@@ -130,10 +130,10 @@ def read_json_artifact(
     except json.JSONDecodeError as e:
         raise DeryError(f"{kind} {path} is truncated or corrupt ({e.msg} at line {e.lineno}); {fix}", stage) from None
     if not isinstance(data, dict) or data.get("kind") != kind:
-        raise DeryError(
-            f"{path} is not a {kind} artifact (kind={data.get('kind') if isinstance(data, dict) else None!r}); {fix}",
-            stage,
-        )
+        # a whole file of another kind was passed where this kind belongs: the file is fine, the argument is not
+        other = data.get("kind") if isinstance(data, dict) else None
+        what = f"a {other} artifact" if other else "not an artifact of this tool (no 'kind')"
+        raise DeryError(f"{path} is {what}, not a {kind} one: pass a {kind} file here", stage)
     if data.get("schema") != schema:
         raise DeryError(
             f"{kind} {path} has schema {data.get('schema')!r}, this version reads schema {schema}; "

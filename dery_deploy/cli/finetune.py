@@ -80,6 +80,13 @@ def finetune(
         raise DeryError("give either a plan.json or --donor NAME", "finetune")
     if out.exists() and not out.is_dir():
         raise DeryError(f"{out} is a file, not a run folder: choose another -o", "finetune")
+    for t in teacher:  # checked before any training: a teacher is a fine-tuned run's folder
+        if not (t / "checkpoint.safetensors").is_file():
+            raise DeryError(
+                f"--teacher {t} is not a run folder of `dery finetune` (no checkpoint.safetensors); pass a folder "
+                "that `dery finetune ... -o DIR` wrote",
+                "finetune",
+            )
     p: Plan | None = None
     if plan is not None:
         source, z, p = _plan_source(plan, zoo)

@@ -235,6 +235,13 @@ def test_int8_export_refused_where_the_format_has_none(trained_run):
     )
 
 
+def test_an_edge_device_without_a_bundle_is_refused_not_exported_for_this_cpu(trained_run, tmp_path):
+    out = tmp_path / "pkg"
+    p = run_dery("export", str(trained_run), "--device", "jetson-orin-nano", "--out", str(out))
+    assert_one_line_error(p, "--device jetson-orin-nano is an edge device: add --bundle DIR")
+    assert not out.exists()
+
+
 def test_jetson_bundle_int8_carries_the_qdq_onnx(trained_run, tmp_path):
     import numpy as np
     import onnx

@@ -301,6 +301,17 @@ def test_cli_refusals(tiny_ws, tmp_path):
         "holds no images",
     )
     assert not (tmp_path / "y").exists()  # nothing half-written
+    # a teacher that is no fine-tuned run's folder is refused before training, in one line
+    args = ("finetune", "--donor", "mnv3_rot", "-o", str(tmp_path / "z"), "--teacher", str(tmp_path / "nowhere"))
+    assert_one_line_error(run_dery(*args), "--teacher", "is not a run folder of `dery finetune`")
+    assert not (tmp_path / "z").exists()
+    # a valid artifact of another kind passed as the plan: the file is fine, the argument is not
+    other = tmp_path / "partition.json"
+    other.write_text(json.dumps({"kind": "partition", "schema": 1}))
+    assert_one_line_error(
+        run_dery("finetune", str(other), "-o", str(tmp_path / "w")), "is a partition artifact, not a plan"
+    )
+    assert "delete" not in run_dery("finetune", str(other), "-o", str(tmp_path / "w")).stderr
 
 
 def test_image_folder_task_and_imbalance_warning(tmp_path, fashion_zoo):
