@@ -80,6 +80,8 @@ def finetune(
         raise DeryError("give either a plan.json or --donor NAME", "finetune")
     if out.exists() and not out.is_dir():
         raise DeryError(f"{out} is a file, not a run folder: choose another -o", "finetune")
+    if not 0 <= distill <= 1:  # (ignored without a teacher, but never silently wrong)
+        raise DeryError(f"--distill must be in [0, 1], got {distill}", "finetune")
     for t in teacher:  # checked before any training: a teacher is a fine-tuned run's folder
         if not (t / "checkpoint.safetensors").is_file():
             raise DeryError(

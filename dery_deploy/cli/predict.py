@@ -58,7 +58,10 @@ def predict(
     """Classify images with a package: its preprocessing, class names and runtime settings, batched at
     its batch."""
     from dery_deploy.deploy.predictor import load
+    from dery_deploy.errors import DeryError
 
+    if top_k < 1:
+        raise DeryError(f"--top-k must be >= 1 (classes to print per image), got {top_k}", "predict")
     model = load(package)
     files = image_files(images)
     rows: list[dict[str, Any]] = []

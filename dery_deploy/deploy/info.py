@@ -187,6 +187,8 @@ def read_package(folder: str | Path) -> DeployInfo:
     folder = Path(folder)
     if folder.is_file() and folder.name == FILE:
         folder = folder.parent
+    if folder.is_file():
+        raise DeryError(f"{folder} is a file, not a package folder; give the folder that holds {FILE}", "deploy")
     if not folder.is_dir():
         raise DeryError(f"package folder not found: {folder}; give the folder that holds {FILE}", "deploy")
     if not (folder / FILE).is_file():

@@ -89,6 +89,8 @@ def finetune(
 def load_run_model(run: Path, zoo=None) -> tuple[nn.Module, RunConfig]:
     """The trained network of a run directory (on the CPU, eval mode), with its config."""
     run = Path(run)
+    if not run.exists():
+        raise DeryError(f"run folder not found: {run}; give a folder that `dery finetune -o DIR` wrote", "finetune")
     if run.is_file():
         raise DeryError(
             f"{run} is a file, not a run folder"

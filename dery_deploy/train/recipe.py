@@ -35,19 +35,25 @@ class Recipe:
         """Every bad field at once."""
         bad = []
         if self.match_epochs < 0 or (self.match_epochs and self.match_images <= 0):
-            bad.append(f"match_epochs must be >= 0 with match_images > 0, got {self.match_epochs}, {self.match_images}")
+            bad.append(f"--match-epochs must be >= 0 (with seam-matching images > 0), got {self.match_epochs}")
         if self.epochs_adapter < 0 or self.epochs_full < 0 or self.epochs_adapter + self.epochs_full == 0:
-            bad.append(f"epochs must be >= 0 and not both 0 (got {self.epochs_adapter}, {self.epochs_full})")
+            bad.append(
+                f"--epochs-adapter and --epochs-full must be >= 0 and not both 0, got {self.epochs_adapter} and "
+                f"{self.epochs_full}"
+            )
         if self.batch <= 0:
-            bad.append(f"batch must be > 0, got {self.batch}")
+            bad.append(f"--batch must be > 0, got {self.batch}")
         if not (self.lr > 0 and self.lr_full > 0 and self.stitch_lr_scale > 0):
-            bad.append(f"learning rates must be > 0, got {self.lr}, {self.lr_full}, x{self.stitch_lr_scale}")
+            bad.append(
+                f"--lr, --lr-full and --stitch-lr-scale must be > 0, got {self.lr}, {self.lr_full} and "
+                f"{self.stitch_lr_scale}"
+            )
         if self.head_init not in ("probe", "random"):
-            bad.append(f"head_init must be probe or random, got {self.head_init!r}")
+            bad.append(f"--head-init must be probe or random, got {self.head_init!r}")
         if not 0 <= self.distill <= 1:
-            bad.append(f"distill must be in [0, 1], got {self.distill}")
+            bad.append(f"--distill must be in [0, 1], got {self.distill}")
         if self.distill and self.distill_images <= 0:
-            bad.append(f"distill_images must be > 0, got {self.distill_images}")
+            bad.append(f"--distill-images must be > 0, got {self.distill_images}")
         if not self.temperature > 0:
             bad.append(f"temperature must be > 0, got {self.temperature}")
         if bad:

@@ -29,6 +29,10 @@ def test_predict_on_a_folder_prints_the_tasks_class_names(shipped, tmp_path):
     assert [r["top"][0]["class"] for r in rows] == [w[0][0] for w in want]
     text = run_dery("predict", str(shipped["onnx"]), str(tmp_path / "0.png"))
     assert text.returncode == 0 and text.stdout.startswith(f"{tmp_path / '0.png'}: {want[0][0][0]} ")
+    # no classes to print is a mistake, said in one line (it printed one class)
+    assert_one_line_error(
+        run_dery("predict", str(shipped["onnx"]), str(tmp_path), "--top-k", "0"), "--top-k must be >= 1"
+    )
 
 
 def test_measure_package_takes_every_call(shipped):
@@ -102,6 +106,7 @@ def test_bench_exit_code_says_the_verdict(tmp_path, budget_ms, code, needle):
     "args,needle",
     [
         (["{pkg}/nowhere"], "package folder not found"),
+        (["{pkg}/model.onnx"], "is a file, not a package folder"),
         (["{damaged}"], "deploy.json"),
         (["{pkg}", "--percentile", "70"], "--percentile must be 50, 90 or 99"),
         (["{pkg}", "--calls", "abc"], "'abc'"),
@@ -112,7 +117,7 @@ def test_bench_exit_code_says_the_verdict(tmp_path, budget_ms, code, needle):
         ([], "Missing argument"),
     ],
     ids=[
-        *("no package", "damaged package", "bad percentile", "bad calls", "no calls", "endless seconds"),
+        *("no package", "a file", "damaged package", "bad percentile", "bad calls", "no calls", "endless seconds"),
         *("NaN seconds", "unknown option", "no argument"),
     ],
 )

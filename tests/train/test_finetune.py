@@ -305,6 +305,13 @@ def test_cli_refusals(tiny_ws, tmp_path):
     args = ("finetune", "--donor", "mnv3_rot", "-o", str(tmp_path / "z"), "--teacher", str(tmp_path / "nowhere"))
     assert_one_line_error(run_dery(*args), "--teacher", "is not a run folder of `dery finetune`")
     assert not (tmp_path / "z").exists()
+    assert_one_line_error(run_dery("evaluate", str(tmp_path / "nowhere")), "run folder not found", "dery finetune -o")
+    # options named as the user typed them, the distillation weight checked with or without a teacher
+    bad = ("finetune", "--donor", "mnv3_rot", "-o", str(tmp_path / "v"), "--match-epochs", "-1", "--head-init", "x")
+    assert_one_line_error(run_dery(*bad), "--match-epochs must be >= 0", "--head-init must be probe or random")
+    bad = ("finetune", "--donor", "mnv3_rot", "-o", str(tmp_path / "v"), "--distill", "2")
+    assert_one_line_error(run_dery(*bad), "--distill must be in [0, 1], got 2")
+    assert not (tmp_path / "v").exists()
     # a valid artifact of another kind passed as the plan: the file is fine, the argument is not
     other = tmp_path / "partition.json"
     other.write_text(json.dumps({"kind": "partition", "schema": 1}))
