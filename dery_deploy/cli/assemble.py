@@ -74,7 +74,7 @@ def assemble(
     search: str = typer.Option("cpsat", "--search", help="cpsat (integer program + proxy rerank) or optuna"),
     backend: str | None = typer.Option(None, "--backend", help="default: the device's"),
     precision: str | None = typer.Option(None, "--precision", help="default: the device's"),
-    batch: int = typer.Option(1, "--batch"),
+    batch: int = typer.Option(1, "--batch", help="images per call the budgets are for (a profile at this batch)"),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads the runtime computes with (default: the first count the device spec lists)"
     ),
@@ -82,8 +82,8 @@ def assemble(
         50, "--percentile", help="the budget holds for this percentile of single calls: 50 (median), 90 or 99"
     ),
     profile: Path | None = typer.Option(None, "--profile", help="profile JSON (default: found by device/backend)"),
-    partition: Path | None = typer.Option(None, "--partition"),
-    seed: int = typer.Option(0, "--seed"),
+    partition: Path | None = typer.Option(None, "--partition", help="partition.json (default: the zoo's current one)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the search and the proxy"),
     out: Path = typer.Option(Path("plan.json"), "-o", "--out", help="plan path; adapter weights go beside it"),
     select: bool = typer.Option(
         True,
@@ -100,7 +100,7 @@ def assemble(
         None, "--storage", help="Optuna storage shared by processes running the same selection (sqlite:///f.db, a URL)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the plans as JSON"),
-    cache: Path | None = typer.Option(None, "--cache"),
+    cache: Path | None = typer.Option(None, "--cache", help="artifact cache (default: $DERY_CACHE, else .dery_cache)"),
 ) -> None:
     """Pick one block per equivalence set under the budget, rank candidates on your task, write the plan."""
     budgets = check_options(latency_ms, batch, percentile, folds, threads, out)

@@ -26,13 +26,13 @@ def partition(
     K: int = typer.Option(4, "-K", "--sets", help="number of blocks per donor = equivalence sets"),
     eps: float = typer.Option(0.2, "--eps", help="block-size slack: max units <= ceil(N/K)*(1+eps)"),
     restarts: int = typer.Option(50, "--restarts", help="seeded random starts"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random starts"),
     probe: int = typer.Option(512, "--probe", help="probe images of the similarity to use"),
     probe_data: str | None = typer.Option(None, "--probe-data", "--data", help=PROBE_DATA_HELP),
     method: str = typer.Option("dp", "--method", help="dp (exact re-partition) or local (paper's one-unit moves)"),
     out: Path | None = typer.Option(None, "-o", "--out", help="partition.json path (default in the cache)"),
     as_json: bool = typer.Option(False, "--json", help="print the partition as JSON"),
-    cache: Path | None = typer.Option(None, "--cache"),
+    cache: Path | None = typer.Option(None, "--cache", help="artifact cache (default: $DERY_CACHE, else .dery_cache)"),
 ) -> None:
     """Write partition.json and print the sets."""
     if method not in ("dp", "local"):

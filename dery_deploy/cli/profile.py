@@ -80,7 +80,7 @@ def profile(
     bundle: Path | None = typer.Option(None, "--bundle", help="write a remote-profiling bundle (Jetson) here"),
     import_result: Path | None = typer.Option(None, "--import", help="import a bundle runner's result JSON"),
     as_json: bool = typer.Option(False, "--json", help="print the profile summary as JSON"),
-    cache: Path | None = typer.Option(None, "--cache"),
+    cache: Path | None = typer.Option(None, "--cache", help="artifact cache (default: $DERY_CACHE, else .dery_cache)"),
 ) -> None:
     """Profile donors, units or the partition's blocks, adapters and heads; resumes an interrupted run."""
     root = cache or cache_root()

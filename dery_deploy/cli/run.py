@@ -43,9 +43,11 @@ def run(
     ),
     budgets: str | None = typer.Option(None, "--budgets", help="latency budgets in ms (default: from donor latencies)"),
     K: int = typer.Option(4, "-K", "--sets", help="equivalence sets (blocks per donor)"),
-    epochs_adapter: int = typer.Option(4, "--epochs-adapter"),
-    epochs_full: int = typer.Option(6, "--epochs-full"),
-    top: int = typer.Option(10, "--top"),
+    epochs_adapter: int = typer.Option(
+        4, "--epochs-adapter", help="final recipe: epochs training the adapters and head alone"
+    ),
+    epochs_full: int = typer.Option(6, "--epochs-full", help="final recipe: epochs training the whole network"),
+    top: int = typer.Option(10, "--top", help="candidates per budget the program's ranking keeps"),
     verify: int = typer.Option(10, "--verify", help="mixed assemblies measured to check the latency model"),
     quick: bool = typer.Option(
         False,
@@ -110,7 +112,7 @@ def run(
         "points or more after the short recipe (it cannot be the best donor that fits); slower, for the report's "
         "figures of every donor",
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seed of the data split, the search and the training"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),
     as_json: bool = typer.Option(False, "--json", help="print the run's results as JSON at the end"),
 ) -> None:
