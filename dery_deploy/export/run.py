@@ -165,13 +165,13 @@ def export_run(
     plan = job.plan
     if bundle is not None:
         return ship_bundle(job, fmt, plan, bundle, force)
+    exporter.refuse(job.spec)  # (TensorRT for a Jetson: said how to build it there)
     if device and job.spec is not None and job.spec.kind == "jetson":  # it cannot be built or measured here
         raise DeryError(
             f"--device {device} is an edge device: add --bundle DIR (with --format tensorrt) to write the ONNX and "
             "the scripts that build and check it there",
             "export",
         )
-    exporter.refuse(job.spec)
     artifact = job.out / exporter.artifact(job.precision)
     if artifact.exists() and not force:
         raise DeryError(f"{artifact} exists; pass --force to overwrite it", "export")
