@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from dery_deploy.assemble.candidates import donor_near
 from dery_deploy.assemble.pool import planning_margin
@@ -107,6 +108,12 @@ def expected_dominated(donor_ms: dict[str, float], probe: dict[str, float], pool
     on the fashion zoo: resnet10t_tops over mnv3_rot 29.5 points by probe and 29.0 after the short recipe,
     over tinynet_rot 24.7 and 30.5; the other donors' gaps under 8 either way (seed 0, 100 labels a class)."""
     return sorted(dominated_donors({n: donor_ms[n] for n in pool}, {n: probe.get(n) for n in pool}))
+
+
+def last_block_probe(zoo, dis, scores: Callable[[], Scores]) -> Callable[[], dict[str, float]]:
+    """Each donor's transferability probe at its last block (what `expected_dominated` reads), computed with
+    the task-aware scores when called."""
+    return lambda: {n: scores().transfer.get((n, len(dis[n].body)), 0.0) for n in zoo.donor_names}
 
 
 def teacher_pool(donor_ms: dict[str, float], budgets: list[float]) -> list[str]:

@@ -144,8 +144,10 @@ class Plan:
     expected_left_out: list[str] = field(default_factory=list)
 
     def key(self) -> dict:
-        """What an estimate depends on (not the step timings it adds)."""
-        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in ("step_s", "distill_s")}))
+        """What an estimate depends on (not the step timings it adds, nor the donors it expects left out: made
+        from the task's probe where the estimate is made, and read back from a reused one)."""
+        made_here = ("step_s", "distill_s", "expected_left_out")
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in made_here}))
 
 
 def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstimate:

@@ -13,6 +13,7 @@ stage failed and why.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from dery_deploy.pipeline.budgets import (
     expected_dominated,
     feasible_floor,
     final_donors,
+    last_block_probe,
     teacher_pool,
 )
 from dery_deploy.pipeline.context import Context, Recipes
@@ -96,15 +98,14 @@ def start_eta(
     donor_ms,
     recipes: Recipes,
     searched: int = 0,
-    probe: dict[str, float] | None = None,
+    probe: Callable[[], dict[str, float]] | None = None,
 ) -> tuple[list[float], Recipes]:
     """Estimate the rest of the run on this machine (`estimate.py`), fit it to --time-limit
     (`time_limit.py`), say both, and keep the whole run's line; returns the budgets and recipes to run.
     `searched`: how many targets assembly and selection search (0: every one of `models`); `probe`: each
-    donor's transferability probe accuracy, from which the donors the short recipe will leave out are
-    expected (none where it is not given or every donor is trained)."""
+    donor's transferability probe accuracy (called only where the estimate is made, not reused), from which
+    the donors the short recipe will leave out are expected (none where every donor is trained)."""
     pool = teacher_pool(donor_ms, budgets)
-    expected = expected_dominated(donor_ms, probe, pool) if probe and not r.opts.train_every_donor else []
     plan = Plan(
         budgets,
         donor_ms,
@@ -120,11 +121,12 @@ def start_eta(
         budgets_chosen=not r.opts.budgets,
         searched_targets=searched or len(models),
         family=r.opts.family_training if r.opts.family else None,
-        expected_left_out=expected,
     )
     path, key = r.out / "estimate.json", {**plan.key(), "time_limit": r.opts.time_limit}
 
     def compute() -> RunEstimate:
+        if probe is not None and not r.opts.train_every_donor:
+            plan.expected_left_out = expected_dominated(donor_ms, probe(), pool)
         elapsed = time.time() - r.t0
         est = make_estimate(plan, zoo, task, r.manifest.stages, models, elapsed, r.opts.seed, bool(r.opts.time_limit))
         atomic_write_json(path, {"key": key, "estimate": est.to_dict()})
@@ -133,6 +135,7 @@ def start_eta(
     t = time.time()
     est = r.stage("time estimate", lambda: RunEstimate.reuse(path, key), compute, lambda e: e.line())
     fresh = r.manifest.stages[-1].status == "computed"  # else an earlier run's, for the same plan
+    plan.expected_left_out = list(est.expected_left_out)
     if r.opts.time_limit:
         elapsed = time.time() - r.t0
         plan.step_s, plan.distill_s = est.step_s, est.distill_s
@@ -343,7 +346,8 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
         + ")"
     )
     searched = stage_targets(r, zoo, part, dis, models, task, scores, budgets)
-    probe = {n: scores().transfer.get((n, len(dis[n].body)), 0.0) for n in zoo.donor_names}
+
+    probe = last_block_probe(zoo, dis, scores)
     budgets, recipes = start_eta(r, zoo, task, models, budgets, donor_ms, Recipes.of(opts), len(searched), probe)
     r.manifest.budgets = budgets
     r.manifest.recipe = recipes.describe()
