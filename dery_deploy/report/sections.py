@@ -308,18 +308,17 @@ def estimate_lines(est: RunEstimate | None) -> list[str]:
         for g, v in sorted(est.actual.items())
         if v.estimated_s > 0
     ]
+    # what the estimate held out in advance, what the short recipe left out that it counted, what it put back
+    held = [f"; not counting {est.expected_line()}"] if est.expected_left_out else []
+    if est.left_out_s:
+        held.append(f"; {est.left_out_s:.0f} s of it were the final training of donors the short recipe left out")
+    if est.put_back_s:
+        held.append(f"; {est.put_back_s:.0f} s put back for donors it kept after all")
     return [
         f"Time estimate, made after {est.after_s:.0f} s (the profiles): {total:.0f} s for the rest of the run, "
         f"from {len(est.step_s)} donors' training steps timed here and {est.item_s:.2f} s per "
         "measured item; against what the stages it expected took (computed ones only; training is an upper "
-        "bound where phase 1 stops at its plateau)"
-        + (f"; not counting {est.expected_line()}" if est.expected_left_out else "")
-        + (
-            f"; {est.left_out_s:.0f} s of it were the final training of donors the short recipe left out"
-            * bool(est.left_out_s)
-        )
-        + (f"; {est.put_back_s:.0f} s put back for donors it kept after all" * bool(est.put_back_s))
-        + ":",
+        "bound where phase 1 stops at its plateau)" + "".join(held) + ":",
         "",
         md_table(["group", "estimated s", "actual s", "actual vs estimate"], rows),
         "",
