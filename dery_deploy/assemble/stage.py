@@ -308,7 +308,7 @@ def finish_plan(
         params_m=round(c.params / 1e6, 4),
         latency_model=PlanningModel(
             speed=model.speed,
-            scale=model.scale,
+            scale=model.tail if plan.head_kind == "donor" else model.scale,  # a donor is measured whole
             percentile=model.percentile,
             median_rel_error=check.at(model.percentile)[1] if check else None,
             max_rel_error=check.at(model.percentile)[2] if check else None,

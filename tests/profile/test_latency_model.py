@@ -74,3 +74,26 @@ def test_the_program_unit_is_finer_than_a_microsecond():
         assert abs(to_us(ms) / UNITS_PER_MS - ms) <= 5e-6 + 1e-12
         assert ms - 1e-5 <= budget_us(ms) / UNITS_PER_MS <= ms  # a budget is rounded down, by under 10 ns
     assert to_us(0.0012) != to_us(0.0008)  # two items whole microseconds rounded alike
+
+
+def test_a_whole_donor_is_predicted_as_measured_whole_not_by_the_assemblies_scale():
+    """Assemblies that run 1.4x their parts (as OpenVINO INT8's did on the Xeon host: scale 1.406) fit a
+    scale of 1.4; a donor is one item measured whole, so it is predicted as its own median (at p90, times
+    the check's p90 scale over its median scale), never times 1.4 (0.1008 ms measured was 0.142 predicted)."""
+    prof = profile_of({k: w + OVERHEAD_MS for k, w in WORK.items()})
+    prof.records["donor|d|x|10"] = Record("donor", 0.1008, 0.13, 0.15, 0.0, 100, True)
+    sub = LatencyModel(prof)
+    rows = []
+    for i, keys in enumerate(ASSEMBLIES):
+        measured = 1.4 * (sum(WORK[k] for k in keys) + OVERHEAD_MS)
+        p = sub.predict_ms(keys)
+        rows.append(VerifyRow(f"a{i}", len(keys) - 1, 0.0, measured, True, p, p, measured, None, 0.0,
+                              measured_p90_ms=1.1 * measured, measured_p99_ms=1.2 * measured))  # fmt: skip
+    prof.verify = fit_latency_check(rows, 0, "k")
+    assert prof.verify.scale == pytest.approx(1.4, rel=1e-3)
+    model = LatencyModel.of(prof)
+    assert model.predict_ms(["donor|d|x|10"]) == pytest.approx(0.1008, abs=1e-5)
+    assert model.predict_ms(ASSEMBLIES[0]) == pytest.approx(rows[0].measured_ms, rel=1e-3)  # mixes keep the scale
+    p90 = LatencyModel.of(prof, percentile=90)
+    assert p90.predict_ms(["donor|d|x|10"]) == pytest.approx(0.1008 * 1.1, abs=1e-5)
+    assert p90.predict_ms(ASSEMBLIES[1]) == pytest.approx(1.1 * rows[1].measured_ms, rel=1e-3)
