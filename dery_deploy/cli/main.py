@@ -28,6 +28,7 @@ def make_app(full: bool = True) -> typer.Typer:
         help="Deep Model Reassembly for one device under a latency budget: profile, assemble, fine-tune, ship.",
         pretty_exceptions_enable=False,
     )
+    app.callback()(_root)
     if full:
         from dery_deploy.cli import (
             assemble,
@@ -48,6 +49,22 @@ def make_app(full: bool = True) -> typer.Typer:
     for mod in RUNTIME_ONLY.values():
         mod.register(app)
     return app
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from dery_deploy import __version__
+
+        typer.echo(f"dery {__version__}")
+        raise typer.Exit()
+
+
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Deep Model Reassembly for one device under a latency budget: profile, assemble, fine-tune, ship."""
 
 
 def _click_errors() -> tuple[tuple[type[Any], ...], tuple[type[BaseException], ...], tuple[type[Any], ...]]:

@@ -37,6 +37,12 @@ def partition(
     """Write partition.json and print the sets."""
     if method not in ("dp", "local"):
         raise DeryError(f"--method must be dp or local, got {method!r}", "partition")
+    # before the similarity, which is minutes on a new zoo and writes its cache
+    for flag, value in (("-K", K), ("--restarts", restarts), ("--probe", probe)):
+        if value < 1:
+            raise DeryError(f"{flag} must be >= 1, got {value}", "partition")
+    if not eps >= 0:
+        raise DeryError(f"--eps must be >= 0 (it loosens the block-size bound), got {eps}", "partition")
     z = get_zoo(zoo)
     if out is not None:
         Partition.check_replaceable(out)

@@ -31,7 +31,7 @@ from dery_deploy.partition.stage import Partition, current_partition
 from dery_deploy.profile.bundle import import_result as do_import
 from dery_deploy.profile.bundle import write_bundle
 from dery_deploy.profile.latency_model import LatencyModel
-from dery_deploy.profile.run import PASS_ITEMS, latency_summary, run_profile
+from dery_deploy.profile.run import PASS_ITEMS, latency_summary, resolve_backend, run_profile
 from dery_deploy.profile.run import verify as run_verify
 from dery_deploy.profile.store import read_profile
 from dery_deploy.runtime.devices import DeviceSpec, default_device, get_device
@@ -89,16 +89,11 @@ def profile(
             show_import(import_result, path)
         return
     batches = parse_int_list(batch, "--batch")
-    if verify < 0:
-        raise DeryError(f"--verify must be >= 0, got {verify}", "profile")
-    if pass_items < 1:
-        raise DeryError(f"--pass-items must be >= 1, got {pass_items}", "profile")
-    if threads is not None and threads < 1:
-        raise DeryError(f"--threads must be >= 1 (CPU threads to compute with), got {threads}", "profile")
+    refuse_bad_counts(verify, pass_items, threads, classes)
     z = get_zoo(zoo)
     spec = get_device(device or default_device())
-    if classes is not None and classes < 2:
-        raise DeryError(f"--classes must be at least 2, got {classes}", "profile")
+    if bundle is None:  # refused before any note or work; a bundle's runner picks its backend on the device
+        resolve_backend(spec, backend, precision, threads)
     num_classes = classes or (load_task(data, z.input).num_classes if data else 10)
     part = current_partition(z, partition, cache, "profile", required=False)
     if verify and part is None:
@@ -198,6 +193,17 @@ def show_import(result: Path, path: Path) -> None:
             "blocks, adapters and heads a plan needs",
             style="yellow",
         )
+
+
+def refuse_bad_counts(verify: int, pass_items: int, threads: int | None, classes: int | None) -> None:
+    if verify < 0:
+        raise DeryError(f"--verify must be >= 0, got {verify}", "profile")
+    if pass_items < 1:
+        raise DeryError(f"--pass-items must be >= 1, got {pass_items}", "profile")
+    if threads is not None and threads < 1:
+        raise DeryError(f"--threads must be >= 1 (CPU threads to compute with), got {threads}", "profile")
+    if classes is not None and classes < 2:
+        raise DeryError(f"--classes must be at least 2, got {classes}", "profile")
 
 
 def summarise(path: Path, zoo, num_classes: int) -> dict:

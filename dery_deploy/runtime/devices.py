@@ -51,7 +51,7 @@ def devices_dir() -> Path:
     for p in (os.environ.get("DERY_DEVICES"), "devices", Path(__file__).resolve().parents[2] / "devices"):
         if p and Path(p).is_dir() and any(Path(p).glob("*.yaml")):
             return Path(p)
-    raise DeryError("no devices/ folder found; set DERY_DEVICES to a folder of device YAML files", "profile")
+    raise DeryError("no devices/ folder found; set DERY_DEVICES to a folder of device YAML files", "device")
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def load_device(path: Path) -> DeviceSpec:
     try:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise DeryError(f"{path}: not valid YAML ({str(e).splitlines()[0]})", "profile") from None
+        raise DeryError(f"{path}: not valid YAML ({str(e).splitlines()[0]})", "device") from None
     errors = []
     for key, typ in (
         ("id", str),
@@ -135,7 +135,7 @@ def load_device(path: Path) -> DeviceSpec:
     if isinstance(d.get("kind"), str) and d["kind"] not in KINDS:
         errors.append(f"kind: {d['kind']!r} not in {KINDS}")
     if errors:
-        raise DeryError(f"{path}: " + "; ".join(errors), "profile")
+        raise DeryError(f"{path}: " + "; ".join(errors), "device")
     return DeviceSpec(
         d["id"],
         d["name"],
@@ -161,7 +161,7 @@ def get_device(device_id: str) -> DeviceSpec:
         if s.id == device_id:
             return s
     raise DeryError(
-        f"Unknown device {device_id!r}. Known devices: {', '.join(s.id for s in specs)}. Run `dery devices`.", "profile"
+        f"Unknown device {device_id!r}. Known devices: {', '.join(s.id for s in specs)}. Run `dery devices`.", "device"
     )
 
 
@@ -278,7 +278,7 @@ def gpu_fingerprint(index: int | None = None) -> dict | None:
             name = _s(pynvml.nvmlDeviceGetName(h))
             memory_mb = pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20
         except pynvml.NVMLError as e:
-            raise DeryError(f"NVML found the GPU but could not read its name and memory ({e})", "profile") from None
+            raise DeryError(f"NVML found the GPU but could not read its name and memory ({e})", "device") from None
         power = _optional(pynvml.nvmlDeviceGetPowerUsage, h)
         return {
             "kind": "cuda",
@@ -310,14 +310,14 @@ def machine_fingerprint(kind: str) -> dict:
             raise DeryError(
                 "this machine has no NVIDIA GPU visible through NVML (nvidia-ml-py); profile a cuda "
                 "device on the machine that has it",
-                "profile",
+                "device",
             )
         return fp
     if kind == "jetson":
         raise DeryError(
             "Jetson devices are profiled remotely: use `dery profile --device ID --bundle DIR`, run "
             "the bundle's runner on the Jetson, then `dery profile --import RESULT.json`",
-            "profile",
+            "device",
         )
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20

@@ -45,6 +45,13 @@ def test_help_and_no_arguments_are_not_errors():
     assert dery("assemble", "--help").returncode == 0
 
 
+def test_version_is_the_package_version():
+    from dery_deploy import __version__
+
+    p = dery("--version")
+    assert p.returncode == 0 and p.stdout.strip() == f"dery {__version__}", (p.returncode, p.stdout, p.stderr)
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -202,3 +209,21 @@ def test_a_run_refuses_a_folder_that_holds_a_shipped_package(tmp_path):
     p = run_dery("run", "--zoo", str(TINY_ZOO), "--quick", "-o", str(pkg))
     assert_one_line_error(p, f"{pkg} holds a shipped package (deploy.json), not a run; choose another -o")
     assert sorted(x.name for x in pkg.iterdir()) == ["deploy.json"]  # nothing written beside it
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["partition", "-K", "0"], "-K must be >= 1, got 0"),
+        (["partition", "--restarts", "0"], "--restarts must be >= 1, got 0"),
+        (["partition", "--eps", "-1"], "--eps must be >= 0"),
+        (["profile", "--backend", "bogus"], "does not list backend 'bogus'"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(tmp_path, args, needle):
+    """Refused in one line before the similarity (minutes on a new zoo) or the profile starts: nothing is
+    written to the cache and no note comes first."""
+    p = dery(*args, "--zoo", str(TINY_ZOO), "--cache", str(tmp_path / "cache"))
+    assert p.returncode == 2
+    assert_one_line_error(p, needle)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.*"))

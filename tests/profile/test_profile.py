@@ -266,7 +266,7 @@ def test_bundle_round_trip_with_onnxruntime_runner(tiny_ws, tmp_path):
 @pytest.mark.parametrize(
     "args,needles",
     [
-        (["profile", "--device", "tpu9"], ["Unknown device 'tpu9'", "cpu", "h100", "jetson-orin-nano"]),
+        (["profile", "--device", "tpu9"], ["[device] Unknown device 'tpu9'", "cpu", "h100", "jetson-orin-nano"]),
         (["profile", "--device", "cpu", "--batch", "0"], ["--batch must be positive"]),
         (["profile", "--device", "cpu", "--threads", "0"], ["--threads must be >= 1", "got 0"]),
         (["profile", "--device", "cpu", "--backend", "torch-cudagraph"], ["does not list backend 'torch-cudagraph'"]),
