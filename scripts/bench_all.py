@@ -52,7 +52,7 @@ def main() -> None:
             *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
             *("time_limit", "family", "family_run", "family_run_joint", "reproduce_xeon", "reference_placement"),
             *("time_limit_xeon", "estimate_xeon", "repeatability_xeon", "look_xeon", "latency_model_xeon"),
-            "reproduce_b32_xeon",
+            *("reproduce_b32_xeon", "quality_xeon"),
         )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
@@ -85,6 +85,7 @@ def main() -> None:
             "family",  # bench_family.py: the family program's time on the fashion and random zoos
             "family_run",  # bench_family_run.py: about an hour per seed
             "family_run_joint",  # bench_family_run.py --family-training joint, in family_run's folders
+            "quality_xeon",  # bench_quality.py --seeds 0,1 -o bench/quality_xeon.json on an Intel Xeon host
         ):  # a run's finalists / about 3 hours / two whole runs: run by hand, read here
             if (bench / f"{by_hand}.json").is_file():
                 results["scripts"][by_hand] = json.loads((bench / f"{by_hand}.json").read_text())
@@ -153,41 +154,9 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
             out += repeatability_section(s[key])
     if "runtimes" in s:
         out += runtimes_section(s["runtimes"])
-    if "quality" in s:
-        q = s["quality"]
-        out += [
-            "### Reassembled vs the best donor that fits (same data, same recipe, distillation included)",
-            "",
-            f"Fashion-MNIST, 100 labels per class (20% of them the validation split that selection decides on), "
-            f"the 10k test set reported; seeds {', '.join(q['seeds'])}; budgets in the gaps between the donors' "
-            f"latencies (onnxruntime, this CPU). Mean ± std over seeds; 'reassembled' is the best finalist "
-            "with at least one seam (one donor's own blocks are that donor), after healing; 'shipped' the pick "
-            "(the best donor unless a reassembled plan wins on validation beyond its noise).",
-            "",
-            "| budget (ms) | best fitting donor | best reassembled | reassembled − donor | stitch-only | shipped "
-            "| verdict |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for b, a in q["per_budget"].items():
-
-            def f(k, a=a):
-                v = a.get(k)
-                return "-" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
-
-            out.append(
-                f"| {b} | {f('best_donor_top1')} | {f('best_reassembled_top1')} | {f('reassembled_minus_donor')} "
-                f"| {f('best_reassembled_stitch_only_top1')} | {f('shipped_top1')} | {a['verdict']} |"
-            )
-        bp = q["budget_promise"]
-        out += [
-            "",
-            f"Budget promise: {bp['shipped_within_budget']} of {bp['shipped_checked']} shipped ONNX artifacts "
-            f"measured within their budget (allowance: their own measurement noise only); "
-            f"{bp['finalists_dropped_over_budget']} of {bp['finalists']} finalists were dropped after "
-            f"their end-to-end measurement exceeded the budget. One `dery run` with "
-            f"{len(q['budgets'])} budgets took {', '.join(f'{x:.0f}' for x in q['run_seconds'])} s.",
-            "",
-        ]
+    for key in ("quality", "quality_xeon"):
+        if key in s:
+            out += quality_section(s[key])
     if "scaling" in s:
         out += scaling_section(s["scaling"])
     if "stitch_lr" in s:
@@ -405,7 +374,8 @@ def estimate_section(es: dict) -> list[str]:
         f"target: {es['target']}. The estimate is made after the profiles; per group, the estimate of the stages "
         "it expected against what they took.",
         "",
-        "| run | estimate made after | held out in advance (expected left out by probe) | estimated in all | took "
+        "| run | estimate made after | held out in advance (by probe: donors expected left out; heals expected "
+        "skipped) | estimated in all | took "
         "| took vs estimate | left out after the short recipe (s) / put back (s), took vs estimate so revised "
         "| per group: estimated / actual s |",
         "|---|---|---|---|---|---|---|---|",
@@ -418,6 +388,8 @@ def estimate_section(es: dict) -> list[str]:
         back = f" / {r.get('put_back_s', 0):.0f} s"
         left = f"{r.get('left_out_s', 0):.0f} s{back}, {revised:+.1f}%" if revised is not None else "-"
         held = (", ".join(r["expected_left_out"]) or "none") if "expected_left_out" in r else "-"
+        if r.get("expected_unhealed"):
+            held += "; heals at " + ", ".join(f"{b:g}" for b in r["expected_unhealed"]) + " ms"
         out.append(
             f"| `{r['command']}` | {r['estimate_made_after_s']:.0f} s | {held} | {r['estimated_total_s']:.0f} s "
             f"| {r['run_s']:.0f} s | {r['total_error_pct']:+.1f}% | {left} | {groups} |"
@@ -575,6 +547,47 @@ def look_section(lk: dict) -> list[str]:
             f"| {lo['relative']:.3f} ({100 * lo['vs_dery_bench']:+.1f}%) | {v['dery bench']['relative']:.3f} |"
         )
     return out + [""]
+
+
+def quality_section(q: dict) -> list[str]:
+    """Reassembled against the best donor that fits, per budget over seeds, and the budget promise."""
+    out = [
+        "### Reassembled vs the best donor that fits (same data, same recipe, distillation included)",
+        "",
+        f"Fashion-MNIST, 100 labels per class (20% of them the validation split that selection decides on), "
+        f"the 10k test set reported; seeds {', '.join(q['seeds'])}; budgets in the gaps between the donors' "
+        f"latencies (onnxruntime, {q['machine']['cpu']}, {q['when'][:10]}). Mean ± std over seeds; "
+        "'reassembled' is the best finalist with at least one seam (one donor's own blocks are that donor), "
+        "after healing; 'shipped' the pick (the best donor unless a reassembled plan wins on validation beyond "
+        "its noise), 'shipped − donor' what the user got against the best donor that fits (its promise: not "
+        "below it beyond the seeds' noise).",
+        "",
+        "| budget (ms) | best fitting donor | best reassembled | reassembled − donor | stitch-only | shipped "
+        "| shipped − donor | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b, a in q["per_budget"].items():
+
+        def f(k, a=a):
+            v = a.get(k)
+            return "-" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
+
+        out.append(
+            f"| {b} | {f('best_donor_top1')} | {f('best_reassembled_top1')} | {f('reassembled_minus_donor')} "
+            f"| {f('best_reassembled_stitch_only_top1')} | {f('shipped_top1')} | {f('shipped_minus_donor')} "
+            f"| {a['verdict']} |"
+        )
+    bp = q["budget_promise"]
+    out += [
+        "",
+        f"Budget promise: {bp['shipped_within_budget']} of {bp['shipped_checked']} shipped ONNX artifacts "
+        f"measured within their budget (allowance: their own measurement noise only); "
+        f"{bp['finalists_dropped_over_budget']} of {bp['finalists']} finalists were dropped after "
+        f"their end-to-end measurement exceeded the budget. One `dery run` with "
+        f"{len(q['budgets'])} budgets took {', '.join(f'{x:.0f}' for x in q['run_seconds'])} s.",
+        "",
+    ]
+    return out
 
 
 def repeatability_section(rep: dict) -> list[str]:

@@ -62,8 +62,11 @@ def estimate_row(m: RunManifest) -> dict:
         "rest_error_pct": round(100 * ((m.seconds - made) / rest - 1), 1) if rest else None,
         # donors the estimate expected the short recipe to leave out (held out of its total in advance)
         "expected_left_out": list(est.expected_left_out),
+        # budgets where selection was expected to rule the mix out (their heal held out of the total in advance)
+        "expected_unhealed": list(est.expected_unhealed),
         # less the parts the run dropped once its short recipe found their donors dominated, plus those it put
-        # back because the short recipe kept a donor the estimate expected it to leave out
+        # back because the short recipe kept a donor the estimate expected it to leave out, or because the run
+        # healed a mix where it expected selection to rule it out
         "left_out_s": round(est.left_out_s, 1),
         "put_back_s": round(est.put_back_s, 1),
         "revised_total_error_pct": round(100 * (m.seconds / revised - 1), 1)

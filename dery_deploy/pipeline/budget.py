@@ -15,6 +15,7 @@ from dery_deploy.export.formats import EXPORT_FORMAT
 from dery_deploy.network.plan import Plan, load_plan, save_plan_with_weights
 from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.expected import put_back_heal
 from dery_deploy.pipeline.pick import last_rung_accuracy, mix_ruled_out, pick_triple, score_triples
 from dery_deploy.pipeline.records import BudgetResult, MixResult, SelectionFile
 from dery_deploy.pipeline.runner import Run
@@ -87,6 +88,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
         ):
             r.record(stage, "skipped", 0.0, "selection rules the mix out")
     elif s.best_mix:
+        put_back_heal(r, b)  # (where the estimate expected it ruled out)
         entry.mix = heal_best_mix(r, ctx, b, bdir, s.best_mix, paths)
         entry.mix.selection_accuracy = last_rung_accuracy(s).get(s.best_mix)
         entry.run_mix = str(bdir / "mix")

@@ -17,7 +17,10 @@ The estimate is work times this machine's speed at it, both counted here:
 - measurement: the items a pass times, at the seconds per item the profiles just took, each of a later
   pass worth a few profile items (`PAIR_ITEMS`, `EXPORT_ITEMS`: it is exported and built on its own).
 Phase 1 may end early at a plateau, so training is an upper bound; `Eta` scales what is left by how the
-finished stages compared with their estimates.
+finished stages compared with their estimates. Work the run is expected to skip is held out of the total
+(`expected.py`): the final training of donors the short recipe will leave out, and the best mix's heal at
+budgets where the donor the probe rates best fits (selection then rules every mix out; a default run on the
+Xeon host counted two such heals and their final-pass pairs, about 120 s of a 555 s run, and was 34% over).
 """
 
 from __future__ import annotations
@@ -142,18 +145,20 @@ class Plan:
     # final donors the short recipe is expected to leave out (`budgets.expected_dominated`; once it has
     # trained, those it did): their final training, evaluation and final-pass pairs are held out of the total
     expected_left_out: list[str] = field(default_factory=list)
+    # budgets at which selection is expected to rule the mix out (`budgets.expected_unhealed`): the best mix's
+    # heal, evaluation and export are held out there
+    expected_unhealed: list[float] = field(default_factory=list)
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds, nor the donors it expects left out: made
         from the task's probe where the estimate is made, and read back from a reused one)."""
-        made_here = ("step_s", "distill_s", "expected_left_out")
+        made_here = ("step_s", "distill_s", "expected_left_out", "expected_unhealed")
         return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in made_here}))
 
 
 def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstimate:
     """The rest of the run (module docstring)."""
     n_train, n_test = len(task.train), len(task.test) // (5 if plan.test_fifth else 1)
-    folds = plan.folds or default_folds(task)
 
     def at_budget(times: dict[str, float], b: float) -> float:
         """A network's seconds per image under budget `b`: the median over the donors that fit it (every
@@ -174,6 +179,7 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
     # the short recipe decides which donors to leave out only where it runs (the final recipe distils)
     left_out = [n for n in plan.expected_left_out if n in plan.final_donors] if plan.final.distill else []
     held: list[Part] = []
+    unhealed = [b for b in plan.budgets if b in plan.expected_unhealed]
     for n in sorted(plan.final_donors, key=lambda n: plan.donor_ms[n]):
         kept = len(parts)
         train(f"fine-tune donor {n} (final", plan.final, plan.step_s[n], plan.distill_s.get(n, plan.step_s[n]), False)
@@ -182,38 +188,50 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
             held += parts[kept:]
             del parts[kept:]
     for b in plan.budgets:
-        # the mixed finalists and the donors that fit (a donor near the budget but over it enters the
-        # candidates, and the finalists' measurement drops it: one near donor in two budgets out of three)
-        candidates = plan.finalists + sum(ms <= b for ms in plan.donor_ms.values())
         mix_s, mix_distilled_s = at_budget(plan.step_s, b), at_budget(plan.distill_s or plan.step_s, b)
-        pairs = (plan.searched_targets or plan.targets) * candidates
-        seconds = (PASS_ITEMS + pairs * PAIR_ITEMS) * item_s  # the finalists' measurement pass
-        # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
-        labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
-        for rung, trials in selection_trials(candidates, plan.rungs, folds):
-            r = rung_recipe(plan.ce, rung, plan.rungs)
-            seconds += trials * training_seconds(r, int(labelled), True, mix_s, mix_s)
         # (matched by the start of the stage's name alone: a budget the run raises keeps its part)
-        parts.append(Part("assemble and select under", "selection", seconds))
-        train("heal", plan.final, mix_s, mix_distilled_s, True)
-        evaluate("evaluate best mix", mix_s)
-        parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget)]
+        parts.append(Part("assemble and select under", "selection", selection_seconds(plan, task, b, item_s, mix_s)))
+        mix = [
+            Part("heal", "training", training_seconds(plan.final, n_train, True, mix_s, mix_distilled_s)),
+            Part("evaluate best mix", "evaluation", n_test * mix_s * EVAL_SHARE),
+            Part("export", "measurement", EXPORT_ITEMS * item_s),
+        ]
+        (held if b in unhealed else parts).extend(mix)
+        parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget - 1)]
     if plan.family and len(plan.budgets) >= 2:
         step = [at_budget(plan.step_s, b) for b in plan.budgets]
         parts += family_parts(
             plan, (n_train, n_test), item_s, step, [at_budget(plan.distill_s or plan.step_s, b) for b in plan.budgets]
         )
-    parts.append(final_pass_part(plan, len(plan.final_donors) - len(left_out), item_s))
+    parts.append(
+        final_pass_part(plan, len(plan.final_donors) - len(left_out), len(plan.budgets) - len(unhealed), item_s)
+    )
     est = RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
-    est.expected_left_out, est.held_out = left_out, held
+    est.expected_left_out, est.held_out, est.expected_unhealed = left_out, held, unhealed
     return est
 
 
-def final_pass_part(plan: Plan, donors: int, item_s: float) -> Part:
-    """The final pass: every trained donor and every budget's best mix on every target, and each shipped
+def selection_seconds(plan: Plan, task: Task, b: float, item_s: float, mix_s: float) -> float:
+    """Assembly and selection under budget `b`: the finalists' measurement pass and selection's trials."""
+    # the mixed finalists and the donors that fit (a donor near the budget but over it enters the
+    # candidates, and the finalists' measurement drops it: one near donor in two budgets out of three)
+    candidates = plan.finalists + sum(ms <= b for ms in plan.donor_ms.values())
+    pairs = (plan.searched_targets or plan.targets) * candidates
+    seconds = (PASS_ITEMS + pairs * PAIR_ITEMS) * item_s  # the finalists' measurement pass
+    # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
+    folds, n_train = plan.folds or default_folds(task), len(task.train)
+    labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
+    for rung, trials in selection_trials(candidates, plan.rungs, folds):
+        r = rung_recipe(plan.ce, rung, plan.rungs)
+        seconds += trials * training_seconds(r, int(labelled), True, mix_s, mix_s)
+    return seconds
+
+
+def final_pass_part(plan: Plan, donors: int, mixes: int, item_s: float) -> Part:
+    """The final pass: every trained donor and every healed best mix (`mixes`) on every target, and each shipped
     package; each package then looked at alone as `dery bench` measures it (warm-up, then LOOK_SECONDS), and a
     SUSPECT_SHARE of them looked at REMEASURES more times."""
-    compared = plan.targets * (donors + len(plan.budgets)) + len(plan.budgets)
+    compared = plan.targets * (donors + mixes) + len(plan.budgets)
     look = REMEASURE_ITEMS * item_s + WARMUP_S
     again = SUSPECT_SHARE * REMEASURES * (look + REMEASURE_SECONDS)
     remeasure = len(plan.budgets) * (look + LOOK_SECONDS + again)

@@ -312,6 +312,9 @@ class RunEstimate:
     expected_left_out: list[str] = field(default_factory=list)
     held_out: list[Part] = field(default_factory=list)
     put_back_s: float = 0.0
+    # budgets at which selection was expected to rule the mix out: their heal, its evaluation and export held out
+    # (in `held_out` after the donors', three parts a budget, in this order)
+    expected_unhealed: list[float] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -338,9 +341,11 @@ class RunEstimate:
     def expected_line(self) -> str:
         """What the estimate leaves out in advance, in words ('' where nothing)."""
         names = ", ".join(self.expected_left_out)
-        if not names:
-            return ""
-        return f"the final training of {names}, which the short recipe is expected to leave out (by probe accuracy)"
+        said = [f"the final training of {names}, which the short recipe is expected to leave out"] if names else []
+        if self.expected_unhealed:
+            at = ", ".join(f"{b:g}" for b in self.expected_unhealed)
+            said.append(f"healing a mix at {at} ms, where the donor the probe rates best fits")
+        return ", nor ".join(said) + " (by probe accuracy)" if said else ""
 
     def to_dict(self) -> dict:
         return asdict(self)

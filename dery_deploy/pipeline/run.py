@@ -29,6 +29,7 @@ from dery_deploy.pipeline.budgets import (
     choose_budgets,
     dominated_donors,
     expected_dominated,
+    expected_unhealed,
     feasible_floor,
     final_donors,
     last_block_probe,
@@ -36,6 +37,7 @@ from dery_deploy.pipeline.budgets import (
 )
 from dery_deploy.pipeline.context import Context, Recipes
 from dery_deploy.pipeline.estimate import Eta, Plan, RunEstimate, estimate, make_estimate, minutes
+from dery_deploy.pipeline.expected import put_back
 from dery_deploy.pipeline.family import check_family_options, stage_family
 from dery_deploy.pipeline.final_pass import stage_final_pass
 from dery_deploy.pipeline.manifest import RunManifest
@@ -127,6 +129,8 @@ def start_eta(
     def compute() -> RunEstimate:
         if probe is not None and not r.opts.train_every_donor:
             plan.expected_left_out = expected_dominated(donor_ms, probe(), pool)
+        if probe is not None and not (r.opts.heal_every_mix or r.opts.time_limit):  # a limit counts every heal
+            plan.expected_unhealed = expected_unhealed(donor_ms, probe(), budgets)
         elapsed = time.time() - r.t0
         est = make_estimate(plan, zoo, task, r.manifest.stages, models, elapsed, r.opts.seed, bool(r.opts.time_limit))
         atomic_write_json(path, {"key": key, "estimate": est.to_dict()})
@@ -135,7 +139,7 @@ def start_eta(
     t = time.time()
     est = r.stage("time estimate", lambda: RunEstimate.reuse(path, key), compute, lambda e: e.line())
     fresh = r.manifest.stages[-1].status == "computed"  # else an earlier run's, for the same plan
-    plan.expected_left_out = list(est.expected_left_out)
+    plan.expected_left_out, plan.expected_unhealed = list(est.expected_left_out), list(est.expected_unhealed)
     if r.opts.time_limit:
         elapsed = time.time() - r.t0
         plan.step_s, plan.distill_s = est.step_s, est.distill_s
@@ -268,18 +272,6 @@ def leave_out_dominated(r: Run, donor_ms: dict[str, float], names: list[str]) ->
     return [n for n in names if n not in left]
 
 
-def put_back(r: Run, name: str) -> None:
-    """A donor the estimate expected the short recipe to leave out but which it kept: its final training and
-    evaluation, held out of the estimate, are put back into what the run's line counts, and recorded."""
-    est, stages = r.manifest.estimate, (f"fine-tune donor {name} (final", f"evaluate donor {name}")
-    if est is None or r.eta is None:
-        return
-    counted = {p.stage for p in r.eta.todo}  # (a refit under --time-limit may have counted it already)
-    back = [p for p in est.held_out if p.stage in stages and p.stage not in counted]
-    r.eta.todo = back + r.eta.todo
-    est.put_back_s = round(est.put_back_s + sum(p.seconds for p in back), 1)
-
-
 def teach_and_refit(r: Run, zoo, task: Task, recipes: Recipes, donor_ms, budgets: list[float]):
     """The teacher (`stage_teacher`); under --time-limit the rest re-estimated at the pace its candidates
     trained (`refit_to_limit`) and the test split cut where the fit says so. Returns the teacher, the
@@ -335,7 +327,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
     budgets = opts.budgets
     if not budgets:
         floor = min(feasible_floor(zoo, part, dis, m, task, scores()) for m in models)
-        budgets, notes = choose_budgets(donor_ms, opts.quick and not opts.family, floor)  # a family needs 2+
+        budgets, notes = choose_budgets(donor_ms, opts.quick and not opts.family, floor, 2 if opts.family else 1)
         for n in notes:
             r.say(f"  note: {n}")
     r.manifest.budgets, r.manifest.donor_latency_ms = budgets, donor_ms

@@ -309,11 +309,11 @@ def estimate_lines(est: RunEstimate | None) -> list[str]:
         if v.estimated_s > 0
     ]
     # what the estimate held out in advance, what the short recipe left out that it counted, what it put back
-    held = [f"; not counting {est.expected_line()}"] if est.expected_left_out else []
+    held = [f"; not counting {expected}"] if (expected := est.expected_line()) else []
     if est.left_out_s:
         held.append(f"; {est.left_out_s:.0f} s of it were the final training of donors the short recipe left out")
     if est.put_back_s:
-        held.append(f"; {est.put_back_s:.0f} s put back for donors it kept after all")
+        held.append(f"; {est.put_back_s:.0f} s put back for what the run did after all")
     return [
         f"Time estimate, made after {est.after_s:.0f} s (the profiles): {total:.0f} s for the rest of the run, "
         f"from {len(est.step_s)} donors' training steps timed here and {est.item_s:.2f} s per "

@@ -179,3 +179,24 @@ def test_a_family_adds_its_paths_training_and_its_pass(fashion_task):
     assert joint.seconds > plain.seconds and "family" not in str(
         estimate(replace(plan, budgets=[0.2], family="joint"), fashion_task, 0.5, 0).parts
     )
+
+
+def test_heals_expected_skipped_are_held_out_with_their_final_pass_pairs(fashion_task):
+    """At a budget where selection is expected to rule the mix out, its heal, evaluation and export are held out
+    (three parts, in budget order), and the final pass compares no mix there."""
+    r = Recipe(epochs_adapter=1, epochs_full=2, batch=64)
+    plan = Plan(
+        [0.15, 0.4], {"a": 0.1, "c": 0.2}, ["a", "c"], ["a", "c"], r, r, (1,), 2, 2, step_s={"a": 1e-3, "c": 2e-3}
+    )
+    full = estimate(plan, fashion_task, item_s=0.5, after_s=100)
+    held = estimate(replace(plan, expected_unhealed=[0.4, 0.9]), fashion_task, item_s=0.5, after_s=100)
+    assert held.expected_unhealed == [0.4]  # (0.9 is no budget of this run)
+    assert [p.stage for p in held.held_out] == ["heal", "evaluate best mix", "export"]
+    heals = [p for p in full.parts if p.stage == "heal"]
+    assert len(heals) == 2 and [p.stage for p in held.parts].count("heal") == 1
+    assert held.held_out[0].seconds == heals[1].seconds  # the 0.4 ms budget's own heal
+    # exports: the pick's at each budget, the mix's only where it is healed
+    assert [p.stage for p in full.parts].count("export") - [p.stage for p in held.parts].count("export") == 1
+    pairs = 2 * PAIR_ITEMS * 0.5  # the mix on each of the two targets in the final pass
+    assert full.seconds - held.seconds == pytest.approx(sum(p.seconds for p in held.held_out) + pairs)
+    assert "not counting healing a mix at 0.4 ms, where the donor the probe rates best fits" in held.line()

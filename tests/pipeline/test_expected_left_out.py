@@ -2,6 +2,7 @@
 counts its final training again; where it leaves out one the estimate counted, that is recorded."""
 
 from dery_deploy.pipeline.estimate import Eta
+from dery_deploy.pipeline.expected import put_back_heal
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.options import RunOptions
 from dery_deploy.pipeline.records import Part, RunEstimate
@@ -53,3 +54,27 @@ def test_a_donor_expected_and_left_out_changes_nothing_and_a_counted_one_is_reco
         "fine-tune donor c (final, 0.300 ms)",
         "evaluate donor c",
     ]
+
+
+def test_a_heal_expected_skipped_but_done_is_put_back_for_its_own_budget(tmp_path):
+    """The estimate held out the heals at 0.2 and 0.3 ms; the run heals at 0.3 ms after all: that budget's three
+    parts (not 0.2 ms's) go back into the line, once per budget; a budget the estimate counted changes nothing."""
+    r = a_run(tmp_path, {})
+    est, eta = r.manifest.estimate, r.eta
+    assert est is not None and eta is not None
+    est.expected_unhealed = [0.2, 0.3]
+    mixes = [
+        Part("heal", "training", 20.0),
+        Part("evaluate best mix", "evaluation", 2.0),
+        Part("export", "measurement", 1.0),
+        Part("heal", "training", 30.0),
+        Part("evaluate best mix", "evaluation", 3.0),
+        Part("export", "measurement", 1.5),
+    ]
+    est.held_out += mixes
+    before = eta.left_s()
+    put_back_heal(r, 0.1)
+    assert eta.left_s() == before and est.put_back_s == 0.0
+    put_back_heal(r, 0.3)
+    assert eta.left_s() - before == 34.5 and est.put_back_s == 34.5
+    assert eta.finished("heal mnv3_rot[0:1] > a[1:2] (0.3 ms)", 31.0)

@@ -2,7 +2,13 @@
 
 import pytest
 
-from dery_deploy.pipeline.budgets import DOMINATED_POINTS, choose_budgets, dominated_donors, expected_dominated
+from dery_deploy.pipeline.budgets import (
+    DOMINATED_POINTS,
+    choose_budgets,
+    dominated_donors,
+    expected_dominated,
+    expected_unhealed,
+)
 from dery_deploy.pipeline.pick import pick_triple
 from dery_deploy.pipeline.records import Triple
 from dery_deploy.train.select.evidence import Selection
@@ -22,6 +28,12 @@ def test_a_default_budget_is_never_below_the_fastest_assembly_plus_the_margin():
     # with one budget only (--quick) it is raised to the floor, rounded up, never dropped
     budgets, notes = choose_budgets(DONORS, quick=True, floor_ms=0.1234)
     assert budgets == [0.124] and "raised to 0.124 ms" in notes[0]
+    # a family needs two: where only one is left above the floor, the floor is the other
+    budgets, notes = choose_budgets(DONORS, quick=False, floor_ms=0.1234, least=2)
+    assert budgets == [0.124, 0.4] and len(notes) == 2
+    assert "0.085 ms is below" in notes[0] and "dropped" in notes[0] and "0.12 ms is below" in notes[1]
+    assert "raised to 0.124 ms" in notes[1]
+    assert choose_budgets(DONORS, quick=False, floor_ms=0.1234)[0] == [0.4]  # one is enough elsewhere
 
 
 def test_a_donor_far_behind_a_faster_one_after_the_short_recipe_is_left_out():
@@ -43,6 +55,15 @@ def test_the_estimate_expects_the_same_rule_on_the_probe_among_the_teacher_candi
     assert expected_dominated(DONORS, probe, ["a", "b", "c"]) == ["b"]
     assert expected_dominated(DONORS, probe, ["a", "b", "c", "d"]) == ["b", "d"]
     assert expected_dominated(DONORS, {"a": 82.5}, ["a", "b"]) == []  # no probe for b: nothing expected
+
+
+def test_a_heal_is_expected_skipped_where_the_donor_the_probe_rates_best_fits():
+    probe = {"a": 82.5, "b": 53.0, "c": 77.9, "d": 40.0}
+    # a (0.10 ms) is rated best: every budget it fits expects selection to keep it over every mix
+    assert expected_unhealed(DONORS, probe, [0.08, 0.1, 0.3]) == [0.1, 0.3]
+    # where a slower donor is rated best, only the budgets it fits do: a mix may use its blocks below it
+    assert expected_unhealed(DONORS, {**probe, "c": 90.0}, [0.08, 0.15, 0.5]) == [0.5]  # c: 0.20 ms
+    assert expected_unhealed(DONORS, {}, [0.1]) == []  # no probe: every heal is counted
 
 
 def noise(points: float) -> Selection:
