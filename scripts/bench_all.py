@@ -580,7 +580,7 @@ def quality_section(q: dict) -> list[str]:
     bp = q["budget_promise"]
     out += [
         "",
-        f"Budget promise: {bp['shipped_within_budget']} of {bp['shipped_checked']} shipped ONNX artifacts "
+        f"Budget promise: {bp['shipped_within_budget']} of {bp['shipped_checked']} shipped packages "
         f"measured within their budget (allowance: their own measurement noise only); "
         f"{bp['finalists_dropped_over_budget']} of {bp['finalists']} finalists were dropped after "
         f"their end-to-end measurement exceeded the budget. One `dery run` with "
