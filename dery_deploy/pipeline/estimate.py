@@ -20,7 +20,7 @@ Phase 1 may end early at a plateau, so training is an upper bound; `Eta` scales 
 finished stages compared with their estimates. Work the run is expected to skip is held out of the total
 (`expected.py`): the final training of donors the short recipe will leave out, and the best mix's heal at
 budgets where the donor the probe rates best fits (selection then rules every mix out; a default run on the
-Xeon host counted two such heals and their final-pass pairs, about 120 s of a 555 s run, and was 34% over).
+Xeon host counted two such heals and their final-pass pairs, 105 s of a 555 s run, and was 34% over).
 """
 
 from __future__ import annotations
@@ -168,22 +168,24 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
 
     parts: list[Part] = []
 
-    def train(stage: str, recipe: Recipe, per_image: float, per_distilled: float, seams: bool) -> None:
-        parts.append(Part(stage, "training", training_seconds(recipe, n_train, seams, per_image, per_distilled)))
+    def train(stage: str, recipe: Recipe, per_image: float, per_distilled: float, seams: bool) -> Part:
+        return Part(stage, "training", training_seconds(recipe, n_train, seams, per_image, per_distilled))
 
-    def evaluate(stage: str, per_image: float) -> None:
-        parts.append(Part(stage, "evaluation", n_test * per_image * EVAL_SHARE))
+    def evaluate(stage: str, per_image: float) -> Part:
+        return Part(stage, "evaluation", n_test * per_image * EVAL_SHARE)
 
     for n in sorted(plan.teacher_pool if plan.final.distill else [], key=lambda n: plan.donor_ms[n]):
-        train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], plan.step_s[n], False)
+        parts.append(train(f"fine-tune donor {n} (ce", plan.ce, plan.step_s[n], plan.step_s[n], False))
     # the short recipe decides which donors to leave out only where it runs (the final recipe distils)
     left_out = [n for n in plan.expected_left_out if n in plan.final_donors] if plan.final.distill else []
     held: list[Part] = []
     unhealed = [b for b in plan.budgets if b in plan.expected_unhealed]
     for n in sorted(plan.final_donors, key=lambda n: plan.donor_ms[n]):
         kept = len(parts)
-        train(f"fine-tune donor {n} (final", plan.final, plan.step_s[n], plan.distill_s.get(n, plan.step_s[n]), False)
-        evaluate(f"evaluate donor {n}", plan.step_s[n])
+        final = train(
+            f"fine-tune donor {n} (final", plan.final, plan.step_s[n], plan.distill_s.get(n, plan.step_s[n]), False
+        )
+        parts += [final, evaluate(f"evaluate donor {n}", plan.step_s[n])]
         if n in left_out:
             held += parts[kept:]
             del parts[kept:]
@@ -191,13 +193,10 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         mix_s, mix_distilled_s = at_budget(plan.step_s, b), at_budget(plan.distill_s or plan.step_s, b)
         # (matched by the start of the stage's name alone: a budget the run raises keeps its part)
         parts.append(Part("assemble and select under", "selection", selection_seconds(plan, task, b, item_s, mix_s)))
-        mix = [
-            Part("heal", "training", training_seconds(plan.final, n_train, True, mix_s, mix_distilled_s)),
-            Part("evaluate best mix", "evaluation", n_test * mix_s * EVAL_SHARE),
-            Part("export", "measurement", EXPORT_ITEMS * item_s),
-        ]
+        export = Part("export", "measurement", EXPORT_ITEMS * item_s)
+        mix = [train("heal", plan.final, mix_s, mix_distilled_s, True), evaluate("evaluate best mix", mix_s), export]
         (held if b in unhealed else parts).extend(mix)
-        parts += [Part("export", "measurement", EXPORT_ITEMS * item_s) for _ in range(plan.exports_per_budget - 1)]
+        parts += [export] * (plan.exports_per_budget - 1)
     if plan.family and len(plan.budgets) >= 2:
         step = [at_budget(plan.step_s, b) for b in plan.budgets]
         parts += family_parts(
