@@ -47,10 +47,19 @@ class TargetPool:
 
 
 def target_pool(
-    zoo, partition, dissections, model: LatencyModel, task: Task, data: ProgramData, budget: Budget, top: int
+    zoo,
+    partition,
+    dissections,
+    model: LatencyModel,
+    task: Task,
+    data: ProgramData,
+    budget: Budget,
+    top: int,
+    trained: frozenset[str] = frozenset(),
 ) -> TargetPool:
     """The program's top N under the budget less this target's planning margin, plus the donors that
-    fit and the best one- and two-seam chains, all predicted with this target's latency model."""
+    fit (`trained`: those the run trained to ship, admitted from further over) and the best one- and
+    two-seam chains, all predicted with this target's latency model."""
     margin, planned = planning_margin(model), planned_budget(budget, model)
     donors = {}
     for n in zoo.donor_names:
@@ -68,7 +77,7 @@ def target_pool(
         "top": len(res.solutions),
         **res.extra,
     }
-    cands = pool_of(data, partition, zoo, res.solutions, planned, budget, donors, task.num_classes)
+    cands = pool_of(data, partition, zoo, res.solutions, planned, budget, donors, task.num_classes, trained=trained)
     why = ""
     if not cands:
         why = res.infeasible_reason

@@ -74,6 +74,9 @@ class AssembleRequest:
     carried: tuple[str, ...] = ()
     # donors that are not candidates: the run did not train them to ship (`pipeline/budgets.dominated_donors`)
     left_out: tuple[str, ...] = ()
+    # donors the run trained to ship (for some budget): candidates from further over the budget, since a
+    # profile that ran slow must not keep one that fits from the finalists (`candidates.DONOR_TRAINED_NEAR`)
+    trained: tuple[str, ...] = ()
 
     @property
     def budget(self) -> Budget:
@@ -209,7 +212,9 @@ def assemble(
         if by_optuna:
             pool = optuna_pool(m, data, request, zoo, partition, dissections, fitter, images, labels, task.num_classes)
         else:
-            pool = target_pool(zoo, partition, dissections, m, task, data, budget, request.top)
+            pool = target_pool(
+                zoo, partition, dissections, m, task, data, budget, request.top, frozenset(request.trained)
+            )
         pool.candidates += carried_candidates(pool, request.carried, zoo, partition, dissections, task, budget)
         pool.candidates = [c for c in pool.candidates if not (c.is_donor and c.plan.blocks[0].donor in left)]
         pools.append(pool)

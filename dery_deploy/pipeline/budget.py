@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json
-from dery_deploy.assemble.candidates import DONOR_NEAR, CandidateRecord
+from dery_deploy.assemble.candidates import DONOR_NEAR, DONOR_TRAINED_NEAR, CandidateRecord
 from dery_deploy.assemble.measure import NoFinalistKeeps
 from dery_deploy.assemble.stage import AssembleRequest, assemble
 from dery_deploy.errors import DeryError
@@ -180,8 +180,9 @@ def selection_key(r: Run, ctx: Context) -> dict:
         "percentile": ctx.model.percentile,
         "carried": ctx.carried,
         "folds": [ctx.recipes.folds or default_folds(ctx.task), SCREEN_FOLDS],
-        "donor_near": DONOR_NEAR,
+        "donor_near": [DONOR_NEAR, DONOR_TRAINED_NEAR],
         "left_out": sorted(r.manifest.dominated_donors),
+        "trained": sorted(r.manifest.donors),
     }
 
 
@@ -222,6 +223,7 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> Selection
                 finalists=ctx.recipes.finalists,
                 carried=tuple(ctx.carried),
                 left_out=tuple(sorted(r.manifest.dominated_donors)),
+                trained=tuple(sorted(r.manifest.donors)),
             ),
             more_models=tuple(searched[1:]),
             fitter=ctx.fitter,

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from dery_deploy.assemble.candidates import donor_near
 from dery_deploy.assemble.stage import FINALISTS
 from dery_deploy.data.task import Task
 from dery_deploy.deploy.bench import WARMUP_S
@@ -212,10 +213,11 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
 
 def selection_seconds(plan: Plan, task: Task, b: float, item_s: float, mix_s: float) -> float:
     """Assembly and selection under budget `b`: the finalists' measurement pass and selection's trials."""
-    # the mixed finalists and the donors that fit (a donor near the budget but over it enters the
-    # candidates, and the finalists' measurement drops it: one near donor in two budgets out of three)
+    # the mixed finalists and the donors that fit; a trained donor near the budget but over it is measured
+    # too (`candidates.DONOR_TRAINED_NEAR`), and the finalists' measurement drops it before selection
     candidates = plan.finalists + sum(ms <= b for ms in plan.donor_ms.values())
-    pairs = (plan.searched_targets or plan.targets) * candidates
+    near = sum(ms > b and donor_near(ms, b, n in plan.final_donors) for n, ms in plan.donor_ms.items())
+    pairs = (plan.searched_targets or plan.targets) * (candidates + near)
     seconds = (PASS_ITEMS + pairs * PAIR_ITEMS) * item_s  # the finalists' measurement pass
     # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
     folds, n_train = plan.folds or default_folds(task), len(task.train)
