@@ -243,7 +243,7 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> Selection
             )
     sel = select(
         list(networks.values()), ctx.zoo, ctx.task, bdir / "select", ctx.recipes.ce, rungs=ctx.recipes.rungs,
-        log=lambda m: r.say(m), folds=ctx.recipes.folds,
+        log=lambda m: r.say(m), folds=ctx.recipes.folds, reuse=r.out / "cache" / "trials",
     )  # fmt: skip
     out = SelectionFile(
         selection_key(r, ctx),

@@ -11,7 +11,7 @@ The estimate is work times this machine's speed at it, both counted here:
   guide: a 0.3 ms mix of resnet blocks under a 0.75 ms budget trained as fast as resnet, 4x faster
   than the budget's latency at the donors' seconds per ms (one default run, AMD EPYC 2 cores);
 - selection: the successive-halving schedule's trials (every finalist at the first rung, the survivors
-  at the last, over its folds) at the rung recipe;
+  at the last, over its folds) at the rung recipe, less those of donors a smaller budget trained already;
 - evaluation: the test images through the network in eval mode and large batches (`EVAL_SHARE` of a
   training step: fitted on five donors' evaluations, 18.8 s estimated against 18.7 s taken);
 - measurement: the items a pass times, at the seconds per item the profiles just took, each of a later
@@ -109,14 +109,20 @@ def distill_batch(recipe: Recipe, labelled: int) -> int:
     return math.ceil(recipe.distill_images / math.ceil(labelled / recipe.batch)) if recipe.distill else 0
 
 
-def selection_trials(candidates: int, rungs: tuple[int, ...], folds: int) -> list[tuple[int, int]]:
-    """(rung, trials) of the successive-halving schedule: every candidate at the first rung (screened on
-    SCREEN_FOLDS folds unless it is the last), the best 1/ETA plus the best donor and mix at the next."""
-    out, alive = [], candidates
+def selection_trials(
+    mixes: int, donors: int, rungs: tuple[int, ...], folds: int, seen: int = 0
+) -> list[tuple[int, int]]:
+    """(rung, trials trained) of the successive-halving schedule: every finalist at the first rung (screened
+    on SCREEN_FOLDS folds unless it is the last), then the best 1/ETA, plus the best of the other kind where
+    there are both (the best overall is among the 1/ETA). A donor that was a finalist at a smaller budget of
+    the run (`seen` of them) trains nothing again (its trials are read back, `train.select.trial`): not its
+    first rung, nor, where one was seen, the best donor's later ones."""
+    out, alive = [], mixes + donors
+    both = 1 if mixes and donors else 0
     for r in range(len(rungs)):
-        last = r == len(rungs) - 1
-        out.append((r, alive * (folds if last else min(SCREEN_FOLDS, folds))))
-        alive = min(alive, math.ceil(alive / ETA) + 2)
+        per = folds if r == len(rungs) - 1 else min(SCREEN_FOLDS, folds)
+        out.append((r, (alive - (seen if r == 0 else min(seen, 1))) * per))
+        alive = min(alive, math.ceil(alive / ETA) + both)
     return out
 
 
@@ -190,10 +196,13 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         if n in left_out:
             held += parts[kept:]
             del parts[kept:]
+    kept = [n for n in plan.final_donors if n not in left_out]
     for b in plan.budgets:
         mix_s, mix_distilled_s = at_budget(plan.step_s, b), at_budget(plan.distill_s or plan.step_s, b)
+        before = [x for x in plan.budgets if x < b]
         # (matched by the start of the stage's name alone: a budget the run raises keeps its part)
-        parts.append(Part("assemble and select under", "selection", selection_seconds(plan, task, b, item_s, mix_s)))
+        seconds = selection_seconds(plan, task, b, item_s, mix_s, before, kept)
+        parts.append(Part("assemble and select under", "selection", seconds))
         export = Part("export", "measurement", EXPORT_ITEMS * item_s)
         mix = [train("heal", plan.final, mix_s, mix_distilled_s, True), evaluate("evaluate best mix", mix_s), export]
         (held if b in unhealed else parts).extend(mix)
@@ -211,18 +220,23 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
     return est
 
 
-def selection_seconds(plan: Plan, task: Task, b: float, item_s: float, mix_s: float) -> float:
-    """Assembly and selection under budget `b`: the finalists' measurement pass and selection's trials."""
-    # the mixed finalists and the donors that fit; a trained donor near the budget but over it is measured
-    # too (`candidates.DONOR_TRAINED_NEAR`), and the finalists' measurement drops it before selection
-    candidates = plan.finalists + sum(ms <= b for ms in plan.donor_ms.values())
-    near = sum(ms > b and donor_near(ms, b, n in plan.final_donors) for n, ms in plan.donor_ms.items())
-    pairs = (plan.searched_targets or plan.targets) * (candidates + near)
+def selection_seconds(
+    plan: Plan, task: Task, b: float, item_s: float, mix_s: float, before: list[float], donors: list[str]
+) -> float:
+    """Assembly and selection under budget `b`: the finalists' measurement pass and selection's trials.
+    `donors` are the ones the run trains to ship; those that fit a budget `before` this one were finalists
+    there already, so selection reads their trials back."""
+    fit = [n for n in donors if plan.donor_ms[n] <= b]
+    seen = sum(plan.donor_ms[n] <= max(before, default=0.0) for n in fit)
+    # a trained donor near the budget but over it is measured too (`candidates.DONOR_TRAINED_NEAR`), and the
+    # finalists' measurement drops it before selection
+    near = sum(plan.donor_ms[n] > b and donor_near(plan.donor_ms[n], b, True) for n in donors)
+    pairs = (plan.searched_targets or plan.targets) * (plan.finalists + len(fit) + near)
     seconds = (PASS_ITEMS + pairs * PAIR_ITEMS) * item_s  # the finalists' measurement pass
     # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
     folds, n_train = plan.folds or default_folds(task), len(task.train)
     labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
-    for rung, trials in selection_trials(candidates, plan.rungs, folds):
+    for rung, trials in selection_trials(plan.finalists, len(fit), plan.rungs, folds, seen):
         r = rung_recipe(plan.ce, rung, plan.rungs)
         seconds += trials * training_seconds(r, int(labelled), True, mix_s, mix_s)
     return seconds

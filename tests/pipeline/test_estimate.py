@@ -41,9 +41,13 @@ def test_training_seconds_count_epochs_distillation_and_seam_matching():
 
 
 def test_selection_trials_follow_the_halving_schedule():
-    assert selection_trials(6, (1,), 5) == [(0, 30)]  # one rung: the last, every fold
-    assert selection_trials(6, (1, 2), 5) == [(0, 6), (1, 25)]  # screened on one fold, then 3 + 2 on five
-    assert selection_trials(2, (1, 2), 1) == [(0, 2), (1, 2)]
+    assert selection_trials(4, 2, (1,), 5) == [(0, 30)]  # one rung: the last, every fold
+    # screened on one fold, then the best half and the best of the other kind on five
+    assert selection_trials(4, 2, (1, 2), 5) == [(0, 6), (1, 20)]
+    assert selection_trials(4, 0, (1, 2), 5) == [(0, 4), (1, 10)]  # mixes alone: the best half
+    assert selection_trials(2, 0, (1, 2), 1) == [(0, 2), (1, 1)]
+    # two donors were finalists under a smaller budget: their first rung, and the best donor's last, are read back
+    assert selection_trials(4, 2, (1, 2), 5, seen=2) == [(0, 4), (1, 15)]
 
 
 def test_a_training_step_is_timed_per_image(fashion_task):
@@ -116,9 +120,16 @@ def test_donors_expected_left_out_are_held_out_of_the_total_and_put_back_by_name
     assert len(b_parts) == 2 and held.expected_left_out == ["b"]  # (x is no final donor: nothing to hold out)
     assert [p.stage for p in held.held_out] == [p.stage for p in b_parts]
     assert all(p.stage not in {q.stage for q in b_parts} for p in held.parts)
-    # the total lacks b's final training and evaluation and its final-pass pairs (one per target)
+    # the total lacks b's final training and evaluation and its final-pass pairs (one per target), and b is
+    # no finalist under the budget: selection trains one network less
     pairs = 2 * PAIR_ITEMS * 0.5
-    assert full.seconds - held.seconds == pytest.approx(sum(p.seconds for p in b_parts) + pairs)
+
+    def selection(e):
+        return next(p.seconds for p in e.parts if p.stage == "assemble and select under")
+
+    assert selection(full) > selection(held)
+    gone = sum(p.seconds for p in b_parts) + pairs + selection(full) - selection(held)
+    assert full.seconds - held.seconds == pytest.approx(gone)
     assert "not counting the final training of b, which the short recipe is expected to leave out" in held.line()
     # without distillation no short recipe runs, so nothing can be left out: nothing is held out
     plain = replace(plan, final=replace(f, distill=0.0), expected_left_out=["b"])

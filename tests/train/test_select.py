@@ -179,6 +179,56 @@ def test_k_fold_selection_trains_every_fold_at_the_last_rung_and_shares_seam_mat
         assert cfg["source"]["start_weights"].endswith(matched[0]) and cfg["recipe"]["match_epochs"] == 0
 
 
+def test_a_trial_of_the_same_network_trained_the_same_way_is_read_back_not_trained_again(tiny_ws, tmp_path):
+    """A run's budgets share a folder of finished trials: the network two selections both train (the best
+    donor at several budgets) is trained once, with the same held-out result; a network with other start
+    weights, or another recipe, is trained."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dery_deploy.assemble.candidates import donor_plan, few_seam_choices, plan_from_choice
+    from dery_deploy.data.task import load_task
+    from dery_deploy.train.recipe import Recipe
+    from dery_deploy.train.select import select
+    from dery_deploy.train.select.trial import REUSED
+
+    task = load_task("fashion-mnist:labels_per_class=6,test_per_class=2", tiny_ws.zoo.input)
+    donor = donor_plan(tiny_ws.zoo, tiny_ws.partition, "res", task.num_classes)
+    one, two = few_seam_choices(tiny_ws.partition, 1)[:2]
+    mixes = [plan_from_choice(tiny_ws.zoo, tiny_ws.partition, c, task.num_classes) for c in (one, two)]
+    d = Finalist(donor.describe(), FinetuneSource.of_plan(donor), True)
+    base = Recipe(match_epochs=1, epochs_adapter=1, epochs_full=1, head_init="random")
+    reuse = tmp_path / "trials"
+
+    def run(name, finalists, recipe=base):
+        torch.manual_seed(0)
+        return select(finalists, tiny_ws.zoo, task, tmp_path / name, recipe, rungs=(1,), folds=2, reuse=reuse)
+
+    first = run("a", [d, Finalist(mixes[0].describe(), FinetuneSource.of_plan(mixes[0]), False)])
+    assert all(t.worker != REUSED for t in first.fold_trials) and len(list(reuse.glob("*.json"))) == 4
+    second = run("b", [d, Finalist(mixes[1].describe(), FinetuneSource.of_plan(mixes[1]), False)])
+    by = {(t.finalist, t.fold): t for t in second.fold_trials}
+    for t in first.fold_trials:
+        if t.finalist == d.name:
+            assert by[(t.finalist, t.fold)].worker == REUSED
+            assert (by[(t.finalist, t.fold)].val_accuracy, by[(t.finalist, t.fold)].correct) == (
+                t.val_accuracy,
+                t.correct,
+            )
+    assert all(t.worker != REUSED for t in second.fold_trials if t.finalist != d.name)
+    assert len(list((tmp_path / "b").glob("*-rung0-fold*/config.json"))) == 2  # the new mix's two folds only
+    # other start weights: another network to train, under the same name
+    from dery_deploy.network.plan import stitch_state_dict, whole_donor
+
+    weights = tmp_path / "w.safetensors"
+    save_file(
+        {k: torch.zeros_like(v) for k, v in stitch_state_dict(whole_donor(donor, tiny_ws.zoo)).items()}, str(weights)
+    )
+    other = Finalist(d.name, FinetuneSource.of_plan(donor, str(weights)), True)
+    assert all(t.worker != REUSED for t in run("c", [other]).fold_trials)
+    assert all(t.worker != REUSED for t in run("d", [d], Recipe(**{**base.__dict__, "seed": 1})).fold_trials)
+
+
 SCRIPT = r"""
 import json, sys
 from pathlib import Path

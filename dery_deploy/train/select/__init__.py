@@ -115,6 +115,7 @@ def select(
     poll_s: float = 1.0,
     folds: int | None = None,
     screen_folds: int = SCREEN_FOLDS,
+    reuse: Path | None = None,
 ) -> Selection:
     """Successive halving over the finalists, decided by k-fold cross-validation, then the pick
     (module docstring).
@@ -123,6 +124,8 @@ def select(
         folds: k of the cross-validation over train + validation at the last rung; 1 decides on the
             task's own validation split; None: `default_folds(task)`.
         screen_folds: folds each rung below the last trains (at most `folds`).
+        reuse: a folder of finished trials (`trial.trial_key`): one found there is read back, one trained
+            is kept there; a run's budgets share it.
 
     Raises:
         DeryError: no finalist, fewer than one fold, or no labelled images to hold out.
@@ -133,7 +136,9 @@ def select(
         name = study_name(task, finalists, rungs, eta, base, folds, screen_folds)
         trials = open_board(storage, name, _liveness())
         names = sorted({f.name for f in finalists})
-        train = FoldTrainer(zoo, task, base, rungs, folds, Path(out), name.removeprefix("dery-select-"), names)
+        train = FoldTrainer(
+            zoo, task, base, rungs, folds, Path(out), name.removeprefix("dery-select-"), names, reuse=reuse
+        )
         done, evidence = run_rungs(trials, finalists, train, rungs, eta, folds, screen_folds, log, poll_s)
         sel = decide(finalists, evidence, rungs, name, trials.where)
     sel.folds = folds
