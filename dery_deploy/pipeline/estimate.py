@@ -196,12 +196,12 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         if n in left_out:
             held += parts[kept:]
             del parts[kept:]
-    kept = [n for n in plan.final_donors if n not in left_out]
+    trained = [n for n in plan.final_donors if n not in left_out]
     for b in plan.budgets:
         mix_s, mix_distilled_s = at_budget(plan.step_s, b), at_budget(plan.distill_s or plan.step_s, b)
         before = [x for x in plan.budgets if x < b]
         # (matched by the start of the stage's name alone: a budget the run raises keeps its part)
-        seconds = selection_seconds(plan, task, b, item_s, mix_s, before, kept)
+        seconds = selection_seconds(plan, task, b, item_s, mix_s, before, trained)
         parts.append(Part("assemble and select under", "selection", seconds))
         export = Part("export", "measurement", EXPORT_ITEMS * item_s)
         mix = [train("heal", plan.final, mix_s, mix_distilled_s, True), evaluate("evaluate best mix", mix_s), export]
