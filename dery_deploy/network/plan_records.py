@@ -154,6 +154,11 @@ class FinalistMeasurement:
     near_budget: bool = False
 
 
+# a trial's worker where the run read it back instead of training it again: the same network, start weights, rung
+# recipe and fold trained under a smaller budget (`train.select.trial`)
+REUSED = "reused"
+
+
 @dataclass
 class Trial:
     """One unit of work: a finalist trained at a rung on one fold's train split, scored on its held-out images."""

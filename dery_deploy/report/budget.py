@@ -3,6 +3,7 @@ networks compared, the selection, the candidates and the exports."""
 
 from __future__ import annotations
 
+from dery_deploy.network.plan_records import REUSED, Evidence
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.pipeline.records import BudgetResult, Pick, Triple
 from dery_deploy.report.answers import donor_top1
@@ -155,12 +156,19 @@ def selection_table(sel: Selection | None) -> list[str]:
         md_table(
             ["rung", "finalist", "held-out (%)", "folds", "seconds"],
             [
-                [t.rung, t.finalist, f"{t.val_accuracy:.2f}", ", ".join(str(f + 1) for f in t.folds), t.seconds]
+                [t.rung, t.finalist, f"{t.val_accuracy:.2f}", ", ".join(str(f + 1) for f in t.folds), seconds(t)]
                 for t in sel.trials
             ],
         ),
         "",
     ]
+
+
+def seconds(t: Evidence) -> str:
+    """A rung's training seconds, or that the run read its trials back (trained under a smaller budget)."""
+    if REUSED not in t.workers:
+        return str(t.seconds)
+    return "read back" if set(t.workers) == {REUSED} else f"{t.seconds} (some folds read back)"
 
 
 def candidates_table(r: BudgetResult) -> list[str]:

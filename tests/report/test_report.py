@@ -122,3 +122,24 @@ def test_the_report_names_the_donors_the_run_left_out_and_why(tmp_path):
     text = write_report(out, manifest, zoo, similarity(zoo), part, prof, rows).read_text()
     line = next(ln for ln in text.splitlines() if ln.startswith("Not trained with the final recipe"))
     assert f"cnx: {why}" in line and "vit" not in line
+
+
+def test_the_report_says_which_rungs_were_read_back_not_trained(tmp_path):
+    """A rung whose trials the run trained under a smaller budget (the same network, start and recipe) is read
+    back: its seconds were not spent here, and the selection table says so instead of repeating them."""
+    from dery_deploy.network.plan_records import REUSED
+
+    out = tmp_path / "run"
+    out.mkdir()
+    run = captured_run(out, "as-run")
+    trials = next(r["selection"]["trials"] for r in run["results"] if r.get("selection"))
+    trials[0]["workers"], trials[1]["workers"] = [REUSED], [REUSED, "vm:1"]
+    zoo = get_zoo(FIXTURE / "zoo.yaml")
+    rows = [DonorRow.from_dict(d) for d in json.loads((FIXTURE / "zoo.json").read_text())["donors"]]
+    part, prof = Partition.read(FIXTURE / "partition.json"), read_profile(FIXTURE / "profile.json")
+    text = write_report(out, RunManifest.from_dict(run), zoo, similarity(zoo), part, prof, rows).read_text()
+    first, second = (f"| {t['rung']} | {t['finalist']} | {t['val_accuracy']:.2f} |" for t in trials[:2])
+    assert next(ln for ln in text.splitlines() if ln.startswith(first)).endswith("| read back |")
+    assert next(ln for ln in text.splitlines() if ln.startswith(second)).endswith(
+        f"| {trials[1]['seconds']} (some folds read back) |"
+    )

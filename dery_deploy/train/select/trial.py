@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dery_deploy.artifacts import atomic_write_json, sha256_file, sha256_json
 from dery_deploy.data.task import Task
+from dery_deploy.network.plan_records import REUSED
 from dery_deploy.train.finetune import accuracy, finetune, load_run_model
 from dery_deploy.train.recipe import Recipe
 from dery_deploy.train.select.evidence import Finalist, Trial
@@ -63,9 +64,6 @@ class FoldTrainer:
         return result
 
 
-REUSED = "reused"  # a trial's worker where it was read back (`FoldTrainer.reuse`), not trained again
-
-
 def trial_key(finalist: Finalist, rung: int, fold: int, task: Task, base: Recipe, rungs, folds: int) -> str:
     """What a trial's result depends on: the task, the network and its start weights (by content: a mix's
     adapters are fitted by each budget's assembly), the rung's recipe and the fold of `folds`; not the
@@ -77,9 +75,8 @@ def trial_key(finalist: Finalist, rung: int, fold: int, task: Task, base: Recipe
         trains = {k: plan.get(k) for k in ("zoo_hash", "num_classes", "blocks", "adapters", "head", "head_kind")}
     weights = [sha256_file(w) if w else None for w in (src.adapter_weights, src.start_weights)]
     recipe = rung_recipe(base, rung, rungs)
-    return sha256_json([task.hash(), finalist.name, trains, weights, src.frozen_blocks, recipe.__dict__, folds, fold])[
-        :24
-    ]
+    key = [task.hash(), finalist.name, trains, weights, src.frozen_blocks, recipe.__dict__, folds, fold]
+    return sha256_json(key)[:24]
 
 
 def train_trial(
