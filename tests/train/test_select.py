@@ -227,6 +227,12 @@ def test_a_trial_of_the_same_network_trained_the_same_way_is_read_back_not_train
     other = Finalist(d.name, FinetuneSource.of_plan(donor, str(weights)), True)
     assert all(t.worker != REUSED for t in run("c", [other]).fold_trials)
     assert all(t.worker != REUSED for t in run("d", [d], Recipe(**{**base.__dict__, "seed": 1})).fold_trials)
+    # a record it cannot read (another version's fields) is trained again, and written anew
+    for f in reuse.glob("*.json"):
+        f.write_text('{"finalist": "res", "from": "another version"}')
+    again = run("e", [d]).fold_trials
+    assert all(t.worker != REUSED for t in again)
+    assert [t.val_accuracy for t in again] == [t.val_accuracy for t in first.fold_trials if t.finalist == d.name]
 
 
 SCRIPT = r"""

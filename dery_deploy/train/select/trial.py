@@ -50,8 +50,10 @@ class FoldTrainer:
         kept = None
         if self.reuse is not None:
             kept = self.reuse / f"{trial_key(finalist, rung, fold, self.task, self.base, self.rungs, self.folds)}.json"
-            if kept.is_file():
+            try:
                 return Trial(**{**json.loads(kept.read_text()), "worker": REUSED})
+            except (OSError, ValueError, TypeError):  # none yet, or a record this code cannot read: trained
+                pass
         if fold not in self.fold_tasks:
             self.fold_tasks[fold] = self.task if self.folds == 1 else self.task.fold(self.folds, fold)
         tag = "" if self.folds == 1 else f"-fold{fold}"
