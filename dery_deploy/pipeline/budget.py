@@ -20,6 +20,7 @@ from dery_deploy.pipeline.pick import last_rung_accuracy, mix_ruled_out, pick_tr
 from dery_deploy.pipeline.records import BudgetResult, MixResult, SelectionFile
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.stages import stage_donors, stage_evaluate, stage_export, stage_finetune
+from dery_deploy.train.run_folder import RunFolder
 from dery_deploy.train.select import SCREEN_FOLDS, Finalist, default_folds, select
 from dery_deploy.train.source import FinetuneSource
 
@@ -89,9 +90,13 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
             r.record(stage, "skipped", 0.0, "selection rules the mix out")
     elif s.best_mix:
         put_back_heal(r, b)  # (where the estimate expected it ruled out)
-        entry.mix = heal_best_mix(r, ctx, b, bdir, s.best_mix, paths)
+        before = healed_before(r, ctx, b, s.best_mix, paths)
+        if before is not None:
+            entry.mix, entry.run_mix = before
+        else:
+            entry.mix = heal_best_mix(r, ctx, b, bdir, s.best_mix, paths)
+            entry.run_mix = str(bdir / "mix")
         entry.mix.selection_accuracy = last_rung_accuracy(s).get(s.best_mix)
-        entry.run_mix = str(bdir / "mix")
         carry_better_mix(r, entry, sel)
     triples = score_triples(r, ctx, sel, entry.mix, Path(entry.run_mix) if entry.mix and entry.run_mix else None)
     pick = ruled_out or pick_triple(triples, s)
@@ -258,13 +263,48 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> Selection
     return out
 
 
+def _mix_source(name: str, paths: dict) -> tuple[Plan, FinetuneSource]:
+    """The finalist `name`'s plan (on the first of its targets) and what healing it trains from: the
+    adapters its budget's assembly fitted."""
+    path = next(p for (n, _), p in paths.items() if n == name)
+    plan = load_plan(path)
+    return plan, FinetuneSource.of_plan(plan, str(path.with_suffix(".safetensors").resolve()))
+
+
+def healed_before(r: Run, ctx: Context, b: float, name: str, paths: dict) -> tuple[MixResult, str] | None:
+    """The best mix, and its run folder, where a smaller budget of this run healed the same network from the
+    same weights (by content: each budget's assembly writes its own copy) with the same recipe, task and
+    teacher: read back, not healed again (the same training gives the same network). The best mix tends to
+    be one network over a run's larger budgets: on the Xeon host one was healed three times, 43 s each.
+    Its heal, evaluation and export are recorded as reused; None where no smaller budget healed it."""
+    _, source = _mix_source(name, paths)
+    want = None
+    teacher = ctx.teacher.describe() if (ctx.teacher and ctx.recipes.final.distill) else None
+    for prev in r.manifest.results:
+        m = prev.mix
+        if m is None or m.carried_from is not None or not prev.run_mix or m.plan.describe() != name:
+            continue
+        cfg = RunFolder(Path(prev.run_mix)).config()
+        if cfg is None or cfg.task_hash != ctx.task.hash() or cfg.recipe != asdict(ctx.recipes.final):
+            continue
+        if cfg.teacher != teacher:
+            continue
+        want = want if want is not None else source.trains()
+        if cfg.source.trains() != want:
+            continue
+        note = f"healed at {prev.budget_ms:g} ms from the same weights: read back"
+        r.say(f"  {name}: {note}")
+        for stage in (f"heal {name} ({b:g} ms)", f"evaluate best mix {b:g} ms", f"export onnx (best mix {b:g} ms)"):
+            r.record(stage, "reused", 0.0, note)
+        return replace(m, carried_from=prev.budget_ms, replaced=None), prev.run_mix
+    return None
+
+
 def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: dict) -> MixResult:
     """The best mixed plan healed with the final recipe (even when a donor ships: the report compares
     it with the donors trained the same way), evaluated, and exported as ONNX."""
     mix_dir = bdir / "mix"
-    path = next(p for (n, _), p in paths.items() if n == name)
-    plan = load_plan(path)
-    source = FinetuneSource.of_plan(plan, str(path.with_suffix(".safetensors").resolve()))
+    plan, source = _mix_source(name, paths)
     metrics = stage_finetune(
         r, f"heal {name} ({b:g} ms)", source, ctx.zoo, ctx.task, ctx.recipes.final, mix_dir, eval_phase1=True,
         teacher=ctx.teacher,

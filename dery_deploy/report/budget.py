@@ -104,9 +104,10 @@ def networks_table(r: BudgetResult, m: RunManifest) -> list[str]:
     rows = []
     if r.mix:
         mix = r.mix
+        at = f" (healed at {mix.carried_from:g} ms)" if mix.carried_from is not None else ""
         rows.append(
             [
-                f"best mixed plan `{mix.plan.describe()}`",
+                f"best mixed plan `{mix.plan.describe()}`{at}",
                 fmt_ms(mix.plan.predicted.latency_ms if mix.plan.predicted else None),
                 fmt_ms(mix.measured_ms),
                 f"{mix.params_m:.3f}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dery_deploy.artifacts import JsonValue
+from dery_deploy.artifacts import JsonValue, sha256_file
 from dery_deploy.errors import DeryError
 from dery_deploy.network.plan import Plan
 
@@ -67,6 +67,18 @@ class FinetuneSource:
     def freezing(self, blocks: list[int]) -> FinetuneSource:
         """This plan with `blocks` (indices into its chain) held frozen: out of every optimizer, BatchNorm in eval."""
         return FinetuneSource(self.plan, self.adapter_weights, self.start_weights, frozen_blocks=tuple(blocks))
+
+    def trains(self) -> list[JsonValue]:
+        """What training this source depends on, by content: a donor's name and zoo, or a plan's trained
+        fields (not the target it is measured on) with the digests of its weight files (not their paths: each
+        budget's assembly writes its own copy) and its frozen blocks. Equal for the same network trained from
+        the same weights, so a finished training may be read back (selection's trials, a budget's heal)."""
+        if self.plan is None:
+            return [{"donor": self.donor, "zoo_ref": self.zoo_ref}]
+        plan = self.plan.to_dict()
+        fields = {k: plan.get(k) for k in ("zoo_hash", "num_classes", "blocks", "adapters", "head", "head_kind")}
+        weights: list[JsonValue] = [sha256_file(w) if w else None for w in (self.adapter_weights, self.start_weights)]
+        return [fields, weights, list(self.frozen_blocks)]
 
     def to_dict(self) -> dict[str, JsonValue]:
         """The JSON object written as the run's `source`: {"plan", "adapter_weights"[, "start_weights"]}

@@ -51,3 +51,57 @@ def test_a_budget_found_infeasible_when_measured_is_taken_from_the_folder_by_a_r
     key["targets"] = [["onnxruntime", "fp32", 1, 1, 41]]
     other = BudgetResult(0.13)
     assert budget._selected(a_run(tmp_path), None, 0.13, bdir, other) is None and measured == [0.13, 0.13]
+
+
+def test_a_mix_a_smaller_budget_healed_from_the_same_weights_is_read_back_not_healed_again(tiny_ws, tmp_path):
+    """The best mix is often one network over a run's larger budgets, each budget's assembly writing its own copy
+    of the same fitted weights: the first heal is read back (its test top-1, run folder and export), and the
+    budget says where it was healed; other weights, or another recipe, are healed."""
+    import shutil
+    from types import SimpleNamespace
+
+    import torch
+
+    from dery_deploy.assemble.candidates import few_seam_choices, plan_from_choice
+    from dery_deploy.data.task import load_task
+    from dery_deploy.network.plan import build_net, save_plan_with_weights
+    from dery_deploy.train.recipe import Recipe
+
+    task = load_task("fashion-mnist:labels_per_class=6,test_per_class=2", tiny_ws.zoo.input)
+    plan = plan_from_choice(tiny_ws.zoo, tiny_ws.partition, few_seam_choices(tiny_ws.partition, 1)[0], task.num_classes)
+    name = plan.describe()
+    torch.manual_seed(0)
+    first = save_plan_with_weights(plan, build_net(plan, tiny_ws.zoo, tiny_ws.dis), tmp_path / "b1" / "f" / "mix.json")
+    copy = tmp_path / "b2" / "f" / "mix.json"
+    copy.parent.mkdir(parents=True)
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(first.with_suffix(suffix), copy.with_suffix(suffix))
+    recipe = Recipe(epochs_adapter=1, epochs_full=1, head_init="random")
+    ctx = SimpleNamespace(zoo=tiny_ws.zoo, task=task, recipes=SimpleNamespace(final=recipe), teacher=None)
+    r = a_run(tmp_path)
+    healed = budget.heal_best_mix(r, ctx, 0.1, tmp_path / "b1", name, {(name, "onnxruntime/fp32/t1"): first})
+    r.manifest.results.append(BudgetResult(0.1, mix=healed, run_mix=str(tmp_path / "b1" / "mix")))
+
+    found = budget.healed_before(r, ctx, 0.2, name, {(name, "openvino/int8/t1"): copy})
+    assert found is not None
+    mix, run_mix = found
+    assert run_mix == str(tmp_path / "b1" / "mix") and (mix.top1, mix.val_accuracy) == (
+        healed.top1,
+        healed.val_accuracy,
+    )
+    assert mix.carried_from == 0.1 and mix.export == healed.export
+    reused = [(s.stage, s.status) for s in r.manifest.stages if "0.2 ms" in s.stage]
+    assert reused == [
+        (f"heal {name} (0.2 ms)", "reused"),
+        ("evaluate best mix 0.2 ms", "reused"),
+        ("export onnx (best mix 0.2 ms)", "reused"),
+    ]
+    assert "healed at 0.1 ms" in r.manifest.stages[-1].note
+    assert not (tmp_path / "b2" / "mix").exists()
+    # other weights under the same name, or another recipe: healed
+    other = tmp_path / "b3" / "f" / "mix.json"
+    torch.manual_seed(1)
+    save_plan_with_weights(plan, build_net(plan, tiny_ws.zoo, tiny_ws.dis), other)
+    assert budget.healed_before(r, ctx, 0.3, name, {(name, "t"): other}) is None
+    ctx.recipes.final = Recipe(**{**recipe.__dict__, "seed": 1})
+    assert budget.healed_before(r, ctx, 0.3, name, {(name, "t"): copy}) is None

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dery_deploy.artifacts import atomic_write_json, sha256_file, sha256_json
+from dery_deploy.artifacts import atomic_write_json, sha256_json
 from dery_deploy.data.task import Task
 from dery_deploy.network.plan_records import REUSED
 from dery_deploy.train.finetune import accuracy, finetune, load_run_model
@@ -70,14 +70,8 @@ def trial_key(finalist: Finalist, rung: int, fold: int, task: Task, base: Recipe
     """What a trial's result depends on: the task, the network and its start weights (by content: a mix's
     adapters are fitted by each budget's assembly), the rung's recipe and the fold of `folds`; not the
     target it was measured on nor the budget."""
-    src = finalist.source
-    trains: dict = {"donor": src.donor, "zoo_ref": src.zoo_ref}
-    if src.plan is not None:
-        plan = src.plan.to_dict()
-        trains = {k: plan.get(k) for k in ("zoo_hash", "num_classes", "blocks", "adapters", "head", "head_kind")}
-    weights = [sha256_file(w) if w else None for w in (src.adapter_weights, src.start_weights)]
     recipe = rung_recipe(base, rung, rungs)
-    key = [task.hash(), finalist.name, trains, weights, src.frozen_blocks, recipe.__dict__, folds, fold]
+    key = [task.hash(), finalist.name, *finalist.source.trains(), recipe.__dict__, folds, fold]
     return sha256_json(key)[:24]
 
 
