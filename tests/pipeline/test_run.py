@@ -42,6 +42,8 @@ def test_a_donor_far_behind_a_faster_one_after_the_short_recipe_is_left_out():
     # b (29 points behind a, 40% slower) and d (exactly the margin behind a) are left out, with why;
     # c is 12 points behind: the final recipe was seen to close 11.5, so it is trained
     assert sorted(left) == ["b", "d"]
+    # vit_tops after the short recipe, 16.5 points behind resnet10t_tops (10.5 after the final recipe): left out
+    assert sorted(dominated_donors(DONORS, {"a": 90.5, "d": 74.0})) == ["d"]
     assert left["b"].startswith("a is faster (0.100 against 0.140 ms) and validated 29.0 points better")
     # a faster donor only dominates by at least 10% of latency: a near tie in speed is no evidence
     assert dominated_donors({"a": 0.10, "b": 0.105}, {"a": 90.0, "b": 50.0}) == {}
@@ -55,6 +57,9 @@ def test_the_estimate_expects_the_same_rule_on_the_probe_among_the_teacher_candi
     assert expected_dominated(DONORS, probe, ["a", "b", "c"]) == ["b"]
     assert expected_dominated(DONORS, probe, ["a", "b", "c", "d"]) == ["b", "d"]
     assert expected_dominated(DONORS, {"a": 82.5}, ["a", "b"]) == []  # no probe for b: nothing expected
+    # the probe's gaps run smaller than the short recipe's: vit_tops was 12.0 points behind by probe and
+    # 16.5 after the short recipe (left out); convnext_lower 4.6 by probe and 12.0 after it (trained)
+    assert expected_dominated(DONORS, {"a": 82.5, "b": 70.5, "c": 77.9}, ["a", "b", "c"]) == ["b"]
 
 
 def test_a_heal_is_expected_skipped_where_the_donor_the_probe_rates_best_fits():
