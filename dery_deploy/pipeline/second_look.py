@@ -15,6 +15,7 @@ machine's reference, as before. The final pass files every measurement under `co
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -115,27 +116,48 @@ class Ship:
     threads: int
 
 
+def package_identity(folder: Path) -> str:
+    """What a look at a package measures: its files (by the digests deploy.json records) and its runtime
+    settings. Two budgets that ship the same donor on the same target ship the same package but for their
+    budget and verdict: one look measures both."""
+    try:
+        d = json.loads((folder / "deploy.json").read_text())
+        return json.dumps([d["files"], d["runtime"]], sort_keys=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return str(folder)  # (unreadable: looked at on its own, and `bench_package` says what is wrong)
+
+
 def look_at_ships(r: Run, ships: list[Ship], fp: FinalPassFile) -> None:
     """Each shipped package measured alone as `dery bench` measures it, LOOK_SECONDS, then the suspects among
     those looks (`ship_suspects`) REMEASURES more times for REMEASURE_SECONDS each; every look appended to
-    `fp.remeasured` (module docstring)."""
+    `fp.remeasured` (module docstring). Packages with the same files and settings (`package_identity`) are
+    looked at once, the look filed under each one's key: a run whose larger budgets all ship its best donor
+    on one target looked at the same file three times (4.5 s each, 10 s each again where one was suspect)."""
     q = r.opts.percentile
+    groups: dict[str, list[Ship]] = {}
+    for ship in ships:
+        groups.setdefault(package_identity(ship.folder), []).append(ship)
 
-    def look(ship: Ship, seconds: float) -> Measurement:
+    def look(same: list[Ship], seconds: float) -> dict[str, Measurement]:
+        ship = same[0]
         res, load = bench_package(ship.folder, q, seconds)
         m, summary = look_figures(res, load, f"{ship.runtime}/t{ship.threads}", ship.threads)
-        fp.remeasured.append(SecondLook([ship.key], summary, {ship.key: m}, package=True))
-        return m
+        keys = [s.key for s in same]
+        fp.remeasured.append(SecondLook(keys, summary, {k: m for k in keys}, package=True))
+        return {k: m for k in keys}
 
     if ships:
         what = "the shipped package" if len(ships) == 1 else f"the {len(ships)} shipped packages"
-        r.say(f"  measuring {what} alone, as `dery bench` does: the latency a budget promises")
-    first = {s.key: look(s, LOOK_SECONDS) for s in ships}
+        alike = f" ({len(ships) - len(groups)} the same as another: looked at once)" if len(groups) < len(ships) else ""
+        r.say(f"  measuring {what} alone, as `dery bench` does: the latency a budget promises{alike}")
+    first: dict[str, Measurement] = {}
+    for same in groups.values():
+        first.update(look(same, LOOK_SECONDS))
     keys = ship_suspects(r, first)
     for i in range(REMEASURES if keys else 0):
         r.say(f"  measuring {len(keys)} shipped package(s) alone again ({i + 1} of {REMEASURES}): " + ", ".join(keys))
-        for ship in (s for s in ships if s.key in keys):
-            look(ship, REMEASURE_SECONDS)
+        for same in (g for g in groups.values() if any(s.key in keys for s in g)):
+            look(same, REMEASURE_SECONDS)
 
 
 def admitted_disagreement(r: Run, res: BudgetResult, target: str, final_ms: float, quiet: bool = False) -> float | None:

@@ -209,3 +209,32 @@ def test_a_look_over_budget_is_related_to_the_machine_by_the_reference_timed_as_
     # it says the machine ran 30% slower: 1.05 / 1.3 is within, so the network is not called over (undecided)
     v = judged_over_budget(tmp_path, final_pass_reference=0.13).export.budget
     assert not v.over and v.within_budget is None and v.machine_slower == 0.3
+
+
+def test_packages_with_the_same_files_and_settings_are_looked_at_once(shipped, tmp_path):
+    """Two budgets that ship the same donor on the same target ship the same files: one look alone, filed under
+    both budgets' keys; a package with other settings is looked at on its own."""
+    import shutil
+
+    from dery_deploy.pipeline.second_look import Ship, look_at_ships, package_identity
+
+    same = [tmp_path / "a", tmp_path / "b"]
+    for folder in same:
+        shutil.copytree(shipped["onnx"], folder)
+    info = json.loads((same[1] / "deploy.json").read_text())
+    info["budget"]["latency_ms"] = 60.0  # another budget, the same files and settings
+    (same[1] / "deploy.json").write_text(json.dumps(info))
+    assert package_identity(same[0]) == package_identity(same[1]) != package_identity(shipped["openvino"])
+    ships = [
+        Ship("ship:50|onnxruntime/fp32", same[0], "onnxruntime", 1),
+        Ship("ship:60|onnxruntime/fp32", same[1], "onnxruntime", 1),
+        Ship("ship:70|openvino/fp32", shipped["openvino"], "openvino", 1),
+    ]
+    said: list[str] = []
+    run = SimpleNamespace(opts=SimpleNamespace(percentile=50), manifest=SimpleNamespace(results=[]), say=said.append)
+    fp = FinalPassFile({}, PassSummary(1, 1, 1.0, 0.01, 0, 1, "", 0.0, 2), {})
+    look_at_ships(run, ships, fp)
+    assert [s.keys for s in fp.remeasured] == [[ships[0].key, ships[1].key], [ships[2].key]]
+    looked = fp.remeasured[0].measurements
+    assert looked[ships[0].key] == looked[ships[1].key] and looked[ships[0].key].median_ms > 0
+    assert all(s.package for s in fp.remeasured) and "1 the same as another: looked at once" in said[0]
