@@ -89,11 +89,11 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
         ):
             r.record(stage, "skipped", 0.0, "selection rules the mix out")
     elif s.best_mix:
-        put_back_heal(r, b)  # (where the estimate expected it ruled out)
         before = healed_before(r, ctx, b, s.best_mix, paths)
         if before is not None:
             entry.mix, entry.run_mix = before
         else:
+            put_back_heal(r, b)  # (where the estimate expected it ruled out, or read back)
             entry.mix = heal_best_mix(r, ctx, b, bdir, s.best_mix, paths)
             entry.run_mix = str(bdir / "mix")
         entry.mix.selection_accuracy = last_rung_accuracy(s).get(s.best_mix)

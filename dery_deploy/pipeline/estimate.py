@@ -110,18 +110,19 @@ def distill_batch(recipe: Recipe, labelled: int) -> int:
 
 
 def selection_trials(
-    mixes: int, donors: int, rungs: tuple[int, ...], folds: int, seen: int = 0
+    mixes: int, donors: int, rungs: tuple[int, ...], folds: int, seen: int = 0, carried: int = 0
 ) -> list[tuple[int, int]]:
     """(rung, trials trained) of the successive-halving schedule: every finalist at the first rung (screened
     on SCREEN_FOLDS folds unless it is the last), then the best 1/ETA, plus the best of the other kind where
-    there are both (the best overall is among the 1/ETA). A donor that was a finalist at a smaller budget of
-    the run (`seen` of them) trains nothing again (its trials are read back, `train.select.trial`): not its
-    first rung, nor, where one was seen, the best donor's later ones."""
+    there are both (the best overall is among the 1/ETA). A network that was a finalist at a smaller budget of
+    the run trains nothing again (its trials are read back, `train.select.trial`): `seen` donors and `carried`
+    mixes skip their first rung, and the best of each kind, where there is one, its later ones."""
     out, alive = [], mixes + donors
     both = 1 if mixes and donors else 0
     for r in range(len(rungs)):
         per = folds if r == len(rungs) - 1 else min(SCREEN_FOLDS, folds)
-        out.append((r, (alive - (seen if r == 0 else min(seen, 1))) * per))
+        again = seen + carried if r == 0 else min(seen, 1) + min(carried, 1)
+        out.append((r, max(0, alive - again) * per))
         alive = min(alive, math.ceil(alive / ETA) + both)
     return out
 
@@ -159,7 +160,7 @@ class Plan:
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds, nor the donors it expects left out: made
         from the task's probe where the estimate is made, and read back from a reused one)."""
-        made_here = ("step_s", "distill_s", "expected_left_out", "expected_unhealed")
+        made_here = ("step_s", "distill_s", "expected_left_out", "expected_unhealed")  # (read-back heals follow)
         return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in made_here}))
 
 
@@ -187,6 +188,10 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
     left_out = [n for n in plan.expected_left_out if n in plan.final_donors] if plan.final.distill else []
     held: list[Part] = []
     unhealed = [b for b in plan.budgets if b in plan.expected_unhealed]
+    # the best mix of a budget after the first that heals one is expected to be that one, read back
+    # (`pipeline/budget.healed_before`): in 12 of 15 such budgets of the quality bench's runs it was
+    healing = [b for b in plan.budgets if b not in unhealed]
+    read_back = healing[1:]
     for n in sorted(plan.final_donors, key=lambda n: plan.donor_ms[n]):
         kept = len(parts)
         final = train(
@@ -205,7 +210,7 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
         parts.append(Part("assemble and select under", "selection", seconds))
         export = Part("export", "measurement", EXPORT_ITEMS * item_s)
         mix = [train("heal", plan.final, mix_s, mix_distilled_s, True), evaluate("evaluate best mix", mix_s), export]
-        (held if b in unhealed else parts).extend(mix)
+        (held if b in unhealed or b in read_back else parts).extend(mix)
         parts += [export] * (plan.exports_per_budget - 1)
     if plan.family and len(plan.budgets) >= 2:
         step = [at_budget(plan.step_s, b) for b in plan.budgets]
@@ -217,6 +222,7 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
     )
     est = RunEstimate(round(after_s, 1), parts, plan.step_s, round(item_s, 3), plan.distill_s)
     est.expected_left_out, est.held_out, est.expected_unhealed = left_out, held, unhealed
+    est.expected_read_back = read_back
     return est
 
 
@@ -236,7 +242,11 @@ def selection_seconds(
     # a trial trains on (k-1)/k of train + validation, or on train where the validation split decides
     folds, n_train = plan.folds or default_folds(task), len(task.train)
     labelled = (n_train + len(task.val)) * (folds - 1) / folds if folds > 1 else n_train
-    for rung, trials in selection_trials(plan.finalists, len(fit), plan.rungs, folds, seen):
+    # mixed finalists of a smaller budget come back as candidates (`Context.carried`), with the same fitted
+    # weights: at the quality bench's pinned budgets 3-4 of a later budget's 4 were, at a default run's budget
+    # three times the one before it 1 of 4; half is expected
+    carried = plan.finalists // 2 if before else 0
+    for rung, trials in selection_trials(plan.finalists, len(fit), plan.rungs, folds, seen, carried):
         r = rung_recipe(plan.ce, rung, plan.rungs)
         seconds += trials * training_seconds(r, int(labelled), True, mix_s, mix_s)
     return seconds

@@ -2,7 +2,8 @@
 
 The estimate (`estimate.py`) holds out the final training of donors the short recipe is expected to leave out
 (`budgets.expected_dominated`) and the best mix's heal at budgets where selection is expected to rule every mix
-out (`budgets.expected_unhealed`). Where the run does that work after all, its parts go back into the run's
+out (`budgets.expected_unhealed`) or a smaller budget's healed mix is expected back
+(`RunEstimate.expected_read_back`). Where the run does that work after all, its parts go back into the run's
 line and their seconds into `RunEstimate.put_back_s`; the estimate recorded against the run stays as it was made.
 """
 
@@ -26,13 +27,15 @@ def put_back(r: Run, name: str) -> None:
 
 
 def put_back_heal(r: Run, budget_ms: float) -> None:
-    """The best mix at `budget_ms` is healed although the estimate expected selection to rule it out there: its
-    heal, evaluation and export, held out of the estimate, are put back into the run's line, and recorded."""
+    """The best mix at `budget_ms` is healed although the estimate expected selection to rule it out there, or a
+    smaller budget's heal to be read back: its heal, evaluation and export, held out of the estimate, are put back
+    into the run's line, and recorded."""
     est = r.manifest.estimate
-    if est is None or r.eta is None or budget_ms not in est.expected_unhealed:
+    held = sorted(est.expected_unhealed + est.expected_read_back) if est is not None else []
+    if est is None or r.eta is None or budget_ms not in held:
         return
     mixes = [p for p in est.held_out if p.stage in MIX_PARTS]
-    at = est.expected_unhealed.index(budget_ms) * len(MIX_PARTS)
+    at = held.index(budget_ms) * len(MIX_PARTS)
     _back(r, mixes[at : at + len(MIX_PARTS)])
 
 

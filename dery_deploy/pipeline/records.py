@@ -315,6 +315,9 @@ class RunEstimate:
     # budgets at which selection was expected to rule the mix out: their heal, its evaluation and export held out
     # (in `held_out` after the donors', three parts a budget, in this order)
     expected_unhealed: list[float] = field(default_factory=list)
+    # budgets whose best mix was expected to be a smaller budget's, its heal read back: held out alike (in
+    # `held_out`, the heals' parts in the order of the budgets, with those of `expected_unhealed`)
+    expected_read_back: list[float] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -345,6 +348,9 @@ class RunEstimate:
         if self.expected_unhealed:
             at = ", ".join(f"{b:g}" for b in self.expected_unhealed)
             said.append(f"healing a mix at {at} ms, where the donor the probe rates best fits")
+        if self.expected_read_back:
+            at = ", ".join(f"{b:g}" for b in self.expected_read_back)
+            said.append(f"healing a mix again at {at} ms, where a smaller budget's is expected back")
         return ", nor ".join(said) + " (by probe accuracy)" if said else ""
 
     def to_dict(self) -> dict:

@@ -1,6 +1,8 @@
 """Donors the time estimate expected the short recipe to leave out: where it keeps one after all, the run's line
 counts its final training again; where it leaves out one the estimate counted, that is recorded."""
 
+import pytest
+
 from dery_deploy.pipeline.estimate import Eta
 from dery_deploy.pipeline.expected import put_back_heal
 from dery_deploy.pipeline.manifest import RunManifest
@@ -78,3 +80,10 @@ def test_a_heal_expected_skipped_but_done_is_put_back_for_its_own_budget(tmp_pat
     put_back_heal(r, 0.3)
     assert eta.left_s() - before == 34.5 and est.put_back_s == 34.5
     assert eta.finished("heal mnv3_rot[0:1] > a[1:2] (0.3 ms)", 31.0)
+    # a heal expected read back (0.25 ms, between the two) but trained: its own three parts, in budget order
+    est.expected_unhealed, est.expected_read_back = [0.2, 0.3], [0.25]
+    est.held_out += [Part("heal", "training", 25.0), Part("evaluate best mix", "evaluation", 2.5)]
+    est.held_out += [Part("export", "measurement", 1.5)]
+    est.held_out[-6:-3], est.held_out[-3:] = est.held_out[-3:], est.held_out[-6:-3]  # 0.2, 0.25, 0.3 ms
+    put_back_heal(r, 0.25)
+    assert est.put_back_s == pytest.approx(34.5 + 29.0) and [p.seconds for p in eta.todo[:3]] == [25.0, 2.5, 1.5]
