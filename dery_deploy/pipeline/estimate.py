@@ -156,6 +156,8 @@ class Plan:
     # budgets at which selection is expected to rule the mix out (`budgets.expected_unhealed`): the best mix's
     # heal, evaluation and export are held out there
     expected_unhealed: list[float] = field(default_factory=list)
+    # count every budget's heal, none expected read back: under --time-limit, whose cuts must fit the worst case
+    every_heal: bool = False
 
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds, nor the donors it expects left out: made
@@ -191,7 +193,7 @@ def estimate(plan: Plan, task: Task, item_s: float, after_s: float) -> RunEstima
     # the best mix of a budget after the first that heals one is expected to be that one, read back
     # (`pipeline/budget.healed_before`): in 12 of 15 such budgets of the quality bench's runs it was
     healing = [b for b in plan.budgets if b not in unhealed]
-    read_back = healing[1:]
+    read_back = [] if plan.every_heal else healing[1:]
     for n in sorted(plan.final_donors, key=lambda n: plan.donor_ms[n]):
         kept = len(parts)
         final = train(

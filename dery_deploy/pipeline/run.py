@@ -123,6 +123,7 @@ def start_eta(
         budgets_chosen=not r.opts.budgets,
         searched_targets=searched or len(models),
         family=r.opts.family_training if r.opts.family else None,
+        every_heal=bool(r.opts.time_limit),
     )
     path, key = r.out / "estimate.json", {**plan.key(), "time_limit": r.opts.time_limit}
 

@@ -220,3 +220,6 @@ def test_heals_expected_skipped_or_read_back_are_held_out(fashion_task):
     # the first budget ruled out: the next one heals, counted
     first = estimate(replace(plan, expected_unhealed=[0.15]), fashion_task, item_s=0.5, after_s=100)
     assert first.expected_read_back == [] and [p.stage for p in first.parts].count("heal") == 1
+    # under --time-limit every heal is counted: its cuts must fit the run that heals at every budget
+    limited = estimate(replace(plan, every_heal=True), fashion_task, item_s=0.5, after_s=100)
+    assert limited.expected_read_back == [] and [p.stage for p in limited.parts].count("heal") == 2

@@ -92,7 +92,7 @@ def test_selection_on_the_validation_split_alone_saves_its_folds_and_is_skipped_
         return estimate(p, fashion_task, 0.4, 100)
 
     # the first cut already made; training slow enough that the finalists' measurement pass is negligible
-    plan = replace(default_plan(), rungs=(1,), finalists=2, step_s={"a": 0.1, "b": 0.2, "c": 0.4})
+    plan = replace(default_plan(), rungs=(1,), finalists=2, step_s={"a": 1.0, "b": 2.0, "c": 4.0})
     assert default_folds(fashion_task) == 5
     one = replace(plan, folds=1)
     selection = sum(p.seconds for p in of(plan).parts if p.group == "selection")
