@@ -4,6 +4,10 @@ latencies; and when reassembly pays as the labels grow. Writes JSON.
 
     python scripts/bench_quality.py [--seeds 0,1,2] [--work runs/bench] [-o bench/quality.json]
     python scripts/bench_quality.py --labels-per-class 100,1000,6000   # seeds 0,1 -> bench/scaling.json
+    python scripts/bench_quality.py --merge A.json B.json [...] -o bench/quality.json   # one table of their seeds
+
+To compare two commits' run times on a host whose speed drifts, run one seed of each in turn (each commit's
+own checkout and script, `--seeds 0 -o ...`, then `--seeds 1`), and `--merge` each commit's single-seed tables.
 
 Budgets come from the donors' latencies measured here (one `dery profile` without a partition):
 below every donor, between the two fastest, between the fastest good donor (the best by source
@@ -299,9 +303,14 @@ def main() -> None:
         default=None,
         help="dery run's --targets (e.g. onnxruntime/fp32: compare networks on one runtime; default: the device's)",
     )
+    ap.add_argument("--merge", nargs="+", default=None, help="tables (JSON) to merge into -o; runs nothing")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from dery_deploy.artifacts import atomic_write_json
+
+    if args.merge:
+        merge(args.merge, args.out or str(ROOT / "bench" / "quality.json"))
+        return
 
     scaled = bool(args.labels_per_class)
     args.out = args.out or str(ROOT / "bench" / ("scaling.json" if scaled else "quality.json"))
@@ -329,12 +338,36 @@ def main() -> None:
         run = one_run(Path(args.work) / f"seed{seed}", seed, budgets, targets(args))
         result["seeds"][str(seed)] = {
             "wall_s": round(time.time() - t0, 1),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "budgets": summarise(run),
             "teacher": plain(run.teacher),
             "verify": plain(run.verify),
             "donor_latency_ms": run.donor_latency_ms,
         }
         print(json.dumps(result["seeds"][str(seed)]["budgets"], indent=1), flush=True)
+    atomic_write_json(args.out, tabulate(result, budgets))
+
+
+def merge(paths: list[str], out: str) -> None:
+    """One table of the seeds of several tables made at the same budgets (each seed from one table only)."""
+    from dery_deploy.artifacts import atomic_write_json
+
+    tables = [json.loads(Path(p).read_text()) for p in paths]
+    budgets = tables[0]["budgets"]
+    if any(t["budgets"] != budgets for t in tables):
+        raise SystemExit(f"--merge: the tables were made at other budgets ({[t['budgets'] for t in tables]})")
+    result = {**tables[0], "merged_from": [str(p) for p in paths], "seeds": {}}
+    for path, t in zip(paths, tables):
+        for seed, row in t["seeds"].items():
+            if seed in result["seeds"]:
+                raise SystemExit(f"--merge: seed {seed} is in more than one table ({path})")
+            result["seeds"][seed] = {"when": t["when"], **row}
+    result["seeds"] = dict(sorted(result["seeds"].items(), key=lambda kv: int(kv[0])))
+    atomic_write_json(out, tabulate(result, budgets))
+
+
+def tabulate(result: dict, budgets: list[float]) -> dict:
+    """`result` with its per-budget aggregates, budget promise and run seconds over its seeds."""
     result["per_budget"] = {
         f"{b:g}": aggregate(
             [r for s in result["seeds"].values() for r in s["budgets"] if r["budget_ms"] == b and "pick" in r]
@@ -360,7 +393,7 @@ def main() -> None:
         ),
     }
     result["run_seconds"] = [s["wall_s"] for s in result["seeds"].values()]
-    atomic_write_json(args.out, result)
+    return result
 
 
 def verdict(rows: list[dict]) -> str:
