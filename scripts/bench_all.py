@@ -52,7 +52,7 @@ def main() -> None:
             *("stitch_lr", "scaling", "reproduce", "reproduce_b32", "plain_load", "latency_model", "estimate"),
             *("time_limit", "family", "family_run", "family_run_joint", "reproduce_xeon", "reference_placement"),
             *("time_limit_xeon", "estimate_xeon", "repeatability_xeon", "look_xeon", "latency_model_xeon"),
-            *("reproduce_b32_xeon", "quality_xeon"),
+            *("reproduce_b32_xeon", "quality_xeon", "hours_xeon"),
         )
         for name in (*SCRIPTS, *by_hand):
             if (bench / f"{name}.json").is_file():
@@ -86,6 +86,7 @@ def main() -> None:
             "family_run",  # bench_family_run.py: about an hour per seed
             "family_run_joint",  # bench_family_run.py --family-training joint, in family_run's folders
             "quality_xeon",  # bench_quality.py --seeds 0,1 -o bench/quality_xeon.json on an Intel Xeon host
+            "hours_xeon",  # bench_hours.py on every package earlier runs left, on an Intel Xeon host
         ):  # a run's finalists / about 3 hours / two whole runs: run by hand, read here
             if (bench / f"{by_hand}.json").is_file():
                 results["scripts"][by_hand] = json.loads((bench / f"{by_hand}.json").read_text())
@@ -134,6 +135,8 @@ def summary(r: dict) -> str:  # noqa: C901 (one line per bench, each optional)
         out += reference_placement_section(s["reference_placement"])
     if "look_xeon" in s:
         out += look_section(s["look_xeon"])
+    if "hours_xeon" in s:
+        out += hours_section(s["hours_xeon"])
     if "plain_load" in s:
         out += plain_load_section(s["plain_load"])
     for key in ("latency_model", "latency_model_xeon"):
@@ -545,6 +548,33 @@ def look_section(lk: dict) -> list[str]:
         out.append(
             f"| {'/'.join(Path(pkg).parts[-3:-1])} | {c['relative']:.3f} ({100 * c['vs_dery_bench']:+.1f}%) "
             f"| {lo['relative']:.3f} ({100 * lo['vs_dery_bench']:+.1f}%) | {v['dery bench']['relative']:.3f} |"
+        )
+    return out + [""]
+
+
+def hours_section(h: dict) -> list[str]:
+    """Shipped packages measured again hours after their runs (`scripts/bench_hours.py`)."""
+    m = h["machine"]
+    out = [
+        "### A shipped package's latency hours later (`scripts/bench_hours.py`)",
+        "",
+        f"{h['when']}, {m['cpu']} ({m['cores']} cores): every package earlier runs on this host left, each measured "
+        "once more as `dery bench` measures it (one at a time, nothing else running), against the figure it records. "
+        "'raw' is the change of p50, 'relative' the change once the machine's own (its reference workload now over "
+        "then) is divided out; absolute changes.",
+        "",
+        "| packages | recorded | hours apart | raw median / max | relative median / p90 / max | relative within 3% |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, what in (("quiet", "every one"), ("recorded_alone_as_dery_bench", "recorded alone, as `dery bench`")):
+        v = h["summary"][key]
+        if not v["n"]:
+            continue
+        lo, hi = v["hours_apart"]
+        out.append(
+            f"| {v['n']} | {what} | {lo:.1f}-{hi:.1f} | {_pct(v['raw_abs_median'])} / {_pct(v['raw_abs_max'])} "
+            f"| {_pct(v['relative_abs_median'])} / {_pct(v['relative_abs_p90'])} / {_pct(v['relative_abs_max'])} "
+            f"| {v['relative_within_3pct']} of {v['n']} |"
         )
     return out + [""]
 

@@ -5,7 +5,7 @@
 
 Each package (a folder with deploy.json, made by any earlier `dery run`) is measured now exactly as `dery bench`
 measures it (`runtime.worker.bench_package`: a fresh measurement worker, its recorded session settings, the
-reference workload interleaved), one package at a time, oldest first. Against the figure the package records
+reference workload interleaved), one package at a time. Against the figure the package records
 (its p50 over all calls and the reference workload's beside it, taken when the run made it), per package:
 the raw change of p50, the machine's change (reference now over reference then), and the package's change
 once the machine's is divided out (`BenchResult.relative_to`, what `dery bench` prints). Issue 26 asks that
@@ -117,8 +117,9 @@ def main() -> None:
         infos.append(row)
         print(
             f"{row['made']} ({row['hours_apart']:5.1f} h ago) {row['target']:22s} p50 {row['recorded_p50_ms']:.4f} -> "
-            f"{row['now_p50_ms']:.4f} ms ({100 * row['raw_change']:+.1f}%), machine {100 * row['machine_change']:+.1f}%, "
-            f"relative {100 * row['relative_change']:+.1f}% (load {row['now_other_load_cores']})",
+            f"{row['now_p50_ms']:.4f} ms ({100 * row['raw_change']:+.1f}%), "
+            f"machine {100 * row['machine_change']:+.1f}%, relative {100 * row['relative_change']:+.1f}% "
+            f"(load {row['now_other_load_cores']})",
             flush=True,
         )
     infos.sort(key=lambda r: r["made"])
