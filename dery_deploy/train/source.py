@@ -72,11 +72,14 @@ class FinetuneSource:
         """What training this source depends on, by content: a donor's name and zoo, or a plan's trained
         fields (not the target it is measured on) with the digests of its weight files (not their paths: each
         budget's assembly writes its own copy) and its frozen blocks. Equal for the same network trained from
-        the same weights, so a finished training may be read back (selection's trials, a budget's heal)."""
+        the same weights, so a finished training may be read back (selection's trials, a budget's heal). Not the
+        plan's adapter and head records: `build_net` derives them from the blocks and writes them only into a
+        plan it built (the same network's plan for a further target is saved without them; their weights'
+        digest holds their shapes and values)."""
         if self.plan is None:
             return [{"donor": self.donor, "zoo_ref": self.zoo_ref}]
         plan = self.plan.to_dict()
-        fields = {k: plan.get(k) for k in ("zoo_hash", "num_classes", "blocks", "adapters", "head", "head_kind")}
+        fields = {k: plan.get(k) for k in ("zoo_hash", "num_classes", "blocks", "head_kind")}
         weights: list[JsonValue] = [sha256_file(w) if w else None for w in (self.adapter_weights, self.start_weights)]
         return [fields, weights, list(self.frozen_blocks)]
 
