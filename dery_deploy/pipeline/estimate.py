@@ -162,7 +162,8 @@ class Plan:
     def key(self) -> dict:
         """What an estimate depends on (not the step timings it adds, nor the donors it expects left out: made
         from the task's probe where the estimate is made, and read back from a reused one)."""
-        made_here = ("step_s", "distill_s", "expected_left_out", "expected_unhealed")  # (read-back heals follow)
+        made_here = ("step_s", "distill_s", "expected_left_out", "expected_unhealed")  # (the read-back heals follow
+        # from the budgets and `every_heal`, which are in the key)
         return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in made_here}))
 
 

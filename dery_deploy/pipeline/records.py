@@ -348,10 +348,12 @@ class RunEstimate:
         if self.expected_unhealed:
             at = ", ".join(f"{b:g}" for b in self.expected_unhealed)
             said.append(f"healing a mix at {at} ms, where the donor the probe rates best fits")
+        line = ", nor ".join(said) + " (by probe accuracy)" if said else ""
         if self.expected_read_back:
             at = ", ".join(f"{b:g}" for b in self.expected_read_back)
-            said.append(f"healing a mix again at {at} ms, where a smaller budget's is expected back")
-        return ", nor ".join(said) + " (by probe accuracy)" if said else ""
+            again = f"healing a mix again at {at} ms, where a smaller budget's is expected back"
+            line = f"{line}, nor {again}" if line else again
+        return line
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -207,7 +207,9 @@ def test_heals_expected_skipped_or_read_back_are_held_out(fashion_task):
     assert full.expected_unhealed == [] and full.expected_read_back == [0.4]
     assert [p.stage for p in full.held_out] == ["heal", "evaluate best mix", "export"]
     assert [p.stage for p in full.parts].count("heal") == 1
-    assert "not counting healing a mix again at 0.4 ms, where a smaller budget's is expected back" in full.line()
+    assert full.line().endswith(
+        "; not counting healing a mix again at 0.4 ms, where a smaller budget's is expected back)"
+    )
     held = estimate(replace(plan, expected_unhealed=[0.4, 0.9]), fashion_task, item_s=0.5, after_s=100)
     assert held.expected_unhealed == [0.4] and held.expected_read_back == []  # (0.9 is no budget of this run)
     assert [p.stage for p in held.held_out] == ["heal", "evaluate best mix", "export"]
@@ -216,7 +218,11 @@ def test_heals_expected_skipped_or_read_back_are_held_out(fashion_task):
     assert [p.stage for p in full.parts].count("export") == [p.stage for p in held.parts].count("export")
     pairs = 2 * PAIR_ITEMS * 0.5  # the mix on each of the two targets in the final pass
     assert full.seconds - held.seconds == pytest.approx(pairs)
-    assert "not counting healing a mix at 0.4 ms, where the donor the probe rates best fits" in held.line()
+    assert "not counting healing a mix at 0.4 ms, where the donor the probe rates best fits (by probe" in held.line()
+    both = replace(held, expected_read_back=[0.5])
+    assert both.expected_line().endswith(
+        "fits (by probe accuracy), nor healing a mix again at 0.5 ms, where a smaller budget's is expected back"
+    )
     # the first budget ruled out: the next one heals, counted
     first = estimate(replace(plan, expected_unhealed=[0.15]), fashion_task, item_s=0.5, after_s=100)
     assert first.expected_read_back == [] and [p.stage for p in first.parts].count("heal") == 1
