@@ -367,22 +367,30 @@ def latency_model_section(lm: dict) -> list[str]:
     return out + [""]
 
 
+def table_head(title: str, text: str, columns: list[str]) -> list[str]:
+    """A section's title, its paragraph and its table's header rows."""
+    return [f"### {title}", "", text, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def estimate_section(es: dict) -> list[str]:
     """The up-front time estimate against the run's time (`scripts/bench_estimate.py`)."""
     m = es["machine"]
-    out = [
-        "### The time estimate against the run (`scripts/bench_estimate.py`)",
-        "",
+    out = table_head(
+        "The time estimate against the run (`scripts/bench_estimate.py`)",
         f"Commit `{es['commit']}`, {es['when']}, {m['cpu']} ({m['cores']} cores), each run alone in a fresh folder; "
         f"target: {es['target']}. The estimate is made after the profiles; per group, the estimate of the stages "
         "it expected against what they took.",
-        "",
-        "| run | estimate made after | held out in advance (by probe: donors expected left out; heals expected "
-        "skipped) | estimated in all | took "
-        "| took vs estimate | left out after the short recipe (s) / put back (s), took vs estimate so revised "
-        "| per group: estimated / actual s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+        [
+            "run",
+            "estimate made after",
+            "held out in advance (by probe: donors expected left out; heals expected skipped)",
+            "estimated in all",
+            "took",
+            "took vs estimate",
+            "left out after the short recipe (s) / put back (s), took vs estimate so revised",
+            "per group: estimated / actual s",
+        ],
+    )
     for r in es["runs"].values():
         groups = ", ".join(
             f"{g} {v['estimated_s']:.0f} / {v['actual_s']:.0f}" for g, v in sorted(r.get("groups", {}).items())
@@ -555,17 +563,21 @@ def look_section(lk: dict) -> list[str]:
 def hours_section(h: dict) -> list[str]:
     """Shipped packages measured again hours after their runs (`scripts/bench_hours.py`)."""
     m = h["machine"]
-    out = [
-        "### A shipped package's latency hours later (`scripts/bench_hours.py`)",
-        "",
+    out = table_head(
+        "A shipped package's latency hours later (`scripts/bench_hours.py`)",
         f"{h['when']}, {m['cpu']} ({m['cores']} cores): every package earlier runs on this host left, each measured "
         "once more as `dery bench` measures it (one at a time, nothing else running), against the figure it records. "
         "'raw' is the change of p50, 'relative' the change once the machine's own (its reference workload now over "
         "then) is divided out; absolute changes.",
-        "",
-        "| packages | recorded | hours apart | raw median / max | relative median / p90 / max | relative within 3% |",
-        "|---|---|---|---|---|---|",
-    ]
+        [
+            "packages",
+            "recorded",
+            "hours apart",
+            "raw median / max",
+            "relative median / p90 / max",
+            "relative within 3%",
+        ],
+    )
     for key, what in (("quiet", "every one"), ("recorded_alone_as_dery_bench", "recorded alone, as `dery bench`")):
         v = h["summary"][key]
         if not v["n"]:
