@@ -79,14 +79,10 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     entry.solver, entry.margin, entry.selection = sel.solver, sel.margin, s
     paths = {(f.plan, f.target): bdir / str(f.path) for f in sel.finalists}
     ruled_out = mix_ruled_out(r, ctx, sel) if s.best_mix and not r.opts.heal_every_mix else None
-    if ruled_out:
+    if ruled_out and s.best_mix:  # (only a best mix is ruled out)
         entry.mix_not_healed = f"{ruled_out.rule}, at any accuracy healing could give it"
         r.say(f"  {s.best_mix} not healed: it cannot be picked ({entry.mix_not_healed}; --heal-every-mix heals it)")
-        for stage in (
-            f"heal {s.best_mix} ({b:g} ms)",
-            f"evaluate best mix {b:g} ms",
-            f"export onnx (best mix {b:g} ms)",
-        ):
+        for stage in mix_stages(s.best_mix, b):
             r.record(stage, "skipped", 0.0, "selection rules the mix out")
     elif s.best_mix:
         before = healed_before(r, ctx, b, s.best_mix, paths)
@@ -263,6 +259,12 @@ def assemble_and_select(r: Run, ctx: Context, b: float, bdir: Path) -> Selection
     return out
 
 
+def mix_stages(name: str, b: float) -> tuple[str, str, str]:
+    """The names of the stages `heal_best_mix` records for budget `b`'s best mix `name`: heal, evaluation, ONNX
+    export (`stage_evaluate` and `stage_export` name the last two from their labels)."""
+    return f"heal {name} ({b:g} ms)", f"evaluate best mix {b:g} ms", f"export onnx (best mix {b:g} ms)"
+
+
 def _mix_source(name: str, paths: dict) -> tuple[Plan, FinetuneSource]:
     """The finalist `name`'s plan (on the first of its targets) and what healing it trains from: the
     adapters its budget's assembly fitted."""
@@ -294,7 +296,7 @@ def healed_before(r: Run, ctx: Context, b: float, name: str, paths: dict) -> tup
             continue
         note = f"healed at {prev.budget_ms:g} ms from the same weights: read back"
         r.say(f"  {name}: {note}")
-        for stage in (f"heal {name} ({b:g} ms)", f"evaluate best mix {b:g} ms", f"export onnx (best mix {b:g} ms)"):
+        for stage in mix_stages(name, b):
             r.record(stage, "reused", 0.0, note)
         return replace(m, carried_from=prev.budget_ms, replaced=None), prev.run_mix
     return None
@@ -306,7 +308,7 @@ def heal_best_mix(r: Run, ctx: Context, b: float, bdir: Path, name: str, paths: 
     mix_dir = bdir / "mix"
     plan, source = _mix_source(name, paths)
     metrics = stage_finetune(
-        r, f"heal {name} ({b:g} ms)", source, ctx.zoo, ctx.task, ctx.recipes.final, mix_dir, eval_phase1=True,
+        r, mix_stages(name, b)[0], source, ctx.zoo, ctx.task, ctx.recipes.final, mix_dir, eval_phase1=True,
         teacher=ctx.teacher,
     )  # fmt: skip
     ev = stage_evaluate(r, mix_dir, ctx.task, f"best mix {b:g} ms")
