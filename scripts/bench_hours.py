@@ -31,7 +31,7 @@ BUSY_CORES = 0.05  # other processes' CPU time during a measurement above which 
 
 
 def packages(patterns: list[str]) -> list[Path]:
-    found = {Path(p).resolve() for pat in patterns for p in glob.glob(pat)} or set()
+    found = {Path(p).resolve() for pat in patterns for p in glob.glob(pat)}
     return sorted(p for p in found if (p / "deploy.json").is_file())
 
 
