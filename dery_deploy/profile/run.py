@@ -20,9 +20,17 @@ from dery_deploy.runtime.devices import DeviceSpec, machine_fingerprint
 from dery_deploy.runtime.harness import TimingOptions
 from dery_deploy.runtime.measure import measure_modules
 
-# items per interleaved pass: the profile is written after each, so this is what an interruption can
-# lose; the fashion zoo's 114 items are two passes
-PASS_ITEMS = 64
+# items per interleaved pass at most: the profile is written after each, so this is what an interruption can
+# lose. A profile's items are split into passes of equal size (`pass_spans`): the fashion zoo's 138 items are two
+# passes of 69, not 64 + 64 + 10, each pass its own measurement worker and its own allowance of windows past the
+# minimum (`TimingOptions.max_s`), which a pass of noisy items spends whole
+PASS_ITEMS = 80
+
+
+def pass_spans(n: int, size: int) -> list[range]:
+    """`n` items in the fewest passes of at most `size`, of equal size (within one)."""
+    count = max(1, -(-n // max(1, size)))
+    return [range(n * i // count, n * (i + 1) // count) for i in range(count)] if n else []
 
 
 def device_for(spec: DeviceSpec) -> str:
@@ -120,8 +128,8 @@ def run_profile(
         # a backend that times at most `max_live` items together (torch-compile) gains nothing from a longer
         # pass, and a pass is what gets written: its one cold-compiled pass of 55 items was lost whole
         size = min(pass_items, be.max_live or pass_items)
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
+        for span in pass_spans(len(todo), size):
+            chunk = todo[span.start : span.stop]
             builds = {it.key: (lambda it=it, b=batch: (it.build(), example_input(it.in_spec, b))) for it in chunk}
             failed: dict[str, str] = {}
             # a prefix only times its blocks in context; no network is built of it, so its memory is not needed

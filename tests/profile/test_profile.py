@@ -190,7 +190,8 @@ def test_resume_after_kill(tiny_ws, tmp_path):
     proc.wait()
     partial = json.loads(path.read_text())  # still valid JSON: written atomically
     n_partial = len(partial["records"])
-    assert n_partial >= 3 and len(partial["passes"]) == n_partial // 4
+    sizes = [int(p["what"].split()[0]) for p in partial["passes"]]  # "N items": passes of at most --pass-items
+    assert n_partial >= 3 and sum(sizes) == n_partial and max(sizes) <= 4
     done = run_dery(
         "profile",
         "--zoo",
@@ -471,4 +472,6 @@ def test_torch_compile_profile_is_written_after_every_group_it_times(tiny_ws, tm
                          tmp_path, num_classes=10, limit=n)  # fmt: skip
     prof = read_profile(path)
     assert len(prof.records) == n and prof.failed == {}
-    assert [p["what"] for p in prof.passes] == [f"{be.max_live} items", "1 items"]
+    # two passes of equal size, neither longer than the backend keeps alive
+    half = n // 2
+    assert [p["what"] for p in prof.passes] == [f"{half} items", f"{n - half} items"]
