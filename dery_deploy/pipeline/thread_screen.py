@@ -140,7 +140,7 @@ class SpellCheck:
 
     def _span(self) -> str:
         each = self.seconds / max(len(self.ratios), 1)
-        apart = f" in {self.checks} passes a profile apart" if self.checks > 1 else ""
+        apart = f" in {self.checks} passes half a minute or more apart" if self.checks > 1 else ""
         return f"{len(self.ratios)} stretches of {each:.0f} s timed in turn{apart}"
 
     @property

@@ -15,7 +15,8 @@ than `SPREAD` (max over min), the count does not repeat on this machine, and the
 what would ship at it could not be reproduced (issue 26). It runs on each further count that passes its
 screen (`thread_screen.py`), on the donor that may fit a budget and gains most from the count (where a
 missing core shows most), once before the count's full profile and, if it held, again after the count's
-latency check, half a minute or more later, the two pooled: a clean-clone default run's single check sat in
+latency check or, where the other targets' profiles separated them by `SPELL_GAP_S`, before its full profile
+(`target_profiles.profile_targets`), the two pooled: a clean-clone default run's single check sat in
 one good spell (0.72-0.73x in all 8 stretches), shipped two threads, and its final pass measured that file
 33% slower than its finalist pass had. Its result is kept in the run's cache for a rerun.
 Measured here (six checks in a row each, resnet10t_tops): OpenVINO fp32 at two threads ran 0.72-0.74x its
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from dery_deploy.pipeline.runner import Run
 
 SPELL_S = 16.0  # the pass's length: spells on the 2-core VM lasted 2-40 s
+# the second check of a count comes at least this long after the first (the docstring's "half a minute or more
+# later"): after the other targets' profiles where they took that long, else after the count's own
+SPELL_GAP_S = 30.0
 
 
 def gaining_donor(extra: Profile, first: Profile, within_ms: float | None) -> str | None:

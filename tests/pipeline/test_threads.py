@@ -3,6 +3,8 @@ and measured at its own count, the plan recording it (issue 26, item 3)."""
 
 import os
 
+import pytest
+
 from dery_deploy.assemble.pool import target_of
 from dery_deploy.assemble.stage import AssembleRequest, assemble
 from dery_deploy.pipeline.options import RunOptions
@@ -74,14 +76,18 @@ def test_two_counts_are_distinct_targets_and_each_plan_records_its_count(tiny_ws
     assert res.plan.threads == count[res.finalists[0].target]
 
 
+@pytest.mark.parametrize("gap_s", [None, 0.0])
 def test_a_further_count_is_screened_on_its_donors_or_profiled_and_every_target_is_accounted_for(
-    tiny_ws, fashion_task, tmp_path
+    tiny_ws, fashion_task, tmp_path, monkeypatch, gap_s
 ):
     """`profile_targets` on the tiny zoo at one and two threads: the first count's profile is the fixture's own
     (copied, so reused); the second count is timed on its whole donors first and then either screened out with
-    its figures or profiled and checked in full; which one depends on this machine, the record does not."""
+    its figures or profiled and checked in full; which one depends on this machine, the record does not. The
+    first count reused, its second spell check comes after its latency check (less than `SPELL_GAP_S` after the
+    first); with no gap required (`gap_s` 0), before its full profile, which a count that does not repeat skips."""
     import shutil
 
+    from dery_deploy.pipeline import target_profiles
     from dery_deploy.pipeline.manifest import RunManifest
     from dery_deploy.pipeline.runner import Run
     from dery_deploy.pipeline.target_profiles import profile_targets
@@ -96,9 +102,12 @@ def test_a_further_count_is_screened_on_its_donors_or_profiled_and_every_target_
     t1 = r.cache / "profiles" / "cpu" / "tiny-onnxruntime-fp32-b1-t1.json"
     t1.parent.mkdir(parents=True)
     shutil.copy(tiny_ws.profile_path, t1)
+    if gap_s is not None:
+        monkeypatch.setattr(target_profiles, "SPELL_GAP_S", gap_s)
     models = profile_targets(r, tiny_ws.zoo, cpu, targets, tiny_ws.partition, tiny_ws.dis, fashion_task)
     m = r.manifest
     stages = {s.stage: s.status for s in m.stages}
+    order = [s.stage for s in m.stages]
     assert (
         stages["profile onnxruntime/fp32/t1"] == "reused"
         and "screen onnxruntime/fp32/t1 on its whole donors" not in stages
@@ -114,7 +123,11 @@ def test_a_further_count_is_screened_on_its_donors_or_profiled_and_every_target_
     if spells:  # once before the full profile, and where it held, once more after the latency check, pooled
         c = spells[0]
         assert stages["thread spells onnxruntime/fp32/t2 (1 of 2)"] == "computed"
-        assert len(c.ratios) == 8 * c.checks and (c.checks == 2) == ("profile onnxruntime/fp32/t2" in stages)
+        profiled = "profile onnxruntime/fp32/t2" in stages
+        assert len(c.ratios) == 8 * c.checks and (c.checks == 2 or not profiled) and (profiled or not c.repeats)
+        if c.checks == 2 and profiled:  # the second check after the latency check, or (no gap required) before it
+            second = order.index("thread spells onnxruntime/fp32/t2 (2 of 2)")
+            assert (second < order.index("profile onnxruntime/fp32/t2")) == (gap_s == 0.0)
     if m.screened:  # left out on its donors, or on its spells before or after its profile
         [s] = m.screened
         assert s.against == "onnxruntime/fp32/t1"
@@ -122,7 +135,7 @@ def test_a_further_count_is_screened_on_its_donors_or_profiled_and_every_target_
             assert s.why == spells[0].why("onnxruntime/fp32/t2") and "do not repeat on this machine" in s.why
         else:
             assert s.why.startswith("onnxruntime/fp32/t2 not profiled beyond its 3")
-        if not spells or spells[0].checks == 1:  # not profiled further, no latency check
+        if not spells or spells[0].checks == 1 or gap_s == 0.0:  # not profiled further, no latency check
             assert "profile onnxruntime/fp32/t2" not in stages
             assert len(t2.records) == 1 + len(tiny_ws.zoo.donor_names)
         assert "onnxruntime/fp32/t2" not in [target_of(x) for x in models]
