@@ -2,8 +2,8 @@
 your zoo and task.
 
 Examples:
-    dery run                         # everything: about 15 minutes on a 2-core AMD EPYC VM (bench/wall_time.txt)
-    dery run --quick                 # one budget, one thread count, short training: about 3.5 minutes there
+    dery run                         # everything: 6-8.5 minutes on a 2-core AMD EPYC VM (bench/wall_time.txt)
+    dery run --quick                 # one budget, one thread count, short training: about 3 minutes there
     dery run --time-limit 10         # fit the run to 10 minutes, saying what it cut
     dery run --budgets 0.2,0.3 -o runs/mine --epochs-full 10
     dery run --budgets 0.2,0.3 --family      # also one family of paths sharing blocks, in runs/default/family
@@ -52,8 +52,8 @@ def run(
     quick: bool = typer.Option(
         False,
         "--quick",
-        help="one budget, one thread count, 1+2 epochs, fewer candidates (about 3.5 minutes on a 2-core AMD EPYC "
-        "VM, 4.2 on a 2-core Intel Xeon one; slower machines take longer, and the run says how long once it has "
+        help="one budget, one thread count, 1+2 epochs, fewer candidates (about 3 minutes on a 2-core AMD EPYC "
+        "VM, 2.5-4.2 on a 2-core Intel Xeon one; slower machines take longer, and the run says how long once it has "
         "timed this one)",
     ),
     aoti: bool = typer.Option(
