@@ -42,6 +42,14 @@ def left_out(r: Run, cut: ScreenedCount | None) -> bool:
     return cut is not None
 
 
+def out_of_time(r: Run, names: list[str], i: int) -> None:
+    """Under --time-limit, the targets from the i-th on are not searched: recorded in run.json and said."""
+    left = ", ".join(names[i:])
+    r.manifest.time_limit = TimeLimitRecord(cuts=[f"targets {left} not searched (the profiles used the time for them)"])
+    r.manifest.targets = r.manifest.targets[:i]
+    r.say(f"  time limit {r.opts.time_limit:g} min: {left} not searched; the profiles so far used its share")
+
+
 def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Task) -> list[LatencyModel]:
     """Each target's profile and latency check, in order; under --time-limit, the device spec's further
     targets only while the profiles fit their share of it (`time_limit.keeps_profiling`); a further thread
@@ -83,18 +91,13 @@ def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Tas
 
     for i, (backend, precision) in enumerate(targets):
         if i and not opts.targets and not keeps_profiling(limit, time.time() - r.t0, last):
-            left = ", ".join(names[i:])
-            r.manifest.time_limit = TimeLimitRecord(
-                cuts=[f"targets {left} not searched (the profiles used the time for them)"]
-            )
-            r.manifest.targets = r.manifest.targets[:i]
-            r.say(f"  time limit {opts.time_limit:g} min: {left} not searched; the profiles so far used its share")
+            out_of_time(r, names, i)
             break
         t = time.time()
         first = first_of(i)
-        further = first is not None and not opts.keep_all_targets
+        screens = not opts.keep_all_targets  # a further count (`first` is its first count's) is screened
         spells_done = False
-        if first is not None and further:
+        if first is not None and screens:
             out = early.pop(i) if i in early else screen(i, first)
             if not out and i in spelled and time.time() - spelled[i][0] >= SPELL_GAP_S:
                 spells_done = True
@@ -104,13 +107,13 @@ def profile_targets(r: Run, zoo, spec: DeviceSpec, targets, part, dis, task: Tas
                 continue
         prof_file = stage_profile(r, zoo, spec, backend, precision, part, dis, task, names[i])
         prof = stage_verify(r, zoo, spec, prof_file, part, dis, names[i])
-        if first is not None and further and not spells_done and spells_again(i, first, prof):
+        if first is not None and screens and not spells_done and spells_again(i, first, prof):
             last = time.time() - t
             continue
         models.append(LatencyModel.of(prof, str(prof_file), opts.percentile))
         models[-1].threads_named = counts_named(targets)
         last = time.time() - t
-        if first is None and limit is None and not opts.keep_all_targets:  # its further counts, screened ahead
+        if first is None and limit is None and screens:  # its further counts, screened ahead
             for j in range(i + 1, len(targets)):
                 if (targets[j][0].name, targets[j][1]) == (backend.name, precision):
                     early[j] = screen(j, models[-1])

@@ -173,3 +173,33 @@ def test_a_spell_check_times_the_gaining_donor_at_both_counts_in_turn(tiny_ws, m
     best = min(fit, key=lambda k: gain[k])
     assert check.donor == first.records[best].info["donor"]
     assert len(check.ratios) == 8 and all(0.2 < v < 5 for v in check.ratios) and check.seconds >= 3.0
+
+
+def test_a_time_limit_its_profiles_used_up_leaves_the_further_targets_out_and_says_so(tiny_ws, fashion_task, tmp_path):
+    """`profile_targets` under a limit already spent once the first target is profiled (the fixture's profile,
+    reused): every further target the device spec lists is not searched, the run's targets are cut to the first
+    and the cut is recorded as a time-limit cut (`time_limit.keeps_profiling`)."""
+    import shutil
+
+    from dery_deploy.pipeline.manifest import RunManifest
+    from dery_deploy.pipeline.runner import Run
+    from dery_deploy.pipeline.target_profiles import profile_targets
+
+    opts = RunOptions(time_limit=0.0001, verify=3, out=str(tmp_path / "run"))
+    r = Run(opts)
+    cpu = get_device("cpu")
+    targets = resolve_targets(cpu, opts)
+    names = target_names(targets)
+    assert len(names) > 1 and names[0].startswith("onnxruntime/fp32")
+    r.manifest = RunManifest(tiny_ws.zoo.name, tiny_ws.zoo.hash(), cpu.id, "onnxruntime", "fp32", opts)
+    r.manifest.targets = list(names)
+    first = r.cache / "profiles" / "cpu" / "tiny-onnxruntime-fp32-b1-t1.json"
+    first.parent.mkdir(parents=True)
+    shutil.copy(tiny_ws.profile_path, first)
+    models = profile_targets(r, tiny_ws.zoo, cpu, targets, tiny_ws.partition, tiny_ws.dis, fashion_task)
+    assert [target_of(m) for m in models] == [names[0]] and r.manifest.targets == [names[0]]
+    assert r.manifest.time_limit is not None
+    assert r.manifest.time_limit.cuts == [
+        f"targets {', '.join(names[1:])} not searched (the profiles used the time for them)"
+    ]
+    assert not r.manifest.screened  # cut by time, not screened
