@@ -28,9 +28,9 @@ PASS_ITEMS = 80
 
 
 def pass_spans(n: int, size: int) -> list[range]:
-    """`n` items in the fewest passes of at most `size`, of equal size (within one)."""
-    count = max(1, -(-n // max(1, size)))
-    return [range(n * i // count, n * (i + 1) // count) for i in range(count)] if n else []
+    """`n` items in the fewest passes of at most `size` (>= 1), of equal size (within one)."""
+    count = -(-n // size)
+    return [range(n * i // count, n * (i + 1) // count) for i in range(count)]
 
 
 def device_for(spec: DeviceSpec) -> str:

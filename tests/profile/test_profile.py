@@ -475,3 +475,14 @@ def test_torch_compile_profile_is_written_after_every_group_it_times(tiny_ws, tm
     # two passes of equal size, neither longer than the backend keeps alive
     half = n // 2
     assert [p["what"] for p in prof.passes] == [f"{half} items", f"{n - half} items"]
+
+
+def test_a_profile_is_split_into_the_fewest_passes_of_equal_size():
+    from dery_deploy.profile.run import pass_spans
+
+    assert [len(r) for r in pass_spans(138, 80)] == [69, 69]  # the fashion zoo: not 80 + 58, nor 64 + 64 + 10
+    assert [len(r) for r in pass_spans(161, 80)] == [53, 54, 54]
+    assert [len(r) for r in pass_spans(10, 80)] == [10] and pass_spans(0, 80) == []
+    spans = pass_spans(81, 4)
+    assert spans[0].start == 0 and spans[-1].stop == 81 and all(a.stop == b.start for a, b in zip(spans, spans[1:]))
+    assert max(map(len, spans)) <= 4 and len(spans) == 21
