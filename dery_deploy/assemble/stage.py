@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -152,13 +153,24 @@ def memory_check(model: LatencyModel, memory_mb: float | None) -> None:
     if not memory_mb > 0:
         raise DeryError(f"--memory-mb must be > 0, got {memory_mb}", "assemble")
     device = "cuda" if get_device(model.profile.device).kind == "cuda" else "cpu"
-    why = get_backend(model.profile.backend).memory_unmeasurable(device)
-    # prefixes only time blocks in context (no network is built of one): their memory is not measured
-    unmeasured = [k for k, r in model.profile.records.items() if r.peak_memory_mb is None and r.kind != "prefix"]
-    if why or unmeasured:
+    backend = get_backend(model.profile.backend)
+    why = backend.memory_unmeasurable(device)
+    if why:
+        raise DeryError(f"--memory-mb cannot be promised with this profile: {why}", "assemble")
+    unmeasured = model.profile.lacking_memory()
+    if unmeasured and model.profile.imported_from:
         raise DeryError(
-            "--memory-mb cannot be promised with this profile: "
-            + (why or f"{len(unmeasured)} items have no memory measurement"),
+            f"--memory-mb cannot be promised with profile {model.path}: it was imported from a device bundle, "
+            "whose runner does not measure memory; leave --memory-mb out",
+            "assemble",
+        )
+    if unmeasured:
+        path = Path(model.path)  # <cache>/profiles/<device>/<file> (`profile_path`), or a name given to the model
+        root = f" --cache {path.parents[2]}" if len(path.parents) > 2 else ""
+        raise DeryError(
+            f"--memory-mb cannot be promised with profile {model.path}: {len(unmeasured)} items have no memory "
+            f"measurement (a `dery run` profile leaves it out, as no run is judged by it); "
+            f"{(model.how_to or model.profile.how_to_profile()).rstrip('`')}{root}` measures them",
             "assemble",
         )
 

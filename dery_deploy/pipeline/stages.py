@@ -119,6 +119,7 @@ def stage_profile(r: Run, zoo, spec, backend, precision, part, dis, task, target
             task.num_classes,
             prog,
             threads=backend.threads,
+            memory=False,  # no run is judged by memory: a fresh compile of every item for nothing (`run_profile`)
         )
     prof = read_profile(path)
     measured = len(prof.records) - before
@@ -147,7 +148,7 @@ def stage_donor_profile(r: Run, zoo, spec, backend, precision, part, dis, task, 
         with r.progress() as prog:
             run_profile(
                 zoo, spec, backend.name, precision, [r.opts.batch], part, dis, r.cache, task.num_classes, prog,
-                limit=first, threads=backend.threads,
+                limit=first, threads=backend.threads, memory=False,
             )  # fmt: skip
     # not named "profile ...": the time estimate reads those stages as whole profiles (`estimate.item_seconds`)
     r.record(f"screen {name} on its whole donors", "computed" if have < first else "reused", time.time() - t)

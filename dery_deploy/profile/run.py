@@ -102,6 +102,7 @@ def run_profile(
     timing: TimingOptions | None = None,
     pass_items: int = PASS_ITEMS,
     donors: list[str] | None = None,
+    memory: bool = True,
 ) -> list[Path]:
     """Measure every item not yet in the profile (see `profile_items`) for each batch size, in
     interleaved passes of up to `pass_items` items with the reference workload; the profile is
@@ -110,6 +111,10 @@ def run_profile(
     Without a partition, whole donors and every unit are measured: a device can be profiled from a
     zoo spec alone. A later partition's blocks, adapters and heads are added to the same file.
     `donors` limits the items to those donors' (see `profile_items`).
+
+    memory: measure each item's peak memory (a fresh instance of it: another compile, 10 s of a quick run's
+        25 s of OpenVINO profiles). False leaves it None, for a caller no memory budget judges (`dery run`);
+        a later profile with memory measures the items that lack it again (`Profile.lacking_memory`).
     """
     if any(b <= 0 for b in batches):
         raise DeryError(f"--batch values must be positive, got {batches}", "profile")
@@ -123,7 +128,8 @@ def run_profile(
     for batch in batches:
         path = profile_path(root, spec.id, zoo.name, be.name, prec, batch, be.threads)
         prof = open_profile(path, spec, zoo, be, prec, batch, fp)
-        todo = [it for it in items if it.key not in prof.records][:limit]
+        lacking = prof.lacking_memory() if memory and not be.memory_unmeasurable(dev) else set()
+        todo = [it for it in items if it.key not in prof.records or it.key in lacking][:limit]
         prof.calibration = {"reference": REFERENCE, "why": "records can be scaled to the median reference speed"}
         # a backend that times at most `max_live` items together (torch-compile) gains nothing from a longer
         # pass, and a pass is what gets written: its one cold-compiled pass of 55 items was lost whole
@@ -133,9 +139,9 @@ def run_profile(
             builds = {it.key: (lambda it=it, b=batch: (it.build(), example_input(it.in_spec, b))) for it in chunk}
             failed: dict[str, str] = {}
             # a prefix only times its blocks in context; no network is built of it, so its memory is not needed
-            memory = [it.key for it in chunk if it.kind != "prefix"]
+            wanted = [it.key for it in chunk if it.kind != "prefix"] if memory else []
             measured, passes = measure_modules(
-                be, builds, prec, dev, timing, batch, progress, f"profile b{batch}", failed, memory
+                be, builds, prec, dev, timing, batch, progress, f"profile b{batch}", failed, wanted
             )
             for it in chunk:
                 prof.failed.pop(it.key, None)

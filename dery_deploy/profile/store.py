@@ -254,6 +254,11 @@ class Profile(JsonArtifact):
             d.get("failed", {}),
         )
 
+    def lacking_memory(self) -> set[str]:
+        """Keys of the items without a memory figure: a `dery run` profile's (`run_profile(memory=False)`), or
+        a backend's that cannot measure it; prefixes never have one (no network is built of one)."""
+        return {k for k, r in self.records.items() if r.peak_memory_mb is None and r.kind != "prefix"}
+
     def how_to_profile(self) -> str:
         t = f" --threads {self.threads}" if self.threads else ""
         return profile_command(self.zoo, self.device, self.backend, self.precision, self.batch, t)

@@ -239,3 +239,27 @@ def test_two_processes_sharing_a_selection_keep_the_same_finalists_and_pick(tiny
     assert finalists[0] == finalists[1] and plans[0]["selection"]["study"] == plans[1]["selection"]["study"]
     for o in outs:  # no library notice reaches the user's terminal
         assert "ExperimentalWarning" not in o[1] and "heartbeat" not in o[1].lower()
+
+
+def test_memory_budget_on_a_run_profile_says_which_command_measures_memory(tiny_ws, tmp_path):
+    """A `dery run` profile has no memory figures (`run_profile(memory=False)`): a memory budget on it is
+    refused with the command that measures them into the same cache, not promised on missing figures."""
+    from dery_deploy.assemble.stage import memory_check
+    from dery_deploy.profile.latency_model import LatencyModel
+    from dery_deploy.profile.store import read_profile
+
+    prof = read_profile(tiny_ws.profile_path)
+    for r in prof.records.values():
+        r.peak_memory_mb = None
+    path = tmp_path / "cache" / "profiles" / "cpu" / "tiny.json"
+    model = LatencyModel.of(prof, str(path))
+    with pytest.raises(DeryError) as e:
+        memory_check(model, 100)
+    msg = str(e.value)
+    n = sum(r.kind != "prefix" for r in prof.records.values())
+    assert f"{n} items have no memory measurement" in msg, msg
+    assert f"--backend {prof.backend} --precision {prof.precision}" in msg and f"--cache {tmp_path / 'cache'}`" in msg
+    memory_check(LatencyModel.of(read_profile(tiny_ws.profile_path), str(path)), 100)  # a complete profile passes
+    prof.imported_from = {"bundle": "b"}
+    with pytest.raises(DeryError, match="imported from a device bundle"):
+        memory_check(LatencyModel.of(prof, str(path)), 100)

@@ -486,3 +486,29 @@ def test_a_profile_is_split_into_the_fewest_passes_of_equal_size():
     spans = pass_spans(81, 4)
     assert spans[0].start == 0 and spans[-1].stop == 81 and all(a.stop == b.start for a, b in zip(spans, spans[1:]))
     assert max(map(len, spans)) <= 4 and len(spans) == 21
+
+
+def test_a_run_profile_leaves_memory_out_and_a_later_profile_measures_it(tiny_ws, tmp_path):
+    """`dery run` profiles without memory (no run is judged by it; every item's fresh compile saved); a profile
+    with memory later measures exactly the items that lack it, and nothing already complete."""
+    from dery_deploy.profile.run import run_profile
+    from dery_deploy.profile.store import read_profile
+    from dery_deploy.runtime.harness import TimingOptions
+
+    def profile(memory: bool, limit: int):
+        [path] = run_profile(
+            tiny_ws.zoo, tiny_ws.device, "onnxruntime", "fp32", [1], tiny_ws.partition, tiny_ws.dis, tmp_path, 10,
+            limit=limit, timing=TimingOptions(min_windows=3, max_s=0.0), memory=memory,
+        )  # fmt: skip
+        return read_profile(path)
+
+    run = profile(memory=False, limit=3)
+    assert len(run.records) == 3 and all(r.median_ms > 0 for r in run.records.values())
+    assert run.lacking_memory() == set(run.records) - {k for k, r in run.records.items() if r.kind == "prefix"}
+    assert run.lacking_memory(), "the first items are the overhead and whole donors, none a prefix"
+    full = profile(memory=True, limit=4)  # the three again (they lack memory), then one new item
+    assert len(full.records) == 4 and not full.lacking_memory()
+    assert all(r.peak_memory_mb is not None and r.peak_memory_mb >= 0 for r in full.records.values())
+    assert len(full.passes) == len(run.passes) + 1 and "4 items" in full.passes[-1]["what"]
+    more = profile(memory=True, limit=4)  # the next four new items; the complete ones are not measured again
+    assert len(more.records) == 8 and all(more.records[k] == r for k, r in full.records.items())
