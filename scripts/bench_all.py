@@ -320,20 +320,13 @@ def family_section(fr: dict, program: dict | None) -> list[str]:
 
 
 def latest_wall_times(path: Path = ROOT / "bench" / "wall_time.txt") -> str:
-    """'; the latest there: ...' from `scripts/bench_wall_time.sh`'s last quick and default lines, or '.'."""
-    if not path.is_file():
+    """'; the latest there: ...' per machine from `scripts/bench_wall_time.sh`'s lines (`run_times.latest`), or '.'."""
+    from run_times import latest, phrase
+
+    times = latest(path.read_text()) if path.is_file() else []
+    if not times:
         return "."
-    header, found = "", {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            header = line.lstrip("# ").split("; ", 1)[-1]
-        elif line.startswith(("new_quick ", "new_default ")):
-            kind, commit, _, wall = line.split()[:4]
-            found[kind.removeprefix("new_")] = (commit, wall.removeprefix("wall_s="), header)
-    if not found:
-        return "."
-    said = [f"{k} {w} s at {c} ({h})" for k, (c, w, h) in found.items()]
-    return "; the latest there: " + ", ".join(said) + "."
+    return f"; the latest there: the quick run {phrase(times, 'quick')}, the default run {phrase(times, 'default')}."
 
 
 def latency_model_section(lm: dict) -> list[str]:

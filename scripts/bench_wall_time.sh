@@ -23,7 +23,18 @@ run() {  # name commit args...
   t1=$(date +%s.%N)
   echo "$name $commit rc=$rc wall_s=$(python3 -c "print(round($t1 - $t0, 1))") run_json_s=$(python3 -c "import json; print(json.load(open('$dir/runs/default/run.json'))['seconds'])")" | tee -a "$OUT"
 }
+if [ "${TESTS:-0}" = 1 ]; then
+  dir=$(mktemp -d /tmp/wall-test-XXXX)
+  git clone -q "$ROOT" "$dir" && git -C "$dir" checkout -q "$NEW"
+  (cd "$dir" && PYTHON=$PY bash scripts/setup.sh >/dev/null 2>&1)
+  t0=$(date +%s.%N)
+  (cd "$dir" && PYTHON=$PY bash scripts/test.sh >"$dir/test.log" 2>&1)
+  rc=$?
+  t1=$(date +%s.%N)
+  echo "test_sh $NEW rc=$rc wall_s=$(python3 -c "print(round($t1 - $t0, 1))") $(grep -aEo '[0-9]+ passed' "$dir/test.log" | tail -1 | sed -E 's/([0-9]+) passed/passed=\1/')" | tee -a "$OUT"
+fi
 [ "$OLD" = - ] || run old_quick "$OLD" --quick
 run new_quick "$NEW" --quick
 [ "$OLD" = - ] || run old_default "$OLD"
 run new_default "$NEW"
+"$PY" "$ROOT/scripts/run_times.py"

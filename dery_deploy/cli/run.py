@@ -2,8 +2,8 @@
 your zoo and task.
 
 Examples:
-    dery run                         # everything: 6-8.5 minutes on a 2-core AMD EPYC VM (bench/wall_time.txt)
-    dery run --quick                 # one budget, one thread count, short training: about 3 minutes there
+    dery run                         # everything (how long it took where it was timed: `dery run --help`)
+    dery run --quick                 # one budget, one thread count, short training
     dery run --time-limit 10         # fit the run to 10 minutes, saying what it cut
     dery run --budgets 0.2,0.3 -o runs/mine --epochs-full 10
     dery run --budgets 0.2,0.3 --family      # also one family of paths sharing blocks, in runs/default/family
@@ -20,6 +20,8 @@ from pathlib import Path
 import typer
 
 from dery_deploy.cli.common import console, parse_float_list, progress_bar
+from dery_deploy.cli.measured_times import TIMES
+from dery_deploy.cli.run_times import SCALES, phrase
 from dery_deploy.data.task import DEFAULT_DATA
 from dery_deploy.pipeline import RunOptions
 from dery_deploy.pipeline import run as run_pipeline
@@ -52,9 +54,7 @@ def run(
     quick: bool = typer.Option(
         False,
         "--quick",
-        help="one budget, one thread count, 1+2 epochs, fewer candidates (about 3 minutes on a 2-core AMD EPYC "
-        "VM, 2.5-4.2 on a 2-core Intel Xeon one; slower machines take longer, and the run says how long once it has "
-        "timed this one)",
+        help=f"one budget, one thread count, 1+2 epochs, fewer candidates ({phrase(TIMES, 'quick')})",
     ),
     aoti: bool = typer.Option(
         False,
@@ -194,4 +194,6 @@ def show_answer(m: RunManifest) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run)
+    # the times are `measured_times.TIMES`, generated from bench/wall_time.txt (`scripts/run_times.py`)
+    doc = f"{run.__doc__} The default run took {phrase(TIMES, 'default')}; --quick {phrase(TIMES, 'quick')}; {SCALES}."
+    app.command("run", help=doc)(run)
