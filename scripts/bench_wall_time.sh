@@ -10,7 +10,7 @@ set -u
 OLD=$1; NEW=$(git rev-parse --short "$2"); PY=${3:-python3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/bench/wall_time.txt
-echo "# bash scripts/bench_wall_time.sh $OLD $2; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%FT%TZ)" >> "$OUT"
+echo "# $([ "${TESTS:-0}" = 1 ] && echo "TESTS=1 ")bash scripts/bench_wall_time.sh $OLD $2; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $(date -u +%FT%TZ)" >> "$OUT"
 run() {  # name commit args...
   local name=$1 commit=$2; shift 2
   local dir; dir=$(mktemp -d /tmp/wall-$name-XXXX)

@@ -118,7 +118,7 @@ def assemble(
         batch,
         threads or spec.default_threads,
     )
-    model = latency_model(z, spec, prof_path, percentile, data, quiet=as_json)
+    model = latency_model(z, spec, prof_path, percentile, data, quiet=as_json, partition=partition)
     dis = dissect_zoo(z)
     fitter = AdapterFitter.for_task(dis, task)
     scores = Scores.compute(dis, task, part, fitter)
@@ -162,13 +162,17 @@ def check_options(latency_ms: str, batch: int, percentile: int, folds: int | Non
     return budgets
 
 
-def latency_model(z, spec, prof_path: Path, percentile: int, data: str, quiet: bool) -> LatencyModel:
-    """The profile's latency model, with the command that measures what it lacks; a profile without a
-    latency check is said (its plans get no safety margin)."""
+def latency_model(
+    z, spec, prof_path: Path, percentile: int, data: str, quiet: bool, partition: Path | None = None
+) -> LatencyModel:
+    """The profile's latency model, with the command that measures what it lacks (on the partition given, where
+    one was: a `dery run` folder's is beside its cache, not in it); a profile without a latency check is said
+    (its plans get no safety margin)."""
     prof = read_profile(prof_path)
     prof.check(prof_path, spec, z, structure_hash(z))
     model = LatencyModel.of(prof, str(prof_path), percentile)
     extra = ("" if data == DEFAULT_DATA else f" --data {data}") + (f" --threads {prof.threads}" if prof.threads else "")
+    extra += f" --partition {partition}" if partition else ""
     model.how_to = profile_command(z.ref, spec.id, prof.backend, prof.precision, prof.batch, extra)
     if prof.verify is None and not quiet:
         how = (

@@ -263,3 +263,17 @@ def test_memory_budget_on_a_run_profile_says_which_command_measures_memory(tiny_
     prof.imported_from = {"bundle": "b"}
     with pytest.raises(DeryError, match="imported from a device bundle"):
         memory_check(LatencyModel.of(prof, str(path)), 100)
+
+
+def test_assemble_names_the_partition_it_was_given_in_its_profile_command(tiny_ws, tmp_path):
+    """A `dery run` folder keeps its partition beside its cache, not in it: the `dery profile` command that
+    `dery assemble --partition X` tells a user to run (for missing items or memory) measures on that partition."""
+    from dery_deploy.cli.assemble import latency_model
+    from dery_deploy.data.task import DEFAULT_DATA
+
+    part = tmp_path / "run" / "partition.json"
+    model = latency_model(tiny_ws.zoo, tiny_ws.device, tiny_ws.profile_path, 50, DEFAULT_DATA, True, part)
+    assert model.how_to and f"--partition {part}`" in model.how_to, model.how_to
+    assert "--partition" not in (
+        latency_model(tiny_ws.zoo, tiny_ws.device, tiny_ws.profile_path, 50, DEFAULT_DATA, True).how_to or ""
+    )
