@@ -57,6 +57,11 @@ BOOTSTRAP_CALLS = 256  # calls per window the all-calls bootstrap resamples (p99
 # check: it may run up to this share past the windows it needed, and the checks cost O(log windows)
 RECHECK = 0.125
 WINDOW_WARM_S = 0.002  # untimed calls at the start of each window of a promise's pass (module docstring)
+# a window holds at most this many times the calls its percentile needs (`TimingOptions.min_calls`): a window's
+# median of 125 calls of a 0.005 ms adapter is as good a sample of the machine as one of 800, and the window
+# count, not its length, is what the estimate's uncertainty rests on; the 4 ms windows of a profile's tiny items
+# (77 adapters and 6 heads of 138 items, 0.002-0.03 ms) were half its timed seconds
+WINDOW_CALLS = 25
 
 
 @dataclass
@@ -64,7 +69,8 @@ class TimingOptions:
     """How long and how finely one pass measures.
 
     Args:
-        window_s: a window lasts about this long (per item), at least `min_calls(percentile)` calls.
+        window_s: a window lasts about this long (per item), at least `min_calls(percentile)` calls and at most
+            `WINDOW_CALLS` times that (a tiny item's window is shorter).
         min_windows: windows every item gets, interleaved round-robin.
         target: relative uncertainty an item must reach to be stable.
         max_s: timed seconds the pass may spend on top of its minimum windows to reach the target. 10 s
@@ -220,7 +226,8 @@ def _warm_up(it: _Item, opts: TimingOptions) -> None:
     warm_calls = max(1, min(200, int(0.02 / max(per_call * 1e-3, 1e-6))))  # ~20 ms of calls (per_call is in ms)
     time_calls(it.fn, warm_calls, it.cuda, it.stream)
     per_call = statistics.median(time_calls(it.fn, 3, it.cuda, it.stream))
-    it.calls = max(opts.min_calls(), int(opts.window_s * 1e3 / max(per_call, 1e-4)))
+    lasting = int(opts.window_s * 1e3 / max(per_call, 1e-4))  # calls in `window_s`
+    it.calls = max(opts.min_calls(), min(WINDOW_CALLS * opts.min_calls(), lasting))
     it.warm = math.ceil(opts.warm_s * 1e3 / max(per_call, 1e-4)) if opts.warm_s > 0 else 0
 
 

@@ -271,3 +271,20 @@ def test_a_pass_during_which_another_process_computes_is_flagged_busy():
     # the other process took most of a core while the pass timed (the pass's own core is not counted)
     assert summary.other_load_cores is not None and summary.other_load_cores > 0.3, summary
     assert summary.busy and "busy machine" in summary.line()
+
+
+def test_a_tiny_items_window_holds_a_bounded_number_of_calls_and_a_slow_items_lasts_the_window():
+    """A window of a 0.005 ms item would hold 800 calls in 4 ms; it holds `WINDOW_CALLS` times the calls its
+    percentile needs, and is that much shorter. An item whose calls fill the window is unchanged."""
+    from dery_deploy.runtime.harness import WINDOW_CALLS
+
+    opts = TimingOptions(min_windows=4, window_s=0.004, max_s=0)
+    res, _ = measure_interleaved(
+        {"tiny": (lambda: spin(0.005), False, None), "slow": (lambda: spin(0.2), False, None)}, opts
+    )
+    assert res["tiny"].runs == 4 * WINDOW_CALLS * opts.min_calls()
+    assert 4 * 15 <= res["slow"].runs <= 4 * 20  # 4 ms of 0.2 ms calls (20), less the clock's overhead
+    p99 = replace(opts, percentile=99)
+    res, _ = measure_interleaved({"tiny": (lambda: spin(0.005), False, None)}, p99)
+    # at p99 the cap is 2500 calls: a window lasts its 4 ms (about 800 calls, less the clock's overhead)
+    assert 4 * 600 <= res["tiny"].runs <= 4 * 800
