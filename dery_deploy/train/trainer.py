@@ -60,7 +60,8 @@ def build_model(source: FinetuneSource, zoo, dissections=None, num_classes: int 
     """The network a run trains: an AssembledNet from a plan, or a donor with a new head."""
     if source.plan is not None:
         # on a copy: build_net fills the plan's adapter/head records, and config.json keeps the plan as asked
-        return build_net(Plan.from_dict(source.plan.to_dict()), zoo, dissections or dissect_zoo(zoo))
+        dissections = dissections or dissect_zoo(zoo, source.plan.donors)
+        return build_net(Plan.from_dict(source.plan.to_dict()), zoo, dissections)
     assert source.donor is not None  # a source is a plan or a donor
     model = load_donor(zoo, source.donor)
     model.reset_classifier(num_classes)  # type: ignore[operator]  # timm's, behind nn.Module.__getattr__
@@ -185,7 +186,8 @@ class FinetuneRun:
         """Build the network (or resume it), heal its seams and probe its head, write config.json."""
         self.dist = DistContext.start(self.rank, self.world, self.options.device)
         torch.manual_seed(self.recipe.seed)
-        dissections = None if self.source.is_donor else dissect_zoo(self.zoo)
+        plan = self.source.plan
+        dissections = None if plan is None else dissect_zoo(self.zoo, plan.donors)
         self.model = start_model(self.source, self.zoo, dissections, self.task.num_classes)
         if isinstance(state, Resume):
             self._resume(state)

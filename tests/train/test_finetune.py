@@ -513,3 +513,22 @@ def test_building_the_network_leaves_the_source_as_asked(tiny_ws):
     assert not before["plan"]["adapters"]
     build_model(src, tiny_ws.zoo)
     assert src.to_dict() == before
+
+
+def test_a_plans_training_loads_only_the_donors_it_borrows_from(tiny_ws, small_task, tmp_path, monkeypatch):
+    """A selection trial, a healing and every network built for a plan loaded every donor of the zoo (a quick
+    run: 37 builds of six donors); the plan of res and cnx must load those two, never vit."""
+    import dery_deploy.zoo.load as zoo_load
+    from dery_deploy.train.finetune import build_model
+
+    loaded: list[str] = []
+    real = zoo_load.load_donor
+    monkeypatch.setattr(zoo_load, "load_donor", lambda zoo, name: loaded.append(name) or real(zoo, name))
+    src = FinetuneSource.of_plan(tiny_plan(tiny_ws))
+    net = build_model(src, tiny_ws.zoo)
+    assert sorted(loaded) == ["cnx", "res"] and sum(p.numel() for p in net.parameters()) > 0
+    loaded.clear()
+    recipe = Recipe(epochs_adapter=1, epochs_full=0, batch=50, head_init="probe", match_epochs=1, match_images=64)
+    finetune(src, tiny_ws.zoo, small_task, recipe, tmp_path / "run", log=None, progress=False)
+    assert loaded and set(loaded) == {"cnx", "res"}
+    assert sorted(zoo_load.dissect_zoo(tiny_ws.zoo, ["vit", "nope"])) == ["vit"]  # a name the zoo lacks is not made up

@@ -111,9 +111,9 @@ def seam_matched_start(source: FinetuneSource, zoo, task: Task, recipe: Recipe, 
 
     dev = train_device()
     torch.manual_seed(recipe.seed)
-    dis = dissect_zoo(zoo)
-    model = start_model(source, zoo, dis, task.num_classes).to(dev)
     assert source.plan is not None  # a donor trained whole has no seams to match
+    dis = dissect_zoo(zoo, source.plan.donors)
+    model = start_model(source, zoo, dis, task.num_classes).to(dev)
     match_seams(model, source.plan, dis, task, recipe.match_epochs, recipe.match_images, seed=recipe.seed, device=dev)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     atomic_write_with(path, lambda tmp: save_file(state, str(tmp)))
