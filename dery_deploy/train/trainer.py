@@ -1,7 +1,6 @@
-"""Fine-tuning as a recipe with fixed phases (torchtune's shape): `setup()` builds the network or
-resumes it, heals its seams and probes its head; `train()` runs the epochs of both phases, a
-checkpoint after each; `finish()` keeps the better of end-to-end and phase 1 and writes the metrics;
-`cleanup()` leaves the process group.
+"""Fine-tuning as a recipe with fixed phases (torchtune's shape): `setup()` builds the network or resumes it,
+heals its seams and probes its head; `train()` runs the epochs of both phases, a checkpoint after each;
+`finish()` keeps the better of end-to-end and phase 1 and writes the metrics; `cleanup()` leaves the process group.
 
 Every random draw happens in a fixed order, so a resumed or distributed run reproduces a single
 uninterrupted one: the seed before the network is built, then per epoch one generator seeded by the
@@ -60,8 +59,8 @@ def build_model(source: FinetuneSource, zoo, dissections=None, num_classes: int 
     """The network a run trains: an AssembledNet from a plan, or a donor with a new head."""
     if source.plan is not None:
         # on a copy: build_net fills the plan's adapter/head records, and config.json keeps the plan as asked
-        dissections = dissections or dissect_zoo(zoo, source.plan.donors)
-        return build_net(Plan.from_dict(source.plan.to_dict()), zoo, dissections)
+        plan = Plan.from_dict(source.plan.to_dict())
+        return build_net(plan, zoo, dissections or dissect_zoo(zoo, plan.donors))
     assert source.donor is not None  # a source is a plan or a donor
     model = load_donor(zoo, source.donor)
     model.reset_classifier(num_classes)  # type: ignore[operator]  # timm's, behind nn.Module.__getattr__
@@ -186,8 +185,7 @@ class FinetuneRun:
         """Build the network (or resume it), heal its seams and probe its head, write config.json."""
         self.dist = DistContext.start(self.rank, self.world, self.options.device)
         torch.manual_seed(self.recipe.seed)
-        plan = self.source.plan
-        dissections = None if plan is None else dissect_zoo(self.zoo, plan.donors)
+        dissections = None if (plan := self.source.plan) is None else dissect_zoo(self.zoo, plan.donors)
         self.model = start_model(self.source, self.zoo, dissections, self.task.num_classes)
         if isinstance(state, Resume):
             self._resume(state)
