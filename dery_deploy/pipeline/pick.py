@@ -162,7 +162,7 @@ def retarget(pick: Pick, triples: list[Triple], exported_ms: float | None) -> Pi
 
     The pick's figure is its finalist measurement; its export times the very file that ships, minutes later.
     Where the export runs more than `ADMITTED_DISAGREEMENT` slower, the target's speed did not hold (seen twice
-    on the 2-core AMD VM: OpenVINO at two threads, 0.105-0.107 ms as a finalist, 0.157-0.160 ms exported and in
+    on the 2-core AMD VM: OpenVINO at two threads, 0.105-0.107 ms in the run, 0.157-0.160 ms exported or in a later
     `dery bench`, while the same network at one thread repeated within 2%): the triple that won is not the one
     a user gets. The other targets of the same network with the same validation accuracy whose finalist
     figure is under the exported one are the choice, in the pick's order (full precision, then the faster).
