@@ -129,6 +129,10 @@ class Timing:
             round(m.promise_uncertainty_at(50), 4),
         )
 
+    def at(self, percentile: int) -> float | None:
+        """The figure at a per-call percentile (50, 90 or 99)."""
+        return {50: self.latency_ms, 90: self.latency_p90_ms, 99: self.latency_p99_ms}[percentile]
+
 
 @dataclass
 class ExportReport:

@@ -18,7 +18,6 @@ from dery_deploy.pipeline.budgets import final_donors, round_up
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.expected import put_back_heal
 from dery_deploy.pipeline.pick import (
-    export_timing_at,
     last_rung_accuracy,
     mix_ruled_out,
     pick_triple,
@@ -106,8 +105,8 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     pick = ruled_out or pick_triple(triples, s)
     entry.triples = triples
     plan, run_dir = ship_pick(r, entry, pick, paths, bdir)
-    assert entry.export is not None
-    again = retarget(pick, triples, export_timing_at(entry.export, r.opts.percentile))
+    timing = entry.export.timing if entry.export else None  # (None: the export failed or did not run here)
+    again = retarget(pick, triples, timing.at(r.opts.percentile) if timing else None)
     if again is not None and (again.network, again.target) in paths:
         shutil.rmtree(bdir / "export", ignore_errors=True)  # a folder holds one package: the first target's goes
         plan, run_dir = ship_pick(r, entry, again, paths, bdir)

@@ -6,7 +6,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.errors import DeryError
-from dery_deploy.export.report import ExportRecord
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.records import MixResult, Pick, SelectionFile, Triple
 from dery_deploy.pipeline.runner import Run
@@ -146,14 +145,6 @@ def donor_whatever_the_mix(donors: list[Triple], mix_best: float | None, mix: st
     upper = replace(top, network=mix, kind="mix", selection_accuracy=mix_best, val_accuracy=mix_best)
     pick = pick_triple([*donors, upper], s)
     return pick if pick.kind == "donor" else None
-
-
-def export_timing_at(export: ExportRecord, percentile: int) -> float | None:
-    """The exported file's own figure at the run's per-call percentile (None where it was not timed here)."""
-    t = export.timing
-    if t is None:
-        return None
-    return {50: t.latency_ms, 90: t.latency_p90_ms, 99: t.latency_p99_ms}[percentile]
 
 
 def retarget(pick: Pick, triples: list[Triple], exported_ms: float | None) -> Pick | None:
