@@ -29,7 +29,7 @@ from dery_deploy.runtime.backends.base import Backend, Runner
 from dery_deploy.runtime.backends.onnx_based import OnnxBackend
 from dery_deploy.runtime.calibration import REFERENCE_KEY, reference_input, reference_module
 from dery_deploy.runtime.harness import Measurement, PassSummary, TimingOptions, measure_interleaved, torch_threads
-from dery_deploy.runtime.worker import FileItem, measure_files
+from dery_deploy.runtime.worker import FileItem, FilePass
 
 # set to 1 to time ONNX-file runtimes inside the calling process, as before the measurement worker
 # existed: kept so that what isolation changes can be measured (scripts/bench_reproduce.py)
@@ -214,33 +214,47 @@ def _measure_in_worker(
     measurement worker, which also measures the fresh-instance memory of those in `memory` (None: all).
     With `failed`, an item whose export or session fails is recorded there and left out (else the error
     ends the pass)."""
+    wanted = [k for k in builds if k != REFERENCE_KEY and (memory is None or k in memory)]
     with tempfile.TemporaryDirectory(prefix="dery-items-") as tmp:
-        items, build_s = [], {}
-        for i, (k, (backend, precision, build)) in enumerate(builds.items()):
-            assert isinstance(backend, OnnxBackend)
-            t0 = time.perf_counter()
-            try:
-                module, example = build()
-                path = Path(tmp) / f"item{i}.onnx"
-                path.write_bytes(backend.onnx_bytes(module, example, precision))
-            except Exception as e:  # noqa: BLE001 - one item the export rejects is recorded, the rest measured
-                if failed is None or k == REFERENCE_KEY:
-                    raise
-                failed[k] = failure_text(e)
-                built()
-                continue
-            build_s[k] = time.perf_counter() - t0
-            threads = backend.threads or torch.get_num_threads()
-            items.append(FileItem(k, str(path), backend.name, threads, list(example.shape)))
-            built()
-        wanted = [k for k in build_s if k != REFERENCE_KEY and (memory is None or k in memory)]
-        res = measure_files(items, opts, memory=wanted, progress=timed, keep_going=failed is not None)
+        # the worker builds each file while the next is exported (`FilePass`)
+        stream = FilePass(Path(tmp), len(builds), opts, wanted, timed, keep_going=failed is not None)
+        try:
+            build_s = _export_files(builds, Path(tmp), stream, built, failed)
+        except BaseException:
+            stream.cancel()
+            raise
+        res = stream.result()
     if REFERENCE_KEY in res.failed:
         raise DeryError(f"the reference workload could not run: {res.failed[REFERENCE_KEY]}", "profile")
     if failed is not None:
         failed.update(res.failed)
     out = {k: ItemMeasurement(m, res.memory_mb.get(k), build_s[k]) for k, m in res.measurements.items()}
     return out, res.summary
+
+
+def _export_files(builds, folder: Path, stream: FilePass, built, failed: dict[str, str] | None) -> dict[str, float]:
+    """Export every item to the file its runtime runs and hand it to `stream`; returns each one's seconds.
+    With `failed`, an item whose export fails is recorded there and skipped."""
+    build_s = {}
+    for i, (k, (backend, precision, build)) in enumerate(builds.items()):
+        assert isinstance(backend, OnnxBackend)
+        t0 = time.perf_counter()
+        try:
+            module, example = build()
+            path = folder / f"item{i}.onnx"
+            path.write_bytes(backend.onnx_bytes(module, example, precision))
+        except Exception as e:  # noqa: BLE001 - one item the export rejects is recorded, the rest measured
+            if failed is None or k == REFERENCE_KEY:
+                raise
+            failed[k] = failure_text(e)
+            stream.skip(i)
+            built()
+            continue
+        build_s[k] = time.perf_counter() - t0
+        threads = backend.threads or torch.get_num_threads()
+        stream.add(i, FileItem(k, str(path), backend.name, threads, list(example.shape)))
+        built()
+    return build_s
 
 
 def _worker_pass(

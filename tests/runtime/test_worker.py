@@ -166,3 +166,38 @@ def test_a_package_the_worker_cannot_read_is_one_clear_error(tmp_path):
     (tmp_path / "deploy.json").write_text("{}")
     with pytest.raises(DeryError, match="the measurement worker failed timing the package"):
         bench_package(tmp_path, 50, seconds=0.1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker's pid in /proc")
+def test_a_streamed_pass_builds_files_as_they_come_and_times_them_after_the_last(files, tmp_path):
+    from dery_deploy.runtime.worker import FilePass
+
+    stream = FilePass(tmp_path, 3, TimingOptions(min_windows=4, max_s=0.5))
+    time.sleep(0.5)
+    # the worker was started before any file existed, and waits for them
+    assert _workers_of(os.getpid())
+    stream.add(0, FileItem("small", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32]))
+    stream.skip(1)  # one the caller could not make
+    time.sleep(0.3)
+    stream.add(2, FileItem("big", str(files[64]), "openvino", 1, [1, 3, 32, 32]))
+    res = stream.result()
+    assert set(res.measurements) == {"small", "big"} and res.summary.items == 2
+    assert res.measurements["big"].promise_at(50) > 4 * res.measurements["small"].promise_at(50)
+    assert "torch" not in res.modules and not _workers_of(os.getpid())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker's pid in /proc")
+def test_a_streamed_pass_the_caller_gives_up_kills_its_worker(files, tmp_path):
+    from dery_deploy.runtime.worker import FilePass
+
+    stream = FilePass(tmp_path, 2, TimingOptions(min_windows=4, max_s=0.5))
+    stream.add(0, FileItem("small", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32]))
+    time.sleep(0.5)
+    assert _workers_of(os.getpid())
+    t0 = time.monotonic()
+    stream.cancel()  # item 1 never comes: the worker would wait for it
+    assert time.monotonic() - t0 < 5 and not _workers_of(os.getpid())
+    with pytest.raises(DeryError, match="the measurement worker was stopped timing 2 files"):
+        stream.result()
+    with pytest.raises(DeryError, match="no model file .*nothing.onnx to measure"):
+        stream.add(1, FileItem("x", str(tmp_path / "nothing.onnx"), "onnxruntime", 1, [1, 3, 8, 8]))
