@@ -116,15 +116,18 @@ def _built(item: FileItem) -> Callable[[], object]:
 
 def _arriving(stream: dict) -> Iterator[FileItem]:
     """The items of a streamed request (`FilePass`) in order, each as soon as its description is written
-    (a file that could not be made is described as skipped, and left out)."""
-    folder = Path(stream["folder"])
+    (a file that could not be made is described as skipped, and left out). A line for each, and one every
+    `say_s` while it waits: the caller's exports may take longer than its stall limit."""
+    folder, said = Path(stream["folder"]), time.monotonic()
     for i in range(stream["count"]):
-        path, waited = folder / f"item{i}.json", time.monotonic()
+        path = folder / f"item{i}.json"
         while not path.is_file():
-            if time.monotonic() - waited > STALL_S / 4:
+            if time.monotonic() - said > stream["say_s"]:
                 _alive(f"waiting for item {i}")
-                waited = time.monotonic()
+                said = time.monotonic()
             time.sleep(0.005)
+        _alive(f"item {i}")
+        said = time.monotonic()
         d = json.loads(path.read_text())
         if not d.get("skipped"):
             yield FileItem(**d)
@@ -282,13 +285,15 @@ class FilePass:
         progress: Callable[[int, int], None] | None = None,
         keep_going: bool = False,
         timeout_s: float = 1800,
+        stall_s: float = STALL_S,
     ) -> None:
         self.folder = Path(folder)
-        body: dict[str, Any] = {"stream": {"folder": str(self.folder), "count": count}, "memory": memory or []}
-        body.update(options=asdict(opts or TimingOptions()), keep_going=keep_going)
+        stream = {"folder": str(self.folder), "count": count, "say_s": stall_s / 4}
+        body: dict[str, Any] = {"stream": stream, "memory": memory or [], "keep_going": keep_going}
+        body["options"] = asdict(opts or TimingOptions())
         self._stop = threading.Event()
         self._out: dict[str, Any] = {}
-        args = (body, f"{count} files", progress, timeout_s, STALL_S, self._stop)
+        args = (body, f"{count} files", progress, timeout_s, stall_s, self._stop)
         self._thread = threading.Thread(target=self._serve, args=args, daemon=True)
         self._thread.start()
 
@@ -318,13 +323,9 @@ class FilePass:
 
 
 def _serve_once(
-    body: dict,
-    what: str,
-    progress: Callable[[int, int], None] | None,
-    timeout_s: float,
-    stall_s: float,
+    body: dict, what: str, progress: Callable[[int, int], None] | None, timeout_s: float, stall_s: float,
     cancel: threading.Event | None = None,
-) -> dict:
+) -> dict:  # fmt: skip
     """Run a worker on the request `body` and return its result (with "stalls": workers replaced); a worker
     silent for `stall_s` is killed and the request started again in a fresh one, once (`ATTEMPTS`)."""
     t0 = time.monotonic()
@@ -354,13 +355,9 @@ def _serve_once(
 
 
 def _run_worker(
-    cmd: list[str],
-    err: Path,
-    progress: Callable[[int, int], None] | None,
-    timeout_s: float,
-    stall_s: float,
+    cmd: list[str], err: Path, progress: Callable[[int, int], None] | None, timeout_s: float, stall_s: float,
     cancel: threading.Event | None = None,
-) -> int | str | None:
+) -> int | str | None:  # fmt: skip
     """Run one worker: its exit code, "timeout" past `timeout_s`, "cancelled" once `cancel` is set, or None
     when it said nothing for `stall_s` (killed in all three cases)."""
     heard = [time.monotonic()]

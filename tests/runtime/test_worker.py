@@ -201,3 +201,18 @@ def test_a_streamed_pass_the_caller_gives_up_kills_its_worker(files, tmp_path):
         stream.result()
     with pytest.raises(DeryError, match="no model file .*nothing.onnx to measure"):
         stream.add(1, FileItem("x", str(tmp_path / "nothing.onnx"), "onnxruntime", 1, [1, 3, 8, 8]))
+
+
+def test_a_streamed_pass_whose_caller_exports_slowly_is_not_taken_for_a_stalled_worker(files, tmp_path):
+    """The worker waits for the caller's exports, which may together take longer than the stall limit: it says
+    so for every file and while it waits, instead of being killed and started again."""
+    from dery_deploy.runtime.worker import FilePass
+
+    stream = FilePass(tmp_path, 4, TimingOptions(min_windows=3, max_s=0.5), stall_s=2)
+    stream.add(0, FileItem("a", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32]))
+    time.sleep(2.5)  # one file slower than the limit
+    for i in range(1, 4):  # and three more, 4 s in all
+        time.sleep(0.5)
+        stream.add(i, FileItem(f"{'abcd'[i]}", str(files[8]), "onnxruntime", 1, [1, 3, 32, 32]))
+    res = stream.result()
+    assert res.stalls == 0 and set(res.measurements) == {"a", "b", "c", "d"}
