@@ -4,8 +4,9 @@ of its items (no torch, no training state, no other stage's sessions or thread p
 Why: a latency the tool decides or promises with must be the latency the file has where it runs.
 Timed inside `dery run`'s own process, after training and beside every other runtime's sessions,
 the same file measured 0.548 ms where a fresh process measured 0.32 ms minutes later (issue 26's
-evidence, an Intel Xeon VM). The worker is that fresh process: `measure_files` writes a request,
-runs `python -m dery_deploy.runtime.worker REQUEST RESULT`, and reads the interleaved pass back
+evidence, an Intel Xeon VM). The worker is that fresh process: `FilePass` (and `measure_files`, for
+files that exist already) writes a request naming a folder where each file's description appears as it
+is made, runs `python -m dery_deploy.runtime.worker REQUEST RESULT`, and reads the interleaved pass back
 (`harness.measure_interleaved`, the same windows, statistics and load check as every pass).
 
 Usage (what `measure_files` runs; a person can run it too):
@@ -140,11 +141,10 @@ def serve(request: Path, result: Path) -> None:
     if "package" in req:
         serve_package(req, result)
         return
-    # a streamed request's files are built as they are written (`FilePass`), a listed one's all at once
-    arriving = _arriving(req["stream"]) if "stream" in req else (FileItem(**d) for d in req["items"])
     runners, failed = {}, {}
     with ThreadPoolExecutor(max(1, min(BUILD_THREADS, os.cpu_count() or 1))) as pool:
-        builds = [(it, pool.submit(_built, it)) for it in arriving]
+        # each file is built as soon as its description is written (`FilePass`)
+        builds = [(it, pool.submit(_built, it)) for it in _arriving(req["stream"])]
         for it, built in builds:
             try:
                 runners[it.key] = (built.result(), False, None)
@@ -249,24 +249,14 @@ def measure_files(
         DeryError: the worker failed (its last line of error output is named), ran past `timeout_s`, or
             stalled in every attempt.
     """
-    opts = opts or TimingOptions()
     missing = [i.path for i in items if not Path(i.path).is_file()]
-    if missing:
+    if missing:  # before any process starts
         raise DeryError(f"no model file {missing[0]} to measure: export it again")
-    body: dict[str, Any] = {"items": [asdict(i) for i in items], "options": asdict(opts), "memory": memory or []}
-    body["keep_going"] = keep_going
-    return _result(_serve_once(body, f"{len(items)} files", progress, timeout_s, stall_s))
-
-
-def _result(out: dict) -> WorkerResult:
-    return WorkerResult(
-        {k: Measurement(**v) for k, v in out["measurements"].items()},
-        out["memory_mb"],
-        PassSummary(**out["summary"]),
-        out["modules"],
-        out.get("failed", {}),
-        stalls=out["stalls"],
-    )
+    with tempfile.TemporaryDirectory(prefix="dery-files-") as tmp:
+        stream = FilePass(Path(tmp), len(items), opts, memory, progress, keep_going, timeout_s, stall_s)
+        for i, item in enumerate(items):
+            stream.add(i, item)
+        return stream.result()
 
 
 class FilePass:
@@ -319,7 +309,10 @@ class FilePass:
         self._thread.join()
         if "error" in self._out:
             raise self._out["error"]
-        return _result(self._out["result"])
+        out = self._out["result"]
+        measurements = {k: Measurement(**v) for k, v in out["measurements"].items()}
+        summary = PassSummary(**out["summary"])
+        return WorkerResult(measurements, out["memory_mb"], summary, out["modules"], out["failed"], out["stalls"])
 
 
 def _serve_once(
