@@ -33,6 +33,15 @@ def machine() -> dict:
     }
 
 
+def between_markers(text: str, begin: str, end: str, body: str) -> str | None:
+    """`text` with what stands between its `begin` and `end` markers replaced by `body` (the markers kept, each
+    on its own line); None where either marker is missing. The README's generated blocks are written so."""
+    if begin not in text or end not in text:
+        return None
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}"
+
+
 def read_run(folder: Path) -> RunManifest:
     """A run folder's run.json as the package's typed manifest. Read through `RunManifest.from_dict`, not
     `RunManifest.read`: the latter refuses other schemas, and a benchmark reads the runs it made before

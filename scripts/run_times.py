@@ -18,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_common import between_markers  # noqa: E402
+
 from dery_deploy.artifacts import atomic_write_text  # noqa: E402
 from dery_deploy.cli.run_times import SCALES, RunTime, phrase  # noqa: E402
 
@@ -61,17 +63,17 @@ def module_text(times: list[RunTime]) -> str:
 
 def readme_block(times: list[RunTime]) -> str:
     return (
-        f"{BEGIN}\nTimed alone on fresh clones, set-up done (`scripts/bench_wall_time.sh`, `bench/wall_time.txt`): the "
+        "Timed alone on fresh clones, set-up done (`scripts/bench_wall_time.sh`, `bench/wall_time.txt`): the "
         f"quick run {phrase(times, 'quick')}; the default run {phrase(times, 'default')}; the test command "
-        f"{phrase(times, 'test')}; {SCALES}.\n{END}"
+        f"{phrase(times, 'test')}; {SCALES}."
     )
 
 
 def readme_text(readme: str, times: list[RunTime]) -> str:
-    if BEGIN not in readme or END not in readme:
+    new = between_markers(readme, BEGIN, END, readme_block(times))
+    if new is None:
         raise SystemExit(f"README.md has no {BEGIN} ... {END} block to write into")
-    head, rest = readme.split(BEGIN, 1)
-    return head + readme_block(times) + rest.split(END, 1)[1]
+    return new
 
 
 def main() -> int:
