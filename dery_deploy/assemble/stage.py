@@ -56,6 +56,8 @@ from dery_deploy.runtime.devices import get_device
 # linear probe needs enough samples per class for its leave-one-out estimate.
 PROXY_IMAGES = {"naswot": 64, "zico": 64, "probe": 500}
 FINALISTS = 4  # mixed finalists measured (every donor that fits is a finalist too)
+# `SolverSummary.measured` where the finalists were measured here (otherwise it says why not)
+MEASURED_HERE = "end to end on the device, in one interleaved pass"
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,7 @@ def solver_summary(
     return SolverSummary(
         **pools[0].solver,
         targets={target_of(p.model): SolverRun(**p.solver, margin=p.margin) for p in pools},
-        measured=why_not or "end to end on the device, in one interleaved pass",
+        measured=why_not or MEASURED_HERE,
         finalists=len(final),
         rejected_over_budget=len(rejected),
         near_budget=sorted(c.key for c in final if c.measured.get("near_budget")),

@@ -26,7 +26,7 @@ from dery_deploy.artifacts import cache_root, sha256_json
 from dery_deploy.assemble.candidates import AdapterFitter
 from dery_deploy.assemble.measure import measure_finalists
 from dery_deploy.assemble.program_data import Scores
-from dery_deploy.assemble.stage import AssembleRequest, AssembleResult, Measuring
+from dery_deploy.assemble.stage import MEASURED_HERE, AssembleRequest, AssembleResult, Measuring
 from dery_deploy.assemble.stage import assemble as run_assemble
 from dery_deploy.cli.common import (
     Listing,
@@ -51,7 +51,6 @@ from dery_deploy.train.source import FinetuneSource
 from dery_deploy.zoo.load import dissect_zoo, get_zoo
 
 SHIPPED_PROFILES = Path(__file__).resolve().parents[2]  # profiles/ beside the package, in a source checkout
-MEASURED = "end to end on the device"  # the assemble stage's word for finalists it measured
 
 
 def budget_path(out: Path, budget: float, many: bool) -> Path:
@@ -287,7 +286,7 @@ def print_candidates(res: AssembleResult, budget: float, spec) -> None:
             }
         )
     listing.show()
-    if s.measured != MEASURED:  # e.g. a Jetson's plan made on the host: nothing was measured
+    if s.measured != MEASURED_HERE:  # e.g. a Jetson's plan made on the host: nothing was measured
         after = (
             f"; the first measurement of the plan is check_engine.py on the device (`dery export RUN --format "
             f"tensorrt --device {spec.id} --bundle DIR`)"

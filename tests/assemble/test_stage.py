@@ -62,6 +62,15 @@ def test_predicted_latency_is_the_programs_arithmetic(tiny_ws, fashion_task):
     # a mix has a seam: one donor's own blocks are that donor, which enters whole (no duplicate "mix")
     assert all(c.plan.seams >= 1 for c in res.candidates if not c.is_donor)
     assert all(c.measured["median_ms"] <= 2.0 for c in res.finalists)
+    # what `dery assemble` prints of it: the finalists as measured here, and how many the measurement dropped
+    from dery_deploy.cli import assemble as cli
+    from dery_deploy.runtime.devices import get_device
+
+    with cli.console.capture() as out:
+        cli.print_candidates(res, 2.0, get_device("cpu"))
+    text = " ".join(out.get().split())  # the terminal wraps lines at its width
+    assert f"{len(res.rejected)} of {res.solver.finalists} finalists measured over the budget and dropped" in text
+    assert "to measure them" not in text
 
 
 def test_a_donor_just_over_the_budget_is_a_candidate_and_trained_to_ship(tiny_ws, fashion_task):
