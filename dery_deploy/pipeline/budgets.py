@@ -17,33 +17,61 @@ def _round_sig(x: float, sig: int = 3) -> float:
     return float(f"{x:.{sig}g}")
 
 
+# A budget the run chooses lies at least this far from every donor's profiled latency, on either side. The
+# finalists' pass and the final pass measure a donor a few percent away from its profile and from each other
+# (a new user's quick run: resnet10t_tops profiled 0.0883 ms, 0.0860 as a finalist, 0.0853 in the final pass,
+# against its own budget of 0.0856 ms; on the fashion zoo mnv3_rot profiled 0.0796 ms and measured 0.0851 ms as a
+# finalist), so a budget in a narrower gap makes whether a donor fits a coin toss: the pick dropped the more
+# accurate donor while the final pass called it fitting.
+CLEARANCE = 0.05
+
+
+def _gaps(named: list[tuple[float, str]]) -> tuple[list[tuple[float, float, int]], list[str]]:
+    """(ratio, midpoint, index) of each gap between neighbouring donors whose midpoint clears both by
+    `CLEARANCE`, and a note on the gap between the two fastest where it does not."""
+    gaps, notes = [], []
+    for i, ((a, an), (b, bn)) in enumerate(zip(named, named[1:])):
+        mid = _round_sig((a + b) / 2)
+        if mid >= a * (1 + CLEARANCE) and b >= mid * (1 + CLEARANCE):
+            gaps.append((b / a, mid, i))
+        elif i == 0:
+            notes.append(
+                f"no budget between {an} ({a:.4f} ms) and {bn} ({b:.4f} ms): any budget there lies within "
+                f"{100 * CLEARANCE:.0f}% of one of them, where a measurement could put it on either side"
+            )
+    return gaps, notes
+
+
 def choose_budgets(
     donor_ms: dict[str, float], quick: bool, floor_ms: float = 0.0, least: int = 1
 ) -> tuple[list[float], list[str]]:
     """Budgets in the gaps between the donors' latencies, where a user has a real choice: below every
-    donor (only reassembled networks fit), between the two fastest donors, and in the widest
-    remaining gap; with --quick, only the one between the two fastest. None is below `floor_ms` (the
-    fastest assembly plus the planning margin): a default budget is feasible by construction. Where fewer
-    than `least` are left (a family needs two), the floor itself is one (the tests' tiny zoo: its mixes ran
-    1.7x their parts, so the fastest assembly's floor lies above both gaps below its second donor).
+    donor (only reassembled networks fit), in the first gap from the fastest donor up, and in the widest
+    gap above it; with --quick, only the first gap. A gap counts where its midpoint lies `CLEARANCE` from
+    both donors; where none does, one budget lies above every donor. None is below `floor_ms` (the fastest
+    assembly plus the planning margin): a default budget is feasible by construction. Where fewer than
+    `least` are left (a family needs two), the floor itself is one (the tests' tiny zoo: its mixes ran 1.7x
+    their parts, so the fastest assembly's floor lies above both gaps below its second donor).
 
     Returns:
         the budgets, and notes on what was moved or left out and why.
     """
-    lat = sorted(donor_ms.values())
-    notes = []
+    named = sorted((ms, n) for n, ms in donor_ms.items())
+    lat = [ms for ms, _ in named]
+    gaps, notes = _gaps(named)
     if len(lat) < 2:
         wanted = [_round_sig(0.85 * lat[0]), _round_sig(1.5 * lat[0])]
     else:
-        first = _round_sig((lat[0] + lat[1]) / 2)
-        rest = [(lat[i + 1] / lat[i], (lat[i] + lat[i + 1]) / 2) for i in range(1, len(lat) - 1)]
-        wide = _round_sig(max(rest)[1]) if rest else _round_sig(1.5 * lat[-1])
+        above = _round_sig(1.5 * lat[-1])  # every donor fits: two donors, or no gap between them is clear
+        first = gaps[0][1] if gaps else above
+        # from three donors on, budgets stay below the slowest (the thread screen relies on it)
+        wide = max(gaps[1:])[1] if len(gaps) > 1 else (above if len(lat) < 3 else first)
         wanted = [first] if quick else [_round_sig(0.85 * lat[0]), first, wide]
     floor = round_up(floor_ms)
     out = sorted({b for b in wanted if b >= floor})
     below = [b for b in wanted if b < floor]
     raised = bool(below) and len(out) < least  # the floor itself, the smallest budget a mix can meet
-    for b in below:
+    for b in sorted(set(below)):
         said = f"raised to {floor:g} ms" if raised and b == max(below) else "dropped"
         notes.append(f"budget {b:g} ms is below the fastest assembly plus the planning margin ({floor:g} ms): {said}")
     out += [floor] if raised and floor not in out else []

@@ -12,7 +12,9 @@ rest), and goes no further when, on those donors,
   that only ties costs a core and its profile, and buys nothing). The donors that may fit: where the user
   gave budgets, those at most the largest one (plus the margin a near donor is a candidate by) at either
   count; where the run chooses them, every donor but the slowest at the first count, since those budgets
-  sit in the gaps below the slowest donor (`budgets.choose_budgets`, from three donors on). A clean-clone
+  sit in the gaps below the slowest donor (`budgets.choose_budgets`, from three donors on, unless no gap
+  between them is wide enough to hold one: then one budget lies above them all, and this screen may leave
+  out a count that only the slowest donor would have gained from). A clean-clone
   quick run profiled onnxruntime/fp32 and openvino/int8 at two threads in full (45 and 56 s of a 365 s
   run) because the slowest donor, vit_tops at 0.8-2 ms, ran as fast or faster at two threads, while every donor under a
   budget ran slower; both were then dominated at every budget.

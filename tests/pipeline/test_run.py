@@ -3,6 +3,7 @@
 import pytest
 
 from dery_deploy.pipeline.budgets import (
+    CLEARANCE,
     DOMINATED_POINTS,
     choose_budgets,
     dominated_donors,
@@ -20,6 +21,27 @@ def test_default_budgets_sit_in_the_gaps_between_donors():
     budgets, notes = choose_budgets(DONORS, quick=False)
     assert budgets == [0.085, 0.12, 0.4] and notes == []
     assert choose_budgets(DONORS, quick=True) == ([0.12], [])
+
+
+def test_a_default_budget_keeps_clear_of_every_donor():
+    """A gap narrower than the measurement's disagreement between passes holds no budget: there a donor fits or
+    not by the pass (the embedded zoo's two fastest donors lie 4-8% apart)."""
+    fashion = {"mnv3_rot": 0.0795, "resnet10t_tops": 0.084, "convnext_lower": 0.1201, "tinynet_rot": 0.1216}
+    fashion |= {"mobilevit_lower": 0.2424, "vit_tops": 0.4388}
+    budgets, notes = choose_budgets(fashion, quick=True)
+    assert budgets == [0.102]
+    assert notes == [
+        "no budget between mnv3_rot (0.0795 ms) and resnet10t_tops (0.0840 ms): any budget there lies within 5% of "
+        "one of them, where a measurement could put it on either side"
+    ]
+    budgets, _ = choose_budgets(fashion, quick=False)
+    assert budgets == [0.0676, 0.102, 0.182]
+    for b in budgets:
+        assert all(abs(b / ms - 1) >= CLEARANCE for ms in fashion.values()), b
+    # no clear gap at all: one budget every donor meets, and one below them all
+    assert choose_budgets({"a": 0.1, "b": 0.104}, quick=True)[0] == [0.156]
+    assert choose_budgets({"a": 0.1, "b": 0.104}, quick=False)[0] == [0.085, 0.156]
+    assert choose_budgets({"a": 0.1, "b": 0.104, "c": 0.108}, quick=False)[0] == [0.085, 0.162]
 
 
 def test_a_default_budget_is_never_below_the_fastest_assembly_plus_the_margin():
