@@ -28,6 +28,7 @@ from dery_deploy.export.package import refresh_latency
 from dery_deploy.export.report import report_path, write_budget
 from dery_deploy.export.verdict import budget_check, relate_to_machine
 from dery_deploy.pipeline.context import Context
+from dery_deploy.pipeline.donor_fit import dropped_donors, fitting_donors
 from dery_deploy.pipeline.final_pass_file import (
     REMEASURE_SECONDS,
     REMEASURES,
@@ -36,7 +37,7 @@ from dery_deploy.pipeline.final_pass_file import (
     SecondLook,
 )
 from dery_deploy.pipeline.own_budget import raise_own_budget
-from dery_deploy.pipeline.records import BudgetResult, DonorFit, DonorResult, LatencyFigure
+from dery_deploy.pipeline.records import BudgetResult, LatencyFigure
 from dery_deploy.pipeline.runner import Run
 from dery_deploy.pipeline.second_look import (
     Ship,
@@ -49,7 +50,6 @@ from dery_deploy.pipeline.second_look import (
     ship_suspects,
     verdict_measurement,
 )
-from dery_deploy.pipeline.stages import int8_on
 from dery_deploy.runtime.backends import Backend, Runner, get_backend
 from dery_deploy.runtime.backends.onnx_based import OnnxBackend
 from dery_deploy.runtime.calibration import REFERENCE_KEY, reference_item
@@ -61,7 +61,7 @@ from dery_deploy.runtime.harness import (
     torch_threads,
 )
 from dery_deploy.runtime.measure import isolated
-from dery_deploy.runtime.target import Target, is_int8
+from dery_deploy.runtime.target import Target
 from dery_deploy.runtime.worker import FileItem, measure_files
 from dery_deploy.train.finetune import load_run_model
 
@@ -279,8 +279,9 @@ def _stamp(path: Path) -> list:
 def apply_final_pass(r: Run, ctx: Context, fp: FinalPassFile) -> None:
     """Every latency the report compares, from the final pass; each shipped artifact judged against its budget.
 
-    A donor's latency is that of its fastest target; it fits a budget when any target does, with the
-    accuracy of the most accurate target that fits (its int8 test accuracy measured where only int8 fits)."""
+    A donor's latency is that of its fastest target; it fits a budget when any target does (one the budget's
+    own finalist pass measured it over the budget on does not count: `dropped_donors`), with the accuracy of
+    the most accurate target that fits (its int8 test accuracy measured where only int8 fits)."""
     m = r.manifest
     q = r.opts.percentile
     meas = fp.measurements
@@ -311,19 +312,10 @@ def apply_final_pass(r: Run, ctx: Context, fp: FinalPassFile) -> None:
         judge_shipped(r, res, fp, meas)
         if not r.opts.budgets and raise_own_budget(r, res, lambda ms: fitting_donors(r, ctx, ms)):
             judge_shipped(r, res, fp, meas, quiet=True)
-        fitting = fitting_donors(r, ctx, res.promised_ms)
+        dropped = set() if res.raised else dropped_donors(r, res)
+        fitting = fitting_donors(r, ctx, res.promised_ms, dropped)
         res.donors_within_budget = sorted(fitting, key=lambda n: -fitting[n].top1)
         res.donor_fit = fitting
-
-
-def fitting_donors(r: Run, ctx: Context, b: float) -> dict[str, DonorFit]:
-    """The donors whose final-pass latency on some target is within `b`, each with its accuracy there."""
-    fitting: dict[str, DonorFit] = {}
-    for n, d in r.manifest.donors.items():
-        fits = [t for t, v in d.latency_by_target.items() if v.ms <= b]
-        if fits:
-            fitting[n] = donor_accuracy(r, ctx, n, d, fits)
-    return fitting
 
 
 def judge_shipped(
@@ -374,17 +366,3 @@ def judge_shipped(
         summary.other_load_cores,
         raised,
     )
-
-
-def donor_accuracy(r: Run, ctx: Context, name: str, d: DonorResult, fits: list[str]) -> DonorFit:
-    """A donor's test accuracy on the best target of `fits`: fp32 as evaluated, else the int8 network's, measured."""
-    fp32 = [t for t in fits if not is_int8(t)]
-    if fp32 and d.top1 is not None:
-        return DonorFit(min(fp32, key=lambda t: d.latency_by_target[t].ms), d.top1)
-    best = None
-    for t in fits:
-        acc = int8_on(Path(d.run), ctx.task, t, ctx.model.profile.threads, "test").top1
-        if best is None or acc > best.top1:
-            best = DonorFit(t, acc)
-    assert best is not None, "a donor fits on at least one target"
-    return best

@@ -176,23 +176,25 @@ def candidates_table(r: BudgetResult) -> list[str]:
     """The program's candidates, which became finalists, and those dropped as measured over the budget."""
     if not r.candidates:
         return []
-    finalists = {c.plan for c in r.finalists or []}
+    finalists = {(c.plan, c.target) for c in r.finalists or []}
     lines = [
         f"Candidates (the program's top N, donors that fit, the best one- and two-seam chains); planned "
         f"at the budget less the latency model's p90 under-prediction ({100 * (r.margin or 0):.1f}%); "
-        "finalists measured end to end on the device:",
+        "finalists measured end to end on the device (the figure the budget is judged by: the per-call "
+        "percentile over all calls):",
         "",
         md_table(
-            ["plan", "origin", "predicted ms", "measured ms", "quality", "proxy", "finalist"],
+            ["plan", "target", "origin", "predicted ms", "measured ms", "quality", "proxy", "finalist"],
             [
                 [
                     c.plan,
+                    c.target,
                     c.origin,
                     c.predicted_ms,
-                    fmt_ms(c.measured.median_ms if c.measured else None),
+                    fmt_ms(c.measured.latency_ms if c.measured else None),
                     "-" if c.quality is None else f"{c.quality:.1f}",
                     c.proxy,
-                    "yes" if c.plan in finalists else "",
+                    "yes" if (c.plan, c.target) in finalists else "",
                 ]
                 for c in r.candidates
             ],
@@ -203,7 +205,7 @@ def candidates_table(r: BudgetResult) -> list[str]:
     if rejected:
         lines += [
             "Dropped after measurement (over the budget): "
-            + ", ".join(f"`{c.plan}` {c.measured.median_ms:.4f} ms" for c in rejected if c.measured),
+            + ", ".join(f"`{c.plan}` on {c.target} {c.measured.latency_ms:.4f} ms" for c in rejected if c.measured),
             "",
         ]
     return lines

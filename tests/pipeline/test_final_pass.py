@@ -238,3 +238,35 @@ def test_packages_with_the_same_files_and_settings_are_looked_at_once(shipped, t
     looked = fp.remeasured[0].measurements
     assert looked[ships[0].key] == looked[ships[1].key] and looked[ships[0].key].median_ms > 0
     assert all(s.package for s in fp.remeasured) and "1 the same as another: looked at once" in said[0]
+
+
+def test_a_donor_the_finalists_pass_dropped_over_the_budget_is_not_the_answers_fitting_donor():
+    """A new user's quick run: resnet10t_tops (100%) measured 0.0860 ms as a finalist against its 0.0856 ms budget
+    and was dropped, so mnv3_rot (86.7%) shipped; the final pass measured resnet10t_tops at 0.0853 ms, and the
+    answer called it the best donor that fits, 13 points ahead of the pick. The pick never had it: the answer
+    compares with what the pick could choose, and the run says why resnet10t_tops is not counted."""
+    from dery_deploy.pipeline.donor_fit import dropped_donors, fitting_donors
+    from dery_deploy.pipeline.records import DonorResult, LatencyFigure
+
+    def donor(top1: float, **by_target: float) -> DonorResult:
+        figures = {t.replace("_", "/"): LatencyFigure(ms, 0.004) for t, ms in by_target.items()}
+        return DonorResult(95.0, min(by_target.values()), "run", top1, latency_by_target=figures)
+
+    donors = {
+        "resnet10t_tops": donor(100.0, onnxruntime_fp32=0.1148, openvino_int8=0.08535),
+        "mnv3_rot": donor(86.667, onnxruntime_fp32=0.0806),
+    }
+    said: list[str] = []
+    r = SimpleNamespace(manifest=SimpleNamespace(donors=donors), say=said.append)
+    dropped = replace(finalist("resnet10t_tops (whole donor)", 0.08603), target="openvino/int8")
+    res = BudgetResult(0.0856, rejected_over_budget=[dropped])
+    drop = dropped_donors(r, res)
+    assert drop == {("resnet10t_tops", "openvino/int8")}
+    fitting = fitting_donors(r, None, 0.0856, drop)
+    assert list(fitting) == ["mnv3_rot"] and fitting["mnv3_rot"].top1 == 86.667
+    assert len(said) == 1 and "resnet10t_tops on openvino/int8 measured 0.0860 ms as a finalist" in said[0]
+    assert "0.0853 ms in the final pass" in said[0]
+    # a donor the final pass also puts over the budget is dropped without a note
+    donors["resnet10t_tops"].latency_by_target["openvino/int8"] = LatencyFigure(0.0871, 0.004)
+    said.clear()
+    assert dropped_donors(r, res) == drop and said == []

@@ -9,7 +9,11 @@ The fixture `fixtures/tiny-quick/` is a real run's artifacts, captured once with
 CKA matrices of the pairs the report draws, and the zoo YAML the run was made from. The goldens
 (report.md, report.html, answer.txt and their "infeasible-first" variants, where a budget nothing fits
 comes first) were rendered from this fixture by the code of that day (main at 1e50d73), before the
-report was split into sections. They differ from the report the run itself wrote in two places only:
+report was split into sections; report.md and report.html were rendered again at d59b5cf's successor, when
+the candidates table gained its target column and shows the figure the budget is judged by (the per-call
+percentile over all calls, `latency_ms`, not the quiet-window median), and the latency paragraph said
+which measurement each figure reads (nothing else of them changed). They differ from the report the run
+itself wrote in two places only:
 the total time and the "report" stage's row, which run.json records after the report is written.
 
 The run folder's absolute path in run.json (where the exports lie) is written as RUN_TOKEN and put back
