@@ -75,7 +75,7 @@ def stage_budget(r: Run, ctx: Context, b: float, aoti: bool) -> BudgetResult:
     """One budget: candidates on every target and measured (network, target) finalists, selection by
     evidence on validation, healing of the best mixed plan with the final recipe, the pick among the
     measured (network, runtime, precision) triples, then its evaluation and exports."""
-    bdir = r.out / f"budget-{b:g}ms"
+    bdir = r.budget_dir(b)
     entry = BudgetResult(b)
     sel = _selected(r, ctx, b, bdir, entry)
     if sel is None:

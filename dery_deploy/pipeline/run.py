@@ -366,6 +366,7 @@ def _run_stages(r: Run, zoo, spec: DeviceSpec, targets: list[tuple[Backend, str]
         stage_final_pass(r, ctx)
     if opts.family:
         r.manifest.family = stage_family(r, ctx)
+    r.set_aside_earlier()
     r.manifest.status = "done" if feasible else "no-feasible-budget"
     r.manifest.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     r.stage("report", lambda: None, lambda: write_report(r.out, r.manifest, zoo, sim, part, prof, rows))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from dery_deploy.pipeline.manifest import RunManifest, StageRecord
 from dery_deploy.pipeline.options import RunOptions
 
 T = TypeVar("T")
+# where a run sets aside the budget folders of earlier runs in its folder with other budgets
+EARLIER = "earlier"
 
 
 class Run:
@@ -31,6 +34,36 @@ class Run:
         self.console = console
         self.progress_factory = progress_factory
         self.t0 = time.time()
+        self.budget_dirs: set[str] = set()  # the budget folders this run worked in (`set_aside_earlier`)
+
+    def budget_dir(self, b: float) -> Path:
+        """A budget's folder, taken back from `EARLIER` where an earlier run in this folder left it set aside
+        (its stages are reused where they still match, as if it had stayed)."""
+        d = self.out / f"budget-{b:g}ms"
+        self.budget_dirs.add(d.name)
+        kept = self.out / EARLIER / d.name
+        if not d.exists() and kept.is_dir():
+            kept.rename(d)
+        return d
+
+    def set_aside_earlier(self) -> list[str]:
+        """Move the budget folders no stage of this run worked in (an earlier run's in this folder, with other
+        budgets) into `EARLIER`, so that the folder's `budget-*/export` are this run's packages; their names."""
+        moved = []
+        for d in sorted(self.out.glob("budget-*ms")):
+            if d.is_dir() and d.name not in self.budget_dirs:
+                dest = self.out / EARLIER / d.name
+                if dest.exists():
+                    shutil.rmtree(dest)  # an older copy of the same budget's folder
+                dest.parent.mkdir(exist_ok=True)
+                d.rename(dest)
+                moved.append(d.name)
+        if moved:
+            self.say(
+                f"  note: {len(moved)} budget folder(s) of an earlier run here with other budgets set aside in "
+                f"{self.out / EARLIER} ({', '.join(moved)}): this folder's budget-*/export are this run's packages"
+            )
+        return moved
 
     def say(self, text: str) -> None:
         if self.console:

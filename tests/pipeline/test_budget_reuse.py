@@ -111,3 +111,22 @@ def test_a_mix_a_smaller_budget_healed_from_the_same_weights_is_read_back_not_he
     assert budget.healed_before(r, ctx, 0.3, name, {(name, "t"): other}) is None
     ctx.recipes.final = Recipe(**{**recipe.__dict__, "seed": 1})
     assert budget.healed_before(r, ctx, 0.3, name, {(name, "t"): copy}) is None
+
+
+def test_budget_folders_of_an_earlier_run_with_other_budgets_are_set_aside_and_taken_back(tmp_path):
+    """A rerun in the same folder with other budgets left the first run's packages beside its own, so that
+    `budget-*/export` listed both (a new user's trial); they are set aside, and a run that asks for one of
+    those budgets again takes its folder back (its stages are reused where they still match)."""
+    out = tmp_path / "run"
+    for b in ("0.0871", "0.102"):
+        (out / f"budget-{b}ms" / "export").mkdir(parents=True)
+        (out / f"budget-{b}ms" / "export" / "deploy.json").write_text("{}")
+    r = a_run(tmp_path)
+    assert r.budget_dir(0.102) == out / "budget-0.102ms"
+    assert r.set_aside_earlier() == ["budget-0.0871ms"]
+    assert sorted(p.name for p in out.glob("budget-*")) == ["budget-0.102ms"]
+    assert (out / "earlier" / "budget-0.0871ms" / "export" / "deploy.json").is_file()
+    again = a_run(tmp_path)
+    assert again.budget_dir(0.0871) == out / "budget-0.0871ms" and (out / "budget-0.0871ms" / "export").is_dir()
+    assert again.set_aside_earlier() == ["budget-0.102ms"]
+    assert not (out / "earlier" / "budget-0.0871ms").exists()
