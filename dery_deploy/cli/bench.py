@@ -60,9 +60,11 @@ def bench(
     seconds: float | None = typer.Option(None, "--seconds", help="seconds per round, at least (default 5; p90/p99 2+)"),
     as_json: bool = typer.Option(False, "--json", help="print the measurement and verdict as JSON"),
 ) -> None:
-    """Warm up, then time back-to-back calls of the package with its recorded settings; print p50 / p90 /
-    p99 / mean / max over all calls with their standard error, and judge the budget where this machine is
-    the package's. Exit 0 within budget or measured only, 2 over budget, 3 undecided, 1 a user error."""
+    """Time a package's calls with its recorded settings and judge its budget on its own machine.
+
+    Warm up, then time back-to-back calls; print p50 / p90 / p99 / mean / max over all calls with their
+    standard error, and judge the budget where this machine is the package's. Exit 0 within budget or
+    measured only, 2 over budget, 3 undecided, 1 a user error."""
     from dery_deploy.errors import DeryError
 
     try:

@@ -109,6 +109,19 @@ def _one_line(e, argv: list[str]) -> str:
     return msg
 
 
+COMMANDS = {"similarity", "partition", "profile", "assemble", "finetune", "evaluate", "export", "run", "zoo"}
+
+
+def _tagged(e: DeryError, args: list[str]) -> str:
+    """The error's line, tagged with the command the user ran where its stage is another command's (`dery
+    finetune` reads a plan as `dery assemble` writes it: "[assemble] plan file not found" read as the wrong
+    command). `dery run`'s tags name its stages, which is where it failed."""
+    cmd = args[0] if args else None
+    if cmd in COMMANDS and cmd != "run" and e.stage in COMMANDS and e.stage != cmd:
+        return f"[{cmd}] {e.args[0]}"
+    return str(e)
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this; `main` exits with it)."""
     # torch warns at import that a CPU-only machine has no CUDA runtime; that is not news to a user
@@ -121,11 +134,13 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         code = make_app(full=not light)(args=argv, prog_name="dery", standalone_mode=False)
     except DeryError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
+        typer.secho(f"error: {_tagged(e, args)}", fg="red", err=True)
         return 2
     except exits as e:
         return e.exit_code
     except errors as e:
+        if not e.format_message().strip():  # a command given without its subcommand: its help was the answer
+            return 0
         typer.secho(f"error: {_one_line(e, sys.argv[1:] if argv is None else argv)}", fg="red", err=True)
         return 2 if getattr(e, "exit_code", 1) in (1, 2) else e.exit_code
     except interrupts:

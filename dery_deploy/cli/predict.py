@@ -55,8 +55,9 @@ def predict(
     top_k: int = typer.Option(5, "--top-k", help="classes to print per image"),
     as_json: bool = typer.Option(False, "--json", help="print JSON: per image, the classes and scores"),
 ) -> None:
-    """Classify images with a package: its preprocessing, class names and runtime settings, batched at
-    its batch."""
+    """Classify images with a package: its preprocessing, class names and runtime settings.
+
+    Images go through the package's runtime in calls of its batch."""
     from dery_deploy.deploy.predictor import load
     from dery_deploy.errors import DeryError
 

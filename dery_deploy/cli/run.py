@@ -25,6 +25,7 @@ from dery_deploy.cli.run_times import SCALES, phrase
 from dery_deploy.data.task import DEFAULT_DATA
 from dery_deploy.pipeline import RunOptions
 from dery_deploy.pipeline import run as run_pipeline
+from dery_deploy.pipeline.budgets import DOMINATED_POINTS
 from dery_deploy.pipeline.manifest import RunManifest
 from dery_deploy.report.answers import answers
 from dery_deploy.report.sections import time_limit_line
@@ -108,9 +109,9 @@ def run(
     train_every_donor: bool = typer.Option(
         False,
         "--train-every-donor",
-        help="train every donor that may fit a budget with the final recipe, even one a faster donor beat by 20 "
-        "points or more after the short recipe (it cannot be the best donor that fits); slower, for the report's "
-        "figures of every donor",
+        help="train every donor that may fit a budget with the final recipe, even one a faster donor beat by "
+        f"{DOMINATED_POINTS:g} points or more after the short recipe (it cannot be the best donor that fits); "
+        "slower, for the report's figures of every donor",
     ),
     seed: int = typer.Option(0, "--seed", help="seed of the data split, the search and the training"),
     out: Path = typer.Option(Path("runs/default"), "-o", "--out", help="run directory (reused on rerun)"),

@@ -178,6 +178,16 @@ class DeployInfo(JsonArtifact):
         return getattr(lat, f"p{percentile}_ms"), lat.standard_error.get(f"p{percentile}", float("nan"))
 
 
+def _packages_near(folder: Path) -> str:
+    """The fix for a package folder that does not exist: the packages of the run folder it names, where the path
+    goes through one (`RUN/budget-<ms>/export`: a budget's folder is named by the budget the run chose)."""
+    for run in (folder.parent.parent, folder.parent, folder):
+        found = sorted(str(p.parent) for p in run.glob(f"budget-*/export/{FILE}")) if run.is_dir() else []
+        if found:
+            return f"the packages in {run}: " + ", ".join(found)
+    return f"give the folder that holds {FILE}"
+
+
 def read_package(folder: str | Path) -> DeployInfo:
     """A package's deploy.json, with every file it lists present and unchanged (sha256).
 
@@ -190,7 +200,7 @@ def read_package(folder: str | Path) -> DeployInfo:
     if folder.is_file():
         raise DeryError(f"{folder} is a file, not a package folder; give the folder that holds {FILE}", "deploy")
     if not folder.is_dir():
-        raise DeryError(f"package folder not found: {folder}; give the folder that holds {FILE}", "deploy")
+        raise DeryError(f"package folder not found: {folder}; {_packages_near(folder)}", "deploy")
     if not (folder / FILE).is_file():
         raise DeryError(
             f"{folder} holds no {FILE}: not a package (export one with `dery export RUN --format onnx`)", "deploy"

@@ -221,3 +221,11 @@ def test_over_only_because_the_machine_runs_slower_is_undecided(tmp_path):
     # the same figure with the machine at its recorded speed, or slowed too little to explain it: over
     assert judge(info, replace(now, reference_ms=0.100)).exit_code == 2
     assert judge(info, replace(now, reference_ms=0.104)).over
+
+
+def test_a_budget_folder_the_run_did_not_make_is_answered_with_those_it_did(tmp_path):
+    """The README's examples name a budget; a run chooses its own: the error lists the run's packages."""
+    pkg = _tiny(tmp_path / "run" / "budget-0.102ms" / "export", 1e6)
+    proc = run_dery("bench", str(tmp_path / "run" / "budget-0.3ms" / "export"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert_one_line_error(proc, f"the packages in {tmp_path / 'run'}: {pkg}")

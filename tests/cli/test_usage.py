@@ -32,6 +32,9 @@ def dery(*args, columns: int = 200, cwd=None, timeout: int = 600) -> subprocess.
         (["assembel"], ["No such command 'assembel'", "Did you mean 'assemble'?"]),
         (["zoo", "shwo", "fashion"], ["No such command 'shwo'"]),
         (["run", "--quick", "--verify", "x"], ["Invalid value for '--verify'"]),
+        # tagged with the command typed, not the one that writes what it reads
+        (["finetune", "nowhere.json", "-o", "out"], ["[finetune] plan file not found: nowhere.json"]),
+        (["evaluate", "nowhere"], ["[evaluate] run folder not found: nowhere"]),
     ],
 )
 def test_usage_errors_are_one_line_exit_2_no_traceback(args, needles):
@@ -43,6 +46,9 @@ def test_usage_errors_are_one_line_exit_2_no_traceback(args, needles):
 def test_help_and_no_arguments_are_not_errors():
     assert dery("--help").returncode == 0
     assert dery("assemble", "--help").returncode == 0
+    for args in ([], ["zoo"]):  # a command without its subcommand prints its help, and no empty error line
+        p = dery(*args)
+        assert p.returncode == 0 and "Usage: dery" in p.stdout and p.stderr == "", p.stderr
 
 
 def test_version_is_the_package_version():
