@@ -9,7 +9,7 @@ The fixture `fixtures/tiny-quick/` is a real run's artifacts, captured once with
 CKA matrices of the pairs the report draws, and the zoo YAML the run was made from. The goldens
 (report.md, report.html, answer.txt and their "infeasible-first" variants, where a budget nothing fits
 comes first) were rendered from this fixture by the code of that day (main at 1e50d73), before the
-report was split into sections; report.md and report.html were rendered again at d59b5cf's successor, when
+report was split into sections; report.md and report.html were rendered again on 2026-12-07 (6d4cade), when
 the candidates table gained its target column and shows the figure the budget is judged by (the per-call
 percentile over all calls, `latency_ms`, not the quiet-window median), and the latency paragraph said
 which measurement each figure reads (nothing else of them changed). They differ from the report the run
