@@ -26,7 +26,7 @@ def dropped_donors(r: Run, res: BudgetResult) -> set[tuple[str, str]]:
         if final is not None and final.ms <= res.budget_ms:
             r.say(
                 f"  note: {name} on {c.target} measured {c.measured.latency_ms:.4f} ms as a finalist, over "
-                f"{res.budget_ms:g} ms, and {final.ms:.4f} ms in the final pass: within measurement noise of the "
+                f"{res.budget_ms:g} ms, and {final.ms:.4f} ms in the final pass: the two passes disagree at this "
                 "budget; the pick never had it, so it is not counted as a donor that fits"
             )
     return out
