@@ -179,7 +179,7 @@ def test_quick_then_default_in_the_same_folder_reuses_and_recomputes(tmp_path):
 
 FAMILY_ARGS = [
     # the run chooses the budgets from this machine's profile (a fixed 0.15 ms was infeasible on CI's machine):
-    # below every donor where the floor allows, between the two fastest, in the widest gap; so the paths differ
+    # below every donor where the floor allows, in the first gap clear of both donors, in the widest: paths differ
     *(a for a in ARGS if a not in ("--budgets", "0.5")),
     "--targets",
     "onnxruntime/fp32",
