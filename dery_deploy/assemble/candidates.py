@@ -15,7 +15,7 @@ from dery_deploy.assemble.proxies import get_proxy
 from dery_deploy.data.task import Task
 from dery_deploy.dissect import Dissection
 from dery_deploy.network.adapters import Adapter, fit_least_squares
-from dery_deploy.network.plan import AssembledNet, BlockRef, Plan, build_net, stitch_specs
+from dery_deploy.network.plan import AssembledNet, BlockRef, Plan, build_net, stitch_specs, whole_donor_of
 from dery_deploy.network.plan_records import FinalistMeasurement
 from dery_deploy.partition.stage import Partition
 from dery_deploy.profile.latency_model import us_to_ms
@@ -227,8 +227,8 @@ def score_networks(
 
 def plan_from_description(text: str, zoo, partition: Partition, num_classes: int) -> Plan | None:
     """The plan a description (`Plan.describe`) names, on this partition; None if the partition has no such blocks."""
-    if text.endswith(" (whole donor)"):
-        donor = text.removesuffix(" (whole donor)")
+    donor = whole_donor_of(text)
+    if donor is not None:
         return donor_plan(zoo, partition, donor, num_classes) if donor in zoo.donor_names else None
     blocks = []
     for k, part in enumerate(text.split(" > ")):

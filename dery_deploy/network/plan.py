@@ -44,6 +44,14 @@ class BlockRef:
     end: int
 
 
+WHOLE_DONOR = " (whole donor)"  # how `Plan.describe` names a whole donor after its name
+
+
+def whole_donor_of(description: str) -> str | None:
+    """The donor a description (`Plan.describe`) names whole; None for a mix."""
+    return description.removesuffix(WHOLE_DONOR) if description.endswith(WHOLE_DONOR) else None
+
+
 @dataclass
 class Plan(JsonArtifact):
     """One reassembled network: enough, with the zoo, to rebuild it (adapter weights beside it)."""
@@ -121,7 +129,7 @@ class Plan(JsonArtifact):
 
     def describe(self) -> str:
         if self.head_kind == "donor" and len(self.donors) == 1:
-            return f"{self.blocks[0].donor} (whole donor)"
+            return f"{self.blocks[0].donor}{WHOLE_DONOR}"
         return " > ".join(f"{b.donor}[{b.start}:{b.end}]" for b in self.blocks)
 
     def is_whole_donor(self, dissections: dict) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dery_deploy.network.plan import whole_donor_of
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.records import BudgetResult, DonorFit, DonorResult
 from dery_deploy.pipeline.runner import Run
@@ -17,9 +18,9 @@ def dropped_donors(r: Run, res: BudgetResult) -> set[tuple[str, str]]:
     pass has them within it: the pick never had them, so the answer does not compare the pick with them."""
     out = set()
     for c in res.rejected_over_budget or []:
-        name = c.plan.removesuffix(" (whole donor)")
-        d = r.manifest.donors.get(name)
-        if c.origin != "donor" or d is None or c.measured is None:
+        name = whole_donor_of(c.plan)
+        d = r.manifest.donors.get(name) if name else None
+        if name is None or d is None or c.measured is None:
             continue
         out.add((name, c.target))
         final = d.latency_by_target.get(c.target)

@@ -6,6 +6,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from dery_deploy.errors import DeryError
+from dery_deploy.network.plan import WHOLE_DONOR
 from dery_deploy.pipeline.context import Context
 from dery_deploy.pipeline.records import MixResult, Pick, SelectionFile, Triple
 from dery_deploy.pipeline.runner import Run
@@ -35,7 +36,7 @@ def score_triples(
     best_mix = mix.plan.describe() if mix else None
     if mix and best_mix and best_mix not in acc and mix.selection_accuracy is not None:
         acc[best_mix] = mix.selection_accuracy  # carried from a smaller budget, where it was selected
-    donor_runs = {f"{n} (whole donor)": Path(d.run) for n, d in r.manifest.donors.items()}
+    donor_runs = {f"{n}{WHOLE_DONOR}": Path(d.run) for n, d in r.manifest.donors.items()}
     out = []
     for f in sel.finalists:
         name, target = f.plan, f.target
